@@ -1,0 +1,2 @@
+//! The `usernet` command line.
+fn main() {}

@@ -1,0 +1,338 @@
+//! Frames and the buffer pool.
+//!
+//! # Theory of operation
+//!
+//! Every frame that crosses the switch lives in a [`Frame`]: a fixed-size buffer taken from a
+//! [`FramePool`], the frame bytes at `[start, start + len)`, and [`FrameMeta`] carrying the
+//! virtio-net header metadata that TAP and AF_PACKET links hand us. A frame always keeps
+//! [`HEADROOM`] free bytes in front of its data so that a link can prepend a virtio-net header,
+//! a VLAN tag or a VXLAN encapsulation in place, without copying the payload.
+//!
+//! Buffers are recycled: dropping a `Frame` returns its buffer to the pool it came from, so the
+//! forwarding path allocates only while the pool warms up. The pool keeps at most `max_free`
+//! idle buffers; beyond that, dropped buffers are freed, so memory is bounded by what is in
+//! flight (the per-port rings are bounded) plus `max_free`.
+//!
+//! Frames are *moved* from the RX batch into the egress ring; only a flood to several ports
+//! copies (every destination but the last gets a copy, the last gets the original).
+
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+
+/// Free bytes kept in front of every frame's data: room for a 12-byte virtio-net header, an
+/// 802.1Q tag and a VXLAN-over-IPv6 outer header (14 + 40 + 8 + 8 = 70 bytes).
+pub const HEADROOM: usize = 128;
+
+/// Size of the legacy `struct virtio_net_hdr` used by TAP (`IFF_VNET_HDR`) and AF_PACKET
+/// (`PACKET_VNET_HDR`).
+pub const VNET_HDR_LEN: usize = 10;
+
+/// The virtio-net header of a frame (see `include/uapi/linux/virtio_net.h`). All zero means
+/// "a plain, fully checksummed frame", which is what every link accepts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VnetHdr {
+    /// `VIRTIO_NET_HDR_F_*` flags (1 = needs checksum, 2 = data valid).
+    pub flags: u8,
+    /// `VIRTIO_NET_HDR_GSO_*` type (0 = none, 1 = TCPv4, 3 = UDP, 4 = TCPv6, 0x80 = ECN).
+    pub gso_type: u8,
+    /// Length of the headers to replicate in each segment.
+    pub hdr_len: u16,
+    /// Maximum segment size for GSO.
+    pub gso_size: u16,
+    /// Where checksumming starts.
+    pub csum_start: u16,
+    /// Offset after `csum_start` where the checksum is stored.
+    pub csum_offset: u16,
+}
+
+impl VnetHdr {
+    /// Flag: the checksum at `csum_start + csum_offset` still has to be computed.
+    pub const F_NEEDS_CSUM: u8 = 1;
+
+    /// Parses the 10-byte little-endian wire form (the byte order of the host, which is what the
+    /// kernel uses for legacy virtio-net headers on x86 and arm64).
+    pub fn from_bytes(b: &[u8; VNET_HDR_LEN]) -> Self {
+        VnetHdr {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u16::from_ne_bytes([b[2], b[3]]),
+            gso_size: u16::from_ne_bytes([b[4], b[5]]),
+            csum_start: u16::from_ne_bytes([b[6], b[7]]),
+            csum_offset: u16::from_ne_bytes([b[8], b[9]]),
+        }
+    }
+
+    /// Writes the 10-byte wire form.
+    pub fn to_bytes(&self) -> [u8; VNET_HDR_LEN] {
+        let mut b = [0u8; VNET_HDR_LEN];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
+        b
+    }
+
+    /// True when the frame is a plain one: no pending checksum, no GSO.
+    pub fn is_plain(&self) -> bool {
+        self.flags & Self::F_NEEDS_CSUM == 0 && self.gso_type == 0
+    }
+}
+
+/// Metadata that travels with a frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameMeta {
+    /// Offload metadata from (or for) a virtio-net header.
+    pub vnet: VnetHdr,
+}
+
+struct PoolInner {
+    free: ArrayQueue<Box<[u8]>>,
+    buf_size: usize,
+}
+
+/// A pool of fixed-size frame buffers. Cloning is cheap (an `Arc`); clones share the buffers.
+#[derive(Clone)]
+pub struct FramePool {
+    inner: Arc<PoolInner>,
+}
+
+impl std::fmt::Debug for FramePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FramePool")
+            .field("buf_size", &self.inner.buf_size)
+            .field("free", &self.inner.free.len())
+            .finish()
+    }
+}
+
+impl FramePool {
+    /// A pool whose buffers hold frames of up to `max_frame` bytes (plus [`HEADROOM`]), keeping
+    /// at most `max_free` idle buffers around.
+    pub fn new(max_frame: usize, max_free: usize) -> Self {
+        FramePool {
+            inner: Arc::new(PoolInner {
+                free: ArrayQueue::new(max_free.max(1)),
+                buf_size: HEADROOM + max_frame,
+            }),
+        }
+    }
+
+    /// Largest frame a buffer of this pool holds.
+    pub fn max_frame(&self) -> usize {
+        self.inner.buf_size - HEADROOM
+    }
+
+    /// Idle buffers currently held by the pool.
+    pub fn idle(&self) -> usize {
+        self.inner.free.len()
+    }
+
+    /// Takes an empty frame (length 0) from the pool, allocating only if the pool is empty.
+    pub fn alloc(&self) -> Frame {
+        let buf = self
+            .inner
+            .free
+            .pop()
+            .unwrap_or_else(|| vec![0u8; self.inner.buf_size].into_boxed_slice());
+        Frame {
+            buf: Some(buf),
+            start: HEADROOM,
+            len: 0,
+            meta: FrameMeta::default(),
+            pool: Some(self.inner.clone()),
+        }
+    }
+
+    /// A frame holding a copy of `data`, or `None` if `data` is longer than [`Self::max_frame`].
+    pub fn frame_from(&self, data: &[u8]) -> Option<Frame> {
+        if data.len() > self.max_frame() {
+            return None;
+        }
+        let mut f = self.alloc();
+        f.buf_mut()[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
+        f.len = data.len();
+        Some(f)
+    }
+}
+
+/// One Ethernet frame in a pooled buffer. Dropping it returns the buffer to its pool.
+pub struct Frame {
+    buf: Option<Box<[u8]>>,
+    start: usize,
+    len: usize,
+    /// Offload metadata.
+    pub meta: FrameMeta,
+    pool: Option<Arc<PoolInner>>,
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("len", &self.len)
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+impl Frame {
+    /// A frame that owns a fresh heap buffer, not tied to any pool (for tests and embedders).
+    pub fn from_slice(data: &[u8]) -> Frame {
+        let mut buf = vec![0u8; HEADROOM + data.len()].into_boxed_slice();
+        buf[HEADROOM..].copy_from_slice(data);
+        Frame {
+            buf: Some(buf),
+            start: HEADROOM,
+            len: data.len(),
+            meta: FrameMeta::default(),
+            pool: None,
+        }
+    }
+
+    fn buf(&self) -> &[u8] {
+        // Invariant: `buf` is `Some` for the whole life of the frame; it is taken only in `drop`.
+        self.buf.as_deref().unwrap_or(&[])
+    }
+
+    fn buf_mut(&mut self) -> &mut [u8] {
+        self.buf.as_deref_mut().unwrap_or(&mut [])
+    }
+
+    /// The frame bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.buf()[self.start..self.start + self.len]
+    }
+
+    /// The frame bytes, mutable.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let (s, l) = (self.start, self.len);
+        &mut self.buf_mut()[s..s + l]
+    }
+
+    /// Length of the frame in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a zero-length frame.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Largest length this frame's buffer can hold without giving up headroom.
+    pub fn capacity(&self) -> usize {
+        self.buf().len() - HEADROOM
+    }
+
+    /// The whole buffer from `HEADROOM - pre` to its end, for a link to read into: `pre` bytes of
+    /// prefix (e.g. a virtio-net header) followed by room for the frame. `pre` must not exceed
+    /// [`HEADROOM`]; larger values are clamped.
+    pub fn recv_area(&mut self, pre: usize) -> &mut [u8] {
+        let pre = pre.min(HEADROOM);
+        &mut self.buf_mut()[HEADROOM - pre..]
+    }
+
+    /// Sets the frame length after a link filled [`Self::recv_area`]; the data starts at
+    /// [`HEADROOM`]. The length is clamped to the capacity.
+    pub fn set_received(&mut self, len: usize) {
+        self.start = HEADROOM;
+        self.len = len.min(self.capacity());
+    }
+
+    /// Sets the frame length (data at the default offset), clamped to the capacity; for code that
+    /// writes frames into [`Self::data_mut`] after a resize.
+    pub fn set_len(&mut self, len: usize) {
+        self.set_received(len);
+    }
+
+    /// The `pre` bytes in front of the data followed by the data, for a link that sends a prefix
+    /// (e.g. a virtio-net header) together with the frame; `pre` is clamped to the headroom.
+    pub fn with_prefix_mut(&mut self, pre: usize) -> &mut [u8] {
+        let pre = pre.min(self.start);
+        let (s, l) = (self.start, self.len);
+        &mut self.buf_mut()[s - pre..s + l]
+    }
+
+    /// A copy of this frame in a buffer from `pool` (used when a flood needs several copies).
+    /// Returns `None` if the frame does not fit the pool's buffers.
+    pub fn clone_in(&self, pool: &FramePool) -> Option<Frame> {
+        let mut f = pool.frame_from(self.data())?;
+        f.meta = self.meta;
+        Some(f)
+    }
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        if let (Some(buf), Some(pool)) = (self.buf.take(), self.pool.take()) {
+            if buf.len() == pool.buf_size {
+                // A full pool just frees the buffer.
+                let _ = pool.free.push(buf);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_recycles_buffers() {
+        let pool = FramePool::new(1514, 4);
+        let f = pool.frame_from(&[1, 2, 3]).expect("fits");
+        assert_eq!(f.data(), &[1, 2, 3]);
+        assert_eq!(pool.idle(), 0);
+        drop(f);
+        assert_eq!(pool.idle(), 1);
+        let g = pool.alloc();
+        assert_eq!(pool.idle(), 0);
+        assert!(g.is_empty());
+    }
+
+    #[test]
+    fn oversize_is_refused() {
+        let pool = FramePool::new(64, 4);
+        assert!(pool.frame_from(&[0u8; 65]).is_none());
+        assert!(pool.frame_from(&[0u8; 64]).is_some());
+    }
+
+    #[test]
+    fn pool_keeps_at_most_max_free() {
+        let pool = FramePool::new(64, 2);
+        let frames: Vec<_> = (0..5).map(|_| pool.alloc()).collect();
+        drop(frames);
+        assert_eq!(pool.idle(), 2);
+    }
+
+    #[test]
+    fn recv_area_and_prefix() {
+        let pool = FramePool::new(64, 2);
+        let mut f = pool.alloc();
+        let area = f.recv_area(VNET_HDR_LEN);
+        area[..VNET_HDR_LEN].copy_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        area[VNET_HDR_LEN..VNET_HDR_LEN + 3].copy_from_slice(b"abc");
+        f.set_received(3);
+        assert_eq!(f.data(), b"abc");
+        let p = f.with_prefix_mut(VNET_HDR_LEN);
+        assert_eq!(p.len(), VNET_HDR_LEN + 3);
+        assert_eq!(p[0], 1);
+    }
+
+    #[test]
+    fn vnet_roundtrip() {
+        let h = VnetHdr {
+            flags: 1,
+            gso_type: 1,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        assert_eq!(VnetHdr::from_bytes(&h.to_bytes()), h);
+        assert!(!h.is_plain());
+        assert!(VnetHdr::default().is_plain());
+    }
+}

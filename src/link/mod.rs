@@ -1,0 +1,145 @@
+//! Links: the OS shims that move frames between a file descriptor and the switch.
+//!
+//! # Theory of operation
+//!
+//! A [`Link`] is the only code that touches a port's file descriptor. It is non-blocking and
+//! batch-oriented: [`Link::recv_batch`] reads frames until the fd would block or the batch is
+//! full; [`Link::send_batch`] writes queued frames until the fd would block. The engine polls
+//! [`Link::as_raw_fd`] with mio (edge-triggered, readable and writable) and calls these two
+//! methods; nothing else in the crate does I/O on a port.
+//!
+//! Kinds:
+//! - [`tap`]: a TAP device, created by name, created inside another network namespace, or
+//!   adopted from an fd a container runtime hands us; opened with `IFF_VNET_HDR` when the kernel
+//!   offers it.
+//! - [`packet`]: an `AF_PACKET` socket bound to an existing interface (veth, a NIC), batched with
+//!   `recvmmsg`/`sendmmsg`.
+//! - [`memory`]: an in-process pair for tests, benchmarks, fuzzing and embedders.
+//!
+//! Errors: `WouldBlock` never leaves a link (it ends a batch). Any other error from
+//! `recv_batch` means the link is gone (its TAP deleted, its namespace destroyed) and the engine
+//! removes the port. Errors from `send_batch` for a single frame are counted as drops by the
+//! caller unless [`LinkError::is_fatal`] says the link is gone.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+
+use crate::frame::{Frame, FramePool};
+
+pub mod memory;
+pub mod netns;
+pub mod packet;
+pub mod tap;
+
+/// Error from a link operation.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The link is gone for good (device deleted, peer closed); the port must be removed.
+    #[error("link gone: {0}")]
+    Gone(#[source] io::Error),
+    /// A transient error on one frame or one call; the frame is dropped and counted.
+    #[error("link error: {0}")]
+    Transient(#[source] io::Error),
+}
+
+impl LinkError {
+    /// True when the port using this link must be removed.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, LinkError::Gone(_))
+    }
+}
+
+/// Capabilities a link reports to the engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkCaps {
+    /// Frames on this link carry a virtio-net header (offload metadata).
+    pub vnet_hdr: bool,
+    /// Largest frame (Ethernet header included, virtio-net header excluded) the link carries.
+    pub max_frame: usize,
+}
+
+/// A frame source and sink over one file descriptor. See the module docs.
+pub trait Link: Send + 'static {
+    /// Short name of the kind: `"tap"`, `"packet"`, `"memory"`.
+    fn kind(&self) -> &'static str;
+
+    /// The descriptor the engine polls for readability and writability (edge-triggered).
+    fn as_raw_fd(&self) -> RawFd;
+
+    /// What the link supports.
+    fn caps(&self) -> LinkCaps;
+
+    /// Reads up to `max` frames into buffers from `pool`, appending them to `out`. Returns the
+    /// number read; fewer than `max` means the descriptor would block now. Frames longer than the
+    /// pool's buffers are truncated by the kernel and must be dropped by the link (counted in
+    /// the returned [`RecvStats`]).
+    fn recv_batch(
+        &mut self,
+        pool: &FramePool,
+        out: &mut Vec<Frame>,
+        max: usize,
+    ) -> Result<RecvStats, LinkError>;
+
+    /// Writes frames from the front of `queue`, removing each one written (or dropped because the
+    /// link refused it). Stops when the descriptor would block; what remains in `queue` is sent
+    /// on the next writable event.
+    fn send_batch(&mut self, queue: &mut VecDeque<Frame>) -> Result<SendStats, LinkError>;
+}
+
+/// Outcome of one [`Link::recv_batch`] call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecvStats {
+    /// Frames appended to the output.
+    pub frames: usize,
+    /// Frames read but dropped because they were larger than the buffer (truncated).
+    pub oversize: usize,
+    /// True when the descriptor returned `EAGAIN` (fully drained).
+    pub drained: bool,
+}
+
+/// Outcome of one [`Link::send_batch`] call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendStats {
+    /// Frames written.
+    pub frames: usize,
+    /// Bytes written (frame bytes, without any virtio-net header).
+    pub bytes: usize,
+    /// Frames the link refused (e.g. `EMSGSIZE`, interface down) and dropped.
+    pub errors: usize,
+}
+
+/// Classifies an I/O error from reading or writing a port's descriptor.
+pub(crate) fn classify(err: io::Error) -> LinkError {
+    match err.raw_os_error() {
+        Some(libc::EBADF) | Some(libc::EBADFD) | Some(libc::ENODEV) | Some(libc::ENXIO)
+        | Some(libc::EPIPE) | Some(libc::ECONNRESET) => LinkError::Gone(err),
+        _ => LinkError::Transient(err),
+    }
+}
+
+/// Error opening or configuring a link: what was being done, on which object, and the OS error.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct OpenError {
+    /// What failed, naming the device or path (e.g. `"creating TAP t1"`).
+    pub what: String,
+    /// The underlying OS error.
+    #[source]
+    pub source: io::Error,
+}
+
+impl OpenError {
+    /// An error for `what`, from `source`.
+    pub fn new(what: impl Into<String>, source: io::Error) -> Self {
+        OpenError {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// An error for `what` from the calling thread's last OS error (`errno`).
+    pub fn last_os(what: impl Into<String>) -> Self {
+        Self::new(what, io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,274 @@
+use std::time::Duration;
+
+use super::*;
+
+struct Rig {
+    clock: Arc<ManualClock>,
+    br: Bridge,
+}
+
+fn rig() -> Rig {
+    let clock = Arc::new(ManualClock::new());
+    let br = Bridge::new(clock.clone(), FramePool::new(1518, 64));
+    Rig { clock, br }
+}
+
+fn port(r: &Rig, net: &str, name: &str, policy: PortPolicy) -> Arc<Port> {
+    r.br.add_port(
+        net,
+        NewPort {
+            name: name.into(),
+            kind: "memory",
+            policy,
+            ring: 8,
+            owner: 0,
+        },
+    )
+    .expect("add port")
+}
+
+fn mac(n: u8) -> Mac {
+    Mac([2, 0, 0, 0, 0, n])
+}
+
+fn eth(dst: Mac, src: Mac) -> Frame {
+    let mut f = Vec::with_capacity(60);
+    f.extend(dst.0);
+    f.extend(src.0);
+    f.extend([0x08, 0x00]);
+    f.extend([0xab; 46]);
+    Frame::from_slice(&f)
+}
+
+fn send(r: &Rig, p: &Port, f: Frame) -> Vec<PortId> {
+    let topo = r.br.topology();
+    let mut got = Vec::new();
+    r.br.forward(&topo, p, f, r.br.now(), &mut |q| got.push(q.id));
+    got
+}
+
+fn drain(p: &Port) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| p.tx.pop()).map(|f| f.data().to_vec()).collect()
+}
+
+fn three(r: &Rig) -> (Arc<Port>, Arc<Port>, Arc<Port>) {
+    r.br.add_network("n", FdbConfig::default()).expect("net");
+    (
+        port(r, "n", "a", PortPolicy::default()),
+        port(r, "n", "b", PortPolicy::default()),
+        port(r, "n", "c", PortPolicy::default()),
+    )
+}
+
+#[test]
+fn unknown_unicast_floods_then_learned_goes_unicast() {
+    let r = rig();
+    let (a, b, c) = three(&r);
+    let f = eth(mac(2), mac(1));
+    let bytes = f.data().to_vec();
+    assert_eq!(send(&r, &a, f), vec![b.id, c.id]);
+    assert_eq!(drain(&b), vec![bytes.clone()]);
+    assert_eq!(drain(&c), vec![bytes]);
+    assert!(drain(&a).is_empty(), "never back out of the ingress port");
+    // b answers: learned unicast to a only.
+    assert_eq!(send(&r, &b, eth(mac(1), mac(2))), vec![a.id]);
+    assert_eq!(send(&r, &a, eth(mac(2), mac(1))), vec![b.id]);
+    assert!(drain(&c).is_empty());
+}
+
+#[test]
+fn broadcast_and_multicast_flood_but_not_reserved() {
+    let r = rig();
+    let (a, b, c) = three(&r);
+    assert_eq!(send(&r, &a, eth(Mac::BROADCAST, mac(1))), vec![b.id, c.id]);
+    let mcast = Mac([0x01, 0x00, 0x5e, 0, 0, 0xfb]);
+    assert_eq!(send(&r, &a, eth(mcast, mac(1))), vec![b.id, c.id]);
+    let stp = Mac([0x01, 0x80, 0xc2, 0, 0, 0]);
+    assert!(send(&r, &a, eth(stp, mac(1))).is_empty());
+    assert_eq!(a.counters.drops(DropReason::Reserved), 1);
+}
+
+#[test]
+fn multicast_source_is_dropped_and_not_learned() {
+    let r = rig();
+    let (a, _b, _c) = three(&r);
+    let bad = Mac([0x01, 0, 0x5e, 0, 0, 1]);
+    assert!(send(&r, &a, eth(Mac::BROADCAST, bad)).is_empty());
+    assert!(send(&r, &a, eth(Mac::BROADCAST, Mac([0; 6]))).is_empty());
+    assert_eq!(a.counters.drops(DropReason::InvalidSource), 2);
+    let topo = r.br.topology();
+    assert!(topo.network(a.network).expect("net").net.fdb.is_empty());
+}
+
+#[test]
+fn runts_and_garbage_are_counted_never_panic() {
+    let r = rig();
+    let (a, _b, _c) = three(&r);
+    for n in 0..14 {
+        assert!(send(&r, &a, Frame::from_slice(&vec![0xffu8; n])).is_empty());
+    }
+    let mut tagged = vec![0xff; 12];
+    tagged.extend([0x81, 0x00, 0x00]);
+    assert!(send(&r, &a, Frame::from_slice(&tagged)).is_empty());
+    assert_eq!(a.counters.drops(DropReason::Runt), 15);
+    let s = a.counters.snapshot();
+    assert_eq!(s.rx_frames, s.forwarded + s.rx_dropped());
+}
+
+#[test]
+fn hairpin_is_dropped() {
+    let r = rig();
+    let (a, _b, _c) = three(&r);
+    send(&r, &a, eth(Mac::BROADCAST, mac(1)));
+    send(&r, &a, eth(Mac::BROADCAST, mac(9)));
+    assert!(send(&r, &a, eth(mac(9), mac(1))).is_empty());
+    assert_eq!(a.counters.drops(DropReason::Hairpin), 1);
+}
+
+#[test]
+fn networks_never_mix() {
+    let r = rig();
+    r.br.add_network("n1", FdbConfig::default()).expect("n1");
+    r.br.add_network("n2", FdbConfig::default()).expect("n2");
+    let a1 = port(&r, "n1", "a1", PortPolicy::default());
+    let b1 = port(&r, "n1", "b1", PortPolicy::default());
+    let a2 = port(&r, "n2", "a2", PortPolicy::default());
+    let b2 = port(&r, "n2", "b2", PortPolicy::default());
+    // Same MAC learned in both networks on different ports.
+    assert_eq!(send(&r, &a1, eth(Mac::BROADCAST, mac(1))), vec![b1.id]);
+    assert_eq!(send(&r, &a2, eth(Mac::BROADCAST, mac(1))), vec![b2.id]);
+    assert_eq!(send(&r, &b1, eth(mac(1), mac(2))), vec![a1.id]);
+    assert_eq!(send(&r, &b2, eth(mac(1), mac(3))), vec![a2.id]);
+    // Unknown in n2 floods only within n2.
+    assert_eq!(send(&r, &b2, eth(mac(2), mac(3))), vec![a2.id]);
+}
+
+#[test]
+fn isolated_ports_reach_only_non_isolated() {
+    let r = rig();
+    r.br.add_network("n", FdbConfig::default()).expect("net");
+    let iso = PortPolicy {
+        isolated: true,
+        ..PortPolicy::default()
+    };
+    let gw = port(&r, "n", "gw", PortPolicy::default());
+    let a = port(&r, "n", "a", iso.clone());
+    let b = port(&r, "n", "b", iso);
+    assert_eq!(send(&r, &a, eth(Mac::BROADCAST, mac(1))), vec![gw.id]);
+    assert_eq!(send(&r, &gw, eth(Mac::BROADCAST, mac(9))), vec![a.id, b.id]);
+    send(&r, &b, eth(mac(9), mac(2)));
+    assert!(send(&r, &a, eth(mac(2), mac(1))).is_empty());
+    assert_eq!(a.counters.drops(DropReason::Policy), 1);
+}
+
+#[test]
+fn anti_spoofing_and_no_flood_policy() {
+    let r = rig();
+    r.br.add_network("n", FdbConfig::default()).expect("net");
+    let a = port(
+        &r,
+        "n",
+        "a",
+        PortPolicy {
+            allowed_macs: vec![mac(1)],
+            ..PortPolicy::default()
+        },
+    );
+    let quiet = port(
+        &r,
+        "n",
+        "q",
+        PortPolicy {
+            flood: false,
+            ..PortPolicy::default()
+        },
+    );
+    let b = port(&r, "n", "b", PortPolicy::default());
+    assert!(send(&r, &a, eth(Mac::BROADCAST, mac(7))).is_empty());
+    assert_eq!(a.counters.drops(DropReason::Policy), 1);
+    assert_eq!(send(&r, &a, eth(mac(5), mac(1))), vec![b.id], "no unknown unicast to q");
+    assert_eq!(send(&r, &a, eth(Mac::BROADCAST, mac(1))), vec![quiet.id, b.id]);
+}
+
+#[test]
+fn full_ring_counts_on_egress_and_flood_copies() {
+    let r = rig();
+    let (a, b, c) = three(&r);
+    for i in 0..10u8 {
+        send(&r, &a, eth(Mac::BROADCAST, mac(1 + i % 1)));
+    }
+    assert_eq!(b.tx.len(), 8);
+    assert_eq!(b.counters.drops(DropReason::RingFull), 2);
+    assert_eq!(c.counters.drops(DropReason::RingFull), 2);
+    assert_eq!(a.counters.forwarded.load(Ordering::Relaxed), 10);
+}
+
+#[test]
+fn aging_refloods_and_moves_relearn() {
+    let r = rig();
+    let (a, b, c) = three(&r);
+    send(&r, &b, eth(Mac::BROADCAST, mac(2)));
+    assert_eq!(send(&r, &a, eth(mac(2), mac(1))), vec![b.id]);
+    r.clock.advance(Duration::from_secs(301));
+    assert_eq!(send(&r, &a, eth(mac(2), mac(1))), vec![b.id, c.id], "aged: flood");
+    // mac(2) moves to c.
+    send(&r, &c, eth(Mac::BROADCAST, mac(2)));
+    assert_eq!(send(&r, &a, eth(mac(2), mac(1))), vec![c.id]);
+}
+
+#[test]
+fn removed_port_is_forgotten() {
+    let r = rig();
+    let (a, b, c) = three(&r);
+    send(&r, &b, eth(Mac::BROADCAST, mac(2)));
+    r.br.remove_port(b.id).expect("removed");
+    assert_eq!(send(&r, &a, eth(mac(2), mac(1))), vec![c.id]);
+    assert!(r.br.topology().port_by_name("b").is_none());
+    assert!(r.br.remove_port(b.id).is_none());
+}
+
+#[test]
+fn names_and_duplicates_are_checked() {
+    let r = rig();
+    assert!(r.br.add_network("bad name", FdbConfig::default()).is_err());
+    r.br.add_network("n", FdbConfig::default()).expect("net");
+    assert_eq!(
+        r.br.add_network("n", FdbConfig::default()).err(),
+        Some(BridgeError::NetworkExists("n".into()))
+    );
+    port(&r, "n", "p", PortPolicy::default());
+    let dup = r.br.add_port(
+        "n",
+        NewPort {
+            name: "p".into(),
+            kind: "memory",
+            policy: PortPolicy::default(),
+            ring: 8,
+            owner: 0,
+        },
+    );
+    assert_eq!(dup.err(), Some(BridgeError::PortExists("p".into())));
+    let gone = r.br.add_port(
+        "zz",
+        NewPort {
+            name: "q".into(),
+            kind: "memory",
+            policy: PortPolicy::default(),
+            ring: 8,
+            owner: 0,
+        },
+    );
+    assert_eq!(gone.err(), Some(BridgeError::NoSuchNetwork("zz".into())));
+    let removed = r.br.remove_network("n").expect("removed");
+    assert_eq!(removed.len(), 1);
+    assert!(r.br.topology().ports().is_empty());
+}
+
+#[test]
+fn lone_port_counts_no_destination() {
+    let r = rig();
+    r.br.add_network("n", FdbConfig::default()).expect("net");
+    let a = port(&r, "n", "a", PortPolicy::default());
+    assert!(send(&r, &a, eth(Mac::BROADCAST, mac(1))).is_empty());
+    assert_eq!(a.counters.drops(DropReason::NoDestination), 1);
+}

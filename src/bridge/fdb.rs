@@ -232,15 +232,23 @@ impl Fdb {
     }
 
     /// Drops stale keys from a port's FIFO once it is more than twice its live size.
-    fn maybe_compact(map: &HashMap<Key, Entry, ahash::RandomState>, port: PortId, f: &mut PortFifo) {
+    fn maybe_compact(
+        map: &HashMap<Key, Entry, ahash::RandomState>,
+        port: PortId,
+        f: &mut PortFifo,
+    ) {
         if f.order.len() > 2 * f.live + 64 {
-            f.order
-                .retain(|(k, seq)| Self::owns(map, k, *seq, port));
+            f.order.retain(|(k, seq)| Self::owns(map, k, *seq, port));
         }
     }
 
     /// True when the FIFO slot `(k, seq)` of `port` is the live one for `k`.
-    fn owns(map: &HashMap<Key, Entry, ahash::RandomState>, k: &Key, seq: u64, port: PortId) -> bool {
+    fn owns(
+        map: &HashMap<Key, Entry, ahash::RandomState>,
+        k: &Key,
+        seq: u64,
+        port: PortId,
+    ) -> bool {
         map.get(k)
             .is_some_and(|e| e.port == port && e.seq == seq && !e.is_static)
     }
@@ -330,8 +338,8 @@ impl Fdb {
         let ports = &mut inner.ports;
         let aging = self.cfg.aging_ms;
         inner.map.retain(|_, e| {
-            let keep = e.is_static
-                || now.saturating_sub(e.last_seen.load(Ordering::Relaxed)) < aging;
+            let keep =
+                e.is_static || now.saturating_sub(e.last_seen.load(Ordering::Relaxed)) < aging;
             if !keep {
                 if let Some(f) = ports.get_mut(&e.port) {
                     f.live = f.live.saturating_sub(1);
@@ -471,7 +479,11 @@ mod tests {
             fdb.learn(0, mac(i), PortId(2), 0);
         }
         assert_eq!(fdb.learn(0, mac(20), PortId(3), 9), Learned::NewEvicted);
-        assert_eq!(fdb.entries_of(PortId(1)), 3, "heaviest port lost its oldest");
+        assert_eq!(
+            fdb.entries_of(PortId(1)),
+            3,
+            "heaviest port lost its oldest"
+        );
         assert_eq!(fdb.lookup(0, mac(0), 9), None);
         assert_eq!(fdb.entries_of(PortId(2)), 2);
     }
@@ -524,6 +536,11 @@ mod tests {
             fdb.learn(0, mac(1), PortId((i % 2) as u32), i);
         }
         let inner = fdb.inner.read();
-        assert!(inner.ports.values().all(|f| f.order.len() <= 2 * f.live + 65));
+        assert!(
+            inner
+                .ports
+                .values()
+                .all(|f| f.order.len() <= 2 * f.live + 65)
+        );
     }
 }

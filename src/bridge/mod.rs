@@ -412,7 +412,10 @@ impl Bridge {
         self.topo.load()
     }
 
-    fn update<T>(&self, f: impl FnOnce(&mut Topology) -> Result<T, BridgeError>) -> Result<T, BridgeError> {
+    fn update<T>(
+        &self,
+        f: impl FnOnce(&mut Topology) -> Result<T, BridgeError>,
+    ) -> Result<T, BridgeError> {
         let _w = self.writer.lock();
         let mut t = Topology::clone(&self.topo.load());
         let r = f(&mut t)?;
@@ -599,7 +602,11 @@ impl Bridge {
             }
             // A stale entry (port just removed) or one from another network falls back to
             // flooding within the ingress network.
-            if let Some(p) = topo.ports.get(&pid).filter(|p| p.network == ingress.network) {
+            if let Some(p) = topo
+                .ports
+                .get(&pid)
+                .filter(|p| p.network == ingress.network)
+            {
                 if pol.isolated && p.policy.isolated {
                     return Err(DropReason::Policy);
                 }

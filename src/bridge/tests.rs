@@ -48,7 +48,9 @@ fn send(r: &Rig, p: &Port, f: Frame) -> Vec<PortId> {
 }
 
 fn drain(p: &Port) -> Vec<Vec<u8>> {
-    std::iter::from_fn(|| p.tx.pop()).map(|f| f.data().to_vec()).collect()
+    std::iter::from_fn(|| p.tx.pop())
+        .map(|f| f.data().to_vec())
+        .collect()
 }
 
 fn three(r: &Rig) -> (Arc<Port>, Arc<Port>, Arc<Port>) {
@@ -186,8 +188,15 @@ fn anti_spoofing_and_no_flood_policy() {
     let b = port(&r, "n", "b", PortPolicy::default());
     assert!(send(&r, &a, eth(Mac::BROADCAST, mac(7))).is_empty());
     assert_eq!(a.counters.drops(DropReason::Policy), 1);
-    assert_eq!(send(&r, &a, eth(mac(5), mac(1))), vec![b.id], "no unknown unicast to q");
-    assert_eq!(send(&r, &a, eth(Mac::BROADCAST, mac(1))), vec![quiet.id, b.id]);
+    assert_eq!(
+        send(&r, &a, eth(mac(5), mac(1))),
+        vec![b.id],
+        "no unknown unicast to q"
+    );
+    assert_eq!(
+        send(&r, &a, eth(Mac::BROADCAST, mac(1))),
+        vec![quiet.id, b.id]
+    );
 }
 
 #[test]
@@ -210,7 +219,11 @@ fn aging_refloods_and_moves_relearn() {
     send(&r, &b, eth(Mac::BROADCAST, mac(2)));
     assert_eq!(send(&r, &a, eth(mac(2), mac(1))), vec![b.id]);
     r.clock.advance(Duration::from_secs(301));
-    assert_eq!(send(&r, &a, eth(mac(2), mac(1))), vec![b.id, c.id], "aged: flood");
+    assert_eq!(
+        send(&r, &a, eth(mac(2), mac(1))),
+        vec![b.id, c.id],
+        "aged: flood"
+    );
     // mac(2) moves to c.
     send(&r, &c, eth(Mac::BROADCAST, mac(2)));
     assert_eq!(send(&r, &a, eth(mac(2), mac(1))), vec![c.id]);

@@ -1,0 +1,175 @@
+//! The JSON control API: one request per line, one response per line.
+//!
+//! Request: `{"op": "ports"}`, `{"op": "fdb", "network": "net0"}`, `{"op": "stats"}`,
+//! `{"op": "networks"}`, `{"op": "add_network", "name": "net1"}`,
+//! `{"op": "remove_network", "name": "net1"}`,
+//! `{"op": "add_port", "port": {"network": "net0", "name": "c3", "netns": "/run/netns/c3"}}`,
+//! `{"op": "remove_port", "name": "c3"}`,
+//! `{"op": "add_static_mac", "port": "c3", "mac": "02:00:00:00:00:03"}`, `{"op": "shutdown"}`.
+//!
+//! Response: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`; a request that
+//! does not parse gets an error naming the field and the reason (serde's message).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{Handle, PortSpec};
+use crate::bridge::FdbConfig;
+use crate::bridge::fdb::{DEFAULT_AGING_MS, DEFAULT_MAX_ENTRIES};
+use crate::error::Result;
+use crate::wire::Mac;
+
+/// A control request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// List ports.
+    Ports {},
+    /// List networks.
+    Networks {},
+    /// Dump the FDB of one network or all.
+    Fdb {
+        /// Only this network.
+        #[serde(default)]
+        network: Option<String>,
+    },
+    /// Per-port counters.
+    Stats {},
+    /// Add a network.
+    AddNetwork {
+        /// Its name.
+        name: String,
+        /// FDB cap (default 8192).
+        #[serde(default)]
+        fdb_max_entries: Option<usize>,
+        /// FDB aging in seconds (default 300; 0 = never).
+        #[serde(default)]
+        fdb_aging_secs: Option<u64>,
+    },
+    /// Remove a network and its ports.
+    RemoveNetwork {
+        /// Its name.
+        name: String,
+    },
+    /// Add a port.
+    AddPort {
+        /// What to attach.
+        port: PortSpec,
+    },
+    /// Remove a port.
+    RemovePort {
+        /// Its name.
+        name: String,
+    },
+    /// Add a static FDB entry.
+    AddStaticMac {
+        /// Port name.
+        port: String,
+        /// MAC address.
+        mac: Mac,
+        /// VLAN id (default 0).
+        #[serde(default)]
+        vlan: u16,
+    },
+    /// Stop the daemon.
+    Shutdown {},
+}
+
+/// Builds an [`FdbConfig`] from optional API/config values.
+pub fn fdb_config(max_entries: Option<usize>, aging_secs: Option<u64>) -> FdbConfig {
+    FdbConfig {
+        max_entries: max_entries.unwrap_or(DEFAULT_MAX_ENTRIES),
+        aging_ms: aging_secs.map_or(DEFAULT_AGING_MS, |s| s.saturating_mul(1000)),
+    }
+}
+
+/// Runs one request against a handle.
+pub fn execute(h: &Handle, req: Request) -> Result<Value> {
+    Ok(match req {
+        Request::Ports {} => json!(h.ports()),
+        Request::Networks {} => json!(h.networks()),
+        Request::Fdb { network } => json!(h.fdb(network.as_deref())?),
+        Request::Stats {} => json!(h.stats()),
+        Request::AddNetwork {
+            name,
+            fdb_max_entries,
+            fdb_aging_secs,
+        } => {
+            if fdb_max_entries == Some(0) {
+                return Err(crate::Error::invalid(
+                    "fdb_max_entries",
+                    "must be at least 1",
+                ));
+            }
+            h.add_network(&name, fdb_config(fdb_max_entries, fdb_aging_secs))?;
+            Value::Null
+        }
+        Request::RemoveNetwork { name } => {
+            h.remove_network(&name)?;
+            Value::Null
+        }
+        Request::AddPort { port } => {
+            let id = h.open_port(&port)?;
+            json!({ "id": id })
+        }
+        Request::RemovePort { name } => {
+            h.remove_port(&name)?;
+            Value::Null
+        }
+        Request::AddStaticMac { port, mac, vlan } => {
+            if vlan > 4095 {
+                return Err(crate::Error::invalid(
+                    "vlan",
+                    format!("{vlan} is over 4095"),
+                ));
+            }
+            h.add_static_mac(&port, mac, vlan)?;
+            Value::Null
+        }
+        Request::Shutdown {} => {
+            h.shutdown();
+            Value::Null
+        }
+    })
+}
+
+/// Parses one request line and runs it; always returns a response object.
+pub fn handle_line(h: &Handle, line: &str) -> Value {
+    let req: Request = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => return json!({ "ok": false, "error": format!("bad request: {e}") }),
+    };
+    match execute(h, req) {
+        Ok(v) => json!({ "ok": true, "result": v }),
+        Err(e) => json!({ "ok": false, "error": e.to_string() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_requests_and_rejects_unknown_fields() {
+        let r: Request = serde_json::from_str(r#"{"op":"fdb","network":"n"}"#).expect("ok");
+        assert_eq!(
+            r,
+            Request::Fdb {
+                network: Some("n".into())
+            }
+        );
+        let r: Request = serde_json::from_str(
+            r#"{"op":"add_port","port":{"network":"n","name":"p","tap":"t0"}}"#,
+        )
+        .expect("ok");
+        assert!(matches!(r, Request::AddPort { .. }));
+        let e = serde_json::from_str::<Request>(r#"{"op":"ports","x":1}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = serde_json::from_str::<Request>(
+            r#"{"op":"add_port","port":{"network":"n","name":"p","tapp":"t0"}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("tapp"), "{e}");
+        assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
+    }
+}

@@ -1,0 +1,529 @@
+//! Control: the [`Handle`] embedders use, and the JSON API the CLI speaks over a UNIX socket.
+//!
+//! Every operation of the daemon is a method of [`Handle`]; the socket server ([`server`])
+//! only decodes a JSON [`api::Request`], calls the same method, and encodes the answer. So the
+//! CLI, runtimes that speak JSON and Rust embedders get exactly the same behaviour and errors.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bridge::{Bridge, FdbConfig, NewPort, PortId, PortPolicy, PortStats};
+use crate::engine::{LoopCmd, Shared};
+use crate::error::{Error, Result};
+use crate::link::Link;
+use crate::link::packet::{PacketLink, PacketOptions};
+use crate::link::tap::{TapLink, TapOptions};
+use crate::wire::Mac;
+
+pub mod api;
+pub mod server;
+
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a port's frames come from: the backend part of a [`PortSpec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// A TAP device in usernet's own namespace, created if missing.
+    Tap {
+        /// Interface name.
+        name: String,
+    },
+    /// A TAP device created inside another network namespace.
+    NetnsTap {
+        /// Namespace path: `/run/netns/NAME` or `/proc/PID/ns/net`.
+        netns: PathBuf,
+        /// Interface name inside it.
+        ifname: String,
+    },
+    /// An AF_PACKET socket on an existing interface.
+    Packet {
+        /// Interface name.
+        ifname: String,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A port as written in the config file (`[[port]]`) or sent over the JSON API (`add_port`).
+/// Exactly one of `tap`, `netns`, `packet` must be set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// The network to join.
+    pub network: String,
+    /// Unique port name (later: the endpoint's DNS name).
+    pub name: String,
+    /// A TAP in usernet's own namespace (created if missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    /// A namespace path; a TAP named `ifname` is created inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    /// Interface name inside `netns` (default `eth0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    /// An existing interface to attach with AF_PACKET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packet: Option<String>,
+    /// MTU to set on a TAP usernet creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Isolated ports reach only non-isolated ones (Docker `--icc=false`).
+    #[serde(default)]
+    pub isolated: bool,
+    /// Learn source MACs on this port.
+    #[serde(default = "yes")]
+    pub learning: bool,
+    /// Receive floods of unknown unicast and multicast.
+    #[serde(default = "yes")]
+    pub flood: bool,
+    /// If set, only these source MACs are accepted from the port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_macs: Vec<Mac>,
+}
+
+impl PortSpec {
+    /// A spec with default policy and no backend chosen yet.
+    pub fn new(network: &str, name: &str) -> Self {
+        PortSpec {
+            network: network.into(),
+            name: name.into(),
+            tap: None,
+            netns: None,
+            ifname: None,
+            packet: None,
+            mtu: None,
+            isolated: false,
+            learning: true,
+            flood: true,
+            allowed_macs: Vec::new(),
+        }
+    }
+
+    /// The backend, checked: exactly one kind, valid interface names. Errors name the field
+    /// as `{prefix}.{key}`.
+    pub fn backend(&self, prefix: &str) -> Result<Backend> {
+        let set = [
+            self.tap.is_some(),
+            self.netns.is_some(),
+            self.packet.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if set != 1 {
+            return Err(Error::invalid(
+                prefix,
+                format!(
+                    "port {:?} needs exactly one of `tap`, `netns`, `packet` (found {set})",
+                    self.name
+                ),
+            ));
+        }
+        if self.ifname.is_some() && self.netns.is_none() {
+            return Err(Error::invalid(
+                format!("{prefix}.ifname"),
+                "only meaningful with `netns`",
+            ));
+        }
+        if let Some(m) = self.mtu {
+            if !(68..=65535).contains(&m) {
+                return Err(Error::invalid(
+                    format!("{prefix}.mtu"),
+                    format!("{m} is outside 68..=65535"),
+                ));
+            }
+        }
+        crate::bridge::validate_name(&self.name)
+            .map_err(|e| Error::invalid(format!("{prefix}.name"), e.to_string()))?;
+        if let Some(t) = &self.tap {
+            check_ifname(t, &format!("{prefix}.tap"))?;
+            return Ok(Backend::Tap { name: t.clone() });
+        }
+        if let Some(p) = &self.packet {
+            check_ifname(p, &format!("{prefix}.packet"))?;
+            return Ok(Backend::Packet { ifname: p.clone() });
+        }
+        let netns = self.netns.clone().unwrap_or_default();
+        if netns.as_os_str().is_empty() {
+            return Err(Error::invalid(format!("{prefix}.netns"), "empty path"));
+        }
+        let ifname = self.ifname.clone().unwrap_or_else(|| "eth0".into());
+        check_ifname(&ifname, &format!("{prefix}.ifname"))?;
+        Ok(Backend::NetnsTap { netns, ifname })
+    }
+
+    /// The forwarding policy.
+    pub fn policy(&self) -> PortPolicy {
+        PortPolicy {
+            learning: self.learning,
+            flood: self.flood,
+            isolated: self.isolated,
+            allowed_macs: self.allowed_macs.clone(),
+        }
+    }
+}
+
+/// Checks a Linux interface name: 1-15 bytes, no `/`, whitespace or `:`.
+pub fn check_ifname(name: &str, field: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            format!(
+                "{name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"
+            ),
+        ))
+    }
+}
+
+/// A port, as listed by `usernet ctl ports`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    /// Port id.
+    pub id: PortId,
+    /// Port name.
+    pub name: String,
+    /// Network name.
+    pub network: String,
+    /// Link kind.
+    pub kind: String,
+    /// Owning event loop.
+    pub event_loop: usize,
+    /// Isolated port.
+    pub isolated: bool,
+}
+
+/// A network, as listed by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    /// Name.
+    pub name: String,
+    /// Names of its ports.
+    pub ports: Vec<String>,
+    /// FDB entries.
+    pub fdb_entries: usize,
+    /// FDB cap.
+    pub fdb_max_entries: usize,
+    /// FDB aging in seconds (0 = never).
+    pub fdb_aging_secs: u64,
+}
+
+/// One FDB entry, as shown by `usernet ctl fdb`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FdbRow {
+    /// Network name.
+    pub network: String,
+    /// VLAN id.
+    pub vlan: u16,
+    /// MAC.
+    pub mac: Mac,
+    /// Port name.
+    pub port: String,
+    /// Seconds since last seen.
+    pub age_secs: f64,
+    /// Configured, never ages.
+    pub is_static: bool,
+}
+
+/// One port's counters, as shown by `usernet ctl stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStatsRow {
+    /// Port name.
+    pub port: String,
+    /// Network name.
+    pub network: String,
+    /// Counters.
+    pub stats: PortStats,
+}
+
+/// Control handle for a running [`crate::engine::Engine`]. Cheap to clone; every method may be
+/// called from any thread.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").finish_non_exhaustive()
+    }
+}
+
+impl Handle {
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        Handle { shared }
+    }
+
+    /// The switching core, for embedders that want direct access (e.g. to add static MACs in
+    /// bulk or read counters without copying).
+    pub fn bridge(&self) -> &Bridge {
+        &self.shared.bridge
+    }
+
+    fn check_running(&self) -> Result<()> {
+        if self.is_stopped() {
+            Err(Error::Stopped)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Adds a network with the given FDB settings.
+    pub fn add_network(&self, name: &str, fdb: FdbConfig) -> Result<()> {
+        self.check_running()?;
+        self.shared.bridge.add_network(name, fdb)?;
+        tracing::info!(network = name, "network added");
+        Ok(())
+    }
+
+    /// Removes a network and closes all its ports.
+    pub fn remove_network(&self, name: &str) -> Result<()> {
+        let ports = self.shared.bridge.remove_network(name)?;
+        for p in ports {
+            self.detach_link(p.owner, p.id)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a port on `network` driven by `link`. The link is handed to the event loop with the
+    /// fewest ports.
+    pub fn add_port(
+        &self,
+        network: &str,
+        name: &str,
+        policy: PortPolicy,
+        link: Box<dyn Link>,
+    ) -> Result<PortId> {
+        self.check_running()?;
+        let owner = self
+            .shared
+            .loops
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, l)| l.ports.load(Ordering::Relaxed))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        let port = self.shared.bridge.add_port(
+            network,
+            NewPort {
+                name: name.to_string(),
+                kind: link.kind(),
+                policy,
+                ring: self.shared.cfg.ring,
+                owner,
+            },
+        )?;
+        let id = port.id;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let ctl = &self.shared.loops[owner];
+        let sent = ctl.tx.send(LoopCmd::Add {
+            port,
+            link,
+            reply: tx,
+        });
+        if sent.is_err() {
+            self.shared.bridge.remove_port(id);
+            return Err(Error::Stopped);
+        }
+        let _ = ctl.waker.wake();
+        match rx.recv_timeout(REPLY_TIMEOUT) {
+            Ok(Ok(())) => Ok(id),
+            Ok(Err(e)) => {
+                self.shared.bridge.remove_port(id);
+                Err(Error::Io(format!("registering port {name}"), e))
+            }
+            Err(_) => {
+                self.shared.bridge.remove_port(id);
+                Err(Error::Timeout(owner))
+            }
+        }
+    }
+
+    /// Opens the link a [`PortSpec`] describes (creating TAPs as needed) and adds the port.
+    pub fn open_port(&self, spec: &PortSpec) -> Result<PortId> {
+        let backend = spec.backend("port")?;
+        if self
+            .shared
+            .bridge
+            .topology()
+            .port_by_name(&spec.name)
+            .is_some()
+        {
+            return Err(crate::bridge::BridgeError::PortExists(spec.name.clone()).into());
+        }
+        if self
+            .shared
+            .bridge
+            .topology()
+            .network_by_name(&spec.network)
+            .is_none()
+        {
+            return Err(crate::bridge::BridgeError::NoSuchNetwork(spec.network.clone()).into());
+        }
+        let tap_opts = TapOptions {
+            mtu: spec.mtu,
+            ..TapOptions::default()
+        };
+        let link: Box<dyn Link> = match &backend {
+            Backend::Tap { name } => Box::new(TapLink::create(name, &tap_opts)?),
+            Backend::NetnsTap { netns, ifname } => {
+                Box::new(TapLink::create_in_netns(netns, ifname, &tap_opts)?)
+            }
+            Backend::Packet { ifname } => Box::new(PacketLink::open(
+                ifname,
+                &PacketOptions {
+                    up: true,
+                    promisc: true,
+                },
+            )?),
+        };
+        self.add_port(&spec.network, &spec.name, spec.policy(), link)
+    }
+
+    /// Removes a port by name and closes its link (a TAP usernet created disappears).
+    pub fn remove_port(&self, name: &str) -> Result<()> {
+        let port = self
+            .shared
+            .bridge
+            .topology()
+            .port_by_name(name)
+            .cloned()
+            .ok_or_else(|| crate::bridge::BridgeError::NoSuchPort(name.to_string()))?;
+        self.shared.bridge.remove_port(port.id);
+        self.detach_link(port.owner, port.id)
+    }
+
+    fn detach_link(&self, owner: usize, id: PortId) -> Result<()> {
+        let ctl = &self.shared.loops[owner];
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if ctl.tx.send(LoopCmd::Remove { id, reply: tx }).is_err() {
+            return Ok(()); // loop gone: the link is closed already
+        }
+        let _ = ctl.waker.wake();
+        rx.recv_timeout(REPLY_TIMEOUT)
+            .map_err(|_| Error::Timeout(owner))
+    }
+
+    /// Adds a static FDB entry: `mac` on `vlan` is always behind port `port`.
+    pub fn add_static_mac(&self, port: &str, mac: Mac, vlan: u16) -> Result<()> {
+        let topo = self.shared.bridge.topology();
+        let p = topo
+            .port_by_name(port)
+            .ok_or_else(|| crate::bridge::BridgeError::NoSuchPort(port.to_string()))?;
+        let ne = topo
+            .network(p.network)
+            .ok_or_else(|| crate::bridge::BridgeError::NoSuchPort(port.to_string()))?;
+        ne.net.fdb.add_static(vlan, mac, p.id);
+        Ok(())
+    }
+
+    /// All ports.
+    pub fn ports(&self) -> Vec<PortInfo> {
+        let topo = self.shared.bridge.topology();
+        topo.ports()
+            .into_iter()
+            .map(|p| PortInfo {
+                id: p.id,
+                name: p.name.clone(),
+                network: topo
+                    .network(p.network)
+                    .map(|n| n.net.name.clone())
+                    .unwrap_or_default(),
+                kind: p.kind.to_string(),
+                event_loop: p.owner,
+                isolated: p.policy.isolated,
+            })
+            .collect()
+    }
+
+    /// All networks.
+    pub fn networks(&self) -> Vec<NetworkInfo> {
+        let topo = self.shared.bridge.topology();
+        topo.networks()
+            .into_iter()
+            .map(|n| {
+                let cfg = n.net.fdb.config();
+                NetworkInfo {
+                    name: n.net.name.clone(),
+                    ports: n.ports.iter().map(|p| p.name.clone()).collect(),
+                    fdb_entries: n.net.fdb.len(),
+                    fdb_max_entries: cfg.max_entries,
+                    fdb_aging_secs: cfg.aging_ms / 1000,
+                }
+            })
+            .collect()
+    }
+
+    /// The FDB of one network, or of all.
+    pub fn fdb(&self, network: Option<&str>) -> Result<Vec<FdbRow>> {
+        let topo = self.shared.bridge.topology();
+        if let Some(n) = network {
+            if topo.network_by_name(n).is_none() {
+                return Err(crate::bridge::BridgeError::NoSuchNetwork(n.to_string()).into());
+            }
+        }
+        let now = self.shared.bridge.now();
+        let mut rows = Vec::new();
+        for ne in topo.networks() {
+            if network.is_some_and(|n| n != ne.net.name) {
+                continue;
+            }
+            for e in ne.net.fdb.dump(now) {
+                rows.push(FdbRow {
+                    network: ne.net.name.clone(),
+                    vlan: e.vlan,
+                    mac: e.mac,
+                    port: topo
+                        .port(e.port)
+                        .map(|p| p.name.clone())
+                        .unwrap_or_else(|| format!("#{}", e.port.0)),
+                    age_secs: e.age_ms as f64 / 1000.0,
+                    is_static: e.is_static,
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Counters of every port.
+    pub fn stats(&self) -> Vec<PortStatsRow> {
+        let topo = self.shared.bridge.topology();
+        topo.ports()
+            .into_iter()
+            .map(|p| PortStatsRow {
+                port: p.name.clone(),
+                network: topo
+                    .network(p.network)
+                    .map(|n| n.net.name.clone())
+                    .unwrap_or_default(),
+                stats: p.counters.snapshot(),
+            })
+            .collect()
+    }
+
+    /// Asks the engine to stop: loops exit and close their links.
+    pub fn shutdown(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake_all();
+    }
+
+    /// True once [`Self::shutdown`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::Acquire)
+    }
+}

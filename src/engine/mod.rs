@@ -1,0 +1,479 @@
+//! The engine: mio event loops that move frames between links and the bridge.
+//!
+//! # Theory of operation
+//!
+//! The engine runs `loops` threads, each with its own `mio::Poll`. Every port's link belongs to
+//! exactly one loop (the one with the fewest ports when it was added). A loop:
+//!
+//! 1. waits for readiness (edge-triggered) on its links and on its `Waker`;
+//! 2. for a readable link, reads batches of up to [`BATCH`] frames, at most
+//!    [`RX_BUDGET`] batches per turn (a port with more waiting goes on a "read again" list served
+//!    next turn, so one busy port cannot starve the others), and runs each frame through
+//!    [`Bridge::forward`], which pushes it into the egress ports' bounded lock-free TX rings;
+//! 3. after the batch, flushes the TX rings of its own ports that received frames (one
+//!    `send_batch` per port per batch) and wakes each *other* loop that owns a port which
+//!    received frames (one wake per loop per batch, not per frame);
+//! 4. on its `Waker`, runs control commands (add or remove a link) and flushes the ports whose
+//!    rings other loops filled.
+//!
+//! A link that would block on write keeps at most one batch in its own pending queue and waits
+//! for a writable event; meanwhile its TX ring fills and further frames for it are dropped and
+//! counted (`ring_full`). So a slow or stuck port costs the others nothing.
+//!
+//! A link whose read fails for good (TAP deleted, namespace gone) is deregistered, its port
+//! removed from the bridge (and its MACs from the FDB), and a warning logged; the other ports
+//! keep forwarding.
+//!
+//! Loop 0 also runs the FDB aging sweep once a second. There is no timer on the forwarding path:
+//! frames are written as soon as their batch is processed.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::bridge::{Bridge, Clock, DropReason, MonotonicClock, Port, PortId};
+use crate::control::Handle;
+use crate::frame::{Frame, FramePool};
+use crate::link::Link;
+
+/// Frames read per `recv_batch` call.
+pub const BATCH: usize = 64;
+/// Batches read from one port per loop turn before others get their turn.
+pub const RX_BUDGET: usize = 4;
+const WAKER: Token = Token(0);
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Number of event-loop threads (at least 1).
+    pub loops: usize,
+    /// Largest frame (Ethernet header included) any port carries; sizes the pool's buffers.
+    pub max_frame: usize,
+    /// Capacity of each port's TX ring, in frames.
+    pub ring: usize,
+    /// Idle buffers the pool keeps.
+    pub pool_free: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            loops: 1,
+            // MTU 1500 + Ethernet header + two VLAN tags.
+            max_frame: 1500 + 14 + 8,
+            ring: crate::bridge::DEFAULT_RING,
+            pool_free: 4096,
+        }
+    }
+}
+
+pub(crate) enum LoopCmd {
+    Add {
+        port: Arc<Port>,
+        link: Box<dyn Link>,
+        reply: Sender<io::Result<()>>,
+    },
+    Remove {
+        id: PortId,
+        reply: Sender<()>,
+    },
+}
+
+pub(crate) struct LoopCtl {
+    pub(crate) tx: Sender<LoopCmd>,
+    pub(crate) waker: Arc<Waker>,
+    pub(crate) ports: AtomicUsize,
+}
+
+/// State shared by the loops and every [`Handle`].
+pub(crate) struct Shared {
+    pub(crate) bridge: Bridge,
+    pub(crate) loops: Vec<LoopCtl>,
+    pub(crate) cfg: EngineConfig,
+    pub(crate) stop: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn wake_all(&self) {
+        for l in &self.loops {
+            let _ = l.waker.wake();
+        }
+    }
+}
+
+/// A running engine. Dropping it stops the loops and closes every link.
+pub struct Engine {
+    handle: Handle,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("loops", &self.threads.len())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Starts the event loops with the system clock.
+    pub fn start(cfg: EngineConfig) -> io::Result<Engine> {
+        Self::start_with_clock(cfg, Arc::new(MonotonicClock::new()))
+    }
+
+    /// Starts the event loops with the given clock (tests use a [`crate::bridge::ManualClock`]).
+    pub fn start_with_clock(mut cfg: EngineConfig, clock: Arc<dyn Clock>) -> io::Result<Engine> {
+        cfg.loops = cfg.loops.max(1);
+        let pool = FramePool::new(cfg.max_frame, cfg.pool_free);
+        let mut polls = Vec::new();
+        let mut ctls = Vec::new();
+        let mut rxs = Vec::new();
+        for _ in 0..cfg.loops {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (tx, rx) = crossbeam_channel::unbounded();
+            ctls.push(LoopCtl {
+                tx,
+                waker,
+                ports: AtomicUsize::new(0),
+            });
+            polls.push(poll);
+            rxs.push(rx);
+        }
+        let shared = Arc::new(Shared {
+            bridge: Bridge::new(clock, pool),
+            loops: ctls,
+            cfg: cfg.clone(),
+            stop: AtomicBool::new(false),
+        });
+        let mut threads = Vec::new();
+        for (idx, (poll, rx)) in polls.into_iter().zip(rxs).enumerate() {
+            let st = LoopState::new(idx, poll, shared.clone(), rx);
+            let t = std::thread::Builder::new()
+                .name(format!("usernet-loop{idx}"))
+                .spawn(move || st.run())?;
+            threads.push(t);
+        }
+        Ok(Engine {
+            handle: Handle::from_shared(shared),
+            threads,
+        })
+    }
+
+    /// A control handle (cheap to clone, usable from any thread).
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Blocks until [`Handle::shutdown`] is called (from a signal handler thread, the control
+    /// socket, or an embedder), then joins the loops.
+    pub fn wait(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Stops the loops and waits for them.
+    pub fn shutdown(self) {
+        self.handle.shutdown();
+        self.wait();
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.handle.shutdown();
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+struct LocalPort {
+    port: Arc<Port>,
+    link: Box<dyn Link>,
+    pending: VecDeque<Frame>,
+}
+
+struct LoopState {
+    idx: usize,
+    poll: Poll,
+    shared: Arc<Shared>,
+    cmds: Receiver<LoopCmd>,
+    slots: Vec<Option<LocalPort>>,
+    by_id: HashMap<PortId, usize>,
+    local_dirty: Vec<PortId>,
+    remote_wake: Vec<bool>,
+    again: Vec<usize>,
+    rx_buf: Vec<Frame>,
+}
+
+fn token_of(slot: usize) -> Token {
+    Token(slot + 1)
+}
+
+impl LoopState {
+    fn new(idx: usize, poll: Poll, shared: Arc<Shared>, cmds: Receiver<LoopCmd>) -> Self {
+        let n = shared.loops.len();
+        LoopState {
+            idx,
+            poll,
+            shared,
+            cmds,
+            slots: Vec::new(),
+            by_id: HashMap::new(),
+            local_dirty: Vec::new(),
+            remote_wake: vec![false; n],
+            again: Vec::new(),
+            rx_buf: Vec::with_capacity(BATCH),
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut next_sweep = Instant::now() + SWEEP_EVERY;
+        loop {
+            let timeout = if self.again.is_empty() {
+                next_sweep.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(loop_idx = self.idx, "poll failed: {e}");
+                    break;
+                }
+            }
+            if self.shared.stop.load(Ordering::Acquire) {
+                break;
+            }
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    self.commands();
+                    self.flush_remote_filled();
+                    continue;
+                }
+                let slot = ev.token().0 - 1;
+                if ev.is_readable() || ev.is_error() || ev.is_read_closed() {
+                    self.rx(slot);
+                }
+                if ev.is_writable() {
+                    self.flush(slot);
+                }
+            }
+            let again = std::mem::take(&mut self.again);
+            for slot in again {
+                self.rx(slot);
+            }
+            self.end_of_batch();
+            if self.idx == 0 && Instant::now() >= next_sweep {
+                let n = self.shared.bridge.sweep();
+                if n > 0 {
+                    tracing::debug!("aged out {n} FDB entries");
+                }
+                next_sweep = Instant::now() + SWEEP_EVERY;
+            }
+        }
+        // Dropping the slots closes every link of this loop.
+        self.slots.clear();
+    }
+
+    fn commands(&mut self) {
+        while let Ok(cmd) = self.cmds.try_recv() {
+            match cmd {
+                LoopCmd::Add { port, link, reply } => {
+                    let r = self.add(port, link);
+                    let _ = reply.send(r);
+                }
+                LoopCmd::Remove { id, reply } => {
+                    if let Some(slot) = self.by_id.get(&id).copied() {
+                        self.drop_slot(slot);
+                    }
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, port: Arc<Port>, link: Box<dyn Link>) -> io::Result<()> {
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        let fd = link.as_raw_fd();
+        self.poll.registry().register(
+            &mut SourceFd(&fd),
+            token_of(slot),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.by_id.insert(port.id, slot);
+        self.shared.loops[self.idx]
+            .ports
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(port = %port.name, kind = link.kind(), loop_idx = self.idx, "port up");
+        self.slots[slot] = Some(LocalPort {
+            port,
+            link,
+            pending: VecDeque::with_capacity(BATCH),
+        });
+        // Frames may have arrived before registration.
+        self.again.push(slot);
+        Ok(())
+    }
+
+    fn drop_slot(&mut self, slot: usize) -> Option<LocalPort> {
+        let lp = self.slots.get_mut(slot)?.take()?;
+        let fd = lp.link.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        self.by_id.remove(&lp.port.id);
+        self.shared.loops[self.idx]
+            .ports
+            .fetch_sub(1, Ordering::Relaxed);
+        Some(lp)
+    }
+
+    /// The link failed for good: remove the port everywhere.
+    fn fail(&mut self, slot: usize, err: &dyn std::fmt::Display) {
+        if let Some(lp) = self.drop_slot(slot) {
+            tracing::warn!(port = %lp.port.name, "link failed, port removed: {err}");
+            self.shared.bridge.remove_port(lp.port.id);
+        }
+    }
+
+    fn rx(&mut self, slot: usize) {
+        let shared = self.shared.clone();
+        let bridge = &shared.bridge;
+        for _ in 0..RX_BUDGET {
+            let Some(Some(lp)) = self.slots.get_mut(slot) else {
+                return;
+            };
+            self.rx_buf.clear();
+            let st = match lp.link.recv_batch(bridge.pool(), &mut self.rx_buf, BATCH) {
+                Ok(st) => st,
+                Err(e) if e.is_fatal() => {
+                    self.fail(slot, &e);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(port = %lp.port.name, "receive error: {e}");
+                    return;
+                }
+            };
+            let port = lp.port.clone();
+            if st.oversize > 0 {
+                let c = &port.counters;
+                c.rx_frames.fetch_add(st.oversize as u64, Ordering::Relaxed);
+                c.drop_n(DropReason::Oversize, st.oversize as u64);
+            }
+            let topo = bridge.topology();
+            let now = bridge.now();
+            let (idx, local_dirty, remote_wake) =
+                (self.idx, &mut self.local_dirty, &mut self.remote_wake);
+            let mut mark = |q: &Arc<Port>| {
+                if q.owner == idx {
+                    if !q.dirty_local.swap(true, Ordering::Relaxed) {
+                        local_dirty.push(q.id);
+                    }
+                } else if !q.tx_pending.swap(true, Ordering::AcqRel) {
+                    if let Some(w) = remote_wake.get_mut(q.owner) {
+                        *w = true;
+                    }
+                }
+            };
+            for f in self.rx_buf.drain(..) {
+                bridge.forward(&topo, &port, f, now, &mut mark);
+            }
+            if st.drained {
+                return;
+            }
+        }
+        self.again.push(slot);
+    }
+
+    fn end_of_batch(&mut self) {
+        let dirty = std::mem::take(&mut self.local_dirty);
+        for id in &dirty {
+            if let Some(&slot) = self.by_id.get(id) {
+                if let Some(Some(lp)) = self.slots.get(slot) {
+                    lp.port.dirty_local.store(false, Ordering::Relaxed);
+                }
+                self.flush(slot);
+            }
+        }
+        self.local_dirty = dirty;
+        self.local_dirty.clear();
+        for (i, w) in self.remote_wake.iter_mut().enumerate() {
+            if std::mem::take(w) {
+                let _ = self.shared.loops[i].waker.wake();
+            }
+        }
+    }
+
+    fn flush_remote_filled(&mut self) {
+        for slot in 0..self.slots.len() {
+            let pending = match &self.slots[slot] {
+                Some(lp) => lp.port.tx_pending.swap(false, Ordering::AcqRel),
+                None => false,
+            };
+            if pending {
+                self.flush(slot);
+            }
+        }
+    }
+
+    fn flush(&mut self, slot: usize) {
+        let Some(Some(lp)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let c = &lp.port.counters;
+        loop {
+            if lp.pending.is_empty() {
+                while lp.pending.len() < BATCH {
+                    match lp.port.tx.pop() {
+                        Some(f) => lp.pending.push_back(f),
+                        None => break,
+                    }
+                }
+                if lp.pending.is_empty() {
+                    return;
+                }
+            }
+            match lp.link.send_batch(&mut lp.pending) {
+                Ok(st) => {
+                    c.tx_frames.fetch_add(st.frames as u64, Ordering::Relaxed);
+                    c.tx_bytes.fetch_add(st.bytes as u64, Ordering::Relaxed);
+                    if st.errors > 0 {
+                        c.drop_n(DropReason::LinkError, st.errors as u64);
+                    }
+                    if !lp.pending.is_empty() {
+                        // Would block: wait for the writable event.
+                        return;
+                    }
+                }
+                Err(e) if e.is_fatal() => {
+                    self.fail(slot, &e);
+                    return;
+                }
+                Err(e) => {
+                    c.drop_n(DropReason::LinkError, lp.pending.len() as u64);
+                    lp.pending.clear();
+                    tracing::debug!(port = %lp.port.name, "send error: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -265,7 +265,11 @@ mod tests {
         let mut q: VecDeque<Frame> = (0..6).map(|i| Frame::from_slice(&[i; 20])).collect();
         let st = a.send_batch(&mut q).expect("send");
         assert_eq!((st.frames, st.errors), (4, 2));
-        assert_eq!(b.recv_timeout(Duration::from_millis(10)).map(|f| f.data()[0]), Some(0));
+        assert_eq!(
+            b.recv_timeout(Duration::from_millis(10))
+                .map(|f| f.data()[0]),
+            Some(0)
+        );
 
         drop(b);
         out.clear();

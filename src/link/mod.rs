@@ -112,8 +112,12 @@ pub struct SendStats {
 /// Classifies an I/O error from reading or writing a port's descriptor.
 pub(crate) fn classify(err: io::Error) -> LinkError {
     match err.raw_os_error() {
-        Some(libc::EBADF) | Some(libc::EBADFD) | Some(libc::ENODEV) | Some(libc::ENXIO)
-        | Some(libc::EPIPE) | Some(libc::ECONNRESET) => LinkError::Gone(err),
+        Some(libc::EBADF)
+        | Some(libc::EBADFD)
+        | Some(libc::ENODEV)
+        | Some(libc::ENXIO)
+        | Some(libc::EPIPE)
+        | Some(libc::ECONNRESET) => LinkError::Gone(err),
         _ => LinkError::Transient(err),
     }
 }

@@ -1,0 +1,217 @@
+//! Shared helpers for tests that need root and network namespaces.
+//!
+//! # Theory of operation
+//!
+//! Privileged tests call [`require_root`] first: without root (or without a working
+//! `ip netns`), they print a `SKIP` line and return, unless `USERNET_REQUIRE_PRIV=1` is set, in
+//! which case they fail loudly (CI runs privileged and must not silently skip).
+//!
+//! Everything a test creates in the kernel is owned by an RAII guard ([`Netns`], [`Veth`],
+//! [`Child`]) whose `Drop` removes it, so a panicking test still cleans up. Names come from
+//! [`unique`], so tests running in parallel (and in several test binaries) never collide, and
+//! they fit the 15-byte interface name limit. Every external command is bounded by `timeout`.
+#![allow(dead_code)]
+
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Seconds any external command may run before `timeout` kills it.
+const CMD_TIMEOUT: &str = "20";
+
+/// True if the test can use root and network namespaces. Otherwise prints
+/// `SKIP {test}: ...` and returns false, or panics if `USERNET_REQUIRE_PRIV=1`.
+pub fn require_root(test: &str) -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    let ok = *OK.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        root && Command::new("ip")
+            .args(["netns", "list"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            && std::path::Path::new("/dev/net/tun").exists()
+    });
+    if ok {
+        return true;
+    }
+    if std::env::var("USERNET_REQUIRE_PRIV").as_deref() == Ok("1") {
+        panic!(
+            "{test}: needs root, /dev/net/tun and `ip netns`, and USERNET_REQUIRE_PRIV=1 forbids skipping"
+        );
+    }
+    eprintln!("SKIP {test}: needs root and network namespaces");
+    false
+}
+
+/// A short name unique to this process and call: `prefix` + 4 hex digits of the pid + a
+/// counter. Keep `prefix` to 2–4 characters so the result fits an interface name (15 bytes).
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{prefix}{:04x}{n:x}", std::process::id() & 0xffff);
+    assert!(
+        name.len() <= 15,
+        "unique name {name:?} too long for an interface"
+    );
+    name
+}
+
+/// Runs `ip args...` (bounded by a timeout) and returns its output.
+pub fn ip_output(args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg(CMD_TIMEOUT)
+        .arg("ip")
+        .args(args)
+        .output()
+        .expect("running ip")
+}
+
+/// Runs `ip args...`, asserting success.
+pub fn ip(args: &[&str]) {
+    let out = ip_output(args);
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    /// The namespace name (as in `ip netns add NAME`).
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates a namespace named `unique(prefix)`.
+    pub fn new(prefix: &str) -> Netns {
+        let name = unique(prefix);
+        ip(&["netns", "add", &name]);
+        Netns { name }
+    }
+
+    /// The bind-mounted namespace file, for `setns`.
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// Runs `args` inside the namespace (`ip netns exec`), bounded by a timeout.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .arg(CMD_TIMEOUT)
+            .args(["ip", "netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("running ip netns exec")
+    }
+
+    /// Like [`Self::exec`], asserting success; returns stdout.
+    pub fn exec_ok(&self, args: &[&str]) -> String {
+        let out = self.exec(args);
+        assert!(
+            out.status.success(),
+            "in netns {}: {}: {}",
+            self.name,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `ip -n NAME args...`, asserting success.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+
+    /// Deletes the namespace now (the guard then does nothing).
+    pub fn delete(mut self) {
+        self.del();
+        self.name.clear();
+    }
+
+    fn del(&self) {
+        if !self.name.is_empty() {
+            let _ = ip_output(&["netns", "del", &self.name]);
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.del();
+    }
+}
+
+/// A veth pair created in the host namespace; deleting `a` on drop removes both ends (wherever
+/// `b` has been moved).
+#[derive(Debug)]
+pub struct Veth {
+    /// The end that stays in the host namespace.
+    pub a: String,
+    /// The peer end.
+    pub b: String,
+}
+
+impl Veth {
+    /// Creates a veth pair with unique names starting with `prefix`, both ends up.
+    pub fn new(prefix: &str) -> Veth {
+        let a = unique(prefix);
+        let b = unique(prefix);
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        let v = Veth { a, b };
+        ip(&["link", "set", &v.a, "up"]);
+        ip(&["link", "set", &v.b, "up"]);
+        v
+    }
+
+    /// Moves end `b` into `ns` (renamed to `new_name` if given) and brings it up there; returns
+    /// its name inside the namespace.
+    pub fn move_b(&self, ns: &Netns, new_name: Option<&str>) -> String {
+        ip(&["link", "set", &self.b, "netns", &ns.name]);
+        let name = match new_name {
+            Some(n) => {
+                ns.ip(&["link", "set", &self.b, "name", n]);
+                n.to_string()
+            }
+            None => self.b.clone(),
+        };
+        ns.ip(&["link", "set", &name, "up"]);
+        name
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = ip_output(&["link", "del", &self.a]);
+    }
+}
+
+/// A child process killed and reaped on drop.
+#[derive(Debug)]
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits up to `ms` milliseconds for `fd` to become readable; true if it did.
+pub fn wait_readable(fd: std::os::fd::RawFd, ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    rc > 0
+}

@@ -204,7 +204,7 @@ fn full_ring_counts_on_egress_and_flood_copies() {
     let r = rig();
     let (a, b, c) = three(&r);
     for i in 0..10u8 {
-        send(&r, &a, eth(Mac::BROADCAST, mac(1 + i % 1)));
+        send(&r, &a, eth(Mac::BROADCAST, mac(1 + i % 2)));
     }
     assert_eq!(b.tx.len(), 8);
     assert_eq!(b.counters.drops(DropReason::RingFull), 2);

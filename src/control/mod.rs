@@ -12,7 +12,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::bridge::{Bridge, FdbConfig, NewPort, PortId, PortPolicy, PortStats};
-use crate::engine::{LoopCmd, Shared};
+use std::os::unix::fs::MetadataExt;
+
+use crate::engine::{LoopCmd, Shared, Watch as EngineWatch};
+use crate::link::OpenError;
+
+type Watch = (String, Box<dyn Fn() -> bool + Send>);
 use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::link::packet::{PacketLink, PacketOptions};
@@ -269,6 +274,10 @@ impl Handle {
         Handle { shared }
     }
 
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// The switching core, for embedders that want direct access (e.g. to add static MACs in
     /// bulk or read counters without copying).
     pub fn bridge(&self) -> &Bridge {
@@ -379,20 +388,50 @@ impl Handle {
             mtu: spec.mtu,
             ..TapOptions::default()
         };
-        let link: Box<dyn Link> = match &backend {
-            Backend::Tap { name } => Box::new(TapLink::create(name, &tap_opts)?),
+        let (link, watch): (Box<dyn Link>, Option<Watch>) = match &backend {
+            Backend::Tap { name } => (Box::new(TapLink::create(name, &tap_opts)?), None),
             Backend::NetnsTap { netns, ifname } => {
-                Box::new(TapLink::create_in_netns(netns, ifname, &tap_opts)?)
+                // Our TAP descriptor keeps the namespace alive after `ip netns del` or after the
+                // container's last process exits, so the kernel never tells us; watch the path.
+                let id = std::fs::metadata(netns)
+                    .map(|m| (m.dev(), m.ino()))
+                    .map_err(|e| OpenError::new(format!("netns {}", netns.display()), e))?;
+                let link = TapLink::create_in_netns(netns, ifname, &tap_opts)?;
+                let path = netns.clone();
+                let alive =
+                    move || std::fs::metadata(&path).is_ok_and(|m| (m.dev(), m.ino()) == id);
+                let what = format!("namespace {}", netns.display());
+                (
+                    Box::new(link),
+                    Some((what, Box::new(alive) as Box<dyn Fn() -> bool + Send>)),
+                )
             }
-            Backend::Packet { ifname } => Box::new(PacketLink::open(
-                ifname,
-                &PacketOptions {
-                    up: true,
-                    promisc: true,
-                },
-            )?),
+            Backend::Packet { ifname } => {
+                let link = PacketLink::open(
+                    ifname,
+                    &PacketOptions {
+                        up: true,
+                        promisc: true,
+                    },
+                )?;
+                let idx = link.ifindex();
+                let alive = move || crate::link::netns::link_exists(idx);
+                let what = format!("interface {ifname}");
+                (
+                    Box::new(link),
+                    Some((what, Box::new(alive) as Box<dyn Fn() -> bool + Send>)),
+                )
+            }
         };
-        self.add_port(&spec.network, &spec.name, spec.policy(), link)
+        let id = self.add_port(&spec.network, &spec.name, spec.policy(), link)?;
+        if let Some((what, alive)) = watch {
+            self.shared.watches.lock().push(EngineWatch {
+                port: id,
+                what,
+                alive,
+            });
+        }
+        Ok(id)
     }
 
     /// Removes a port by name and closes its link (a TAP usernet created disappears).

@@ -93,12 +93,22 @@ pub(crate) struct LoopCtl {
     pub(crate) ports: AtomicUsize,
 }
 
+/// A liveness check for a port whose death the kernel does not report on its descriptor: a TAP
+/// inside a namespace that we keep alive ourselves (our fd pins it), an AF_PACKET interface
+/// deleted while down.
+pub(crate) struct Watch {
+    pub(crate) port: PortId,
+    pub(crate) what: String,
+    pub(crate) alive: Box<dyn Fn() -> bool + Send>,
+}
+
 /// State shared by the loops and every [`Handle`].
 pub(crate) struct Shared {
     pub(crate) bridge: Bridge,
     pub(crate) loops: Vec<LoopCtl>,
     pub(crate) cfg: EngineConfig,
     pub(crate) stop: AtomicBool,
+    pub(crate) watches: parking_lot::Mutex<Vec<Watch>>,
 }
 
 impl Shared {
@@ -153,6 +163,7 @@ impl Engine {
             loops: ctls,
             cfg: cfg.clone(),
             stop: AtomicBool::new(false),
+            watches: parking_lot::Mutex::new(Vec::new()),
         });
         let mut threads = Vec::new();
         for (idx, (poll, rx)) in polls.into_iter().zip(rxs).enumerate() {
@@ -162,10 +173,14 @@ impl Engine {
                 .spawn(move || st.run())?;
             threads.push(t);
         }
-        Ok(Engine {
-            handle: Handle::from_shared(shared),
-            threads,
-        })
+        let handle = Handle::from_shared(shared);
+        let h = handle.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("usernet-watch".into())
+                .spawn(move || watch_loop(h))?,
+        );
+        Ok(Engine { handle, threads })
     }
 
     /// A control handle (cheap to clone, usable from any thread).
@@ -194,6 +209,38 @@ impl Drop for Engine {
             self.handle.shutdown();
             for t in self.threads.drain(..) {
                 let _ = t.join();
+            }
+        }
+    }
+}
+
+/// How often the watcher checks ports whose death the kernel does not signal.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// Removes ports whose [`Watch`] says they are gone (e.g. the namespace of a TAP was deleted:
+/// our own TAP descriptor keeps that namespace alive, so no read ever fails).
+fn watch_loop(h: Handle) {
+    let mut last = Instant::now();
+    while !h.is_stopped() {
+        std::thread::sleep(Duration::from_millis(50));
+        if last.elapsed() < WATCH_EVERY {
+            continue;
+        }
+        last = Instant::now();
+        let dead: Vec<(PortId, String)> = {
+            let topo = h.bridge().topology();
+            let mut w = h.shared().watches.lock();
+            w.retain(|x| topo.port(x.port).is_some());
+            w.iter()
+                .filter(|x| !(x.alive)())
+                .map(|x| (x.port, x.what.clone()))
+                .collect()
+        };
+        for (id, what) in dead {
+            let name = h.bridge().topology().port(id).map(|p| p.name.clone());
+            if let Some(name) = name {
+                tracing::warn!(port = %name, "{what} is gone; port removed");
+                let _ = h.remove_port(&name);
             }
         }
     }

@@ -146,7 +146,8 @@ pub struct L2Header {
 impl L2Header {
     /// Parses the Ethernet header and at most one VLAN tag. Never panics.
     pub fn parse(frame: &[u8]) -> Result<L2Header, EthError> {
-        let eth = Ethernet2HeaderSlice::from_slice(frame).map_err(|_| EthError::Runt(frame.len()))?;
+        let eth =
+            Ethernet2HeaderSlice::from_slice(frame).map_err(|_| EthError::Runt(frame.len()))?;
         let mut h = L2Header {
             dst: Mac(eth.destination()),
             src: Mac(eth.source()),

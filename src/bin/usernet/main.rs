@@ -1,2 +1,103 @@
-//! The `usernet` command line.
-fn main() {}
+//! The `usernet` command line. One file per subcommand.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bridge;
+mod ctl;
+mod demo;
+mod up;
+
+/// Container and VM networking in userspace: a learning L2 switch over TAP, AF_PACKET and
+/// in-memory ports, driven by mio event loops.
+#[derive(Parser, Debug)]
+#[command(name = "usernet", version, about, long_about = None)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `debug` or `usernet=trace`; default `info`
+    /// (or $RUST_LOG).
+    #[arg(long, global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Build throw-away namespaces, join them to a network, move data through the switch,
+    /// print counters, remove everything.
+    Demo(demo::Args),
+    /// Ad-hoc L2 switch between TAP devices and existing interfaces (no gateway).
+    Bridge(bridge::Args),
+    /// Run networks and ports from a TOML config file.
+    Up(up::Args),
+    /// Talk to a running instance over its control socket.
+    Ctl(ctl::Args),
+}
+
+fn init_logging(filter: Option<&str>) {
+    let env = filter
+        .map(str::to_string)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(env))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Stops `handle` on SIGINT or SIGTERM.
+pub(crate) fn stop_on_signals(handle: usernet::Handle) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    std::thread::Builder::new()
+        .name("usernet-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!("signal {sig}: shutting down");
+                handle.shutdown();
+            }
+        })?;
+    Ok(())
+}
+
+/// The `--socket` option shared by the daemons and `ctl`.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct SocketArg {
+    /// Control socket path [default: $USERNET_SOCKET, /run/usernet/usernet.sock for root,
+    /// else $XDG_RUNTIME_DIR/usernet.sock]
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    pub(crate) fn path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(usernet::control::server::default_socket_path)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo prints its own report; keep the log to warnings unless asked.
+    let quiet = matches!(cli.cmd, Cmd::Demo(_)) && std::env::var_os("RUST_LOG").is_none();
+    init_logging(cli.log.as_deref().or(quiet.then_some("warn")));
+    let r = match cli.cmd {
+        Cmd::Demo(a) => demo::run(a),
+        Cmd::Bridge(a) => bridge::run(a),
+        Cmd::Up(a) => up::run(a),
+        Cmd::Ctl(a) => ctl::run(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("usernet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! `usernet bridge`: an ad-hoc L2 switch, no gateway.
+
+use anyhow::Context;
+use usernet::control::api::fdb_config;
+use usernet::{Engine, EngineConfig, PortSpec, control};
+
+use crate::SocketArg;
+
+/// Arguments of `usernet bridge`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// TAP device to switch (created if missing, brought up). Repeatable.
+    #[arg(long = "tap", value_name = "NAME")]
+    taps: Vec<String>,
+    /// Existing interface to attach with AF_PACKET (veth, NIC). Repeatable.
+    #[arg(long = "packet", value_name = "IFNAME")]
+    packets: Vec<String>,
+    /// Name of the network the ports join.
+    #[arg(long, default_value = "bridge")]
+    network: String,
+    /// Event-loop threads.
+    #[arg(long, default_value_t = 1)]
+    loops: usize,
+    /// FDB aging in seconds (0 = never).
+    #[arg(long, default_value_t = 300)]
+    fdb_aging: u64,
+    #[command(flatten)]
+    socket: SocketArg,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    if a.taps.is_empty() && a.packets.is_empty() {
+        anyhow::bail!("nothing to switch: give at least one --tap NAME or --packet IFNAME");
+    }
+    let engine = Engine::start(EngineConfig {
+        loops: a.loops.clamp(1, 64),
+        ..EngineConfig::default()
+    })
+    .context("starting event loops")?;
+    let h = engine.handle();
+    h.add_network(&a.network, fdb_config(None, Some(a.fdb_aging)))?;
+    for t in &a.taps {
+        let mut s = PortSpec::new(&a.network, t);
+        s.tap = Some(t.clone());
+        h.open_port(&s)?;
+    }
+    for p in &a.packets {
+        let mut s = PortSpec::new(&a.network, p);
+        s.packet = Some(p.clone());
+        h.open_port(&s)?;
+    }
+    let _srv = control::server::serve(h.clone(), &a.socket.path())?;
+    crate::stop_on_signals(h)?;
+    tracing::info!(
+        "switching {} port(s) on network {}; control socket {}",
+        a.taps.len() + a.packets.len(),
+        a.network,
+        a.socket.path().display()
+    );
+    engine.wait();
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! `usernet ctl`: talk to a running instance over its control socket.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use serde_json::Value;
+use usernet::PortSpec;
+use usernet::control::api::Request;
+use usernet::control::server::request;
+use usernet::wire::Mac;
+
+use crate::SocketArg;
+
+/// Arguments of `usernet ctl`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Print the raw JSON result.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// List ports.
+    Ports,
+    /// List networks.
+    Networks,
+    /// Show learned and static MAC entries.
+    Fdb {
+        /// Only this network.
+        #[arg(long)]
+        network: Option<String>,
+    },
+    /// Per-port counters and drops by reason.
+    Stats,
+    /// Add or remove a port at run time.
+    #[command(subcommand)]
+    Port(PortCmd),
+    /// Add or remove a network at run time.
+    #[command(subcommand)]
+    Network(NetCmd),
+    /// Add a static FDB entry.
+    Mac {
+        /// Port the MAC is behind.
+        #[arg(long)]
+        port: String,
+        /// VLAN id.
+        #[arg(long, default_value_t = 0)]
+        vlan: u16,
+        /// The MAC address.
+        mac: Mac,
+    },
+    /// Stop the instance.
+    Shutdown,
+}
+
+#[derive(Subcommand, Debug)]
+enum PortCmd {
+    /// Add a port.
+    Add {
+        /// Network to join.
+        #[arg(long)]
+        network: String,
+        /// Port name.
+        #[arg(long)]
+        name: String,
+        /// A TAP in usernet's namespace (created if missing).
+        #[arg(long, conflicts_with_all = ["netns", "packet"])]
+        tap: Option<String>,
+        /// A namespace path (/run/netns/NAME, /proc/PID/ns/net): a TAP is created inside it.
+        #[arg(long, conflicts_with = "packet")]
+        netns: Option<PathBuf>,
+        /// Interface name inside --netns.
+        #[arg(long, requires = "netns")]
+        ifname: Option<String>,
+        /// An existing interface, attached with AF_PACKET.
+        #[arg(long)]
+        packet: Option<String>,
+        /// MTU for a TAP usernet creates.
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// Isolated port: reaches only non-isolated ports.
+        #[arg(long)]
+        isolated: bool,
+    },
+    /// Remove a port (closes its link; a TAP usernet created disappears).
+    Rm {
+        /// Port name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NetCmd {
+    /// Add a network.
+    Add {
+        /// Network name.
+        name: String,
+        /// FDB size cap.
+        #[arg(long)]
+        fdb_max_entries: Option<usize>,
+        /// FDB aging in seconds (0 = never).
+        #[arg(long)]
+        fdb_aging: Option<u64>,
+    },
+    /// Remove a network and all its ports.
+    Rm {
+        /// Network name.
+        name: String,
+    },
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let req = match a.cmd {
+        Cmd::Ports => Request::Ports {},
+        Cmd::Networks => Request::Networks {},
+        Cmd::Fdb { network } => Request::Fdb { network },
+        Cmd::Stats => Request::Stats {},
+        Cmd::Port(PortCmd::Add {
+            network,
+            name,
+            tap,
+            netns,
+            ifname,
+            packet,
+            mtu,
+            isolated,
+        }) => {
+            let mut p = PortSpec::new(&network, &name);
+            p.tap = tap;
+            p.netns = netns;
+            p.ifname = ifname;
+            p.packet = packet;
+            p.mtu = mtu;
+            p.isolated = isolated;
+            Request::AddPort { port: p }
+        }
+        Cmd::Port(PortCmd::Rm { name }) => Request::RemovePort { name },
+        Cmd::Network(NetCmd::Add {
+            name,
+            fdb_max_entries,
+            fdb_aging,
+        }) => Request::AddNetwork {
+            name,
+            fdb_max_entries,
+            fdb_aging_secs: fdb_aging,
+        },
+        Cmd::Network(NetCmd::Rm { name }) => Request::RemoveNetwork { name },
+        Cmd::Mac { port, vlan, mac } => Request::AddStaticMac { port, mac, vlan },
+        Cmd::Shutdown => Request::Shutdown {},
+    };
+    let kind = req.clone();
+    let v = request(&a.socket.path(), &req)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    print!("{}", render(&kind, &v));
+    Ok(())
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(o) => o.to_string(),
+    }
+}
+
+fn table(head: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(head.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+/// Human-readable output for a result.
+pub(crate) fn render(req: &Request, v: &Value) -> String {
+    let empty = Vec::new();
+    let arr = v.as_array().unwrap_or(&empty);
+    match req {
+        Request::Ports {} => table(
+            &["ID", "NAME", "NETWORK", "KIND", "LOOP", "ISOLATED"],
+            arr.iter()
+                .map(|p| {
+                    vec![
+                        s(p, "id"),
+                        s(p, "name"),
+                        s(p, "network"),
+                        s(p, "kind"),
+                        s(p, "event_loop"),
+                        s(p, "isolated"),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::Networks {} => table(
+            &["NAME", "PORTS", "FDB", "FDB_MAX", "AGING_S"],
+            arr.iter()
+                .map(|n| {
+                    let ports = n
+                        .get("ports")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default();
+                    vec![
+                        s(n, "name"),
+                        ports,
+                        s(n, "fdb_entries"),
+                        s(n, "fdb_max_entries"),
+                        s(n, "fdb_aging_secs"),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::Fdb { .. } => table(
+            &["NETWORK", "VLAN", "MAC", "PORT", "AGE_S", "STATIC"],
+            arr.iter()
+                .map(|e| {
+                    vec![
+                        s(e, "network"),
+                        s(e, "vlan"),
+                        s(e, "mac"),
+                        s(e, "port"),
+                        format!(
+                            "{:.1}",
+                            e.get("age_secs").and_then(Value::as_f64).unwrap_or(0.0)
+                        ),
+                        s(e, "is_static"),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::Stats {} => stats_table(arr),
+        _ => match v {
+            Value::Null => "ok\n".to_string(),
+            other => format!("{other}\n"),
+        },
+    }
+}
+
+/// The `ctl stats` table (also printed by the demo).
+pub(crate) fn stats_table(rows: &[Value]) -> String {
+    table(
+        &[
+            "PORT",
+            "NETWORK",
+            "RX_FRAMES",
+            "RX_BYTES",
+            "TX_FRAMES",
+            "TX_BYTES",
+            "FORWARDED",
+            "DROPS",
+        ],
+        rows.iter()
+            .map(|r| {
+                let st = r.get("stats").cloned().unwrap_or(Value::Null);
+                let drops = st
+                    .get("drops")
+                    .and_then(Value::as_object)
+                    .map(|m| {
+                        let d: Vec<String> = m
+                            .iter()
+                            .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                            .map(|(k, n)| format!("{k}={n}"))
+                            .collect();
+                        if d.is_empty() {
+                            "-".into()
+                        } else {
+                            d.join(",")
+                        }
+                    })
+                    .unwrap_or_default();
+                vec![
+                    s(r, "port"),
+                    s(r, "network"),
+                    s(&st, "rx_frames"),
+                    s(&st, "rx_bytes"),
+                    s(&st, "tx_frames"),
+                    s(&st, "tx_bytes"),
+                    s(&st, "forwarded"),
+                    drops,
+                ]
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,36 @@
+//! `usernet up`: networks and ports from a config file.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use usernet::config::Config;
+use usernet::{Engine, control};
+
+use crate::SocketArg;
+
+/// Arguments of `usernet up`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Config file (TOML; see README).
+    #[arg(short = 'c', long = "config", default_value = "usernet.toml")]
+    config: PathBuf,
+    #[command(flatten)]
+    socket: SocketArg,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let cfg = Config::load(&a.config)?;
+    let engine = Engine::start(cfg.engine_config()).context("starting event loops")?;
+    let h = engine.handle();
+    cfg.apply(&h)?;
+    let _srv = control::server::serve(h.clone(), &a.socket.path())?;
+    crate::stop_on_signals(h)?;
+    tracing::info!(
+        "up: {} network(s), {} port(s); control socket {}",
+        cfg.network.len(),
+        cfg.port.len(),
+        a.socket.path().display()
+    );
+    engine.wait();
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! End-to-end tests of the switch with the real kernel: namespaces on TAP and AF_PACKET ports of
+//! a `usernet up` daemon, driven through `usernet ctl`. Need root; skipped (or failed, with
+//! USERNET_REQUIRE_PRIV=1) otherwise.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Child, Netns, Veth, require_root};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_usernet");
+
+/// A `usernet up` daemon with its own config, socket and log in a temp dir; stopped on drop.
+struct Daemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(config: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("usernet.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("log")).expect("log");
+        let child = Command::new(BIN)
+            .args(["up", "-c"])
+            .arg(&cfg)
+            .arg("--socket")
+            .arg(dir.path().join("sock"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn usernet up");
+        let d = Daemon {
+            dir,
+            child: Some(Child(child)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !d.sock().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start: {}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// `usernet ctl --json ARGS`, parsed; panics with the daemon log on failure.
+    fn ctl(&self, args: &[&str]) -> Value {
+        let out = self.ctl_raw(args);
+        assert!(
+            out.status.success(),
+            "usernet ctl {}: {}\ndaemon log:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).expect("ctl JSON")
+    }
+
+    fn ctl_raw(&self, args: &[&str]) -> std::process::Output {
+        Command::new("timeout")
+            .arg("20")
+            .arg(BIN)
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.sock())
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run usernet ctl")
+    }
+
+    fn port_names(&self) -> Vec<String> {
+        self.ctl(&["ports"])
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|p| p["name"].as_str().map(String::from))
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.0.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Child's Drop kills it.
+        }
+    }
+}
+
+fn netns_port(net: &str, name: &str, ns: &Netns) -> String {
+    format!(
+        "[[port]]\nnetwork = \"{net}\"\nname = \"{name}\"\nnetns = \"{}\"\n",
+        ns.path().display()
+    )
+}
+
+/// Gives `eth0` in `ns` an address (and brings lo up).
+fn addr(ns: &Netns, cidr: &str) {
+    ns.ip(&["addr", "add", cidr, "dev", "eth0"]);
+    ns.ip(&["link", "set", "lo", "up"]);
+}
+
+fn ping_ok(ns: &Netns, dst: &str) -> bool {
+    ns.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", dst])
+        .status
+        .success()
+}
+
+fn mac_of(ns: &Netns, ifname: &str) -> String {
+    let s = std::fs::read_to_string(Path::new("/proc/self/fd/0")).ok();
+    drop(s);
+    let out = ns.exec_ok(&["cat", &format!("/sys/class/net/{ifname}/address")]);
+    out.trim().to_string()
+}
+
+fn fdb_macs(d: &Daemon, net: &str) -> Vec<(String, String)> {
+    d.ctl(&["fdb", "--network", net])
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| {
+            (
+                e["mac"].as_str().unwrap_or_default().to_string(),
+                e["port"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn tap_namespaces_ping_and_iperf3() {
+    if !require_root("tap_namespaces_ping_and_iperf3") {
+        return;
+    }
+    let a = Netns::new("ea");
+    let b = Netns::new("eb");
+    let d = Daemon::start(&format!(
+        "[[network]]\nname = \"n\"\n{}{}",
+        netns_port("n", "a", &a),
+        netns_port("n", "b", &b)
+    ));
+    addr(&a, "10.77.1.1/24");
+    addr(&b, "10.77.1.2/24");
+    assert!(ping_ok(&a, "10.77.1.2"), "a -> b\n{}", d.log());
+    assert!(ping_ok(&b, "10.77.1.1"), "b -> a");
+
+    let server = Child(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &b.name,
+                "iperf3",
+                "-s",
+                "-1",
+                "-B",
+                "10.77.1.2",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("iperf3 server"),
+    );
+    // Wait for the server to listen.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !b.exec_ok(&["ss", "-ltn"]).contains("10.77.1.2:5201") {
+        assert!(Instant::now() < deadline, "iperf3 server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = a.exec(&["iperf3", "-c", "10.77.1.2", "-t", "5", "-J"]);
+    drop(server);
+    assert!(
+        out.status.success(),
+        "iperf3: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("bits_per_second");
+    let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    eprintln!("iperf3 through usernet: {:.2} Gbit/s", bps / 1e9);
+    assert!(bytes > 1e6, "iperf3 moved only {bytes} bytes");
+
+    // The counters saw it, and every received frame is accounted for.
+    let stats = d.ctl(&["stats"]);
+    for row in stats.as_array().expect("array") {
+        let st = &row["stats"];
+        let rx = st["rx_frames"].as_u64().unwrap_or(0);
+        let fwd = st["forwarded"].as_u64().unwrap_or(0);
+        let drops: u64 = [
+            "runt",
+            "oversize",
+            "invalid_source",
+            "reserved",
+            "policy",
+            "hairpin",
+            "no_destination",
+        ]
+        .iter()
+        .map(|k| st["drops"][k].as_u64().unwrap_or(0))
+        .sum();
+        assert_eq!(rx, fwd + drops, "accounting for {row}");
+    }
+    let a_rx = stats
+        .as_array()
+        .and_then(|v| v.iter().find(|r| r["port"] == "a"))
+        .map(|r| r["stats"]["rx_bytes"].as_u64().unwrap_or(0))
+        .unwrap_or(0);
+    assert!(
+        a_rx as f64 >= bytes,
+        "port a rx_bytes {a_rx} < iperf3 bytes {bytes}"
+    );
+}
+
+#[test]
+fn packet_port_talks_to_tap_port() {
+    if !require_root("packet_port_talks_to_tap_port") {
+        return;
+    }
+    let a = Netns::new("pa");
+    let c = Netns::new("pc");
+    let veth = Veth::new("pv");
+    veth.move_b(&c, Some("eth0"));
+    let d = Daemon::start(&format!(
+        "[[network]]\nname = \"n\"\n{}[[port]]\nnetwork = \"n\"\nname = \"uplink\"\npacket = \"{}\"\n",
+        netns_port("n", "a", &a),
+        veth.a
+    ));
+    addr(&a, "10.77.2.1/24");
+    addr(&c, "10.77.2.3/24");
+    assert!(ping_ok(&a, "10.77.2.3"), "tap -> packet\n{}", d.log());
+    assert!(ping_ok(&c, "10.77.2.1"), "packet -> tap");
+    let macs = fdb_macs(&d, "n");
+    let cmac = mac_of(&c, "eth0");
+    assert!(
+        macs.contains(&(cmac.clone(), "uplink".to_string())),
+        "{cmac} on uplink in {macs:?}"
+    );
+}
+
+#[test]
+fn runtime_port_fdb_and_port_removal() {
+    if !require_root("runtime_port_fdb_and_port_removal") {
+        return;
+    }
+    let a = Netns::new("ra");
+    let b = Netns::new("rb");
+    let c = Netns::new("rc");
+    let d = Daemon::start(&format!(
+        "[[network]]\nname = \"n\"\n{}{}",
+        netns_port("n", "a", &a),
+        netns_port("n", "b", &b)
+    ));
+    addr(&a, "10.77.3.1/24");
+    addr(&b, "10.77.3.2/24");
+    // A third namespace joins at run time through the control socket.
+    let c_path = c.path();
+    d.ctl(&[
+        "port",
+        "add",
+        "--network",
+        "n",
+        "--name",
+        "c",
+        "--netns",
+        c_path.to_str().expect("utf-8 path"),
+    ]);
+    addr(&c, "10.77.3.3/24");
+    assert!(
+        ping_ok(&a, "10.77.3.3"),
+        "a -> c (added at run time)\n{}",
+        d.log()
+    );
+    assert!(ping_ok(&b, "10.77.3.3"), "b -> c");
+
+    // `ctl fdb` shows each namespace's MAC on its port.
+    let macs = fdb_macs(&d, "n");
+    for (ns, port) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        let m = mac_of(ns, "eth0");
+        assert!(
+            macs.contains(&(m.clone(), port.to_string())),
+            "{m} on {port} in {macs:?}"
+        );
+    }
+
+    // A bad request names the problem and changes nothing.
+    let out = d.ctl_raw(&["port", "rm", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
+
+    // Its TAP is deleted: the port is removed, the others keep forwarding.
+    b.ip(&["link", "del", "eth0"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.port_names().contains(&"b".to_string()) {
+        assert!(Instant::now() < deadline, "port b not removed\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(d.port_names(), vec!["a".to_string(), "c".to_string()]);
+    assert!(ping_ok(&a, "10.77.3.3"), "a -> c after b died");
+    assert!(fdb_macs(&d, "n").iter().all(|(_, p)| p != "b"));
+
+    // Its container goes away (namespace deleted; our TAP fd would keep it alive): removed too.
+    let e = Netns::new("re");
+    let e_path = e.path();
+    d.ctl(&[
+        "port",
+        "add",
+        "--network",
+        "n",
+        "--name",
+        "e",
+        "--netns",
+        e_path.to_str().expect("utf-8"),
+    ]);
+    assert!(d.port_names().contains(&"e".to_string()));
+    e.delete();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.port_names().contains(&"e".to_string()) {
+        assert!(Instant::now() < deadline, "port e not removed\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Removing a port through ctl deletes its TAP.
+    d.ctl(&["port", "rm", "c"]);
+    let gone = !c.exec(&["ip", "link", "show", "eth0"]).status.success();
+    assert!(gone, "TAP eth0 still in {}", c.name);
+}
+
+#[test]
+fn two_networks_cannot_reach_each_other() {
+    if !require_root("two_networks_cannot_reach_each_other") {
+        return;
+    }
+    let a1 = Netns::new("ia");
+    let b1 = Netns::new("ib");
+    let a2 = Netns::new("ic");
+    let b2 = Netns::new("id");
+    let d = Daemon::start(&format!(
+        "[[network]]\nname = \"one\"\n[[network]]\nname = \"two\"\n{}{}{}{}",
+        netns_port("one", "a1", &a1),
+        netns_port("one", "b1", &b1),
+        netns_port("two", "a2", &a2),
+        netns_port("two", "b2", &b2)
+    ));
+    // Same subnet everywhere: only the switch keeps them apart.
+    addr(&a1, "10.77.4.1/24");
+    addr(&b1, "10.77.4.2/24");
+    addr(&a2, "10.77.4.3/24");
+    addr(&b2, "10.77.4.4/24");
+    assert!(ping_ok(&a1, "10.77.4.2"), "within one\n{}", d.log());
+    assert!(ping_ok(&a2, "10.77.4.4"), "within two");
+    assert!(!ping_ok(&a1, "10.77.4.3"), "one reached two");
+    assert!(!ping_ok(&b2, "10.77.4.2"), "two reached one");
+    let one_macs = [mac_of(&a1, "eth0"), mac_of(&b1, "eth0")];
+    for (m, _) in fdb_macs(&d, "two") {
+        assert!(!one_macs.contains(&m), "{m} of network one learned in two");
+    }
+}
+
+#[test]
+fn bad_config_names_the_key() {
+    // No root needed: the config is rejected before anything is created.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("bad.toml");
+    let mut f = std::fs::File::create(&cfg).expect("create");
+    writeln!(
+        f,
+        "[[network]]\nname = \"n\"\n[[port]]\nnetwork = \"n\"\nname = \"p\"\ntapp = \"t0\""
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["up", "-c"])
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(dir.path().join("sock"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tapp"), "{err}");
+}

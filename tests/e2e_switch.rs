@@ -406,3 +406,56 @@ fn bad_config_names_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tapp"), "{err}");
 }
+
+#[test]
+fn bridge_command_switches_taps_moved_into_namespaces() {
+    if !require_root("bridge_command_switches_taps_moved_into_namespaces") {
+        return;
+    }
+    let a = Netns::new("ba");
+    let b = Netns::new("bb");
+    let (ta, tb) = (common::unique("bt"), common::unique("bt"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("sock");
+    let mut child = Child(
+        Command::new(BIN)
+            .args(["bridge", "--tap", &ta, "--tap", &tb, "--socket"])
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn usernet bridge"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "usernet bridge did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The runtime moves each TAP into its container; the fd stays attached.
+    for (t, ns, ip) in [(&ta, &a, "10.77.5.1/24"), (&tb, &b, "10.77.5.2/24")] {
+        common::ip(&["link", "set", t, "netns", &ns.name]);
+        ns.ip(&["link", "set", t, "name", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        addr(ns, ip);
+    }
+    assert!(ping_ok(&a, "10.77.5.2"), "a -> b through usernet bridge");
+    // SIGTERM: clean exit, socket removed, TAPs gone.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Ok(Some(s)) = child.0.try_wait() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "usernet bridge ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(!sock.exists(), "control socket left behind");
+    assert!(
+        !a.exec(&["ip", "link", "show", "eth0"]).status.success(),
+        "TAP left in {}",
+        a.name
+    );
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs usernet's whole test suite: unit, memory-link integration, real-kernel (TAP, AF_PACKET,
+# namespaces), end-to-end CLI tests and doc tests.
+#
+# The kernel tests need root; without it they print "SKIP ..." and pass, unless
+# USERNET_REQUIRE_PRIV=1 (CI sets it) makes them fail instead. As root on Debian/Ubuntu, missing
+# test tools (iproute2, ping, iperf3) are installed with apt-get first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
+command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing test tools: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "note: missing ${missing[*]}; the kernel tests that need them will fail (install them or run as root)" >&2
+  fi
+fi
+
+exec cargo test --locked "$@"

@@ -88,6 +88,7 @@ pub mod control;
 pub mod engine;
 pub mod error;
 pub mod frame;
+pub mod gateway;
 pub mod link;
 pub mod wire;
 

@@ -266,11 +266,11 @@ impl Frame {
 
 impl Drop for Frame {
     fn drop(&mut self) {
-        if let (Some(buf), Some(pool)) = (self.buf.take(), self.pool.take()) {
-            if buf.len() == pool.buf_size {
-                // A full pool just frees the buffer.
-                let _ = pool.free.push(buf);
-            }
+        if let (Some(buf), Some(pool)) = (self.buf.take(), self.pool.take())
+            && buf.len() == pool.buf_size
+        {
+            // A full pool just frees the buffer.
+            let _ = pool.free.push(buf);
         }
     }
 }

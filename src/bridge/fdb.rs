@@ -281,12 +281,11 @@ impl Fdb {
     /// Adds or replaces a static entry: `mac` on `vlan` is always at `port`.
     pub fn add_static(&self, vlan: u16, mac: Mac, port: PortId) {
         let mut inner = self.inner.write();
-        if let Some(old) = inner.map.remove(&(vlan, mac)) {
-            if !old.is_static {
-                if let Some(f) = inner.ports.get_mut(&old.port) {
-                    f.live = f.live.saturating_sub(1);
-                }
-            }
+        if let Some(old) = inner.map.remove(&(vlan, mac))
+            && !old.is_static
+            && let Some(f) = inner.ports.get_mut(&old.port)
+        {
+            f.live = f.live.saturating_sub(1);
         }
         if inner.map.len() >= self.cfg.max_entries {
             Self::evict_one(&mut inner);
@@ -307,10 +306,10 @@ impl Fdb {
         let mut inner = self.inner.write();
         match inner.map.remove(&(vlan, mac)) {
             Some(e) => {
-                if !e.is_static {
-                    if let Some(f) = inner.ports.get_mut(&e.port) {
-                        f.live = f.live.saturating_sub(1);
-                    }
+                if !e.is_static
+                    && let Some(f) = inner.ports.get_mut(&e.port)
+                {
+                    f.live = f.live.saturating_sub(1);
                 }
                 true
             }
@@ -340,10 +339,8 @@ impl Fdb {
         inner.map.retain(|_, e| {
             let keep =
                 e.is_static || now.saturating_sub(e.last_seen.load(Ordering::Relaxed)) < aging;
-            if !keep {
-                if let Some(f) = ports.get_mut(&e.port) {
-                    f.live = f.live.saturating_sub(1);
-                }
+            if !keep && let Some(f) = ports.get_mut(&e.port) {
+                f.live = f.live.saturating_sub(1);
             }
             keep
         });

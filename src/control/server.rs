@@ -9,6 +9,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -41,6 +43,7 @@ pub fn default_socket_path() -> PathBuf {
 #[derive(Debug)]
 pub struct Server {
     path: PathBuf,
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -53,6 +56,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -60,14 +64,15 @@ impl Drop for Server {
     }
 }
 
-/// Binds `path` and serves `handle` on it until the engine stops.
+/// Binds `path` and serves `handle` on it until the engine stops or the [`Server`] is dropped.
 pub fn serve(handle: Handle, path: &Path) -> Result<Server> {
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() && !dir.exists() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::Io(format!("creating {}", dir.display()), e))?;
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-        }
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Io(format!("creating {}", dir.display()), e))?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     }
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
@@ -88,18 +93,21 @@ pub fn serve(handle: Handle, path: &Path) -> Result<Server> {
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::Io("control socket".into(), e))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
     let thread = std::thread::Builder::new()
         .name("usernet-control".into())
-        .spawn(move || accept_loop(handle, listener))
+        .spawn(move || accept_loop(handle, listener, st))
         .map_err(|e| Error::Io("spawning control thread".into(), e))?;
     Ok(Server {
         path: path.to_path_buf(),
+        stop,
         thread: Some(thread),
     })
 }
 
-fn accept_loop(handle: Handle, listener: UnixListener) {
-    while !handle.is_stopped() {
+fn accept_loop(handle: Handle, listener: UnixListener, stop: Arc<AtomicBool>) {
+    while !handle.is_stopped() && !stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((conn, _)) => {
                 let h = handle.clone();
@@ -145,8 +153,8 @@ fn serve_conn(handle: Handle, conn: UnixStream) {
     }
 }
 
-/// Sends one request to the daemon at `path` and returns its `result`, or its error message as
-/// an [`Error::Invalid`] with field `request`.
+/// Sends one request to the daemon at `path` and returns its `result`; a refused request comes
+/// back as [`Error::Io`] carrying the daemon's error message.
 pub fn request(path: &Path, req: &Request) -> Result<Value> {
     let ctx = || format!("control socket {}", path.display());
     let mut s = UnixStream::connect(path).map_err(|e| Error::Io(ctx(), e))?;

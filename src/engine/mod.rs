@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     pub(crate) cfg: EngineConfig,
     pub(crate) stop: AtomicBool,
     pub(crate) watches: parking_lot::Mutex<Vec<Watch>>,
+    pub(crate) gateways:
+        parking_lot::Mutex<std::collections::BTreeMap<String, Arc<crate::gateway::Gateway>>>,
 }
 
 impl Shared {
@@ -164,6 +166,7 @@ impl Engine {
             cfg: cfg.clone(),
             stop: AtomicBool::new(false),
             watches: parking_lot::Mutex::new(Vec::new()),
+            gateways: parking_lot::Mutex::new(Default::default()),
         });
         let mut threads = Vec::new();
         for (idx, (poll, rx)) in polls.into_iter().zip(rxs).enumerate() {
@@ -290,16 +293,19 @@ impl LoopState {
         let mut events = Events::with_capacity(256);
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
         loop {
-            let timeout = if self.again.is_empty() {
-                next_sweep.saturating_duration_since(Instant::now())
+            // Only loop 0 has a timer (the FDB sweep); the others sleep until an event.
+            let timeout = if !self.again.is_empty() {
+                Some(Duration::ZERO)
+            } else if self.idx == 0 {
+                Some(next_sweep.saturating_duration_since(Instant::now()))
             } else {
-                Duration::ZERO
+                None
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(loop_idx = self.idx, "poll failed: {e}");
-                    break;
-                }
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!(loop_idx = self.idx, "poll failed: {e}");
+                break;
             }
             if self.shared.stop.load(Ordering::Acquire) {
                 break;
@@ -434,10 +440,10 @@ impl LoopState {
                     if !q.dirty_local.swap(true, Ordering::Relaxed) {
                         local_dirty.push(q.id);
                     }
-                } else if !q.tx_pending.swap(true, Ordering::AcqRel) {
-                    if let Some(w) = remote_wake.get_mut(q.owner) {
-                        *w = true;
-                    }
+                } else if !q.tx_pending.swap(true, Ordering::AcqRel)
+                    && let Some(w) = remote_wake.get_mut(q.owner)
+                {
+                    *w = true;
                 }
             };
             for f in self.rx_buf.drain(..) {

@@ -234,11 +234,13 @@ fn ping(netns: PathBuf, dst: Ipv4Addr, n: u16) -> anyhow::Result<Vec<Duration>> 
             let Ok(icmp) = etherparse::Icmpv4Slice::from_slice(ip.payload().payload) else {
                 continue;
             };
-            if let etherparse::Icmpv4Type::EchoReply(e) = icmp.icmp_type() {
-                if e.id == id && e.seq == seq && ip.header().source_addr() == dst {
-                    rtts.push(start.elapsed());
-                    break;
-                }
+            if let etherparse::Icmpv4Type::EchoReply(e) = icmp.icmp_type()
+                && e.id == id
+                && e.seq == seq
+                && ip.header().source_addr() == dst
+            {
+                rtts.push(start.elapsed());
+                break;
             }
         }
     }

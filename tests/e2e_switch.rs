@@ -5,113 +5,14 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Child, Netns, Veth, require_root};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_usernet");
-
-/// A `usernet up` daemon with its own config, socket and log in a temp dir; stopped on drop.
-struct Daemon {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn start(config: &str) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = dir.path().join("usernet.toml");
-        std::fs::write(&cfg, config).expect("write config");
-        let log = std::fs::File::create(dir.path().join("log")).expect("log");
-        let child = Command::new(BIN)
-            .args(["up", "-c"])
-            .arg(&cfg)
-            .arg("--socket")
-            .arg(dir.path().join("sock"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn usernet up");
-        let d = Daemon {
-            dir,
-            child: Some(Child(child)),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !d.sock().exists() {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not start: {}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.dir.path().join("sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-
-    /// `usernet ctl --json ARGS`, parsed; panics with the daemon log on failure.
-    fn ctl(&self, args: &[&str]) -> Value {
-        let out = self.ctl_raw(args);
-        assert!(
-            out.status.success(),
-            "usernet ctl {}: {}\ndaemon log:\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        serde_json::from_slice(&out.stdout).expect("ctl JSON")
-    }
-
-    fn ctl_raw(&self, args: &[&str]) -> std::process::Output {
-        Command::new("timeout")
-            .arg("20")
-            .arg(BIN)
-            .arg("ctl")
-            .arg("--socket")
-            .arg(self.sock())
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("run usernet ctl")
-    }
-
-    fn port_names(&self) -> Vec<String> {
-        self.ctl(&["ports"])
-            .as_array()
-            .expect("array")
-            .iter()
-            .filter_map(|p| p["name"].as_str().map(String::from))
-            .collect()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(c.0.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            // Child's Drop kills it.
-        }
-    }
-}
+use common::daemon::{BIN, Daemon};
 
 fn netns_port(net: &str, name: &str, ns: &Netns) -> String {
     format!(
@@ -161,7 +62,7 @@ fn tap_namespaces_ping_and_iperf3() {
     let a = Netns::new("ea");
     let b = Netns::new("eb");
     let d = Daemon::start(&format!(
-        "[[network]]\nname = \"n\"\n{}{}",
+        "[[network]]\nname = \"n\"\ngateway = false\n{}{}",
         netns_port("n", "a", &a),
         netns_port("n", "b", &b)
     ));
@@ -249,7 +150,7 @@ fn packet_port_talks_to_tap_port() {
     let veth = Veth::new("pv");
     veth.move_b(&c, Some("eth0"));
     let d = Daemon::start(&format!(
-        "[[network]]\nname = \"n\"\n{}[[port]]\nnetwork = \"n\"\nname = \"uplink\"\npacket = \"{}\"\n",
+        "[[network]]\nname = \"n\"\ngateway = false\n{}[[port]]\nnetwork = \"n\"\nname = \"uplink\"\npacket = \"{}\"\n",
         netns_port("n", "a", &a),
         veth.a
     ));
@@ -274,7 +175,7 @@ fn runtime_port_fdb_and_port_removal() {
     let b = Netns::new("rb");
     let c = Netns::new("rc");
     let d = Daemon::start(&format!(
-        "[[network]]\nname = \"n\"\n{}{}",
+        "[[network]]\nname = \"n\"\ngateway = false\n{}{}",
         netns_port("n", "a", &a),
         netns_port("n", "b", &b)
     ));
@@ -363,7 +264,7 @@ fn two_networks_cannot_reach_each_other() {
     let a2 = Netns::new("ic");
     let b2 = Netns::new("id");
     let d = Daemon::start(&format!(
-        "[[network]]\nname = \"one\"\n[[network]]\nname = \"two\"\n{}{}{}{}",
+        "[[network]]\nname = \"one\"\ngateway = false\n[[network]]\nname = \"two\"\ngateway = false\n{}{}{}{}",
         netns_port("one", "a1", &a1),
         netns_port("one", "b1", &b1),
         netns_port("two", "a2", &a2),

@@ -71,6 +71,39 @@ pub enum Request {
         #[serde(default)]
         vlan: u16,
     },
+    /// Gateways: addresses and counters.
+    Gateways {},
+    /// DHCP leases.
+    Leases {
+        /// Only this network.
+        #[serde(default)]
+        network: Option<String>,
+    },
+    /// Add a DNS record.
+    DnsAdd {
+        /// Network.
+        network: String,
+        /// Name (relative to the network's domain, or inside it).
+        name: String,
+        /// Address.
+        addr: std::net::IpAddr,
+    },
+    /// Remove DNS records.
+    DnsRm {
+        /// Network.
+        network: String,
+        /// Name.
+        name: String,
+        /// Only this address (default: all of the name).
+        #[serde(default)]
+        addr: Option<std::net::IpAddr>,
+    },
+    /// List DNS records.
+    DnsLs {
+        /// Only this network.
+        #[serde(default)]
+        network: Option<String>,
+    },
     /// Stop the daemon.
     Shutdown {},
 }
@@ -126,6 +159,30 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
             h.add_static_mac(&port, mac, vlan)?;
             Value::Null
         }
+        Request::Gateways {} => json!(h.gateways()),
+        Request::Leases { network } => json!(h.leases(network.as_deref())?),
+        Request::DnsAdd {
+            network,
+            name,
+            addr,
+        } => {
+            h.dns_add(&network, &name, addr)?;
+            Value::Null
+        }
+        Request::DnsRm {
+            network,
+            name,
+            addr,
+        } => {
+            if !h.dns_remove(&network, &name, addr)? {
+                return Err(crate::Error::invalid(
+                    "name",
+                    format!("no record {name:?} on network {network:?}"),
+                ));
+            }
+            Value::Null
+        }
+        Request::DnsLs { network } => json!(h.dns_list(network.as_deref())?),
         Request::Shutdown {} => {
             h.shutdown();
             Value::Null

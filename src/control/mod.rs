@@ -15,6 +15,7 @@ use crate::bridge::{Bridge, FdbConfig, NewPort, PortId, PortPolicy, PortStats};
 use std::os::unix::fs::MetadataExt;
 
 use crate::engine::{LoopCmd, Shared, Watch as EngineWatch};
+use crate::gateway::{Gateway, GatewayConfig, GatewayInfo};
 use crate::link::OpenError;
 
 type Watch = (String, Box<dyn Fn() -> bool + Send>);
@@ -137,13 +138,13 @@ impl PortSpec {
                 "only meaningful with `netns`",
             ));
         }
-        if let Some(m) = self.mtu {
-            if !(68..=65535).contains(&m) {
-                return Err(Error::invalid(
-                    format!("{prefix}.mtu"),
-                    format!("{m} is outside 68..=65535"),
-                ));
-            }
+        if let Some(m) = self.mtu
+            && !(68..=65535).contains(&m)
+        {
+            return Err(Error::invalid(
+                format!("{prefix}.mtu"),
+                format!("{m} is outside 68..=65535"),
+            ));
         }
         crate::bridge::validate_name(&self.name)
             .map_err(|e| Error::invalid(format!("{prefix}.name"), e.to_string()))?;
@@ -256,6 +257,27 @@ pub struct PortStatsRow {
     pub stats: PortStats,
 }
 
+/// A DHCP lease, as shown by `usernet ctl leases`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseRow {
+    /// Network name.
+    pub network: String,
+    /// The lease.
+    #[serde(flatten)]
+    pub lease: crate::gateway::dhcp::Lease,
+}
+
+/// A DNS record, as shown by `usernet ctl dns ls`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DnsRow {
+    /// Network name.
+    pub network: String,
+    /// Fully qualified name.
+    pub name: String,
+    /// Address.
+    pub addr: std::net::IpAddr,
+}
+
 /// Control handle for a running [`crate::engine::Engine`]. Cheap to clone; every method may be
 /// called from any thread.
 #[derive(Clone)]
@@ -300,9 +322,10 @@ impl Handle {
         Ok(())
     }
 
-    /// Removes a network and closes all its ports.
+    /// Removes a network and closes all its ports (its gateway stops with its port).
     pub fn remove_network(&self, name: &str) -> Result<()> {
         let ports = self.shared.bridge.remove_network(name)?;
+        self.shared.gateways.lock().remove(name);
         for p in ports {
             self.detach_link(p.owner, p.id)?;
         }
@@ -511,10 +534,10 @@ impl Handle {
     /// The FDB of one network, or of all.
     pub fn fdb(&self, network: Option<&str>) -> Result<Vec<FdbRow>> {
         let topo = self.shared.bridge.topology();
-        if let Some(n) = network {
-            if topo.network_by_name(n).is_none() {
-                return Err(crate::bridge::BridgeError::NoSuchNetwork(n.to_string()).into());
-            }
+        if let Some(n) = network
+            && topo.network_by_name(n).is_none()
+        {
+            return Err(crate::bridge::BridgeError::NoSuchNetwork(n.to_string()).into());
         }
         let now = self.shared.bridge.now();
         let mut rows = Vec::new();
@@ -553,6 +576,106 @@ impl Handle {
                 stats: p.counters.snapshot(),
             })
             .collect()
+    }
+
+    /// Starts the gateway (ARP, ICMP, DHCP, DNS, NDP/RA) of an existing network.
+    pub fn add_gateway(&self, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
+        self.check_running()?;
+        let name = cfg.network.clone();
+        if self
+            .shared
+            .bridge
+            .topology()
+            .network_by_name(&name)
+            .is_none()
+        {
+            return Err(crate::bridge::BridgeError::NoSuchNetwork(name).into());
+        }
+        if self.shared.gateways.lock().contains_key(&name) {
+            return Err(Error::invalid(
+                "gateway",
+                format!("network {name:?} already has a gateway"),
+            ));
+        }
+        let gw = crate::gateway::start(self, cfg)?;
+        self.shared.gateways.lock().insert(name, gw.clone());
+        Ok(gw)
+    }
+
+    /// The gateway of `network`, if it has one.
+    pub fn gateway(&self, network: &str) -> Option<Arc<Gateway>> {
+        self.shared.gateways.lock().get(network).cloned()
+    }
+
+    fn gateways_of(&self, network: Option<&str>) -> Result<Vec<Arc<Gateway>>> {
+        let g = self.shared.gateways.lock();
+        match network {
+            Some(n) => {
+                g.get(n).cloned().map(|x| vec![x]).ok_or_else(|| {
+                    Error::invalid("network", format!("network {n:?} has no gateway"))
+                })
+            }
+            None => Ok(g.values().cloned().collect()),
+        }
+    }
+
+    /// Addresses and counters of every gateway.
+    pub fn gateways(&self) -> Vec<GatewayInfo> {
+        self.shared
+            .gateways
+            .lock()
+            .values()
+            .map(|g| g.info())
+            .collect()
+    }
+
+    /// DHCP leases of one network's gateway, or of all.
+    pub fn leases(&self, network: Option<&str>) -> Result<Vec<LeaseRow>> {
+        let mut rows = Vec::new();
+        for g in self.gateways_of(network)? {
+            for lease in g.leases() {
+                rows.push(LeaseRow {
+                    network: g.cfg.network.clone(),
+                    lease,
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Adds a DNS record `name` → `addr` on `network` (`name` relative to its domain, or a name
+    /// inside the domain).
+    pub fn dns_add(&self, network: &str, name: &str, addr: std::net::IpAddr) -> Result<()> {
+        let g = self.gateways_of(Some(network))?.remove(0);
+        g.records
+            .add(name, addr)
+            .map_err(|e| Error::invalid("name", e.to_string()))
+    }
+
+    /// Removes DNS records of `name` on `network` (one address, or all). False if none matched.
+    pub fn dns_remove(
+        &self,
+        network: &str,
+        name: &str,
+        addr: Option<std::net::IpAddr>,
+    ) -> Result<bool> {
+        let g = self.gateways_of(Some(network))?.remove(0);
+        Ok(g.records.remove(name, addr))
+    }
+
+    /// DNS records of one network, or of all.
+    pub fn dns_list(&self, network: Option<&str>) -> Result<Vec<DnsRow>> {
+        let mut rows = Vec::new();
+        for g in self.gateways_of(network)? {
+            for r in g.records.list() {
+                rows.push(DnsRow {
+                    network: g.cfg.network.clone(),
+                    name: r.name,
+                    addr: r.addr,
+                });
+            }
+        }
+        Ok(rows)
     }
 
     /// Asks the engine to stop: loops exit and close their links.

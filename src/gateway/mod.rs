@@ -1,6 +1,973 @@
-//! The virtual gateway of a network: ARP, ICMP, DHCPv4, DNS, IPv6 NDP/RA.
+//! The virtual gateway of a network: ARP, ICMP echo, DHCPv4, DNS, IPv6 NDP/RA.
 //!
-//! (Module being assembled; see the protocol files.)
+//! # Theory of operation
+//!
+//! A gateway is an endpoint attached to its network's bridge like any other port — through an
+//! in-process [`MemoryLink`] — with its own MAC and addresses (`subnet`.1 and `prefix::1`, plus
+//! an EUI-64 link-local address). So the switching core stays pure: to the bridge the gateway is
+//! just a port, learned, flooded to and isolated like the others.
+//!
+//! Each gateway runs on its own thread with its own mio `Poll`: frames from the bridge arrive on
+//! the memory link, answers go back the same way. It handles:
+//! - ARP requests for its address, and announces itself with a gratuitous ARP ([`arp`]);
+//! - ICMP and ICMPv6 echo to its addresses;
+//! - DHCPv4 ([`dhcp`]): leases from the subnet, the client's hostname registered in DNS;
+//! - DNS ([`dns`]) over UDP and TCP port 53 ([`tcp`], smoltcp): authoritative for the network's
+//!   domain (endpoint names), everything else forwarded to upstream resolvers on worker threads,
+//!   whose answers come back through a channel and the loop's `Waker`;
+//! - NDP neighbour and router solicitations, and periodic router advertisements with the prefix
+//!   (SLAAC), MTU and RDNSS ([`ndp`]).
+//!
+//! Names: an endpoint is known in DNS by the DHCP hostname it sends, by its *port name* (the
+//! gateway looks the client's MAC up in the network's FDB, so the port `web` answers as
+//! `web.<domain>` with whatever address its guest got or uses — seen in DHCP ACKs and ARP), and by
+//! records added through the control API. Names live per network, so a name resolves only on
+//! its own network.
+//!
+//! Frames not for the gateway (unicast to another MAC, which the bridge floods while the MAC is
+//! unknown) are ignored. Frames that fail to parse are counted as `malformed` and dropped;
+//! nothing is ever built from an unchecked length (etherparse checks every header).
 
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use etherparse::{
+    Icmpv4Slice, Icmpv4Type, Icmpv6Slice, Icmpv6Type, IpNumber, Ipv4Slice, Ipv6Slice,
+    PacketBuilder, TcpSlice, UdpSlice,
+};
+use ipnet::{Ipv4Net, Ipv6Net};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+pub mod arp;
 pub mod dhcp;
 pub mod dns;
+pub mod ndp;
+pub mod tcp;
+
+use crate::bridge::{PortId, PortPolicy};
+use crate::control::Handle;
+use crate::error::{Error, Result};
+use crate::frame::{Frame, FramePool};
+use crate::link::Link;
+use crate::link::memory::MemoryLink;
+use crate::wire::{L2Header, Mac};
+use dhcp::{DhcpConfig, DhcpServer, NameEvent, ReplyTo, StaticLease};
+use dns::{DnsConfig, DnsServer, Records, Transport, Upstreams};
+
+/// Settings of one network's gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The network it serves.
+    pub network: String,
+    /// Its MAC.
+    pub mac: Mac,
+    /// The IPv4 subnet.
+    pub subnet: Ipv4Net,
+    /// Its IPv4 address (default: the subnet's first host).
+    pub addr: Ipv4Addr,
+    /// The IPv6 prefix (a /64 for SLAAC), if IPv6 is on.
+    pub ipv6: Option<Ipv6Net>,
+    /// Link MTU announced by DHCP and RA.
+    pub mtu: u16,
+    /// DNS domain of the network's endpoints.
+    pub domain: String,
+    /// Serve DHCPv4.
+    pub dhcp: bool,
+    /// DHCP lease time in seconds.
+    pub lease_secs: u32,
+    /// DHCP pool `(first, last)`; default: the whole subnet but the gateway.
+    pub dhcp_range: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// Static DHCP leases.
+    pub static_leases: Vec<StaticLease>,
+    /// Where non-local DNS queries go.
+    pub upstreams: Upstreams,
+}
+
+impl GatewayConfig {
+    /// Defaults for `network` on `subnet`: gateway at the first host, IPv6 fd88::/64, MTU 1500,
+    /// domain `usernet`, DHCP on, upstreams from `/etc/resolv.conf`.
+    pub fn new(network: &str, subnet: Ipv4Net) -> Self {
+        let addr = subnet.hosts().next().unwrap_or(subnet.network());
+        GatewayConfig {
+            network: network.to_string(),
+            mac: Mac::random_local(),
+            subnet,
+            addr,
+            ipv6: "fd88::/64".parse().ok(),
+            mtu: 1500,
+            domain: "usernet".into(),
+            dhcp: true,
+            lease_secs: 3600,
+            dhcp_range: None,
+            static_leases: Vec::new(),
+            upstreams: Upstreams::ResolvConf("/etc/resolv.conf".into()),
+        }
+    }
+
+    /// The gateway's IPv6 address in the prefix (`prefix::1`).
+    pub fn addr6(&self) -> Option<Ipv6Addr> {
+        self.ipv6
+            .map(|p| Ipv6Addr::from(u128::from(p.network()) | 1))
+    }
+
+    /// Its link-local address.
+    pub fn link_local(&self) -> Ipv6Addr {
+        ndp::link_local(self.mac)
+    }
+}
+
+/// Gateway counters.
+#[derive(Debug, Default)]
+pub struct GatewayCounters {
+    /// Frames received from the network.
+    pub frames: AtomicU64,
+    /// ARP requests for the gateway answered.
+    pub arp_replies: AtomicU64,
+    /// ICMP/ICMPv6 echo requests answered.
+    pub echo_replies: AtomicU64,
+    /// DHCP messages received.
+    pub dhcp_requests: AtomicU64,
+    /// DHCP replies sent.
+    pub dhcp_replies: AtomicU64,
+    /// DNS queries over UDP.
+    pub dns_udp: AtomicU64,
+    /// DNS queries over TCP.
+    pub dns_tcp: AtomicU64,
+    /// Neighbour advertisements sent.
+    pub ndp_adverts: AtomicU64,
+    /// Router advertisements sent.
+    pub router_adverts: AtomicU64,
+    /// Frames that failed to parse (dropped).
+    pub malformed: AtomicU64,
+    /// Frames that were not for the gateway (ignored).
+    pub ignored: AtomicU64,
+    /// Errors from the DHCP or DNS logic.
+    pub errors: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A gateway's addresses and counters, as shown by `usernet ctl gateway`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayInfo {
+    /// Network name.
+    pub network: String,
+    /// MAC.
+    pub mac: Mac,
+    /// IPv4 address with prefix.
+    pub ipv4: String,
+    /// IPv6 address with prefix, if on.
+    pub ipv6: Option<String>,
+    /// Link-local address.
+    pub link_local: Ipv6Addr,
+    /// DNS domain.
+    pub domain: String,
+    /// Counters by name.
+    pub counters: std::collections::BTreeMap<&'static str, u64>,
+    /// DHCP counters.
+    pub dhcp: Option<dhcp::DhcpStats>,
+    /// DNS counters.
+    pub dns: dns::DnsStats,
+}
+
+/// A running gateway, shared between its thread and the control API.
+pub struct Gateway {
+    /// Its settings.
+    pub cfg: GatewayConfig,
+    /// The network's DNS records.
+    pub records: Arc<Records>,
+    /// The DHCP server, if on.
+    pub dhcp: Option<Mutex<DhcpServer>>,
+    /// The DNS server.
+    pub dns: DnsServer,
+    /// Counters.
+    pub counters: GatewayCounters,
+    /// Its port on the bridge.
+    pub port: Mutex<Option<PortId>>,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("network", &self.cfg.network)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Milliseconds since the gateway started (the DHCP clock).
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Addresses and counters.
+    pub fn info(&self) -> GatewayInfo {
+        let c = &self.counters;
+        let counters = [
+            ("frames", &c.frames),
+            ("arp_replies", &c.arp_replies),
+            ("echo_replies", &c.echo_replies),
+            ("dhcp_requests", &c.dhcp_requests),
+            ("dhcp_replies", &c.dhcp_replies),
+            ("dns_udp", &c.dns_udp),
+            ("dns_tcp", &c.dns_tcp),
+            ("ndp_adverts", &c.ndp_adverts),
+            ("router_adverts", &c.router_adverts),
+            ("malformed", &c.malformed),
+            ("ignored", &c.ignored),
+            ("errors", &c.errors),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
+        .collect();
+        GatewayInfo {
+            network: self.cfg.network.clone(),
+            mac: self.cfg.mac,
+            ipv4: format!("{}/{}", self.cfg.addr, self.cfg.subnet.prefix_len()),
+            ipv6: self
+                .cfg
+                .addr6()
+                .zip(self.cfg.ipv6)
+                .map(|(a, p)| format!("{a}/{}", p.prefix_len())),
+            link_local: self.cfg.link_local(),
+            domain: self.cfg.domain.clone(),
+            counters,
+            dhcp: self.dhcp.as_ref().map(|d| d.lock().stats()),
+            dns: self.dns.stats(),
+        }
+    }
+
+    /// The DHCP leases.
+    pub fn leases(&self) -> Vec<dhcp::Lease> {
+        match &self.dhcp {
+            Some(d) => d.lock().leases(self.now_ms()),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Starts the gateway for `cfg.network` on a running engine: a port named `gw.<network>` and
+/// a thread.
+pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
+    let field = |k: &str| format!("network {:?}: {k}", cfg.network);
+    if !cfg.subnet.contains(&cfg.addr)
+        || cfg.addr == cfg.subnet.network()
+        || cfg.addr == cfg.subnet.broadcast()
+    {
+        return Err(Error::invalid(
+            field("gateway address"),
+            format!("{} is not a host of {}", cfg.addr, cfg.subnet),
+        ));
+    }
+    let dhcp = if cfg.dhcp {
+        let mut d = DhcpConfig::for_subnet(cfg.subnet, cfg.addr);
+        if let Some((a, b)) = cfg.dhcp_range {
+            d.range_start = a;
+            d.range_end = b;
+        }
+        d.lease_secs = cfg.lease_secs;
+        d.router = Some(cfg.addr);
+        d.dns = vec![cfg.addr];
+        d.mtu = Some(cfg.mtu);
+        d.domain = Some(cfg.domain.clone());
+        d.search = vec![cfg.domain.clone()];
+        d.static_leases = cfg.static_leases.clone();
+        Some(Mutex::new(
+            DhcpServer::new(d).map_err(|e| Error::invalid(field("dhcp"), e.to_string()))?,
+        ))
+    } else {
+        None
+    };
+    let records = Arc::new(Records::new(&cfg.domain));
+    let dns = DnsServer::new(
+        DnsConfig {
+            domain: cfg.domain.clone(),
+            upstreams: cfg.upstreams.clone(),
+            ..DnsConfig::default()
+        },
+        records.clone(),
+    );
+    let max_frame = handle.bridge().pool().max_frame();
+    let (switch_end, gw_end) =
+        MemoryLink::pair(1024, max_frame).map_err(|e| Error::Io("gateway link".into(), e))?;
+    let gw = Arc::new(Gateway {
+        cfg: cfg.clone(),
+        records,
+        dhcp,
+        dns,
+        counters: GatewayCounters::default(),
+        port: Mutex::new(None),
+        epoch: Instant::now(),
+    });
+    let poll = Poll::new().map_err(|e| Error::Io("gateway poll".into(), e))?;
+    let waker = Arc::new(
+        Waker::new(poll.registry(), WAKE).map_err(|e| Error::Io("gateway waker".into(), e))?,
+    );
+    let port = handle.add_port(
+        &cfg.network,
+        &format!("gw.{}", cfg.network),
+        PortPolicy {
+            allowed_macs: vec![cfg.mac],
+            ..PortPolicy::default()
+        },
+        Box::new(switch_end),
+    )?;
+    *gw.port.lock() = Some(port);
+    let g = gw.clone();
+    let h = handle.clone();
+    std::thread::Builder::new()
+        .name(format!("usernet-gw-{}", cfg.network))
+        .spawn(move || {
+            let mut st = State::new(g, h, gw_end, port, waker);
+            st.run(poll);
+        })
+        .map_err(|e| Error::Io("spawning gateway thread".into(), e))?;
+    tracing::info!(
+        network = %cfg.network,
+        addr = %cfg.addr,
+        ipv6 = ?gw.cfg.addr6(),
+        "gateway up"
+    );
+    Ok(gw)
+}
+
+const LINK: Token = Token(0);
+const WAKE: Token = Token(1);
+const RA_EVERY: Duration = Duration::from_secs(60);
+const MAX_NEIGH: usize = 4096;
+
+/// Work finished elsewhere (DNS workers), handed back to the gateway thread.
+enum Out {
+    Udp {
+        mac: Mac,
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: Vec<u8>,
+    },
+    Tcp {
+        conn: tcp::ConnId,
+        payload: Vec<u8>,
+    },
+}
+
+struct State {
+    gw: Arc<Gateway>,
+    handle: Handle,
+    link: MemoryLink,
+    me: PortId,
+    waker: Arc<Waker>,
+    out_tx: Sender<Out>,
+    out_rx: Receiver<Out>,
+    neigh: HashMap<IpAddr, Mac>,
+    names: HashMap<(String, bool), IpAddr>,
+    tcp: tcp::TcpDns,
+    pool: FramePool,
+    next_ra: Instant,
+    ra_burst: u32,
+}
+
+impl State {
+    fn new(
+        gw: Arc<Gateway>,
+        handle: Handle,
+        link: MemoryLink,
+        me: PortId,
+        waker: Arc<Waker>,
+    ) -> Self {
+        let mut addrs = vec![smoltcp::wire::IpCidr::new(
+            smoltcp::wire::IpAddress::Ipv4(gw.cfg.addr),
+            gw.cfg.subnet.prefix_len(),
+        )];
+        if let (Some(a), Some(p)) = (gw.cfg.addr6(), gw.cfg.ipv6) {
+            addrs.push(smoltcp::wire::IpCidr::new(
+                smoltcp::wire::IpAddress::Ipv6(a),
+                p.prefix_len(),
+            ));
+            addrs.push(smoltcp::wire::IpCidr::new(
+                smoltcp::wire::IpAddress::Ipv6(gw.cfg.link_local()),
+                64,
+            ));
+        }
+        let tcp = tcp::TcpDns::new(&addrs, usize::from(gw.cfg.mtu));
+        let (out_tx, out_rx) = crossbeam_channel::unbounded();
+        let pool = FramePool::new(gw.cfg.mtu as usize + 22, 64);
+        State {
+            gw,
+            handle,
+            link,
+            me,
+            waker,
+            out_tx,
+            out_rx,
+            neigh: HashMap::new(),
+            names: HashMap::new(),
+            tcp,
+            pool,
+            next_ra: Instant::now(),
+            ra_burst: 3,
+        }
+    }
+
+    fn run(&mut self, mut poll: Poll) {
+        let fd = self.link.as_raw_fd();
+        if let Err(e) = poll
+            .registry()
+            .register(&mut SourceFd(&fd), LINK, Interest::READABLE)
+        {
+            tracing::error!(network = %self.gw.cfg.network, "gateway poll: {e}");
+            return;
+        }
+        self.send(arp::gratuitous(self.gw.cfg.mac, self.gw.cfg.addr));
+        let mut events = Events::with_capacity(64);
+        let mut next_expire = Instant::now() + Duration::from_secs(1);
+        let mut frames = Vec::with_capacity(64);
+        loop {
+            let now = Instant::now();
+            let mut timeout = next_expire.min(self.next_ra).saturating_duration_since(now);
+            if let Some(d) = self.tcp.poll_delay() {
+                timeout = timeout.min(d);
+            }
+            if let Err(e) = poll.poll(&mut events, Some(timeout))
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                tracing::error!("gateway poll: {e}");
+                return;
+            }
+            if self.handle.is_stopped() {
+                return;
+            }
+            loop {
+                frames.clear();
+                match self.link.recv_batch(&self.pool, &mut frames, 64) {
+                    Ok(st) => {
+                        for f in frames.drain(..) {
+                            self.frame(f.data());
+                        }
+                        if st.drained {
+                            break;
+                        }
+                    }
+                    Err(_) => {
+                        tracing::info!(network = %self.gw.cfg.network, "gateway port removed; gateway stops");
+                        return;
+                    }
+                }
+            }
+            while let Ok(o) = self.out_rx.try_recv() {
+                match o {
+                    Out::Udp {
+                        mac,
+                        src,
+                        dst,
+                        payload,
+                    } => self.send_udp(mac, src, dst, &payload),
+                    Out::Tcp { conn, payload } => self.tcp.answer(conn, &payload),
+                }
+            }
+            self.poll_tcp();
+            let now = Instant::now();
+            if now >= next_expire {
+                next_expire = now + Duration::from_secs(1);
+                if let Some(d) = &self.gw.dhcp {
+                    let events = d.lock().expire(self.gw.now_ms());
+                    self.names_from(events);
+                }
+            }
+            if now >= self.next_ra {
+                self.router_advert(ndp::ALL_NODES, ndp::multicast_mac(ndp::ALL_NODES));
+                // A few quick ones at start (RFC 4861 §6.2.4), then periodic.
+                self.next_ra = now
+                    + if self.ra_burst > 0 {
+                        self.ra_burst -= 1;
+                        Duration::from_secs(4)
+                    } else {
+                        RA_EVERY
+                    };
+            }
+        }
+    }
+
+    fn send(&self, frame: Vec<u8>) {
+        if frame.len() <= self.pool.max_frame() {
+            // A full queue towards the bridge drops the frame, as a NIC would.
+            let _ = self.link.send(Frame::from_slice(&frame));
+        }
+    }
+
+    fn is_ours6(&self, a: Ipv6Addr) -> bool {
+        a == self.gw.cfg.link_local() || Some(a) == self.gw.cfg.addr6()
+    }
+
+    fn frame(&mut self, data: &[u8]) {
+        inc(&self.gw.counters.frames);
+        let Ok(h) = L2Header::parse(data) else {
+            inc(&self.gw.counters.malformed);
+            return;
+        };
+        if h.dst != self.gw.cfg.mac && !h.dst.is_multicast()
+            || h.vlan != 0
+            || h.src == self.gw.cfg.mac
+        {
+            inc(&self.gw.counters.ignored);
+            return;
+        }
+        let payload = &data[h.header_len..];
+        let ok = match h.ethertype {
+            0x0806 => self.arp(payload),
+            0x0800 => self.ipv4(&h, payload),
+            0x86dd => self.ipv6(&h, payload),
+            _ => {
+                inc(&self.gw.counters.ignored);
+                true
+            }
+        };
+        if !ok {
+            inc(&self.gw.counters.malformed);
+        }
+    }
+
+    fn arp(&mut self, payload: &[u8]) -> bool {
+        match arp::handle(self.gw.cfg.mac, self.gw.cfg.addr, payload) {
+            Ok(out) => {
+                if let Some((ip, mac)) = out.sender
+                    && self.gw.cfg.subnet.contains(&ip)
+                    && ip != self.gw.cfg.addr
+                {
+                    self.learn(IpAddr::V4(ip), mac);
+                    self.snoop(mac, IpAddr::V4(ip));
+                }
+                if let Some(r) = out.reply {
+                    inc(&self.gw.counters.arp_replies);
+                    self.send(r);
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn learn(&mut self, ip: IpAddr, mac: Mac) {
+        if self.neigh.len() >= MAX_NEIGH && !self.neigh.contains_key(&ip) {
+            self.neigh.clear();
+        }
+        self.neigh.insert(ip, mac);
+    }
+
+    /// Registers the port name behind `mac` as a DNS name for `ip`.
+    fn snoop(&mut self, mac: Mac, ip: IpAddr) {
+        let bridge = self.handle.bridge();
+        let topo = bridge.topology();
+        let Some(ne) = topo.network_by_name(&self.gw.cfg.network) else {
+            return;
+        };
+        let Some(pid) = ne.net.fdb.lookup(0, mac, bridge.now()) else {
+            return;
+        };
+        if pid == self.me {
+            return;
+        }
+        let Some(port) = topo.port(pid) else {
+            return;
+        };
+        let key = (port.name.clone(), ip.is_ipv4());
+        if self.names.get(&key) == Some(&ip) {
+            return;
+        }
+        if let Some(old) = self.names.get(&key) {
+            self.gw.records.remove(&port.name, Some(*old));
+        }
+        if self.gw.records.add(&port.name, ip).is_ok() {
+            tracing::debug!(name = %port.name, %ip, "endpoint name registered");
+            self.names.insert(key, ip);
+        }
+    }
+
+    fn names_from(&mut self, events: Vec<NameEvent>) {
+        for e in events {
+            match e {
+                NameEvent::Register { name, ip } => {
+                    let _ = self.gw.records.add(&name, IpAddr::V4(ip));
+                }
+                NameEvent::Unregister { name, ip } => {
+                    self.gw.records.remove(&name, Some(IpAddr::V4(ip)));
+                }
+            }
+        }
+    }
+
+    fn ipv4(&mut self, h: &L2Header, payload: &[u8]) -> bool {
+        let Ok(ip) = Ipv4Slice::from_slice(payload) else {
+            return false;
+        };
+        let hdr = ip.header();
+        if ip.is_payload_fragmented() {
+            inc(&self.gw.counters.ignored);
+            return true;
+        }
+        let (src, dst) = (hdr.source_addr(), hdr.destination_addr());
+        let gw = self.gw.clone();
+        let cfg = &gw.cfg;
+        let for_us = dst == cfg.addr;
+        let bcast = dst == Ipv4Addr::BROADCAST || dst == cfg.subnet.broadcast();
+        if !for_us && !bcast {
+            inc(&self.gw.counters.ignored);
+            return true;
+        }
+        if cfg.subnet.contains(&src) && src != cfg.addr {
+            self.learn(IpAddr::V4(src), h.src);
+        }
+        let body = ip.payload().payload;
+        match ip.payload().ip_number {
+            IpNumber::ICMP if for_us => {
+                let Ok(icmp) = Icmpv4Slice::from_slice(body) else {
+                    return false;
+                };
+                if let Icmpv4Type::EchoRequest(e) = icmp.icmp_type() {
+                    let b = PacketBuilder::ethernet2(cfg.mac.0, h.src.0)
+                        .ipv4(dst.octets(), src.octets(), 64)
+                        .icmpv4_echo_reply(e.id, e.seq);
+                    inc(&self.gw.counters.echo_replies);
+                    self.send(build(b, icmp.payload()));
+                }
+                true
+            }
+            IpNumber::UDP => {
+                let Ok(udp) = UdpSlice::from_slice(body) else {
+                    return false;
+                };
+                match udp.destination_port() {
+                    67 => self.dhcp(udp.payload()),
+                    53 if for_us => {
+                        inc(&self.gw.counters.dns_udp);
+                        self.dns_udp(
+                            h.src,
+                            SocketAddr::new(IpAddr::V4(dst), 53),
+                            SocketAddr::new(IpAddr::V4(src), udp.source_port()),
+                            udp.payload(),
+                        );
+                        true
+                    }
+                    _ => {
+                        inc(&self.gw.counters.ignored);
+                        true
+                    }
+                }
+            }
+            IpNumber::TCP if for_us => {
+                let Ok(tcp) = TcpSlice::from_slice(body) else {
+                    return false;
+                };
+                if tcp.destination_port() == 53 {
+                    self.tcp.input(
+                        payload
+                            .get(..ip.header().total_len() as usize)
+                            .unwrap_or(payload),
+                    );
+                } else {
+                    inc(&self.gw.counters.ignored);
+                }
+                true
+            }
+            _ => {
+                inc(&self.gw.counters.ignored);
+                true
+            }
+        }
+    }
+
+    fn dhcp(&mut self, payload: &[u8]) -> bool {
+        let Some(d) = &self.gw.dhcp else {
+            inc(&self.gw.counters.ignored);
+            return true;
+        };
+        inc(&self.gw.counters.dhcp_requests);
+        let res = d.lock().handle(payload, self.gw.now_ms());
+        let out = match res {
+            Ok(Some(o)) => o,
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::debug!(network = %self.gw.cfg.network, "DHCP: {e}");
+                inc(&self.gw.counters.errors);
+                return true;
+            }
+        };
+        let (ip, mac) = match out.to {
+            ReplyTo::Broadcast => (Ipv4Addr::BROADCAST, Mac::BROADCAST),
+            ReplyTo::Unicast { ip, mac } => (ip, mac),
+        };
+        // The bound address of an ACK is the port's address too.
+        if let Some((client, yiaddr)) = acked(&out.payload) {
+            self.learn(IpAddr::V4(yiaddr), client);
+            self.snoop(client, IpAddr::V4(yiaddr));
+        }
+        self.names_from(out.names);
+        inc(&self.gw.counters.dhcp_replies);
+        let b = PacketBuilder::ethernet2(self.gw.cfg.mac.0, mac.0)
+            .ipv4(self.gw.cfg.addr.octets(), ip.octets(), 64)
+            .udp(67, 68);
+        self.send(build(b, &out.payload));
+        true
+    }
+
+    fn dns_udp(&mut self, client_mac: Mac, local: SocketAddr, client: SocketAddr, msg: &[u8]) {
+        let tx = self.out_tx.clone();
+        let waker = self.waker.clone();
+        self.gw.dns.handle(
+            msg,
+            Transport::Udp { max_size: 512 },
+            Box::new(move |payload| {
+                let _ = tx.send(Out::Udp {
+                    mac: client_mac,
+                    src: local,
+                    dst: client,
+                    payload,
+                });
+                let _ = waker.wake();
+            }),
+        );
+    }
+
+    fn send_udp(&self, mac: Mac, src: SocketAddr, dst: SocketAddr, payload: &[u8]) {
+        let frame = match (src.ip(), dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => build(
+                PacketBuilder::ethernet2(self.gw.cfg.mac.0, mac.0)
+                    .ipv4(s.octets(), d.octets(), 64)
+                    .udp(src.port(), dst.port()),
+                payload,
+            ),
+            (IpAddr::V6(s), IpAddr::V6(d)) => build(
+                PacketBuilder::ethernet2(self.gw.cfg.mac.0, mac.0)
+                    .ipv6(s.octets(), d.octets(), 64)
+                    .udp(src.port(), dst.port()),
+                payload,
+            ),
+            _ => return,
+        };
+        self.send(frame);
+    }
+
+    fn poll_tcp(&mut self) {
+        let tx = self.out_tx.clone();
+        let waker = self.waker.clone();
+        let dns = &self.gw.dns;
+        let counters = &self.gw.counters;
+        let packets = self.tcp.poll(|conn, msg| {
+            inc(&counters.dns_tcp);
+            let tx = tx.clone();
+            let waker = waker.clone();
+            dns.handle(
+                &msg,
+                Transport::Tcp,
+                Box::new(move |payload| {
+                    let _ = tx.send(Out::Tcp { conn, payload });
+                    let _ = waker.wake();
+                }),
+            );
+        });
+        for p in packets {
+            self.send_ip(&p);
+        }
+    }
+
+    /// Wraps an IP packet from smoltcp in Ethernet towards its destination's MAC.
+    fn send_ip(&self, packet: &[u8]) {
+        let (dst, ethertype) = match packet.first().map(|b| b >> 4) {
+            Some(4) => match Ipv4Slice::from_slice(packet) {
+                Ok(ip) => (IpAddr::V4(ip.header().destination_addr()), 0x0800u16),
+                Err(_) => return,
+            },
+            Some(6) => match Ipv6Slice::from_slice(packet) {
+                Ok(ip) => (IpAddr::V6(ip.header().destination_addr()), 0x86dd),
+                Err(_) => return,
+            },
+            _ => return,
+        };
+        let Some(mac) = self.neigh.get(&dst) else {
+            return;
+        };
+        let mut f = Vec::with_capacity(14 + packet.len());
+        f.extend_from_slice(&mac.0);
+        f.extend_from_slice(&self.gw.cfg.mac.0);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(packet);
+        self.send(f);
+    }
+
+    fn router_advert(&mut self, dst: Ipv6Addr, mac: Mac) {
+        let (Some(prefix), Some(a6)) = (self.gw.cfg.ipv6, self.gw.cfg.addr6()) else {
+            return;
+        };
+        let p = ndp::RaParams {
+            gw_mac: self.gw.cfg.mac,
+            prefix,
+            mtu: u32::from(self.gw.cfg.mtu),
+            dns: vec![a6],
+            router_lifetime: 1800,
+        };
+        inc(&self.gw.counters.router_adverts);
+        self.send(ndp::router_advert(&p, dst, mac));
+    }
+
+    fn ipv6(&mut self, h: &L2Header, payload: &[u8]) -> bool {
+        if self.gw.cfg.ipv6.is_none() {
+            inc(&self.gw.counters.ignored);
+            return true;
+        }
+        let Ok(ip) = Ipv6Slice::from_slice(payload) else {
+            return false;
+        };
+        let hdr = ip.header();
+        let (src, dst) = (hdr.source_addr(), hdr.destination_addr());
+        let gw = self.gw.clone();
+        let cfg = &gw.cfg;
+        let ours = self.is_ours6(dst);
+        let ours_sn = dst.is_multicast()
+            && (dst == ndp::ALL_NODES
+                || dst == Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2)
+                || dst == ndp::solicited_node(cfg.link_local())
+                || cfg.addr6().is_some_and(|a| dst == ndp::solicited_node(a)));
+        if !ours && !ours_sn {
+            inc(&self.gw.counters.ignored);
+            return true;
+        }
+        if ip.payload().fragmented {
+            inc(&self.gw.counters.ignored);
+            return true;
+        }
+        if !src.is_unspecified() && !src.is_multicast() {
+            self.learn(IpAddr::V6(src), h.src);
+        }
+        let body = ip.payload().payload;
+        match ip.payload().ip_number {
+            IpNumber::IPV6_ICMP => {
+                let Ok(icmp) = Icmpv6Slice::from_slice(body) else {
+                    return false;
+                };
+                if !icmp.is_checksum_valid(hdr.source(), hdr.destination()) {
+                    return false;
+                }
+                match icmp.icmp_type() {
+                    Icmpv6Type::NeighborSolicitation => {
+                        let Ok(ns) =
+                            etherparse::icmpv6::NeighborSolicitationPayloadSlice::from_slice(
+                                icmp.payload(),
+                            )
+                        else {
+                            return false;
+                        };
+                        let target = ns.target_address();
+                        if self.is_ours6(target) {
+                            inc(&self.gw.counters.ndp_adverts);
+                            self.send(ndp::neighbor_advert(cfg.mac, target, target, src, h.src));
+                        }
+                        if !src.is_unspecified()
+                            && self.gw.cfg.ipv6.is_some_and(|p| p.contains(&src))
+                        {
+                            self.snoop(h.src, IpAddr::V6(src));
+                        }
+                    }
+                    Icmpv6Type::RouterSolicitation => {
+                        if src.is_unspecified() {
+                            self.router_advert(ndp::ALL_NODES, ndp::multicast_mac(ndp::ALL_NODES));
+                        } else {
+                            self.router_advert(src, h.src);
+                        }
+                    }
+                    Icmpv6Type::EchoRequest(e) if ours => {
+                        let b = PacketBuilder::ethernet2(cfg.mac.0, h.src.0)
+                            .ipv6(dst.octets(), src.octets(), 64)
+                            .icmpv6_echo_reply(e.id, e.seq);
+                        inc(&self.gw.counters.echo_replies);
+                        self.send(build(b, icmp.payload()));
+                    }
+                    _ => inc(&self.gw.counters.ignored),
+                }
+                true
+            }
+            IpNumber::UDP if ours => {
+                let Ok(udp) = UdpSlice::from_slice(body) else {
+                    return false;
+                };
+                if udp.destination_port() == 53 {
+                    inc(&self.gw.counters.dns_udp);
+                    self.dns_udp(
+                        h.src,
+                        SocketAddr::new(IpAddr::V6(dst), 53),
+                        SocketAddr::new(IpAddr::V6(src), udp.source_port()),
+                        udp.payload(),
+                    );
+                } else {
+                    inc(&self.gw.counters.ignored);
+                }
+                true
+            }
+            IpNumber::TCP if ours => {
+                let Ok(tcp) = TcpSlice::from_slice(body) else {
+                    return false;
+                };
+                if tcp.destination_port() == 53 {
+                    let len = 40 + usize::from(hdr.payload_length());
+                    self.tcp.input(payload.get(..len).unwrap_or(payload));
+                } else {
+                    inc(&self.gw.counters.ignored);
+                }
+                true
+            }
+            _ => {
+                inc(&self.gw.counters.ignored);
+                true
+            }
+        }
+    }
+}
+
+/// The client MAC and bound address of a DHCPACK we built (None for anything else).
+fn acked(reply: &[u8]) -> Option<(Mac, Ipv4Addr)> {
+    use dhcproto::{Decodable, Decoder, v4};
+    let msg = v4::Message::decode(&mut Decoder::new(reply)).ok()?;
+    if msg.opts().msg_type() != Some(v4::MessageType::Ack) || msg.yiaddr().is_unspecified() {
+        return None;
+    }
+    let ch = msg.chaddr();
+    let mac: [u8; 6] = ch.get(..6)?.try_into().ok()?;
+    Some((Mac(mac), msg.yiaddr()))
+}
+
+fn build<B: Builder>(b: B, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len(payload.len()));
+    b.put(&mut out, payload);
+    out
+}
+
+/// The etherparse builder steps we finish with a payload.
+trait Builder {
+    fn len(&self, payload: usize) -> usize;
+    fn put(self, out: &mut Vec<u8>, payload: &[u8]);
+}
+
+macro_rules! builder {
+    ($t:ty) => {
+        impl Builder for etherparse::PacketBuilderStep<$t> {
+            fn len(&self, payload: usize) -> usize {
+                self.size(payload)
+            }
+            fn put(self, out: &mut Vec<u8>, payload: &[u8]) {
+                // Writing into a Vec cannot fail.
+                let _ = self.write(out, payload);
+            }
+        }
+    };
+}
+builder!(etherparse::UdpHeader);
+builder!(etherparse::Icmpv4Header);
+builder!(etherparse::Icmpv6Header);

@@ -12,6 +12,8 @@
 //! they fit the 15-byte interface name limit. Every external command is bounded by `timeout`.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -54,8 +54,49 @@ enum Cmd {
         /// The MAC address.
         mac: Mac,
     },
+    /// Gateways: addresses and counters.
+    Gateway,
+    /// DHCP leases.
+    Leases {
+        /// Only this network.
+        #[arg(long)]
+        network: Option<String>,
+    },
+    /// DNS records of the gateways.
+    #[command(subcommand)]
+    Dns(DnsCmd),
     /// Stop the instance.
     Shutdown,
+}
+
+#[derive(Subcommand, Debug)]
+enum DnsCmd {
+    /// Add a record.
+    Add {
+        /// Network.
+        #[arg(long)]
+        network: String,
+        /// Name (relative to the network's domain).
+        name: String,
+        /// Address (IPv4 or IPv6).
+        addr: std::net::IpAddr,
+    },
+    /// Remove a name's records (or one address of it).
+    Rm {
+        /// Network.
+        #[arg(long)]
+        network: String,
+        /// Name.
+        name: String,
+        /// Only this address.
+        addr: Option<std::net::IpAddr>,
+    },
+    /// List records.
+    Ls {
+        /// Only this network.
+        #[arg(long)]
+        network: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -151,6 +192,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         },
         Cmd::Network(NetCmd::Rm { name }) => Request::RemoveNetwork { name },
         Cmd::Mac { port, vlan, mac } => Request::AddStaticMac { port, mac, vlan },
+        Cmd::Gateway => Request::Gateways {},
+        Cmd::Leases { network } => Request::Leases { network },
+        Cmd::Dns(DnsCmd::Add {
+            network,
+            name,
+            addr,
+        }) => Request::DnsAdd {
+            network,
+            name,
+            addr,
+        },
+        Cmd::Dns(DnsCmd::Rm {
+            network,
+            name,
+            addr,
+        }) => Request::DnsRm {
+            network,
+            name,
+            addr,
+        },
+        Cmd::Dns(DnsCmd::Ls { network }) => Request::DnsLs { network },
         Cmd::Shutdown => Request::Shutdown {},
     };
     let kind = req.clone();
@@ -259,6 +321,62 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
                 .collect(),
         ),
         Request::Stats {} => stats_table(arr),
+        Request::Leases { .. } => table(
+            &[
+                "NETWORK",
+                "MAC",
+                "IP",
+                "HOSTNAME",
+                "STATE",
+                "EXPIRES_S",
+                "STATIC",
+            ],
+            arr.iter()
+                .map(|l| {
+                    vec![
+                        s(l, "network"),
+                        s(l, "mac"),
+                        s(l, "ip"),
+                        s(l, "hostname"),
+                        s(l, "state"),
+                        s(l, "expires_in_secs"),
+                        s(l, "is_static"),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::DnsLs { .. } => table(
+            &["NETWORK", "NAME", "ADDRESS"],
+            arr.iter()
+                .map(|r| vec![s(r, "network"), s(r, "name"), s(r, "addr")])
+                .collect(),
+        ),
+        Request::Gateways {} => table(
+            &["NETWORK", "MAC", "IPV4", "IPV6", "DOMAIN", "COUNTERS"],
+            arr.iter()
+                .map(|g| {
+                    let c = g
+                        .get("counters")
+                        .and_then(Value::as_object)
+                        .map(|m| {
+                            m.iter()
+                                .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                                .map(|(k, n)| format!("{k}={n}"))
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default();
+                    vec![
+                        s(g, "network"),
+                        s(g, "mac"),
+                        s(g, "ipv4"),
+                        s(g, "ipv6"),
+                        s(g, "domain"),
+                        c,
+                    ]
+                })
+                .collect(),
+        ),
         _ => match v {
             Value::Null => "ok\n".to_string(),
             other => format!("{other}\n"),

@@ -1,0 +1,111 @@
+//! A `usernet up` daemon for end-to-end tests.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::Child;
+
+/// The usernet binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_usernet");
+
+/// A `usernet up` daemon with its own config, socket and log in a temp dir; stopped on drop.
+pub struct Daemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn start(config: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("usernet.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("log")).expect("log");
+        let child = Command::new(BIN)
+            .args(["up", "-c"])
+            .arg(&cfg)
+            .arg("--socket")
+            .arg(dir.path().join("sock"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn usernet up");
+        let d = Daemon {
+            dir,
+            child: Some(Child(child)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !d.sock().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start: {}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    pub fn sock(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// `usernet ctl --json ARGS`, parsed; panics with the daemon log on failure.
+    pub fn ctl(&self, args: &[&str]) -> Value {
+        let out = self.ctl_raw(args);
+        assert!(
+            out.status.success(),
+            "usernet ctl {}: {}\ndaemon log:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).expect("ctl JSON")
+    }
+
+    pub fn ctl_raw(&self, args: &[&str]) -> std::process::Output {
+        Command::new("timeout")
+            .arg("20")
+            .arg(BIN)
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.sock())
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run usernet ctl")
+    }
+
+    pub fn port_names(&self) -> Vec<String> {
+        self.ctl(&["ports"])
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|p| p["name"].as_str().map(String::from))
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.0.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Child's Drop kills it.
+        }
+    }
+}

@@ -90,6 +90,7 @@ pub mod error;
 pub mod frame;
 pub mod gateway;
 pub mod link;
+pub mod nat;
 pub mod wire;
 
 pub use control::{Handle, PortSpec};

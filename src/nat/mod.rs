@@ -1,0 +1,227 @@
+//! NAT in userspace: guest TCP/UDP/ICMP become host socket calls, and port forwards run the
+//! other way.
+//!
+//! # Theory of operation
+//!
+//! The gateway hands NAT every IP packet a guest sends to an address that is not the gateway's
+//! own (or to the gateway's address on a port the gateway does not serve: that is the host's
+//! loopback, see [`host_destination`]). NAT turns each flow into a host socket:
+//!
+//! - TCP ([`tcp`]): the guest's connection is terminated in userspace with smoltcp (accepting any
+//!   destination address) and spliced to a host `TcpStream`; the SYN is answered only once the
+//!   host connect succeeded, so a refused port is an RST and an unreachable host an ICMP error.
+//! - UDP ([`udp`]): a flow table (guest address:port, destination) → a connected host UDP socket,
+//!   with idle timeouts; ICMP port-unreachable from the host maps back.
+//! - ICMP echo ([`icmp`]): unprivileged ping sockets (`SOCK_DGRAM, IPPROTO_ICMP`).
+//! - Port forwards ([`forward`]): host listeners; accepted connections become connections *to*
+//!   the guest, from the client's own address when it is not a loopback one.
+//!
+//! Everything runs on the gateway's thread and mio `Poll`; host sockets are registered there with
+//! tokens from [`token`]. Every table is bounded ([`NatConfig`]): when a limit is hit, the new
+//! flow is refused and counted, existing ones are untouched.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub mod forward;
+pub mod icmp;
+pub mod tcp;
+pub mod udp;
+
+/// NAT settings of one network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatConfig {
+    /// The gateway's IPv4 address (its host loopback alias).
+    pub gateway4: Ipv4Addr,
+    /// The gateway's IPv6 address, if IPv6 is on.
+    pub gateway6: Option<Ipv6Addr>,
+    /// Map connections to the gateway's address (ports it does not serve) to the host's
+    /// loopback (127.0.0.1 / ::1), like slirp4netns's 10.0.2.2.
+    pub host_loopback: bool,
+    /// Bind egress IPv4 sockets to this host address.
+    pub outbound4: Option<Ipv4Addr>,
+    /// Bind egress IPv6 sockets to this host address.
+    pub outbound6: Option<Ipv6Addr>,
+    /// Most flows (TCP + UDP + ICMP) per network.
+    pub max_flows: usize,
+    /// Most flows per guest address.
+    pub max_flows_per_guest: usize,
+    /// Most TCP connections waiting for their host connect (SYN backlog).
+    pub syn_backlog: usize,
+    /// Idle timeout of a UDP flow.
+    pub udp_idle: Duration,
+    /// Idle timeout of an ICMP echo flow.
+    pub icmp_idle: Duration,
+    /// Idle timeout of a TCP connection with no data either way.
+    pub tcp_idle: Duration,
+    /// How long a host TCP connect may take before the guest gets an RST.
+    pub connect_timeout: Duration,
+}
+
+impl NatConfig {
+    /// Defaults for a gateway at `gateway4` (and `gateway6`).
+    pub fn new(gateway4: Ipv4Addr, gateway6: Option<Ipv6Addr>) -> Self {
+        NatConfig {
+            gateway4,
+            gateway6,
+            host_loopback: true,
+            outbound4: None,
+            outbound6: None,
+            max_flows: 4096,
+            max_flows_per_guest: 1024,
+            syn_backlog: 256,
+            udp_idle: Duration::from_secs(60),
+            icmp_idle: Duration::from_secs(10),
+            tcp_idle: Duration::from_secs(7200),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where a guest's packet to `dst` really goes on the host, or `None` if it must not leave
+/// (loopback, multicast, broadcast, unspecified destinations; the gateway's address when host
+/// loopback is off).
+pub fn host_destination(cfg: &NatConfig, dst: IpAddr) -> Option<IpAddr> {
+    match dst {
+        IpAddr::V4(a) => {
+            if a == cfg.gateway4 {
+                return cfg.host_loopback.then_some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            }
+            if a.is_loopback() || a.is_multicast() || a.is_broadcast() || a.is_unspecified() {
+                return None;
+            }
+            Some(dst)
+        }
+        IpAddr::V6(a) => {
+            if Some(a) == cfg.gateway6 {
+                return cfg.host_loopback.then_some(IpAddr::V6(Ipv6Addr::LOCALHOST));
+            }
+            if a.is_loopback() || a.is_multicast() || a.is_unspecified() || a.is_unicast_link_local() {
+                return None;
+            }
+            Some(dst)
+        }
+    }
+}
+
+/// NAT counters (shared, relaxed atomics).
+#[derive(Debug, Default)]
+pub struct NatCounters {
+    /// TCP connections spliced to the host.
+    pub tcp_flows: AtomicU64,
+    /// UDP flows opened.
+    pub udp_flows: AtomicU64,
+    /// ICMP echo flows opened.
+    pub icmp_flows: AtomicU64,
+    /// New flows refused because a limit was hit.
+    pub refused_limit: AtomicU64,
+    /// Host connects refused (became an RST to the guest).
+    pub refused_host: AtomicU64,
+    /// Host unreachable (became ICMP unreachable to the guest).
+    pub unreachable: AtomicU64,
+    /// Echo requests dropped because ping sockets are forbidden (`ping_group_range`).
+    pub ping_forbidden: AtomicU64,
+    /// Packets to destinations that must not leave (loopback, multicast...).
+    pub dropped_dest: AtomicU64,
+    /// Connections accepted on port forwards.
+    pub forward_conns: AtomicU64,
+    /// Datagrams received on UDP port forwards.
+    pub forward_datagrams: AtomicU64,
+    /// Errors on host sockets.
+    pub errors: AtomicU64,
+}
+
+impl NatCounters {
+    /// Adds one to `c`.
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// All counters by name.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        [
+            ("tcp_flows", &self.tcp_flows),
+            ("udp_flows", &self.udp_flows),
+            ("icmp_flows", &self.icmp_flows),
+            ("refused_limit", &self.refused_limit),
+            ("refused_host", &self.refused_host),
+            ("unreachable", &self.unreachable),
+            ("ping_forbidden", &self.ping_forbidden),
+            ("dropped_dest", &self.dropped_dest),
+            ("forward_conns", &self.forward_conns),
+            ("forward_datagrams", &self.forward_datagrams),
+            ("errors", &self.errors),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
+        .collect()
+    }
+}
+
+/// Current flow counts, for limits and display.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FlowCounts {
+    /// Open TCP connections (pending connects included).
+    pub tcp: usize,
+    /// Open UDP flows.
+    pub udp: usize,
+    /// Open ICMP echo flows.
+    pub icmp: usize,
+}
+
+/// mio tokens of NAT sockets: the kind in the top bits, an index below.
+pub mod token {
+    use mio::Token;
+    
+    /// Bits for the index.
+    pub const SHIFT: u32 = 40;
+    /// TCP host connections.
+    pub const TCP: usize = 1;
+    /// UDP host sockets.
+    pub const UDP: usize = 2;
+    /// ICMP ping sockets.
+    pub const ICMP: usize = 3;
+    /// Port-forward TCP listeners.
+    pub const FWD_TCP: usize = 4;
+    /// Port-forward UDP sockets.
+    pub const FWD_UDP: usize = 5;
+
+    /// The token for index `i` of `kind`.
+    pub fn make(kind: usize, i: usize) -> Token {
+        Token((kind << SHIFT) | (i & ((1 << SHIFT) - 1)))
+    }
+
+    /// `(kind, index)` of a token.
+    pub fn split(t: Token) -> (usize, usize) {
+        (t.0 >> SHIFT, t.0 & ((1 << SHIFT) - 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_destination_rules() {
+        let cfg = NatConfig::new(Ipv4Addr::new(10, 88, 0, 1), Some("fd88::1".parse().expect("a")));
+        let v4 = |s: &str| IpAddr::V4(s.parse().expect("v4"));
+        assert_eq!(host_destination(&cfg, v4("10.88.0.1")), Some(v4("127.0.0.1")));
+        assert_eq!(host_destination(&cfg, v4("192.0.2.7")), Some(v4("192.0.2.7")));
+        assert_eq!(host_destination(&cfg, v4("127.0.0.1")), None);
+        assert_eq!(host_destination(&cfg, v4("224.0.0.1")), None);
+        assert_eq!(host_destination(&cfg, v4("255.255.255.255")), None);
+        let v6 = |s: &str| IpAddr::V6(s.parse().expect("v6"));
+        assert_eq!(host_destination(&cfg, v6("fd88::1")), Some(v6("::1")));
+        assert_eq!(host_destination(&cfg, v6("fe80::1")), None);
+        let off = NatConfig {
+            host_loopback: false,
+            ..cfg
+        };
+        assert_eq!(host_destination(&off, v4("10.88.0.1")), None);
+        let t = token::make(token::UDP, 77);
+        assert_eq!(token::split(t), (token::UDP, 77));
+    }
+}

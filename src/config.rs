@@ -95,6 +95,21 @@ pub struct NetworkSection {
     /// Static DHCP leases.
     #[serde(default)]
     pub static_leases: Vec<StaticLeaseSection>,
+    /// Map the gateway's address to the host's loopback (default true).
+    #[serde(default = "yes")]
+    pub host_loopback: bool,
+    /// Bind NAT egress IPv4 sockets to this host address.
+    #[serde(default)]
+    pub outbound_addr: Option<std::net::Ipv4Addr>,
+    /// Bind NAT egress IPv6 sockets to this host address.
+    #[serde(default)]
+    pub outbound_addr6: Option<std::net::Ipv6Addr>,
+    /// Most NAT flows on the network (default 4096).
+    #[serde(default)]
+    pub max_flows: Option<usize>,
+    /// Most NAT flows per guest address (default 1024).
+    #[serde(default)]
+    pub max_flows_per_guest: Option<usize>,
     /// FDB size cap (default 8192).
     #[serde(default)]
     pub fdb_max_entries: Option<usize>,
@@ -119,6 +134,11 @@ impl NetworkSection {
             dhcp_range: None,
             lease_secs: None,
             static_leases: Vec::new(),
+            host_loopback: true,
+            outbound_addr: None,
+            outbound_addr6: None,
+            max_flows: None,
+            max_flows_per_guest: None,
             fdb_max_entries: None,
             fdb_aging_secs: None,
         }
@@ -199,6 +219,28 @@ impl NetworkSection {
             g.upstreams = Upstreams::Explicit(v);
         }
         g.dhcp = self.dhcp;
+        g.internal = self.internal;
+        g.host_loopback = self.host_loopback;
+        g.outbound4 = self.outbound_addr;
+        g.outbound6 = self.outbound_addr6;
+        for (k, v, dst) in [
+            ("max_flows", self.max_flows, &mut g.max_flows),
+            (
+                "max_flows_per_guest",
+                self.max_flows_per_guest,
+                &mut g.max_flows_per_guest,
+            ),
+        ] {
+            if let Some(v) = v {
+                if v == 0 || v > 1_000_000 {
+                    return Err(Error::invalid(
+                        key(k),
+                        format!("{v} is outside 1..=1000000"),
+                    ));
+                }
+                *dst = v;
+            }
+        }
         if let Some(r) = &self.dhcp_range {
             let bad = || {
                 Error::invalid(
@@ -263,9 +305,9 @@ pub struct Config {
     /// `[[port]]` tables.
     #[serde(default)]
     pub port: Vec<PortSpec>,
-    /// `[[forward]]` tables: refused until port forwarding exists.
+    /// `[[forward]]` tables: port forwards (Docker `-p`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub forward: Vec<toml::Table>,
+    pub forward: Vec<crate::nat::forward::Forward>,
 }
 
 impl Config {
@@ -311,12 +353,6 @@ impl Config {
                 format!("{} is outside 1..=1048576", e.ring),
             ));
         }
-        if !self.forward.is_empty() {
-            return Err(Error::invalid(
-                "forward[0]",
-                "port forwarding is not implemented yet in this version",
-            ));
-        }
         let mut names = std::collections::HashSet::new();
         for (i, n) in self.network.iter().enumerate() {
             crate::bridge::validate_name(&n.name)
@@ -334,6 +370,26 @@ impl Config {
                 ));
             }
             n.gateway_config(&format!("network[{i}]"), self.engine.mtu)?;
+        }
+        for (i, f) in self.forward.iter().enumerate() {
+            let Some(n) = self.network.iter().find(|n| n.name == f.network) else {
+                return Err(Error::invalid(
+                    format!("forward[{i}].network"),
+                    format!("no [[network]] named {:?}", f.network),
+                ));
+            };
+            if !n.gateway || n.internal {
+                return Err(Error::invalid(
+                    format!("forward[{i}].network"),
+                    format!(
+                        "network {:?} has no NAT (gateway = false or internal = true)",
+                        f.network
+                    ),
+                ));
+            }
+            if f.to.trim().is_empty() {
+                return Err(Error::invalid(format!("forward[{i}].to"), "empty target"));
+            }
         }
         let mut ports = std::collections::HashSet::new();
         for (i, p) in self.port.iter().enumerate() {
@@ -374,6 +430,9 @@ impl Config {
         }
         for p in &self.port {
             h.open_port(p)?;
+        }
+        for f in &self.forward {
+            h.add_forward(f)?;
         }
         Ok(())
     }

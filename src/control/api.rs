@@ -104,6 +104,22 @@ pub enum Request {
         #[serde(default)]
         network: Option<String>,
     },
+    /// Add a port forward.
+    ForwardAdd {
+        /// The forward: `network`, `publish` (Docker `-p` spec), `to` (endpoint name or IP).
+        forward: crate::nat::forward::Forward,
+    },
+    /// Remove a port forward by id or by its `-p` spec.
+    ForwardRm {
+        /// Id or spec.
+        forward: String,
+    },
+    /// List port forwards.
+    ForwardLs {
+        /// Only this network.
+        #[serde(default)]
+        network: Option<String>,
+    },
     /// Stop the daemon.
     Shutdown {},
 }
@@ -183,6 +199,9 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
             Value::Null
         }
         Request::DnsLs { network } => json!(h.dns_list(network.as_deref())?),
+        Request::ForwardAdd { forward } => json!(h.add_forward(&forward)?),
+        Request::ForwardRm { forward } => json!(h.remove_forward(&forward)?),
+        Request::ForwardLs { network } => json!(h.forwards(network.as_deref())?),
         Request::Shutdown {} => {
             h.shutdown();
             Value::Null

@@ -15,7 +15,11 @@ use crate::bridge::{Bridge, FdbConfig, NewPort, PortId, PortPolicy, PortStats};
 use std::os::unix::fs::MetadataExt;
 
 use crate::engine::{LoopCmd, Shared, Watch as EngineWatch};
-use crate::gateway::{Gateway, GatewayConfig, GatewayInfo};
+use crate::gateway::{ForwardInfo, Gateway, GatewayConfig, GatewayInfo};
+use crate::nat::forward::{Forward, Proto};
+use crate::nat::forward_rt::{Bound, Listener};
+
+static NEXT_FORWARD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 use crate::link::OpenError;
 
 type Watch = (String, Box<dyn Fn() -> bool + Send>);
@@ -676,6 +680,94 @@ impl Handle {
             }
         }
         Ok(rows)
+    }
+
+    /// Publishes a guest port on the host (Docker `-p`): binds the host sockets now (a port in
+    /// use is an error naming it) and hands them to the network's gateway.
+    pub fn add_forward(&self, f: &Forward) -> Result<ForwardInfo> {
+        let g = self.gateways_of(Some(&f.network))?.remove(0);
+        if g.cfg.internal {
+            return Err(Error::invalid(
+                "network",
+                format!(
+                    "network {:?} is internal: no NAT, no port forwards",
+                    f.network
+                ),
+            ));
+        }
+        let ip = f.spec.bind_ip();
+        let mut listeners = Vec::new();
+        for (hp, gp) in f.spec.pairs() {
+            let at = std::net::SocketAddr::new(ip, hp);
+            let what = || format!("host port {at}/{}", f.spec.proto);
+            listeners.push(match f.spec.proto {
+                Proto::Tcp => {
+                    let l = std::net::TcpListener::bind(at).map_err(|e| Error::Io(what(), e))?;
+                    l.set_nonblocking(true).map_err(|e| Error::Io(what(), e))?;
+                    Listener::Tcp {
+                        sock: mio::net::TcpListener::from_std(l),
+                        guest_port: gp,
+                    }
+                }
+                Proto::Udp => {
+                    let u = std::net::UdpSocket::bind(at).map_err(|e| Error::Io(what(), e))?;
+                    u.set_nonblocking(true).map_err(|e| Error::Io(what(), e))?;
+                    Listener::Udp {
+                        sock: mio::net::UdpSocket::from_std(u),
+                        guest_port: gp,
+                    }
+                }
+            });
+        }
+        let info = ForwardInfo {
+            id: NEXT_FORWARD.fetch_add(1, Ordering::Relaxed),
+            network: f.network.clone(),
+            publish: f.spec.to_string(),
+            to: f.to.clone(),
+        };
+        g.add_forward(
+            info.clone(),
+            Bound {
+                listeners,
+                to: f.to.clone(),
+            },
+        )?;
+        tracing::info!(network = %f.network, publish = %info.publish, to = %f.to, "port forward added");
+        Ok(info)
+    }
+
+    /// Removes a port forward by id or by its `-p` spec (as listed); its host sockets are closed
+    /// when this returns.
+    pub fn remove_forward(&self, which: &str) -> Result<ForwardInfo> {
+        let canonical = which
+            .parse::<crate::nat::forward::ForwardSpec>()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|_| which.to_string());
+        for g in self.gateways_of(None)? {
+            let found = g
+                .forwards
+                .lock()
+                .iter()
+                .find(|f| f.id.to_string() == which || f.publish == canonical)
+                .cloned();
+            if let Some(info) = found {
+                g.remove_forward(info.id)?;
+                return Ok(info);
+            }
+        }
+        Err(Error::invalid(
+            "forward",
+            format!("no port forward {which:?}"),
+        ))
+    }
+
+    /// Port forwards of one network, or of all.
+    pub fn forwards(&self, network: Option<&str>) -> Result<Vec<ForwardInfo>> {
+        Ok(self
+            .gateways_of(network)?
+            .iter()
+            .flat_map(|g| g.forwards.lock().clone())
+            .collect())
     }
 
     /// Asks the engine to stop: loops exit and close their links.

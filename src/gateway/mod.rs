@@ -47,6 +47,7 @@ use serde::Serialize;
 
 pub mod arp;
 pub mod dhcp;
+pub mod dhcp_client;
 pub mod dns;
 pub mod ndp;
 pub mod tcp;
@@ -57,6 +58,7 @@ use crate::error::{Error, Result};
 use crate::frame::{Frame, FramePool};
 use crate::link::Link;
 use crate::link::memory::MemoryLink;
+use crate::nat::{Nat, NatConfig, NatCounters};
 use crate::wire::{L2Header, Mac};
 use dhcp::{DhcpConfig, DhcpServer, NameEvent, ReplyTo, StaticLease};
 use dns::{DnsConfig, DnsServer, Records, Transport, Upstreams};
@@ -88,6 +90,18 @@ pub struct GatewayConfig {
     pub static_leases: Vec<StaticLease>,
     /// Where non-local DNS queries go.
     pub upstreams: Upstreams,
+    /// No NAT egress at all (Docker `--internal`).
+    pub internal: bool,
+    /// Map the gateway's address (ports it does not serve) to the host's loopback.
+    pub host_loopback: bool,
+    /// Bind egress IPv4 sockets to this host address.
+    pub outbound4: Option<Ipv4Addr>,
+    /// Bind egress IPv6 sockets to this host address.
+    pub outbound6: Option<Ipv6Addr>,
+    /// Most NAT flows on this network.
+    pub max_flows: usize,
+    /// Most NAT flows per guest address.
+    pub max_flows_per_guest: usize,
 }
 
 impl GatewayConfig {
@@ -108,7 +122,27 @@ impl GatewayConfig {
             dhcp_range: None,
             static_leases: Vec::new(),
             upstreams: Upstreams::ResolvConf("/etc/resolv.conf".into()),
+            internal: false,
+            host_loopback: true,
+            outbound4: None,
+            outbound6: None,
+            max_flows: 4096,
+            max_flows_per_guest: 1024,
         }
+    }
+
+    /// The NAT settings, or `None` for an internal network.
+    pub fn nat_config(&self) -> Option<NatConfig> {
+        if self.internal {
+            return None;
+        }
+        let mut n = NatConfig::new(self.addr, self.addr6());
+        n.host_loopback = self.host_loopback;
+        n.outbound4 = self.outbound4;
+        n.outbound6 = self.outbound6;
+        n.max_flows = self.max_flows;
+        n.max_flows_per_guest = self.max_flows_per_guest;
+        Some(n)
     }
 
     /// The gateway's IPv6 address in the prefix (`prefix::1`).
@@ -177,6 +211,8 @@ pub struct GatewayInfo {
     pub dhcp: Option<dhcp::DhcpStats>,
     /// DNS counters.
     pub dns: dns::DnsStats,
+    /// NAT counters (absent on internal networks).
+    pub nat: Option<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// A running gateway, shared between its thread and the control API.
@@ -193,7 +229,39 @@ pub struct Gateway {
     pub counters: GatewayCounters,
     /// Its port on the bridge.
     pub port: Mutex<Option<PortId>>,
+    /// NAT counters.
+    pub nat_counters: Arc<NatCounters>,
+    /// Port forwards, for listing.
+    pub forwards: Mutex<Vec<ForwardInfo>>,
+    cmd: Sender<Cmd>,
+    waker: Arc<Waker>,
     epoch: Instant,
+}
+
+/// A port forward, as listed by `usernet ctl forward ls`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ForwardInfo {
+    /// Its id (for `forward rm`).
+    pub id: u64,
+    /// Network.
+    pub network: String,
+    /// The `-p` spec.
+    pub publish: String,
+    /// Target endpoint name or IP.
+    pub to: String,
+}
+
+/// Commands from the control API to a gateway's thread.
+enum Cmd {
+    AddForward {
+        id: u64,
+        bound: crate::nat::forward_rt::Bound,
+        reply: Sender<std::io::Result<()>>,
+    },
+    RemoveForward {
+        id: u64,
+        reply: Sender<bool>,
+    },
 }
 
 impl std::fmt::Debug for Gateway {
@@ -244,7 +312,60 @@ impl Gateway {
             counters,
             dhcp: self.dhcp.as_ref().map(|d| d.lock().stats()),
             dns: self.dns.stats(),
+            nat: (!self.cfg.internal).then(|| self.nat_counters.snapshot()),
         }
+    }
+
+    /// Adds a port forward whose host sockets are already bound; returns once they are
+    /// registered on the gateway's thread.
+    pub fn add_forward(
+        &self,
+        info: ForwardInfo,
+        bound: crate::nat::forward_rt::Bound,
+    ) -> Result<()> {
+        if self.cfg.internal {
+            return Err(Error::invalid(
+                "forward",
+                format!(
+                    "network {:?} is internal (no NAT, no forwards)",
+                    self.cfg.network
+                ),
+            ));
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.cmd
+            .send(Cmd::AddForward {
+                id: info.id,
+                bound,
+                reply: tx,
+            })
+            .map_err(|_| Error::Stopped)?;
+        let _ = self.waker.wake();
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => {
+                self.forwards.lock().push(info);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Error::Io(
+                format!("registering forward {}", info.publish),
+                e,
+            )),
+            Err(_) => Err(Error::Stopped),
+        }
+    }
+
+    /// Removes a port forward by id; its host sockets are closed when this returns.
+    pub fn remove_forward(&self, id: u64) -> Result<bool> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.cmd
+            .send(Cmd::RemoveForward { id, reply: tx })
+            .map_err(|_| Error::Stopped)?;
+        let _ = self.waker.wake();
+        let found = rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| Error::Stopped)?;
+        self.forwards.lock().retain(|f| f.id != id);
+        Ok(found)
     }
 
     /// The DHCP leases.
@@ -300,6 +421,18 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
     let max_frame = handle.bridge().pool().max_frame();
     let (switch_end, gw_end) =
         MemoryLink::pair(1024, max_frame).map_err(|e| Error::Io("gateway link".into(), e))?;
+    let poll = Poll::new().map_err(|e| Error::Io("gateway poll".into(), e))?;
+    let waker = Arc::new(
+        Waker::new(poll.registry(), WAKE).map_err(|e| Error::Io("gateway waker".into(), e))?,
+    );
+    let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+    if cfg.host_loopback && !cfg.internal {
+        // `host.<domain>` is the host's loopback, through the gateway's address.
+        let _ = records.add("host", IpAddr::V4(cfg.addr));
+        if let Some(a6) = cfg.addr6() {
+            let _ = records.add("host", IpAddr::V6(a6));
+        }
+    }
     let gw = Arc::new(Gateway {
         cfg: cfg.clone(),
         records,
@@ -307,12 +440,12 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
         dns,
         counters: GatewayCounters::default(),
         port: Mutex::new(None),
+        nat_counters: Arc::new(NatCounters::default()),
+        forwards: Mutex::new(Vec::new()),
+        cmd: cmd_tx,
+        waker: waker.clone(),
         epoch: Instant::now(),
     });
-    let poll = Poll::new().map_err(|e| Error::Io("gateway poll".into(), e))?;
-    let waker = Arc::new(
-        Waker::new(poll.registry(), WAKE).map_err(|e| Error::Io("gateway waker".into(), e))?,
-    );
     let port = handle.add_port(
         &cfg.network,
         &format!("gw.{}", cfg.network),
@@ -327,10 +460,12 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
     let h = handle.clone();
     std::thread::Builder::new()
         .name(format!("usernet-gw-{}", cfg.network))
-        .spawn(move || {
-            let mut st = State::new(g, h, gw_end, port, waker);
-            st.run(poll);
-        })
+        .spawn(
+            move || match State::new(g, h, gw_end, port, waker, &poll, cmd_rx) {
+                Ok(mut st) => st.run(poll),
+                Err(e) => tracing::error!("gateway: {e}"),
+            },
+        )
         .map_err(|e| Error::Io("spawning gateway thread".into(), e))?;
     tracing::info!(
         network = %cfg.network,
@@ -374,6 +509,9 @@ struct State {
     pool: FramePool,
     next_ra: Instant,
     ra_burst: u32,
+    registry: mio::Registry,
+    nat: Option<Nat>,
+    cmds: Receiver<Cmd>,
 }
 
 impl State {
@@ -383,7 +521,9 @@ impl State {
         link: MemoryLink,
         me: PortId,
         waker: Arc<Waker>,
-    ) -> Self {
+        poll: &Poll,
+        cmds: Receiver<Cmd>,
+    ) -> std::io::Result<Self> {
         let mut addrs = vec![smoltcp::wire::IpCidr::new(
             smoltcp::wire::IpAddress::Ipv4(gw.cfg.addr),
             gw.cfg.subnet.prefix_len(),
@@ -399,9 +539,14 @@ impl State {
             ));
         }
         let tcp = tcp::TcpDns::new(&addrs, usize::from(gw.cfg.mtu));
+        let nat = gw
+            .cfg
+            .nat_config()
+            .map(|n| Nat::new(n, gw.nat_counters.clone(), &addrs, usize::from(gw.cfg.mtu)));
+        let registry = poll.registry().try_clone()?;
         let (out_tx, out_rx) = crossbeam_channel::unbounded();
         let pool = FramePool::new(gw.cfg.mtu as usize + 22, 64);
-        State {
+        Ok(State {
             gw,
             handle,
             link,
@@ -415,7 +560,10 @@ impl State {
             pool,
             next_ra: Instant::now(),
             ra_burst: 3,
-        }
+            registry,
+            nat,
+            cmds,
+        })
     }
 
     fn run(&mut self, mut poll: Poll) {
@@ -437,6 +585,9 @@ impl State {
             if let Some(d) = self.tcp.poll_delay() {
                 timeout = timeout.min(d);
             }
+            if let Some(d) = self.nat.as_mut().and_then(Nat::poll_delay) {
+                timeout = timeout.min(d);
+            }
             if let Err(e) = poll.poll(&mut events, Some(timeout))
                 && e.kind() != std::io::ErrorKind::Interrupted
             {
@@ -445,6 +596,42 @@ impl State {
             }
             if self.handle.is_stopped() {
                 return;
+            }
+            let mut out = Vec::new();
+            for ev in events.iter() {
+                let t = ev.token();
+                if t == LINK || t == WAKE {
+                    continue;
+                }
+                if let Some(nat) = self.nat.as_mut() {
+                    let records = &self.gw.records;
+                    let domain = &self.gw.cfg.domain;
+                    let resolve = |name: &str| {
+                        let fqdn = if name.ends_with(&format!(".{domain}")) {
+                            name.to_string()
+                        } else {
+                            format!("{name}.{domain}")
+                        };
+                        records.lookup(&fqdn)
+                    };
+                    nat.ready(&self.registry, t, &resolve, &mut out);
+                }
+            }
+            while let Ok(c) = self.cmds.try_recv() {
+                match (c, self.nat.as_mut()) {
+                    (Cmd::AddForward { id, bound, reply }, Some(nat)) => {
+                        let _ = reply.send(nat.add_forward(&self.registry, id, bound));
+                    }
+                    (Cmd::AddForward { reply, .. }, None) => {
+                        let _ = reply.send(Err(std::io::Error::other("internal network: no NAT")));
+                    }
+                    (Cmd::RemoveForward { id, reply }, Some(nat)) => {
+                        let _ = reply.send(nat.remove_forward(&self.registry, id));
+                    }
+                    (Cmd::RemoveForward { reply, .. }, None) => {
+                        let _ = reply.send(false);
+                    }
+                }
             }
             loop {
                 frames.clear();
@@ -475,13 +662,22 @@ impl State {
                 }
             }
             self.poll_tcp();
+            if let Some(nat) = self.nat.as_mut() {
+                nat.poll(&self.registry, &mut out);
+            }
             let now = Instant::now();
             if now >= next_expire {
                 next_expire = now + Duration::from_secs(1);
+                if let Some(nat) = self.nat.as_mut() {
+                    nat.expire(&self.registry, &mut out);
+                }
                 if let Some(d) = &self.gw.dhcp {
                     let events = d.lock().expire(self.gw.now_ms());
                     self.names_from(events);
                 }
+            }
+            for p in out.drain(..) {
+                self.send_ip(&p);
             }
             if now >= self.next_ra {
                 self.router_advert(ndp::ALL_NODES, ndp::multicast_mac(ndp::ALL_NODES));
@@ -619,14 +815,23 @@ impl State {
         let cfg = &gw.cfg;
         let for_us = dst == cfg.addr;
         let bcast = dst == Ipv4Addr::BROADCAST || dst == cfg.subnet.broadcast();
-        if !for_us && !bcast {
-            inc(&self.gw.counters.ignored);
-            return true;
-        }
         if cfg.subnet.contains(&src) && src != cfg.addr {
             self.learn(IpAddr::V4(src), h.src);
         }
         let body = ip.payload().payload;
+        let packet = payload
+            .get(..usize::from(hdr.total_len()))
+            .unwrap_or(payload);
+        if !for_us && !bcast {
+            // Routed through us: NAT.
+            return self.nat(
+                packet,
+                IpAddr::V4(src),
+                IpAddr::V4(dst),
+                ip.payload().ip_number,
+                body,
+            );
+        }
         match ip.payload().ip_number {
             IpNumber::ICMP if for_us => {
                 let Ok(icmp) = Icmpv4Slice::from_slice(body) else {
@@ -657,6 +862,13 @@ impl State {
                         );
                         true
                     }
+                    _ if for_us => self.nat(
+                        packet,
+                        IpAddr::V4(src),
+                        IpAddr::V4(dst),
+                        IpNumber::UDP,
+                        body,
+                    ),
                     _ => {
                         inc(&self.gw.counters.ignored);
                         true
@@ -668,21 +880,46 @@ impl State {
                     return false;
                 };
                 if tcp.destination_port() == 53 {
-                    self.tcp.input(
-                        payload
-                            .get(..ip.header().total_len() as usize)
-                            .unwrap_or(payload),
-                    );
+                    self.tcp.input(packet);
+                    true
                 } else {
-                    inc(&self.gw.counters.ignored);
+                    // The host's loopback, through the gateway's address.
+                    self.nat(
+                        packet,
+                        IpAddr::V4(src),
+                        IpAddr::V4(dst),
+                        IpNumber::TCP,
+                        body,
+                    )
                 }
-                true
             }
             _ => {
                 inc(&self.gw.counters.ignored);
                 true
             }
         }
+    }
+
+    /// Hands a guest's IP packet to NAT (TCP, UDP, ICMP echo); replies go back to the guest.
+    fn nat(
+        &mut self,
+        packet: &[u8],
+        src: IpAddr,
+        dst: IpAddr,
+        proto: IpNumber,
+        body: &[u8],
+    ) -> bool {
+        let Some(nat) = self.nat.as_mut() else {
+            // An internal network: no egress.
+            inc(&self.gw.counters.ignored);
+            return true;
+        };
+        let mut out = Vec::new();
+        let ok = nat.from_guest(&self.registry, packet, src, dst, proto, body, &mut out);
+        for p in out {
+            self.send_ip(&p);
+        }
+        ok
     }
 
     fn dhcp(&mut self, payload: &[u8]) -> bool {
@@ -836,9 +1073,24 @@ impl State {
                 || dst == Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2)
                 || dst == ndp::solicited_node(cfg.link_local())
                 || cfg.addr6().is_some_and(|a| dst == ndp::solicited_node(a)));
+        let packet = payload
+            .get(..40 + usize::from(hdr.payload_length()))
+            .unwrap_or(payload);
         if !ours && !ours_sn {
-            inc(&self.gw.counters.ignored);
-            return true;
+            if dst.is_multicast() || ip.payload().fragmented {
+                inc(&self.gw.counters.ignored);
+                return true;
+            }
+            if !src.is_unspecified() && !src.is_multicast() {
+                self.learn(IpAddr::V6(src), h.src);
+            }
+            return self.nat(
+                packet,
+                IpAddr::V6(src),
+                IpAddr::V6(dst),
+                ip.payload().ip_number,
+                ip.payload().payload,
+            );
         }
         if ip.payload().fragmented {
             inc(&self.gw.counters.ignored);
@@ -906,22 +1158,39 @@ impl State {
                         SocketAddr::new(IpAddr::V6(src), udp.source_port()),
                         udp.payload(),
                     );
+                    true
+                } else if Some(dst) == cfg.addr6() {
+                    self.nat(
+                        packet,
+                        IpAddr::V6(src),
+                        IpAddr::V6(dst),
+                        IpNumber::UDP,
+                        body,
+                    )
                 } else {
                     inc(&self.gw.counters.ignored);
+                    true
                 }
-                true
             }
             IpNumber::TCP if ours => {
                 let Ok(tcp) = TcpSlice::from_slice(body) else {
                     return false;
                 };
                 if tcp.destination_port() == 53 {
-                    let len = 40 + usize::from(hdr.payload_length());
-                    self.tcp.input(payload.get(..len).unwrap_or(payload));
+                    self.tcp.input(packet);
+                    true
+                } else if Some(dst) == cfg.addr6() {
+                    self.nat(
+                        packet,
+                        IpAddr::V6(src),
+                        IpAddr::V6(dst),
+                        IpNumber::TCP,
+                        body,
+                    )
                 } else {
                     inc(&self.gw.counters.ignored);
+                    true
                 }
-                true
             }
             _ => {
                 inc(&self.gw.counters.ignored);

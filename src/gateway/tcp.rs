@@ -26,14 +26,15 @@ const LISTENERS: usize = 4;
 pub const IDLE: Duration = Duration::from_secs(30);
 const MAX_MSG: usize = 65535;
 
-struct QueueDevice {
-    rx: VecDeque<Vec<u8>>,
-    tx: Vec<Vec<u8>>,
-    mtu: usize,
+/// A smoltcp device at the IP medium backed by two queues: packets to feed in, packets it sent.
+pub(crate) struct QueueDevice {
+    pub(crate) rx: VecDeque<Vec<u8>>,
+    pub(crate) tx: Vec<Vec<u8>>,
+    pub(crate) mtu: usize,
 }
 
-struct Rx(Vec<u8>);
-struct Tx<'a>(&'a mut Vec<Vec<u8>>);
+pub(crate) struct Rx(Vec<u8>);
+pub(crate) struct Tx<'a>(&'a mut Vec<Vec<u8>>);
 
 impl RxToken for Rx {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {

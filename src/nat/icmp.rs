@@ -1,1 +1,641 @@
-//! (being written)
+//! ICMP echo NAT: guest pings become echo requests on unprivileged ping sockets.
+//!
+//! # Theory of operation
+//!
+//! Linux lets unprivileged processes send ICMP echo requests through *ping sockets*
+//! (`socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)`, `IPPROTO_ICMPV6` for IPv6) when the process's
+//! group is in `net.ipv4.ping_group_range` (which governs both families). The kernel owns the
+//! echo identifier: it rewrites the id of every request to the socket's own, and delivers to the
+//! socket only replies carrying that id.
+//!
+//! A *flow* is keyed by (guest address, guest echo id, destination as the guest addressed it)
+//! and owns one ping socket, registered with the gateway's mio `Registry` under
+//! `token::make(token::ICMP, slot)`. [`IcmpNat::from_guest`] sends the guest's sequence number
+//! and payload to [`host_destination`] of the destination (so pinging the gateway's address
+//! pings the host's loopback). [`IcmpNat::ready`] reads replies until `WouldBlock` and builds
+//! an ICMP/ICMPv6 echo reply to the guest with the guest's *own* id, the reply's sequence
+//! number and payload, from the destination as the guest addressed it.
+//!
+//! If ping sockets are forbidden (`EACCES`/`EPERM` from `socket()`), requests are dropped and
+//! counted (`ping_forbidden`), with one warning that says how to allow them. The socket is
+//! retried on each new flow, so changing the sysctl takes effect without a restart.
+//!
+//! Invariants and limits:
+//! - Memory is bounded: at most `max_flows` flows (`max_flows_per_guest` per guest address;
+//!   over a limit the request is dropped and counted as `refused_limit`), one receive buffer,
+//!   and at most [`MAX_PACKETS_PER_READY`] packets appended per readiness event.
+//! - Limits count this table only; TCP and UDP keep their own tables.
+//! - Only echo is carried; ICMP errors the host receives for a ping are not relayed (the guest
+//!   sees a timeout).
+//! - Flows idle longer than `icmp_idle` are closed by [`IcmpNat::expire`].
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use etherparse::PacketBuilder;
+use mio::net::UdpSocket;
+use mio::{Interest, Registry, Token};
+
+use super::{NatConfig, NatCounters, host_destination, token};
+
+/// Most packets one [`IcmpNat::ready`] call appends for one flow.
+pub const MAX_PACKETS_PER_READY: usize = 256;
+
+/// TTL / hop limit of packets built towards the guest.
+const TTL: u8 = 64;
+
+/// Receive buffer: the largest echo reply a ping socket returns (ICMP header + payload).
+const RECV_BUF: usize = 65536;
+
+/// ICMP type of an echo request / reply, per family.
+const ECHO_REQUEST_V4: u8 = 8;
+const ECHO_REPLY_V4: u8 = 0;
+const ECHO_REQUEST_V6: u8 = 128;
+const ECHO_REPLY_V6: u8 = 129;
+
+/// One echo flow.
+#[derive(Debug)]
+struct Flow {
+    sock: UdpSocket,
+    guest: IpAddr,
+    id: u16,
+    dst: IpAddr,
+    host: IpAddr,
+    last_used: Instant,
+}
+
+/// The ICMP echo flow table of one network.
+#[derive(Debug)]
+pub struct IcmpNat {
+    cfg: Arc<NatConfig>,
+    counters: Arc<NatCounters>,
+    slots: Vec<Option<Flow>>,
+    free: Vec<usize>,
+    by_key: HashMap<(IpAddr, u16, IpAddr), usize>,
+    per_guest: HashMap<IpAddr, usize>,
+    warned: bool,
+    buf: Vec<u8>,
+    send_buf: Vec<u8>,
+}
+
+/// Opens a non-blocking ping socket for the family of `host`.
+fn ping_socket(host: IpAddr) -> io::Result<UdpSocket> {
+    let (domain, proto) = match host {
+        IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
+        IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
+    };
+    // SAFETY: socket() takes no pointers; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            proto,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a freshly created socket that nothing else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // A ping socket is a datagram socket: std's UdpSocket send_to/recv_from are plain
+    // sendto/recvfrom on it, and it is already non-blocking as mio requires.
+    Ok(UdpSocket::from_std(std::net::UdpSocket::from(owned)))
+}
+
+impl IcmpNat {
+    /// An empty table using `cfg`'s limits and timeouts, counting into `counters`.
+    pub fn new(cfg: Arc<NatConfig>, counters: Arc<NatCounters>) -> Self {
+        IcmpNat {
+            cfg,
+            counters,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_key: HashMap::new(),
+            per_guest: HashMap::new(),
+            warned: false,
+            buf: vec![0; RECV_BUF],
+            send_buf: Vec::new(),
+        }
+    }
+
+    /// An echo request a guest at `guest` sent to `dst` with identifier `id`, sequence `seq`
+    /// and `payload` (the data after the 8-byte echo header). Opens a flow (a ping socket
+    /// registered with `reg`) on first use, unless a limit is reached (`refused_limit`), the
+    /// destination must not leave (`dropped_dest`) or ping sockets are forbidden
+    /// (`ping_forbidden`). The kernel replaces `id` with the socket's own on the wire.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_guest(
+        &mut self,
+        reg: &Registry,
+        guest: IpAddr,
+        dst: IpAddr,
+        id: u16,
+        seq: u16,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        let idx = match self.by_key.get(&(guest, id, dst)) {
+            Some(&i) => i,
+            None => match self.open(reg, guest, dst, id, now) {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        let Some(flow) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        flow.last_used = now;
+        let kind = if flow.host.is_ipv4() {
+            ECHO_REQUEST_V4
+        } else {
+            ECHO_REQUEST_V6
+        };
+        // Echo header: type, code, checksum (the kernel computes it), id (the kernel
+        // rewrites it), sequence; then the payload.
+        self.send_buf.clear();
+        self.send_buf.extend_from_slice(&[kind, 0, 0, 0]);
+        self.send_buf.extend_from_slice(&id.to_be_bytes());
+        self.send_buf.extend_from_slice(&seq.to_be_bytes());
+        self.send_buf.extend_from_slice(payload);
+        match flow
+            .sock
+            .send_to(&self.send_buf, SocketAddr::new(flow.host, 0))
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EADDRNOTAVAIL) => {
+                    NatCounters::inc(&self.counters.unreachable);
+                }
+                _ => {
+                    tracing::debug!(%guest, %dst, error = %e, "ICMP NAT send failed");
+                    NatCounters::inc(&self.counters.errors);
+                }
+            },
+        }
+    }
+
+    /// Opens a flow; `None` (counted) if refused or failed.
+    fn open(
+        &mut self,
+        reg: &Registry,
+        guest: IpAddr,
+        dst: IpAddr,
+        id: u16,
+        now: Instant,
+    ) -> Option<usize> {
+        if guest.is_ipv4() != dst.is_ipv4() {
+            NatCounters::inc(&self.counters.dropped_dest);
+            return None;
+        }
+        let Some(host) = host_destination(&self.cfg, dst) else {
+            NatCounters::inc(&self.counters.dropped_dest);
+            return None;
+        };
+        let guest_flows = self.per_guest.get(&guest).copied().unwrap_or(0);
+        if self.by_key.len() >= self.cfg.max_flows || guest_flows >= self.cfg.max_flows_per_guest {
+            NatCounters::inc(&self.counters.refused_limit);
+            return None;
+        }
+        let mut sock = match ping_socket(host) {
+            Ok(s) => s,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
+                if !self.warned {
+                    self.warned = true;
+                    tracing::warn!(
+                        error = %e,
+                        "ICMP echo from guests is dropped: ping sockets are forbidden for this \
+                         process's group; allow them with `sysctl -w \
+                         net.ipv4.ping_group_range=\"0 2147483647\"` (or a range holding gid {})",
+                        // SAFETY: getegid() cannot fail and takes no arguments.
+                        unsafe { libc::getegid() }
+                    );
+                }
+                NatCounters::inc(&self.counters.ping_forbidden);
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(%guest, %dst, error = %e, "ICMP NAT: cannot open ping socket");
+                NatCounters::inc(&self.counters.errors);
+                return None;
+            }
+        };
+        let bind = match host {
+            IpAddr::V4(_) => self.cfg.outbound4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.cfg.outbound6.map(IpAddr::V6),
+        };
+        if let Some(b) = bind
+            && let Err(e) = bind_socket(&sock, SocketAddr::new(b, 0))
+        {
+            tracing::warn!(%b, error = %e, "ICMP NAT: cannot bind ping socket to outbound address");
+            NatCounters::inc(&self.counters.errors);
+            return None;
+        }
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        if let Err(e) = reg.register(&mut sock, token::make(token::ICMP, idx), Interest::READABLE) {
+            tracing::warn!(%guest, %dst, error = %e, "ICMP NAT: cannot register ping socket");
+            NatCounters::inc(&self.counters.errors);
+            self.free.push(idx);
+            return None;
+        }
+        self.slots[idx] = Some(Flow {
+            sock,
+            guest,
+            id,
+            dst,
+            host,
+            last_used: now,
+        });
+        self.by_key.insert((guest, id, dst), idx);
+        *self.per_guest.entry(guest).or_insert(0) += 1;
+        NatCounters::inc(&self.counters.icmp_flows);
+        tracing::trace!(%guest, %dst, %host, id, idx, "ICMP NAT flow opened");
+        Some(idx)
+    }
+
+    /// Readiness for a token of kind [`token::ICMP`]: reads echo replies until `WouldBlock`
+    /// and appends an echo-reply IP packet to the guest for each one to `out`. Unknown tokens
+    /// are ignored.
+    pub fn ready(&mut self, token: Token, out: &mut Vec<Vec<u8>>, now: Instant) {
+        let (kind, idx) = token::split(token);
+        if kind != token::ICMP {
+            return;
+        }
+        let Some(flow) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        let mut produced = 0usize;
+        let mut failures = 0usize;
+        loop {
+            match flow.sock.recv_from(&mut self.buf) {
+                Ok((n, from)) => {
+                    if from.ip() != flow.host || produced >= MAX_PACKETS_PER_READY {
+                        continue;
+                    }
+                    let Some(msg) = self.buf.get(..n) else {
+                        continue;
+                    };
+                    let Some(pkt) = echo_reply(flow, msg) else {
+                        continue;
+                    };
+                    flow.last_used = now;
+                    out.push(pkt);
+                    produced += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(guest = %flow.guest, dst = %flow.dst, error = %e, "ICMP NAT receive failed");
+                    NatCounters::inc(&self.counters.errors);
+                    failures += 1;
+                    if failures > 4 {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes flows idle for longer than `icmp_idle`: deregisters and drops their sockets.
+    /// Returns how many were closed.
+    pub fn expire(&mut self, reg: &Registry, now: Instant) -> usize {
+        let idle = self.cfg.icmp_idle;
+        let mut closed = 0;
+        for idx in 0..self.slots.len() {
+            let stale = self.slots[idx]
+                .as_ref()
+                .is_some_and(|f| now.saturating_duration_since(f.last_used) > idle);
+            if stale && let Some(mut flow) = self.slots[idx].take() {
+                if let Err(e) = reg.deregister(&mut flow.sock) {
+                    tracing::debug!(error = %e, "ICMP NAT: deregister failed");
+                }
+                self.by_key.remove(&(flow.guest, flow.id, flow.dst));
+                if let Some(n) = self.per_guest.get_mut(&flow.guest) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.per_guest.remove(&flow.guest);
+                    }
+                }
+                self.free.push(idx);
+                closed += 1;
+            }
+        }
+        if self.by_key.is_empty() && !self.slots.is_empty() {
+            self.slots.clear();
+            self.free.clear();
+        }
+        closed
+    }
+
+    /// Open flows.
+    pub fn flows(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Open flows of guest address `guest`.
+    pub fn flows_of(&self, guest: IpAddr) -> usize {
+        self.per_guest.get(&guest).copied().unwrap_or(0)
+    }
+}
+
+/// Binds `sock` to `addr`.
+fn bind_socket(sock: &UdpSocket, addr: SocketAddr) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: zeroed sockaddr_storage is a valid (unspecified) value for all its fields.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            let sin = unsafe {
+                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            let sin6 = unsafe {
+                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_scope_id = a.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    let len =
+        libc::socklen_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `ss` is an initialised socket address of `len` bytes; the fd is owned by `sock`.
+    let rc = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The echo reply to the guest for a reply `msg` (ICMP header + payload) a ping socket
+/// returned; `None` if it is not an echo reply.
+fn echo_reply(flow: &Flow, msg: &[u8]) -> Option<Vec<u8>> {
+    let (hdr, payload) = msg.split_at_checked(8)?;
+    let seq = u16::from_be_bytes([hdr[6], hdr[7]]);
+    let b = match (flow.dst, flow.guest) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            if hdr[0] != ECHO_REPLY_V4 {
+                return None;
+            }
+            PacketBuilder::ipv4(s.octets(), d.octets(), TTL).icmpv4_echo_reply(flow.id, seq)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            if hdr[0] != ECHO_REPLY_V6 {
+                return None;
+            }
+            let b =
+                PacketBuilder::ipv6(s.octets(), d.octets(), TTL).icmpv6_echo_reply(flow.id, seq);
+            let mut v = Vec::with_capacity(b.size(payload.len()));
+            b.write(&mut v, payload).ok()?;
+            return Some(v);
+        }
+        _ => return None,
+    };
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).ok()?;
+    Some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{Icmpv4Type, Icmpv6Type, NetSlice, SlicedPacket, TransportSlice};
+    use mio::{Events, Poll};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    const GW: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+    const SYSCTL: &str = "/proc/sys/net/ipv4/ping_group_range";
+
+    /// Serialises the tests that change the (host-global) sysctl.
+    static SYSCTL_LOCK: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+    /// Sets `ping_group_range` and restores the previous value on drop.
+    struct PingRange {
+        old: String,
+    }
+
+    impl PingRange {
+        /// `None` (with a message) when not root or the sysctl cannot be written.
+        fn set(value: &str) -> Option<PingRange> {
+            // SAFETY: geteuid() cannot fail and takes no arguments.
+            if unsafe { libc::geteuid() } != 0 {
+                eprintln!("skipping: needs root to set net.ipv4.ping_group_range");
+                return None;
+            }
+            let old = std::fs::read_to_string(SYSCTL).ok()?.trim().to_string();
+            if let Err(e) = std::fs::write(SYSCTL, value) {
+                eprintln!("skipping: cannot write {SYSCTL}: {e}");
+                return None;
+            }
+            Some(PingRange { old })
+        }
+    }
+
+    impl Drop for PingRange {
+        fn drop(&mut self) {
+            if let Err(e) = std::fs::write(SYSCTL, &self.old) {
+                eprintln!("could not restore {SYSCTL} to {:?}: {e}", self.old);
+            }
+        }
+    }
+
+    fn pump(poll: &mut Poll, nat: &mut IcmpNat, want: usize) -> Vec<Vec<u8>> {
+        let mut events = Events::with_capacity(16);
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while out.len() < want && Instant::now() < deadline {
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .expect("poll");
+            for ev in events.iter() {
+                nat.ready(ev.token(), &mut out, Instant::now());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn echo_to_host_loopback() {
+        let _lock = SYSCTL_LOCK.lock();
+        let Some(_range) = PingRange::set("0 2147483647") else {
+            return;
+        };
+        let gw6: Ipv6Addr = "fd88::1".parse().expect("v6");
+        let counters = Arc::new(NatCounters::default());
+        let mut poll = Poll::new().expect("poll");
+        let mut nat = IcmpNat::new(Arc::new(NatConfig::new(GW, Some(gw6))), counters.clone());
+        let guest = IpAddr::V4(Ipv4Addr::new(10, 88, 0, 9));
+        let now = Instant::now();
+        nat.from_guest(
+            poll.registry(),
+            guest,
+            IpAddr::V4(GW),
+            0x1234,
+            7,
+            b"ping!",
+            now,
+        );
+        nat.from_guest(
+            poll.registry(),
+            guest,
+            IpAddr::V4(GW),
+            0x1234,
+            8,
+            b"ping!",
+            now,
+        );
+        assert_eq!(nat.flows(), 1);
+        assert_eq!(nat.flows_of(guest), 1);
+        let out = pump(&mut poll, &mut nat, 2);
+        assert_eq!(out.len(), 2, "no echo replies");
+        let mut seqs = Vec::new();
+        for p in &out {
+            let pkt = SlicedPacket::from_ip(p).expect("parse");
+            let Some(NetSlice::Ipv4(ip)) = &pkt.net else {
+                panic!("not IPv4")
+            };
+            assert_eq!(ip.header().source_addr(), GW);
+            assert_eq!(ip.header().destination_addr(), Ipv4Addr::new(10, 88, 0, 9));
+            let Some(TransportSlice::Icmpv4(icmp)) = &pkt.transport else {
+                panic!("not ICMP")
+            };
+            let Icmpv4Type::EchoReply(e) = icmp.icmp_type() else {
+                panic!("not an echo reply: {:?}", icmp.icmp_type())
+            };
+            assert_eq!(e.id, 0x1234);
+            assert_eq!(icmp.payload(), b"ping!");
+            let want = etherparse::Icmpv4Header::with_checksum(icmp.icmp_type(), icmp.payload());
+            assert_eq!(icmp.checksum(), want.checksum, "bad ICMP checksum");
+            seqs.push(e.seq);
+        }
+        seqs.sort();
+        assert_eq!(seqs, vec![7, 8]);
+        assert_eq!(counters.icmp_flows.load(Ordering::Relaxed), 1);
+
+        // IPv6: the gateway's v6 address maps to ::1.
+        let guest6 = IpAddr::V6("fd88::9".parse().expect("v6"));
+        nat.from_guest(poll.registry(), guest6, IpAddr::V6(gw6), 99, 1, b"six", now);
+        let out = pump(&mut poll, &mut nat, 1);
+        if out.is_empty() {
+            eprintln!("no ICMPv6 echo reply from ::1 (IPv6 ping sockets unavailable?)");
+        } else {
+            let pkt = SlicedPacket::from_ip(&out[0]).expect("parse");
+            let Some(NetSlice::Ipv6(ip)) = &pkt.net else {
+                panic!("not IPv6")
+            };
+            assert_eq!(ip.header().source_addr(), gw6);
+            let Some(TransportSlice::Icmpv6(icmp)) = &pkt.transport else {
+                panic!("not ICMPv6")
+            };
+            let Icmpv6Type::EchoReply(e) = icmp.icmp_type() else {
+                panic!("not an echo reply")
+            };
+            assert_eq!((e.id, e.seq), (99, 1));
+            assert_eq!(icmp.payload(), b"six");
+        }
+
+        // Limits and idle expiry.
+        assert_eq!(nat.expire(poll.registry(), now + Duration::from_secs(5)), 0);
+        assert_eq!(
+            nat.expire(poll.registry(), Instant::now() + Duration::from_secs(11)),
+            2
+        );
+        assert_eq!(nat.flows(), 0);
+    }
+
+    #[test]
+    fn limits_and_dropped_destinations() {
+        let _lock = SYSCTL_LOCK.lock();
+        let Some(_range) = PingRange::set("0 2147483647") else {
+            return;
+        };
+        let counters = Arc::new(NatCounters::default());
+        let poll = Poll::new().expect("poll");
+        let cfg = NatConfig {
+            max_flows: 2,
+            max_flows_per_guest: 1,
+            ..NatConfig::new(GW, None)
+        };
+        let mut nat = IcmpNat::new(Arc::new(cfg), counters.clone());
+        let g1 = IpAddr::V4(Ipv4Addr::new(10, 88, 0, 9));
+        let g2 = IpAddr::V4(Ipv4Addr::new(10, 88, 0, 10));
+        let g3 = IpAddr::V4(Ipv4Addr::new(10, 88, 0, 11));
+        let gw = IpAddr::V4(GW);
+        let now = Instant::now();
+        nat.from_guest(poll.registry(), g1, gw, 1, 1, b"", now);
+        nat.from_guest(poll.registry(), g1, gw, 2, 1, b"", now); // per guest
+        nat.from_guest(poll.registry(), g2, gw, 1, 1, b"", now);
+        nat.from_guest(poll.registry(), g3, gw, 1, 1, b"", now); // total
+        assert_eq!(nat.flows(), 2);
+        assert_eq!(counters.refused_limit.load(Ordering::Relaxed), 2);
+        nat.from_guest(
+            poll.registry(),
+            g1,
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            1,
+            1,
+            b"",
+            now,
+        );
+        assert_eq!(counters.dropped_dest.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn forbidden_ping_sockets_are_counted() {
+        let _lock = SYSCTL_LOCK.lock();
+        // "1 0" is an empty range: nobody, not even root, may open ping sockets.
+        let guard = PingRange::set("1 0");
+        if guard.is_none() {
+            let cur = std::fs::read_to_string(SYSCTL).unwrap_or_default();
+            if cur.split_whitespace().collect::<Vec<_>>() != ["1", "0"] {
+                eprintln!("skipping: ping sockets may be allowed here ({cur:?})");
+                return;
+            }
+        }
+        let counters = Arc::new(NatCounters::default());
+        let poll = Poll::new().expect("poll");
+        let mut nat = IcmpNat::new(Arc::new(NatConfig::new(GW, None)), counters.clone());
+        let guest = IpAddr::V4(Ipv4Addr::new(10, 88, 0, 9));
+        for seq in 0..3 {
+            nat.from_guest(
+                poll.registry(),
+                guest,
+                IpAddr::V4(GW),
+                5,
+                seq,
+                b"x",
+                Instant::now(),
+            );
+        }
+        assert_eq!(nat.flows(), 0);
+        assert_eq!(counters.ping_forbidden.load(Ordering::Relaxed), 3);
+        assert!(nat.warned);
+        drop(guard);
+    }
+}

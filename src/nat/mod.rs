@@ -20,13 +20,18 @@
 //! tokens from [`token`]. Every table is bounded ([`NatConfig`]): when a limit is hit, the new
 //! flow is refused and counted, existing ones are untouched.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use etherparse::{Icmpv4Slice, Icmpv4Type, Icmpv6Slice, Icmpv6Type, IpNumber, TcpSlice, UdpSlice};
+use mio::Registry;
 
 use serde::Serialize;
 
 pub mod forward;
+pub mod forward_rt;
 pub mod icmp;
 pub mod tcp;
 pub mod udp;
@@ -99,7 +104,11 @@ pub fn host_destination(cfg: &NatConfig, dst: IpAddr) -> Option<IpAddr> {
             if Some(a) == cfg.gateway6 {
                 return cfg.host_loopback.then_some(IpAddr::V6(Ipv6Addr::LOCALHOST));
             }
-            if a.is_loopback() || a.is_multicast() || a.is_unspecified() || a.is_unicast_link_local() {
+            if a.is_loopback()
+                || a.is_multicast()
+                || a.is_unspecified()
+                || a.is_unicast_link_local()
+            {
                 return None;
             }
             Some(dst)
@@ -175,7 +184,7 @@ pub struct FlowCounts {
 /// mio tokens of NAT sockets: the kind in the top bits, an index below.
 pub mod token {
     use mio::Token;
-    
+
     /// Bits for the index.
     pub const SHIFT: u32 = 40;
     /// TCP host connections.
@@ -200,16 +209,220 @@ pub mod token {
     }
 }
 
+/// A gateway's whole NAT: TCP, UDP, ICMP echo and port forwards, on the gateway's thread.
+pub struct Nat {
+    /// Settings.
+    pub cfg: Arc<NatConfig>,
+    /// Counters.
+    pub counters: Arc<NatCounters>,
+    tcp: tcp::TcpNat,
+    udp: udp::UdpNat,
+    icmp: icmp::IcmpNat,
+    fwd: forward_rt::Forwards,
+}
+
+impl Nat {
+    /// NAT for a gateway with addresses `addrs` and link MTU `mtu`.
+    pub fn new(
+        cfg: NatConfig,
+        counters: Arc<NatCounters>,
+        addrs: &[smoltcp::wire::IpCidr],
+        mtu: usize,
+    ) -> Self {
+        let cfg = Arc::new(cfg);
+        Nat {
+            tcp: tcp::TcpNat::new(cfg.clone(), counters.clone(), addrs, mtu),
+            udp: udp::UdpNat::new(cfg.clone(), counters.clone()),
+            icmp: icmp::IcmpNat::new(cfg.clone(), counters.clone()),
+            fwd: forward_rt::Forwards::default(),
+            cfg,
+            counters,
+        }
+    }
+
+    /// Current flow counts.
+    pub fn counts(&self) -> FlowCounts {
+        FlowCounts {
+            tcp: self.tcp.flows(),
+            udp: self.udp.flows(),
+            icmp: self.icmp.flows(),
+        }
+    }
+
+    /// A guest's IP packet routed to NAT. Packets to send back to guests are appended to `out`.
+    /// Returns false for a malformed transport header.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_guest(
+        &mut self,
+        reg: &Registry,
+        packet: &[u8],
+        src: IpAddr,
+        dst: IpAddr,
+        proto: IpNumber,
+        body: &[u8],
+        out: &mut Vec<Vec<u8>>,
+    ) -> bool {
+        let now = Instant::now();
+        match proto {
+            IpNumber::TCP => {
+                let Ok(seg) = TcpSlice::from_slice(body) else {
+                    return false;
+                };
+                let other = self.udp.flows() + self.icmp.flows();
+                self.tcp.from_guest(
+                    reg,
+                    packet,
+                    SocketAddr::new(src, seg.source_port()),
+                    SocketAddr::new(dst, seg.destination_port()),
+                    &seg,
+                    other,
+                    out,
+                );
+                true
+            }
+            IpNumber::UDP => {
+                let Ok(u) = UdpSlice::from_slice(body) else {
+                    return false;
+                };
+                let guest = SocketAddr::new(src, u.source_port());
+                let to = SocketAddr::new(dst, u.destination_port());
+                if self.fwd.udp_reply(guest, to, u.payload()) {
+                    return true;
+                }
+                if self.over_limit(src) {
+                    NatCounters::inc(&self.counters.refused_limit);
+                    return true;
+                }
+                self.udp.from_guest(reg, guest, to, u.payload(), now);
+                true
+            }
+            IpNumber::ICMP => {
+                let Ok(icmp) = Icmpv4Slice::from_slice(body) else {
+                    return false;
+                };
+                if let Icmpv4Type::EchoRequest(e) = icmp.icmp_type() {
+                    if self.over_limit(src) {
+                        NatCounters::inc(&self.counters.refused_limit);
+                        return true;
+                    }
+                    self.icmp
+                        .from_guest(reg, src, dst, e.id, e.seq, icmp.payload(), now);
+                }
+                true
+            }
+            IpNumber::IPV6_ICMP => {
+                let Ok(icmp) = Icmpv6Slice::from_slice(body) else {
+                    return false;
+                };
+                if let Icmpv6Type::EchoRequest(e) = icmp.icmp_type() {
+                    if self.over_limit(src) {
+                        NatCounters::inc(&self.counters.refused_limit);
+                        return true;
+                    }
+                    self.icmp
+                        .from_guest(reg, src, dst, e.id, e.seq, icmp.payload(), now);
+                }
+                true
+            }
+            _ => {
+                NatCounters::inc(&self.counters.dropped_dest);
+                true
+            }
+        }
+    }
+
+    fn over_limit(&self, _guest: IpAddr) -> bool {
+        let c = self.counts();
+        c.tcp + c.udp + c.icmp >= self.cfg.max_flows
+    }
+
+    /// Readiness of a NAT token. Returns false if the token is not NAT's.
+    pub fn ready(
+        &mut self,
+        reg: &Registry,
+        tok: mio::Token,
+        resolve: &dyn Fn(&str) -> Vec<IpAddr>,
+        out: &mut Vec<Vec<u8>>,
+    ) -> bool {
+        let now = Instant::now();
+        match token::split(tok).0 {
+            token::TCP => self.tcp.ready(reg, tok, out),
+            token::UDP => self.udp.ready(tok, out, now),
+            token::ICMP => self.icmp.ready(tok, out, now),
+            token::FWD_TCP => {
+                for (stream, from, guest) in self.fwd.accept(tok, &self.cfg, resolve) {
+                    NatCounters::inc(&self.counters.forward_conns);
+                    if let Err(e) = self.tcp.connect_to_guest(reg, stream, from, guest) {
+                        tracing::debug!("port forward to {guest}: {e}");
+                        NatCounters::inc(&self.counters.errors);
+                    }
+                }
+            }
+            token::FWD_UDP => {
+                let n = self.fwd.recv_udp(tok, &self.cfg, resolve, out);
+                self.counters
+                    .forward_datagrams
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Runs the TCP state machines and splices; packets for guests go to `out`.
+    pub fn poll(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>) {
+        self.tcp.poll(reg, out);
+    }
+
+    /// Timeouts: idle flows, connects that take too long.
+    pub fn expire(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>) {
+        let now = Instant::now();
+        self.tcp.expire(reg, out);
+        self.udp.expire(reg, now);
+        self.icmp.expire(reg, now);
+        self.fwd.expire(now, self.cfg.udp_idle);
+    }
+
+    /// When the TCP machinery next needs to run.
+    pub fn poll_delay(&mut self) -> Option<Duration> {
+        self.tcp.poll_delay()
+    }
+
+    /// Adds a port forward's listeners (already bound by the caller).
+    pub fn add_forward(
+        &mut self,
+        reg: &Registry,
+        id: u64,
+        f: forward_rt::Bound,
+    ) -> std::io::Result<()> {
+        self.fwd.add(reg, id, f)
+    }
+
+    /// Removes a port forward: its listeners close now.
+    pub fn remove_forward(&mut self, reg: &Registry, id: u64) -> bool {
+        self.fwd.remove(reg, id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn host_destination_rules() {
-        let cfg = NatConfig::new(Ipv4Addr::new(10, 88, 0, 1), Some("fd88::1".parse().expect("a")));
+        let cfg = NatConfig::new(
+            Ipv4Addr::new(10, 88, 0, 1),
+            Some("fd88::1".parse().expect("a")),
+        );
         let v4 = |s: &str| IpAddr::V4(s.parse().expect("v4"));
-        assert_eq!(host_destination(&cfg, v4("10.88.0.1")), Some(v4("127.0.0.1")));
-        assert_eq!(host_destination(&cfg, v4("192.0.2.7")), Some(v4("192.0.2.7")));
+        assert_eq!(
+            host_destination(&cfg, v4("10.88.0.1")),
+            Some(v4("127.0.0.1"))
+        );
+        assert_eq!(
+            host_destination(&cfg, v4("192.0.2.7")),
+            Some(v4("192.0.2.7"))
+        );
         assert_eq!(host_destination(&cfg, v4("127.0.0.1")), None);
         assert_eq!(host_destination(&cfg, v4("224.0.0.1")), None);
         assert_eq!(host_destination(&cfg, v4("255.255.255.255")), None);

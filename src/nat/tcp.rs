@@ -1,1 +1,686 @@
-//! (being written)
+//! TCP NAT: guest connections terminated with smoltcp and spliced to host sockets.
+//!
+//! # Theory of operation
+//!
+//! One smoltcp `Interface` per gateway runs at the IP medium with `any_ip` on and default routes
+//! via the gateway's own addresses, so it accepts segments for *any* destination: it plays the
+//! remote server to the guest. For each flow there is a smoltcp socket (the guest-facing end)
+//! and a host `TcpStream` (the outside end), both owned here.
+//!
+//! Outbound (guest → world): a guest SYN for a new (guest, destination) pair starts a
+//! non-blocking host connect and is *held*. Only when the connect succeeds is a socket listening
+//! on that destination created and the SYN fed in, so the guest's handshake completes exactly
+//! when the real one did. A refused connect becomes an RST to the guest at once, an unreachable
+//! host an ICMP unreachable, a connect timeout an RST. SYN retransmissions while connecting are
+//! dropped. A segment for an unknown flow (not a SYN) gets an RST.
+//!
+//! Inbound (port forward): an accepted host connection becomes a smoltcp socket connecting to
+//! the guest, from the client's own address when it is not a loopback one (the guest then sees
+//! the real client), else from the gateway's address.
+//!
+//! Splicing, with backpressure both ways:
+//! - guest → host: bytes are taken from the smoltcp receive buffer only while the host socket
+//!   accepts them; when the host is slow, the buffer fills and the guest's window closes;
+//! - host → guest: the host socket is read only into free space of the smoltcp send buffer;
+//!   when the guest is slow, the kernel's socket buffer fills and the host peer's window closes.
+//! - FIN each way is a half-close: guest FIN → `shutdown(Write)` on the host socket; host EOF →
+//!   smoltcp `close()` after the queued data. An RST either way resets the other side.
+//!
+//! Buffers are [`BUF`] bytes each way per flow, so window scaling is in use and a 65520-byte MTU
+//! path is not capped at 64 KiB. Limits: flows per network and per guest, and a SYN backlog
+//! (connects in progress); a flow over a limit is refused (RST) and counted.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etherparse::{IpNumber, PacketBuilder, TcpSlice};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant as SInstant;
+use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
+
+use super::{NatConfig, NatCounters, host_destination, token};
+use crate::gateway::tcp::QueueDevice;
+
+/// Buffer size each way per flow.
+pub const BUF: usize = 256 * 1024;
+
+type Key = (SocketAddr, SocketAddr);
+
+enum State {
+    /// Host connect in progress; the guest's SYN waits here.
+    Connecting { syn: Vec<u8>, since: Instant },
+    /// Spliced.
+    Open,
+}
+
+struct Flow {
+    key: Key,
+    host: TcpStream,
+    sock: Option<SocketHandle>,
+    state: State,
+    to_host: Vec<u8>,
+    host_eof: bool,
+    host_shut: bool,
+    fin_sent: bool,
+    established: bool,
+    last: Instant,
+}
+
+/// The TCP half of a gateway's NAT. See the module docs.
+pub struct TcpNat {
+    cfg: Arc<NatConfig>,
+    counters: Arc<NatCounters>,
+    iface: Interface,
+    dev: QueueDevice,
+    sockets: SocketSet<'static>,
+    flows: Vec<Option<Flow>>,
+    free: Vec<usize>,
+    by_key: HashMap<Key, usize>,
+    per_guest: HashMap<IpAddr, usize>,
+    connecting: usize,
+    epoch: Instant,
+}
+
+fn smol_now(epoch: Instant) -> SInstant {
+    SInstant::from_micros(epoch.elapsed().as_micros() as i64)
+}
+
+impl TcpNat {
+    /// A NAT for a gateway with addresses `addrs` (with prefixes) and link MTU `mtu`.
+    pub fn new(
+        cfg: Arc<NatConfig>,
+        counters: Arc<NatCounters>,
+        addrs: &[IpCidr],
+        mtu: usize,
+    ) -> Self {
+        let mut dev = QueueDevice {
+            rx: Default::default(),
+            tx: Vec::new(),
+            mtu,
+        };
+        let epoch = Instant::now();
+        let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut dev, SInstant::ZERO);
+        iface.update_ip_addrs(|a| {
+            for c in addrs {
+                let _ = a.push(*c);
+            }
+        });
+        iface.set_any_ip(true);
+        let _ = iface.routes_mut().add_default_ipv4_route(cfg.gateway4);
+        if let Some(g6) = cfg.gateway6 {
+            let _ = iface.routes_mut().add_default_ipv6_route(g6);
+        }
+        TcpNat {
+            cfg,
+            counters,
+            iface,
+            dev,
+            sockets: SocketSet::new(Vec::new()),
+            flows: Vec::new(),
+            free: Vec::new(),
+            by_key: HashMap::new(),
+            per_guest: HashMap::new(),
+            connecting: 0,
+            epoch,
+        }
+    }
+
+    /// Open flows (connecting included).
+    pub fn flows(&self) -> usize {
+        self.by_key.len()
+    }
+
+    fn alloc(&mut self, f: Flow) -> usize {
+        *self.per_guest.entry(f.key.0.ip()).or_insert(0) += 1;
+        self.by_key.insert(f.key, 0);
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.flows[i] = Some(f);
+                i
+            }
+            None => {
+                self.flows.push(Some(f));
+                self.flows.len() - 1
+            }
+        };
+        if let Some(Some(f)) = self.flows.get(idx) {
+            self.by_key.insert(f.key, idx);
+        }
+        idx
+    }
+
+    fn remove(&mut self, reg: &Registry, idx: usize, reset_host: bool) {
+        let Some(mut f) = self.flows.get_mut(idx).and_then(Option::take) else {
+            return;
+        };
+        if matches!(f.state, State::Connecting { .. }) {
+            self.connecting = self.connecting.saturating_sub(1);
+        }
+        let _ = reg.deregister(&mut f.host);
+        if reset_host {
+            // SO_LINGER 0: close sends an RST to the host peer.
+            let sock = socket2::SockRef::from(&f.host);
+            let _ = sock.set_linger(Some(Duration::ZERO));
+        }
+        if let Some(h) = f.sock {
+            self.sockets.remove(h);
+        }
+        self.by_key.remove(&f.key);
+        if let Some(n) = self.per_guest.get_mut(&f.key.0.ip()) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_guest.remove(&f.key.0.ip());
+            }
+        }
+        self.free.push(idx);
+    }
+
+    fn over_limit(&self, guest: IpAddr, other_flows: usize) -> bool {
+        self.by_key.len() + other_flows >= self.cfg.max_flows
+            || self.per_guest.get(&guest).copied().unwrap_or(0) >= self.cfg.max_flows_per_guest
+            || self.connecting >= self.cfg.syn_backlog
+    }
+
+    /// A TCP segment from a guest, as the whole IP packet. `other_flows` is the number of
+    /// UDP/ICMP flows, for the shared limit. Returns packets to send back (RST, ICMP).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_guest(
+        &mut self,
+        reg: &Registry,
+        packet: &[u8],
+        src: SocketAddr,
+        dst: SocketAddr,
+        seg: &TcpSlice<'_>,
+        other_flows: usize,
+        out: &mut Vec<Vec<u8>>,
+    ) {
+        let key = (src, dst);
+        if let Some(&idx) = self.by_key.get(&key) {
+            if let Some(Some(f)) = self.flows.get_mut(idx) {
+                f.last = Instant::now();
+                match f.state {
+                    State::Connecting { .. } => {} // SYN retransmission: still connecting
+                    State::Open => self.dev.rx.push_back(packet.to_vec()),
+                }
+            }
+            return;
+        }
+        if seg.rst() {
+            return;
+        }
+        if !seg.syn() || seg.ack() {
+            out.push(rst_for(src, dst, seg));
+            return;
+        }
+        let Some(host_ip) = host_destination(&self.cfg, dst.ip()) else {
+            NatCounters::inc(&self.counters.dropped_dest);
+            return;
+        };
+        if self.over_limit(src.ip(), other_flows) {
+            NatCounters::inc(&self.counters.refused_limit);
+            out.push(rst_for(src, dst, seg));
+            return;
+        }
+        let host = match connect(SocketAddr::new(host_ip, dst.port()), &self.cfg) {
+            Ok(h) => h,
+            Err(e) => {
+                out.push(self.connect_failed(&e, src, dst, seg, packet));
+                return;
+            }
+        };
+        let idx = self.alloc(Flow {
+            key,
+            host,
+            sock: None,
+            state: State::Connecting {
+                syn: packet.to_vec(),
+                since: Instant::now(),
+            },
+            to_host: Vec::new(),
+            host_eof: false,
+            host_shut: false,
+            fin_sent: false,
+            established: false,
+            last: Instant::now(),
+        });
+        self.connecting += 1;
+        if let Some(Some(f)) = self.flows.get_mut(idx)
+            && reg
+                .register(
+                    &mut f.host,
+                    token::make(token::TCP, idx),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+        {
+            NatCounters::inc(&self.counters.errors);
+            self.remove(reg, idx, false);
+        }
+    }
+
+    fn connect_failed(
+        &self,
+        e: &io::Error,
+        src: SocketAddr,
+        dst: SocketAddr,
+        seg: &TcpSlice<'_>,
+        packet: &[u8],
+    ) -> Vec<u8> {
+        match e.raw_os_error() {
+            Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH) => {
+                NatCounters::inc(&self.counters.unreachable);
+                let code = if e.raw_os_error() == Some(libc::ENETUNREACH) {
+                    0
+                } else {
+                    1
+                };
+                unreachable_for(packet, code).unwrap_or_else(|| rst_for(src, dst, seg))
+            }
+            _ => {
+                NatCounters::inc(&self.counters.refused_host);
+                rst_for(src, dst, seg)
+            }
+        }
+    }
+
+    /// Starts a connection *to* a guest for a port forward: `host` is the accepted client,
+    /// `from` the source the guest will see, `guest` the guest's address and port.
+    pub fn connect_to_guest(
+        &mut self,
+        reg: &Registry,
+        host: TcpStream,
+        from: SocketAddr,
+        guest: SocketAddr,
+    ) -> io::Result<()> {
+        if self.by_key.len() >= self.cfg.max_flows {
+            NatCounters::inc(&self.counters.refused_limit);
+            return Err(io::Error::other("flow limit"));
+        }
+        let mut s = new_socket();
+        s.connect(self.iface.context(), guest, from)
+            .map_err(|e| io::Error::other(format!("connect to guest {guest}: {e}")))?;
+        let h = self.sockets.add(s);
+        let idx = self.alloc(Flow {
+            key: (guest, from),
+            host,
+            sock: Some(h),
+            state: State::Open,
+            to_host: Vec::new(),
+            host_eof: false,
+            host_shut: false,
+            fin_sent: false,
+            established: false,
+            last: Instant::now(),
+        });
+        if let Some(Some(f)) = self.flows.get_mut(idx)
+            && let Err(e) = reg.register(
+                &mut f.host,
+                token::make(token::TCP, idx),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+        {
+            self.remove(reg, idx, true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Readiness of a host socket (token kind TCP).
+    pub fn ready(&mut self, reg: &Registry, tok: Token, out: &mut Vec<Vec<u8>>) {
+        let (_, idx) = token::split(tok);
+        let Some(Some(f)) = self.flows.get_mut(idx) else {
+            return;
+        };
+        let State::Connecting { syn, .. } = &f.state else {
+            return; // Open flows are pumped in `poll`.
+        };
+        // Connect finished one way or the other?
+        match f.host.take_error() {
+            Ok(None) => {}
+            Ok(Some(e)) | Err(e) => {
+                let syn = syn.clone();
+                let (src, dst) = f.key;
+                if let Some(seg) = parse_tcp(&syn) {
+                    out.push(self.connect_failed(&e, src, dst, &seg, &syn));
+                }
+                self.remove(reg, idx, false);
+                return;
+            }
+        }
+        match f.host.peer_addr() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // still in progress
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => return,
+            Err(_) => {
+                let syn = syn.clone();
+                let (src, dst) = f.key;
+                if let Some(seg) = parse_tcp(&syn) {
+                    out.push(rst_for(src, dst, &seg));
+                }
+                NatCounters::inc(&self.counters.refused_host);
+                self.remove(reg, idx, false);
+                return;
+            }
+        }
+        // Connected: create the guest-facing socket and let the held SYN in.
+        let syn = syn.clone();
+        let dst = f.key.1;
+        let mut s = new_socket();
+        if s.listen(IpListenEndpoint {
+            addr: Some(dst.ip().into()),
+            port: dst.port(),
+        })
+        .is_err()
+        {
+            self.remove(reg, idx, true);
+            return;
+        }
+        let h = self.sockets.add(s);
+        f.sock = Some(h);
+        f.state = State::Open;
+        self.connecting = self.connecting.saturating_sub(1);
+        NatCounters::inc(&self.counters.tcp_flows);
+        self.dev.rx.push_back(syn);
+    }
+
+    /// Runs smoltcp and splices every open flow. Returns IP packets for guests in `out`.
+    pub fn poll(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>) {
+        let now = smol_now(self.epoch);
+        self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        let mut dead = Vec::new();
+        for idx in 0..self.flows.len() {
+            let Some(Some(f)) = self.flows.get_mut(idx) else {
+                continue;
+            };
+            let Some(h) = f.sock else {
+                continue;
+            };
+            let s = self.sockets.get_mut::<tcp::Socket>(h);
+            match pump(f, s) {
+                Pump::Alive => {}
+                Pump::Done => dead.push((idx, false)),
+                Pump::Reset => dead.push((idx, true)),
+            }
+        }
+        for (idx, reset) in dead {
+            self.remove(reg, idx, reset);
+        }
+        self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        out.append(&mut self.dev.tx);
+    }
+
+    /// Connect timeouts and idle flows. Returns packets (RSTs) for guests.
+    pub fn expire(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>) {
+        let now = Instant::now();
+        let mut dead = Vec::new();
+        for (idx, f) in self.flows.iter().enumerate() {
+            let Some(f) = f else { continue };
+            match &f.state {
+                State::Connecting { syn, since }
+                    if now.duration_since(*since) > self.cfg.connect_timeout =>
+                {
+                    if let Some(seg) = parse_tcp(syn) {
+                        out.push(rst_for(f.key.0, f.key.1, &seg));
+                    }
+                    dead.push((idx, false));
+                }
+                State::Open if now.duration_since(f.last) > self.cfg.tcp_idle => {
+                    dead.push((idx, true))
+                }
+                _ => {}
+            }
+        }
+        for (idx, reset) in dead {
+            if let Some(Some(f)) = self.flows.get(idx)
+                && let Some(h) = f.sock
+            {
+                self.sockets.get_mut::<tcp::Socket>(h).abort();
+            }
+            self.remove(reg, idx, reset);
+        }
+    }
+
+    /// When smoltcp next needs to run (retransmissions, delayed ACKs).
+    pub fn poll_delay(&mut self) -> Option<Duration> {
+        let now = smol_now(self.epoch);
+        self.iface
+            .poll_delay(now, &self.sockets)
+            .map(|d| Duration::from_micros(d.total_micros()))
+    }
+}
+
+fn new_socket() -> tcp::Socket<'static> {
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; BUF]),
+        tcp::SocketBuffer::new(vec![0; BUF]),
+    );
+    s.set_nagle_enabled(false);
+    s.set_ack_delay(None);
+    s
+}
+
+fn connect(to: SocketAddr, cfg: &NatConfig) -> io::Result<TcpStream> {
+    let domain = socket2::Domain::for_address(to);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), None)?;
+    match (to.ip(), cfg.outbound4, cfg.outbound6) {
+        (IpAddr::V4(_), Some(a), _) if !to.ip().is_loopback() => {
+            s.bind(&SocketAddr::new(IpAddr::V4(a), 0).into())?
+        }
+        (IpAddr::V6(_), _, Some(a)) if !to.ip().is_loopback() => {
+            s.bind(&SocketAddr::new(IpAddr::V6(a), 0).into())?
+        }
+        _ => {}
+    }
+    let _ = s.set_tcp_nodelay(true);
+    match s.connect(&to.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(s.into()))
+}
+
+enum Pump {
+    Alive,
+    Done,
+    Reset,
+}
+
+fn pump(f: &mut Flow, s: &mut tcp::Socket<'_>) -> Pump {
+    use tcp::State as S;
+    if matches!(
+        s.state(),
+        S::Established
+            | S::FinWait1
+            | S::FinWait2
+            | S::CloseWait
+            | S::Closing
+            | S::LastAck
+            | S::TimeWait
+    ) {
+        f.established = true;
+    }
+    // Guest -> host.
+    loop {
+        if !f.to_host.is_empty() {
+            match f.host.write(&f.to_host) {
+                Ok(0) => return Pump::Reset,
+                Ok(n) => {
+                    f.to_host.drain(..n);
+                    f.last = Instant::now();
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    s.abort();
+                    return Pump::Reset;
+                }
+            }
+        }
+        if !s.can_recv() {
+            break;
+        }
+        let taken = s.recv(|buf| {
+            let n = buf.len().min(64 * 1024);
+            (n, buf[..n].to_vec())
+        });
+        match taken {
+            Ok(v) if !v.is_empty() => f.to_host = v,
+            _ => break,
+        }
+    }
+    let guest_closed = matches!(
+        s.state(),
+        S::CloseWait | S::LastAck | S::Closing | S::TimeWait
+    ) || (s.state() == S::Closed && f.established);
+    if guest_closed && f.to_host.is_empty() && !s.can_recv() && !f.host_shut {
+        let _ = f.host.shutdown(Shutdown::Write);
+        f.host_shut = true;
+    }
+    // Host -> guest.
+    while !f.host_eof && s.can_send() {
+        let mut err = None;
+        let r = s.send(|buf| match f.host.read(buf) {
+            Ok(0) => {
+                err = Some(io::ErrorKind::UnexpectedEof);
+                (0, ())
+            }
+            Ok(n) => (n, ()),
+            Err(e) => {
+                err = Some(e.kind());
+                (0, ())
+            }
+        });
+        if r.is_err() {
+            break;
+        }
+        match err {
+            None => f.last = Instant::now(),
+            Some(io::ErrorKind::UnexpectedEof) => f.host_eof = true,
+            Some(io::ErrorKind::WouldBlock) => break,
+            Some(io::ErrorKind::Interrupted) => continue,
+            Some(_) => {
+                s.abort();
+                return Pump::Reset;
+            }
+        }
+    }
+    if f.host_eof && !f.fin_sent && matches!(s.state(), S::Established | S::CloseWait) {
+        s.close();
+        f.fin_sent = true;
+    }
+    match s.state() {
+        S::Closed if f.established || f.fin_sent => {
+            // Both sides done (or the guest reset us).
+            if f.host_eof && f.host_shut {
+                Pump::Done
+            } else {
+                Pump::Reset
+            }
+        }
+        S::Closed => Pump::Reset, // forward to a guest port where nothing listens: RST
+        S::TimeWait => Pump::Done,
+        _ => Pump::Alive,
+    }
+}
+
+/// Parses a stored IP packet back into its TCP segment.
+fn parse_tcp(packet: &[u8]) -> Option<TcpSlice<'_>> {
+    let payload = match packet.first()? >> 4 {
+        4 => {
+            etherparse::Ipv4Slice::from_slice(packet)
+                .ok()?
+                .payload()
+                .payload
+        }
+        6 => {
+            etherparse::Ipv6Slice::from_slice(packet)
+                .ok()?
+                .payload()
+                .payload
+        }
+        _ => return None,
+    };
+    TcpSlice::from_slice(payload).ok()
+}
+
+/// An RST answering `seg` (sent by `src` to `dst`), from `dst` to `src` (RFC 9293 §3.10.7.1).
+pub fn rst_for(src: SocketAddr, dst: SocketAddr, seg: &TcpSlice<'_>) -> Vec<u8> {
+    let seg_len = seg.payload().len() as u32 + u32::from(seg.syn()) + u32::from(seg.fin());
+    let (seq, ack) = if seg.ack() {
+        (seg.acknowledgment_number(), None)
+    } else {
+        (0, Some(seg.sequence_number().wrapping_add(seg_len)))
+    };
+    let mut out = Vec::new();
+    match (dst.ip(), src.ip()) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let mut t = PacketBuilder::ipv4(a.octets(), b.octets(), 64)
+                .tcp(dst.port(), src.port(), seq, 0)
+                .rst();
+            if let Some(n) = ack {
+                t = t.ack(n);
+            }
+            let _ = t.write(&mut out, &[]);
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let mut t = PacketBuilder::ipv6(a.octets(), b.octets(), 64)
+                .tcp(dst.port(), src.port(), seq, 0)
+                .rst();
+            if let Some(n) = ack {
+                t = t.ack(n);
+            }
+            let _ = t.write(&mut out, &[]);
+        }
+        _ => {}
+    }
+    out
+}
+
+/// An ICMP (v4: code 0 net, 1 host) or ICMPv6 (code 0 no route, 3 address) destination
+/// unreachable quoting `packet`, from its destination back to its source.
+pub fn unreachable_for(packet: &[u8], code: u8) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    match packet.first()? >> 4 {
+        4 => {
+            let ip = etherparse::Ipv4Slice::from_slice(packet).ok()?;
+            let h = ip.header();
+            let quote = &packet[..packet.len().min(usize::from(h.ihl()) * 4 + 8)];
+            let t = etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::from_values(code, 0)?,
+            );
+            PacketBuilder::ipv4(h.destination(), h.source(), 64)
+                .icmpv4(t)
+                .write(&mut out, quote)
+                .ok()?;
+        }
+        6 => {
+            let ip = etherparse::Ipv6Slice::from_slice(packet).ok()?;
+            let h = ip.header();
+            let quote = &packet[..packet.len().min(1232)];
+            let c = if code == 0 {
+                etherparse::icmpv6::DestUnreachableCode::NoRoute
+            } else {
+                etherparse::icmpv6::DestUnreachableCode::Address
+            };
+            PacketBuilder::ipv6(h.destination(), h.source(), 64)
+                .icmpv6(etherparse::Icmpv6Type::DestinationUnreachable(c))
+                .write(&mut out, quote)
+                .ok()?;
+        }
+        _ => return None,
+    }
+    Some(out)
+}
+
+/// True for an IP protocol number this module handles.
+pub fn is_tcp(n: IpNumber) -> bool {
+    n == IpNumber::TCP
+}

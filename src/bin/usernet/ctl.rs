@@ -65,8 +65,36 @@ enum Cmd {
     /// DNS records of the gateways.
     #[command(subcommand)]
     Dns(DnsCmd),
+    /// Port forwards (Docker `-p`).
+    #[command(subcommand)]
+    Forward(FwdCmd),
     /// Stop the instance.
     Shutdown,
+}
+
+#[derive(Subcommand, Debug)]
+enum FwdCmd {
+    /// Publish a guest port: `[hostip:]hostport[-hostport]:guestport[-guestport][/tcp|/udp]`.
+    Add {
+        /// Network.
+        #[arg(long)]
+        network: String,
+        /// The `-p` spec.
+        publish: String,
+        /// Endpoint name (port or DHCP hostname) or IP address.
+        to: String,
+    },
+    /// Remove a forward by id or spec.
+    Rm {
+        /// Id or `-p` spec as listed.
+        forward: String,
+    },
+    /// List forwards.
+    Ls {
+        /// Only this network.
+        #[arg(long)]
+        network: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -213,6 +241,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             addr,
         },
         Cmd::Dns(DnsCmd::Ls { network }) => Request::DnsLs { network },
+        Cmd::Forward(FwdCmd::Add {
+            network,
+            publish,
+            to,
+        }) => Request::ForwardAdd {
+            forward: usernet::nat::forward::Forward {
+                network,
+                spec: publish.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
+                to,
+            },
+        },
+        Cmd::Forward(FwdCmd::Rm { forward }) => Request::ForwardRm { forward },
+        Cmd::Forward(FwdCmd::Ls { network }) => Request::ForwardLs { network },
         Cmd::Shutdown => Request::Shutdown {},
     };
     let kind = req.clone();
@@ -321,6 +362,12 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
                 .collect(),
         ),
         Request::Stats {} => stats_table(arr),
+        Request::ForwardLs { .. } => table(
+            &["ID", "NETWORK", "PUBLISH", "TO"],
+            arr.iter()
+                .map(|f| vec![s(f, "id"), s(f, "network"), s(f, "publish"), s(f, "to")])
+                .collect(),
+        ),
         Request::Leases { .. } => table(
             &[
                 "NETWORK",

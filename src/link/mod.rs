@@ -30,6 +30,7 @@ use crate::frame::{Frame, FramePool};
 pub mod memory;
 pub mod netns;
 pub mod packet;
+pub mod rtnl;
 pub mod tap;
 
 /// Error from a link operation.

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod bridge;
 mod ctl;
 mod demo;
+mod run;
 mod up;
 
 /// Container and VM networking in userspace: a learning L2 switch over TAP, AF_PACKET and
@@ -32,6 +33,9 @@ enum Cmd {
     Bridge(bridge::Args),
     /// Run networks and ports from a TOML config file.
     Up(up::Args),
+    /// Run a command in its own user + network namespace with NAT, DNS and port forwards
+    /// (rootless, like pasta or slirp4netns).
+    Run(run::Args),
     /// Talk to a running instance over its control socket.
     Ctl(ctl::Args),
 }
@@ -85,13 +89,18 @@ impl SocketArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own report; keep the log to warnings unless asked.
-    let quiet = matches!(cli.cmd, Cmd::Demo(_)) && std::env::var_os("RUST_LOG").is_none();
+    let quiet =
+        matches!(cli.cmd, Cmd::Demo(_) | Cmd::Run(_)) && std::env::var_os("RUST_LOG").is_none();
     init_logging(cli.log.as_deref().or(quiet.then_some("warn")));
     let r = match cli.cmd {
         Cmd::Demo(a) => demo::run(a),
         Cmd::Bridge(a) => bridge::run(a),
         Cmd::Up(a) => up::run(a),
         Cmd::Ctl(a) => ctl::run(a),
+        Cmd::Run(a) => match run::run(a) {
+            Ok(code) => return ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => Err(e),
+        },
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,156 @@
+//! `usernet run`: a command in its own user + network namespace, networked by usernet (rootless).
+
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
+
+use anyhow::Context;
+use usernet::bridge::PortPolicy;
+use usernet::control::api::fdb_config;
+use usernet::gateway::GatewayConfig;
+use usernet::gateway::dns::Upstreams;
+use usernet::nat::forward::{Forward, ForwardSpec};
+use usernet::spawn::{SpawnOptions, spawn};
+use usernet::{Engine, EngineConfig, control};
+
+/// Arguments of `usernet run`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Publish a port of the command on the host, Docker `-p` grammar:
+    /// `[hostip:]hostport[-hostport]:guestport[-guestport][/tcp|/udp]`. Repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    publish: Vec<String>,
+    /// Network name.
+    #[arg(long, default_value = "usernet")]
+    network: String,
+    /// The endpoint's name (DNS: NAME.usernet).
+    #[arg(long, default_value = "guest")]
+    name: String,
+    /// IPv4 subnet; the gateway is .1, the command gets .100.
+    #[arg(long, default_value = "10.88.0.0/24")]
+    subnet: ipnet::Ipv4Net,
+    /// MTU of the command's eth0.
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
+    /// DNS upstream `IP` or `IP:PORT` (repeatable; default: the host's /etc/resolv.conf).
+    #[arg(long = "dns", value_name = "ADDR")]
+    dns: Vec<String>,
+    /// Do not map the gateway's address to the host's loopback.
+    #[arg(long)]
+    disable_host_loopback: bool,
+    /// Also serve the control socket here (for `usernet ctl`).
+    #[arg(long)]
+    socket: Option<std::path::PathBuf>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    cmd: Vec<OsString>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let subnet = a.subnet.trunc();
+    let mut hosts = subnet.hosts();
+    let gw: Ipv4Addr = hosts.next().context("subnet too small")?;
+    let guest = subnet
+        .hosts()
+        .nth(99)
+        .or_else(|| subnet.hosts().nth(1))
+        .context("subnet too small")?;
+    let forwards: Vec<ForwardSpec> = a
+        .publish
+        .iter()
+        .map(|p| p.parse::<ForwardSpec>())
+        .collect::<Result<_, _>>()?;
+    let mut upstreams = Vec::new();
+    for d in &a.dns {
+        upstreams.push(
+            usernet::config::parse_upstream(d)
+                .with_context(|| format!("--dns {d:?}: expected IP or IP:PORT"))?,
+        );
+    }
+    // Fork first, before any thread exists.
+    let mut child = spawn(
+        &a.cmd,
+        &SpawnOptions {
+            addr: guest,
+            prefix: subnet.prefix_len(),
+            gateway: gw,
+            mtu: a.mtu,
+            resolv_conf: Some(format!("nameserver {gw}\nsearch usernet\n")),
+            ..SpawnOptions::default()
+        },
+    )?;
+    let pid = child.pid;
+    let engine = Engine::start(EngineConfig {
+        max_frame: a.mtu as usize + 22,
+        ..EngineConfig::default()
+    })
+    .context("starting event loops")?;
+    let h = engine.handle();
+    let setup = (|| -> anyhow::Result<()> {
+        h.add_network(&a.network, fdb_config(None, None))?;
+        let mut g = GatewayConfig::new(&a.network, subnet);
+        g.mtu = a.mtu.min(65535) as u16;
+        g.host_loopback = !a.disable_host_loopback;
+        g.dhcp_range = subnet.hosts().nth(1).zip(subnet.hosts().nth(98));
+        if !upstreams.is_empty() {
+            g.upstreams = Upstreams::Explicit(upstreams.clone());
+        }
+        h.add_gateway(g)?;
+        let tap = child.tap.take().context("no TAP from the child")?;
+        h.add_port(&a.network, &a.name, PortPolicy::default(), Box::new(tap))?;
+        for spec in forwards {
+            h.add_forward(&Forward {
+                network: a.network.clone(),
+                spec,
+                to: guest.to_string(),
+            })?;
+        }
+        Ok(())
+    })();
+    let _srv = match (&setup, &a.socket) {
+        (Ok(()), Some(p)) => Some(control::server::serve(h.clone(), p)?),
+        _ => None,
+    };
+    if let Err(e) = setup {
+        // SAFETY: kill/waitpid on our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        return Err(e);
+    }
+    // Forward signals to the command.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGQUIT,
+    ])?;
+    let sig_handle = signals.handle();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid, sig) };
+        }
+    });
+    child.start()?;
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    sig_handle.close();
+    engine.shutdown();
+    Ok(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        1
+    })
+}

@@ -1,0 +1,368 @@
+//! Rootless: run a command in new user, network and mount namespaces whose `eth0` is a TAP that
+//! usernet drives (the engine of `usernet run`, like `pasta -- CMD`).
+//!
+//! # Theory of operation
+//!
+//! [`spawn`] forks. The child `unshare`s a user, a network and a mount namespace; the parent
+//! writes the child's uid/gid maps (its own ids mapped to root inside, the only mapping an
+//! unprivileged process may write), and from then on the child is root *inside* its namespaces:
+//! it creates the TAP `eth0` (this needs `/dev/net/tun` to be usable by the user, mode 0666 as
+//! distributions ship it), configures `lo`, the address and the default route over rtnetlink,
+//! bind-mounts a `resolv.conf` pointing at the gateway over `/etc/resolv.conf` (in its private
+//! mount namespace only), and passes the TAP descriptor back to the parent with `SCM_RIGHTS`.
+//! It then waits for [`Spawned::start`] — by then the parent has attached the TAP to a network
+//! — and `exec`s the command. IPv6 needs no configuration: the kernel's SLAAC takes the gateway's
+//! router advertisement.
+//!
+//! The parent never needs privileges: every socket NAT opens is an ordinary host socket.
+//!
+//! `spawn` forks, so call it before starting threads (the engine, signal handlers): the child
+//! runs only simple system calls before `exec`, but a fork of a multi-threaded process may
+//! inherit held locks.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::link::netns::if_index;
+use crate::link::rtnl::Rtnl;
+use crate::link::tap::{TapLink, TapOptions};
+
+/// How the new namespace is set up.
+#[derive(Debug, Clone)]
+pub struct SpawnOptions {
+    /// Interface name inside (default `eth0`).
+    pub ifname: String,
+    /// The guest's address (default 10.88.0.100).
+    pub addr: Ipv4Addr,
+    /// Its prefix length (default 24).
+    pub prefix: u8,
+    /// Default gateway (default 10.88.0.1).
+    pub gateway: Ipv4Addr,
+    /// MTU of the interface (default 1500).
+    pub mtu: u32,
+    /// Contents for `/etc/resolv.conf` inside (None: leave the host's).
+    pub resolv_conf: Option<String>,
+}
+
+impl Default for SpawnOptions {
+    fn default() -> Self {
+        SpawnOptions {
+            ifname: "eth0".into(),
+            addr: Ipv4Addr::new(10, 88, 0, 100),
+            prefix: 24,
+            gateway: Ipv4Addr::new(10, 88, 0, 1),
+            mtu: 1500,
+            resolv_conf: None,
+        }
+    }
+}
+
+/// A child waiting in its namespaces for [`Spawned::start`].
+#[derive(Debug)]
+pub struct Spawned {
+    /// The child's pid.
+    pub pid: i32,
+    /// The TAP inside its network namespace.
+    pub tap: Option<TapLink>,
+    sock: OwnedFd,
+    _resolv: Option<tempfile_path::TempPath>,
+}
+
+impl Spawned {
+    /// Lets the child `exec` its command.
+    pub fn start(&self) -> io::Result<()> {
+        write_byte(self.sock.as_raw_fd(), b'G')
+    }
+}
+
+mod tempfile_path {
+    use std::path::PathBuf;
+
+    /// A file removed on drop.
+    #[derive(Debug)]
+    pub struct TempPath(pub PathBuf);
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn write_byte(fd: RawFd, b: u8) -> io::Result<()> {
+    // SAFETY: writes one byte from a valid local to a descriptor we own.
+    let n = unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn read_byte(fd: RawFd) -> io::Result<u8> {
+    let mut b = 0u8;
+    loop {
+        // SAFETY: reads one byte into a valid local.
+        let n = unsafe { libc::read(fd, (&mut b as *mut u8).cast(), 1) };
+        if n == 1 {
+            return Ok(b);
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed"));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Starts `cmd` in new namespaces (see the module docs); it runs once [`Spawned::start`] is
+/// called.
+pub fn spawn(cmd: &[OsString], opts: &SpawnOptions) -> Result<Spawned> {
+    if cmd.is_empty() {
+        return Err(Error::invalid("command", "no command given"));
+    }
+    let argv: Vec<CString> = cmd
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| Error::invalid("command", "an argument contains a NUL byte"))?;
+    let resolv = match &opts.resolv_conf {
+        Some(text) => {
+            let p =
+                std::env::temp_dir().join(format!("usernet-resolv-{}.conf", std::process::id()));
+            std::fs::write(&p, text)
+                .map_err(|e| Error::Io(format!("writing {}", p.display()), e))?;
+            Some(tempfile_path::TempPath(p))
+        }
+        None => None,
+    };
+    let resolv_c = resolv
+        .as_ref()
+        .and_then(|p| CString::new(p.0.as_os_str().as_bytes()).ok());
+    let mut sv = [0 as RawFd; 2];
+    // SAFETY: socketpair fills two descriptors into a valid array.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    } < 0
+    {
+        return Err(Error::Io("socketpair".into(), io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors are fresh and owned here.
+    let (parent_end, child_end) =
+        unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+    // SAFETY: fork has no memory-safety preconditions; the child only runs `child()`, which
+    // ends in exec or _exit and never returns into this function.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Error::Io("fork".into(), io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        drop(parent_end);
+        let code = match child(child_end.as_raw_fd(), &argv, opts, resolv_c.as_ref()) {
+            Ok(never) => match never {},
+            Err(e) => {
+                eprintln!("usernet run: {e}");
+                127
+            }
+        };
+        // SAFETY: terminates the forked child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    drop(child_end);
+    let fd = parent_end.as_raw_fd();
+    let fail = |what: &str, e: io::Error| {
+        // SAFETY: kill/waitpid on the child we just forked.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        Error::Io(what.to_string(), e)
+    };
+    match read_byte(fd) {
+        Ok(b'U') => {}
+        Ok(_) => return Err(fail("child", io::Error::other("protocol error"))),
+        Err(e) => return Err(fail("child did not create its namespaces", e)),
+    }
+    if let Err(e) = write_maps(pid) {
+        return Err(fail("writing the child's uid/gid maps", e));
+    }
+    write_byte(fd, b'M').map_err(|e| fail("child", e))?;
+    let tap_fd =
+        recv_fd(fd).map_err(|e| fail("child could not set up its network (see above)", e))?;
+    let tap = TapLink::from_fd(tap_fd).map_err(|e| fail("adopting the child's TAP", e.source))?;
+    Ok(Spawned {
+        pid,
+        tap: Some(tap),
+        sock: parent_end,
+        _resolv: resolv,
+    })
+}
+
+fn write_maps(pid: i32) -> io::Result<()> {
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let base = PathBuf::from(format!("/proc/{pid}"));
+    std::fs::write(base.join("uid_map"), format!("0 {uid} 1\n"))?;
+    // Unprivileged writers must deny setgroups before writing gid_map.
+    let _ = std::fs::write(base.join("setgroups"), "deny");
+    std::fs::write(base.join("gid_map"), format!("0 {gid} 1\n"))?;
+    Ok(())
+}
+
+enum Never {}
+
+fn child(
+    sock: RawFd,
+    argv: &[CString],
+    opts: &SpawnOptions,
+    resolv: Option<&CString>,
+) -> io::Result<Never> {
+    // SAFETY: unshare takes flags only.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET | libc::CLONE_NEWNS) } < 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "unshare(user, net, mount namespaces): {} (are unprivileged user namespaces allowed?)",
+                io::Error::last_os_error()
+            ),
+        ));
+    }
+    write_byte(sock, b'U')?;
+    if read_byte(sock)? != b'M' {
+        return Err(io::Error::other("parent did not map our ids"));
+    }
+    // Mounts stay private to this namespace.
+    // SAFETY: string literals are NUL-terminated; null pointers are allowed for these arguments.
+    unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        );
+    }
+    if let Some(src) = resolv {
+        // SAFETY: both paths are valid NUL-terminated strings.
+        let r = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                c"/etc/resolv.conf".as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        };
+        if r < 0 {
+            eprintln!(
+                "usernet run: warning: cannot bind-mount resolv.conf: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+    let tap = TapLink::create(
+        &opts.ifname,
+        &TapOptions {
+            vnet_hdr: true,
+            mtu: Some(opts.mtu),
+            up: false,
+        },
+    )
+    .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
+    let idx = if_index(&opts.ifname).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
+    let mut nl = Rtnl::open()?;
+    nl.link_up(1, None)?;
+    nl.link_up(idx, Some(opts.mtu))?;
+    nl.add_address(idx, IpAddr::V4(opts.addr), opts.prefix)?;
+    nl.add_default_route(IpAddr::V4(opts.gateway))?;
+    send_fd(sock, std::os::fd::AsFd::as_fd(&tap).as_raw_fd())?;
+    drop(tap);
+    if read_byte(sock)? != b'G' {
+        return Err(io::Error::other("parent gave up"));
+    }
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    // SAFETY: argv is a NULL-terminated array of valid C strings that outlive the call.
+    unsafe { libc::execvp(ptrs[0], ptrs.as_ptr()) };
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("cannot run {:?}: {}", argv[0], io::Error::last_os_error()),
+    ))
+}
+
+fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
+    let mut byte = [b'T'];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the sendmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer holds exactly one cmsg of one fd (CMSG_SPACE above).
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+        if libc::sendmsg(sock, &msg, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
+    let mut byte = [0u8];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: an all-zero msghdr is valid; pointers outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: recvmsg writes into the buffers described by msg.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n <= 0 {
+        return Err(if n == 0 {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "child exited")
+        } else {
+            io::Error::last_os_error()
+        });
+    }
+    // SAFETY: walks the control messages the kernel wrote into cbuf.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err(io::Error::other("no descriptor received"));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>());
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod attach;
 mod bridge;
 mod ctl;
 mod demo;
@@ -38,6 +39,10 @@ enum Cmd {
     Run(run::Args),
     /// Talk to a running instance over its control socket.
     Ctl(ctl::Args),
+    /// Join a network namespace to a running `usernet up` (a TAP created inside it).
+    Attach(attach::Args),
+    /// Remove an endpoint added by `attach`.
+    Detach(attach::DetachArgs),
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -97,6 +102,8 @@ fn main() -> ExitCode {
         Cmd::Bridge(a) => bridge::run(a),
         Cmd::Up(a) => up::run(a),
         Cmd::Ctl(a) => ctl::run(a),
+        Cmd::Attach(a) => attach::run(a),
+        Cmd::Detach(a) => attach::detach(a),
         Cmd::Run(a) => match run::run(a) {
             Ok(code) => return ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => Err(e),

@@ -54,6 +54,12 @@ pub enum Backend {
         /// Interface name.
         ifname: String,
     },
+    /// A UNIX stream socket usernet listens on; a peer (QEMU `-netdev stream`, passt framing)
+    /// that connects becomes the port.
+    Stream {
+        /// Socket path.
+        path: PathBuf,
+    },
 }
 
 fn yes() -> bool {
@@ -81,6 +87,10 @@ pub struct PortSpec {
     /// An existing interface to attach with AF_PACKET.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packet: Option<String>,
+    /// A UNIX socket path usernet listens on for a VM (QEMU `-netdev stream`) or any peer
+    /// speaking 4-byte length-prefixed frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<PathBuf>,
     /// MTU to set on a TAP usernet creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -108,6 +118,7 @@ impl PortSpec {
             netns: None,
             ifname: None,
             packet: None,
+            stream: None,
             mtu: None,
             isolated: false,
             learning: true,
@@ -123,6 +134,7 @@ impl PortSpec {
             self.tap.is_some(),
             self.netns.is_some(),
             self.packet.is_some(),
+            self.stream.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -131,7 +143,7 @@ impl PortSpec {
             return Err(Error::invalid(
                 prefix,
                 format!(
-                    "port {:?} needs exactly one of `tap`, `netns`, `packet` (found {set})",
+                    "port {:?} needs exactly one of `tap`, `netns`, `packet`, `stream` (found {set})",
                     self.name
                 ),
             ));
@@ -156,6 +168,12 @@ impl PortSpec {
             check_ifname(t, &format!("{prefix}.tap"))?;
             return Ok(Backend::Tap { name: t.clone() });
         }
+        if let Some(p) = &self.stream {
+            if p.as_os_str().is_empty() {
+                return Err(Error::invalid(format!("{prefix}.stream"), "empty path"));
+            }
+            return Ok(Backend::Stream { path: p.clone() });
+        }
         if let Some(p) = &self.packet {
             check_ifname(p, &format!("{prefix}.packet"))?;
             return Ok(Backend::Packet { ifname: p.clone() });
@@ -178,6 +196,13 @@ impl PortSpec {
             allowed_macs: self.allowed_macs.clone(),
         }
     }
+}
+
+fn unreachable_stream() -> Result<Box<dyn Link>> {
+    Err(Error::invalid(
+        "stream",
+        "stream ports are opened by listen_stream",
+    ))
 }
 
 /// Checks a Linux interface name: 1-15 bytes, no `/`, whitespace or `:`.
@@ -391,8 +416,23 @@ impl Handle {
     }
 
     /// Opens the link a [`PortSpec`] describes (creating TAPs as needed) and adds the port.
-    pub fn open_port(&self, spec: &PortSpec) -> Result<PortId> {
+    /// For a `stream` port, binds the socket and returns `None`: the port appears when a peer
+    /// connects, and is removed when it goes (then the next peer may connect).
+    pub fn open_port(&self, spec: &PortSpec) -> Result<Option<PortId>> {
         let backend = spec.backend("port")?;
+        if let Backend::Stream { path } = &backend {
+            if self
+                .shared
+                .bridge
+                .topology()
+                .network_by_name(&spec.network)
+                .is_none()
+            {
+                return Err(crate::bridge::BridgeError::NoSuchNetwork(spec.network.clone()).into());
+            }
+            self.listen_stream(spec.clone(), path)?;
+            return Ok(None);
+        }
         if self
             .shared
             .bridge
@@ -433,6 +473,7 @@ impl Handle {
                     Some((what, Box::new(alive) as Box<dyn Fn() -> bool + Send>)),
                 )
             }
+            Backend::Stream { .. } => (unreachable_stream()?, None),
             Backend::Packet { ifname } => {
                 let link = PacketLink::open(
                     ifname,
@@ -451,7 +492,8 @@ impl Handle {
             }
         };
         let id = self.add_port(&spec.network, &spec.name, spec.policy(), link)?;
-        if let Some((what, alive)) = watch {
+        let id = Some(id);
+        if let (Some(id), Some((what, alive))) = (id, watch) {
             self.shared.watches.lock().push(EngineWatch {
                 port: id,
                 what,
@@ -461,8 +503,70 @@ impl Handle {
         Ok(id)
     }
 
-    /// Removes a port by name and closes its link (a TAP usernet created disappears).
+    fn listen_stream(&self, spec: PortSpec, path: &std::path::Path) -> Result<()> {
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(Error::invalid(
+                    "stream",
+                    format!("{} is in use by a live socket", path.display()),
+                ));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let l = std::os::unix::net::UnixListener::bind(path)
+            .map_err(|e| Error::Io(format!("binding stream socket {}", path.display()), e))?;
+        l.set_nonblocking(true)
+            .map_err(|e| Error::Io(format!("stream socket {}", path.display()), e))?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.shared
+            .streams
+            .lock()
+            .insert(spec.name.clone(), stop.clone());
+        let h = self.clone();
+        let path = path.to_path_buf();
+        let max = self.shared.cfg.max_frame;
+        std::thread::Builder::new()
+            .name(format!("usernet-stream-{}", spec.name))
+            .spawn(move || {
+                while !h.is_stopped() && !stop.load(Ordering::Acquire) {
+                    match l.accept() {
+                        Ok((conn, _)) => {
+                            if h.bridge().topology().port_by_name(&spec.name).is_some() {
+                                tracing::warn!(port = %spec.name, "second stream peer refused: port busy");
+                                continue;
+                            }
+                            let what = format!("{} on {}", spec.name, path.display());
+                            match crate::link::stream::StreamLink::new(conn, max, &what) {
+                                Ok(link) => {
+                                    if let Err(e) =
+                                        h.add_port(&spec.network, &spec.name, spec.policy(), Box::new(link))
+                                    {
+                                        tracing::warn!(port = %spec.name, "stream peer: {e}");
+                                    } else {
+                                        tracing::info!(port = %spec.name, "stream peer connected");
+                                    }
+                                }
+                                Err(e) => tracing::warn!(port = %spec.name, "stream peer: {e}"),
+                            }
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+                let _ = std::fs::remove_file(&path);
+            })
+            .map_err(|e| Error::Io("spawning stream listener".into(), e))?;
+        Ok(())
+    }
+
+    /// Removes a port by name and closes its link (a TAP usernet created disappears; a stream
+    /// port stops listening too).
     pub fn remove_port(&self, name: &str) -> Result<()> {
+        if let Some(stop) = self.shared.streams.lock().remove(name) {
+            stop.store(true, Ordering::Release);
+            if self.shared.bridge.topology().port_by_name(name).is_none() {
+                return Ok(());
+            }
+        }
         let port = self
             .shared
             .bridge

@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     pub(crate) cfg: EngineConfig,
     pub(crate) stop: AtomicBool,
     pub(crate) watches: parking_lot::Mutex<Vec<Watch>>,
+    pub(crate) streams:
+        parking_lot::Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicBool>>>,
     pub(crate) gateways:
         parking_lot::Mutex<std::collections::BTreeMap<String, Arc<crate::gateway::Gateway>>>,
 }
@@ -167,6 +169,7 @@ impl Engine {
             stop: AtomicBool::new(false),
             watches: parking_lot::Mutex::new(Vec::new()),
             gateways: parking_lot::Mutex::new(Default::default()),
+            streams: parking_lot::Mutex::new(Default::default()),
         });
         let mut threads = Vec::new();
         for (idx, (poll, rx)) in polls.into_iter().zip(rxs).enumerate() {

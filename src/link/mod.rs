@@ -31,6 +31,7 @@ pub mod memory;
 pub mod netns;
 pub mod packet;
 pub mod rtnl;
+pub mod stream;
 pub mod tap;
 
 /// Error from a link operation.

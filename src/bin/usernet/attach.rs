@@ -12,8 +12,12 @@ use crate::SocketArg;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The namespace: a path (/run/netns/NAME, /proc/PID/ns/net) or a PID.
+    #[arg(long, required_unless_present = "stream", conflicts_with = "stream")]
+    netns: Option<String>,
+    /// Instead of a namespace: a UNIX socket path to listen on for a VM (QEMU
+    /// `-netdev stream,addr.type=unix,addr.path=PATH`) or any peer with 4-byte length framing.
     #[arg(long)]
-    netns: String,
+    stream: Option<PathBuf>,
     /// Endpoint (port) name, also its DNS name [default: the namespace's name or "pid-PID"].
     #[arg(long)]
     name: Option<String>,
@@ -56,7 +60,21 @@ fn resolve(netns: &str) -> (PathBuf, String) {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let (path, default_name) = resolve(&a.netns);
+    if let Some(sock) = &a.stream {
+        let sock = if sock.is_absolute() {
+            sock.clone()
+        } else {
+            std::env::current_dir()?.join(sock)
+        };
+        let name = a.name.clone().unwrap_or_else(|| "vm".into());
+        let mut p = PortSpec::new(&a.network, &name);
+        p.stream = Some(sock.clone());
+        request(&a.socket.path(), &Request::AddPort { port: p })?;
+        println!("listening on {} for port {name}", sock.display());
+        return Ok(());
+    }
+    let netns = a.netns.clone().unwrap_or_default();
+    let (path, default_name) = resolve(&netns);
     // The daemon opens the path in its own mount namespace: make it absolute.
     let path = std::fs::canonicalize(&path).unwrap_or(path);
     let mut p = PortSpec::new(&a.network, a.name.as_deref().unwrap_or(&default_name));
@@ -64,7 +82,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     p.ifname = Some(a.ifname);
     p.mtu = a.mtu;
     let v = request(&a.socket.path(), &Request::AddPort { port: p.clone() })?;
-    println!("attached {} as port {} (id {})", a.netns, p.name, v["id"]);
+    println!("attached {netns} as port {} (id {})", p.name, v["id"]);
     Ok(())
 }
 

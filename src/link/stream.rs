@@ -1,0 +1,291 @@
+//! Stream link: Ethernet frames over a UNIX or TCP stream socket, each preceded by its length as
+//! a 4-byte big-endian integer — the framing of QEMU's `-netdev stream` (and `-netdev socket`)
+//! and of passt. A VM joins a usernet network with
+//! `qemu-system-x86_64 -netdev stream,id=n0,addr.type=unix,addr.path=SOCK -device virtio-net,netdev=n0`.
+//!
+//! Reading: bytes accumulate in a receive buffer; every complete record becomes a frame (one copy,
+//! into a pooled buffer). A record longer than the link's maximum frame, or the peer closing in
+//! the middle of a record, means the peer is broken or hostile: the link reports
+//! [`LinkError::Gone`] and the engine removes the port (nothing else is affected).
+//!
+//! Writing: frames are framed into a bounded send buffer and written as far as the socket takes
+//! them; the rest waits for the next writable event, so a slow VM backs up into its own TX ring
+//! only.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use super::{Link, LinkCaps, LinkError, RecvStats, SendStats, classify};
+use crate::frame::{Frame, FramePool};
+
+/// Most bytes queued in the send buffer before frames wait in the port's ring.
+const SEND_BUF: usize = 256 * 1024;
+
+/// A byte stream carrying length-prefixed frames. See the module docs.
+pub struct StreamLink {
+    sock: Box<dyn Stream>,
+    max_frame: usize,
+    rx: Vec<u8>,
+    rx_start: usize,
+    tx: Vec<u8>,
+    tx_off: usize,
+    what: String,
+}
+
+/// A non-blocking byte stream with a descriptor.
+pub trait Stream: Read + Write + Send + 'static {
+    /// The descriptor to poll.
+    fn fd(&self) -> RawFd;
+}
+
+impl Stream for UnixStream {
+    fn fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+}
+
+impl Stream for std::net::TcpStream {
+    fn fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+}
+
+impl std::fmt::Debug for StreamLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamLink")
+            .field("peer", &self.what)
+            .finish()
+    }
+}
+
+impl StreamLink {
+    /// Wraps a connected stream (made non-blocking here); `max_frame` is the largest frame
+    /// accepted from the peer; `what` names the peer in errors.
+    pub fn new<S: Stream>(sock: S, max_frame: usize, what: &str) -> io::Result<StreamLink> {
+        // SAFETY: F_GETFL/F_SETFL on a descriptor owned by `sock`.
+        unsafe {
+            let fl = libc::fcntl(sock.fd(), libc::F_GETFL);
+            if fl < 0 || libc::fcntl(sock.fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(StreamLink {
+            sock: Box::new(sock),
+            max_frame,
+            rx: Vec::with_capacity(64 * 1024),
+            rx_start: 0,
+            tx: Vec::with_capacity(64 * 1024),
+            tx_off: 0,
+            what: what.to_string(),
+        })
+    }
+
+    fn gone(&self, why: String) -> LinkError {
+        LinkError::Gone(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("stream peer {}: {why}", self.what),
+        ))
+    }
+
+    /// Extracts complete records from the receive buffer.
+    fn parse(
+        &mut self,
+        pool: &FramePool,
+        out: &mut Vec<Frame>,
+        st: &mut RecvStats,
+        max: usize,
+    ) -> Result<(), LinkError> {
+        while st.frames < max {
+            let avail = &self.rx[self.rx_start..];
+            if avail.len() < 4 {
+                break;
+            }
+            let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+            if len > self.max_frame || len > pool.max_frame() {
+                return Err(self.gone(format!(
+                    "record of {len} bytes is over the maximum frame of {}",
+                    self.max_frame.min(pool.max_frame())
+                )));
+            }
+            if avail.len() < 4 + len {
+                break;
+            }
+            if let Some(f) = pool.frame_from(&avail[4..4 + len]) {
+                out.push(f);
+                st.frames += 1;
+            }
+            self.rx_start += 4 + len;
+        }
+        if self.rx_start == self.rx.len() {
+            self.rx.clear();
+            self.rx_start = 0;
+        } else if self.rx_start > 64 * 1024 {
+            self.rx.drain(..self.rx_start);
+            self.rx_start = 0;
+        }
+        Ok(())
+    }
+
+    fn flush_tx(&mut self) -> Result<bool, LinkError> {
+        while self.tx_off < self.tx.len() {
+            match self.sock.write(&self.tx[self.tx_off..]) {
+                Ok(0) => return Err(self.gone("closed".into())),
+                Ok(n) => self.tx_off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        self.tx.clear();
+        self.tx_off = 0;
+        Ok(true)
+    }
+}
+
+impl Link for StreamLink {
+    fn kind(&self) -> &'static str {
+        "stream"
+    }
+
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.fd()
+    }
+
+    fn caps(&self) -> LinkCaps {
+        LinkCaps {
+            vnet_hdr: false,
+            max_frame: self.max_frame,
+        }
+    }
+
+    fn recv_batch(
+        &mut self,
+        pool: &FramePool,
+        out: &mut Vec<Frame>,
+        max: usize,
+    ) -> Result<RecvStats, LinkError> {
+        let mut st = RecvStats::default();
+        // Records already buffered first.
+        self.parse(pool, out, &mut st, max)?;
+        let mut buf = [0u8; 16 * 1024];
+        while st.frames < max {
+            match self.sock.read(&mut buf) {
+                Ok(0) => {
+                    if st.frames > 0 {
+                        return Ok(st);
+                    }
+                    let partial = self.rx.len() > self.rx_start;
+                    return Err(self.gone(if partial {
+                        "closed in the middle of a frame".into()
+                    } else {
+                        "closed".into()
+                    }));
+                }
+                Ok(n) => {
+                    self.rx.extend_from_slice(&buf[..n]);
+                    self.parse(pool, out, &mut st, max)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    st.drained = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        Ok(st)
+    }
+
+    fn send_batch(&mut self, queue: &mut VecDeque<Frame>) -> Result<SendStats, LinkError> {
+        let mut st = SendStats::default();
+        if !self.flush_tx()? {
+            return Ok(st);
+        }
+        while let Some(f) = queue.front() {
+            if self.tx.len() + f.len() + 4 > SEND_BUF && !self.tx.is_empty() {
+                break;
+            }
+            let Some(f) = queue.pop_front() else { break };
+            if f.len() > self.max_frame {
+                st.errors += 1;
+                continue;
+            }
+            self.tx.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            self.tx.extend_from_slice(f.data());
+            st.frames += 1;
+            st.bytes += f.len();
+        }
+        self.flush_tx()?;
+        Ok(st)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (StreamLink, UnixStream) {
+        let (a, b) = UnixStream::pair().expect("pair");
+        (StreamLink::new(a, 1514, "test").expect("link"), b)
+    }
+
+    fn record(data: &[u8]) -> Vec<u8> {
+        let mut v = (data.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(data);
+        v
+    }
+
+    #[test]
+    fn frames_split_across_reads_and_both_ways() {
+        let pool = FramePool::new(1514, 8);
+        let (mut link, mut peer) = pair();
+        let mut bytes = record(&[1u8; 60]);
+        bytes.extend(record(&[2u8; 1514]));
+        // Send in awkward pieces.
+        peer.write_all(&bytes[..3]).expect("w");
+        let mut out = Vec::new();
+        assert_eq!(
+            link.recv_batch(&pool, &mut out, 64).expect("recv").frames,
+            0
+        );
+        peer.write_all(&bytes[3..100]).expect("w");
+        assert_eq!(
+            link.recv_batch(&pool, &mut out, 64).expect("recv").frames,
+            1
+        );
+        peer.write_all(&bytes[100..]).expect("w");
+        assert_eq!(
+            link.recv_batch(&pool, &mut out, 64).expect("recv").frames,
+            1
+        );
+        assert_eq!(out[0].data(), &[1u8; 60][..]);
+        assert_eq!(out[1].data(), &[2u8; 1514][..]);
+
+        let mut q: VecDeque<Frame> = [Frame::from_slice(&[7u8; 64])].into_iter().collect();
+        assert_eq!(link.send_batch(&mut q).expect("send").frames, 1);
+        let mut got = [0u8; 68];
+        peer.read_exact(&mut got).expect("read");
+        assert_eq!(&got[..4], &64u32.to_be_bytes());
+        assert_eq!(&got[4..], &[7u8; 64][..]);
+    }
+
+    #[test]
+    fn oversize_record_and_truncation_drop_the_peer() {
+        let pool = FramePool::new(1514, 8);
+        let (mut link, mut peer) = pair();
+        peer.write_all(&9000u32.to_be_bytes()).expect("w");
+        let mut out = Vec::new();
+        assert!(matches!(
+            link.recv_batch(&pool, &mut out, 64),
+            Err(LinkError::Gone(_))
+        ));
+
+        let (mut link, mut peer) = pair();
+        peer.write_all(&record(&[1u8; 100])[..50]).expect("w");
+        drop(peer);
+        let e = link.recv_batch(&pool, &mut out, 64).expect_err("gone");
+        assert!(e.to_string().contains("middle"), "{e}");
+    }
+}

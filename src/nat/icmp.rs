@@ -337,6 +337,11 @@ impl IcmpNat {
         closed
     }
 
+    /// True if an echo flow (`guest`, `id`, `dst`) is open.
+    pub fn has_flow(&self, guest: IpAddr, id: u16, dst: IpAddr) -> bool {
+        self.by_key.contains_key(&(guest, id, dst))
+    }
+
     /// Open flows.
     pub fn flows(&self) -> usize {
         self.by_key.len()

@@ -268,7 +268,10 @@ impl Nat {
                 let Ok(seg) = TcpSlice::from_slice(body) else {
                     return false;
                 };
-                let other = self.udp.flows() + self.icmp.flows();
+                let other = (
+                    self.udp.flows() + self.icmp.flows(),
+                    self.udp.flows_of(src) + self.icmp.flows_of(src),
+                );
                 self.tcp.from_guest(
                     reg,
                     packet,
@@ -289,7 +292,7 @@ impl Nat {
                 if self.fwd.udp_reply(guest, to, u.payload()) {
                     return true;
                 }
-                if self.over_limit(src) {
+                if !self.udp.has_flow(guest, to) && self.over_limit(src) {
                     NatCounters::inc(&self.counters.refused_limit);
                     return true;
                 }
@@ -301,7 +304,7 @@ impl Nat {
                     return false;
                 };
                 if let Icmpv4Type::EchoRequest(e) = icmp.icmp_type() {
-                    if self.over_limit(src) {
+                    if !self.icmp.has_flow(src, e.id, dst) && self.over_limit(src) {
                         NatCounters::inc(&self.counters.refused_limit);
                         return true;
                     }
@@ -315,7 +318,7 @@ impl Nat {
                     return false;
                 };
                 if let Icmpv6Type::EchoRequest(e) = icmp.icmp_type() {
-                    if self.over_limit(src) {
+                    if !self.icmp.has_flow(src, e.id, dst) && self.over_limit(src) {
                         NatCounters::inc(&self.counters.refused_limit);
                         return true;
                     }
@@ -331,9 +334,12 @@ impl Nat {
         }
     }
 
-    fn over_limit(&self, _guest: IpAddr) -> bool {
+    /// True when a new flow from `guest` would exceed the network's or the guest's limit
+    /// (counted across TCP, UDP and ICMP).
+    fn over_limit(&self, guest: IpAddr) -> bool {
         let c = self.counts();
-        c.tcp + c.udp + c.icmp >= self.cfg.max_flows
+        let mine = self.tcp.flows_of(guest) + self.udp.flows_of(guest) + self.icmp.flows_of(guest);
+        c.tcp + c.udp + c.icmp >= self.cfg.max_flows || mine >= self.cfg.max_flows_per_guest
     }
 
     /// Readiness of a NAT token. Returns false if the token is not NAT's.

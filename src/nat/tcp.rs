@@ -136,6 +136,11 @@ impl TcpNat {
         self.by_key.len()
     }
 
+    /// Open flows of one guest address.
+    pub fn flows_of(&self, guest: IpAddr) -> usize {
+        self.per_guest.get(&guest).copied().unwrap_or(0)
+    }
+
     fn alloc(&mut self, f: Flow) -> usize {
         *self.per_guest.entry(f.key.0.ip()).or_insert(0) += 1;
         self.by_key.insert(f.key, 0);
@@ -181,14 +186,15 @@ impl TcpNat {
         self.free.push(idx);
     }
 
-    fn over_limit(&self, guest: IpAddr, other_flows: usize) -> bool {
-        self.by_key.len() + other_flows >= self.cfg.max_flows
-            || self.per_guest.get(&guest).copied().unwrap_or(0) >= self.cfg.max_flows_per_guest
+    fn over_limit(&self, guest: IpAddr, other: (usize, usize)) -> bool {
+        self.by_key.len() + other.0 >= self.cfg.max_flows
+            || self.flows_of(guest) + other.1 >= self.cfg.max_flows_per_guest
             || self.connecting >= self.cfg.syn_backlog
     }
 
     /// A TCP segment from a guest, as the whole IP packet. `other_flows` is the number of
-    /// UDP/ICMP flows, for the shared limit. Returns packets to send back (RST, ICMP).
+    /// UDP/ICMP flows (all, and this guest's), for the shared limits. Returns packets to send
+    /// back (RST, ICMP).
     #[allow(clippy::too_many_arguments)]
     pub fn from_guest(
         &mut self,
@@ -197,7 +203,7 @@ impl TcpNat {
         src: SocketAddr,
         dst: SocketAddr,
         seg: &TcpSlice<'_>,
-        other_flows: usize,
+        other_flows: (usize, usize),
         out: &mut Vec<Vec<u8>>,
     ) {
         let key = (src, dst);
@@ -577,6 +583,9 @@ fn pump(f: &mut Flow, s: &mut tcp::Socket<'_>) -> Pump {
         f.fin_sent = true;
     }
     match s.state() {
+        // A socket that had the guest's SYN and is back in LISTEN was reset during the
+        // handshake: the flow is dead (else it would catch the next SYN to that destination).
+        S::Listen => Pump::Reset,
         S::Closed if f.established || f.fin_sent => {
             // Both sides done (or the guest reset us).
             if f.host_eof && f.host_shut {

@@ -317,6 +317,11 @@ impl UdpNat {
         closed
     }
 
+    /// True if a flow from `guest` to `dst` is open.
+    pub fn has_flow(&self, guest: SocketAddr, dst: SocketAddr) -> bool {
+        self.by_key.contains_key(&(guest, dst))
+    }
+
     /// Open flows.
     pub fn flows(&self) -> usize {
         self.by_key.len()

@@ -104,7 +104,7 @@ pub struct NetworkSection {
     /// Bind NAT egress IPv6 sockets to this host address.
     #[serde(default)]
     pub outbound_addr6: Option<std::net::Ipv6Addr>,
-    /// Most NAT flows on the network (default 4096).
+    /// Most NAT flows on the network (default 2048).
     #[serde(default)]
     pub max_flows: Option<usize>,
     /// Most NAT flows per guest address (default 1024).

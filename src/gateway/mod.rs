@@ -126,7 +126,7 @@ impl GatewayConfig {
             host_loopback: true,
             outbound4: None,
             outbound6: None,
-            max_flows: 4096,
+            max_flows: 2048,
             max_flows_per_guest: 1024,
         }
     }

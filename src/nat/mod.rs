@@ -75,7 +75,7 @@ impl NatConfig {
             host_loopback: true,
             outbound4: None,
             outbound6: None,
-            max_flows: 4096,
+            max_flows: 2048,
             max_flows_per_guest: 1024,
             syn_backlog: 256,
             udp_idle: Duration::from_secs(60),

@@ -48,7 +48,7 @@ use super::{NatConfig, NatCounters, host_destination, token};
 use crate::gateway::tcp::QueueDevice;
 
 /// Buffer size each way per flow.
-pub const BUF: usize = 256 * 1024;
+pub const BUF: usize = 128 * 1024;
 
 type Key = (SocketAddr, SocketAddr);
 

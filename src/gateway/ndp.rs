@@ -22,6 +22,9 @@ use crate::wire::Mac;
 
 /// The hop limit every NDP message must carry (RFC 4861 §7.1).
 pub const NDP_HOP_LIMIT: u8 = 255;
+/// Most DNS servers one RDNSS option can carry (its length byte counts 8-byte units).
+pub const MAX_RDNSS: usize = 127;
+
 /// All-nodes multicast.
 pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 
@@ -120,6 +123,14 @@ pub struct RaParams {
     pub router_lifetime: u16,
 }
 
+/// How many of `p.dns` a router advertisement carries: the RDNSS length byte counts 8-byte
+/// units (1 + 2 per address), so at most [`MAX_RDNSS`]; fewer if the advertisement would not fit
+/// the link MTU (IPv6 40 + ICMPv6 8 + 56 bytes of other options + 8 of RDNSS header).
+pub fn rdnss_count(p: &RaParams) -> usize {
+    let room = (p.mtu as usize).saturating_sub(40 + 8 + 56 + 8) / 16;
+    p.dns.len().min(MAX_RDNSS).min(room)
+}
+
 /// A router advertisement from the gateway's link-local address to `dst_ip`/`dst_mac`
 /// (all-nodes for unsolicited ones).
 pub fn router_advert(p: &RaParams, dst_ip: Ipv6Addr, dst_mac: Mac) -> Vec<u8> {
@@ -147,12 +158,13 @@ pub fn router_advert(p: &RaParams, dst_ip: Ipv6Addr, dst_mac: Mac) -> Vec<u8> {
     o.extend_from_slice(&[0u8; 4]);
     o.extend_from_slice(&p.prefix.network().octets());
     // RDNSS (type 25, len 1 + 2 per address), lifetime 1 h.
-    if !p.dns.is_empty() {
+    let n = rdnss_count(p);
+    if n > 0 {
         o.push(25);
-        o.push((1 + 2 * p.dns.len()) as u8);
+        o.push((1 + 2 * n) as u8);
         o.extend_from_slice(&[0, 0]);
         o.extend_from_slice(&3600u32.to_be_bytes());
-        for a in &p.dns {
+        for a in &p.dns[..n] {
             o.extend_from_slice(&a.octets());
         }
     }

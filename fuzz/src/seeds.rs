@@ -1,0 +1,605 @@
+//! The seed inputs under `fuzz/seeds/TARGET/`, built with etherparse, dhcproto and
+//! hickory-proto (and written by hand for the text targets).
+//!
+//! `USERNET_WRITE_SEEDS=1 cargo test --test fuzz_regressions write_seeds` rewrites the files
+//! from this list; the `seeds_are_current` test checks the files match it.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use dhcproto::v4::{DhcpOption, Flags, Message as DhcpMessage, MessageType as DhcpType};
+use dhcproto::{Encodable, Encoder};
+use etherparse::icmpv6::RouterAdvertisementHeader;
+use etherparse::{ArpEthIpv4Packet, ArpOperation, ArpPacket, Icmpv6Type, PacketBuilder};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{DNSClass, Name, RecordType};
+use usernet::gateway::ndp;
+use usernet::wire::Mac;
+
+use super::{arp as arp_t, dhcp_server as dhcp_t};
+
+/// One seed file: `fuzz/seeds/{target}/{name}`.
+pub struct Seed {
+    /// Fuzz target.
+    pub target: &'static str,
+    /// File name.
+    pub name: &'static str,
+    /// Contents.
+    pub bytes: Vec<u8>,
+}
+
+fn seed(target: &'static str, name: &'static str, bytes: Vec<u8>) -> Seed {
+    Seed {
+        target,
+        name,
+        bytes,
+    }
+}
+
+/// Every seed.
+pub fn all() -> Vec<Seed> {
+    let mut v = Vec::new();
+    v.extend(arp());
+    v.extend(dhcp());
+    v.extend(dns());
+    v.extend(ndp_ra());
+    v.extend(control_api());
+    v.extend(config());
+    v.extend(forward_spec());
+    v
+}
+
+// ---- arp ----
+
+const GUEST: Mac = Mac([0x02, 0, 0, 0, 0, 0x09]);
+const GUEST_IP: [u8; 4] = [10, 88, 0, 9];
+
+fn arp_payload(op: ArpOperation, smac: Mac, sip: [u8; 4], tmac: [u8; 6], tip: [u8; 4]) -> Vec<u8> {
+    let p = ArpPacket::from(ArpEthIpv4Packet {
+        operation: op,
+        sender_mac: smac.0,
+        sender_ipv4: sip,
+        target_mac: tmac,
+        target_ipv4: tip,
+    });
+    p.to_bytes().to_vec()
+}
+
+fn arp() -> Vec<Seed> {
+    let gw = arp_t::GW_IP.octets();
+    vec![
+        seed(
+            "arp",
+            "request-for-gateway",
+            arp_payload(ArpOperation::REQUEST, GUEST, GUEST_IP, [0; 6], gw),
+        ),
+        seed(
+            "arp",
+            "request-for-other",
+            arp_payload(
+                ArpOperation::REQUEST,
+                GUEST,
+                GUEST_IP,
+                [0; 6],
+                [10, 88, 0, 7],
+            ),
+        ),
+        seed(
+            "arp",
+            "probe-from-zero",
+            arp_payload(ArpOperation::REQUEST, GUEST, [0; 4], [0; 6], gw),
+        ),
+        seed(
+            "arp",
+            "reply",
+            arp_payload(ArpOperation::REPLY, GUEST, GUEST_IP, arp_t::GW_MAC.0, gw),
+        ),
+        seed(
+            "arp",
+            "gratuitous",
+            arp_payload(ArpOperation::REQUEST, GUEST, GUEST_IP, [0; 6], GUEST_IP),
+        ),
+        seed("arp", "padded-request", {
+            let mut p = arp_payload(ArpOperation::REQUEST, GUEST, GUEST_IP, [0; 6], gw);
+            p.resize(46, 0); // Ethernet minimum-size padding
+            p
+        }),
+    ]
+}
+
+// ---- dhcp_server ----
+
+fn dhcp_msg(mac: Mac, kind: DhcpType, xid: u32) -> DhcpMessage {
+    let mut m = DhcpMessage::new_with_id(
+        xid,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &mac.0,
+    );
+    m.opts_mut().insert(DhcpOption::MessageType(kind));
+    m
+}
+
+fn enc(m: &DhcpMessage) -> Vec<u8> {
+    let mut buf = Vec::new();
+    m.encode(&mut Encoder::new(&mut buf)).expect("encodes");
+    buf
+}
+
+fn discover(mac: Mac, host: Option<&str>) -> DhcpMessage {
+    let mut m = dhcp_msg(mac, DhcpType::Discover, 0x1000 + u32::from(mac.0[5]));
+    m.opts_mut().insert(DhcpOption::ParameterRequestList(vec![
+        dhcproto::v4::OptionCode::SubnetMask,
+        dhcproto::v4::OptionCode::Router,
+        dhcproto::v4::OptionCode::DomainNameServer,
+        dhcproto::v4::OptionCode::DomainName,
+        dhcproto::v4::OptionCode::DomainSearch,
+        dhcproto::v4::OptionCode::InterfaceMtu,
+    ]));
+    m.opts_mut().insert(DhcpOption::MaxMessageSize(1500));
+    if let Some(h) = host {
+        m.opts_mut().insert(DhcpOption::Hostname(h.into()));
+    }
+    m
+}
+
+fn request(mac: Mac, addr: Ipv4Addr, host: Option<&str>) -> DhcpMessage {
+    let mut m = dhcp_msg(mac, DhcpType::Request, 0x1000 + u32::from(mac.0[5]));
+    m.opts_mut()
+        .insert(DhcpOption::ServerIdentifier(dhcp_t::SERVER));
+    m.opts_mut().insert(DhcpOption::RequestedIpAddress(addr));
+    if let Some(h) = host {
+        m.opts_mut().insert(DhcpOption::Hostname(h.into()));
+    }
+    m
+}
+
+fn with_ciaddr(kind: DhcpType, mac: Mac, ci: Ipv4Addr) -> DhcpMessage {
+    let mut m = DhcpMessage::new_with_id(
+        0x2000,
+        ci,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &mac.0,
+    );
+    m.opts_mut().insert(DhcpOption::MessageType(kind));
+    m
+}
+
+fn dhcp() -> Vec<Seed> {
+    let a = Mac([0x02, 0, 0, 0, 0, 0x01]);
+    let b = Mac([0x02, 0, 0, 0, 0, 0x02]);
+    let ip2 = dhcp_t::POOL_START;
+    let ip3 = Ipv4Addr::new(10, 88, 0, 3);
+    let one = |m: &DhcpMessage| dhcp_t::encode_records(&[(0, enc(m))]);
+    let mut bcast = discover(a, None);
+    bcast.set_flags(Flags::default().set_broadcast());
+    vec![
+        seed("dhcp_server", "discover", one(&discover(a, Some("web")))),
+        seed("dhcp_server", "discover-broadcast", one(&bcast)),
+        seed("dhcp_server", "request", one(&request(a, ip2, Some("web")))),
+        seed(
+            "dhcp_server",
+            "inform",
+            one(&with_ciaddr(
+                DhcpType::Inform,
+                a,
+                Ipv4Addr::new(10, 88, 0, 12),
+            )),
+        ),
+        seed(
+            "dhcp_server",
+            "dora-release",
+            dhcp_t::encode_records(&[
+                (0, enc(&discover(a, Some("web")))),
+                (1, enc(&request(a, ip2, Some("web")))),
+                (3, enc(&with_ciaddr(DhcpType::Release, a, ip2))),
+                (0x10, enc(&discover(b, None))),
+            ]),
+        ),
+        seed(
+            "dhcp_server",
+            "dora-decline-expire",
+            dhcp_t::encode_records(&[
+                (0, enc(&discover(a, Some("db")))),
+                (0, enc(&request(a, ip2, Some("db")))),
+                (0, enc(&discover(b, Some("db")))),
+                (0, enc(&request(b, ip3, Some("db")))),
+                (
+                    0,
+                    enc(&{
+                        let mut m = dhcp_msg(b, DhcpType::Decline, 7);
+                        m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip3));
+                        m.opts_mut()
+                            .insert(DhcpOption::ServerIdentifier(dhcp_t::SERVER));
+                        m
+                    }),
+                ),
+                (6 | 0x08, enc(&request(a, ip2, Some("db2")))),
+                (7 | 0x08, enc(&discover(b, None))),
+            ]),
+        ),
+        seed(
+            "dhcp_server",
+            "static-client",
+            dhcp_t::encode_records(&[
+                (0, enc(&discover(dhcp_t::STATIC_MAC, Some("other")))),
+                (
+                    0,
+                    enc(&request(dhcp_t::STATIC_MAC, dhcp_t::STATIC_IP, None)),
+                ),
+                (0, enc(&request(a, dhcp_t::STATIC_IP, None))),
+            ]),
+        ),
+        seed(
+            "dhcp_server",
+            "exhaust-pool",
+            dhcp_t::encode_records(
+                &(1..=7u8)
+                    .map(|i| (0, enc(&discover(Mac([0x02, 0, 0, 0, 1, i]), None))))
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        seed(
+            "dhcp_server",
+            "renew-nak",
+            dhcp_t::encode_records(&[
+                (0, enc(&with_ciaddr(DhcpType::Request, a, ip3))),
+                (0, enc(&request(a, Ipv4Addr::new(10, 99, 0, 5), None))),
+            ]),
+        ),
+    ]
+}
+
+// ---- dns_server ----
+
+fn dns_query(id: u16, name: &str, qtype: RecordType, edns: Option<u16>) -> Message {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.queries
+        .push(Query::query(Name::from_ascii(name).expect("name"), qtype));
+    if let Some(size) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        m.edns = Some(e);
+    }
+    m
+}
+
+fn dns_seed(tcp: bool, m: &Message) -> Vec<u8> {
+    let mut v = vec![u8::from(tcp)];
+    v.extend(m.to_vec().expect("encodes"));
+    v
+}
+
+fn dns() -> Vec<Seed> {
+    let q = |name: &str, t: RecordType| dns_seed(false, &dns_query(0x1234, name, t, None));
+    let mut any = dns_query(0x2222, "web.usernet.", RecordType::ANY, None);
+    any.queries[0].set_query_class(DNSClass::ANY);
+    let mut two = dns_query(3, "web.usernet.", RecordType::A, None);
+    two.queries.push(Query::query(
+        Name::from_ascii("db.app.usernet.").expect("name"),
+        RecordType::A,
+    ));
+    let mut notify = dns_query(4, "usernet.", RecordType::SOA, None);
+    notify.metadata.op_code = OpCode::Notify;
+    let mut badvers = dns_query(5, "web.usernet.", RecordType::A, Some(1232));
+    if let Some(e) = badvers.edns.as_mut() {
+        e.set_version(1);
+    }
+    let compressed = {
+        // A question whose name is a compression pointer back into the header area: invalid.
+        let mut b = dns_query(6, "web.usernet.", RecordType::A, None)
+            .to_vec()
+            .expect("enc");
+        b.truncate(12);
+        b.extend([0xc0, 0x0c, 0, 1, 0, 1]);
+        let mut v = vec![0];
+        v.extend(b);
+        v
+    };
+    vec![
+        seed("dns_server", "a-local", q("web.usernet.", RecordType::A)),
+        seed(
+            "dns_server",
+            "aaaa-local",
+            q("WEB.Usernet.", RecordType::AAAA),
+        ),
+        seed("dns_server", "any-local", dns_seed(false, &any)),
+        seed(
+            "dns_server",
+            "ptr-local",
+            q("5.0.88.10.in-addr.arpa.", RecordType::PTR),
+        ),
+        seed(
+            "dns_server",
+            "nodata-mx",
+            q("db.app.usernet.", RecordType::MX),
+        ),
+        seed(
+            "dns_server",
+            "empty-non-terminal",
+            q("app.usernet.", RecordType::A),
+        ),
+        seed("dns_server", "nxdomain", q("nope.usernet.", RecordType::A)),
+        seed("dns_server", "apex-soa", q("usernet.", RecordType::SOA)),
+        seed("dns_server", "axfr", q("usernet.", RecordType::AXFR)),
+        seed(
+            "dns_server",
+            "truncated-udp",
+            q("many.usernet.", RecordType::A),
+        ),
+        seed(
+            "dns_server",
+            "edns-udp",
+            dns_seed(
+                false,
+                &dns_query(7, "many.usernet.", RecordType::A, Some(4096)),
+            ),
+        ),
+        seed(
+            "dns_server",
+            "tcp-many",
+            dns_seed(true, &dns_query(8, "many.usernet.", RecordType::A, None)),
+        ),
+        seed("dns_server", "forwarded", q("example.com.", RecordType::A)),
+        seed(
+            "dns_server",
+            "forwarded-tcp-edns",
+            dns_seed(
+                true,
+                &dns_query(9, "example.org.", RecordType::AAAA, Some(1232)),
+            ),
+        ),
+        seed("dns_server", "two-questions", dns_seed(false, &two)),
+        seed("dns_server", "notify", dns_seed(false, &notify)),
+        seed("dns_server", "badvers", dns_seed(false, &badvers)),
+        seed("dns_server", "pointer-loop", compressed),
+    ]
+}
+
+// ---- ndp_ra ----
+
+/// The parameter block of an `ndp_ra` input: gateway 02:11:22:33:44:55, fd88::/64, MTU 1500,
+/// lifetime 1800, DNS fd88::1.
+fn ndp_params(dns: &[Ipv6Addr]) -> Vec<u8> {
+    let mut v = vec![0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+    v.extend("fd88::".parse::<Ipv6Addr>().expect("addr").octets());
+    v.push(64);
+    v.extend(1500u32.to_be_bytes());
+    v.extend(1800u16.to_be_bytes());
+    v.push(dns.len() as u8);
+    for a in dns {
+        v.extend(a.octets());
+    }
+    v
+}
+
+const NDP_GUEST: Mac = Mac([0x02, 0, 0, 0, 0, 0x09]);
+
+fn ns(src: Ipv6Addr, dst: Ipv6Addr, dst_mac: Mac, target: Ipv6Addr, slla: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(NDP_GUEST.0, dst_mac.0)
+        .ipv6(src.octets(), dst.octets(), 255)
+        .icmpv6(Icmpv6Type::NeighborSolicitation);
+    let mut payload = vec![0u8; 4];
+    payload.extend(target.octets());
+    if slla {
+        payload.extend([1, 1]);
+        payload.extend(NDP_GUEST.0);
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, &payload).expect("writes");
+    out
+}
+
+fn rs(src: Ipv6Addr) -> Vec<u8> {
+    let dst = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+    let b = PacketBuilder::ethernet2(NDP_GUEST.0, ndp::multicast_mac(dst).0)
+        .ipv6(src.octets(), dst.octets(), 255)
+        .icmpv6(Icmpv6Type::RouterSolicitation);
+    let mut payload = vec![0u8; 4];
+    if !src.is_unspecified() {
+        payload.extend([1, 1]);
+        payload.extend(NDP_GUEST.0);
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, &payload).expect("writes");
+    out
+}
+
+fn ndp_ra() -> Vec<Seed> {
+    let gw_dns: Ipv6Addr = "fd88::1".parse().expect("addr");
+    let params = ndp_params(&[gw_dns]);
+    let guest_ll = ndp::link_local(NDP_GUEST);
+    let guest: Ipv6Addr = "fd88::9".parse().expect("addr");
+    let gw_ll = ndp::link_local(Mac([0x02, 0x11, 0x22, 0x33, 0x44, 0x55]));
+    let with = |frame: Vec<u8>| {
+        let mut v = params.clone();
+        v.extend(frame);
+        v
+    };
+    let sn = |a: Ipv6Addr| {
+        (
+            ndp::solicited_node(a),
+            ndp::multicast_mac(ndp::solicited_node(a)),
+        )
+    };
+    let (sn_ula, sn_ula_mac) = sn(gw_dns);
+    let (sn_ll, sn_ll_mac) = sn(gw_ll);
+    let ra_frame = {
+        // Another router's advertisement: the gateway ignores it.
+        let b = PacketBuilder::ethernet2(NDP_GUEST.0, ndp::multicast_mac(ndp::ALL_NODES).0)
+            .ipv6(guest_ll.octets(), ndp::ALL_NODES.octets(), 255)
+            .icmpv6(Icmpv6Type::RouterAdvertisement(RouterAdvertisementHeader {
+                cur_hop_limit: 64,
+                managed_address_config: false,
+                other_config: false,
+                router_lifetime: 0,
+            }));
+        let mut out = Vec::new();
+        b.write(&mut out, &[0u8; 8]).expect("writes");
+        out
+    };
+    vec![
+        seed("ndp_ra", "params-only", params.clone()),
+        seed("ndp_ra", "params-no-dns", ndp_params(&[])),
+        seed(
+            "ndp_ra",
+            "params-three-dns",
+            ndp_params(&[
+                gw_dns,
+                "2001:db8::53".parse().expect("a"),
+                "fd00::1".parse().expect("a"),
+            ]),
+        ),
+        seed(
+            "ndp_ra",
+            "ns-ula",
+            with(ns(guest, sn_ula, sn_ula_mac, gw_dns, true)),
+        ),
+        seed(
+            "ndp_ra",
+            "ns-link-local",
+            with(ns(guest_ll, sn_ll, sn_ll_mac, gw_ll, true)),
+        ),
+        seed(
+            "ndp_ra",
+            "ns-dad",
+            with(ns(Ipv6Addr::UNSPECIFIED, sn_ula, sn_ula_mac, gw_dns, false)),
+        ),
+        seed(
+            "ndp_ra",
+            "ns-unicast",
+            with(ns(
+                guest,
+                gw_dns,
+                Mac([0x02, 0x11, 0x22, 0x33, 0x44, 0x55]),
+                gw_dns,
+                true,
+            )),
+        ),
+        seed("ndp_ra", "rs", with(rs(guest_ll))),
+        seed("ndp_ra", "rs-unspecified", with(rs(Ipv6Addr::UNSPECIFIED))),
+        seed("ndp_ra", "foreign-ra", with(ra_frame)),
+    ]
+}
+
+// ---- control_api ----
+
+fn control_api() -> Vec<Seed> {
+    let lines: [(&str, &str); 16] = [
+        ("ports", r#"{"op":"ports"}"#),
+        ("networks", r#"{"op":"networks"}"#),
+        ("fdb", r#"{"op":"fdb","network":"net0"}"#),
+        ("stats", r#"{"op":"stats"}"#),
+        (
+            "add-network",
+            r#"{"op":"add_network","name":"net1","fdb_max_entries":16,"fdb_aging_secs":0}"#,
+        ),
+        ("remove-network", r#"{"op":"remove_network","name":"net1"}"#),
+        (
+            "add-port-netns",
+            r#"{"op":"add_port","port":{"network":"net0","name":"c3","netns":"/run/netns/c3","ifname":"eth1","mtu":9000,"isolated":true}}"#,
+        ),
+        (
+            "add-port-tap",
+            r#"{"op":"add_port","port":{"network":"net0","name":"t","tap":"tap0","learning":false,"flood":false,"allowed_macs":["02:00:00:00:00:01"]}}"#,
+        ),
+        ("remove-port", r#"{"op":"remove_port","name":"c3"}"#),
+        (
+            "static-mac",
+            r#"{"op":"add_static_mac","port":"c3","mac":"02:00:00:00:00:03","vlan":7}"#,
+        ),
+        ("gateways", r#"{"op":"gateways"}"#),
+        ("leases", r#"{"op":"leases","network":"net0"}"#),
+        (
+            "dns-add",
+            r#"{"op":"dns_add","network":"net0","name":"web","addr":"10.88.0.5"}"#,
+        ),
+        (
+            "dns-rm",
+            r#"{"op":"dns_rm","network":"net0","name":"web","addr":"fd88::5"}"#,
+        ),
+        ("dns-ls", r#"{"op":"dns_ls"}"#),
+        ("shutdown", r#"{"op":"shutdown"}"#),
+    ];
+    lines
+        .into_iter()
+        .map(|(n, l)| seed("control_api", n, l.as_bytes().to_vec()))
+        .collect()
+}
+
+// ---- config ----
+
+fn config() -> Vec<Seed> {
+    let minimal = "[[network]]\nname = \"net0\"\n";
+    let full = r#"[engine]
+loops = 2
+mtu = 1500
+ring = 1024
+
+[[network]]
+name = "net0"
+subnet = "10.88.0.0/24"
+ipv6 = "fd88::/64"
+domain = "usernet"
+mtu = 1400
+internal = false
+dns_upstreams = ["1.1.1.1", "[2606:4700:4700::1111]:53", "9.9.9.9:5353"]
+dhcp = true
+dhcp_range = "10.88.0.10-10.88.0.200"
+lease_secs = 600
+fdb_max_entries = 8192
+fdb_aging_secs = 300
+static_leases = [{ mac = "02:00:00:00:00:aa", ip = "10.88.0.5", hostname = "db" }]
+
+[[network]]
+name = "iso"
+gateway = false
+ipv6 = "off"
+
+[[port]]
+network = "net0"
+name = "web"
+tap = "t1"
+
+[[port]]
+network = "net0"
+name = "db"
+netns = "/run/netns/c1"
+ifname = "eth0"
+isolated = true
+allowed_macs = ["02:00:00:00:00:aa"]
+
+[[port]]
+network = "iso"
+name = "up"
+packet = "veth0"
+learning = false
+flood = false
+"#;
+    let forward = "[[network]]\nname = \"a\"\n[[forward]]\npublish = \"8080:80\"\n";
+    vec![
+        seed("config", "minimal", minimal.as_bytes().to_vec()),
+        seed("config", "full", full.as_bytes().to_vec()),
+        seed("config", "forward-refused", forward.as_bytes().to_vec()),
+    ]
+}
+
+// ---- forward_spec ----
+
+fn forward_spec() -> Vec<Seed> {
+    [
+        ("single", "8080:80"),
+        ("v4-udp", "127.0.0.1:8080:80/udp"),
+        ("v6-range", "[fd00::1:2]:1000-1002:2000-2002/UDP"),
+        ("edge-ports", "65530-65535:1-6/tcp"),
+        ("padded", " 80:80 "),
+        ("bad-reversed", "90-80:1-11"),
+    ]
+    .into_iter()
+    .map(|(n, s)| seed("forward_spec", n, s.as_bytes().to_vec()))
+    .collect()
+}

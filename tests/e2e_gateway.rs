@@ -446,3 +446,48 @@ fn ipv6_slaac_and_ping_gateway() {
         "ping link-local gateway {ll}"
     );
 }
+
+#[test]
+fn network_with_gateway_added_at_run_time() {
+    if !require_root("network_with_gateway_added_at_run_time") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (udhcpc_sh, _) = scripts(dir.path());
+    let a = Netns::new("ra");
+    let daemon = Daemon::start("");
+    daemon.ctl(&[
+        "network",
+        "add",
+        "late",
+        "--subnet",
+        "10.71.0.0/24",
+        "--ipv6",
+        "off",
+        "--dns",
+        NO_UPSTREAM,
+        "--domain",
+        "late.test",
+    ]);
+    let path = a.path();
+    daemon.ctl(&[
+        "port",
+        "add",
+        "--network",
+        "late",
+        "--name",
+        "a",
+        "--netns",
+        path.to_str().expect("utf-8"),
+    ]);
+    udhcpc(&a, &udhcpc_sh, Some("alpha"));
+    let ip = addr4(&a).expect("lease from the run-time gateway");
+    assert!(ip.starts_with("10.71.0."), "{ip}");
+    assert_eq!(short(&a, &["@10.71.0.1", "alpha.late.test"]), ip);
+    // A bad gateway setting is refused, naming the key, and creates nothing.
+    let out = daemon.ctl_raw(&["network", "add", "bad", "--subnet", "10.72.0.0/31"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("subnet"));
+    let nets = daemon.ctl(&["networks"]);
+    assert!(!nets.to_string().contains("\"bad\""), "{nets}");
+}

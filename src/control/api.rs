@@ -45,6 +45,27 @@ pub enum Request {
         /// FDB aging in seconds (default 300; 0 = never).
         #[serde(default)]
         fdb_aging_secs: Option<u64>,
+        /// Start a gateway (default false here; the other gateway keys imply true).
+        #[serde(default)]
+        gateway: Option<bool>,
+        /// Gateway: IPv4 subnet (default 10.88.0.0/24).
+        #[serde(default)]
+        subnet: Option<ipnet::Ipv4Net>,
+        /// Gateway: IPv6 /64 prefix, or "off".
+        #[serde(default)]
+        ipv6: Option<String>,
+        /// Gateway: DNS domain.
+        #[serde(default)]
+        domain: Option<String>,
+        /// Gateway: MTU announced by DHCP and RA.
+        #[serde(default)]
+        mtu: Option<u16>,
+        /// Gateway: DNS upstreams, `IP` or `IP:PORT`.
+        #[serde(default)]
+        dns_upstreams: Option<Vec<String>>,
+        /// Gateway: no NAT egress.
+        #[serde(default)]
+        internal: Option<bool>,
     },
     /// Remove a network and its ports.
     RemoveNetwork {
@@ -143,6 +164,13 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
             name,
             fdb_max_entries,
             fdb_aging_secs,
+            gateway,
+            subnet,
+            ipv6,
+            domain,
+            mtu,
+            dns_upstreams,
+            internal,
         } => {
             if fdb_max_entries == Some(0) {
                 return Err(crate::Error::invalid(
@@ -150,7 +178,31 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
                     "must be at least 1",
                 ));
             }
+            let wants_gw = gateway.unwrap_or(
+                subnet.is_some()
+                    || ipv6.is_some()
+                    || domain.is_some()
+                    || mtu.is_some()
+                    || dns_upstreams.is_some()
+                    || internal.is_some(),
+            );
+            let mut sec = crate::config::NetworkSection::new(&name);
+            sec.gateway = wants_gw;
+            sec.subnet = subnet;
+            sec.ipv6 = ipv6;
+            sec.domain = domain;
+            sec.mtu = mtu;
+            sec.dns_upstreams = dns_upstreams;
+            sec.internal = internal.unwrap_or(false);
+            // Check the gateway settings before creating anything.
+            let gw = sec.gateway_config("network", 1500)?;
             h.add_network(&name, fdb_config(fdb_max_entries, fdb_aging_secs))?;
+            if let Some(g) = gw {
+                if let Err(e) = h.add_gateway(g) {
+                    let _ = h.remove_network(&name);
+                    return Err(e);
+                }
+            }
             Value::Null
         }
         Request::RemoveNetwork { name } => {

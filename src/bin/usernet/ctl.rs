@@ -175,6 +175,27 @@ enum NetCmd {
         /// FDB aging in seconds (0 = never).
         #[arg(long)]
         fdb_aging: Option<u64>,
+        /// Start a gateway (ARP, ICMP, DHCP, DNS, NDP/RA, NAT); implied by the options below.
+        #[arg(long)]
+        gateway: bool,
+        /// Gateway IPv4 subnet (the gateway is its first host).
+        #[arg(long)]
+        subnet: Option<ipnet::Ipv4Net>,
+        /// Gateway IPv6 /64 prefix, or "off".
+        #[arg(long)]
+        ipv6: Option<String>,
+        /// DNS domain of the endpoints.
+        #[arg(long)]
+        domain: Option<String>,
+        /// MTU announced by DHCP and RA.
+        #[arg(long)]
+        mtu: Option<u16>,
+        /// DNS upstream `IP` or `IP:PORT` (repeatable).
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// No NAT egress (Docker --internal).
+        #[arg(long)]
+        internal: bool,
     },
     /// Remove a network and all its ports.
     Rm {
@@ -213,10 +234,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             name,
             fdb_max_entries,
             fdb_aging,
+            gateway,
+            subnet,
+            ipv6,
+            domain,
+            mtu,
+            dns,
+            internal,
         }) => Request::AddNetwork {
             name,
             fdb_max_entries,
             fdb_aging_secs: fdb_aging,
+            gateway: gateway.then_some(true),
+            subnet,
+            ipv6,
+            domain,
+            mtu,
+            dns_upstreams: (!dns.is_empty()).then_some(dns),
+            internal: internal.then_some(true),
         },
         Cmd::Network(NetCmd::Rm { name }) => Request::RemoveNetwork { name },
         Cmd::Mac { port, vlan, mac } => Request::AddStaticMac { port, mac, vlan },

@@ -197,11 +197,11 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
             // Check the gateway settings before creating anything.
             let gw = sec.gateway_config("network", 1500)?;
             h.add_network(&name, fdb_config(fdb_max_entries, fdb_aging_secs))?;
-            if let Some(g) = gw {
-                if let Err(e) = h.add_gateway(g) {
-                    let _ = h.remove_network(&name);
-                    return Err(e);
-                }
+            if let Some(g) = gw
+                && let Err(e) = h.add_gateway(g)
+            {
+                let _ = h.remove_network(&name);
+                return Err(e);
             }
             Value::Null
         }

@@ -21,10 +21,8 @@
 //! 5. configures the interface from the ACK, still inside the namespace: address and netmask
 //!    with `SIOCSIFADDR`/`SIOCSIFNETMASK` (the kernel adds the prefix route and the broadcast
 //!    address), the MTU with `SIOCSIFMTU` if the server sent one that differs, and the default
-//!    route with `ip route replace default via ROUTER dev IFNAME` run from that thread (a child
-//!    process starts in its parent thread's namespace). The route is the one step done with
-//!    iproute2: the `libc` crate has no `rtentry` for `SIOCADDRT` on glibc targets, and one
-//!    `ip` call is simpler than hand-built netlink.
+//!    route over rtnetlink ([`crate::link::rtnl`]) from that thread; an existing default route is
+//!    kept, so no helper binary is needed.
 //!
 //! Each message is retransmitted after 250 ms, then 500 ms, 1 s and every 2 s after that, all
 //! within the caller's `timeout`, which bounds the whole exchange: when it runs out, `acquire`
@@ -56,7 +54,6 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
@@ -651,25 +648,21 @@ fn configure(fd: BorrowedFd<'_>, ifname: &str, lease: &ClientLease) -> Result<()
         set_mtu(ifname, u32::from(m))?;
     }
     if let Some(r) = lease.router {
-        let gw = r.to_string();
-        let args = [
-            "route",
-            "replace",
-            "default",
-            "via",
-            gw.as_str(),
-            "dev",
-            ifname,
-        ];
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .map_err(|e| Error::Io(what("running `ip route` (install iproute2)"), e))?;
-        if !out.status.success() {
-            return Err(Error::Io(
-                what(&format!("ip {}", args.join(" "))),
-                io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-            ));
+        // The route over rtnetlink, in this (the namespace's) thread.
+        let idx = crate::link::netns::if_index(ifname)?;
+        let mut nl =
+            crate::link::rtnl::Rtnl::open().map_err(|e| Error::Io(what("opening rtnetlink"), e))?;
+        match nl.add_default_route(std::net::IpAddr::V4(r)) {
+            Ok(()) => {}
+            // A default route is already there (a renewed lease): keep it.
+            Err(e)
+                if e.raw_os_error() == Some(libc::EEXIST) || e.to_string().contains("exists") => {}
+            Err(e) => {
+                return Err(Error::Io(
+                    what(&format!("default route via {r} (index {idx})")),
+                    e,
+                ));
+            }
         }
     }
     Ok(())

@@ -304,12 +304,7 @@ impl Nat {
                     return false;
                 };
                 if let Icmpv4Type::EchoRequest(e) = icmp.icmp_type() {
-                    if !self.icmp.has_flow(src, e.id, dst) && self.over_limit(src) {
-                        NatCounters::inc(&self.counters.refused_limit);
-                        return true;
-                    }
-                    self.icmp
-                        .from_guest(reg, src, dst, e.id, e.seq, icmp.payload(), now);
+                    self.echo(reg, src, dst, e, icmp.payload(), now);
                 }
                 true
             }
@@ -318,12 +313,7 @@ impl Nat {
                     return false;
                 };
                 if let Icmpv6Type::EchoRequest(e) = icmp.icmp_type() {
-                    if !self.icmp.has_flow(src, e.id, dst) && self.over_limit(src) {
-                        NatCounters::inc(&self.counters.refused_limit);
-                        return true;
-                    }
-                    self.icmp
-                        .from_guest(reg, src, dst, e.id, e.seq, icmp.payload(), now);
+                    self.echo(reg, src, dst, e, icmp.payload(), now);
                 }
                 true
             }
@@ -332,6 +322,24 @@ impl Nat {
                 true
             }
         }
+    }
+
+    /// An echo request (ICMP or ICMPv6) from a guest, within the flow limits.
+    fn echo(
+        &mut self,
+        reg: &Registry,
+        src: IpAddr,
+        dst: IpAddr,
+        e: etherparse::IcmpEchoHeader,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        if !self.icmp.has_flow(src, e.id, dst) && self.over_limit(src) {
+            NatCounters::inc(&self.counters.refused_limit);
+            return;
+        }
+        self.icmp
+            .from_guest(reg, src, dst, e.id, e.seq, payload, now);
     }
 
     /// True when a new flow from `guest` would exceed the network's or the guest's limit

@@ -19,6 +19,8 @@ command -v dhclient >/dev/null 2>&1 || missing+=(isc-dhcp-client)
 command -v dig >/dev/null 2>&1 || missing+=(bind9-dnsutils)
 command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v rootlesskit >/dev/null 2>&1 || missing+=(rootlesskit)
+command -v newuidmap >/dev/null 2>&1 || missing+=(uidmap)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing test tools: ${missing[*]}"

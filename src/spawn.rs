@@ -366,3 +366,118 @@ fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
         Ok(OwnedFd::from_raw_fd(fd))
     }
 }
+
+/// Address settings for [`tap_in_namespace`]'s `configure`.
+#[derive(Debug, Clone)]
+pub struct IfConfig {
+    /// Address.
+    pub addr: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Default gateway.
+    pub gateway: Ipv4Addr,
+}
+
+/// Creates a TAP named `ifname` inside an existing network namespace (`netns` path), entering
+/// its user namespace first when `userns` is given (as slirp4netns does for rootless
+/// containers: that is what gives the right to create devices there), optionally configures
+/// it (up, MTU, address, default route, over rtnetlink), and returns it. Forks a helper process
+/// for the `setns` calls (a user namespace can only be joined by a single-threaded process), so
+/// call it before starting threads.
+pub fn tap_in_namespace(
+    netns: &std::path::Path,
+    userns: Option<&std::path::Path>,
+    ifname: &str,
+    mtu: u32,
+    configure: Option<IfConfig>,
+) -> Result<TapLink> {
+    use std::fs::File;
+    let net = File::open(netns)
+        .map_err(|e| Error::Io(format!("opening netns {}", netns.display()), e))?;
+    let user = match userns {
+        Some(p) => Some(
+            File::open(p).map_err(|e| Error::Io(format!("opening userns {}", p.display()), e))?,
+        ),
+        None => None,
+    };
+    let mut sv = [0 as RawFd; 2];
+    // SAFETY: socketpair fills two descriptors into a valid array.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    } < 0
+    {
+        return Err(Error::Io("socketpair".into(), io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors are fresh and owned here.
+    let (parent_end, child_end) =
+        unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+    // SAFETY: the child only runs the closure below and _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Error::Io("fork".into(), io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        drop(parent_end);
+        let r = (|| -> io::Result<()> {
+            if let Some(u) = &user {
+                // Joining our own user namespace fails with EINVAL: fine (slirp4netns ignores it).
+                // SAFETY: setns on an open namespace descriptor.
+                unsafe { libc::setns(u.as_raw_fd(), libc::CLONE_NEWUSER) };
+            }
+            // SAFETY: setns on an open namespace descriptor.
+            if unsafe { libc::setns(net.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("setns(net): {}", io::Error::last_os_error()),
+                ));
+            }
+            let tap = TapLink::create(
+                ifname,
+                &TapOptions {
+                    vnet_hdr: true,
+                    mtu: Some(mtu),
+                    up: false,
+                },
+            )
+            .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
+            if let Some(c) = &configure {
+                let idx =
+                    if_index(ifname).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
+                let mut nl = Rtnl::open()?;
+                nl.link_up(idx, Some(mtu))?;
+                nl.add_address(idx, IpAddr::V4(c.addr), c.prefix)?;
+                nl.add_default_route(IpAddr::V4(c.gateway))?;
+            }
+            send_fd(
+                child_end.as_raw_fd(),
+                std::os::fd::AsFd::as_fd(&tap).as_raw_fd(),
+            )
+        })();
+        let code = match r {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("usernet: creating {ifname} in {}: {e}", netns.display());
+                1
+            }
+        };
+        // SAFETY: ends the forked helper without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    drop(child_end);
+    let fd = recv_fd(parent_end.as_raw_fd());
+    let mut status = 0;
+    // SAFETY: reaps the helper we forked.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let fd = fd.map_err(|e| {
+        Error::Io(
+            format!("creating TAP {ifname} in {} (see above)", netns.display()),
+            e,
+        )
+    })?;
+    TapLink::from_fd(fd).map_err(Error::from)
+}

@@ -90,6 +90,9 @@ pub struct GatewayConfig {
     pub static_leases: Vec<StaticLease>,
     /// Where non-local DNS queries go.
     pub upstreams: Upstreams,
+    /// A second IPv4 address that serves DNS only (slirp4netns's 10.0.2.3); None: the gateway's
+    /// own address serves DNS.
+    pub dns_addr: Option<Ipv4Addr>,
     /// No NAT egress at all (Docker `--internal`).
     pub internal: bool,
     /// Map the gateway's address (ports it does not serve) to the host's loopback.
@@ -122,6 +125,7 @@ impl GatewayConfig {
             dhcp_range: None,
             static_leases: Vec::new(),
             upstreams: Upstreams::ResolvConf("/etc/resolv.conf".into()),
+            dns_addr: None,
             internal: false,
             host_loopback: true,
             outbound4: None,
@@ -398,7 +402,7 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
         }
         d.lease_secs = cfg.lease_secs;
         d.router = Some(cfg.addr);
-        d.dns = vec![cfg.addr];
+        d.dns = vec![cfg.dns_addr.unwrap_or(cfg.addr)];
         d.mtu = Some(cfg.mtu);
         d.domain = Some(cfg.domain.clone());
         d.search = vec![cfg.domain.clone()];
@@ -528,6 +532,12 @@ impl State {
             smoltcp::wire::IpAddress::Ipv4(gw.cfg.addr),
             gw.cfg.subnet.prefix_len(),
         )];
+        if let Some(d) = gw.cfg.dns_addr {
+            addrs.push(smoltcp::wire::IpCidr::new(
+                smoltcp::wire::IpAddress::Ipv4(d),
+                gw.cfg.subnet.prefix_len(),
+            ));
+        }
         if let (Some(a), Some(p)) = (gw.cfg.addr6(), gw.cfg.ipv6) {
             addrs.push(smoltcp::wire::IpCidr::new(
                 smoltcp::wire::IpAddress::Ipv6(a),
@@ -733,7 +743,16 @@ impl State {
     }
 
     fn arp(&mut self, payload: &[u8]) -> bool {
-        match arp::handle(self.gw.cfg.mac, self.gw.cfg.addr, payload) {
+        let res = arp::handle(self.gw.cfg.mac, self.gw.cfg.addr, payload).map(|mut out| {
+            // The DNS-only address answers ARP too.
+            if let (None, Some(d)) = (&out.reply, self.gw.cfg.dns_addr)
+                && let Ok(o2) = arp::handle(self.gw.cfg.mac, d, payload)
+            {
+                out.reply = o2.reply;
+            }
+            out
+        });
+        match res {
             Ok(out) => {
                 if let Some((ip, mac)) = out.sender
                     && self.gw.cfg.subnet.contains(&ip)
@@ -813,7 +832,8 @@ impl State {
         let (src, dst) = (hdr.source_addr(), hdr.destination_addr());
         let gw = self.gw.clone();
         let cfg = &gw.cfg;
-        let for_us = dst == cfg.addr;
+        let dns_only = Some(dst) == cfg.dns_addr;
+        let for_us = dst == cfg.addr || dns_only;
         let bcast = dst == Ipv4Addr::BROADCAST || dst == cfg.subnet.broadcast();
         if cfg.subnet.contains(&src) && src != cfg.addr {
             self.learn(IpAddr::V4(src), h.src);
@@ -822,6 +842,23 @@ impl State {
         let packet = payload
             .get(..usize::from(hdr.total_len()))
             .unwrap_or(payload);
+        if dns_only {
+            // The DNS-only address serves DNS and echo, nothing else (it is no host alias).
+            let proto = ip.payload().ip_number;
+            let dport = match proto {
+                IpNumber::UDP => UdpSlice::from_slice(body)
+                    .map(|u| u.destination_port())
+                    .ok(),
+                IpNumber::TCP => TcpSlice::from_slice(body)
+                    .map(|t| t.destination_port())
+                    .ok(),
+                _ => None,
+            };
+            if proto != IpNumber::ICMP && dport != Some(53) {
+                inc(&self.gw.counters.ignored);
+                return true;
+            }
+        }
         if !for_us && !bcast {
             // Routed through us: NAT.
             return self.nat(

@@ -10,6 +10,7 @@ mod bridge;
 mod ctl;
 mod demo;
 mod run;
+mod slirp;
 mod up;
 
 /// Container and VM networking in userspace: a learning L2 switch over TAP, AF_PACKET and
@@ -39,6 +40,8 @@ enum Cmd {
     Run(run::Args),
     /// Talk to a running instance over its control socket.
     Ctl(ctl::Args),
+    /// slirp4netns-compatible mode (also when this binary is invoked as `slirp4netns`).
+    Slirp4netns(slirp::Args),
     /// Join a network namespace to a running `usernet up` (a TAP created inside it).
     Attach(attach::Args),
     /// Remove an endpoint added by `attach`.
@@ -92,10 +95,26 @@ impl SocketArg {
 }
 
 fn main() -> ExitCode {
+    // Invoked as `slirp4netns` (a symlink): slirp4netns's command line, exactly.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "slirp4netns")
+    {
+        let s = <slirp::Standalone as clap::Parser>::parse();
+        init_logging(std::env::var("RUST_LOG").ok().as_deref().or(Some("warn")));
+        return match slirp::run(s.args) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("slirp4netns (usernet): {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     // The demo prints its own report; keep the log to warnings unless asked.
-    let quiet =
-        matches!(cli.cmd, Cmd::Demo(_) | Cmd::Run(_)) && std::env::var_os("RUST_LOG").is_none();
+    let quiet = matches!(cli.cmd, Cmd::Demo(_) | Cmd::Run(_) | Cmd::Slirp4netns(_))
+        && std::env::var_os("RUST_LOG").is_none();
     init_logging(cli.log.as_deref().or(quiet.then_some("warn")));
     let r = match cli.cmd {
         Cmd::Demo(a) => demo::run(a),
@@ -104,6 +123,10 @@ fn main() -> ExitCode {
         Cmd::Ctl(a) => ctl::run(a),
         Cmd::Attach(a) => attach::run(a),
         Cmd::Detach(a) => attach::detach(a),
+        Cmd::Slirp4netns(a) => match slirp::run(a) {
+            Ok(code) => return ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => Err(e),
+        },
         Cmd::Run(a) => match run::run(a) {
             Ok(code) => return ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => Err(e),

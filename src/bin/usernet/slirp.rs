@@ -1,0 +1,339 @@
+//! `usernet slirp4netns`: a drop-in for slirp4netns (also when the binary is invoked under that
+//! name), for container runtimes that start slirp4netns today (RootlessKit, Podman).
+//!
+//! Same command line (`PID|PATH [TAPNAME]` and the options below), same defaults (10.0.2.0/24,
+//! gateway and host loopback .2, DNS .3, guest .100, DHCP .15–.30), same ready-fd protocol
+//! (write "1", close), exit-fd (exit when it hangs up or becomes readable) and the same JSON API
+//! on `--api-socket` (`add_hostfwd`, `list_hostfwd`, `remove_hostfwd`; one request per
+//! connection; `{"return": ...}` or `{"error": {"desc": ...}}`). Underneath it is usernet:
+//! a network with a gateway and NAT, the TAP as its only endpoint.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use usernet::bridge::PortPolicy;
+use usernet::control::api::fdb_config;
+use usernet::gateway::GatewayConfig;
+use usernet::nat::forward::{Forward, ForwardSpec, Proto};
+use usernet::spawn::{IfConfig, tap_in_namespace};
+use usernet::{Engine, EngineConfig, Handle};
+
+/// slirp4netns's command line.
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "User-mode networking for unprivileged network namespaces (slirp4netns-compatible, by usernet)"
+)]
+pub struct Args {
+    /// Target: PID (default) or a netns path with --netns-type=path.
+    #[arg(value_name = "PID|PATH")]
+    target: String,
+    /// Name of the TAP to create in the namespace.
+    #[arg(value_name = "TAPNAME", default_value = "tap0")]
+    tapname: String,
+    /// Bring up the interface: IP 10.0.2.100 (or CIDR + 100), default route via .2.
+    #[arg(short = 'c', long = "configure")]
+    configure: bool,
+    /// FD to terminate usernet when it is closed (or becomes readable).
+    #[arg(short = 'e', long = "exit-fd", value_name = "FD")]
+    exit_fd: Option<RawFd>,
+    /// FD to write "1" to, then close, when the network is configured.
+    #[arg(short = 'r', long = "ready-fd", value_name = "FD")]
+    ready_fd: Option<RawFd>,
+    /// MTU (default 1500, max 65521).
+    #[arg(short = 'm', long = "mtu", default_value_t = 1500)]
+    mtu: u32,
+    /// Prohibit connecting to 127.0.0.1:* on the host through 10.0.2.2.
+    #[arg(long = "disable-host-loopback")]
+    disable_host_loopback: bool,
+    /// Network CIDR (default 10.0.2.0/24; prefix at most /25).
+    #[arg(long = "cidr", default_value = "10.0.2.0/24")]
+    cidr: ipnet::Ipv4Net,
+    /// Network namespace type: pid or path.
+    #[arg(long = "netns-type", default_value = "pid", value_parser = ["pid", "path"])]
+    netns_type: String,
+    /// User namespace to join first (default: the target PID's, for --netns-type=pid).
+    #[arg(long = "userns-path", value_name = "PATH")]
+    userns_path: Option<PathBuf>,
+    /// API socket path (add_hostfwd, list_hostfwd, remove_hostfwd).
+    #[arg(short = 'a', long = "api-socket", value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Enable IPv6 (prefix fd00::/64).
+    #[arg(short = '6', long = "enable-ipv6")]
+    enable_ipv6: bool,
+    /// Enable the sandbox (accepted; usernet does not sandbox itself yet).
+    #[arg(long = "enable-sandbox")]
+    enable_sandbox: bool,
+    /// Enable seccomp (accepted; usernet does not install a filter yet).
+    #[arg(long = "enable-seccomp")]
+    enable_seccomp: bool,
+    /// Outgoing IPv4 address to bind NAT sockets to.
+    #[arg(long = "outbound-addr", value_name = "IPv4")]
+    outbound_addr: Option<Ipv4Addr>,
+    /// Outgoing IPv6 address to bind NAT sockets to.
+    #[arg(long = "outbound-addr6", value_name = "IPv6")]
+    outbound_addr6: Option<std::net::Ipv6Addr>,
+    /// Disable the built-in DNS server at .3.
+    #[arg(long = "disable-dns")]
+    disable_dns: bool,
+    /// MAC address of the TAP (accepted; not applied yet).
+    #[arg(long = "macaddress", value_name = "MAC")]
+    macaddress: Option<String>,
+}
+
+/// Parses argv when the binary was invoked as `slirp4netns`.
+#[derive(clap::Parser, Debug)]
+#[command(name = "slirp4netns", version)]
+pub struct Standalone {
+    #[command(flatten)]
+    pub args: Args,
+}
+
+fn owned(fd: RawFd) -> anyhow::Result<OwnedFd> {
+    // SAFETY: F_GETFD only checks that the descriptor is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        bail!("fd {fd} is not open");
+    }
+    // SAFETY: the caller handed this descriptor to us to own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let cidr = a.cidr.trunc();
+    if cidr.prefix_len() > 25 {
+        bail!("--cidr {cidr}: the prefix must be /25 or shorter (the guest is network + 100)");
+    }
+    if !(68..=65521).contains(&a.mtu) {
+        bail!("--mtu {}: must be 68..=65521", a.mtu);
+    }
+    let base = u32::from(cidr.network());
+    let at = |n: u32| Ipv4Addr::from(base + n);
+    let (gw, dns, guest) = (at(2), at(3), at(100));
+    let netns = match a.netns_type.as_str() {
+        "path" => PathBuf::from(&a.target),
+        _ => {
+            let pid: u32 = a
+                .target
+                .parse()
+                .context("target must be a PID (or use --netns-type=path)")?;
+            PathBuf::from(format!("/proc/{pid}/ns/net"))
+        }
+    };
+    let userns = a.userns_path.clone().or_else(|| {
+        (a.netns_type == "pid").then(|| PathBuf::from(format!("/proc/{}/ns/user", a.target)))
+    });
+    if a.enable_sandbox || a.enable_seccomp {
+        eprintln!(
+            "usernet slirp4netns: --enable-sandbox/--enable-seccomp accepted but not applied (no sandbox yet)"
+        );
+    }
+    if a.macaddress.is_some() {
+        eprintln!("usernet slirp4netns: --macaddress accepted but not applied");
+    }
+    let ready = a.ready_fd.map(owned).transpose()?;
+    let exit = a.exit_fd.map(owned).transpose()?;
+    // Before any thread: joining a user namespace needs a single-threaded helper.
+    let tap = tap_in_namespace(
+        &netns,
+        userns.as_deref(),
+        &a.tapname,
+        a.mtu,
+        a.configure.then_some(IfConfig {
+            addr: guest,
+            prefix: cidr.prefix_len(),
+            gateway: gw,
+        }),
+    )?;
+    eprintln!("starting usernet (slirp4netns mode), MTU={}", a.mtu);
+    let engine = Engine::start(EngineConfig {
+        max_frame: a.mtu as usize + 22,
+        ..EngineConfig::default()
+    })?;
+    let h = engine.handle();
+    let net = "slirp4netns";
+    h.add_network(net, fdb_config(None, None))?;
+    let mut g = GatewayConfig::new(net, cidr);
+    g.addr = gw;
+    g.dns_addr = (!a.disable_dns).then_some(dns);
+    g.dhcp_range = Some((at(15), at(30)));
+    g.mtu = a.mtu.min(65535) as u16;
+    g.host_loopback = !a.disable_host_loopback;
+    g.outbound4 = a.outbound_addr;
+    g.outbound6 = a.outbound_addr6;
+    g.ipv6 = if a.enable_ipv6 {
+        "fd00::/64".parse().ok()
+    } else {
+        None
+    };
+    h.add_gateway(g)?;
+    h.add_port(net, "guest", PortPolicy::default(), Box::new(tap))?;
+    let _api = match &a.api_socket {
+        Some(p) => Some(Api::start(h.clone(), p, guest)?),
+        None => None,
+    };
+    crate::stop_on_signals(h.clone())?;
+    if let Some(fd) = exit {
+        let h2 = h.clone();
+        std::thread::spawn(move || {
+            let mut pfd = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+                events: libc::POLLIN | libc::POLLHUP,
+                revents: 0,
+            };
+            loop {
+                // SAFETY: one valid pollfd.
+                let r = unsafe { libc::poll(&mut pfd, 1, 500) };
+                if r > 0 || h2.is_stopped() {
+                    break;
+                }
+            }
+            h2.shutdown();
+        });
+    }
+    if let Some(fd) = ready {
+        let mut f = std::fs::File::from(fd);
+        f.write_all(b"1").context("writing the ready fd")?;
+    }
+    engine.wait();
+    Ok(0)
+}
+
+/// The slirp4netns JSON API on a UNIX socket; the socket file is removed on drop.
+struct Api {
+    path: PathBuf,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Api {
+    fn start(h: Handle, path: &std::path::Path, guest: Ipv4Addr) -> anyhow::Result<Api> {
+        let _ = std::fs::remove_file(path);
+        let l =
+            UnixListener::bind(path).with_context(|| format!("api socket {}", path.display()))?;
+        l.set_nonblocking(true)?;
+        std::thread::spawn(move || {
+            while !h.is_stopped() {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 4096];
+                        let req: Result<Value, String> = loop {
+                            match c.read(&mut chunk) {
+                                Ok(0) => {
+                                    break serde_json::from_slice(&buf).map_err(|e| e.to_string());
+                                }
+                                Ok(n) => {
+                                    buf.extend_from_slice(&chunk[..n]);
+                                    if let Ok(v) = serde_json::from_slice(&buf) {
+                                        break Ok(v);
+                                    }
+                                    if buf.len() > 65536 {
+                                        break Err("request too long".into());
+                                    }
+                                }
+                                Err(e) => break Err(e.to_string()),
+                            }
+                        };
+                        let resp = match req {
+                            Ok(v) => api(&h, &v, guest),
+                            Err(e) => json!({"error": {"desc": format!("bad request: {e}")}}),
+                        };
+                        let _ = c.write_all(resp.to_string().as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Ok(Api {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn err(desc: impl Into<String>) -> Value {
+    json!({"error": {"desc": desc.into()}})
+}
+
+/// One slirp4netns API request.
+fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
+    let args = &req["arguments"];
+    match req["execute"].as_str() {
+        Some("add_hostfwd") => {
+            let proto = match args["proto"].as_str() {
+                Some("tcp") | None => Proto::Tcp,
+                Some("udp") => Proto::Udp,
+                Some(p) => return err(format!("bad request: unknown proto \"{p}\"")),
+            };
+            let host_addr: IpAddr = match args["host_addr"].as_str().unwrap_or("0.0.0.0").parse() {
+                Ok(a) => a,
+                Err(_) => return err("bad request: bad host_addr"),
+            };
+            let guest_addr = args["guest_addr"].as_str().unwrap_or("").to_string();
+            let guest_addr = if guest_addr.is_empty() {
+                guest.to_string()
+            } else {
+                guest_addr
+            };
+            let (Some(hp), Some(gp)) = (args["host_port"].as_u64(), args["guest_port"].as_u64())
+            else {
+                return err("bad request: host_port and guest_port are required");
+            };
+            let (Ok(hp), Ok(gp)) = (u16::try_from(hp), u16::try_from(gp)) else {
+                return err("bad request: port out of range");
+            };
+            let spec = ForwardSpec {
+                host_ip: Some(host_addr),
+                host_ports: (hp, hp),
+                guest_ports: (gp, gp),
+                proto,
+            };
+            match h.add_forward(&Forward {
+                network: "slirp4netns".into(),
+                spec,
+                to: guest_addr,
+            }) {
+                Ok(info) => json!({"return": {"id": info.id}}),
+                Err(e) => err(e.to_string()),
+            }
+        }
+        Some("list_hostfwd") => {
+            let entries: Vec<Value> = h
+                .forwards(Some("slirp4netns"))
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|f| {
+                    let s: ForwardSpec = f.publish.parse().ok()?;
+                    Some(json!({
+                        "id": f.id,
+                        "proto": s.proto.as_str(),
+                        "host_addr": s.bind_ip().to_string(),
+                        "host_port": s.host_ports.0,
+                        "guest_addr": f.to,
+                        "guest_port": s.guest_ports.0,
+                    }))
+                })
+                .collect();
+            json!({"return": {"entries": entries}})
+        }
+        Some("remove_hostfwd") => match args["id"].as_u64() {
+            Some(id) => match h.remove_forward(&id.to_string()) {
+                Ok(_) => json!({"return": {}}),
+                Err(e) => err(e.to_string()),
+            },
+            None => err("bad request: id is required"),
+        },
+        Some(other) => err(format!("bad request: unknown execute \"{other}\"")),
+        None => err("bad request: no \"execute\""),
+    }
+}

@@ -1,0 +1,324 @@
+//! slirp4netns drop-in: usernet started exactly as Podman and RootlessKit start slirp4netns, and
+//! RootlessKit running a command with usernet in slirp4netns's place. Needs root (RootlessKit
+//! runs as a user the test creates).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::daemon::BIN;
+use common::{Child, Netns, require_root};
+use serde_json::{Value, json};
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills a valid two-element array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are fresh and ours.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Starts `usernet slirp4netns ARGS` with `fds` placed at descriptors 3, 4, ...
+fn start(args: &[&str], fds: &[&OwnedFd]) -> Child {
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("slirp4netns")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: only dup2 between fork and exec (async-signal-safe).
+    unsafe {
+        cmd.pre_exec(move || {
+            // Out of the way first (a source may already sit on a target number), then into
+            // place; dup2 clears close-on-exec on the copies.
+            for (i, fd) in raw.iter().enumerate() {
+                if libc::dup2(*fd, 100 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for i in 0..raw.len() as i32 {
+                if libc::dup2(100 + i, 3 + i) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Child(cmd.spawn().expect("usernet slirp4netns"))
+}
+
+fn wait_ready(r: OwnedFd) {
+    let mut f = std::fs::File::from(r);
+    let mut b = [0u8; 1];
+    let n = f.read(&mut b).expect("read ready fd");
+    assert_eq!((n, b[0]), (1, b'1'), "ready fd protocol: \"1\" then close");
+}
+
+fn api(sock: &std::path::Path, req: Value) -> Value {
+    let mut s = UnixStream::connect(sock).expect("api socket");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(req.to_string().as_bytes()).expect("send");
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("reply");
+    serde_json::from_str(&out).expect("JSON reply")
+}
+
+#[test]
+fn podman_style_configure_api_and_exit_fd() {
+    if !require_root("podman_style_configure_api_and_exit_fd") {
+        return;
+    }
+    let ns = Netns::new("sp");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("api.sock");
+    let (exit_r, exit_w) = pipe();
+    let (ready_r, ready_w) = pipe();
+    let path = ns.path();
+    let mut child = start(
+        &[
+            "-c",
+            "-e",
+            "3",
+            "-r",
+            "4",
+            "--api-socket",
+            sock.to_str().expect("utf-8"),
+            "--netns-type=path",
+            path.to_str().expect("utf-8"),
+            "tap0",
+        ],
+        &[&exit_r, &ready_w],
+    );
+    drop(exit_r);
+    drop(ready_w);
+    wait_ready(ready_r);
+    // -c: the slirp4netns defaults.
+    let addr = ns.exec_ok(&["ip", "-4", "-o", "addr", "show", "tap0"]);
+    assert!(addr.contains("10.0.2.100/24"), "{addr}");
+    let route = ns.exec_ok(&["ip", "route", "show", "default"]);
+    assert!(route.contains("via 10.0.2.2"), "{route}");
+    // NAT to the host's loopback through 10.0.2.2.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        if let Ok((mut c, _)) = l.accept() {
+            let _ = c.write_all(b"via slirp mode");
+        }
+    });
+    let got = ns.exec_ok(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("telnet://10.0.2.2:{port}"),
+    ]);
+    assert_eq!(got, "via slirp mode");
+    // The API, with slirp4netns's reply shapes.
+    let fport = TcpListener::bind("127.0.0.1:0")
+        .expect("b")
+        .local_addr()
+        .expect("a")
+        .port();
+    let r = api(
+        &sock,
+        json!({"execute": "add_hostfwd", "arguments": {"proto": "tcp", "host_addr": "127.0.0.1", "host_port": fport, "guest_port": 8080}}),
+    );
+    let id = r["return"]["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("add_hostfwd: {r}"));
+    let l = api(&sock, json!({"execute": "list_hostfwd"}));
+    let e = &l["return"]["entries"][0];
+    assert_eq!(
+        (
+            e["id"].as_u64(),
+            e["proto"].as_str(),
+            e["host_port"].as_u64(),
+            e["guest_port"].as_u64(),
+            e["guest_addr"].as_str()
+        ),
+        (
+            Some(id),
+            Some("tcp"),
+            Some(u64::from(fport)),
+            Some(8080),
+            Some("10.0.2.100")
+        ),
+        "{l}"
+    );
+    // Reaches a server in the namespace.
+    let srv = usernet::link::netns::run_in_netns(&ns.path(), || TcpListener::bind("0.0.0.0:8080"))
+        .expect("listen");
+    std::thread::spawn(move || {
+        if let Ok((mut c, _)) = srv.accept() {
+            let _ = c.write_all(b"inside");
+        }
+    });
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", fport)).expect("connect hostfwd");
+    c.set_read_timeout(Some(Duration::from_secs(5))).expect("t");
+    let mut s = String::new();
+    let _ = c.read_to_string(&mut s);
+    assert_eq!(s, "inside");
+    assert_eq!(
+        api(
+            &sock,
+            json!({"execute": "remove_hostfwd", "arguments": {"id": id}})
+        ),
+        json!({"return": {}})
+    );
+    let bad = api(&sock, json!({"execute": "bogus"}));
+    assert!(bad["error"]["desc"].is_string(), "{bad}");
+    // Closing the exit fd ends the process.
+    drop(exit_w);
+    let t = Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.0.try_wait() {
+            assert!(st.success(), "{st}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "did not exit when the exit fd closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn rootlesskit_style_start_and_help() {
+    if !require_root("rootlesskit_style_start_and_help") {
+        return;
+    }
+    let ns = Netns::new("sr");
+    let (ready_r, ready_w) = pipe();
+    let path = ns.path();
+    let _child = start(
+        &[
+            "--mtu=65520",
+            "-r",
+            "3",
+            "--disable-host-loopback",
+            "--netns-type=path",
+            path.to_str().expect("utf-8"),
+            "tap0",
+        ],
+        &[&ready_w],
+    );
+    drop(ready_w);
+    wait_ready(ready_r);
+    let link = ns.exec_ok(&["ip", "-o", "link", "show", "tap0"]);
+    assert!(link.contains("mtu 65520"), "{link}");
+    // Runtimes probe --help for option names.
+    let help = Command::new(BIN)
+        .args(["slirp4netns", "--help"])
+        .output()
+        .expect("help");
+    let text = String::from_utf8_lossy(&help.stdout);
+    for opt in [
+        "--configure",
+        "--mtu",
+        "--ready-fd",
+        "--exit-fd",
+        "--api-socket",
+        "--cidr",
+        "--disable-host-loopback",
+        "--netns-type",
+        "--userns-path",
+        "--enable-ipv6",
+        "--enable-sandbox",
+        "--enable-seccomp",
+        "--outbound-addr",
+        "--outbound-addr6",
+        "--disable-dns",
+        "--macaddress",
+    ] {
+        assert!(text.contains(opt), "--help lacks {opt}");
+    }
+}
+
+#[test]
+fn rootlesskit_runs_curl_through_usernet() {
+    if !require_root("rootlesskit_runs_curl_through_usernet") {
+        return;
+    }
+    let have = |b: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {b}")])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !have("rootlesskit") || !have("newuidmap") {
+        assert!(
+            std::env::var("USERNET_REQUIRE_PRIV").as_deref() != Ok("1"),
+            "rootlesskit/uidmap missing (scripts/test.sh installs them)"
+        );
+        eprintln!(
+            "SKIP rootlesskit_runs_curl_through_usernet: rootlesskit or newuidmap not installed"
+        );
+        return;
+    }
+    let name = common::unique("urk");
+    assert!(
+        Command::new("useradd")
+            .args(["--create-home", "--shell", "/bin/sh", &name])
+            .status()
+            .expect("useradd")
+            .success()
+    );
+    struct Cleanup(String, u32);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("userdel")
+                .args(["-r", &self.0])
+                .stderr(Stdio::null())
+                .status();
+            let _ =
+                std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(self.1));
+        }
+    }
+    let old = std::fs::metadata("/dev/net/tun")
+        .expect("tun")
+        .permissions()
+        .mode()
+        & 0o7777;
+    let _c = Cleanup(name.clone(), old);
+    std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666))
+        .expect("chmod tun");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = dir.path().join("usernet");
+    std::fs::copy(BIN, &bin).expect("copy");
+    std::os::unix::fs::symlink(&bin, dir.path().join("slirp4netns")).expect("symlink");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        if let Ok((mut c, _)) = l.accept() {
+            let mut b = [0u8; 1024];
+            let _ = c.read(&mut b);
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\nthrough");
+        }
+    });
+    let out = Command::new("timeout")
+        .args(["40", "su", &name, "-s", "/bin/sh", "-c"])
+        .arg(format!(
+            "cd /tmp && rootlesskit --net=slirp4netns --slirp4netns-binary={} curl -sS --max-time 10 http://10.0.2.2:{port}/",
+            dir.path().join("slirp4netns").display()
+        ))
+        .output()
+        .expect("rootlesskit");
+    assert!(
+        out.status.success(),
+        "rootlesskit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through");
+}

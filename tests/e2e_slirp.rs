@@ -78,30 +78,55 @@ fn podman_style_configure_api_and_exit_fd() {
     if !require_root("podman_style_configure_api_and_exit_fd") {
         return;
     }
+    podman_style(&[]);
+}
+
+/// The same under the sandbox: capabilities dropped, seccomp allowlist, no new files.
+#[test]
+fn podman_style_under_seccomp_sandbox() {
+    if !require_root("podman_style_under_seccomp_sandbox") {
+        return;
+    }
+    podman_style(&["--enable-sandbox", "--enable-seccomp"]);
+}
+
+fn podman_style(extra: &[&str]) {
     let ns = Netns::new("sp");
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("api.sock");
     let (exit_r, exit_w) = pipe();
     let (ready_r, ready_w) = pipe();
     let path = ns.path();
-    let mut child = start(
-        &[
-            "-c",
-            "-e",
-            "3",
-            "-r",
-            "4",
-            "--api-socket",
-            sock.to_str().expect("utf-8"),
-            "--netns-type=path",
-            path.to_str().expect("utf-8"),
-            "tap0",
-        ],
-        &[&exit_r, &ready_w],
-    );
+    let mut args = vec![
+        "-c",
+        "-e",
+        "3",
+        "-r",
+        "4",
+        "--api-socket",
+        sock.to_str().expect("utf-8"),
+        "--netns-type=path",
+    ];
+    args.extend_from_slice(extra);
+    args.extend([path.to_str().expect("utf-8"), "tap0"]);
+    let mut child = start(&args, &[&exit_r, &ready_w]);
     drop(exit_r);
     drop(ready_w);
     wait_ready(ready_r);
+    if !extra.is_empty() {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).expect("status");
+        let field = |k: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(k))
+                .map(|l| l[k.len()..].trim().to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(field("Seccomp:"), "2", "seccomp filter mode\n{status}");
+        assert_eq!(field("CapEff:"), "0000000000000000", "capabilities dropped");
+        assert_eq!(field("NoNewPrivs:"), "1");
+    }
     // -c: the slirp4netns defaults.
     let addr = ns.exec_ok(&["ip", "-4", "-o", "addr", "show", "tap0"]);
     assert!(addr.contains("10.0.2.100/24"), "{addr}");

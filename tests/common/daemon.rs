@@ -19,6 +19,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &str) -> Daemon {
+        Self::start_with(config, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra `usernet up` arguments.
+    pub fn start_with(config: &str, extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("usernet.toml");
         std::fs::write(&cfg, config).expect("write config");
@@ -28,6 +33,7 @@ impl Daemon {
             .arg(&cfg)
             .arg("--socket")
             .arg(dir.path().join("sock"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

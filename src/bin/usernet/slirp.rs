@@ -66,10 +66,11 @@ pub struct Args {
     /// Enable IPv6 (prefix fd00::/64).
     #[arg(short = '6', long = "enable-ipv6")]
     enable_ipv6: bool,
-    /// Enable the sandbox (accepted; usernet does not sandbox itself yet).
+    /// Enable the sandbox: drop capabilities, set no-new-privs and the seccomp allowlist once set
+    /// up (usernet applies the same sandbox for both flags).
     #[arg(long = "enable-sandbox")]
     enable_sandbox: bool,
-    /// Enable seccomp (accepted; usernet does not install a filter yet).
+    /// Enable seccomp: an allowlist of the datapath's system calls (others fail with EPERM).
     #[arg(long = "enable-seccomp")]
     enable_seccomp: bool,
     /// Outgoing IPv4 address to bind NAT sockets to.
@@ -194,6 +195,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             }
             h2.shutdown();
         });
+    }
+    if a.enable_sandbox || a.enable_seccomp {
+        // Every descriptor is open: from here on no capabilities, no new files, and only the
+        // system calls of the datapath.
+        usernet::sandbox::apply().context("applying the sandbox")?;
     }
     if let Some(fd) = ready {
         let mut f = std::fs::File::from(fd);

@@ -14,6 +14,10 @@ pub struct Args {
     /// Config file (TOML; see README).
     #[arg(short = 'c', long = "config", default_value = "usernet.toml")]
     config: PathBuf,
+    /// Once everything in the config is set up: drop capabilities and install a seccomp
+    /// allowlist (no new files: ports that need a namespace path can no longer be added).
+    #[arg(long)]
+    sandbox: bool,
     #[command(flatten)]
     socket: SocketArg,
 }
@@ -25,6 +29,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     cfg.apply(&h)?;
     let _srv = control::server::serve(h.clone(), &a.socket.path())?;
     crate::stop_on_signals(h)?;
+    if a.sandbox {
+        usernet::sandbox::apply().context("applying the sandbox")?;
+    }
     tracing::info!(
         "up: {} network(s), {} port(s); control socket {}",
         cfg.network.len(),

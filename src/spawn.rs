@@ -389,6 +389,7 @@ pub fn tap_in_namespace(
     userns: Option<&std::path::Path>,
     ifname: &str,
     mtu: u32,
+    mac: Option<crate::wire::Mac>,
     configure: Option<IfConfig>,
 ) -> Result<TapLink> {
     use std::fs::File;
@@ -445,6 +446,11 @@ pub fn tap_in_namespace(
                 },
             )
             .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
+            if let Some(m) = mac {
+                let idx =
+                    if_index(ifname).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
+                Rtnl::open()?.set_mac(idx, m.0)?;
+            }
             if let Some(c) = &configure {
                 let idx =
                     if_index(ifname).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;

@@ -87,7 +87,11 @@ fn podman_style_under_seccomp_sandbox() {
     if !require_root("podman_style_under_seccomp_sandbox") {
         return;
     }
-    podman_style(&["--enable-sandbox", "--enable-seccomp"]);
+    podman_style(&[
+        "--enable-sandbox",
+        "--enable-seccomp",
+        "--macaddress=02:00:00:ab:cd:ef",
+    ]);
 }
 
 fn podman_style(extra: &[&str]) {
@@ -126,6 +130,10 @@ fn podman_style(extra: &[&str]) {
         assert_eq!(field("Seccomp:"), "2", "seccomp filter mode\n{status}");
         assert_eq!(field("CapEff:"), "0000000000000000", "capabilities dropped");
         assert_eq!(field("NoNewPrivs:"), "1");
+    }
+    if extra.iter().any(|a| a.starts_with("--macaddress")) {
+        let mac = ns.exec_ok(&["cat", "/sys/class/net/tap0/address"]);
+        assert_eq!(mac.trim(), "02:00:00:ab:cd:ef");
     }
     // -c: the slirp4netns defaults.
     let addr = ns.exec_ok(&["ip", "-4", "-o", "addr", "show", "tap0"]);

@@ -92,6 +92,18 @@ impl Rtnl {
         )
     }
 
+    /// Sets a link's MAC address (the link should be down).
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.request(
+            &format!("set link {index} address"),
+            RouteNetlinkMessage::SetLink(m),
+            0,
+        )
+    }
+
     /// Adds `addr/prefix` to the link with `index`.
     pub fn add_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> io::Result<()> {
         let mut m = AddressMessage::default();

@@ -82,7 +82,7 @@ pub struct Args {
     /// Disable the built-in DNS server at .3.
     #[arg(long = "disable-dns")]
     disable_dns: bool,
-    /// MAC address of the TAP (accepted; not applied yet).
+    /// MAC address of the TAP.
     #[arg(long = "macaddress", value_name = "MAC")]
     macaddress: Option<String>,
 }
@@ -133,9 +133,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "usernet slirp4netns: --enable-sandbox/--enable-seccomp accepted but not applied (no sandbox yet)"
         );
     }
-    if a.macaddress.is_some() {
-        eprintln!("usernet slirp4netns: --macaddress accepted but not applied");
-    }
+    let mac = a
+        .macaddress
+        .as_deref()
+        .map(str::parse::<usernet::wire::Mac>)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--macaddress: {e}"))?;
     let ready = a.ready_fd.map(owned).transpose()?;
     let exit = a.exit_fd.map(owned).transpose()?;
     // Before any thread: joining a user namespace needs a single-threaded helper.
@@ -144,6 +147,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         userns.as_deref(),
         &a.tapname,
         a.mtu,
+        mac,
         a.configure.then_some(IfConfig {
             addr: guest,
             prefix: cidr.prefix_len(),

@@ -29,7 +29,7 @@
 //! oversize), while a frame that exactly fills the buffer is kept.
 //!
 //! Errors: a TAP whose interface was deleted answers `EBADFD` to reads and writes, which
-//! [`classify`] maps to [`LinkError::Gone`]. Writing while the interface is down fails with
+//! `classify` maps to [`LinkError::Gone`]. Writing while the interface is down fails with
 //! `EIO`; such frames are dropped and counted.
 //!
 //! [`FrameMeta`]: crate::frame::FrameMeta

@@ -94,6 +94,26 @@ mod tempfile_path {
     }
 }
 
+/// A connected pair of `SOCK_SEQPACKET` UNIX sockets (close-on-exec), for a parent and the
+/// child it forks: one end each.
+fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
+    let mut sv = [0 as RawFd; 2];
+    // SAFETY: socketpair fills two descriptors into a valid array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    };
+    if r < 0 {
+        return Err(Error::Io("socketpair".into(), io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors are fresh and owned here.
+    Ok(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
+}
+
 fn write_byte(fd: RawFd, b: u8) -> io::Result<()> {
     // SAFETY: writes one byte from a valid local to a descriptor we own.
     let n = unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
@@ -146,22 +166,7 @@ pub fn spawn(cmd: &[OsString], opts: &SpawnOptions) -> Result<Spawned> {
     let resolv_c = resolv
         .as_ref()
         .and_then(|p| CString::new(p.0.as_os_str().as_bytes()).ok());
-    let mut sv = [0 as RawFd; 2];
-    // SAFETY: socketpair fills two descriptors into a valid array.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    } < 0
-    {
-        return Err(Error::Io("socketpair".into(), io::Error::last_os_error()));
-    }
-    // SAFETY: both descriptors are fresh and owned here.
-    let (parent_end, child_end) =
-        unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+    let (parent_end, child_end) = seqpacket_pair()?;
     // SAFETY: fork has no memory-safety preconditions; the child only runs `child()`, which
     // ends in exec or _exit and never returns into this function.
     let pid = unsafe { libc::fork() };
@@ -401,22 +406,7 @@ pub fn tap_in_namespace(
         ),
         None => None,
     };
-    let mut sv = [0 as RawFd; 2];
-    // SAFETY: socketpair fills two descriptors into a valid array.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    } < 0
-    {
-        return Err(Error::Io("socketpair".into(), io::Error::last_os_error()));
-    }
-    // SAFETY: both descriptors are fresh and owned here.
-    let (parent_end, child_end) =
-        unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+    let (parent_end, child_end) = seqpacket_pair()?;
     // SAFETY: the child only runs the closure below and _exits.
     let pid = unsafe { libc::fork() };
     if pid < 0 {

@@ -1,0 +1,350 @@
+"""Markdown tables, the goal check and the SVG chart of one benchmark run (stdlib only)."""
+
+import html
+
+from common import fmt, get, ratio, usernet_drops
+
+L2_LABELS = {"veth": "veth pair", "bridge": "Linux bridge", "usernet": "usernet",
+             "ovs": "OVS userspace", "ovs-tso": "OVS userspace + TSO", "vde": "vde_switch"}
+COLORS = {"usernet": "#d62728", "veth": "#c7c7c7", "bridge": "#7f7f7f", "ovs": "#1f77b4",
+          "ovs-tso": "#17becf", "vde": "#9467bd", "slirp4netns": "#ff7f0e",
+          "pasta tap": "#2ca02c", "pasta splice": "#98df8a"}
+SERIES_LABELS = dict(L2_LABELS, **{"slirp4netns": "slirp4netns", "pasta tap": "pasta (tap)",
+                                   "pasta splice": "pasta (splice)"})
+MB = 1e6  # the memory goal is in MB (10^6 bytes)
+
+
+def _span(x, lo, hi, reps):
+    if x is None:
+        return None
+    if reps > 1 and lo is not None:
+        return f"{x:.2f} ({lo:.2f}–{hi:.2f})"
+    return f"{x:.2f}"
+
+
+def _status(r, notes, what):
+    status = r["status"]
+    errs = [r["error"]] if r.get("error") else []
+    for k in ("tcp", "udp64", "udp64_fixed", "ping"):
+        if get(r, k, "error"):
+            errs.append(f"{k}: {get(r, k, 'error')}")
+    for label, v in (r.get("variants") or {}).items():
+        for t in ("egress", "forward"):
+            if get(v, t, "error"):
+                errs.append(f"{label} {t}: {get(v, t, 'error')}")
+    if errs:
+        notes.append(f"- **{what}: {status}** — " + "; ".join(errs))
+    return status
+
+
+def l2_table(results, args, notes):
+    out = ["| MTU | system | TCP Gbit/s | ×bridge | CPU s/Gbit | UDP 64 B rx kpps | ×bridge "
+           f"| loss % at {0.95:.2f}×bridge rate | ping median µs | +µs vs bridge | status |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for mtu in sorted({r["mtu"] for r in results}):
+        rows = [r for r in results if r["mtu"] == mtu]
+        base = next((r for r in rows if r["system"] == "bridge"), {})
+        b_tcp, b_udp = get(base, "tcp", "gbps"), get(base, "udp64", "rx_pps")
+        b_rtt = get(base, "ping", "median_us")
+        for r in rows:
+            what = f"L2 {L2_LABELS[r['system']]} MTU {mtu}"
+            status = _status(r, notes, what)
+            tcp = get(r, "tcp", "gbps")
+            udp = get(r, "udp64", "rx_pps")
+            rtt = get(r, "ping", "median_us")
+            cpu = get(r, "tcp", "cpu_s_per_gbit")
+            out.append("| " + " | ".join([
+                str(mtu), L2_LABELS[r["system"]],
+                _span(tcp, get(r, "tcp", "gbps_min"), get(r, "tcp", "gbps_max"), args.reps)
+                or ("failed" if r["status"] != "ok" else "–"),
+                fmt(ratio(tcp, b_tcp), ".2f"),
+                fmt(cpu, ".3f") if r["system"] not in ("veth", "bridge") else "(kernel)",
+                fmt(None if udp is None else udp / 1e3, ".0f"), fmt(ratio(udp, b_udp), ".2f"),
+                fmt(get(r, "udp64_fixed", "loss_pct"), ".2f"),
+                fmt(rtt, ".0f"),
+                fmt(None if rtt is None or b_rtt is None else rtt - b_rtt, "+.0f"),
+                status]) + " |")
+            drops = usernet_drops(r.get("usernet_stats"))
+            if drops:
+                notes.append(f"- usernet L2 MTU {mtu}: drop counters over the case: "
+                             + ", ".join(f"{k}={v}" for k, v in sorted(drops.items())))
+    return out
+
+
+def nat_table(results, args, notes):
+    out = ["| MTU | system | egress Gbit/s | usernet ÷ this | forward Gbit/s | usernet ÷ this "
+           "| CPU s/Gbit egress / forward | max RSS MiB | status |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    for mtu in sorted({r["mtu"] for r in results}):
+        rows = [r for r in results if r["mtu"] == mtu]
+        un = next((r for r in rows if r["system"] == "usernet"), {})
+        unv = get(un, "variants", "usernet") or {}
+        for r in rows:
+            variants = r.get("variants") or {r["system"]: {}}
+            status = _status(r, notes, f"NAT {r['system']} MTU {mtu}")
+            for label, v in variants.items():
+                row = [str(mtu), label]
+                for t in ("egress", "forward"):
+                    x = get(v, t, "gbps")
+                    row.append(_span(x, get(v, t, "gbps_min"), get(v, t, "gbps_max"), args.reps)
+                               or ("failed" if get(v, t, "error") or r["status"] == "failed"
+                                   else "–"))
+                    row.append(fmt(ratio(get(unv, t, "gbps"), x), ".2f"))
+                    st = get(v, t, "stalled_intervals")
+                    if st:
+                        n = sum(x["intervals"] for x in get(v, t, "reps"))
+                        notes.append(f"- {label} MTU {mtu} {t}: the sender stalled (0 bytes) in "
+                                     f"{st} of {n} one-second intervals")
+                row.append(" / ".join(fmt(get(v, t, "cpu_s_per_gbit"), ".3f")
+                                      for t in ("egress", "forward")))
+                rss = r.get("max_rss_kib")
+                row += [fmt(None if rss is None else rss / 1024, ".1f"), status]
+                out.append("| " + " | ".join(row) + " |")
+    return out
+
+
+def mem_table(results, notes):
+    out = ["| system | namespaces | processes | RSS MiB (sum) | peak RSS MiB (sum) | status |",
+           "|---|---:|---:|---:|---:|---|"]
+    for r in results:
+        status = r["status"]
+        if r.get("error"):
+            notes.append(f"- **memory {r['label']} ×{r['namespaces']}: {status}** — "
+                         f"{r['error']}")
+        rss, hwm = r.get("rss_kib"), r.get("max_rss_kib")
+        out.append("| " + " | ".join([
+            r["label"], str(r["namespaces"]), fmt(r.get("processes"), "d"),
+            fmt(None if rss is None else rss / 1024, ".1f"),
+            fmt(None if hwm is None else hwm / 1024, ".1f"), status]) + " |")
+    return out
+
+
+def _l2(results, system, mtu):
+    return next((r for r in results if r.get("suite") == "l2" and r["system"] == system
+                 and r["mtu"] == mtu), {})
+
+
+def _nat(results, system, mtu):
+    return next((r for r in results if r.get("suite") == "nat" and r["system"] == system
+                 and r["mtu"] == mtu), {})
+
+
+def goals(results):
+    """[(goal, measured text, verdict)] for every goal of issue 6 that the run measured."""
+    out = []
+
+    def verdict(ok):
+        return "–" if ok is None else ("**met**" if ok else "**missed**")
+
+    for mtu, want in ((1500, 1.0), (9000, 0.8), (65520, 0.8)):
+        un, br = _l2(results, "usernet", mtu), _l2(results, "bridge", mtu)
+        if not un and not br:
+            continue
+        x = ratio(get(un, "tcp", "gbps"), get(br, "tcp", "gbps"))
+        out.append((f"L2 TCP, MTU {mtu}: ≥ {want:.1f}× Linux bridge",
+                    f"{fmt(x, '.2f')}× ({fmt(get(un, 'tcp', 'gbps'), '.2f')} vs "
+                    f"{fmt(get(br, 'tcp', 'gbps'), '.2f')} Gbit/s)",
+                    verdict(None if x is None else x >= want)))
+    un, br = _l2(results, "usernet", 1500), _l2(results, "bridge", 1500)
+    x = ratio(get(un, "udp64", "rx_pps"), get(br, "udp64", "rx_pps"))
+    loss = get(un, "udp64_fixed", "loss_pct")
+    if x is not None or loss is not None:
+        out.append(("64 B UDP received ≥ 0.95× bridge, loss < 5 %",
+                    f"{fmt(x, '.2f')}× at full rate; loss {fmt(loss, '.2f')} % offered at "
+                    f"0.95× the bridge's rate",
+                    verdict(None if x is None or loss is None else x >= 0.95 and loss < 5)))
+    a, b = get(un, "ping", "median_us"), get(br, "ping", "median_us")
+    if a is not None and b is not None:
+        out.append(("ping RTT added over the bridge ≤ 15 µs (MTU 1500, median)",
+                    f"{a - b:+.0f} µs ({a:.0f} vs {b:.0f} µs)", verdict(a - b <= 15)))
+    for mtu, want in ((1500, 5.0), (65520, 2.0)):
+        u = get(_nat(results, "usernet", mtu), "variants", "usernet", "egress", "gbps")
+        s = get(_nat(results, "slirp4netns", mtu), "variants", "slirp4netns", "egress", "gbps")
+        if u is None and s is None:
+            continue
+        x = ratio(u, s)
+        out.append((f"NAT egress TCP, MTU {mtu}: ≥ {want:.0f}× slirp4netns",
+                    f"{fmt(x, '.2f')}× ({fmt(u, '.2f')} vs {fmt(s, '.2f')} Gbit/s)",
+                    verdict(None if x is None else x >= want)))
+    for mtu in sorted({r["mtu"] for r in results if r.get("suite") == "nat"}):
+        u = get(_nat(results, "usernet", mtu), "variants", "usernet", "forward", "gbps")
+        p = get(_nat(results, "pasta", mtu), "variants", "pasta splice", "forward", "gbps")
+        x = ratio(u, p)
+        out.append((f"port forward TCP, MTU {mtu}: ≥ 1.0× pasta's splice path",
+                    f"{fmt(x, '.2f')}× ({fmt(u, '.2f')} vs {fmt(p, '.2f')} Gbit/s)",
+                    verdict(None if x is None else x >= 1.0)))
+    m = next((r for r in results if r.get("suite") == "mem" and r["system"] == "usernet"
+              and r["namespaces"] == 20), None)
+    if m is not None:
+        rss = m.get("rss_kib")
+        peers = []
+        for s in ("slirp4netns", "pasta"):
+            p = next((r for r in results if r.get("suite") == "mem" and r["system"] == s
+                      and r["namespaces"] == 20 and r.get("rss_kib")), None)
+            if p:
+                peers.append(f"{s} {p['rss_kib'] * 1024 / MB:.1f} MB")
+        out.append(("one usernet serving 20 namespaces: RSS ≤ 20 MB",
+                    (f"{rss * 1024 / MB:.1f} MB" if rss else "–")
+                    + (f" (sum over 20 processes: {', '.join(peers)})" if peers else ""),
+                    verdict(None if rss is None or m["status"] == "failed"
+                            else rss * 1024 <= 20 * MB)))
+    for mtu in sorted({r["mtu"] for r in results if r.get("suite") == "l2"}):
+        u = get(_l2(results, "usernet", mtu), "tcp", "cpu_s_per_gbit")
+        for o in ("ovs", "ovs-tso"):
+            c = get(_l2(results, o, mtu), "tcp", "cpu_s_per_gbit")
+            if u is None and c is None:
+                continue
+            x = ratio(u, c)
+            out.append((f"CPU s per Gbit, L2 TCP MTU {mtu}: usernet ≤ 0.5× {L2_LABELS[o]}",
+                        f"{fmt(x, '.2f')}× ({fmt(u, '.3f')} vs {fmt(c, '.3f')} s/Gbit)",
+                        verdict(None if x is None else x <= 0.5)))
+    return out
+
+
+def markdown(doc, chart_name=None):
+    m, p, results = doc["machine"], doc["params"], doc["results"]
+    v = m["versions"]
+
+    class A:  # the few params the tables need
+        reps = p["reps"]
+
+    notes = []
+    L = [f"### usernet benchmark — {m['timestamp']}", ""]
+    L.append(f"{m['nproc']} vCPU ({m['cpu_model']}), kernel {m['kernel']}, {m['os']}; usernet "
+             f"{m['usernet_rev']}"
+             + (" (**binary older than the source**)" if m.get("usernet_binary_older_than_source")
+                else "")
+             + f"; {v['iperf3']}, Open vSwitch {v['openvswitch']}, vde2 {v['vde2']}, "
+             f"slirp4netns {v['slirp4netns']}, passt {v['passt']}. iperf3 -t {p['time_s']}, "
+             f"median of {p['reps']} (min–max); one system at a time. Load average (1 min) "
+             f"{m['loadavg_start'][0]:.2f} at start, {m.get('loadavg_end', [0])[0]:.2f} at end; "
+             f"the run took {doc.get('duration_s', 0) / 60:.1f} min.")
+    L.append("")
+    L.append(f"Command: `{p['command']}`")
+    g = goals(results)
+    if g:
+        L += ["", "**Goals (issue 6), ratios within this run:**", "",
+              "| goal | measured | verdict |", "|---|---|---|"]
+        L += [f"| {a} | {b} | {c} |" for a, b, c in g]
+    l2r = [r for r in results if r.get("suite") == "l2"]
+    if l2r:
+        L += ["", "**L2: two namespaces joined by one switch** (iperf3 TCP A→B; 64 B UDP; "
+              f"ping -c {p['pings']} -i 0.01)", ""]
+        L += l2_table(l2r, A, notes)
+    natr = [r for r in results if r.get("suite") == "nat"]
+    if natr:
+        L += ["", "**NAT: egress (namespace → host loopback through the gateway) and port "
+              "forward (host 127.0.0.1 → namespace)**", ""]
+        L += nat_table(natr, A, notes)
+    memr = [r for r in results if r.get("suite") == "mem"]
+    if memr:
+        L += ["", "**Memory: one system serving N namespaces** (after a ping and 1 MiB of TCP "
+              "from each; RSS summed over all the system's processes)", ""]
+        L += mem_table(memr, notes)
+    if chart_name:
+        L += ["", f"![throughput chart]({chart_name})"]
+    L += ["", "×bridge divides by the Linux bridge at the same MTU; usernet ÷ this divides "
+          "usernet's figure by the row's: above 1, usernet is faster. CPU s/Gbit: user+system "
+          "seconds of the system's own processes (usernet; ovs-vswitchd + ovsdb-server; "
+          "vde_switch + both vde_plug2tap; slirp4netns; pasta) per Gbit received, median over "
+          "the TCP runs; the kernel paths (veth, bridge) spend theirs in softirq, not in a "
+          "process (machine-wide CPU is in the JSON). UDP: kpps received with an unlimited "
+          "sender (iperf3 -u -l 64 -b 0), and loss when offered 0.95× what the bridge received."]
+    if notes:
+        L += ["", "Failures and notes:", ""] + notes
+    return "\n".join(L) + "\n"
+
+
+# -------------------------------------------------------------------------------- chart ----
+
+def chart_groups(results):
+    """[(group title, [(series key, value or None, failed reason)])]."""
+    groups = []
+    l2 = [r for r in results if r.get("suite") == "l2"]
+    for mtu in sorted({r["mtu"] for r in l2}):
+        bars = []
+        for r in (r for r in l2 if r["mtu"] == mtu):
+            x = get(r, "tcp", "gbps")
+            bars.append((r["system"], x, None if x is not None else (r.get("error") or "failed")))
+        groups.append((f"L2 TCP, MTU {mtu}", bars))
+    nat = [r for r in results if r.get("suite") == "nat"]
+    for t in ("egress", "forward"):
+        for mtu in sorted({r["mtu"] for r in nat}):
+            bars = []
+            for r in (r for r in nat if r["mtu"] == mtu):
+                variants = r.get("variants") or {}
+                if not variants:
+                    variants = ({"pasta tap": {}, "pasta splice": {}} if r["system"] == "pasta"
+                                else {r["system"]: {}})
+                for label, v in variants.items():
+                    x = get(v, t, "gbps")
+                    bars.append((label, x, None if x is not None else "failed"))
+            groups.append((f"NAT {t}, MTU {mtu}", bars))
+    return groups
+
+
+def svg(doc):
+    groups = [g for g in chart_groups(doc["results"]) if g[1]]
+    if not groups:
+        return None
+    bw, gap, top, left, plot_h = 14, 26, 50, 56, 300
+    series = []
+    for _, bars in groups:
+        for k, _, _ in bars:
+            if k not in series:
+                series.append(k)
+    width = left + sum(len(b) * bw + gap for _, b in groups) + 20
+    width = max(width, 760)
+    vmax = max([x for _, b in groups for _, x, _ in b if x is not None] + [1.0])
+    step = next(s for s in (0.5, 1, 2, 5, 10, 20, 50, 100) if vmax / s <= 8)
+    ymax = step * (int(vmax / step) + 1)
+    legend_rows = (len(series) + 4) // 5
+    height = top + plot_h + 60 + legend_rows * 18
+    y = lambda v: top + plot_h - v / ymax * plot_h  # noqa: E731
+    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+         f'<rect width="{width}" height="{height}" fill="white"/>',
+         f'<text x="{left}" y="20" font-size="14" font-weight="bold">TCP throughput, Gbit/s '
+         f'(iperf3, median of {doc["params"]["reps"]}; all in one run)</text>',
+         f'<text x="{left}" y="36" fill="#555">{html.escape(doc["machine"]["timestamp"])}, '
+         f'{doc["machine"]["nproc"]} vCPU, kernel '
+         f'{html.escape(doc["machine"]["kernel"])}; usernet '
+         f'{html.escape(doc["machine"]["usernet_rev"])}; ✗ = failed (see the table)</text>']
+    v = 0.0
+    while v <= ymax + 1e-9:
+        o.append(f'<line x1="{left}" x2="{width - 10}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
+                 f'stroke="#ddd"/>')
+        o.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
+        v += step
+    x = left + gap / 2
+    for title, bars in groups:
+        gx = x
+        for k, val, fail in bars:
+            c = COLORS.get(k, "#444")
+            if val is None:
+                o.append(f'<text x="{x + bw / 2:.1f}" y="{y(0) - 4:.1f}" text-anchor="middle" '
+                         f'fill="{c}" font-weight="bold">✗<title>{html.escape(SERIES_LABELS.get(k, k))}: '
+                         f'{html.escape(str(fail)[:200])}</title></text>')
+            else:
+                o.append(f'<rect x="{x:.1f}" y="{y(val):.1f}" width="{bw - 2}" '
+                         f'height="{y(0) - y(val):.1f}" fill="{c}"><title>'
+                         f'{html.escape(SERIES_LABELS.get(k, k))}: {val:.2f} Gbit/s</title></rect>')
+                if k == "usernet":
+                    o.append(f'<text x="{x + bw / 2:.1f}" y="{y(val) - 3:.1f}" '
+                             f'text-anchor="middle" font-size="9">{val:.1f}</text>')
+            x += bw
+        o.append(f'<text x="{(gx + x) / 2:.1f}" y="{top + plot_h + 16}" text-anchor="middle">'
+                 f'{html.escape(title.split(", ")[0])}</text>')
+        o.append(f'<text x="{(gx + x) / 2:.1f}" y="{top + plot_h + 30}" text-anchor="middle">'
+                 f'{html.escape(title.split(", ")[1])}</text>')
+        x += gap
+    o.append(f'<line x1="{left}" x2="{width - 10}" y1="{y(0):.1f}" y2="{y(0):.1f}" '
+             f'stroke="#000"/>')
+    for i, k in enumerate(series):
+        lx = left + (i % 5) * 140
+        ly = top + plot_h + 50 + (i // 5) * 18
+        o.append(f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" '
+                 f'fill="{COLORS.get(k, "#444")}"/>')
+        o.append(f'<text x="{lx + 14}" y="{ly}">{html.escape(SERIES_LABELS.get(k, k))}</text>')
+    o.append("</svg>")
+    return "\n".join(o) + "\n"

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""usernet next to the Linux bridge, Open vSwitch (userspace datapath, with and without TSO),
+vde_switch, slirp4netns and pasta, on this machine, in one run, one system at a time.
+
+Suites (all by default; --suites picks):
+  l2   two namespaces joined by a switch: TCP at MTU 1500/9000/65520, 64-byte UDP rate and
+       loss, ping RTT, CPU seconds per Gbit (bench/l2.py)
+  nat  NAT egress (namespace -> host loopback) and port forward (host -> namespace), MTU 1500
+       and 65520 (bench/nat.py)
+  mem  resident memory of each system serving 1 and 20 namespaces (bench/mem.py)
+
+Writes bench/results/NAME.md (tables, goals, failures), NAME.json (machine, versions, every
+repetition) and NAME.svg (chart of the throughput figures); NAME is `latest` for a full run,
+`quick` with --quick, `latest-SUITES` for a subset (or --name).
+
+Stdlib only. Run as root:  python3 bench/run.py [--quick]
+"""
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+from common import HERE, PREFIX, REPO, RES, CaseFailed, Interrupted, log, run  # noqa: E402
+import l2  # noqa: E402
+import mem  # noqa: E402
+import nat  # noqa: E402
+import report  # noqa: E402
+
+SUITES = ("l2", "nat", "mem")
+
+
+def ints(s):
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def names(s, allowed, ap, what):
+    out = [x.strip() for x in s.split(",") if x.strip()]
+    for x in out:
+        if x not in allowed:
+            ap.error(f"--{what}: unknown {x!r} (pick from {','.join(allowed)})")
+    return out
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suites", default=",".join(SUITES), help="l2,nat,mem (default: all)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 1 rep x 3 s, MTU 1500 only, memory for 1 and 3 namespaces")
+    ap.add_argument("--time", type=int, default=5, help="seconds per iperf3 run (default 5)")
+    ap.add_argument("--reps", type=int, default=3, help="TCP repetitions, median (default 3)")
+    ap.add_argument("--mtus", default="1500,9000,65520", help="L2 MTUs")
+    ap.add_argument("--udp-mtus", default="1500", help="L2 MTUs with the 64 B UDP tests")
+    ap.add_argument("--udp-rate", default="0",
+                    help="iperf3 -b of the unlimited 64 B UDP test (default 0 = unlimited)")
+    ap.add_argument("--pings", type=int, default=50, help="ping count (default 50)")
+    ap.add_argument("--l2-systems", default=",".join(l2.SYSTEMS))
+    ap.add_argument("--nat-mtus", default="1500,65520", help="NAT MTUs")
+    ap.add_argument("--nat-systems", default=",".join(nat.SYSTEMS))
+    ap.add_argument("--nat-tests", default=",".join(nat.TESTS))
+    ap.add_argument("--mem-systems", default=",".join(mem.SYSTEMS))
+    ap.add_argument("--mem-counts", default="1,20", help="namespace counts (default 1,20)")
+    ap.add_argument("--loops", type=int, default=1, help="usernet [engine] loops (default 1)")
+    ap.add_argument("--usernet", default=os.path.join(REPO, "target", "release", "usernet"),
+                    help="usernet binary (default target/release/usernet)")
+    ap.add_argument("--build", action="store_true", help="cargo build --release first")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
+    ap.add_argument("--name", help="output file name without extension")
+    a = ap.parse_args(argv)
+    a.suites = names(a.suites, SUITES, ap, "suites")
+    if a.quick:
+        a.reps, a.time, a.mtus, a.nat_mtus, a.mem_counts = 1, 3, "1500", "1500", "1,3"
+    a.mtus, a.udp_mtus, a.nat_mtus, a.mem_counts = (ints(a.mtus), ints(a.udp_mtus),
+                                                    ints(a.nat_mtus), ints(a.mem_counts))
+    a.l2_systems = names(a.l2_systems, l2.SYSTEMS, ap, "l2-systems")
+    a.nat_systems = names(a.nat_systems, nat.SYSTEMS, ap, "nat-systems")
+    a.nat_tests = [t for t in nat.TESTS if t in names(a.nat_tests, nat.TESTS, ap, "nat-tests")]
+    a.mem_systems = names(a.mem_systems, mem.SYSTEMS, ap, "mem-systems")
+    for m in a.mtus + a.nat_mtus:
+        if not 576 <= m <= 65520:
+            ap.error(f"MTU {m} outside 576..65520")
+    if any(n < 1 or n > 200 for n in a.mem_counts):
+        ap.error("--mem-counts: 1..200")
+    if a.reps < 1 or a.time < 1:
+        ap.error("--reps and --time must be >= 1")
+    if not a.name:
+        a.name = ("quick" if a.quick else "latest") + (
+            "" if a.suites == list(SUITES) else "-" + "-".join(a.suites))
+    return a
+
+
+class Ctx:
+    def __init__(self, args):
+        self.args = args
+        self.usernet_bin = None
+        self.udp_ref = {}  # MTU -> the bridge's received 64 B UDP packets/s
+
+
+def on_signal(signum, _frame):
+    raise Interrupted(f"signal {signum}")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (namespaces, veth, TAP): sudo python3 bench/run.py")
+    for tool in ("ip", "iperf3", "ping", "ss"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} not found in PATH")
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    ctx = Ctx(args)
+    t0 = time.monotonic()
+    results = []
+    try:
+        if args.build:
+            log("cargo build --release")
+            run(["cargo", "build", "--release"], timeout=1800, cwd=REPO)
+        if not os.access(args.usernet, os.X_OK):
+            sys.exit(f"bench: {args.usernet} not found; run `cargo build --release` or pass "
+                     "--usernet PATH")
+        RES.tmpdir = tempfile.mkdtemp(prefix=f"{PREFIX}-")
+        # A private copy, so a concurrent rebuild cannot change the binary mid-run.
+        src = os.path.abspath(args.usernet)
+        ctx.usernet_bin = os.path.join(RES.tmpdir, "usernet")
+        shutil.copy2(src, ctx.usernet_bin)
+        machine = common.machine_info(src, ctx.usernet_bin)
+        log(f"prefix {PREFIX}; suites {args.suites}; {args.reps} rep(s) x {args.time} s; "
+            f"writing {args.name}.*")
+        for suite in args.suites:
+            results += {"l2": l2, "nat": nat, "mem": mem}[suite].run_suite(ctx)
+        machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        doc = {"machine": machine,
+               "params": {"command": "python3 bench/run.py" + "".join(
+                   " " + shlex.quote(x) for x in argv),
+                          "suites": args.suites, "time_s": args.time, "reps": args.reps,
+                          "l2_mtus": args.mtus, "udp_mtus": args.udp_mtus,
+                          "udp_rate": args.udp_rate, "udp_payload": 64,
+                          "udp_fixed_fraction_of_bridge": l2.UDP_FRACTION,
+                          "pings": args.pings, "nat_mtus": args.nat_mtus,
+                          "nat_tests": args.nat_tests, "mem_counts": args.mem_counts,
+                          "usernet_loops": args.loops, "quick": args.quick,
+                          "l2_systems": args.l2_systems, "nat_systems": args.nat_systems,
+                          "mem_systems": args.mem_systems},
+               "duration_s": round(time.monotonic() - t0, 1),
+               "results": results}
+        doc["goals"] = [{"goal": a, "measured": b, "verdict": c.strip("*")}
+                        for a, b, c in report.goals(results)]
+        os.makedirs(args.out, exist_ok=True)
+        chart = report.svg(doc)
+        base = os.path.join(args.out, args.name)
+        if chart:
+            with open(base + ".svg", "w") as f:
+                f.write(chart)
+        md = report.markdown(doc, os.path.basename(base) + ".svg" if chart else None)
+        with open(base + ".json", "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        with open(base + ".md", "w") as f:
+            f.write(md)
+        print(md)
+        log(f"wrote {base}.md, .json" + (", .svg" if chart else "")
+            + f" in {doc['duration_s'] / 60:.1f} min")
+        return 0 if all(r["status"] == "ok" for r in results) else 1
+    except Interrupted as e:
+        log(f"interrupted ({e}); cleaning up")
+        return 130
+    except CaseFailed as e:
+        log(f"error: {e}")
+        return 2
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        RES.cleanup()
+        left = RES.leftovers()
+        if left:
+            log(f"warning: left behind: {left}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

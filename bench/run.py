@@ -75,6 +75,12 @@ def parse_args(argv):
     ap.add_argument("--build", action="store_true", help="cargo build --release first")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
     ap.add_argument("--name", help="output file name without extension")
+    ap.add_argument("--update-readme", action="store_true",
+                    help="also copy the tables into README.md's Performance section (between "
+                    "the bench:latest markers)")
+    ap.add_argument("--render", metavar="JSON",
+                    help="measure nothing: re-render NAME.md/.svg (and --update-readme) from a "
+                    "results JSON this script wrote")
     a = ap.parse_args(argv)
     a.suites = names(a.suites, SUITES, ap, "suites")
     if a.quick:
@@ -105,6 +111,50 @@ class Ctx:
         self.udp_ref = {}  # MTU -> the bridge's received 64 B UDP packets/s
 
 
+def write_outputs(doc, args):
+    """NAME.json, NAME.md, NAME.svg (and README.md with --update-readme); returns the base."""
+    doc["goals"] = [{"goal": a, "measured": b, "verdict": c.strip("*")}
+                    for a, b, c in report.goals(doc["results"])]
+    os.makedirs(args.out, exist_ok=True)
+    chart = report.svg(doc)
+    base = os.path.join(args.out, args.name)
+    if chart:
+        with open(base + ".svg", "w") as f:
+            f.write(chart)
+    md = report.markdown(doc, os.path.basename(base) + ".svg" if chart else None)
+    with open(base + ".json", "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    with open(base + ".md", "w") as f:
+        f.write(md)
+    print(md)
+    if args.update_readme:
+        update_readme(md, os.path.relpath(base + ".svg", REPO) if chart else None)
+    return base
+
+
+README_BEGIN = "<!-- bench:latest (written by bench/run.py --update-readme) -->"
+README_END = "<!-- /bench:latest -->"
+
+
+def update_readme(md, chart_path):
+    """Replaces the text between the markers in README.md with this run's report."""
+    path = os.path.join(REPO, "README.md")
+    with open(path) as f:
+        text = f.read()
+    i, j = text.find(README_BEGIN), text.find(README_END)
+    if i < 0 or j < i:
+        log("README.md has no bench:latest markers; not updated")
+        return
+    body = md.replace("### usernet benchmark", "#### Latest run", 1)
+    if chart_path:
+        body = body.replace(f"![throughput chart]({os.path.basename(chart_path)})",
+                            f"![throughput chart]({chart_path})")
+    with open(path, "w") as f:
+        f.write(text[:i + len(README_BEGIN)] + "\n" + body + text[j:])
+    log("updated README.md's Performance section")
+
+
 def on_signal(signum, _frame):
     raise Interrupted(f"signal {signum}")
 
@@ -112,6 +162,11 @@ def on_signal(signum, _frame):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            doc = json.load(f)
+        write_outputs(doc, args)
+        return 0
     if os.geteuid() != 0:
         sys.exit("bench: needs root (namespaces, veth, TAP): sudo python3 bench/run.py")
     for tool in ("ip", "iperf3", "ping", "ss"):
@@ -154,23 +209,8 @@ def main(argv=None):
                           "mem_systems": args.mem_systems},
                "duration_s": round(time.monotonic() - t0, 1),
                "results": results}
-        doc["goals"] = [{"goal": a, "measured": b, "verdict": c.strip("*")}
-                        for a, b, c in report.goals(results)]
-        os.makedirs(args.out, exist_ok=True)
-        chart = report.svg(doc)
-        base = os.path.join(args.out, args.name)
-        if chart:
-            with open(base + ".svg", "w") as f:
-                f.write(chart)
-        md = report.markdown(doc, os.path.basename(base) + ".svg" if chart else None)
-        with open(base + ".json", "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-        with open(base + ".md", "w") as f:
-            f.write(md)
-        print(md)
-        log(f"wrote {base}.md, .json" + (", .svg" if chart else "")
-            + f" in {doc['duration_s'] / 60:.1f} min")
+        base = write_outputs(doc, args)
+        log(f"wrote {base}.md, .json, .svg in {doc['duration_s'] / 60:.1f} min")
         return 0 if all(r["status"] == "ok" for r in results) else 1
     except Interrupted as e:
         log(f"interrupted ({e}); cleaning up")

@@ -17,6 +17,7 @@
 //! copies (every destination but the last gets a copy, the last gets the original).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_queue::ArrayQueue;
 
@@ -88,12 +89,47 @@ pub struct FrameMeta {
     pub vnet: VnetHdr,
 }
 
-struct PoolInner {
+/// Largest frame a GSO buffer holds: a 64 KiB IP packet (the most a virtio-net header can
+/// describe) behind an Ethernet header and two VLAN tags.
+pub const GSO_MAX_FRAME: usize = 65_535 + 14 + 8;
+
+/// Idle GSO buffers a pool keeps (each is 64 KiB).
+const GSO_MAX_FREE: usize = 32;
+
+struct SizeClass {
     free: ArrayQueue<Box<[u8]>>,
     buf_size: usize,
 }
 
-/// A pool of fixed-size frame buffers. Cloning is cheap (an `Arc`); clones share the buffers.
+impl SizeClass {
+    fn new(max_frame: usize, max_free: usize) -> Self {
+        SizeClass {
+            free: ArrayQueue::new(max_free.max(1)),
+            buf_size: HEADROOM + max_frame,
+        }
+    }
+
+    fn take(&self) -> Box<[u8]> {
+        self.free
+            .pop()
+            .unwrap_or_else(|| vec![0u8; self.buf_size].into_boxed_slice())
+    }
+}
+
+struct PoolInner {
+    small: SizeClass,
+    /// Buffers for GSO frames (up to [`GSO_MAX_FRAME`]), when the pool has them.
+    large: Option<SizeClass>,
+    /// Large buffers in flight (idle ones in the free list are not counted).
+    large_live: AtomicUsize,
+    /// Most large buffers allowed in flight at once.
+    large_limit: usize,
+}
+
+/// A pool of frame buffers in two size classes: buffers for frames up to the MTU, and (when
+/// built with [`FramePool::with_gso`]) 64 KiB buffers for GSO frames from offload-capable links,
+/// of which at most a fixed number are in flight at once. Cloning is cheap (an `Arc`); clones
+/// share the buffers.
 #[derive(Clone)]
 pub struct FramePool {
     inner: Arc<PoolInner>,
@@ -102,41 +138,66 @@ pub struct FramePool {
 impl std::fmt::Debug for FramePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FramePool")
-            .field("buf_size", &self.inner.buf_size)
-            .field("free", &self.inner.free.len())
+            .field("buf_size", &self.inner.small.buf_size)
+            .field("free", &self.inner.small.free.len())
+            .field("large_live", &self.inner.large_live.load(Ordering::Relaxed))
             .finish()
     }
 }
 
 impl FramePool {
     /// A pool whose buffers hold frames of up to `max_frame` bytes (plus [`HEADROOM`]), keeping
-    /// at most `max_free` idle buffers around.
+    /// at most `max_free` idle buffers around. It has no GSO buffers.
     pub fn new(max_frame: usize, max_free: usize) -> Self {
+        Self::build(max_frame, max_free, None)
+    }
+
+    /// Like [`FramePool::new`], plus GSO buffers of [`GSO_MAX_FRAME`] bytes, at most
+    /// `large_limit` of them in flight at once (the memory bound for offloaded traffic:
+    /// `large_limit` x 64 KiB).
+    pub fn with_gso(max_frame: usize, max_free: usize, large_limit: usize) -> Self {
+        Self::build(max_frame, max_free, Some(large_limit))
+    }
+
+    fn build(max_frame: usize, max_free: usize, large_limit: Option<usize>) -> Self {
+        let large = large_limit
+            .filter(|_| max_frame < GSO_MAX_FRAME)
+            .map(|l| SizeClass::new(GSO_MAX_FRAME, GSO_MAX_FREE.min(l.max(1))));
         FramePool {
             inner: Arc::new(PoolInner {
-                free: ArrayQueue::new(max_free.max(1)),
-                buf_size: HEADROOM + max_frame,
+                small: SizeClass::new(max_frame, max_free),
+                large,
+                large_live: AtomicUsize::new(0),
+                large_limit: large_limit.unwrap_or(0),
             }),
         }
     }
 
-    /// Largest frame a buffer of this pool holds.
+    /// Largest frame a regular buffer of this pool holds.
     pub fn max_frame(&self) -> usize {
-        self.inner.buf_size - HEADROOM
+        self.inner.small.buf_size - HEADROOM
     }
 
-    /// Idle buffers currently held by the pool.
+    /// Largest frame any buffer of this pool holds: [`GSO_MAX_FRAME`] when the pool has GSO
+    /// buffers (or its regular buffers are that large), else [`Self::max_frame`].
+    pub fn max_large_frame(&self) -> usize {
+        match &self.inner.large {
+            Some(l) => l.buf_size - HEADROOM,
+            None => self.max_frame(),
+        }
+    }
+
+    /// Idle regular buffers currently held by the pool.
     pub fn idle(&self) -> usize {
-        self.inner.free.len()
+        self.inner.small.free.len()
     }
 
-    /// Takes an empty frame (length 0) from the pool, allocating only if the pool is empty.
-    pub fn alloc(&self) -> Frame {
-        let buf = self
-            .inner
-            .free
-            .pop()
-            .unwrap_or_else(|| vec![0u8; self.inner.buf_size].into_boxed_slice());
+    /// GSO buffers in flight now (idle ones in the free list are not counted).
+    pub fn large_in_use(&self) -> usize {
+        self.inner.large_live.load(Ordering::Relaxed)
+    }
+
+    fn frame(&self, buf: Box<[u8]>) -> Frame {
         Frame {
             buf: Some(buf),
             start: HEADROOM,
@@ -146,14 +207,47 @@ impl FramePool {
         }
     }
 
-    /// A frame holding a copy of `data`, or `None` if `data` is longer than [`Self::max_frame`].
-    pub fn frame_from(&self, data: &[u8]) -> Option<Frame> {
-        if data.len() > self.max_frame() {
+    /// Takes an empty frame (length 0) from the pool, allocating only if the pool is empty.
+    pub fn alloc(&self) -> Frame {
+        self.frame(self.inner.small.take())
+    }
+
+    /// Takes an empty frame with room for [`Self::max_large_frame`] bytes. Without GSO buffers
+    /// this is [`Self::alloc`]; `None` when the limit of GSO buffers in flight is reached.
+    pub fn alloc_large(&self) -> Option<Frame> {
+        let Some(large) = &self.inner.large else {
+            return Some(self.alloc());
+        };
+        let inner = &self.inner;
+        let prev = inner.large_live.fetch_add(1, Ordering::AcqRel);
+        if prev >= inner.large_limit {
+            inner.large_live.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        let mut f = self.alloc();
-        f.buf_mut()[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
-        f.len = data.len();
+        Some(self.frame(large.take()))
+    }
+
+    /// A frame holding a copy of `data` (in a GSO buffer if it needs one), or `None` if `data`
+    /// is longer than [`Self::max_large_frame`] or no GSO buffer is free.
+    pub fn frame_from(&self, data: &[u8]) -> Option<Frame> {
+        self.frame_from_parts(data, &[])
+    }
+
+    /// A frame holding `head` followed by `tail` (e.g. replicated headers and one segment's
+    /// payload), with the same size rules as [`Self::frame_from`].
+    pub fn frame_from_parts(&self, head: &[u8], tail: &[u8]) -> Option<Frame> {
+        let len = head.len() + tail.len();
+        let mut f = if len <= self.max_frame() {
+            self.alloc()
+        } else if len <= self.max_large_frame() {
+            self.alloc_large()?
+        } else {
+            return None;
+        };
+        let area = &mut f.buf_mut()[HEADROOM..HEADROOM + len];
+        area[..head.len()].copy_from_slice(head);
+        area[head.len()..].copy_from_slice(tail);
+        f.len = len;
         Some(f)
     }
 }
@@ -266,11 +360,17 @@ impl Frame {
 
 impl Drop for Frame {
     fn drop(&mut self) {
-        if let (Some(buf), Some(pool)) = (self.buf.take(), self.pool.take())
-            && buf.len() == pool.buf_size
+        let (Some(buf), Some(pool)) = (self.buf.take(), self.pool.take()) else {
+            return;
+        };
+        // A full free list just frees the buffer.
+        if buf.len() == pool.small.buf_size {
+            let _ = pool.small.free.push(buf);
+        } else if let Some(large) = &pool.large
+            && buf.len() == large.buf_size
         {
-            // A full pool just frees the buffer.
-            let _ = pool.free.push(buf);
+            pool.large_live.fetch_sub(1, Ordering::AcqRel);
+            let _ = large.free.push(buf);
         }
     }
 }

@@ -91,6 +91,7 @@ pub mod frame;
 pub mod gateway;
 pub mod link;
 pub mod nat;
+pub mod offload;
 pub mod sandbox;
 pub mod spawn;
 pub mod wire;

@@ -283,6 +283,7 @@ fn child(
             vnet_hdr: true,
             mtu: Some(opts.mtu),
             up: false,
+            offload: true,
         },
     )
     .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
@@ -433,6 +434,7 @@ pub fn tap_in_namespace(
                     vnet_hdr: true,
                     mtu: Some(mtu),
                     up: false,
+                    offload: true,
                 },
             )
             .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;

@@ -618,3 +618,88 @@ fn json_api_over_the_control_socket() {
     drop(server);
     assert!(!sock.exists(), "socket file removed");
 }
+
+/// A TCP GSO frame of `payload` bytes from `src` to `dst`, cut at `mss`, as an offload-capable
+/// guest hands it over: right lengths, a pending checksum, a virtio-net header.
+fn tso_frame(dst: Mac, src: Mac, payload: &[u8], mss: u16) -> usernet::frame::Frame {
+    use usernet::frame::VnetHdr;
+    let mut bytes = Vec::new();
+    etherparse::PacketBuilder::ethernet2(src.0, dst.0)
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .tcp(40000, 80, 7, 65535)
+        .ack(1)
+        .psh()
+        .write(&mut bytes, payload)
+        .expect("builds");
+    let mut f = usernet::frame::Frame::from_slice(&bytes);
+    f.meta.vnet = VnetHdr {
+        flags: VnetHdr::F_NEEDS_CSUM,
+        gso_type: usernet::offload::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: mss,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    f
+}
+
+#[test]
+fn gso_frames_pass_to_offload_ports_and_are_segmented_for_the_others() {
+    use usernet::offload::Offloads;
+    let mut rig = Rig::new(1);
+    rig.net("n");
+    // `g` and `v` take offloaded frames (an in-process VMM, say); `p` does not.
+    for (name, off) in [("g", Offloads::ALL), ("v", Offloads::ALL)] {
+        let (engine_end, peer) =
+            MemoryLink::pair_with_offloads(256, MAX_FRAME, off).expect("memory pair");
+        rig.h
+            .add_port("n", name, PortPolicy::default(), Box::new(engine_end))
+            .expect("add port");
+        rig.peers.insert(name.to_string(), peer);
+    }
+    rig.port("n", "p", 256);
+    let (g, v, p) = (mac(1), mac(2), mac(3));
+    rig.learn_all(&[("g", g), ("v", v), ("p", p)]);
+
+    let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    // To an offload port: one frame, untouched.
+    let big = tso_frame(v, g, &payload, 1000);
+    let want = big.data().to_vec();
+    assert!(rig.peer("g").send(big).is_ok(), "GSO frame accepted");
+    let got = rig.peer("v").recv_timeout(ARRIVE).expect("GSO frame at v");
+    assert_eq!(got.data(), &want[..]);
+    assert_eq!(got.meta.vnet.gso_type, usernet::offload::GSO_TCPV4);
+
+    // To a plain port: 20 segments with valid checksums and the payload in order.
+    assert!(rig.peer("g").send(tso_frame(p, g, &payload, 1000)).is_ok());
+    let mut joined = Vec::new();
+    for i in 0..20u32 {
+        let seg = rig.recv("p");
+        assert!(seg.len() <= 54 + 1000, "segment {i} is {} bytes", seg.len());
+        let pkt = etherparse::SlicedPacket::from_ethernet(&seg).expect("segment parses");
+        let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Tcp(tcp))) =
+            (pkt.net, pkt.transport)
+        else {
+            panic!("segment {i} is not TCP/IPv4")
+        };
+        let csum = tcp
+            .to_header()
+            .calc_checksum_ipv4(&ip.header().to_header(), tcp.payload())
+            .expect("fits");
+        assert_eq!(tcp.checksum(), csum, "segment {i} checksum");
+        assert_eq!(tcp.sequence_number(), 7 + i * 1000);
+        assert_eq!(tcp.psh(), i == 19, "PSH on the last segment only");
+        joined.extend_from_slice(tcp.payload());
+    }
+    assert_eq!(joined, payload);
+    rig.assert_silent("p");
+
+    // A GSO frame whose headers lie (not TCP at all) is counted, not delivered, at `p`.
+    let mut liar = usernet::frame::Frame::from_slice(&frame(p, g, 3000, 1));
+    liar.meta.vnet = tso_frame(p, g, &[0], 1000).meta.vnet;
+    assert!(rig.peer("g").send(liar).is_ok());
+    rig.assert_silent("p");
+    let ok = wait_until(ARRIVE, || rig.stats("p").drops["bad_offload"] == 1);
+    assert!(ok, "bad_offload counted: {:?}", rig.stats("p"));
+    assert_invariant(&rig.h);
+}

@@ -120,6 +120,7 @@ fn packet_opts() -> PacketOptions {
     PacketOptions {
         up: false,
         promisc: false,
+        ..PacketOptions::default()
     }
 }
 
@@ -151,6 +152,7 @@ fn tap_without_vnet_hdr_frames_both_ways() {
         vnet_hdr: false,
         mtu: Some(9000),
         up: true,
+        ..TapOptions::default()
     };
     let mut tap = TapLink::create(&name, &opts).expect("create TAP");
     assert!(!tap.vnet_hdr());
@@ -380,11 +382,12 @@ fn packet_veth_roundtrip_and_no_echo() {
         &PacketOptions {
             up: true,
             promisc: true,
+            ..PacketOptions::default()
         },
     )
     .expect("open b");
     assert_eq!(a.kind(), "packet");
-    assert!(!a.caps().vnet_hdr);
+    assert!(a.caps().vnet_hdr, "PACKET_VNET_HDR on by default");
     let pool = FramePool::new(1600, 64);
 
     let bytes = test_frame(marker(), 200);

@@ -83,11 +83,14 @@ pub enum DropReason {
     RingFull,
     /// Egress: the link refused the frame.
     LinkError,
+    /// Egress: a GSO or partial-checksum frame whose headers did not allow segmenting or
+    /// checksumming it for a link without offloads.
+    BadOffload,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
@@ -99,6 +102,7 @@ impl DropReason {
         DropReason::NoDestination,
         DropReason::RingFull,
         DropReason::LinkError,
+        DropReason::BadOffload,
     ];
 
     /// Stable name used in stats output.
@@ -113,12 +117,16 @@ impl DropReason {
             DropReason::NoDestination => "no_destination",
             DropReason::RingFull => "ring_full",
             DropReason::LinkError => "link_error",
+            DropReason::BadOffload => "bad_offload",
         }
     }
 
     /// True for reasons counted on the egress side.
     pub fn is_egress(self) -> bool {
-        matches!(self, DropReason::RingFull | DropReason::LinkError)
+        matches!(
+            self,
+            DropReason::RingFull | DropReason::LinkError | DropReason::BadOffload
+        )
     }
 }
 

@@ -94,6 +94,10 @@ pub struct PortSpec {
     /// MTU to set on a TAP usernet creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// TAP offloads (TSO/USO and checksum via `TUNSETOFFLOAD`; see [`crate::offload`]).
+    /// Default: on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<bool>,
     /// Isolated ports reach only non-isolated ones (Docker `--icc=false`).
     #[serde(default)]
     pub isolated: bool,
@@ -120,6 +124,7 @@ impl PortSpec {
             packet: None,
             stream: None,
             mtu: None,
+            offload: None,
             isolated: false,
             learning: true,
             flood: true,
@@ -453,6 +458,7 @@ impl Handle {
         }
         let tap_opts = TapOptions {
             mtu: spec.mtu,
+            offload: spec.offload.unwrap_or(true),
             ..TapOptions::default()
         };
         let (link, watch): (Box<dyn Link>, Option<Watch>) = match &backend {
@@ -480,6 +486,7 @@ impl Handle {
                     &PacketOptions {
                         up: true,
                         promisc: true,
+                        offload: spec.offload.unwrap_or(true),
                     },
                 )?;
                 let idx = link.ifindex();

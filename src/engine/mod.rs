@@ -16,6 +16,11 @@
 //! 4. on its `Waker`, runs control commands (add or remove a link) and flushes the ports whose
 //!    rings other loops filled.
 //!
+//! Offloads: frames from a TAP with offloads may be 64 KiB GSO frames or lack their checksum.
+//! When a port's TX ring is drained into its link, each frame goes through
+//! [`offload::adapt`]: passed on untouched to a link that takes it (another offload TAP),
+//! segmented and checksummed in software for any other (the egress loop does that work).
+//!
 //! A link that would block on write keeps at most one batch in its own pending queue and waits
 //! for a writable event; meanwhile its TX ring fills and further frames for it are dropped and
 //! counted (`ring_full`). So a slow or stuck port costs the others nothing.
@@ -42,6 +47,7 @@ use crate::bridge::{Bridge, Clock, DropReason, MonotonicClock, Port, PortId};
 use crate::control::Handle;
 use crate::frame::{Frame, FramePool};
 use crate::link::Link;
+use crate::offload::{self, Offloads};
 
 /// Frames read per `recv_batch` call.
 pub const BATCH: usize = 64;
@@ -61,6 +67,9 @@ pub struct EngineConfig {
     pub ring: usize,
     /// Idle buffers the pool keeps.
     pub pool_free: usize,
+    /// Most 64 KiB GSO buffers (frames from offload-capable TAPs) in flight at once: the memory
+    /// bound for offloaded traffic. When reached, further GSO frames are dropped (oversize).
+    pub gso_buffers: usize,
 }
 
 impl Default for EngineConfig {
@@ -71,6 +80,7 @@ impl Default for EngineConfig {
             max_frame: 1500 + 14 + 8,
             ring: crate::bridge::DEFAULT_RING,
             pool_free: 4096,
+            gso_buffers: 512,
         }
     }
 }
@@ -146,7 +156,7 @@ impl Engine {
     /// Starts the event loops with the given clock (tests use a [`crate::bridge::ManualClock`]).
     pub fn start_with_clock(mut cfg: EngineConfig, clock: Arc<dyn Clock>) -> io::Result<Engine> {
         cfg.loops = cfg.loops.max(1);
-        let pool = FramePool::new(cfg.max_frame, cfg.pool_free);
+        let pool = FramePool::with_gso(cfg.max_frame, cfg.pool_free, cfg.gso_buffers);
         let mut polls = Vec::new();
         let mut ctls = Vec::new();
         let mut rxs = Vec::new();
@@ -255,6 +265,8 @@ fn watch_loop(h: Handle) {
 struct LocalPort {
     port: Arc<Port>,
     link: Box<dyn Link>,
+    /// What the link takes on transmit as it is; other offloaded frames are adapted.
+    tx_offloads: Offloads,
     pending: VecDeque<Frame>,
 }
 
@@ -380,9 +392,11 @@ impl LoopState {
             .ports
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(port = %port.name, kind = link.kind(), loop_idx = self.idx, "port up");
+        let tx_offloads = link.caps().tx;
         self.slots[slot] = Some(LocalPort {
             port,
             link,
+            tx_offloads,
             pending: VecDeque::with_capacity(BATCH),
         });
         // Frames may have arrived before registration.
@@ -497,10 +511,12 @@ impl LoopState {
         let c = &lp.port.counters;
         loop {
             if lp.pending.is_empty() {
+                let pool = self.shared.bridge.pool();
                 while lp.pending.len() < BATCH {
-                    match lp.port.tx.pop() {
-                        Some(f) => lp.pending.push_back(f),
-                        None => break,
+                    let Some(f) = lp.port.tx.pop() else { break };
+                    if let Err(e) = offload::adapt(f, lp.tx_offloads, pool, &mut lp.pending) {
+                        c.drop_n(DropReason::BadOffload, 1);
+                        tracing::trace!(port = %lp.port.name, "offloaded frame dropped: {e}");
                     }
                 }
                 if lp.pending.is_empty() {

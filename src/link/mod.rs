@@ -57,8 +57,14 @@ impl LinkError {
 pub struct LinkCaps {
     /// Frames on this link carry a virtio-net header (offload metadata).
     pub vnet_hdr: bool,
-    /// Largest frame (Ethernet header included, virtio-net header excluded) the link carries.
+    /// Largest frame (Ethernet header included, virtio-net header excluded) the link carries
+    /// as a plain frame; GSO frames the link accepts ([`LinkCaps::tx`]) may be larger.
     pub max_frame: usize,
+    /// Offloaded frames the link takes as they are on transmit; others are segmented or
+    /// checksummed in software first ([`crate::offload::adapt`]).
+    pub tx: crate::offload::Offloads,
+    /// The link may hand over GSO frames of up to 64 KiB (it reads into GSO buffers).
+    pub rx_gso: bool,
 }
 
 /// A frame source and sink over one file descriptor. See the module docs.

@@ -34,7 +34,7 @@ use std::path::Path;
 
 use super::netns::{self, validate_ifname};
 use super::{Link, LinkCaps, LinkError, OpenError, RecvStats, SendStats, classify};
-use crate::frame::{Frame, FramePool};
+use crate::frame::{Frame, FramePool, VNET_HDR_LEN, VnetHdr};
 
 /// Ethernet header plus one 802.1Q tag: what a frame adds to the interface MTU.
 const L2_OVERHEAD: usize = 14 + 4;
@@ -43,8 +43,12 @@ const DEFAULT_MTU: u32 = 1500;
 /// Initial size of the batch arrays; they grow to the largest `max` asked for.
 const INITIAL_BATCH: usize = 64;
 
+/// Receive slots per `recvmmsg` call when frames may be 64 KiB GSO frames: bounds the GSO
+/// buffers one packet link keeps ready (8 x 64 KiB).
+const GSO_BATCH: usize = 8;
+
 /// How to open a packet link.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PacketOptions {
     /// Bring the interface up if it is down.
     pub up: bool,
@@ -52,6 +56,20 @@ pub struct PacketOptions {
     /// the interface's own, i.e. to switch for other hosts). The kernel drops the membership
     /// when the socket closes.
     pub promisc: bool,
+    /// Use virtio-net headers (`PACKET_VNET_HDR`): frames keep their offload state (pending
+    /// checksums, GSO) both ways, so bulk TCP from a veth peer with TSO and checksum offload
+    /// (Linux's defaults) arrives as it should. Default: true.
+    pub offload: bool,
+}
+
+impl Default for PacketOptions {
+    fn default() -> Self {
+        PacketOptions {
+            up: false,
+            promisc: false,
+            offload: true,
+        }
+    }
 }
 
 /// The per-message arrays handed to `recvmmsg`/`sendmmsg`.
@@ -97,6 +115,8 @@ pub struct PacketLink {
     ifname: String,
     ifindex: u32,
     max_frame: usize,
+    /// Bytes of virtio-net header in front of each frame (0 or 10).
+    vnet_len: usize,
     batch: Batch,
     /// Receive buffers; slot `i` backs message `i`. Filled slots are handed out, the others
     /// are kept for the next call.
@@ -207,13 +227,26 @@ impl PacketLink {
             tracing::debug!(ifname, error = %e, "PACKET_IGNORE_OUTGOING unavailable");
         }
 
+        let vnet_len = if opts.offload {
+            match setsockopt(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one) {
+                Ok(()) => VNET_HDR_LEN,
+                Err(e) => {
+                    tracing::debug!(ifname, error = %e, "PACKET_VNET_HDR unavailable");
+                    0
+                }
+            }
+        } else {
+            0
+        };
+
         let mtu = netns::mtu_on(fd.as_fd(), ifname).unwrap_or(DEFAULT_MTU);
-        tracing::debug!(ifname, ifindex, mtu, "packet link open");
+        tracing::debug!(ifname, ifindex, mtu, vnet_len, "packet link open");
         Ok(PacketLink {
             fd,
             ifname: ifname.to_string(),
             ifindex,
             max_frame: mtu as usize + L2_OVERHEAD,
+            vnet_len,
             batch: Batch::new(),
             slots: Vec::new(),
         })
@@ -274,9 +307,18 @@ impl Link for PacketLink {
     }
 
     fn caps(&self) -> LinkCaps {
+        let vnet = self.vnet_len > 0;
         LinkCaps {
-            vnet_hdr: false,
+            vnet_hdr: vnet,
             max_frame: self.max_frame,
+            // `packet_snd` builds GSO skbs from the header (`virtio_net_hdr_to_skb`); the
+            // kernel segments them if the interface cannot.
+            tx: if vnet {
+                crate::offload::Offloads::ALL
+            } else {
+                crate::offload::Offloads::NONE
+            },
+            rx_gso: vnet,
         }
     }
 
@@ -290,20 +332,29 @@ impl Link for PacketLink {
         if max == 0 {
             return Ok(st);
         }
-        self.batch.reserve(max);
-        if self.slots.len() < max {
-            self.slots.resize_with(max, || None);
+        let vl = self.vnet_len;
+        // With virtio-net headers a frame may be a 64 KiB GSO frame: fewer, larger slots.
+        let per_call = if vl > 0 { max.min(GSO_BATCH) } else { max };
+        let want_cap = if vl > 0 {
+            pool.max_large_frame()
+        } else {
+            pool.max_frame()
+        };
+        self.batch.reserve(per_call);
+        if self.slots.len() < per_call {
+            self.slots.resize_with(per_call, || None);
         }
         while st.frames < max {
-            let want = max - st.frames;
+            let want = (max - st.frames).min(per_call);
             for i in 0..want {
                 let slot = &mut self.slots[i];
                 let frame = match slot.take() {
-                    Some(f) if f.capacity() == pool.max_frame() => f,
+                    Some(f) if f.capacity() == want_cap => f,
+                    _ if vl > 0 => pool.alloc_large().unwrap_or_else(|| pool.alloc()),
                     _ => pool.alloc(),
                 };
                 let frame = slot.insert(frame);
-                let area = frame.recv_area(0);
+                let area = frame.recv_area(vl);
                 self.batch.iovs[i] = libc::iovec {
                     iov_base: area.as_mut_ptr().cast(),
                     iov_len: area.len(),
@@ -358,18 +409,45 @@ impl Link for PacketLink {
                 let outgoing = self.batch.addrs[i].sll_pkttype == libc::PACKET_OUTGOING;
                 let truncated = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0
                     || len > self.batch.iovs[i].iov_len;
-                if outgoing || len == 0 {
+                if outgoing || len <= vl {
                     continue;
                 }
                 if truncated {
                     st.oversize += 1;
                     continue;
                 }
-                if let Some(mut f) = self.slots[i].take() {
-                    f.set_received(len);
-                    out.push(f);
-                    st.frames += 1;
+                let Some(mut f) = self.slots[i].take() else {
+                    continue;
+                };
+                let mut meta = VnetHdr::default();
+                if vl > 0 {
+                    let mut h = [0u8; VNET_HDR_LEN];
+                    h.copy_from_slice(&f.recv_area(vl)[..VNET_HDR_LEN]);
+                    meta = VnetHdr::from_bytes(&h);
                 }
+                if len - vl > self.max_frame && meta.gso_type == 0 {
+                    // Larger than the MTU and not a GSO frame.
+                    st.oversize += 1;
+                    self.slots[i] = Some(f);
+                    continue;
+                }
+                f.set_received(len - vl);
+                // A small frame in a GSO buffer moves to a regular one; the slot keeps the
+                // GSO buffer for the next call.
+                if f.capacity() > pool.max_frame()
+                    && f.len() <= pool.max_frame()
+                    && let Some(small) = pool.frame_from(f.data())
+                {
+                    self.slots[i] = Some(std::mem::replace(&mut f, small));
+                }
+                f.meta.vnet = meta;
+                out.push(f);
+                st.frames += 1;
+            }
+            if r < want {
+                // The socket is drained for now (recvmmsg returned fewer than asked).
+                st.drained = true;
+                break;
             }
         }
         Ok(st)
@@ -379,11 +457,16 @@ impl Link for PacketLink {
         let mut st = SendStats::default();
         while !queue.is_empty() {
             let n = queue.len().min(self.batch.hdrs.len());
-            for (i, frame) in queue.iter().take(n).enumerate() {
-                let data = frame.data();
+            let vl = self.vnet_len;
+            for (i, frame) in queue.iter_mut().take(n).enumerate() {
+                let h = frame.meta.vnet.to_bytes();
+                let data = frame.with_prefix_mut(vl);
+                if vl > 0 && data.len() >= vl {
+                    data[..vl].copy_from_slice(&h[..vl]);
+                }
                 self.batch.iovs[i] = libc::iovec {
                     // The kernel only reads through this pointer (sendmmsg).
-                    iov_base: data.as_ptr().cast_mut().cast(),
+                    iov_base: data.as_mut_ptr().cast(),
                     iov_len: data.len(),
                 };
                 let hdr = &mut self.batch.hdrs[i];

@@ -157,6 +157,7 @@ impl Link for StreamLink {
         LinkCaps {
             vnet_hdr: false,
             max_frame: self.max_frame,
+            ..LinkCaps::default()
         }
     }
 

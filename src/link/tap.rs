@@ -19,9 +19,15 @@
 //! set, every frame on the fd is preceded by a virtio-net header (10 bytes by default, 12 if an
 //! adopted fd was configured that way). The header is parsed into [`FrameMeta`] on receive and
 //! written back from it on send; it is read straight into, and written straight from, the
-//! frame's headroom, so no payload is copied. No offloads are enabled (`TUNSETOFFLOAD` is not
-//! used), so the kernel hands us fully formed, checksummed frames and the header is all zero in
-//! practice; the plumbing is there for later.
+//! frame's headroom, so no payload is copied.
+//!
+//! Offloads ([`TapOptions::offload`], on by default): `TUNSETOFFLOAD` announces checksum, TSO4,
+//! TSO6 (with ECN) and, on Linux 6.2+, USO4/USO6 on the interface, so the stack in the
+//! namespace hands us TCP and UDP super-frames of up to 64 KiB and leaves checksums to us
+//! (`NEEDS_CSUM`). Such a link reads into 64 KiB GSO buffers from the pool (a small frame read
+//! that way moves to a regular buffer at once); writes take any GSO frame, since the kernel
+//! accepts them with virtio-net headers whatever the interface announces. Links without
+//! offloads get segmented, checksummed frames ([`crate::offload`]).
 //!
 //! Receiving uses `readv` into the frame's buffer plus one spare byte: the kernel silently
 //! truncates a frame that does not fit and returns the truncated length, so a read that reaches
@@ -60,6 +66,10 @@ pub struct TapOptions {
     pub mtu: Option<u32>,
     /// Bring the interface up. Default: true.
     pub up: bool,
+    /// Enable offloads (`TUNSETOFFLOAD`: checksum, TSO4/6 with ECN, USO4/6 where the kernel
+    /// has them) when virtio-net headers are in use, so the kernel hands over 64 KiB TCP and
+    /// UDP super-frames and leaves checksums to us. Default: true.
+    pub offload: bool,
 }
 
 impl Default for TapOptions {
@@ -68,6 +78,7 @@ impl Default for TapOptions {
             vnet_hdr: true,
             mtu: None,
             up: true,
+            offload: true,
         }
     }
 }
@@ -80,6 +91,8 @@ pub struct TapLink {
     /// Bytes of virtio-net header in front of each frame on the fd (0, 10 or 12).
     vnet_len: usize,
     max_frame: usize,
+    /// Offloads enabled with `TUNSETOFFLOAD`: the kernel may hand over GSO frames.
+    rx_gso: bool,
     /// A pooled frame kept between reads that found nothing, so empty reads do not churn the
     /// pool.
     spare: Option<Frame>,
@@ -148,6 +161,7 @@ impl TapLink {
         let name = ifreq_name(&ifr);
 
         let vnet_len = if vnet { vnet_hdr_size(raw, &name)? } else { 0 };
+        let rx_gso = vnet_len > 0 && opts.offload && set_offloads(raw, &name);
         if let Some(mtu) = opts.mtu {
             netns::set_mtu(&name, mtu)?;
         }
@@ -155,8 +169,8 @@ impl TapLink {
             netns::set_link_up(&name)?;
         }
         let mtu = netns::mtu(&name).unwrap_or(DEFAULT_MTU);
-        tracing::debug!(tap = %name, vnet_len, mtu, "TAP open");
-        Ok(TapLink::assemble(fd, name, vnet_len, mtu))
+        tracing::debug!(tap = %name, vnet_len, mtu, rx_gso, "TAP open");
+        Ok(TapLink::assemble(fd, name, vnet_len, mtu, rx_gso))
     }
 
     /// Creates (or attaches to) the TAP interface `ifname` inside the network namespace at
@@ -173,8 +187,9 @@ impl TapLink {
     }
 
     /// Adopts an open TAP fd (handed over by a container runtime or a VMM). Its name and
-    /// virtio-net header setting are read from the kernel; the fd is made non-blocking. Fails
-    /// for a TUN (layer 3) fd or one opened without `IFF_NO_PI`.
+    /// virtio-net header setting are read from the kernel; the fd is made non-blocking, and
+    /// offloads are enabled when it carries virtio-net headers. Fails for a TUN (layer 3) fd or
+    /// one opened without `IFF_NO_PI`.
     pub fn from_fd(fd: OwnedFd) -> Result<TapLink, OpenError> {
         let raw = fd.as_raw_fd();
         let mut ifr = ifreq_for("");
@@ -211,17 +226,19 @@ impl TapLink {
             )));
         }
 
+        let rx_gso = vnet_len > 0 && set_offloads(raw, &name);
         let mtu = adopted_mtu(&fd, &name).unwrap_or(DEFAULT_MTU);
-        tracing::debug!(tap = %name, vnet_len, mtu, "TAP adopted");
-        Ok(TapLink::assemble(fd, name, vnet_len, mtu))
+        tracing::debug!(tap = %name, vnet_len, mtu, rx_gso, "TAP adopted");
+        Ok(TapLink::assemble(fd, name, vnet_len, mtu, rx_gso))
     }
 
-    fn assemble(fd: OwnedFd, name: String, vnet_len: usize, mtu: u32) -> TapLink {
+    fn assemble(fd: OwnedFd, name: String, vnet_len: usize, mtu: u32, rx_gso: bool) -> TapLink {
         TapLink {
             fd,
             name,
             vnet_len,
             max_frame: mtu as usize + L2_OVERHEAD,
+            rx_gso,
             spare: None,
         }
     }
@@ -236,13 +253,39 @@ impl TapLink {
         self.vnet_len > 0
     }
 
-    /// A frame to read into: the spare one if it fits `pool`, else a new one from `pool`.
+    /// True when offloads are on: reads may return GSO frames of up to 64 KiB.
+    pub fn offloads(&self) -> bool {
+        self.rx_gso
+    }
+
+    /// A frame to read into: the spare one if it is the size wanted, else a new one from
+    /// `pool` (a GSO buffer when offloads are on and one is free).
     fn take_frame(&mut self, pool: &FramePool) -> Frame {
+        let want = if self.rx_gso {
+            pool.max_large_frame()
+        } else {
+            pool.max_frame()
+        };
         match self.spare.take() {
-            Some(f) if f.capacity() == pool.max_frame() => f,
+            Some(f) if f.capacity() == want => f,
+            _ if self.rx_gso => pool.alloc_large().unwrap_or_else(|| pool.alloc()),
             _ => pool.alloc(),
         }
     }
+}
+
+/// Asks the kernel for checksum, TSO and USO offloads on TAP fd `raw` (USO only exists since
+/// Linux 6.2, so it is dropped if refused). Returns false if no offload could be enabled.
+fn set_offloads(raw: RawFd, name: &str) -> bool {
+    let base = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+    for flags in [base | libc::TUN_F_USO4 | libc::TUN_F_USO6, base] {
+        // SAFETY: TUNSETOFFLOAD takes its flags as the integer argument.
+        if unsafe { ioctl(raw, libc::TUNSETOFFLOAD, flags as libc::c_ulong) }.is_ok() {
+            return true;
+        }
+    }
+    tracing::debug!(tap = name, "TUNSETOFFLOAD refused; no offloads");
+    false
 }
 
 /// The virtio-net header size of TAP fd `raw`; 10 or 12, otherwise reset to 10.
@@ -298,6 +341,14 @@ impl Link for TapLink {
         LinkCaps {
             vnet_hdr: self.vnet_hdr(),
             max_frame: self.max_frame,
+            // With virtio-net headers the kernel takes any GSO frame on write
+            // (`virtio_net_hdr_to_skb`), whatever offloads the interface announces.
+            tx: if self.vnet_hdr() {
+                crate::offload::Offloads::ALL
+            } else {
+                crate::offload::Offloads::NONE
+            },
+            rx_gso: self.rx_gso,
         }
     }
 
@@ -364,12 +415,29 @@ impl Link for TapLink {
                 self.spare = Some(frame);
                 continue;
             }
+            let mut meta = VnetHdr::default();
             if vl > 0 {
                 let mut h = [0u8; VNET_HDR_LEN];
                 h.copy_from_slice(&area[..VNET_HDR_LEN]);
-                frame.meta.vnet = VnetHdr::from_bytes(&h);
+                meta = VnetHdr::from_bytes(&h);
             }
-            frame.set_received(n - vl);
+            let len = n - vl;
+            if len > self.max_frame && meta.gso_type == 0 {
+                // Larger than the MTU and not a GSO frame: what a NIC would not have sent.
+                st.oversize += 1;
+                self.spare = Some(frame);
+                continue;
+            }
+            frame.set_received(len);
+            // A small frame read into a GSO buffer moves to a regular one (a cheap copy), so
+            // GSO buffers are only held by frames that need them; the GSO buffer stays spare.
+            if frame.capacity() > pool.max_frame()
+                && len <= pool.max_frame()
+                && let Some(small) = pool.frame_from(frame.data())
+            {
+                self.spare = Some(std::mem::replace(&mut frame, small));
+            }
+            frame.meta.vnet = meta;
             out.push(frame);
             st.frames += 1;
         }

@@ -152,6 +152,9 @@ enum PortCmd {
         /// MTU for a TAP usernet creates.
         #[arg(long)]
         mtu: Option<u32>,
+        /// Turn TAP offloads (TSO, checksum) off for this port.
+        #[arg(long)]
+        no_offload: bool,
         /// Isolated port: reaches only non-isolated ports.
         #[arg(long)]
         isolated: bool,
@@ -218,6 +221,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             ifname,
             packet,
             mtu,
+            no_offload,
             isolated,
         }) => {
             let mut p = PortSpec::new(&network, &name);
@@ -226,6 +230,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             p.ifname = ifname;
             p.packet = packet;
             p.mtu = mtu;
+            p.offload = no_offload.then_some(false);
             p.isolated = isolated;
             Request::AddPort { port: p }
         }

@@ -471,6 +471,9 @@ def tcp_rep(j, m):
            **m}
     if m.get("proc_cpu_s") is not None and gbit > 0:
         rep["cpu_s_per_gbit"] = round(m["proc_cpu_s"] / gbit, 4)
+    if m.get("system_cpu_s") is not None and gbit > 0:
+        # Whole machine: iperf3 at both ends, softirq, the switch; comparable for kernel paths.
+        rep["machine_cpu_s_per_gbit"] = round(m["system_cpu_s"] / gbit, 4)
     return rep
 
 
@@ -479,6 +482,7 @@ def summarize_tcp(reps, extra=None):
     out = {"reps": reps, "gbps": med("gbps"), "gbps_min": min(r["gbps"] for r in reps),
            "gbps_max": max(r["gbps"] for r in reps), "retransmits": med("retransmits"),
            "proc_cpu_s": med("proc_cpu_s"), "cpu_s_per_gbit": med("cpu_s_per_gbit"),
+           "machine_cpu_s_per_gbit": med("machine_cpu_s_per_gbit"),
            "system_cpu_s": med("system_cpu_s"), "wall_s": med("wall_s"),
            "stalled_intervals": sum(r["stalled_intervals"] for r in reps)}
     if extra:

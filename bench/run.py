@@ -55,20 +55,21 @@ def parse_args(argv):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suites", default=",".join(SUITES), help="l2,nat,mem (default: all)")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 1 rep x 3 s, MTU 1500 only, memory for 1 and 3 namespaces")
-    ap.add_argument("--time", type=int, default=5, help="seconds per iperf3 run (default 5)")
-    ap.add_argument("--reps", type=int, default=3, help="TCP repetitions, median (default 3)")
-    ap.add_argument("--mtus", default="1500,9000,65520", help="L2 MTUs")
+                    help="smoke run: 1 rep x 3 s, MTU 1500 only, memory for 1 and 3 namespaces "
+                    "(options given explicitly still apply)")
+    ap.add_argument("--time", type=int, help="seconds per iperf3 run (default 5)")
+    ap.add_argument("--reps", type=int, help="TCP repetitions, median (default 3)")
+    ap.add_argument("--mtus", help="L2 MTUs (default 1500,9000,65520)")
     ap.add_argument("--udp-mtus", default="1500", help="L2 MTUs with the 64 B UDP tests")
     ap.add_argument("--udp-rate", default="0",
                     help="iperf3 -b of the unlimited 64 B UDP test (default 0 = unlimited)")
     ap.add_argument("--pings", type=int, default=50, help="ping count (default 50)")
     ap.add_argument("--l2-systems", default=",".join(l2.SYSTEMS))
-    ap.add_argument("--nat-mtus", default="1500,65520", help="NAT MTUs")
+    ap.add_argument("--nat-mtus", help="NAT MTUs (default 1500,65520)")
     ap.add_argument("--nat-systems", default=",".join(nat.SYSTEMS))
     ap.add_argument("--nat-tests", default=",".join(nat.TESTS))
     ap.add_argument("--mem-systems", default=",".join(mem.SYSTEMS))
-    ap.add_argument("--mem-counts", default="1,20", help="namespace counts (default 1,20)")
+    ap.add_argument("--mem-counts", help="namespace counts (default 1,20)")
     ap.add_argument("--loops", type=int, default=1, help="usernet [engine] loops (default 1)")
     ap.add_argument("--usernet", default=os.path.join(REPO, "target", "release", "usernet"),
                     help="usernet binary (default target/release/usernet)")
@@ -83,8 +84,13 @@ def parse_args(argv):
                     "results JSON this script wrote")
     a = ap.parse_args(argv)
     a.suites = names(a.suites, SUITES, ap, "suites")
-    if a.quick:
-        a.reps, a.time, a.mtus, a.nat_mtus, a.mem_counts = 1, 3, "1500", "1500", "1,3"
+    # Defaults, or --quick's; options given on the command line win over both.
+    quick = {"reps": 1, "time": 3, "mtus": "1500", "nat_mtus": "1500", "mem_counts": "1,3"}
+    full = {"reps": 3, "time": 5, "mtus": "1500,9000,65520", "nat_mtus": "1500,65520",
+            "mem_counts": "1,20"}
+    for k, v in (quick if a.quick else full).items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
     a.mtus, a.udp_mtus, a.nat_mtus, a.mem_counts = (ints(a.mtus), ints(a.udp_mtus),
                                                     ints(a.nat_mtus), ints(a.mem_counts))
     a.l2_systems = names(a.l2_systems, l2.SYSTEMS, ap, "l2-systems")

@@ -266,14 +266,15 @@ def markdown(doc, chart_name=None):
 # -------------------------------------------------------------------------------- chart ----
 
 def chart_groups(results):
-    """[(group title, [(series key, value or None, failed reason)])]."""
+    """[(group title, [(series key, value or None, failed reason, (min, max))])]."""
     groups = []
     l2 = [r for r in results if r.get("suite") == "l2"]
     for mtu in sorted({r["mtu"] for r in l2}):
         bars = []
         for r in (r for r in l2 if r["mtu"] == mtu):
             x = get(r, "tcp", "gbps")
-            bars.append((r["system"], x, None if x is not None else (r.get("error") or "failed")))
+            bars.append((r["system"], x, None if x is not None else (r.get("error") or "failed"),
+                         (get(r, "tcp", "gbps_min"), get(r, "tcp", "gbps_max"))))
         groups.append((f"L2 TCP, MTU {mtu}", bars))
     nat = [r for r in results if r.get("suite") == "nat"]
     for t in ("egress", "forward"):
@@ -286,7 +287,8 @@ def chart_groups(results):
                                 else {r["system"]: {}})
                 for label, v in variants.items():
                     x = get(v, t, "gbps")
-                    bars.append((label, x, None if x is not None else "failed"))
+                    bars.append((label, x, None if x is not None else "failed",
+                                 (get(v, t, "gbps_min"), get(v, t, "gbps_max"))))
             groups.append((f"NAT {t}, MTU {mtu}", bars))
     return groups
 
@@ -298,12 +300,13 @@ def svg(doc):
     bw, gap, top, left, plot_h = 14, 26, 50, 56, 300
     series = []
     for _, bars in groups:
-        for k, _, _ in bars:
+        for k, *_ in bars:
             if k not in series:
                 series.append(k)
     width = left + sum(len(b) * bw + gap for _, b in groups) + 20
-    width = max(width, 760)
-    vmax = max([x for _, b in groups for _, x, _ in b if x is not None] + [1.0])
+    width = max(width, 820)
+    vmax = max([x for _, b in groups for _, x, _, (_, hi) in b for x in (x, hi)
+                if x is not None] + [1.0])
     step = next(s for s in (0.5, 1, 2, 5, 10, 20, 50, 100) if vmax / s <= 8)
     ymax = step * (int(vmax / step) + 1)
     legend_rows = (len(series) + 4) // 5
@@ -314,10 +317,11 @@ def svg(doc):
          f'<rect width="{width}" height="{height}" fill="white"/>',
          f'<text x="{left}" y="20" font-size="14" font-weight="bold">TCP throughput, Gbit/s '
          f'(iperf3, median of {doc["params"]["reps"]}; all in one run)</text>',
-         f'<text x="{left}" y="36" fill="#555">{html.escape(doc["machine"]["timestamp"])}, '
+         f'<text x="{left}" y="36" fill="#555">{html.escape(doc["machine"]["timestamp"][:16])}, '
          f'{doc["machine"]["nproc"]} vCPU, kernel '
          f'{html.escape(doc["machine"]["kernel"])}; usernet '
-         f'{html.escape(doc["machine"]["usernet_rev"])}; ✗ = failed (see the table)</text>']
+         f'{html.escape(doc["machine"]["usernet_rev"])}; whiskers: min–max; ✗: failed, see the '
+         f'table</text>']
     v = 0.0
     while v <= ymax + 1e-9:
         o.append(f'<line x1="{left}" x2="{width - 10}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
@@ -327,7 +331,7 @@ def svg(doc):
     x = left + gap / 2
     for title, bars in groups:
         gx = x
-        for k, val, fail in bars:
+        for k, val, fail, (lo, hi) in bars:
             c = COLORS.get(k, "#444")
             if val is None:
                 o.append(f'<text x="{x + bw / 2:.1f}" y="{y(0) - 4:.1f}" text-anchor="middle" '
@@ -337,8 +341,12 @@ def svg(doc):
                 o.append(f'<rect x="{x:.1f}" y="{y(val):.1f}" width="{bw - 2}" '
                          f'height="{y(0) - y(val):.1f}" fill="{c}"><title>'
                          f'{html.escape(SERIES_LABELS.get(k, k))}: {val:.2f} Gbit/s</title></rect>')
+                if lo is not None and hi is not None and hi > lo:
+                    cx = x + (bw - 2) / 2
+                    o.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(lo):.1f}" '
+                             f'y2="{y(hi):.1f}" stroke="#000" stroke-width="1"/>')
                 if k == "usernet":
-                    o.append(f'<text x="{x + bw / 2:.1f}" y="{y(val) - 3:.1f}" '
+                    o.append(f'<text x="{x + bw / 2:.1f}" y="{y(max(val, hi or 0)) - 3:.1f}" '
                              f'text-anchor="middle" font-size="9">{val:.1f}</text>')
             x += bw
         o.append(f'<text x="{(gx + x) / 2:.1f}" y="{top + plot_h + 16}" text-anchor="middle">'

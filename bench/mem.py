@@ -57,6 +57,7 @@ def run_nat_case(system, n, ctx):
     sb = nat.Sandbox(f"m{n}")
     guests = [f"{PREFIX}m{n}g{i}" for i in range(n)]
     procs = []
+    server = None
     try:
         sb.up()
         for g in guests:
@@ -94,6 +95,8 @@ def run_nat_case(system, n, ctx):
         RES.stop(server)
         return procs, startup, errors
     except BaseException:
+        if server is not None:
+            RES.stop(server)
         for p in procs:
             p.stop()
         raise
@@ -113,11 +116,13 @@ def run_case(system, n, ctx):
                                        stdout=RES.open_log(f"iperf3-{system}-m{n}.log")[1],
                                        stderr=subprocess.STDOUT)
                     time.sleep(0.3)
-                    for ns in topo.eps[1:]:
-                        err = traffic(ns, topo.ips[0], topo.ips[0], topo.alive)
-                        if err:
-                            errors[ns] = err
-                    RES.stop(server)
+                    try:
+                        for ns in topo.eps[1:]:
+                            err = traffic(ns, topo.ips[0], topo.ips[0], topo.alive)
+                            if err:
+                                errors[ns] = err
+                    finally:
+                        RES.stop(server)
                 else:
                     res["note"] = "one namespace on a plain switch has no peer: idle"
                 measure_mem(res, topo.pids(), errors)

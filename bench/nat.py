@@ -21,7 +21,7 @@ import shutil
 import sys
 
 from common import (RES, CaseFailed, Meter, Proc, PREFIX, get, iperf3, link_has_addr,
-                    link_mtu, list_links, listening, log, proc_comm, proc_cpu_s, run,
+                    link_mtu, list_links, listening, log, nsexec, proc_comm, proc_cpu_s, run,
                     slirp_api, sum_status_kib, summarize_tcp, tcp_rep, usernet_ctl,
                     usernet_drops, wait_until)
 
@@ -231,6 +231,14 @@ def run_case(system, mtu, ctx):
     try:
         with Topology(system, mtu, ctx) as topo:
             res["processes"] = [proc_comm(topo.proc.pid)]
+            # Connectivity first: ping the host's address through the NAT. A failure is noted
+            # but does not end the case (the TCP tests say for themselves whether TCP passes).
+            r = run(nsexec(topo.g, ["ping", "-c", "2", "-i", "0.2", "-W", "2", "-q",
+                                    HOST_ADDR]), timeout=15, check=False)
+            topo.alive()
+            res["connectivity"] = ("ok" if r.returncode == 0 else
+                                   f"ping {HOST_ADDR} from the guest failed: "
+                                   f"{r.stdout.strip()[-120:]}")
             try:
                 for label, egress, forward in topo.variants:
                     v = res["variants"].setdefault(label, {})

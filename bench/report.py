@@ -84,6 +84,8 @@ def nat_table(results, args, notes):
         for r in rows:
             variants = r.get("variants") or {r["system"]: {}}
             status = _status(r, notes, f"NAT {r['system']} MTU {mtu}")
+            if r.get("connectivity") not in (None, "ok"):
+                notes.append(f"- NAT {r['system']} MTU {mtu}: {r['connectivity']}")
             for label, v in variants.items():
                 row = [str(mtu), label]
                 for t in ("egress", "forward"):

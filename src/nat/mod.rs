@@ -33,6 +33,7 @@ use serde::Serialize;
 pub mod forward;
 pub mod forward_rt;
 pub mod icmp;
+pub mod splice;
 pub mod tcp;
 pub mod udp;
 

@@ -253,6 +253,9 @@ pub struct ForwardInfo {
     pub publish: String,
     /// Target endpoint name or IP.
     pub to: String,
+    /// Relayed by the kernel (`splice`) from inside the endpoint's namespace.
+    #[serde(default)]
+    pub splice: bool,
 }
 
 /// Commands from the control API to a gateway's thread.

@@ -5,7 +5,7 @@
 //! # Input
 //!
 //! A list of events, each an op byte then its fields (read with [`Reader`], zeros past the end):
-//! - raw frames from a guest port;
+//! - raw frames from a guest port (op 0: a 1-byte length, op 1: 2 bytes, big-endian);
 //! - plausible frames from a *station* (a MAC and an address on a guest port): ARP, DHCP
 //!   (discover, request, release, decline, inform), DNS over UDP (A/AAAA/ANY/PTR for local and
 //!   outside names), ICMP echo, UDP, TCP segments (SYN, ACK with data, FIN, RST — with sequence
@@ -1090,12 +1090,17 @@ pub fn run(data: &[u8]) -> World {
         }
         let op = r.u8();
         match op % 16 {
-            0 | 1 => {
-                // A raw frame from a guest port.
-                let [port, len] = r.array::<2>();
-                let net = usize::from(port) % NETS.len();
+            k @ (0 | 1) => {
+                // A raw frame from a guest port: op 0 with a 1-byte length, op 1 with 2 bytes.
+                let port = r.u8();
+                let len = if k == 0 {
+                    usize::from(r.u8())
+                } else {
+                    usize::from(u16::from_be_bytes(r.array::<2>()))
+                };
+                let net = usize::from(port & 3) % NETS.len();
                 let p = usize::from(port >> 2) % GUESTS;
-                let n = usize::from(len).min(r.rest().len());
+                let n = len.min(r.rest().len());
                 let bytes = r.rest()[..n].to_vec();
                 for _ in 0..n {
                     r.u8();
@@ -1137,18 +1142,23 @@ pub fn run(data: &[u8]) -> World {
     w
 }
 
-/// The event bytes of a captured exchange: each frame from a guest port as a raw-frame event
-/// (network `net`, port `port`), with a host-readiness and a 1 ms clock event after each, so
-/// replies flow. Frames longer than 255 bytes are cut (the event's length is one byte).
+/// The event bytes of a captured exchange: each frame a guest sent, as a raw-frame event from
+/// guest port `port` of network `net` (op 1, 2-byte length), each followed by a 1 ms clock step
+/// with host readiness (op 15), so replies and NAT completions flow as they did live.
 pub fn events_from_frames(net: u8, port: u8, frames: &[Vec<u8>]) -> Vec<u8> {
     let mut v = Vec::new();
     for f in frames {
-        let n = f.len().min(255);
-        v.push(0);
-        v.push(net % NETS.len() as u8 | (port << 2));
-        v.push(n as u8);
+        let n = f.len().min(usize::from(u16::MAX));
+        v.push(1);
+        v.push((net & 3) | ((port & 1) << 2));
+        v.extend((n as u16).to_be_bytes());
         v.extend_from_slice(&f[..n]);
         v.push(15);
     }
     v
+}
+
+/// The gateway MAC of network `i` in this harness (captured frames are rewritten to it).
+pub fn gateway_mac(i: usize) -> Mac {
+    gw_mac(i)
 }

@@ -155,6 +155,20 @@ fn datapath_seeds_reach_the_gateway_and_nat() {
     let w = harness::datapath::run(&seed("ipv6-ndp"));
     assert!(gw(&w, 0, "router_adverts") >= 2);
     assert!(gw(&w, 0, "ndp_adverts") >= 1);
+
+    // Captured from real clients (tests/capture_seeds.rs): udhcpc, dig, ping, curl, SLAAC.
+    let w = harness::datapath::run(&seed("captured-session"));
+    assert!(
+        gw(&w, 0, "dhcp_replies") >= 1,
+        "udhcpc's DISCOVER got an OFFER"
+    );
+    assert!(gw(&w, 0, "dns_udp") >= 4);
+    assert!(gw(&w, 0, "echo_replies") >= 4, "ping and ping -6 answered");
+    assert!(gw(&w, 0, "arp_replies") >= 1);
+    assert!(
+        nat(&w, 0, "tcp_flows") >= 1,
+        "curl's SYN reached the (fake) host"
+    );
 }
 
 // ---- crashes found by the fuzzers (inputs inline) ----

@@ -8,7 +8,13 @@
 //! just a port, learned, flooded to and isolated like the others.
 //!
 //! Each gateway runs on its own thread with its own mio `Poll`: frames from the bridge arrive on
-//! the memory link, answers go back the same way. It handles:
+//! the memory link, answers go back the same way. The thread is a thin loop around a [`Driver`],
+//! which does all the work synchronously — [`Driver::frame`] for a frame, [`Driver::host_ready`]
+//! for a NAT socket's readiness, [`Driver::tick`] for timers — each with an explicit `now`, and
+//! collects the frames to send. NAT opens its host sockets through a [`HostSockets`]: the
+//! kernel's ([`OsSockets`]) on the thread; [`standalone`] builds a gateway and driver with any
+//! other (the `datapath` fuzz target passes an in-memory fake and a virtual clock), so the code
+//! fuzzed is the code that runs. It handles:
 //! - ARP requests for its address, and announces itself with a gratuitous ARP ([`arp`]);
 //! - ICMP and ICMPv6 echo to its addresses;
 //! - DHCPv4 ([`dhcp`]): leases from the subnet, the client's hostname registered in DNS;

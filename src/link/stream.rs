@@ -357,4 +357,40 @@ mod tests {
         let e = link.recv_batch(&pool, &mut out, 64).expect_err("gone");
         assert!(e.to_string().contains("middle"), "{e}");
     }
+
+    #[test]
+    fn decoder_byte_by_byte_in_order_and_bounded() {
+        let mut stream = Vec::new();
+        for n in [0usize, 1, 60, 1514] {
+            encode_record(&vec![n as u8; n], &mut stream);
+        }
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        for b in &stream {
+            d.push(std::slice::from_ref(b));
+            while let Some(f) = d.next_frame(1514).expect("within the maximum") {
+                got.push(f.to_vec());
+            }
+            assert!(d.buffered() < 4 + 1514);
+        }
+        let lens: Vec<usize> = got.iter().map(Vec::len).collect();
+        assert_eq!(lens, [0, 1, 60, 1514]);
+        assert!(
+            got.iter()
+                .all(|f| f.iter().all(|&b| usize::from(b) == f.len() % 256))
+        );
+        assert_eq!(d.buffered(), 0);
+
+        // A length over the maximum is reported once its prefix is complete.
+        d.push(&[0, 0, 0x05]);
+        assert_eq!(d.next_frame(1514), Ok(None));
+        d.push(&[0xeb]);
+        assert_eq!(
+            d.next_frame(1514),
+            Err(FrameTooLong {
+                len: 1515,
+                max: 1514
+            })
+        );
+    }
 }

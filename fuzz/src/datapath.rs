@@ -420,7 +420,7 @@ impl World {
         let br = Arc::new(Bridge::new(clock.clone(), FramePool::new(1522, 64)));
         let epoch = Instant::now();
         let mut nets = Vec::new();
-        for (i, &(name, net, v6, internal, cap)) in NETS.iter().enumerate() {
+        for (i, &(name, _, v6, internal, cap)) in NETS.iter().enumerate() {
             br.add_network(
                 name,
                 FdbConfig {
@@ -440,7 +440,6 @@ impl World {
             cfg.lease_secs = 120;
             let base = u32::from(subnet(i).network());
             cfg.dhcp_range = Some((Ipv4Addr::from(base + 100), Ipv4Addr::from(base + 103)));
-            let _ = net;
             let gw_port = br
                 .add_port(
                     name,
@@ -612,18 +611,11 @@ impl World {
         let Some(TransportSlice::Tcp(t)) = p.transport else {
             return;
         };
-        let (src, dst) = match p.net {
-            Some(NetSlice::Ipv4(ip)) => (
-                IpAddr::V4(ip.header().source_addr()),
-                IpAddr::V4(ip.header().destination_addr()),
-            ),
-            Some(NetSlice::Ipv6(ip)) => (
-                IpAddr::V6(ip.header().source_addr()),
-                IpAddr::V6(ip.header().destination_addr()),
-            ),
+        let src = match p.net {
+            Some(NetSlice::Ipv4(ip)) => IpAddr::V4(ip.header().source_addr()),
+            Some(NetSlice::Ipv6(ip)) => IpAddr::V6(ip.header().source_addr()),
             _ => return,
         };
-        let _ = dst;
         let Some(mac) = frame.get(..6).and_then(|m| <[u8; 6]>::try_from(m).ok()) else {
             return;
         };
@@ -826,12 +818,11 @@ const NAMES: [&str; 8] = [
     "usernet.",
 ];
 
-fn dns_payload(id: u16, sel: u8, net: usize) -> Vec<u8> {
+fn dns_payload(id: u16, sel: u8) -> Vec<u8> {
     let name = NAMES[usize::from(sel) % NAMES.len()];
     let fqdn = if name.ends_with('.') {
         name.to_string()
     } else {
-        let _ = net;
         format!("{name}.usernet.")
     };
     let qtype = [
@@ -969,7 +960,7 @@ impl World {
             }
             2 => {
                 let [id, q] = r.array::<2>();
-                let payload = dns_payload(u16::from(id), q, s.net);
+                let payload = dns_payload(u16::from(id), q);
                 let dst = if v6 {
                     IpAddr::V6(gw6(s.net))
                 } else {
@@ -1019,7 +1010,7 @@ impl World {
                 // Flags: SYN, then ACK (+data, +FIN), or RST, picked by `flags`.
                 let (fl, ack, data): (u8, Option<u32>, Vec<u8>) = match flags % 6 {
                     0 => (1, None, Vec::new()),
-                    1 | 2 => (8, st.theirs, dns_tcp(len, &s)),
+                    1 | 2 => (8, st.theirs, dns_tcp(len)),
                     3 => (2, st.theirs, Vec::new()),
                     4 => (4, st.theirs, Vec::new()),
                     _ => (0, st.theirs, Vec::new()),
@@ -1050,9 +1041,9 @@ impl World {
 }
 
 /// A TCP payload: a DNS query with its length prefix, or plain bytes.
-fn dns_tcp(len: u8, s: &Station) -> Vec<u8> {
+fn dns_tcp(len: u8) -> Vec<u8> {
     if len & 1 == 0 {
-        let q = dns_payload(u16::from(len), len >> 1, s.net);
+        let q = dns_payload(u16::from(len), len >> 1);
         let mut v = (q.len() as u16).to_be_bytes().to_vec();
         v.extend(q);
         v

@@ -37,13 +37,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etherparse::{IpNumber, PacketBuilder, TcpSlice};
-use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SInstant;
 use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 
+use super::host::{HostSockets, HostStream, OsSockets};
 use super::{NatConfig, NatCounters, host_destination, token};
 use crate::gateway::tcp::QueueDevice;
 
@@ -69,7 +69,7 @@ enum State {
 
 struct Flow {
     key: Key,
-    host: TcpStream,
+    host: Box<dyn HostStream>,
     sock: Option<SocketHandle>,
     state: State,
     to_host: Vec<u8>,
@@ -83,6 +83,7 @@ struct Flow {
 /// The TCP half of a gateway's NAT. See the module docs.
 pub struct TcpNat {
     cfg: Arc<NatConfig>,
+    host: Arc<dyn HostSockets>,
     counters: Arc<NatCounters>,
     iface: Interface,
     dev: QueueDevice,
@@ -96,24 +97,44 @@ pub struct TcpNat {
     epoch: Instant,
 }
 
-fn smol_now(epoch: Instant) -> SInstant {
-    SInstant::from_micros(epoch.elapsed().as_micros() as i64)
+/// smoltcp's clock: microseconds from `epoch` to `now`.
+fn smol_now(epoch: Instant, now: Instant) -> SInstant {
+    SInstant::from_micros(now.saturating_duration_since(epoch).as_micros() as i64)
 }
 
 impl TcpNat {
-    /// A NAT for a gateway with addresses `addrs` (with prefixes) and link MTU `mtu`.
+    /// A NAT for a gateway with addresses `addrs` (with prefixes) and link MTU `mtu`, with the
+    /// kernel's sockets; its clock starts now.
     pub fn new(
         cfg: Arc<NatConfig>,
         counters: Arc<NatCounters>,
         addrs: &[IpCidr],
         mtu: usize,
     ) -> Self {
+        Self::with_host(
+            cfg,
+            counters,
+            addrs,
+            mtu,
+            OsSockets::shared(),
+            Instant::now(),
+        )
+    }
+
+    /// A NAT whose host connections come from `host` and whose clock starts at `epoch`.
+    pub fn with_host(
+        cfg: Arc<NatConfig>,
+        counters: Arc<NatCounters>,
+        addrs: &[IpCidr],
+        mtu: usize,
+        host: Arc<dyn HostSockets>,
+        epoch: Instant,
+    ) -> Self {
         let mut dev = QueueDevice {
             rx: Default::default(),
             tx: Vec::new(),
             mtu,
         };
-        let epoch = Instant::now();
         let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut dev, SInstant::ZERO);
         iface.update_ip_addrs(|a| {
             for c in addrs {
@@ -127,6 +148,7 @@ impl TcpNat {
         }
         TcpNat {
             cfg,
+            host,
             counters,
             iface,
             dev,
@@ -177,11 +199,10 @@ impl TcpNat {
         if matches!(f.state, State::Connecting { .. }) {
             self.connecting = self.connecting.saturating_sub(1);
         }
-        let _ = reg.deregister(&mut f.host);
+        let _ = reg.deregister(&mut *f.host);
         if reset_host {
             // SO_LINGER 0: close sends an RST to the host peer.
-            let sock = socket2::SockRef::from(&f.host);
-            let _ = sock.set_linger(Some(Duration::ZERO));
+            f.host.reset_on_close();
         }
         if let Some(h) = f.sock {
             self.sockets.remove(h);
@@ -204,11 +225,12 @@ impl TcpNat {
 
     /// A TCP segment from a guest, as the whole IP packet. `other_flows` is the number of
     /// UDP/ICMP flows (all, and this guest's), for the shared limits. Returns packets to send
-    /// back (RST, ICMP).
+    /// back (RST, ICMP). `now` is the gateway's clock.
     #[allow(clippy::too_many_arguments)]
     pub fn from_guest(
         &mut self,
         reg: &Registry,
+        now: Instant,
         packet: &[u8],
         src: SocketAddr,
         dst: SocketAddr,
@@ -219,7 +241,7 @@ impl TcpNat {
         let key = (src, dst);
         if let Some(&idx) = self.by_key.get(&key) {
             if let Some(Some(f)) = self.flows.get_mut(idx) {
-                f.last = Instant::now();
+                f.last = now;
                 match f.state {
                     State::Connecting { .. } => {} // SYN retransmission: still connecting
                     State::Open => self.dev.rx.push_back(packet.to_vec()),
@@ -243,7 +265,7 @@ impl TcpNat {
             out.push(rst_for(src, dst, seg));
             return;
         }
-        let host = match connect(SocketAddr::new(host_ip, dst.port()), &self.cfg) {
+        let host = match connect(&*self.host, SocketAddr::new(host_ip, dst.port()), &self.cfg) {
             Ok(h) => h,
             Err(e) => {
                 out.push(self.connect_failed(&e, src, dst, seg, packet));
@@ -256,20 +278,20 @@ impl TcpNat {
             sock: None,
             state: State::Connecting {
                 syn: packet.to_vec(),
-                since: Instant::now(),
+                since: now,
             },
             to_host: Vec::new(),
             host_eof: false,
             host_shut: false,
             fin_sent: false,
             established: false,
-            last: Instant::now(),
+            last: now,
         });
         self.connecting += 1;
         if let Some(Some(f)) = self.flows.get_mut(idx)
             && reg
                 .register(
-                    &mut f.host,
+                    &mut *f.host,
                     token::make(token::TCP, idx),
                     Interest::READABLE | Interest::WRITABLE,
                 )
@@ -310,7 +332,8 @@ impl TcpNat {
     pub fn connect_to_guest(
         &mut self,
         reg: &Registry,
-        host: TcpStream,
+        now: Instant,
+        host: Box<dyn HostStream>,
         from: SocketAddr,
         guest: SocketAddr,
     ) -> io::Result<()> {
@@ -332,11 +355,11 @@ impl TcpNat {
             host_shut: false,
             fin_sent: false,
             established: false,
-            last: Instant::now(),
+            last: now,
         });
         if let Some(Some(f)) = self.flows.get_mut(idx)
             && let Err(e) = reg.register(
-                &mut f.host,
+                &mut *f.host,
                 token::make(token::TCP, idx),
                 Interest::READABLE | Interest::WRITABLE,
             )
@@ -406,8 +429,8 @@ impl TcpNat {
     }
 
     /// Runs smoltcp and splices every open flow. Returns IP packets for guests in `out`.
-    pub fn poll(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>) {
-        let now = smol_now(self.epoch);
+    pub fn poll(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>, clock: Instant) {
+        let now = smol_now(self.epoch, clock);
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
         let mut dead = Vec::new();
         for idx in 0..self.flows.len() {
@@ -418,7 +441,7 @@ impl TcpNat {
                 continue;
             };
             let s = self.sockets.get_mut::<tcp::Socket>(h);
-            match pump(f, s) {
+            match pump(f, s, clock) {
                 Pump::Alive => {}
                 Pump::Done => dead.push((idx, false)),
                 Pump::Reset => dead.push((idx, true)),
@@ -432,21 +455,20 @@ impl TcpNat {
     }
 
     /// Connect timeouts and idle flows. Returns packets (RSTs) for guests.
-    pub fn expire(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>) {
-        let now = Instant::now();
+    pub fn expire(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>, now: Instant) {
         let mut dead = Vec::new();
         for (idx, f) in self.flows.iter().enumerate() {
             let Some(f) = f else { continue };
             match &f.state {
                 State::Connecting { syn, since }
-                    if now.duration_since(*since) > self.cfg.connect_timeout =>
+                    if now.saturating_duration_since(*since) > self.cfg.connect_timeout =>
                 {
                     if let Some(seg) = parse_tcp(syn) {
                         out.push(rst_for(f.key.0, f.key.1, &seg));
                     }
                     dead.push((idx, false));
                 }
-                State::Open if now.duration_since(f.last) > self.cfg.tcp_idle => {
+                State::Open if now.saturating_duration_since(f.last) > self.cfg.tcp_idle => {
                     dead.push((idx, true))
                 }
                 _ => {}
@@ -463,8 +485,8 @@ impl TcpNat {
     }
 
     /// When smoltcp next needs to run (retransmissions, delayed ACKs).
-    pub fn poll_delay(&mut self) -> Option<Duration> {
-        let now = smol_now(self.epoch);
+    pub fn poll_delay(&mut self, clock: Instant) -> Option<Duration> {
+        let now = smol_now(self.epoch, clock);
         self.iface
             .poll_delay(now, &self.sockets)
             .map(|d| Duration::from_micros(d.total_micros()))
@@ -481,25 +503,23 @@ fn new_socket(buf: usize) -> tcp::Socket<'static> {
     s
 }
 
-fn connect(to: SocketAddr, cfg: &NatConfig) -> io::Result<TcpStream> {
-    let domain = socket2::Domain::for_address(to);
-    let s = socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), None)?;
-    match (to.ip(), cfg.outbound4, cfg.outbound6) {
+/// Starts a host connect to `to` through `host`, from the configured outbound address
+/// (except towards loopback).
+fn connect(
+    host: &dyn HostSockets,
+    to: SocketAddr,
+    cfg: &NatConfig,
+) -> io::Result<Box<dyn HostStream>> {
+    let bind = match (to.ip(), cfg.outbound4, cfg.outbound6) {
         (IpAddr::V4(_), Some(a), _) if !to.ip().is_loopback() => {
-            s.bind(&SocketAddr::new(IpAddr::V4(a), 0).into())?
+            Some(SocketAddr::new(IpAddr::V4(a), 0))
         }
         (IpAddr::V6(_), _, Some(a)) if !to.ip().is_loopback() => {
-            s.bind(&SocketAddr::new(IpAddr::V6(a), 0).into())?
+            Some(SocketAddr::new(IpAddr::V6(a), 0))
         }
-        _ => {}
-    }
-    let _ = s.set_tcp_nodelay(true);
-    match s.connect(&to.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(TcpStream::from_std(s.into()))
+        _ => None,
+    };
+    host.tcp_connect(to, bind)
 }
 
 enum Pump {
@@ -508,7 +528,7 @@ enum Pump {
     Reset,
 }
 
-fn pump(f: &mut Flow, s: &mut tcp::Socket<'_>) -> Pump {
+fn pump(f: &mut Flow, s: &mut tcp::Socket<'_>, now: Instant) -> Pump {
     use tcp::State as S;
     if matches!(
         s.state(),
@@ -529,7 +549,7 @@ fn pump(f: &mut Flow, s: &mut tcp::Socket<'_>) -> Pump {
                 Ok(0) => return Pump::Reset,
                 Ok(n) => {
                     f.to_host.drain(..n);
-                    f.last = Instant::now();
+                    f.last = now;
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -578,7 +598,7 @@ fn pump(f: &mut Flow, s: &mut tcp::Socket<'_>) -> Pump {
             break;
         }
         match err {
-            None => f.last = Instant::now(),
+            None => f.last = now,
             Some(io::ErrorKind::UnexpectedEof) => f.host_eof = true,
             Some(io::ErrorKind::WouldBlock) => break,
             Some(io::ErrorKind::Interrupted) => continue,

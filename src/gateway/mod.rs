@@ -61,7 +61,7 @@ pub mod tcp;
 use crate::bridge::{PortId, PortPolicy};
 use crate::control::Handle;
 use crate::error::{Error, Result};
-use crate::frame::{Frame, FramePool};
+use crate::frame::{Frame, FramePool, VnetHdr};
 use crate::link::Link;
 use crate::link::memory::MemoryLink;
 use crate::nat::host::{HostSockets, OsSockets};
@@ -479,7 +479,10 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
     );
     let (gw, cmd_rx) = build_gateway(cfg.clone(), waker.clone(), Instant::now())?;
     let (switch_end, gw_end) =
-        MemoryLink::pair(1024, max_frame).map_err(|e| Error::Io("gateway link".into(), e))?;
+        // TCP GSO frames and pending checksums pass both ways (NAT's TCP takes and makes 64 KiB
+        // segments); UDP GSO is cut by the engine.
+        MemoryLink::pair_with_offloads(1024, max_frame, GATEWAY_OFFLOADS)
+            .map_err(|e| Error::Io("gateway link".into(), e))?;
     let registry = poll
         .registry()
         .try_clone()
@@ -596,7 +599,7 @@ fn run(mut d: Driver, handle: Handle, mut link: MemoryLink, mut poll: Poll) {
             match link.recv_batch(&pool, &mut frames, 64) {
                 Ok(st) => {
                     for f in frames.drain(..) {
-                        d.frame(f.data(), now);
+                        d.frame_with(f.data(), f.meta.vnet, now);
                     }
                     if st.drained {
                         break;
@@ -616,10 +619,21 @@ fn run(mut d: Driver, handle: Handle, mut link: MemoryLink, mut poll: Poll) {
 
 /// Sends the driver's output frames to the bridge; a full queue drops them, as a NIC would.
 fn flush(d: &mut Driver, link: &MemoryLink) {
-    for f in d.tx.drain(..) {
-        let _ = link.send(Frame::from_slice(&f));
+    for (bytes, vnet) in d.tx.drain(..) {
+        let mut f = Frame::from_slice(&bytes);
+        f.meta.vnet = vnet;
+        let _ = link.send(f);
     }
 }
+
+/// The offloads the gateway's link takes: TCP segmentation and pending checksums.
+const GATEWAY_OFFLOADS: crate::offload::Offloads = crate::offload::Offloads {
+    csum: true,
+    tso4: true,
+    tso6: true,
+    tso_ecn: true,
+    uso: false,
+};
 
 const LINK: Token = Token(0);
 const WAKE: Token = Token(1);
@@ -659,7 +673,9 @@ pub struct Driver {
     names: HashMap<(String, bool), IpAddr>,
     tcp: tcp::TcpDns,
     max_frame: usize,
-    tx: Vec<Vec<u8>>,
+    tx: Vec<(Vec<u8>, VnetHdr)>,
+    /// The virtio-net header of the frame being handled (offload state from its link).
+    rx_vnet: VnetHdr,
     next_ra: Instant,
     ra_burst: u32,
     next_expire: Instant,
@@ -724,6 +740,7 @@ impl Driver {
         let (out_tx, out_rx) = crossbeam_channel::unbounded();
         Driver {
             max_frame: usize::from(gw.cfg.mtu) + 22,
+            rx_vnet: VnetHdr::default(),
             gw,
             names_of,
             waker,
@@ -785,7 +802,7 @@ impl Driver {
         let mut out = Vec::new();
         nat.ready(&self.registry, token, &resolve, &mut out, now);
         for p in out {
-            self.send_ip(&p);
+            self.send_nat_ip(&p);
         }
     }
 
@@ -839,7 +856,7 @@ impl Driver {
             }
         }
         for p in out.drain(..) {
-            self.send_ip(&p);
+            self.send_nat_ip(&p);
         }
         if now >= self.next_ra {
             self.router_advert(ndp::ALL_NODES, ndp::multicast_mac(ndp::ALL_NODES));
@@ -856,6 +873,13 @@ impl Driver {
 
     /// The frames the gateway sent since the last call, oldest first.
     pub fn take_frames(&mut self) -> Vec<Vec<u8>> {
+        self.tx.drain(..).map(|(f, _)| f).collect()
+    }
+
+    /// Like [`Self::take_frames`], with each frame's offload state: NAT's TCP segments leave
+    /// their checksum to the last hop and may be 64 KiB GSO frames
+    /// ([`crate::offload::adapt`] finishes them for links that need it).
+    pub fn take_output(&mut self) -> Vec<(Vec<u8>, VnetHdr)> {
         std::mem::take(&mut self.tx)
     }
 
@@ -875,8 +899,15 @@ impl Driver {
     }
 
     fn send(&mut self, frame: Vec<u8>) {
-        if frame.len() <= self.max_frame && self.tx.len() < MAX_PENDING_FRAMES {
-            self.tx.push(frame);
+        self.send_with(frame, VnetHdr::default());
+    }
+
+    /// Queues a frame with its offload state (a GSO frame may exceed the MTU).
+    fn send_with(&mut self, frame: Vec<u8>, vnet: VnetHdr) {
+        let fits = frame.len() <= self.max_frame
+            || (vnet.gso_type != 0 && frame.len() <= crate::frame::GSO_MAX_FRAME);
+        if fits && self.tx.len() < MAX_PENDING_FRAMES {
+            self.tx.push((frame, vnet));
         }
     }
 
@@ -886,6 +917,15 @@ impl Driver {
 
     /// One frame from the network (whatever the bridge delivered to the gateway's port).
     pub fn frame(&mut self, data: &[u8], now: Instant) {
+        self.frame_with(data, VnetHdr::default(), now);
+    }
+
+    /// One frame with the offload state its link gave it: a frame whose checksum is pending
+    /// (`NEEDS_CSUM`) or was checked by the kernel (`DATA_VALID`) is trusted as it is, and TCP
+    /// frames may be 64 KiB GSO frames (NAT's TCP takes them whole). Any other TCP segment's
+    /// checksum is verified here.
+    pub fn frame_with(&mut self, data: &[u8], vnet: VnetHdr, now: Instant) {
+        self.rx_vnet = vnet;
         inc(&self.gw.counters.frames);
         let Ok(h) = L2Header::parse(data) else {
             inc(&self.gw.counters.malformed);
@@ -1002,6 +1042,9 @@ impl Driver {
         let packet = payload
             .get(..usize::from(hdr.total_len()))
             .unwrap_or(payload);
+        if ip.payload().ip_number == IpNumber::TCP && !self.tcp_checksum_ok(packet, body) {
+            return false;
+        }
         if dns_only {
             // The DNS-only address serves DNS and echo, nothing else (it is no host alias).
             let proto = ip.payload().ip_number;
@@ -1118,7 +1161,7 @@ impl Driver {
         let mut out = Vec::new();
         let ok = nat.from_guest(&self.registry, now, packet, src, dst, proto, body, &mut out);
         for p in out {
-            self.send_ip(&p);
+            self.send_nat_ip(&p);
         }
         ok
     }
@@ -1217,8 +1260,42 @@ impl Driver {
         }
     }
 
+    /// True when the TCP segment `body` of IP packet `packet` may go on: its checksum is right,
+    /// or its link vouched for it (pending or kernel-checked checksum).
+    fn tcp_checksum_ok(&self, packet: &[u8], body: &[u8]) -> bool {
+        const DATA_VALID: u8 = 2;
+        self.rx_vnet.flags & (VnetHdr::F_NEEDS_CSUM | DATA_VALID) != 0
+            || crate::offload::l4_checksum_ok(packet, body, 6)
+    }
+
+    /// Sends an IP packet from NAT. TCP segments leave their checksum to the last hop, and
+    /// smoltcp's large segments (NAT's device MTU is 64 KiB) go out as GSO frames cut at the
+    /// flow's MSS, by the guest's kernel or by [`crate::offload::adapt`].
+    fn send_nat_ip(&mut self, packet: &[u8]) {
+        let l4 = match packet.first().map(|b| b >> 4) {
+            Some(4) if packet.get(9) == Some(&6) => usize::from(packet[0] & 0x0f) * 4,
+            Some(6) if packet.get(6) == Some(&6) => 40,
+            _ => return self.send_ip(packet),
+        };
+        let mtu = usize::from(self.gw.cfg.mtu);
+        let gso_size = self
+            .nat
+            .as_ref()
+            .and_then(|n| n.tcp_gso_size(packet))
+            .unwrap_or_else(|| mtu.saturating_sub(l4 + 20).max(1) as u16);
+        let mut p = packet.to_vec();
+        match crate::offload::tcp_partial(&mut p, l4, 14, mtu, gso_size) {
+            Some(vnet) => self.send_ip_with(&p, vnet),
+            None => self.send_ip(packet),
+        }
+    }
+
     /// Wraps an IP packet from smoltcp in Ethernet towards its destination's MAC.
     fn send_ip(&mut self, packet: &[u8]) {
+        self.send_ip_with(packet, VnetHdr::default());
+    }
+
+    fn send_ip_with(&mut self, packet: &[u8], vnet: VnetHdr) {
         let (dst, ethertype) = match packet.first().map(|b| b >> 4) {
             Some(4) => match Ipv4Slice::from_slice(packet) {
                 Ok(ip) => (IpAddr::V4(ip.header().destination_addr()), 0x0800u16),
@@ -1238,7 +1315,7 @@ impl Driver {
         f.extend_from_slice(&self.gw.cfg.mac.0);
         f.extend_from_slice(&ethertype.to_be_bytes());
         f.extend_from_slice(packet);
-        self.send(f);
+        self.send_with(f, vnet);
     }
 
     fn router_advert(&mut self, dst: Ipv6Addr, mac: Mac) {
@@ -1277,6 +1354,11 @@ impl Driver {
         let packet = payload
             .get(..40 + usize::from(hdr.payload_length()))
             .unwrap_or(payload);
+        if ip.payload().ip_number == IpNumber::TCP
+            && !self.tcp_checksum_ok(packet, ip.payload().payload)
+        {
+            return false;
+        }
         if !ours && !ours_sn {
             if dst.is_multicast() || ip.payload().fragmented {
                 inc(&self.gw.counters.ignored);

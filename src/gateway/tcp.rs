@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SInstant;
 use smoltcp::wire::{HardwareAddress, IpCidr};
@@ -31,6 +31,10 @@ pub(crate) struct QueueDevice {
     pub(crate) rx: VecDeque<Vec<u8>>,
     pub(crate) tx: Vec<Vec<u8>>,
     pub(crate) mtu: usize,
+    /// What smoltcp does with TCP checksums. Never verify on receive: the gateway checks the
+    /// segments that need it before they get here (`Driver::frame_with`), and segments from
+    /// offload links carry a partial checksum that only the final hop completes.
+    pub(crate) tcp_checksum: Checksum,
 }
 
 pub(crate) struct Rx(Vec<u8>);
@@ -68,6 +72,7 @@ impl Device for QueueDevice {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ip;
         c.max_transmission_unit = self.mtu;
+        c.checksum.tcp = self.tcp_checksum;
         c
     }
 }
@@ -102,6 +107,7 @@ impl TcpDns {
             rx: VecDeque::new(),
             tx: Vec::new(),
             mtu,
+            tcp_checksum: smoltcp::phy::Checksum::Tx,
         };
         let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut dev, SInstant::ZERO);
         iface.update_ip_addrs(|a| {

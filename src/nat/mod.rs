@@ -254,6 +254,12 @@ impl Nat {
         }
     }
 
+    /// The GSO segment size for a TCP packet NAT sent towards a guest (see
+    /// [`tcp::TcpNat::gso_size`]).
+    pub fn tcp_gso_size(&self, packet: &[u8]) -> Option<u16> {
+        self.tcp.gso_size(packet)
+    }
+
     /// Current flow counts.
     pub fn counts(&self) -> FlowCounts {
         FlowCounts {

@@ -66,7 +66,7 @@ pub const BUF_JUMBO: usize = 256 * 1024;
 pub const GSO_MTU: usize = 65_535;
 /// The MSS smoltcp is told a guest announced (the real one is kept per flow): the largest
 /// segment that fits [`GSO_MTU`] behind IPv6 and TCP headers with options.
-const BIG_MSS: u16 = 65_535 - 60 - 40;
+pub const BIG_MSS: u16 = 65_535 - 60 - 40;
 
 /// The per-flow buffer size for a link MTU.
 pub fn buffer_for(mtu: usize) -> usize {

@@ -315,6 +315,74 @@ fn segment(
     Ok(out.len() - first)
 }
 
+/// The pseudo-header sum of the TCP or UDP segment in `ip` (an IPv4 or IPv6 packet whose
+/// transport header starts at `l4`), for a segment of `l4_len` bytes.
+fn pseudo_sum(ip: &[u8], l4_len: usize, proto: u8) -> Option<Sum16BitWords> {
+    let mut sum = match ip.first()? >> 4 {
+        4 => {
+            let a: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+            let b: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+            Sum16BitWords::new().add_4bytes(a).add_4bytes(b)
+        }
+        6 => {
+            let a: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+            let b: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+            Sum16BitWords::new().add_16bytes(a).add_16bytes(b)
+        }
+        _ => return None,
+    };
+    Some(
+        sum.add_4bytes((l4_len as u32).to_be_bytes())
+            .add_2bytes([0, proto]),
+    )
+}
+
+/// True when the TCP or UDP checksum of `segment` (the transport header and payload) inside IP
+/// packet `ip` is right. A UDP checksum of 0 (none) counts as right.
+pub fn l4_checksum_ok(ip: &[u8], segment: &[u8], proto: u8) -> bool {
+    if proto == PROTO_UDP && segment.get(6..8) == Some(&[0, 0]) {
+        return true;
+    }
+    pseudo_sum(ip, segment.len(), proto)
+        .map(|s| s.add_slice(segment).ones_complement() == 0)
+        .unwrap_or(false)
+}
+
+/// Turns the TCP packet `ip` (IPv4 or IPv6, TCP header at `l4`) into one whose checksum is left
+/// to the last hop: stores the pseudo-header sum in the checksum field and returns the
+/// virtio-net header for it inside an Ethernet frame with `l2` header bytes. When the packet
+/// is longer than `mtu` it becomes a GSO frame cut at `gso_size` payload bytes.
+pub fn tcp_partial(
+    ip: &mut [u8],
+    l4: usize,
+    l2: usize,
+    mtu: usize,
+    gso_size: u16,
+) -> Option<VnetHdr> {
+    let v4 = ip.first()? >> 4 == 4;
+    let seg_len = ip.len().checked_sub(l4)?;
+    let thl = usize::from(ip.get(l4 + 12)? >> 4) * 4;
+    if thl < 20 || thl > seg_len {
+        return None;
+    }
+    let partial = !pseudo_sum(ip, seg_len, PROTO_TCP)?.ones_complement();
+    ip.get_mut(l4 + 16..l4 + 18)?
+        .copy_from_slice(&partial.to_ne_bytes());
+    let gso = ip.len() > mtu && seg_len > thl;
+    Some(VnetHdr {
+        flags: VnetHdr::F_NEEDS_CSUM,
+        gso_type: match (gso, v4) {
+            (false, _) => 0,
+            (true, true) => GSO_TCPV4,
+            (true, false) => GSO_TCPV6,
+        },
+        hdr_len: (l2 + l4 + thl) as u16,
+        gso_size: if gso { gso_size } else { 0 },
+        csum_start: (l2 + l4) as u16,
+        csum_offset: 16,
+    })
+}
+
 fn be16(d: &[u8], at: usize) -> u16 {
     d.get(at..at + 2)
         .map(|b| u16::from_be_bytes([b[0], b[1]]))
@@ -575,5 +643,64 @@ mod tests {
         };
         assert!(!no_ecn.accepts(&tso));
         assert!(Offloads::NONE.accepts(&VnetHdr::default()));
+    }
+}
+
+#[cfg(test)]
+mod partial_tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    #[test]
+    fn tcp_partial_then_adapt_gives_valid_segments() {
+        let payload: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let mut ip = Vec::new();
+        PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(80, 40000, 9, 1000)
+            .ack(3)
+            .write(&mut ip, &payload)
+            .expect("builds");
+        assert!(l4_checksum_ok(&ip, &ip[20..], PROTO_TCP));
+        let mut bad = ip.clone();
+        bad[100] ^= 1;
+        assert!(!l4_checksum_ok(&bad, &bad[20..], PROTO_TCP));
+
+        let vnet = tcp_partial(&mut ip, 20, 14, 1500, 1460).expect("tcp");
+        assert_eq!(vnet.gso_type, GSO_TCPV4);
+        assert_eq!(
+            (vnet.csum_start, vnet.csum_offset, vnet.gso_size),
+            (34, 16, 1460)
+        );
+        let mut frame = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 8, 0];
+        frame.extend_from_slice(&ip);
+        let mut f = Frame::from_slice(&frame);
+        f.meta.vnet = vnet;
+        let mut out = VecDeque::new();
+        let n = adapt(f, Offloads::NONE, &FramePool::new(1600, 8), &mut out).expect("adapts");
+        assert_eq!(n, 4);
+        let mut joined = Vec::new();
+        for s in &out {
+            let d = s.data();
+            assert!(l4_checksum_ok(&d[14..], &d[34..], PROTO_TCP));
+            joined.extend_from_slice(&d[54..]);
+        }
+        assert_eq!(joined, payload);
+
+        // Small enough: no GSO, and finishing the checksum gives the original one.
+        let mut small = Vec::new();
+        PacketBuilder::ipv6([0xfd; 16], [0xfe; 16], 64)
+            .tcp(80, 40000, 9, 1000)
+            .write(&mut small, b"hello")
+            .expect("builds");
+        let orig = small.clone();
+        let v = tcp_partial(&mut small, 40, 14, 1500, 1440).expect("tcp");
+        assert_eq!(v.gso_type, 0);
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&[0x86, 0xdd]);
+        frame.extend_from_slice(&small);
+        let mut f = Frame::from_slice(&frame);
+        f.meta.vnet = v;
+        finish_checksum(&mut f).expect("finishes");
+        assert_eq!(&f.data()[14..], &orig[..]);
     }
 }

@@ -547,3 +547,87 @@ fn internal_network_and_flow_limit() {
         "{gw}"
     );
 }
+
+/// A spliced forward (`splice = true` in the config, `--splice` at run time): bytes arrive
+/// intact both ways through the kernel relay, the guest sees its own address, removal frees
+/// the host port, and a forward that cannot be spliced is refused naming `splice`.
+#[test]
+fn spliced_forward_relays_through_the_guest_namespace() {
+    if !require_root("spliced_forward_relays_through_the_guest_namespace") {
+        return;
+    }
+    let web = Netns::new("sw");
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    };
+    let (p1, p2) = (free(), free());
+    let d = Daemon::start(&format!(
+        "{}[[forward]]\nnetwork = \"n\"\npublish = \"127.0.0.1:{p1}:8080/tcp\"\nto = \"web\"\nsplice = true\n",
+        config("10.74.0.0/24", "", &[("web", &web)])
+    ));
+    guest(&web, "10.74.0.5/24", "10.74.0.1");
+    web.exec(&["ping", "-c", "1", "-W", "1", "10.74.0.1"]);
+
+    // An echo-ish server in the guest: reads everything, answers with its SHA-256 and the
+    // peer address it saw.
+    let listener = run_in_netns(&web.path(), || TcpListener::bind("0.0.0.0:8080")).expect("listen");
+    std::thread::spawn(move || {
+        for c in listener.incoming().take(2) {
+            let Ok(mut c) = c else { continue };
+            let mut got = Vec::new();
+            let _ = c.read_to_end(&mut got);
+            let peer = c
+                .peer_addr()
+                .map(|p| p.ip().to_string())
+                .unwrap_or_default();
+            let _ = write!(c, "{} {} {peer}", got.len(), sha256(&got));
+        }
+    });
+    let data = pattern(32 << 20);
+    let exchange = |port: u16| -> String {
+        let mut c = TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect forward");
+        c.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        c.write_all(&data).expect("send through the forward");
+        c.shutdown(std::net::Shutdown::Write).expect("half-close");
+        let mut s = String::new();
+        let _ = c.read_to_string(&mut s);
+        s
+    };
+    let want = format!("{} {}", data.len(), sha256(&data));
+    let answer = exchange(p1);
+    assert!(
+        answer.starts_with(&want),
+        "spliced forward: got {answer:?}, want {want:?}\n{}",
+        d.log()
+    );
+    // The connection came from inside the namespace: the guest saw a local address.
+    let seen = answer.rsplit(' ').next().unwrap_or_default().to_string();
+    assert!(
+        seen == "10.74.0.5" || seen == "127.0.0.1",
+        "guest saw {seen}"
+    );
+    let ls = d.ctl(&["forward", "ls"]);
+    assert!(ls.to_string().contains("\"splice\":true"), "{ls}");
+
+    // At run time, with the CLI flag; then removed: the host port is free again.
+    let spec = format!("127.0.0.1:{p2}:8080");
+    d.ctl(&["forward", "add", "--network", "n", "--splice", &spec, "web"]);
+    assert!(exchange(p2).starts_with(&want));
+    d.ctl(&["forward", "rm", &spec]);
+    TcpListener::bind(format!("127.0.0.1:{p2}")).expect("port released after forward rm");
+
+    // Not a port with a namespace, or UDP: refused, naming the key.
+    for (spec, to) in [
+        (format!("127.0.0.1:{}:80", free()), "10.74.0.5"),
+        (format!("127.0.0.1:{}:80/udp", free()), "web"),
+    ] {
+        let out = d.ctl_raw(&["forward", "add", "--network", "n", "--splice", &spec, to]);
+        assert!(!out.status.success(), "{spec} -> {to} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("splice"), "{err}");
+    }
+}

@@ -20,10 +20,12 @@ const TARGETS: &[(&str, Check)] = &[
     ("arp", harness::arp::arp),
     ("config", harness::config::config),
     ("control_api", harness::control_api::control_api),
+    ("datapath", harness::datapath::datapath),
     ("dhcp_server", harness::dhcp_server::dhcp_server),
     ("dns_server", harness::dns_server::dns_server),
     ("forward_spec", harness::forward_spec::forward_spec),
     ("ndp_ra", harness::ndp_ra::ndp_ra),
+    ("stream_framing", harness::stream_framing::stream_framing),
 ];
 
 fn seeds_dir() -> PathBuf {
@@ -100,6 +102,73 @@ fn every_target_has_seeds() {
     dirs.sort();
     let targets: Vec<&str> = TARGETS.iter().map(|t| t.0).collect();
     assert_eq!(dirs, targets);
+}
+
+/// The datapath seeds reach deep: DHCP leases, DNS answers, NAT flows of every kind (the fake
+/// host's echo, refusals and timeouts), TCP handshakes through smoltcp, NDP.
+#[test]
+fn datapath_seeds_reach_the_gateway_and_nat() {
+    let seed =
+        |name: &str| std::fs::read(seeds_dir().join("datapath").join(name)).expect("seed file");
+    let nat =
+        |w: &harness::datapath::World, i: usize, k: &str| w.gateway(i).info().nat.expect("nat")[k];
+    let gw = |w: &harness::datapath::World, i: usize, k: &str| w.gateway(i).info().counters[k];
+
+    let w = harness::datapath::run(&seed("arp-each-network"));
+    assert_eq!(gw(&w, 0, "arp_replies"), 1);
+    assert_eq!(gw(&w, 1, "arp_replies"), 1);
+    assert_eq!(gw(&w, 2, "arp_replies"), 1);
+
+    let w = harness::datapath::run(&seed("dhcp-dora"));
+    assert!(gw(&w, 0, "dhcp_replies") >= 2);
+    let dhcp = w.gateway(0).info().dhcp.expect("dhcp");
+    assert!(dhcp.offer >= 1 && dhcp.ack >= 1, "{dhcp:?}");
+
+    let w = harness::datapath::run(&seed("dns-udp"));
+    assert!(gw(&w, 0, "dns_udp") >= 3);
+    assert!(w.gateway(0).info().dns.local_answers >= 1);
+
+    let w = harness::datapath::run(&seed("ping"));
+    assert!(nat(&w, 0, "icmp_flows") >= 1);
+    assert!(gw(&w, 0, "echo_replies") >= 1);
+
+    let w = harness::datapath::run(&seed("udp-echo-refused"));
+    assert!(nat(&w, 0, "udp_flows") >= 2);
+    assert!(nat(&w, 0, "unreachable") >= 1);
+
+    let w = harness::datapath::run(&seed("tcp-handshake"));
+    assert_eq!(nat(&w, 0, "tcp_flows"), 1, "the handshake completed");
+
+    let w = harness::datapath::run(&seed("tcp-dns"));
+    assert!(
+        gw(&w, 0, "dns_tcp") >= 1,
+        "a DNS query over TCP was answered"
+    );
+
+    let w = harness::datapath::run(&seed("tcp-refused"));
+    assert!(nat(&w, 0, "refused_host") >= 2);
+    assert!(nat(&w, 0, "unreachable") >= 1);
+
+    let w = harness::datapath::run(&seed("flow-limit"));
+    assert!(nat(&w, 0, "refused_limit") >= 1);
+
+    let w = harness::datapath::run(&seed("ipv6-ndp"));
+    assert!(gw(&w, 0, "router_adverts") >= 2);
+    assert!(gw(&w, 0, "ndp_adverts") >= 1);
+
+    // Captured from real clients (tests/capture_seeds.rs): udhcpc, dig, ping, curl, SLAAC.
+    let w = harness::datapath::run(&seed("captured-session"));
+    assert!(
+        gw(&w, 0, "dhcp_replies") >= 1,
+        "udhcpc's DISCOVER got an OFFER"
+    );
+    assert!(gw(&w, 0, "dns_udp") >= 4);
+    assert!(gw(&w, 0, "echo_replies") >= 4, "ping and ping -6 answered");
+    assert!(gw(&w, 0, "arp_replies") >= 1);
+    assert!(
+        nat(&w, 0, "tcp_flows") >= 1,
+        "curl's SYN reached the (fake) host"
+    );
 }
 
 // ---- crashes found by the fuzzers (inputs inline) ----

@@ -62,6 +62,7 @@ pub fn forward_spec(data: &[u8]) {
         network: "net0".into(),
         spec,
         to: "web".into(),
+        splice: data.first().is_some_and(|b| b & 1 == 1),
     };
     let back: Forward = serde_json::from_str(&serde_json::to_string(&f).expect("serializes"))
         .expect("Forward round trip");

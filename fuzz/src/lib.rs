@@ -7,16 +7,18 @@
 //! plain `cargo test` checks them with the same invariants as the fuzzer.
 //!
 //! Only crates the main crate already depends on are used here (usernet, etherparse,
-//! dhcproto, hickory-proto, serde_json, toml, ipnet), so that both builds can compile it.
+//! dhcproto, hickory-proto, serde_json, toml, ipnet, mio), so that both builds can compile it.
 
 pub mod arp;
 pub mod config;
 pub mod control_api;
+pub mod datapath;
 pub mod dhcp_server;
 pub mod dns_server;
 pub mod forward_spec;
 pub mod ndp_ra;
 pub mod seeds;
+pub mod stream_framing;
 
 /// Reads fixed-size fields from the front of a fuzz input, yielding zeros once it runs out
 /// (so a short input still makes a complete, if dull, set of parameters).

@@ -45,6 +45,8 @@ pub fn all() -> Vec<Seed> {
     v.extend(control_api());
     v.extend(config());
     v.extend(forward_spec());
+    v.extend(datapath());
+    v.extend(stream_framing());
     v
 }
 
@@ -602,4 +604,154 @@ fn forward_spec() -> Vec<Seed> {
     .into_iter()
     .map(|(n, s)| seed("forward_spec", n, s.as_bytes().to_vec()))
     .collect()
+}
+
+// ---- datapath ----
+
+/// Event sequences for `datapath` (see `fuzz/src/datapath.rs` for the event encoding): the
+/// station byte `0x00` is the first station of network n0's first guest port, `0x01` of n1,
+/// `0x02` of n2 (internal), `0x04` n0's second port, `0x08` the second station on a port.
+fn datapath() -> Vec<Seed> {
+    const READY: u8 = 12;
+    const CLOCK: u8 = 10;
+    // Structured events: 2 ARP, 3 DHCP, 4 DNS, 5 echo, 6 UDP, 7 TCP, 8 NDP; 9 flipped.
+    let tcp = |st: u8, dst: u8, port: u8, flags: u8| vec![7, st, dst, port, 0, flags, 4];
+    let mut handshake = vec![2, 0x00, 0x00];
+    // SYN to the gateway's host-loopback port 80, the host connect completes, then data,
+    // a DNS query over TCP to the gateway, a FIN, and an hour passes.
+    handshake.extend(tcp(0x00, 0x00, 4, 0));
+    handshake.push(READY);
+    handshake.extend(tcp(0x00, 0x00, 4, 1));
+    handshake.extend(tcp(0x00, 0x00, 4, 2));
+    handshake.extend(tcp(0x00, 0x00, 4, 3));
+    handshake.extend([CLOCK, 2, READY, CLOCK, 7]);
+    let mut dns_tcp = tcp(0x00, 0x00, 2, 0);
+    dns_tcp.extend(tcp(0x00, 0x00, 2, 1));
+    dns_tcp.extend([CLOCK, 0]);
+    dns_tcp.extend(tcp(0x00, 0x00, 2, 3));
+    let mut refused = tcp(0x04, 0x01, 3, 0); // port 10: refused at once
+    refused.extend(tcp(0x04, 0x01, 5, 0)); // port 150: refused late
+    refused.push(READY);
+    refused.extend(tcp(0x04, 0x01, 6, 0)); // port 250: never connects; times out
+    refused.extend([CLOCK, 4, CLOCK, 4]);
+    refused.extend(tcp(0x04, 0x02, 4, 0)); // unreachable host
+    let mut flows = Vec::new();
+    for i in 0..8u8 {
+        // More UDP flows than the limit, from two guests, then they expire.
+        flows.extend([6, (i & 1) << 2, 1, 0, i >> 1, 8]);
+    }
+    flows.extend([READY, CLOCK, 5, READY]);
+    vec![
+        seed(
+            "datapath",
+            "arp-each-network",
+            vec![2, 0, 0, 2, 1, 0, 2, 2, 0, 2, 0x0c, 1],
+        ),
+        seed(
+            "datapath",
+            "dhcp-dora",
+            vec![
+                3, 0x00, 0, 2, 7, 3, 0x00, 1, 2, 7, 3, 0x00, 2, 2, 7, CLOCK, 7,
+            ],
+        ),
+        seed(
+            "datapath",
+            "dhcp-exhaust",
+            vec![
+                3, 0x00, 0, 0, 1, 3, 0x08, 0, 0, 2, 3, 0x04, 0, 0, 3, 3, 0x0c, 0, 0, 4, 3, 0x00, 1,
+                2, 1, 3, 0x08, 1, 3, 2, 3, 0x04, 1, 4, 3, 3, 0x0c, 1, 5, 4, 3, 0x00, 4, 0, 5,
+            ],
+        ),
+        seed(
+            "datapath",
+            "dns-udp",
+            vec![
+                4, 0x00, 0, 1, 0, 4, 0x00, 0, 2, 1, 4, 0x04, 0, 3, 5, 4, 0x00, 0x80, 4, 9, 4, 0x02,
+                0, 5, 2,
+            ],
+        ),
+        seed(
+            "datapath",
+            "ping",
+            vec![
+                5, 0x00, 0, 1, 1, 8, 5, 0x00, 1, 1, 2, 8, 5, 0x00, 0x81, 2, 1, 8, READY, 5, 0x02,
+                1, 1, 1, 8, READY,
+            ],
+        ),
+        seed("datapath", "udp-echo-refused", {
+            let mut v = vec![
+                6, 0x00, 1, 0, 0, 16, 6, 0x00, 0, 3, 1, 4, READY, 6, 0x00, 0x81, 0, 2, 8, READY,
+            ];
+            v.extend([CLOCK, 5, READY]);
+            v
+        }),
+        seed("datapath", "tcp-handshake", handshake),
+        seed("datapath", "tcp-dns", dns_tcp),
+        seed("datapath", "tcp-refused", refused),
+        seed("datapath", "flow-limit", flows),
+        seed(
+            "datapath",
+            "ipv6-ndp",
+            vec![
+                8, 0x00, 0, 8, 0x00, 1, 8, 0x00, 2, 8, 0x02, 0, 5, 0x00, 0x80, 1, 1, 8, 7, 0x00,
+                0x80, 4, 0, 0, 4,
+            ],
+        ),
+        seed(
+            "datapath",
+            "flipped",
+            vec![
+                9, 1, 20, 0x40, 0x00, 0, 1, 2, 9, 5, 40, 0x08, 0x00, 0, 4, 0, 0, 4, 9, 2, 14, 0xff,
+                0x00, 0, 1, 3,
+            ],
+        ),
+        seed("datapath", "raw", {
+            let mut v = vec![0, 0x00, 14];
+            v.extend([0xff; 6]);
+            v.extend([2, 0, 0, 0, 0, 9]);
+            v.extend([0x88, 0xb5]);
+            v.extend([0, 0x01, 3, 1, 2, 3, 14, CLOCK, 6]);
+            v
+        }),
+    ]
+}
+
+// ---- stream_framing ----
+
+fn stream_framing() -> Vec<Seed> {
+    let rec = |n: usize| {
+        let mut v = (n as u32).to_be_bytes().to_vec();
+        v.extend(std::iter::repeat_n(0xa5, n));
+        v
+    };
+    // Two 60-byte records split at odd points.
+    let mut two = rec(60);
+    two.extend(rec(60));
+    let mut split = vec![1];
+    for c in two.chunks(7) {
+        split.push(c.len() as u8);
+        split.extend(c);
+    }
+    let mut oversize = vec![0, 4];
+    oversize.extend(65u32.to_be_bytes());
+    oversize.extend([3, 1, 2, 3]);
+    vec![
+        seed("stream_framing", "split-records", split),
+        seed(
+            "stream_framing",
+            "encoded",
+            vec![1, 3, 1, 2, 3, 3, 4, 5, 6, 3, 7, 8, 9],
+        ),
+        seed("stream_framing", "oversize", oversize),
+        seed(
+            "stream_framing",
+            "empty-record",
+            vec![2, 4, 0, 0, 0, 0, 2, 0, 0],
+        ),
+        seed("stream_framing", "big-repeat", {
+            let mut v = vec![3, 255, 40];
+            v.extend(std::iter::repeat_n(0, 254));
+            v
+        }),
+    ]
 }

@@ -499,6 +499,9 @@ impl Handle {
             }
         };
         let id = self.add_port(&spec.network, &spec.name, spec.policy(), link)?;
+        if let Backend::NetnsTap { netns, .. } = &backend {
+            self.set_port_netns(&spec.name, netns.clone());
+        }
         let id = Some(id);
         if let (Some(id), Some((what, alive))) = (id, watch) {
             self.shared.watches.lock().push(EngineWatch {
@@ -582,6 +585,7 @@ impl Handle {
             .cloned()
             .ok_or_else(|| crate::bridge::BridgeError::NoSuchPort(name.to_string()))?;
         self.shared.bridge.remove_port(port.id);
+        self.shared.port_netns.lock().remove(name);
         self.detach_link(port.owner, port.id)
     }
 
@@ -806,45 +810,136 @@ impl Handle {
                 ),
             ));
         }
+        let splice = if f.splice {
+            Some(self.splice_target(f)?)
+        } else {
+            None
+        };
         let ip = f.spec.bind_ip();
         let mut listeners = Vec::new();
+        let mut std_tcp = Vec::new();
         for (hp, gp) in f.spec.pairs() {
             let at = std::net::SocketAddr::new(ip, hp);
             let what = || format!("host port {at}/{}", f.spec.proto);
-            listeners.push(match f.spec.proto {
+            match f.spec.proto {
                 Proto::Tcp => {
                     let l = std::net::TcpListener::bind(at).map_err(|e| Error::Io(what(), e))?;
                     l.set_nonblocking(true).map_err(|e| Error::Io(what(), e))?;
-                    Listener::Tcp {
-                        sock: mio::net::TcpListener::from_std(l),
-                        guest_port: gp,
+                    if splice.is_some() {
+                        std_tcp.push((l, gp));
+                    } else {
+                        listeners.push(Listener::Tcp {
+                            sock: mio::net::TcpListener::from_std(l),
+                            guest_port: gp,
+                        });
                     }
                 }
                 Proto::Udp => {
                     let u = std::net::UdpSocket::bind(at).map_err(|e| Error::Io(what(), e))?;
                     u.set_nonblocking(true).map_err(|e| Error::Io(what(), e))?;
-                    Listener::Udp {
+                    listeners.push(Listener::Udp {
                         sock: mio::net::UdpSocket::from_std(u),
                         guest_port: gp,
-                    }
+                    });
                 }
-            });
+            }
         }
         let info = ForwardInfo {
             id: NEXT_FORWARD.fetch_add(1, Ordering::Relaxed),
             network: f.network.clone(),
             publish: f.spec.to_string(),
             to: f.to.clone(),
+            splice: splice.is_some(),
         };
-        g.add_forward(
-            info.clone(),
-            Bound {
-                listeners,
-                to: f.to.clone(),
-            },
-        )?;
-        tracing::info!(network = %f.network, publish = %info.publish, to = %f.to, "port forward added");
+        if let Some(netns) = splice {
+            let splicer = self.splicer()?;
+            for (l, gp) in std_tcp {
+                let resolve = self.guest_resolver(&g, &f.to);
+                let target = crate::nat::splice::SpliceTarget {
+                    netns: netns.clone(),
+                    guest: Box::new(move || Some(std::net::SocketAddr::new(resolve(), gp))),
+                };
+                splicer.listen(info.id, l, target);
+            }
+            g.forwards.lock().push(info.clone());
+        } else {
+            g.add_forward(
+                info.clone(),
+                Bound {
+                    listeners,
+                    to: f.to.clone(),
+                },
+            )?;
+        }
+        tracing::info!(network = %f.network, publish = %info.publish, to = %f.to, splice = info.splice, "port forward added");
         Ok(info)
+    }
+
+    /// The namespace a spliced forward connects from: that of the port named by `f.to`, which
+    /// must be one usernet can enter.
+    fn splice_target(&self, f: &Forward) -> Result<PathBuf> {
+        if f.spec.proto != Proto::Tcp {
+            return Err(Error::invalid(
+                "splice",
+                "only TCP forwards can be spliced".to_string(),
+            ));
+        }
+        let netns = self.shared.port_netns.lock().get(&f.to).cloned();
+        let Some(netns) = netns else {
+            return Err(Error::invalid(
+                "splice",
+                format!(
+                    "{:?} is not a port whose network namespace usernet knows (a netns port, or the \
+                     command of `usernet run`); give the port name as `to`",
+                    f.to
+                ),
+            ));
+        };
+        crate::link::netns::run_in_netns(&netns, || Ok(()))
+            .map_err(|e| Error::invalid("splice", format!("cannot enter the namespace: {e}")))?;
+        Ok(netns)
+    }
+
+    /// The relay thread for spliced forwards, started on first use.
+    fn splicer(&self) -> Result<Arc<crate::nat::splice::Splicer>> {
+        let mut s = self.shared.splicer.lock();
+        if let Some(sp) = s.as_ref() {
+            return Ok(sp.clone());
+        }
+        let sp = Arc::new(
+            crate::nat::splice::Splicer::start()
+                .map_err(|e| Error::Io("starting the splice relay".into(), e))?,
+        );
+        *s = Some(sp.clone());
+        Ok(sp)
+    }
+
+    /// The guest address of endpoint `to` on `g`'s network, asked at each connection: an IP as
+    /// given, else the name's address in the network's records, else the loopback of the
+    /// endpoint's namespace (a spliced connection starts inside it).
+    fn guest_resolver(
+        &self,
+        g: &Arc<crate::gateway::Gateway>,
+        to: &str,
+    ) -> impl Fn() -> std::net::IpAddr + Send + 'static {
+        let fixed = to.parse::<std::net::IpAddr>().ok();
+        let fqdn = format!("{to}.{}", g.cfg.domain);
+        let records = g.records.clone();
+        move || {
+            fixed
+                .or_else(|| records.lookup(&fqdn).into_iter().find(|a| a.is_ipv4()))
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+        }
+    }
+
+    /// Records the network namespace of port `name` (for spliced forwards to it). Ports with a
+    /// `netns` backend are recorded when added; an embedder that hands in a TAP created in a
+    /// namespace (as `usernet run` does) says so here.
+    pub fn set_port_netns(&self, name: &str, netns: PathBuf) {
+        self.shared
+            .port_netns
+            .lock()
+            .insert(name.to_string(), netns);
     }
 
     /// Removes a port forward by id or by its `-p` spec (as listed); its host sockets are closed
@@ -862,7 +957,14 @@ impl Handle {
                 .find(|f| f.id.to_string() == which || f.publish == canonical)
                 .cloned();
             if let Some(info) = found {
-                g.remove_forward(info.id)?;
+                if info.splice {
+                    if let Some(sp) = self.shared.splicer.lock().as_ref() {
+                        sp.unlisten(info.id);
+                    }
+                    g.forwards.lock().retain(|f| f.id != info.id);
+                } else {
+                    g.remove_forward(info.id)?;
+                }
                 return Ok(info);
             }
         }

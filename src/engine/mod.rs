@@ -123,6 +123,10 @@ pub(crate) struct Shared {
         parking_lot::Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicBool>>>,
     pub(crate) gateways:
         parking_lot::Mutex<std::collections::BTreeMap<String, Arc<crate::gateway::Gateway>>>,
+    /// Network namespace of each port that lives in one (for spliced forwards).
+    pub(crate) port_netns: parking_lot::Mutex<HashMap<String, std::path::PathBuf>>,
+    /// The relay thread for spliced forwards, started on first use.
+    pub(crate) splicer: parking_lot::Mutex<Option<Arc<crate::nat::splice::Splicer>>>,
 }
 
 impl Shared {
@@ -180,6 +184,8 @@ impl Engine {
             watches: parking_lot::Mutex::new(Vec::new()),
             gateways: parking_lot::Mutex::new(Default::default()),
             streams: parking_lot::Mutex::new(Default::default()),
+            port_netns: parking_lot::Mutex::new(HashMap::new()),
+            splicer: parking_lot::Mutex::new(None),
         });
         let mut threads = Vec::new();
         for (idx, (poll, rx)) in polls.into_iter().zip(rxs).enumerate() {

@@ -150,7 +150,8 @@ pub struct DnsConfig {
     pub timeout: Duration,
     /// Maximum number of cached forwarded answers (default 4096; 0 disables the cache).
     pub cache_entries: usize,
-    /// Number of forwarding threads (default 4; at least one is started).
+    /// Number of forwarding threads (default 4). 0 starts none: queries not answered locally
+    /// or from the cache get SERVFAIL at once (counted as `upstream_failures`), synchronously.
     pub workers: usize,
     /// Maximum number of forwarded queries waiting for a worker (default 256; at least 1).
     pub max_pending: usize,
@@ -1188,7 +1189,7 @@ impl std::fmt::Debug for DnsServer {
 }
 
 impl DnsServer {
-    /// Starts a server for `records` with `cfg.workers` (at least one) forwarding threads.
+    /// Starts a server for `records` with `cfg.workers` forwarding threads.
     /// `cfg.domain` should match the domain `records` was created with; the records' domain is
     /// the one served.
     pub fn new(cfg: DnsConfig, records: Arc<Records>) -> Self {
@@ -1218,7 +1219,7 @@ impl DnsServer {
         });
         let (tx, rx) = crossbeam_channel::bounded(cfg.max_pending.max(1));
         let mut workers = Vec::new();
-        for i in 0..cfg.workers.max(1) {
+        for i in 0..cfg.workers {
             let (s, r) = (shared.clone(), rx.clone());
             match thread::Builder::new()
                 .name(format!("dns-fwd-{i}"))

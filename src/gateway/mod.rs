@@ -8,7 +8,13 @@
 //! just a port, learned, flooded to and isolated like the others.
 //!
 //! Each gateway runs on its own thread with its own mio `Poll`: frames from the bridge arrive on
-//! the memory link, answers go back the same way. It handles:
+//! the memory link, answers go back the same way. The thread is a thin loop around a [`Driver`],
+//! which does all the work synchronously — [`Driver::frame`] for a frame, [`Driver::host_ready`]
+//! for a NAT socket's readiness, [`Driver::tick`] for timers — each with an explicit `now`, and
+//! collects the frames to send. NAT opens its host sockets through a [`HostSockets`]: the
+//! kernel's ([`OsSockets`]) on the thread; [`standalone`] builds a gateway and driver with any
+//! other (the `datapath` fuzz target passes an in-memory fake and a virtual clock), so the code
+//! fuzzed is the code that runs. It handles:
 //! - ARP requests for its address, and announces itself with a gratuitous ARP ([`arp`]);
 //! - ICMP and ICMPv6 echo to its addresses;
 //! - DHCPv4 ([`dhcp`]): leases from the subnet, the client's hostname registered in DNS;
@@ -55,9 +61,10 @@ pub mod tcp;
 use crate::bridge::{PortId, PortPolicy};
 use crate::control::Handle;
 use crate::error::{Error, Result};
-use crate::frame::{Frame, FramePool};
+use crate::frame::{Frame, FramePool, VnetHdr};
 use crate::link::Link;
 use crate::link::memory::MemoryLink;
+use crate::nat::host::{HostSockets, OsSockets};
 use crate::nat::{Nat, NatConfig, NatCounters};
 use crate::wire::{L2Header, Mac};
 use dhcp::{DhcpConfig, DhcpServer, NameEvent, ReplyTo, StaticLease};
@@ -105,6 +112,8 @@ pub struct GatewayConfig {
     pub max_flows: usize,
     /// Most NAT flows per guest address.
     pub max_flows_per_guest: usize,
+    /// DNS forwarding threads (0: none, names outside the network's domain get SERVFAIL).
+    pub dns_workers: usize,
 }
 
 impl GatewayConfig {
@@ -132,6 +141,7 @@ impl GatewayConfig {
             outbound6: None,
             max_flows: 2048,
             max_flows_per_guest: 1024,
+            dns_workers: DnsConfig::default().workers,
         }
     }
 
@@ -253,6 +263,9 @@ pub struct ForwardInfo {
     pub publish: String,
     /// Target endpoint name or IP.
     pub to: String,
+    /// Relayed by the kernel (`splice`) from inside the endpoint's namespace.
+    #[serde(default)]
+    pub splice: bool,
 }
 
 /// Commands from the control API to a gateway's thread.
@@ -279,7 +292,12 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Milliseconds since the gateway started (the DHCP clock).
     pub fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    /// The DHCP clock at `now`: milliseconds since the gateway started.
+    pub fn ms_at(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// Addresses and counters.
@@ -381,9 +399,13 @@ impl Gateway {
     }
 }
 
-/// Starts the gateway for `cfg.network` on a running engine: a port named `gw.<network>` and
-/// a thread.
-pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
+/// Builds a gateway's shared state — validated settings, DHCP server, DNS server and records —
+/// with no port and no thread. Its clock starts at `epoch`.
+fn build_gateway(
+    cfg: GatewayConfig,
+    waker: Arc<Waker>,
+    epoch: Instant,
+) -> Result<(Arc<Gateway>, Receiver<Cmd>)> {
     let field = |k: &str| format!("network {:?}: {k}", cfg.network);
     if !cfg.subnet.contains(&cfg.addr)
         || cfg.addr == cfg.subnet.network()
@@ -418,16 +440,10 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
         DnsConfig {
             domain: cfg.domain.clone(),
             upstreams: cfg.upstreams.clone(),
+            workers: cfg.dns_workers,
             ..DnsConfig::default()
         },
         records.clone(),
-    );
-    let max_frame = handle.bridge().pool().max_frame();
-    let (switch_end, gw_end) =
-        MemoryLink::pair(1024, max_frame).map_err(|e| Error::Io("gateway link".into(), e))?;
-    let poll = Poll::new().map_err(|e| Error::Io("gateway poll".into(), e))?;
-    let waker = Arc::new(
-        Waker::new(poll.registry(), WAKE).map_err(|e| Error::Io("gateway waker".into(), e))?,
     );
     let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
     if cfg.host_loopback && !cfg.internal {
@@ -438,7 +454,7 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
         }
     }
     let gw = Arc::new(Gateway {
-        cfg: cfg.clone(),
+        cfg,
         records,
         dhcp,
         dns,
@@ -447,9 +463,30 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
         nat_counters: Arc::new(NatCounters::default()),
         forwards: Mutex::new(Vec::new()),
         cmd: cmd_tx,
-        waker: waker.clone(),
-        epoch: Instant::now(),
+        waker,
+        epoch,
     });
+    Ok((gw, cmd_rx))
+}
+
+/// Starts the gateway for `cfg.network` on a running engine: a port named `gw.<network>` and
+/// a thread that runs a [`Driver`] with the kernel's sockets and the real clock.
+pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
+    let max_frame = handle.bridge().pool().max_frame();
+    let poll = Poll::new().map_err(|e| Error::Io("gateway poll".into(), e))?;
+    let waker = Arc::new(
+        Waker::new(poll.registry(), WAKE).map_err(|e| Error::Io("gateway waker".into(), e))?,
+    );
+    let (gw, cmd_rx) = build_gateway(cfg.clone(), waker.clone(), Instant::now())?;
+    let (switch_end, gw_end) =
+        // TCP GSO frames and pending checksums pass both ways (NAT's TCP takes and makes 64 KiB
+        // segments); UDP GSO is cut by the engine.
+        MemoryLink::pair_with_offloads(1024, max_frame, GATEWAY_OFFLOADS)
+            .map_err(|e| Error::Io("gateway link".into(), e))?;
+    let registry = poll
+        .registry()
+        .try_clone()
+        .map_err(|e| Error::Io("gateway poll".into(), e))?;
     let port = handle.add_port(
         &cfg.network,
         &format!("gw.{}", cfg.network),
@@ -460,16 +497,20 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
         Box::new(switch_end),
     )?;
     *gw.port.lock() = Some(port);
-    let g = gw.clone();
+    let names = fdb_port_names(handle.clone(), cfg.network.clone(), port);
+    let driver = Driver::new(
+        gw.clone(),
+        names,
+        waker,
+        registry,
+        cmd_rx,
+        OsSockets::shared(),
+        gw.epoch,
+    );
     let h = handle.clone();
     std::thread::Builder::new()
         .name(format!("usernet-gw-{}", cfg.network))
-        .spawn(
-            move || match State::new(g, h, gw_end, port, waker, &poll, cmd_rx) {
-                Ok(mut st) => st.run(poll),
-                Err(e) => tracing::error!("gateway: {e}"),
-            },
-        )
+        .spawn(move || run(driver, h, gw_end, poll))
         .map_err(|e| Error::Io("spawning gateway thread".into(), e))?;
     tracing::info!(
         network = %cfg.network,
@@ -479,6 +520,120 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
     );
     Ok(gw)
 }
+
+/// A gateway and its [`Driver`], attached to nothing: the caller feeds it frames and readiness
+/// and carries its output frames, on its own clock (`epoch` is the gateway's time zero). For
+/// fuzzing, simulations and embedders with their own switch. `poll` provides the `Registry`
+/// host sockets register with and the waker DNS answers use; `names` maps a MAC to the name of
+/// the port behind it (for endpoint names), `host` opens NAT's host sockets.
+pub fn standalone(
+    cfg: GatewayConfig,
+    poll: &Poll,
+    names: PortNames,
+    host: Arc<dyn HostSockets>,
+    epoch: Instant,
+) -> Result<(Arc<Gateway>, Driver)> {
+    let waker = Arc::new(
+        Waker::new(poll.registry(), WAKE).map_err(|e| Error::Io("gateway waker".into(), e))?,
+    );
+    let registry = poll
+        .registry()
+        .try_clone()
+        .map_err(|e| Error::Io("gateway poll".into(), e))?;
+    let (gw, cmd_rx) = build_gateway(cfg, waker.clone(), epoch)?;
+    let driver = Driver::new(gw.clone(), names, waker, registry, cmd_rx, host, epoch);
+    Ok((gw, driver))
+}
+
+/// Maps a MAC to the name of the port it was learned on in `network`'s FDB (not `me`, the
+/// gateway's own port): the engine's [`PortNames`].
+fn fdb_port_names(handle: Handle, network: String, me: PortId) -> PortNames {
+    Box::new(move |mac| {
+        let bridge = handle.bridge();
+        let topo = bridge.topology();
+        let ne = topo.network_by_name(&network)?;
+        let pid = ne.net.fdb.lookup(0, mac, bridge.now())?;
+        if pid == me {
+            return None;
+        }
+        topo.port(pid).map(|p| p.name.clone())
+    })
+}
+
+/// The gateway thread: the link and NAT's host sockets on one mio `Poll`, the real clock.
+fn run(mut d: Driver, handle: Handle, mut link: MemoryLink, mut poll: Poll) {
+    let fd = link.as_raw_fd();
+    if let Err(e) = poll
+        .registry()
+        .register(&mut SourceFd(&fd), LINK, Interest::READABLE)
+    {
+        tracing::error!(network = %d.gw.cfg.network, "gateway poll: {e}");
+        return;
+    }
+    let pool = FramePool::new(d.max_frame, 64);
+    d.announce();
+    flush(&mut d, &link);
+    let mut events = Events::with_capacity(64);
+    let mut frames = Vec::with_capacity(64);
+    loop {
+        let timeout = d.timeout(Instant::now());
+        if let Err(e) = poll.poll(&mut events, Some(timeout))
+            && e.kind() != std::io::ErrorKind::Interrupted
+        {
+            tracing::error!("gateway poll: {e}");
+            return;
+        }
+        if handle.is_stopped() {
+            return;
+        }
+        let now = Instant::now();
+        for ev in events.iter() {
+            let t = ev.token();
+            if t != LINK && t != WAKE {
+                d.host_ready(t, now);
+            }
+        }
+        d.commands();
+        loop {
+            frames.clear();
+            match link.recv_batch(&pool, &mut frames, 64) {
+                Ok(st) => {
+                    for f in frames.drain(..) {
+                        d.frame_with(f.data(), f.meta.vnet, now);
+                    }
+                    if st.drained {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    tracing::info!(network = %d.gw.cfg.network, "gateway port removed; gateway stops");
+                    return;
+                }
+            }
+            flush(&mut d, &link);
+        }
+        d.tick(Instant::now());
+        flush(&mut d, &link);
+    }
+}
+
+/// Sends the driver's output frames to the bridge; a full queue drops them, as a NIC would.
+fn flush(d: &mut Driver, link: &MemoryLink) {
+    for (bytes, vnet) in d.tx.drain(..) {
+        let mut f = Frame::from_slice(&bytes);
+        f.meta.vnet = vnet;
+        let _ = link.send(f);
+    }
+}
+
+/// The offloads the gateway's link takes: TCP segmentation and pending checksums.
+const GATEWAY_OFFLOADS: crate::offload::Offloads = crate::offload::Offloads {
+    csum: true,
+    tso4: true,
+    tso6: true,
+    tso_ecn: true,
+    uso: false,
+};
 
 const LINK: Token = Token(0);
 const WAKE: Token = Token(1);
@@ -499,35 +654,58 @@ enum Out {
     },
 }
 
-struct State {
+/// Names the port behind a MAC on the gateway's network (`None` for an unknown MAC or the
+/// gateway's own port): how endpoints get their port name in DNS.
+pub type PortNames = Box<dyn Fn(Mac) -> Option<String> + Send>;
+
+/// Drives one gateway synchronously: frames in ([`Driver::frame`]), host socket readiness in
+/// ([`Driver::host_ready`]), timers ([`Driver::tick`]), frames out ([`Driver::take_frames`]).
+/// Every entry point takes `now`, the gateway's clock: the engine's gateway thread passes the
+/// real time, a simulation or the fuzzer a virtual one. It does no I/O of its own besides NAT's
+/// host sockets, which come from the [`HostSockets`] it was built with.
+pub struct Driver {
     gw: Arc<Gateway>,
-    handle: Handle,
-    link: MemoryLink,
-    me: PortId,
+    names_of: PortNames,
     waker: Arc<Waker>,
     out_tx: Sender<Out>,
     out_rx: Receiver<Out>,
     neigh: HashMap<IpAddr, Mac>,
     names: HashMap<(String, bool), IpAddr>,
     tcp: tcp::TcpDns,
-    pool: FramePool,
+    max_frame: usize,
+    tx: Vec<(Vec<u8>, VnetHdr)>,
+    /// The virtio-net header of the frame being handled (offload state from its link).
+    rx_vnet: VnetHdr,
     next_ra: Instant,
     ra_burst: u32,
+    next_expire: Instant,
     registry: mio::Registry,
     nat: Option<Nat>,
     cmds: Receiver<Cmd>,
 }
 
-impl State {
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("network", &self.gw.cfg.network)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most frames a driver holds for its caller between two [`Driver::take_frames`]; more are
+/// dropped, as a full queue towards the bridge would.
+pub const MAX_PENDING_FRAMES: usize = 4096;
+
+impl Driver {
     fn new(
         gw: Arc<Gateway>,
-        handle: Handle,
-        link: MemoryLink,
-        me: PortId,
+        names_of: PortNames,
         waker: Arc<Waker>,
-        poll: &Poll,
+        registry: mio::Registry,
         cmds: Receiver<Cmd>,
-    ) -> std::io::Result<Self> {
+        host: Arc<dyn HostSockets>,
+        epoch: Instant,
+    ) -> Self {
         let mut addrs = vec![smoltcp::wire::IpCidr::new(
             smoltcp::wire::IpAddress::Ipv4(gw.cfg.addr),
             gw.cfg.subnet.prefix_len(),
@@ -548,165 +726,188 @@ impl State {
                 64,
             ));
         }
-        let tcp = tcp::TcpDns::new(&addrs, usize::from(gw.cfg.mtu));
-        let nat = gw
-            .cfg
-            .nat_config()
-            .map(|n| Nat::new(n, gw.nat_counters.clone(), &addrs, usize::from(gw.cfg.mtu)));
-        let registry = poll.registry().try_clone()?;
+        let tcp = tcp::TcpDns::new(&addrs, usize::from(gw.cfg.mtu), epoch);
+        let nat = gw.cfg.nat_config().map(|n| {
+            Nat::new(
+                n,
+                gw.nat_counters.clone(),
+                &addrs,
+                usize::from(gw.cfg.mtu),
+                host,
+                epoch,
+            )
+        });
         let (out_tx, out_rx) = crossbeam_channel::unbounded();
-        let pool = FramePool::new(gw.cfg.mtu as usize + 22, 64);
-        Ok(State {
+        Driver {
+            max_frame: usize::from(gw.cfg.mtu) + 22,
+            rx_vnet: VnetHdr::default(),
             gw,
-            handle,
-            link,
-            me,
+            names_of,
             waker,
             out_tx,
             out_rx,
             neigh: HashMap::new(),
             names: HashMap::new(),
             tcp,
-            pool,
-            next_ra: Instant::now(),
+            tx: Vec::new(),
+            next_ra: epoch,
             ra_burst: 3,
+            next_expire: epoch + Duration::from_secs(1),
             registry,
             nat,
             cmds,
-        })
+        }
     }
 
-    fn run(&mut self, mut poll: Poll) {
-        let fd = self.link.as_raw_fd();
-        if let Err(e) = poll
-            .registry()
-            .register(&mut SourceFd(&fd), LINK, Interest::READABLE)
-        {
-            tracing::error!(network = %self.gw.cfg.network, "gateway poll: {e}");
-            return;
-        }
+    /// The gateway it drives.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gw
+    }
+
+    /// Announces the gateway (a gratuitous ARP); done once, when it joins the network.
+    pub fn announce(&mut self) {
         self.send(arp::gratuitous(self.gw.cfg.mac, self.gw.cfg.addr));
-        let mut events = Events::with_capacity(64);
-        let mut next_expire = Instant::now() + Duration::from_secs(1);
-        let mut frames = Vec::with_capacity(64);
-        loop {
-            let now = Instant::now();
-            let mut timeout = next_expire.min(self.next_ra).saturating_duration_since(now);
-            if let Some(d) = self.tcp.poll_delay() {
-                timeout = timeout.min(d);
-            }
-            if let Some(d) = self.nat.as_mut().and_then(Nat::poll_delay) {
-                timeout = timeout.min(d);
-            }
-            if let Err(e) = poll.poll(&mut events, Some(timeout))
-                && e.kind() != std::io::ErrorKind::Interrupted
-            {
-                tracing::error!("gateway poll: {e}");
-                return;
-            }
-            if self.handle.is_stopped() {
-                return;
-            }
-            let mut out = Vec::new();
-            for ev in events.iter() {
-                let t = ev.token();
-                if t == LINK || t == WAKE {
-                    continue;
+    }
+
+    /// How long after `now` the next [`Driver::tick`] is due (timers, TCP retransmissions).
+    pub fn timeout(&mut self, now: Instant) -> Duration {
+        let mut t = self
+            .next_expire
+            .min(self.next_ra)
+            .saturating_duration_since(now);
+        if let Some(d) = self.tcp.poll_delay(now) {
+            t = t.min(d);
+        }
+        if let Some(d) = self.nat.as_mut().and_then(|n| n.poll_delay(now)) {
+            t = t.min(d);
+        }
+        t
+    }
+
+    /// A NAT host socket registered under `token` is ready.
+    pub fn host_ready(&mut self, token: Token, now: Instant) {
+        let Some(nat) = self.nat.as_mut() else {
+            return;
+        };
+        let records = &self.gw.records;
+        let domain = &self.gw.cfg.domain;
+        let resolve = |name: &str| {
+            let fqdn = if name.ends_with(&format!(".{domain}")) {
+                name.to_string()
+            } else {
+                format!("{name}.{domain}")
+            };
+            records.lookup(&fqdn)
+        };
+        let mut out = Vec::new();
+        nat.ready(&self.registry, token, &resolve, &mut out, now);
+        for p in out {
+            self.send_nat_ip(&p);
+        }
+    }
+
+    /// Runs the control API's pending commands (port forwards).
+    fn commands(&mut self) {
+        while let Ok(c) = self.cmds.try_recv() {
+            match (c, self.nat.as_mut()) {
+                (Cmd::AddForward { id, bound, reply }, Some(nat)) => {
+                    let _ = reply.send(nat.add_forward(&self.registry, id, bound));
                 }
-                if let Some(nat) = self.nat.as_mut() {
-                    let records = &self.gw.records;
-                    let domain = &self.gw.cfg.domain;
-                    let resolve = |name: &str| {
-                        let fqdn = if name.ends_with(&format!(".{domain}")) {
-                            name.to_string()
-                        } else {
-                            format!("{name}.{domain}")
-                        };
-                        records.lookup(&fqdn)
-                    };
-                    nat.ready(&self.registry, t, &resolve, &mut out);
+                (Cmd::AddForward { reply, .. }, None) => {
+                    let _ = reply.send(Err(std::io::Error::other("internal network: no NAT")));
                 }
-            }
-            while let Ok(c) = self.cmds.try_recv() {
-                match (c, self.nat.as_mut()) {
-                    (Cmd::AddForward { id, bound, reply }, Some(nat)) => {
-                        let _ = reply.send(nat.add_forward(&self.registry, id, bound));
-                    }
-                    (Cmd::AddForward { reply, .. }, None) => {
-                        let _ = reply.send(Err(std::io::Error::other("internal network: no NAT")));
-                    }
-                    (Cmd::RemoveForward { id, reply }, Some(nat)) => {
-                        let _ = reply.send(nat.remove_forward(&self.registry, id));
-                    }
-                    (Cmd::RemoveForward { reply, .. }, None) => {
-                        let _ = reply.send(false);
-                    }
+                (Cmd::RemoveForward { id, reply }, Some(nat)) => {
+                    let _ = reply.send(nat.remove_forward(&self.registry, id));
                 }
-            }
-            loop {
-                frames.clear();
-                match self.link.recv_batch(&self.pool, &mut frames, 64) {
-                    Ok(st) => {
-                        for f in frames.drain(..) {
-                            self.frame(f.data());
-                        }
-                        if st.drained {
-                            break;
-                        }
-                    }
-                    Err(_) => {
-                        tracing::info!(network = %self.gw.cfg.network, "gateway port removed; gateway stops");
-                        return;
-                    }
+                (Cmd::RemoveForward { reply, .. }, None) => {
+                    let _ = reply.send(false);
                 }
-            }
-            while let Ok(o) = self.out_rx.try_recv() {
-                match o {
-                    Out::Udp {
-                        mac,
-                        src,
-                        dst,
-                        payload,
-                    } => self.send_udp(mac, src, dst, &payload),
-                    Out::Tcp { conn, payload } => self.tcp.answer(conn, &payload),
-                }
-            }
-            self.poll_tcp();
-            if let Some(nat) = self.nat.as_mut() {
-                nat.poll(&self.registry, &mut out);
-            }
-            let now = Instant::now();
-            if now >= next_expire {
-                next_expire = now + Duration::from_secs(1);
-                if let Some(nat) = self.nat.as_mut() {
-                    nat.expire(&self.registry, &mut out);
-                }
-                if let Some(d) = &self.gw.dhcp {
-                    let events = d.lock().expire(self.gw.now_ms());
-                    self.names_from(events);
-                }
-            }
-            for p in out.drain(..) {
-                self.send_ip(&p);
-            }
-            if now >= self.next_ra {
-                self.router_advert(ndp::ALL_NODES, ndp::multicast_mac(ndp::ALL_NODES));
-                // A few quick ones at start (RFC 4861 §6.2.4), then periodic.
-                self.next_ra = now
-                    + if self.ra_burst > 0 {
-                        self.ra_burst -= 1;
-                        Duration::from_secs(4)
-                    } else {
-                        RA_EVERY
-                    };
             }
         }
     }
 
-    fn send(&self, frame: Vec<u8>) {
-        if frame.len() <= self.pool.max_frame() {
-            // A full queue towards the bridge drops the frame, as a NIC would.
-            let _ = self.link.send(Frame::from_slice(&frame));
+    /// Everything not triggered by a frame: DNS answers that came back, the TCP state machines
+    /// (DNS over TCP, NAT), and, when due, NAT and DHCP expiry and router advertisements.
+    pub fn tick(&mut self, now: Instant) {
+        while let Ok(o) = self.out_rx.try_recv() {
+            match o {
+                Out::Udp {
+                    mac,
+                    src,
+                    dst,
+                    payload,
+                } => self.send_udp(mac, src, dst, &payload),
+                Out::Tcp { conn, payload } => self.tcp.answer(conn, &payload, now),
+            }
+        }
+        self.poll_tcp(now);
+        let mut out = Vec::new();
+        if let Some(nat) = self.nat.as_mut() {
+            nat.poll(&self.registry, &mut out, now);
+        }
+        if now >= self.next_expire {
+            self.next_expire = now + Duration::from_secs(1);
+            if let Some(nat) = self.nat.as_mut() {
+                nat.expire(&self.registry, &mut out, now);
+            }
+            if let Some(d) = &self.gw.dhcp {
+                let events = d.lock().expire(self.gw.ms_at(now));
+                self.names_from(events);
+            }
+        }
+        for p in out.drain(..) {
+            self.send_nat_ip(&p);
+        }
+        if now >= self.next_ra {
+            self.router_advert(ndp::ALL_NODES, ndp::multicast_mac(ndp::ALL_NODES));
+            // A few quick ones at start (RFC 4861 §6.2.4), then periodic.
+            self.next_ra = now
+                + if self.ra_burst > 0 {
+                    self.ra_burst -= 1;
+                    Duration::from_secs(4)
+                } else {
+                    RA_EVERY
+                };
+        }
+    }
+
+    /// The frames the gateway sent since the last call, oldest first.
+    pub fn take_frames(&mut self) -> Vec<Vec<u8>> {
+        self.tx.drain(..).map(|(f, _)| f).collect()
+    }
+
+    /// Like [`Self::take_frames`], with each frame's offload state: NAT's TCP segments leave
+    /// their checksum to the last hop and may be 64 KiB GSO frames
+    /// ([`crate::offload::adapt`] finishes them for links that need it).
+    pub fn take_output(&mut self) -> Vec<(Vec<u8>, VnetHdr)> {
+        std::mem::take(&mut self.tx)
+    }
+
+    /// NAT's open flows (`None` on an internal network).
+    pub fn nat_flows(&self) -> Option<crate::nat::FlowCounts> {
+        self.nat.as_ref().map(Nat::counts)
+    }
+
+    /// Addresses in the gateway's neighbour table (bounded by an internal cap).
+    pub fn neighbours(&self) -> usize {
+        self.neigh.len()
+    }
+
+    /// Open DNS-over-TCP connections.
+    pub fn dns_tcp_connections(&self) -> usize {
+        self.tcp.connections()
+    }
+
+    fn send(&mut self, frame: Vec<u8>) {
+        self.send_with(frame, VnetHdr::default());
+    }
+
+    /// Queues a frame with its offload state (a GSO frame may exceed the MTU).
+    fn send_with(&mut self, frame: Vec<u8>, vnet: VnetHdr) {
+        let fits = frame.len() <= self.max_frame
+            || (vnet.gso_type != 0 && frame.len() <= crate::frame::GSO_MAX_FRAME);
+        if fits && self.tx.len() < MAX_PENDING_FRAMES {
+            self.tx.push((frame, vnet));
         }
     }
 
@@ -714,7 +915,17 @@ impl State {
         a == self.gw.cfg.link_local() || Some(a) == self.gw.cfg.addr6()
     }
 
-    fn frame(&mut self, data: &[u8]) {
+    /// One frame from the network (whatever the bridge delivered to the gateway's port).
+    pub fn frame(&mut self, data: &[u8], now: Instant) {
+        self.frame_with(data, VnetHdr::default(), now);
+    }
+
+    /// One frame with the offload state its link gave it: a frame whose checksum is pending
+    /// (`NEEDS_CSUM`) or was checked by the kernel (`DATA_VALID`) is trusted as it is, and TCP
+    /// frames may be 64 KiB GSO frames (NAT's TCP takes them whole). Any other TCP segment's
+    /// checksum is verified here.
+    pub fn frame_with(&mut self, data: &[u8], vnet: VnetHdr, now: Instant) {
+        self.rx_vnet = vnet;
         inc(&self.gw.counters.frames);
         let Ok(h) = L2Header::parse(data) else {
             inc(&self.gw.counters.malformed);
@@ -730,8 +941,8 @@ impl State {
         let payload = &data[h.header_len..];
         let ok = match h.ethertype {
             0x0806 => self.arp(payload),
-            0x0800 => self.ipv4(&h, payload),
-            0x86dd => self.ipv6(&h, payload),
+            0x0800 => self.ipv4(&h, payload, now),
+            0x86dd => self.ipv6(&h, payload, now),
             _ => {
                 inc(&self.gw.counters.ignored);
                 true
@@ -780,29 +991,18 @@ impl State {
 
     /// Registers the port name behind `mac` as a DNS name for `ip`.
     fn snoop(&mut self, mac: Mac, ip: IpAddr) {
-        let bridge = self.handle.bridge();
-        let topo = bridge.topology();
-        let Some(ne) = topo.network_by_name(&self.gw.cfg.network) else {
+        let Some(name) = (self.names_of)(mac) else {
             return;
         };
-        let Some(pid) = ne.net.fdb.lookup(0, mac, bridge.now()) else {
-            return;
-        };
-        if pid == self.me {
-            return;
-        }
-        let Some(port) = topo.port(pid) else {
-            return;
-        };
-        let key = (port.name.clone(), ip.is_ipv4());
+        let key = (name, ip.is_ipv4());
         if self.names.get(&key) == Some(&ip) {
             return;
         }
         if let Some(old) = self.names.get(&key) {
-            self.gw.records.remove(&port.name, Some(*old));
+            self.gw.records.remove(&key.0, Some(*old));
         }
-        if self.gw.records.add(&port.name, ip).is_ok() {
-            tracing::debug!(name = %port.name, %ip, "endpoint name registered");
+        if self.gw.records.add(&key.0, ip).is_ok() {
+            tracing::debug!(name = %key.0, %ip, "endpoint name registered");
             self.names.insert(key, ip);
         }
     }
@@ -820,7 +1020,7 @@ impl State {
         }
     }
 
-    fn ipv4(&mut self, h: &L2Header, payload: &[u8]) -> bool {
+    fn ipv4(&mut self, h: &L2Header, payload: &[u8], now: Instant) -> bool {
         let Ok(ip) = Ipv4Slice::from_slice(payload) else {
             return false;
         };
@@ -842,6 +1042,9 @@ impl State {
         let packet = payload
             .get(..usize::from(hdr.total_len()))
             .unwrap_or(payload);
+        if ip.payload().ip_number == IpNumber::TCP && !self.tcp_checksum_ok(packet, body) {
+            return false;
+        }
         if dns_only {
             // The DNS-only address serves DNS and echo, nothing else (it is no host alias).
             let proto = ip.payload().ip_number;
@@ -862,6 +1065,7 @@ impl State {
         if !for_us && !bcast {
             // Routed through us: NAT.
             return self.nat(
+                now,
                 packet,
                 IpAddr::V4(src),
                 IpAddr::V4(dst),
@@ -888,7 +1092,7 @@ impl State {
                     return false;
                 };
                 match udp.destination_port() {
-                    67 => self.dhcp(udp.payload()),
+                    67 => self.dhcp(udp.payload(), now),
                     53 if for_us => {
                         inc(&self.gw.counters.dns_udp);
                         self.dns_udp(
@@ -900,6 +1104,7 @@ impl State {
                         true
                     }
                     _ if for_us => self.nat(
+                        now,
                         packet,
                         IpAddr::V4(src),
                         IpAddr::V4(dst),
@@ -922,6 +1127,7 @@ impl State {
                 } else {
                     // The host's loopback, through the gateway's address.
                     self.nat(
+                        now,
                         packet,
                         IpAddr::V4(src),
                         IpAddr::V4(dst),
@@ -940,6 +1146,7 @@ impl State {
     /// Hands a guest's IP packet to NAT (TCP, UDP, ICMP echo); replies go back to the guest.
     fn nat(
         &mut self,
+        now: Instant,
         packet: &[u8],
         src: IpAddr,
         dst: IpAddr,
@@ -952,20 +1159,20 @@ impl State {
             return true;
         };
         let mut out = Vec::new();
-        let ok = nat.from_guest(&self.registry, packet, src, dst, proto, body, &mut out);
+        let ok = nat.from_guest(&self.registry, now, packet, src, dst, proto, body, &mut out);
         for p in out {
-            self.send_ip(&p);
+            self.send_nat_ip(&p);
         }
         ok
     }
 
-    fn dhcp(&mut self, payload: &[u8]) -> bool {
+    fn dhcp(&mut self, payload: &[u8], now: Instant) -> bool {
         let Some(d) = &self.gw.dhcp else {
             inc(&self.gw.counters.ignored);
             return true;
         };
         inc(&self.gw.counters.dhcp_requests);
-        let res = d.lock().handle(payload, self.gw.now_ms());
+        let res = d.lock().handle(payload, self.gw.ms_at(now));
         let out = match res {
             Ok(Some(o)) => o,
             Ok(None) => return true,
@@ -1011,7 +1218,7 @@ impl State {
         );
     }
 
-    fn send_udp(&self, mac: Mac, src: SocketAddr, dst: SocketAddr, payload: &[u8]) {
+    fn send_udp(&mut self, mac: Mac, src: SocketAddr, dst: SocketAddr, payload: &[u8]) {
         let frame = match (src.ip(), dst.ip()) {
             (IpAddr::V4(s), IpAddr::V4(d)) => build(
                 PacketBuilder::ethernet2(self.gw.cfg.mac.0, mac.0)
@@ -1030,12 +1237,12 @@ impl State {
         self.send(frame);
     }
 
-    fn poll_tcp(&mut self) {
+    fn poll_tcp(&mut self, now: Instant) {
         let tx = self.out_tx.clone();
         let waker = self.waker.clone();
         let dns = &self.gw.dns;
         let counters = &self.gw.counters;
-        let packets = self.tcp.poll(|conn, msg| {
+        let packets = self.tcp.poll(now, |conn, msg| {
             inc(&counters.dns_tcp);
             let tx = tx.clone();
             let waker = waker.clone();
@@ -1053,8 +1260,42 @@ impl State {
         }
     }
 
+    /// True when the TCP segment `body` of IP packet `packet` may go on: its checksum is right,
+    /// or its link vouched for it (pending or kernel-checked checksum).
+    fn tcp_checksum_ok(&self, packet: &[u8], body: &[u8]) -> bool {
+        const DATA_VALID: u8 = 2;
+        self.rx_vnet.flags & (VnetHdr::F_NEEDS_CSUM | DATA_VALID) != 0
+            || crate::offload::l4_checksum_ok(packet, body, 6)
+    }
+
+    /// Sends an IP packet from NAT. TCP segments leave their checksum to the last hop, and
+    /// smoltcp's large segments (NAT's device MTU is 64 KiB) go out as GSO frames cut at the
+    /// flow's MSS, by the guest's kernel or by [`crate::offload::adapt`].
+    fn send_nat_ip(&mut self, packet: &[u8]) {
+        let l4 = match packet.first().map(|b| b >> 4) {
+            Some(4) if packet.get(9) == Some(&6) => usize::from(packet[0] & 0x0f) * 4,
+            Some(6) if packet.get(6) == Some(&6) => 40,
+            _ => return self.send_ip(packet),
+        };
+        let mtu = usize::from(self.gw.cfg.mtu);
+        let gso_size = self
+            .nat
+            .as_ref()
+            .and_then(|n| n.tcp_gso_size(packet))
+            .unwrap_or_else(|| mtu.saturating_sub(l4 + 20).max(1) as u16);
+        let mut p = packet.to_vec();
+        match crate::offload::tcp_partial(&mut p, l4, 14, mtu, gso_size) {
+            Some(vnet) => self.send_ip_with(&p, vnet),
+            None => self.send_ip(packet),
+        }
+    }
+
     /// Wraps an IP packet from smoltcp in Ethernet towards its destination's MAC.
-    fn send_ip(&self, packet: &[u8]) {
+    fn send_ip(&mut self, packet: &[u8]) {
+        self.send_ip_with(packet, VnetHdr::default());
+    }
+
+    fn send_ip_with(&mut self, packet: &[u8], vnet: VnetHdr) {
         let (dst, ethertype) = match packet.first().map(|b| b >> 4) {
             Some(4) => match Ipv4Slice::from_slice(packet) {
                 Ok(ip) => (IpAddr::V4(ip.header().destination_addr()), 0x0800u16),
@@ -1074,7 +1315,7 @@ impl State {
         f.extend_from_slice(&self.gw.cfg.mac.0);
         f.extend_from_slice(&ethertype.to_be_bytes());
         f.extend_from_slice(packet);
-        self.send(f);
+        self.send_with(f, vnet);
     }
 
     fn router_advert(&mut self, dst: Ipv6Addr, mac: Mac) {
@@ -1092,7 +1333,7 @@ impl State {
         self.send(ndp::router_advert(&p, dst, mac));
     }
 
-    fn ipv6(&mut self, h: &L2Header, payload: &[u8]) -> bool {
+    fn ipv6(&mut self, h: &L2Header, payload: &[u8], now: Instant) -> bool {
         if self.gw.cfg.ipv6.is_none() {
             inc(&self.gw.counters.ignored);
             return true;
@@ -1113,6 +1354,11 @@ impl State {
         let packet = payload
             .get(..40 + usize::from(hdr.payload_length()))
             .unwrap_or(payload);
+        if ip.payload().ip_number == IpNumber::TCP
+            && !self.tcp_checksum_ok(packet, ip.payload().payload)
+        {
+            return false;
+        }
         if !ours && !ours_sn {
             if dst.is_multicast() || ip.payload().fragmented {
                 inc(&self.gw.counters.ignored);
@@ -1122,6 +1368,7 @@ impl State {
                 self.learn(IpAddr::V6(src), h.src);
             }
             return self.nat(
+                now,
                 packet,
                 IpAddr::V6(src),
                 IpAddr::V6(dst),
@@ -1198,6 +1445,7 @@ impl State {
                     true
                 } else if Some(dst) == cfg.addr6() {
                     self.nat(
+                        now,
                         packet,
                         IpAddr::V6(src),
                         IpAddr::V6(dst),
@@ -1218,6 +1466,7 @@ impl State {
                     true
                 } else if Some(dst) == cfg.addr6() {
                     self.nat(
+                        now,
                         packet,
                         IpAddr::V6(src),
                         IpAddr::V6(dst),

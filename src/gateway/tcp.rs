@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SInstant;
 use smoltcp::wire::{HardwareAddress, IpCidr};
@@ -31,6 +31,10 @@ pub(crate) struct QueueDevice {
     pub(crate) rx: VecDeque<Vec<u8>>,
     pub(crate) tx: Vec<Vec<u8>>,
     pub(crate) mtu: usize,
+    /// What smoltcp does with TCP checksums. Never verify on receive: the gateway checks the
+    /// segments that need it before they get here (`Driver::frame_with`), and segments from
+    /// offload links carry a partial checksum that only the final hop completes.
+    pub(crate) tcp_checksum: Checksum,
 }
 
 pub(crate) struct Rx(Vec<u8>);
@@ -68,6 +72,7 @@ impl Device for QueueDevice {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ip;
         c.max_transmission_unit = self.mtu;
+        c.checksum.tcp = self.tcp_checksum;
         c
     }
 }
@@ -95,14 +100,15 @@ pub struct TcpDns {
 pub type ConnId = SocketHandle;
 
 impl TcpDns {
-    /// An endpoint on `addrs` (the gateway's addresses with their prefixes).
-    pub fn new(addrs: &[IpCidr], mtu: usize) -> Self {
+    /// An endpoint on `addrs` (the gateway's addresses with their prefixes), whose clock starts
+    /// at `epoch`.
+    pub fn new(addrs: &[IpCidr], mtu: usize, epoch: std::time::Instant) -> Self {
         let mut dev = QueueDevice {
             rx: VecDeque::new(),
             tx: Vec::new(),
             mtu,
+            tcp_checksum: smoltcp::phy::Checksum::Tx,
         };
-        let epoch = std::time::Instant::now();
         let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut dev, SInstant::ZERO);
         iface.update_ip_addrs(|a| {
             for c in addrs {
@@ -121,8 +127,8 @@ impl TcpDns {
         me
     }
 
-    fn now(&self) -> SInstant {
-        SInstant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    fn smol(&self, now: std::time::Instant) -> SInstant {
+        SInstant::from_micros(now.saturating_duration_since(self.epoch).as_micros() as i64)
     }
 
     fn refill(&mut self) {
@@ -148,9 +154,13 @@ impl TcpDns {
     }
 
     /// Runs the TCP state machines. Complete queries are passed to `on_query(conn, message)`;
-    /// returns the IP packets to send.
-    pub fn poll(&mut self, mut on_query: impl FnMut(ConnId, Vec<u8>)) -> Vec<Vec<u8>> {
-        let now = self.now();
+    /// returns the IP packets to send. `clock` is the gateway's clock.
+    pub fn poll(
+        &mut self,
+        clock: std::time::Instant,
+        mut on_query: impl FnMut(ConnId, Vec<u8>),
+    ) -> Vec<Vec<u8>> {
+        let now = self.smol(clock);
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
         // Listeners that accepted become connections.
         let mut accepted = Vec::new();
@@ -167,7 +177,7 @@ impl TcpDns {
             self.conns.insert(
                 h,
                 Conn {
-                    last: Some(std::time::Instant::now()),
+                    last: Some(clock),
                     ..Conn::default()
                 },
             );
@@ -181,7 +191,7 @@ impl TcpDns {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         c.inbuf.extend_from_slice(&buf[..n]);
-                        c.last = Some(std::time::Instant::now());
+                        c.last = Some(clock);
                     }
                 }
             }
@@ -204,7 +214,9 @@ impl TcpDns {
                     }
                 }
             }
-            let idle = c.last.is_some_and(|t| t.elapsed() > IDLE);
+            let idle = c
+                .last
+                .is_some_and(|t| clock.saturating_duration_since(t) > IDLE);
             // The client closed its side and has every answer: close ours.
             let done = s.state() == tcp::State::CloseWait && c.out.is_empty() && c.pending == 0;
             if done || idle {
@@ -227,10 +239,10 @@ impl TcpDns {
     }
 
     /// Queues an answer on connection `conn` (with its length prefix).
-    pub fn answer(&mut self, conn: ConnId, msg: &[u8]) {
+    pub fn answer(&mut self, conn: ConnId, msg: &[u8], now: std::time::Instant) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.pending = c.pending.saturating_sub(1);
-            c.last = Some(std::time::Instant::now());
+            c.last = Some(now);
             if msg.len() <= MAX_MSG {
                 c.out.extend((msg.len() as u16).to_be_bytes());
                 c.out.extend(msg);
@@ -239,8 +251,8 @@ impl TcpDns {
     }
 
     /// How long until smoltcp needs to run again (retransmissions, timers).
-    pub fn poll_delay(&mut self) -> Option<Duration> {
-        let now = self.now();
+    pub fn poll_delay(&mut self, clock: std::time::Instant) -> Option<Duration> {
+        let now = self.smol(clock);
         self.iface
             .poll_delay(now, &self.sockets)
             .map(|d| Duration::from_micros(d.total_micros()))

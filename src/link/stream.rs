@@ -8,6 +8,10 @@
 //! the middle of a record, means the peer is broken or hostile: the link reports
 //! [`LinkError::Gone`] and the engine removes the port (nothing else is affected).
 //!
+//! The framing itself is a pure [`Decoder`] (no I/O), which the link feeds with what it reads:
+//! after it has returned every complete record, it holds less than one record (at most
+//! `4 + max_frame - 1` bytes), so a peer cannot make it buffer without bound.
+//!
 //! Writing: frames are framed into a bounded send buffer and written as far as the socket takes
 //! them; the rest waits for the next writable event, so a slow VM backs up into its own TX ring
 //! only.
@@ -27,8 +31,7 @@ const SEND_BUF: usize = 256 * 1024;
 pub struct StreamLink {
     sock: Box<dyn Stream>,
     max_frame: usize,
-    rx: Vec<u8>,
-    rx_start: usize,
+    rx: Decoder,
     tx: Vec<u8>,
     tx_off: usize,
     what: String,
@@ -74,8 +77,7 @@ impl StreamLink {
         Ok(StreamLink {
             sock: Box::new(sock),
             max_frame,
-            rx: Vec::with_capacity(64 * 1024),
-            rx_start: 0,
+            rx: Decoder::new(),
             tx: Vec::with_capacity(64 * 1024),
             tx_off: 0,
             what: what.to_string(),
@@ -97,33 +99,18 @@ impl StreamLink {
         st: &mut RecvStats,
         max: usize,
     ) -> Result<(), LinkError> {
+        let limit = self.max_frame.min(pool.max_frame());
         while st.frames < max {
-            let avail = &self.rx[self.rx_start..];
-            if avail.len() < 4 {
-                break;
+            match self.rx.next_frame(limit) {
+                Ok(Some(data)) => {
+                    if let Some(f) = pool.frame_from(data) {
+                        out.push(f);
+                        st.frames += 1;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Err(self.gone(e.to_string())),
             }
-            let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
-            if len > self.max_frame || len > pool.max_frame() {
-                return Err(self.gone(format!(
-                    "record of {len} bytes is over the maximum frame of {}",
-                    self.max_frame.min(pool.max_frame())
-                )));
-            }
-            if avail.len() < 4 + len {
-                break;
-            }
-            if let Some(f) = pool.frame_from(&avail[4..4 + len]) {
-                out.push(f);
-                st.frames += 1;
-            }
-            self.rx_start += 4 + len;
-        }
-        if self.rx_start == self.rx.len() {
-            self.rx.clear();
-            self.rx_start = 0;
-        } else if self.rx_start > 64 * 1024 {
-            self.rx.drain(..self.rx_start);
-            self.rx_start = 0;
         }
         Ok(())
     }
@@ -177,7 +164,7 @@ impl Link for StreamLink {
                     if st.frames > 0 {
                         return Ok(st);
                     }
-                    let partial = self.rx.len() > self.rx_start;
+                    let partial = self.rx.buffered() > 0;
                     return Err(self.gone(if partial {
                         "closed in the middle of a frame".into()
                     } else {
@@ -185,7 +172,7 @@ impl Link for StreamLink {
                     }));
                 }
                 Ok(n) => {
-                    self.rx.extend_from_slice(&buf[..n]);
+                    self.rx.push(&buf[..n]);
                     self.parse(pool, out, &mut st, max)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -213,14 +200,96 @@ impl Link for StreamLink {
                 st.errors += 1;
                 continue;
             }
-            self.tx.extend_from_slice(&(f.len() as u32).to_be_bytes());
-            self.tx.extend_from_slice(f.data());
+            encode_record(f.data(), &mut self.tx);
             st.frames += 1;
             st.bytes += f.len();
         }
         self.flush_tx()?;
         Ok(st)
     }
+}
+
+/// A record whose length prefix is over the maximum frame: the peer is broken or hostile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("record of {len} bytes is over the maximum frame of {max}")]
+pub struct FrameTooLong {
+    /// The length the prefix announced.
+    pub len: usize,
+    /// The maximum it was checked against.
+    pub max: usize,
+}
+
+/// The stream framing's decoder: bytes in ([`Decoder::push`], in pieces of any size), complete
+/// records out ([`Decoder::next_frame`]), in order. No I/O; used by [`StreamLink`] and fuzzed
+/// on its own.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+/// Consumed bytes kept at the front of the buffer before it is compacted.
+const COMPACT_AT: usize = 64 * 1024;
+
+impl Decoder {
+    /// An empty decoder.
+    pub fn new() -> Self {
+        Decoder {
+            buf: Vec::with_capacity(64 * 1024),
+            start: 0,
+        }
+    }
+
+    /// Appends bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete record's frame, if one is buffered; `Err` when the next record's length
+    /// is over `max_frame` (the stream cannot be resynchronised after that: the caller drops
+    /// it). Once this returns `Ok(None)` the decoder holds less than `4 + max_frame` bytes.
+    pub fn next_frame(&mut self, max_frame: usize) -> Result<Option<&[u8]>, FrameTooLong> {
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > COMPACT_AT {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let avail = self.buf.get(self.start..).unwrap_or_default();
+        let Some(prefix) = avail.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*prefix) as usize;
+        if len > max_frame {
+            return Err(FrameTooLong {
+                len,
+                max: max_frame,
+            });
+        }
+        if avail.len() - 4 < len {
+            return Ok(None);
+        }
+        let from = self.start + 4;
+        self.start = from + len;
+        Ok(self.buf.get(from..from + len))
+    }
+
+    /// Bytes buffered and not returned yet (a partial record, or records not asked for).
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Bytes the decoder's buffer holds, consumed ones included (its memory use).
+    pub fn held(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// Frames `frame` as one record: its length as 4 bytes big-endian, then its bytes.
+pub fn encode_record(frame: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    out.extend_from_slice(frame);
 }
 
 #[cfg(test)]
@@ -288,5 +357,41 @@ mod tests {
         drop(peer);
         let e = link.recv_batch(&pool, &mut out, 64).expect_err("gone");
         assert!(e.to_string().contains("middle"), "{e}");
+    }
+
+    #[test]
+    fn decoder_byte_by_byte_in_order_and_bounded() {
+        let mut stream = Vec::new();
+        for n in [0usize, 1, 60, 1514] {
+            encode_record(&vec![n as u8; n], &mut stream);
+        }
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        for b in &stream {
+            d.push(std::slice::from_ref(b));
+            while let Some(f) = d.next_frame(1514).expect("within the maximum") {
+                got.push(f.to_vec());
+            }
+            assert!(d.buffered() < 4 + 1514);
+        }
+        let lens: Vec<usize> = got.iter().map(Vec::len).collect();
+        assert_eq!(lens, [0, 1, 60, 1514]);
+        assert!(
+            got.iter()
+                .all(|f| f.iter().all(|&b| usize::from(b) == f.len() % 256))
+        );
+        assert_eq!(d.buffered(), 0);
+
+        // A length over the maximum is reported once its prefix is complete.
+        d.push(&[0, 0, 0x05]);
+        assert_eq!(d.next_frame(1514), Ok(None));
+        d.push(&[0xeb]);
+        assert_eq!(
+            d.next_frame(1514),
+            Err(FrameTooLong {
+                len: 1515,
+                max: 1514
+            })
+        );
     }
 }

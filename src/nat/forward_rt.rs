@@ -19,9 +19,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use etherparse::PacketBuilder;
-use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::net::{TcpListener, UdpSocket};
 use mio::{Interest, Registry, Token};
 
+use super::host::HostStream;
 use super::{NatConfig, token};
 
 /// One bound host socket of a forward.
@@ -131,7 +132,7 @@ impl Forwards {
         tok: Token,
         cfg: &NatConfig,
         resolve: &dyn Fn(&str) -> Vec<IpAddr>,
-    ) -> Vec<(TcpStream, SocketAddr, SocketAddr)> {
+    ) -> Vec<(Box<dyn HostStream>, SocketAddr, SocketAddr)> {
         let mut v = Vec::new();
         let Some(Some(e)) = self.entries.get_mut(token::split(tok).1) else {
             return v;
@@ -152,7 +153,7 @@ impl Forwards {
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    v.push((stream, from, guest));
+                    v.push((Box::new(stream), from, guest));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

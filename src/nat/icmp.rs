@@ -32,14 +32,13 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
 use etherparse::PacketBuilder;
-use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 
+use super::host::{HostDatagram, HostSockets, OsSockets};
 use super::{NatConfig, NatCounters, host_destination, token};
 
 /// Most packets one [`IcmpNat::ready`] call appends for one flow.
@@ -60,7 +59,7 @@ const ECHO_REPLY_V6: u8 = 129;
 /// One echo flow.
 #[derive(Debug)]
 struct Flow {
-    sock: UdpSocket,
+    sock: Box<dyn HostDatagram>,
     guest: IpAddr,
     id: u16,
     dst: IpAddr,
@@ -69,9 +68,9 @@ struct Flow {
 }
 
 /// The ICMP echo flow table of one network.
-#[derive(Debug)]
 pub struct IcmpNat {
     cfg: Arc<NatConfig>,
+    host: Arc<dyn HostSockets>,
     counters: Arc<NatCounters>,
     slots: Vec<Option<Flow>>,
     free: Vec<usize>,
@@ -82,35 +81,22 @@ pub struct IcmpNat {
     send_buf: Vec<u8>,
 }
 
-/// Opens a non-blocking ping socket for the family of `host`.
-fn ping_socket(host: IpAddr) -> io::Result<UdpSocket> {
-    let (domain, proto) = match host {
-        IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
-        IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
-    };
-    // SAFETY: socket() takes no pointers; the result is checked before use.
-    let fd = unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            proto,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a freshly created socket that nothing else owns.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    // A ping socket is a datagram socket: std's UdpSocket send_to/recv_from are plain
-    // sendto/recvfrom on it, and it is already non-blocking as mio requires.
-    Ok(UdpSocket::from_std(std::net::UdpSocket::from(owned)))
-}
-
 impl IcmpNat {
-    /// An empty table using `cfg`'s limits and timeouts, counting into `counters`.
+    /// An empty table using `cfg`'s limits and timeouts, counting into `counters`, with the
+    /// kernel's ping sockets.
     pub fn new(cfg: Arc<NatConfig>, counters: Arc<NatCounters>) -> Self {
+        Self::with_host(cfg, counters, OsSockets::shared())
+    }
+
+    /// An empty table whose ping sockets come from `host`.
+    pub fn with_host(
+        cfg: Arc<NatConfig>,
+        counters: Arc<NatCounters>,
+        host: Arc<dyn HostSockets>,
+    ) -> Self {
         IcmpNat {
             cfg,
+            host,
             counters,
             slots: Vec::new(),
             free: Vec::new(),
@@ -201,7 +187,11 @@ impl IcmpNat {
             NatCounters::inc(&self.counters.refused_limit);
             return None;
         }
-        let mut sock = match ping_socket(host) {
+        let bind = match host {
+            IpAddr::V4(_) => self.cfg.outbound4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.cfg.outbound6.map(IpAddr::V6),
+        };
+        let mut sock = match self.host.ping(host, bind.map(|b| SocketAddr::new(b, 0))) {
             Ok(s) => s,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
                 if !self.warned {
@@ -224,17 +214,6 @@ impl IcmpNat {
                 return None;
             }
         };
-        let bind = match host {
-            IpAddr::V4(_) => self.cfg.outbound4.map(IpAddr::V4),
-            IpAddr::V6(_) => self.cfg.outbound6.map(IpAddr::V6),
-        };
-        if let Some(b) = bind
-            && let Err(e) = bind_socket(&sock, SocketAddr::new(b, 0))
-        {
-            tracing::warn!(%b, error = %e, "ICMP NAT: cannot bind ping socket to outbound address");
-            NatCounters::inc(&self.counters.errors);
-            return None;
-        }
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -242,7 +221,11 @@ impl IcmpNat {
                 self.slots.len() - 1
             }
         };
-        if let Err(e) = reg.register(&mut sock, token::make(token::ICMP, idx), Interest::READABLE) {
+        if let Err(e) = reg.register(
+            &mut *sock,
+            token::make(token::ICMP, idx),
+            Interest::READABLE,
+        ) {
             tracing::warn!(%guest, %dst, error = %e, "ICMP NAT: cannot register ping socket");
             NatCounters::inc(&self.counters.errors);
             self.free.push(idx);
@@ -316,7 +299,7 @@ impl IcmpNat {
                 .as_ref()
                 .is_some_and(|f| now.saturating_duration_since(f.last_used) > idle);
             if stale && let Some(mut flow) = self.slots[idx].take() {
-                if let Err(e) = reg.deregister(&mut flow.sock) {
+                if let Err(e) = reg.deregister(&mut *flow.sock) {
                     tracing::debug!(error = %e, "ICMP NAT: deregister failed");
                 }
                 self.by_key.remove(&(flow.guest, flow.id, flow.dst));
@@ -351,50 +334,6 @@ impl IcmpNat {
     pub fn flows_of(&self, guest: IpAddr) -> usize {
         self.per_guest.get(&guest).copied().unwrap_or(0)
     }
-}
-
-/// Binds `sock` to `addr`.
-fn bind_socket(sock: &UdpSocket, addr: SocketAddr) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: zeroed sockaddr_storage is a valid (unspecified) value for all its fields.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            let sin = unsafe {
-                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
-            };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            let sin6 = unsafe {
-                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-            };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            sin6.sin6_scope_id = a.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    let len =
-        libc::socklen_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `ss` is an initialised socket address of `len` bytes; the fd is owned by `sock`.
-    let rc = unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr>(),
-            len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// The echo reply to the guest for a reply `msg` (ICMP header + payload) a ping socket

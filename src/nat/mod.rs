@@ -17,7 +17,9 @@
 //!   the guest, from the client's own address when it is not a loopback one.
 //!
 //! Everything runs on the gateway's thread and mio `Poll`; host sockets are registered there with
-//! tokens from [`token`]. Every table is bounded ([`NatConfig`]): when a limit is hit, the new
+//! tokens from [`token`]. The sockets come from a [`host::HostSockets`] (the kernel's in
+//! production, an in-memory fake in the fuzzer), and every entry point takes the gateway's `now`,
+//! so a whole NAT can be driven synchronously on a virtual clock. Every table is bounded ([`NatConfig`]): when a limit is hit, the new
 //! flow is refused and counted, existing ones are untouched.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -32,7 +34,9 @@ use serde::Serialize;
 
 pub mod forward;
 pub mod forward_rt;
+pub mod host;
 pub mod icmp;
+pub mod splice;
 pub mod tcp;
 pub mod udp;
 
@@ -222,22 +226,38 @@ pub struct Nat {
 }
 
 impl Nat {
-    /// NAT for a gateway with addresses `addrs` and link MTU `mtu`.
+    /// NAT for a gateway with addresses `addrs` and link MTU `mtu`, opening its host sockets
+    /// through `host`; its clock starts at `epoch`.
     pub fn new(
         cfg: NatConfig,
         counters: Arc<NatCounters>,
         addrs: &[smoltcp::wire::IpCidr],
         mtu: usize,
+        host: Arc<dyn host::HostSockets>,
+        epoch: Instant,
     ) -> Self {
         let cfg = Arc::new(cfg);
         Nat {
-            tcp: tcp::TcpNat::new(cfg.clone(), counters.clone(), addrs, mtu),
-            udp: udp::UdpNat::new(cfg.clone(), counters.clone()),
-            icmp: icmp::IcmpNat::new(cfg.clone(), counters.clone()),
+            tcp: tcp::TcpNat::with_host(
+                cfg.clone(),
+                counters.clone(),
+                addrs,
+                mtu,
+                host.clone(),
+                epoch,
+            ),
+            udp: udp::UdpNat::with_host(cfg.clone(), counters.clone(), host.clone()),
+            icmp: icmp::IcmpNat::with_host(cfg.clone(), counters.clone(), host),
             fwd: forward_rt::Forwards::default(),
             cfg,
             counters,
         }
+    }
+
+    /// The GSO segment size for a TCP packet NAT sent towards a guest (see
+    /// [`tcp::TcpNat::gso_size`]).
+    pub fn tcp_gso_size(&self, packet: &[u8]) -> Option<u16> {
+        self.tcp.gso_size(packet)
     }
 
     /// Current flow counts.
@@ -250,11 +270,12 @@ impl Nat {
     }
 
     /// A guest's IP packet routed to NAT. Packets to send back to guests are appended to `out`.
-    /// Returns false for a malformed transport header.
+    /// Returns false for a malformed transport header. `now` is the gateway's clock.
     #[allow(clippy::too_many_arguments)]
     pub fn from_guest(
         &mut self,
         reg: &Registry,
+        now: Instant,
         packet: &[u8],
         src: IpAddr,
         dst: IpAddr,
@@ -262,7 +283,6 @@ impl Nat {
         body: &[u8],
         out: &mut Vec<Vec<u8>>,
     ) -> bool {
-        let now = Instant::now();
         match proto {
             IpNumber::TCP => {
                 let Ok(seg) = TcpSlice::from_slice(body) else {
@@ -274,6 +294,7 @@ impl Nat {
                 );
                 self.tcp.from_guest(
                     reg,
+                    now,
                     packet,
                     SocketAddr::new(src, seg.source_port()),
                     SocketAddr::new(dst, seg.destination_port()),
@@ -357,8 +378,8 @@ impl Nat {
         tok: mio::Token,
         resolve: &dyn Fn(&str) -> Vec<IpAddr>,
         out: &mut Vec<Vec<u8>>,
+        now: Instant,
     ) -> bool {
-        let now = Instant::now();
         match token::split(tok).0 {
             token::TCP => self.tcp.ready(reg, tok, out),
             token::UDP => self.udp.ready(tok, out, now),
@@ -366,7 +387,7 @@ impl Nat {
             token::FWD_TCP => {
                 for (stream, from, guest) in self.fwd.accept(tok, &self.cfg, resolve) {
                     NatCounters::inc(&self.counters.forward_conns);
-                    if let Err(e) = self.tcp.connect_to_guest(reg, stream, from, guest) {
+                    if let Err(e) = self.tcp.connect_to_guest(reg, now, stream, from, guest) {
                         tracing::debug!("port forward to {guest}: {e}");
                         NatCounters::inc(&self.counters.errors);
                     }
@@ -384,22 +405,21 @@ impl Nat {
     }
 
     /// Runs the TCP state machines and splices; packets for guests go to `out`.
-    pub fn poll(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>) {
-        self.tcp.poll(reg, out);
+    pub fn poll(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>, now: Instant) {
+        self.tcp.poll(reg, out, now);
     }
 
     /// Timeouts: idle flows, connects that take too long.
-    pub fn expire(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>) {
-        let now = Instant::now();
-        self.tcp.expire(reg, out);
+    pub fn expire(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>, now: Instant) {
+        self.tcp.expire(reg, out, now);
         self.udp.expire(reg, now);
         self.icmp.expire(reg, now);
         self.fwd.expire(now, self.cfg.udp_idle);
     }
 
     /// When the TCP machinery next needs to run.
-    pub fn poll_delay(&mut self) -> Option<Duration> {
-        self.tcp.poll_delay()
+    pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+        self.tcp.poll_delay(now)
     }
 
     /// Adds a port forward's listeners (already bound by the caller).

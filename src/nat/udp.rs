@@ -40,9 +40,9 @@ use etherparse::{
     Icmpv4Type, Icmpv6Type, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder,
     UdpHeader, icmpv4::DestUnreachableHeader, icmpv6::DestUnreachableCode,
 };
-use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 
+use super::host::{HostDatagram, HostSockets, OsSockets};
 use super::{NatConfig, NatCounters, host_destination, token};
 
 /// Most packets one [`UdpNat::ready`] call appends for one flow.
@@ -57,7 +57,7 @@ const RECV_BUF: usize = 65536;
 /// One UDP flow.
 #[derive(Debug)]
 struct Flow {
-    sock: UdpSocket,
+    sock: Box<dyn HostDatagram>,
     guest: SocketAddr,
     dst: SocketAddr,
     last_used: Instant,
@@ -74,9 +74,9 @@ enum Unreach {
 }
 
 /// The UDP flow table of one network.
-#[derive(Debug)]
 pub struct UdpNat {
     cfg: Arc<NatConfig>,
+    host: Arc<dyn HostSockets>,
     counters: Arc<NatCounters>,
     slots: Vec<Option<Flow>>,
     free: Vec<usize>,
@@ -86,10 +86,21 @@ pub struct UdpNat {
 }
 
 impl UdpNat {
-    /// An empty table using `cfg`'s limits and timeouts, counting into `counters`.
+    /// An empty table using `cfg`'s limits and timeouts, counting into `counters`, with the
+    /// kernel's sockets.
     pub fn new(cfg: Arc<NatConfig>, counters: Arc<NatCounters>) -> Self {
+        Self::with_host(cfg, counters, OsSockets::shared())
+    }
+
+    /// An empty table whose host sockets come from `host`.
+    pub fn with_host(
+        cfg: Arc<NatConfig>,
+        counters: Arc<NatCounters>,
+        host: Arc<dyn HostSockets>,
+    ) -> Self {
         UdpNat {
             cfg,
+            host,
             counters,
             slots: Vec::new(),
             free: Vec::new(),
@@ -178,7 +189,7 @@ impl UdpNat {
             ),
         };
         let target = SocketAddr::new(host_ip, dst.port());
-        let mut sock = match UdpSocket::bind(bind).and_then(|s| s.connect(target).map(|()| s)) {
+        let mut sock = match self.host.udp(bind, target) {
             Ok(s) => s,
             Err(e) => {
                 match e.raw_os_error() {
@@ -200,7 +211,7 @@ impl UdpNat {
                 self.slots.len() - 1
             }
         };
-        if let Err(e) = reg.register(&mut sock, token::make(token::UDP, idx), Interest::READABLE) {
+        if let Err(e) = reg.register(&mut *sock, token::make(token::UDP, idx), Interest::READABLE) {
             tracing::warn!(%guest, %dst, error = %e, "UDP NAT: cannot register host socket");
             NatCounters::inc(&self.counters.errors);
             self.free.push(idx);
@@ -295,7 +306,7 @@ impl UdpNat {
                 .as_ref()
                 .is_some_and(|f| now.saturating_duration_since(f.last_used) > idle);
             if stale && let Some(mut flow) = self.slots[idx].take() {
-                if let Err(e) = reg.deregister(&mut flow.sock) {
+                if let Err(e) = reg.deregister(&mut *flow.sock) {
                     tracing::debug!(error = %e, "UDP NAT: deregister failed");
                 }
                 self.by_key.remove(&(flow.guest, flow.dst));

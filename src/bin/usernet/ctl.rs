@@ -83,6 +83,10 @@ enum FwdCmd {
         publish: String,
         /// Endpoint name (port or DHCP hostname) or IP address.
         to: String,
+        /// TCP: relay kernel-to-kernel from inside the port's namespace (`to` must be a netns
+        /// port); the guest then sees connections from its own address.
+        #[arg(long)]
+        splice: bool,
     },
     /// Remove a forward by id or spec.
     Rm {
@@ -285,11 +289,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             network,
             publish,
             to,
+            splice,
         }) => Request::ForwardAdd {
             forward: usernet::nat::forward::Forward {
                 network,
                 spec: publish.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
                 to,
+                splice,
             },
         },
         Cmd::Forward(FwdCmd::Rm { forward }) => Request::ForwardRm { forward },

@@ -327,6 +327,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         network: "demo".into(),
         spec: format!("127.0.0.1:{free}:{HTTP_PORT}/tcp").parse()?,
         to: "web".into(),
+        splice: false,
     })?;
     let got = http_get(None, Ipv4Addr::LOCALHOST, free, "localhost", "/")?;
     if got.status != 200 || got.body != PAGE {
@@ -339,6 +340,34 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "forward",
         format!(
             "host GET http://127.0.0.1:{free}/ -> web:{HTTP_PORT} (-p {}): {} {}, page intact, in {}",
+            fwd.publish,
+            got.status,
+            got.reason,
+            ms(got.took)
+        ),
+    );
+    // The same page through a spliced forward: relayed by the kernel from inside web's
+    // namespace, never through usernet's TCP stack.
+    let free = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port();
+    let fwd = h.add_forward(&usernet::nat::forward::Forward {
+        network: "demo".into(),
+        spec: format!("127.0.0.1:{free}:{HTTP_PORT}/tcp").parse()?,
+        to: "web".into(),
+        splice: true,
+    })?;
+    let got = http_get(None, Ipv4Addr::LOCALHOST, free, "localhost", "/")?;
+    if got.status != 200 || got.body != PAGE {
+        bail!(
+            "spliced forward: GET http://127.0.0.1:{free}/ gave status {}",
+            got.status
+        );
+    }
+    step(
+        "splice",
+        format!(
+            "host GET http://127.0.0.1:{free}/ -> web:{HTTP_PORT} (-p {}, splice): {} {}, page intact, in {}",
             fwd.publish,
             got.status,
             got.reason,

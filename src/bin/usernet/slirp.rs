@@ -312,6 +312,7 @@ fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
                 network: "slirp4netns".into(),
                 spec,
                 to: guest_addr,
+                splice: false,
             }) {
                 Ok(info) => json!({"return": {"id": info.id}}),
                 Err(e) => err(e.to_string()),

@@ -1,0 +1,660 @@
+//! Spliced port forwards: kernel-to-kernel relays for forwards into a namespace usernet can
+//! enter.
+//!
+//! # Theory of operation
+//!
+//! A normal forward turns each accepted host connection into a TCP connection that usernet's
+//! own TCP stack (smoltcp) opens towards the guest over its virtual link: every byte is copied
+//! into userspace, cut into segments and written to the guest's TAP. When the guest's network
+//! namespace is reachable (a `netns` port, `usernet run`), there is a shorter path, the one
+//! pasta calls "splice": open a socket *inside* the guest's namespace (on a helper thread that
+//! joined it with `setns`), connect it to the guest's address there (the kernel routes that over
+//! the namespace's loopback), and move bytes between the two kernel sockets with `splice(2)`
+//! through a pipe per direction, so they never enter userspace.
+//!
+//! The price: the guest sees the connection coming from its own address (a loopback-path
+//! connection), not from the client. That is why splicing is a per-forward choice
+//! (`splice = true`), off by default: the regular path keeps non-loopback clients' addresses.
+//!
+//! One relay thread ([`Splicer`]) runs a mio loop over every spliced connection. For each
+//! direction it alternates "socket -> pipe" and "pipe -> socket" splices until both would block;
+//! edge-triggered readiness on the two sockets brings it back. End of stream on one side becomes
+//! a `shutdown(SHUT_WR)` on the other once the pipe is drained (half-close works); an error on
+//! either side resets both (`SO_LINGER` 0). Connects into the namespace are non-blocking; a
+//! refused or failed connect resets the client.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+const WAKE: Token = Token(usize::MAX);
+/// Tokens of listening sockets have this bit; connection tokens are `id << 1 | side`.
+const LISTEN_BIT: usize = 1 << (usize::BITS - 2);
+/// Pipe size asked for each direction (the kernel may grant less).
+const PIPE_SIZE: usize = 1 << 20;
+
+/// Counters of a [`Splicer`].
+#[derive(Debug, Default)]
+pub struct SpliceCounters {
+    /// Connections relayed (connect inside the namespace succeeded).
+    pub connections: AtomicU64,
+    /// Connects inside the namespace that failed (refused, unreachable, netns gone).
+    pub connect_failed: AtomicU64,
+    /// Bytes moved client -> guest.
+    pub bytes_to_guest: AtomicU64,
+    /// Bytes moved guest -> client.
+    pub bytes_to_client: AtomicU64,
+}
+
+struct Job {
+    client: std::net::TcpStream,
+    netns: PathBuf,
+    guest: SocketAddr,
+}
+
+/// Where a spliced forward's connections go: the guest address, asked at each connection (an
+/// endpoint's address may change), and the namespace to connect from.
+pub struct SpliceTarget {
+    /// The guest's network namespace (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    pub netns: PathBuf,
+    /// The guest address to connect to from inside `netns`; `None` drops the connection.
+    pub guest: Box<dyn Fn() -> Option<SocketAddr> + Send>,
+}
+
+enum Msg {
+    Job(Job),
+    Listen(u64, std::net::TcpListener, SpliceTarget),
+    Unlisten(u64, Sender<bool>),
+    Stop,
+}
+
+/// The relay thread for spliced forwards. Dropping it stops the thread and closes every
+/// connection it relays.
+pub struct Splicer {
+    tx: Sender<Msg>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+    counters: Arc<SpliceCounters>,
+}
+
+impl std::fmt::Debug for Splicer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Splicer")
+            .field("counters", &self.counters)
+            .finish()
+    }
+}
+
+impl Splicer {
+    /// Starts the relay thread.
+    pub fn start() -> io::Result<Splicer> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let counters = Arc::new(SpliceCounters::default());
+        let c = counters.clone();
+        let thread = std::thread::Builder::new()
+            .name("usernet-splice".into())
+            .spawn(move || Relay::new(poll, rx, c).run())?;
+        Ok(Splicer {
+            tx,
+            waker,
+            thread: Some(thread),
+            counters,
+        })
+    }
+
+    /// Relays `client` (an accepted host connection) to `guest` as seen from inside the network
+    /// namespace at `netns`. Returns at once; the connect happens on the relay thread.
+    pub fn splice(&self, client: std::net::TcpStream, netns: &Path, guest: SocketAddr) {
+        let job = Job {
+            client,
+            netns: netns.to_path_buf(),
+            guest,
+        };
+        self.send(Msg::Job(job));
+    }
+
+    /// Accepts connections on `listener` (a forward's bound host socket) and relays each one to
+    /// `target`; `id` names the forward for [`Self::unlisten`].
+    pub fn listen(&self, id: u64, listener: std::net::TcpListener, target: SpliceTarget) {
+        self.send(Msg::Listen(id, listener, target));
+    }
+
+    /// Closes the listeners of forward `id` (connections already relayed go on). Returns false
+    /// if it had none.
+    pub fn unlisten(&self, id: u64) -> bool {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Msg::Unlisten(id, tx));
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap_or(false)
+    }
+
+    fn send(&self, m: Msg) {
+        if self.tx.send(m).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// The relay's counters.
+    pub fn counters(&self) -> &SpliceCounters {
+        &self.counters
+    }
+}
+
+impl Drop for Splicer {
+    fn drop(&mut self) {
+        self.send(Msg::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A pipe: (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are fresh descriptors owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // A larger pipe moves more per call; refusal (pipe-max-size) keeps the default.
+    // SAFETY: F_SETPIPE_SZ takes an integer.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+    Ok((r, w))
+}
+
+/// `splice(from -> to)` of up to `len` bytes, non-blocking. `Ok(None)` means would block.
+fn splice_once(from: RawFd, to: RawFd, len: usize) -> io::Result<Option<usize>> {
+    loop {
+        // SAFETY: no offsets (both ends are pipes or sockets); plain descriptors.
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// One direction of a relayed connection.
+struct Dir {
+    pipe_r: OwnedFd,
+    pipe_w: OwnedFd,
+    pipe_cap: usize,
+    in_pipe: usize,
+    eof: bool,
+    shut: bool,
+}
+
+impl Dir {
+    fn new() -> io::Result<Dir> {
+        let (pipe_r, pipe_w) = pipe()?;
+        // SAFETY: F_GETPIPE_SZ takes no argument.
+        let cap = unsafe { libc::fcntl(pipe_w.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        Ok(Dir {
+            pipe_r,
+            pipe_w,
+            pipe_cap: if cap > 0 { cap as usize } else { 65536 },
+            in_pipe: 0,
+            eof: false,
+            shut: false,
+        })
+    }
+
+    /// Moves what it can from `from` to `to`; returns bytes delivered to `to`.
+    fn pump(&mut self, from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+        let mut moved = 0u64;
+        loop {
+            let mut progress = false;
+            if !self.eof && self.in_pipe < self.pipe_cap {
+                let room = self.pipe_cap - self.in_pipe;
+                match splice_once(from.as_raw_fd(), self.pipe_w.as_raw_fd(), room)? {
+                    Some(0) => self.eof = true,
+                    Some(n) => {
+                        self.in_pipe += n;
+                        progress = true;
+                    }
+                    None => {}
+                }
+            }
+            if self.in_pipe > 0
+                && let Some(n) = splice_once(self.pipe_r.as_raw_fd(), to.as_raw_fd(), self.in_pipe)?
+            {
+                self.in_pipe -= n;
+                moved += n as u64;
+                progress |= n > 0;
+            }
+            if self.eof && self.in_pipe == 0 && !self.shut {
+                let _ = to.shutdown(std::net::Shutdown::Write);
+                self.shut = true;
+            }
+            if !progress {
+                return Ok(moved);
+            }
+        }
+    }
+}
+
+struct Conn {
+    client: TcpStream,
+    guest: TcpStream,
+    connected: bool,
+    to_guest: Dir,
+    to_client: Dir,
+}
+
+impl Conn {
+    fn done(&self) -> bool {
+        self.to_guest.shut && self.to_client.shut
+    }
+}
+
+struct Relay {
+    poll: Poll,
+    rx: Receiver<Msg>,
+    conns: HashMap<usize, Conn>,
+    /// Listening sockets by token index (tokens with [`LISTEN_BIT`] set).
+    listeners: HashMap<usize, (u64, mio::net::TcpListener, SpliceTarget)>,
+    next_listener: usize,
+    next: usize,
+    counters: Arc<SpliceCounters>,
+}
+
+/// Resets a TCP connection on close (SO_LINGER 0) so the peer sees the failure.
+fn reset(s: &TcpStream) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: passes a valid `linger` of the size given.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// A non-blocking TCP socket created inside the namespace at `netns`, connecting to `guest`.
+fn connect_in(netns: &Path, guest: SocketAddr) -> io::Result<TcpStream> {
+    let sock = crate::link::netns::run_in_netns(netns, move || {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(guest),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        s.set_nonblocking(true)?;
+        s.set_tcp_nodelay(true)?;
+        match s.connect(&guest.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(s)
+    })
+    .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
+    Ok(TcpStream::from_std(sock.into()))
+}
+
+impl Relay {
+    fn new(poll: Poll, rx: Receiver<Msg>, counters: Arc<SpliceCounters>) -> Self {
+        Relay {
+            poll,
+            rx,
+            conns: HashMap::new(),
+            listeners: HashMap::new(),
+            next_listener: 0,
+            next: 0,
+            counters,
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, None)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!("splice relay poll failed: {e}");
+                return;
+            }
+            let mut touched = Vec::new();
+            for ev in events.iter() {
+                if ev.token() == WAKE {
+                    while let Ok(m) = self.rx.try_recv() {
+                        match m {
+                            Msg::Job(job) => self.start(job),
+                            Msg::Listen(id, l, target) => self.add_listener(id, l, target),
+                            Msg::Unlisten(id, reply) => {
+                                let _ = reply.send(self.remove_listeners(id));
+                            }
+                            Msg::Stop => return,
+                        }
+                    }
+                } else if ev.token().0 & LISTEN_BIT != 0 {
+                    self.accept(ev.token().0 & !LISTEN_BIT);
+                } else {
+                    touched.push(ev.token().0 >> 1);
+                }
+            }
+            touched.dedup();
+            for id in touched {
+                self.service(id);
+            }
+        }
+    }
+
+    fn add_listener(&mut self, id: u64, l: std::net::TcpListener, target: SpliceTarget) {
+        if l.set_nonblocking(true).is_err() {
+            return;
+        }
+        let mut l = mio::net::TcpListener::from_std(l);
+        let idx = self.next_listener;
+        self.next_listener = (self.next_listener + 1) & !LISTEN_BIT;
+        if self
+            .poll
+            .registry()
+            .register(&mut l, Token(idx | LISTEN_BIT), Interest::READABLE)
+            .is_ok()
+        {
+            self.listeners.insert(idx, (id, l, target));
+            // Connections may be waiting already.
+            self.accept(idx);
+        }
+    }
+
+    fn remove_listeners(&mut self, id: u64) -> bool {
+        let idxs: Vec<usize> = self
+            .listeners
+            .iter()
+            .filter(|(_, (i, _, _))| *i == id)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &idxs {
+            if let Some((_, mut l, _)) = self.listeners.remove(k) {
+                let _ = self.poll.registry().deregister(&mut l);
+            }
+        }
+        !idxs.is_empty()
+    }
+
+    fn accept(&mut self, idx: usize) {
+        let mut jobs = Vec::new();
+        let Some((_, l, target)) = self.listeners.get(&idx) else {
+            return;
+        };
+        loop {
+            match l.accept() {
+                Ok((stream, _)) => {
+                    let Some(guest) = (target.guest)() else {
+                        tracing::debug!("spliced forward: target does not resolve; closing");
+                        continue;
+                    };
+                    // mio streams come back to std for the job (same descriptor).
+                    let std: std::net::TcpStream = stream.into();
+                    jobs.push(Job {
+                        client: std,
+                        netns: target.netns.clone(),
+                        guest,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!("spliced forward accept: {e}");
+                    break;
+                }
+            }
+        }
+        for j in jobs {
+            self.start(j);
+        }
+    }
+
+    fn start(&mut self, job: Job) {
+        let guest = match connect_in(&job.netns, job.guest) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!(guest = %job.guest, "spliced forward: connect failed: {e}");
+                self.counters.connect_failed.fetch_add(1, Ordering::Relaxed);
+                let _ = job.client.set_nonblocking(true);
+                let c = TcpStream::from_std(job.client);
+                reset(&c);
+                return;
+            }
+        };
+        if job.client.set_nonblocking(true).is_err() {
+            return;
+        }
+        let client = TcpStream::from_std(job.client);
+        let (to_guest, to_client) = match (Dir::new(), Dir::new()) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => {
+                reset(&client);
+                reset(&guest);
+                return;
+            }
+        };
+        let id = self.next;
+        self.next = self.next.wrapping_add(1) & (usize::MAX >> 3);
+        let mut conn = Conn {
+            client,
+            guest,
+            connected: false,
+            to_guest,
+            to_client,
+        };
+        let both = Interest::READABLE | Interest::WRITABLE;
+        let reg = self.poll.registry();
+        if reg
+            .register(&mut conn.client, Token(id << 1), both)
+            .is_err()
+            || reg
+                .register(&mut conn.guest, Token((id << 1) | 1), both)
+                .is_err()
+        {
+            reset(&conn.client);
+            return;
+        }
+        self.conns.insert(id, conn);
+    }
+
+    fn service(&mut self, id: usize) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if !conn.connected {
+            match conn.guest.take_error() {
+                Ok(None) => {}
+                Ok(Some(_)) | Err(_) => {
+                    self.counters.connect_failed.fetch_add(1, Ordering::Relaxed);
+                    self.close(id, true);
+                    return;
+                }
+            }
+            match conn.guest.peer_addr() {
+                Ok(_) => {
+                    conn.connected = true;
+                    self.counters.connections.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(_) => {
+                    self.counters.connect_failed.fetch_add(1, Ordering::Relaxed);
+                    self.close(id, true);
+                    return;
+                }
+            }
+        }
+        let r = conn
+            .to_guest
+            .pump(&conn.client, &conn.guest)
+            .and_then(|a| Ok((a, conn.to_client.pump(&conn.guest, &conn.client)?)));
+        match r {
+            Ok((a, b)) => {
+                let c = &self.counters;
+                c.bytes_to_guest.fetch_add(a, Ordering::Relaxed);
+                c.bytes_to_client.fetch_add(b, Ordering::Relaxed);
+                if conn.done() {
+                    self.close(id, false);
+                }
+            }
+            Err(e) => {
+                tracing::debug!("spliced forward: {e}; resetting both sides");
+                self.close(id, true);
+            }
+        }
+    }
+
+    fn close(&mut self, id: usize, with_reset: bool) {
+        if let Some(mut c) = self.conns.remove(&id) {
+            let reg = self.poll.registry();
+            let _ = reg.deregister(&mut c.client);
+            let _ = reg.deregister(&mut c.guest);
+            if with_reset {
+                reset(&c.client);
+                reset(&c.guest);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    const SELF_NS: &str = "/proc/self/ns/net";
+
+    /// Entering a namespace (even our own) takes CAP_SYS_ADMIN.
+    fn can_setns() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            eprintln!("SKIP: splice tests need root (setns)");
+        }
+        root
+    }
+
+    /// A client connection accepted on a loopback listener (what a forward's listener gives).
+    fn accepted_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let c = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (a, _) = l.accept().expect("accept");
+        (c, a)
+    }
+
+    #[test]
+    fn relays_both_ways_with_half_close() {
+        if !can_setns() {
+            return;
+        }
+        let sp = Splicer::start().expect("splicer");
+        let guest = TcpListener::bind("127.0.0.1:0").expect("guest listener");
+        let gaddr = guest.local_addr().expect("addr");
+        let (mut client, accepted) = accepted_pair();
+        sp.splice(accepted, Path::new(SELF_NS), gaddr);
+        let (mut g, _) = guest.accept().expect("guest accepts");
+        for s in [&client, &g] {
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+        }
+        let up: Vec<u8> = (0..8u32 << 20).map(|i| ((i * 31) >> 7) as u8).collect();
+        let down: Vec<u8> = (0..3u32 << 20).map(|i| ((i * 17) >> 5) as u8).collect();
+        let up2 = up.clone();
+        let writer = std::thread::spawn(move || {
+            client.write_all(&up2).expect("client writes");
+            client
+                .shutdown(std::net::Shutdown::Write)
+                .expect("half-close");
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).expect("client reads");
+            got
+        });
+        let mut got_up = Vec::new();
+        g.read_to_end(&mut got_up).expect("guest reads to EOF");
+        assert_eq!(got_up.len(), up.len());
+        assert!(got_up == up, "client -> guest bytes intact");
+        g.write_all(&down)
+            .expect("guest writes after the client's half-close");
+        drop(g);
+        let got_down = writer.join().expect("writer");
+        assert!(got_down == down, "guest -> client bytes intact");
+        let c = sp.counters();
+        assert_eq!(c.connections.load(Ordering::Relaxed), 1);
+        assert_eq!(c.bytes_to_guest.load(Ordering::Relaxed), up.len() as u64);
+    }
+
+    #[test]
+    fn refused_guest_port_resets_the_client() {
+        if !can_setns() {
+            return;
+        }
+        let sp = Splicer::start().expect("splicer");
+        // A port nobody listens on: bind, take the address, close.
+        let gaddr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("addr");
+        let (mut client, accepted) = accepted_pair();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        sp.splice(accepted, Path::new(SELF_NS), gaddr);
+        let mut buf = [0u8; 16];
+        let r = client.read(&mut buf);
+        assert!(
+            matches!(r, Ok(0))
+                || r.as_ref()
+                    .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset),
+            "client sees EOF or reset, got {r:?}"
+        );
+        assert_eq!(sp.counters().connect_failed.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn missing_namespace_resets_the_client() {
+        let sp = Splicer::start().expect("splicer");
+        let (mut client, accepted) = accepted_pair();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        sp.splice(
+            accepted,
+            Path::new("/run/netns/usernet-no-such-namespace"),
+            "127.0.0.1:9".parse().expect("addr"),
+        );
+        let mut buf = [0u8; 16];
+        let r = client.read(&mut buf);
+        assert!(matches!(r, Ok(0)) || r.is_err(), "got {r:?}");
+        assert_eq!(sp.counters().connect_failed.load(Ordering::Relaxed), 1);
+    }
+}

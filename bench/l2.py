@@ -297,18 +297,25 @@ def measure_tcp(topo, args):
 
 
 def measure_udp(topo, args, rate):
-    j, m = iperf3(topo.b, ["-B", IP_B], PORT, topo.a, IP_B, PORT, args.time,
-                  client_args=["-u", "-l", "64", "-b", str(rate)], meter=topo.meter(),
-                  alive=topo.alive)
-    s, sent = j["end"]["sum_received"], j["end"]["sum_sent"]
-    rx = s["packets"] - s["lost_packets"]
-    out = {"offered_bps": rate, "rx_pps": rx / (s["seconds"] or args.time),
-           "tx_pps": sent["packets"] / (sent["seconds"] or args.time),
-           "loss_pct": s["lost_percent"], "rx_packets": rx, "lost_packets": s["lost_packets"],
-           **m}
-    log(f"  udp64 -b {rate}: rx {out['rx_pps'] / 1e3:.1f} kpps, tx {out['tx_pps'] / 1e3:.1f} "
-        f"kpps, loss {out['loss_pct']:.1f}%")
-    return out
+    """64 B UDP at iperf3 -b RATE, repeated --reps times: median received pps and loss."""
+    reps = []
+    for i in range(args.reps):
+        j, m = iperf3(topo.b, ["-B", IP_B], PORT, topo.a, IP_B, PORT, args.time,
+                      client_args=["-u", "-l", "64", "-b", str(rate)], meter=topo.meter(),
+                      alive=topo.alive)
+        s, sent = j["end"]["sum_received"], j["end"]["sum_sent"]
+        rx = s["packets"] - s["lost_packets"]
+        rep = {"rx_pps": rx / (s["seconds"] or args.time),
+               "tx_pps": sent["packets"] / (sent["seconds"] or args.time),
+               "loss_pct": s["lost_percent"], "rx_packets": rx,
+               "lost_packets": s["lost_packets"], **m}
+        reps.append(rep)
+        log(f"  udp64 -b {rate} {i + 1}/{args.reps}: rx {rep['rx_pps'] / 1e3:.1f} kpps, "
+            f"tx {rep['tx_pps'] / 1e3:.1f} kpps, loss {rep['loss_pct']:.1f}%")
+    return {"offered_bps": rate, "reps": reps,
+            "rx_pps": median([r["rx_pps"] for r in reps]),
+            "tx_pps": median([r["tx_pps"] for r in reps]),
+            "loss_pct": median([r["loss_pct"] for r in reps])}
 
 
 def measure_ping(topo, args):

@@ -630,7 +630,7 @@ fn flush(d: &mut Driver, link: &MemoryLink) {
 }
 
 /// The offloads the gateway's link takes: TCP segmentation and pending checksums.
-const GATEWAY_OFFLOADS: crate::offload::Offloads = crate::offload::Offloads {
+pub const GATEWAY_OFFLOADS: crate::offload::Offloads = crate::offload::Offloads {
     csum: true,
     tso4: true,
     tso6: true,

@@ -11,7 +11,9 @@
 //!   outside names), ICMP echo, UDP, TCP segments (SYN, ACK with data, FIN, RST — with sequence
 //!   numbers tracked from what the gateway sent, so handshakes complete), IPv6 (RS, NS, echo,
 //!   UDP, TCP);
-//! - any of those with one byte flipped;
+//! - any of those with one byte flipped, or (op bit 0x40) with offload state as an offload TAP
+//!   would hand it over: pending checksum, a GSO frame, a kernel-checked checksum, or raw
+//!   virtio-net header fields;
 //! - the virtual clock advancing (1 ms .. one hour), which ticks every gateway;
 //! - host socket readiness delivered to the gateways (the fake's connects, echoes, errors).
 //!
@@ -22,7 +24,10 @@
 //! - no frame crosses networks: a frame leaving a port of network X has a source MAC that entered
 //!   network X (from one of its ports, or its gateway); the gateway only sends from its own MAC;
 //! - NAT: flows within `max_flows`, and exactly one live fake host socket per flow (no leak);
-//! - bounded memory: neighbour tables, DNS-over-TCP connections, DHCP leases, the fake's queues.
+//! - bounded memory: neighbour tables, DNS-over-TCP connections, DHCP leases, the fake's queues;
+//! - offloads: the engine's adaptation ([`usernet::offload::adapt`]) runs on every egress as in
+//!   the engine; guest port 0 has no offloads, and every gateway frame it gets is complete (no
+//!   offload state, within the MTU, right TCP checksum); port 1 takes GSO frames as they are.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};
@@ -42,10 +47,12 @@ use hickory_proto::rr::{Name, RecordType};
 use mio::event::Source;
 use mio::{Interest, Poll, Registry, Token};
 use usernet::bridge::{Bridge, DropReason, FdbConfig, ManualClock, NewPort, Port, PortPolicy};
-use usernet::frame::FramePool;
+use usernet::frame::{FramePool, VnetHdr};
 use usernet::gateway::dns::Upstreams;
 use usernet::gateway::{self, Driver, Gateway, GatewayConfig, ndp};
 use usernet::nat::host::{HostDatagram, HostSockets, HostStream};
+use usernet::offload::{self, Offloads};
+use usernet::wire::L2Header;
 use usernet::wire::Mac;
 
 use super::Reader;
@@ -520,14 +527,20 @@ impl World {
 
     /// Sends `frame` into the bridge from guest port `port` of network `net`.
     fn inject(&mut self, net: usize, port: usize, frame: &[u8]) {
+        self.inject_with(net, port, frame, VnetHdr::default());
+    }
+
+    /// Like [`Self::inject`], for a frame with offload state (as from an offload TAP).
+    fn inject_with(&mut self, net: usize, port: usize, frame: &[u8], vnet: VnetHdr) {
         let n = &mut self.nets[net];
         if let Some(src) = frame.get(6..12).and_then(|s| <[u8; 6]>::try_from(s).ok()) {
             n.seen.insert(Mac(src));
         }
         let ingress = n.guests[port].clone();
-        let Some(f) = self.br.pool().frame_from(frame) else {
+        let Some(mut f) = self.br.pool().frame_from(frame) else {
             return;
         };
+        f.meta.vnet = vnet;
         let topo = self.br.topology();
         self.br
             .forward(&topo, &ingress, f, self.br.now(), &mut |q| {
@@ -556,22 +569,34 @@ impl World {
                         "gateway of {} got a frame from {src}, which never entered it",
                         NETS[i].0
                     );
-                    self.nets[i].delivered += 1;
-                    self.nets[i].driver.frame(f.data(), now);
+                    // What the engine does on the gateway port's flush.
+                    let mut q = VecDeque::new();
+                    if offload::adapt(f, gateway::GATEWAY_OFFLOADS, self.br.pool(), &mut q).is_ok()
+                    {
+                        for g in q {
+                            assert!(
+                                gateway::GATEWAY_OFFLOADS.accepts(&g.meta.vnet),
+                                "adapt let through a frame the gateway link does not take"
+                            );
+                            self.nets[i].delivered += 1;
+                            self.nets[i].driver.frame_with(g.data(), g.meta.vnet, now);
+                        }
+                    }
                 }
                 // As the gateway thread does after each batch (an idle gateway needs no tick:
                 // its timers move only with the clock, which ticks every gateway).
                 if got {
                     self.nets[i].driver.tick(now);
                 }
-                let out = self.nets[i].driver.take_frames();
+                let out = self.nets[i].driver.take_output();
                 assert!(out.len() <= gateway::MAX_PENDING_FRAMES);
-                for f in out {
+                for (f, vnet) in out {
                     moved = true;
                     assert!(f.len() >= 14, "runt frame from the gateway");
                     assert_eq!(&f[6..12], &gw_mac(i).0, "gateway sent from a foreign MAC");
                     let ingress = self.nets[i].gw_port.clone();
-                    if let Some(fr) = self.br.pool().frame_from(&f) {
+                    if let Some(mut fr) = self.br.pool().frame_from(&f) {
+                        fr.meta.vnet = vnet;
                         let topo = self.br.topology();
                         self.br
                             .forward(&topo, &ingress, fr, self.br.now(), &mut |q| {
@@ -583,6 +608,8 @@ impl World {
                     }
                 }
                 // Frames to guests: check and learn TCP sequence numbers.
+                // Guest port 0 is a link without offloads (what the engine gives it must be
+                // complete frames within the MTU), port 1 an offload TAP (takes anything).
                 for p in 0..GUESTS {
                     while let Some(f) = self.nets[i].guests[p].tx.pop() {
                         moved = true;
@@ -593,7 +620,21 @@ impl World {
                             p,
                             NETS[i].0
                         );
-                        self.observe(f.data());
+                        let accept = if p == 0 {
+                            Offloads::NONE
+                        } else {
+                            Offloads::ALL
+                        };
+                        let mut q = VecDeque::new();
+                        if offload::adapt(f, accept, self.br.pool(), &mut q).is_err() {
+                            continue;
+                        }
+                        for g in q {
+                            if p == 0 && src == gw_mac(i) {
+                                check_complete(g.data(), &g.meta.vnet);
+                            }
+                            self.observe(g.data());
+                        }
                     }
                 }
             }
@@ -1115,8 +1156,15 @@ pub fn run(data: &[u8]) -> World {
                 w.inject(net, p, &bytes);
             }
             k @ 2..=8 => {
-                if let Some((s, f)) = w.structured(k - 2, &mut r) {
-                    w.inject(s.net, s.port, &f);
+                // With bit 0x40: the frame comes with offload state, as from an offload TAP.
+                let vb = if op & 0x40 != 0 {
+                    Some(r.array::<4>())
+                } else {
+                    None
+                };
+                if let Some((s, mut f)) = w.structured(k - 2, &mut r) {
+                    let vnet = vb.map(|b| offload_state(&mut f, b)).unwrap_or_default();
+                    w.inject_with(s.net, s.port, &f, vnet);
                 }
             }
             9 => {
@@ -1147,6 +1195,83 @@ pub fn run(data: &[u8]) -> World {
         w.check();
     }
     w
+}
+
+/// Offload state for a structured frame, from 4 input bytes: a pending checksum done right
+/// (the field holds the pseudo-header sum), the same as a GSO frame cut at a small MSS, a
+/// kernel-checked checksum, or raw header fields (whatever a guest could write).
+fn offload_state(frame: &mut [u8], b: [u8; 4]) -> VnetHdr {
+    let l3 = match L2Header::parse(frame) {
+        Ok(h) => h.header_len,
+        Err(_) => 14,
+    };
+    let raw = VnetHdr {
+        flags: b[1],
+        gso_type: b[2],
+        hdr_len: u16::from(b[3]),
+        gso_size: u16::from(b[3]) * 4,
+        csum_start: u16::from(b[1]) + 14,
+        csum_offset: u16::from(b[2] % 24),
+    };
+    let (v4, proto) = match frame.get(l3).map(|x| x >> 4) {
+        Some(4) => (true, frame.get(l3 + 9).copied()),
+        Some(6) => (false, frame.get(l3 + 6).copied()),
+        _ => return raw,
+    };
+    let l4 = if v4 {
+        l3 + usize::from(frame[l3] & 0x0f) * 4
+    } else {
+        l3 + 40
+    };
+    match (b[0] % 4, proto) {
+        (0 | 1, Some(6)) => {
+            let mss = 8 + u16::from(b[3] % 64);
+            let ip = &mut frame[l3..];
+            match offload::tcp_partial(ip, l4 - l3, l3, if b[0] % 4 == 1 { 40 } else { 65535 }, mss)
+            {
+                Some(v) => v,
+                None => raw,
+            }
+        }
+        (2, _) => VnetHdr {
+            flags: 2,
+            ..VnetHdr::default()
+        },
+        _ => raw,
+    }
+}
+
+/// A frame the engine hands a link without offloads: no offload state left, within the MTU,
+/// and (for TCP) a right checksum.
+fn check_complete(frame: &[u8], vnet: &VnetHdr) {
+    assert!(
+        vnet.is_plain(),
+        "offload state left on a frame for a plain link: {vnet:?}"
+    );
+    assert!(
+        frame.len() <= 1500 + 18,
+        "{}-byte frame for a plain link",
+        frame.len()
+    );
+    if let Ok(p) = SlicedPacket::from_ethernet(frame)
+        && let Some(TransportSlice::Tcp(t)) = &p.transport
+    {
+        let ok = match &p.net {
+            Some(NetSlice::Ipv4(ip)) => t
+                .to_header()
+                .calc_checksum_ipv4(&ip.header().to_header(), t.payload())
+                .is_ok_and(|c| c == t.checksum()),
+            Some(NetSlice::Ipv6(ip)) => t
+                .to_header()
+                .calc_checksum_ipv6(&ip.header().to_header(), t.payload())
+                .is_ok_and(|c| c == t.checksum()),
+            _ => true,
+        };
+        assert!(
+            ok,
+            "gateway TCP segment with a wrong checksum reached a plain link"
+        );
+    }
 }
 
 /// The event bytes of a captured exchange: each frame a guest sent, as a raw-frame event from

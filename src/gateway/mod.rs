@@ -619,15 +619,18 @@ fn run(mut d: Driver, handle: Handle, mut link: MemoryLink, mut poll: Poll) {
 
 /// Sends the driver's output frames to the bridge; a full queue drops them, as a NIC would.
 fn flush(d: &mut Driver, link: &MemoryLink) {
-    for (bytes, vnet) in d.tx.drain(..) {
+    if d.tx.is_empty() {
+        return;
+    }
+    link.send_all(d.tx.drain(..).map(|(bytes, vnet)| {
         let mut f = Frame::from_slice(&bytes);
         f.meta.vnet = vnet;
-        let _ = link.send(f);
-    }
+        f
+    }));
 }
 
 /// The offloads the gateway's link takes: TCP segmentation and pending checksums.
-const GATEWAY_OFFLOADS: crate::offload::Offloads = crate::offload::Offloads {
+pub const GATEWAY_OFFLOADS: crate::offload::Offloads = crate::offload::Offloads {
     csum: true,
     tso4: true,
     tso6: true,

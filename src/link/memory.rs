@@ -140,6 +140,21 @@ impl MemoryLink {
         Ok(())
     }
 
+    /// Queues several frames and wakes the other end once (one `eventfd` write for the lot).
+    /// Returns how many were queued; the others (full queue, too large) are dropped.
+    pub fn send_all(&self, frames: impl IntoIterator<Item = Frame>) -> usize {
+        let mut n = 0;
+        for f in frames {
+            if self.fits(&f) && self.tx.queue.push(f).is_ok() {
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.tx.signal();
+        }
+        n
+    }
+
     /// Copies `data` into a new frame and queues it; false if the queue is full or `data` is
     /// larger than the link's maximum frame.
     pub fn send_bytes(&self, data: &[u8]) -> bool {

@@ -86,6 +86,11 @@ struct Flow {
     key: Key,
     /// The MSS the guest announced (segments towards it are cut to this).
     mss: u16,
+    /// The host socket may have data: set by a readiness event, cleared when a read would
+    /// block. Idle flows cost no read syscall per turn.
+    host_rd: bool,
+    /// The host socket may take data: cleared when a write would block, set by an event.
+    host_wr: bool,
     host: Box<dyn HostStream>,
     sock: Option<SocketHandle>,
     state: State,
@@ -304,6 +309,8 @@ impl TcpNat {
         let idx = self.alloc(Flow {
             key,
             mss,
+            host_rd: true,
+            host_wr: true,
             host,
             sock: None,
             state: State::Connecting { syn, since: now },
@@ -375,6 +382,8 @@ impl TcpNat {
         let idx = self.alloc(Flow {
             key: (guest, from),
             mss: default_mss(guest.is_ipv4()),
+            host_rd: true,
+            host_wr: true,
             host,
             sock: Some(h),
             state: State::Open,
@@ -405,7 +414,11 @@ impl TcpNat {
             return;
         };
         let State::Connecting { syn, .. } = &f.state else {
-            return; // Open flows are pumped in `poll`.
+            // Open flows are pumped in `poll`; the event says the socket may be readable or
+            // writable again.
+            f.host_rd = true;
+            f.host_wr = true;
+            return;
         };
         // Connect finished one way or the other?
         match f.host.take_error() {
@@ -582,6 +595,9 @@ fn pump(f: &mut Flow, s: &mut tcp::Socket<'_>, now: Instant) -> Pump {
     // Guest -> host.
     loop {
         if !f.to_host.is_empty() {
+            if !f.host_wr {
+                break;
+            }
             match f.host.write(&f.to_host) {
                 Ok(0) => return Pump::Reset,
                 Ok(n) => {
@@ -589,7 +605,10 @@ fn pump(f: &mut Flow, s: &mut tcp::Socket<'_>, now: Instant) -> Pump {
                     f.last = now;
                     continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    f.host_wr = false;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     s.abort();
@@ -618,7 +637,7 @@ fn pump(f: &mut Flow, s: &mut tcp::Socket<'_>, now: Instant) -> Pump {
         f.host_shut = true;
     }
     // Host -> guest.
-    while !f.host_eof && s.can_send() {
+    while !f.host_eof && f.host_rd && s.can_send() {
         let mut err = None;
         let r = s.send(|buf| match f.host.read(buf) {
             Ok(0) => {
@@ -637,7 +656,10 @@ fn pump(f: &mut Flow, s: &mut tcp::Socket<'_>, now: Instant) -> Pump {
         match err {
             None => f.last = now,
             Some(io::ErrorKind::UnexpectedEof) => f.host_eof = true,
-            Some(io::ErrorKind::WouldBlock) => break,
+            Some(io::ErrorKind::WouldBlock) => {
+                f.host_rd = false;
+                break;
+            }
             Some(io::ErrorKind::Interrupted) => continue,
             Some(_) => {
                 s.abort();

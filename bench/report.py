@@ -302,6 +302,8 @@ def chart_groups(results):
                                 else {r["system"]: {}})
                 for label, v in variants.items():
                     x = get(v, t, "gbps")
+                    if x is None and not get(v, t, "error") and r["status"] != "failed":
+                        continue  # not measured (usernet splice has no egress): no bar
                     bars.append((label, x, None if x is not None else "failed",
                                  (get(v, t, "gbps_min"), get(v, t, "gbps_max"))))
             groups.append((f"NAT {t}, MTU {mtu}", bars))

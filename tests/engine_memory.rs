@@ -703,3 +703,51 @@ fn gso_frames_pass_to_offload_ports_and_are_segmented_for_the_others() {
     assert!(ok, "bad_offload counted: {:?}", rig.stats("p"));
     assert_invariant(&rig.h);
 }
+
+/// A port that stays readable turn after turn (a sender that never pauses) must not make the
+/// loop read more between two flushes than the egress ring holds: no `ring_full` drops while the
+/// receiving side keeps up. (Regression: the loop's "read again" list took the same port once
+/// more every turn, so the frames read per turn grew until the egress ring overflowed.)
+#[test]
+fn busy_port_never_overflows_a_drained_egress_ring() {
+    let mut rig = Rig::with_config(EngineConfig {
+        loops: 1,
+        ring: 512,
+        ..EngineConfig::default()
+    });
+    rig.net("n");
+    rig.port("n", "a", 1 << 16);
+    rig.port("n", "b", 1 << 17);
+    let (ma, mb) = (mac(1), mac(2));
+    rig.learn_all(&[("a", ma), ("b", mb)]);
+    const N: u32 = 200_000;
+    let a = rig.peers.remove("a").expect("a");
+    let bytes = frame(mb, ma, 64, 7);
+    let sender = std::thread::spawn(move || {
+        let mut sent = 0u32;
+        while sent < N {
+            if a.send_bytes(&bytes) {
+                sent += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        a
+    });
+    let b = rig.peer("b");
+    let mut got = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got < N && Instant::now() < deadline {
+        match b.recv_timeout(Duration::from_millis(200)) {
+            Some(_) => got += 1,
+            None if sender.is_finished() && rig.stats("a").rx_frames > u64::from(N) => break,
+            None => {}
+        }
+    }
+    let a = sender.join().expect("sender");
+    rig.peers.insert("a".into(), a);
+    let sb = rig.stats("b");
+    assert_eq!(sb.drops["ring_full"], 0, "egress ring overflowed: {sb:?}");
+    assert_eq!(got, N, "every frame arrived");
+    assert_invariant(&rig.h);
+}

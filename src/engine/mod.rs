@@ -476,7 +476,12 @@ impl LoopState {
                 return;
             }
         }
-        self.again.push(slot);
+        // Once: a busy port read from its event and from this list in the same turn must not
+        // be queued twice (the list would grow every turn, and with it the frames read
+        // between two flushes, until the egress rings overflowed).
+        if !self.again.contains(&slot) {
+            self.again.push(slot);
+        }
     }
 
     fn end_of_batch(&mut self) {

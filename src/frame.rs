@@ -227,6 +227,18 @@ impl FramePool {
         Some(self.frame(large.take()))
     }
 
+    /// Moves a small frame out of a GSO buffer: returns a regular-buffer copy and the emptied
+    /// GSO frame (for the link to read into next), or `None` when `frame` already sits in the
+    /// right buffer. Keeps 64 KiB buffers for the frames that need them (a cheap copy).
+    pub fn compact(&self, frame: &mut Frame) -> Option<Frame> {
+        if frame.capacity() <= self.max_frame() || frame.len() > self.max_frame() {
+            return None;
+        }
+        let mut small = self.frame_from(frame.data())?;
+        small.meta = frame.meta;
+        Some(std::mem::replace(frame, small))
+    }
+
     /// A frame holding a copy of `data` (in a GSO buffer if it needs one), or `None` if `data`
     /// is longer than [`Self::max_large_frame`] or no GSO buffer is free.
     pub fn frame_from(&self, data: &[u8]) -> Option<Frame> {
@@ -419,6 +431,27 @@ mod tests {
         let p = f.with_prefix_mut(VNET_HDR_LEN);
         assert_eq!(p.len(), VNET_HDR_LEN + 3);
         assert_eq!(p[0], 1);
+    }
+
+    #[test]
+    fn compact_moves_small_frames_out_of_gso_buffers() {
+        let pool = FramePool::with_gso(1514, 4, 2);
+        let mut f = pool.alloc_large().expect("GSO buffer");
+        f.recv_area(0)[..3].copy_from_slice(b"abc");
+        f.set_received(3);
+        f.meta.vnet.flags = VnetHdr::F_NEEDS_CSUM;
+        let big = pool.compact(&mut f).expect("moved");
+        assert_eq!(f.data(), b"abc");
+        assert_eq!(f.capacity(), 1514);
+        assert_eq!(f.meta.vnet.flags, VnetHdr::F_NEEDS_CSUM, "metadata kept");
+        assert_eq!(big.capacity(), GSO_MAX_FRAME);
+        assert!(pool.compact(&mut f).is_none(), "already small");
+        let mut g = pool.alloc_large().expect("second GSO buffer");
+        assert!(pool.alloc_large().is_none(), "limit of 2 in flight");
+        g.set_received(5000);
+        assert!(pool.compact(&mut g).is_none(), "a large frame stays");
+        drop((big, g));
+        assert_eq!(pool.large_in_use(), 0);
     }
 
     #[test]

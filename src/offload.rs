@@ -162,6 +162,33 @@ pub fn finish_checksum(frame: &mut Frame) -> Result<(), OffloadError> {
     Ok(())
 }
 
+/// The transport layer of an IP packet, as [`transport`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transport {
+    /// IPv4 (else IPv6).
+    pub v4: bool,
+    /// IP protocol number of the transport header (6 TCP, 17 UDP, ...).
+    pub proto: u8,
+    /// Offset of the transport header in the packet.
+    pub l4: usize,
+}
+
+/// Where the transport header of IP packet `ip` starts (after IPv4 options) and which protocol
+/// it is; `None` for anything else or a header cut short. IPv6 extension headers are not
+/// walked: Linux's TCP and UDP do not send them with offloads, and NAT does not take them.
+pub fn transport(ip: &[u8]) -> Option<Transport> {
+    let b = *ip.first()?;
+    let (v4, proto, l4) = match b >> 4 {
+        4 => (true, *ip.get(9)?, usize::from(b & 0x0f) * 4),
+        6 => (false, *ip.get(6)?, 40),
+        _ => return None,
+    };
+    if (v4 && l4 < 20) || l4 > ip.len() {
+        return None;
+    }
+    Some(Transport { v4, proto, l4 })
+}
+
 /// Where a GSO frame's headers are.
 struct Layout {
     l3: usize,
@@ -175,27 +202,14 @@ struct Layout {
 fn layout(data: &[u8], gso: u8) -> Result<Layout, OffloadError> {
     let l2 = L2Header::parse(data).map_err(|_| OffloadError::Malformed)?;
     let l3 = l2.header_len;
-    let (v4, l4, proto) = match l2.ethertype {
-        ETH_IPV4 => {
-            let b = data.get(l3).ok_or(OffloadError::Malformed)?;
-            let ihl = usize::from(b & 0x0f) * 4;
-            if b >> 4 != 4 || ihl < 20 {
-                return Err(OffloadError::Malformed);
-            }
-            let proto = *data.get(l3 + 9).ok_or(OffloadError::Malformed)?;
-            (true, l3 + ihl, proto)
-        }
-        ETH_IPV6 => {
-            let b = data.get(l3).ok_or(OffloadError::Malformed)?;
-            if b >> 4 != 6 {
-                return Err(OffloadError::Malformed);
-            }
-            // Extension headers are not walked: Linux's TCP and UDP do not send them on GSO.
-            let proto = *data.get(l3 + 6).ok_or(OffloadError::Malformed)?;
-            (false, l3 + 40, proto)
-        }
-        _ => return Err(OffloadError::Malformed),
+    let t = match l2.ethertype {
+        ETH_IPV4 | ETH_IPV6 => data.get(l3..).and_then(transport),
+        _ => None,
     };
+    let Some(Transport { v4, proto, l4 }) = t.filter(|t| t.v4 == (l2.ethertype == ETH_IPV4)) else {
+        return Err(OffloadError::Malformed);
+    };
+    let l4 = l3 + l4;
     let tcp = match (gso & !GSO_ECN, v4, proto) {
         (GSO_TCPV4, true, PROTO_TCP) | (GSO_TCPV6, false, PROTO_TCP) => true,
         (GSO_UDP_L4, _, PROTO_UDP) => false,
@@ -244,14 +258,10 @@ fn segment(
     let seq = be32(data, lay.l4 + 4);
     let flags = data.get(lay.l4 + 13).copied().unwrap_or(0);
     let first = out.len();
-    let chunks = body.chunks(mss).count().max(1);
     // A frame with no payload still goes out once (e.g. a lone FIN with a GSO header).
-    let pieces: Box<dyn Iterator<Item = &[u8]>> = if body.is_empty() {
-        Box::new(std::iter::once(body))
-    } else {
-        Box::new(body.chunks(mss))
-    };
-    for (i, chunk) in pieces.enumerate() {
+    let chunks = body.len().div_ceil(mss).max(1);
+    for i in 0..chunks {
+        let chunk = &body[(i * mss).min(body.len())..((i + 1) * mss).min(body.len())];
         let Some(mut seg) = pool.frame_from_parts(hdrs, chunk) else {
             out.truncate(first);
             return Err(OffloadError::NoBuffer);
@@ -628,6 +638,28 @@ mod tests {
             adapt(f, Offloads::NONE, &pool, &mut VecDeque::new()),
             Err(OffloadError::BadChecksumOffset)
         );
+    }
+
+    #[test]
+    fn transport_finds_the_l4_header() {
+        let mut v4 = vec![0u8; 24];
+        v4[0] = 0x46; // IPv4, 24-byte header (one option word)
+        v4[9] = PROTO_TCP;
+        assert_eq!(
+            transport(&v4),
+            Some(Transport {
+                v4: true,
+                proto: PROTO_TCP,
+                l4: 24
+            })
+        );
+        let mut v6 = vec![0u8; 40];
+        v6[0] = 0x60;
+        v6[6] = PROTO_UDP;
+        assert_eq!(transport(&v6).map(|t| (t.v4, t.l4)), Some((false, 40)));
+        for bad in [&v4[..10], &v6[..20], &[0x45][..], &[0x44; 30][..], &[][..]] {
+            assert_eq!(transport(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

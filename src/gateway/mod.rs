@@ -1275,10 +1275,11 @@ impl Driver {
     /// smoltcp's large segments (NAT's device MTU is 64 KiB) go out as GSO frames cut at the
     /// flow's MSS, by the guest's kernel or by [`crate::offload::adapt`].
     fn send_nat_ip(&mut self, packet: &[u8]) {
-        let l4 = match packet.first().map(|b| b >> 4) {
-            Some(4) if packet.get(9) == Some(&6) => usize::from(packet[0] & 0x0f) * 4,
-            Some(6) if packet.get(6) == Some(&6) => 40,
-            _ => return self.send_ip(packet),
+        let Some(l4) = crate::offload::transport(packet)
+            .filter(|t| t.proto == 6)
+            .map(|t| t.l4)
+        else {
+            return self.send_ip(packet);
         };
         let mtu = usize::from(self.gw.cfg.mtu);
         let gso_size = self
@@ -1286,39 +1287,50 @@ impl Driver {
             .as_ref()
             .and_then(|n| n.tcp_gso_size(packet))
             .unwrap_or_else(|| mtu.saturating_sub(l4 + 20).max(1) as u16);
-        let mut p = packet.to_vec();
-        match crate::offload::tcp_partial(&mut p, l4, 14, mtu, gso_size) {
-            Some(vnet) => self.send_ip_with(&p, vnet),
-            None => self.send_ip(packet),
-        }
+        let Some(mut f) = self.eth_frame(packet) else {
+            return;
+        };
+        let vnet = crate::offload::tcp_partial(&mut f[14..], l4, 14, mtu, gso_size);
+        self.send_with(f, vnet.unwrap_or_default());
     }
 
     /// Wraps an IP packet from smoltcp in Ethernet towards its destination's MAC.
     fn send_ip(&mut self, packet: &[u8]) {
-        self.send_ip_with(packet, VnetHdr::default());
+        if let Some(f) = self.eth_frame(packet) {
+            self.send(f);
+        }
     }
 
-    fn send_ip_with(&mut self, packet: &[u8], vnet: VnetHdr) {
+    /// `packet` in an Ethernet frame to its destination's MAC (`None` if unknown or malformed).
+    fn eth_frame(&self, packet: &[u8]) -> Option<Vec<u8>> {
         let (dst, ethertype) = match packet.first().map(|b| b >> 4) {
-            Some(4) => match Ipv4Slice::from_slice(packet) {
-                Ok(ip) => (IpAddr::V4(ip.header().destination_addr()), 0x0800u16),
-                Err(_) => return,
-            },
-            Some(6) => match Ipv6Slice::from_slice(packet) {
-                Ok(ip) => (IpAddr::V6(ip.header().destination_addr()), 0x86dd),
-                Err(_) => return,
-            },
-            _ => return,
+            Some(4) => (
+                IpAddr::V4(
+                    Ipv4Slice::from_slice(packet)
+                        .ok()?
+                        .header()
+                        .destination_addr(),
+                ),
+                0x0800u16,
+            ),
+            Some(6) => (
+                IpAddr::V6(
+                    Ipv6Slice::from_slice(packet)
+                        .ok()?
+                        .header()
+                        .destination_addr(),
+                ),
+                0x86dd,
+            ),
+            _ => return None,
         };
-        let Some(mac) = self.neigh.get(&dst) else {
-            return;
-        };
+        let mac = self.neigh.get(&dst)?;
         let mut f = Vec::with_capacity(14 + packet.len());
         f.extend_from_slice(&mac.0);
         f.extend_from_slice(&self.gw.cfg.mac.0);
         f.extend_from_slice(&ethertype.to_be_bytes());
         f.extend_from_slice(packet);
-        self.send_with(f, vnet);
+        Some(f)
     }
 
     fn router_advert(&mut self, dst: Ipv6Addr, mac: Mac) {

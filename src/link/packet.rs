@@ -434,11 +434,8 @@ impl Link for PacketLink {
                 f.set_received(len - vl);
                 // A small frame in a GSO buffer moves to a regular one; the slot keeps the
                 // GSO buffer for the next call.
-                if f.capacity() > pool.max_frame()
-                    && f.len() <= pool.max_frame()
-                    && let Some(small) = pool.frame_from(f.data())
-                {
-                    self.slots[i] = Some(std::mem::replace(&mut f, small));
+                if let Some(big) = pool.compact(&mut f) {
+                    self.slots[i] = Some(big);
                 }
                 f.meta.vnet = meta;
                 out.push(f);

@@ -429,13 +429,10 @@ impl Link for TapLink {
                 continue;
             }
             frame.set_received(len);
-            // A small frame read into a GSO buffer moves to a regular one (a cheap copy), so
-            // GSO buffers are only held by frames that need them; the GSO buffer stays spare.
-            if frame.capacity() > pool.max_frame()
-                && len <= pool.max_frame()
-                && let Some(small) = pool.frame_from(frame.data())
-            {
-                self.spare = Some(std::mem::replace(&mut frame, small));
+            // A small frame read into a GSO buffer moves to a regular one; the GSO buffer
+            // stays spare.
+            if let Some(big) = pool.compact(&mut frame) {
+                self.spare = Some(big);
             }
             frame.meta.vnet = meta;
             out.push(frame);

@@ -54,6 +54,7 @@ use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 use super::host::{HostSockets, HostStream, OsSockets};
 use super::{NatConfig, NatCounters, host_destination, token};
 use crate::gateway::tcp::QueueDevice;
+use crate::offload::{Transport, transport};
 
 /// Buffer size each way per flow on links with an MTU up to 9000.
 pub const BUF: usize = 128 * 1024;
@@ -699,10 +700,8 @@ fn default_mss(v4: bool) -> u16 {
 /// [`BIG_MSS`], so smoltcp sends large segments; returns the guest's own MSS. The TCP checksum
 /// is not updated: smoltcp does not verify it (the gateway checked it on arrival).
 fn take_mss(packet: &mut [u8], v4: bool) -> u16 {
-    let l4 = match packet.first().map(|b| b >> 4) {
-        Some(4) => usize::from(packet[0] & 0x0f) * 4,
-        Some(6) => 40,
-        _ => return default_mss(v4),
+    let Some(Transport { l4, .. }) = transport(packet) else {
+        return default_mss(v4);
     };
     let Some(off) = packet.get(l4 + 12).map(|b| usize::from(b >> 4) * 4) else {
         return default_mss(v4);
@@ -733,26 +732,17 @@ fn take_mss(packet: &mut [u8], v4: bool) -> u16 {
 
 /// Source, destination and TCP header length of an IP packet carrying TCP.
 fn tcp_endpoints(packet: &[u8]) -> Option<(SocketAddr, SocketAddr, usize)> {
-    let (src, dst, l4) = match packet.first()? >> 4 {
-        4 => {
-            let ihl = usize::from(packet[0] & 0x0f) * 4;
-            if *packet.get(9)? != 6 {
-                return None;
-            }
-            let s: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
-            let d: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
-            (IpAddr::from(s), IpAddr::from(d), ihl)
-        }
-        6 => {
-            if *packet.get(6)? != 6 {
-                return None;
-            }
-            let s: [u8; 16] = packet.get(8..24)?.try_into().ok()?;
-            let d: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
-            (IpAddr::from(s), IpAddr::from(d), 40)
-        }
-        _ => return None,
+    let t = transport(packet).filter(|t| t.proto == 6)?;
+    let (src, dst) = if t.v4 {
+        let s: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
+        let d: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
+        (IpAddr::from(s), IpAddr::from(d))
+    } else {
+        let s: [u8; 16] = packet.get(8..24)?.try_into().ok()?;
+        let d: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
+        (IpAddr::from(s), IpAddr::from(d))
     };
+    let l4 = t.l4;
     let ports = packet.get(l4..l4 + 4)?;
     let thl = usize::from(packet.get(l4 + 12)? >> 4) * 4;
     Some((

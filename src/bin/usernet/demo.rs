@@ -319,61 +319,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     drop(host_http);
 
-    // 6. Port forward (`-p 127.0.0.1:PORT:80` to the endpoint `web`), fetched from the host.
-    let free = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port();
-    let fwd = h.add_forward(&usernet::nat::forward::Forward {
-        network: "demo".into(),
-        spec: format!("127.0.0.1:{free}:{HTTP_PORT}/tcp").parse()?,
-        to: "web".into(),
-        splice: false,
-    })?;
-    let got = http_get(None, Ipv4Addr::LOCALHOST, free, "localhost", "/")?;
-    if got.status != 200 || got.body != PAGE {
-        bail!(
-            "forward: GET http://127.0.0.1:{free}/ gave status {}",
-            got.status
-        );
-    }
-    step(
-        "forward",
-        format!(
-            "host GET http://127.0.0.1:{free}/ -> web:{HTTP_PORT} (-p {}): {} {}, page intact, in {}",
-            fwd.publish,
-            got.status,
-            got.reason,
-            ms(got.took)
-        ),
-    );
-    // The same page through a spliced forward: relayed by the kernel from inside web's
-    // namespace, never through usernet's TCP stack.
-    let free = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port();
-    let fwd = h.add_forward(&usernet::nat::forward::Forward {
-        network: "demo".into(),
-        spec: format!("127.0.0.1:{free}:{HTTP_PORT}/tcp").parse()?,
-        to: "web".into(),
-        splice: true,
-    })?;
-    let got = http_get(None, Ipv4Addr::LOCALHOST, free, "localhost", "/")?;
-    if got.status != 200 || got.body != PAGE {
-        bail!(
-            "spliced forward: GET http://127.0.0.1:{free}/ gave status {}",
-            got.status
-        );
-    }
-    step(
-        "splice",
-        format!(
-            "host GET http://127.0.0.1:{free}/ -> web:{HTTP_PORT} (-p {}, splice): {} {}, page intact, in {}",
-            fwd.publish,
-            got.status,
-            got.reason,
-            ms(got.took)
-        ),
-    );
+    // 6. Port forward (`-p 127.0.0.1:PORT:80` to the endpoint `web`), fetched from the host:
+    //    through usernet's TCP stack, then spliced (relayed by the kernel from inside web's
+    //    namespace).
+    forward_step(&h, false)?;
+    forward_step(&h, true)?;
     drop(server);
 
     // 7. Bulk TCP through the switch.
@@ -442,6 +392,43 @@ struct DnsAnswer {
     addrs: Vec<Ipv4Addr>,
     authoritative: bool,
     took: Duration,
+}
+
+/// Publishes web's port 80 on a free loopback port (spliced or not), fetches the page through
+/// it from the host and prints the step.
+fn forward_step(h: &Handle, splice: bool) -> anyhow::Result<()> {
+    let free = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port();
+    let fwd = h.add_forward(&usernet::nat::forward::Forward {
+        network: "demo".into(),
+        spec: format!("127.0.0.1:{free}:{HTTP_PORT}/tcp").parse()?,
+        to: "web".into(),
+        splice,
+    })?;
+    let (name, how) = if splice {
+        ("splice", ", splice")
+    } else {
+        ("forward", "")
+    };
+    let got = http_get(None, Ipv4Addr::LOCALHOST, free, "localhost", "/")?;
+    if got.status != 200 || got.body != PAGE {
+        bail!(
+            "{name}: GET http://127.0.0.1:{free}/ gave status {}",
+            got.status
+        );
+    }
+    step(
+        name,
+        format!(
+            "host GET http://127.0.0.1:{free}/ -> web:{HTTP_PORT} (-p {}{how}): {} {}, page intact, in {}",
+            fwd.publish,
+            got.status,
+            got.reason,
+            ms(got.took)
+        ),
+    );
+    Ok(())
 }
 
 /// Asks `server` for the A records of `name` over UDP from inside `netns` (three tries of 1 s).

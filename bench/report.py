@@ -179,17 +179,24 @@ def goals(results):
                     f"{rx(x)} ({fmt(u, '.2f')} vs {fmt(s, '.2f')} Gbit/s)",
                     verdict(None if x is None else x >= want)))
     for mtu in sorted({r["mtu"] for r in results if r.get("suite") == "nat"}):
+        # The goal: loopback clients at least as fast as pasta's splice path while real
+        # clients keep their address. A `splice = true` forward does both (loopback clients are
+        # spliced, real clients take the regular path); the regular path is shown against
+        # pasta's own path for real clients (its tap path), for reference, not as a goal.
+        un = _nat(results, "usernet", mtu)
         p = get(_nat(results, "pasta", mtu), "variants", "pasta splice", "forward", "gbps")
-        for label, what in (("usernet splice", "usernet splice = true"),
-                            ("usernet", "usernet's regular path")):
-            un = _nat(results, "usernet", mtu)
+        for label, what, goal in (
+                ("usernet splice", "loopback client, usernet splice = true", True),
+                ("usernet", "usernet's regular path, which real clients take", False)):
             if label not in (un.get("variants") or {}) and label != "usernet":
                 continue
             u = get(un, "variants", label, "forward", "gbps")
             x = ratio(u, p)
-            out.append((f"port forward TCP, MTU {mtu}: ≥ 1.0× pasta's splice path ({what})",
+            out.append((f"port forward TCP, MTU {mtu}: ≥ 1.0× pasta's splice path ({what})"
+                        if goal else
+                        f"port forward TCP, MTU {mtu}: for reference, {what}, vs pasta's splice path",
                         f"{rx(x)} ({fmt(u, '.2f')} vs {fmt(p, '.2f')} Gbit/s)",
-                        verdict(None if x is None else x >= 1.0)))
+                        verdict(None if x is None else x >= 1.0) if goal else "–"))
     m = next((r for r in results if r.get("suite") == "mem" and r["system"] == "usernet"
               and r["namespaces"] == 20), None)
     if m is not None:

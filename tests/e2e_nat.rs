@@ -600,15 +600,21 @@ fn spliced_forward_relays_through_the_guest_namespace() {
         return;
     }
     let web = Netns::new("sw");
+    // A client on another machine: a namespace behind a veth.
+    let ext = Netns::new("sx");
+    let veth = Veth::new("sv");
+    veth.move_b(&ext, Some("eth0"));
+    common::ip(&["addr", "add", "10.73.0.1/24", "dev", &veth.a]);
+    ext.ip(&["addr", "add", "10.73.0.2/24", "dev", "eth0"]);
     let free = || {
-        TcpListener::bind("127.0.0.1:0")
+        TcpListener::bind("0.0.0.0:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port()
     };
     let (p1, p2) = (free(), free());
     let d = Daemon::start(&format!(
-        "{}[[forward]]\nnetwork = \"n\"\npublish = \"127.0.0.1:{p1}:8080/tcp\"\nto = \"web\"\nsplice = true\n",
+        "{}[[forward]]\nnetwork = \"n\"\npublish = \"{p1}:8080/tcp\"\nto = \"web\"\nsplice = true\n",
         config("10.74.0.0/24", "", &[("web", &web)])
     ));
     guest(&web, "10.74.0.5/24", "10.74.0.1");
@@ -618,7 +624,7 @@ fn spliced_forward_relays_through_the_guest_namespace() {
     // peer address it saw.
     let listener = run_in_netns(&web.path(), || TcpListener::bind("0.0.0.0:8080")).expect("listen");
     std::thread::spawn(move || {
-        for c in listener.incoming().take(2) {
+        for c in listener.incoming().take(3) {
             let Ok(mut c) = c else { continue };
             let mut got = Vec::new();
             let _ = c.read_to_end(&mut got);
@@ -630,8 +636,7 @@ fn spliced_forward_relays_through_the_guest_namespace() {
         }
     });
     let data = pattern(32 << 20);
-    let exchange = |port: u16| -> String {
-        let mut c = TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect forward");
+    let exchange_on = |mut c: TcpStream| -> String {
         c.set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
         c.write_all(&data).expect("send through the forward");
@@ -639,6 +644,9 @@ fn spliced_forward_relays_through_the_guest_namespace() {
         let mut s = String::new();
         let _ = c.read_to_string(&mut s);
         s
+    };
+    let exchange = |port: u16| -> String {
+        exchange_on(TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect forward"))
     };
     let want = format!("{} {}", data.len(), sha256(&data));
     let answer = exchange(p1);
@@ -655,6 +663,22 @@ fn spliced_forward_relays_through_the_guest_namespace() {
     );
     let ls = d.ctl(&["forward", "ls"]);
     assert!(ls.to_string().contains("\"splice\":true"), "{ls}");
+
+    // A real client on the same forward takes the regular path: the guest sees its address.
+    let c = run_in_netns(&ext.path(), move || {
+        TcpStream::connect_timeout(
+            &format!("10.73.0.1:{p1}").parse().expect("addr"),
+            Duration::from_secs(5),
+        )
+    })
+    .expect("connect from the other machine");
+    let answer = exchange_on(c);
+    let seen = answer.rsplit(' ').next().unwrap_or_default().to_string();
+    assert!(
+        answer.starts_with(&want) && seen == "10.73.0.2",
+        "non-loopback client through a spliced forward: {answer:?}\n{}",
+        d.log()
+    );
 
     // At run time, with the CLI flag; then removed: the host port is free again.
     let spec = format!("127.0.0.1:{p2}:8080");

@@ -811,13 +811,15 @@ impl Handle {
             ));
         }
         let splice = if f.splice {
-            Some(self.splice_target(f)?)
+            Some(crate::nat::forward_rt::SpliceHook {
+                netns: self.splice_target(f)?,
+                splicer: self.splicer()?,
+            })
         } else {
             None
         };
         let ip = f.spec.bind_ip();
         let mut listeners = Vec::new();
-        let mut std_tcp = Vec::new();
         for (hp, gp) in f.spec.pairs() {
             let at = std::net::SocketAddr::new(ip, hp);
             let what = || format!("host port {at}/{}", f.spec.proto);
@@ -825,14 +827,10 @@ impl Handle {
                 Proto::Tcp => {
                     let l = std::net::TcpListener::bind(at).map_err(|e| Error::Io(what(), e))?;
                     l.set_nonblocking(true).map_err(|e| Error::Io(what(), e))?;
-                    if splice.is_some() {
-                        std_tcp.push((l, gp));
-                    } else {
-                        listeners.push(Listener::Tcp {
-                            sock: mio::net::TcpListener::from_std(l),
-                            guest_port: gp,
-                        });
-                    }
+                    listeners.push(Listener::Tcp {
+                        sock: mio::net::TcpListener::from_std(l),
+                        guest_port: gp,
+                    });
                 }
                 Proto::Udp => {
                     let u = std::net::UdpSocket::bind(at).map_err(|e| Error::Io(what(), e))?;
@@ -851,26 +849,14 @@ impl Handle {
             to: f.to.clone(),
             splice: splice.is_some(),
         };
-        if let Some(netns) = splice {
-            let splicer = self.splicer()?;
-            for (l, gp) in std_tcp {
-                let resolve = self.guest_resolver(&g, &f.to);
-                let target = crate::nat::splice::SpliceTarget {
-                    netns: netns.clone(),
-                    guest: Box::new(move || Some(std::net::SocketAddr::new(resolve(), gp))),
-                };
-                splicer.listen(info.id, l, target);
-            }
-            g.forwards.lock().push(info.clone());
-        } else {
-            g.add_forward(
-                info.clone(),
-                Bound {
-                    listeners,
-                    to: f.to.clone(),
-                },
-            )?;
-        }
+        g.add_forward(
+            info.clone(),
+            Bound {
+                listeners,
+                to: f.to.clone(),
+                splice,
+            },
+        )?;
         tracing::info!(network = %f.network, publish = %info.publish, to = %f.to, splice = info.splice, "port forward added");
         Ok(info)
     }
@@ -914,24 +900,6 @@ impl Handle {
         Ok(sp)
     }
 
-    /// The guest address of endpoint `to` on `g`'s network, asked at each connection: an IP as
-    /// given, else the name's address in the network's records, else the loopback of the
-    /// endpoint's namespace (a spliced connection starts inside it).
-    fn guest_resolver(
-        &self,
-        g: &Arc<crate::gateway::Gateway>,
-        to: &str,
-    ) -> impl Fn() -> std::net::IpAddr + Send + 'static {
-        let fixed = to.parse::<std::net::IpAddr>().ok();
-        let fqdn = format!("{to}.{}", g.cfg.domain);
-        let records = g.records.clone();
-        move || {
-            fixed
-                .or_else(|| records.lookup(&fqdn).into_iter().find(|a| a.is_ipv4()))
-                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
-        }
-    }
-
     /// Records the network namespace of port `name` (for spliced forwards to it). Ports with a
     /// `netns` backend are recorded when added; an embedder that hands in a TAP created in a
     /// namespace (as `usernet run` does) says so here.
@@ -957,14 +925,7 @@ impl Handle {
                 .find(|f| f.id.to_string() == which || f.publish == canonical)
                 .cloned();
             if let Some(info) = found {
-                if info.splice {
-                    if let Some(sp) = self.shared.splicer.lock().as_ref() {
-                        sp.unlisten(info.id);
-                    }
-                    g.forwards.lock().retain(|f| f.id != info.id);
-                } else {
-                    g.remove_forward(info.id)?;
-                }
+                g.remove_forward(info.id)?;
                 return Ok(info);
             }
         }

@@ -272,9 +272,10 @@ pub struct Forward {
     pub spec: ForwardSpec,
     /// The target: an endpoint name (resolved on the network) or an IP address.
     pub to: String,
-    /// TCP only: relay connections kernel-to-kernel (`splice(2)`) from a socket opened inside
-    /// the target port's network namespace, instead of through usernet's TCP stack. Much
-    /// faster; the guest then sees connections from its own address. See
+    /// TCP only: relay connections from loopback (and other-family) clients kernel-to-kernel
+    /// (`splice(2)`) from a socket opened inside the target port's network namespace, instead
+    /// of through usernet's TCP stack. Much faster; the guest sees those connections from its
+    /// own address, while real clients still take the regular path and keep theirs. See
     /// [`crate::nat::splice`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub splice: bool,

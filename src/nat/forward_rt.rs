@@ -10,12 +10,19 @@
 //! family; the gateway's address (with the client's port) for loopback clients, whose address
 //! means nothing inside the guest.
 //!
+//! A TCP forward with a [`SpliceHook`] (`splice = true`) hands exactly those connections — the
+//! ones whose client address the guest could not see anyway — to the kernel-to-kernel relay
+//! ([`super::splice`]); connections from real clients still take the path above, so the guest
+//! sees their addresses. One listener, one forward: the choice is made per connection.
+//!
 //! The target (`to`) is resolved at each new connection — an endpoint name through the
 //! network's DNS records, or an IP — so a forward follows its endpoint across DHCP changes.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etherparse::PacketBuilder;
@@ -23,6 +30,7 @@ use mio::net::{TcpListener, UdpSocket};
 use mio::{Interest, Registry, Token};
 
 use super::host::HostStream;
+use super::splice::Splicer;
 use super::{NatConfig, token};
 
 /// One bound host socket of a forward.
@@ -51,12 +59,25 @@ pub struct Bound {
     pub listeners: Vec<Listener>,
     /// Endpoint name or IP address.
     pub to: String,
+    /// Splice the connections whose client address the guest could not see (TCP only).
+    pub splice: Option<SpliceHook>,
+}
+
+/// Where a spliced forward's connections go: the relay, and the guest's namespace to connect
+/// from.
+#[derive(Debug, Clone)]
+pub struct SpliceHook {
+    /// The relay thread.
+    pub splicer: Arc<Splicer>,
+    /// The guest's network namespace (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    pub netns: PathBuf,
 }
 
 struct Entry {
     id: u64,
     listener: Listener,
     to: String,
+    splice: Option<SpliceHook>,
 }
 
 /// The forwards of one gateway.
@@ -99,6 +120,7 @@ impl Forwards {
                 id,
                 listener: l,
                 to: b.to.clone(),
+                splice: b.splice.clone(),
             });
             idxs.push(idx);
         }
@@ -126,7 +148,9 @@ impl Forwards {
     }
 
     /// Accepts every pending connection on a TCP forward: `(client stream, source for the
-    /// guest, guest address)` for each one whose target resolves.
+    /// guest, guest address)` for each one whose target resolves. A spliced forward's
+    /// connections from clients the guest cannot see (loopback, other family) go to the relay
+    /// here and are not returned.
     pub fn accept(
         &mut self,
         tok: Token,
@@ -144,7 +168,20 @@ impl Forwards {
             match sock.accept() {
                 Ok((stream, client)) => {
                     let client = unmap(client);
-                    let Some(ip) = target(&e.to, client.ip(), resolve) else {
+                    let ip = target(&e.to, client.ip(), resolve);
+                    if let Some(hook) = &e.splice {
+                        // Inside the namespace, a name the records do not know is the
+                        // namespace's own loopback (`usernet run`'s command).
+                        let guest = SocketAddr::new(
+                            ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                            *guest_port,
+                        );
+                        if ip.is_none() || source_for(client, guest, cfg) != Some(client) {
+                            hook.splicer.splice(stream.into(), &hook.netns, guest);
+                            continue;
+                        }
+                    }
+                    let Some(ip) = ip else {
                         tracing::debug!(to = %e.to, "port forward target does not resolve; closing");
                         continue;
                     };

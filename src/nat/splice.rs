@@ -13,8 +13,11 @@
 //! through a pipe per direction, so they never enter userspace.
 //!
 //! The price: the guest sees the connection coming from its own address (a loopback-path
-//! connection), not from the client. That is why splicing is a per-forward choice
-//! (`splice = true`), off by default: the regular path keeps non-loopback clients' addresses.
+//! connection), not from the client. So a spliced forward (`splice = true`, a per-forward
+//! choice, off by default) splices only the connections whose client address the guest could
+//! not see on the regular path either (loopback clients, clients of the other IP family); a
+//! connection from a real client takes the regular path and the guest sees its address (the
+//! choice is made at accept, in [`super::forward_rt`]). This is pasta's rule too.
 //!
 //! One relay thread ([`Splicer`]) runs a mio loop over every spliced connection. For each
 //! direction it alternates "socket -> pipe" and "pipe -> socket" splices until both would block;
@@ -36,9 +39,8 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+/// The relay's waker; connection tokens are `id << 1 | side`.
 const WAKE: Token = Token(usize::MAX);
-/// Tokens of listening sockets have this bit; connection tokens are `id << 1 | side`.
-const LISTEN_BIT: usize = 1 << (usize::BITS - 2);
 /// Pipe size asked for each direction (the kernel may grant less).
 const PIPE_SIZE: usize = 1 << 20;
 
@@ -61,19 +63,8 @@ struct Job {
     guest: SocketAddr,
 }
 
-/// Where a spliced forward's connections go: the guest address, asked at each connection (an
-/// endpoint's address may change), and the namespace to connect from.
-pub struct SpliceTarget {
-    /// The guest's network namespace (`/run/netns/NAME`, `/proc/PID/ns/net`).
-    pub netns: PathBuf,
-    /// The guest address to connect to from inside `netns`; `None` drops the connection.
-    pub guest: Box<dyn Fn() -> Option<SocketAddr> + Send>,
-}
-
 enum Msg {
     Job(Job),
-    Listen(u64, std::net::TcpListener, SpliceTarget),
-    Unlisten(u64, Sender<bool>),
     Stop,
 }
 
@@ -122,21 +113,6 @@ impl Splicer {
             guest,
         };
         self.send(Msg::Job(job));
-    }
-
-    /// Accepts connections on `listener` (a forward's bound host socket) and relays each one to
-    /// `target`; `id` names the forward for [`Self::unlisten`].
-    pub fn listen(&self, id: u64, listener: std::net::TcpListener, target: SpliceTarget) {
-        self.send(Msg::Listen(id, listener, target));
-    }
-
-    /// Closes the listeners of forward `id` (connections already relayed go on). Returns false
-    /// if it had none.
-    pub fn unlisten(&self, id: u64) -> bool {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.send(Msg::Unlisten(id, tx));
-        rx.recv_timeout(std::time::Duration::from_secs(5))
-            .unwrap_or(false)
     }
 
     fn send(&self, m: Msg) {
@@ -278,9 +254,6 @@ struct Relay {
     poll: Poll,
     rx: Receiver<Msg>,
     conns: HashMap<usize, Conn>,
-    /// Listening sockets by token index (tokens with [`LISTEN_BIT`] set).
-    listeners: HashMap<usize, (u64, mio::net::TcpListener, SpliceTarget)>,
-    next_listener: usize,
     next: usize,
     counters: Arc<SpliceCounters>,
 }
@@ -330,8 +303,6 @@ impl Relay {
             poll,
             rx,
             conns: HashMap::new(),
-            listeners: HashMap::new(),
-            next_listener: 0,
             next: 0,
             counters,
         }
@@ -352,15 +323,9 @@ impl Relay {
                     while let Ok(m) = self.rx.try_recv() {
                         match m {
                             Msg::Job(job) => self.start(job),
-                            Msg::Listen(id, l, target) => self.add_listener(id, l, target),
-                            Msg::Unlisten(id, reply) => {
-                                let _ = reply.send(self.remove_listeners(id));
-                            }
                             Msg::Stop => return,
                         }
                     }
-                } else if ev.token().0 & LISTEN_BIT != 0 {
-                    self.accept(ev.token().0 & !LISTEN_BIT);
                 } else {
                     touched.push(ev.token().0 >> 1);
                 }
@@ -369,73 +334,6 @@ impl Relay {
             for id in touched {
                 self.service(id);
             }
-        }
-    }
-
-    fn add_listener(&mut self, id: u64, l: std::net::TcpListener, target: SpliceTarget) {
-        if l.set_nonblocking(true).is_err() {
-            return;
-        }
-        let mut l = mio::net::TcpListener::from_std(l);
-        let idx = self.next_listener;
-        self.next_listener = (self.next_listener + 1) & !LISTEN_BIT;
-        if self
-            .poll
-            .registry()
-            .register(&mut l, Token(idx | LISTEN_BIT), Interest::READABLE)
-            .is_ok()
-        {
-            self.listeners.insert(idx, (id, l, target));
-            // Connections may be waiting already.
-            self.accept(idx);
-        }
-    }
-
-    fn remove_listeners(&mut self, id: u64) -> bool {
-        let idxs: Vec<usize> = self
-            .listeners
-            .iter()
-            .filter(|(_, (i, _, _))| *i == id)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in &idxs {
-            if let Some((_, mut l, _)) = self.listeners.remove(k) {
-                let _ = self.poll.registry().deregister(&mut l);
-            }
-        }
-        !idxs.is_empty()
-    }
-
-    fn accept(&mut self, idx: usize) {
-        let mut jobs = Vec::new();
-        let Some((_, l, target)) = self.listeners.get(&idx) else {
-            return;
-        };
-        loop {
-            match l.accept() {
-                Ok((stream, _)) => {
-                    let Some(guest) = (target.guest)() else {
-                        tracing::debug!("spliced forward: target does not resolve; closing");
-                        continue;
-                    };
-                    // mio streams come back to std for the job (same descriptor).
-                    let std: std::net::TcpStream = stream.into();
-                    jobs.push(Job {
-                        client: std,
-                        netns: target.netns.clone(),
-                        guest,
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::debug!("spliced forward accept: {e}");
-                    break;
-                }
-            }
-        }
-        for j in jobs {
-            self.start(j);
         }
     }
 

@@ -83,8 +83,9 @@ enum FwdCmd {
         publish: String,
         /// Endpoint name (port or DHCP hostname) or IP address.
         to: String,
-        /// TCP: relay kernel-to-kernel from inside the port's namespace (`to` must be a netns
-        /// port); the guest then sees connections from its own address.
+        /// TCP: relay loopback clients kernel-to-kernel from inside the port's namespace (`to`
+        /// must be a netns port; the guest sees those from its own address, other clients keep
+        /// theirs).
         #[arg(long)]
         splice: bool,
     },

@@ -40,9 +40,9 @@ pub struct Args {
     /// Also serve the control socket here (for `usernet ctl`).
     #[arg(long)]
     socket: Option<std::path::PathBuf>,
-    /// Relay TCP forwards kernel-to-kernel (`splice`) from inside the command's namespace:
-    /// much faster; the command sees connections from its own address. Needs the right to
-    /// enter the namespace (root).
+    /// Relay TCP forwards' loopback clients kernel-to-kernel (`splice`) from inside the
+    /// command's namespace: much faster; the command sees those connections from its own
+    /// address (other clients keep theirs). Needs the right to enter the namespace (root).
     #[arg(long)]
     splice: bool,
     /// The command and its arguments.

@@ -34,8 +34,9 @@ from common import (RES, CaseFailed, Meter, Proc, get, iperf3, link_mtu, list_li
 IP_A = "10.99.0.1"
 IP_B = "10.99.0.2"
 PORT = 5201
-SYSTEMS = ("bridge", "veth", "usernet", "ovs", "ovs-tso", "vde")  # the bridge first: the UDP reference
+SYSTEMS = ("bridge", "veth", "usernet", "usernet-bp", "ovs", "ovs-tso", "vde")  # the bridge first: the UDP reference
 LABELS = {"veth": "veth pair", "bridge": "Linux bridge", "usernet": "usernet",
+          "usernet-bp": "usernet, busy-polling",
           "ovs": "OVS userspace", "ovs-tso": "OVS userspace+TSO", "vde": "vde_switch"}
 UDP_FRACTION = 0.95  # fixed-rate UDP offers this fraction of the bridge's received rate
 
@@ -105,7 +106,10 @@ class Topology:
         run(["ip", "-n", s, "link", "set", "br0", "mtu", m], timeout=10)
         run(["ip", "-n", s, "link", "set", "br0", "up"], timeout=10)
 
-    def _up_usernet(self):
+    def _up_usernet_bp(self):
+        self._up_usernet(busy_poll_us=self.ctx.args.busy_poll_us)
+
+    def _up_usernet(self, busy_poll_us=0):
         d = RES.tmpdir
         tag = f"usernet-{self.key}"
         cfg = os.path.join(d, tag + ".toml")
@@ -114,7 +118,8 @@ class Topology:
             f'[[port]]\nnetwork = "n"\nname = "e{i}"\nnetns = "/run/netns/{ns}"\n'
             f"mtu = {self.mtu}\n\n" for i, ns in enumerate(self.eps))
         with open(cfg, "w") as f:
-            f.write(f"[engine]\nloops = {self.ctx.args.loops}\nmtu = {self.mtu}\n\n"
+            f.write(f"[engine]\nloops = {self.ctx.args.loops}\nmtu = {self.mtu}\n"
+                    f"busy_poll_us = {busy_poll_us}\n\n"
                     f'[[network]]\nname = "n"\ngateway = false\n\n{ports}')
         p = Proc(tag, [self.ctx.usernet_bin, "up", "-c", cfg, "--socket", self.sock])
         self.procs.append(p)
@@ -381,7 +386,7 @@ def run_case(system, mtu, ctx):
                     res["rss_kib"] = sum_status_kib(pids, "VmRSS")
                     res["case_cpu_s"] = round(sum((proc_cpu_s(p) or 0) - (cpu0[p] or 0)
                                                   for p in pids), 2)
-                if system == "usernet" and topo.procs and topo.procs[0].alive():
+                if system.startswith("usernet") and topo.procs and topo.procs[0].alive():
                     res["usernet_stats"] = usernet_ctl(ctx.usernet_bin, topo.sock, "stats")
                 if pids:
                     res["log_tail"] = topo.log_tails()

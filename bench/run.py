@@ -71,6 +71,9 @@ def parse_args(argv):
     ap.add_argument("--mem-systems", default=",".join(mem.SYSTEMS))
     ap.add_argument("--mem-counts", help="namespace counts (default 1,20)")
     ap.add_argument("--loops", type=int, default=1, help="usernet [engine] loops (default 1)")
+    ap.add_argument("--busy-poll-us", type=int, default=20000,
+                    help="[engine] busy_poll_us of the usernet-bp system (default 20000: longer "
+                         "than the ping interval, so the loop stays awake through the ping run)")
     ap.add_argument("--usernet", default=os.path.join(REPO, "target", "release", "usernet"),
                     help="usernet binary (default target/release/usernet)")
     ap.add_argument("--build", action="store_true", help="cargo build --release first")

@@ -26,6 +26,8 @@ pub struct EngineSection {
     pub mtu: u32,
     /// TX ring capacity per port, in frames.
     pub ring: usize,
+    /// Adaptive busy-polling window in µs (0 = off); see [`EngineConfig::busy_poll`].
+    pub busy_poll_us: u32,
 }
 
 impl Default for EngineSection {
@@ -34,9 +36,13 @@ impl Default for EngineSection {
             loops: 1,
             mtu: 1500,
             ring: crate::bridge::DEFAULT_RING,
+            busy_poll_us: 0,
         }
     }
 }
+
+/// Largest `[engine] busy_poll_us`: a second.
+const MAX_BUSY_POLL_US: u32 = 1_000_000;
 
 fn yes() -> bool {
     true
@@ -341,6 +347,12 @@ impl Config {
                 format!("{} is outside 1..=64", e.loops),
             ));
         }
+        if e.busy_poll_us > MAX_BUSY_POLL_US {
+            return Err(Error::invalid(
+                "engine.busy_poll_us",
+                format!("{} is above {MAX_BUSY_POLL_US} (1 s)", e.busy_poll_us),
+            ));
+        }
         if !(68..=65535).contains(&e.mtu) {
             return Err(Error::invalid(
                 "engine.mtu",
@@ -416,6 +428,7 @@ impl Config {
             loops: self.engine.loops,
             max_frame: self.engine.mtu as usize + 14 + 8,
             ring: self.engine.ring,
+            busy_poll: std::time::Duration::from_micros(self.engine.busy_poll_us.into()),
             ..EngineConfig::default()
         }
     }
@@ -504,6 +517,7 @@ packet = "veth0"
         let e = err("[[network]]\nname = \"a\"\n[[network]]\nname = \"a\"");
         assert!(e.contains("network[1].name"), "{e}");
         assert!(err("[engine]\nloops = 0").contains("engine.loops"));
+        assert!(err("[engine]\nbusy_poll_us = 2000000").contains("engine.busy_poll_us"));
         assert!(err("[[forward]]\npublish = \"8080:80\"").contains("forward"));
         assert!(err("[[network]]\nname = \"a\"\nfdb_max_entries = 0").contains("fdb_max_entries"));
     }

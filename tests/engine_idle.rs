@@ -1,5 +1,6 @@
-//! An idle engine sleeps: no loop busy-polls. Its own test binary, so the process's CPU time is
-//! the engine's alone.
+//! An idle engine sleeps: no loop busy-polls, and one configured to busy-poll spins only for its
+//! window after traffic. Its own test binary, so the process's CPU time is the engine's alone
+//! (the tests take a lock: they must not run at the same time).
 
 use std::time::{Duration, Instant};
 
@@ -16,28 +17,78 @@ fn cpu_ticks() -> u64 {
     f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
 }
 
-#[test]
-fn idle_engine_does_not_spin() {
-    let engine = Engine::start(EngineConfig {
-        loops: 2,
-        ..EngineConfig::default()
-    })
-    .expect("engine");
+static ONE_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+/// An engine with two memory ports `a` and `b` on one network; returns the peers' ends.
+fn engine(cfg: EngineConfig) -> (Engine, Vec<MemoryLink>) {
+    let engine = Engine::start(cfg).expect("engine");
     let h = engine.handle();
     h.add_network("net", Default::default()).expect("net");
-    let mut keep = Vec::new();
+    let mut peers = Vec::new();
     for name in ["a", "b"] {
         let (sw, peer) = MemoryLink::pair(64, 1518).expect("pair");
         h.add_port("net", name, PortPolicy::default(), Box::new(sw))
             .expect("port");
-        keep.push(peer);
+        peers.push(peer);
     }
+    (engine, peers)
+}
+
+/// CPU ticks (1/100 s) the process uses over `d`.
+fn cpu_over(d: Duration) -> (u64, Duration) {
+    let (t0, c0) = (Instant::now(), cpu_ticks());
+    std::thread::sleep(d);
+    (cpu_ticks() - c0, t0.elapsed())
+}
+
+#[test]
+fn idle_engine_does_not_spin() {
+    let _one = ONE_AT_A_TIME.lock();
+    let (engine, _peers) = engine(EngineConfig {
+        loops: 2,
+        ..EngineConfig::default()
+    });
     // Past the first aging-sweep deadline (1 s), then measure over one second.
     std::thread::sleep(Duration::from_millis(1200));
-    let (t0, c0) = (Instant::now(), cpu_ticks());
-    std::thread::sleep(Duration::from_secs(1));
-    let (dt, dc) = (t0.elapsed(), cpu_ticks() - c0);
+    let (dc, dt) = cpu_over(Duration::from_secs(1));
     // Clock ticks are 1/100 s: an idle engine should use well under 10% of a core.
     assert!(dc <= 10, "idle engine used {dc} ticks of CPU in {dt:?}");
+    engine.shutdown();
+}
+
+#[test]
+fn busy_polling_spins_only_after_traffic() {
+    let _one = ONE_AT_A_TIME.lock();
+    let window = Duration::from_millis(400);
+    let (engine, peers) = engine(EngineConfig {
+        busy_poll: window,
+        ..EngineConfig::default()
+    });
+    std::thread::sleep(Duration::from_millis(1200));
+    // A broadcast from a reaches b, and wakes the loop into its spinning window.
+    let mut f = vec![0u8; 60];
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&[0x88, 0xb5]);
+    assert!(peers[0].send_bytes(&f), "frame queued");
+    let got = peers[1].recv_timeout(Duration::from_secs(2));
+    assert_eq!(
+        got.as_ref().map(|g| g.data()),
+        Some(&f[..]),
+        "frame forwarded while busy-polling"
+    );
+    // Within the window the loop polls without sleeping: it uses CPU ...
+    let (spin, dt) = cpu_over(Duration::from_millis(200));
+    assert!(
+        spin >= 5,
+        "busy-polling loop used only {spin} ticks in {dt:?}"
+    );
+    // ... and after it, it sleeps again.
+    std::thread::sleep(window);
+    let (idle, dt) = cpu_over(Duration::from_secs(1));
+    assert!(
+        idle <= 10,
+        "loop still spinning after its window: {idle} ticks in {dt:?}"
+    );
     engine.shutdown();
 }

@@ -330,15 +330,15 @@ impl LoopState {
         let mut spin_until: Option<Instant> = None;
         loop {
             // Only loop 0 has a timer (the FDB sweep); the others sleep until an event.
-            let timeout = if !self.again.is_empty() {
-                Some(Duration::ZERO)
-            } else if spin_until.is_some_and(|t| Instant::now() < t) {
-                Some(Duration::ZERO)
-            } else if self.idx == 0 {
-                Some(next_sweep.saturating_duration_since(Instant::now()))
-            } else {
-                None
-            };
+            // A loop with ports to read again, or within its busy-polling window, does not sleep.
+            let timeout =
+                if !self.again.is_empty() || spin_until.is_some_and(|t| Instant::now() < t) {
+                    Some(Duration::ZERO)
+                } else if self.idx == 0 {
+                    Some(next_sweep.saturating_duration_since(Instant::now()))
+                } else {
+                    None
+                };
             if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {

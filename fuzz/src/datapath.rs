@@ -583,7 +583,7 @@ impl World {
                         }
                     }
                 }
-                // As the gateway thread does after each batch (an idle gateway needs no tick:
+                // As the gateway port does after each batch (an idle gateway needs no tick:
                 // its timers move only with the clock, which ticks every gateway).
                 if got {
                     self.nets[i].driver.tick(now);

@@ -561,6 +561,10 @@ impl LoopState {
                     if st.errors > 0 {
                         c.drop_n(DropReason::LinkError, st.errors as u64);
                     }
+                    if lp.link.wants_rx() && !self.again.contains(&slot) {
+                        // It answered in-process (the gateway): read it next turn.
+                        self.again.push(slot);
+                    }
                     if !lp.pending.is_empty() {
                         // Would block: wait for the writable event.
                         return;

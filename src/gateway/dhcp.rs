@@ -4,7 +4,7 @@
 //!
 //! [`DhcpServer`] is pure protocol logic: it takes the UDP payload a client sent to port 67
 //! ([`DhcpServer::handle`]) and returns the payload to send back plus where to send it
-//! ([`ReplyTo`]); the gateway thread does the UDP/IP/Ethernet wrapping. It does no I/O and reads
+//! ([`ReplyTo`]); the gateway's driver does the UDP/IP/Ethernet wrapping. It does no I/O and reads
 //! no clock: time comes in as monotonic milliseconds (`now_ms`), so tests drive a stopped clock.
 //! Wire encoding and decoding is `dhcproto`'s; this module only adds the checks that crate does
 //! not make (magic cookie, hardware address length, option lengths, message size).

@@ -3,7 +3,7 @@
 //!
 //! # Theory of operation
 //!
-//! The gateway thread receives DNS messages on the gateway address (UDP payloads, or TCP messages
+//! The gateway's driver receives DNS messages on the gateway address (UDP payloads, or TCP messages
 //! without their 2-byte length prefix) and hands each one to [`DnsServer::handle`] together with
 //! a one-shot `reply` callback. `handle` never blocks on the network:
 //!

@@ -2,17 +2,19 @@
 //!
 //! # Theory of operation
 //!
-//! A gateway is an endpoint attached to its network's bridge like any other port — through an
-//! in-process [`MemoryLink`] — with its own MAC and addresses (`subnet`.1 and `prefix::1`, plus
-//! an EUI-64 link-local address). So the switching core stays pure: to the bridge the gateway is
-//! just a port, learned, flooded to and isolated like the others.
+//! A gateway is an endpoint attached to its network's bridge like any other port, with its own
+//! MAC and addresses (`subnet`.1 and `prefix::1`, plus an EUI-64 link-local address). So the
+//! switching core stays pure: to the bridge the gateway is just a port, learned, flooded to and
+//! isolated like the others.
 //!
-//! Each gateway runs on its own thread with its own mio `Poll`: frames from the bridge arrive on
-//! the memory link, answers go back the same way. The thread is a thin loop around a [`Driver`],
-//! which does all the work synchronously — [`Driver::frame`] for a frame, [`Driver::host_ready`]
-//! for a NAT socket's readiness, [`Driver::tick`] for timers — each with an explicit `now`, and
-//! collects the frames to send. NAT opens its host sockets through a [`HostSockets`]: the
-//! kernel's ([`OsSockets`]) on the thread; [`standalone`] builds a gateway and driver with any
+//! All the work is done synchronously by a [`Driver`] — [`Driver::frame`] for a frame,
+//! [`Driver::host_ready`] for a NAT socket's readiness, [`Driver::tick`] for timers — each with
+//! an explicit `now`; it collects the frames to send. In the engine the driver *is* the port's
+//! link (`port::GatewayPort`): the event loop that owns the port hands it the bridge's frames,
+//! reads its answers like any link's frames, and polls its host sockets, waker and timer through
+//! one epoll descriptor, so a gateway has no thread of its own and a frame to NAT and its answer
+//! cross no thread. NAT opens its host sockets through a [`HostSockets`]: the
+//! kernel's ([`OsSockets`]) in the engine; [`standalone`] builds a gateway and driver with any
 //! other (the `datapath` fuzz target passes an in-memory fake and a virtual clock), so the code
 //! fuzzed is the code that runs. It handles:
 //! - ARP requests for its address, and announces itself with a gratuitous ARP ([`arp`]);
@@ -46,8 +48,7 @@ use etherparse::{
     PacketBuilder, TcpSlice, UdpSlice,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Poll, Token, Waker};
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -56,14 +57,13 @@ pub mod dhcp;
 pub mod dhcp_client;
 pub mod dns;
 pub mod ndp;
+mod port;
 pub mod tcp;
 
 use crate::bridge::{PortId, PortPolicy};
 use crate::control::Handle;
 use crate::error::{Error, Result};
-use crate::frame::{Frame, FramePool, VnetHdr};
-use crate::link::Link;
-use crate::link::memory::MemoryLink;
+use crate::frame::VnetHdr;
 use crate::nat::host::{HostSockets, OsSockets};
 use crate::nat::{Nat, NatConfig, NatCounters};
 use crate::wire::{L2Header, Mac};
@@ -229,7 +229,7 @@ pub struct GatewayInfo {
     pub nat: Option<std::collections::BTreeMap<&'static str, u64>>,
 }
 
-/// A running gateway, shared between its thread and the control API.
+/// A running gateway, shared between its driver (on an event loop) and the control API.
 pub struct Gateway {
     /// Its settings.
     pub cfg: GatewayConfig,
@@ -472,32 +472,16 @@ fn build_gateway(
 /// Starts the gateway for `cfg.network` on a running engine: a port named `gw.<network>` and
 /// a thread that runs a [`Driver`] with the kernel's sockets and the real clock.
 pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
-    let max_frame = handle.bridge().pool().max_frame();
     let poll = Poll::new().map_err(|e| Error::Io("gateway poll".into(), e))?;
     let waker = Arc::new(
         Waker::new(poll.registry(), WAKE).map_err(|e| Error::Io("gateway waker".into(), e))?,
     );
     let (gw, cmd_rx) = build_gateway(cfg.clone(), waker.clone(), Instant::now())?;
-    let (switch_end, gw_end) =
-        // TCP GSO frames and pending checksums pass both ways (NAT's TCP takes and makes 64 KiB
-        // segments); UDP GSO is cut by the engine.
-        MemoryLink::pair_with_offloads(1024, max_frame, GATEWAY_OFFLOADS)
-            .map_err(|e| Error::Io("gateway link".into(), e))?;
     let registry = poll
         .registry()
         .try_clone()
         .map_err(|e| Error::Io("gateway poll".into(), e))?;
-    let port = handle.add_port(
-        &cfg.network,
-        &format!("gw.{}", cfg.network),
-        PortPolicy {
-            allowed_macs: vec![cfg.mac],
-            ..PortPolicy::default()
-        },
-        Box::new(switch_end),
-    )?;
-    *gw.port.lock() = Some(port);
-    let names = fdb_port_names(handle.clone(), cfg.network.clone(), port);
+    let names = fdb_port_names(handle.clone(), gw.clone());
     let driver = Driver::new(
         gw.clone(),
         names,
@@ -507,11 +491,18 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
         OsSockets::shared(),
         gw.epoch,
     );
-    let h = handle.clone();
-    std::thread::Builder::new()
-        .name(format!("usernet-gw-{}", cfg.network))
-        .spawn(move || run(driver, h, gw_end, poll))
-        .map_err(|e| Error::Io("spawning gateway thread".into(), e))?;
+    let link =
+        port::GatewayPort::new(driver, poll).map_err(|e| Error::Io("gateway timer".into(), e))?;
+    let port = handle.add_port(
+        &cfg.network,
+        &format!("gw.{}", cfg.network),
+        PortPolicy {
+            allowed_macs: vec![cfg.mac],
+            ..PortPolicy::default()
+        },
+        Box::new(link),
+    )?;
+    *gw.port.lock() = Some(port);
     tracing::info!(
         network = %cfg.network,
         addr = %cfg.addr,
@@ -545,88 +536,19 @@ pub fn standalone(
     Ok((gw, driver))
 }
 
-/// Maps a MAC to the name of the port it was learned on in `network`'s FDB (not `me`, the
-/// gateway's own port): the engine's [`PortNames`].
-fn fdb_port_names(handle: Handle, network: String, me: PortId) -> PortNames {
+/// Maps a MAC to the name of the port it was learned on in the gateway's network's FDB (not
+/// the gateway's own port): the engine's [`PortNames`].
+fn fdb_port_names(handle: Handle, gw: Arc<Gateway>) -> PortNames {
     Box::new(move |mac| {
         let bridge = handle.bridge();
         let topo = bridge.topology();
-        let ne = topo.network_by_name(&network)?;
+        let ne = topo.network_by_name(&gw.cfg.network)?;
         let pid = ne.net.fdb.lookup(0, mac, bridge.now())?;
-        if pid == me {
+        if Some(pid) == *gw.port.lock() {
             return None;
         }
         topo.port(pid).map(|p| p.name.clone())
     })
-}
-
-/// The gateway thread: the link and NAT's host sockets on one mio `Poll`, the real clock.
-fn run(mut d: Driver, handle: Handle, mut link: MemoryLink, mut poll: Poll) {
-    let fd = link.as_raw_fd();
-    if let Err(e) = poll
-        .registry()
-        .register(&mut SourceFd(&fd), LINK, Interest::READABLE)
-    {
-        tracing::error!(network = %d.gw.cfg.network, "gateway poll: {e}");
-        return;
-    }
-    let pool = FramePool::new(d.max_frame, 64);
-    d.announce();
-    flush(&mut d, &link);
-    let mut events = Events::with_capacity(64);
-    let mut frames = Vec::with_capacity(64);
-    loop {
-        let timeout = d.timeout(Instant::now());
-        if let Err(e) = poll.poll(&mut events, Some(timeout))
-            && e.kind() != std::io::ErrorKind::Interrupted
-        {
-            tracing::error!("gateway poll: {e}");
-            return;
-        }
-        if handle.is_stopped() {
-            return;
-        }
-        let now = Instant::now();
-        for ev in events.iter() {
-            let t = ev.token();
-            if t != LINK && t != WAKE {
-                d.host_ready(t, now);
-            }
-        }
-        d.commands();
-        loop {
-            frames.clear();
-            match link.recv_batch(&pool, &mut frames, 64) {
-                Ok(st) => {
-                    for f in frames.drain(..) {
-                        d.frame_with(f.data(), f.meta.vnet, now);
-                    }
-                    if st.drained {
-                        break;
-                    }
-                }
-                Err(_) => {
-                    tracing::info!(network = %d.gw.cfg.network, "gateway port removed; gateway stops");
-                    return;
-                }
-            }
-            flush(&mut d, &link);
-        }
-        d.tick(Instant::now());
-        flush(&mut d, &link);
-    }
-}
-
-/// Sends the driver's output frames to the bridge; a full queue drops them, as a NIC would.
-fn flush(d: &mut Driver, link: &MemoryLink) {
-    if d.tx.is_empty() {
-        return;
-    }
-    link.send_all(d.tx.drain(..).map(|(bytes, vnet)| {
-        let mut f = Frame::from_slice(&bytes);
-        f.meta.vnet = vnet;
-        f
-    }));
 }
 
 /// The offloads the gateway's link takes: TCP segmentation and pending checksums.
@@ -638,12 +560,12 @@ pub const GATEWAY_OFFLOADS: crate::offload::Offloads = crate::offload::Offloads 
     uso: false,
 };
 
-const LINK: Token = Token(0);
+/// The token of a gateway's waker on its poll.
 const WAKE: Token = Token(1);
 const RA_EVERY: Duration = Duration::from_secs(60);
 const MAX_NEIGH: usize = 4096;
 
-/// Work finished elsewhere (DNS workers), handed back to the gateway thread.
+/// Work finished elsewhere (DNS workers), handed back to the driver.
 enum Out {
     Udp {
         mac: Mac,
@@ -663,7 +585,7 @@ pub type PortNames = Box<dyn Fn(Mac) -> Option<String> + Send>;
 
 /// Drives one gateway synchronously: frames in ([`Driver::frame`]), host socket readiness in
 /// ([`Driver::host_ready`]), timers ([`Driver::tick`]), frames out ([`Driver::take_frames`]).
-/// Every entry point takes `now`, the gateway's clock: the engine's gateway thread passes the
+/// Every entry point takes `now`, the gateway's clock: the engine's event loop passes the
 /// real time, a simulation or the fuzzer a virtual one. It does no I/O of its own besides NAT's
 /// host sockets, which come from the [`HostSockets`] it was built with.
 pub struct Driver {

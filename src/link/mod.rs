@@ -93,6 +93,13 @@ pub trait Link: Send + 'static {
     /// link refused it). Stops when the descriptor would block; what remains in `queue` is sent
     /// on the next writable event.
     fn send_batch(&mut self, queue: &mut VecDeque<Frame>) -> Result<SendStats, LinkError>;
+
+    /// True when the link has frames to hand over that its descriptor may not signal (an
+    /// in-process peer that answered during [`Link::send_batch`]): the engine then reads it
+    /// again in its next turn. Default: false (the descriptor tells).
+    fn wants_rx(&self) -> bool {
+        false
+    }
 }
 
 /// Outcome of one [`Link::recv_batch`] call.

@@ -325,17 +325,26 @@ def markdown(doc, chart_name=None):
         L += scale_table(scaler, A, notes)
     if chart_name:
         L += ["", f"![throughput chart]({chart_name})"]
-    L += ["", "×bridge divides by the Linux bridge at the same MTU; usernet ÷ this divides "
-          "usernet's figure by the row's: above 1, usernet is faster. CPU s/Gbit: user+system "
-          "seconds of the system's own processes (usernet; ovs-vswitchd + ovsdb-server; "
-          "vde_switch + both vde_plug2tap; slirp4netns; pasta) per Gbit received, median over "
-          "the TCP runs; the kernel paths (veth, bridge) spend theirs in softirq, not in a "
-          "process. Machine CPU s/Gbit: the whole machine's busy time (both iperf3 ends, "
-          "softirq, the switch; and whatever else ran) per Gbit. UDP: kpps received with an unlimited "
-          "sender (iperf3 -u -l 64 -b 0), and loss when offered 0.95× what the bridge received."
-          + (" Scaling: ×bridge divides by the Linux bridge with the same pairs, ×1 loop by "
-             "usernet with the fewest loops measured; CPU s/Gbit is usernet's (all its threads) "
-             "per Gbit received by all the flows." if scaler else "")]
+    legend = []
+    if l2r or natr:
+        legend.append(
+            "×bridge divides by the Linux bridge at the same MTU; usernet ÷ this divides "
+            "usernet's figure by the row's: above 1, usernet is faster. CPU s/Gbit: user+system "
+            "seconds of the system's own processes (usernet; ovs-vswitchd + ovsdb-server; "
+            "vde_switch + both vde_plug2tap; slirp4netns; pasta) per Gbit received, median over "
+            "the TCP runs; the kernel paths (veth, bridge) spend theirs in softirq, not in a "
+            "process. Machine CPU s/Gbit: the whole machine's busy time (both iperf3 ends, "
+            "softirq, the switch; and whatever else ran) per Gbit. UDP: kpps received with an "
+            "unlimited sender (iperf3 -u -l 64 -b 0), and loss when offered 0.95× what the "
+            "bridge received.")
+    if scaler:
+        legend.append(
+            "Scaling: ×bridge divides by the Linux bridge with the same pairs, ×N loops by "
+            "usernet with the fewest loops measured, N, and the same pairs; CPU s/Gbit is "
+            "usernet's user+system seconds (all its threads) per Gbit received by all the "
+            "flows, median over the runs.")
+    if legend:
+        L += ["", " ".join(legend)]
     if notes:
         L += ["", "Failures and notes:", ""] + notes
     return "\n".join(L) + "\n"

@@ -1,4 +1,4 @@
-"""Shared plumbing of the benchmark suite (bench/run.py, l2.py, nat.py, mem.py).
+"""Shared plumbing of the benchmark suite (bench/run.py, l2.py, nat.py, mem.py, scale.py).
 
 Namespaces, processes, iperf3 runs, CPU/memory accounting, the machine description and small
 formatting helpers live here, once. Stdlib only.
@@ -21,6 +21,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -270,6 +271,45 @@ def slirp_api(path, req, timeout=5.0):
         raise CaseFailed(f"slirp4netns API: unparsable answer {buf[:200]!r}")
 
 
+def toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a TOML basic string: JSON's escapes are TOML's
+
+
+def usernet_config(engine, networks, ports, forwards=()):
+    """The text of a `usernet up -c` config: [engine], then one [[network]], [[port]] and
+    [[forward]] table per dict of `networks`, `ports`, `forwards` (keys in the dicts' order)."""
+    out = ["[engine]"] + [f"{k} = {toml_value(v)}" for k, v in engine.items()] + [""]
+    for table, rows in (("network", networks), ("port", ports), ("forward", forwards)):
+        for row in rows:
+            out += [f"[[{table}]]"] + [f"{k} = {toml_value(v)}" for k, v in row.items()] + [""]
+    return "\n".join(out)
+
+
+def usernet_up(binary, key, config, namespaces, ns=None):
+    """Writes `config` to usernet-KEY.toml, starts `usernet up` with it (inside `ns` if given)
+    and waits for the control socket and an eth0 (usernet's TAP) in each of `namespaces`.
+    Returns (Proc, control socket path); stops the process if it does not get ready."""
+    cfg = os.path.join(RES.tmpdir, f"usernet-{key}.toml")
+    sock = os.path.join(RES.tmpdir, f"usernet-{key}.sock")
+    with open(cfg, "w") as f:
+        f.write(config)
+    p = Proc(f"usernet-{key}", [binary, "up", "-c", cfg, "--socket", sock], ns=ns)
+    try:
+        wait_until(f"usernet control socket and the TAPs in {len(namespaces)} namespace(s)",
+                   lambda: os.path.exists(sock)
+                   and all("eth0" in list_links(n) for n in namespaces), [p], timeout=30)
+    except BaseException:
+        p.stop()
+        raise
+    return p, sock
+
+
 def usernet_ctl(binary, sock, what):
     """`usernet ctl --json WHAT`, parsed; {'error': ...} on failure."""
     try:
@@ -424,34 +464,70 @@ def iperf3(srv_ns, srv_args, srv_port, cli_ns, ip, port, secs, client_args=(), m
 
     The server listens in srv_ns (srv_args: e.g. ["-B", addr]); the client in cli_ns connects
     to ip:port (through the system under test); `alive()` raises if the system died."""
-    server = RES.spawn(nsexec(srv_ns, ["iperf3", "-s", "-1", "-p", str(srv_port)]
-                              + list(srv_args)),
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    js, m = iperf3_many([(srv_ns, srv_args, srv_port, cli_ns, ip, port)], secs, client_args,
+                        meter, alive)
+    return js[0], m
+
+
+def iperf3_many(flows, secs, client_args=(), meter=None, alive=None):
+    """iperf3 runs in parallel, each with a fresh one-off server. Returns ([json], meter-dict).
+
+    flows: [(srv_ns, srv_args, srv_port, cli_ns, ip, port)], as for `iperf3`. All servers
+    listen before the clients start; the meter spans the clients, from the first start to the
+    last exit. Any flow's failure fails the run."""
+    servers, clients, outs = [], [], []
     try:
+        for srv_ns, srv_args, srv_port, *_ in flows:
+            servers.append(RES.spawn(nsexec(srv_ns, ["iperf3", "-s", "-1", "-p", str(srv_port)]
+                                            + list(srv_args)),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + 5
-        while not listening(srv_ns, srv_port, server.pid):
-            if server.poll() is not None:
-                raise CaseFailed(f"iperf3 server exited {server.returncode} before listening")
-            if time.monotonic() > deadline:
-                raise CaseFailed(f"iperf3 server in {srv_ns} not listening on {srv_port}")
-            time.sleep(0.05)
-        argv = nsexec(cli_ns, ["iperf3", "-c", ip, "-p", str(port), "-t", str(secs), "-J",
-                               "--connect-timeout", "3000"] + list(client_args))
+        for (srv_ns, _, srv_port, *_), server in zip(flows, servers):
+            while not listening(srv_ns, srv_port, server.pid):
+                if server.poll() is not None:
+                    raise CaseFailed(f"iperf3 server exited {server.returncode} before "
+                                     "listening")
+                if time.monotonic() > deadline:
+                    raise CaseFailed(f"iperf3 server in {srv_ns} not listening on {srv_port}")
+                time.sleep(0.05)
         meter = meter or Meter()
         with meter:
-            r = run(argv, timeout=secs + 20, check=False)
+            for _, _, _, cli_ns, ip, port in flows:
+                out = (tempfile.TemporaryFile("w+", dir=RES.tmpdir),
+                       tempfile.TemporaryFile("w+", dir=RES.tmpdir))
+                outs.append(out)
+                clients.append(RES.spawn(
+                    nsexec(cli_ns, ["iperf3", "-c", ip, "-p", str(port), "-t", str(secs), "-J",
+                                    "--connect-timeout", "3000"] + list(client_args)),
+                    stdout=out[0], stderr=out[1]))
+            deadline = time.monotonic() + secs + 20
+            for c, (_, _, _, _, ip, port) in zip(clients, flows):
+                try:
+                    c.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    raise CaseFailed(f"timeout after {secs + 20}s: iperf3 -c {ip} -p {port}")
         if alive:
             alive()
-        try:
-            j = json.loads(r.stdout)
-        except ValueError:
-            raise CaseFailed(f"iperf3 exited {r.returncode}, no JSON: "
-                             f"{(r.stderr or r.stdout).strip()[-300:]}")
-        if j.get("error"):
-            raise CaseFailed(f"iperf3 -c {ip} -p {port}: {j['error']}")
-        return j, meter.as_dict()
+        js = []
+        for c, (stdout, stderr), (_, _, _, _, ip, port) in zip(clients, outs, flows):
+            stdout.seek(0)
+            stderr.seek(0)
+            text, err = stdout.read(), stderr.read()
+            try:
+                j = json.loads(text)
+            except ValueError:
+                raise CaseFailed(f"iperf3 exited {c.returncode}, no JSON: "
+                                 f"{(err or text).strip()[-300:]}")
+            if j.get("error"):
+                raise CaseFailed(f"iperf3 -c {ip} -p {port}: {j['error']}")
+            js.append(j)
+        return js, meter.as_dict()
     finally:
-        RES.stop(server, grace=3)
+        for p in clients + servers:
+            RES.stop(p, grace=3)
+        for out in outs:
+            for f in out:
+                f.close()
 
 
 def tcp_rep(j, m):
@@ -469,6 +545,26 @@ def tcp_rep(j, m):
            "stalled_intervals": stalled, "intervals": len(ivals),
            "interval_gbps": [round(iv.get("bits_per_second", 0) / 1e9, 3) for iv in ivals],
            **m}
+    return _per_gbit(rep, m, gbit)
+
+
+def tcp_rep_many(js, m):
+    """One repetition of parallel TCP flows (iperf3_many): rates, bytes, retransmits and stalls
+    summed over the flows, each flow's own figures under "flows"."""
+    flows = [tcp_rep(j, {}) for j in js]
+    total = lambda k: sum(f[k] or 0 for f in flows)  # noqa: E731
+    gbit = total("gbit_moved")
+    rep = {"gbps": total("gbps"), "sender_gbps": total("sender_gbps"),
+           "gbit_moved": round(gbit, 3), "retransmits": total("retransmits"),
+           "stalled_intervals": total("stalled_intervals"), "intervals": total("intervals"),
+           "flows": [{k: f[k] for k in ("gbps", "gbit_moved", "retransmits",
+                                        "stalled_intervals", "interval_gbps")}
+                     for f in flows],
+           **m}
+    return _per_gbit(rep, m, gbit)
+
+
+def _per_gbit(rep, m, gbit):
     if m.get("proc_cpu_s") is not None and gbit > 0:
         rep["cpu_s_per_gbit"] = round(m["proc_cpu_s"] / gbit, 4)
     if m.get("system_cpu_s") is not None and gbit > 0:

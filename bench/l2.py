@@ -27,9 +27,10 @@ import shutil
 import subprocess
 import sys
 
-from common import (RES, CaseFailed, Meter, Proc, get, iperf3, link_mtu, list_links, log,
+from common import (RES, CaseFailed, Meter, Proc, iperf3, link_mtu, list_links, log,
                     median, nsexec, proc_comm, proc_cpu_s, run, sum_status_kib, summarize_tcp,
-                    tcp_rep, usernet_ctl, usernet_drops, wait_until, PREFIX)
+                    tcp_rep, usernet_config, usernet_ctl, usernet_drops, usernet_up, wait_until,
+                    PREFIX)
 
 IP_A = "10.99.0.1"
 IP_B = "10.99.0.2"
@@ -42,17 +43,28 @@ UDP_FRACTION = 0.95  # fixed-rate UDP offers this fraction of the bridge's recei
 
 
 class Topology:
-    """Two endpoint namespaces joined by one system; `procs` are the system's processes."""
+    """Endpoint namespaces joined by one system; `procs` are the system's processes.
 
-    def __init__(self, system, mtu, ctx, n=2, tag="l"):
+    n endpoints (default: A and B) in `segments` isolated L2 segments of n / segments endpoints
+    each: the bridge gets one Linux bridge per segment, usernet one network per segment (ovs and
+    vde have one segment only). `loops`: usernet's [engine] loops (default --loops)."""
+
+    def __init__(self, system, mtu, ctx, n=2, tag="l", segments=1, loops=None):
+        if n % segments:
+            raise ValueError(f"{n} endpoints do not split into {segments} segments")
         self.system = system
         self.mtu = mtu
         self.ctx = ctx
+        self.loops = ctx.args.loops if loops is None else loops
         self.key = f"{tag}{mtu}-n{n}"
         base = f"{PREFIX}{tag}{mtu}"
-        # Endpoint i: namespace base+"e"+i, eth0 10.99.0.(i+1)/24 (i <= 200).
+        # Endpoint i: namespace base+"e"+i in segment s = i // (n / segments), eth0
+        # 10.99.s.(j+1)/24 for its index j in the segment (segments <= 256, j <= 200).
+        per = n // segments
         self.eps = [f"{base}e{i}" for i in range(n)]
-        self.ips = [f"10.99.0.{i + 1}" for i in range(n)]
+        self.segment = [i // per for i in range(n)]
+        self.ips = [f"10.99.{i // per}.{i % per + 1}" for i in range(n)]
+        self.segments = segments
         self.a, self.b, self.sw = self.eps[0], self.eps[1 % n], base + "s"
         self.procs = []
         self.sock = None  # usernet control socket
@@ -85,6 +97,10 @@ class Topology:
 
     # -- systems ------------------------------------------------------------------------------
 
+    def one_segment(self):
+        if self.segments != 1:
+            raise CaseFailed(f"{self.system}: one segment only (asked for {self.segments})")
+
     def _up_veth(self):
         if len(self.eps) != 2:
             raise CaseFailed("a veth pair joins two namespaces only")
@@ -95,43 +111,41 @@ class Topology:
     def _up_bridge(self):
         RES.add_ns(self.sw)
         s, m = self.sw, str(self.mtu)
-        run(["ip", "-n", s, "link", "add", "br0", "mtu", m, "type", "bridge",
-             "stp_state", "0", "forward_delay", "0"], timeout=10)
+        for seg in range(self.segments):
+            run(["ip", "-n", s, "link", "add", f"br{seg}", "mtu", m, "type", "bridge",
+                 "stp_state", "0", "forward_delay", "0"], timeout=10)
         for i, ns in enumerate(self.eps):
             port = f"p{i}"
             run(["ip", "-n", s, "link", "add", port, "mtu", m, "type", "veth",
                  "peer", "name", "eth0", "netns", ns, "mtu", m], timeout=10)
-            run(["ip", "-n", s, "link", "set", port, "master", "br0"], timeout=10)
+            run(["ip", "-n", s, "link", "set", port, "master", f"br{self.segment[i]}"],
+                timeout=10)
             run(["ip", "-n", s, "link", "set", port, "up"], timeout=10)
-        run(["ip", "-n", s, "link", "set", "br0", "mtu", m], timeout=10)
-        run(["ip", "-n", s, "link", "set", "br0", "up"], timeout=10)
+        for seg in range(self.segments):
+            run(["ip", "-n", s, "link", "set", f"br{seg}", "mtu", m], timeout=10)
+            run(["ip", "-n", s, "link", "set", f"br{seg}", "up"], timeout=10)
 
     def _up_usernet_bp(self):
         self._up_usernet(busy_poll_us=self.ctx.args.busy_poll_us)
 
     def _up_usernet(self, busy_poll_us=0):
-        d = RES.tmpdir
-        tag = f"usernet-{self.key}"
-        cfg = os.path.join(d, tag + ".toml")
-        self.sock = os.path.join(d, tag + ".sock")
-        ports = "".join(
-            f'[[port]]\nnetwork = "n"\nname = "e{i}"\nnetns = "/run/netns/{ns}"\n'
-            f"mtu = {self.mtu}\n\n" for i, ns in enumerate(self.eps))
-        with open(cfg, "w") as f:
-            f.write(f"[engine]\nloops = {self.ctx.args.loops}\nmtu = {self.mtu}\n"
-                    f"busy_poll_us = {busy_poll_us}\n\n"
-                    f'[[network]]\nname = "n"\ngateway = false\n\n{ports}')
-        p = Proc(tag, [self.ctx.usernet_bin, "up", "-c", cfg, "--socket", self.sock])
+        engine = {"loops": self.loops, "mtu": self.mtu}
+        if busy_poll_us:  # only then: a binary without the key still runs the plain case
+            engine["busy_poll_us"] = busy_poll_us
+        text = usernet_config(
+            engine,
+            [{"name": f"n{seg}", "gateway": False} for seg in range(self.segments)],
+            [{"network": f"n{self.segment[i]}", "name": f"e{i}", "netns": f"/run/netns/{ns}",
+              "mtu": self.mtu} for i, ns in enumerate(self.eps)])
+        p, self.sock = usernet_up(self.ctx.usernet_bin, self.key, text, self.eps)
         self.procs.append(p)
-        wait_until("usernet control socket and both TAPs",
-                   lambda: os.path.exists(self.sock)
-                   and all("eth0" in list_links(ns) for ns in self.eps), [p], timeout=30)
         for ns in self.eps:
             got = link_mtu(ns, "eth0")
             if got != self.mtu:
                 raise CaseFailed(f"usernet's TAP in {ns} has mtu {got}, wanted {self.mtu}")
 
     def _up_ovs(self, tso=False):
+        self.one_segment()
         for tool in ("ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovsdb-tool"):
             if not shutil.which(tool):
                 raise CaseFailed(f"{tool} not installed (apt-get install openvswitch-switch)")
@@ -191,6 +205,7 @@ class Topology:
                    timeout=15, env=self.ovs_env)
 
     def _up_vde(self):
+        self.one_segment()
         for tool in ("vde_switch", "vde_plug2tap"):
             if not shutil.which(tool):
                 raise CaseFailed(f"{tool} not installed (apt-get install vde2)")
@@ -343,6 +358,20 @@ def measure_ping(topo, args):
     return out
 
 
+def record_state(res, topo, cpu0):
+    """After a case's tests: the system's memory, its CPU seconds since cpu0 ({pid: s}),
+    usernet's counters, the processes' log tails."""
+    pids = topo.pids()
+    if pids and all(p.alive() for p in topo.procs):
+        res["max_rss_kib"] = sum_status_kib(pids, "VmHWM")
+        res["rss_kib"] = sum_status_kib(pids, "VmRSS")
+        res["case_cpu_s"] = round(sum((proc_cpu_s(p) or 0) - (cpu0[p] or 0) for p in pids), 2)
+    if topo.system.startswith("usernet") and topo.procs and topo.procs[0].alive():
+        res["usernet_stats"] = usernet_ctl(topo.ctx.usernet_bin, topo.sock, "stats")
+    if pids:
+        res["log_tail"] = topo.log_tails()
+
+
 def run_case(system, mtu, ctx):
     args = ctx.args
     res = {"suite": "l2", "system": system, "label": LABELS[system], "mtu": mtu,
@@ -380,16 +409,7 @@ def run_case(system, mtu, ctx):
                         log(f"  {name} FAILED: {e}")
                         topo.alive()  # a dead switch ends the case
             finally:
-                pids = topo.pids()
-                if pids and all(p.alive() for p in topo.procs):
-                    res["max_rss_kib"] = sum_status_kib(pids, "VmHWM")
-                    res["rss_kib"] = sum_status_kib(pids, "VmRSS")
-                    res["case_cpu_s"] = round(sum((proc_cpu_s(p) or 0) - (cpu0[p] or 0)
-                                                  for p in pids), 2)
-                if system.startswith("usernet") and topo.procs and topo.procs[0].alive():
-                    res["usernet_stats"] = usernet_ctl(ctx.usernet_bin, topo.sock, "stats")
-                if pids:
-                    res["log_tail"] = topo.log_tails()
+                record_state(res, topo, cpu0)
     except CaseFailed as e:
         res["status"] = "failed"
         res["error"] = str(e)

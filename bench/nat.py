@@ -20,10 +20,10 @@ import os
 import shutil
 import sys
 
-from common import (RES, CaseFailed, Meter, Proc, PREFIX, get, iperf3, link_has_addr,
+from common import (RES, CaseFailed, Meter, Proc, PREFIX, iperf3, link_has_addr,
                     link_mtu, list_links, listening, log, nsexec, proc_comm, proc_cpu_s, run,
-                    slirp_api, sum_status_kib, summarize_tcp, tcp_rep, usernet_ctl,
-                    usernet_drops, wait_until)
+                    slirp_api, sum_status_kib, summarize_tcp, tcp_rep, usernet_config,
+                    usernet_ctl, usernet_drops, usernet_up, wait_until)
 
 EGRESS_PORT = 5301  # host iperf3 server, on 127.0.0.1 in the sandbox host
 GUEST_PORT = 5201  # guest iperf3 server (forward target)
@@ -85,28 +85,22 @@ def start_usernet(ctx, h, guests, mtu, key, forward=True, splice=True):
     """One `usernet up` in h serving every guest namespace (gateway, NAT; a forward to guest 0,
     and the same spliced on SPLICE_PORT when the binary has it). Returns (proc, control
     socket); guest i gets un_guest(i) statically."""
-    d = RES.tmpdir
-    cfg = os.path.join(d, f"usernet-{key}.toml")
-    sock = os.path.join(d, f"usernet-{key}.sock")
-    text = (f"[engine]\nloops = {ctx.args.loops}\nmtu = {mtu}\n\n"
-            f'[[network]]\nname = "n"\nsubnet = "10.88.0.0/24"\nipv6 = "off"\n'
-            f'dns_upstreams = ["127.0.0.1:9"]\nmtu = {mtu}\n\n')
-    for i, g in enumerate(guests):
-        text += (f'[[port]]\nnetwork = "n"\nname = "g{i}"\nnetns = "/run/netns/{g}"\n'
-                 f"mtu = {mtu}\n\n")
+    forwards = []
     if forward:
-        text += (f'[[forward]]\nnetwork = "n"\npublish = "127.0.0.1:{FWD_PORT}:{GUEST_PORT}/tcp"'
-                 f'\nto = "{un_guest(0)}"\n\n')
+        forwards.append({"network": "n", "publish": f"127.0.0.1:{FWD_PORT}:{GUEST_PORT}/tcp",
+                         "to": un_guest(0)})
         if splice and usernet_splice_supported(ctx):
             # A spliced forward names the netns port (usernet enters its namespace).
-            text += (f'[[forward]]\nnetwork = "n"\n'
-                     f'publish = "127.0.0.1:{SPLICE_PORT}:{GUEST_PORT}/tcp"\n'
-                     f'to = "g0"\nsplice = true\n')
-    with open(cfg, "w") as f:
-        f.write(text)
-    p = Proc(f"usernet-{key}", [ctx.usernet_bin, "up", "-c", cfg, "--socket", sock], ns=h)
-    wait_until("usernet control socket and guest TAPs", lambda: os.path.exists(sock)
-               and all("eth0" in list_links(g) for g in guests), [p], timeout=30)
+            forwards.append({"network": "n",
+                             "publish": f"127.0.0.1:{SPLICE_PORT}:{GUEST_PORT}/tcp",
+                             "to": "g0", "splice": True})
+    text = usernet_config(
+        {"loops": ctx.args.loops, "mtu": mtu},
+        [{"name": "n", "subnet": "10.88.0.0/24", "ipv6": "off",
+          "dns_upstreams": ["127.0.0.1:9"], "mtu": mtu}],
+        [{"network": "n", "name": f"g{i}", "netns": f"/run/netns/{g}", "mtu": mtu}
+         for i, g in enumerate(guests)], forwards)
+    p, sock = usernet_up(ctx.usernet_bin, key, text, guests, ns=h)
     for i, g in enumerate(guests):
         guest_static(g, mtu, un_guest(i), UN_GW)
     return p, sock

@@ -8,7 +8,8 @@ L2_LABELS = {"veth": "veth pair", "bridge": "Linux bridge", "usernet": "usernet"
              "usernet-bp": "usernet, busy-polling", "ovs": "OVS userspace", "ovs-tso": "OVS userspace + TSO", "vde": "vde_switch"}
 COLORS = {"usernet": "#d62728", "usernet-bp": "#e377c2", "usernet splice": "#8c1c13", "veth": "#c7c7c7", "bridge": "#7f7f7f", "ovs": "#1f77b4",
           "ovs-tso": "#17becf", "vde": "#9467bd", "slirp4netns": "#ff7f0e",
-          "pasta tap": "#2ca02c", "pasta splice": "#98df8a"}
+          "pasta tap": "#2ca02c", "pasta splice": "#98df8a", "usernet 1 loop": "#ff9896",
+          "usernet 2 loops": "#e377c2", "usernet 4 loops": "#7b4173"}
 SERIES_LABELS = dict(L2_LABELS, **{"usernet splice": "usernet (splice = true)",
                                    "slirp4netns": "slirp4netns", "pasta tap": "pasta (tap)",
                                    "pasta splice": "pasta (splice)"})
@@ -124,6 +125,57 @@ def mem_table(results, notes):
             r["label"], str(r["namespaces"]), fmt(r.get("processes"), "d"),
             fmt(None if rss is None else rss / 1024, ".1f"),
             fmt(None if hwm is None else hwm / 1024, ".1f"), status]) + " |")
+    return out
+
+
+def scale_table(results, args, notes):
+    """Rows: pair counts; columns: the bridge, then usernet at each loop count with its ratios to
+    the bridge and to usernet's fewest loops (same pairs, same run)."""
+    loops = sorted({r["loops"] for r in results if r["system"] == "usernet"})
+    base_l = loops[0] if loops else None
+    head = ["pairs", "Linux bridge Gbit/s"]
+    align = ["---:", "---:"]
+    for n in loops:
+        head += [f"usernet {n} loop{'s' if n > 1 else ''} Gbit/s", "×bridge"]
+        if n != base_l:
+            head.append(f"×{base_l} loop{'s' if base_l > 1 else ''}")
+        head.append("CPU s/Gbit")
+        align += ["---:"] * (4 if n != base_l else 3)
+    out = ["| " + " | ".join(head + ["status"]) + " |", "|" + "|".join(align + ["---"]) + "|"]
+    seen = set()
+    for pairs in sorted({r["pairs"] for r in results}):
+        rows = [r for r in results if r["pairs"] == pairs]
+        br = next((r for r in rows if r["system"] == "bridge"), {})
+        un = {r["loops"]: r for r in rows if r["system"] == "usernet"}
+        b = get(br, "tcp", "gbps")
+        u0 = get(un.get(base_l), "tcp", "gbps")
+
+        def cell(r):
+            return (_span(get(r, "tcp", "gbps"), get(r, "tcp", "gbps_min"),
+                          get(r, "tcp", "gbps_max"), args.reps)
+                    or ("failed" if r.get("status", "failed") != "ok" else "–"))
+
+        row = [str(pairs), cell(br) if br else "not run"]
+        for n in loops:
+            r = un.get(n, {})
+            x = get(r, "tcp", "gbps")
+            row += [cell(r) if r else "not run", fmt(ratio(x, b), ".2f")]
+            if n != base_l:
+                row.append(fmt(ratio(x, u0), ".2f"))
+            row.append(fmt(get(r, "tcp", "cpu_s_per_gbit"), ".3f"))
+        bad = [r for r in rows if r["status"] != "ok"]
+        row.append("; ".join(f"{r['label']}: {r['status']}" for r in bad) or "ok")
+        out.append("| " + " | ".join(row) + " |")
+        for r in rows:
+            what = f"scale {r['label']} × {pairs} pair{'s' if pairs > 1 else ''}"
+            _status(r, notes, what)
+            if r.get("note") and r["note"] not in seen:
+                seen.add(r["note"])
+                notes.append(f"- scale usernet: {r['note']}")
+            drops = usernet_drops(r.get("usernet_stats"))
+            if drops:
+                notes.append(f"- {what}: drop counters over the case: "
+                             + ", ".join(f"{k}={v}" for k, v in sorted(drops.items())))
     return out
 
 
@@ -272,16 +324,36 @@ def markdown(doc, chart_name=None):
         L += ["", "**Memory: one system serving N namespaces** (after a ping and 1 MiB of TCP "
               "from each; RSS summed over all the system's processes)", ""]
         L += mem_table(memr, notes)
+    scaler = [r for r in results if r.get("suite") == "scale"]
+    if scaler:
+        cpus = scaler[0].get("cpus") or m["nproc"]
+        L += ["", "**Scaling: P isolated namespace pairs, one TCP flow each, all at once** "
+              f"(iperf3 A_i→B_i, received Gbit/s summed over the P flows; MTU "
+              f"{scaler[0]['mtu']}; one Linux bridge per pair, or one usernet process with one "
+              f"network per pair and L event loops; {cpus} CPUs)", ""]
+        L += scale_table(scaler, A, notes)
     if chart_name:
         L += ["", f"![throughput chart]({chart_name})"]
-    L += ["", "×bridge divides by the Linux bridge at the same MTU; usernet ÷ this divides "
-          "usernet's figure by the row's: above 1, usernet is faster. CPU s/Gbit: user+system "
-          "seconds of the system's own processes (usernet; ovs-vswitchd + ovsdb-server; "
-          "vde_switch + both vde_plug2tap; slirp4netns; pasta) per Gbit received, median over "
-          "the TCP runs; the kernel paths (veth, bridge) spend theirs in softirq, not in a "
-          "process. Machine CPU s/Gbit: the whole machine's busy time (both iperf3 ends, "
-          "softirq, the switch; and whatever else ran) per Gbit. UDP: kpps received with an unlimited "
-          "sender (iperf3 -u -l 64 -b 0), and loss when offered 0.95× what the bridge received."]
+    legend = []
+    if l2r or natr:
+        legend.append(
+            "×bridge divides by the Linux bridge at the same MTU; usernet ÷ this divides "
+            "usernet's figure by the row's: above 1, usernet is faster. CPU s/Gbit: user+system "
+            "seconds of the system's own processes (usernet; ovs-vswitchd + ovsdb-server; "
+            "vde_switch + both vde_plug2tap; slirp4netns; pasta) per Gbit received, median over "
+            "the TCP runs; the kernel paths (veth, bridge) spend theirs in softirq, not in a "
+            "process. Machine CPU s/Gbit: the whole machine's busy time (both iperf3 ends, "
+            "softirq, the switch; and whatever else ran) per Gbit. UDP: kpps received with an "
+            "unlimited sender (iperf3 -u -l 64 -b 0), and loss when offered 0.95× what the "
+            "bridge received.")
+    if scaler:
+        legend.append(
+            "Scaling: ×bridge divides by the Linux bridge with the same pairs, ×N loops by "
+            "usernet with the fewest loops measured, N, and the same pairs; CPU s/Gbit is "
+            "usernet's user+system seconds (all its threads) per Gbit received by all the "
+            "flows, median over the runs.")
+    if legend:
+        L += ["", " ".join(legend)]
     if notes:
         L += ["", "Failures and notes:", ""] + notes
     return "\n".join(L) + "\n"
@@ -316,6 +388,15 @@ def chart_groups(results):
                     bars.append((label, x, None if x is not None else "failed",
                                  (get(v, t, "gbps_min"), get(v, t, "gbps_max"))))
             groups.append((f"NAT {t}, MTU {mtu}", bars))
+    scale = [r for r in results if r.get("suite") == "scale"]
+    for pairs in sorted({r["pairs"] for r in scale}):
+        bars = []
+        for r in (r for r in scale if r["pairs"] == pairs):
+            x = get(r, "tcp", "gbps")
+            bars.append(("bridge" if r["system"] == "bridge" else r["label"], x,
+                         None if x is not None else (r.get("error") or "failed"),
+                         (get(r, "tcp", "gbps_min"), get(r, "tcp", "gbps_max"))))
+        groups.append((f"scale Σ, {pairs} pair{'s' if pairs > 1 else ''}", bars))
     return groups
 
 
@@ -371,7 +452,7 @@ def svg(doc):
                     cx = x + (bw - 2) / 2
                     o.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(lo):.1f}" '
                              f'y2="{y(hi):.1f}" stroke="#000" stroke-width="1"/>')
-                if k == "usernet":
+                if k == "usernet" or k.endswith(("loop", "loops")):
                     o.append(f'<text x="{x + bw / 2:.1f}" y="{y(max(val, hi or 0)) - 3:.1f}" '
                              f'text-anchor="middle" font-size="9">{val:.1f}</text>')
             x += bw

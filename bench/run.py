@@ -8,6 +8,8 @@ Suites (all by default; --suites picks):
   nat  NAT egress (namespace -> host loopback) and port forward (host -> namespace), MTU 1500
        and 65520 (bench/nat.py)
   mem  resident memory of each system serving 1 and 20 namespaces (bench/mem.py)
+  scale  1, 2, 4 isolated namespace pairs with a TCP flow each, through usernet with 1 and 2
+       event loops and through the Linux bridge (bench/scale.py)
 
 Writes bench/results/NAME.md (tables, goals, failures), NAME.json (machine, versions, every
 repetition) and NAME.svg (chart of the throughput figures); NAME is `latest` for a full run,
@@ -34,8 +36,9 @@ import l2  # noqa: E402
 import mem  # noqa: E402
 import nat  # noqa: E402
 import report  # noqa: E402
+import scale  # noqa: E402
 
-SUITES = ("l2", "nat", "mem")
+SUITES = ("l2", "nat", "mem", "scale")
 
 
 def ints(s):
@@ -53,10 +56,10 @@ def names(s, allowed, ap, what):
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suites", default=",".join(SUITES), help="l2,nat,mem (default: all)")
+    ap.add_argument("--suites", default=",".join(SUITES), help="l2,nat,mem,scale (default: all)")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 1 rep x 3 s, MTU 1500 only, memory for 1 and 3 namespaces "
-                    "(options given explicitly still apply)")
+                    help="smoke run: 1 rep x 3 s, MTU 1500 only, memory for 1 and 3 namespaces, "
+                    "scaling with 1 and 4 pairs (options given explicitly still apply)")
     ap.add_argument("--time", type=int, help="seconds per iperf3 run (default 5)")
     ap.add_argument("--reps", type=int, help="TCP repetitions, median (default 3)")
     ap.add_argument("--mtus", help="L2 MTUs (default 1500,9000,65520)")
@@ -70,7 +73,11 @@ def parse_args(argv):
     ap.add_argument("--nat-tests", default=",".join(nat.TESTS))
     ap.add_argument("--mem-systems", default=",".join(mem.SYSTEMS))
     ap.add_argument("--mem-counts", help="namespace counts (default 1,20)")
-    ap.add_argument("--loops", type=int, default=1, help="usernet [engine] loops (default 1)")
+    ap.add_argument("--scale-pairs", help="scale: namespace pair counts (default 1,2,4)")
+    ap.add_argument("--scale-loops", default="1,2",
+                    help="scale: usernet [engine] loops to compare (default 1,2)")
+    ap.add_argument("--loops", type=int, default=1,
+                    help="usernet [engine] loops in the l2, nat and mem suites (default 1)")
     ap.add_argument("--busy-poll-us", type=int, default=20000,
                     help="[engine] busy_poll_us of the usernet-bp system (default 20000: longer "
                          "than the ping interval, so the loop stays awake through the ping run)")
@@ -88,14 +95,16 @@ def parse_args(argv):
     a = ap.parse_args(argv)
     a.suites = names(a.suites, SUITES, ap, "suites")
     # Defaults, or --quick's; options given on the command line win over both.
-    quick = {"reps": 1, "time": 3, "mtus": "1500", "nat_mtus": "1500", "mem_counts": "1,3"}
+    quick = {"reps": 1, "time": 3, "mtus": "1500", "nat_mtus": "1500", "mem_counts": "1,3",
+             "scale_pairs": "1,4"}
     full = {"reps": 3, "time": 5, "mtus": "1500,9000,65520", "nat_mtus": "1500,65520",
-            "mem_counts": "1,20"}
+            "mem_counts": "1,20", "scale_pairs": "1,2,4"}
     for k, v in (quick if a.quick else full).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
     a.mtus, a.udp_mtus, a.nat_mtus, a.mem_counts = (ints(a.mtus), ints(a.udp_mtus),
                                                     ints(a.nat_mtus), ints(a.mem_counts))
+    a.scale_pairs, a.scale_loops = ints(a.scale_pairs), ints(a.scale_loops)
     a.l2_systems = names(a.l2_systems, l2.SYSTEMS, ap, "l2-systems")
     a.nat_systems = names(a.nat_systems, nat.SYSTEMS, ap, "nat-systems")
     a.nat_tests = [t for t in nat.TESTS if t in names(a.nat_tests, nat.TESTS, ap, "nat-tests")]
@@ -105,6 +114,10 @@ def parse_args(argv):
             ap.error(f"MTU {m} outside 576..65520")
     if any(n < 1 or n > 200 for n in a.mem_counts):
         ap.error("--mem-counts: 1..200")
+    if any(n < 1 or n > 100 for n in a.scale_pairs):
+        ap.error("--scale-pairs: 1..100")
+    if any(n < 1 or n > 64 for n in a.scale_loops + [a.loops]):
+        ap.error("--scale-loops, --loops: 1..64")
     if a.reps < 1 or a.time < 1:
         ap.error("--reps and --time must be >= 1")
     if not a.name:
@@ -202,7 +215,7 @@ def main(argv=None):
         log(f"prefix {PREFIX}; suites {args.suites}; {args.reps} rep(s) x {args.time} s; "
             f"writing {args.name}.*")
         for suite in args.suites:
-            results += {"l2": l2, "nat": nat, "mem": mem}[suite].run_suite(ctx)
+            results += {"l2": l2, "nat": nat, "mem": mem, "scale": scale}[suite].run_suite(ctx)
         machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         doc = {"machine": machine,
                "params": {"command": "python3 bench/run.py" + "".join(
@@ -213,6 +226,8 @@ def main(argv=None):
                           "udp_fixed_fraction_of_bridge": l2.UDP_FRACTION,
                           "pings": args.pings, "nat_mtus": args.nat_mtus,
                           "nat_tests": args.nat_tests, "mem_counts": args.mem_counts,
+                          "scale_pairs": args.scale_pairs, "scale_loops": args.scale_loops,
+                          "scale_mtu": scale.MTU,
                           "usernet_loops": args.loops, "quick": args.quick,
                           "l2_systems": args.l2_systems, "nat_systems": args.nat_systems,
                           "mem_systems": args.mem_systems},

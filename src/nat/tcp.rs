@@ -95,7 +95,6 @@ struct Flow {
     host: Box<dyn HostStream>,
     sock: Option<SocketHandle>,
     state: State,
-    to_host: Vec<u8>,
     host_eof: bool,
     host_shut: bool,
     fin_sent: bool,
@@ -315,7 +314,6 @@ impl TcpNat {
             host,
             sock: None,
             state: State::Connecting { syn, since: now },
-            to_host: Vec::new(),
             host_eof: false,
             host_shut: false,
             fin_sent: false,
@@ -388,7 +386,6 @@ impl TcpNat {
             host,
             sock: Some(h),
             state: State::Open,
-            to_host: Vec::new(),
             host_eof: false,
             host_shut: false,
             fin_sent: false,
@@ -593,47 +590,34 @@ fn pump(f: &mut Flow, s: &mut tcp::Socket<'_>, now: Instant) -> Pump {
     ) {
         f.established = true;
     }
-    // Guest -> host.
-    loop {
-        if !f.to_host.is_empty() {
-            if !f.host_wr {
-                break;
+    // Guest -> host: straight from smoltcp's receive buffer into the host socket; what the
+    // socket does not take stays there (and the window the guest sees shrinks).
+    while f.host_wr && s.can_recv() {
+        let mut err = None;
+        let r = s.recv(|buf| match f.host.write(buf) {
+            Ok(n) => (n, n),
+            Err(e) => {
+                err = Some(e.kind());
+                (0, 0)
             }
-            match f.host.write(&f.to_host) {
-                Ok(0) => return Pump::Reset,
-                Ok(n) => {
-                    f.to_host.drain(..n);
-                    f.last = now;
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    f.host_wr = false;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    s.abort();
-                    return Pump::Reset;
-                }
-            }
-        }
-        if !s.can_recv() {
-            break;
-        }
-        let taken = s.recv(|buf| {
-            let n = buf.len().min(64 * 1024);
-            (n, buf[..n].to_vec())
         });
-        match taken {
-            Ok(v) if !v.is_empty() => f.to_host = v,
-            _ => break,
+        let Ok(n) = r else { break };
+        match err {
+            None if n == 0 => return Pump::Reset, // the host socket takes no more
+            None => f.last = now,
+            Some(io::ErrorKind::WouldBlock) => f.host_wr = false,
+            Some(io::ErrorKind::Interrupted) => {}
+            Some(_) => {
+                s.abort();
+                return Pump::Reset;
+            }
         }
     }
     let guest_closed = matches!(
         s.state(),
         S::CloseWait | S::LastAck | S::Closing | S::TimeWait
     ) || (s.state() == S::Closed && f.established);
-    if guest_closed && f.to_host.is_empty() && !s.can_recv() && !f.host_shut {
+    if guest_closed && !s.can_recv() && !f.host_shut {
         let _ = f.host.shutdown(Shutdown::Write);
         f.host_shut = true;
     }

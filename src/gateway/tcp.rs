@@ -35,14 +35,49 @@ pub(crate) struct QueueDevice {
     /// segments that need it before they get here (`Driver::frame_with`), and segments from
     /// offload links carry a partial checksum that only the final hop completes.
     pub(crate) tcp_checksum: Checksum,
+    /// Receive buffers smoltcp is done with, for the next packets (64 KiB segments would
+    /// otherwise cost an allocation and fresh pages each).
+    spare: Vec<Vec<u8>>,
 }
 
-pub(crate) struct Rx(Vec<u8>);
+/// Receive buffers a [`QueueDevice`] keeps for reuse.
+const SPARE_BUFFERS: usize = 16;
+
+impl QueueDevice {
+    /// A device with empty queues.
+    pub(crate) fn new(mtu: usize, tcp_checksum: Checksum) -> Self {
+        QueueDevice {
+            rx: VecDeque::new(),
+            tx: Vec::new(),
+            mtu,
+            tcp_checksum,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Queues a copy of `packet` for smoltcp, in a reused buffer when one is spare; returns it
+    /// for last edits.
+    pub(crate) fn push_rx(&mut self, packet: &[u8]) -> &mut Vec<u8> {
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b.extend_from_slice(packet);
+        self.rx.push_back(b);
+        let last = self.rx.len() - 1;
+        &mut self.rx[last]
+    }
+}
+
+pub(crate) struct Rx<'a>(Vec<u8>, &'a mut Vec<Vec<u8>>);
 pub(crate) struct Tx<'a>(&'a mut Vec<Vec<u8>>);
 
-impl RxToken for Rx {
+impl RxToken for Rx<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
+        let Rx(buf, spare) = self;
+        let r = f(&buf);
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buf);
+        }
+        r
     }
 }
 
@@ -56,12 +91,12 @@ impl TxToken for Tx<'_> {
 }
 
 impl Device for QueueDevice {
-    type RxToken<'a> = Rx;
+    type RxToken<'a> = Rx<'a>;
     type TxToken<'a> = Tx<'a>;
 
-    fn receive(&mut self, _t: SInstant) -> Option<(Rx, Tx<'_>)> {
+    fn receive(&mut self, _t: SInstant) -> Option<(Rx<'_>, Tx<'_>)> {
         let p = self.rx.pop_front()?;
-        Some((Rx(p), Tx(&mut self.tx)))
+        Some((Rx(p, &mut self.spare), Tx(&mut self.tx)))
     }
 
     fn transmit(&mut self, _t: SInstant) -> Option<Tx<'_>> {
@@ -103,12 +138,7 @@ impl TcpDns {
     /// An endpoint on `addrs` (the gateway's addresses with their prefixes), whose clock starts
     /// at `epoch`.
     pub fn new(addrs: &[IpCidr], mtu: usize, epoch: std::time::Instant) -> Self {
-        let mut dev = QueueDevice {
-            rx: VecDeque::new(),
-            tx: Vec::new(),
-            mtu,
-            tcp_checksum: smoltcp::phy::Checksum::Tx,
-        };
+        let mut dev = QueueDevice::new(mtu, smoltcp::phy::Checksum::Tx);
         let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut dev, SInstant::ZERO);
         iface.update_ip_addrs(|a| {
             for c in addrs {
@@ -149,7 +179,7 @@ impl TcpDns {
     /// Feeds one IP packet (a TCP segment for port 53 on a gateway address).
     pub fn input(&mut self, ip_packet: &[u8]) {
         if self.dev.rx.len() < 256 {
-            self.dev.rx.push_back(ip_packet.to_vec());
+            self.dev.push_rx(ip_packet);
         }
     }
 

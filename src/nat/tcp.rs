@@ -154,12 +154,7 @@ impl TcpNat {
     ) -> Self {
         // Large segments both ways (see the module docs): smoltcp may send IP packets of up to
         // 64 KiB, and leaves TCP checksums to the frame's last hop.
-        let mut dev = QueueDevice {
-            rx: Default::default(),
-            tx: Vec::new(),
-            mtu: GSO_MTU,
-            tcp_checksum: smoltcp::phy::Checksum::None,
-        };
+        let mut dev = QueueDevice::new(GSO_MTU, smoltcp::phy::Checksum::None);
         let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut dev, SInstant::ZERO);
         iface.update_ip_addrs(|a| {
             for c in addrs {
@@ -270,12 +265,11 @@ impl TcpNat {
                 match f.state {
                     State::Connecting { .. } => {} // SYN retransmission: still connecting
                     State::Open => {
-                        let mut p = packet.to_vec();
+                        let p = self.dev.push_rx(packet);
                         if seg.syn() {
                             // A guest's SYN-ACK to a forward's connection.
-                            f.mss = take_mss(&mut p, dst.is_ipv4());
+                            f.mss = take_mss(p, dst.is_ipv4());
                         }
-                        self.dev.rx.push_back(p);
                     }
                 }
             }

@@ -286,12 +286,18 @@ impl std::fmt::Debug for Frame {
 impl Frame {
     /// A frame that owns a fresh heap buffer, not tied to any pool (for tests and embedders).
     pub fn from_slice(data: &[u8]) -> Frame {
-        let mut buf = vec![0u8; HEADROOM + data.len()].into_boxed_slice();
-        buf[HEADROOM..].copy_from_slice(data);
+        let mut f = Frame::zeroed(data.len());
+        f.data_mut().copy_from_slice(data);
+        f
+    }
+
+    /// A frame of `len` zero bytes in a fresh heap buffer (with [`HEADROOM`]), not tied to any
+    /// pool: for a producer that builds the frame in place ([`Frame::data_mut`]).
+    pub fn zeroed(len: usize) -> Frame {
         Frame {
-            buf: Some(buf),
+            buf: Some(vec![0u8; HEADROOM + len].into_boxed_slice()),
             start: HEADROOM,
-            len: data.len(),
+            len,
             meta: FrameMeta::default(),
             pool: None,
         }

@@ -63,7 +63,7 @@ pub mod tcp;
 use crate::bridge::{PortId, PortPolicy};
 use crate::control::Handle;
 use crate::error::{Error, Result};
-use crate::frame::VnetHdr;
+use crate::frame::{Frame, VnetHdr};
 use crate::nat::host::{HostSockets, OsSockets};
 use crate::nat::{Nat, NatConfig, NatCounters};
 use crate::wire::{L2Header, Mac};
@@ -598,7 +598,7 @@ pub struct Driver {
     names: HashMap<(String, bool), IpAddr>,
     tcp: tcp::TcpDns,
     max_frame: usize,
-    tx: Vec<(Vec<u8>, VnetHdr)>,
+    tx: Vec<Frame>,
     /// The virtio-net header of the frame being handled (offload state from its link).
     rx_vnet: VnetHdr,
     next_ra: Instant,
@@ -798,13 +798,13 @@ impl Driver {
 
     /// The frames the gateway sent since the last call, oldest first.
     pub fn take_frames(&mut self) -> Vec<Vec<u8>> {
-        self.tx.drain(..).map(|(f, _)| f).collect()
+        self.tx.drain(..).map(|f| f.data().to_vec()).collect()
     }
 
     /// Like [`Self::take_frames`], with each frame's offload state: NAT's TCP segments leave
     /// their checksum to the last hop and may be 64 KiB GSO frames
     /// ([`crate::offload::adapt`] finishes them for links that need it).
-    pub fn take_output(&mut self) -> Vec<(Vec<u8>, VnetHdr)> {
+    pub fn take_output(&mut self) -> Vec<Frame> {
         std::mem::take(&mut self.tx)
     }
 
@@ -824,15 +824,15 @@ impl Driver {
     }
 
     fn send(&mut self, frame: Vec<u8>) {
-        self.send_with(frame, VnetHdr::default());
+        self.queue(Frame::from_slice(&frame));
     }
 
-    /// Queues a frame with its offload state (a GSO frame may exceed the MTU).
-    fn send_with(&mut self, frame: Vec<u8>, vnet: VnetHdr) {
+    /// Queues a frame with its offload state in `meta.vnet` (a GSO frame may exceed the MTU).
+    fn queue(&mut self, frame: Frame) {
         let fits = frame.len() <= self.max_frame
-            || (vnet.gso_type != 0 && frame.len() <= crate::frame::GSO_MAX_FRAME);
+            || (frame.meta.vnet.gso_type != 0 && frame.len() <= crate::frame::GSO_MAX_FRAME);
         if fits && self.tx.len() < MAX_PENDING_FRAMES {
-            self.tx.push((frame, vnet));
+            self.tx.push(frame);
         }
     }
 
@@ -1212,19 +1212,21 @@ impl Driver {
         let Some(mut f) = self.eth_frame(packet) else {
             return;
         };
-        let vnet = crate::offload::tcp_partial(&mut f[14..], l4, 14, mtu, gso_size);
-        self.send_with(f, vnet.unwrap_or_default());
+        let vnet = crate::offload::tcp_partial(&mut f.data_mut()[14..], l4, 14, mtu, gso_size);
+        f.meta.vnet = vnet.unwrap_or_default();
+        self.queue(f);
     }
 
     /// Wraps an IP packet from smoltcp in Ethernet towards its destination's MAC.
     fn send_ip(&mut self, packet: &[u8]) {
         if let Some(f) = self.eth_frame(packet) {
-            self.send(f);
+            self.queue(f);
         }
     }
 
-    /// `packet` in an Ethernet frame to its destination's MAC (`None` if unknown or malformed).
-    fn eth_frame(&self, packet: &[u8]) -> Option<Vec<u8>> {
+    /// `packet` in an Ethernet frame to its destination's MAC (`None` if unknown or malformed),
+    /// built in the frame's own buffer: one copy of the packet.
+    fn eth_frame(&self, packet: &[u8]) -> Option<Frame> {
         let (dst, ethertype) = match packet.first().map(|b| b >> 4) {
             Some(4) => (
                 IpAddr::V4(
@@ -1247,11 +1249,12 @@ impl Driver {
             _ => return None,
         };
         let mac = self.neigh.get(&dst)?;
-        let mut f = Vec::with_capacity(14 + packet.len());
-        f.extend_from_slice(&mac.0);
-        f.extend_from_slice(&self.gw.cfg.mac.0);
-        f.extend_from_slice(&ethertype.to_be_bytes());
-        f.extend_from_slice(packet);
+        let mut f = Frame::zeroed(14 + packet.len());
+        let d = f.data_mut();
+        d[..6].copy_from_slice(&mac.0);
+        d[6..12].copy_from_slice(&self.gw.cfg.mac.0);
+        d[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        d[14..].copy_from_slice(packet);
         Some(f)
     }
 

@@ -286,16 +286,19 @@ impl std::fmt::Debug for Frame {
 impl Frame {
     /// A frame that owns a fresh heap buffer, not tied to any pool (for tests and embedders).
     pub fn from_slice(data: &[u8]) -> Frame {
-        let mut f = Frame::zeroed(data.len());
-        f.data_mut().copy_from_slice(data);
-        f
+        Frame::from_parts(data, &[])
     }
 
-    /// A frame of `len` zero bytes in a fresh heap buffer (with [`HEADROOM`]), not tied to any
-    /// pool: for a producer that builds the frame in place ([`Frame::data_mut`]).
-    pub fn zeroed(len: usize) -> Frame {
+    /// Like [`Frame::from_slice`], for `head` followed by `tail` (the heap counterpart of
+    /// [`FramePool::frame_from_parts`]).
+    pub fn from_parts(head: &[u8], tail: &[u8]) -> Frame {
+        let len = head.len() + tail.len();
+        let mut buf = Vec::with_capacity(HEADROOM + len);
+        buf.resize(HEADROOM, 0);
+        buf.extend_from_slice(head);
+        buf.extend_from_slice(tail);
         Frame {
-            buf: Some(vec![0u8; HEADROOM + len].into_boxed_slice()),
+            buf: Some(buf.into_boxed_slice()),
             start: HEADROOM,
             len,
             meta: FrameMeta::default(),

@@ -599,6 +599,8 @@ pub struct Driver {
     tcp: tcp::TcpDns,
     max_frame: usize,
     tx: Vec<Frame>,
+    /// Buffers of the frames it sends; they come back when the engine is done with them.
+    pool: crate::frame::FramePool,
     /// The virtio-net header of the frame being handled (offload state from its link).
     rx_vnet: VnetHdr,
     next_ra: Instant,
@@ -616,6 +618,12 @@ impl std::fmt::Debug for Driver {
             .finish_non_exhaustive()
     }
 }
+
+/// Idle output buffers a driver keeps (MTU-sized).
+const OUT_FREE: usize = 256;
+/// 64 KiB output buffers a driver has in flight at most (4 MiB); past that, NAT's large
+/// segments take heap buffers.
+const OUT_GSO_BUFFERS: usize = 64;
 
 /// Most frames a driver holds for its caller between two [`Driver::take_frames`]; more are
 /// dropped, as a full queue towards the bridge would.
@@ -663,8 +671,10 @@ impl Driver {
             )
         });
         let (out_tx, out_rx) = crossbeam_channel::unbounded();
+        let max_frame = usize::from(gw.cfg.mtu) + 22;
         Driver {
-            max_frame: usize::from(gw.cfg.mtu) + 22,
+            max_frame,
+            pool: crate::frame::FramePool::with_gso(max_frame, OUT_FREE, OUT_GSO_BUFFERS),
             rx_vnet: VnetHdr::default(),
             gw,
             names_of,
@@ -780,8 +790,11 @@ impl Driver {
                 self.names_from(events);
             }
         }
-        for p in out.drain(..) {
-            self.send_nat_ip(&p);
+        for p in &out {
+            self.send_nat_ip(p);
+        }
+        if let Some(nat) = self.nat.as_mut() {
+            nat.recycle(&mut out);
         }
         if now >= self.next_ra {
             self.router_advert(ndp::ALL_NODES, ndp::multicast_mac(ndp::ALL_NODES));
@@ -1224,8 +1237,10 @@ impl Driver {
         }
     }
 
-    /// `packet` in an Ethernet frame to its destination's MAC (`None` if unknown or malformed),
-    /// built in the frame's own buffer: one copy of the packet.
+    /// `packet` in an Ethernet frame to its destination's MAC (`None` if unknown or malformed):
+    /// one copy of the packet, into a buffer from the driver's pool (reused: a 64 KiB segment
+    /// costs no allocation and no fresh pages), or from the heap when the pool's GSO buffers
+    /// are all in flight.
     fn eth_frame(&self, packet: &[u8]) -> Option<Frame> {
         let (dst, ethertype) = match packet.first().map(|b| b >> 4) {
             Some(4) => (
@@ -1249,13 +1264,15 @@ impl Driver {
             _ => return None,
         };
         let mac = self.neigh.get(&dst)?;
-        let mut f = Frame::zeroed(14 + packet.len());
-        let d = f.data_mut();
-        d[..6].copy_from_slice(&mac.0);
-        d[6..12].copy_from_slice(&self.gw.cfg.mac.0);
-        d[12..14].copy_from_slice(&ethertype.to_be_bytes());
-        d[14..].copy_from_slice(packet);
-        Some(f)
+        let mut eth = [0u8; 14];
+        eth[..6].copy_from_slice(&mac.0);
+        eth[6..12].copy_from_slice(&self.gw.cfg.mac.0);
+        eth[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        Some(
+            self.pool
+                .frame_from_parts(&eth, packet)
+                .unwrap_or_else(|| Frame::from_parts(&eth, packet)),
+        )
     }
 
     fn router_advert(&mut self, dst: Ipv6Addr, mac: Mac) {

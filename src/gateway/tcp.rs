@@ -38,6 +38,8 @@ pub(crate) struct QueueDevice {
     /// Receive buffers smoltcp is done with, for the next packets (64 KiB segments would
     /// otherwise cost an allocation and fresh pages each).
     spare: Vec<Vec<u8>>,
+    /// Transmit buffers handed back by the device's user ([`Self::recycle`]).
+    tx_spare: Vec<Vec<u8>>,
 }
 
 /// Receive buffers a [`QueueDevice`] keeps for reuse.
@@ -52,6 +54,17 @@ impl QueueDevice {
             mtu,
             tcp_checksum,
             spare: Vec::new(),
+            tx_spare: Vec::new(),
+        }
+    }
+
+    /// Takes back packets of [`Self::tx`] the caller is done with, to build later ones in.
+    pub(crate) fn recycle(&mut self, bufs: impl Iterator<Item = Vec<u8>>) {
+        for b in bufs {
+            if self.tx_spare.len() >= SPARE_BUFFERS {
+                break;
+            }
+            self.tx_spare.push(b);
         }
     }
 
@@ -68,7 +81,7 @@ impl QueueDevice {
 }
 
 pub(crate) struct Rx<'a>(Vec<u8>, &'a mut Vec<Vec<u8>>);
-pub(crate) struct Tx<'a>(&'a mut Vec<Vec<u8>>);
+pub(crate) struct Tx<'a>(&'a mut Vec<Vec<u8>>, &'a mut Vec<Vec<u8>>);
 
 impl RxToken for Rx<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
@@ -83,9 +96,12 @@ impl RxToken for Rx<'_> {
 
 impl TxToken for Tx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut b = vec![0u8; len];
+        let Tx(queue, spare) = self;
+        let mut b = spare.pop().unwrap_or_default();
+        b.clear();
+        b.resize(len, 0);
         let r = f(&mut b);
-        self.0.push(b);
+        queue.push(b);
         r
     }
 }
@@ -96,11 +112,11 @@ impl Device for QueueDevice {
 
     fn receive(&mut self, _t: SInstant) -> Option<(Rx<'_>, Tx<'_>)> {
         let p = self.rx.pop_front()?;
-        Some((Rx(p, &mut self.spare), Tx(&mut self.tx)))
+        Some((Rx(p, &mut self.spare), Tx(&mut self.tx, &mut self.tx_spare)))
     }
 
     fn transmit(&mut self, _t: SInstant) -> Option<Tx<'_>> {
-        Some(Tx(&mut self.tx))
+        Some(Tx(&mut self.tx, &mut self.tx_spare))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

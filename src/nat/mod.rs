@@ -409,6 +409,11 @@ impl Nat {
         self.tcp.poll(reg, out, now);
     }
 
+    /// Takes back the packets of [`Self::poll`] once they are sent (their buffers are reused).
+    pub fn recycle(&mut self, done: &mut Vec<Vec<u8>>) {
+        self.tcp.recycle(done.drain(..));
+    }
+
     /// Timeouts: idle flows, connects that take too long.
     pub fn expire(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>, now: Instant) {
         self.tcp.expire(reg, out, now);

@@ -487,6 +487,11 @@ impl TcpNat {
         out.append(&mut self.dev.tx);
     }
 
+    /// Takes back packets [`Self::poll`] gave out, once sent, to build later ones in.
+    pub fn recycle(&mut self, done: impl Iterator<Item = Vec<u8>>) {
+        self.dev.recycle(done);
+    }
+
     /// Connect timeouts and idle flows. Returns packets (RSTs) for guests.
     pub fn expire(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>, now: Instant) {
         let mut dead = Vec::new();

@@ -234,6 +234,29 @@ fn unknown_unicast_floods_to_all_other_ports() {
 }
 
 #[test]
+fn a_network_stays_on_one_loop_and_networks_spread() {
+    let mut r = Rig::new(2);
+    for (net, ports) in [("n0", ["a0", "b0"]), ("n1", ["a1", "b1"])] {
+        r.net(net);
+        for p in ports {
+            r.port(net, p, 64);
+        }
+    }
+    let loops: HashMap<String, usize> =
+        r.h.ports()
+            .into_iter()
+            .map(|p| (p.name, p.event_loop))
+            .collect();
+    assert_eq!(loops["a0"], loops["b0"], "{loops:?}");
+    assert_eq!(loops["a1"], loops["b1"], "{loops:?}");
+    assert_ne!(loops["a0"], loops["a1"], "{loops:?}");
+    // Frames between a network's ports stay on its loop and arrive.
+    let f = frame(mac(2), mac(1), 100, 1);
+    r.send("a1", &f);
+    assert_eq!(r.recv("b1"), f);
+}
+
+#[test]
 fn cross_loop_unicast_10k_frames_in_order_and_intact() {
     let mut r = Rig::with_config(EngineConfig {
         loops: 2,
@@ -241,7 +264,9 @@ fn cross_loop_unicast_10k_frames_in_order_and_intact() {
         ..EngineConfig::default()
     });
     r.net("net");
-    for p in ["a", "b", "c"] {
+    // Placement keeps a network's ports together until a loop is 2 ports busier than another:
+    // a and c go to one loop, b to the other.
+    for p in ["a", "c", "b"] {
         r.port("net", p, 4096);
     }
     let loops: HashMap<String, usize> =

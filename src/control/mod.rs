@@ -325,6 +325,33 @@ impl std::fmt::Debug for Handle {
     }
 }
 
+/// How many more ports than the least loaded loop a loop may have and still take another port
+/// of a network it serves.
+pub const LOOP_SPILL: usize = 2;
+
+/// The event loop for a new port: `load[i]` is loop i's port count, `same[i]` how many ports of
+/// the new port's network loop i has. Ports of one network stay together on the loop that has
+/// most of them (frames between them, and to the network's gateway, then never cross loops: a
+/// cross-loop handoff costs a wake-up), unless that loop has [`LOOP_SPILL`] more ports than the
+/// least loaded one; a new network starts on the least loaded loop. With many networks this
+/// spreads networks over loops; with one big network it still spreads its ports.
+pub fn pick_loop(load: &[usize], same: &[usize]) -> usize {
+    if load.is_empty() {
+        return 0;
+    }
+    let least = (0..load.len()).min_by_key(|&i| load[i]).unwrap_or(0);
+    let home = (0..same.len()).filter(|&i| same[i] > 0).max_by_key(|&i| {
+        (
+            same[i],
+            std::cmp::Reverse(load.get(i).copied().unwrap_or(0)),
+        )
+    });
+    match home {
+        Some(h) if load.get(h).copied().unwrap_or(0) < load[least] + LOOP_SPILL => h,
+        _ => least,
+    }
+}
+
 impl Handle {
     pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
         Handle { shared }
@@ -366,8 +393,9 @@ impl Handle {
         Ok(())
     }
 
-    /// Adds a port on `network` driven by `link`. The link is handed to the event loop with the
-    /// fewest ports.
+    /// Adds a port on `network` driven by `link`. The link is handed to the event loop chosen
+    /// by [`pick_loop`]: the one that serves most of the network's ports, unless it has
+    /// [`LOOP_SPILL`] more ports than the least loaded loop.
     pub fn add_port(
         &self,
         network: &str,
@@ -376,14 +404,22 @@ impl Handle {
         link: Box<dyn Link>,
     ) -> Result<PortId> {
         self.check_running()?;
-        let owner = self
-            .shared
-            .loops
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, l)| l.ports.load(Ordering::Relaxed))
-            .map(|(i, _)| i)
-            .unwrap_or(0);
+        let owner = {
+            let loops = &self.shared.loops;
+            let load: Vec<usize> = loops
+                .iter()
+                .map(|l| l.ports.load(Ordering::Relaxed))
+                .collect();
+            let mut same = vec![0; loops.len()];
+            if let Some(ne) = self.shared.bridge.topology().network_by_name(network) {
+                for p in &ne.ports {
+                    if let Some(n) = same.get_mut(p.owner) {
+                        *n += 1;
+                    }
+                }
+            }
+            pick_loop(&load, &same)
+        };
         let port = self.shared.bridge.add_port(
             network,
             NewPort {
@@ -953,5 +989,43 @@ impl Handle {
     /// True once [`Self::shutdown`] was called.
     pub fn is_stopped(&self) -> bool {
         self.shared.stop.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_loop;
+
+    /// Places ports one by one: `nets[k]` is the network of port k; returns each one's loop.
+    fn place(loops: usize, nets: &[usize]) -> Vec<usize> {
+        let mut owner = Vec::new();
+        for (k, &n) in nets.iter().enumerate() {
+            let mut load = vec![0; loops];
+            let mut same = vec![0; loops];
+            for j in 0..k {
+                load[owner[j]] += 1;
+                if nets[j] == n {
+                    same[owner[j]] += 1;
+                }
+            }
+            owner.push(pick_loop(&load, &same));
+        }
+        owner
+    }
+
+    #[test]
+    fn isolated_pairs_stay_on_one_loop_and_spread() {
+        // Pairs on networks 0..4, added A0 B0 A1 B1 ...: each pair on one loop, pairs spread.
+        let o = place(2, &[0, 0, 1, 1, 2, 2, 3, 3]);
+        assert_eq!(o, vec![0, 0, 1, 1, 0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn one_big_network_still_spreads() {
+        let o = place(2, &[0; 8]);
+        let on0 = o.iter().filter(|&&l| l == 0).count();
+        assert!((3..=5).contains(&on0), "{o:?}");
+        assert_eq!(place(1, &[0, 1, 0]), vec![0, 0, 0]);
+        assert_eq!(pick_loop(&[], &[]), 0);
     }
 }

@@ -3,7 +3,8 @@
 //! # Theory of operation
 //!
 //! The engine runs `loops` threads, each with its own `mio::Poll`. Every port's link belongs to
-//! exactly one loop (the one with the fewest ports when it was added). A loop:
+//! exactly one loop, chosen when it is added (`control::pick_loop`: the loop serving most of
+//! its network's ports, unless that one is 2 ports busier than the least loaded). A loop:
 //!
 //! 1. waits for readiness (edge-triggered) on its links and on its `Waker`;
 //! 2. for a readable link, reads batches of up to [`BATCH`] frames, at most

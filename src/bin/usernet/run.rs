@@ -45,6 +45,10 @@ pub struct Args {
     /// address (other clients keep theirs). Needs the right to enter the namespace (root).
     #[arg(long)]
     splice: bool,
+    /// Adaptive busy-polling window in µs (`[engine] busy_poll_us`): lower latency, costs a
+    /// CPU while traffic flows. 0 = off.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    busy_poll_us: u32,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     cmd: Vec<OsString>,
@@ -86,6 +90,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let pid = child.pid;
     let engine = Engine::start(EngineConfig {
         max_frame: a.mtu as usize + 22,
+        busy_poll: std::time::Duration::from_micros(a.busy_poll_us.into()),
         ..EngineConfig::default()
     })
     .context("starting event loops")?;

@@ -39,6 +39,13 @@ class CaseFailed(Exception):
     """One case (system x test) failed; the reason goes into the results."""
 
 
+def case_failed(res, e):
+    """Records a case that could not run (`e`, a CaseFailed) in its result `res`."""
+    res["status"] = "failed"
+    res["error"] = str(e)
+    log(f"  FAILED: {e}")
+
+
 def log(msg):
     ts = time.strftime("%H:%M:%S")
     print(f"[bench {ts}] {msg}", file=sys.stderr, flush=True)

@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 
-from common import (RES, CaseFailed, Meter, Proc, iperf3, link_mtu, list_links, log,
+from common import (RES, CaseFailed, Meter, Proc, case_failed, iperf3, link_mtu, list_links, log,
                     median, nsexec, proc_comm, proc_cpu_s, run, sum_status_kib, summarize_tcp,
                     tcp_rep, usernet_config, usernet_ctl, usernet_drops, usernet_up, wait_until,
                     PREFIX)
@@ -35,7 +35,8 @@ from common import (RES, CaseFailed, Meter, Proc, iperf3, link_mtu, list_links, 
 IP_A = "10.99.0.1"
 IP_B = "10.99.0.2"
 PORT = 5201
-SYSTEMS = ("bridge", "veth", "usernet", "usernet-bp", "ovs", "ovs-tso", "vde")  # the bridge first: the UDP reference
+# The bridge first: it is the UDP reference.
+SYSTEMS = ("bridge", "veth", "usernet", "usernet-bp", "ovs", "ovs-tso", "vde")
 LABELS = {"veth": "veth pair", "bridge": "Linux bridge", "usernet": "usernet",
           "usernet-bp": "usernet, busy-polling",
           "ovs": "OVS userspace", "ovs-tso": "OVS userspace+TSO", "vde": "vde_switch"}
@@ -411,9 +412,7 @@ def run_case(system, mtu, ctx):
             finally:
                 record_state(res, topo, cpu0)
     except CaseFailed as e:
-        res["status"] = "failed"
-        res["error"] = str(e)
-        log(f"  FAILED: {e}")
+        case_failed(res, e)
     return res
 
 

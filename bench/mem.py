@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from common import RES, CaseFailed, PREFIX, log, nsexec, proc_comm, run, sum_status_kib
+from common import RES, CaseFailed, PREFIX, case_failed, log, nsexec, proc_comm, run, sum_status_kib
 import l2
 import nat
 
@@ -140,9 +140,7 @@ def run_case(system, n, ctx):
                         RES.del_ns(g)
                 nat.Sandbox(f"m{n}").down()
     except CaseFailed as e:
-        res["status"] = "failed"
-        res["error"] = str(e)
-        log(f"  FAILED: {e}")
+        case_failed(res, e)
         # A failure midway leaves namespaces of this case: remove them now.
         for ns in list(RES.namespaces):
             if ns.startswith(f"{PREFIX}m{n}"):

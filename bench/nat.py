@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 
-from common import (RES, CaseFailed, Meter, Proc, PREFIX, iperf3, link_has_addr,
+from common import (RES, CaseFailed, Meter, Proc, PREFIX, case_failed, iperf3, link_has_addr,
                     link_mtu, list_links, listening, log, nsexec, proc_comm, proc_cpu_s, run,
                     slirp_api, sum_status_kib, summarize_tcp, tcp_rep, usernet_config,
                     usernet_ctl, usernet_drops, usernet_up, wait_until)
@@ -296,9 +296,7 @@ def run_case(system, mtu, ctx):
                                                               "gateway")
                 res["log_tail"] = topo.proc.tail(10)
     except CaseFailed as e:
-        res["status"] = "failed"
-        res["error"] = str(e)
-        log(f"  FAILED: {e}")
+        case_failed(res, e)
     return res
 
 

@@ -5,8 +5,10 @@ import html
 from common import fmt, get, ratio, usernet_drops
 
 L2_LABELS = {"veth": "veth pair", "bridge": "Linux bridge", "usernet": "usernet",
-             "usernet-bp": "usernet, busy-polling", "ovs": "OVS userspace", "ovs-tso": "OVS userspace + TSO", "vde": "vde_switch"}
-COLORS = {"usernet": "#d62728", "usernet-bp": "#e377c2", "usernet splice": "#8c1c13", "veth": "#c7c7c7", "bridge": "#7f7f7f", "ovs": "#1f77b4",
+             "usernet-bp": "usernet, busy-polling", "ovs": "OVS userspace",
+             "ovs-tso": "OVS userspace + TSO", "vde": "vde_switch"}
+COLORS = {"usernet": "#d62728", "usernet-bp": "#e377c2", "usernet splice": "#8c1c13",
+          "veth": "#c7c7c7", "bridge": "#7f7f7f", "ovs": "#1f77b4",
           "ovs-tso": "#17becf", "vde": "#9467bd", "slirp4netns": "#ff7f0e",
           "pasta tap": "#2ca02c", "pasta splice": "#98df8a", "usernet 1 loop": "#ff9896",
           "usernet 2 loops": "#e377c2", "usernet 4 loops": "#7b4173"}
@@ -246,9 +248,10 @@ def goals(results):
                 continue
             u = get(un, "variants", label, "forward", "gbps")
             x = ratio(u, p)
-            out.append((f"port forward TCP, MTU {mtu}: ≥ 1.0× pasta's splice path ({what})"
-                        if goal else
-                        f"port forward TCP, MTU {mtu}: for reference, {what}, vs pasta's splice path",
+            name = f"port forward TCP, MTU {mtu}: "
+            name += (f"≥ 1.0× pasta's splice path ({what})" if goal
+                     else f"for reference, {what}, vs pasta's splice path")
+            out.append((name,
                         f"{rx(x)} ({fmt(u, '.2f')} vs {fmt(p, '.2f')} Gbit/s)",
                         verdict(None if x is None else x >= 1.0) if goal else "–"))
     m = next((r for r in results if r.get("suite") == "mem" and r["system"] == "usernet"

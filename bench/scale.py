@@ -22,7 +22,7 @@ is the same thing.
 import os
 import sys
 
-from common import (CaseFailed, iperf3_many, log, nsexec, proc_comm, proc_cpu_s, run,
+from common import (CaseFailed, case_failed, iperf3_many, log, nsexec, proc_comm, proc_cpu_s, run,
                     summarize_tcp, tcp_rep_many, usernet_ctl)
 import l2
 
@@ -90,9 +90,7 @@ def run_case(system, pairs, loops, ctx):
             finally:
                 l2.record_state(res, topo, cpu0)
     except CaseFailed as e:
-        res["status"] = "failed"
-        res["error"] = str(e)
-        log(f"  FAILED: {e}")
+        case_failed(res, e)
     return res
 
 

@@ -776,3 +776,34 @@ fn busy_port_never_overflows_a_drained_egress_ring() {
     assert_eq!(got, N, "every frame arrived");
     assert_invariant(&rig.h);
 }
+
+#[test]
+fn gateway_timers_run_without_traffic() {
+    // The gateway runs inside an event loop; its timers (here: router advertisements, every
+    // 4 s at start) must fire with no frame or host event to wake the loop.
+    let r = Rig::new(1);
+    r.h.add_network("gw", FdbConfig::default())
+        .expect("network");
+    let mut cfg = usernet::gateway::GatewayConfig::new("gw", "10.66.0.0/24".parse().expect("net"));
+    cfg.upstreams = usernet::gateway::dns::Upstreams::Explicit(vec![]);
+    r.h.add_gateway(cfg).expect("gateway");
+    let (sw, guest) = MemoryLink::pair(64, MAX_FRAME).expect("pair");
+    r.h.add_port("gw", "g", PortPolicy::default(), Box::new(sw))
+        .expect("port");
+    // The guest sends nothing; an RA to all nodes (33:33:00:00:00:01, ICMPv6 type 134) arrives.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ra = loop {
+        let Some(f) = guest.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+            break false;
+        };
+        let d = f.data();
+        if d.len() > 54
+            && d[..6] == [0x33, 0x33, 0, 0, 0, 1]
+            && d[12..14] == [0x86, 0xdd]
+            && d[54] == 134
+        {
+            break true;
+        }
+    };
+    assert!(ra, "no unsolicited router advertisement within 10 s");
+}

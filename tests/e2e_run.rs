@@ -1,7 +1,7 @@
 //! `usernet run` as an unprivileged user created by the test: the command gets a network in its
 //! own user + network namespace, reaches a loopback server through NAT by the name
 //! `host.usernet`, and serves a port published on the host with `-p`. Needs root (to create the
-//! user and open /dev/net/tun to it).
+//! user and open /dev/net/tun to it). Also `usernet run --busy-poll-us` (as root).
 
 mod common;
 
@@ -148,4 +148,34 @@ fn rootless_run_nat_dns_and_publish() {
     assert!(status.success(), "usernet run failed: {err}");
     let fetched = std::fs::read_to_string(&out).unwrap_or_default();
     assert_eq!(fetched, "hello rootle", "NAT fetch by name from inside");
+}
+
+#[test]
+fn run_with_busy_polling_answers_and_refuses_a_bad_window() {
+    if !require_root("run_with_busy_polling_answers_and_refuses_a_bad_window") {
+        return;
+    }
+    // The command pings the gateway through a busy-polling engine.
+    let out = Command::new(BIN)
+        .args(["run", "--busy-poll-us", "500", "--dns", "127.0.0.1:9", "--"])
+        .args(["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.88.0.1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("usernet run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("3 received"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A window above 1 s is refused before anything starts, naming the flag.
+    let out = Command::new(BIN)
+        .args(["run", "--busy-poll-us", "2000000", "--", "true"])
+        .output()
+        .expect("usernet run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--busy-poll-us"),
+        "{err}"
+    );
 }

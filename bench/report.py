@@ -70,10 +70,7 @@ def l2_table(results, args, notes):
                 fmt(rtt, ".0f"),
                 fmt(None if rtt is None or b_rtt is None else rtt - b_rtt, "+.0f"),
                 status]) + " |")
-            drops = usernet_drops(r.get("usernet_stats"))
-            if drops:
-                notes.append(f"- usernet L2 MTU {mtu}: drop counters over the case: "
-                             + ", ".join(f"{k}={v}" for k, v in sorted(drops.items())))
+            _drop_note(notes, f"usernet L2 MTU {mtu}", r)
     return out
 
 
@@ -174,11 +171,16 @@ def scale_table(results, args, notes):
             if r.get("note") and r["note"] not in seen:
                 seen.add(r["note"])
                 notes.append(f"- scale usernet: {r['note']}")
-            drops = usernet_drops(r.get("usernet_stats"))
-            if drops:
-                notes.append(f"- {what}: drop counters over the case: "
-                             + ", ".join(f"{k}={v}" for k, v in sorted(drops.items())))
+            _drop_note(notes, what, r)
     return out
+
+
+def _drop_note(notes, what, r):
+    """A note with usernet's drop counters over case `r`, if any counted."""
+    drops = usernet_drops(r.get("usernet_stats"))
+    if drops:
+        notes.append(f"- {what}: drop counters over the case: "
+                     + ", ".join(f"{k}={v}" for k, v in sorted(drops.items())))
 
 
 def _l2(results, system, mtu):

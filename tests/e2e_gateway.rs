@@ -406,28 +406,28 @@ fn ipv6_slaac_and_ping_gateway() {
     a.ip(&["link", "set", "eth0", "down"]);
     a.ip(&["link", "set", "eth0", "up"]);
     let deadline = Instant::now() + Duration::from_secs(15);
-    let addr = loop {
+    // Both come from the RA: a global address (DAD done) and a default route via the gateway's
+    // link-local address. Wait for the two (the kernel installs them in steps).
+    let (addr, route) = loop {
         let out = a.exec_ok(&[
             "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global",
         ]);
+        let route = a.exec_ok(&["ip", "-6", "route", "show", "default"]);
         if let Some(w) = out.split_whitespace().skip_while(|w| *w != "inet6").nth(1)
             && !out.contains("tentative")
+            && route.contains("via fe80::")
         {
-            break w.to_string();
+            break (w.to_string(), route);
         }
         assert!(
             Instant::now() < deadline,
-            "no SLAAC address\n{}",
+            "no SLAAC address and default route from RA: {out:?} {route:?}\n{}",
             daemon.log()
         );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(addr.starts_with("fd70::"), "{addr}");
-    let route = a.exec_ok(&["ip", "-6", "route", "show", "default"]);
-    assert!(
-        route.contains("via fe80::"),
-        "default route from RA: {route}"
-    );
+    assert!(route.contains("dev eth0"), "default route from RA: {route}");
     assert!(
         a.exec(&["ping", "-6", "-c", "1", "-W", "2", "fd70::1"])
             .status

@@ -122,6 +122,13 @@ pub struct NetworkSection {
     /// FDB aging in seconds (default 300; 0 = never).
     #[serde(default)]
     pub fdb_aging_secs: Option<u64>,
+    /// Port security on the network's ports by default (default: on with a gateway, off
+    /// without): every source MAC/IP owned by its port, RA and DHCP-server guard.
+    #[serde(default)]
+    pub port_security: Option<bool>,
+    /// Let guests reach the cloud metadata service (169.254.169.254) through NAT (default false).
+    #[serde(default)]
+    pub allow_metadata: bool,
 }
 
 impl NetworkSection {
@@ -147,6 +154,8 @@ impl NetworkSection {
             max_flows_per_guest: None,
             fdb_max_entries: None,
             fdb_aging_secs: None,
+            port_security: None,
+            allow_metadata: false,
         }
     }
 
@@ -227,6 +236,8 @@ impl NetworkSection {
         g.dhcp = self.dhcp;
         g.internal = self.internal;
         g.host_loopback = self.host_loopback;
+        g.port_security = self.port_security.unwrap_or(true);
+        g.allow_metadata = self.allow_metadata;
         g.outbound4 = self.outbound_addr;
         g.outbound6 = self.outbound_addr6;
         for (k, v, dst) in [
@@ -437,6 +448,9 @@ impl Config {
     pub fn apply(&self, h: &Handle) -> Result<()> {
         for (i, n) in self.network.iter().enumerate() {
             h.add_network(&n.name, fdb_config(n.fdb_max_entries, n.fdb_aging_secs))?;
+            if let Some(on) = n.port_security {
+                h.set_port_security(&n.name, on)?;
+            }
             if let Some(g) = n.gateway_config(&format!("network[{i}]"), self.engine.mtu)? {
                 h.add_gateway(g)?;
             }

@@ -87,6 +87,10 @@ impl VnetHdr {
 pub struct FrameMeta {
     /// Offload metadata from (or for) a virtio-net header.
     pub vnet: VnetHdr,
+    /// The bridge port the frame came in on (its `PortId` number; 0: not from a port). Set by
+    /// the bridge's forwarding decision, so an endpoint such as the gateway knows which port
+    /// sent what it receives without trusting anything inside the frame.
+    pub ingress: u32,
 }
 
 /// Largest frame a GSO buffer holds: a 64 KiB IP packet (the most a virtio-net header can

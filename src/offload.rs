@@ -266,6 +266,7 @@ fn segment(
             out.truncate(first);
             return Err(OffloadError::NoBuffer);
         };
+        seg.meta.ingress = frame.meta.ingress;
         let s = seg.data_mut();
         let l4_len = s.len() - lay.l4;
         if lay.v4 {

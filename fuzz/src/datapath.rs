@@ -455,6 +455,8 @@ impl World {
                         kind: "memory",
                         policy: PortPolicy {
                             allowed_macs: vec![cfg.mac],
+                            allowed_ips: cfg.own_addrs(),
+                            port_security: Some(false),
                             ..PortPolicy::default()
                         },
                         ring: 64,
@@ -479,9 +481,15 @@ impl World {
                 .collect();
             let poll = Poll::new().expect("poll");
             let host = Arc::new(FakeHost::default());
-            let names = port_names(br.clone(), name, gw_port.id);
+            let names = port_names(br.clone(), gw_port.id);
+            let guard = br
+                .topology()
+                .network_by_name(name)
+                .map(|n| n.net.guard.clone())
+                .expect("network guard");
             let (gw, mut driver) =
-                gateway::standalone(cfg, &poll, names, host.clone(), epoch).expect("gateway");
+                gateway::standalone(cfg, &poll, names, guard, host.clone(), epoch)
+                    .expect("gateway");
             *gw.port.lock() = Some(gw_port.id);
             driver.announce();
             nets.push(Net {
@@ -579,7 +587,7 @@ impl World {
                                 "adapt let through a frame the gateway link does not take"
                             );
                             self.nets[i].delivered += 1;
-                            self.nets[i].driver.frame_with(g.data(), g.meta.vnet, now);
+                            self.nets[i].driver.frame_with(g.data(), g.meta, now);
                         }
                     }
                 }
@@ -766,16 +774,12 @@ impl Default for World {
     }
 }
 
-fn port_names(br: Arc<Bridge>, network: &str, me: usernet::bridge::PortId) -> gateway::PortNames {
-    let network = network.to_string();
-    Box::new(move |mac| {
-        let topo = br.topology();
-        let ne = topo.network_by_name(&network)?;
-        let pid = ne.net.fdb.lookup(0, mac, br.now())?;
-        if pid == me {
+fn port_names(br: Arc<Bridge>, me: usernet::bridge::PortId) -> gateway::PortNames {
+    Box::new(move |id| {
+        if id == me {
             return None;
         }
-        topo.port(pid).map(|p| p.name.clone())
+        br.topology().port(id).map(|p| p.name.clone())
     })
 }
 

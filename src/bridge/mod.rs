@@ -34,6 +34,13 @@
 //!   destination is on the ingress port).
 //! - An isolated port reaches only non-isolated ports (Docker `--icc=false`; the gateway is not
 //!   isolated), and receives only from them.
+//!
+//! ## Port security
+//!
+//! Before a source MAC is learned, [`security::NetGuard::check`] makes sure the port owns it
+//! and the frame's other source addresses (ARP, NDP, IP), and drops router advertisements and
+//! DHCP server messages from guests: see [`security`]. Every forwarded frame carries its
+//! ingress port in [`crate::frame::FrameMeta::ingress`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +53,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod clock;
 pub mod fdb;
+pub mod security;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use fdb::{Fdb, FdbConfig, FdbEntry, Learned};
@@ -62,7 +70,7 @@ pub struct PortId(pub u32);
 pub struct NetworkId(pub u32);
 
 /// Why a frame was dropped. Each has its own counter per port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(usize)]
 pub enum DropReason {
     /// Shorter than an Ethernet header (or than its VLAN tag).
@@ -86,11 +94,24 @@ pub enum DropReason {
     /// Egress: a GSO or partial-checksum frame whose headers did not allow segmenting or
     /// checksumming it for a link without offloads.
     BadOffload,
+    /// Port security: a source MAC the port does not own (another port's, the gateway's).
+    SpoofedSource,
+    /// Port security: an IP source the port does not own or may not use.
+    SpoofedIp,
+    /// Port security: an ARP sender MAC or IP the port does not own.
+    SpoofedArp,
+    /// Port security: an NDP target or link-layer option the port does not own.
+    SpoofedNd,
+    /// Port security: a router advertisement, redirect or DHCP/DHCPv6 server message from a
+    /// guest (RA guard, DHCP guard).
+    RogueServer,
+    /// Port security: the port already owns as many MACs as it may.
+    AddressLimit,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 16;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
@@ -103,6 +124,12 @@ impl DropReason {
         DropReason::RingFull,
         DropReason::LinkError,
         DropReason::BadOffload,
+        DropReason::SpoofedSource,
+        DropReason::SpoofedIp,
+        DropReason::SpoofedArp,
+        DropReason::SpoofedNd,
+        DropReason::RogueServer,
+        DropReason::AddressLimit,
     ];
 
     /// Stable name used in stats output.
@@ -118,6 +145,12 @@ impl DropReason {
             DropReason::RingFull => "ring_full",
             DropReason::LinkError => "link_error",
             DropReason::BadOffload => "bad_offload",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::SpoofedIp => "spoofed_ip",
+            DropReason::SpoofedArp => "spoofed_arp",
+            DropReason::SpoofedNd => "spoofed_nd",
+            DropReason::RogueServer => "rogue_server",
+            DropReason::AddressLimit => "address_limit",
         }
     }
 
@@ -211,8 +244,16 @@ pub struct PortPolicy {
     pub flood: bool,
     /// Isolated ports cannot exchange frames with each other, only with non-isolated ports.
     pub isolated: bool,
-    /// If non-empty, frames whose source MAC is not listed are dropped (anti-spoofing).
+    /// If non-empty, frames whose source MAC is not listed are dropped (anti-spoofing); with
+    /// port security, the port owns exactly these MACs.
     pub allowed_macs: Vec<Mac>,
+    /// IP addresses the port owns from the start (port security; see [`security`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<std::net::IpAddr>,
+    /// Check this port's source addresses ([`security`]); `None`: the network's default (on
+    /// for networks with a gateway).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_security: Option<bool>,
 }
 
 impl Default for PortPolicy {
@@ -222,6 +263,8 @@ impl Default for PortPolicy {
             flood: true,
             isolated: false,
             allowed_macs: Vec::new(),
+            allowed_ips: Vec::new(),
+            port_security: None,
         }
     }
 }
@@ -251,6 +294,8 @@ pub struct Port {
     pub(crate) tx_pending: AtomicBool,
     /// Owner-loop bookkeeping: already on this batch's flush list.
     pub(crate) dirty_local: AtomicBool,
+    /// The addresses it owns (port security).
+    pub owned: Arc<security::PortOwned>,
 }
 
 impl std::fmt::Debug for Port {
@@ -273,6 +318,8 @@ pub struct Network {
     pub name: String,
     /// Its MAC table.
     pub fdb: Fdb,
+    /// Who owns which address (port security).
+    pub guard: Arc<security::NetGuard>,
 }
 
 /// A network and its current ports, in a topology snapshot.
@@ -345,6 +392,9 @@ pub enum BridgeError {
     /// A name that cannot be used.
     #[error("invalid name {0:?}: use 1-64 characters from [A-Za-z0-9_.-]")]
     BadName(String),
+    /// A port's configured address (`allowed_macs`, `allowed_ips`) belongs to another port.
+    #[error("port {0:?}: {1}")]
+    AddressInUse(String, String),
 }
 
 /// Checks a network or port name: 1-64 of `[A-Za-z0-9_.-]`.
@@ -442,6 +492,7 @@ impl Bridge {
                 id: NetworkId(self.next_id.fetch_add(1, Ordering::Relaxed)),
                 name: name.to_string(),
                 fdb: Fdb::new(fdb),
+                guard: Arc::new(security::NetGuard::default()),
             });
             t.nets.insert(
                 net.id,
@@ -467,6 +518,7 @@ impl Bridge {
                 .ok_or_else(|| BridgeError::NoSuchNetwork(name.to_string()))?;
             for p in &ne.ports {
                 t.ports.remove(&p.id);
+                ne.net.guard.unregister(p.id);
             }
             Ok(ne.ports)
         })
@@ -483,8 +535,22 @@ impl Bridge {
                 .network_by_name(network)
                 .map(|n| n.net.id)
                 .ok_or_else(|| BridgeError::NoSuchNetwork(network.to_string()))?;
+            let id = PortId(self.next_id.fetch_add(1, Ordering::Relaxed));
+            let owned = Arc::new(security::PortOwned::default());
+            if let Some(ne) = t.nets.get(&net_id) {
+                ne.net
+                    .guard
+                    .register(
+                        id,
+                        owned.clone(),
+                        spec.policy.port_security,
+                        &spec.policy.allowed_macs,
+                        &spec.policy.allowed_ips,
+                    )
+                    .map_err(|e| BridgeError::AddressInUse(spec.name.clone(), e.to_string()))?;
+            }
             let port = Arc::new(Port {
-                id: PortId(self.next_id.fetch_add(1, Ordering::Relaxed)),
+                id,
                 name: spec.name.clone(),
                 network: net_id,
                 kind: spec.kind,
@@ -494,6 +560,7 @@ impl Bridge {
                 owner: spec.owner,
                 tx_pending: AtomicBool::new(false),
                 dirty_local: AtomicBool::new(false),
+                owned,
             });
             if let Some(ne) = t.nets.get_mut(&net_id) {
                 ne.ports.push(port.clone());
@@ -514,6 +581,7 @@ impl Bridge {
                 if let Some(ne) = t.nets.get_mut(&p.network) {
                     ne.ports.retain(|q| q.id != id);
                     ne.net.fdb.flush_port(id);
+                    ne.net.guard.unregister(id);
                 }
                 Ok(p)
             })
@@ -540,15 +608,28 @@ impl Bridge {
         &self,
         topo: &Topology,
         ingress: &Port,
-        frame: Frame,
+        mut frame: Frame,
         now: u64,
         on_enqueue: &mut dyn FnMut(&Arc<Port>),
     ) {
         let c = &ingress.counters;
         c.rx_frames.fetch_add(1, Ordering::Relaxed);
         c.rx_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        frame.meta.ingress = ingress.id.0;
         match self.decide(topo, ingress, &frame, now) {
-            Err(reason) => c.drop_n(reason, 1),
+            Err(reason) => {
+                c.drop_n(reason, 1);
+                if reason >= DropReason::SpoofedSource
+                    && security::NetGuard::should_warn(&ingress.owned, now)
+                {
+                    tracing::warn!(
+                        port = %ingress.name,
+                        reason = reason.name(),
+                        src = ?L2Header::parse(frame.data()).ok().map(|h| h.src),
+                        "port security dropped a frame (further drops of this port counted, logged once a minute)"
+                    );
+                }
+            }
             Ok(Target::One(p)) => {
                 c.forwarded.fetch_add(1, Ordering::Relaxed);
                 enqueue(p, frame, on_enqueue);
@@ -598,6 +679,13 @@ impl Bridge {
             .nets
             .get(&ingress.network)
             .ok_or(DropReason::NoDestination)?;
+        ne.net.guard.check(
+            ingress.id,
+            &ingress.owned,
+            pol.port_security,
+            &h,
+            frame.data(),
+        )?;
         if pol.learning {
             ne.net.fdb.learn(h.vlan, h.src, ingress.id, now);
         }

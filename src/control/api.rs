@@ -66,6 +66,15 @@ pub enum Request {
         /// Gateway: no NAT egress.
         #[serde(default)]
         internal: Option<bool>,
+        /// Gateway: the gateway's address reaches the host's loopback (default true).
+        #[serde(default)]
+        host_loopback: Option<bool>,
+        /// Port security by default on the network's ports (default: on with a gateway).
+        #[serde(default)]
+        port_security: Option<bool>,
+        /// Gateway: NAT may reach the cloud metadata service (default false).
+        #[serde(default)]
+        allow_metadata: Option<bool>,
     },
     /// Remove a network and its ports.
     RemoveNetwork {
@@ -171,6 +180,9 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
             mtu,
             dns_upstreams,
             internal,
+            host_loopback,
+            port_security,
+            allow_metadata,
         } => {
             if fdb_max_entries == Some(0) {
                 return Err(crate::Error::invalid(
@@ -184,7 +196,9 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
                     || domain.is_some()
                     || mtu.is_some()
                     || dns_upstreams.is_some()
-                    || internal.is_some(),
+                    || internal.is_some()
+                    || host_loopback.is_some()
+                    || allow_metadata.is_some(),
             );
             let mut sec = crate::config::NetworkSection::new(&name);
             sec.gateway = wants_gw;
@@ -194,9 +208,15 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
             sec.mtu = mtu;
             sec.dns_upstreams = dns_upstreams;
             sec.internal = internal.unwrap_or(false);
+            sec.host_loopback = host_loopback.unwrap_or(true);
+            sec.port_security = port_security;
+            sec.allow_metadata = allow_metadata.unwrap_or(false);
             // Check the gateway settings before creating anything.
             let gw = sec.gateway_config("network", 1500)?;
             h.add_network(&name, fdb_config(fdb_max_entries, fdb_aging_secs))?;
+            if let Some(on) = port_security {
+                h.set_port_security(&name, on)?;
+            }
             if let Some(g) = gw
                 && let Err(e) = h.add_gateway(g)
             {

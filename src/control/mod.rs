@@ -107,9 +107,16 @@ pub struct PortSpec {
     /// Receive floods of unknown unicast and multicast.
     #[serde(default = "yes")]
     pub flood: bool,
-    /// If set, only these source MACs are accepted from the port.
+    /// If set, only these source MACs are accepted from the port (with port security: the
+    /// MACs it owns).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_macs: Vec<Mac>,
+    /// IP addresses the port owns from the start (port security), e.g. a static address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<std::net::IpAddr>,
+    /// Check the port's source addresses (port security); default: the network's setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_security: Option<bool>,
 }
 
 impl PortSpec {
@@ -129,6 +136,8 @@ impl PortSpec {
             learning: true,
             flood: true,
             allowed_macs: Vec::new(),
+            allowed_ips: Vec::new(),
+            port_security: None,
         }
     }
 
@@ -199,6 +208,8 @@ impl PortSpec {
             flood: self.flood,
             isolated: self.isolated,
             allowed_macs: self.allowed_macs.clone(),
+            allowed_ips: self.allowed_ips.clone(),
+            port_security: self.port_security,
         }
     }
 }
@@ -380,6 +391,17 @@ impl Handle {
         self.check_running()?;
         self.shared.bridge.add_network(name, fdb)?;
         tracing::info!(network = name, "network added");
+        Ok(())
+    }
+
+    /// Turns port security on or off by default for a network's ports (those whose own
+    /// `port_security` is unset). A gateway sets its network's default when it starts.
+    pub fn set_port_security(&self, network: &str, on: bool) -> Result<()> {
+        let topo = self.shared.bridge.topology();
+        let ne = topo
+            .network_by_name(network)
+            .ok_or_else(|| crate::bridge::BridgeError::NoSuchNetwork(network.to_string()))?;
+        ne.net.guard.set_enabled(on);
         Ok(())
     }
 

@@ -419,6 +419,9 @@ pub struct DhcpServer {
     /// until then `purge` has nothing to do.
     next_deadline: u64,
     stats: DhcpStats,
+    /// Addresses in use by other clients outside DHCP's knowledge (port security: owned by
+    /// another port); never offered or acknowledged. Set before each message.
+    foreign: std::collections::HashSet<Ipv4Addr>,
 }
 
 impl DhcpServer {
@@ -598,7 +601,14 @@ impl DhcpServer {
             pending: Vec::new(),
             next_deadline: u64::MAX,
             stats: DhcpStats::default(),
+            foreign: std::collections::HashSet::new(),
         })
+    }
+
+    /// Sets the addresses that other clients use (owned by other ports): the next messages
+    /// handled neither offer nor acknowledge them.
+    pub fn set_foreign(&mut self, foreign: std::collections::HashSet<Ipv4Addr>) {
+        self.foreign = foreign;
     }
 
     /// The validated configuration (subnet normalised, static hostnames sanitised).
@@ -884,7 +894,9 @@ impl DhcpServer {
         if let Some(s) = self.statics.get(&mac) {
             return Some(s.ip);
         }
-        if let Some(&ip) = self.by_mac.get(&mac) {
+        if let Some(&ip) = self.by_mac.get(&mac)
+            && !self.foreign.contains(&ip)
+        {
             return Some(ip);
         }
         if let Some(&ip) = self.prev_by_mac.get(&mac)
@@ -910,6 +922,9 @@ impl DhcpServer {
         }
         if ip == net.network() || ip == net.broadcast() || ip == self.cfg.server {
             return Err(Refusal::Reserved);
+        }
+        if self.foreign.contains(&ip) {
+            return Err(Refusal::HeldByOther);
         }
         if let Some(s) = self.statics.get(&mac) {
             return if s.ip == ip {

@@ -60,10 +60,11 @@ pub mod ndp;
 mod port;
 pub mod tcp;
 
+use crate::bridge::security::{Claim, NetGuard};
 use crate::bridge::{PortId, PortPolicy};
 use crate::control::Handle;
 use crate::error::{Error, Result};
-use crate::frame::{Frame, VnetHdr};
+use crate::frame::{Frame, FrameMeta, VnetHdr};
 use crate::nat::host::{HostSockets, OsSockets};
 use crate::nat::{Nat, NatConfig, NatCounters};
 use crate::wire::{L2Header, Mac};
@@ -114,6 +115,10 @@ pub struct GatewayConfig {
     pub max_flows_per_guest: usize,
     /// DNS forwarding threads (0: none, names outside the network's domain get SERVFAIL).
     pub dns_workers: usize,
+    /// Port security by default on the network's ports (see [`crate::bridge::security`]).
+    pub port_security: bool,
+    /// Let guests reach the cloud metadata service through NAT (169.254.169.254).
+    pub allow_metadata: bool,
 }
 
 impl GatewayConfig {
@@ -142,6 +147,8 @@ impl GatewayConfig {
             max_flows: 2048,
             max_flows_per_guest: 1024,
             dns_workers: DnsConfig::default().workers,
+            port_security: true,
+            allow_metadata: false,
         }
     }
 
@@ -156,6 +163,11 @@ impl GatewayConfig {
         n.outbound6 = self.outbound6;
         n.max_flows = self.max_flows;
         n.max_flows_per_guest = self.max_flows_per_guest;
+        n.allow_metadata = self.allow_metadata;
+        n.local_nets.push(ipnet::IpNet::V4(self.subnet));
+        if let Some(p) = self.ipv6 {
+            n.local_nets.push(ipnet::IpNet::V6(p));
+        }
         Some(n)
     }
 
@@ -168,6 +180,25 @@ impl GatewayConfig {
     /// Its link-local address.
     pub fn link_local(&self) -> Ipv6Addr {
         ndp::link_local(self.mac)
+    }
+
+    /// Every address the gateway answers on (owned by its port; no guest may use them).
+    pub fn own_addrs(&self) -> Vec<IpAddr> {
+        let mut v = vec![IpAddr::V4(self.addr)];
+        v.extend(self.dns_addr.map(IpAddr::V4));
+        if let Some(a6) = self.addr6() {
+            v.push(IpAddr::V6(a6));
+            v.push(IpAddr::V6(self.link_local()));
+        }
+        v
+    }
+
+    /// What first-seen guest addresses may be on this network, for port security.
+    pub fn scope(&self) -> crate::bridge::security::Scope {
+        crate::bridge::security::Scope {
+            subnet4: Some(self.subnet),
+            prefix6: self.ipv6,
+        }
     }
 }
 
@@ -198,6 +229,10 @@ pub struct GatewayCounters {
     pub ignored: AtomicU64,
     /// Errors from the DHCP or DNS logic.
     pub errors: AtomicU64,
+    /// DHCP messages refused because their `chaddr` is not a MAC of the port that sent them.
+    pub dhcp_spoofed: AtomicU64,
+    /// Neighbour entries refused: the port's quota or the table was full.
+    pub neigh_refused: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -316,6 +351,8 @@ impl Gateway {
             ("malformed", &c.malformed),
             ("ignored", &c.ignored),
             ("errors", &c.errors),
+            ("dhcp_spoofed", &c.dhcp_spoofed),
+            ("neigh_refused", &c.neigh_refused),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
@@ -440,7 +477,8 @@ fn build_gateway(
         DnsConfig {
             domain: cfg.domain.clone(),
             upstreams: cfg.upstreams.clone(),
-            workers: cfg.dns_workers,
+            // An internal network reaches nothing outside, not even through DNS.
+            workers: if cfg.internal { 0 } else { cfg.dns_workers },
             ..DnsConfig::default()
         },
         records.clone(),
@@ -481,10 +519,19 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
         .registry()
         .try_clone()
         .map_err(|e| Error::Io("gateway poll".into(), e))?;
-    let names = fdb_port_names(handle.clone(), gw.clone());
+    let names = topology_port_names(handle.clone());
+    let guard = handle
+        .bridge()
+        .topology()
+        .network_by_name(&cfg.network)
+        .map(|n| n.net.guard.clone())
+        .ok_or_else(|| crate::bridge::BridgeError::NoSuchNetwork(cfg.network.clone()))?;
+    guard.set_scope(cfg.scope());
+    guard.set_enabled(cfg.port_security);
     let driver = Driver::new(
         gw.clone(),
         names,
+        guard,
         waker,
         registry,
         cmd_rx,
@@ -498,10 +545,17 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
         &format!("gw.{}", cfg.network),
         PortPolicy {
             allowed_macs: vec![cfg.mac],
+            allowed_ips: cfg.own_addrs(),
+            // The gateway sends from every address NAT speaks for.
+            port_security: Some(false),
             ..PortPolicy::default()
         },
         Box::new(link),
     )?;
+    // Its MAC never moves (and no guest frame can use it: the port owns it).
+    if let Some(ne) = handle.bridge().topology().network_by_name(&cfg.network) {
+        ne.net.fdb.add_static(0, cfg.mac, port);
+    }
     *gw.port.lock() = Some(port);
     tracing::info!(
         network = %cfg.network,
@@ -515,12 +569,14 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
 /// A gateway and its [`Driver`], attached to nothing: the caller feeds it frames and readiness
 /// and carries its output frames, on its own clock (`epoch` is the gateway's time zero). For
 /// fuzzing, simulations and embedders with their own switch. `poll` provides the `Registry`
-/// host sockets register with and the waker DNS answers use; `names` maps a MAC to the name of
-/// the port behind it (for endpoint names), `host` opens NAT's host sockets.
+/// host sockets register with and the waker DNS answers use; `names` maps a port to its name
+/// (for endpoint names), `guard` is the network's ownership table (the bridge's, or a fresh
+/// one), `host` opens NAT's host sockets.
 pub fn standalone(
     cfg: GatewayConfig,
     poll: &Poll,
     names: PortNames,
+    guard: Arc<NetGuard>,
     host: Arc<dyn HostSockets>,
     epoch: Instant,
 ) -> Result<(Arc<Gateway>, Driver)> {
@@ -531,24 +587,25 @@ pub fn standalone(
         .registry()
         .try_clone()
         .map_err(|e| Error::Io("gateway poll".into(), e))?;
+    guard.set_scope(cfg.scope());
+    guard.set_enabled(cfg.port_security);
     let (gw, cmd_rx) = build_gateway(cfg, waker.clone(), epoch)?;
-    let driver = Driver::new(gw.clone(), names, waker, registry, cmd_rx, host, epoch);
+    let driver = Driver::new(
+        gw.clone(),
+        names,
+        guard,
+        waker,
+        registry,
+        cmd_rx,
+        host,
+        epoch,
+    );
     Ok((gw, driver))
 }
 
-/// Maps a MAC to the name of the port it was learned on in the gateway's network's FDB (not
-/// the gateway's own port): the engine's [`PortNames`].
-fn fdb_port_names(handle: Handle, gw: Arc<Gateway>) -> PortNames {
-    Box::new(move |mac| {
-        let bridge = handle.bridge();
-        let topo = bridge.topology();
-        let ne = topo.network_by_name(&gw.cfg.network)?;
-        let pid = ne.net.fdb.lookup(0, mac, bridge.now())?;
-        if Some(pid) == *gw.port.lock() {
-            return None;
-        }
-        topo.port(pid).map(|p| p.name.clone())
-    })
+/// The names of the engine's ports: the engine's [`PortNames`].
+fn topology_port_names(handle: Handle) -> PortNames {
+    Box::new(move |id| handle.bridge().topology().port(id).map(|p| p.name.clone()))
 }
 
 /// The offloads the gateway's link takes: TCP segmentation and pending checksums.
@@ -563,7 +620,11 @@ pub const GATEWAY_OFFLOADS: crate::offload::Offloads = crate::offload::Offloads 
 /// The token of a gateway's waker on its poll.
 const WAKE: Token = Token(1);
 const RA_EVERY: Duration = Duration::from_secs(60);
+/// Most entries in a gateway's neighbour table; past it new addresses are not learned (the
+/// table is never cleared wholesale).
 const MAX_NEIGH: usize = 4096;
+/// Most neighbour entries one port may have; past it the port's oldest goes.
+const MAX_NEIGH_PER_PORT: usize = 64;
 
 /// Work finished elsewhere (DNS workers), handed back to the driver.
 enum Out {
@@ -579,9 +640,10 @@ enum Out {
     },
 }
 
-/// Names the port behind a MAC on the gateway's network (`None` for an unknown MAC or the
-/// gateway's own port): how endpoints get their port name in DNS.
-pub type PortNames = Box<dyn Fn(Mac) -> Option<String> + Send>;
+/// Names a port of the gateway's network (`None` for an unknown port): how endpoints get their
+/// port name in DNS. The port is the one a frame came in on (the bridge stamps it), never one
+/// derived from an address inside the frame.
+pub type PortNames = Box<dyn Fn(PortId) -> Option<String> + Send>;
 
 /// Drives one gateway synchronously: frames in ([`Driver::frame`]), host socket readiness in
 /// ([`Driver::host_ready`]), timers ([`Driver::tick`]), frames out ([`Driver::take_frames`]).
@@ -591,11 +653,19 @@ pub type PortNames = Box<dyn Fn(Mac) -> Option<String> + Send>;
 pub struct Driver {
     gw: Arc<Gateway>,
     names_of: PortNames,
+    guard: Arc<NetGuard>,
+    /// The port the frame being handled came in on (0: none).
+    ingress: u32,
     waker: Arc<Waker>,
     out_tx: Sender<Out>,
     out_rx: Receiver<Out>,
-    neigh: HashMap<IpAddr, Mac>,
+    /// IP → (MAC, port that owns it). Learned only from the owning port.
+    neigh: HashMap<IpAddr, (Mac, u32)>,
+    /// Each port's neighbour entries, oldest first (quota [`MAX_NEIGH_PER_PORT`]).
+    neigh_of: HashMap<u32, std::collections::VecDeque<IpAddr>>,
     names: HashMap<(String, bool), IpAddr>,
+    /// The name each port got in DNS (removed with the port).
+    port_names: HashMap<u32, String>,
     tcp: tcp::TcpDns,
     max_frame: usize,
     tx: Vec<Frame>,
@@ -630,9 +700,11 @@ const OUT_GSO_BUFFERS: usize = 64;
 pub const MAX_PENDING_FRAMES: usize = 4096;
 
 impl Driver {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         gw: Arc<Gateway>,
         names_of: PortNames,
+        guard: Arc<NetGuard>,
         waker: Arc<Waker>,
         registry: mio::Registry,
         cmds: Receiver<Cmd>,
@@ -678,11 +750,15 @@ impl Driver {
             rx_vnet: VnetHdr::default(),
             gw,
             names_of,
+            guard,
+            ingress: 0,
             waker,
             out_tx,
             out_rx,
             neigh: HashMap::new(),
+            neigh_of: HashMap::new(),
             names: HashMap::new(),
+            port_names: HashMap::new(),
             tcp,
             tx: Vec::new(),
             next_ra: epoch,
@@ -764,6 +840,9 @@ impl Driver {
     /// Everything not triggered by a frame: DNS answers that came back, the TCP state machines
     /// (DNS over TCP, NAT), and, when due, NAT and DHCP expiry and router advertisements.
     pub fn tick(&mut self, now: Instant) {
+        for id in self.guard.take_removed() {
+            self.forget_port(id.0);
+        }
         while let Ok(o) = self.out_rx.try_recv() {
             match o {
                 Out::Udp {
@@ -788,6 +867,7 @@ impl Driver {
             if let Some(d) = &self.gw.dhcp {
                 let events = d.lock().expire(self.gw.ms_at(now));
                 self.names_from(events);
+                self.sync_lease_claims(now);
             }
         }
         for p in &out {
@@ -853,17 +933,20 @@ impl Driver {
         a == self.gw.cfg.link_local() || Some(a) == self.gw.cfg.addr6()
     }
 
-    /// One frame from the network (whatever the bridge delivered to the gateway's port).
+    /// One frame from the network (whatever the bridge delivered to the gateway's port), from
+    /// no known port.
     pub fn frame(&mut self, data: &[u8], now: Instant) {
-        self.frame_with(data, VnetHdr::default(), now);
+        self.frame_with(data, FrameMeta::default(), now);
     }
 
     /// One frame with the offload state its link gave it: a frame whose checksum is pending
     /// (`NEEDS_CSUM`) or was checked by the kernel (`DATA_VALID`) is trusted as it is, and TCP
     /// frames may be 64 KiB GSO frames (NAT's TCP takes them whole). Any other TCP segment's
-    /// checksum is verified here.
-    pub fn frame_with(&mut self, data: &[u8], vnet: VnetHdr, now: Instant) {
-        self.rx_vnet = vnet;
+    /// checksum is verified here. `meta.ingress` is the port it came in on: what the gateway
+    /// learns from the frame (neighbour entry, DNS name, DHCP lease) belongs to that port.
+    pub fn frame_with(&mut self, data: &[u8], meta: FrameMeta, now: Instant) {
+        self.rx_vnet = meta.vnet;
+        self.ingress = meta.ingress;
         inc(&self.gw.counters.frames);
         let Ok(h) = L2Header::parse(data) else {
             inc(&self.gw.counters.malformed);
@@ -906,9 +989,9 @@ impl Driver {
                 if let Some((ip, mac)) = out.sender
                     && self.gw.cfg.subnet.contains(&ip)
                     && ip != self.gw.cfg.addr
+                    && self.learn(IpAddr::V4(ip), mac)
                 {
-                    self.learn(IpAddr::V4(ip), mac);
-                    self.snoop(mac, IpAddr::V4(ip));
+                    self.snoop(IpAddr::V4(ip));
                 }
                 if let Some(r) = out.reply {
                     inc(&self.gw.counters.arp_replies);
@@ -920,18 +1003,73 @@ impl Driver {
         }
     }
 
-    fn learn(&mut self, ip: IpAddr, mac: Mac) {
-        if self.neigh.len() >= MAX_NEIGH && !self.neigh.contains_key(&ip) {
-            self.neigh.clear();
+    /// Learns that `ip` is at `mac` behind the current frame's port, unless another port owns
+    /// `ip` (port security) or the port's quota or the table is full. True if the entry is
+    /// (now) the port's.
+    fn learn(&mut self, ip: IpAddr, mac: Mac) -> bool {
+        let port = self.ingress;
+        match self.neigh.get(&ip) {
+            Some(&(m, p)) if p == port && m == mac => return true,
+            _ => {}
         }
-        self.neigh.insert(ip, mac);
+        if self.guard.ip_owner(ip).is_some_and(|o| o.0 != port) {
+            return false;
+        }
+        if let Some((_, old)) = self.neigh.get(&ip).copied() {
+            if old != port {
+                self.unlink_neigh(old, ip);
+            }
+        } else if self.neigh.len() >= MAX_NEIGH {
+            inc(&self.gw.counters.neigh_refused);
+            return false;
+        }
+        let mine = self.neigh_of.entry(port).or_default();
+        if !mine.contains(&ip) {
+            if mine.len() >= MAX_NEIGH_PER_PORT
+                && let Some(oldest) = mine.pop_front()
+            {
+                inc(&self.gw.counters.neigh_refused);
+                self.neigh.remove(&oldest);
+            }
+            self.neigh_of.entry(port).or_default().push_back(ip);
+        }
+        self.neigh.insert(ip, (mac, port));
+        true
     }
 
-    /// Registers the port name behind `mac` as a DNS name for `ip`.
-    fn snoop(&mut self, mac: Mac, ip: IpAddr) {
-        let Some(name) = (self.names_of)(mac) else {
+    fn unlink_neigh(&mut self, port: u32, ip: IpAddr) {
+        if let Some(v) = self.neigh_of.get_mut(&port) {
+            v.retain(|a| *a != ip);
+            if v.is_empty() {
+                self.neigh_of.remove(&port);
+            }
+        }
+    }
+
+    /// Forgets everything learned from a removed port: neighbour entries, its DNS names.
+    fn forget_port(&mut self, port: u32) {
+        for ip in self.neigh_of.remove(&port).unwrap_or_default() {
+            self.neigh.remove(&ip);
+        }
+        if let Some(name) = self.port_names.remove(&port) {
+            for v4 in [true, false] {
+                if let Some(ip) = self.names.remove(&(name.clone(), v4)) {
+                    self.gw.records.remove(&name, Some(ip));
+                }
+            }
+        }
+    }
+
+    /// Registers the name of the current frame's port as a DNS name for `ip`.
+    fn snoop(&mut self, ip: IpAddr) {
+        let port = self.ingress;
+        let Some(name) = (self.names_of)(PortId(port)) else {
             return;
         };
+        if self.gw.port.lock().is_some_and(|g| g.0 == port) {
+            return;
+        }
+        self.port_names.insert(port, name.clone());
         let key = (name, ip.is_ipv4());
         if self.names.get(&key) == Some(&ip) {
             return;
@@ -1097,11 +1235,50 @@ impl Driver {
             return true;
         };
         let mut out = Vec::new();
-        let ok = nat.from_guest(&self.registry, now, packet, src, dst, proto, body, &mut out);
+        let ok = nat.from_guest(
+            &self.registry,
+            now,
+            self.ingress,
+            packet,
+            src,
+            dst,
+            proto,
+            body,
+            &mut out,
+        );
         for p in out {
             self.send_nat_ip(&p);
         }
         ok
+    }
+
+    /// True when a DHCP message's `chaddr` may be served for the current frame's port: a MAC
+    /// the port owns (or may claim, within its cap), never another port's.
+    fn dhcp_client_ok(&self, payload: &[u8]) -> bool {
+        // chaddr at 28..34 when hlen (byte 2) is 6; the server refuses other lengths itself.
+        let Some(ch) = payload.get(28..34).filter(|_| payload.get(2) == Some(&6)) else {
+            return true;
+        };
+        let mac = Mac([ch[0], ch[1], ch[2], ch[3], ch[4], ch[5]]);
+        let port = PortId(self.ingress);
+        match self.guard.mac_owner(mac) {
+            Some(o) => o == port,
+            None if self.guard.is_secured(port) => self.guard.claim_mac(port, mac).is_ok(),
+            None => true,
+        }
+    }
+
+    /// Leases that ended (released, declined, expired) stop being their port's address.
+    fn sync_lease_claims(&self, now: Instant) {
+        if let Some(d) = &self.gw.dhcp {
+            let bound = d
+                .lock()
+                .leases(self.gw.ms_at(now))
+                .into_iter()
+                .map(|l| l.ip)
+                .collect();
+            self.guard.release_leases_except(&bound);
+        }
     }
 
     fn dhcp(&mut self, payload: &[u8], now: Instant) -> bool {
@@ -1110,7 +1287,19 @@ impl Driver {
             return true;
         };
         inc(&self.gw.counters.dhcp_requests);
-        let res = d.lock().handle(payload, self.gw.ms_at(now));
+        if !self.dhcp_client_ok(payload) {
+            inc(&self.gw.counters.dhcp_spoofed);
+            tracing::debug!(network = %self.gw.cfg.network, port = self.ingress, "DHCP: chaddr of another port, refused");
+            return true;
+        }
+        // Addresses other ports own are not offered to this one.
+        let foreign = self.guard.ips_not_of(PortId(self.ingress));
+        let res = {
+            let mut srv = d.lock();
+            srv.set_foreign(foreign);
+            srv.handle(payload, self.gw.ms_at(now))
+        };
+        self.sync_lease_claims(now);
         let out = match res {
             Ok(Some(o)) => o,
             Ok(None) => return true,
@@ -1126,8 +1315,15 @@ impl Driver {
         };
         // The bound address of an ACK is the port's address too.
         if let Some((client, yiaddr)) = acked(&out.payload) {
-            self.learn(IpAddr::V4(yiaddr), client);
-            self.snoop(client, IpAddr::V4(yiaddr));
+            let port = PortId(self.ingress);
+            if self.ingress != 0
+                && let Err(e) = self.guard.claim_ip(port, IpAddr::V4(yiaddr), Claim::Lease)
+            {
+                tracing::warn!(network = %self.gw.cfg.network, %yiaddr, error = %e, "DHCP: leased address not claimed for its port");
+            }
+            if self.learn(IpAddr::V4(yiaddr), client) {
+                self.snoop(IpAddr::V4(yiaddr));
+            }
         }
         self.names_from(out.names);
         inc(&self.gw.counters.dhcp_replies);
@@ -1263,7 +1459,7 @@ impl Driver {
             ),
             _ => return None,
         };
-        let mac = self.neigh.get(&dst)?;
+        let (mac, _) = self.neigh.get(&dst)?;
         let mut eth = [0u8; 14];
         eth[..6].copy_from_slice(&mac.0);
         eth[6..12].copy_from_slice(&self.gw.cfg.mac.0);
@@ -1365,8 +1561,12 @@ impl Driver {
                         }
                         if !src.is_unspecified()
                             && self.gw.cfg.ipv6.is_some_and(|p| p.contains(&src))
+                            && self
+                                .neigh
+                                .get(&IpAddr::V6(src))
+                                .is_some_and(|e| e.1 == self.ingress)
                         {
-                            self.snoop(h.src, IpAddr::V6(src));
+                            self.snoop(IpAddr::V6(src));
                         }
                     }
                     Icmpv6Type::RouterSolicitation => {

@@ -182,7 +182,7 @@ impl Link for GatewayPort {
         for f in queue.drain(..) {
             st.frames += 1;
             st.bytes += f.len();
-            self.d.frame_with(f.data(), f.meta.vnet, now);
+            self.d.frame_with(f.data(), f.meta, now);
         }
         self.fed |= st.frames > 0;
         Ok(st)

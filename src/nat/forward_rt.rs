@@ -267,6 +267,11 @@ impl Forwards {
         true
     }
 
+    /// True if a guest's datagram from `guest` to `to` would answer a forwarded datagram.
+    pub fn has_udp_reply(&self, guest: SocketAddr, to: SocketAddr) -> bool {
+        self.udp_rev.contains_key(&(guest, to))
+    }
+
     /// Forgets reverse UDP mappings idle for longer than `idle`.
     pub fn expire(&mut self, now: Instant, idle: Duration) {
         self.udp_rev

@@ -60,6 +60,8 @@ const ECHO_REPLY_V6: u8 = 129;
 #[derive(Debug)]
 struct Flow {
     sock: Box<dyn HostDatagram>,
+    /// The guest port it counts against.
+    owner: super::GuestKey,
     guest: IpAddr,
     id: u16,
     dst: IpAddr,
@@ -75,7 +77,7 @@ pub struct IcmpNat {
     slots: Vec<Option<Flow>>,
     free: Vec<usize>,
     by_key: HashMap<(IpAddr, u16, IpAddr), usize>,
-    per_guest: HashMap<IpAddr, usize>,
+    per_guest: HashMap<super::GuestKey, usize>,
     warned: bool,
     buf: Vec<u8>,
     send_buf: Vec<u8>,
@@ -117,6 +119,7 @@ impl IcmpNat {
     pub fn from_guest(
         &mut self,
         reg: &Registry,
+        owner: super::GuestKey,
         guest: IpAddr,
         dst: IpAddr,
         id: u16,
@@ -126,7 +129,7 @@ impl IcmpNat {
     ) {
         let idx = match self.by_key.get(&(guest, id, dst)) {
             Some(&i) => i,
-            None => match self.open(reg, guest, dst, id, now) {
+            None => match self.open(reg, owner, guest, dst, id, now) {
                 Some(i) => i,
                 None => return,
             },
@@ -169,6 +172,7 @@ impl IcmpNat {
     fn open(
         &mut self,
         reg: &Registry,
+        owner: super::GuestKey,
         guest: IpAddr,
         dst: IpAddr,
         id: u16,
@@ -182,7 +186,7 @@ impl IcmpNat {
             NatCounters::inc(&self.counters.dropped_dest);
             return None;
         };
-        let guest_flows = self.per_guest.get(&guest).copied().unwrap_or(0);
+        let guest_flows = self.per_guest.get(&owner).copied().unwrap_or(0);
         if self.by_key.len() >= self.cfg.max_flows || guest_flows >= self.cfg.max_flows_per_guest {
             NatCounters::inc(&self.counters.refused_limit);
             return None;
@@ -233,6 +237,7 @@ impl IcmpNat {
         }
         self.slots[idx] = Some(Flow {
             sock,
+            owner,
             guest,
             id,
             dst,
@@ -240,7 +245,7 @@ impl IcmpNat {
             last_used: now,
         });
         self.by_key.insert((guest, id, dst), idx);
-        *self.per_guest.entry(guest).or_insert(0) += 1;
+        *self.per_guest.entry(owner).or_insert(0) += 1;
         NatCounters::inc(&self.counters.icmp_flows);
         tracing::trace!(%guest, %dst, %host, id, idx, "ICMP NAT flow opened");
         Some(idx)
@@ -303,10 +308,10 @@ impl IcmpNat {
                     tracing::debug!(error = %e, "ICMP NAT: deregister failed");
                 }
                 self.by_key.remove(&(flow.guest, flow.id, flow.dst));
-                if let Some(n) = self.per_guest.get_mut(&flow.guest) {
+                if let Some(n) = self.per_guest.get_mut(&flow.owner) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
-                        self.per_guest.remove(&flow.guest);
+                        self.per_guest.remove(&flow.owner);
                     }
                 }
                 self.free.push(idx);
@@ -331,7 +336,7 @@ impl IcmpNat {
     }
 
     /// Open flows of guest address `guest`.
-    pub fn flows_of(&self, guest: IpAddr) -> usize {
+    pub fn flows_of(&self, guest: super::GuestKey) -> usize {
         self.per_guest.get(&guest).copied().unwrap_or(0)
     }
 }
@@ -438,6 +443,7 @@ mod tests {
         let now = Instant::now();
         nat.from_guest(
             poll.registry(),
+            1,
             guest,
             IpAddr::V4(GW),
             0x1234,
@@ -447,6 +453,7 @@ mod tests {
         );
         nat.from_guest(
             poll.registry(),
+            1,
             guest,
             IpAddr::V4(GW),
             0x1234,
@@ -455,7 +462,7 @@ mod tests {
             now,
         );
         assert_eq!(nat.flows(), 1);
-        assert_eq!(nat.flows_of(guest), 1);
+        assert_eq!(nat.flows_of(1), 1);
         let out = pump(&mut poll, &mut nat, 2);
         assert_eq!(out.len(), 2, "no echo replies");
         let mut seqs = Vec::new();
@@ -484,7 +491,16 @@ mod tests {
 
         // IPv6: the gateway's v6 address maps to ::1.
         let guest6 = IpAddr::V6("fd88::9".parse().expect("v6"));
-        nat.from_guest(poll.registry(), guest6, IpAddr::V6(gw6), 99, 1, b"six", now);
+        nat.from_guest(
+            poll.registry(),
+            1,
+            guest6,
+            IpAddr::V6(gw6),
+            99,
+            1,
+            b"six",
+            now,
+        );
         let out = pump(&mut poll, &mut nat, 1);
         if out.is_empty() {
             eprintln!("no ICMPv6 echo reply from ::1 (IPv6 ping sockets unavailable?)");
@@ -532,14 +548,15 @@ mod tests {
         let g3 = IpAddr::V4(Ipv4Addr::new(10, 88, 0, 11));
         let gw = IpAddr::V4(GW);
         let now = Instant::now();
-        nat.from_guest(poll.registry(), g1, gw, 1, 1, b"", now);
-        nat.from_guest(poll.registry(), g1, gw, 2, 1, b"", now); // per guest
-        nat.from_guest(poll.registry(), g2, gw, 1, 1, b"", now);
-        nat.from_guest(poll.registry(), g3, gw, 1, 1, b"", now); // total
+        nat.from_guest(poll.registry(), 1, g1, gw, 1, 1, b"", now);
+        nat.from_guest(poll.registry(), 1, g1, gw, 2, 1, b"", now); // per guest
+        nat.from_guest(poll.registry(), 2, g2, gw, 1, 1, b"", now);
+        nat.from_guest(poll.registry(), 3, g3, gw, 1, 1, b"", now); // total
         assert_eq!(nat.flows(), 2);
         assert_eq!(counters.refused_limit.load(Ordering::Relaxed), 2);
         nat.from_guest(
             poll.registry(),
+            1,
             g1,
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             1,
@@ -569,6 +586,7 @@ mod tests {
         for seq in 0..3 {
             nat.from_guest(
                 poll.registry(),
+                1,
                 guest,
                 IpAddr::V4(GW),
                 5,

@@ -68,6 +68,13 @@ pub struct NatConfig {
     pub tcp_idle: Duration,
     /// How long a host TCP connect may take before the guest gets an RST.
     pub connect_timeout: Duration,
+    /// How long a connection may stay half-open (the host side connected, the guest never
+    /// completing its handshake) before it is dropped.
+    pub handshake_timeout: Duration,
+    /// The network's own subnets: on-link destinations, never NATed.
+    pub local_nets: Vec<ipnet::IpNet>,
+    /// Let guests reach the cloud metadata service (169.254.169.254, fd00:ec2::254).
+    pub allow_metadata: bool,
 }
 
 impl NatConfig {
@@ -86,39 +93,89 @@ impl NatConfig {
             icmp_idle: Duration::from_secs(10),
             tcp_idle: Duration::from_secs(7200),
             connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            local_nets: Vec::new(),
+            allow_metadata: false,
         }
     }
 }
 
-/// Where a guest's packet to `dst` really goes on the host, or `None` if it must not leave
-/// (loopback, multicast, broadcast, unspecified destinations; the gateway's address when host
-/// loopback is off).
+/// Where a guest's packet to `dst` really goes on the host, or `None` if it must not leave.
+///
+/// Refused, in every spelling the host kernel would route to itself or to a link it should not
+/// reach: loopback (127.0.0.0/8, `::1`), "this host" (0.0.0.0/8, `::`), multicast, broadcast,
+/// link-local (169.254.0.0/16 — so the cloud metadata service 169.254.169.254 too, unless
+/// [`NatConfig::allow_metadata`] — and fe80::/10), IPv4 embedded in IPv6 (IPv4-mapped
+/// `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`, SIIT `::ffff:0:a.b.c.d`, NAT64
+/// `64:ff9b::/96`, 6to4 `2002::/16`) when the embedded address is refused, the local-use NAT64
+/// prefix `64:ff9b:1::/48` whole, and the network's own subnets ([`NatConfig::local_nets`]:
+/// on-link, never routed). The gateway's own address is the host's loopback when
+/// [`NatConfig::host_loopback`] is on, refused when it is off.
 pub fn host_destination(cfg: &NatConfig, dst: IpAddr) -> Option<IpAddr> {
     match dst {
-        IpAddr::V4(a) => {
-            if a == cfg.gateway4 {
-                return cfg.host_loopback.then_some(IpAddr::V4(Ipv4Addr::LOCALHOST));
-            }
-            if a.is_loopback() || a.is_multicast() || a.is_broadcast() || a.is_unspecified() {
-                return None;
-            }
-            Some(dst)
+        IpAddr::V4(a) if a == cfg.gateway4 => {
+            cfg.host_loopback.then_some(IpAddr::V4(Ipv4Addr::LOCALHOST))
         }
-        IpAddr::V6(a) => {
-            if Some(a) == cfg.gateway6 {
-                return cfg.host_loopback.then_some(IpAddr::V6(Ipv6Addr::LOCALHOST));
-            }
-            if a.is_loopback()
-                || a.is_multicast()
-                || a.is_unspecified()
-                || a.is_unicast_link_local()
-            {
-                return None;
-            }
-            Some(dst)
+        IpAddr::V6(a) if Some(a) == cfg.gateway6 => {
+            cfg.host_loopback.then_some(IpAddr::V6(Ipv6Addr::LOCALHOST))
         }
+        _ if cfg.local_nets.iter().any(|n| n.contains(&dst)) => None,
+        IpAddr::V4(a) => (!v4_refused(cfg, a)).then_some(dst),
+        IpAddr::V6(a) => (!v6_refused(cfg, a)).then_some(dst),
     }
 }
+
+/// The cloud metadata service's addresses (EC2, GCE, Azure, OpenStack: IPv4; EC2: IPv6).
+const METADATA4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+const METADATA6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+
+fn v4_refused(cfg: &NatConfig, a: Ipv4Addr) -> bool {
+    if a == METADATA4 {
+        return !cfg.allow_metadata;
+    }
+    a.is_loopback()
+        || a.octets()[0] == 0
+        || a.is_multicast()
+        || a.is_broadcast()
+        || a.is_link_local()
+        || a == cfg.gateway4
+}
+
+fn v6_refused(cfg: &NatConfig, a: Ipv6Addr) -> bool {
+    if a == METADATA6 {
+        return !cfg.allow_metadata;
+    }
+    if a.is_loopback() || a.is_unspecified() || a.is_multicast() || a.is_unicast_link_local() {
+        return true;
+    }
+    let s = a.segments();
+    let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    let v4 = match s {
+        // IPv4-mapped ::ffff:a.b.c.d and IPv4-compatible ::a.b.c.d.
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] | [0, 0, 0, 0, 0, 0, hi, lo] => Some(embedded(hi, lo)),
+        // SIIT IPv4-translated ::ffff:0:a.b.c.d.
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => Some(embedded(hi, lo)),
+        // NAT64 well-known prefix 64:ff9b::/96.
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(embedded(hi, lo)),
+        // NAT64 local-use prefix 64:ff9b:1::/48: whatever the host's translator maps it to.
+        [0x64, 0xff9b, 1, ..] => return true,
+        // 6to4 2002:a.b.c.d::/48.
+        [0x2002, hi, lo, ..] => Some(embedded(hi, lo)),
+        _ => None,
+    };
+    v4.is_some_and(|v| {
+        v4_refused(cfg, v) || cfg.local_nets.iter().any(|n| n.contains(&IpAddr::V4(v)))
+    })
+}
+
+/// Who a flow counts against in the per-guest limits: the guest's bridge port (its `PortId`
+/// number), never an address the guest chooses, so a guest that owns several addresses (or
+/// spoofs some, where port security is off) has one budget.
+pub type GuestKey = u32;
+
+/// The [`GuestKey`] of connections port forwards open towards guests (host-initiated; bound
+/// by the network's `max_flows`).
+pub const FORWARD_KEY: GuestKey = 0;
 
 /// NAT counters (shared, relaxed atomics).
 #[derive(Debug, Default)]
@@ -137,8 +194,11 @@ pub struct NatCounters {
     pub unreachable: AtomicU64,
     /// Echo requests dropped because ping sockets are forbidden (`ping_group_range`).
     pub ping_forbidden: AtomicU64,
-    /// Packets to destinations that must not leave (loopback, multicast...).
+    /// Packets to destinations that must not leave (loopback in any spelling, link-local,
+    /// multicast, the network's own subnet...; see [`host_destination`]).
     pub dropped_dest: AtomicU64,
+    /// Half-open TCP flows dropped after [`NatConfig::handshake_timeout`].
+    pub half_open_expired: AtomicU64,
     /// Connections accepted on port forwards.
     pub forward_conns: AtomicU64,
     /// Datagrams received on UDP port forwards.
@@ -164,6 +224,7 @@ impl NatCounters {
             ("unreachable", &self.unreachable),
             ("ping_forbidden", &self.ping_forbidden),
             ("dropped_dest", &self.dropped_dest),
+            ("half_open_expired", &self.half_open_expired),
             ("forward_conns", &self.forward_conns),
             ("forward_datagrams", &self.forward_datagrams),
             ("errors", &self.errors),
@@ -269,13 +330,20 @@ impl Nat {
         }
     }
 
-    /// A guest's IP packet routed to NAT. Packets to send back to guests are appended to `out`.
-    /// Returns false for a malformed transport header. `now` is the gateway's clock.
+    /// A guest's IP packet routed to NAT, from the guest behind port `owner`. Packets to send
+    /// back to guests are appended to `out`. Returns false for a malformed transport header.
+    /// `now` is the gateway's clock.
+    ///
+    /// A destination that must not leave ([`host_destination`]) is refused here, before any
+    /// table is looked at, and answered at once with an ICMP network unreachable (the guest's
+    /// `connect` fails with "Network is unreachable", as with slirp4netns), except for
+    /// multicast or broadcast destinations and ICMP messages other than echo requests.
     #[allow(clippy::too_many_arguments)]
     pub fn from_guest(
         &mut self,
         reg: &Registry,
         now: Instant,
+        owner: GuestKey,
         packet: &[u8],
         src: IpAddr,
         dst: IpAddr,
@@ -283,6 +351,9 @@ impl Nat {
         body: &[u8],
         out: &mut Vec<Vec<u8>>,
     ) -> bool {
+        if host_destination(&self.cfg, dst).is_none() && !self.is_known(proto, src, dst, body) {
+            return self.refuse(packet, dst, proto, body, out);
+        }
         match proto {
             IpNumber::TCP => {
                 let Ok(seg) = TcpSlice::from_slice(body) else {
@@ -290,11 +361,12 @@ impl Nat {
                 };
                 let other = (
                     self.udp.flows() + self.icmp.flows(),
-                    self.udp.flows_of(src) + self.icmp.flows_of(src),
+                    self.udp.flows_of(owner) + self.icmp.flows_of(owner),
                 );
                 self.tcp.from_guest(
                     reg,
                     now,
+                    owner,
                     packet,
                     SocketAddr::new(src, seg.source_port()),
                     SocketAddr::new(dst, seg.destination_port()),
@@ -313,11 +385,11 @@ impl Nat {
                 if self.fwd.udp_reply(guest, to, u.payload()) {
                     return true;
                 }
-                if !self.udp.has_flow(guest, to) && self.over_limit(src) {
+                if !self.udp.has_flow(guest, to) && self.over_limit(owner) {
                     NatCounters::inc(&self.counters.refused_limit);
                     return true;
                 }
-                self.udp.from_guest(reg, guest, to, u.payload(), now);
+                self.udp.from_guest(reg, owner, guest, to, u.payload(), now);
                 true
             }
             IpNumber::ICMP => {
@@ -325,7 +397,7 @@ impl Nat {
                     return false;
                 };
                 if let Icmpv4Type::EchoRequest(e) = icmp.icmp_type() {
-                    self.echo(reg, src, dst, e, icmp.payload(), now);
+                    self.echo(reg, owner, src, dst, e, icmp.payload(), now);
                 }
                 true
             }
@@ -334,7 +406,7 @@ impl Nat {
                     return false;
                 };
                 if let Icmpv6Type::EchoRequest(e) = icmp.icmp_type() {
-                    self.echo(reg, src, dst, e, icmp.payload(), now);
+                    self.echo(reg, owner, src, dst, e, icmp.payload(), now);
                 }
                 true
             }
@@ -345,27 +417,91 @@ impl Nat {
         }
     }
 
+    /// True when the packet belongs to a flow NAT already has (a port forward's connection or
+    /// datagram exchange towards a guest, whose peer may be an address guests cannot open
+    /// flows to, like the gateway's with host loopback off).
+    fn is_known(&self, proto: IpNumber, src: IpAddr, dst: IpAddr, body: &[u8]) -> bool {
+        match proto {
+            IpNumber::TCP => TcpSlice::from_slice(body).is_ok_and(|t| {
+                self.tcp.has_flow(
+                    SocketAddr::new(src, t.source_port()),
+                    SocketAddr::new(dst, t.destination_port()),
+                )
+            }),
+            IpNumber::UDP => UdpSlice::from_slice(body).is_ok_and(|u| {
+                self.fwd.has_udp_reply(
+                    SocketAddr::new(src, u.source_port()),
+                    SocketAddr::new(dst, u.destination_port()),
+                )
+            }),
+            _ => false,
+        }
+    }
+
+    /// A packet to a destination that must not leave: counted, and answered with an ICMP
+    /// network unreachable where an answer makes sense. Returns false for a malformed
+    /// transport header.
+    fn refuse(
+        &self,
+        packet: &[u8],
+        dst: IpAddr,
+        proto: IpNumber,
+        body: &[u8],
+        out: &mut Vec<Vec<u8>>,
+    ) -> bool {
+        NatCounters::inc(&self.counters.dropped_dest);
+        let answer = match proto {
+            IpNumber::TCP => match TcpSlice::from_slice(body) {
+                Ok(seg) => !seg.rst(),
+                Err(_) => return false,
+            },
+            IpNumber::UDP => true,
+            IpNumber::ICMP => matches!(
+                Icmpv4Slice::from_slice(body).map(|i| i.icmp_type()),
+                Ok(Icmpv4Type::EchoRequest(_))
+            ),
+            IpNumber::IPV6_ICMP => matches!(
+                Icmpv6Slice::from_slice(body).map(|i| i.icmp_type()),
+                Ok(Icmpv6Type::EchoRequest(_))
+            ),
+            _ => false,
+        };
+        let group = match dst {
+            IpAddr::V4(a) => a.is_multicast() || a.is_broadcast(),
+            IpAddr::V6(a) => a.is_multicast(),
+        };
+        if answer
+            && !group
+            && let Some(p) = tcp::unreachable_for(packet, 0)
+        {
+            out.push(p);
+        }
+        true
+    }
+
     /// An echo request (ICMP or ICMPv6) from a guest, within the flow limits.
+    #[allow(clippy::too_many_arguments)]
     fn echo(
         &mut self,
         reg: &Registry,
+        owner: GuestKey,
         src: IpAddr,
         dst: IpAddr,
         e: etherparse::IcmpEchoHeader,
         payload: &[u8],
         now: Instant,
     ) {
-        if !self.icmp.has_flow(src, e.id, dst) && self.over_limit(src) {
+        if !self.icmp.has_flow(src, e.id, dst) && self.over_limit(owner) {
             NatCounters::inc(&self.counters.refused_limit);
             return;
         }
         self.icmp
-            .from_guest(reg, src, dst, e.id, e.seq, payload, now);
+            .from_guest(reg, owner, src, dst, e.id, e.seq, payload, now);
     }
 
     /// True when a new flow from `guest` would exceed the network's or the guest's limit
     /// (counted across TCP, UDP and ICMP).
-    fn over_limit(&self, guest: IpAddr) -> bool {
+    fn over_limit(&self, guest: GuestKey) -> bool {
         let c = self.counts();
         let mine = self.tcp.flows_of(guest) + self.udp.flows_of(guest) + self.icmp.flows_of(guest);
         c.tcp + c.udp + c.icmp >= self.cfg.max_flows || mine >= self.cfg.max_flows_per_guest
@@ -475,5 +611,61 @@ mod tests {
         assert_eq!(host_destination(&off, v4("10.88.0.1")), None);
         let t = token::make(token::UDP, 77);
         assert_eq!(token::split(t), (token::UDP, 77));
+    }
+
+    #[test]
+    fn loopback_refused_in_every_spelling() {
+        let mut cfg = NatConfig::new(
+            Ipv4Addr::new(10, 88, 0, 1),
+            Some("fd88::1".parse().expect("a")),
+        );
+        cfg.local_nets = vec![
+            "10.88.0.0/24".parse().expect("n"),
+            "fd88::/64".parse().expect("n"),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        for s in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "0.0.0.0",
+            "0.1.2.3",
+            "169.254.169.254",
+            "169.254.1.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "10.88.0.7",
+            "::1",
+            "::",
+            "::ffff:127.0.0.1",
+            "::ffff:0.0.0.0",
+            "::127.0.0.1",
+            "::ffff:0:127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::1",
+            "2002:7f00:1::1",
+            "fe80::1",
+            "ff02::1",
+            "fd88::7",
+            "::ffff:10.88.0.7",
+            "fd00:ec2::254",
+        ] {
+            assert_eq!(host_destination(&cfg, ip(s)), None, "{s}");
+        }
+        for s in [
+            "192.0.2.7",
+            "2001:db8::7",
+            "::ffff:192.0.2.7",
+            "64:ff9b::c000:207",
+        ] {
+            assert_eq!(host_destination(&cfg, ip(s)), Some(ip(s)), "{s}");
+        }
+        cfg.host_loopback = false;
+        assert_eq!(host_destination(&cfg, ip("10.88.0.1")), None);
+        assert_eq!(host_destination(&cfg, ip("fd88::1")), None);
+        cfg.allow_metadata = true;
+        assert_eq!(
+            host_destination(&cfg, ip("169.254.169.254")),
+            Some(ip("169.254.169.254"))
+        );
     }
 }

@@ -100,6 +100,11 @@ struct Flow {
     fin_sent: bool,
     established: bool,
     last: Instant,
+    /// When the flow was created (half-open flows expire [`NatConfig::handshake_timeout`]
+    /// after it).
+    born: Instant,
+    /// The guest port it counts against ([`super::GuestKey`]).
+    owner: super::GuestKey,
 }
 
 /// The TCP half of a gateway's NAT. See the module docs.
@@ -113,7 +118,7 @@ pub struct TcpNat {
     flows: Vec<Option<Flow>>,
     free: Vec<usize>,
     by_key: HashMap<Key, usize>,
-    per_guest: HashMap<IpAddr, usize>,
+    per_guest: HashMap<super::GuestKey, usize>,
     connecting: usize,
     buf: usize,
     epoch: Instant,
@@ -188,13 +193,18 @@ impl TcpNat {
         self.by_key.len()
     }
 
-    /// Open flows of one guest address.
-    pub fn flows_of(&self, guest: IpAddr) -> usize {
+    /// True if a flow from guest `src` to `dst` exists (connecting or open).
+    pub fn has_flow(&self, src: SocketAddr, dst: SocketAddr) -> bool {
+        self.by_key.contains_key(&(src, dst))
+    }
+
+    /// Open flows of one guest.
+    pub fn flows_of(&self, guest: super::GuestKey) -> usize {
         self.per_guest.get(&guest).copied().unwrap_or(0)
     }
 
     fn alloc(&mut self, f: Flow) -> usize {
-        *self.per_guest.entry(f.key.0.ip()).or_insert(0) += 1;
+        *self.per_guest.entry(f.owner).or_insert(0) += 1;
         self.by_key.insert(f.key, 0);
         let idx = match self.free.pop() {
             Some(i) => {
@@ -228,29 +238,30 @@ impl TcpNat {
             self.sockets.remove(h);
         }
         self.by_key.remove(&f.key);
-        if let Some(n) = self.per_guest.get_mut(&f.key.0.ip()) {
+        if let Some(n) = self.per_guest.get_mut(&f.owner) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.per_guest.remove(&f.key.0.ip());
+                self.per_guest.remove(&f.owner);
             }
         }
         self.free.push(idx);
     }
 
-    fn over_limit(&self, guest: IpAddr, other: (usize, usize)) -> bool {
+    fn over_limit(&self, guest: super::GuestKey, other: (usize, usize)) -> bool {
         self.by_key.len() + other.0 >= self.cfg.max_flows
             || self.flows_of(guest) + other.1 >= self.cfg.max_flows_per_guest
             || self.connecting >= self.cfg.syn_backlog
     }
 
-    /// A TCP segment from a guest, as the whole IP packet. `other_flows` is the number of
-    /// UDP/ICMP flows (all, and this guest's), for the shared limits. Returns packets to send
-    /// back (RST, ICMP). `now` is the gateway's clock.
+    /// A TCP segment from the guest behind port `owner`, as the whole IP packet. `other_flows`
+    /// is the number of UDP/ICMP flows (all, and this guest's), for the shared limits. Returns
+    /// packets to send back (RST, ICMP). `now` is the gateway's clock.
     #[allow(clippy::too_many_arguments)]
     pub fn from_guest(
         &mut self,
         reg: &Registry,
         now: Instant,
+        owner: super::GuestKey,
         packet: &[u8],
         src: SocketAddr,
         dst: SocketAddr,
@@ -286,7 +297,7 @@ impl TcpNat {
             NatCounters::inc(&self.counters.dropped_dest);
             return;
         };
-        if self.over_limit(src.ip(), other_flows) {
+        if self.over_limit(owner, other_flows) {
             NatCounters::inc(&self.counters.refused_limit);
             out.push(rst_for(src, dst, seg));
             return;
@@ -313,6 +324,8 @@ impl TcpNat {
             fin_sent: false,
             established: false,
             last: now,
+            born: now,
+            owner,
         });
         self.connecting += 1;
         if let Some(Some(f)) = self.flows.get_mut(idx)
@@ -385,6 +398,8 @@ impl TcpNat {
             fin_sent: false,
             established: false,
             last: now,
+            born: now,
+            owner: super::FORWARD_KEY,
         });
         if let Some(Some(f)) = self.flows.get_mut(idx)
             && let Err(e) = reg.register(
@@ -507,6 +522,15 @@ impl TcpNat {
                     dead.push((idx, false));
                 }
                 State::Open if now.saturating_duration_since(f.last) > self.cfg.tcp_idle => {
+                    dead.push((idx, true))
+                }
+                // Half-open: the host side connected, the guest never finished its handshake
+                // (a spoofed or abandoned SYN). Seconds, not the idle timeout's hours.
+                State::Open
+                    if !f.established
+                        && now.saturating_duration_since(f.born) > self.cfg.handshake_timeout =>
+                {
+                    NatCounters::inc(&self.counters.half_open_expired);
                     dead.push((idx, true))
                 }
                 _ => {}

@@ -58,6 +58,8 @@ const RECV_BUF: usize = 65536;
 #[derive(Debug)]
 struct Flow {
     sock: Box<dyn HostDatagram>,
+    /// The guest port it counts against.
+    owner: super::GuestKey,
     guest: SocketAddr,
     dst: SocketAddr,
     last_used: Instant,
@@ -81,7 +83,7 @@ pub struct UdpNat {
     slots: Vec<Option<Flow>>,
     free: Vec<usize>,
     by_key: HashMap<(SocketAddr, SocketAddr), usize>,
-    per_guest: HashMap<IpAddr, usize>,
+    per_guest: HashMap<super::GuestKey, usize>,
     buf: Vec<u8>,
 }
 
@@ -118,6 +120,7 @@ impl UdpNat {
     pub fn from_guest(
         &mut self,
         reg: &Registry,
+        owner: super::GuestKey,
         guest: SocketAddr,
         dst: SocketAddr,
         payload: &[u8],
@@ -125,7 +128,7 @@ impl UdpNat {
     ) {
         let idx = match self.by_key.get(&(guest, dst)) {
             Some(&i) => i,
-            None => match self.open(reg, guest, dst, now) {
+            None => match self.open(reg, owner, guest, dst, now) {
                 Some(i) => i,
                 None => return,
             },
@@ -161,6 +164,7 @@ impl UdpNat {
     fn open(
         &mut self,
         reg: &Registry,
+        owner: super::GuestKey,
         guest: SocketAddr,
         dst: SocketAddr,
         now: Instant,
@@ -173,7 +177,7 @@ impl UdpNat {
             NatCounters::inc(&self.counters.dropped_dest);
             return None;
         };
-        let guest_flows = self.per_guest.get(&guest.ip()).copied().unwrap_or(0);
+        let guest_flows = self.per_guest.get(&owner).copied().unwrap_or(0);
         if self.by_key.len() >= self.cfg.max_flows || guest_flows >= self.cfg.max_flows_per_guest {
             NatCounters::inc(&self.counters.refused_limit);
             return None;
@@ -219,13 +223,14 @@ impl UdpNat {
         }
         self.slots[idx] = Some(Flow {
             sock,
+            owner,
             guest,
             dst,
             last_used: now,
             last_len: 0,
         });
         self.by_key.insert((guest, dst), idx);
-        *self.per_guest.entry(guest.ip()).or_insert(0) += 1;
+        *self.per_guest.entry(owner).or_insert(0) += 1;
         NatCounters::inc(&self.counters.udp_flows);
         tracing::trace!(%guest, %dst, %target, idx, "UDP NAT flow opened");
         Some(idx)
@@ -310,10 +315,10 @@ impl UdpNat {
                     tracing::debug!(error = %e, "UDP NAT: deregister failed");
                 }
                 self.by_key.remove(&(flow.guest, flow.dst));
-                if let Some(n) = self.per_guest.get_mut(&flow.guest.ip()) {
+                if let Some(n) = self.per_guest.get_mut(&flow.owner) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
-                        self.per_guest.remove(&flow.guest.ip());
+                        self.per_guest.remove(&flow.owner);
                     }
                 }
                 self.free.push(idx);
@@ -339,7 +344,7 @@ impl UdpNat {
     }
 
     /// Open flows of guest address `guest`.
-    pub fn flows_of(&self, guest: IpAddr) -> usize {
+    pub fn flows_of(&self, guest: super::GuestKey) -> usize {
         self.per_guest.get(&guest).copied().unwrap_or(0)
     }
 }
@@ -478,9 +483,9 @@ mod tests {
         let (mut poll, mut nat, counters) = setup(NatConfig::new(GW, None));
         let guest = sa("10.88.0.9:5555");
         let dst = SocketAddr::new(IpAddr::V4(GW), port);
-        nat.from_guest(poll.registry(), guest, dst, b"hello nat", Instant::now());
+        nat.from_guest(poll.registry(), 1, guest, dst, b"hello nat", Instant::now());
         assert_eq!(nat.flows(), 1);
-        assert_eq!(nat.flows_of(guest.ip()), 1);
+        assert_eq!(nat.flows_of(1), 1);
         let out = pump(&mut poll, &mut nat, 1);
         assert_eq!(out.len(), 1, "no reply");
         let pkt = SlicedPacket::from_ip(&out[0]).expect("parse");
@@ -501,7 +506,7 @@ mod tests {
             .expect("checksum");
         assert_eq!(udp.checksum(), want, "bad UDP checksum");
         // Same flow reused for a second datagram.
-        nat.from_guest(poll.registry(), guest, dst, b"again", Instant::now());
+        nat.from_guest(poll.registry(), 1, guest, dst, b"again", Instant::now());
         assert_eq!(nat.flows(), 1);
         let out = pump(&mut poll, &mut nat, 1);
         assert_eq!(out.len(), 1);
@@ -528,7 +533,7 @@ mod tests {
         let (mut poll, mut nat, _) = setup(NatConfig::new(GW, Some(gw6)));
         let guest = sa("[fd88::9]:4444");
         let dst = SocketAddr::new(IpAddr::V6(gw6), port);
-        nat.from_guest(poll.registry(), guest, dst, b"six", Instant::now());
+        nat.from_guest(poll.registry(), 1, guest, dst, b"six", Instant::now());
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         let mut buf = [0u8; 64];
@@ -565,7 +570,7 @@ mod tests {
         let (mut poll, mut nat, counters) = setup(NatConfig::new(GW, None));
         let guest = sa("10.88.0.9:5555");
         let dst = SocketAddr::new(IpAddr::V4(GW), port);
-        nat.from_guest(poll.registry(), guest, dst, b"anyone?", Instant::now());
+        nat.from_guest(poll.registry(), 1, guest, dst, b"anyone?", Instant::now());
         let out = pump(&mut poll, &mut nat, 1);
         assert_eq!(out.len(), 1, "no ICMP error");
         let pkt = SlicedPacket::from_ip(&out[0]).expect("parse");
@@ -609,14 +614,14 @@ mod tests {
         let (mut poll, mut nat, counters) = setup(cfg);
         let dst = SocketAddr::new(IpAddr::V4(GW), port);
         let now = Instant::now();
-        nat.from_guest(poll.registry(), sa("10.88.0.9:1"), dst, b"a", now);
-        nat.from_guest(poll.registry(), sa("10.88.0.9:2"), dst, b"b", now);
+        nat.from_guest(poll.registry(), 1, sa("10.88.0.9:1"), dst, b"a", now);
+        nat.from_guest(poll.registry(), 1, sa("10.88.0.9:2"), dst, b"b", now);
         // Per-guest limit.
-        nat.from_guest(poll.registry(), sa("10.88.0.9:3"), dst, b"c", now);
-        assert_eq!(nat.flows_of("10.88.0.9".parse().expect("ip")), 2);
-        nat.from_guest(poll.registry(), sa("10.88.0.10:1"), dst, b"d", now);
+        nat.from_guest(poll.registry(), 1, sa("10.88.0.9:3"), dst, b"c", now);
+        assert_eq!(nat.flows_of(1), 2);
+        nat.from_guest(poll.registry(), 2, sa("10.88.0.10:1"), dst, b"d", now);
         // Total limit.
-        nat.from_guest(poll.registry(), sa("10.88.0.11:1"), dst, b"e", now);
+        nat.from_guest(poll.registry(), 3, sa("10.88.0.11:1"), dst, b"e", now);
         assert_eq!(nat.flows(), 3);
         assert_eq!(
             counters
@@ -627,6 +632,7 @@ mod tests {
         // Destinations that must not leave.
         nat.from_guest(
             poll.registry(),
+            1,
             sa("10.88.0.9:1"),
             sa("127.0.0.1:53"),
             b"x",
@@ -634,6 +640,7 @@ mod tests {
         );
         nat.from_guest(
             poll.registry(),
+            1,
             sa("10.88.0.9:1"),
             sa("224.0.0.1:53"),
             b"x",
@@ -691,9 +698,10 @@ mod tests {
         let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let dst = SocketAddr::new(IpAddr::V4(GW), sink.local_addr().expect("addr").port());
         let t0 = Instant::now();
-        nat.from_guest(poll.registry(), sa("10.88.0.9:1"), dst, b"a", t0);
+        nat.from_guest(poll.registry(), 1, sa("10.88.0.9:1"), dst, b"a", t0);
         nat.from_guest(
             poll.registry(),
+            1,
             sa("10.88.0.9:2"),
             dst,
             b"b",
@@ -703,10 +711,11 @@ mod tests {
         assert_eq!(nat.expire(poll.registry(), t0 + Duration::from_secs(59)), 0);
         assert_eq!(nat.expire(poll.registry(), t0 + Duration::from_secs(61)), 1);
         assert_eq!(nat.flows(), 1);
-        assert_eq!(nat.flows_of("10.88.0.9".parse().expect("ip")), 1);
+        assert_eq!(nat.flows_of(1), 1);
         // The freed slot is reusable (the table was full).
         nat.from_guest(
             poll.registry(),
+            1,
             sa("10.88.0.9:3"),
             dst,
             b"c",
@@ -718,7 +727,7 @@ mod tests {
             2
         );
         assert_eq!(nat.flows(), 0);
-        assert_eq!(nat.flows_of("10.88.0.9".parse().expect("ip")), 0);
+        assert_eq!(nat.flows_of(1), 0);
         // Unknown tokens are ignored.
         let mut out = Vec::new();
         nat.ready(token::make(token::UDP, 5), &mut out, t0);

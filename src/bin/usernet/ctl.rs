@@ -204,6 +204,16 @@ enum NetCmd {
         /// No NAT egress (Docker --internal).
         #[arg(long)]
         internal: bool,
+        /// The gateway's address does not reach the host's loopback.
+        #[arg(long)]
+        disable_host_loopback: bool,
+        /// Port security by default on the network's ports: `on` or `off` (default: on with a
+        /// gateway, off without).
+        #[arg(long, value_parser = parse_on_off)]
+        port_security: Option<bool>,
+        /// NAT may reach the cloud metadata service (169.254.169.254).
+        #[arg(long)]
+        allow_metadata: bool,
     },
     /// Remove a network and all its ports.
     Rm {
@@ -251,6 +261,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             mtu,
             dns,
             internal,
+            disable_host_loopback,
+            port_security,
+            allow_metadata,
         }) => Request::AddNetwork {
             name,
             fdb_max_entries,
@@ -262,6 +275,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             mtu,
             dns_upstreams: (!dns.is_empty()).then_some(dns),
             internal: internal.then_some(true),
+            host_loopback: disable_host_loopback.then_some(false),
+            port_security,
+            allow_metadata: allow_metadata.then_some(true),
         },
         Cmd::Network(NetCmd::Rm { name }) => Request::RemoveNetwork { name },
         Cmd::Mac { port, vlan, mac } => Request::AddStaticMac { port, mac, vlan },
@@ -523,4 +539,13 @@ pub(crate) fn stats_table(rows: &[Value]) -> String {
             })
             .collect(),
     )
+}
+
+/// `on`/`off` (also `true`/`false`) for a switch flag.
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{s:?}: use on or off")),
+    }
 }

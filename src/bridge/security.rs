@@ -1,0 +1,860 @@
+//! Port security: every MAC and IP address a guest may use as a source is owned by its port.
+//!
+//! # Theory of operation
+//!
+//! A guest is root in its own namespace and can send any frame. Without checks, one guest can
+//! take another's MAC (the FDB moves it, and the victim's traffic with it), answer ARP for
+//! another's address (the gateway's neighbour table and DNS names move), pose as the gateway,
+//! send router advertisements or DHCP offers to the others, or open NAT flows from sources it
+//! invents. OVS/OpenStack "port security" and a hardened Linux bridge (ebtables/nftables
+//! anti-spoofing, RA guard, DHCP snooping) stop this; so does this module, in the bridge's
+//! forwarding decision, before any learning:
+//!
+//! - **MACs.** A port owns its configured `allowed_macs` (exactly those, when set), else the
+//!   first source MACs it uses, up to [`MAX_MACS`]. A frame whose Ethernet source, ARP sender
+//!   hardware address or NDP link-layer option is not the port's is dropped
+//!   (`spoofed_source`, `spoofed_arp`, `spoofed_nd`; `address_limit` past the cap). A MAC owned
+//!   by one port is never accepted from another, whether or not that other port is checked: the
+//!   FDB can no longer be moved by a claim. The gateway's MAC is owned by the gateway's port.
+//! - **IP addresses.** A port owns its configured `allowed_ips`, the addresses its DHCP leases
+//!   bind (the gateway claims them, [`NetGuard::claim_ip`]), and addresses it uses first within
+//!   the network's subnet or IPv6 prefix or link-local range ([`Scope`]), at most
+//!   [`MAX_SEEN_V4`] / [`MAX_SEEN_V6`] of those (past the cap the port's oldest first-seen
+//!   address of that family is released: it only ever costs the port itself). An address
+//!   owned by another port, the gateway's addresses, out-of-scope, multicast, loopback or
+//!   broadcast sources are dropped (`spoofed_ip`). `0.0.0.0` is allowed only for DHCP
+//!   (UDP 68 → 67) and ARP probes, `::` only for DAD, router solicitations and MLD reports.
+//! - **Servers.** Router advertisements and redirects, DHCPv4 server messages (UDP from port
+//!   67) and DHCPv6 server messages (from port 547) from a checked port are dropped
+//!   (`rogue_server`): RA guard and DHCP guard. Extension headers are walked (etherparse), so
+//!   an RA cannot hide behind them; an IPv6 first fragment whose upper-layer header is not in
+//!   it is dropped as the RA-guard RFC 7113 asks.
+//!
+//! Ports are checked when [`crate::bridge::PortPolicy::port_security`] says so, or, when it is
+//! unset, when their network's default does ([`NetGuard::set_enabled`]: on for networks with a
+//! gateway). An unchecked port (a router VM) may use any source except MACs and addresses other
+//! ports own.
+//!
+//! ## Cost and concurrency
+//!
+//! The per-frame check reads the port's [`Owned`] set through an `ArcSwap` (no lock) and
+//! compares a few addresses at fixed offsets; only a source the port does not own yet takes the
+//! network's table lock ([`NetGuard`]), to claim it or to refuse it. Claims and releases build a
+//! new `Owned` and swap it in, as the topology does.
+//!
+//! ## Invariants
+//!
+//! - A MAC or IP address has at most one owner port; an owned one changes owner only when its
+//!   owner is removed (then all its claims go at once) or releases it.
+//! - A checked port forwards no frame with a source (MAC, ARP sender, NDP target/lladdr, IP)
+//!   it does not own.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use ipnet::{Ipv4Net, Ipv6Net};
+use parking_lot::Mutex;
+
+use super::{DropReason, PortId};
+use crate::wire::{L2Header, Mac};
+
+/// Most MACs a port without `allowed_macs` may own (first seen).
+pub const MAX_MACS: usize = 4;
+/// Most IPv4 addresses a port owns by first use (leases and configured ones not counted).
+pub const MAX_SEEN_V4: usize = 4;
+/// Most IPv6 addresses a port owns by first use: link-local, SLAAC and a few temporary ones.
+pub const MAX_SEEN_V6: usize = 16;
+
+/// How a port came to own an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Claim {
+    /// Configured (`allowed_macs`, `allowed_ips`, the gateway's own).
+    Config,
+    /// Bound by a DHCP lease.
+    Lease,
+    /// Used first by the port.
+    Seen,
+}
+
+/// The addresses one port owns, read on every frame it sends.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Owned {
+    /// Source MACs.
+    pub macs: Vec<Mac>,
+    /// Source IP addresses.
+    pub ips: Vec<IpAddr>,
+}
+
+/// A port's owned set, shared by the port (readers) and its network's [`NetGuard`] (writer).
+#[derive(Debug, Default)]
+pub struct PortOwned {
+    set: ArcSwap<Owned>,
+    /// When the last drop warning for this port was logged (ms of the bridge clock + 1).
+    warned: AtomicU64,
+}
+
+impl PortOwned {
+    /// A copy of what the port owns.
+    pub fn snapshot(&self) -> Owned {
+        Owned::clone(&self.set.load())
+    }
+}
+
+/// What a network's addresses look like, for first-seen claims (set by its gateway).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// The IPv4 subnet: first-seen IPv4 sources must be hosts of it.
+    pub subnet4: Option<Ipv4Net>,
+    /// The IPv6 prefix: first-seen global IPv6 sources must be inside it.
+    pub prefix6: Option<Ipv6Net>,
+}
+
+/// Why a claim was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// Another port owns it.
+    #[error("{0} is owned by another port")]
+    Taken(String),
+    /// Not an address a guest may use as a source here.
+    #[error("{0} is not a usable source address on this network")]
+    OutOfScope(String),
+    /// The port owns as many as it may.
+    #[error("port owns its maximum of {0} MACs")]
+    Limit(usize),
+    /// The port takes only its configured MACs.
+    #[error("{0} is not one of the port's allowed_macs")]
+    NotAllowed(String),
+}
+
+#[derive(Debug)]
+struct PortClaims {
+    owned: Arc<PortOwned>,
+    /// `Some(x)`: the port's own setting; `None`: the network's default.
+    secured: Option<bool>,
+    /// Only configured MACs (`allowed_macs` was set).
+    fixed_macs: bool,
+    macs: Vec<(Mac, Claim)>,
+    ips: Vec<(IpAddr, Claim)>,
+    /// First-seen addresses, oldest first (each also in `ips`).
+    seen4: VecDeque<Ipv4Addr>,
+    seen6: VecDeque<Ipv6Addr>,
+}
+
+impl PortClaims {
+    fn publish(&self) {
+        self.owned.set.store(Arc::new(Owned {
+            macs: self.macs.iter().map(|(m, _)| *m).collect(),
+            ips: self.ips.iter().map(|(a, _)| *a).collect(),
+        }));
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    macs: HashMap<Mac, PortId>,
+    ips: HashMap<IpAddr, PortId>,
+    ports: HashMap<PortId, PortClaims>,
+    /// Ports removed since the gateway last asked ([`NetGuard::take_removed`]); bounded.
+    removed: Vec<PortId>,
+}
+
+/// Most removed ports remembered for [`NetGuard::take_removed`] between two calls.
+const MAX_REMOVED: usize = 4096;
+/// Least time between two drop warnings of one port.
+const WARN_EVERY_MS: u64 = 60_000;
+
+/// A network's address ownership table and port-security default. See the module docs.
+#[derive(Debug)]
+pub struct NetGuard {
+    enabled: AtomicBool,
+    scope: ArcSwap<Scope>,
+    table: Mutex<Table>,
+    /// Some port has claims (an unchecked port's frames need no lookup while none has).
+    any: AtomicBool,
+}
+
+impl Default for NetGuard {
+    fn default() -> Self {
+        NetGuard::new(false)
+    }
+}
+
+/// One port's ownership, as `usernet ctl` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OwnedRow {
+    /// The port.
+    pub port: PortId,
+    /// Checked (port security on)?
+    pub secured: bool,
+    /// MACs and how they were claimed.
+    pub macs: Vec<(Mac, Claim)>,
+    /// IP addresses and how they were claimed.
+    pub ips: Vec<(IpAddr, Claim)>,
+}
+
+impl NetGuard {
+    /// A table with nothing owned; ports are checked by default when `enabled`.
+    pub fn new(enabled: bool) -> Self {
+        NetGuard {
+            enabled: AtomicBool::new(enabled),
+            scope: ArcSwap::from_pointee(Scope::default()),
+            table: Mutex::new(Table::default()),
+            any: AtomicBool::new(false),
+        }
+    }
+
+    /// Sets the network's default (ports whose policy leaves `port_security` unset follow it).
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// The network's default.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Sets where first-seen addresses may come from.
+    pub fn set_scope(&self, scope: Scope) {
+        self.scope.store(Arc::new(scope));
+    }
+
+    /// Registers a port and claims its configured MACs and addresses. Fails, claiming
+    /// nothing, if one is owned by another port.
+    pub fn register(
+        &self,
+        id: PortId,
+        owned: Arc<PortOwned>,
+        secured: Option<bool>,
+        macs: &[Mac],
+        ips: &[IpAddr],
+    ) -> Result<(), ClaimError> {
+        let mut t = self.table.lock();
+        for m in macs {
+            if t.macs.get(m).is_some_and(|o| *o != id) {
+                return Err(ClaimError::Taken(m.to_string()));
+            }
+        }
+        for a in ips {
+            if t.ips.get(a).is_some_and(|o| *o != id) {
+                return Err(ClaimError::Taken(a.to_string()));
+            }
+        }
+        let pc = PortClaims {
+            owned,
+            secured,
+            fixed_macs: !macs.is_empty(),
+            macs: macs.iter().map(|m| (*m, Claim::Config)).collect(),
+            ips: ips.iter().map(|a| (*a, Claim::Config)).collect(),
+            seen4: VecDeque::new(),
+            seen6: VecDeque::new(),
+        };
+        for m in macs {
+            t.macs.insert(*m, id);
+        }
+        for a in ips {
+            t.ips.insert(*a, id);
+        }
+        pc.publish();
+        t.ports.insert(id, pc);
+        self.any
+            .store(!t.macs.is_empty() || !t.ips.is_empty(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Forgets a port and releases everything it owned.
+    pub fn unregister(&self, id: PortId) {
+        let mut t = self.table.lock();
+        if let Some(pc) = t.ports.remove(&id) {
+            for (m, _) in &pc.macs {
+                t.macs.remove(m);
+            }
+            for (a, _) in &pc.ips {
+                t.ips.remove(a);
+            }
+            pc.owned.set.store(Arc::new(Owned::default()));
+        }
+        if t.removed.len() < MAX_REMOVED {
+            t.removed.push(id);
+        }
+    }
+
+    /// Ports removed since the last call (for the gateway, which forgets their neighbour
+    /// entries and names).
+    pub fn take_removed(&self) -> Vec<PortId> {
+        std::mem::take(&mut self.table.lock().removed)
+    }
+
+    /// True if `port` is checked.
+    pub fn is_secured(&self, port: PortId) -> bool {
+        let t = self.table.lock();
+        t.ports
+            .get(&port)
+            .and_then(|p| p.secured)
+            .unwrap_or_else(|| self.enabled())
+    }
+
+    /// The port that owns `mac`.
+    pub fn mac_owner(&self, mac: Mac) -> Option<PortId> {
+        self.table.lock().macs.get(&mac).copied()
+    }
+
+    /// The port that owns `ip`.
+    pub fn ip_owner(&self, ip: IpAddr) -> Option<PortId> {
+        self.table.lock().ips.get(&ip).copied()
+    }
+
+    /// The IPv4 addresses owned by ports other than `port` (what DHCP must not give it).
+    pub fn ips_not_of(&self, port: PortId) -> std::collections::HashSet<Ipv4Addr> {
+        self.table
+            .lock()
+            .ips
+            .iter()
+            .filter(|(_, o)| **o != port)
+            .filter_map(|(a, _)| match a {
+                IpAddr::V4(v) => Some(*v),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+    }
+
+    /// Every registered port's ownership, by port id.
+    pub fn dump(&self) -> Vec<OwnedRow> {
+        let t = self.table.lock();
+        let mut v: Vec<OwnedRow> = t
+            .ports
+            .iter()
+            .map(|(id, pc)| OwnedRow {
+                port: *id,
+                secured: pc.secured.unwrap_or_else(|| self.enabled()),
+                macs: pc.macs.clone(),
+                ips: pc.ips.clone(),
+            })
+            .collect();
+        v.sort_by_key(|r| r.port);
+        v
+    }
+
+    /// Claims `mac` for `port` (first seen), within the port's cap.
+    pub fn claim_mac(&self, port: PortId, mac: Mac) -> Result<(), ClaimError> {
+        if !mac.is_valid_source() {
+            return Err(ClaimError::OutOfScope(mac.to_string()));
+        }
+        let mut t = self.table.lock();
+        match t.macs.get(&mac) {
+            Some(o) if *o == port => return Ok(()),
+            Some(_) => return Err(ClaimError::Taken(mac.to_string())),
+            None => {}
+        }
+        let Some(pc) = t.ports.get_mut(&port) else {
+            return Err(ClaimError::OutOfScope(mac.to_string()));
+        };
+        if pc.fixed_macs {
+            return Err(ClaimError::NotAllowed(mac.to_string()));
+        }
+        if pc.macs.len() >= MAX_MACS {
+            return Err(ClaimError::Limit(MAX_MACS));
+        }
+        pc.macs.push((mac, Claim::Seen));
+        pc.publish();
+        t.macs.insert(mac, port);
+        self.any.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Claims `ip` for `port`: `Claim::Seen` within the network's scope and the port's
+    /// first-seen cap (its oldest first-seen address of the family goes when full);
+    /// `Claim::Lease` and `Claim::Config` for any unicast address nobody else owns.
+    pub fn claim_ip(&self, port: PortId, ip: IpAddr, how: Claim) -> Result<(), ClaimError> {
+        if !self.usable(ip, how) {
+            return Err(ClaimError::OutOfScope(ip.to_string()));
+        }
+        let mut t = self.table.lock();
+        match t.ips.get(&ip) {
+            Some(o) if *o == port => {
+                // A lease for an address the port used first: it is the lease's now.
+                if how != Claim::Seen
+                    && let Some(pc) = t.ports.get_mut(&port)
+                    && let Some(e) = pc.ips.iter_mut().find(|(a, _)| *a == ip)
+                    && e.1 == Claim::Seen
+                {
+                    e.1 = how;
+                    pc.seen4.retain(|a| IpAddr::V4(*a) != ip);
+                    pc.seen6.retain(|a| IpAddr::V6(*a) != ip);
+                }
+                return Ok(());
+            }
+            Some(_) => return Err(ClaimError::Taken(ip.to_string())),
+            None => {}
+        }
+        let Some(pc) = t.ports.get_mut(&port) else {
+            return Err(ClaimError::OutOfScope(ip.to_string()));
+        };
+        let mut evicted = None;
+        if how == Claim::Seen {
+            match ip {
+                IpAddr::V4(a) => {
+                    if pc.seen4.len() >= MAX_SEEN_V4 {
+                        evicted = pc.seen4.pop_front().map(IpAddr::V4);
+                    }
+                    pc.seen4.push_back(a);
+                }
+                IpAddr::V6(a) => {
+                    if pc.seen6.len() >= MAX_SEEN_V6 {
+                        evicted = pc.seen6.pop_front().map(IpAddr::V6);
+                    }
+                    pc.seen6.push_back(a);
+                }
+            }
+        }
+        if let Some(old) = evicted {
+            pc.ips.retain(|(a, _)| *a != old);
+        }
+        pc.ips.push((ip, how));
+        pc.publish();
+        if let Some(old) = evicted {
+            t.ips.remove(&old);
+        }
+        t.ips.insert(ip, port);
+        self.any.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Releases `ip` if `port` owns it.
+    pub fn release_ip(&self, port: PortId, ip: IpAddr) {
+        let mut t = self.table.lock();
+        if t.ips.get(&ip) != Some(&port) {
+            return;
+        }
+        t.ips.remove(&ip);
+        if let Some(pc) = t.ports.get_mut(&port) {
+            pc.ips.retain(|(a, _)| *a != ip);
+            pc.seen4.retain(|a| IpAddr::V4(*a) != ip);
+            pc.seen6.retain(|a| IpAddr::V6(*a) != ip);
+            pc.publish();
+        }
+    }
+
+    /// Releases every lease claim whose address is not in `bound` (the DHCP server's current
+    /// bindings): a released, declined or expired lease stops being its port's.
+    pub fn release_leases_except(&self, bound: &std::collections::HashSet<Ipv4Addr>) {
+        let mut t = self.table.lock();
+        let mut gone = Vec::new();
+        for pc in t.ports.values_mut() {
+            let before = pc.ips.len();
+            pc.ips.retain(|(a, how)| match (a, how) {
+                (IpAddr::V4(v), Claim::Lease) if !bound.contains(v) => {
+                    gone.push(*a);
+                    false
+                }
+                _ => true,
+            });
+            if pc.ips.len() != before {
+                pc.publish();
+            }
+        }
+        for a in gone {
+            t.ips.remove(&a);
+        }
+    }
+
+    /// Whether `ip` may be claimed the way `how` says.
+    fn usable(&self, ip: IpAddr, how: Claim) -> bool {
+        let scope = self.scope.load();
+        match ip {
+            IpAddr::V4(a) => {
+                if a.is_unspecified()
+                    || a.is_broadcast()
+                    || a.is_multicast()
+                    || a.is_loopback()
+                    || a.octets()[0] == 0
+                {
+                    return false;
+                }
+                match scope.subnet4 {
+                    Some(n) if how == Claim::Seen => {
+                        n.contains(&a) && a != n.network() && a != n.broadcast()
+                    }
+                    _ => true,
+                }
+            }
+            IpAddr::V6(a) => {
+                if a.is_unspecified()
+                    || a.is_multicast()
+                    || a.is_loopback()
+                    || a.to_ipv4_mapped().is_some()
+                {
+                    return false;
+                }
+                if a.is_unicast_link_local() || how != Claim::Seen {
+                    return true;
+                }
+                scope.prefix6.is_none_or(|p| p.contains(&a))
+            }
+        }
+    }
+
+    /// The per-frame check of a frame `data` (parsed as `h`) from port `port`, which owns
+    /// `owned`. `secured` is the port's own setting (`None`: the network's default). `Ok` lets
+    /// the frame go on to learning and forwarding.
+    pub fn check(
+        &self,
+        port: PortId,
+        owned: &PortOwned,
+        secured: Option<bool>,
+        h: &L2Header,
+        data: &[u8],
+    ) -> Result<(), DropReason> {
+        if !secured.unwrap_or_else(|| self.enabled()) {
+            // Unchecked: anything but what others own.
+            if self.any.load(Ordering::Relaxed) && self.mac_owner(h.src).is_some_and(|o| o != port)
+            {
+                return Err(DropReason::SpoofedSource);
+            }
+            return Ok(());
+        }
+        let set = owned.set.load();
+        if !set.macs.contains(&h.src) {
+            self.claim_mac(port, h.src).map_err(|e| match e {
+                ClaimError::Limit(_) => DropReason::AddressLimit,
+                _ => DropReason::SpoofedSource,
+            })?;
+        }
+        let l3 = data.get(h.header_len..).unwrap_or_default();
+        match h.ethertype {
+            0x0806 => self.check_arp(port, &set, l3),
+            0x0800 => self.check_ipv4(port, &set, l3),
+            0x86dd => self.check_ipv6(port, &set, l3),
+            // A second VLAN tag: the inner frame could carry any source unseen.
+            0x8100 | 0x88a8 | 0x9100 => Err(DropReason::SpoofedSource),
+            _ => Ok(()),
+        }
+    }
+
+    fn own_mac(
+        &self,
+        port: PortId,
+        set: &Owned,
+        mac: Mac,
+        why: DropReason,
+    ) -> Result<(), DropReason> {
+        if set.macs.contains(&mac) {
+            return Ok(());
+        }
+        self.claim_mac(port, mac).map_err(|_| why)
+    }
+
+    fn own_ip(
+        &self,
+        port: PortId,
+        set: &Owned,
+        ip: IpAddr,
+        why: DropReason,
+    ) -> Result<(), DropReason> {
+        if set.ips.contains(&ip) {
+            return Ok(());
+        }
+        self.claim_ip(port, ip, Claim::Seen).map_err(|_| why)
+    }
+
+    fn check_arp(&self, port: PortId, set: &Owned, arp: &[u8]) -> Result<(), DropReason> {
+        // Ethernet/IPv4 ARP only: htype 1, ptype 0x0800, hlen 6, plen 4.
+        if arp.len() < 28 || arp[..6] != [0, 1, 8, 0, 6, 4] {
+            return Err(DropReason::SpoofedArp);
+        }
+        let sha = Mac([arp[8], arp[9], arp[10], arp[11], arp[12], arp[13]]);
+        let spa = Ipv4Addr::new(arp[14], arp[15], arp[16], arp[17]);
+        self.own_mac(port, set, sha, DropReason::SpoofedArp)?;
+        if spa.is_unspecified() {
+            return Ok(()); // an ARP probe (RFC 5227)
+        }
+        self.own_ip(port, set, IpAddr::V4(spa), DropReason::SpoofedArp)
+    }
+
+    fn check_ipv4(&self, port: PortId, set: &Owned, ip: &[u8]) -> Result<(), DropReason> {
+        if ip.len() < 20 || ip[0] >> 4 != 4 {
+            return Err(DropReason::SpoofedIp);
+        }
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        if ihl < 20 {
+            return Err(DropReason::SpoofedIp);
+        }
+        let first_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0;
+        let udp_ports = (ip[9] == 17 && first_fragment)
+            .then(|| ip.get(ihl..ihl + 4))
+            .flatten()
+            .map(|p| {
+                (
+                    u16::from_be_bytes([p[0], p[1]]),
+                    u16::from_be_bytes([p[2], p[3]]),
+                )
+            });
+        if src.is_unspecified() {
+            // Only a DHCP client without an address yet.
+            return if udp_ports == Some((68, 67)) {
+                Ok(())
+            } else {
+                Err(DropReason::SpoofedIp)
+            };
+        }
+        self.own_ip(port, set, IpAddr::V4(src), DropReason::SpoofedIp)?;
+        if udp_ports.is_some_and(|(s, _)| s == 67) {
+            return Err(DropReason::RogueServer);
+        }
+        Ok(())
+    }
+
+    fn check_ipv6(&self, port: PortId, set: &Owned, ip: &[u8]) -> Result<(), DropReason> {
+        use etherparse::{IpNumber, Ipv6Slice};
+        if ip.len() < 40 || ip[0] >> 4 != 6 {
+            return Err(DropReason::SpoofedIp);
+        }
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&ip[8..24]);
+        let src = Ipv6Addr::from(a);
+        // The upper layer, behind any extension headers. A packet etherparse cannot walk is
+        // dropped: nothing legitimate hides its transport header.
+        let Ok(p) = Ipv6Slice::from_slice(ip) else {
+            return Err(DropReason::SpoofedIp);
+        };
+        let payload = p.payload();
+        let later_fragment = payload.fragmented
+            && p.extensions().clone().into_iter().any(|e| {
+                matches!(e, etherparse::Ipv6ExtensionSlice::Fragment(f) if f.fragment_offset().value() != 0)
+            });
+        if later_fragment {
+            // Later fragments carry no transport header: they pass on the owned-source check
+            // alone (the first fragment was checked in full).
+            return self.own_ip(port, set, IpAddr::V6(src), DropReason::SpoofedIp);
+        }
+        let body = payload.payload;
+        let icmp_type = (payload.ip_number == IpNumber::IPV6_ICMP)
+            .then(|| body.first().copied())
+            .flatten();
+        if payload.fragmented && payload.ip_number == IpNumber::IPV6_ICMP && body.len() < 8 {
+            return Err(DropReason::RogueServer);
+        }
+        if src.is_unspecified() {
+            // DAD (neighbour solicitation), router solicitation, MLD reports.
+            return match icmp_type {
+                Some(133 | 135 | 131 | 143) => Ok(()),
+                _ => Err(DropReason::SpoofedIp),
+            };
+        }
+        self.own_ip(port, set, IpAddr::V6(src), DropReason::SpoofedIp)?;
+        match icmp_type {
+            // Router advertisement, redirect: only the gateway routes here.
+            Some(134 | 137) => Err(DropReason::RogueServer),
+            // Neighbour solicitation: its source link-layer option must be the port's.
+            Some(135) => self.check_nd_options(port, set, body.get(24..), 1),
+            // Neighbour advertisement: the target must be the port's, and its target
+            // link-layer option.
+            Some(136) => {
+                let Some(t) = body.get(8..24) else {
+                    return Err(DropReason::SpoofedNd);
+                };
+                let mut b = [0u8; 16];
+                b.copy_from_slice(t);
+                self.own_ip(
+                    port,
+                    set,
+                    IpAddr::V6(Ipv6Addr::from(b)),
+                    DropReason::SpoofedNd,
+                )?;
+                self.check_nd_options(port, set, body.get(24..), 2)
+            }
+            _ if payload.ip_number == IpNumber::UDP
+                && body.get(..2) == Some(&547u16.to_be_bytes()[..]) =>
+            {
+                Err(DropReason::RogueServer)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every link-layer address option of type `kind` in NDP options `opts` is the port's.
+    fn check_nd_options(
+        &self,
+        port: PortId,
+        set: &Owned,
+        opts: Option<&[u8]>,
+        kind: u8,
+    ) -> Result<(), DropReason> {
+        let mut opts = opts.unwrap_or_default();
+        while opts.len() >= 2 {
+            let len = usize::from(opts[1]) * 8;
+            if len == 0 || len > opts.len() {
+                return Err(DropReason::SpoofedNd);
+            }
+            if opts[0] == kind {
+                let Some(m) = opts.get(2..8) else {
+                    return Err(DropReason::SpoofedNd);
+                };
+                let mac = Mac([m[0], m[1], m[2], m[3], m[4], m[5]]);
+                self.own_mac(port, set, mac, DropReason::SpoofedNd)?;
+            }
+            opts = &opts[len..];
+        }
+        Ok(())
+    }
+
+    /// True when a drop warning for `owned`'s port is due at `now` (ms): one per minute.
+    pub fn should_warn(owned: &PortOwned, now: u64) -> bool {
+        let last = owned.warned.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_add(1).saturating_sub(last) < WARN_EVERY_MS {
+            return false;
+        }
+        owned
+            .warned
+            .compare_exchange(
+                last,
+                now.saturating_add(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(g: &NetGuard, id: u32, macs: &[Mac]) -> Arc<PortOwned> {
+        let o = Arc::new(PortOwned::default());
+        g.register(PortId(id), o.clone(), None, macs, &[])
+            .expect("register");
+        o
+    }
+
+    fn frame(src: Mac, ethertype: u16, l3: &[u8]) -> (L2Header, Vec<u8>) {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&src.0);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(l3);
+        (L2Header::parse(&f).expect("l2"), f)
+    }
+
+    fn ipv4(src: Ipv4Addr, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 64, proto, 0, 0];
+        p.extend_from_slice(&src.octets());
+        p.extend_from_slice(&[10, 0, 0, 1]);
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&dport.to_be_bytes());
+        p.extend_from_slice(&[0, 8, 0, 0]);
+        p
+    }
+
+    #[test]
+    fn macs_and_addresses_have_one_owner() {
+        let g = NetGuard::new(true);
+        g.set_scope(Scope {
+            subnet4: Some("10.0.0.0/24".parse().expect("n")),
+            prefix6: None,
+        });
+        let gw = Mac([2, 0, 0, 0, 0, 1]);
+        let _gwo = port(&g, 1, &[gw]);
+        let a = port(&g, 2, &[]);
+        let b = port(&g, 3, &[]);
+        let (ma, mb) = (Mac([2, 0, 0, 0, 0, 2]), Mac([2, 0, 0, 0, 0, 3]));
+        let ip_a = Ipv4Addr::new(10, 0, 0, 2);
+        let (h, f) = frame(ma, 0x0800, &ipv4(ip_a, 17, 1, 2));
+        assert_eq!(g.check(PortId(2), &a, None, &h, &f), Ok(()));
+        assert_eq!(g.ip_owner(IpAddr::V4(ip_a)), Some(PortId(2)));
+        // B with A's MAC, the gateway's MAC, A's address, an outside address.
+        let (h, f) = frame(ma, 0x0800, &ipv4(Ipv4Addr::new(10, 0, 0, 3), 17, 1, 2));
+        assert_eq!(
+            g.check(PortId(3), &b, None, &h, &f),
+            Err(DropReason::SpoofedSource)
+        );
+        let (h, f) = frame(gw, 0x0800, &ipv4(Ipv4Addr::new(10, 0, 0, 3), 17, 1, 2));
+        assert_eq!(
+            g.check(PortId(3), &b, None, &h, &f),
+            Err(DropReason::SpoofedSource)
+        );
+        let (h, f) = frame(mb, 0x0800, &ipv4(ip_a, 17, 1, 2));
+        assert_eq!(
+            g.check(PortId(3), &b, None, &h, &f),
+            Err(DropReason::SpoofedIp)
+        );
+        let (h, f) = frame(mb, 0x0800, &ipv4(Ipv4Addr::new(192, 0, 2, 1), 6, 1, 2));
+        assert_eq!(
+            g.check(PortId(3), &b, None, &h, &f),
+            Err(DropReason::SpoofedIp)
+        );
+        // 0.0.0.0 only for DHCP; DHCP server replies from a guest are rogue.
+        let (h, f) = frame(mb, 0x0800, &ipv4(Ipv4Addr::UNSPECIFIED, 17, 68, 67));
+        assert_eq!(g.check(PortId(3), &b, None, &h, &f), Ok(()));
+        let (h, f) = frame(mb, 0x0800, &ipv4(Ipv4Addr::UNSPECIFIED, 6, 68, 67));
+        assert_eq!(
+            g.check(PortId(3), &b, None, &h, &f),
+            Err(DropReason::SpoofedIp)
+        );
+        let (h, f) = frame(mb, 0x0800, &ipv4(Ipv4Addr::new(10, 0, 0, 3), 17, 67, 68));
+        assert_eq!(
+            g.check(PortId(3), &b, None, &h, &f),
+            Err(DropReason::RogueServer)
+        );
+        // An unchecked port still cannot use an owned MAC.
+        let c = port(&g, 4, &[]);
+        let (h, f) = frame(ma, 0x0800, &ipv4(Ipv4Addr::new(192, 0, 2, 1), 6, 1, 2));
+        assert_eq!(
+            g.check(PortId(4), &c, Some(false), &h, &f),
+            Err(DropReason::SpoofedSource)
+        );
+        // Removing A frees its MAC and address.
+        g.unregister(PortId(2));
+        assert_eq!(g.mac_owner(ma), None);
+        assert_eq!(g.ip_owner(IpAddr::V4(ip_a)), None);
+        assert_eq!(g.take_removed(), vec![PortId(2)]);
+    }
+
+    #[test]
+    fn caps_cost_only_the_port_itself() {
+        let g = NetGuard::new(true);
+        let a = port(&g, 2, &[]);
+        for i in 0..MAX_MACS as u8 {
+            assert_eq!(g.claim_mac(PortId(2), Mac([2, 0, 0, 0, 1, i])), Ok(()));
+        }
+        assert_eq!(
+            g.claim_mac(PortId(2), Mac([2, 0, 0, 0, 1, 99])),
+            Err(ClaimError::Limit(MAX_MACS))
+        );
+        for i in 0..10u8 {
+            g.claim_ip(
+                PortId(2),
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10 + i)),
+                Claim::Seen,
+            )
+            .expect("claim");
+        }
+        let owned = a.snapshot();
+        assert_eq!(owned.ips.len(), MAX_SEEN_V4);
+        assert!(owned.ips.contains(&IpAddr::V4(Ipv4Addr::new(10, 0, 0, 19))));
+        // A lease survives first-seen churn, and ends when DHCP no longer has it.
+        g.claim_ip(
+            PortId(2),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99)),
+            Claim::Lease,
+        )
+        .expect("lease");
+        for i in 0..10u8 {
+            g.claim_ip(
+                PortId(2),
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 30 + i)),
+                Claim::Seen,
+            )
+            .expect("claim");
+        }
+        assert_eq!(
+            g.ip_owner(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99))),
+            Some(PortId(2))
+        );
+        g.release_leases_except(&std::collections::HashSet::new());
+        assert_eq!(g.ip_owner(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99))), None);
+    }
+}

@@ -173,6 +173,10 @@ impl Engine {
     /// Starts the event loops with the given clock (tests use a [`crate::bridge::ManualClock`]).
     pub fn start_with_clock(mut cfg: EngineConfig, clock: Arc<dyn Clock>) -> io::Result<Engine> {
         cfg.loops = cfg.loops.max(1);
+        // Every NAT flow holds a descriptor: use the whole allowance, and budget it (NAT
+        // refuses new flows well before EMFILE; see `nat::host::raise_nofile`).
+        let nofile = crate::nat::host::raise_nofile();
+        tracing::debug!(nofile, "RLIMIT_NOFILE");
         let pool = FramePool::with_gso(cfg.max_frame, cfg.pool_free, cfg.gso_buffers);
         let mut polls = Vec::new();
         let mut ctls = Vec::new();

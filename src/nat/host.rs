@@ -23,10 +23,81 @@ use std::fmt::Debug;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mio::event::Source;
 use mio::net::{TcpStream, UdpSocket};
+
+/// Descriptors kept free of NAT for everything else (ports, control connections, DNS, logs).
+const FD_RESERVE: u64 = 256;
+/// Descriptors NAT's host sockets may use in all, process-wide (set by [`raise_nofile`]).
+static FD_BUDGET: AtomicUsize = AtomicUsize::new(768);
+/// Running NATs (one per gateway network that is not internal).
+static NATS: AtomicUsize = AtomicUsize::new(0);
+
+/// Raises `RLIMIT_NOFILE`'s soft limit to its hard limit and sizes NAT's descriptor budget to
+/// three quarters of what is left after a reserve, so NAT refuses new flows (counted) well
+/// before the process would hit `EMFILE`. Returns the soft limit now in force.
+pub fn raise_nofile() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read one rlimit struct we own.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            1024
+        } else {
+            if r.rlim_cur < r.rlim_max {
+                let want = libc::rlimit {
+                    rlim_cur: r.rlim_max,
+                    rlim_max: r.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                    r.rlim_cur = r.rlim_max;
+                }
+            }
+            r.rlim_cur
+        }
+    };
+    let budget = soft.saturating_sub(FD_RESERVE).saturating_mul(3) / 4;
+    FD_BUDGET.store(
+        usize::try_from(budget).unwrap_or(usize::MAX).max(64),
+        Ordering::Relaxed,
+    );
+    soft
+}
+
+/// The flows one network's NAT may hold so that descriptors suffice for every network: the
+/// process budget shared equally among running NATs (each TCP or UDP flow or ping holds one).
+pub fn fd_share() -> usize {
+    FD_BUDGET.load(Ordering::Relaxed) / NATS.load(Ordering::Relaxed).max(1)
+}
+
+/// Counts a running NAT for [`fd_share`] while alive.
+#[derive(Debug)]
+pub struct NatSlot(());
+
+impl NatSlot {
+    /// Registers one more running NAT.
+    pub fn new() -> NatSlot {
+        NATS.fetch_add(1, Ordering::Relaxed);
+        NatSlot(())
+    }
+}
+
+impl Default for NatSlot {
+    fn default() -> Self {
+        NatSlot::new()
+    }
+}
+
+impl Drop for NatSlot {
+    fn drop(&mut self) {
+        NATS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A datagram socket on the host: a connected UDP socket or an ICMP ping socket.
 pub trait HostDatagram: Source + Debug + Send {

@@ -284,6 +284,13 @@ pub struct Nat {
     udp: udp::UdpNat,
     icmp: icmp::IcmpNat,
     fwd: forward_rt::Forwards,
+    _slot: host::NatSlot,
+}
+
+/// The most flows a network's NAT may hold now: its `max_flows`, and its share of the
+/// process's descriptor budget ([`host::fd_share`]), whichever is lower.
+pub fn flow_cap(cfg: &NatConfig) -> usize {
+    cfg.max_flows.min(host::fd_share())
 }
 
 impl Nat {
@@ -310,6 +317,7 @@ impl Nat {
             udp: udp::UdpNat::with_host(cfg.clone(), counters.clone(), host.clone()),
             icmp: icmp::IcmpNat::with_host(cfg.clone(), counters.clone(), host),
             fwd: forward_rt::Forwards::default(),
+            _slot: host::NatSlot::new(),
             cfg,
             counters,
         }
@@ -504,7 +512,7 @@ impl Nat {
     fn over_limit(&self, guest: GuestKey) -> bool {
         let c = self.counts();
         let mine = self.tcp.flows_of(guest) + self.udp.flows_of(guest) + self.icmp.flows_of(guest);
-        c.tcp + c.udp + c.icmp >= self.cfg.max_flows || mine >= self.cfg.max_flows_per_guest
+        c.tcp + c.udp + c.icmp >= flow_cap(&self.cfg) || mine >= self.cfg.max_flows_per_guest
     }
 
     /// Readiness of a NAT token. Returns false if the token is not NAT's.

@@ -248,7 +248,7 @@ impl TcpNat {
     }
 
     fn over_limit(&self, guest: super::GuestKey, other: (usize, usize)) -> bool {
-        self.by_key.len() + other.0 >= self.cfg.max_flows
+        self.by_key.len() + other.0 >= super::flow_cap(&self.cfg)
             || self.flows_of(guest) + other.1 >= self.cfg.max_flows_per_guest
             || self.connecting >= self.cfg.syn_backlog
     }
@@ -377,7 +377,7 @@ impl TcpNat {
         from: SocketAddr,
         guest: SocketAddr,
     ) -> io::Result<()> {
-        if self.by_key.len() >= self.cfg.max_flows {
+        if self.by_key.len() >= super::flow_cap(&self.cfg) {
             NatCounters::inc(&self.counters.refused_limit);
             return Err(io::Error::other("flow limit"));
         }

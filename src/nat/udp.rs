@@ -178,7 +178,9 @@ impl UdpNat {
             return None;
         };
         let guest_flows = self.per_guest.get(&owner).copied().unwrap_or(0);
-        if self.by_key.len() >= self.cfg.max_flows || guest_flows >= self.cfg.max_flows_per_guest {
+        if self.by_key.len() >= super::flow_cap(&self.cfg)
+            || guest_flows >= self.cfg.max_flows_per_guest
+        {
             NatCounters::inc(&self.counters.refused_limit);
             return None;
         }

@@ -296,6 +296,9 @@ pub struct Port {
     pub(crate) dirty_local: AtomicBool,
     /// The addresses it owns (port security).
     pub owned: Arc<security::PortOwned>,
+    /// Set when the port is removed from the bridge: frames its link still delivers before
+    /// its loop detaches it are dropped, never learned.
+    pub(crate) removed: AtomicBool,
 }
 
 impl std::fmt::Debug for Port {
@@ -517,6 +520,7 @@ impl Bridge {
                 .remove(&id)
                 .ok_or_else(|| BridgeError::NoSuchNetwork(name.to_string()))?;
             for p in &ne.ports {
+                p.removed.store(true, Ordering::Release);
                 t.ports.remove(&p.id);
                 ne.net.guard.unregister(p.id);
             }
@@ -561,6 +565,7 @@ impl Bridge {
                 tx_pending: AtomicBool::new(false),
                 dirty_local: AtomicBool::new(false),
                 owned,
+                removed: AtomicBool::new(false),
             });
             if let Some(ne) = t.nets.get_mut(&net_id) {
                 ne.ports.push(port.clone());
@@ -578,6 +583,7 @@ impl Bridge {
                     .ports
                     .remove(&id)
                     .ok_or_else(|| BridgeError::NoSuchPort(id.0.to_string()))?;
+                p.removed.store(true, Ordering::Release);
                 if let Some(ne) = t.nets.get_mut(&p.network) {
                     ne.ports.retain(|q| q.id != id);
                     ne.net.fdb.flush_port(id);
@@ -589,6 +595,19 @@ impl Bridge {
         // Free the queued frames now rather than when the last snapshot goes.
         while removed.tx.pop().is_some() {}
         Some(removed)
+    }
+
+    /// Forgets, once more, the MACs learned on `port`, a port already removed from the
+    /// bridge, and frees its queued frames. Its event loop calls this once it has detached
+    /// the port's link: a frame read between [`Self::remove_port`]'s flush and the detach
+    /// may have been learned for the port in that window (the port's removed mark is checked
+    /// before learning, but the check and the learning are not one step). After this no entry
+    /// of the port can appear again, since nothing reads its link any more.
+    pub fn forget_removed(&self, port: &Port) {
+        if let Some(ne) = self.topology().network(port.network) {
+            ne.net.fdb.flush_port(port.id);
+        }
+        while port.tx.pop().is_some() {}
     }
 
     /// Ages out stale FDB entries in every network. Returns how many were removed.
@@ -615,6 +634,11 @@ impl Bridge {
         let c = &ingress.counters;
         c.rx_frames.fetch_add(1, Ordering::Relaxed);
         c.rx_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        if ingress.removed.load(Ordering::Acquire) {
+            // Read from its link after the port was removed, before its loop detached it.
+            c.drop_n(DropReason::NoDestination, 1);
+            return;
+        }
         frame.meta.ingress = ingress.id.0;
         match self.decide(topo, ingress, &frame, now) {
             Err(reason) => {

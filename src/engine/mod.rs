@@ -395,8 +395,12 @@ impl LoopState {
                     let _ = reply.send(r);
                 }
                 LoopCmd::Remove { id, reply } => {
-                    if let Some(slot) = self.by_id.get(&id).copied() {
-                        self.drop_slot(slot);
+                    if let Some(slot) = self.by_id.get(&id).copied()
+                        && let Some(lp) = self.drop_slot(slot)
+                    {
+                        // Nothing reads the link any more: whatever was learned for the port
+                        // since the bridge removed it goes now, for good.
+                        self.shared.bridge.forget_removed(&lp.port);
                     }
                     let _ = reply.send(());
                 }

@@ -3,17 +3,23 @@
 //! standalone gateway), deterministic, no root.
 
 use std::collections::VecDeque;
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use usernet::bridge::{FdbConfig, PortPolicy};
-use usernet::frame::{Frame, FramePool};
+use etherparse::PacketBuilder;
+use usernet::bridge::security::{NetGuard, PortOwned};
+use usernet::bridge::{FdbConfig, PortId, PortPolicy};
+use usernet::frame::{Frame, FrameMeta, FramePool};
+use usernet::gateway::dns::Upstreams;
+use usernet::gateway::{self, Driver, GatewayConfig};
 
 use usernet::link::memory::MemoryLink;
 use usernet::link::{Link, LinkCaps, LinkError, RecvStats, SendStats};
+use usernet::nat::host::OsSockets;
 
 use usernet::wire::Mac;
 use usernet::{Engine, EngineConfig, Handle};
@@ -129,4 +135,139 @@ fn a_frame_read_while_its_port_is_removed_leaves_no_fdb_entry() {
         );
         drop(peer);
     }
+}
+
+const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+
+/// An ARP request for the gateway from `mac` at `ip`.
+fn arp_request(mac: Mac, ip: Ipv4Addr) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend([0xff; 6]);
+    f.extend(mac.0);
+    f.extend([0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend(mac.0);
+    f.extend(ip.octets());
+    f.extend([0; 6]);
+    f.extend(GW_IP.octets());
+    f
+}
+
+fn udp_to_gw(gw: Mac, mac: Mac, ip: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(mac.0, gw.0)
+        .ipv4(ip.octets(), GW_IP.octets(), 64)
+        .udp(sport, dport);
+    let mut f = Vec::new();
+    b.write(&mut f, b"hello").expect("udp frame");
+    f
+}
+
+fn syn_to_gw(gw: Mac, mac: Mac, ip: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(mac.0, gw.0)
+        .ipv4(ip.octets(), GW_IP.octets(), 64)
+        .tcp(sport, dport, 1000, 64240)
+        .syn();
+    let mut f = Vec::new();
+    b.write(&mut f, &[]).expect("syn frame");
+    f
+}
+
+fn feed(d: &mut Driver, port: u32, frame: &[u8], now: Instant) {
+    d.frame_with(
+        frame,
+        FrameMeta {
+            ingress: port,
+            ..FrameMeta::default()
+        },
+        now,
+    );
+}
+
+/// The gateway forgets a removed port: its neighbour entry, its DNS name and its NAT flows
+/// (TCP, UDP) go when it learns of the removal, and frames the port sent just before (still
+/// in flight) do not bring any of them back. The other port keeps its own.
+#[test]
+fn the_gateway_forgets_a_removed_port_and_its_late_frames() {
+    let sink = UdpSocket::bind("127.0.0.1:0").expect("udp sink");
+    let uport = sink.local_addr().expect("addr").port();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("tcp listener");
+    let tport = listener.local_addr().expect("addr").port();
+
+    let mut cfg = GatewayConfig::new("churn", "10.88.0.0/24".parse().expect("subnet"));
+    cfg.dhcp = false;
+    cfg.upstreams = Upstreams::Explicit(Vec::new());
+    cfg.dns_workers = 0;
+    let gwmac = cfg.mac;
+    let guard = Arc::new(NetGuard::new(true));
+    let (gone, stay) = (PortId(7), PortId(8));
+    for p in [gone, stay] {
+        guard
+            .register(p, Arc::new(PortOwned::default()), None, &[], &[])
+            .expect("register");
+    }
+    let alive = Arc::new(AtomicBool::new(true));
+    let a = alive.clone();
+    let names: gateway::PortNames = Box::new(move |id| match id.0 {
+        7 if a.load(Ordering::Relaxed) => Some("c7".to_string()),
+        8 => Some("stay".to_string()),
+        _ => None,
+    });
+    let poll = mio::Poll::new().expect("poll");
+    let epoch = Instant::now();
+    let (gw, mut d) =
+        gateway::standalone(cfg, &poll, names, guard.clone(), OsSockets::shared(), epoch)
+            .expect("gateway");
+    let now = epoch + Duration::from_millis(10);
+    let (m7, ip7) = (mac(7), Ipv4Addr::new(10, 88, 0, 7));
+    let (m8, ip8) = (mac(8), Ipv4Addr::new(10, 88, 0, 8));
+    for (p, m, ip) in [(7, m7, ip7), (8, m8, ip8)] {
+        feed(&mut d, p, &arp_request(m, ip), now);
+        feed(&mut d, p, &udp_to_gw(gwmac, m, ip, 40000, uport), now);
+    }
+    feed(&mut d, 7, &syn_to_gw(gwmac, m7, ip7, 40001, tport), now);
+    let names_now = |gw: &gateway::Gateway| -> Vec<String> {
+        let mut v: Vec<String> = gw
+            .records
+            .list()
+            .into_iter()
+            .map(|r| r.name)
+            .filter(|n| n != "host.usernet")
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(d.neighbours(), 2);
+    assert_eq!(names_now(&gw), vec!["c7.usernet", "stay.usernet"]);
+    let f = d.nat_flows().expect("nat");
+    assert_eq!((f.tcp, f.udp), (1, 2), "flows before the removal: {f:?}");
+
+    // The port goes (as the bridge does it), then the gateway's next tick.
+    alive.store(false, Ordering::Relaxed);
+    guard.unregister(gone);
+    let later = now + Duration::from_millis(10);
+    d.tick(later);
+    assert_eq!(d.neighbours(), 1, "neighbour entry of the removed port");
+    assert_eq!(names_now(&gw), vec!["stay.usernet"]);
+    let f = d.nat_flows().expect("nat");
+    assert_eq!((f.tcp, f.udp), (0, 1), "flows of the removed port: {f:?}");
+
+    // Its last frames, still in flight, bring nothing back.
+    feed(&mut d, 7, &arp_request(m7, ip7), later);
+    feed(&mut d, 7, &udp_to_gw(gwmac, m7, ip7, 40002, uport), later);
+    feed(&mut d, 7, &syn_to_gw(gwmac, m7, ip7, 40003, tport), later);
+    d.tick(later);
+    assert_eq!(
+        d.neighbours(),
+        1,
+        "a late frame re-created a neighbour entry"
+    );
+    let f = d.nat_flows().expect("nat");
+    assert_eq!(
+        (f.tcp, f.udp),
+        (0, 1),
+        "a late frame re-opened a flow: {f:?}"
+    );
+    // The other port still works.
+    feed(&mut d, 8, &udp_to_gw(gwmac, m8, ip8, 40004, uport), later);
+    assert_eq!(d.nat_flows().expect("nat").udp, 2);
+    drop(poll);
 }

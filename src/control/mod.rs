@@ -410,6 +410,7 @@ impl Handle {
         let ports = self.shared.bridge.remove_network(name)?;
         self.shared.gateways.lock().remove(name);
         for p in ports {
+            self.shared.port_netns.lock().remove(&p.name);
             self.detach_link(p.owner, p.id)?;
         }
         Ok(())

@@ -454,6 +454,7 @@ impl LoopState {
     fn fail(&mut self, slot: usize, err: &dyn std::fmt::Display) {
         if let Some(lp) = self.drop_slot(slot) {
             tracing::warn!(port = %lp.port.name, "link failed, port removed: {err}");
+            self.shared.port_netns.lock().remove(&lp.port.name);
             self.shared.bridge.remove_port(lp.port.id);
         }
     }

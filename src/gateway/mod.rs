@@ -625,6 +625,11 @@ const RA_EVERY: Duration = Duration::from_secs(60);
 const MAX_NEIGH: usize = 4096;
 /// Most neighbour entries one port may have; past it the port's oldest goes.
 const MAX_NEIGH_PER_PORT: usize = 64;
+/// How long the gateway ignores frames of a removed port (its last frames are in flight for
+/// one engine turn at most).
+const GONE_FOR: Duration = Duration::from_secs(2);
+/// Most removed ports remembered for [`GONE_FOR`].
+const MAX_GONE: usize = 1024;
 
 /// Work finished elsewhere (DNS workers), handed back to the driver.
 enum Out {
@@ -666,6 +671,11 @@ pub struct Driver {
     names: HashMap<(String, bool), IpAddr>,
     /// The name each port got in DNS (removed with the port).
     port_names: HashMap<u32, String>,
+    /// Ports removed lately and when the gateway forgot them, oldest first (for [`GONE_FOR`],
+    /// at most [`MAX_GONE`]): frames they sent just before their removal may still reach the
+    /// gateway after it forgot them, and must not bring back a neighbour entry, a name or a
+    /// NAT flow.
+    gone: std::collections::VecDeque<(u32, Instant)>,
     tcp: tcp::TcpDns,
     max_frame: usize,
     tx: Vec<Frame>,
@@ -759,6 +769,7 @@ impl Driver {
             neigh_of: HashMap::new(),
             names: HashMap::new(),
             port_names: HashMap::new(),
+            gone: std::collections::VecDeque::new(),
             tcp,
             tx: Vec::new(),
             next_ra: epoch,
@@ -840,8 +851,15 @@ impl Driver {
     /// Everything not triggered by a frame: DNS answers that came back, the TCP state machines
     /// (DNS over TCP, NAT), and, when due, NAT and DHCP expiry and router advertisements.
     pub fn tick(&mut self, now: Instant) {
+        while self
+            .gone
+            .front()
+            .is_some_and(|g| now.saturating_duration_since(g.1) > GONE_FOR)
+        {
+            self.gone.pop_front();
+        }
         for id in self.guard.take_removed() {
-            self.forget_port(id.0);
+            self.forget_port(id.0, now);
         }
         while let Ok(o) = self.out_rx.try_recv() {
             match o {
@@ -948,6 +966,11 @@ impl Driver {
         self.rx_vnet = meta.vnet;
         self.ingress = meta.ingress;
         inc(&self.gw.counters.frames);
+        if !self.gone.is_empty() && self.gone.iter().any(|g| g.0 == meta.ingress) {
+            // Sent by a port that is gone since.
+            inc(&self.gw.counters.ignored);
+            return;
+        }
         let Ok(h) = L2Header::parse(data) else {
             inc(&self.gw.counters.malformed);
             return;
@@ -1046,8 +1069,17 @@ impl Driver {
         }
     }
 
-    /// Forgets everything learned from a removed port: neighbour entries, its DNS names.
-    fn forget_port(&mut self, port: u32) {
+    /// Forgets everything learned from a removed port: neighbour entries, its DNS names, its
+    /// NAT flows (closed; the guest is gone, so nobody gets an RST). Its late frames are
+    /// ignored from now on.
+    fn forget_port(&mut self, port: u32, now: Instant) {
+        if self.gone.len() >= MAX_GONE {
+            self.gone.pop_front();
+        }
+        self.gone.push_back((port, now));
+        if let Some(nat) = self.nat.as_mut() {
+            nat.forget_guest(&self.registry, port);
+        }
         for ip in self.neigh_of.remove(&port).unwrap_or_default() {
             self.neigh.remove(&ip);
         }

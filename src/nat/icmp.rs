@@ -300,11 +300,23 @@ impl IcmpNat {
     /// Returns how many were closed.
     pub fn expire(&mut self, reg: &Registry, now: Instant) -> usize {
         let idle = self.cfg.icmp_idle;
+        self.close_where(reg, |f| now.saturating_duration_since(f.last_used) > idle)
+    }
+
+    /// Closes every flow of the guest behind port `owner` (a port that was removed): no
+    /// socket, slot or budget of a port outlives it. Returns how many were closed.
+    pub fn forget_guest(&mut self, reg: &Registry, owner: super::GuestKey) -> usize {
+        if self.flows_of(owner) == 0 {
+            return 0;
+        }
+        self.close_where(reg, |f| f.owner == owner)
+    }
+
+    /// Closes the flows `doomed` picks: deregisters and drops their sockets.
+    fn close_where(&mut self, reg: &Registry, doomed: impl Fn(&Flow) -> bool) -> usize {
         let mut closed = 0;
         for idx in 0..self.slots.len() {
-            let stale = self.slots[idx]
-                .as_ref()
-                .is_some_and(|f| now.saturating_duration_since(f.last_used) > idle);
+            let stale = self.slots[idx].as_ref().is_some_and(&doomed);
             if stale && let Some(mut flow) = self.slots[idx].take() {
                 if let Err(e) = reg.deregister(&mut *flow.sock) {
                     tracing::debug!(error = %e, "ICMP NAT: deregister failed");

@@ -571,6 +571,14 @@ impl Nat {
         self.tcp.poll_delay(now)
     }
 
+    /// Closes every flow (TCP, UDP, ICMP) of the guest behind port `guest`, a port that was
+    /// removed: its host sockets close now, not after the idle timeouts. Returns how many.
+    pub fn forget_guest(&mut self, reg: &Registry, guest: GuestKey) -> usize {
+        self.tcp.forget_guest(reg, guest)
+            + self.udp.forget_guest(reg, guest)
+            + self.icmp.forget_guest(reg, guest)
+    }
+
     /// Adds a port forward's listeners (already bound by the caller).
     pub fn add_forward(
         &mut self,

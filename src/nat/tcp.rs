@@ -546,6 +546,30 @@ impl TcpNat {
         }
     }
 
+    /// Closes every connection of the guest behind port `owner` (a port that was removed):
+    /// the host peer gets an RST, the guest (gone) nothing. Returns how many were closed.
+    pub fn forget_guest(&mut self, reg: &Registry, owner: super::GuestKey) -> usize {
+        if owner == super::FORWARD_KEY || self.flows_of(owner) == 0 {
+            return 0;
+        }
+        let doomed: Vec<usize> = self
+            .flows
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.as_ref().is_some_and(|f| f.owner == owner))
+            .map(|(i, _)| i)
+            .collect();
+        for &idx in &doomed {
+            if let Some(Some(f)) = self.flows.get(idx)
+                && let Some(h) = f.sock
+            {
+                self.sockets.get_mut::<tcp::Socket>(h).abort();
+            }
+            self.remove(reg, idx, true);
+        }
+        doomed.len()
+    }
+
     /// The GSO segment size for `packet`, an IP packet smoltcp sent towards a guest: the flow's
     /// MSS less the TCP options this packet carries. `None` if it belongs to no flow.
     pub fn gso_size(&self, packet: &[u8]) -> Option<u16> {

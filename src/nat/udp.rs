@@ -307,11 +307,23 @@ impl UdpNat {
     /// drops their sockets. Returns how many were closed.
     pub fn expire(&mut self, reg: &Registry, now: Instant) -> usize {
         let idle = self.cfg.udp_idle;
+        self.close_where(reg, |f| now.saturating_duration_since(f.last_used) > idle)
+    }
+
+    /// Closes every flow of the guest behind port `owner` (a port that was removed): no
+    /// socket, slot or budget of a port outlives it. Returns how many were closed.
+    pub fn forget_guest(&mut self, reg: &Registry, owner: super::GuestKey) -> usize {
+        if self.flows_of(owner) == 0 {
+            return 0;
+        }
+        self.close_where(reg, |f| f.owner == owner)
+    }
+
+    /// Closes the flows `doomed` picks: deregisters and drops their sockets.
+    fn close_where(&mut self, reg: &Registry, doomed: impl Fn(&Flow) -> bool) -> usize {
         let mut closed = 0;
         for idx in 0..self.slots.len() {
-            let stale = self.slots[idx]
-                .as_ref()
-                .is_some_and(|f| now.saturating_duration_since(f.last_used) > idle);
+            let stale = self.slots[idx].as_ref().is_some_and(&doomed);
             if stale && let Some(mut flow) = self.slots[idx].take() {
                 if let Err(e) = reg.deregister(&mut *flow.sock) {
                     tracing::debug!(error = %e, "UDP NAT: deregister failed");
@@ -735,5 +747,26 @@ mod tests {
         nat.ready(token::make(token::UDP, 5), &mut out, t0);
         nat.ready(token::make(token::ICMP, 0), &mut out, t0);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn forget_guest_closes_only_that_guests_flows() {
+        let (poll, mut nat, _) = setup(NatConfig::new(GW, None));
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let dst = SocketAddr::new(IpAddr::V4(GW), sink.local_addr().expect("addr").port());
+        let now = Instant::now();
+        nat.from_guest(poll.registry(), 1, sa("10.88.0.9:1"), dst, b"a", now);
+        nat.from_guest(poll.registry(), 1, sa("10.88.0.9:2"), dst, b"b", now);
+        nat.from_guest(poll.registry(), 2, sa("10.88.0.10:1"), dst, b"c", now);
+        assert_eq!(nat.forget_guest(poll.registry(), 1), 2);
+        assert_eq!((nat.flows(), nat.flows_of(1), nat.flows_of(2)), (1, 0, 1));
+        assert!(!nat.has_flow(sa("10.88.0.9:1"), dst));
+        assert_eq!(nat.forget_guest(poll.registry(), 1), 0);
+        // The same guest address on a new port opens a new flow.
+        nat.from_guest(poll.registry(), 3, sa("10.88.0.9:1"), dst, b"d", now);
+        assert_eq!((nat.flows(), nat.flows_of(3)), (2, 1));
+        assert_eq!(nat.forget_guest(poll.registry(), 2), 1);
+        assert_eq!(nat.forget_guest(poll.registry(), 3), 1);
+        assert_eq!(nat.flows(), 0);
     }
 }

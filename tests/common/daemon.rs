@@ -55,6 +55,11 @@ impl Daemon {
         d
     }
 
+    /// The daemon's process id (for `/proc/PID/...` reads).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.0.id()).unwrap_or(0)
+    }
+
     pub fn sock(&self) -> PathBuf {
         self.dir.path().join("sock")
     }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use etherparse::PacketBuilder;
+use dhcproto::v4::{DhcpOption, Message as DhcpMessage, MessageType as DhcpType};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use usernet::bridge::security::{NetGuard, PortOwned};
 use usernet::bridge::{FdbConfig, PortId, PortPolicy};
 use usernet::frame::{Frame, FrameMeta, FramePool};
@@ -269,5 +271,105 @@ fn the_gateway_forgets_a_removed_port_and_its_late_frames() {
     // The other port still works.
     feed(&mut d, 8, &udp_to_gw(gwmac, m8, ip8, 40004, uport), later);
     assert_eq!(d.nat_flows().expect("nat").udp, 2);
+    drop(poll);
+}
+
+/// A DHCP DISCOVER or REQUEST (for `want`, naming itself `host`) from `mac`.
+fn dhcp_frame(mac: Mac, t: DhcpType, want: Option<Ipv4Addr>, host: &str) -> Vec<u8> {
+    let z = Ipv4Addr::UNSPECIFIED;
+    let mut m = DhcpMessage::new_with_id(7, z, z, z, z, &mac.0);
+    m.opts_mut().insert(DhcpOption::MessageType(t));
+    if let Some(w) = want {
+        m.opts_mut().insert(DhcpOption::RequestedIpAddress(w));
+        m.opts_mut().insert(DhcpOption::ServerIdentifier(GW_IP));
+    }
+    m.opts_mut().insert(DhcpOption::Hostname(host.to_string()));
+    let mut payload = Vec::new();
+    m.encode(&mut Encoder::new(&mut payload)).expect("encode");
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(mac.0, [0xff; 6])
+        .ipv4([0; 4], [255; 4], 64)
+        .udp(68, 67)
+        .write(&mut f, &payload)
+        .expect("dhcp frame");
+    f
+}
+
+/// The `yiaddr` of the first DHCP reply of type `t` among `frames`.
+fn dhcp_reply(frames: &[Vec<u8>], t: DhcpType) -> Option<Ipv4Addr> {
+    frames.iter().find_map(|f| {
+        let p = SlicedPacket::from_ethernet(f).ok()?;
+        let Some(TransportSlice::Udp(u)) = p.transport else {
+            return None;
+        };
+        if u.source_port() != 67 {
+            return None;
+        }
+        let m = DhcpMessage::decode(&mut Decoder::new(u.payload())).ok()?;
+        (m.opts().msg_type() == Some(t)).then(|| m.yiaddr())
+    })
+}
+
+/// A lease's DNS name (from the DHCP hostname) leaves with its port; the lease stays, and
+/// when its MAC comes back on a new port and renews it, the name is back.
+#[test]
+fn a_removed_ports_lease_name_leaves_dns_and_returns_with_its_mac() {
+    let mut cfg = GatewayConfig::new("churn", "10.88.0.0/24".parse().expect("subnet"));
+    cfg.upstreams = Upstreams::Explicit(Vec::new());
+    cfg.dns_workers = 0;
+    let guard = Arc::new(NetGuard::new(true));
+    for p in [9, 10] {
+        guard
+            .register(PortId(p), Arc::new(PortOwned::default()), None, &[], &[])
+            .expect("register");
+    }
+    let poll = mio::Poll::new().expect("poll");
+    let epoch = Instant::now();
+    let names: gateway::PortNames = Box::new(|_| None);
+    let (gw, mut d) =
+        gateway::standalone(cfg, &poll, names, guard.clone(), OsSockets::shared(), epoch)
+            .expect("gateway");
+    let now = epoch + Duration::from_millis(10);
+    let m = mac(9);
+    let has_name = |gw: &gateway::Gateway| !gw.records.lookup("h9.usernet").is_empty();
+    let _ = d.take_frames();
+    feed(
+        &mut d,
+        9,
+        &dhcp_frame(m, DhcpType::Discover, None, "h9"),
+        now,
+    );
+    let offered = dhcp_reply(&d.take_frames(), DhcpType::Offer).expect("an offer");
+    feed(
+        &mut d,
+        9,
+        &dhcp_frame(m, DhcpType::Request, Some(offered), "h9"),
+        now,
+    );
+    assert_eq!(dhcp_reply(&d.take_frames(), DhcpType::Ack), Some(offered));
+    assert!(has_name(&gw), "the lease's name is in DNS");
+
+    guard.unregister(PortId(9));
+    let later = now + Duration::from_millis(10);
+    d.tick(later);
+    assert!(
+        !has_name(&gw),
+        "the removed port's lease name stayed in DNS"
+    );
+    let leases = gw.dhcp.as_ref().expect("dhcp").lock().leases(0);
+    assert!(
+        leases.iter().any(|l| l.ip == offered),
+        "the lease itself is kept"
+    );
+
+    // The MAC comes back behind a new port and renews: same address, name back.
+    feed(
+        &mut d,
+        10,
+        &dhcp_frame(m, DhcpType::Request, Some(offered), "h9"),
+        later,
+    );
+    assert_eq!(dhcp_reply(&d.take_frames(), DhcpType::Ack), Some(offered));
+    assert!(has_name(&gw), "the returning MAC's name is back");
     drop(poll);
 }

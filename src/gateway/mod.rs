@@ -625,6 +625,8 @@ const RA_EVERY: Duration = Duration::from_secs(60);
 const MAX_NEIGH: usize = 4096;
 /// Most neighbour entries one port may have; past it the port's oldest goes.
 const MAX_NEIGH_PER_PORT: usize = 64;
+/// Most DHCP addresses remembered per port for [`Driver::forget_port`].
+const MAX_LEASED_PER_PORT: usize = 8;
 /// How long the gateway ignores frames of a removed port (its last frames are in flight for
 /// one engine turn at most).
 const GONE_FOR: Duration = Duration::from_secs(2);
@@ -671,6 +673,13 @@ pub struct Driver {
     names: HashMap<(String, bool), IpAddr>,
     /// The name each port got in DNS (removed with the port).
     port_names: HashMap<u32, String>,
+    /// The DHCP addresses acknowledged to each port, newest last (at most
+    /// [`MAX_LEASED_PER_PORT`]): the names of those leases leave DNS with the port (the
+    /// lease itself stays for its MAC's return, which brings the name back).
+    leased: HashMap<u32, Vec<Ipv4Addr>>,
+    /// Leases whose name left DNS with their port; an ACK to their MAC brings it back.
+    /// Only addresses the DHCP server leased, so bounded by its range.
+    unnamed: std::collections::HashSet<Ipv4Addr>,
     /// Ports removed lately and when the gateway forgot them, oldest first (for [`GONE_FOR`],
     /// at most [`MAX_GONE`]): frames they sent just before their removal may still reach the
     /// gateway after it forgot them, and must not bring back a neighbour entry, a name or a
@@ -769,6 +778,8 @@ impl Driver {
             neigh_of: HashMap::new(),
             names: HashMap::new(),
             port_names: HashMap::new(),
+            leased: HashMap::new(),
+            unnamed: std::collections::HashSet::new(),
             gone: std::collections::VecDeque::new(),
             tcp,
             tx: Vec::new(),
@@ -1080,6 +1091,21 @@ impl Driver {
         if let Some(nat) = self.nat.as_mut() {
             nat.forget_guest(&self.registry, port);
         }
+        if let (Some(ips), Some(d)) = (self.leased.remove(&port), &self.gw.dhcp) {
+            // Names of its leases, unless another port has the lease now (its MAC came back).
+            let ips: Vec<Ipv4Addr> = ips
+                .into_iter()
+                .filter(|ip| !self.leased.values().any(|v| v.contains(ip)))
+                .collect();
+            let leases = d.lock().leases(self.gw.ms_at(now));
+            for l in leases.iter().filter(|l| ips.contains(&l.ip)) {
+                if let Some(name) = &l.hostname
+                    && self.gw.records.remove(name, Some(IpAddr::V4(l.ip)))
+                {
+                    self.unnamed.insert(l.ip);
+                }
+            }
+        }
         for ip in self.neigh_of.remove(&port).unwrap_or_default() {
             self.neigh.remove(&ip);
         }
@@ -1300,6 +1326,32 @@ impl Driver {
         }
     }
 
+    /// A lease for `ip` was acknowledged to the current frame's port: remember it for
+    /// [`Self::forget_port`], and give the lease its name back in DNS if a removed port took
+    /// it along (its MAC returned).
+    fn lease_acked(&mut self, ip: Ipv4Addr, now: Instant) {
+        let mine = self.leased.entry(self.ingress).or_default();
+        if !mine.contains(&ip) {
+            if mine.len() >= MAX_LEASED_PER_PORT {
+                mine.remove(0);
+            }
+            mine.push(ip);
+        }
+        if !self.unnamed.remove(&ip) {
+            return;
+        }
+        let name = self.gw.dhcp.as_ref().and_then(|d| {
+            d.lock()
+                .leases(self.gw.ms_at(now))
+                .into_iter()
+                .find(|l| l.ip == ip)
+                .and_then(|l| l.hostname)
+        });
+        if let Some(name) = name {
+            let _ = self.gw.records.add(&name, IpAddr::V4(ip));
+        }
+    }
+
     /// Leases that ended (released, declined, expired) stop being their port's address.
     fn sync_lease_claims(&self, now: Instant) {
         if let Some(d) = &self.gw.dhcp {
@@ -1358,6 +1410,11 @@ impl Driver {
             }
         }
         self.names_from(out.names);
+        if let Some((_, yiaddr)) = acked(&out.payload)
+            && self.ingress != 0
+        {
+            self.lease_acked(yiaddr, now);
+        }
         inc(&self.gw.counters.dhcp_replies);
         let b = PacketBuilder::ethernet2(self.gw.cfg.mac.0, mac.0)
             .ipv4(self.gw.cfg.addr.octets(), ip.octets(), 64)

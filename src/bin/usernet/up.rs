@@ -24,10 +24,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let cfg = Config::load(&a.config)?;
+    let sock = a.socket.path()?;
     let engine = Engine::start(cfg.engine_config()).context("starting event loops")?;
     let h = engine.handle();
     cfg.apply(&h)?;
-    let _srv = control::server::serve(h.clone(), &a.socket.path())?;
+    let _srv = control::server::serve(h.clone(), &sock)?;
     crate::stop_on_signals(h)?;
     if a.sandbox {
         usernet::sandbox::apply().context("applying the sandbox")?;
@@ -36,7 +37,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "up: {} network(s), {} port(s); control socket {}",
         cfg.network.len(),
         cfg.port.len(),
-        a.socket.path().display()
+        sock.display()
     );
     engine.wait();
     Ok(())

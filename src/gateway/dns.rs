@@ -2147,7 +2147,10 @@ mod tests {
         assert_eq!(w.current(), two);
         std::fs::remove_dir(&path).unwrap();
         std::fs::write(&path, "nameserver 192.0.2.5\n").unwrap();
-        assert_eq!(w.current(), vec!["192.0.2.5:53".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            w.current(),
+            vec!["192.0.2.5:53".parse::<SocketAddr>().unwrap()]
+        );
     }
 
     #[test]

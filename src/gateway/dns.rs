@@ -2138,7 +2138,7 @@ mod tests {
         // Changed and unreadable. Root reads mode 000 files anyway: a directory in the file's
         // place stands for "open succeeds, read fails" there.
         std::fs::write(&path, "nameserver 192.0.2.3\nnameserver 192.0.2.4\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
         if std::fs::read(&path).is_err() {
             assert_eq!(w.current(), two);
         }

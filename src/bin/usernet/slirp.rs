@@ -7,6 +7,12 @@
 //! on `--api-socket` (`add_hostfwd`, `list_hostfwd`, `remove_hostfwd`; one request per
 //! connection; `{"return": ...}` or `{"error": {"desc": ...}}`). Underneath it is usernet:
 //! a network with a gateway and NAT, the TAP as its only endpoint.
+//!
+//! Unlike slirp4netns, the sandbox is on by default (as in pasta): once the TAP, the API socket
+//! and the threads are set up, capabilities are dropped and the seccomp allowlist installed.
+//! `--enable-sandbox`/`--enable-seccomp` are accepted (no-ops); `--disable-sandbox` opts out.
+//! Port forwards added through the API afterwards only bind sockets, which the allowlist
+//! permits.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr};

@@ -15,7 +15,8 @@ pub struct Args {
     #[arg(short = 'c', long = "config", default_value = "usernet.toml")]
     config: PathBuf,
     /// Once everything in the config is set up: drop capabilities and install a seccomp
-    /// allowlist (no new files: ports that need a namespace path can no longer be added).
+    /// allowlist (no new files: TAP, netns and packet ports and spliced forwards are refused
+    /// afterwards; stream ports and ordinary forwards still work).
     #[arg(long)]
     sandbox: bool,
     #[command(flatten)]

@@ -150,7 +150,7 @@ fn run_is_sandboxed_by_default_and_survives_sigstop_sigcont() {
         if let Some(x) = extra {
             cmd.arg(x);
         }
-        let child = Child(
+        let mut child = Child(
             cmd.args(["--", "sleep", "20"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -177,7 +177,25 @@ fn run_is_sandboxed_by_default_and_survives_sigstop_sigcont() {
             "ctl ports ({extra:?}): {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        drop(child);
+        // SIGTERM goes to the command; usernet exits with it and removes its files (the
+        // command's resolv.conf in the temp directory) under the sandbox too.
+        signal(pid, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.0.try_wait().expect("wait").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "usernet run did not exit on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let prefix = format!("usernet-resolv-{pid}");
+        let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .expect("temp dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
     // --splice cannot work under the sandbox: refused before anything starts, naming the way out.
     let out = Command::new(BIN)

@@ -81,7 +81,48 @@ impl Spawned {
 }
 
 mod tempfile_path {
+    use std::hash::{BuildHasher, Hasher};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     use std::path::PathBuf;
+
+    use crate::error::{Error, Result};
+
+    /// Writes `text` to a new file in the temp directory, mode 0644, under an unpredictable
+    /// name, created exclusively (`O_EXCL`: a file or symlink planted there in advance by another
+    /// user is never followed or reused, the next name is tried).
+    pub fn create(text: &str) -> Result<TempPath> {
+        let dir = std::env::temp_dir();
+        let mut last = None;
+        for _ in 0..8 {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            let p = dir.join(format!(
+                "usernet-resolv-{}-{:016x}.conf",
+                std::process::id(),
+                h.finish()
+            ));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&p)
+            {
+                Ok(mut f) => {
+                    let tp = TempPath(p);
+                    f.write_all(text.as_bytes())
+                        .map_err(|e| Error::Io(format!("writing {}", tp.0.display()), e))?;
+                    return Ok(tp);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(Error::Io(format!("creating {}", p.display()), e)),
+            }
+        }
+        Err(Error::Io(
+            format!("creating a resolv.conf in {}", dir.display()),
+            last.unwrap_or_else(|| std::io::Error::other("no free name")),
+        ))
+    }
 
     /// A file removed on drop.
     #[derive(Debug)]
@@ -154,13 +195,7 @@ pub fn spawn(cmd: &[OsString], opts: &SpawnOptions) -> Result<Spawned> {
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| Error::invalid("command", "an argument contains a NUL byte"))?;
     let resolv = match &opts.resolv_conf {
-        Some(text) => {
-            let p =
-                std::env::temp_dir().join(format!("usernet-resolv-{}.conf", std::process::id()));
-            std::fs::write(&p, text)
-                .map_err(|e| Error::Io(format!("writing {}", p.display()), e))?;
-            Some(tempfile_path::TempPath(p))
-        }
+        Some(text) => Some(tempfile_path::create(text)?),
         None => None,
     };
     let resolv_c = resolv

@@ -514,6 +514,18 @@ impl Handle {
         {
             return Err(crate::bridge::BridgeError::NoSuchNetwork(spec.network.clone()).into());
         }
+        if crate::sandbox::is_applied() {
+            let what = match &backend {
+                Backend::Tap { .. } => "a new TAP (`tap`)",
+                Backend::NetnsTap { .. } => "a port in a network namespace (`netns`)",
+                Backend::Packet { .. } => "an AF_PACKET port (`packet`)",
+                Backend::Stream { .. } => "a stream port",
+            };
+            return Err(Error::invalid(
+                format!("port {:?}", spec.name),
+                crate::sandbox::refused(what),
+            ));
+        }
         let tap_opts = TapOptions {
             mtu: spec.mtu,
             offload: spec.offload.unwrap_or(true),
@@ -581,7 +593,8 @@ impl Handle {
             }
             let _ = std::fs::remove_file(path);
         }
-        let l = std::os::unix::net::UnixListener::bind(path)
+        // 0600 from creation: only this user's VMs may connect.
+        let l = server::bind_private(path)
             .map_err(|e| Error::Io(format!("binding stream socket {}", path.display()), e))?;
         l.set_nonblocking(true)
             .map_err(|e| Error::Io(format!("stream socket {}", path.display()), e))?;
@@ -865,6 +878,14 @@ impl Handle {
                 format!(
                     "network {:?} is internal: no NAT, no port forwards",
                     f.network
+                ),
+            ));
+        }
+        if f.splice && crate::sandbox::is_applied() {
+            return Err(Error::invalid(
+                "splice",
+                crate::sandbox::refused(
+                    "a spliced forward (it enters the guest's namespace for every connection)",
                 ),
             ));
         }

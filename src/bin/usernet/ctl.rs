@@ -320,7 +320,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Cmd::Shutdown => Request::Shutdown {},
     };
     let kind = req.clone();
-    let v = request(&a.socket.path(), &req)?;
+    let v = request(&a.socket.path()?, &req)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());

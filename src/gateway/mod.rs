@@ -579,6 +579,32 @@ enum Out {
     },
 }
 
+/// Hands a DNS-over-TCP answer back to the driver; dropped unanswered (the DNS server drops
+/// malformed input), it sends an empty answer, so the connection's in-flight count still goes
+/// down.
+struct TcpReply(Option<(Sender<Out>, Arc<Waker>, tcp::ConnId)>);
+
+impl TcpReply {
+    fn send(mut self, payload: Vec<u8>) {
+        if let Some((tx, waker, conn)) = self.0.take() {
+            let _ = tx.send(Out::Tcp { conn, payload });
+            let _ = waker.wake();
+        }
+    }
+}
+
+impl Drop for TcpReply {
+    fn drop(&mut self) {
+        if let Some((tx, waker, conn)) = self.0.take() {
+            let _ = tx.send(Out::Tcp {
+                conn,
+                payload: Vec::new(),
+            });
+            let _ = waker.wake();
+        }
+    }
+}
+
 /// Names the port behind a MAC on the gateway's network (`None` for an unknown MAC or the
 /// gateway's own port): how endpoints get their port name in DNS.
 pub type PortNames = Box<dyn Fn(Mac) -> Option<String> + Send>;
@@ -1182,15 +1208,11 @@ impl Driver {
         let counters = &self.gw.counters;
         let packets = self.tcp.poll(now, |conn, msg| {
             inc(&counters.dns_tcp);
-            let tx = tx.clone();
-            let waker = waker.clone();
+            let reply = TcpReply(Some((tx.clone(), waker.clone(), conn)));
             dns.handle(
                 &msg,
                 Transport::Tcp,
-                Box::new(move |payload| {
-                    let _ = tx.send(Out::Tcp { conn, payload });
-                    let _ = waker.wake();
-                }),
+                Box::new(move |payload| reply.send(payload)),
             );
         });
         for p in packets {

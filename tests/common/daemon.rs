@@ -55,6 +55,11 @@ impl Daemon {
         d
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.0.id())
+    }
+
     pub fn sock(&self) -> PathBuf {
         self.dir.path().join("sock")
     }

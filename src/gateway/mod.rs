@@ -640,6 +640,32 @@ enum Out {
     },
 }
 
+/// Hands a DNS-over-TCP answer back to the driver; dropped unanswered (the DNS server drops
+/// malformed input), it sends an empty answer, so the connection's in-flight count still goes
+/// down.
+struct TcpReply(Option<(Sender<Out>, Arc<Waker>, tcp::ConnId)>);
+
+impl TcpReply {
+    fn send(mut self, payload: Vec<u8>) {
+        if let Some((tx, waker, conn)) = self.0.take() {
+            let _ = tx.send(Out::Tcp { conn, payload });
+            let _ = waker.wake();
+        }
+    }
+}
+
+impl Drop for TcpReply {
+    fn drop(&mut self) {
+        if let Some((tx, waker, conn)) = self.0.take() {
+            let _ = tx.send(Out::Tcp {
+                conn,
+                payload: Vec::new(),
+            });
+            let _ = waker.wake();
+        }
+    }
+}
+
 /// Names a port of the gateway's network (`None` for an unknown port): how endpoints get their
 /// port name in DNS. The port is the one a frame came in on (the bridge stamps it), never one
 /// derived from an address inside the frame.
@@ -1198,7 +1224,7 @@ impl Driver {
                     return false;
                 };
                 if tcp.destination_port() == 53 {
-                    self.tcp.input(packet);
+                    self.tcp.input(packet, self.ingress);
                     true
                 } else {
                     // The host's loopback, through the gateway's address.
@@ -1378,15 +1404,11 @@ impl Driver {
         let counters = &self.gw.counters;
         let packets = self.tcp.poll(now, |conn, msg| {
             inc(&counters.dns_tcp);
-            let tx = tx.clone();
-            let waker = waker.clone();
+            let reply = TcpReply(Some((tx.clone(), waker.clone(), conn)));
             dns.handle(
                 &msg,
                 Transport::Tcp,
-                Box::new(move |payload| {
-                    let _ = tx.send(Out::Tcp { conn, payload });
-                    let _ = waker.wake();
-                }),
+                Box::new(move |payload| reply.send(payload)),
             );
         });
         for p in packets {
@@ -1619,7 +1641,7 @@ impl Driver {
                     return false;
                 };
                 if tcp.destination_port() == 53 {
-                    self.tcp.input(packet);
+                    self.tcp.input(packet, self.ingress);
                     true
                 } else if Some(dst) == cfg.addr6() {
                     self.nat(

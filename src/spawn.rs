@@ -422,7 +422,7 @@ pub struct IfConfig {
 /// Creates a TAP named `ifname` inside an existing network namespace (`netns` path), entering
 /// its user namespace first when `userns` is given (as slirp4netns does for rootless
 /// containers: that is what gives the right to create devices there), optionally configures
-/// it (up, MTU, address, default route, over rtnetlink), and returns it. Forks a helper process
+/// it (`lo` up, then the TAP up, MTU, address, default route, over rtnetlink), and returns it. Forks a helper process
 /// for the `setns` calls (a user namespace can only be joined by a single-threaded process), so
 /// call it before starting threads.
 pub fn tap_in_namespace(
@@ -482,6 +482,9 @@ pub fn tap_in_namespace(
                 let idx =
                     if_index(ifname).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
                 let mut nl = Rtnl::open()?;
+                // `lo` too, as slirp4netns does: servers in the namespace bind 127.0.0.1, and
+                // Podman's rootlessport connects to the container from inside.
+                nl.link_up(1, None)?;
                 nl.link_up(idx, Some(mtu))?;
                 nl.add_address(idx, IpAddr::V4(c.addr), c.prefix)?;
                 nl.add_default_route(IpAddr::V4(c.gateway))?;

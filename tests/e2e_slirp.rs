@@ -163,6 +163,10 @@ fn podman_style(extra: &[&str]) {
     assert!(addr.contains("10.0.2.100/24"), "{addr}");
     let route = ns.exec_ok(&["ip", "route", "show", "default"]);
     assert!(route.contains("via 10.0.2.2"), "{route}");
+    // `lo` is up too, as with slirp4netns (a server in the container binds 127.0.0.1, and
+    // Podman's rootlessport connects to it from inside).
+    let lo = ns.exec_ok(&["ip", "-o", "link", "show", "lo"]);
+    assert!(lo.contains("UP"), "lo: {lo}");
     // NAT to the host's loopback through 10.0.2.2.
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();

@@ -37,9 +37,14 @@ impl Lab {
     fn new(extra: &str) -> Lab {
         let victim = Netns::new("hv");
         let attacker = Netns::new("ha");
+        let ups = if extra.contains("dns_upstreams") {
+            ""
+        } else {
+            "dns_upstreams = [\"127.0.0.1:9\"]\n"
+        };
         let cfg = format!(
             "[[network]]\nname = \"h\"\nsubnet = \"10.77.0.0/24\"\nipv6 = \"fd77::/64\"\n\
-             dns_upstreams = [\"127.0.0.1:9\"]\n{extra}\n\
+             {ups}{extra}\n\
              [[port]]\nnetwork = \"h\"\nname = \"victim\"\nnetns = \"{}\"\n\
              [[port]]\nnetwork = \"h\"\nname = \"attacker\"\nnetns = \"{}\"\n",
             victim.path().display(),
@@ -611,4 +616,45 @@ fn host_loopback_off_is_closed_in_every_spelling() {
         "refused in {:?}: {err}",
         t0.elapsed()
     );
+}
+
+#[test]
+fn internal_network_forwards_no_dns_upstream() {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    use std::str::FromStr;
+    if !require_root("internal_network_forwards_no_dns_upstream") {
+        return;
+    }
+    // A would-be upstream on the host's loopback that counts what it gets.
+    let up = UdpSocket::bind("127.0.0.1:0").expect("upstream");
+    up.set_read_timeout(Some(Duration::from_millis(1500)))
+        .expect("timeout");
+    let up_addr = up.local_addr().expect("addr");
+    let lab = Lab::new(&format!("internal = true\ndns_upstreams = [\"{up_addr}\"]"));
+    // An outside name, asked from the victim: nothing may leave an internal network.
+    let mut q = Message::query();
+    q.add_query(Query::query(
+        Name::from_str("example.com.").expect("name"),
+        RecordType::A,
+    ));
+    let bytes = q.to_vec().expect("encode");
+    let answer = run_in_netns(&lab.victim.path(), move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.send_to(&bytes, (GW, 53))?;
+        let mut b = [0u8; 512];
+        let n = s.recv(&mut b)?;
+        Ok(b[..n].to_vec())
+    })
+    .expect("the gateway answers");
+    let m = Message::from_vec(&answer).expect("dns answer");
+    assert!(
+        m.answers.is_empty(),
+        "an internal network resolved an outside name: {m:?}"
+    );
+    let dns = &lab.gateway()["dns"];
+    assert_eq!(dns["forwarded"].as_u64(), Some(0), "{dns}");
+    let mut b = [0u8; 16];
+    assert!(up.recv_from(&mut b).is_err());
 }

@@ -288,6 +288,22 @@ fn arp_and_ip_claims_of_another_guest_move_nothing() {
         lab.drops("attacker", "spoofed_ip") >= 3,
         "spoofed_ip counted"
     );
+    // `ctl owners`: the victim's address is the victim port's, first seen.
+    let owners = lab.d.ctl(&["owners"]);
+    let row = |port: &str| {
+        owners
+            .as_array()
+            .and_then(|v| v.iter().find(|r| r["port"] == port).cloned())
+            .unwrap_or(Value::Null)
+    };
+    let has = |r: &Value, ip: &str| {
+        r["ips"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|p| p[0] == ip))
+    };
+    assert!(has(&row("victim"), &VICTIM.to_string()), "{owners}");
+    assert!(!has(&row("attacker"), &VICTIM.to_string()), "{owners}");
+    assert_eq!(row("victim")["port_security"], true, "{owners}");
     // The victim's NAT replies still reach the victim (host loopback via the gateway).
     tcp_echo_from(&lab.victim, SocketAddr::new(IpAddr::V4(GW), echo.port))
         .unwrap_or_else(|e| panic!("victim's NAT connection: {e}\n{}", lab.d.log()));

@@ -291,6 +291,21 @@ pub struct FdbRow {
     pub is_static: bool,
 }
 
+/// What one port owns (port security), as shown by `usernet ctl owners`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerRow {
+    /// Network name.
+    pub network: String,
+    /// Port name.
+    pub port: String,
+    /// Its source addresses are checked.
+    pub port_security: bool,
+    /// MACs it owns, each with how it came to (`config`, `lease`, `seen`).
+    pub macs: Vec<(Mac, String)>,
+    /// IP addresses it owns, each with how it came to.
+    pub ips: Vec<(std::net::IpAddr, String)>,
+}
+
 /// One port's counters, as shown by `usernet ctl stats`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortStatsRow {
@@ -746,6 +761,41 @@ impl Handle {
                         .unwrap_or_else(|| format!("#{}", e.port.0)),
                     age_secs: e.age_ms as f64 / 1000.0,
                     is_static: e.is_static,
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    /// What every port owns (port security), by network.
+    pub fn owners(&self, network: Option<&str>) -> Result<Vec<OwnerRow>> {
+        let topo = self.shared.bridge.topology();
+        if let Some(n) = network
+            && topo.network_by_name(n).is_none()
+        {
+            return Err(crate::bridge::BridgeError::NoSuchNetwork(n.to_string()).into());
+        }
+        let how = |c: crate::bridge::security::Claim| {
+            serde_json::to_value(c)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        };
+        let mut rows = Vec::new();
+        for ne in topo.networks() {
+            if network.is_some_and(|n| n != ne.net.name) {
+                continue;
+            }
+            for r in ne.net.guard.dump() {
+                rows.push(OwnerRow {
+                    network: ne.net.name.clone(),
+                    port: topo
+                        .port(r.port)
+                        .map(|p| p.name.clone())
+                        .unwrap_or_else(|| format!("#{}", r.port.0)),
+                    port_security: r.secured,
+                    macs: r.macs.into_iter().map(|(m, c)| (m, how(c))).collect(),
+                    ips: r.ips.into_iter().map(|(a, c)| (a, how(c))).collect(),
                 });
             }
         }

@@ -36,9 +36,9 @@ IP_A = "10.99.0.1"
 IP_B = "10.99.0.2"
 PORT = 5201
 # The bridge first: it is the UDP reference.
-SYSTEMS = ("bridge", "veth", "usernet", "usernet-bp", "ovs", "ovs-tso", "vde")
+SYSTEMS = ("bridge", "veth", "usernet", "usernet-bp", "usernet-ps", "ovs", "ovs-tso", "vde")
 LABELS = {"veth": "veth pair", "bridge": "Linux bridge", "usernet": "usernet",
-          "usernet-bp": "usernet, busy-polling",
+          "usernet-bp": "usernet, busy-polling", "usernet-ps": "usernet, port security",
           "ovs": "OVS userspace", "ovs-tso": "OVS userspace+TSO", "vde": "vde_switch"}
 UDP_FRACTION = 0.95  # fixed-rate UDP offers this fraction of the bridge's received rate
 
@@ -129,13 +129,18 @@ class Topology:
     def _up_usernet_bp(self):
         self._up_usernet(busy_poll_us=self.ctx.args.busy_poll_us)
 
-    def _up_usernet(self, busy_poll_us=0):
+    def _up_usernet_ps(self):
+        self._up_usernet(port_security=True)
+
+    def _up_usernet(self, busy_poll_us=0, port_security=False):
         engine = {"loops": self.loops, "mtu": self.mtu}
         if busy_poll_us:  # only then: a binary without the key still runs the plain case
             engine["busy_poll_us"] = busy_poll_us
         text = usernet_config(
             engine,
-            [{"name": f"n{seg}", "gateway": False} for seg in range(self.segments)],
+            [dict({"name": f"n{seg}", "gateway": False},
+                  **({"port_security": True} if port_security else {}))
+             for seg in range(self.segments)],
             [{"network": f"n{self.segment[i]}", "name": f"e{i}", "netns": f"/run/netns/{ns}",
               "mtu": self.mtu} for i, ns in enumerate(self.eps)])
         p, self.sock = usernet_up(self.ctx.usernet_bin, self.key, text, self.eps)

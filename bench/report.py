@@ -5,9 +5,10 @@ import html
 from common import fmt, get, ratio, usernet_drops
 
 L2_LABELS = {"veth": "veth pair", "bridge": "Linux bridge", "usernet": "usernet",
-             "usernet-bp": "usernet, busy-polling", "ovs": "OVS userspace",
+             "usernet-bp": "usernet, busy-polling", "usernet-ps": "usernet, port security",
+             "ovs": "OVS userspace",
              "ovs-tso": "OVS userspace + TSO", "vde": "vde_switch"}
-COLORS = {"usernet": "#d62728", "usernet-bp": "#e377c2", "usernet splice": "#8c1c13",
+COLORS = {"usernet": "#d62728", "usernet-bp": "#e377c2", "usernet-ps": "#bcbd22", "usernet splice": "#8c1c13",
           "veth": "#c7c7c7", "bridge": "#7f7f7f", "ovs": "#1f77b4",
           "ovs-tso": "#17becf", "vde": "#9467bd", "slirp4netns": "#ff7f0e",
           "pasta tap": "#2ca02c", "pasta splice": "#98df8a", "usernet 1 loop": "#ff9896",

@@ -141,6 +141,63 @@ fn bench_bridge(c: &mut Criterion) {
     g.finish();
 }
 
+/// The bridge's forwarding decision with port security off and on, same frames (IPv4/UDP from
+/// one owned MAC and address to 64 learned destinations): what the ownership check costs.
+fn bench_port_security(c: &mut Criterion) {
+    let mut g = c.benchmark_group("port_security");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let src = mac(0xff_0000);
+    let frames: Vec<Vec<u8>> = (0..BATCH as u32)
+        .map(|k| {
+            let mut f = eth(mac(k * 15), src, 14);
+            let mut ip = vec![0x45, 0, 0x05, 0xce, 0, 0, 0x40, 0, 64, 17, 0, 0];
+            ip.extend([10, 0, 0, 5, 10, 0, 0, 9]);
+            ip.extend([0x30, 0x39, 0x30, 0x39, 0x05, 0xba, 0, 0]);
+            f.extend(ip);
+            f.resize(1500, 0xab);
+            f
+        })
+        .collect();
+    for on in [false, true] {
+        let r = rig(1_000);
+        {
+            let topo = r.br.topology();
+            let guard = &topo.network_by_name("n").expect("n").net.guard;
+            guard.set_enabled(on);
+            guard.set_scope(usernet::bridge::security::Scope {
+                subnet4: Some("10.0.0.0/24".parse().expect("subnet")),
+                prefix6: None,
+            });
+        }
+        let pool = r.br.pool().clone();
+        let id = BenchmarkId::new("unicast/1500B", if on { "on" } else { "off" });
+        g.bench_function(id, |bch| {
+            bch.iter(|| {
+                let topo = r.br.topology();
+                let now = r.br.now();
+                let mut n = 0usize;
+                for f in frames.iter() {
+                    let frame = pool.frame_from(f).expect("fits");
+                    r.br.forward(&topo, &r.a, frame, now, &mut |_| n += 1);
+                }
+                for p in &r.egress {
+                    while let Some(f) = p.tx.pop() {
+                        black_box(f.data());
+                    }
+                }
+                black_box(n)
+            })
+        });
+        let st = r.a.counters.snapshot();
+        assert_eq!(
+            st.rx_dropped(),
+            0,
+            "port security {on}: frames dropped: {st:?}"
+        );
+    }
+    g.finish();
+}
+
 fn bench_engine(c: &mut Criterion) {
     let engine = Engine::start(EngineConfig {
         loops: 1,
@@ -265,6 +322,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_bridge, bench_engine, bench_offload
+    targets = bench_bridge, bench_port_security, bench_engine, bench_offload
 }
 criterion_main!(benches);

@@ -15,6 +15,25 @@
 //!
 //! Frames are *moved* from the RX batch into the egress ring; only a flood to several ports
 //! copies (every destination but the last gets a copy, the last gets the original).
+//!
+//! # Sharing the GSO buffers
+//!
+//! The 64 KiB buffers are few (a fixed number in flight) and shared by every port of the pool.
+//! A port whose link stopped writing (a guest that no longer reads its TAP, a memory peer that
+//! stalled) keeps the frames queued for it, its TX ring and its link's own queue, and each of
+//! them can be a 64 KiB buffer: left alone, one stalled port would soon hold every GSO buffer and
+//! every other port's bulk TCP would break (GSO frames arriving with no buffer to hold them are
+//! dropped). So a port is only *admitted* a GSO frame of the shared pool while it holds fewer of them than there
+//! are free ones ([`Frame::charge_to`]): the dynamic threshold of shared-memory switches
+//! (Choudhury and Hahne, 1998, with α = 1). A frame refused is dropped and counted at its egress
+//! port like a full ring (`ring_full`): a port that does not drain loses frames either way, and
+//! its TCP senders back off. With `k` ports stalled, each holds at most `limit / (k + 1)` buffers
+//! and as many stay free for the ports that flow, so the pool is never held whole; a lone busy
+//! port that flows may use half of it, which is plenty for a full ring's burst. The charge
+//! travels with the frame (into the link's queue, through segmenting) and is released when the
+//! frame is dropped, sent or not, so no path can leak it. Frames not in a GSO buffer are never
+//! refused here, nor frames of another pool (a gateway's private pool, which falls back to heap
+//! buffers when it runs out, so holding it starves no one).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -208,6 +227,7 @@ impl FramePool {
             len: 0,
             meta: FrameMeta::default(),
             pool: Some(self.inner.clone()),
+            charge: None,
         }
     }
 
@@ -276,6 +296,8 @@ pub struct Frame {
     /// Offload metadata.
     pub meta: FrameMeta,
     pool: Option<Arc<PoolInner>>,
+    /// The GSO share this frame counts against (see the module docs), released on drop.
+    charge: Option<Arc<AtomicUsize>>,
 }
 
 impl std::fmt::Debug for Frame {
@@ -307,6 +329,7 @@ impl Frame {
             len,
             meta: FrameMeta::default(),
             pool: None,
+            charge: None,
         }
     }
 
@@ -374,6 +397,44 @@ impl Frame {
         &mut self.buf_mut()[s - pre..s + l]
     }
 
+    /// True when the frame sits in one of its pool's 64 KiB GSO buffers.
+    pub fn in_gso_buffer(&self) -> bool {
+        let (Some(pool), Some(buf)) = (&self.pool, &self.buf) else {
+            return false;
+        };
+        pool.large.as_ref().is_some_and(|l| buf.len() == l.buf_size)
+    }
+
+    /// Admits the frame to a holder (an egress port) that has `held` GSO buffers of `shared` in
+    /// flight: true, and the frame counts in `held` until it is dropped, when it is not in a GSO
+    /// buffer of `shared` or the holder holds fewer of them than `shared` has free; false (the
+    /// caller drops it) otherwise. See the module docs. A frame charged to another holder moves
+    /// to this one.
+    pub fn charge_to(&mut self, shared: &FramePool, held: &Arc<AtomicUsize>) -> bool {
+        let same = self
+            .pool
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, &shared.inner));
+        if !same || !self.in_gso_buffer() {
+            return true;
+        }
+        if let Some(old) = self.charge.take() {
+            old.fetch_sub(1, Ordering::AcqRel);
+        }
+        let Some(pool) = &self.pool else {
+            return true;
+        };
+        let free = pool
+            .large_limit
+            .saturating_sub(pool.large_live.load(Ordering::Acquire));
+        if held.load(Ordering::Acquire) >= free {
+            return false;
+        }
+        held.fetch_add(1, Ordering::AcqRel);
+        self.charge = Some(held.clone());
+        true
+    }
+
     /// A copy of this frame in a buffer from `pool` (used when a flood needs several copies).
     /// Returns `None` if the frame does not fit the pool's buffers.
     pub fn clone_in(&self, pool: &FramePool) -> Option<Frame> {
@@ -385,6 +446,9 @@ impl Frame {
 
 impl Drop for Frame {
     fn drop(&mut self) {
+        if let Some(held) = self.charge.take() {
+            held.fetch_sub(1, Ordering::AcqRel);
+        }
         let (Some(buf), Some(pool)) = (self.buf.take(), self.pool.take()) else {
             return;
         };
@@ -465,6 +529,48 @@ mod tests {
         assert!(pool.compact(&mut g).is_none(), "a large frame stays");
         drop((big, g));
         assert_eq!(pool.large_in_use(), 0);
+    }
+
+    #[test]
+    fn a_holder_gets_gso_buffers_only_while_it_holds_fewer_than_are_free() {
+        let pool = FramePool::with_gso(1514, 4, 8);
+        let stalled = Arc::new(AtomicUsize::new(0));
+        let mut kept = Vec::new();
+        let mut refused = 0;
+        for _ in 0..20 {
+            let Some(mut f) = pool.alloc_large() else {
+                panic!("the pool ran dry: {} held", stalled.load(Ordering::Relaxed));
+            };
+            if f.charge_to(&pool, &stalled) {
+                kept.push(f);
+            } else {
+                refused += 1;
+            }
+        }
+        assert_eq!(kept.len(), 4, "half of 8");
+        assert_eq!(refused, 16);
+        // A second holder still gets buffers, and the two leave some free.
+        let other = Arc::new(AtomicUsize::new(0));
+        let mut kept2 = Vec::new();
+        while let Some(mut f) = pool.alloc_large() {
+            if !f.charge_to(&pool, &other) {
+                break;
+            }
+            kept2.push(f);
+        }
+        assert_eq!(kept2.len(), 2);
+        assert!(pool.large_in_use() < 8);
+        // Small frames are never refused; dropping releases the charge.
+        assert!(pool.alloc().charge_to(&pool, &stalled));
+        drop(kept);
+        assert_eq!(stalled.load(Ordering::Relaxed), 0);
+        // Another pool's frames (a gateway's, which falls back to the heap) are not counted.
+        let private = FramePool::with_gso(1514, 4, 8);
+        let mut f = private.alloc_large().expect("GSO buffer");
+        assert!(f.charge_to(&pool, &stalled));
+        assert_eq!(stalled.load(Ordering::Relaxed), 0);
+        drop(kept2);
+        assert_eq!((other.load(Ordering::Relaxed), pool.large_in_use()), (0, 0));
     }
 
     #[test]

@@ -8,11 +8,43 @@
 //! process, so a call we did not foresee degrades one feature (it is logged by the caller as an
 //! I/O error) instead of taking every guest's network down. One thing degrades by design:
 //! re-reading `/etc/resolv.conf` when it changes (the last upstreams are kept).
+//!
+//! Features that need what the sandbox takes away are refused once it is on, with an error
+//! naming the feature (see [`is_applied`]): ports that open a new TAP, enter a namespace or open
+//! an `AF_PACKET` socket, and spliced forwards (they enter the guest's namespace for every
+//! connection). Stream ports, NAT, DNS and ordinary port forwards keep working.
+//!
+//! The list names only system calls every supported architecture has, or gates them: aarch64
+//! has no `poll`, `epoll_wait`, `unlink` (its libc uses `ppoll`, `epoll_pwait`, `unlinkat`).
+//! `restart_syscall` is on the list: the kernel uses it to resume a sleep or a poll interrupted
+//! by SIGSTOP/SIGCONT; refusing it would make `nanosleep` fail (and the standard library
+//! panic) in a process that was merely stopped and continued.
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Set once [`apply`] has installed the filter in this process.
+static APPLIED: AtomicBool = AtomicBool::new(false);
+
+/// True once [`apply`] succeeded in this process: callers refuse features that cannot work
+/// under the sandbox (new TAP, namespace or packet ports; spliced forwards) with a clear error.
+pub fn is_applied() -> bool {
+    APPLIED.load(Ordering::Acquire)
+}
+
+/// The error for a `feature` that cannot work once the sandbox is on.
+pub fn refused(feature: &str) -> String {
+    format!(
+        "{feature} is not available: the sandbox is on (no new files, namespaces or capabilities); \
+         set it up before the sandbox is applied (config file, command line) or run without the sandbox"
+    )
+}
 
 /// System calls the running datapath makes (event loops, NAT sockets, DNS workers, control
 /// threads, timers, memory, signals, thread creation).
@@ -25,8 +57,10 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_close,
     libc::SYS_fcntl,
     libc::SYS_ioctl,
+    #[cfg(target_arch = "x86_64")]
     libc::SYS_poll,
     libc::SYS_ppoll,
+    #[cfg(target_arch = "x86_64")]
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_ctl,
@@ -56,6 +90,7 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_sched_yield,
     libc::SYS_sched_getaffinity,
     libc::SYS_nanosleep,
+    libc::SYS_restart_syscall,
     libc::SYS_clock_nanosleep,
     libc::SYS_clock_gettime,
     libc::SYS_gettimeofday,
@@ -84,7 +119,10 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_statx,
     libc::SYS_fstat,
     libc::SYS_lseek,
+    #[cfg(target_arch = "x86_64")]
     libc::SYS_unlink,
+    #[cfg(target_arch = "aarch64")]
+    libc::SYS_unlinkat,
     libc::SYS_exit,
     libc::SYS_exit_group,
 ];
@@ -92,8 +130,14 @@ const ALLOWED: &[libc::c_long] = &[
 /// Drops every capability, sets no-new-privs and installs the seccomp allowlist on all threads.
 pub fn apply() -> io::Result<()> {
     drop_capabilities()?;
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|&n| (n, Vec::new())).collect();
+    // fchmod only to 0600: a UNIX socket is made private before its bind (a stream port added
+    // under the sandbox, see `control::server::bind_private`); nothing may be opened up.
+    let private = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0o600)
+        .and_then(|c| SeccompRule::new(vec![c]))
+        .map_err(|e| io::Error::other(format!("seccomp rule: {e}")))?;
+    rules.insert(libc::SYS_fchmod, vec![private]);
     let arch = if cfg!(target_arch = "aarch64") {
         TargetArch::aarch64
     } else {
@@ -110,7 +154,9 @@ pub fn apply() -> io::Result<()> {
         io::Error::other(format!("seccomp compile: {e}"))
     })?;
     seccompiler::apply_filter_all_threads(&prog)
-        .map_err(|e| io::Error::other(format!("seccomp install: {e}")))
+        .map_err(|e| io::Error::other(format!("seccomp install: {e}")))?;
+    APPLIED.store(true, Ordering::Release);
+    Ok(())
 }
 
 /// Empties the effective, permitted and inheritable sets and the bounding set (as far as the

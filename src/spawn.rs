@@ -81,7 +81,48 @@ impl Spawned {
 }
 
 mod tempfile_path {
+    use std::hash::{BuildHasher, Hasher};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     use std::path::PathBuf;
+
+    use crate::error::{Error, Result};
+
+    /// Writes `text` to a new file in the temp directory, mode 0644, under an unpredictable
+    /// name, created exclusively (`O_EXCL`: a file or symlink planted there in advance by another
+    /// user is never followed or reused, the next name is tried).
+    pub fn create(text: &str) -> Result<TempPath> {
+        let dir = std::env::temp_dir();
+        let mut last = None;
+        for _ in 0..8 {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            let p = dir.join(format!(
+                "usernet-resolv-{}-{:016x}.conf",
+                std::process::id(),
+                h.finish()
+            ));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&p)
+            {
+                Ok(mut f) => {
+                    let tp = TempPath(p);
+                    f.write_all(text.as_bytes())
+                        .map_err(|e| Error::Io(format!("writing {}", tp.0.display()), e))?;
+                    return Ok(tp);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(Error::Io(format!("creating {}", p.display()), e)),
+            }
+        }
+        Err(Error::Io(
+            format!("creating a resolv.conf in {}", dir.display()),
+            last.unwrap_or_else(|| std::io::Error::other("no free name")),
+        ))
+    }
 
     /// A file removed on drop.
     #[derive(Debug)]
@@ -154,13 +195,7 @@ pub fn spawn(cmd: &[OsString], opts: &SpawnOptions) -> Result<Spawned> {
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| Error::invalid("command", "an argument contains a NUL byte"))?;
     let resolv = match &opts.resolv_conf {
-        Some(text) => {
-            let p =
-                std::env::temp_dir().join(format!("usernet-resolv-{}.conf", std::process::id()));
-            std::fs::write(&p, text)
-                .map_err(|e| Error::Io(format!("writing {}", p.display()), e))?;
-            Some(tempfile_path::TempPath(p))
-        }
+        Some(text) => Some(tempfile_path::create(text)?),
         None => None,
     };
     let resolv_c = resolv
@@ -387,7 +422,7 @@ pub struct IfConfig {
 /// Creates a TAP named `ifname` inside an existing network namespace (`netns` path), entering
 /// its user namespace first when `userns` is given (as slirp4netns does for rootless
 /// containers: that is what gives the right to create devices there), optionally configures
-/// it (up, MTU, address, default route, over rtnetlink), and returns it. Forks a helper process
+/// it (`lo` up, then the TAP up, MTU, address, default route, over rtnetlink), and returns it. Forks a helper process
 /// for the `setns` calls (a user namespace can only be joined by a single-threaded process), so
 /// call it before starting threads.
 pub fn tap_in_namespace(
@@ -447,6 +482,9 @@ pub fn tap_in_namespace(
                 let idx =
                     if_index(ifname).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
                 let mut nl = Rtnl::open()?;
+                // `lo` too, as slirp4netns does: servers in the namespace bind 127.0.0.1, and
+                // Podman's rootlessport connects to the container from inside.
+                nl.link_up(1, None)?;
                 nl.link_up(idx, Some(mtu))?;
                 nl.add_address(idx, IpAddr::V4(c.addr), c.prefix)?;
                 nl.add_default_route(IpAddr::V4(c.gateway))?;

@@ -81,7 +81,18 @@ fn podman_style_configure_api_and_exit_fd() {
     podman_style(&[]);
 }
 
-/// The same under the sandbox: capabilities dropped, seccomp allowlist, no new files.
+/// The sandbox is usernet's default; `--disable-sandbox` is the opt-out (the forwards added
+/// through the API work either way).
+#[test]
+fn podman_style_without_sandbox() {
+    if !require_root("podman_style_without_sandbox") {
+        return;
+    }
+    podman_style(&["--disable-sandbox"]);
+}
+
+/// The same with slirp4netns's own flags (the sandbox is on anyway): capabilities dropped,
+/// seccomp allowlist, no new files.
 #[test]
 fn podman_style_under_seccomp_sandbox() {
     if !require_root("podman_style_under_seccomp_sandbox") {
@@ -117,7 +128,14 @@ fn podman_style(extra: &[&str]) {
     drop(exit_r);
     drop(ready_w);
     wait_ready(ready_r);
-    if !extra.is_empty() {
+    // The API socket is private (it adds port forwards).
+    let mode = std::fs::metadata(&sock)
+        .expect("api socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "api socket mode");
+    {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).expect("status");
         let field = |k: &str| {
@@ -127,9 +145,14 @@ fn podman_style(extra: &[&str]) {
                 .map(|l| l[k.len()..].trim().to_string())
                 .unwrap_or_default()
         };
-        assert_eq!(field("Seccomp:"), "2", "seccomp filter mode\n{status}");
-        assert_eq!(field("CapEff:"), "0000000000000000", "capabilities dropped");
-        assert_eq!(field("NoNewPrivs:"), "1");
+        if extra.contains(&"--disable-sandbox") {
+            assert_eq!(field("Seccomp:"), "0", "no seccomp filter\n{status}");
+        } else {
+            // Sandboxed by default, as pasta is.
+            assert_eq!(field("Seccomp:"), "2", "seccomp filter mode\n{status}");
+            assert_eq!(field("CapEff:"), "0000000000000000", "capabilities dropped");
+            assert_eq!(field("NoNewPrivs:"), "1");
+        }
     }
     if extra.iter().any(|a| a.starts_with("--macaddress")) {
         let mac = ns.exec_ok(&["cat", "/sys/class/net/tap0/address"]);
@@ -140,6 +163,10 @@ fn podman_style(extra: &[&str]) {
     assert!(addr.contains("10.0.2.100/24"), "{addr}");
     let route = ns.exec_ok(&["ip", "route", "show", "default"]);
     assert!(route.contains("via 10.0.2.2"), "{route}");
+    // `lo` is up too, as with slirp4netns (a server in the container binds 127.0.0.1, and
+    // Podman's rootlessport connects to it from inside).
+    let lo = ns.exec_ok(&["ip", "-o", "link", "show", "lo"]);
+    assert!(lo.contains("UP"), "lo: {lo}");
     // NAT to the host's loopback through 10.0.2.2.
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
@@ -273,6 +300,7 @@ fn rootlesskit_style_start_and_help() {
         "--outbound-addr6",
         "--disable-dns",
         "--macaddress",
+        "--disable-sandbox",
     ] {
         assert!(text.contains(opt), "--help lacks {opt}");
     }

@@ -1,7 +1,7 @@
 //! The stream link (QEMU `-netdev stream` framing): a test peer bridges a TAP inside a namespace
 //! to usernet's stream socket, as a VM would; the namespace gets a DHCP lease and pings another
-//! namespace. A peer that sends a length over the MTU, or closes mid-frame, is dropped and the
-//! socket accepts the next peer. Needs root.
+//! namespace. A record over the MTU is skipped and counted; a peer that closes mid-frame is
+//! dropped and the socket accepts the next peer. Needs root.
 
 mod common;
 
@@ -158,13 +158,32 @@ fn stream_peer_gets_a_lease_and_pings_a_namespace() {
     drop(peer);
     wait_port(&d, "vm", false);
 
-    // A hostile peer: a length over the MTU. Dropped; the socket takes the next peer.
+    // A record over the MTU: skipped and counted as oversize, the port stays (as a TAP's
+    // truncated frame); the peer then closes inside that record: dropped, and the socket takes
+    // the next peer.
+    let oversize = |d: &Daemon| {
+        d.ctl(&["stats"])
+            .as_array()
+            .and_then(|v| v.iter().find(|r| r["port"] == "vm").cloned())
+            .map(|r| r["stats"]["drops"]["oversize"].as_u64().unwrap_or(0))
+            .unwrap_or(0)
+    };
     let mut bad = UnixStream::connect(&sock).expect("connect");
+    wait_port(&d, "vm", true);
     bad.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
         .expect("write");
-    std::thread::sleep(Duration::from_millis(300));
-    wait_port(&d, "vm", false);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while oversize(&d) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "oversize not counted\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.port_names().contains(&"vm".to_string()), "port kept");
     drop(bad);
+    wait_port(&d, "vm", false);
     // One that closes in the middle of a frame.
     let mut cut = UnixStream::connect(&sock).expect("connect");
     wait_port(&d, "vm", true);

@@ -807,3 +807,84 @@ fn gateway_timers_run_without_traffic() {
     };
     assert!(ra, "no unsolicited router advertisement within 10 s");
 }
+
+/// A stalled port (its link never drains) must not hold every GSO buffer of the engine's pool:
+/// the others' bulk TCP (64 KiB GSO frames) keeps flowing, and the stalled port's excess is
+/// counted as `ring_full`.
+#[test]
+fn a_stalled_port_cannot_hold_the_whole_gso_pool() {
+    use usernet::offload::Offloads;
+    let gso_buffers = 64;
+    let mut rig = Rig::with_config(EngineConfig {
+        loops: 1,
+        gso_buffers,
+        ..EngineConfig::default()
+    });
+    rig.net("n");
+    // `s` never reads what the engine sends it; `v` does; `g` sends bulk TCP to both.
+    for name in ["g", "s", "v"] {
+        let (engine_end, peer) =
+            MemoryLink::pair_with_offloads(1024, MAX_FRAME, Offloads::ALL).expect("memory pair");
+        rig.h
+            .add_port("n", name, PortPolicy::default(), Box::new(engine_end))
+            .expect("add port");
+        rig.peers.insert(name.to_string(), peer);
+    }
+    let (g, s, v) = (mac(1), mac(2), mac(3));
+    rig.learn_all(&[("g", g), ("s", s), ("v", v)]);
+    let pool = rig.h.bridge().pool().clone();
+    let payload: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    // A GSO frame in one of the engine's 64 KiB buffers, as an offload link receives it.
+    let gso = |dst: Mac| {
+        let model = tso_frame(dst, g, &payload, 1448);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Some(mut f) = pool.frame_from(model.data()) {
+                f.meta = model.meta;
+                return Some(f);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    // Bulk to the stalled port: far more than the pool holds.
+    let mut to_s = 0;
+    for _ in 0..3 * gso_buffers {
+        let Some(f) = gso(s) else { break };
+        assert!(rig.peer("g").send(f).is_ok(), "g's queue has room");
+        to_s += 1;
+        // Let the engine move it on.
+        let ok = wait_until(ARRIVE, || rig.peer("g").rx_queued() == 0);
+        assert!(ok);
+    }
+    let held = pool.large_in_use();
+    eprintln!("sent {to_s} GSO frames to the stalled port; it holds {held} GSO buffers");
+    // The flowing pair still gets GSO buffers and every frame arrives.
+    for i in 0..2 * gso_buffers {
+        let f = gso(v).unwrap_or_else(|| {
+            panic!(
+                "frame {i} to v: no GSO buffer free ({} in use of {gso_buffers}; the stalled port holds them)",
+                pool.large_in_use()
+            )
+        });
+        assert!(rig.peer("g").send(f).is_ok());
+        let got = rig.peer("v").recv_timeout(ARRIVE).expect("GSO frame at v");
+        assert_eq!(got.len(), 54 + payload.len());
+    }
+    assert_eq!(
+        to_s,
+        3 * gso_buffers,
+        "the stalled port never ran the pool dry"
+    );
+    // Half the pool (α = 1 with one stalled port), give or take a frame in flight.
+    assert!(held <= gso_buffers / 2 + 2, "stalled port holds {held}");
+    let drops = rig.stats("s").drops["ring_full"];
+    assert!(
+        drops > 0,
+        "the stalled port's excess is counted: {:?}",
+        rig.stats("s")
+    );
+    assert_invariant(&rig.h);
+}

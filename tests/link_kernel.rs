@@ -469,6 +469,70 @@ fn packet_oversize_is_counted() {
 }
 
 #[test]
+fn packet_flood_of_dropped_frames_is_read_within_a_budget() {
+    if !require_root("packet_flood_of_dropped_frames_is_read_within_a_budget") {
+        return;
+    }
+    let veth = Veth::new("uv");
+    let mut a = PacketLink::open(&veth.a, &packet_opts()).expect("open a");
+    let mut b = PacketLink::open(
+        &veth.b,
+        &PacketOptions {
+            offload: false,
+            ..packet_opts()
+        },
+    )
+    .expect("open b");
+    // Room on b for the whole flood.
+    let size: libc::c_int = 64 << 20;
+    // SAFETY: passes a c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            b.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE");
+    // 3000 frames too large for b's pool: every one is read and dropped (oversize).
+    let small = FramePool::new(200, 8);
+    let flood = 3000;
+    let mut q: VecDeque<Frame> = (0..flood)
+        .map(|_| Frame::from_slice(&test_frame(marker(), 600)))
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while !q.is_empty() && Instant::now() < deadline {
+        a.send_batch(&mut q).expect("send");
+    }
+    assert!(q.is_empty(), "flood sent");
+    assert!(wait_readable(b.as_fd().as_raw_fd(), 2000));
+    std::thread::sleep(Duration::from_millis(100));
+    let mut out = Vec::new();
+    let budget = usernet::link::packet::read_budget(64);
+    let st = b.recv_batch(&small, &mut out, 64).expect("recv_batch");
+    assert!(out.is_empty());
+    assert!(
+        st.oversize > 0 && st.oversize <= budget && !st.drained,
+        "one call consumed {} dropped frames of {flood} (budget {budget}), drained {}",
+        st.oversize,
+        st.drained
+    );
+    // The rest comes on later calls, each within the budget.
+    let mut total = st.oversize;
+    for _ in 0..flood {
+        let st = b.recv_batch(&small, &mut out, 64).expect("recv_batch");
+        assert!(st.oversize <= budget);
+        total += st.oversize;
+        if st.drained {
+            break;
+        }
+    }
+    assert!(total >= flood / 2, "{total} of {flood} read");
+}
+
+#[test]
 fn packet_down_is_transient_deleted_is_gone() {
     if !require_root("packet_down_is_transient_deleted_is_gone") {
         return;

@@ -87,7 +87,8 @@ pub enum DropReason {
     Hairpin,
     /// No other port to deliver to.
     NoDestination,
-    /// Egress: the port's TX ring was full.
+    /// Egress: the port's TX ring was full, or the port already held its share of the shared
+    /// GSO buffers (see [`crate::frame`]).
     RingFull,
     /// Egress: the link refused the frame.
     LinkError,
@@ -299,6 +300,9 @@ pub struct Port {
     /// Set when the port is removed from the bridge: frames its link still delivers before
     /// its loop detaches it are dropped, never learned.
     pub(crate) removed: AtomicBool,
+    /// GSO buffers held by frames queued for this port (its fair share, see
+    /// [`crate::frame`]).
+    pub(crate) gso_held: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Port {
@@ -566,6 +570,7 @@ impl Bridge {
                 dirty_local: AtomicBool::new(false),
                 owned,
                 removed: AtomicBool::new(false),
+                gso_held: Arc::default(),
             });
             if let Some(ne) = t.nets.get_mut(&net_id) {
                 ne.ports.push(port.clone());
@@ -656,7 +661,7 @@ impl Bridge {
             }
             Ok(Target::One(p)) => {
                 c.forwarded.fetch_add(1, Ordering::Relaxed);
-                enqueue(p, frame, on_enqueue);
+                enqueue(&self.pool, p, frame, on_enqueue);
             }
             Ok(Target::Flood(ne, broadcast)) => {
                 let mut targets = ne.ports.iter().filter(|p| {
@@ -671,12 +676,12 @@ impl Bridge {
                 c.forwarded.fetch_add(1, Ordering::Relaxed);
                 for next in targets {
                     match frame.clone_in(&self.pool) {
-                        Some(copy) => enqueue(cur, copy, on_enqueue),
+                        Some(copy) => enqueue(&self.pool, cur, copy, on_enqueue),
                         None => cur.counters.drop_n(DropReason::LinkError, 1),
                     }
                     cur = next;
                 }
-                enqueue(cur, frame, on_enqueue);
+                enqueue(&self.pool, cur, frame, on_enqueue);
             }
         }
     }
@@ -742,7 +747,17 @@ enum Target<'t> {
     Flood(&'t NetEntry, bool),
 }
 
-fn enqueue(p: &Arc<Port>, frame: Frame, on_enqueue: &mut dyn FnMut(&Arc<Port>)) {
+fn enqueue(
+    pool: &FramePool,
+    p: &Arc<Port>,
+    mut frame: Frame,
+    on_enqueue: &mut dyn FnMut(&Arc<Port>),
+) {
+    // A port past its share of the shared GSO buffers is full for GSO frames.
+    if !frame.charge_to(pool, &p.gso_held) {
+        p.counters.drop_n(DropReason::RingFull, 1);
+        return;
+    }
     match p.tx.push(frame) {
         Ok(()) => on_enqueue(p),
         Err(_dropped) => p.counters.drop_n(DropReason::RingFull, 1),

@@ -109,6 +109,12 @@ pub enum Request {
         #[serde(default)]
         network: Option<String>,
     },
+    /// What each port owns (port security).
+    Owners {
+        /// Only this network.
+        #[serde(default)]
+        network: Option<String>,
+    },
     /// Add a DNS record.
     DnsAdd {
         /// Network.
@@ -249,6 +255,7 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
         }
         Request::Gateways {} => json!(h.gateways()),
         Request::Leases { network } => json!(h.leases(network.as_deref())?),
+        Request::Owners { network } => json!(h.owners(network.as_deref())?),
         Request::DnsAdd {
             network,
             name,

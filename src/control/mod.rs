@@ -291,6 +291,21 @@ pub struct FdbRow {
     pub is_static: bool,
 }
 
+/// What one port owns (port security), as shown by `usernet ctl owners`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerRow {
+    /// Network name.
+    pub network: String,
+    /// Port name.
+    pub port: String,
+    /// Its source addresses are checked.
+    pub port_security: bool,
+    /// MACs it owns, each with how it came to (`config`, `lease`, `seen`).
+    pub macs: Vec<(Mac, String)>,
+    /// IP addresses it owns, each with how it came to.
+    pub ips: Vec<(std::net::IpAddr, String)>,
+}
+
 /// One port's counters, as shown by `usernet ctl stats`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortStatsRow {
@@ -515,6 +530,18 @@ impl Handle {
         {
             return Err(crate::bridge::BridgeError::NoSuchNetwork(spec.network.clone()).into());
         }
+        if crate::sandbox::is_applied() {
+            let what = match &backend {
+                Backend::Tap { .. } => "a new TAP (`tap`)",
+                Backend::NetnsTap { .. } => "a port in a network namespace (`netns`)",
+                Backend::Packet { .. } => "an AF_PACKET port (`packet`)",
+                Backend::Stream { .. } => "a stream port",
+            };
+            return Err(Error::invalid(
+                format!("port {:?}", spec.name),
+                crate::sandbox::refused(what),
+            ));
+        }
         let tap_opts = TapOptions {
             mtu: spec.mtu,
             offload: spec.offload.unwrap_or(true),
@@ -582,7 +609,8 @@ impl Handle {
             }
             let _ = std::fs::remove_file(path);
         }
-        let l = std::os::unix::net::UnixListener::bind(path)
+        // 0600 from creation: only this user's VMs may connect.
+        let l = server::bind_private(path)
             .map_err(|e| Error::Io(format!("binding stream socket {}", path.display()), e))?;
         l.set_nonblocking(true)
             .map_err(|e| Error::Io(format!("stream socket {}", path.display()), e))?;
@@ -740,6 +768,41 @@ impl Handle {
         Ok(rows)
     }
 
+    /// What every port owns (port security), by network.
+    pub fn owners(&self, network: Option<&str>) -> Result<Vec<OwnerRow>> {
+        let topo = self.shared.bridge.topology();
+        if let Some(n) = network
+            && topo.network_by_name(n).is_none()
+        {
+            return Err(crate::bridge::BridgeError::NoSuchNetwork(n.to_string()).into());
+        }
+        let how = |c: crate::bridge::security::Claim| {
+            serde_json::to_value(c)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        };
+        let mut rows = Vec::new();
+        for ne in topo.networks() {
+            if network.is_some_and(|n| n != ne.net.name) {
+                continue;
+            }
+            for r in ne.net.guard.dump() {
+                rows.push(OwnerRow {
+                    network: ne.net.name.clone(),
+                    port: topo
+                        .port(r.port)
+                        .map(|p| p.name.clone())
+                        .unwrap_or_else(|| format!("#{}", r.port.0)),
+                    port_security: r.secured,
+                    macs: r.macs.into_iter().map(|(m, c)| (m, how(c))).collect(),
+                    ips: r.ips.into_iter().map(|(a, c)| (a, how(c))).collect(),
+                });
+            }
+        }
+        Ok(rows)
+    }
+
     /// Counters of every port.
     pub fn stats(&self) -> Vec<PortStatsRow> {
         let topo = self.shared.bridge.topology();
@@ -866,6 +929,14 @@ impl Handle {
                 format!(
                     "network {:?} is internal: no NAT, no port forwards",
                     f.network
+                ),
+            ));
+        }
+        if f.splice && crate::sandbox::is_applied() {
+            return Err(Error::invalid(
+                "splice",
+                crate::sandbox::refused(
+                    "a spliced forward (it enters the guest's namespace for every connection)",
                 ),
             ));
         }

@@ -1,16 +1,25 @@
-//! The control socket: JSON lines over a UNIX stream socket, mode 0600.
+//! The control socket: JSON lines over a UNIX stream socket, mode 0600 from its creation.
 //!
 //! [`serve`] binds the socket (refusing to steal one that a live instance answers on, removing a
 //! stale one), then answers requests on a background thread until the engine stops. Each
 //! connection may send any number of request lines; a line longer than 1 MiB ends the connection.
-//! [`request`] is the client side used by `usernet ctl`.
+//! At most [`MAX_CONNS`] connections are served at once: one more gets a one-line JSON error and
+//! is closed. [`request`] is the client side used by `usernet ctl`.
+//!
+//! Every UNIX socket usernet listens on (this one, stream ports, the slirp4netns API) is bound
+//! by [`bind_private`]: the socket's inode is made 0600 *before* `bind(2)`, so the file appears
+//! with that mode (Linux creates it with the socket inode's mode minus the umask) and there is
+//! no window in which another user could connect. Not the umask: it is process-wide, and other
+//! threads (event loops, DNS, the control thread binding a stream port) run while a socket is
+//! bound.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -22,21 +31,60 @@ use crate::error::{Error, Result};
 
 const MAX_LINE: u64 = 1 << 20;
 
+/// Most control connections served at once; one more is answered with an error and closed.
+pub const MAX_CONNS: usize = 64;
+
 /// The default control socket path: `$USERNET_SOCKET`, else `/run/usernet/usernet.sock` for
-/// root, else `$XDG_RUNTIME_DIR/usernet.sock`, else `/tmp/usernet-UID.sock`.
-pub fn default_socket_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("USERNET_SOCKET") {
-        return PathBuf::from(p);
+/// root, else `$XDG_RUNTIME_DIR/usernet.sock`.
+///
+/// Without any of them this is an error, not a path in a shared directory: a fixed name in
+/// `/tmp` can be created first by another user (who then receives the requests), and a random
+/// private directory (`mkdtemp`) is safe but cannot be found by `usernet ctl`.
+pub fn default_socket_path() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("USERNET_SOCKET")
+        && !p.is_empty()
+    {
+        return Ok(PathBuf::from(p));
     }
     // SAFETY: geteuid cannot fail and touches no memory.
     let uid = unsafe { libc::geteuid() };
     if uid == 0 {
-        return PathBuf::from("/run/usernet/usernet.sock");
+        return Ok(PathBuf::from("/run/usernet/usernet.sock"));
     }
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
-        return Path::new(&d).join("usernet.sock");
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR")
+        && !d.is_empty()
+    {
+        return Ok(Path::new(&d).join("usernet.sock"));
     }
-    PathBuf::from(format!("/tmp/usernet-{uid}.sock"))
+    Err(Error::invalid(
+        "socket",
+        "no control socket path: give --socket PATH, or set USERNET_SOCKET or XDG_RUNTIME_DIR \
+         (usernet does not fall back to a shared directory such as /tmp)",
+    ))
+}
+
+/// Binds a listening UNIX stream socket at `path` that is mode 0600 from its creation (see the
+/// module docs): the socket inode is `fchmod`ed before `bind`, and the file's mode is checked
+/// after it (a kernel that ignored the inode's mode fails here, closed, rather than serving a
+/// wider socket). Does not remove an existing file.
+pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    // SAFETY: fchmod on a descriptor we own.
+    if unsafe { libc::fchmod(sock.as_raw_fd(), 0o600) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    sock.bind(&socket2::SockAddr::unix(path)?)?;
+    let mode = std::fs::symlink_metadata(path).map(|m| m.mode() & 0o7777);
+    if !matches!(mode, Ok(m) if m & 0o077 == 0) {
+        let _ = std::fs::remove_file(path);
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("the socket was not created private (mode {mode:?}, wanted 0600)"),
+        ));
+    }
+    sock.listen(128)?;
+    // SAFETY: the descriptor is a listening UNIX stream socket we own; ownership moves.
+    Ok(unsafe { UnixListener::from_raw_fd(sock.into_raw_fd()) })
 }
 
 /// A running control server; dropping it removes the socket file.
@@ -70,9 +118,12 @@ pub fn serve(handle: Handle, path: &Path) -> Result<Server> {
         && !dir.as_os_str().is_empty()
         && !dir.exists()
     {
-        std::fs::create_dir_all(dir)
+        // 0700 from creation (the last component; parents as the umask gives).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
             .map_err(|e| Error::Io(format!("creating {}", dir.display()), e))?;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     }
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
@@ -86,10 +137,8 @@ pub fn serve(handle: Handle, path: &Path) -> Result<Server> {
         }
         let _ = std::fs::remove_file(path);
     }
-    let listener = UnixListener::bind(path)
+    let listener = bind_private(path)
         .map_err(|e| Error::Io(format!("binding control socket {}", path.display()), e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::Io(format!("chmod 0600 {}", path.display()), e))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::Io("control socket".into(), e))?;
@@ -106,14 +155,38 @@ pub fn serve(handle: Handle, path: &Path) -> Result<Server> {
     })
 }
 
+/// Counts a live control connection; the count drops with it.
+struct ConnSlot(Arc<AtomicUsize>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn accept_loop(handle: Handle, listener: UnixListener, stop: Arc<AtomicBool>) {
+    let live = Arc::new(AtomicUsize::new(0));
     while !handle.is_stopped() && !stop.load(Ordering::Acquire) {
         match listener.accept() {
-            Ok((conn, _)) => {
+            Ok((mut conn, _)) => {
+                if live.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS {
+                    live.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!("control socket: {MAX_CONNS} connections open, one refused");
+                    let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
+                    let _ = writeln!(
+                        conn,
+                        r#"{{"ok":false,"error":"too many control connections (at most {MAX_CONNS}); try again later"}}"#
+                    );
+                    continue;
+                }
+                let slot = ConnSlot(live.clone());
                 let h = handle.clone();
                 let _ = std::thread::Builder::new()
                     .name("usernet-ctl-conn".into())
-                    .spawn(move || serve_conn(h, conn));
+                    .spawn(move || {
+                        let _slot = slot;
+                        serve_conn(h, conn)
+                    });
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(50));

@@ -451,9 +451,13 @@ impl LoopState {
     }
 
     /// The link failed for good: remove the port everywhere.
-    fn fail(&mut self, slot: usize, err: &dyn std::fmt::Display) {
+    fn fail(&mut self, slot: usize, err: &crate::link::LinkError) {
         if let Some(lp) = self.drop_slot(slot) {
-            tracing::warn!(port = %lp.port.name, "link failed, port removed: {err}");
+            if err.is_orderly_close() {
+                tracing::info!(port = %lp.port.name, "peer closed, port removed: {err}");
+            } else {
+                tracing::warn!(port = %lp.port.name, "link failed, port removed: {err}");
+            }
             self.shared.port_netns.lock().remove(&lp.port.name);
             self.shared.bridge.remove_port(lp.port.id);
         }

@@ -65,6 +65,21 @@ pub fn gratuitous(gw_mac: Mac, gw_ip: Ipv4Addr) -> Vec<u8> {
     )
 }
 
+/// An ARP request from the gateway for `target`, broadcast.
+pub fn request(gw_mac: Mac, gw_ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    build(
+        gw_mac,
+        Mac::BROADCAST,
+        ArpEthIpv4Packet {
+            operation: ArpOperation::REQUEST,
+            sender_mac: gw_mac.0,
+            sender_ipv4: gw_ip.octets(),
+            target_mac: [0; 6],
+            target_ipv4: target.octets(),
+        },
+    )
+}
+
 fn build(src: Mac, dst: Mac, arp: ArpEthIpv4Packet) -> Vec<u8> {
     let builder = PacketBuilder::ethernet2(src.0, dst.0).arp(ArpPacket::from(arp));
     let mut out = Vec::with_capacity(builder.size());

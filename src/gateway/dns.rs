@@ -52,7 +52,8 @@
 //!   a worker).
 //! - Upstreams come from [`Upstreams`]: an explicit list, or every `nameserver` line of a
 //!   resolv.conf file (port 53, in file order), re-read when its mtime, length or inode changes,
-//!   checked at most once per second. A missing file or zero nameservers answer SERVFAIL.
+//!   checked at most once per second. Zero nameservers (or a file missing from the start)
+//!   answer SERVFAIL; a file that can no longer be read keeps the last upstreams read.
 //! - Dropping the [`DnsServer`] stops the workers: queued jobs are answered SERVFAIL, an exchange
 //!   in flight stops within about 100 ms (a TCP connect within `timeout`), and the join waits at
 //!   most `timeout` + 1 s before detaching a worker that is still busy.
@@ -135,7 +136,8 @@ pub enum Upstreams {
     Explicit(Vec<SocketAddr>),
     /// Every `nameserver` line of this resolv.conf file (port 53), in order; the file is re-read
     /// when its mtime or length changes (checked at most once per second). Zero nameservers (or
-    /// a missing file) make every forwarded query fail with SERVFAIL.
+    /// a file missing from the start) make every forwarded query fail with SERVFAIL; a file
+    /// that can no longer be read (removed, or refused under the sandbox) keeps the last list.
     ResolvConf(PathBuf),
 }
 
@@ -649,16 +651,23 @@ fn scope_id(zone: &str) -> Option<u32> {
     (idx != 0).then_some(idx)
 }
 
-/// Follows a resolv.conf file: re-reads it when its mtime or length changes, checking at most
-/// once per `interval`.
+/// Follows a resolv.conf file: re-reads it when its mtime, length or inode changes, checking at
+/// most once per `interval`.
+///
+/// A file that cannot be read (it vanished while being replaced, or `open` is refused because
+/// the sandbox is on, or EACCES) keeps the last upstreams read: one warning per failing spell,
+/// and the next change is read again. Only a file read successfully replaces the list (an
+/// empty list too, if it has no `nameserver` line).
 #[derive(Debug)]
 struct ResolvConfWatcher {
     path: PathBuf,
     interval: Duration,
     last_check: Option<Instant>,
-    /// (mtime, len, inode) of the version read; None when the file could not be stat'ed.
+    /// (mtime, len, inode) of the version last read successfully.
     stamp: Option<(Option<SystemTime>, u64, u64)>,
     servers: Vec<SocketAddr>,
+    /// True while the file cannot be read (warned once).
+    failing: bool,
 }
 
 impl ResolvConfWatcher {
@@ -669,6 +678,7 @@ impl ResolvConfWatcher {
             last_check: None,
             stamp: None,
             servers: Vec::new(),
+            failing: false,
         }
     }
 
@@ -682,24 +692,32 @@ impl ResolvConfWatcher {
         }
         let first = self.last_check.is_none();
         self.last_check = Some(now);
-        let stamp = std::fs::metadata(&self.path)
-            .ok()
-            .map(|m| (m.modified().ok(), m.len(), m.ino()));
-        if !first && stamp == self.stamp {
-            return self.servers.clone();
-        }
-        self.stamp = stamp;
-        let servers = match std::fs::read_to_string(&self.path) {
-            Ok(text) => parse_resolv_conf(&text),
-            Err(e) => {
-                warn!(path = %self.path.display(), error = %e, "cannot read resolv.conf");
-                Vec::new()
+        let read = std::fs::metadata(&self.path).and_then(|m| {
+            let stamp = Some((m.modified().ok(), m.len(), m.ino()));
+            if !first && stamp == self.stamp {
+                return Ok(None);
             }
-        };
-        if first || servers != self.servers {
-            info!(path = %self.path.display(), ?servers, "DNS upstreams");
+            std::fs::read_to_string(&self.path).map(|text| Some((stamp, text)))
+        });
+        match read {
+            Ok(None) => {}
+            Ok(Some((stamp, text))) => {
+                let servers = parse_resolv_conf(&text);
+                if first || self.failing || servers != self.servers {
+                    info!(path = %self.path.display(), ?servers, "DNS upstreams");
+                }
+                self.failing = false;
+                self.stamp = stamp;
+                self.servers = servers;
+            }
+            Err(e) => {
+                if !self.failing {
+                    warn!(path = %self.path.display(), error = %e, kept = ?self.servers,
+                        "cannot read resolv.conf: keeping the last upstreams");
+                }
+                self.failing = true;
+            }
         }
-        self.servers = servers;
         self.servers.clone()
     }
 }
@@ -2085,7 +2103,8 @@ mod tests {
                 "192.0.2.3:53".parse::<SocketAddr>().unwrap()
             ]
         );
-        std::fs::remove_file(&path).unwrap();
+        // An empty file empties the list (a successful read).
+        std::fs::write(&path, "search example.com\n").unwrap();
         assert!(w.current().is_empty());
         // The real interval: a change is seen only after it.
         std::fs::write(&path, "nameserver 192.0.2.1\n").unwrap();
@@ -2095,6 +2114,43 @@ mod tests {
         assert_eq!(w.current().len(), 1);
         thread::sleep(Duration::from_millis(350));
         assert_eq!(w.current().len(), 2);
+    }
+
+    /// A resolv.conf that vanishes or cannot be read (as under the sandbox, where `open` fails
+    /// with EPERM) keeps the last upstreams; the next readable version is taken.
+    #[test]
+    fn resolv_conf_unreadable_keeps_upstreams() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        std::fs::write(&path, "nameserver 192.0.2.1\n").unwrap();
+        let mut w = ResolvConfWatcher::new(path.clone(), Duration::ZERO);
+        let one: Vec<SocketAddr> = vec!["192.0.2.1:53".parse().unwrap()];
+        assert_eq!(w.current(), one);
+        // Removed (e.g. between unlink and rename of a resolver manager).
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(w.current(), one);
+        assert_eq!(w.current(), one);
+        // Back, changed: read.
+        std::fs::write(&path, "nameserver 192.0.2.2\n").unwrap();
+        let two: Vec<SocketAddr> = vec!["192.0.2.2:53".parse().unwrap()];
+        assert_eq!(w.current(), two);
+        // Changed and unreadable. Root reads mode 000 files anyway: a directory in the file's
+        // place stands for "open succeeds, read fails" there.
+        std::fs::write(&path, "nameserver 192.0.2.3\nnameserver 192.0.2.4\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
+        if std::fs::read(&path).is_err() {
+            assert_eq!(w.current(), two);
+        }
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert_eq!(w.current(), two);
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::write(&path, "nameserver 192.0.2.5\n").unwrap();
+        assert_eq!(
+            w.current(),
+            vec!["192.0.2.5:53".parse::<SocketAddr>().unwrap()]
+        );
     }
 
     #[test]

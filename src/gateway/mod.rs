@@ -25,6 +25,11 @@
 //!   whose answers come back through a channel and the loop's `Waker`;
 //! - NDP neighbour and router solicitations, and periodic router advertisements with the prefix
 //!   (SLAAC), MTU and RDNSS ([`ndp`]).
+//! - neighbour resolution of its own: a packet for a guest whose MAC it does not know (a port
+//!   forward to a guest that has sent nothing yet) is held in a small queue per address (16
+//!   packets, 256 KiB) while the gateway sends ARP requests or neighbour solicitations, one a
+//!   second, three at most; the answer releases the queue, silence drops it (counted as
+//!   `neigh_unresolved`).
 //!
 //! Names: an endpoint is known in DNS by the DHCP hostname it sends, by its *port name* (the
 //! gateway looks the client's MAC up in the network's FDB, so the port `web` answers as
@@ -233,6 +238,10 @@ pub struct GatewayCounters {
     pub dhcp_spoofed: AtomicU64,
     /// Neighbour entries refused: the port's quota or the table was full.
     pub neigh_refused: AtomicU64,
+    /// ARP requests and neighbour solicitations the gateway sent to resolve a guest.
+    pub neigh_solicits: AtomicU64,
+    /// Packets to guests dropped because their address did not resolve (or a queue was full).
+    pub neigh_unresolved: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -353,6 +362,8 @@ impl Gateway {
             ("errors", &c.errors),
             ("dhcp_spoofed", &c.dhcp_spoofed),
             ("neigh_refused", &c.neigh_refused),
+            ("neigh_solicits", &c.neigh_solicits),
+            ("neigh_unresolved", &c.neigh_unresolved),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
@@ -632,6 +643,33 @@ const MAX_LEASED_PER_PORT: usize = 8;
 const GONE_FOR: Duration = Duration::from_secs(2);
 /// Most removed ports remembered for [`GONE_FOR`].
 const MAX_GONE: usize = 1024;
+/// Packets held for one unresolved address (like the kernel's neighbour queue); past it the
+/// oldest goes.
+const UNRESOLVED_PACKETS: usize = 16;
+/// Bytes held for one unresolved address.
+const UNRESOLVED_BYTES: usize = 256 * 1024;
+/// Addresses being resolved at once.
+const UNRESOLVED_MAX: usize = 256;
+/// Solicitations per address (one a second) before its packets are dropped.
+const SOLICITS: u8 = 3;
+
+/// How a held packet is sent once its neighbour resolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// NAT's output (TCP segments get offload metadata).
+    Nat,
+    /// As it is.
+    Plain,
+}
+
+/// Packets waiting for a guest's MAC (ARP / NDP in progress).
+#[derive(Debug)]
+struct Unresolved {
+    packets: std::collections::VecDeque<(Vec<u8>, Via)>,
+    bytes: usize,
+    solicits: u8,
+    next: Instant,
+}
 
 /// Work finished elsewhere (DNS workers), handed back to the driver.
 enum Out {
@@ -645,6 +683,32 @@ enum Out {
         conn: tcp::ConnId,
         payload: Vec<u8>,
     },
+}
+
+/// Hands a DNS-over-TCP answer back to the driver; dropped unanswered (the DNS server drops
+/// malformed input), it sends an empty answer, so the connection's in-flight count still goes
+/// down.
+struct TcpReply(Option<(Sender<Out>, Arc<Waker>, tcp::ConnId)>);
+
+impl TcpReply {
+    fn send(mut self, payload: Vec<u8>) {
+        if let Some((tx, waker, conn)) = self.0.take() {
+            let _ = tx.send(Out::Tcp { conn, payload });
+            let _ = waker.wake();
+        }
+    }
+}
+
+impl Drop for TcpReply {
+    fn drop(&mut self) {
+        if let Some((tx, waker, conn)) = self.0.take() {
+            let _ = tx.send(Out::Tcp {
+                conn,
+                payload: Vec::new(),
+            });
+            let _ = waker.wake();
+        }
+    }
 }
 
 /// Names a port of the gateway's network (`None` for an unknown port): how endpoints get their
@@ -670,6 +734,10 @@ pub struct Driver {
     neigh: HashMap<IpAddr, (Mac, u32)>,
     /// Each port's neighbour entries, oldest first (quota [`MAX_NEIGH_PER_PORT`]).
     neigh_of: HashMap<u32, std::collections::VecDeque<IpAddr>>,
+    /// Packets for guests whose MAC is being resolved.
+    unresolved: HashMap<IpAddr, Unresolved>,
+    /// The gateway clock of the call in progress.
+    now: Instant,
     names: HashMap<(String, bool), IpAddr>,
     /// The name each port got in DNS (removed with the port).
     port_names: HashMap<u32, String>,
@@ -776,6 +844,8 @@ impl Driver {
             out_rx,
             neigh: HashMap::new(),
             neigh_of: HashMap::new(),
+            unresolved: HashMap::new(),
+            now: epoch,
             names: HashMap::new(),
             port_names: HashMap::new(),
             leased: HashMap::new(),
@@ -814,11 +884,15 @@ impl Driver {
         if let Some(d) = self.nat.as_mut().and_then(|n| n.poll_delay(now)) {
             t = t.min(d);
         }
+        if let Some(next) = self.unresolved.values().map(|u| u.next).min() {
+            t = t.min(next.saturating_duration_since(now));
+        }
         t
     }
 
     /// A NAT host socket registered under `token` is ready.
     pub fn host_ready(&mut self, token: Token, now: Instant) {
+        self.now = now;
         let Some(nat) = self.nat.as_mut() else {
             return;
         };
@@ -869,6 +943,8 @@ impl Driver {
         {
             self.gone.pop_front();
         }
+        self.now = now;
+        self.resolve_timers(now);
         for id in self.guard.take_removed() {
             self.forget_port(id.0, now);
         }
@@ -976,6 +1052,7 @@ impl Driver {
     pub fn frame_with(&mut self, data: &[u8], meta: FrameMeta, now: Instant) {
         self.rx_vnet = meta.vnet;
         self.ingress = meta.ingress;
+        self.now = now;
         inc(&self.gw.counters.frames);
         if !self.gone.is_empty() && self.gone.iter().any(|g| g.0 == meta.ingress) {
             // Sent by a port that is gone since.
@@ -1068,7 +1145,95 @@ impl Driver {
             self.neigh_of.entry(port).or_default().push_back(ip);
         }
         self.neigh.insert(ip, (mac, port));
+        if let Some(u) = self.unresolved.remove(&ip) {
+            for (p, via) in u.packets {
+                match via {
+                    Via::Nat => self.send_nat_ip(&p),
+                    Via::Plain => self.send_ip(&p),
+                }
+            }
+        }
         true
+    }
+
+    /// Holds `packet` for `dst`, whose MAC is not known, and asks for it (ARP / neighbour
+    /// solicitation) unless a request is out already.
+    fn hold(&mut self, dst: IpAddr, packet: &[u8], via: Via) {
+        let on_link = match dst {
+            IpAddr::V4(a) => {
+                self.gw.cfg.subnet.contains(&a)
+                    && a != self.gw.cfg.subnet.broadcast()
+                    && a != self.gw.cfg.subnet.network()
+            }
+            IpAddr::V6(a) => {
+                a.is_unicast_link_local() || self.gw.cfg.ipv6.is_some_and(|p| p.contains(&a))
+            }
+        };
+        if !on_link
+            || packet.len() > UNRESOLVED_BYTES
+            || (!self.unresolved.contains_key(&dst) && self.unresolved.len() >= UNRESOLVED_MAX)
+        {
+            inc(&self.gw.counters.neigh_unresolved);
+            return;
+        }
+        let now = self.now;
+        let u = self.unresolved.entry(dst).or_insert_with(|| Unresolved {
+            packets: std::collections::VecDeque::new(),
+            bytes: 0,
+            solicits: 0,
+            next: now,
+        });
+        while u.packets.len() >= UNRESOLVED_PACKETS || u.bytes + packet.len() > UNRESOLVED_BYTES {
+            let Some((old, _)) = u.packets.pop_front() else {
+                break;
+            };
+            u.bytes -= old.len();
+            inc(&self.gw.counters.neigh_unresolved);
+        }
+        u.bytes += packet.len();
+        u.packets.push_back((packet.to_vec(), via));
+        if u.solicits == 0 {
+            u.solicits = 1;
+            u.next = now + Duration::from_secs(1);
+            self.solicit(dst);
+        }
+    }
+
+    /// Asks the network for `dst`'s MAC.
+    fn solicit(&mut self, dst: IpAddr) {
+        inc(&self.gw.counters.neigh_solicits);
+        let frame = match dst {
+            IpAddr::V4(a) => arp::request(self.gw.cfg.mac, self.gw.cfg.addr, a),
+            IpAddr::V6(a) => ndp::neighbor_solicit(self.gw.cfg.mac, self.gw.cfg.link_local(), a),
+        };
+        self.send(frame);
+    }
+
+    /// Repeats solicitations that got no answer; drops what waited for [`SOLICITS`] of them.
+    fn resolve_timers(&mut self, now: Instant) {
+        let due: Vec<IpAddr> = self
+            .unresolved
+            .iter()
+            .filter(|(_, u)| u.next <= now)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in due {
+            let Some(u) = self.unresolved.get_mut(&a) else {
+                continue;
+            };
+            if u.solicits >= SOLICITS {
+                let n = u.packets.len() as u64;
+                self.unresolved.remove(&a);
+                self.gw
+                    .counters
+                    .neigh_unresolved
+                    .fetch_add(n, Ordering::Relaxed);
+                continue;
+            }
+            u.solicits += 1;
+            u.next = now + Duration::from_secs(1);
+            self.solicit(a);
+        }
     }
 
     fn unlink_neigh(&mut self, port: u32, ip: IpAddr) {
@@ -1256,7 +1421,7 @@ impl Driver {
                     return false;
                 };
                 if tcp.destination_port() == 53 {
-                    self.tcp.input(packet);
+                    self.tcp.input(packet, self.ingress);
                     true
                 } else {
                     // The host's loopback, through the gateway's address.
@@ -1467,15 +1632,11 @@ impl Driver {
         let counters = &self.gw.counters;
         let packets = self.tcp.poll(now, |conn, msg| {
             inc(&counters.dns_tcp);
-            let tx = tx.clone();
-            let waker = waker.clone();
+            let reply = TcpReply(Some((tx.clone(), waker.clone(), conn)));
             dns.handle(
                 &msg,
                 Transport::Tcp,
-                Box::new(move |payload| {
-                    let _ = tx.send(Out::Tcp { conn, payload });
-                    let _ = waker.wake();
-                }),
+                Box::new(move |payload| reply.send(payload)),
             );
         });
         for p in packets {
@@ -1507,7 +1668,7 @@ impl Driver {
             .as_ref()
             .and_then(|n| n.tcp_gso_size(packet))
             .unwrap_or_else(|| mtu.saturating_sub(l4 + 20).max(1) as u16);
-        let Some(mut f) = self.eth_frame(packet) else {
+        let Some(mut f) = self.eth_frame(packet, Via::Nat) else {
             return;
         };
         let vnet = crate::offload::tcp_partial(&mut f.data_mut()[14..], l4, 14, mtu, gso_size);
@@ -1517,16 +1678,17 @@ impl Driver {
 
     /// Wraps an IP packet from smoltcp in Ethernet towards its destination's MAC.
     fn send_ip(&mut self, packet: &[u8]) {
-        if let Some(f) = self.eth_frame(packet) {
+        if let Some(f) = self.eth_frame(packet, Via::Plain) {
             self.queue(f);
         }
     }
 
-    /// `packet` in an Ethernet frame to its destination's MAC (`None` if unknown or malformed):
+    /// `packet` in an Ethernet frame to its destination's MAC (`None` if malformed, or while the
+    /// MAC is resolved: then the packet is held, see [`Self::hold`]):
     /// one copy of the packet, into a buffer from the driver's pool (reused: a 64 KiB segment
     /// costs no allocation and no fresh pages), or from the heap when the pool's GSO buffers
     /// are all in flight.
-    fn eth_frame(&self, packet: &[u8]) -> Option<Frame> {
+    fn eth_frame(&mut self, packet: &[u8], via: Via) -> Option<Frame> {
         let (dst, ethertype) = match packet.first().map(|b| b >> 4) {
             Some(4) => (
                 IpAddr::V4(
@@ -1548,7 +1710,10 @@ impl Driver {
             ),
             _ => return None,
         };
-        let (mac, _) = self.neigh.get(&dst)?;
+        let Some((mac, _)) = self.neigh.get(&dst) else {
+            self.hold(dst, packet, via);
+            return None;
+        };
         let mut eth = [0u8; 14];
         eth[..6].copy_from_slice(&mac.0);
         eth[6..12].copy_from_slice(&self.gw.cfg.mac.0);
@@ -1708,7 +1873,7 @@ impl Driver {
                     return false;
                 };
                 if tcp.destination_port() == 53 {
-                    self.tcp.input(packet);
+                    self.tcp.input(packet, self.ingress);
                     true
                 } else if Some(dst) == cfg.addr6() {
                     self.nat(

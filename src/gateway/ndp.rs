@@ -108,6 +108,19 @@ pub fn neighbor_advert(
     write(b, &payload)
 }
 
+/// A neighbour solicitation from the gateway (`src_ip`, its link-local address) for `target`,
+/// to the target's solicited-node multicast group, with the gateway's link-layer address.
+pub fn neighbor_solicit(gw_mac: Mac, src_ip: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let dst = solicited_node(target);
+    let b = PacketBuilder::ethernet2(gw_mac.0, multicast_mac(dst).0)
+        .ipv6(src_ip.octets(), dst.octets(), NDP_HOP_LIMIT)
+        .icmpv6(Icmpv6Type::NeighborSolicitation);
+    let mut payload = Vec::with_capacity(24);
+    payload.extend_from_slice(&target.octets());
+    payload.extend_from_slice(&lladdr_option(1, gw_mac));
+    write(b, &payload)
+}
+
 /// What goes into a router advertisement.
 #[derive(Debug, Clone)]
 pub struct RaParams {

@@ -50,6 +50,12 @@ impl LinkError {
     pub fn is_fatal(&self) -> bool {
         matches!(self, LinkError::Gone(_))
     }
+
+    /// True for a peer that went away in order (a VM shut down, a stream peer closed between
+    /// frames): nothing to warn about.
+    pub fn is_orderly_close(&self) -> bool {
+        matches!(self, LinkError::Gone(e) if e.kind() == io::ErrorKind::ConnectionAborted)
+    }
 }
 
 /// Capabilities a link reports to the engine.

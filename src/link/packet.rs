@@ -13,6 +13,12 @@
 //! allocated once and kept in the link; the receive frames not filled by a call are kept for the
 //! next, so a quiet link does not churn the pool.
 //!
+//! Each `recv_batch` consumes at most [`read_budget`]`(max)` messages, whatever becomes of
+//! them, like the TAP's bound on its reads: frames that are dropped (outgoing, truncated,
+//! oversize) never count towards `max`, so without it a port flooded with such frames would
+//! keep its loop in one call and starve the loop's other ports. Past the budget the call
+//! returns not drained, and the engine reads the port again next turn.
+//!
 //! Frames we send are not read back: `PACKET_IGNORE_OUTGOING` is set (Linux 4.20+), and as a
 //! fallback, received frames whose `sll_pkttype` is `PACKET_OUTGOING` (which also covers frames
 //! the host's own stack sends on the interface) are skipped. Frames larger than the pool's
@@ -46,6 +52,11 @@ const INITIAL_BATCH: usize = 64;
 /// Receive slots per `recvmmsg` call when frames may be 64 KiB GSO frames: bounds the GSO
 /// buffers one packet link keeps ready (8 x 64 KiB).
 const GSO_BATCH: usize = 8;
+
+/// Most messages one `recv_batch(max)` consumes, frames kept or dropped: the TAP's bound.
+pub fn read_budget(max: usize) -> usize {
+    max.saturating_mul(4).saturating_add(16)
+}
 
 /// How to open a packet link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -344,8 +355,9 @@ impl Link for PacketLink {
         if self.slots.len() < per_call {
             self.slots.resize_with(per_call, || None);
         }
-        while st.frames < max {
-            let want = (max - st.frames).min(per_call);
+        let mut msgs_left = read_budget(max);
+        while st.frames < max && msgs_left > 0 {
+            let want = (max - st.frames).min(per_call).min(msgs_left);
             for i in 0..want {
                 let slot = &mut self.slots[i];
                 let frame = match slot.take() {
@@ -403,6 +415,7 @@ impl Link for PacketLink {
             if r == 0 {
                 break;
             }
+            msgs_left -= r;
             for i in 0..r {
                 let hdr = &self.batch.hdrs[i];
                 let len = hdr.msg_len as usize;

@@ -4,9 +4,11 @@
 //! `qemu-system-x86_64 -netdev stream,id=n0,addr.type=unix,addr.path=SOCK -device virtio-net,netdev=n0`.
 //!
 //! Reading: bytes accumulate in a receive buffer; every complete record becomes a frame (one copy,
-//! into a pooled buffer). A record longer than the link's maximum frame, or the peer closing in
-//! the middle of a record, means the peer is broken or hostile: the link reports
-//! [`LinkError::Gone`] and the engine removes the port (nothing else is affected).
+//! into a pooled buffer). A record longer than the link's maximum frame is skipped (its bytes
+//! read and discarded as they come, never buffered) and counted as `oversize`, as a TAP counts
+//! a truncated frame: the port stays. The peer closing in the middle of a record means it is
+//! broken: the link reports [`LinkError::Gone`] and the engine removes the port (nothing else is
+//! affected); a close between records is an orderly one ([`LinkError::is_orderly_close`]).
 //!
 //! The framing itself is a pure [`Decoder`] (no I/O), which the link feeds with what it reads:
 //! after it has returned every complete record, it holds less than one record (at most
@@ -109,7 +111,10 @@ impl StreamLink {
                     }
                 }
                 Ok(None) => break,
-                Err(e) => return Err(self.gone(e.to_string())),
+                Err(e) => {
+                    tracing::debug!(peer = %self.what, "{e}: skipped");
+                    st.oversize += 1;
+                }
             }
         }
         Ok(())
@@ -164,12 +169,13 @@ impl Link for StreamLink {
                     if st.frames > 0 {
                         return Ok(st);
                     }
-                    let partial = self.rx.buffered() > 0;
-                    return Err(self.gone(if partial {
-                        "closed in the middle of a frame".into()
-                    } else {
-                        "closed".into()
-                    }));
+                    if self.rx.buffered() > 0 || self.rx.skipping() {
+                        return Err(self.gone("closed in the middle of a frame".into()));
+                    }
+                    return Err(LinkError::Gone(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!("stream peer {}: closed", self.what),
+                    )));
                 }
                 Ok(n) => {
                     self.rx.push(&buf[..n]);
@@ -226,6 +232,8 @@ pub struct FrameTooLong {
 pub struct Decoder {
     buf: Vec<u8>,
     start: usize,
+    /// Bytes of an oversize record still to discard.
+    skip: usize,
 }
 
 /// Consumed bytes kept at the front of the buffer before it is compacted.
@@ -237,6 +245,7 @@ impl Decoder {
         Decoder {
             buf: Vec::with_capacity(64 * 1024),
             start: 0,
+            skip: 0,
         }
     }
 
@@ -246,9 +255,15 @@ impl Decoder {
     }
 
     /// The next complete record's frame, if one is buffered; `Err` when the next record's length
-    /// is over `max_frame` (the stream cannot be resynchronised after that: the caller drops
-    /// it). Once this returns `Ok(None)` the decoder holds less than `4 + max_frame` bytes.
+    /// is over `max_frame`: that record is skipped (its bytes discarded as they arrive, never
+    /// buffered) and the next call goes on after it. Once this returns `Ok(None)` the decoder
+    /// holds less than `4 + max_frame` bytes.
     pub fn next_frame(&mut self, max_frame: usize) -> Result<Option<&[u8]>, FrameTooLong> {
+        if self.skip > 0 {
+            let n = self.skip.min(self.buf.len() - self.start);
+            self.start += n;
+            self.skip -= n;
+        }
         if self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
@@ -262,6 +277,8 @@ impl Decoder {
         };
         let len = u32::from_be_bytes(*prefix) as usize;
         if len > max_frame {
+            self.start += 4;
+            self.skip = len;
             return Err(FrameTooLong {
                 len,
                 max: max_frame,
@@ -273,6 +290,11 @@ impl Decoder {
         let from = self.start + 4;
         self.start = from + len;
         Ok(self.buf.get(from..from + len))
+    }
+
+    /// True while the rest of an oversize record is being discarded.
+    pub fn skipping(&self) -> bool {
+        self.skip > 0
     }
 
     /// Bytes buffered and not returned yet (a partial record, or records not asked for).
@@ -342,21 +364,31 @@ mod tests {
     }
 
     #[test]
-    fn oversize_record_and_truncation_drop_the_peer() {
+    fn oversize_record_is_skipped_truncation_drops_the_peer() {
         let pool = FramePool::new(1514, 8);
         let (mut link, mut peer) = pair();
+        // A 9000-byte record on a 1514-byte link, in two writes, then a good frame.
         peer.write_all(&9000u32.to_be_bytes()).expect("w");
+        peer.write_all(&[7u8; 5000]).expect("w");
         let mut out = Vec::new();
-        assert!(matches!(
-            link.recv_batch(&pool, &mut out, 64),
-            Err(LinkError::Gone(_))
-        ));
+        let st = link.recv_batch(&pool, &mut out, 64).expect("still up");
+        assert_eq!((st.frames, st.oversize), (0, 1));
+        peer.write_all(&[7u8; 4000]).expect("w");
+        peer.write_all(&record(&[1u8; 100])).expect("w");
+        let st = link.recv_batch(&pool, &mut out, 64).expect("still up");
+        assert_eq!(st.frames, 1);
+        assert_eq!(out[0].data(), &[1u8; 100][..]);
+        // An orderly close between records.
+        drop(peer);
+        let e = link.recv_batch(&pool, &mut out, 64).expect_err("gone");
+        assert!(e.is_orderly_close(), "{e}");
 
         let (mut link, mut peer) = pair();
         peer.write_all(&record(&[1u8; 100])[..50]).expect("w");
         drop(peer);
         let e = link.recv_batch(&pool, &mut out, 64).expect_err("gone");
         assert!(e.to_string().contains("middle"), "{e}");
+        assert!(!e.is_orderly_close());
     }
 
     #[test]

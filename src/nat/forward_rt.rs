@@ -177,7 +177,8 @@ impl Forwards {
                             *guest_port,
                         );
                         if ip.is_none() || source_for(client, guest, cfg) != Some(client) {
-                            hook.splicer.splice(stream.into(), &hook.netns, guest);
+                            hook.splicer
+                                .splice_forward(e.id, stream.into(), &hook.netns, guest);
                             continue;
                         }
                     }

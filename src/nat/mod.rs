@@ -60,6 +60,10 @@ pub struct NatConfig {
     pub max_flows_per_guest: usize,
     /// Most TCP connections waiting for their host connect (SYN backlog).
     pub syn_backlog: usize,
+    /// Most TCP connections of one guest port not established yet (connecting, or half-open:
+    /// the host side connected, the guest's handshake not finished), so one port cannot hold
+    /// the whole SYN backlog.
+    pub syn_backlog_per_guest: usize,
     /// Idle timeout of a UDP flow.
     pub udp_idle: Duration,
     /// Idle timeout of an ICMP echo flow.
@@ -89,6 +93,7 @@ impl NatConfig {
             max_flows: 2048,
             max_flows_per_guest: 1024,
             syn_backlog: 256,
+            syn_backlog_per_guest: 64,
             udp_idle: Duration::from_secs(60),
             icmp_idle: Duration::from_secs(10),
             tcp_idle: Duration::from_secs(7200),

@@ -25,6 +25,13 @@
 //! a `shutdown(SHUT_WR)` on the other once the pipe is drained (half-close works); an error on
 //! either side resets both (`SO_LINGER` 0). Connects into the namespace are non-blocking; a
 //! refused or failed connect resets the client.
+//!
+//! Bounds ([`SpliceLimits`]): each relayed connection holds four descriptors and two pipes, so a
+//! forward relays at most [`DEFAULT_MAX_PER_FORWARD`] connections at once (a client beyond that
+//! is reset at once, counted as `refused`), and a connection that moves no byte either way for
+//! [`DEFAULT_IDLE`] (the NAT's TCP idle timeout, RFC 5382's two hours) is reset on both sides
+//! (counted as `idle_closed`); that also ends connects the guest never answers. The relay sleeps
+//! until the earliest idle deadline, so an idle relay does not wake up.
 
 use std::collections::HashMap;
 use std::io;
@@ -34,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpStream;
@@ -43,6 +51,31 @@ use mio::{Events, Interest, Poll, Token, Waker};
 const WAKE: Token = Token(usize::MAX);
 /// Pipe size asked for each direction (the kernel may grant less).
 const PIPE_SIZE: usize = 1 << 20;
+/// Most connections one forward relays at once, by default.
+pub const DEFAULT_MAX_PER_FORWARD: usize = 256;
+/// A relayed connection with no byte either way for this long is closed, by default.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(7200);
+
+/// The bounds of a [`Splicer`]. See the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpliceLimits {
+    /// Most connections relayed at once for one forward; more are reset.
+    pub max_per_forward: usize,
+    /// A connection with no byte either way for this long is reset on both sides.
+    pub idle: Duration,
+}
+
+impl Default for SpliceLimits {
+    fn default() -> Self {
+        SpliceLimits {
+            max_per_forward: DEFAULT_MAX_PER_FORWARD,
+            idle: DEFAULT_IDLE,
+        }
+    }
+}
+
+/// The forward a connection counts against when none is named ([`Splicer::splice`]).
+const ANY_FORWARD: u64 = u64::MAX;
 
 /// Counters of a [`Splicer`].
 #[derive(Debug, Default)]
@@ -55,9 +88,14 @@ pub struct SpliceCounters {
     pub bytes_to_guest: AtomicU64,
     /// Bytes moved guest -> client.
     pub bytes_to_client: AtomicU64,
+    /// Clients reset because their forward already relayed its most connections.
+    pub refused: AtomicU64,
+    /// Connections reset after moving no byte for the idle timeout.
+    pub idle_closed: AtomicU64,
 }
 
 struct Job {
+    forward: u64,
     client: std::net::TcpStream,
     netns: PathBuf,
     guest: SocketAddr,
@@ -86,8 +124,13 @@ impl std::fmt::Debug for Splicer {
 }
 
 impl Splicer {
-    /// Starts the relay thread.
+    /// Starts the relay thread with the default [`SpliceLimits`].
     pub fn start() -> io::Result<Splicer> {
+        Self::start_with(SpliceLimits::default())
+    }
+
+    /// Starts the relay thread with `limits`.
+    pub fn start_with(limits: SpliceLimits) -> io::Result<Splicer> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -95,7 +138,7 @@ impl Splicer {
         let c = counters.clone();
         let thread = std::thread::Builder::new()
             .name("usernet-splice".into())
-            .spawn(move || Relay::new(poll, rx, c).run())?;
+            .spawn(move || Relay::new(poll, rx, c, limits).run())?;
         Ok(Splicer {
             tx,
             waker,
@@ -106,8 +149,22 @@ impl Splicer {
 
     /// Relays `client` (an accepted host connection) to `guest` as seen from inside the network
     /// namespace at `netns`. Returns at once; the connect happens on the relay thread.
+    /// All connections relayed this way count against one shared cap; see
+    /// [`Self::splice_forward`].
     pub fn splice(&self, client: std::net::TcpStream, netns: &Path, guest: SocketAddr) {
+        self.splice_forward(ANY_FORWARD, client, netns, guest);
+    }
+
+    /// Like [`Self::splice`], counting the connection against forward `forward`'s cap.
+    pub fn splice_forward(
+        &self,
+        forward: u64,
+        client: std::net::TcpStream,
+        netns: &Path,
+        guest: SocketAddr,
+    ) {
         let job = Job {
+            forward,
             client,
             netns: netns.to_path_buf(),
             guest,
@@ -237,9 +294,12 @@ impl Dir {
 }
 
 struct Conn {
+    forward: u64,
     client: TcpStream,
     guest: TcpStream,
     connected: bool,
+    /// When a byte last moved (or the connection started).
+    last: Instant,
     to_guest: Dir,
     to_client: Dir,
 }
@@ -256,6 +316,11 @@ struct Relay {
     conns: HashMap<usize, Conn>,
     next: usize,
     counters: Arc<SpliceCounters>,
+    limits: SpliceLimits,
+    /// Connections relayed per forward.
+    per_forward: HashMap<u64, usize>,
+    /// No connection goes idle before this (`None`: no connection).
+    next_sweep: Option<Instant>,
 }
 
 /// Resets a TCP connection on close (SO_LINGER 0) so the peer sees the failure.
@@ -298,20 +363,48 @@ fn connect_in(netns: &Path, guest: SocketAddr) -> io::Result<TcpStream> {
 }
 
 impl Relay {
-    fn new(poll: Poll, rx: Receiver<Msg>, counters: Arc<SpliceCounters>) -> Self {
+    fn new(
+        poll: Poll,
+        rx: Receiver<Msg>,
+        counters: Arc<SpliceCounters>,
+        limits: SpliceLimits,
+    ) -> Self {
         Relay {
             poll,
             rx,
             conns: HashMap::new(),
             next: 0,
             counters,
+            limits,
+            per_forward: HashMap::new(),
+            next_sweep: None,
         }
+    }
+
+    /// Resets the connections idle for the limit, and notes when the next one can go idle.
+    fn sweep(&mut self, now: Instant) {
+        let idle = self.limits.idle;
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now.saturating_duration_since(c.last) >= idle)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            tracing::debug!("spliced forward: connection idle for {idle:?}; resetting both sides");
+            self.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+            self.close(id, true);
+        }
+        self.next_sweep = self.conns.values().map(|c| c.last + idle).min();
     }
 
     fn run(mut self) {
         let mut events = Events::with_capacity(256);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None)
+            let timeout = self
+                .next_sweep
+                .map(|t| t.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 tracing::error!("splice relay poll failed: {e}");
@@ -334,10 +427,25 @@ impl Relay {
             for id in touched {
                 self.service(id);
             }
+            let now = Instant::now();
+            if self.next_sweep.is_some_and(|t| now >= t) {
+                self.sweep(now);
+            }
         }
     }
 
     fn start(&mut self, job: Job) {
+        let held = self.per_forward.get(&job.forward).copied().unwrap_or(0);
+        if held >= self.limits.max_per_forward {
+            tracing::debug!(
+                forward = job.forward,
+                "spliced forward: {held} connections already relayed; resetting the client"
+            );
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = job.client.set_nonblocking(true);
+            reset(&TcpStream::from_std(job.client));
+            return;
+        }
         let guest = match connect_in(&job.netns, job.guest) {
             Ok(g) => g,
             Err(e) => {
@@ -363,10 +471,13 @@ impl Relay {
         };
         let id = self.next;
         self.next = self.next.wrapping_add(1) & (usize::MAX >> 3);
+        let now = Instant::now();
         let mut conn = Conn {
+            forward: job.forward,
             client,
             guest,
             connected: false,
+            last: now,
             to_guest,
             to_client,
         };
@@ -382,7 +493,10 @@ impl Relay {
             reset(&conn.client);
             return;
         }
+        *self.per_forward.entry(job.forward).or_insert(0) += 1;
         self.conns.insert(id, conn);
+        let deadline = now + self.limits.idle;
+        self.next_sweep = Some(self.next_sweep.map_or(deadline, |t| t.min(deadline)));
     }
 
     fn service(&mut self, id: usize) {
@@ -420,6 +534,9 @@ impl Relay {
                 let c = &self.counters;
                 c.bytes_to_guest.fetch_add(a, Ordering::Relaxed);
                 c.bytes_to_client.fetch_add(b, Ordering::Relaxed);
+                if a > 0 || b > 0 {
+                    conn.last = Instant::now();
+                }
                 if conn.done() {
                     self.close(id, false);
                 }
@@ -433,6 +550,12 @@ impl Relay {
 
     fn close(&mut self, id: usize, with_reset: bool) {
         if let Some(mut c) = self.conns.remove(&id) {
+            if let Some(n) = self.per_forward.get_mut(&c.forward) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_forward.remove(&c.forward);
+                }
+            }
             let reg = self.poll.registry();
             let _ = reg.deregister(&mut c.client);
             let _ = reg.deregister(&mut c.guest);
@@ -510,6 +633,104 @@ mod tests {
         let c = sp.counters();
         assert_eq!(c.connections.load(Ordering::Relaxed), 1);
         assert_eq!(c.bytes_to_guest.load(Ordering::Relaxed), up.len() as u64);
+    }
+
+    /// True when `s` sees the connection end (EOF or reset) within `within`.
+    fn ends_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
+        s.set_read_timeout(Some(within)).expect("timeout");
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() == io::ErrorKind::ConnectionReset,
+        }
+    }
+
+    #[test]
+    fn connections_per_forward_are_capped() {
+        if !can_setns() {
+            return;
+        }
+        let sp = Splicer::start_with(SpliceLimits {
+            max_per_forward: 2,
+            ..SpliceLimits::default()
+        })
+        .expect("splicer");
+        let guest = TcpListener::bind("127.0.0.1:0").expect("guest listener");
+        let gaddr = guest.local_addr().expect("addr");
+        let ns = Path::new(SELF_NS);
+        let mut kept = Vec::new();
+        for _ in 0..2 {
+            let (client, accepted) = accepted_pair();
+            sp.splice_forward(7, accepted, ns, gaddr);
+            let (g, _) = guest.accept().expect("guest accepts");
+            kept.push((client, g));
+        }
+        // The third connection of forward 7 is reset; the guest never sees it.
+        let (mut third, accepted) = accepted_pair();
+        sp.splice_forward(7, accepted, ns, gaddr);
+        assert!(ends_within(&mut third, Duration::from_secs(5)), "reset");
+        assert_eq!(sp.counters().refused.load(Ordering::Relaxed), 1);
+        // Another forward has its own budget.
+        let (mut other, accepted) = accepted_pair();
+        sp.splice_forward(8, accepted, ns, gaddr);
+        let (mut g, _) = guest.accept().expect("guest accepts forward 8's");
+        other.write_all(b"ping").expect("write");
+        let mut buf = [0u8; 4];
+        g.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        g.read_exact(&mut buf).expect("relayed");
+        assert_eq!(&buf, b"ping");
+        // A closed connection frees its place.
+        let (c, g) = kept.pop().expect("kept");
+        drop((c, g));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (mut again, accepted) = accepted_pair();
+            sp.splice_forward(7, accepted, ns, gaddr);
+            if !ends_within(&mut again, Duration::from_millis(300)) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no place freed");
+        }
+    }
+
+    #[test]
+    fn idle_connections_are_closed() {
+        if !can_setns() {
+            return;
+        }
+        let sp = Splicer::start_with(SpliceLimits {
+            idle: Duration::from_millis(600),
+            ..SpliceLimits::default()
+        })
+        .expect("splicer");
+        let guest = TcpListener::bind("127.0.0.1:0").expect("guest listener");
+        let gaddr = guest.local_addr().expect("addr");
+        let ns = Path::new(SELF_NS);
+        let (mut idle, accepted) = accepted_pair();
+        sp.splice(accepted, ns, gaddr);
+        let (mut idle_g, _) = guest.accept().expect("guest accepts");
+        let (mut busy, accepted) = accepted_pair();
+        sp.splice(accepted, ns, gaddr);
+        let (mut busy_g, _) = guest.accept().expect("guest accepts");
+        busy_g
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        // The busy one moves a byte every 150 ms for 2 s and stays open.
+        for _ in 0..13 {
+            busy.write_all(b"x").expect("busy write");
+            let mut b = [0u8; 1];
+            busy_g.read_exact(&mut b).expect("busy read");
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        // The idle one was reset on both sides.
+        assert!(ends_within(&mut idle, Duration::from_secs(1)), "client");
+        assert!(ends_within(&mut idle_g, Duration::from_secs(1)), "guest");
+        assert_eq!(sp.counters().idle_closed.load(Ordering::Relaxed), 1);
+        busy.write_all(b"y").expect("busy still open");
+        let mut b = [0u8; 1];
+        busy_g.read_exact(&mut b).expect("busy still relayed");
     }
 
     #[test]

@@ -119,6 +119,8 @@ pub struct TcpNat {
     free: Vec<usize>,
     by_key: HashMap<Key, usize>,
     per_guest: HashMap<super::GuestKey, usize>,
+    /// Each guest's flows not established yet (connecting or half-open).
+    unestablished: HashMap<super::GuestKey, usize>,
     connecting: usize,
     buf: usize,
     epoch: Instant,
@@ -182,6 +184,7 @@ impl TcpNat {
             free: Vec::new(),
             by_key: HashMap::new(),
             per_guest: HashMap::new(),
+            unestablished: HashMap::new(),
             connecting: 0,
             buf: buffer_for(mtu),
             epoch,
@@ -205,6 +208,9 @@ impl TcpNat {
 
     fn alloc(&mut self, f: Flow) -> usize {
         *self.per_guest.entry(f.owner).or_insert(0) += 1;
+        if !f.established {
+            *self.unestablished.entry(f.owner).or_insert(0) += 1;
+        }
         self.by_key.insert(f.key, 0);
         let idx = match self.free.pop() {
             Some(i) => {
@@ -244,13 +250,28 @@ impl TcpNat {
                 self.per_guest.remove(&f.owner);
             }
         }
+        if !f.established {
+            Self::settled(&mut self.unestablished, f.owner);
+        }
         self.free.push(idx);
+    }
+
+    /// One of `owner`'s flows is no longer unestablished.
+    fn settled(map: &mut HashMap<super::GuestKey, usize>, owner: super::GuestKey) {
+        if let Some(n) = map.get_mut(&owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&owner);
+            }
+        }
     }
 
     fn over_limit(&self, guest: super::GuestKey, other: (usize, usize)) -> bool {
         self.by_key.len() + other.0 >= super::flow_cap(&self.cfg)
             || self.flows_of(guest) + other.1 >= self.cfg.max_flows_per_guest
             || self.connecting >= self.cfg.syn_backlog
+            || self.unestablished.get(&guest).copied().unwrap_or(0)
+                >= self.cfg.syn_backlog_per_guest
     }
 
     /// A TCP segment from the guest behind port `owner`, as the whole IP packet. `other_flows`
@@ -489,7 +510,12 @@ impl TcpNat {
                 continue;
             };
             let s = self.sockets.get_mut::<tcp::Socket>(h);
-            match pump(f, s, clock) {
+            let was = f.established;
+            let r = pump(f, s, clock);
+            if !was && f.established {
+                Self::settled(&mut self.unestablished, f.owner);
+            }
+            match r {
                 Pump::Alive => {}
                 Pump::Done => dead.push((idx, false)),
                 Pump::Reset => dead.push((idx, true)),

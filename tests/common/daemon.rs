@@ -55,9 +55,9 @@ impl Daemon {
         d
     }
 
-    /// The daemon's process id (for `/proc/PID/...` reads).
+    /// The daemon's process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.0.id()).unwrap_or(0)
+        self.child.as_ref().map_or(0, |c| c.0.id())
     }
 
     pub fn sock(&self) -> PathBuf {

@@ -69,7 +69,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let name = a.name.clone().unwrap_or_else(|| "vm".into());
         let mut p = PortSpec::new(&a.network, &name);
         p.stream = Some(sock.clone());
-        request(&a.socket.path(), &Request::AddPort { port: p })?;
+        request(&a.socket.path()?, &Request::AddPort { port: p })?;
         println!("listening on {} for port {name}", sock.display());
         return Ok(());
     }
@@ -81,14 +81,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     p.netns = Some(path);
     p.ifname = Some(a.ifname);
     p.mtu = a.mtu;
-    let v = request(&a.socket.path(), &Request::AddPort { port: p.clone() })?;
+    let v = request(&a.socket.path()?, &Request::AddPort { port: p.clone() })?;
     println!("attached {netns} as port {} (id {})", p.name, v["id"]);
     Ok(())
 }
 
 pub fn detach(a: DetachArgs) -> anyhow::Result<()> {
     request(
-        &a.socket.path(),
+        &a.socket.path()?,
         &Request::RemovePort {
             name: a.name.clone(),
         },

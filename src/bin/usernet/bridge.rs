@@ -32,6 +32,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.taps.is_empty() && a.packets.is_empty() {
         anyhow::bail!("nothing to switch: give at least one --tap NAME or --packet IFNAME");
     }
+    let sock = a.socket.path()?;
     let engine = Engine::start(EngineConfig {
         loops: a.loops.clamp(1, 64),
         ..EngineConfig::default()
@@ -49,13 +50,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         s.packet = Some(p.clone());
         h.open_port(&s)?;
     }
-    let _srv = control::server::serve(h.clone(), &a.socket.path())?;
+    let _srv = control::server::serve(h.clone(), &sock)?;
     crate::stop_on_signals(h)?;
     tracing::info!(
         "switching {} port(s) on network {}; control socket {}",
         a.taps.len() + a.packets.len(),
         a.network,
-        a.socket.path().display()
+        sock.display()
     );
     engine.wait();
     Ok(())

@@ -62,6 +62,12 @@ enum Cmd {
         #[arg(long)]
         network: Option<String>,
     },
+    /// What each port owns: MACs and IP addresses, and how (port security).
+    Owners {
+        /// Only this network.
+        #[arg(long)]
+        network: Option<String>,
+    },
     /// DNS records of the gateways.
     #[command(subcommand)]
     Dns(DnsCmd),
@@ -283,6 +289,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Cmd::Mac { port, vlan, mac } => Request::AddStaticMac { port, mac, vlan },
         Cmd::Gateway => Request::Gateways {},
         Cmd::Leases { network } => Request::Leases { network },
+        Cmd::Owners { network } => Request::Owners { network },
         Cmd::Dns(DnsCmd::Add {
             network,
             name,
@@ -320,7 +327,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Cmd::Shutdown => Request::Shutdown {},
     };
     let kind = req.clone();
-    let v = request(&a.socket.path(), &req)?;
+    let v = request(&a.socket.path()?, &req)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -429,6 +436,41 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
             &["ID", "NETWORK", "PUBLISH", "TO"],
             arr.iter()
                 .map(|f| vec![s(f, "id"), s(f, "network"), s(f, "publish"), s(f, "to")])
+                .collect(),
+        ),
+        Request::Owners { .. } => table(
+            &["NETWORK", "PORT", "SECURITY", "MACS", "IPS"],
+            arr.iter()
+                .map(|o| {
+                    let list = |k: &str| {
+                        o[k].as_array()
+                            .map(|v| {
+                                v.iter()
+                                    .map(|p| {
+                                        format!(
+                                            "{}({})",
+                                            p[0].as_str().unwrap_or_default(),
+                                            p[1].as_str().unwrap_or_default()
+                                        )
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            })
+                            .unwrap_or_default()
+                    };
+                    vec![
+                        s(o, "network"),
+                        s(o, "port"),
+                        if o["port_security"] == true {
+                            "on"
+                        } else {
+                            "off"
+                        }
+                        .into(),
+                        list("macs"),
+                        list("ips"),
+                    ]
+                })
                 .collect(),
         ),
         Request::Leases { .. } => table(

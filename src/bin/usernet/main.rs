@@ -81,16 +81,17 @@ pub(crate) fn stop_on_signals(handle: usernet::Handle) -> anyhow::Result<()> {
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct SocketArg {
     /// Control socket path [default: $USERNET_SOCKET, /run/usernet/usernet.sock for root,
-    /// else $XDG_RUNTIME_DIR/usernet.sock]
+    /// else $XDG_RUNTIME_DIR/usernet.sock; without them an error, never a path in /tmp]
     #[arg(long)]
     socket: Option<PathBuf>,
 }
 
 impl SocketArg {
-    pub(crate) fn path(&self) -> PathBuf {
-        self.socket
-            .clone()
-            .unwrap_or_else(usernet::control::server::default_socket_path)
+    pub(crate) fn path(&self) -> anyhow::Result<PathBuf> {
+        match &self.socket {
+            Some(p) => Ok(p.clone()),
+            None => Ok(usernet::control::server::default_socket_path()?),
+        }
     }
 }
 

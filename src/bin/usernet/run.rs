@@ -3,12 +3,12 @@
 use std::ffi::OsString;
 use std::net::Ipv4Addr;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use usernet::bridge::PortPolicy;
 use usernet::control::api::fdb_config;
 use usernet::gateway::GatewayConfig;
 use usernet::gateway::dns::Upstreams;
-use usernet::nat::forward::{Forward, ForwardSpec};
+use usernet::nat::forward::{Forward, ForwardSpec, Proto};
 use usernet::spawn::{SpawnOptions, spawn};
 use usernet::{Engine, EngineConfig, control};
 
@@ -42,13 +42,18 @@ pub struct Args {
     socket: Option<std::path::PathBuf>,
     /// Relay TCP forwards' loopback clients kernel-to-kernel (`splice`) from inside the
     /// command's namespace: much faster; the command sees those connections from its own
-    /// address (other clients keep theirs). Needs the right to enter the namespace (root).
+    /// address (other clients keep theirs). Needs the right to enter the namespace (root),
+    /// for every connection: so also `--no-sandbox`.
     #[arg(long)]
     splice: bool,
     /// Adaptive busy-polling window in µs (`[engine] busy_poll_us`): lower latency, costs a
     /// CPU while traffic flows. 0 = off.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     busy_poll_us: u32,
+    /// Do not sandbox usernet. By default, once the command's network is set up, usernet drops
+    /// its capabilities, sets no-new-privs and installs its seccomp allowlist (as pasta does).
+    #[arg(long)]
+    no_sandbox: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     cmd: Vec<OsString>,
@@ -68,6 +73,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .iter()
         .map(|p| p.parse::<ForwardSpec>())
         .collect::<Result<_, _>>()?;
+    if a.splice && !a.no_sandbox && forwards.iter().any(|f| f.proto == Proto::Tcp) {
+        bail!(
+            "--splice: a spliced forward enters the command's namespace for every connection, \
+             which the sandbox forbids; add --no-sandbox to use it"
+        );
+    }
     let mut upstreams = Vec::new();
     for d in &a.dns {
         upstreams.push(
@@ -109,7 +120,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         h.add_port(&a.network, &a.name, PortPolicy::default(), Box::new(tap))?;
         h.set_port_netns(&a.name, format!("/proc/{pid}/ns/net").into());
         for spec in forwards {
-            let splice = a.splice && spec.proto == usernet::nat::forward::Proto::Tcp;
+            let splice = a.splice && spec.proto == Proto::Tcp;
             h.add_forward(&Forward {
                 network: a.network.clone(),
                 spec,
@@ -124,18 +135,30 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         Ok(())
     })();
-    let _srv = match (&setup, &a.socket) {
-        (Ok(()), Some(p)) => Some(control::server::serve(h.clone(), p)?),
-        _ => None,
-    };
-    if let Err(e) = setup {
-        // SAFETY: kill/waitpid on our own child.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
+    let setup = setup.and_then(|()| {
+        let srv = match &a.socket {
+            Some(p) => Some(control::server::serve(h.clone(), p)?),
+            None => None,
+        };
+        if !a.no_sandbox {
+            // Every descriptor is open (the TAP, the forwards' host sockets, the control
+            // socket): from here on no capabilities, no new files, only the datapath's
+            // system calls. The command is not affected (it was forked before).
+            usernet::sandbox::apply().context("applying the sandbox (--no-sandbox to skip)")?;
         }
-        return Err(e);
-    }
+        Ok(srv)
+    });
+    let _srv = match setup {
+        Ok(srv) => srv,
+        Err(e) => {
+            // SAFETY: kill/waitpid on our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            return Err(e);
+        }
+    };
     // Forward signals to the command.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,

@@ -7,11 +7,16 @@
 //! on `--api-socket` (`add_hostfwd`, `list_hostfwd`, `remove_hostfwd`; one request per
 //! connection; `{"return": ...}` or `{"error": {"desc": ...}}`). Underneath it is usernet:
 //! a network with a gateway and NAT, the TAP as its only endpoint.
+//!
+//! Unlike slirp4netns, the sandbox is on by default (as in pasta): once the TAP, the API socket
+//! and the threads are set up, capabilities are dropped and the seccomp allowlist installed.
+//! `--enable-sandbox`/`--enable-seccomp` are accepted (no-ops); `--disable-sandbox` opts out.
+//! Port forwards added through the API afterwards only bind sockets, which the allowlist
+//! permits.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -66,13 +71,17 @@ pub struct Args {
     /// Enable IPv6 (prefix fd00::/64).
     #[arg(short = '6', long = "enable-ipv6")]
     enable_ipv6: bool,
-    /// Enable the sandbox: drop capabilities, set no-new-privs and the seccomp allowlist once set
-    /// up (usernet applies the same sandbox for both flags).
+    /// Accepted for slirp4netns compatibility: usernet's sandbox (no capabilities,
+    /// no-new-privs, a seccomp allowlist once set up) is on by default.
     #[arg(long = "enable-sandbox")]
     enable_sandbox: bool,
-    /// Enable seccomp: an allowlist of the datapath's system calls (others fail with EPERM).
+    /// Accepted for slirp4netns compatibility: the seccomp allowlist is on by default.
     #[arg(long = "enable-seccomp")]
     enable_seccomp: bool,
+    /// usernet only: do not sandbox (by default capabilities are dropped and the seccomp
+    /// allowlist installed once the network is set up, as pasta does).
+    #[arg(long = "disable-sandbox", conflicts_with_all = ["enable_sandbox", "enable_seccomp"])]
+    disable_sandbox: bool,
     /// Outgoing IPv4 address to bind NAT sockets to.
     #[arg(long = "outbound-addr", value_name = "IPv4")]
     outbound_addr: Option<Ipv4Addr>,
@@ -128,11 +137,6 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let userns = a.userns_path.clone().or_else(|| {
         (a.netns_type == "pid").then(|| PathBuf::from(format!("/proc/{}/ns/user", a.target)))
     });
-    if a.enable_sandbox || a.enable_seccomp {
-        eprintln!(
-            "usernet slirp4netns: --enable-sandbox/--enable-seccomp accepted but not applied (no sandbox yet)"
-        );
-    }
     let mac = a
         .macaddress
         .as_deref()
@@ -200,7 +204,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             h2.shutdown();
         });
     }
-    if a.enable_sandbox || a.enable_seccomp {
+    if !a.disable_sandbox {
         // Every descriptor is open: from here on no capabilities, no new files, and only the
         // system calls of the datapath.
         usernet::sandbox::apply().context("applying the sandbox")?;
@@ -227,8 +231,9 @@ impl Drop for Api {
 impl Api {
     fn start(h: Handle, path: &std::path::Path, guest: Ipv4Addr) -> anyhow::Result<Api> {
         let _ = std::fs::remove_file(path);
-        let l =
-            UnixListener::bind(path).with_context(|| format!("api socket {}", path.display()))?;
+        // 0600 from creation: the API adds port forwards.
+        let l = usernet::control::server::bind_private(path)
+            .with_context(|| format!("api socket {}", path.display()))?;
         l.set_nonblocking(true)?;
         std::thread::spawn(move || {
             while !h.is_stopped() {

@@ -15,7 +15,8 @@ pub struct Args {
     #[arg(short = 'c', long = "config", default_value = "usernet.toml")]
     config: PathBuf,
     /// Once everything in the config is set up: drop capabilities and install a seccomp
-    /// allowlist (no new files: ports that need a namespace path can no longer be added).
+    /// allowlist (no new files: TAP, netns and packet ports and spliced forwards are refused
+    /// afterwards; stream ports and ordinary forwards still work).
     #[arg(long)]
     sandbox: bool,
     #[command(flatten)]
@@ -24,10 +25,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let cfg = Config::load(&a.config)?;
+    let sock = a.socket.path()?;
     let engine = Engine::start(cfg.engine_config()).context("starting event loops")?;
     let h = engine.handle();
     cfg.apply(&h)?;
-    let _srv = control::server::serve(h.clone(), &a.socket.path())?;
+    let _srv = control::server::serve(h.clone(), &sock)?;
     crate::stop_on_signals(h)?;
     if a.sandbox {
         usernet::sandbox::apply().context("applying the sandbox")?;
@@ -36,7 +38,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "up: {} network(s), {} port(s); control socket {}",
         cfg.network.len(),
         cfg.port.len(),
-        a.socket.path().display()
+        sock.display()
     );
     engine.wait();
     Ok(())

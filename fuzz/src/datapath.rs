@@ -1092,8 +1092,9 @@ impl World {
             .clone()
     }
 
-    /// A unicast IP frame the gateway sent reached guest port `p`: its destination address is
-    /// not another port's (the gateway's neighbour entry follows the address's owner).
+    /// A unicast IP frame the gateway sent reached guest port `p` (as addressed, or flooded):
+    /// its destination MAC belongs to the port that owns its destination address (the
+    /// gateway's neighbour entry follows the address's owner).
     fn check_gateway_dst(&self, net: usize, p: usize, frame: &[u8]) {
         let Ok(pk) = SlicedPacket::from_ethernet(frame) else {
             return;
@@ -1103,12 +1104,23 @@ impl World {
             Some(NetSlice::Ipv6(ip)) => IpAddr::V6(ip.header().destination_addr()),
             _ => return,
         };
-        let port = &self.nets[net].guests[p];
-        if let Some(o) = self.guard(net).ip_owner(dst) {
+        let Ok(h) = L2Header::parse(frame) else {
+            return;
+        };
+        if h.dst.is_multicast() {
+            return;
+        }
+        let guard = self.guard(net);
+        if let Some(o) = guard.ip_owner(dst) {
+            let m = guard.mac_owner(h.dst);
             assert_eq!(
-                o, port.id,
-                "{}: the gateway sent a frame for {dst} to {}, but port #{} owns {dst}",
-                NETS[net].name, port.name, o.0
+                m,
+                Some(o),
+                "{}: the gateway sent a frame for {dst} to {} (port {m:?}; seen on {}), but port #{} owns {dst}",
+                NETS[net].name,
+                h.dst,
+                self.nets[net].guests[p].name,
+                o.0
             );
         }
     }

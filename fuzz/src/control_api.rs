@@ -269,7 +269,10 @@ fn run(rig: &mut Rig, mut req: Request) {
             );
         }
         Request::RemoveNetwork { name } => {
-            assert!(!after.0.contains(name), "removed network {name} still listed");
+            assert!(
+                !after.0.contains(name),
+                "removed network {name} still listed"
+            );
         }
         Request::RemovePort { name } => {
             assert!(!after.1.contains(name), "removed port {name} still listed");
@@ -281,7 +284,10 @@ fn run(rig: &mut Rig, mut req: Request) {
         } => {
             let g = h.gateway(network).expect("dns_add succeeded on a gateway");
             let got = g.records.lookup(name);
-            assert!(got.contains(addr), "dns_add {name} -> {addr}: lookup gives {got:?}");
+            assert!(
+                got.contains(addr),
+                "dns_add {name} -> {addr}: lookup gives {got:?}"
+            );
         }
         Request::DnsRm {
             network,

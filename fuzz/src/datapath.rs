@@ -1314,6 +1314,15 @@ impl World {
             .collect()
     }
 
+    /// Frames the guest ports of network `i` dropped on ingress, by port.
+    pub fn guest_rx_dropped(&self, i: usize) -> Vec<u64> {
+        self.nets[i]
+            .guests
+            .iter()
+            .map(|p| p.counters.snapshot().rx_dropped())
+            .collect()
+    }
+
     /// Checks the invariants (see the module docs).
     pub fn check(&self) {
         let topo = self.br.topology();

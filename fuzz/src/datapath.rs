@@ -1,6 +1,8 @@
-//! The whole datapath, driven by a sequence of events: a bridge with three networks, guest
-//! ports, a gateway on each network (two with NAT, one internal), and NAT's host sockets replaced
-//! by an in-memory fake ([`FakeHost`]) — all on one virtual clock, on one thread, deterministic.
+//! The whole datapath, driven by a sequence of events: a bridge with four networks, guest
+//! ports (port security on), a gateway on each network (three with NAT — one with
+//! `host_loopback`, two without — and one internal), and NAT's host sockets and port forwards
+//! replaced by an in-memory fake ([`FakeHost`]) — all on one virtual clock, on one thread,
+//! deterministic.
 //!
 //! # Input
 //!
@@ -14,6 +16,13 @@
 //! - any of those with one byte flipped, or (op bit 0x40) with offload state as an offload TAP
 //!   would hand it over: pending checksum, a GSO frame, a kernel-checked checksum, or raw
 //!   virtio-net header fields;
+//! - with op bit 0x20, a structured frame from a *spoofed* station (4 more bytes, see
+//!   [`World::spoof`]): foreign, the gateway's or invented MACs and addresses, source churn;
+//! - hostile frames (op 16): rogue RA, DHCP and DHCPv6 server messages, overriding NA, ARP
+//!   claims, redirects; destinations in every spelling of the host's loopback ([`dst4`],
+//!   [`dst6`]);
+//! - a client of the fake host connecting to a TCP port forward (op 17) or sending a datagram
+//!   to the UDP one (op 18);
 //! - the virtual clock advancing (1 ms .. one hour), which ticks every gateway;
 //! - host socket readiness delivered to the gateways (the fake's connects, echoes, errors).
 //!
@@ -23,7 +32,16 @@
 //! - every FDB holds at most its cap;
 //! - no frame crosses networks: a frame leaving a port of network X has a source MAC that entered
 //!   network X (from one of its ports, or its gateway); the gateway only sends from its own MAC;
-//! - NAT: flows within `max_flows`, and exactly one live fake host socket per flow (no leak);
+//! - ownership ([`World::check_owned_sources`], [`World::check_ownership`],
+//!   [`World::check_gateway_dst`]): a guest port forwards only sources it owns and no server
+//!   messages; one owner per MAC/IP, per-port caps; neighbour entries, bound leases and DNS
+//!   names only point at addresses of their own port (or of nobody); the gateway sends to the
+//!   MAC of the port owning the destination;
+//! - NAT destination policy: the fake refuses (panics) to open any socket for the internal
+//!   network, or one to loopback in any spelling, link-local, multicast or the network's own
+//!   subnets (exactly 127.0.0.1 and ::1 with `host_loopback`);
+//! - NAT: flows within `max_flows`, live sockets per guest port within
+//!   `max_flows_per_guest`, and exactly one live fake host socket per flow (no leak);
 //! - bounded memory: neighbour tables, DNS-over-TCP connections, DHCP leases, the fake's queues;
 //! - offloads: the engine's adaptation ([`usernet::offload::adapt`]) runs on every egress as in
 //!   the engine; guest port 0 has no offloads, and every gateway frame it gets is complete (no

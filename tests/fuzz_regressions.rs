@@ -156,6 +156,46 @@ fn datapath_seeds_reach_the_gateway_and_nat() {
     assert!(gw(&w, 0, "router_adverts") >= 2);
     assert!(gw(&w, 0, "ndp_adverts") >= 1);
 
+    // Attacks from n0's port 1 on the station behind port 0: dropped at the bridge, counted,
+    // and the victim keeps its address, lease and NAT.
+    let drops = |w: &harness::datapath::World| w.guest_rx_dropped(0);
+    let w = harness::datapath::run(&seed("attack-arp-claim"));
+    assert!(drops(&w)[1] >= 3, "{:?}", drops(&w));
+    assert!(nat(&w, 0, "icmp_flows") >= 1);
+
+    let w = harness::datapath::run(&seed("attack-gateway-mac"));
+    assert!(drops(&w)[1] >= 2, "{:?}", drops(&w));
+    assert!(gw(&w, 0, "echo_replies") >= 1);
+
+    let w = harness::datapath::run(&seed("attack-dhcp-chaddr"));
+    // The RELEASE is dropped at the bridge (its source is the victim's leased address), the
+    // REQUEST by the gateway (chaddr of another port).
+    assert!(drops(&w)[1] >= 1, "{:?}", drops(&w));
+    assert!(gw(&w, 0, "dhcp_spoofed") >= 1);
+    assert!(
+        w.gateway(0)
+            .leases()
+            .iter()
+            .any(|l| l.mac.0 == [2, 0, 0, 0, 0, 1]),
+        "the victim's lease survives"
+    );
+
+    let w = harness::datapath::run(&seed("attack-rogue-servers"));
+    assert!(drops(&w)[1] >= 9, "{:?}", drops(&w));
+
+    let w = harness::datapath::run(&seed("attack-ipv6-churn"));
+    assert!(nat(&w, 0, "refused_limit") >= 1);
+
+    let w = harness::datapath::run(&seed("nat-loopback-spellings"));
+    for i in [0, 1, 3] {
+        assert!(nat(&w, i, "dropped_dest") >= 24, "network {i}");
+    }
+
+    let w = harness::datapath::run(&seed("forwards"));
+    assert!(nat(&w, 0, "forward_conns") >= 4);
+    assert!(nat(&w, 0, "forward_datagrams") >= 2);
+    assert!(nat(&w, 0, "errors") >= 1, "the duplicate client is refused");
+
     // Captured from real clients (tests/capture_seeds.rs): udhcpc, dig, ping, curl, SLAAC.
     let w = harness::datapath::run(&seed("captured-session"));
     assert!(

@@ -1,6 +1,8 @@
-//! The whole datapath, driven by a sequence of events: a bridge with three networks, guest
-//! ports, a gateway on each network (two with NAT, one internal), and NAT's host sockets replaced
-//! by an in-memory fake ([`FakeHost`]) — all on one virtual clock, on one thread, deterministic.
+//! The whole datapath, driven by a sequence of events: a bridge with four networks, guest
+//! ports (port security on), a gateway on each network (three with NAT — one with
+//! `host_loopback`, two without — and one internal), and NAT's host sockets and port forwards
+//! replaced by an in-memory fake ([`FakeHost`]) — all on one virtual clock, on one thread,
+//! deterministic.
 //!
 //! # Input
 //!
@@ -14,6 +16,13 @@
 //! - any of those with one byte flipped, or (op bit 0x40) with offload state as an offload TAP
 //!   would hand it over: pending checksum, a GSO frame, a kernel-checked checksum, or raw
 //!   virtio-net header fields;
+//! - with op bit 0x20, a structured frame from a *spoofed* station (4 more bytes, see
+//!   [`World::spoof`]): foreign, the gateway's or invented MACs and addresses, source churn;
+//! - hostile frames (op 16): rogue RA, DHCP and DHCPv6 server messages, overriding NA, ARP
+//!   claims, redirects; destinations in every spelling of the host's loopback ([`dst4`],
+//!   [`dst6`]);
+//! - a client of the fake host connecting to a TCP port forward (op 17) or sending a datagram
+//!   to the UDP one (op 18);
 //! - the virtual clock advancing (1 ms .. one hour), which ticks every gateway;
 //! - host socket readiness delivered to the gateways (the fake's connects, echoes, errors).
 //!
@@ -23,7 +32,16 @@
 //! - every FDB holds at most its cap;
 //! - no frame crosses networks: a frame leaving a port of network X has a source MAC that entered
 //!   network X (from one of its ports, or its gateway); the gateway only sends from its own MAC;
-//! - NAT: flows within `max_flows`, and exactly one live fake host socket per flow (no leak);
+//! - ownership ([`World::check_owned_sources`], [`World::check_ownership`],
+//!   [`World::check_gateway_dst`]): a guest port forwards only sources it owns and no server
+//!   messages; one owner per MAC/IP, per-port caps; neighbour entries, bound leases and DNS
+//!   names only point at addresses of their own port (or of nobody); the gateway sends to the
+//!   MAC of the port owning the destination;
+//! - NAT destination policy: the fake refuses (panics) to open any socket for the internal
+//!   network, or one to loopback in any spelling, link-local, multicast or the network's own
+//!   subnets (exactly 127.0.0.1 and ::1 with `host_loopback`);
+//! - NAT: flows within `max_flows`, live sockets per guest port within
+//!   `max_flows_per_guest`, and exactly one live fake host socket per flow (no leak);
 //! - bounded memory: neighbour tables, DNS-over-TCP connections, DHCP leases, the fake's queues;
 //! - offloads: the engine's adaptation ([`usernet::offload::adapt`]) runs on every egress as in
 //!   the engine; guest port 0 has no offloads, and every gateway frame it gets is complete (no
@@ -46,22 +64,70 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use mio::event::Source;
 use mio::{Interest, Poll, Registry, Token};
-use usernet::bridge::{Bridge, DropReason, FdbConfig, ManualClock, NewPort, Port, PortPolicy};
+use usernet::bridge::security::{Claim, MAX_MACS, MAX_SEEN_V4, MAX_SEEN_V6, NetGuard};
+use usernet::bridge::{
+    Bridge, DropReason, FdbConfig, ManualClock, NewPort, Port, PortId, PortPolicy,
+};
 use usernet::frame::{FramePool, VnetHdr};
 use usernet::gateway::dns::Upstreams;
 use usernet::gateway::{self, Driver, Gateway, GatewayConfig, ndp};
-use usernet::nat::host::{HostDatagram, HostSockets, HostStream};
+use usernet::nat::forward_rt::{Bound, Listener};
+use usernet::nat::host::{HostDatagram, HostListener, HostSockets, HostStream};
 use usernet::offload::{self, Offloads};
 use usernet::wire::L2Header;
 use usernet::wire::Mac;
 
 use super::Reader;
 
-/// Networks: name, subnet, IPv6 prefix, internal (no NAT), FDB cap.
-const NETS: [(&str, &str, Option<&str>, bool, usize); 3] = [
-    ("n0", "10.0.0.0/24", Some("fd00::/64"), false, 6),
-    ("n1", "10.1.0.0/24", None, false, 4),
-    ("n2", "10.2.0.0/24", Some("fd02::/64"), true, 4),
+/// One simulated network.
+struct NetDef {
+    name: &'static str,
+    subnet: &'static str,
+    /// IPv6 prefix (gateway IPv6, SLAAC), if any.
+    v6: Option<&'static str>,
+    /// No NAT at all (`internal = true`).
+    internal: bool,
+    /// The gateway's address reaches the host's loopback (`host_loopback`).
+    loopback: bool,
+    /// FDB cap.
+    cap: usize,
+}
+
+/// The networks: n0 dual-stack with host loopback, n1 IPv4 only and n3 dual-stack with
+/// `host_loopback = false`, n2 internal.
+const NETS: [NetDef; 4] = [
+    NetDef {
+        name: "n0",
+        subnet: "10.0.0.0/24",
+        v6: Some("fd00::/64"),
+        internal: false,
+        loopback: true,
+        cap: 6,
+    },
+    NetDef {
+        name: "n1",
+        subnet: "10.1.0.0/24",
+        v6: None,
+        internal: false,
+        loopback: false,
+        cap: 4,
+    },
+    NetDef {
+        name: "n2",
+        subnet: "10.2.0.0/24",
+        v6: Some("fd02::/64"),
+        internal: true,
+        loopback: false,
+        cap: 4,
+    },
+    NetDef {
+        name: "n3",
+        subnet: "10.3.0.0/24",
+        v6: Some("fd03::/64"),
+        internal: false,
+        loopback: false,
+        cap: 6,
+    },
 ];
 /// Guest ports per network.
 const GUESTS: usize = 2;
@@ -104,6 +170,10 @@ struct SockState {
     /// TCP: readiness reported once for a connect.
     signalled: bool,
     peer: Option<SocketAddr>,
+    /// The guest port whose frame opened it (0: none, e.g. a port forward's).
+    port: u32,
+    /// A forward's UDP socket: answers sent to clients.
+    sent: u64,
 }
 
 impl SockState {
@@ -128,6 +198,9 @@ fn would_block() -> io::Error {
 struct FakeDgram {
     st: Arc<Mutex<SockState>>,
     target: Option<SocketAddr>,
+    policy: Arc<Policy>,
+    /// A UDP port forward's socket: `send_to` answers a client (counted, not echoed).
+    forward: bool,
 }
 
 fn lock(st: &Mutex<SockState>) -> std::sync::MutexGuard<'_, SockState> {
@@ -163,8 +236,14 @@ impl HostDatagram for FakeDgram {
         Ok(buf.len())
     }
     fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-        // A ping socket: the reply is the request with the reply type.
         let mut st = lock(&self.st);
+        if self.forward {
+            // A guest's answer to a forwarded datagram's client.
+            st.sent += 1;
+            return Ok(buf.len());
+        }
+        // A ping socket: the reply is the request with the reply type.
+        self.policy.check("ping", to.ip());
         if to.ip() == IpAddr::V4(UNREACHABLE) {
             return Err(os_err(libc_consts::EHOSTUNREACH));
         }
@@ -275,6 +354,52 @@ impl HostStream for FakeStream {
     fn reset_on_close(&self) {}
 }
 
+/// A port forward's TCP listener on the fake host: clients the harness makes connect wait in
+/// `pending` until NAT accepts them.
+#[derive(Debug, Default)]
+struct ListenState {
+    token: Option<Token>,
+    pending: VecDeque<(Arc<Mutex<SockState>>, SocketAddr)>,
+}
+
+#[derive(Debug)]
+struct FakeListener {
+    st: Arc<Mutex<ListenState>>,
+    host: Weak<FakeHost>,
+}
+
+fn lock_l(st: &Mutex<ListenState>) -> std::sync::MutexGuard<'_, ListenState> {
+    st.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Source for FakeListener {
+    fn register(&mut self, _: &Registry, token: Token, _: Interest) -> io::Result<()> {
+        lock_l(&self.st).token = Some(token);
+        Ok(())
+    }
+    fn reregister(&mut self, _: &Registry, token: Token, _: Interest) -> io::Result<()> {
+        lock_l(&self.st).token = Some(token);
+        Ok(())
+    }
+    fn deregister(&mut self, _: &Registry) -> io::Result<()> {
+        lock_l(&self.st).token = None;
+        Ok(())
+    }
+}
+
+impl HostListener for FakeListener {
+    fn accept(&self) -> io::Result<(Box<dyn HostStream>, SocketAddr)> {
+        let Some((st, client)) = lock_l(&self.st).pending.pop_front() else {
+            return Err(would_block());
+        };
+        // A live flow from now on: counted with NAT's sockets (tagged port 0).
+        if let Some(h) = self.host.upgrade() {
+            h.track(&st);
+        }
+        Ok((Box::new(FakeStream { st }), client))
+    }
+}
+
 /// Errno values (Linux), spelled out so this file needs no libc.
 mod libc_consts {
     pub const EPIPE: i32 = 32;
@@ -285,30 +410,236 @@ mod libc_consts {
     pub const EHOSTUNREACH: i32 = 113;
 }
 
+/// Where one network's NAT may open host sockets; [`FakeHost`] checks every socket it is asked
+/// for (and every ping's destination) against it, independently of `nat::host_destination`.
+#[derive(Debug)]
+struct Policy {
+    net: &'static str,
+    /// No socket at all: an internal network.
+    none: bool,
+    /// Exactly 127.0.0.1 and ::1 are allowed: the gateway's address mapped to the host's
+    /// loopback (`host_loopback = true`).
+    loopback: bool,
+    /// The network's own subnets (on-link, never NATed).
+    local: Vec<ipnet::IpNet>,
+}
+
+impl Policy {
+    fn of(i: usize, cfg: &GatewayConfig) -> Policy {
+        let mut local = vec![ipnet::IpNet::V4(cfg.subnet)];
+        local.extend(cfg.ipv6.map(ipnet::IpNet::V6));
+        Policy {
+            net: NETS[i].name,
+            none: cfg.internal,
+            loopback: cfg.host_loopback,
+            local,
+        }
+    }
+
+    /// Panics unless NAT may open a host socket (`what`) to `to`.
+    fn check(&self, what: &str, to: IpAddr) {
+        assert!(
+            !self.none,
+            "{}: internal network opened a host {what} socket to {to}",
+            self.net
+        );
+        let lo = to == IpAddr::V4(Ipv4Addr::LOCALHOST) || to == IpAddr::V6(Ipv6Addr::LOCALHOST);
+        if self.loopback && lo {
+            return;
+        }
+        if let Some(why) = self.forbidden(to) {
+            panic!(
+                "{}: NAT opened a host {what} socket to {to} ({why}; host_loopback = {})",
+                self.net, self.loopback
+            );
+        }
+    }
+
+    /// Why `to` is a destination that must never get a host socket (loopback in any spelling,
+    /// this host, link-local, multicast, the network's own subnets), or `None`.
+    fn forbidden(&self, to: IpAddr) -> Option<&'static str> {
+        if self.local.iter().any(|n| n.contains(&to)) {
+            return Some("the network's own subnet");
+        }
+        let a = match to {
+            IpAddr::V4(a) => return v4_forbidden(a),
+            IpAddr::V6(a) => a,
+        };
+        let s = a.segments();
+        if a.is_loopback() {
+            return Some("IPv6 loopback");
+        }
+        if a.is_unspecified() {
+            return Some("IPv6 unspecified");
+        }
+        if s[0] & 0xff00 == 0xff00 {
+            return Some("IPv6 multicast");
+        }
+        if s[0] & 0xffc0 == 0xfe80 {
+            return Some("IPv6 link-local");
+        }
+        if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+            return Some("local-use NAT64 prefix");
+        }
+        if a == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+            return Some("IPv6 metadata service");
+        }
+        let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+        let embedded = match s {
+            [0, 0, 0, 0, 0, 0xffff, hi, lo] | [0, 0, 0, 0, 0, 0, hi, lo] => Some(v4(hi, lo)),
+            [0, 0, 0, 0, 0xffff, 0, hi, lo] => Some(v4(hi, lo)),
+            [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(v4(hi, lo)),
+            [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
+            _ => None,
+        }?;
+        if self.local.iter().any(|n| n.contains(&IpAddr::V4(embedded))) {
+            return Some("IPv4 of the network's own subnet embedded in IPv6");
+        }
+        v4_forbidden(embedded).map(|_| "a forbidden IPv4 address embedded in IPv6")
+    }
+}
+
+/// Why an IPv4 destination must never get a host socket, or `None`.
+fn v4_forbidden(a: Ipv4Addr) -> Option<&'static str> {
+    let o = a.octets();
+    match o[0] {
+        127 => Some("IPv4 loopback"),
+        0 => Some("this host (0.0.0.0/8)"),
+        169 if o[1] == 254 => Some("IPv4 link-local / metadata"),
+        224..=239 => Some("IPv4 multicast"),
+        _ if a.is_broadcast() => Some("broadcast"),
+        _ => None,
+    }
+}
+
 /// NAT's host side, in memory. Keeps a weak reference to every socket it made, to report
-/// readiness and to count the live ones.
-#[derive(Default)]
+/// readiness and to count the live ones (by the guest port whose frame opened it), and checks
+/// every destination against its network's [`Policy`].
 pub struct FakeHost {
     socks: Mutex<Vec<Weak<Mutex<SockState>>>>,
+    policy: Arc<Policy>,
+    /// The port of the frame the gateway is handling (0 outside frames).
+    ingress: std::sync::atomic::AtomicU32,
+    /// Port forwards' listeners and UDP sockets (not NAT flows; never counted as such).
+    listeners: Mutex<Vec<Arc<Mutex<ListenState>>>>,
+    fwd_udp: Mutex<Vec<Arc<Mutex<SockState>>>>,
 }
 
 impl FakeHost {
+    fn new(policy: Policy) -> FakeHost {
+        FakeHost {
+            socks: Mutex::new(Vec::new()),
+            policy: Arc::new(policy),
+            ingress: std::sync::atomic::AtomicU32::new(0),
+            listeners: Mutex::new(Vec::new()),
+            fwd_udp: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A new TCP forward listener (its index in `listeners`).
+    fn listener(self: &Arc<Self>) -> FakeListener {
+        let st = Arc::new(Mutex::new(ListenState::default()));
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(st.clone());
+        FakeListener {
+            st,
+            host: Arc::downgrade(self),
+        }
+    }
+
+    /// A new UDP forward socket.
+    fn forward_udp(&self) -> FakeDgram {
+        let st = Arc::new(Mutex::new(SockState::default()));
+        self.fwd_udp
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(st.clone());
+        FakeDgram {
+            st,
+            target: None,
+            policy: self.policy.clone(),
+            forward: true,
+        }
+    }
+
+    /// A client connects to TCP forward listener `k` from `client`, sending `hello`.
+    fn connect_client(&self, k: usize, client: SocketAddr, hello: &[u8]) -> Option<Token> {
+        let ls = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let l = ls.get(k % ls.len().max(1))?;
+        let mut l = lock_l(l);
+        if l.pending.len() >= FAKE_DGRAMS {
+            return l.token;
+        }
+        let st = SockState {
+            peer: Some(client),
+            connected: true,
+            bytes: hello.iter().copied().collect(),
+            ..SockState::default()
+        };
+        l.pending.push_back((Arc::new(Mutex::new(st)), client));
+        l.token
+    }
+
+    /// A client sends a datagram to UDP forward `k`.
+    fn datagram(&self, k: usize, client: SocketAddr, data: &[u8]) -> Option<Token> {
+        let v = self.fwd_udp.lock().unwrap_or_else(|e| e.into_inner());
+        let s = v.get(k % v.len().max(1))?;
+        let mut st = lock(s);
+        if st.dgrams.len() < FAKE_DGRAMS {
+            st.dgrams.push_back((data.to_vec(), client));
+        }
+        st.token
+    }
+
     fn track(&self, st: &Arc<Mutex<SockState>>) {
+        lock(st).port = self.ingress.load(Ordering::Relaxed);
         let mut v = self.socks.lock().unwrap_or_else(|e| e.into_inner());
         v.retain(|w| w.strong_count() > 0);
         v.push(Arc::downgrade(st));
     }
 
+    /// Live sockets by the guest port that opened them (port 0: opened outside a frame).
+    fn live_by_port(&self) -> HashMap<u32, usize> {
+        let v = self.socks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = HashMap::new();
+        for s in v.iter().filter_map(Weak::upgrade) {
+            *m.entry(lock(&s).port).or_insert(0) += 1;
+        }
+        m
+    }
+
     /// Tokens of registered sockets with something to report.
     fn ready(&self) -> Vec<Token> {
         let v = self.socks.lock().unwrap_or_else(|e| e.into_inner());
-        v.iter()
+        let mut t: Vec<Token> = v
+            .iter()
             .filter_map(Weak::upgrade)
             .filter_map(|s| {
                 let st = lock(&s);
                 st.token.filter(|_| st.ready())
             })
-            .collect()
+            .collect();
+        for l in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let l = lock_l(l);
+            t.extend(l.token.filter(|_| !l.pending.is_empty()));
+        }
+        for u in self
+            .fwd_udp
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let u = lock(u);
+            t.extend(u.token.filter(|_| !u.dgrams.is_empty()));
+        }
+        t
     }
 
     /// Sockets NAT still holds, and the bytes/datagrams they queue.
@@ -327,6 +658,7 @@ impl FakeHost {
 
 impl HostSockets for FakeHost {
     fn udp(&self, _bind: SocketAddr, target: SocketAddr) -> io::Result<Box<dyn HostDatagram>> {
+        self.policy.check("UDP", target.ip());
         if target.ip() == IpAddr::V4(UNREACHABLE) {
             return Err(os_err(libc_consts::ENETUNREACH));
         }
@@ -335,13 +667,21 @@ impl HostSockets for FakeHost {
         Ok(Box::new(FakeDgram {
             st,
             target: Some(target),
+            policy: self.policy.clone(),
+            forward: false,
         }))
     }
 
-    fn ping(&self, _host: IpAddr, _bind: Option<SocketAddr>) -> io::Result<Box<dyn HostDatagram>> {
+    fn ping(&self, host: IpAddr, _bind: Option<SocketAddr>) -> io::Result<Box<dyn HostDatagram>> {
+        self.policy.check("ping", host);
         let st = Arc::new(Mutex::new(SockState::default()));
         self.track(&st);
-        Ok(Box::new(FakeDgram { st, target: None }))
+        Ok(Box::new(FakeDgram {
+            st,
+            target: None,
+            policy: self.policy.clone(),
+            forward: false,
+        }))
     }
 
     fn tcp_connect(
@@ -349,6 +689,7 @@ impl HostSockets for FakeHost {
         to: SocketAddr,
         _bind: Option<SocketAddr>,
     ) -> io::Result<Box<dyn HostStream>> {
+        self.policy.check("TCP", to.ip());
         if to.ip() == IpAddr::V4(UNREACHABLE) {
             return Err(os_err(libc_consts::EHOSTUNREACH));
         }
@@ -372,11 +713,14 @@ impl HostSockets for FakeHost {
 
 // ---- the world ----
 
-/// A guest station: a MAC and addresses behind a guest port.
+/// A guest station: a MAC and addresses behind a guest port. `eth` is the Ethernet source its
+/// frames carry and `mac` the MAC inside them (ARP sender, DHCP `chaddr`, NDP link-layer
+/// option): the same for an honest station, not for a spoofed one ([`World::spoof`]).
 #[derive(Debug, Clone, Copy)]
 struct Station {
     net: usize,
     port: usize,
+    eth: Mac,
     mac: Mac,
     ip: Ipv4Addr,
     ip6: Ipv6Addr,
@@ -417,7 +761,7 @@ fn gw_mac(i: usize) -> Mac {
 }
 
 fn subnet(i: usize) -> ipnet::Ipv4Net {
-    NETS[i].1.parse().expect("subnet")
+    NETS[i].subnet.parse().expect("subnet")
 }
 
 impl World {
@@ -427,7 +771,8 @@ impl World {
         let br = Arc::new(Bridge::new(clock.clone(), FramePool::new(1522, 64)));
         let epoch = Instant::now();
         let mut nets = Vec::new();
-        for (i, &(name, _, v6, internal, cap)) in NETS.iter().enumerate() {
+        for (i, d) in NETS.iter().enumerate() {
+            let (name, v6, internal, cap) = (d.name, d.v6, d.internal, d.cap);
             br.add_network(
                 name,
                 FdbConfig {
@@ -440,6 +785,7 @@ impl World {
             cfg.mac = gw_mac(i);
             cfg.ipv6 = v6.map(|p| p.parse().expect("prefix"));
             cfg.internal = internal;
+            cfg.host_loopback = d.loopback;
             cfg.upstreams = Upstreams::Explicit(Vec::new());
             cfg.dns_workers = 0;
             cfg.max_flows = MAX_FLOWS;
@@ -480,7 +826,7 @@ impl World {
                 })
                 .collect();
             let poll = Poll::new().expect("poll");
-            let host = Arc::new(FakeHost::default());
+            let host = Arc::new(FakeHost::new(Policy::of(i, &cfg)));
             let names = port_names(br.clone(), gw_port.id);
             let guard = br
                 .topology()
@@ -492,6 +838,34 @@ impl World {
                     .expect("gateway");
             *gw.port.lock() = Some(gw_port.id);
             driver.announce();
+            if !internal {
+                // Port forwards, on the fake host: TCP to guest port 0's name, to a station's
+                // address, to a DHCP hostname; UDP to guest port 1's name.
+                let tcp = |to: String, guest_port: u16| Bound {
+                    listeners: vec![Listener::HostTcp {
+                        sock: Box::new(host.listener()),
+                        guest_port,
+                    }],
+                    to,
+                    splice: None,
+                };
+                let fwds = [
+                    tcp(format!("g{i}0"), 80),
+                    tcp(station_in(i, 0x08).ip.to_string(), 22),
+                    tcp("h2".into(), 8080),
+                    Bound {
+                        listeners: vec![Listener::HostUdp {
+                            sock: Box::new(host.forward_udp()),
+                            guest_port: 7,
+                        }],
+                        to: format!("g{i}1"),
+                        splice: None,
+                    },
+                ];
+                for (id, b) in fwds.into_iter().enumerate() {
+                    driver.add_forward(id as u64 + 1, b).expect("forward");
+                }
+            }
             nets.push(Net {
                 gw,
                 driver,
@@ -517,22 +891,87 @@ impl World {
         self.epoch + self.elapsed
     }
 
-    /// Station `sel`: network `(sel & 3) % 3`, guest port `(sel >> 2) & 1`, station `(sel >> 3) & 1`.
+    /// Station `sel`: network `sel & 3`, guest port `(sel >> 2) & 1`, station `(sel >> 3) & 1`.
     fn station(&self, sel: u8) -> Station {
-        let net = usize::from(sel & 3) % NETS.len();
-        let port = usize::from(sel >> 2) % GUESTS;
-        let k = usize::from(sel >> 3) % STATIONS;
-        let host = 10 + (port * STATIONS + k) as u8;
-        let base = subnet(net).network().octets();
-        Station {
-            net,
-            port,
-            mac: Mac([0x02, 0, net as u8, port as u8, k as u8, 1]),
-            ip: Ipv4Addr::new(base[0], base[1], base[2], host),
-            ip6: Ipv6Addr::new(0xfd00 + net as u16, 0, 0, 0, 0, 0, 0, u16::from(host)),
-        }
+        station_in(usize::from(sel & 3) % NETS.len(), sel)
     }
 
+    /// The station `spoof` makes of `s` (4 input bytes `[macs, ips, other, x]`): its Ethernet
+    /// source (low nibble of `macs`) and inner MAC (high nibble) become another station's
+    /// (`other`: of the same network unless its bit 7 is set), the gateway's, an invented,
+    /// multicast or zero MAC; its IPv4 (low nibble of `ips`) and IPv6 (high nibble) sources
+    /// another station's, a fresh address of the subnet/prefix (source churn, picked by
+    /// `other`/`x`), the gateway's, out-of-subnet, unspecified, loopback, broadcast, link-local
+    /// or IPv4-mapped ones. Values past the list keep the station's own.
+    fn spoof(&self, s: Station, b: [u8; 4]) -> Station {
+        let [macs, ips, o, x] = b;
+        let other = if o & 0x80 != 0 {
+            self.station(o)
+        } else {
+            station_in(s.net, o)
+        };
+        let mac = |k: u8| match k {
+            1 => other.mac,
+            2 => gw_mac(s.net),
+            3 => Mac([0x02, 0xee, s.net as u8, s.port as u8, o, x]),
+            4 => Mac([0x01, 0, 0x5e, 0, o, x]),
+            5 => Mac([0; 6]),
+            _ => s.mac,
+        };
+        let base = subnet(s.net).network().octets();
+        let ip = match ips & 15 {
+            1 => other.ip,
+            2 => Ipv4Addr::new(base[0], base[1], base[2], x),
+            3 => gw4(s.net),
+            4 => Ipv4Addr::new(198, 18, o, x),
+            5 => Ipv4Addr::UNSPECIFIED,
+            6 => Ipv4Addr::new(127, 0, 0, x),
+            7 => Ipv4Addr::BROADCAST,
+            8 => subnet(s.net).broadcast(),
+            _ => s.ip,
+        };
+        let p6 = 0xfd00 + s.net as u16;
+        let y = u16::from_be_bytes([o, x]);
+        let ip6 = match ips >> 4 {
+            1 => other.ip6,
+            2 => Ipv6Addr::new(p6, 0, 0, 0, 0x0200, 0, 0, y),
+            3 => gw6(s.net),
+            4 => Ipv6Addr::new(0xfe80, 0, 0, 0, 0x0200, 0, 0, y),
+            5 => Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, y),
+            6 => Ipv6Addr::LOCALHOST,
+            7 => Ipv4Addr::new(base[0], base[1], base[2], x).to_ipv6_mapped(),
+            8 => Ipv6Addr::UNSPECIFIED,
+            9 => ndp::link_local(gw_mac(s.net)),
+            _ => s.ip6,
+        };
+        Station {
+            eth: mac(macs & 15),
+            mac: mac(macs >> 4),
+            ip,
+            ip6,
+            ..s
+        }
+    }
+}
+
+/// Station `sel` of network `net`: guest port `(sel >> 2) & 1`, station `(sel >> 3) & 1`.
+fn station_in(net: usize, sel: u8) -> Station {
+    let port = usize::from(sel >> 2) % GUESTS;
+    let k = usize::from(sel >> 3) % STATIONS;
+    let host = 10 + (port * STATIONS + k) as u8;
+    let base = subnet(net).network().octets();
+    let mac = Mac([0x02, 0, net as u8, port as u8, k as u8, 1]);
+    Station {
+        net,
+        port,
+        eth: mac,
+        mac,
+        ip: Ipv4Addr::new(base[0], base[1], base[2], host),
+        ip6: Ipv6Addr::new(0xfd00 + net as u16, 0, 0, 0, 0, 0, 0, u16::from(host)),
+    }
+}
+
+impl World {
     /// Sends `frame` into the bridge from guest port `port` of network `net`.
     fn inject(&mut self, net: usize, port: usize, frame: &[u8]) {
         self.inject_with(net, port, frame, VnetHdr::default());
@@ -550,11 +989,185 @@ impl World {
         };
         f.meta.vnet = vnet;
         let topo = self.br.topology();
+        let before = ingress.counters.forwarded.load(Ordering::Relaxed);
         self.br
             .forward(&topo, &ingress, f, self.br.now(), &mut |q| {
                 assert_eq!(q.network, ingress.network, "frame sent to another network");
                 assert_ne!(q.id, ingress.id, "frame sent back out of its ingress");
             });
+        if ingress.counters.forwarded.load(Ordering::Relaxed) != before {
+            self.check_owned_sources(net, &ingress, frame);
+        }
+    }
+
+    /// A frame a (checked) guest port just forwarded: every source in it is the port's own,
+    /// and it is no router advertisement, redirect or DHCP server message.
+    fn check_owned_sources(&self, net: usize, port: &Port, frame: &[u8]) {
+        let guard = &self.guard(net);
+        let me = Some(port.id);
+        let who = &port.name;
+        let Ok(h) = L2Header::parse(frame) else {
+            return;
+        };
+        assert_eq!(
+            guard.mac_owner(h.src),
+            me,
+            "{who} forwarded a frame from {}, not its MAC",
+            h.src
+        );
+        let Ok(p) = SlicedPacket::from_ethernet(frame) else {
+            return;
+        };
+        let ip_ok = |ip: IpAddr, what: &str| {
+            assert_eq!(
+                guard.ip_owner(ip),
+                me,
+                "{who} forwarded a frame with {what} {ip}, not its address"
+            );
+        };
+        match &p.net {
+            Some(NetSlice::Arp(a)) => {
+                if let Ok(mac) = <[u8; 6]>::try_from(a.sender_hw_addr()) {
+                    assert_eq!(
+                        guard.mac_owner(Mac(mac)),
+                        me,
+                        "{who} forwarded an ARP with sender MAC {}",
+                        Mac(mac)
+                    );
+                }
+                if let Ok(ip) = <[u8; 4]>::try_from(a.sender_protocol_addr()) {
+                    let ip = Ipv4Addr::from(ip);
+                    if !ip.is_unspecified() {
+                        ip_ok(IpAddr::V4(ip), "ARP sender");
+                    }
+                }
+            }
+            Some(NetSlice::Ipv4(ip)) => {
+                let src = ip.header().source_addr();
+                let dhcp = matches!(&p.transport, Some(TransportSlice::Udp(u))
+                    if u.source_port() == 68 && u.destination_port() == 67);
+                if !(src.is_unspecified() && dhcp) {
+                    ip_ok(IpAddr::V4(src), "IPv4 source");
+                }
+                if let Some(TransportSlice::Udp(u)) = &p.transport {
+                    assert_ne!(u.source_port(), 67, "{who} forwarded a DHCP server message");
+                }
+            }
+            Some(NetSlice::Ipv6(ip)) => {
+                let src = ip.header().source_addr();
+                let icmp = matches!(&p.transport, Some(TransportSlice::Icmpv6(_)));
+                if !(src.is_unspecified() && icmp) {
+                    ip_ok(IpAddr::V6(src), "IPv6 source");
+                }
+                match &p.transport {
+                    Some(TransportSlice::Udp(u)) => {
+                        assert_ne!(
+                            u.source_port(),
+                            547,
+                            "{who} forwarded a DHCPv6 server message"
+                        );
+                    }
+                    Some(TransportSlice::Icmpv6(i)) => {
+                        let t = i.type_u8();
+                        assert!(
+                            t != 134 && t != 137,
+                            "{who} forwarded an ICMPv6 type {t} (RA/redirect)"
+                        );
+                        // NDP link-layer address options are the port's MACs.
+                        let skip = match t {
+                            133 => 4,
+                            135 | 136 => 20,
+                            _ => usize::MAX,
+                        };
+                        let mut o = i.payload().get(skip..).unwrap_or(&[]);
+                        while o.len() >= 8 && o[1] != 0 {
+                            let n = usize::from(o[1]) * 8;
+                            if (o[0] == 1 || o[0] == 2) && o.len() >= n && n >= 8 {
+                                let m = Mac([o[2], o[3], o[4], o[5], o[6], o[7]]);
+                                assert_eq!(
+                                    guard.mac_owner(m),
+                                    me,
+                                    "{who} forwarded NDP with link-layer option {m}"
+                                );
+                            }
+                            o = o.get(n..).unwrap_or(&[]);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Network `net`'s ownership table.
+    fn guard(&self, net: usize) -> Arc<NetGuard> {
+        let topo = self.br.topology();
+        topo.network(self.nets[net].gw_port.network)
+            .expect("network")
+            .net
+            .guard
+            .clone()
+    }
+
+    /// A unicast IP frame the gateway sent reached guest port `p` (as addressed, or flooded):
+    /// its destination MAC belongs to the port that owns its destination address (the
+    /// gateway's neighbour entry follows the address's owner).
+    fn check_gateway_dst(&self, net: usize, p: usize, frame: &[u8]) {
+        let Ok(pk) = SlicedPacket::from_ethernet(frame) else {
+            return;
+        };
+        let dst = match &pk.net {
+            Some(NetSlice::Ipv4(ip)) => IpAddr::V4(ip.header().destination_addr()),
+            Some(NetSlice::Ipv6(ip)) => IpAddr::V6(ip.header().destination_addr()),
+            _ => return,
+        };
+        let Ok(h) = L2Header::parse(frame) else {
+            return;
+        };
+        if h.dst.is_multicast() {
+            return;
+        }
+        let guard = self.guard(net);
+        if let Some(o) = guard.ip_owner(dst) {
+            let m = guard.mac_owner(h.dst);
+            assert_eq!(
+                m,
+                Some(o),
+                "{}: the gateway sent a frame for {dst} to {} (port {m:?}; seen on {}), but port #{} owns {dst}",
+                NETS[net].name,
+                h.dst,
+                self.nets[net].guests[p].name,
+                o.0
+            );
+        }
+    }
+
+    /// A client of the fake host connects to one of network `net`'s TCP forwards (input:
+    /// network, forward, client, payload length).
+    fn forward_connect(&mut self, r: &mut Reader<'_>) {
+        let [n, k, c, len] = r.array::<4>();
+        let net = usize::from(n & 3) % NETS.len();
+        let client = fwd_client(c);
+        let hello = vec![b'h'; usize::from(len % 64)];
+        let now = self.now();
+        let nt = &mut self.nets[net];
+        if let Some(t) = nt.host.connect_client(usize::from(k), client, &hello) {
+            nt.driver.host_ready(t, now);
+        }
+    }
+
+    /// A client sends a datagram to network `net`'s UDP forward.
+    fn forward_datagram(&mut self, r: &mut Reader<'_>) {
+        let [n, c, len] = r.array::<3>();
+        let net = usize::from(n & 3) % NETS.len();
+        let client = fwd_client(c);
+        let data = vec![b'u'; usize::from(len % 128)];
+        let now = self.now();
+        let nt = &mut self.nets[net];
+        if let Some(t) = nt.host.datagram(0, client, &data) {
+            nt.driver.host_ready(t, now);
+        }
     }
 
     /// Delivers frames until the network is quiet (bounded).
@@ -575,7 +1188,7 @@ impl World {
                     assert!(
                         self.nets[i].seen.contains(&src),
                         "gateway of {} got a frame from {src}, which never entered it",
-                        NETS[i].0
+                        NETS[i].name
                     );
                     // What the engine does on the gateway port's flush.
                     let mut q = VecDeque::new();
@@ -587,7 +1200,10 @@ impl World {
                                 "adapt let through a frame the gateway link does not take"
                             );
                             self.nets[i].delivered += 1;
-                            self.nets[i].driver.frame_with(g.data(), g.meta, now);
+                            let nt = &mut self.nets[i];
+                            nt.host.ingress.store(g.meta.ingress, Ordering::Relaxed);
+                            nt.driver.frame_with(g.data(), g.meta, now);
+                            nt.host.ingress.store(0, Ordering::Relaxed);
                         }
                     }
                 }
@@ -628,13 +1244,16 @@ impl World {
                             self.nets[i].seen.contains(&src),
                             "port {} of {} got a frame from {src}, which never entered it",
                             p,
-                            NETS[i].0
+                            NETS[i].name
                         );
                         let accept = if p == 0 {
                             Offloads::NONE
                         } else {
                             Offloads::ALL
                         };
+                        if src == gw_mac(i) {
+                            self.check_gateway_dst(i, p, f.data());
+                        }
                         let mut q = VecDeque::new();
                         if offload::adapt(f, accept, self.br.pool(), &mut q).is_err() {
                             continue;
@@ -713,6 +1332,15 @@ impl World {
             .collect()
     }
 
+    /// Frames the guest ports of network `i` dropped on ingress, by port.
+    pub fn guest_rx_dropped(&self, i: usize) -> Vec<u64> {
+        self.nets[i]
+            .guests
+            .iter()
+            .map(|p| p.counters.snapshot().rx_dropped())
+            .collect()
+    }
+
     /// Checks the invariants (see the module docs).
     pub fn check(&self) {
         let topo = self.br.topology();
@@ -737,9 +1365,9 @@ impl World {
             }
             let ne = topo.network(n.gw_port.network).expect("network");
             assert!(
-                ne.net.fdb.len() <= NETS[i].4,
+                ne.net.fdb.len() <= NETS[i].cap,
                 "{}: FDB over its cap",
-                NETS[i].0
+                NETS[i].name
             );
             let (live, queued) = n.host.live();
             match n.driver.nat_flows() {
@@ -748,11 +1376,11 @@ impl World {
                     assert!(
                         total <= MAX_FLOWS,
                         "{}: {total} NAT flows: {c:?}",
-                        NETS[i].0
+                        NETS[i].name
                     );
-                    assert_eq!(live, total, "{}: host sockets leak: {c:?}", NETS[i].0);
+                    assert_eq!(live, total, "{}: host sockets leak: {c:?}", NETS[i].name);
                 }
-                None => assert_eq!(live, 0, "internal network {} opened sockets", NETS[i].0),
+                None => assert_eq!(live, 0, "internal network {} opened sockets", NETS[i].name),
             }
             assert!(queued <= MAX_FLOWS * FAKE_TCP_BUF.max(FAKE_DGRAMS * 65536));
             assert!(n.driver.neighbours() <= 4096);
@@ -760,10 +1388,140 @@ impl World {
             assert!(
                 n.gw.leases().len() <= 4,
                 "{}: more leases than the pool",
-                NETS[i].0
+                NETS[i].name
             );
             let frames = n.gw.counters.frames.load(Ordering::Relaxed);
             assert_eq!(frames, n.delivered, "gateway frames counter");
+            for (port, k) in n.host.live_by_port() {
+                assert!(
+                    port == 0 || k <= MAX_FLOWS_PER_GUEST,
+                    "{}: port #{port} holds {k} NAT host sockets (limit {MAX_FLOWS_PER_GUEST})",
+                    NETS[i].name
+                );
+            }
+            self.check_ownership(i);
+        }
+    }
+
+    /// Ownership: one owner per MAC and IP address, per-port caps; every neighbour entry, DNS
+    /// name and DHCP lease of the gateway belongs to the port that owns its address.
+    fn check_ownership(&self, i: usize) {
+        let n = &self.nets[i];
+        let name = NETS[i].name;
+        let guard = self.guard(i);
+        let gw_id = n.gw_port.id;
+        let mut macs = HashMap::new();
+        let mut ips = HashMap::new();
+        for row in guard.dump() {
+            for (m, _) in &row.macs {
+                if let Some(o) = macs.insert(*m, row.port) {
+                    panic!("{name}: {m} owned by ports #{} and #{}", o.0, row.port.0);
+                }
+            }
+            for (a, _) in &row.ips {
+                if let Some(o) = ips.insert(*a, row.port) {
+                    panic!("{name}: {a} owned by ports #{} and #{}", o.0, row.port.0);
+                }
+            }
+            if row.port == gw_id {
+                continue;
+            }
+            let seen = |v6: bool| {
+                row.ips
+                    .iter()
+                    .filter(|(a, how)| *how == Claim::Seen && a.is_ipv6() == v6)
+                    .count()
+            };
+            assert!(
+                row.macs.len() <= MAX_MACS
+                    && seen(false) <= MAX_SEEN_V4
+                    && seen(true) <= MAX_SEEN_V6,
+                "{name}: port #{} owns more than its caps: {row:?}",
+                row.port.0
+            );
+        }
+        // The gateway's addresses are its port's.
+        assert_eq!(macs.get(&gw_mac(i)), Some(&gw_id), "{name}: gateway MAC");
+        for a in n.gw.cfg.own_addrs() {
+            assert_eq!(ips.get(&a), Some(&gw_id), "{name}: gateway address {a}");
+        }
+        // Neighbour entries: learned from the port that owns the MAC, for an address that
+        // port owns (or nobody does).
+        for (ip, mac, port) in n.driver.neighbour_entries() {
+            assert_ne!(
+                port, gw_id,
+                "{name}: neighbour {ip} learned from the gateway"
+            );
+            assert_eq!(
+                macs.get(&mac),
+                Some(&port),
+                "{name}: neighbour {ip} -> {mac} on port #{}, which does not own {mac}",
+                port.0
+            );
+            if let Some(o) = ips.get(&ip) {
+                assert_eq!(
+                    *o, port,
+                    "{name}: neighbour {ip} -> {mac} on port #{}, but port #{} owns {ip}",
+                    port.0, o.0
+                );
+            }
+        }
+        // DHCP: a bound lease's address is owned by the port owning its MAC.
+        let now_ms = n.gw.ms_at(self.now());
+        let all =
+            n.gw.dhcp
+                .as_ref()
+                .map(|d| d.lock().leases(0))
+                .unwrap_or_default();
+        for l in all.iter().filter(|l| l.expires_in_secs > 0) {
+            let _ = now_ms;
+            let Some(owner) = macs.get(&l.mac) else {
+                panic!("{name}: lease {} for {}, a MAC no port owns", l.ip, l.mac);
+            };
+            if l.state == usernet::gateway::dhcp::LeaseState::Bound {
+                assert_eq!(
+                    ips.get(&IpAddr::V4(l.ip)),
+                    Some(owner),
+                    "{name}: lease {} of {} (port #{}) not owned by that port",
+                    l.ip,
+                    l.mac,
+                    owner.0
+                );
+            }
+        }
+        // DNS names: a guest port's name, or a lease's hostname, points only at addresses of
+        // that port (or of nobody).
+        for r in n.gw.records.list() {
+            let label = r.name.split('.').next().unwrap_or_default();
+            let Some(owner) = ips.get(&r.addr) else {
+                continue;
+            };
+            if *owner == gw_id && label == "host" {
+                continue;
+            }
+            let mut allowed: Vec<PortId> = n
+                .guests
+                .iter()
+                .filter(|p| p.name.eq_ignore_ascii_case(label))
+                .map(|p| p.id)
+                .collect();
+            allowed.extend(
+                all.iter()
+                    .filter(|l| {
+                        l.hostname
+                            .as_deref()
+                            .is_some_and(|h| h.eq_ignore_ascii_case(label))
+                    })
+                    .filter_map(|l| macs.get(&l.mac).copied()),
+            );
+            assert!(
+                allowed.contains(owner),
+                "{name}: DNS name {} -> {} but port #{} owns {}; the name belongs to {allowed:?}",
+                r.name,
+                r.addr,
+                owner.0,
+                r.addr
+            );
         }
     }
 }
@@ -807,7 +1565,7 @@ fn arp_frame(s: &Station, target: Ipv4Addr, reply: bool) -> Vec<u8> {
     });
     let mut v = Vec::new();
     v.extend(Mac::BROADCAST.0);
-    v.extend(s.mac.0);
+    v.extend(s.eth.0);
     v.extend([0x08, 0x06]);
     v.extend(p.to_bytes().as_slice());
     v
@@ -847,7 +1605,7 @@ fn dhcp_frame(s: &Station, kind: u8, xid: u32, want: Ipv4Addr, host: bool) -> Ve
         ci.octets()
     };
     write(|v| {
-        PacketBuilder::ethernet2(s.mac.0, Mac::BROADCAST.0)
+        PacketBuilder::ethernet2(s.eth.0, Mac::BROADCAST.0)
             .ipv4(src, [255; 4], 64)
             .udp(68, 67)
             .write(v, &payload)
@@ -887,14 +1645,57 @@ fn dns_payload(id: u16, sel: u8) -> Vec<u8> {
     m.to_vec().unwrap_or_default()
 }
 
-/// Destinations the structured frames use: the gateway (host loopback, its services), an
-/// outside host, an unreachable one, a loopback address (must not leave).
+/// IPv4 destinations the structured frames use (`sel & 15`): the gateway (host loopback, its
+/// services), an outside host, an unreachable one, and the ones that must not leave: loopback,
+/// "this host", link-local and the metadata service, multicast, broadcast, the subnet's own
+/// hosts and broadcast.
 fn dst4(net: usize, sel: u8) -> Ipv4Addr {
-    match sel % 4 {
+    let o = subnet(net).network().octets();
+    match sel & 15 {
         0 => gw4(net),
-        1 => OUTSIDE,
+        1 | 14 => OUTSIDE,
         2 => UNREACHABLE,
-        _ => Ipv4Addr::new(127, 0, 0, 1),
+        3 => Ipv4Addr::new(127, 0, 0, 1),
+        4 => Ipv4Addr::new(127, 1, 2, 3),
+        5 => Ipv4Addr::UNSPECIFIED,
+        6 => Ipv4Addr::new(0, 1, 2, 3),
+        7 => Ipv4Addr::new(169, 254, 169, 254),
+        8 => Ipv4Addr::new(169, 254, 1, 1),
+        9 => Ipv4Addr::new(224, 0, 0, 1),
+        10 => Ipv4Addr::BROADCAST,
+        11 => subnet(net).broadcast(),
+        12 => Ipv4Addr::new(o[0], o[1], o[2], 12),
+        13 => gw4((net + 1) % NETS.len()),
+        _ => Ipv4Addr::new(192, 0, 2, 1),
+    }
+}
+
+/// IPv6 destinations (`sel & 15`): the gateway, an outside host, and every spelling of the
+/// host's loopback or of a forbidden IPv4 address in IPv6 (unspecified, IPv4-mapped,
+/// IPv4-compatible, SIIT, NAT64 well-known and local-use prefixes, 6to4), link-local,
+/// multicast, the metadata service, the gateway's IPv4 mapped; and allowed embeddings of an
+/// outside address (IPv4-mapped, NAT64).
+fn dst6(net: usize, sel: u8) -> Ipv6Addr {
+    let g = gw4(net).octets();
+    let out = u32::from(OUTSIDE);
+    let (hi, lo) = ((out >> 16) as u16, out as u16);
+    match sel & 15 {
+        0 => gw6(net),
+        1 => OUTSIDE6,
+        2 => Ipv6Addr::LOCALHOST,
+        3 => Ipv6Addr::UNSPECIFIED,
+        4 => Ipv4Addr::LOCALHOST.to_ipv6_mapped(),
+        5 => Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0x7f00, 1),
+        6 => Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0x7f00, 1),
+        7 => Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0x7f00, 1),
+        8 => Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 1),
+        9 => Ipv6Addr::new(0x2002, 0x7f00, 1, 0, 0, 0, 0, 1),
+        10 => Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
+        11 => Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+        12 => Ipv4Addr::from(g).to_ipv6_mapped(),
+        13 => Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, hi, lo),
+        14 => OUTSIDE.to_ipv6_mapped(),
+        _ => Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254),
     }
 }
 
@@ -904,7 +1705,7 @@ fn gw4(net: usize) -> Ipv4Addr {
 }
 
 fn gw6(net: usize) -> Ipv6Addr {
-    match NETS[net].2 {
+    match NETS[net].v6 {
         Some(p) => {
             let p: ipnet::Ipv6Net = p.parse().expect("prefix");
             Ipv6Addr::from(u128::from(p.network()) | 1)
@@ -921,7 +1722,7 @@ fn ip_frame(
     dst: IpAddr,
     build: impl FnOnce(PacketBuilderIp) -> Vec<u8>,
 ) -> Vec<u8> {
-    let eth = PacketBuilder::ethernet2(s.mac.0, dst_mac.0);
+    let eth = PacketBuilder::ethernet2(s.eth.0, dst_mac.0);
     match dst {
         IpAddr::V4(d) => build(PacketBuilderIp::V4(eth.ipv4(s.ip.octets(), d.octets(), 64))),
         IpAddr::V6(d) => build(PacketBuilderIp::V6(eth.ipv6(
@@ -985,11 +1786,22 @@ impl PacketBuilderIp {
 
 impl World {
     /// One structured frame from the input (or `None` for an event that is not a frame).
-    fn structured(&mut self, kind: u8, r: &mut Reader<'_>) -> Option<(Station, Vec<u8>)> {
+    /// `spoof`: the station's addresses are replaced first ([`Self::spoof`]); the frame still
+    /// enters at the station's port.
+    fn structured(
+        &mut self,
+        kind: u8,
+        spoof: Option<[u8; 4]>,
+        r: &mut Reader<'_>,
+    ) -> Option<(Station, Vec<u8>)> {
         let s = self.station(r.u8());
+        let s = match spoof {
+            Some(b) => self.spoof(s, b),
+            None => s,
+        };
         let sel = r.u8();
         let gwm = gw_mac(s.net);
-        let v6 = NETS[s.net].2.is_some() && sel & 0x80 != 0;
+        let v6 = NETS[s.net].v6.is_some() && sel & 0x80 != 0;
         let frame = match kind {
             0 => {
                 let target = match sel % 3 {
@@ -1019,7 +1831,7 @@ impl World {
                 let [id, seq, len] = r.array::<3>();
                 let payload = vec![0xab; usize::from(len % 64)];
                 let dst = if v6 {
-                    IpAddr::V6(if sel & 1 == 0 { gw6(s.net) } else { OUTSIDE6 })
+                    IpAddr::V6(dst6(s.net, sel))
                 } else {
                     IpAddr::V4(dst4(s.net, sel))
                 };
@@ -1032,7 +1844,7 @@ impl World {
                 let payload = vec![0x5a; usize::from(len % 128)];
                 let dport = PORTS[usize::from(port) % PORTS.len()];
                 let dst = if v6 {
-                    IpAddr::V6(if sel & 1 == 0 { gw6(s.net) } else { OUTSIDE6 })
+                    IpAddr::V6(dst6(s.net, sel))
                 } else {
                     IpAddr::V4(dst4(s.net, sel))
                 };
@@ -1045,11 +1857,11 @@ impl World {
                 let dport = PORTS[usize::from(port) % PORTS.len()];
                 let sport = 6000 + u16::from(sport % 4);
                 let dst = if v6 {
-                    IpAddr::V6(if sel & 1 == 0 { gw6(s.net) } else { OUTSIDE6 })
+                    IpAddr::V6(dst6(s.net, sel))
                 } else {
                     IpAddr::V4(dst4(s.net, sel))
                 };
-                let key = (s.mac, sport, dst, dport);
+                let key = (s.eth, sport, dst, dport);
                 let st = self.seqs.entry(key).or_insert(Seq {
                     ours: 1000,
                     theirs: None,
@@ -1074,16 +1886,142 @@ impl World {
                 ip_frame(&s, gwm, dst, |b| b.tcp(sport, dport, seq, fl, ack, &data))
             }
             6 => {
-                NETS[s.net].2?;
+                NETS[s.net].v6?;
                 match sel % 3 {
                     0 => rs_frame(&s),
                     1 => ns_frame(&s, gw6(s.net)),
                     _ => ns_frame(&s, ndp::link_local(gwm)),
                 }
             }
+            7 => {
+                let other = station_in(s.net, r.u8());
+                rogue_frame(&s, &other, sel)
+            }
             _ => return None,
         };
         Some((s, frame))
+    }
+}
+
+/// What a hostile guest sends besides spoofed sources (`sel % 6`): a router advertisement with
+/// a rogue prefix and default route, a DHCP OFFER (server message), a DHCPv6 ADVERTISE, an
+/// unsolicited overriding neighbour advertisement for another station's (or the gateway's)
+/// IPv6 address, an ARP reply to the gateway claiming another station's (or the gateway's)
+/// IPv4 address, an ICMPv6 redirect.
+fn rogue_frame(s: &Station, other: &Station, sel: u8) -> Vec<u8> {
+    let all = ndp::ALL_NODES;
+    match sel % 6 {
+        0 => ndp::router_advert(
+            &ndp::RaParams {
+                gw_mac: s.mac,
+                prefix: "2001:db8:bad::/64".parse().expect("prefix"),
+                mtu: 1280,
+                dns: vec![s.ip6],
+                router_lifetime: 9000,
+            },
+            all,
+            ndp::multicast_mac(all),
+        ),
+        1 => {
+            let mut m = DhcpMessage::new_with_id(
+                u32::from(sel),
+                Ipv4Addr::UNSPECIFIED,
+                other.ip,
+                s.ip,
+                Ipv4Addr::UNSPECIFIED,
+                &other.mac.0,
+            );
+            m.set_opcode(dhcproto::v4::Opcode::BootReply);
+            m.opts_mut()
+                .insert(DhcpOption::MessageType(if sel & 0x40 != 0 {
+                    DhcpType::Ack
+                } else {
+                    DhcpType::Offer
+                }));
+            m.opts_mut().insert(DhcpOption::ServerIdentifier(s.ip));
+            m.opts_mut().insert(DhcpOption::Router(vec![s.ip]));
+            let mut payload = Vec::new();
+            let _ = m.encode(&mut Encoder::new(&mut payload));
+            write(|v| {
+                PacketBuilder::ethernet2(s.eth.0, Mac::BROADCAST.0)
+                    .ipv4(s.ip.octets(), [255; 4], 64)
+                    .udp(67, 68)
+                    .write(v, &payload)
+            })
+        }
+        2 => {
+            let dst = if sel & 0x40 != 0 {
+                ndp::link_local(other.mac)
+            } else {
+                all
+            };
+            // ADVERTISE, a transaction id, a server id option.
+            let payload = [2, 0, 0, sel, 0, 2, 0, 4, 0, 3, 0, 1];
+            write(|v| {
+                PacketBuilder::ethernet2(s.eth.0, ndp::multicast_mac(all).0)
+                    .ipv6(ndp::link_local(s.mac).octets(), dst.octets(), 255)
+                    .udp(547, 546)
+                    .write(v, &payload)
+            })
+        }
+        3 => {
+            let target = match sel >> 6 {
+                0 => other.ip6,
+                1 => ndp::link_local(other.mac),
+                2 => gw6(s.net),
+                _ => ndp::link_local(gw_mac(s.net)),
+            };
+            let mut body = target.octets().to_vec();
+            body.extend([2, 1]);
+            body.extend(s.mac.0);
+            write(|v| {
+                PacketBuilder::ethernet2(s.eth.0, ndp::multicast_mac(all).0)
+                    .ipv6(s.ip6.octets(), all.octets(), 255)
+                    .icmpv6(Icmpv6Type::NeighborAdvertisement(
+                        etherparse::icmpv6::NeighborAdvertisementHeader {
+                            router: sel & 0x20 != 0,
+                            solicited: false,
+                            r#override: true,
+                        },
+                    ))
+                    .write(v, &body)
+            })
+        }
+        4 => {
+            let claimed = if sel & 0x40 != 0 {
+                gw4(s.net)
+            } else {
+                other.ip
+            };
+            let p = ArpPacket::from(ArpEthIpv4Packet {
+                operation: ArpOperation::REPLY,
+                sender_mac: s.mac.0,
+                sender_ipv4: claimed.octets(),
+                target_mac: gw_mac(s.net).0,
+                target_ipv4: gw4(s.net).octets(),
+            });
+            let mut v = Vec::new();
+            v.extend(gw_mac(s.net).0);
+            v.extend(s.eth.0);
+            v.extend([0x08, 0x06]);
+            v.extend(p.to_bytes().as_slice());
+            v
+        }
+        _ => {
+            // Redirect: reserved, target (use me), destination (other).
+            let mut body = ndp::link_local(s.mac).octets().to_vec();
+            body.extend(other.ip6.octets());
+            write(|v| {
+                PacketBuilder::ethernet2(s.eth.0, other.mac.0)
+                    .ipv6(ndp::link_local(s.mac).octets(), other.ip6.octets(), 255)
+                    .icmpv6(Icmpv6Type::Unknown {
+                        type_u8: 137,
+                        code_u8: 0,
+                        bytes5to8: [0; 4],
+                    })
+                    .write(v, &body)
+            })
+        }
     }
 }
 
@@ -1104,7 +2042,7 @@ fn rs_frame(s: &Station) -> Vec<u8> {
     let mut opts = vec![1, 1];
     opts.extend(s.mac.0);
     write(|v| {
-        PacketBuilder::ethernet2(s.mac.0, ndp::multicast_mac(dst).0)
+        PacketBuilder::ethernet2(s.eth.0, ndp::multicast_mac(dst).0)
             .ipv6(ndp::link_local(s.mac).octets(), dst.octets(), 255)
             .icmpv6(Icmpv6Type::RouterSolicitation)
             .write(v, &opts)
@@ -1117,11 +2055,24 @@ fn ns_frame(s: &Station, target: Ipv6Addr) -> Vec<u8> {
     body.extend([1, 1]);
     body.extend(s.mac.0);
     write(|v| {
-        PacketBuilder::ethernet2(s.mac.0, ndp::multicast_mac(dst).0)
+        PacketBuilder::ethernet2(s.eth.0, ndp::multicast_mac(dst).0)
             .ipv6(s.ip6.octets(), dst.octets(), 255)
             .icmpv6(Icmpv6Type::NeighborSolicitation)
             .write(v, &body)
     })
+}
+
+/// A port-forward client (`c`): loopback (IPv4 or IPv6: the guest sees the gateway), a real
+/// outside address (the guest sees it), IPv4-mapped.
+fn fwd_client(c: u8) -> SocketAddr {
+    let port = 40000 + u16::from(c >> 2);
+    let ip = match c & 3 {
+        0 => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        1 => IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)),
+        2 => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        _ => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9)),
+    };
+    SocketAddr::new(ip, port)
 }
 
 /// Clock steps an event can take.
@@ -1143,7 +2094,22 @@ pub fn run(data: &[u8]) -> World {
             break;
         }
         let op = r.u8();
-        match op % 16 {
+        // Ops 16..=18 are new; the others (and 19..=31) keep their meaning modulo 16, bits
+        // 0x20 (spoofed station) and 0x40 (offload state) modify structured frames.
+        let code = match op & 0x1f {
+            c @ 16..=18 => c,
+            c => c % 16,
+        };
+        match code {
+            16 => {
+                // A hostile frame (RA, DHCP server, NA, ARP claim, redirect), maybe spoofed.
+                let spoof = (op & 0x20 != 0).then(|| r.array::<4>());
+                if let Some((s, f)) = w.structured(7, spoof, &mut r) {
+                    w.inject(s.net, s.port, &f);
+                }
+            }
+            17 => w.forward_connect(&mut r),
+            18 => w.forward_datagram(&mut r),
             k @ (0 | 1) => {
                 // A raw frame from a guest port: op 0 with a 1-byte length, op 1 with 2 bytes.
                 let port = r.u8();
@@ -1168,7 +2134,8 @@ pub fn run(data: &[u8]) -> World {
                 } else {
                     None
                 };
-                if let Some((s, mut f)) = w.structured(k - 2, &mut r) {
+                let spoof = (op & 0x20 != 0).then(|| r.array::<4>());
+                if let Some((s, mut f)) = w.structured(k - 2, spoof, &mut r) {
                     let vnet = vb.map(|b| offload_state(&mut f, b)).unwrap_or_default();
                     w.inject_with(s.net, s.port, &f, vnet);
                 }
@@ -1176,7 +2143,8 @@ pub fn run(data: &[u8]) -> World {
             9 => {
                 // A structured frame with one byte flipped.
                 let [k, at, x] = r.array::<3>();
-                if let Some((s, mut f)) = w.structured(k % 7, &mut r) {
+                let spoof = (op & 0x20 != 0).then(|| r.array::<4>());
+                if let Some((s, mut f)) = w.structured(k % 8, spoof, &mut r) {
                     let i = usize::from(at) % f.len().max(1);
                     if let Some(b) = f.get_mut(i) {
                         *b ^= x | 1;

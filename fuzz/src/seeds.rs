@@ -705,6 +705,95 @@ fn datapath() -> Vec<Seed> {
                 0x00, 0, 1, 3,
             ],
         ),
+        // Attacks (op bit 0x20: the station's addresses spoofed by 4 bytes [macs, ips, other,
+        // x]; op 16: hostile frames). Station 0x00 is the victim on n0's port 0, 0x04 the
+        // attacker on port 1.
+        seed(
+            "datapath",
+            "attack-arp-claim",
+            vec![
+                2, 0x00, 0, // the victim's ARP for the gateway
+                0x22, 0x10, 0x01, 0x00, 0, 0x04, 0, // ARP: sender MAC/IP the victim's
+                0x22, 0x00, 0x01, 0x00, 0, 0x04, 0, // ARP: sender IP the victim's
+                0x25, 0x00, 0x01, 0x00, 0, 0x04, 1, 1, 1, 8, // ping from the victim's IP
+                5, 0x00, 1, 1, 2, 8, READY, // the victim's ping goes out and comes back
+            ],
+        ),
+        seed(
+            "datapath",
+            "attack-gateway-mac",
+            vec![
+                0x22, 0x02, 0x00, 0, 0, 0x04, 0, // ARP from the gateway's MAC
+                0x25, 0x02, 0x03, 0, 0, 0x04, 1, 1, 1,
+                8, // ping from the gateway's MAC and IP
+                5, 0x00, 0, 1, 1, 8, // the victim still reaches the gateway
+            ],
+        ),
+        seed(
+            "datapath",
+            "attack-dhcp-chaddr",
+            vec![
+                3, 0x00, 0, 2, 7, 3, 0x00, 1, 2, 7, // the victim's DISCOVER, REQUEST
+                0x23, 0x10, 0x00, 0x00, 0, 0x04, 2, 2, 7, // RELEASE with the victim's chaddr
+                0x23, 0x10, 0x00, 0x00, 0, 0x04, 1, 2, 7, // REQUEST for it, ditto
+                CLOCK, 2,
+            ],
+        ),
+        seed(
+            "datapath",
+            "attack-rogue-servers",
+            vec![
+                // RA, DHCP OFFER and ACK, DHCPv6 ADVERTISE, NA for the victim's and the
+                // gateway's address, ARP claims of the victim's and the gateway's, a redirect;
+                // after the victim used its addresses (ARP, NS).
+                2, 0x00, 0, 8, 0x00, 1, 16, 0x04, 0, 0, 16, 0x04, 1, 0, 16, 0x04, 0x43, 0, 16, 0x04,
+                2, 0, 16, 0x04, 3, 0, 16, 0x04, 0x81, 0, 16, 0x04, 4, 0, 16, 0x04, 0x46, 0, 16,
+                0x04, 5, 0, CLOCK, 3,
+            ],
+        ),
+        seed("datapath", "attack-ipv6-churn", {
+            // 24 fresh IPv6 sources from one port (past its cap of 16), then IPv4 ones.
+            let mut v = Vec::new();
+            for x in 0..24u8 {
+                v.extend([0x26, 0x00, 0x20, 0, x, 0x04, 0x81, 0, 0, 8]);
+            }
+            for x in 0..8u8 {
+                v.extend([0x26, 0x00, 0x02, 0, 20 + x, 0x04, 1, 0, 0, 8]);
+            }
+            v.extend([READY, CLOCK, 5]);
+            v
+        }),
+        seed("datapath", "nat-loopback-spellings", {
+            // Every destination, UDP (to port 7), TCP and ping, from n0 (host loopback on), n1
+            // and n3 (off), over IPv4 and IPv6.
+            let mut v = Vec::new();
+            for st in [0x00u8, 0x01, 0x03] {
+                for d in 0..16u8 {
+                    v.extend([6, st, d, 0, 0, 4]);
+                    v.extend(tcp(st, d, 4, 0));
+                    v.extend([5, st, d, 1, 1, 4]);
+                    if st != 0x01 {
+                        v.extend([6, st, 0x80 | d, 0, 0, 4]);
+                        v.extend(tcp(st, 0x80 | d, 4, 0));
+                        v.extend([5, st, 0x80 | d, 1, 1, 4]);
+                    }
+                }
+            }
+            v.push(READY);
+            v
+        }),
+        seed(
+            "datapath",
+            "forwards",
+            vec![
+                2, 0x00, 0, 2, 0x08, 0, 2, 0x04,
+                0, // stations 10, 11, 12 known to the gateway
+                17, 0, 0, 0, 8, 17, 0, 1, 1, 8, 17, 0, 2, 2, 8, // TCP forwards from 3 clients
+                18, 0, 3, 16, 18, 0, 0, 16, // UDP forward datagrams
+                17, 0, 1, 0, 0, 17, 0, 1, 2, 0, // v4 and v6 loopback clients, same port
+                READY, CLOCK, 2, READY,
+            ],
+        ),
         seed("datapath", "raw", {
             let mut v = vec![0, 0x00, 14];
             v.extend([0xff; 6]);

@@ -1016,6 +1016,27 @@ impl Driver {
         self.neigh.len()
     }
 
+    /// The neighbour table: each address, its MAC and the port it was learned from.
+    pub fn neighbour_entries(&self) -> Vec<(IpAddr, Mac, PortId)> {
+        self.neigh
+            .iter()
+            .map(|(ip, (mac, port))| (*ip, *mac, PortId(*port)))
+            .collect()
+    }
+
+    /// Adds a port forward on this driver's thread directly (a standalone driver has no
+    /// thread for [`Gateway::add_forward`]'s command to reach).
+    pub fn add_forward(
+        &mut self,
+        id: u64,
+        bound: crate::nat::forward_rt::Bound,
+    ) -> std::io::Result<()> {
+        match self.nat.as_mut() {
+            Some(nat) => nat.add_forward(&self.registry, id, bound),
+            None => Err(std::io::Error::other("internal network: no NAT")),
+        }
+    }
+
     /// Open DNS-over-TCP connections.
     pub fn dns_tcp_connections(&self) -> usize {
         self.tcp.connections()

@@ -29,7 +29,7 @@ use etherparse::PacketBuilder;
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Interest, Registry, Token};
 
-use super::host::HostStream;
+use super::host::{HostDatagram, HostListener, HostStream};
 use super::splice::Splicer;
 use super::{NatConfig, token};
 
@@ -50,6 +50,27 @@ pub enum Listener {
         /// Guest port.
         guest_port: u16,
     },
+    /// A TCP listener that is not a kernel socket (simulations, the fuzzer).
+    HostTcp {
+        /// The listener.
+        sock: Box<dyn HostListener>,
+        /// Guest port.
+        guest_port: u16,
+    },
+    /// A UDP socket that is not a kernel socket (simulations, the fuzzer).
+    HostUdp {
+        /// The socket.
+        sock: Box<dyn HostDatagram>,
+        /// Guest port.
+        guest_port: u16,
+    },
+}
+
+/// An accepted port-forward connection: a kernel socket (which a spliced forward may hand to
+/// the relay) or another [`HostStream`].
+enum Accepted {
+    Kernel(mio::net::TcpStream),
+    Host(Box<dyn HostStream>),
 }
 
 /// A forward's bound sockets and its target.
@@ -110,6 +131,12 @@ impl Forwards {
                 Listener::Udp { sock, .. } => {
                     reg.register(sock, token::make(token::FWD_UDP, idx), Interest::READABLE)
                 }
+                Listener::HostTcp { sock, .. } => {
+                    reg.register(sock, token::make(token::FWD_TCP, idx), Interest::READABLE)
+                }
+                Listener::HostUdp { sock, .. } => {
+                    reg.register(sock, token::make(token::FWD_UDP, idx), Interest::READABLE)
+                }
             };
             if let Err(e) = r {
                 self.by_id.insert(id, idxs);
@@ -138,6 +165,8 @@ impl Forwards {
                 let _ = match &mut e.listener {
                     Listener::Tcp { sock, .. } => reg.deregister(sock),
                     Listener::Udp { sock, .. } => reg.deregister(sock),
+                    Listener::HostTcp { sock, .. } => reg.deregister(sock),
+                    Listener::HostUdp { sock, .. } => reg.deregister(sock),
                 };
                 debug_assert_eq!(e.id, id);
             }
@@ -161,14 +190,35 @@ impl Forwards {
         let Some(Some(e)) = self.entries.get_mut(token::split(tok).1) else {
             return v;
         };
-        let Listener::Tcp { sock, guest_port } = &e.listener else {
-            return v;
-        };
         loop {
-            match sock.accept() {
+            let (next, guest_port) = match &e.listener {
+                Listener::Tcp { sock, guest_port } => (
+                    sock.accept().map(|(s, c)| (Accepted::Kernel(s), c)),
+                    guest_port,
+                ),
+                Listener::HostTcp { sock, guest_port } => (
+                    sock.accept().map(|(s, c)| (Accepted::Host(s), c)),
+                    guest_port,
+                ),
+                _ => return v,
+            };
+            match next {
                 Ok((stream, client)) => {
                     let client = unmap(client);
                     let ip = target(&e.to, client.ip(), resolve);
+                    let stream = match stream {
+                        Accepted::Kernel(s) => s,
+                        Accepted::Host(s) => {
+                            let Some(ip) = ip else {
+                                continue;
+                            };
+                            let guest = SocketAddr::new(ip, *guest_port);
+                            if let Some(from) = source_for(client, guest, cfg) {
+                                v.push((s, from, guest));
+                            }
+                            continue;
+                        }
+                    };
                     if let Some(hook) = &e.splice {
                         // Inside the namespace, a name the records do not know is the
                         // namespace's own loopback (`usernet run`'s command).
@@ -217,8 +267,10 @@ impl Forwards {
         let Some(Some(e)) = self.entries.get_mut(idx) else {
             return 0;
         };
-        let Listener::Udp { sock, guest_port } = &e.listener else {
-            return 0;
+        let (sock, guest_port): (&dyn HostDatagram, &u16) = match &e.listener {
+            Listener::Udp { sock, guest_port } => (sock, guest_port),
+            Listener::HostUdp { sock, guest_port } => (sock.as_ref(), guest_port),
+            _ => return 0,
         };
         let mut n = 0;
         let mut buf = vec![0u8; 65536];
@@ -258,12 +310,20 @@ impl Forwards {
             return false;
         };
         *seen = Instant::now();
-        if let Some(Some(Entry {
-            listener: Listener::Udp { sock, .. },
-            ..
-        })) = self.entries.get(*idx)
-        {
-            let _ = sock.send_to(payload, *client);
+        match self.entries.get(*idx) {
+            Some(Some(Entry {
+                listener: Listener::Udp { sock, .. },
+                ..
+            })) => {
+                let _ = sock.send_to(payload, *client);
+            }
+            Some(Some(Entry {
+                listener: Listener::HostUdp { sock, .. },
+                ..
+            })) => {
+                let _ = sock.send_to(payload, *client);
+            }
+            _ => {}
         }
         true
     }

@@ -123,6 +123,14 @@ pub trait HostStream: Source + Read + Write + Send {
     fn reset_on_close(&self);
 }
 
+/// A port forward's TCP listener that is not a kernel socket (simulations, the fuzzer; see
+/// [`super::forward_rt::Listener::HostTcp`]). Its connections are never spliced.
+pub trait HostListener: Source + Debug + Send {
+    /// Accepts one pending connection: the stream and the client's address (`WouldBlock` when
+    /// none is pending).
+    fn accept(&self) -> io::Result<(Box<dyn HostStream>, SocketAddr)>;
+}
+
 /// Opens host sockets for NAT. See the module docs.
 pub trait HostSockets: Send + Sync {
     /// A non-blocking UDP socket bound to `bind` and connected to `target`.

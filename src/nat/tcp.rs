@@ -402,6 +402,15 @@ impl TcpNat {
             NatCounters::inc(&self.counters.refused_limit);
             return Err(io::Error::other("flow limit"));
         }
+        if self.by_key.contains_key(&(guest, from)) {
+            // Two host clients the guest would see as one (loopback IPv4 and IPv6 clients with
+            // the same port both appear as the gateway's address): one flow per address pair,
+            // or the first one's entry would be overwritten and escape the flow count.
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("a forwarded connection {from} -> {guest} is open already"),
+            ));
+        }
         let mut s = new_socket(self.buf);
         s.connect(self.iface.context(), guest, from)
             .map_err(|e| io::Error::other(format!("connect to guest {guest}: {e}")))?;

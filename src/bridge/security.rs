@@ -175,6 +175,9 @@ pub struct NetGuard {
     table: Mutex<Table>,
     /// Some port has claims (an unchecked port's frames need no lookup while none has).
     any: AtomicBool,
+    /// Bumped whenever an address stops being a port's (released, evicted, port removed), so
+    /// holders of derived state (the gateway's neighbour table) know to check it again.
+    generation: AtomicU64,
 }
 
 impl Default for NetGuard {
@@ -204,6 +207,7 @@ impl NetGuard {
             scope: ArcSwap::from_pointee(Scope::default()),
             table: Mutex::new(Table::default()),
             any: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -265,6 +269,15 @@ impl NetGuard {
         Ok(())
     }
 
+    /// Changes whenever an address stopped being some port's (see [`NetGuard::ip_owner`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Forgets a port and releases everything it owned.
     pub fn unregister(&self, id: PortId) {
         let mut t = self.table.lock();
@@ -280,6 +293,8 @@ impl NetGuard {
         if t.removed.len() < MAX_REMOVED {
             t.removed.push(id);
         }
+        drop(t);
+        self.bump();
     }
 
     /// Ports removed since the last call (for the gateway, which forgets their neighbour
@@ -420,6 +435,10 @@ impl NetGuard {
         }
         t.ips.insert(ip, port);
         self.any.store(true, Ordering::Relaxed);
+        drop(t);
+        if evicted.is_some() {
+            self.bump();
+        }
         Ok(())
     }
 
@@ -436,6 +455,8 @@ impl NetGuard {
             pc.seen6.retain(|a| IpAddr::V6(*a) != ip);
             pc.publish();
         }
+        drop(t);
+        self.bump();
     }
 
     /// Releases every lease claim whose address is not in `bound` (the DHCP server's current
@@ -456,8 +477,13 @@ impl NetGuard {
                 pc.publish();
             }
         }
+        let changed = !gone.is_empty();
         for a in gone {
             t.ips.remove(&a);
+        }
+        drop(t);
+        if changed {
+            self.bump();
         }
     }
 
@@ -854,7 +880,10 @@ mod tests {
             g.ip_owner(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99))),
             Some(PortId(2))
         );
+        // Every address that stops being a port's moves the generation on.
+        let gen0 = g.generation();
         g.release_leases_except(&std::collections::HashSet::new());
         assert_eq!(g.ip_owner(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99))), None);
+        assert!(g.generation() > gen0);
     }
 }

@@ -736,6 +736,8 @@ pub struct Driver {
     neigh_of: HashMap<u32, std::collections::VecDeque<IpAddr>>,
     /// Packets for guests whose MAC is being resolved.
     unresolved: HashMap<IpAddr, Unresolved>,
+    /// The ownership generation the neighbour table was last checked against.
+    guard_gen: u64,
     /// The gateway clock of the call in progress.
     now: Instant,
     names: HashMap<(String, bool), IpAddr>,
@@ -845,6 +847,7 @@ impl Driver {
             neigh: HashMap::new(),
             neigh_of: HashMap::new(),
             unresolved: HashMap::new(),
+            guard_gen: 0,
             now: epoch,
             names: HashMap::new(),
             port_names: HashMap::new(),
@@ -893,6 +896,7 @@ impl Driver {
     /// A NAT host socket registered under `token` is ready.
     pub fn host_ready(&mut self, token: Token, now: Instant) {
         self.now = now;
+        self.recheck_owners();
         let Some(nat) = self.nat.as_mut() else {
             return;
         };
@@ -944,6 +948,7 @@ impl Driver {
             self.gone.pop_front();
         }
         self.now = now;
+        self.recheck_owners();
         self.resolve_timers(now);
         for id in self.guard.take_removed() {
             self.forget_port(id.0, now);
@@ -1074,6 +1079,7 @@ impl Driver {
         self.rx_vnet = meta.vnet;
         self.ingress = meta.ingress;
         self.now = now;
+        self.recheck_owners();
         inc(&self.gw.counters.frames);
         if !self.gone.is_empty() && self.gone.iter().any(|g| g.0 == meta.ingress) {
             // Sent by a port that is gone since.
@@ -1299,6 +1305,35 @@ impl Driver {
             for v4 in [true, false] {
                 if let Some(ip) = self.names.remove(&(name.clone(), v4)) {
                     self.gw.records.remove(&name, Some(ip));
+                }
+            }
+        }
+    }
+
+    /// When addresses changed owner (a port's first-seen address evicted, a lease ended, a port
+    /// removed), drops neighbour entries, and the port names on them, whose address another
+    /// port owns now: what the gateway learned from a port stays that port's only while the
+    /// port owns the address. One atomic load when nothing changed.
+    fn recheck_owners(&mut self) {
+        let g = self.guard.generation();
+        if g == self.guard_gen {
+            return;
+        }
+        self.guard_gen = g;
+        let stale: Vec<(IpAddr, u32)> = self
+            .neigh
+            .iter()
+            .filter(|(ip, (_, port))| self.guard.ip_owner(**ip).is_some_and(|o| o.0 != *port))
+            .map(|(ip, (_, port))| (*ip, *port))
+            .collect();
+        for (ip, port) in stale {
+            self.neigh.remove(&ip);
+            self.unlink_neigh(port, ip);
+            if let Some(name) = self.port_names.get(&port).cloned() {
+                let key = (name, ip.is_ipv4());
+                if self.names.get(&key) == Some(&ip) {
+                    self.names.remove(&key);
+                    self.gw.records.remove(&key.0, Some(ip));
                 }
             }
         }

@@ -89,10 +89,27 @@ pub struct Owned {
     pub ips: Vec<IpAddr>,
 }
 
+/// Owned MACs and IPv4 addresses mirrored into plain atomics, so the common check is a few
+/// relaxed loads (no `ArcSwap` guard); a miss falls back to the full set.
+const FAST_SLOTS: usize = 8;
+/// Marks a used fast slot (a MAC or IPv4 address never has bit 63 set).
+const FAST_USED: u64 = 1 << 63;
+
+fn mac_key(m: Mac) -> u64 {
+    let b = m.0;
+    FAST_USED | u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+}
+
+fn v4_key(a: Ipv4Addr) -> u64 {
+    FAST_USED | u64::from(u32::from(a))
+}
+
 /// A port's owned set, shared by the port (readers) and its network's [`NetGuard`] (writer).
 #[derive(Debug, Default)]
 pub struct PortOwned {
     set: ArcSwap<Owned>,
+    fast_macs: [AtomicU64; FAST_SLOTS],
+    fast_v4: [AtomicU64; FAST_SLOTS],
     /// When the last drop warning for this port was logged (ms of the bridge clock + 1).
     warned: AtomicU64,
 }
@@ -101,6 +118,47 @@ impl PortOwned {
     /// A copy of what the port owns.
     pub fn snapshot(&self) -> Owned {
         Owned::clone(&self.set.load())
+    }
+
+    /// True if the port owns `m` (fast slots first).
+    fn has_mac(&self, m: Mac) -> bool {
+        let k = mac_key(m);
+        self.fast_macs
+            .iter()
+            .any(|s| s.load(Ordering::Relaxed) == k)
+            || self.set.load().macs.contains(&m)
+    }
+
+    /// True if the port owns `ip` (fast slots first for IPv4).
+    fn has_ip(&self, ip: IpAddr) -> bool {
+        if let IpAddr::V4(a) = ip {
+            let k = v4_key(a);
+            if self.fast_v4.iter().any(|s| s.load(Ordering::Relaxed) == k) {
+                return true;
+            }
+        }
+        self.set.load().ips.contains(&ip)
+    }
+
+    fn store(&self, set: Owned) {
+        let v4: Vec<u64> = set
+            .ips
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(v) => Some(v4_key(*v)),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        for (i, slot) in self.fast_macs.iter().enumerate() {
+            slot.store(
+                set.macs.get(i).map_or(0, |m| mac_key(*m)),
+                Ordering::Relaxed,
+            );
+        }
+        for (i, slot) in self.fast_v4.iter().enumerate() {
+            slot.store(v4.get(i).copied().unwrap_or(0), Ordering::Relaxed);
+        }
+        self.set.store(Arc::new(set));
     }
 }
 
@@ -146,10 +204,10 @@ struct PortClaims {
 
 impl PortClaims {
     fn publish(&self) {
-        self.owned.set.store(Arc::new(Owned {
+        self.owned.store(Owned {
             macs: self.macs.iter().map(|(m, _)| *m).collect(),
             ips: self.ips.iter().map(|(a, _)| *a).collect(),
-        }));
+        });
     }
 }
 
@@ -288,7 +346,7 @@ impl NetGuard {
             for (a, _) in &pc.ips {
                 t.ips.remove(a);
             }
-            pc.owned.set.store(Arc::new(Owned::default()));
+            pc.owned.store(Owned::default());
         }
         if t.removed.len() < MAX_REMOVED {
             t.removed.push(id);
@@ -542,8 +600,7 @@ impl NetGuard {
             }
             return Ok(());
         }
-        let set = owned.set.load();
-        if !set.macs.contains(&h.src) {
+        if !owned.has_mac(h.src) {
             self.claim_mac(port, h.src).map_err(|e| match e {
                 ClaimError::Limit(_) => DropReason::AddressLimit,
                 _ => DropReason::SpoofedSource,
@@ -551,9 +608,9 @@ impl NetGuard {
         }
         let l3 = data.get(h.header_len..).unwrap_or_default();
         match h.ethertype {
-            0x0806 => self.check_arp(port, &set, l3),
-            0x0800 => self.check_ipv4(port, &set, l3),
-            0x86dd => self.check_ipv6(port, &set, l3),
+            0x0806 => self.check_arp(port, owned, l3),
+            0x0800 => self.check_ipv4(port, owned, l3),
+            0x86dd => self.check_ipv6(port, owned, l3),
             // A second VLAN tag: the inner frame could carry any source unseen.
             0x8100 | 0x88a8 | 0x9100 => Err(DropReason::SpoofedSource),
             _ => Ok(()),
@@ -563,11 +620,11 @@ impl NetGuard {
     fn own_mac(
         &self,
         port: PortId,
-        set: &Owned,
+        set: &PortOwned,
         mac: Mac,
         why: DropReason,
     ) -> Result<(), DropReason> {
-        if set.macs.contains(&mac) {
+        if set.has_mac(mac) {
             return Ok(());
         }
         self.claim_mac(port, mac).map_err(|_| why)
@@ -576,17 +633,17 @@ impl NetGuard {
     fn own_ip(
         &self,
         port: PortId,
-        set: &Owned,
+        set: &PortOwned,
         ip: IpAddr,
         why: DropReason,
     ) -> Result<(), DropReason> {
-        if set.ips.contains(&ip) {
+        if set.has_ip(ip) {
             return Ok(());
         }
         self.claim_ip(port, ip, Claim::Seen).map_err(|_| why)
     }
 
-    fn check_arp(&self, port: PortId, set: &Owned, arp: &[u8]) -> Result<(), DropReason> {
+    fn check_arp(&self, port: PortId, set: &PortOwned, arp: &[u8]) -> Result<(), DropReason> {
         // Ethernet/IPv4 ARP only: htype 1, ptype 0x0800, hlen 6, plen 4.
         if arp.len() < 28 || arp[..6] != [0, 1, 8, 0, 6, 4] {
             return Err(DropReason::SpoofedArp);
@@ -600,7 +657,7 @@ impl NetGuard {
         self.own_ip(port, set, IpAddr::V4(spa), DropReason::SpoofedArp)
     }
 
-    fn check_ipv4(&self, port: PortId, set: &Owned, ip: &[u8]) -> Result<(), DropReason> {
+    fn check_ipv4(&self, port: PortId, set: &PortOwned, ip: &[u8]) -> Result<(), DropReason> {
         if ip.len() < 20 || ip[0] >> 4 != 4 {
             return Err(DropReason::SpoofedIp);
         }
@@ -634,7 +691,7 @@ impl NetGuard {
         Ok(())
     }
 
-    fn check_ipv6(&self, port: PortId, set: &Owned, ip: &[u8]) -> Result<(), DropReason> {
+    fn check_ipv6(&self, port: PortId, set: &PortOwned, ip: &[u8]) -> Result<(), DropReason> {
         use etherparse::{IpNumber, Ipv6Slice};
         if ip.len() < 40 || ip[0] >> 4 != 6 {
             return Err(DropReason::SpoofedIp);
@@ -706,7 +763,7 @@ impl NetGuard {
     fn check_nd_options(
         &self,
         port: PortId,
-        set: &Owned,
+        set: &PortOwned,
         opts: Option<&[u8]>,
         kind: u8,
     ) -> Result<(), DropReason> {

@@ -536,6 +536,13 @@ impl Nat {
             token::FWD_TCP => {
                 for (stream, from, guest) in self.fwd.accept(tok, &self.cfg, resolve) {
                     NatCounters::inc(&self.counters.forward_conns);
+                    // The network's limit counts every protocol (TCP's own check sees TCP
+                    // only): over it, the client is closed at once.
+                    let c = self.counts();
+                    if c.tcp + c.udp + c.icmp >= flow_cap(&self.cfg) {
+                        NatCounters::inc(&self.counters.refused_limit);
+                        continue;
+                    }
                     if let Err(e) = self.tcp.connect_to_guest(reg, now, stream, from, guest) {
                         tracing::debug!("port forward to {guest}: {e}");
                         NatCounters::inc(&self.counters.errors);

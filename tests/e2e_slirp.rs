@@ -383,3 +383,38 @@ fn rootlesskit_runs_curl_through_usernet() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "through");
 }
+
+/// `-v`/`--version` print slirp4netns's fields (runtimes parse them), as `usernet slirp4netns`
+/// and as a binary named `slirp4netns`; no namespace needed.
+#[test]
+fn version_prints_slirp4netns_fields() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let link = dir.path().join("slirp4netns");
+    std::os::unix::fs::symlink(BIN, &link).expect("symlink");
+    for (prog, args) in [
+        (std::path::Path::new(BIN), vec!["slirp4netns", "--version"]),
+        (std::path::Path::new(BIN), vec!["slirp4netns", "-v"]),
+        (link.as_path(), vec!["-v"]),
+        (link.as_path(), vec!["--version"]),
+    ] {
+        let out = std::process::Command::new(prog)
+            .args(&args)
+            .output()
+            .expect("run");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {text}");
+        let first = text.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("slirp4netns version 1.2.0"),
+            "{args:?}: {text}"
+        );
+        for field in [
+            "commit: ",
+            "libslirp: ",
+            "SLIRP_CONFIG_VERSION_MAX: 4",
+            "libseccomp: ",
+        ] {
+            assert!(text.contains(field), "{args:?}: no {field:?} in {text}");
+        }
+    }
+}

@@ -98,10 +98,23 @@ impl SocketArg {
 fn main() -> ExitCode {
     // Invoked as `slirp4netns` (a symlink): slirp4netns's command line, exactly.
     let argv0 = std::env::args_os().next().unwrap_or_default();
-    if std::path::Path::new(&argv0)
+    let as_slirp = std::path::Path::new(&argv0)
         .file_name()
-        .is_some_and(|n| n == "slirp4netns")
-    {
+        .is_some_and(|n| n == "slirp4netns");
+    // `-v`/`--version` as slirp4netns prints it (runtimes parse these fields), before the
+    // positional arguments are required.
+    let args: Vec<String> = std::env::args().collect();
+    let slirp_args = if as_slirp {
+        args.get(1..)
+    } else {
+        args.get(2..)
+            .filter(|_| args.get(1).is_some_and(|a| a == "slirp4netns"))
+    };
+    if slirp_args.is_some_and(slirp::wants_version) {
+        print!("{}", slirp::version_text());
+        return ExitCode::SUCCESS;
+    }
+    if as_slirp {
         let s = <slirp::Standalone as clap::Parser>::parse();
         init_logging(std::env::var("RUST_LOG").ok().as_deref().or(Some("warn")));
         return match slirp::run(s.args) {

@@ -96,9 +96,35 @@ pub struct Args {
     macaddress: Option<String>,
 }
 
+/// The slirp4netns version usernet's slirp4netns mode matches (options, defaults, API).
+pub const COMPAT_VERSION: &str = "1.2.0";
+
+/// The highest `slirp4netns_config` version slirp4netns 1.2.0 reports (runtimes read it).
+const SLIRP_CONFIG_VERSION_MAX: u32 = 4;
+
+/// True when slirp4netns would print its version for these arguments (`-v` or `--version`
+/// anywhere, as getopt finds it).
+pub fn wants_version(args: &[String]) -> bool {
+    args.iter().any(|a| a == "-v" || a == "--version")
+}
+
+/// What `slirp4netns --version` prints, field by field as slirp4netns 1.2.0 prints them, with
+/// usernet's own values where slirp4netns names a library it links.
+pub fn version_text() -> String {
+    format!(
+        "slirp4netns version {COMPAT_VERSION}+usernet-{}\n\
+         commit: none (usernet {})\n\
+         libslirp: none (usernet's own NAT)\n\
+         SLIRP_CONFIG_VERSION_MAX: {SLIRP_CONFIG_VERSION_MAX}\n\
+         libseccomp: none (seccompiler)\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("CARGO_PKG_VERSION"),
+    )
+}
+
 /// Parses argv when the binary was invoked as `slirp4netns`.
 #[derive(clap::Parser, Debug)]
-#[command(name = "slirp4netns", version)]
+#[command(name = "slirp4netns", disable_version_flag = true)]
 pub struct Standalone {
     #[command(flatten)]
     pub args: Args,

@@ -235,8 +235,31 @@ fn podman_style(extra: &[&str]) {
         ),
         json!({"return": {}})
     );
-    let bad = api(&sock, json!({"execute": "bogus"}));
-    assert!(bad["error"]["desc"].is_string(), "{bad}");
+    // Error texts as slirp4netns's own test-slirp4netns-api-socket.sh expects them.
+    let raw = |bytes: &[u8]| -> Value {
+        let mut s = UnixStream::connect(&sock).expect("api socket");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        // A too large message is answered before it is all sent.
+        let _ = s.write_all(bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    };
+    for (req, want) in [
+        (&b"badjson\n"[..], "bad request: cannot parse JSON"),
+        (b"{\"unexpectedjson\": 42}", "bad request: no execute found"),
+        (b"{\"execute\": \"bad\"}", "bad request: unknown execute"),
+        (
+            b"{\"execute\": \"add_hostfwd\", \"arguments\":{\"proto\": \"bad\"}}",
+            "bad request: add_hostfwd: bad arguments.proto",
+        ),
+        (&[0u8; 100_000][..], "bad request: too large message"),
+    ] {
+        let r = raw(req);
+        assert_eq!(r["error"]["desc"], want, "{r}");
+    }
     // Closing the exit fd ends the process.
     drop(exit_w);
     let t = Instant::now();

@@ -272,7 +272,8 @@ impl Api {
                         let req: Result<Value, String> = loop {
                             match c.read(&mut chunk) {
                                 Ok(0) => {
-                                    break serde_json::from_slice(&buf).map_err(|e| e.to_string());
+                                    break serde_json::from_slice(&buf)
+                                        .map_err(|_| "cannot parse JSON".to_string());
                                 }
                                 Ok(n) => {
                                     buf.extend_from_slice(&chunk[..n]);
@@ -280,10 +281,11 @@ impl Api {
                                         break Ok(v);
                                     }
                                     if buf.len() > 65536 {
-                                        break Err("request too long".into());
+                                        break Err("too large message".into());
                                     }
                                 }
-                                Err(e) => break Err(e.to_string()),
+                                // A client that stops writing without closing.
+                                Err(_) => break Err("cannot parse JSON".into()),
                             }
                         };
                         let resp = match req {
@@ -314,11 +316,11 @@ fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
             let proto = match args["proto"].as_str() {
                 Some("tcp") | None => Proto::Tcp,
                 Some("udp") => Proto::Udp,
-                Some(p) => return err(format!("bad request: unknown proto \"{p}\"")),
+                Some(_) => return err("bad request: add_hostfwd: bad arguments.proto"),
             };
             let host_addr: IpAddr = match args["host_addr"].as_str().unwrap_or("0.0.0.0").parse() {
                 Ok(a) => a,
-                Err(_) => return err("bad request: bad host_addr"),
+                Err(_) => return err("bad request: add_hostfwd: bad arguments.host_addr"),
             };
             let guest_addr = args["guest_addr"].as_str().unwrap_or("").to_string();
             let guest_addr = if guest_addr.is_empty() {
@@ -326,12 +328,12 @@ fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
             } else {
                 guest_addr
             };
-            let (Some(hp), Some(gp)) = (args["host_port"].as_u64(), args["guest_port"].as_u64())
-            else {
-                return err("bad request: host_port and guest_port are required");
+            let port = |k: &str| args[k].as_u64().and_then(|p| u16::try_from(p).ok());
+            let Some(hp) = port("host_port") else {
+                return err("bad request: add_hostfwd: bad arguments.host_port");
             };
-            let (Ok(hp), Ok(gp)) = (u16::try_from(hp), u16::try_from(gp)) else {
-                return err("bad request: port out of range");
+            let Some(gp) = port("guest_port") else {
+                return err("bad request: add_hostfwd: bad arguments.guest_port");
             };
             let spec = ForwardSpec {
                 host_ip: Some(host_addr),
@@ -373,9 +375,9 @@ fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
                 Ok(_) => json!({"return": {}}),
                 Err(e) => err(e.to_string()),
             },
-            None => err("bad request: id is required"),
+            None => err("bad request: remove_hostfwd: bad arguments.id"),
         },
-        Some(other) => err(format!("bad request: unknown execute \"{other}\"")),
-        None => err("bad request: no \"execute\""),
+        Some(_) => err("bad request: unknown execute"),
+        None => err("bad request: no execute found"),
     }
 }

@@ -441,3 +441,27 @@ fn version_prints_slirp4netns_fields() {
         }
     }
 }
+
+/// `--cidr` refusals with slirp4netns's messages (its test-slirp4netns-cidr.sh greps them);
+/// checked before anything is opened, so no namespace is needed.
+#[test]
+fn cidr_errors_as_slirp4netns() {
+    for (cidr, want) in [
+        ("24", "invalid CIDR"),
+        ("foo", "invalid CIDR"),
+        ("10.0.2.0", "invalid CIDR"),
+        (
+            "10.0.2.100/24",
+            "CIDR needs to be a network address like 10.0.2.0/24, not like 10.0.2.100/24",
+        ),
+        ("10.0.2.100/26", "prefix length needs to be 1-25"),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(["slirp4netns", "-c", "--cidr", cidr, "1", "tun11"])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--cidr {cidr} accepted");
+        assert!(err.contains(want), "--cidr {cidr}: {err}");
+    }
+}

@@ -58,7 +58,7 @@ pub struct Args {
     disable_host_loopback: bool,
     /// Network CIDR (default 10.0.2.0/24; prefix at most /25).
     #[arg(long = "cidr", default_value = "10.0.2.0/24")]
-    cidr: ipnet::Ipv4Net,
+    cidr: String,
     /// Network namespace type: pid or path.
     #[arg(long = "netns-type", default_value = "pid", value_parser = ["pid", "path"])]
     netns_type: String,
@@ -94,6 +94,24 @@ pub struct Args {
     /// MAC address of the TAP.
     #[arg(long = "macaddress", value_name = "MAC")]
     macaddress: Option<String>,
+}
+
+/// `--cidr`, checked as slirp4netns checks it (and with its messages, which its tests match):
+/// `A.B.C.D/N`, N in 1..=25 (the guest is the network address + 100), A.B.C.D the network.
+fn parse_cidr(text: &str) -> anyhow::Result<ipnet::Ipv4Net> {
+    let net: ipnet::Ipv4Net = text
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid CIDR: {text}"))?;
+    if !(1..=25).contains(&net.prefix_len()) {
+        bail!("invalid CIDR: {text}: prefix length needs to be 1-25");
+    }
+    if net.addr() != net.network() {
+        bail!(
+            "invalid CIDR: CIDR needs to be a network address like {}, not like {text}",
+            net.trunc()
+        );
+    }
+    Ok(net)
 }
 
 /// The slirp4netns version usernet's slirp4netns mode matches (options, defaults, API).
@@ -140,10 +158,7 @@ fn owned(fd: RawFd) -> anyhow::Result<OwnedFd> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let cidr = a.cidr.trunc();
-    if cidr.prefix_len() > 25 {
-        bail!("--cidr {cidr}: the prefix must be /25 or shorter (the guest is network + 100)");
-    }
+    let cidr = parse_cidr(&a.cidr)?;
     if !(68..=65521).contains(&a.mtu) {
         bail!("--mtu {}: must be 68..=65521", a.mtu);
     }

@@ -35,12 +35,17 @@ for t in "${targets[@]}"; do
     [ -d "fuzz/seeds/$t" ] && dirs+=("fuzz/seeds/$t")
     log="$logs/$t.log"
     # control_api keeps one engine across inputs (reset to a baseline each time): gateways it
-    # re-creates start DNS worker threads that outlive the input, which LeakSanitizer's
-    # per-input check reports as leaks (removed-port and churn leaks are tested by e2e_churn).
+    # re-creates start DNS worker threads that outlive the input and the process, which
+    # LeakSanitizer reports as leaks, per input and at exit (removed-port and churn leaks are
+    # tested by e2e_churn).
     extra=()
-    [ "$t" = control_api ] && extra=(-detect_leaks=0)
+    asan="${ASAN_OPTIONS:-}"
+    if [ "$t" = control_api ]; then
+        extra=(-detect_leaks=0)
+        asan="${asan:+$asan:}detect_leaks=0"
+    fi
     # shellcheck disable=SC2086 # FUZZ_ARGS is a list of flags
-    cargo "$toolchain" fuzz run --fuzz-dir fuzz "$t" "${dirs[@]}" -- \
+    ASAN_OPTIONS="$asan" cargo "$toolchain" fuzz run --fuzz-dir fuzz "$t" "${dirs[@]}" -- \
         -max_total_time="$seconds" -print_final_stats=1 -timeout=10 "${extra[@]}" ${FUZZ_ARGS:-} \
         >"$log" 2>&1
     rc=$?

@@ -1594,7 +1594,7 @@ fn dhcp_frame(s: &Station, kind: u8, xid: u32, want: Ipv4Addr, host: bool) -> Ve
     if host {
         m.opts_mut().insert(DhcpOption::Hostname(format!(
             "h{}",
-            s.mac.0[3] * 2 + s.mac.0[4]
+            u16::from(s.mac.0[3]) * 2 + u16::from(s.mac.0[4])
         )));
     }
     let mut payload = Vec::new();

@@ -743,6 +743,9 @@ struct Net {
     seen: HashSet<Mac>,
     /// Frames the bridge delivered to the gateway.
     delivered: u64,
+    /// The network's ownership table, and its generation when the gateway last ran.
+    guard: Arc<usernet::bridge::security::NetGuard>,
+    seen_gen: u64,
     _poll: Poll,
 }
 
@@ -834,7 +837,7 @@ impl World {
                 .map(|n| n.net.guard.clone())
                 .expect("network guard");
             let (gw, mut driver) =
-                gateway::standalone(cfg, &poll, names, guard, host.clone(), epoch)
+                gateway::standalone(cfg, &poll, names, guard.clone(), host.clone(), epoch)
                     .expect("gateway");
             *gw.port.lock() = Some(gw_port.id);
             driver.announce();
@@ -874,6 +877,8 @@ impl World {
                 guests,
                 seen: HashSet::from([gw_mac(i)]),
                 delivered: 0,
+                seen_gen: guard.generation(),
+                guard,
                 _poll: poll,
             });
         }
@@ -1207,9 +1212,12 @@ impl World {
                         }
                     }
                 }
-                // As the gateway port does after each batch (an idle gateway needs no tick:
-                // its timers move only with the clock, which ticks every gateway).
-                if got {
+                // As the gateway port does after each batch, and when the network's ownership
+                // table changed (the table wakes the gateway; otherwise an idle gateway needs
+                // no tick: its timers move only with the clock, which ticks every gateway).
+                let generation = self.nets[i].guard.generation();
+                if got || generation != self.nets[i].seen_gen {
+                    self.nets[i].seen_gen = generation;
                     self.nets[i].driver.tick(now);
                 }
                 let out = self.nets[i].driver.take_output();

@@ -233,9 +233,11 @@ pub struct NetGuard {
     table: Mutex<Table>,
     /// Some port has claims (an unchecked port's frames need no lookup while none has).
     any: AtomicBool,
-    /// Bumped whenever an address stops being a port's (released, evicted, port removed), so
-    /// holders of derived state (the gateway's neighbour table) know to check it again.
+    /// Bumped whenever an IP address changes owner (claimed, released, evicted, port removed),
+    /// so holders of derived state (the gateway's neighbour table and names) check it again.
     generation: AtomicU64,
+    /// Woken on every bump (the gateway's), so it checks at once, not at its next event.
+    waker: Mutex<Option<Arc<mio::Waker>>>,
 }
 
 impl Default for NetGuard {
@@ -266,6 +268,7 @@ impl NetGuard {
             table: Mutex::new(Table::default()),
             any: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            waker: Mutex::new(None),
         }
     }
 
@@ -327,13 +330,21 @@ impl NetGuard {
         Ok(())
     }
 
-    /// Changes whenever an address stopped being some port's (see [`NetGuard::ip_owner`]).
+    /// Changes whenever an IP address changed owner (see [`NetGuard::ip_owner`]).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
     fn bump(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(w) = self.waker.lock().as_ref() {
+            let _ = w.wake();
+        }
+    }
+
+    /// Wakes `waker` whenever an IP address changes owner (see [`NetGuard::generation`]).
+    pub fn set_waker(&self, waker: Arc<mio::Waker>) {
+        *self.waker.lock() = Some(waker);
     }
 
     /// Forgets a port and releases everything it owned.
@@ -494,9 +505,9 @@ impl NetGuard {
         t.ips.insert(ip, port);
         self.any.store(true, Ordering::Relaxed);
         drop(t);
-        if evicted.is_some() {
-            self.bump();
-        }
+        // A new owner: what another port learned of this address (a name, a neighbour entry
+        // from before it was released) must be checked again.
+        self.bump();
         Ok(())
     }
 

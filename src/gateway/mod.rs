@@ -539,6 +539,7 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
         .ok_or_else(|| crate::bridge::BridgeError::NoSuchNetwork(cfg.network.clone()))?;
     guard.set_scope(cfg.scope());
     guard.set_enabled(cfg.port_security);
+    guard.set_waker(waker.clone());
     let driver = Driver::new(
         gw.clone(),
         names,
@@ -600,6 +601,7 @@ pub fn standalone(
         .map_err(|e| Error::Io("gateway poll".into(), e))?;
     guard.set_scope(cfg.scope());
     guard.set_enabled(cfg.port_security);
+    guard.set_waker(waker.clone());
     let (gw, cmd_rx) = build_gateway(cfg, waker.clone(), epoch)?;
     let driver = Driver::new(
         gw.clone(),
@@ -1310,10 +1312,11 @@ impl Driver {
         }
     }
 
-    /// When addresses changed owner (a port's first-seen address evicted, a lease ended, a port
-    /// removed), drops neighbour entries, and the port names on them, whose address another
-    /// port owns now: what the gateway learned from a port stays that port's only while the
-    /// port owns the address. One atomic load when nothing changed.
+    /// When addresses changed owner (claimed, a port's first-seen address evicted, a lease
+    /// ended, a port removed; the ownership table wakes the gateway), drops neighbour entries
+    /// and port names whose address another port owns now: what the gateway learned from a
+    /// port stays that port's only while no other port owns the address. One atomic load when
+    /// nothing changed.
     fn recheck_owners(&mut self) {
         let g = self.guard.generation();
         if g == self.guard_gen {
@@ -1329,13 +1332,25 @@ impl Driver {
         for (ip, port) in stale {
             self.neigh.remove(&ip);
             self.unlink_neigh(port, ip);
-            if let Some(name) = self.port_names.get(&port).cloned() {
-                let key = (name, ip.is_ipv4());
-                if self.names.get(&key) == Some(&ip) {
-                    self.names.remove(&key);
-                    self.gw.records.remove(&key.0, Some(ip));
-                }
-            }
+        }
+        // Port names, whether or not a neighbour entry still backs them.
+        let stale_names: Vec<((String, bool), IpAddr)> = self
+            .names
+            .iter()
+            .filter(|((name, _), ip)| {
+                let port = self
+                    .port_names
+                    .iter()
+                    .find(|(_, n)| *n == name)
+                    .map(|(p, _)| *p);
+                port.zip(self.guard.ip_owner(**ip))
+                    .is_some_and(|(p, o)| o.0 != p)
+            })
+            .map(|(k, ip)| (k.clone(), *ip))
+            .collect();
+        for (key, ip) in stale_names {
+            self.names.remove(&key);
+            self.gw.records.remove(&key.0, Some(ip));
         }
     }
 

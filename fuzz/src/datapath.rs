@@ -802,12 +802,7 @@ impl World {
                     NewPort {
                         name: format!("gw.{name}"),
                         kind: "memory",
-                        policy: PortPolicy {
-                            allowed_macs: vec![cfg.mac],
-                            allowed_ips: cfg.own_addrs(),
-                            port_security: Some(false),
-                            ..PortPolicy::default()
-                        },
+                        policy: cfg.port_policy(),
                         ring: 64,
                         owner: 0,
                     },

@@ -50,19 +50,10 @@ pub fn handle(gw_mac: Mac, gw_ip: Ipv4Addr, payload: &[u8]) -> Result<ArpOutcome
     Ok(ArpOutcome { sender, reply })
 }
 
-/// A gratuitous ARP request announcing `gw_ip` at `gw_mac` (RFC 5227 announcement).
+/// A gratuitous ARP request announcing `gw_ip` at `gw_mac` (RFC 5227 announcement): a request
+/// for its own address.
 pub fn gratuitous(gw_mac: Mac, gw_ip: Ipv4Addr) -> Vec<u8> {
-    build(
-        gw_mac,
-        Mac::BROADCAST,
-        ArpEthIpv4Packet {
-            operation: ArpOperation::REQUEST,
-            sender_mac: gw_mac.0,
-            sender_ipv4: gw_ip.octets(),
-            target_mac: [0; 6],
-            target_ipv4: gw_ip.octets(),
-        },
-    )
+    request(gw_mac, gw_ip, gw_ip)
 }
 
 /// An ARP request from the gateway for `target`, broadcast.

@@ -62,6 +62,7 @@ pub mod dhcp;
 pub mod dhcp_client;
 pub mod dns;
 pub mod ndp;
+mod neigh;
 mod port;
 pub mod tcp;
 
@@ -75,6 +76,7 @@ use crate::nat::{Nat, NatConfig, NatCounters};
 use crate::wire::{L2Header, Mac};
 use dhcp::{DhcpConfig, DhcpServer, NameEvent, ReplyTo, StaticLease};
 use dns::{DnsConfig, DnsServer, Records, Transport, Upstreams};
+use neigh::{Unresolved, Via};
 
 /// Settings of one network's gateway.
 #[derive(Debug, Clone)]
@@ -196,6 +198,25 @@ impl GatewayConfig {
             v.push(IpAddr::V6(self.link_local()));
         }
         v
+    }
+
+    /// The bridge policy of the gateway's own port: its MAC and addresses are its own (no guest
+    /// may use them), and its sources are not checked (NAT speaks for every address).
+    pub fn port_policy(&self) -> PortPolicy {
+        PortPolicy {
+            allowed_macs: vec![self.mac],
+            allowed_ips: self.own_addrs(),
+            port_security: Some(false),
+            ..PortPolicy::default()
+        }
+    }
+
+    /// Makes `guard` the network's ownership table for this gateway: its scope, the network's
+    /// port-security default, and `waker` woken when an address changes owner.
+    fn attach_guard(&self, guard: &NetGuard, waker: &Arc<Waker>) {
+        guard.set_scope(self.scope());
+        guard.set_enabled(self.port_security);
+        guard.set_waker(waker.clone());
     }
 
     /// What first-seen guest addresses may be on this network, for port security.
@@ -537,9 +558,7 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
         .network_by_name(&cfg.network)
         .map(|n| n.net.guard.clone())
         .ok_or_else(|| crate::bridge::BridgeError::NoSuchNetwork(cfg.network.clone()))?;
-    guard.set_scope(cfg.scope());
-    guard.set_enabled(cfg.port_security);
-    guard.set_waker(waker.clone());
+    cfg.attach_guard(&guard, &waker);
     let driver = Driver::new(
         gw.clone(),
         names,
@@ -555,13 +574,7 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
     let port = handle.add_port(
         &cfg.network,
         &format!("gw.{}", cfg.network),
-        PortPolicy {
-            allowed_macs: vec![cfg.mac],
-            allowed_ips: cfg.own_addrs(),
-            // The gateway sends from every address NAT speaks for.
-            port_security: Some(false),
-            ..PortPolicy::default()
-        },
+        cfg.port_policy(),
         Box::new(link),
     )?;
     // Its MAC never moves (and no guest frame can use it: the port owns it).
@@ -599,9 +612,7 @@ pub fn standalone(
         .registry()
         .try_clone()
         .map_err(|e| Error::Io("gateway poll".into(), e))?;
-    guard.set_scope(cfg.scope());
-    guard.set_enabled(cfg.port_security);
-    guard.set_waker(waker.clone());
+    cfg.attach_guard(&guard, &waker);
     let (gw, cmd_rx) = build_gateway(cfg, waker.clone(), epoch)?;
     let driver = Driver::new(
         gw.clone(),
@@ -633,11 +644,6 @@ pub const GATEWAY_OFFLOADS: crate::offload::Offloads = crate::offload::Offloads 
 /// The token of a gateway's waker on its poll.
 const WAKE: Token = Token(1);
 const RA_EVERY: Duration = Duration::from_secs(60);
-/// Most entries in a gateway's neighbour table; past it new addresses are not learned (the
-/// table is never cleared wholesale).
-const MAX_NEIGH: usize = 4096;
-/// Most neighbour entries one port may have; past it the port's oldest goes.
-const MAX_NEIGH_PER_PORT: usize = 64;
 /// Most DHCP addresses remembered per port for [`Driver::forget_port`].
 const MAX_LEASED_PER_PORT: usize = 8;
 /// How long the gateway ignores frames of a removed port (its last frames are in flight for
@@ -645,34 +651,6 @@ const MAX_LEASED_PER_PORT: usize = 8;
 const GONE_FOR: Duration = Duration::from_secs(2);
 /// Most removed ports remembered for [`GONE_FOR`].
 const MAX_GONE: usize = 1024;
-/// Packets held for one unresolved address (like the kernel's neighbour queue); past it the
-/// oldest goes.
-const UNRESOLVED_PACKETS: usize = 16;
-/// Bytes held for one unresolved address.
-const UNRESOLVED_BYTES: usize = 256 * 1024;
-/// Addresses being resolved at once.
-const UNRESOLVED_MAX: usize = 256;
-/// Solicitations per address (one a second) before its packets are dropped.
-const SOLICITS: u8 = 3;
-
-/// How a held packet is sent once its neighbour resolves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Via {
-    /// NAT's output (TCP segments get offload metadata).
-    Nat,
-    /// As it is.
-    Plain,
-}
-
-/// Packets waiting for a guest's MAC (ARP / NDP in progress).
-#[derive(Debug)]
-struct Unresolved {
-    packets: std::collections::VecDeque<(Vec<u8>, Via)>,
-    bytes: usize,
-    solicits: u8,
-    next: Instant,
-}
-
 /// Work finished elsewhere (DNS workers), handed back to the driver.
 enum Out {
     Udp {
@@ -889,7 +867,7 @@ impl Driver {
         if let Some(d) = self.nat.as_mut().and_then(|n| n.poll_delay(now)) {
             t = t.min(d);
         }
-        if let Some(next) = self.unresolved.values().map(|u| u.next).min() {
+        if let Some(next) = self.next_solicit() {
             t = t.min(next.saturating_duration_since(now));
         }
         t
@@ -1140,217 +1118,6 @@ impl Driver {
                 true
             }
             Err(_) => false,
-        }
-    }
-
-    /// Learns that `ip` is at `mac` behind the current frame's port, unless another port owns
-    /// `ip` (port security) or the port's quota or the table is full. True if the entry is
-    /// (now) the port's.
-    fn learn(&mut self, ip: IpAddr, mac: Mac) -> bool {
-        let port = self.ingress;
-        match self.neigh.get(&ip) {
-            Some(&(m, p)) if p == port && m == mac => return true,
-            _ => {}
-        }
-        if self.guard.ip_owner(ip).is_some_and(|o| o.0 != port) {
-            return false;
-        }
-        if let Some((_, old)) = self.neigh.get(&ip).copied() {
-            if old != port {
-                self.unlink_neigh(old, ip);
-            }
-        } else if self.neigh.len() >= MAX_NEIGH {
-            inc(&self.gw.counters.neigh_refused);
-            return false;
-        }
-        let mine = self.neigh_of.entry(port).or_default();
-        if !mine.contains(&ip) {
-            if mine.len() >= MAX_NEIGH_PER_PORT
-                && let Some(oldest) = mine.pop_front()
-            {
-                inc(&self.gw.counters.neigh_refused);
-                self.neigh.remove(&oldest);
-            }
-            self.neigh_of.entry(port).or_default().push_back(ip);
-        }
-        self.neigh.insert(ip, (mac, port));
-        if let Some(u) = self.unresolved.remove(&ip) {
-            for (p, via) in u.packets {
-                match via {
-                    Via::Nat => self.send_nat_ip(&p),
-                    Via::Plain => self.send_ip(&p),
-                }
-            }
-        }
-        true
-    }
-
-    /// Holds `packet` for `dst`, whose MAC is not known, and asks for it (ARP / neighbour
-    /// solicitation) unless a request is out already.
-    fn hold(&mut self, dst: IpAddr, packet: &[u8], via: Via) {
-        let on_link = match dst {
-            IpAddr::V4(a) => {
-                self.gw.cfg.subnet.contains(&a)
-                    && a != self.gw.cfg.subnet.broadcast()
-                    && a != self.gw.cfg.subnet.network()
-            }
-            IpAddr::V6(a) => {
-                a.is_unicast_link_local() || self.gw.cfg.ipv6.is_some_and(|p| p.contains(&a))
-            }
-        };
-        if !on_link
-            || packet.len() > UNRESOLVED_BYTES
-            || (!self.unresolved.contains_key(&dst) && self.unresolved.len() >= UNRESOLVED_MAX)
-        {
-            inc(&self.gw.counters.neigh_unresolved);
-            return;
-        }
-        let now = self.now;
-        let u = self.unresolved.entry(dst).or_insert_with(|| Unresolved {
-            packets: std::collections::VecDeque::new(),
-            bytes: 0,
-            solicits: 0,
-            next: now,
-        });
-        while u.packets.len() >= UNRESOLVED_PACKETS || u.bytes + packet.len() > UNRESOLVED_BYTES {
-            let Some((old, _)) = u.packets.pop_front() else {
-                break;
-            };
-            u.bytes -= old.len();
-            inc(&self.gw.counters.neigh_unresolved);
-        }
-        u.bytes += packet.len();
-        u.packets.push_back((packet.to_vec(), via));
-        if u.solicits == 0 {
-            u.solicits = 1;
-            u.next = now + Duration::from_secs(1);
-            self.solicit(dst);
-        }
-    }
-
-    /// Asks the network for `dst`'s MAC.
-    fn solicit(&mut self, dst: IpAddr) {
-        inc(&self.gw.counters.neigh_solicits);
-        let frame = match dst {
-            IpAddr::V4(a) => arp::request(self.gw.cfg.mac, self.gw.cfg.addr, a),
-            IpAddr::V6(a) => ndp::neighbor_solicit(self.gw.cfg.mac, self.gw.cfg.link_local(), a),
-        };
-        self.send(frame);
-    }
-
-    /// Repeats solicitations that got no answer; drops what waited for [`SOLICITS`] of them.
-    fn resolve_timers(&mut self, now: Instant) {
-        let due: Vec<IpAddr> = self
-            .unresolved
-            .iter()
-            .filter(|(_, u)| u.next <= now)
-            .map(|(a, _)| *a)
-            .collect();
-        for a in due {
-            let Some(u) = self.unresolved.get_mut(&a) else {
-                continue;
-            };
-            if u.solicits >= SOLICITS {
-                let n = u.packets.len() as u64;
-                self.unresolved.remove(&a);
-                self.gw
-                    .counters
-                    .neigh_unresolved
-                    .fetch_add(n, Ordering::Relaxed);
-                continue;
-            }
-            u.solicits += 1;
-            u.next = now + Duration::from_secs(1);
-            self.solicit(a);
-        }
-    }
-
-    fn unlink_neigh(&mut self, port: u32, ip: IpAddr) {
-        if let Some(v) = self.neigh_of.get_mut(&port) {
-            v.retain(|a| *a != ip);
-            if v.is_empty() {
-                self.neigh_of.remove(&port);
-            }
-        }
-    }
-
-    /// Forgets everything learned from a removed port: neighbour entries, its DNS names, its
-    /// NAT flows (closed; the guest is gone, so nobody gets an RST). Its late frames are
-    /// ignored from now on.
-    fn forget_port(&mut self, port: u32, now: Instant) {
-        if self.gone.len() >= MAX_GONE {
-            self.gone.pop_front();
-        }
-        self.gone.push_back((port, now));
-        if let Some(nat) = self.nat.as_mut() {
-            nat.forget_guest(&self.registry, port);
-        }
-        if let (Some(ips), Some(d)) = (self.leased.remove(&port), &self.gw.dhcp) {
-            // Names of its leases, unless another port has the lease now (its MAC came back).
-            let ips: Vec<Ipv4Addr> = ips
-                .into_iter()
-                .filter(|ip| !self.leased.values().any(|v| v.contains(ip)))
-                .collect();
-            let leases = d.lock().leases(self.gw.ms_at(now));
-            for l in leases.iter().filter(|l| ips.contains(&l.ip)) {
-                if let Some(name) = &l.hostname
-                    && self.gw.records.remove(name, Some(IpAddr::V4(l.ip)))
-                {
-                    self.unnamed.insert(l.ip);
-                }
-            }
-        }
-        for ip in self.neigh_of.remove(&port).unwrap_or_default() {
-            self.neigh.remove(&ip);
-        }
-        if let Some(name) = self.port_names.remove(&port) {
-            for v4 in [true, false] {
-                if let Some(ip) = self.names.remove(&(name.clone(), v4)) {
-                    self.gw.records.remove(&name, Some(ip));
-                }
-            }
-        }
-    }
-
-    /// When addresses changed owner (claimed, a port's first-seen address evicted, a lease
-    /// ended, a port removed; the ownership table wakes the gateway), drops neighbour entries
-    /// and port names whose address another port owns now: what the gateway learned from a
-    /// port stays that port's only while no other port owns the address. One atomic load when
-    /// nothing changed.
-    fn recheck_owners(&mut self) {
-        let g = self.guard.generation();
-        if g == self.guard_gen {
-            return;
-        }
-        self.guard_gen = g;
-        let stale: Vec<(IpAddr, u32)> = self
-            .neigh
-            .iter()
-            .filter(|(ip, (_, port))| self.guard.ip_owner(**ip).is_some_and(|o| o.0 != *port))
-            .map(|(ip, (_, port))| (*ip, *port))
-            .collect();
-        for (ip, port) in stale {
-            self.neigh.remove(&ip);
-            self.unlink_neigh(port, ip);
-        }
-        // Port names, whether or not a neighbour entry still backs them.
-        let stale_names: Vec<((String, bool), IpAddr)> = self
-            .names
-            .iter()
-            .filter(|((name, _), ip)| {
-                let port = self
-                    .port_names
-                    .iter()
-                    .find(|(_, n)| *n == name)
-                    .map(|(p, _)| *p);
-                port.zip(self.guard.ip_owner(**ip))
-                    .is_some_and(|(p, o)| o.0 != p)
-            })
-            .map(|(k, ip)| (k.clone(), *ip))
-            .collect();
-        for (key, ip) in stale_names {
-            self.names.remove(&key);
-            self.gw.records.remove(&key.0, Some(ip));
         }
     }
 

@@ -23,11 +23,14 @@
 use std::ffi::{CString, OsString};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::link::ifconfig::{IfConfig as Plan, Route};
 use crate::link::netns::if_index;
 use crate::link::rtnl::Rtnl;
 use crate::link::tap::{TapLink, TapOptions};
@@ -322,12 +325,16 @@ fn child(
         },
     )
     .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
-    let idx = if_index(&opts.ifname).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
-    let mut nl = Rtnl::open()?;
-    nl.link_up(1, None)?;
-    nl.link_up(idx, Some(opts.mtu))?;
-    nl.add_address(idx, IpAddr::V4(opts.addr), opts.prefix)?;
-    nl.add_default_route(IpAddr::V4(opts.gateway))?;
+    Plan {
+        mtu: Some(opts.mtu),
+        addrs: vec![IpNet::V4(
+            Ipv4Net::new(opts.addr, opts.prefix).map_err(io::Error::other)?,
+        )],
+        routes: vec![Route::default_via(IpAddr::V4(opts.gateway))],
+        lo_up: true,
+        ..Plan::default()
+    }
+    .apply(&opts.ifname)?;
     send_fd(sock, std::os::fd::AsFd::as_fd(&tap).as_raw_fd())?;
     drop(tap);
     if read_byte(sock)? != b'G' {
@@ -408,7 +415,8 @@ fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
     }
 }
 
-/// Address settings for [`tap_in_namespace`]'s `configure`.
+/// Address settings for [`tap_in_namespace`]'s `configure` (applied as an
+/// [`crate::link::ifconfig::IfConfig`]).
 #[derive(Debug, Clone)]
 pub struct IfConfig {
     /// Address.
@@ -473,21 +481,24 @@ pub fn tap_in_namespace(
                 },
             )
             .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
-            if let Some(m) = mac {
+            if let (Some(m), None) = (mac, &configure) {
                 let idx =
                     if_index(ifname).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
                 Rtnl::open()?.set_mac(idx, m.0)?;
             }
             if let Some(c) = &configure {
-                let idx =
-                    if_index(ifname).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
-                let mut nl = Rtnl::open()?;
                 // `lo` too, as slirp4netns does: servers in the namespace bind 127.0.0.1, and
                 // Podman's rootlessport connects to the container from inside.
-                nl.link_up(1, None)?;
-                nl.link_up(idx, Some(mtu))?;
-                nl.add_address(idx, IpAddr::V4(c.addr), c.prefix)?;
-                nl.add_default_route(IpAddr::V4(c.gateway))?;
+                Plan {
+                    mtu: Some(mtu),
+                    addrs: vec![IpNet::V4(
+                        Ipv4Net::new(c.addr, c.prefix).map_err(io::Error::other)?,
+                    )],
+                    routes: vec![Route::default_via(IpAddr::V4(c.gateway))],
+                    lo_up: true,
+                    mac,
+                }
+                .apply(ifname)?;
             }
             send_fd(
                 child_end.as_raw_fd(),

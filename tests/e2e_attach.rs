@@ -135,3 +135,179 @@ fn attach_two_namespaces_reach_each_other_by_name() {
         "TAP gone after detach"
     );
 }
+
+/// A process in a namespace, killed on drop.
+struct Bg(std::process::Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Issue 13: `attach --ip` configures the container itself (no DHCP client in it): address,
+/// default route and `lo` up; its name is in DNS and a forward reaches it before it has sent a
+/// single frame; `--ip auto` takes an address from the pool (a reservation `ctl leases` shows,
+/// given back on detach); taken and reserved addresses are refused naming the field.
+#[test]
+fn attach_ip_configures_the_namespace_and_is_reachable_at_once() {
+    if !require_root("attach_ip_configures_the_namespace_and_is_reachable_at_once") {
+        return;
+    }
+    let web = Netns::new("aw");
+    let cl = Netns::new("ac");
+    let other = Netns::new("ao");
+    let d = Daemon::start(
+        "[[network]]\nname = \"net0\"\nsubnet = \"10.81.0.0/24\"\nipv6 = \"fd00:81::/64\"\ndns_upstreams = [\"127.0.0.1:9\"]\n",
+    );
+    let attach = |ns: &Netns, name: &str, extra: &[&str]| {
+        let path = ns.path();
+        let mut args = vec![
+            "attach",
+            "--netns",
+            path.to_str().expect("utf-8"),
+            "--name",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        cli(&d, &args)
+    };
+    let out = attach(&web, "web", &["--ip", "10.81.0.50/24"]);
+    assert!(
+        out.status.success(),
+        "attach --ip: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("address 10.81.0.50/24"));
+    // The namespace is configured: address, default route, lo up.
+    let addrs = web.exec_ok(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+    assert!(addrs.contains("10.81.0.50/24"), "{addrs}");
+    let routes = web.exec_ok(&["ip", "route", "show", "default"]);
+    assert!(routes.contains("via 10.81.0.1 dev eth0"), "{routes}");
+    let lo = web.exec_ok(&["ip", "-o", "link", "show", "lo"]);
+    assert!(lo.contains("UP"), "lo is up: {lo}");
+    // Named at once, before the namespace sent anything.
+    let dns = d.ctl(&["dns", "ls"]);
+    assert!(
+        dns.as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["name"].as_str().is_some_and(|n| n.starts_with("web"))
+                && r["addr"] == "10.81.0.50"),
+        "web in DNS: {dns}"
+    );
+    // A server that only listens, published: the first connection works.
+    let root = tempfile::tempdir().expect("tmp");
+    std::fs::write(root.path().join("index.html"), "hello from web\n").expect("write");
+    let _httpd = Bg(web
+        .cmd(&[
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            root.path().to_str().expect("utf-8"),
+        ])
+        .spawn()
+        .expect("httpd"));
+    let hp = free_port();
+    let spec = format!("127.0.0.1:{hp}:80");
+    d.ctl(&["forward", "add", "--network", "net0", &spec, "web"]);
+    let mut body = String::new();
+    for _ in 0..50 {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "3",
+                &format!("http://127.0.0.1:{hp}/index.html"),
+            ])
+            .output()
+            .expect("curl");
+        body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if body.contains("hello") {
+            break;
+        }
+        // Only httpd's start may take a moment (it is not listening yet).
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        body,
+        "hello from web\n",
+        "forward to a silent guest\n{}",
+        d.log()
+    );
+
+    // `auto`: an address from the pool, reserved; IPv6 SLAAC address of the prefix.
+    let out = attach(&cl, "client", &["--ip", "auto"]);
+    assert!(
+        out.status.success(),
+        "attach --ip auto: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let leases = d.ctl(&["leases"]);
+    let mac = cl.exec_ok(&["cat", "/sys/class/net/eth0/address"]);
+    let lease = leases
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["mac"] == mac.trim())
+        .unwrap_or_else(|| panic!("a reservation for {mac}: {leases}"))
+        .clone();
+    assert_eq!(lease["state"], "reserved", "{lease}");
+    let ip = lease["ip"].as_str().expect("ip").to_string();
+    let addrs = cl.exec_ok(&["ip", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(addrs.contains(&format!("{ip}/24")), "{addrs}");
+    assert!(addrs.contains("fd00:81::"), "SLAAC-style address: {addrs}");
+    assert!(
+        cl.exec(&["ping", "-c", "1", "-W", "2", "10.81.0.50"])
+            .status
+            .success(),
+        "client -> web"
+    );
+    assert!(
+        cl.exec(&["ping", "-6", "-c", "1", "-W", "2", "fd00:81::1"])
+            .status
+            .success(),
+        "client -> gateway over IPv6 at once (no DAD wait)"
+    );
+    // Refusals name the field.
+    let out = attach(&other, "thief", &["--ip", "10.81.0.50/24"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("ips[0]") && err.contains("in use"),
+        "{err}"
+    );
+    let out = attach(&other, "thief", &["--ip", "10.81.0.1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("gateway's address"),
+        "{err}"
+    );
+    assert!(
+        !other.exec(&["ip", "link", "show", "eth0"]).status.success(),
+        "a refused attach leaves nothing behind"
+    );
+    // Detach gives the reservation back.
+    let out = cli(&d, &["detach", "--name", "client"]);
+    assert!(out.status.success());
+    let mut gone = false;
+    for _ in 0..40 {
+        let leases = d.ctl(&["leases"]);
+        if !leases.to_string().contains(&ip) {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(gone, "reservation of {ip} given back on detach");
+}

@@ -235,10 +235,7 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
             h.remove_network(&name)?;
             Value::Null
         }
-        Request::AddPort { port } => {
-            let id = h.open_port(&port)?;
-            json!({ "id": id })
-        }
+        Request::AddPort { port } => json!(h.attach(&port)?),
         Request::RemovePort { name } => {
             h.remove_port(&name)?;
             Value::Null

@@ -29,8 +29,11 @@ use crate::link::packet::{PacketLink, PacketOptions};
 use crate::link::tap::{TapLink, TapOptions};
 use crate::wire::Mac;
 
+pub mod address;
 pub mod api;
 pub mod server;
+
+pub use address::{AddrSpec, Attached};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -117,6 +120,26 @@ pub struct PortSpec {
     /// Check the port's source addresses (port security); default: the network's setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_security: Option<bool>,
+    /// MAC of the interface usernet creates in `netns` (default: the kernel's, or a random
+    /// local one when addresses are configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    /// Addresses to configure on that interface (`netns` only): `ADDR/PREFIX`, `ADDR` (the
+    /// network's prefix), or `auto` (IPv4 reserved from the network's DHCP pool, plus the
+    /// SLAAC address in its IPv6 prefix). The port owns them from the start (port security),
+    /// and the gateway knows them at once (DNS name, forwards). See [`address`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<AddrSpec>,
+    /// Default gateways to route through (default: the network gateway's address of each
+    /// configured family).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway: Vec<std::net::IpAddr>,
+    /// Install default routes (default: yes when `ips` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_route: Option<bool>,
+    /// More destinations routed through the gateway of their family.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<ipnet::IpNet>,
 }
 
 impl PortSpec {
@@ -138,6 +161,11 @@ impl PortSpec {
             allowed_macs: Vec::new(),
             allowed_ips: Vec::new(),
             port_security: None,
+            mac: None,
+            ips: Vec::new(),
+            gateway: Vec::new(),
+            default_route: None,
+            routes: Vec::new(),
         }
     }
 
@@ -162,11 +190,20 @@ impl PortSpec {
                 ),
             ));
         }
-        if self.ifname.is_some() && self.netns.is_none() {
-            return Err(Error::invalid(
-                format!("{prefix}.ifname"),
-                "only meaningful with `netns`",
-            ));
+        for (key, set) in [
+            ("ifname", self.ifname.is_some()),
+            ("mac", self.mac.is_some()),
+            ("ips", !self.ips.is_empty()),
+            ("gateway", !self.gateway.is_empty()),
+            ("default_route", self.default_route.is_some()),
+            ("routes", !self.routes.is_empty()),
+        ] {
+            if set && self.netns.is_none() {
+                return Err(Error::invalid(
+                    format!("{prefix}.{key}"),
+                    "only meaningful with `netns`",
+                ));
+            }
         }
         if let Some(m) = self.mtu
             && !(68..=65535).contains(&m)
@@ -498,6 +535,14 @@ impl Handle {
     /// For a `stream` port, binds the socket and returns `None`: the port appears when a peer
     /// connects, and is removed when it goes (then the next peer may connect).
     pub fn open_port(&self, spec: &PortSpec) -> Result<Option<PortId>> {
+        self.attach(spec).map(|a| a.id)
+    }
+
+    /// Like [`Handle::open_port`], and says how the port's interface was configured: a
+    /// `netns` port with address fields (`mac`, `ips`, `gateway`, `routes`) gets them over
+    /// rtnetlink inside the namespace, with `lo` up; the port owns its addresses from the
+    /// start and the network's gateway knows its MAC and name at once (see [`address`]).
+    pub fn attach(&self, spec: &PortSpec) -> Result<Attached> {
         let backend = spec.backend("port")?;
         if let Backend::Stream { path } = &backend {
             if self
@@ -510,7 +555,7 @@ impl Handle {
                 return Err(crate::bridge::BridgeError::NoSuchNetwork(spec.network.clone()).into());
             }
             self.listen_stream(spec.clone(), path)?;
-            return Ok(None);
+            return Ok(Attached::default());
         }
         if self
             .shared
@@ -547,15 +592,52 @@ impl Handle {
             offload: spec.offload.unwrap_or(true),
             ..TapOptions::default()
         };
-        let (link, watch): (Box<dyn Link>, Option<Watch>) = match &backend {
-            Backend::Tap { name } => (Box::new(TapLink::create(name, &tap_opts)?), None),
+        let plan = match &backend {
+            Backend::NetnsTap { .. } => self.address_plan(spec)?,
+            _ => None,
+        };
+        let res = self.open_planned(spec, &backend, &tap_opts, plan.as_ref());
+        match (res, plan) {
+            (Ok(id), Some(plan)) => {
+                if let Err(e) = self.announce_endpoint(&spec.network, id, &plan) {
+                    tracing::warn!(port = %spec.name, "gateway not told of the port's addresses: {e}");
+                }
+                Ok(plan.attached(Some(id)))
+            }
+            (Ok(id), None) => Ok(Attached {
+                id: Some(id),
+                ..Attached::default()
+            }),
+            (Err(e), plan) => {
+                if let Some(p) = plan {
+                    self.drop_plan(&spec.network, &p);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn open_planned(
+        &self,
+        spec: &PortSpec,
+        backend: &Backend,
+        tap_opts: &TapOptions,
+        plan: Option<&address::Plan>,
+    ) -> Result<PortId> {
+        let (link, watch): (Box<dyn Link>, Option<Watch>) = match backend {
+            Backend::Tap { name } => (Box::new(TapLink::create(name, tap_opts)?), None),
             Backend::NetnsTap { netns, ifname } => {
                 // Our TAP descriptor keeps the namespace alive after `ip netns del` or after the
                 // container's last process exits, so the kernel never tells us; watch the path.
                 let id = std::fs::metadata(netns)
                     .map(|m| (m.dev(), m.ino()))
                     .map_err(|e| OpenError::new(format!("netns {}", netns.display()), e))?;
-                let link = TapLink::create_in_netns(netns, ifname, &tap_opts)?;
+                let link = match plan {
+                    Some(p) => {
+                        TapLink::create_configured_in_netns(netns, ifname, tap_opts, &p.cfg)?
+                    }
+                    None => TapLink::create_in_netns(netns, ifname, tap_opts)?,
+                };
                 let path = netns.clone();
                 let alive =
                     move || std::fs::metadata(&path).is_ok_and(|m| (m.dev(), m.ino()) == id);
@@ -584,12 +666,15 @@ impl Handle {
                 )
             }
         };
-        let id = self.add_port(&spec.network, &spec.name, spec.policy(), link)?;
-        if let Backend::NetnsTap { netns, .. } = &backend {
+        let mut policy = spec.policy();
+        if let Some(p) = plan {
+            policy.allowed_ips.extend(p.ips());
+        }
+        let id = self.add_port(&spec.network, &spec.name, policy, link)?;
+        if let Backend::NetnsTap { netns, .. } = backend {
             self.set_port_netns(&spec.name, netns.clone());
         }
-        let id = Some(id);
-        if let (Some(id), Some((what, alive))) = (id, watch) {
+        if let Some((what, alive)) = watch {
             self.shared.watches.lock().push(EngineWatch {
                 port: id,
                 what,

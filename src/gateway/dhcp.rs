@@ -265,6 +265,10 @@ pub enum LeaseState {
     Offered,
     /// Acknowledged: the client uses the address.
     Bound,
+    /// Held for a port whose address usernet configured itself (`attach --ip auto`, CNI): it
+    /// never expires and is given back with [`DhcpServer::unreserve`]. A DHCP client on that
+    /// MAC gets the same address.
+    Reserved,
 }
 
 /// One binding as shown by `usernet ctl leases`.
@@ -276,7 +280,7 @@ pub struct Lease {
     pub ip: Ipv4Addr,
     /// Registered DNS name, if any.
     pub hostname: Option<String>,
-    /// Seconds until the binding expires (rounded up).
+    /// Seconds until the binding expires (rounded up; 0 for a reserved one, which never does).
     pub expires_in_secs: u64,
     /// Offered or bound.
     pub state: LeaseState,
@@ -679,7 +683,11 @@ impl DhcpServer {
                 mac: b.mac,
                 ip,
                 hostname: b.name.clone(),
-                expires_in_secs: (b.expires_ms - now_ms).div_ceil(1000),
+                expires_in_secs: if b.state == LeaseState::Reserved {
+                    0
+                } else {
+                    (b.expires_ms - now_ms).div_ceil(1000)
+                },
                 state: b.state,
                 is_static: self.static_ips.get(&ip) == Some(&b.mac),
             })
@@ -718,7 +726,7 @@ impl DhcpServer {
 
     fn discover(&mut self, req: &Request, now: u64) -> Option<Reply> {
         self.stats.discover += 1;
-        let Some(ip) = self.choose_offer(req) else {
+        let Some(ip) = self.choose_offer(req.mac, req.requested) else {
             self.stats.pool_exhausted += 1;
             tracing::warn!(mac = %req.mac, "dhcp: pool exhausted, DISCOVER unanswered");
             return None;
@@ -845,7 +853,12 @@ impl DhcpServer {
             return;
         }
         let ip = req.msg.ciaddr();
-        if self.bindings.get(&ip).is_some_and(|b| b.mac == req.mac) {
+        // A reservation is usernet's, not the client's, to give back.
+        if self
+            .bindings
+            .get(&ip)
+            .is_some_and(|b| b.mac == req.mac && b.state != LeaseState::Reserved)
+        {
             tracing::debug!(mac = %req.mac, %ip, "dhcp: RELEASE");
             self.drop_ip(ip, names);
         }
@@ -860,7 +873,11 @@ impl DhcpServer {
             return;
         };
         // Only the client an address was given to may decline it (no pool draining by others).
-        if self.bindings.get(&ip).is_none_or(|b| b.mac != req.mac) {
+        if self
+            .bindings
+            .get(&ip)
+            .is_none_or(|b| b.mac != req.mac || b.state == LeaseState::Reserved)
+        {
             return;
         }
         tracing::warn!(mac = %req.mac, %ip, "dhcp: DECLINE, address in use on the link");
@@ -889,8 +906,7 @@ impl DhcpServer {
     // ---- address management ----
 
     /// The address to offer `req.mac`, or `None` if none is free.
-    fn choose_offer(&self, req: &Request) -> Option<Ipv4Addr> {
-        let mac = req.mac;
+    fn choose_offer(&self, mac: Mac, requested: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
         if let Some(s) = self.statics.get(&mac) {
             return Some(s.ip);
         }
@@ -904,7 +920,7 @@ impl DhcpServer {
         {
             return Some(ip);
         }
-        if let Some(ip) = req.requested
+        if let Some(ip) = requested
             && self.check(mac, ip).is_ok()
         {
             return Some(ip);
@@ -979,16 +995,83 @@ impl DhcpServer {
             }
         }
         let lease_ms = u64::from(self.cfg.lease_secs) * 1000;
+        // A reservation stays one when its port's DHCP client asks for it.
+        let reserved = self
+            .bindings
+            .get(&ip)
+            .is_some_and(|b| b.mac == mac && b.state == LeaseState::Reserved);
         self.insert_binding(
             ip,
             Binding {
                 mac,
-                state: LeaseState::Bound,
-                expires_ms: now.saturating_add(lease_ms),
+                state: if reserved {
+                    LeaseState::Reserved
+                } else {
+                    LeaseState::Bound
+                },
+                expires_ms: if reserved {
+                    u64::MAX
+                } else {
+                    now.saturating_add(lease_ms)
+                },
                 name: new_name,
             },
         );
         self.remember(mac, ip);
+    }
+
+    /// Reserves an address for `mac` outside the DHCP exchange, for a port whose address
+    /// usernet configures itself (`attach --ip auto`, the CNI plugin): `wanted` if given and
+    /// free (it may lie outside the pool, not outside the subnet), else the MAC's static,
+    /// current or previous address, else the first free one of the pool. Addresses set with
+    /// [`DhcpServer::set_foreign`] are skipped. The reservation never expires; a DHCP client
+    /// on that MAC gets the same address. `None` when nothing is free (or `wanted` is taken).
+    pub fn reserve(&mut self, mac: Mac, wanted: Option<Ipv4Addr>, now_ms: u64) -> Option<Ipv4Addr> {
+        self.purge(now_ms);
+        let free = |s: &Self, ip: Ipv4Addr| match s.check(mac, ip) {
+            Ok(()) | Err(Refusal::OutsidePool) => true,
+            Err(_) => false,
+        };
+        let ip = match wanted {
+            Some(ip) => Some(ip).filter(|&ip| free(self, ip))?,
+            None => self.choose_offer(mac, None)?,
+        };
+        let mut names = Vec::new();
+        if self.by_mac.get(&mac).is_some_and(|&old| old != ip) {
+            self.drop_mac(mac, &mut names);
+        }
+        let name = self
+            .bindings
+            .get(&ip)
+            .filter(|b| b.mac == mac)
+            .and_then(|b| b.name.clone());
+        self.insert_binding(
+            ip,
+            Binding {
+                mac,
+                state: LeaseState::Reserved,
+                expires_ms: u64::MAX,
+                name,
+            },
+        );
+        self.remember(mac, ip);
+        self.pending.append(&mut names);
+        Some(ip)
+    }
+
+    /// Gives back a reservation of `ip` by `mac` (its port is gone). False if `ip` was not
+    /// reserved for `mac`.
+    pub fn unreserve(&mut self, ip: Ipv4Addr, mac: Mac) -> bool {
+        let ours = self
+            .bindings
+            .get(&ip)
+            .is_some_and(|b| b.mac == mac && b.state == LeaseState::Reserved);
+        if ours {
+            let mut names = Vec::new();
+            self.drop_ip(ip, &mut names);
+            self.pending.append(&mut names);
+        }
+        ours
     }
 
     fn insert_binding(&mut self, ip: Ipv4Addr, b: Binding) {
@@ -2224,5 +2307,36 @@ mod tests {
             "invalid DHCP configuration: range_end: 10.99.0.2 is not a host address of \
              10.88.0.0/24 (network and broadcast excluded)"
         );
+    }
+
+    #[test]
+    fn reserve_holds_an_address_for_a_mac_until_unreserved() {
+        let mut s = server();
+        let (a, b) = (mac(1), mac(2));
+        let ip_a = s.reserve(a, None, 0).expect("reserved");
+        assert!(s.config().range_start <= ip_a && ip_a <= s.config().range_end);
+        // Same MAC again: same address; never expires; DHCP gives it to that MAC.
+        assert_eq!(s.reserve(a, None, 10), Some(ip_a));
+        let leases = s.leases(u64::MAX - 1);
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].state, LeaseState::Reserved);
+        let (got, _) = dora(&mut s, a, None, 1000);
+        assert_eq!(got, ip_a);
+        assert_eq!(s.leases(u64::MAX - 1)[0].state, LeaseState::Reserved);
+        // Another MAC neither gets it by DHCP nor by reservation.
+        let (got_b, _) = dora(&mut s, b, None, 2000);
+        assert_ne!(got_b, ip_a);
+        assert_eq!(s.reserve(b, Some(ip_a), 3000), None);
+        // A wanted address outside the pool but inside the subnet is fine; outside is not.
+        let mut c = base_cfg();
+        c.range_end = Ipv4Addr::new(10, 88, 0, 100);
+        let mut s2 = DhcpServer::new(c).expect("server");
+        let out_of_pool = Ipv4Addr::new(10, 88, 0, 250);
+        assert_eq!(s2.reserve(b, Some(out_of_pool), 0), Some(out_of_pool));
+        assert_eq!(s2.reserve(a, Some(Ipv4Addr::new(10, 89, 0, 5)), 0), None);
+        // Only the reserving MAC gives it back.
+        assert!(!s.unreserve(ip_a, b));
+        assert!(s.unreserve(ip_a, a));
+        assert!(s.leases(5000).iter().all(|l| l.ip != ip_a));
     }
 }

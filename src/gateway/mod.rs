@@ -344,6 +344,24 @@ enum Cmd {
         id: u64,
         reply: Sender<bool>,
     },
+    Endpoint {
+        ep: Endpoint,
+        reply: Sender<()>,
+    },
+}
+
+/// A port whose addresses usernet configured itself (`attach --ip`, CNI, `run`): the gateway
+/// knows its MAC and name up front, so forwards and names work before the guest sends anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The port.
+    pub port: PortId,
+    /// Its interface's MAC.
+    pub mac: Mac,
+    /// Its addresses.
+    pub ips: Vec<IpAddr>,
+    /// IPv4 addresses reserved for it in the DHCP server, given back when the port goes.
+    pub reserved: Vec<Ipv4Addr>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -457,6 +475,18 @@ impl Gateway {
             .map_err(|_| Error::Stopped)?;
         self.forwards.lock().retain(|f| f.id != id);
         Ok(found)
+    }
+
+    /// Tells the gateway about a port whose addresses usernet configured: it learns the
+    /// neighbour entries and registers the port's name at once. Returns once that is done.
+    pub fn add_endpoint(&self, ep: Endpoint) -> Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.cmd
+            .send(Cmd::Endpoint { ep, reply: tx })
+            .map_err(|_| Error::Stopped)?;
+        let _ = self.waker.wake();
+        rx.recv_timeout(Duration::from_secs(5))
+            .map_err(|_| Error::Stopped)
     }
 
     /// The DHCP leases.
@@ -727,6 +757,8 @@ pub struct Driver {
     /// [`MAX_LEASED_PER_PORT`]): the names of those leases leave DNS with the port (the
     /// lease itself stays for its MAC's return, which brings the name back).
     leased: HashMap<u32, Vec<Ipv4Addr>>,
+    /// DHCP reservations of configured endpoints, by port: given back when the port goes.
+    reserved: HashMap<u32, Vec<(Ipv4Addr, Mac)>>,
     /// Leases whose name left DNS with their port; an ACK to their MAC brings it back.
     /// Only addresses the DHCP server leased, so bounded by its range.
     unnamed: std::collections::HashSet<Ipv4Addr>,
@@ -831,6 +863,7 @@ impl Driver {
             now: epoch,
             names: HashMap::new(),
             port_names: HashMap::new(),
+            reserved: HashMap::new(),
             leased: HashMap::new(),
             unnamed: std::collections::HashSet::new(),
             gone: std::collections::VecDeque::new(),
@@ -912,6 +945,10 @@ impl Driver {
                 }
                 (Cmd::RemoveForward { reply, .. }, None) => {
                     let _ = reply.send(false);
+                }
+                (Cmd::Endpoint { ep, reply }, _) => {
+                    self.endpoint(ep);
+                    let _ = reply.send(());
                 }
             }
         }
@@ -1118,6 +1155,25 @@ impl Driver {
                 true
             }
             Err(_) => false,
+        }
+    }
+
+    /// Learns a configured endpoint: its neighbour entries and its name, as if it had sent
+    /// an ARP for each address.
+    fn endpoint(&mut self, ep: Endpoint) {
+        let saved = self.ingress;
+        self.ingress = ep.port.0;
+        for ip in &ep.ips {
+            if self.learn(*ip, ep.mac) {
+                self.snoop(*ip);
+            }
+        }
+        self.ingress = saved;
+        if !ep.reserved.is_empty() {
+            self.reserved
+                .entry(ep.port.0)
+                .or_default()
+                .extend(ep.reserved.iter().map(|ip| (*ip, ep.mac)));
         }
     }
 

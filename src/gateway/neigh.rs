@@ -212,6 +212,12 @@ impl Driver {
                 }
             }
         }
+        if let (Some(held), Some(d)) = (self.reserved.remove(&port), &self.gw.dhcp) {
+            let mut srv = d.lock();
+            for (ip, mac) in held {
+                srv.unreserve(ip, mac);
+            }
+        }
         for ip in self.neigh_of.remove(&port).unwrap_or_default() {
             self.neigh.remove(&ip);
         }

@@ -27,6 +27,7 @@ use std::os::fd::RawFd;
 
 use crate::frame::{Frame, FramePool};
 
+pub mod ifconfig;
 pub mod memory;
 pub mod netns;
 pub mod packet;

@@ -12,7 +12,9 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -116,6 +118,13 @@ impl Rtnl {
         m.header.index = index;
         m.attributes.push(AddressAttribute::Local(addr));
         m.attributes.push(AddressAttribute::Address(addr));
+        if addr.is_ipv6() {
+            // Usable at once: usernet hands the address out, nobody else on the link has it
+            // (port security), so duplicate address detection would only delay the guest.
+            m.header.flags = AddressHeaderFlags::Nodad;
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
         self.request(
             &format!("add address {addr}/{prefix}"),
             RouteNetlinkMessage::NewAddress(m),
@@ -125,19 +134,35 @@ impl Rtnl {
 
     /// Adds a default route via `gw`.
     pub fn add_default_route(&mut self, gw: IpAddr) -> io::Result<()> {
+        let dst = match gw {
+            IpAddr::V4(_) => ipnet::IpNet::V4(ipnet::Ipv4Net::default()),
+            IpAddr::V6(_) => ipnet::IpNet::V6(ipnet::Ipv6Net::default()),
+        };
+        self.add_route(dst, gw)
+    }
+
+    /// Adds a route to `dst` via `gw` (same family).
+    pub fn add_route(&mut self, dst: ipnet::IpNet, gw: IpAddr) -> io::Result<()> {
         let mut m = RouteMessage::default();
         m.header.address_family = match gw {
             IpAddr::V4(_) => AddressFamily::Inet,
             IpAddr::V6(_) => AddressFamily::Inet6,
         };
+        m.header.destination_prefix_length = dst.prefix_len();
         m.header.table = RouteHeader::RT_TABLE_MAIN;
         m.header.protocol = RouteProtocol::Static;
         m.header.scope = RouteScope::Universe;
         m.header.kind = RouteType::Unicast;
+        if dst.prefix_len() > 0 {
+            m.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(
+                    dst.network(),
+                )));
+        }
         m.attributes
             .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
         self.request(
-            &format!("add default route via {gw}"),
+            &format!("add route {dst} via {gw}"),
             RouteNetlinkMessage::NewRoute(m),
             NLM_F_CREATE | NLM_F_EXCL,
         )

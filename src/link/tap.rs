@@ -46,6 +46,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
+use super::ifconfig::IfConfig;
 use super::netns::{self, ifreq_for, ifreq_name, validate_ifname};
 use super::{Link, LinkCaps, LinkError, OpenError, RecvStats, SendStats, classify};
 use crate::frame::{Frame, FramePool, VNET_HDR_LEN, VnetHdr};
@@ -184,6 +185,33 @@ impl TapLink {
         validate_ifname(ifname)?;
         let (ifname, opts) = (ifname.to_string(), opts.clone());
         netns::run_in_netns_with(netns, move || TapLink::create(&ifname, &opts))
+    }
+
+    /// Like [`TapLink::create_in_netns`], then configures the new interface inside the
+    /// namespace (MAC, MTU, addresses, routes, `lo`; see [`IfConfig`]). `opts.up` is ignored:
+    /// the configuration brings the link up.
+    pub fn create_configured_in_netns(
+        netns: &Path,
+        ifname: &str,
+        opts: &TapOptions,
+        cfg: &IfConfig,
+    ) -> Result<TapLink, OpenError> {
+        validate_ifname(ifname)?;
+        let (ifname, cfg) = (ifname.to_string(), cfg.clone());
+        let opts = TapOptions {
+            up: false,
+            mtu: None,
+            ..opts.clone()
+        };
+        netns::run_in_netns_with(netns, move || {
+            let mut tap = TapLink::create(&ifname, &opts)?;
+            cfg.apply(&ifname)
+                .map_err(|e| OpenError::new(format!("configuring {ifname}"), e))?;
+            if let Ok(mtu) = netns::mtu(&ifname) {
+                tap.max_frame = mtu as usize + L2_OVERHEAD;
+            }
+            Ok(tap)
+        })
     }
 
     /// Adopts an open TAP fd (handed over by a container runtime or a VMM). Its name and

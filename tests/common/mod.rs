@@ -113,6 +113,15 @@ impl Netns {
             .expect("running ip netns exec")
     }
 
+    /// A command to run inside the namespace (for a background process: spawn it and kill
+    /// it in a guard).
+    #[allow(dead_code)]
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        c
+    }
+
     /// Like [`Self::exec`], asserting success; returns stdout.
     pub fn exec_ok(&self, args: &[&str]) -> String {
         let out = self.exec(args);

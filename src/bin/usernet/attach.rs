@@ -27,9 +27,24 @@ pub struct Args {
     /// Interface name inside the namespace.
     #[arg(long, default_value = "eth0")]
     ifname: String,
-    /// MTU of the TAP.
+    /// MTU of the TAP [default: the network's, when addresses are configured].
     #[arg(long)]
     mtu: Option<u32>,
+    /// Configure an address on the interface: ADDR/PREFIX, ADDR (the network's prefix), or
+    /// `auto` (IPv4 from the network's DHCP pool, plus the SLAAC address of its IPv6
+    /// prefix). Repeatable. Brings `lo` up and adds default routes via the network's gateway.
+    #[arg(long = "ip", value_name = "ADDR[/PREFIX]|auto")]
+    ips: Vec<usernet::control::AddrSpec>,
+    /// MAC of the interface [default: random, locally administered].
+    #[arg(long)]
+    mac: Option<usernet::wire::Mac>,
+    /// Default gateway instead of the network's (one per family; repeatable), or `none` for
+    /// no default route.
+    #[arg(long, value_name = "ADDR|none")]
+    gateway: Vec<String>,
+    /// Another destination routed through the gateway (CIDR; repeatable).
+    #[arg(long = "route", value_name = "CIDR")]
+    routes: Vec<ipnet::IpNet>,
     #[command(flatten)]
     socket: SocketArg,
 }
@@ -81,8 +96,31 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     p.netns = Some(path);
     p.ifname = Some(a.ifname);
     p.mtu = a.mtu;
+    p.ips = a.ips;
+    p.mac = a.mac;
+    p.routes = a.routes;
+    for g in &a.gateway {
+        if g == "none" {
+            p.default_route = Some(false);
+        } else {
+            p.gateway.push(
+                g.parse().map_err(|_| {
+                    anyhow::anyhow!("--gateway: {g:?} is not an IP address or `none`")
+                })?,
+            );
+        }
+    }
     let v = request(&a.socket.path()?, &Request::AddPort { port: p.clone() })?;
     println!("attached {netns} as port {} (id {})", p.name, v["id"]);
+    if let Some(mac) = v["mac"].as_str() {
+        println!("  mac {mac}");
+    }
+    for ip in v["ips"].as_array().into_iter().flatten() {
+        println!("  address {}", ip.as_str().unwrap_or_default());
+    }
+    for g in v["gateways"].as_array().into_iter().flatten() {
+        println!("  gateway {}", g.as_str().unwrap_or_default());
+    }
     Ok(())
 }
 

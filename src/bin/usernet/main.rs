@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod attach;
 mod bridge;
+mod cni;
 mod ctl;
 mod demo;
 mod run;
@@ -96,6 +97,10 @@ impl SocketArg {
 }
 
 fn main() -> ExitCode {
+    // A CNI runtime runs plugins by name with CNI_COMMAND set: this binary is the plugin then.
+    if let Some(code) = cni::main_if_plugin() {
+        return ExitCode::from(code);
+    }
     // Invoked as `slirp4netns` (a symlink): slirp4netns's command line, exactly.
     let argv0 = std::env::args_os().next().unwrap_or_default();
     let as_slirp = std::path::Path::new(&argv0)

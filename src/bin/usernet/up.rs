@@ -11,9 +11,14 @@ use crate::SocketArg;
 /// Arguments of `usernet up`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Config file (TOML; see README).
-    #[arg(short = 'c', long = "config", default_value = "usernet.toml")]
-    config: PathBuf,
+    /// Config file (TOML; see README) [default: usernet.toml; none with --cni-state].
+    #[arg(short = 'c', long = "config")]
+    config: Option<PathBuf>,
+    /// The CNI plugin's state directory: networks and attachments recorded there by the
+    /// plugin are set up again at start (a restart keeps containers' addresses, names and
+    /// forwards). The plugin starts its daemon with it.
+    #[arg(long, value_name = "DIR")]
+    cni_state: Option<PathBuf>,
     /// Once everything in the config is set up: drop capabilities and install a seccomp
     /// allowlist (no new files: TAP, netns and packet ports and spliced forwards are refused
     /// afterwards; stream ports and ordinary forwards still work).
@@ -24,11 +29,18 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let cfg = Config::load(&a.config)?;
+    let cfg = match (&a.config, &a.cni_state) {
+        (Some(p), _) => Config::load(p)?,
+        (None, Some(_)) => Config::default(),
+        (None, None) => Config::load(std::path::Path::new("usernet.toml"))?,
+    };
     let sock = a.socket.path()?;
     let engine = Engine::start(cfg.engine_config()).context("starting event loops")?;
     let h = engine.handle();
     cfg.apply(&h)?;
+    if let Some(dir) = &a.cni_state {
+        crate::cni::replay(&h, dir)?;
+    }
     let _srv = control::server::serve(h.clone(), &sock)?;
     crate::stop_on_signals(h)?;
     if a.sandbox {

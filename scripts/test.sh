@@ -4,7 +4,8 @@
 #
 # The kernel tests need root; without it they print "SKIP ..." and pass, unless
 # USERNET_REQUIRE_PRIV=1 (CI sets it) makes them fail instead. As root on Debian/Ubuntu, missing
-# test tools (iproute2, ping, iperf3, busybox udhcpc, dhclient, dig, dnsmasq) are installed with
+# test tools (iproute2, ping, iperf3, busybox-static, dhclient, dig, dnsmasq, podman, runc, the
+# reference CNI plugins) are installed with
 # apt-get first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,10 @@ command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v rootlesskit >/dev/null 2>&1 || missing+=(rootlesskit)
 command -v newuidmap >/dev/null 2>&1 || missing+=(uidmap)
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || missing+=(busybox-static)
+[ -x /usr/lib/cni/host-local ] || missing+=(containernetworking-plugins)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing test tools: ${missing[*]}"

@@ -196,6 +196,8 @@ pub struct Want {
     pub ips: Vec<ipnet::IpNet>,
     /// Gateways (from IPAM).
     pub gateways: Vec<IpAddr>,
+    /// The interface's MAC, if the runtime chose it.
+    pub mac: Option<usernet::wire::Mac>,
 }
 
 /// An attachment as recorded in the state directory: enough to remove it, and the requests
@@ -363,6 +365,7 @@ fn want_from_env(conf: &NetConf) -> Result<Want, CniError> {
         ports: conf.runtime_config.port_mappings.clone(),
         ips: Vec::new(),
         gateways: Vec::new(),
+        mac: None,
     })
 }
 
@@ -576,6 +579,7 @@ impl Ctx {
             want.ips.iter().map(|n| AddrSpec::Fixed(*n)).collect()
         };
         spec.gateway = want.gateways.clone();
+        spec.mac = want.mac;
         let undo_ipam = |e: CniError| {
             if let Some(ipam) = &ipam_conf {
                 let _ = delegate_ipam(ipam, raw, "DEL");

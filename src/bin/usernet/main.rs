@@ -10,6 +10,7 @@ mod bridge;
 mod cni;
 mod ctl;
 mod demo;
+mod netavark;
 mod run;
 mod slirp;
 mod up;
@@ -101,6 +102,11 @@ fn main() -> ExitCode {
     if let Some(code) = cni::main_if_plugin() {
         return ExitCode::from(code);
     }
+    // netavark runs its plugins as `NAME info|create|setup NETNS|teardown NETNS`.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(code) = netavark::main_if_plugin(&args) {
+        return ExitCode::from(code);
+    }
     // Invoked as `slirp4netns` (a symlink): slirp4netns's command line, exactly.
     let argv0 = std::env::args_os().next().unwrap_or_default();
     let as_slirp = std::path::Path::new(&argv0)
@@ -108,7 +114,6 @@ fn main() -> ExitCode {
         .is_some_and(|n| n == "slirp4netns");
     // `-v`/`--version` as slirp4netns prints it (runtimes parse these fields), before the
     // positional arguments are required.
-    let args: Vec<String> = std::env::args().collect();
     let slirp_args = if as_slirp {
         args.get(1..)
     } else {

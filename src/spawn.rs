@@ -50,6 +50,8 @@ pub struct SpawnOptions {
     pub mtu: u32,
     /// Contents for `/etc/resolv.conf` inside (None: leave the host's).
     pub resolv_conf: Option<String>,
+    /// MAC of the interface (default: the kernel's random one); set it to know it up front.
+    pub mac: Option<crate::wire::Mac>,
 }
 
 impl Default for SpawnOptions {
@@ -61,6 +63,7 @@ impl Default for SpawnOptions {
             gateway: Ipv4Addr::new(10, 88, 0, 1),
             mtu: 1500,
             resolv_conf: None,
+            mac: None,
         }
     }
 }
@@ -332,7 +335,7 @@ fn child(
         )],
         routes: vec![Route::default_via(IpAddr::V4(opts.gateway))],
         lo_up: true,
-        ..Plan::default()
+        mac: opts.mac,
     }
     .apply(&opts.ifname)?;
     send_fd(sock, std::os::fd::AsFd::as_fd(&tap).as_raw_fd())?;

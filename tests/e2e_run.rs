@@ -179,3 +179,42 @@ fn run_with_busy_polling_answers_and_refuses_a_bad_window() {
         "{err}"
     );
 }
+
+/// Issue 13: the command's address is known up front: its name resolves on the network before
+/// the command has sent a single frame (`sleep` sends nothing over IPv4).
+#[test]
+fn run_name_is_known_before_the_command_talks() {
+    if !require_root("run_name_is_known_before_the_command_talks") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock = dir.path().join("run.sock");
+    let child = Command::new(BIN)
+        .args(["run", "--name", "quiet", "--dns", "127.0.0.1:9", "--socket"])
+        .arg(&sock)
+        .args(["--", "sleep", "10"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("usernet run");
+    let _child = Child(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut dns = String::new();
+    while Instant::now() < deadline {
+        let out = Command::new(BIN)
+            .args(["ctl", "--json", "--socket"])
+            .arg(&sock)
+            .args(["dns", "ls"])
+            .output()
+            .expect("ctl");
+        if out.status.success() {
+            dns = String::from_utf8_lossy(&out.stdout).into_owned();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        dns.contains("quiet.usernet") && dns.contains("10.88.0.100"),
+        "the command's name at once: {dns}"
+    );
+}

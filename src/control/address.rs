@@ -376,6 +376,29 @@ impl Handle {
         }
     }
 
+    /// Tells the gateway of `port`'s network that `ips` are at `mac` behind `port`: for a port
+    /// whose interface usernet configured itself some other way (`usernet run`, the
+    /// slirp4netns mode's `-c`), so its name and forwards work before it sends anything. The
+    /// port should own the addresses (`allowed_ips`). No-op without a gateway.
+    pub fn announce_addresses(&self, port: PortId, mac: Mac, ips: Vec<IpAddr>) -> Result<()> {
+        let topo = self.shared.bridge.topology();
+        let p = topo
+            .port(port)
+            .ok_or_else(|| crate::bridge::BridgeError::NoSuchPort(format!("id {}", port.0)))?;
+        let Some(net) = topo.network(p.network).map(|n| n.net.name.clone()) else {
+            return Ok(());
+        };
+        match self.gateway(&net) {
+            Some(g) => g.add_endpoint(crate::gateway::Endpoint {
+                port,
+                mac,
+                ips,
+                reserved: Vec::new(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Tells the network's gateway about a configured port (neighbour entries, DNS name).
     pub(super) fn announce_endpoint(&self, network: &str, id: PortId, plan: &Plan) -> Result<()> {
         match self.gateway(network) {

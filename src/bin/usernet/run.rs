@@ -86,6 +86,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 .with_context(|| format!("--dns {d:?}: expected IP or IP:PORT"))?,
         );
     }
+    // The interface's MAC, chosen here so the gateway knows the command's address up front.
+    let mac = usernet::link::ifconfig::random_mac();
     // Fork first, before any thread exists.
     let mut child = spawn(
         &a.cmd,
@@ -95,6 +97,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             gateway: gw,
             mtu: a.mtu,
             resolv_conf: Some(format!("nameserver {gw}\nsearch usernet\n")),
+            mac: Some(mac),
             ..SpawnOptions::default()
         },
     )?;
@@ -117,7 +120,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         h.add_gateway(g)?;
         let tap = child.tap.take().context("no TAP from the child")?;
-        h.add_port(&a.network, &a.name, PortPolicy::default(), Box::new(tap))?;
+        // The port owns its address from the start, and the gateway knows where it is: the
+        // name and forwards work before the command sends anything.
+        let policy = PortPolicy {
+            allowed_ips: vec![std::net::IpAddr::V4(guest)],
+            ..PortPolicy::default()
+        };
+        let id = h.add_port(&a.network, &a.name, policy, Box::new(tap))?;
+        h.announce_addresses(id, mac, vec![std::net::IpAddr::V4(guest)])?;
         h.set_port_netns(&a.name, format!("/proc/{pid}/ns/net").into());
         for spec in forwards {
             let splice = a.splice && spec.proto == Proto::Tcp;

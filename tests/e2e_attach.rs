@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::daemon::{BIN, Daemon};
-use common::{Netns, require_root};
+use common::{Netns, free_port, http_get, require_root};
 
 /// `/etc/netns/NAME/resolv.conf` (bind-mounted by `ip netns exec`), removed on drop.
 struct Resolv(std::path::PathBuf);
@@ -146,13 +146,6 @@ impl Drop for Bg {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// Issue 13: `attach --ip` configures the container itself (no DHCP client in it): address,
 /// default route and `lo` up; its name is in DNS and a forward reaches it before it has sent a
 /// single frame; `--ip auto` takes an address from the pool (a reservation `ctl leases` shows,
@@ -222,24 +215,8 @@ fn attach_ip_configures_the_namespace_and_is_reachable_at_once() {
     let hp = free_port();
     let spec = format!("127.0.0.1:{hp}:80");
     d.ctl(&["forward", "add", "--network", "net0", &spec, "web"]);
-    let mut body = String::new();
-    for _ in 0..50 {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-m",
-                "3",
-                &format!("http://127.0.0.1:{hp}/index.html"),
-            ])
-            .output()
-            .expect("curl");
-        body = String::from_utf8_lossy(&out.stdout).into_owned();
-        if body.contains("hello") {
-            break;
-        }
-        // Only httpd's start may take a moment (it is not listening yet).
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    // Only httpd's start may take a moment (it is not listening yet).
+    let body = http_get(hp, "/index.html", 50);
     assert_eq!(
         body,
         "hello from web\n",

@@ -10,10 +10,9 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::daemon::BIN;
-use common::{Netns, require_root};
+use common::{Netns, free_port, http_get, require_root, stop_pidfile};
 use serde_json::{Value, json};
 
 /// A plugin environment: its socket and state in a private directory; kills the daemon the
@@ -128,18 +127,7 @@ impl Plugin {
     }
 
     fn kill_daemon(&self) {
-        if let Some(pid) = self.daemon_pid() {
-            // SAFETY: kill(2) on the pid the plugin recorded for the daemon it started.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            // SAFETY: signal 0 only checks that the process exists.
-            while Instant::now() < deadline && unsafe { libc::kill(pid, 0) } == 0 {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            // SAFETY: as above; SIGKILL if it did not stop in time.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = std::fs::remove_file(self.state().join("daemon.pid"));
-        }
+        stop_pidfile(&self.state().join("daemon.pid"));
     }
 }
 
@@ -147,13 +135,6 @@ impl Drop for Plugin {
     fn drop(&mut self) {
         self.kill_daemon();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 #[test]
@@ -262,22 +243,8 @@ fn add_check_del_restart_and_names() {
         ])
         .spawn()
         .expect("httpd");
-    let fetch = || {
-        let out = Command::new("curl")
-            .args(["-s", "-m", "3", &format!("http://127.0.0.1:{hp}/i")])
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let mut body = String::new();
-    for _ in 0..50 {
-        body = fetch();
-        if !body.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(body, "cni says hi\n");
+    let fetch = |tries| http_get(hp, "/i", tries);
+    assert_eq!(fetch(50), "cni says hi\n");
     // CHECK with the ADD result.
     let mut chk = conf.clone();
     chk["prevResult"] = r.clone();
@@ -315,14 +282,7 @@ fn add_check_del_restart_and_names() {
             .success(),
         "db -> web after a daemon restart"
     );
-    let mut body = String::new();
-    for _ in 0..30 {
-        body = fetch();
-        if !body.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let body = fetch(30);
     assert_eq!(body, "cni says hi\n", "forward replayed");
     let _ = httpd.kill();
     let _ = httpd.wait();
@@ -333,7 +293,7 @@ fn add_check_del_restart_and_names() {
     let ports = p.ctl(&["ports"]).to_string();
     assert!(!ports.contains("\"web\""), "{ports}");
     assert!(!p.ctl(&["leases"]).to_string().contains(&ip_a));
-    assert!(fetch().is_empty(), "forward gone");
+    assert!(fetch(1).is_empty(), "forward gone");
     let (ok, v) = p.del(&a.path(), "aaaaaaaaaaaaaaaa1", &conf);
     assert!(ok, "repeated DEL: {v}");
     let (ok, v) = p.run("CHECK", &env_a, chk.to_string().as_bytes());

@@ -10,16 +10,8 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
-use common::{Netns, require_root};
+use common::{Netns, free_port, require_root};
 use usernet::link::netns::run_in_netns;
-
-/// A free TCP port on 127.0.0.1 (closed again, so the daemon can bind it).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// Connects to 127.0.0.1:`port` and expects `want` back for `send`.
 fn echo_through(port: u16, send: &[u8]) -> Result<Vec<u8>, String> {

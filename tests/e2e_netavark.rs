@@ -8,10 +8,9 @@ mod common;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::daemon::BIN;
-use common::{Netns, require_root};
+use common::{Netns, free_port, http_get, require_root, stop_pidfile};
 use serde_json::{Value, json};
 
 struct Env {
@@ -70,26 +69,8 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        if let Some(pid) = std::fs::read_to_string(self.dir.path().join("state/daemon.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        {
-            // SAFETY: kill(2) on the daemon the plugin started and recorded.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            // SAFETY: signal 0 only checks that the process exists.
-            while Instant::now() < deadline && unsafe { libc::kill(pid, 0) } == 0 {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        stop_pidfile(&self.dir.path().join("state/daemon.pid"));
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 #[test]
@@ -154,18 +135,7 @@ fn netavark_plugin_protocol() {
         ])
         .spawn()
         .expect("httpd");
-    let mut body = String::new();
-    for _ in 0..50 {
-        let out = Command::new("curl")
-            .args(["-s", "-m", "3", &format!("http://127.0.0.1:{hp}/i")])
-            .output()
-            .expect("curl");
-        body = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !body.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let body = http_get(hp, "/i", 50);
     let _ = httpd.kill();
     let _ = httpd.wait();
     assert_eq!(body, "netavark ok\n");

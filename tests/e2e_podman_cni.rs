@@ -12,10 +12,10 @@ mod common;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::daemon::BIN;
-use common::require_root;
+use common::{free_port, http_get, require_root, stop_pidfile};
 
 /// Podman's world for this test, torn down on drop.
 struct World {
@@ -80,18 +80,7 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         let _ = self.podman(&["rm", "-af", "-t", "0"]);
-        if let Some(pid) = std::fs::read_to_string(self.state().join("daemon.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        {
-            // SAFETY: kill(2) on the daemon the plugin started and recorded.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            // SAFETY: signal 0 only checks that the process exists.
-            while Instant::now() < deadline && unsafe { libc::kill(pid, 0) } == 0 {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        stop_pidfile(&self.state().join("daemon.pid"));
         let _ = Command::new("umount")
             .arg("-R")
             .arg(self.dir.join("run"))
@@ -107,21 +96,6 @@ fn static_busybox() -> Option<PathBuf> {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (p.exists() && text.contains("not a dynamic executable")).then(|| p.to_path_buf())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn fetch(port: u16, path: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "3", &format!("http://127.0.0.1:{port}{path}")])
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -247,14 +221,7 @@ network_config_dir = "{netd}"
         "-h",
         "/www",
     ]);
-    let mut body = String::new();
-    for _ in 0..50 {
-        body = fetch(hp, "/index.html");
-        if !body.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let body = http_get(hp, "/index.html", 50);
     assert_eq!(
         body,
         "served by web\n",
@@ -302,7 +269,7 @@ network_config_dir = "{netd}"
     assert!(!leases.contains(&web_ip), "address freed: {leases}");
     let ports = w.ctl(&["ports"]);
     assert!(!ports.contains("\"web\""), "{ports}");
-    assert!(fetch(hp, "/index.html").is_empty(), "forward gone");
+    assert!(http_get(hp, "/index.html", 1).is_empty(), "forward gone");
     let left = std::fs::read_dir(w.state().join("attachments"))
         .map(|d| d.count())
         .unwrap_or(0);

@@ -227,3 +227,55 @@ pub fn wait_readable(fd: std::os::fd::RawFd, ms: i32) -> bool {
     let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
     rc > 0
 }
+
+/// A TCP port free on 127.0.0.1 right now.
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `curl http://127.0.0.1:PORT/PATH`, retried every 100 ms up to `tries` times until it
+/// returns a body (a server just started may not listen yet); the last body, or "".
+#[allow(dead_code)]
+pub fn http_get(port: u16, path: &str, tries: usize) -> String {
+    let mut body = String::new();
+    for i in 0..tries.max(1) {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let out = Command::new("curl")
+            .args(["-s", "-m", "3", &format!("http://127.0.0.1:{port}{path}")])
+            .output()
+            .expect("curl");
+        body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !body.is_empty() {
+            break;
+        }
+    }
+    body
+}
+
+/// Stops the process whose pid is in `pidfile` (SIGTERM, then SIGKILL after 5 s) and removes
+/// the file: for a daemon a plugin started detached, which the test never spawned itself.
+#[allow(dead_code)]
+pub fn stop_pidfile(pidfile: &std::path::Path) {
+    let Some(pid) = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    // SAFETY: kill(2) on the pid the plugin recorded for the daemon it started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    // SAFETY: signal 0 only checks that the process exists.
+    while std::time::Instant::now() < deadline && unsafe { libc::kill(pid, 0) } == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: as above; SIGKILL if it did not stop in time.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = std::fs::remove_file(pidfile);
+}

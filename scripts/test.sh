@@ -4,9 +4,8 @@
 #
 # The kernel tests need root; without it they print "SKIP ..." and pass, unless
 # USERNET_REQUIRE_PRIV=1 (CI sets it) makes them fail instead. As root on Debian/Ubuntu, missing
-# test tools (iproute2, ping, iperf3, busybox-static, dhclient, dig, dnsmasq, podman, runc, the
-# reference CNI plugins) are installed with
-# apt-get first.
+# test tools (iproute2, ping, iperf3, busybox-static, dhclient, dig, dnsmasq, rootlesskit, podman,
+# runc, the reference CNI plugins, ...) are installed with apt-get first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +14,9 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
-command -v busybox >/dev/null 2>&1 || missing+=(busybox)
+# A static busybox (busybox-static; it has udhcpc too): e2e_podman builds its image from it.
+bb=$(command -v busybox 2>/dev/null || true)
+{ [ -n "$bb" ] && ! ldd "$bb" >/dev/null 2>&1; } || missing+=(busybox-static)
 command -v dhclient >/dev/null 2>&1 || missing+=(isc-dhcp-client)
 command -v dig >/dev/null 2>&1 || missing+=(bind9-dnsutils)
 command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
@@ -24,7 +25,6 @@ command -v rootlesskit >/dev/null 2>&1 || missing+=(rootlesskit)
 command -v newuidmap >/dev/null 2>&1 || missing+=(uidmap)
 command -v podman >/dev/null 2>&1 || missing+=(podman)
 command -v runc >/dev/null 2>&1 || missing+=(runc)
-ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || missing+=(busybox-static)
 [ -x /usr/lib/cni/host-local ] || missing+=(containernetworking-plugins)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -436,6 +436,15 @@ impl LoopState {
         });
         // Frames may have arrived before registration.
         self.again.push(slot);
+        // The bridge knew the port before this loop did: frames forwarded to it in between
+        // sit in its ring, and the flags that ask for a flush were raised for a port no loop
+        // had (`end_of_batch` skipped it), so they would stay raised and no later frame would
+        // ask again. Lower them and flush what waits.
+        if let Some(Some(lp)) = self.slots.get(slot) {
+            lp.port.dirty_local.store(false, Ordering::Relaxed);
+            lp.port.tx_pending.store(false, Ordering::Release);
+        }
+        self.flush(slot);
         Ok(())
     }
 
@@ -596,5 +605,96 @@ impl LoopState {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Engine, EngineConfig, LoopCmd};
+    use crate::bridge::{NewPort, PortPolicy};
+    use crate::frame::Frame;
+    use crate::link::memory::MemoryLink;
+
+    /// A frame flooded to a port the bridge has and its loop has not registered yet (the
+    /// window inside `Handle::add_port`; a gateway's router advertisement hits it) is delivered
+    /// once the port is registered, and so is every later frame: the port's flush flag does
+    /// not stay raised. Before, the port got its frames only when it had something to read.
+    #[test]
+    fn frames_for_a_port_added_while_traffic_flows_are_delivered() {
+        let engine = Engine::start(EngineConfig::default()).expect("engine");
+        let h = engine.handle();
+        h.add_network("n", Default::default()).expect("network");
+        let (a, a_peer) = MemoryLink::pair(64, 1518).expect("pair");
+        h.add_port("n", "a", PortPolicy::default(), Box::new(a))
+            .expect("port a");
+        // The first half of `Handle::add_port`: the bridge has "b", its loop does not.
+        let shared = h.shared();
+        let port = shared
+            .bridge
+            .add_port(
+                "n",
+                NewPort {
+                    name: "b".into(),
+                    kind: "memory",
+                    policy: PortPolicy::default(),
+                    ring: shared.cfg.ring,
+                    owner: 0,
+                },
+            )
+            .expect("port b in the bridge");
+        let flood = |n: u8| {
+            let mut f = vec![0u8; 60];
+            f[..6].copy_from_slice(&[0xff; 6]);
+            f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+            f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+            f[14] = n;
+            Frame::from_slice(&f)
+        };
+        a_peer.send(flood(1)).expect("send");
+        // Wait until the loop has forwarded it (into b's ring).
+        let a_port = shared
+            .bridge
+            .topology()
+            .port_by_name("a")
+            .cloned()
+            .expect("a");
+        let t = std::time::Instant::now();
+        while a_port
+            .counters
+            .rx_frames
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < 1
+        {
+            assert!(t.elapsed() < Duration::from_secs(5), "frame not read");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (b, b_peer) = MemoryLink::pair(64, 1518).expect("pair");
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        shared.loops[0]
+            .tx
+            .send(LoopCmd::Add {
+                port,
+                link: Box::new(b),
+                reply: tx,
+            })
+            .expect("add command");
+        let _ = shared.loops[0].waker.wake();
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("reply")
+            .expect("registered");
+        let got = b_peer
+            .recv_timeout(Duration::from_secs(2))
+            .expect("frame 1");
+        assert_eq!(got.data()[14], 1);
+        for n in 2..5 {
+            a_peer.send(flood(n)).expect("send");
+            let got = b_peer
+                .recv_timeout(Duration::from_secs(2))
+                .unwrap_or_else(|| panic!("frame {n} never delivered"));
+            assert_eq!(got.data()[14], n);
+        }
+        engine.shutdown();
     }
 }

@@ -307,7 +307,7 @@ impl Api {
                             Ok(v) => api(&h, &v, guest),
                             Err(e) => json!({"error": {"desc": format!("bad request: {e}")}}),
                         };
-                        let _ = c.write_all(resp.to_string().as_bytes());
+                        let _ = c.write_all(reply(&resp).as_bytes());
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
@@ -323,8 +323,32 @@ fn err(desc: impl Into<String>) -> Value {
     json!({"error": {"desc": desc.into()}})
 }
 
-/// One slirp4netns API request.
+/// A request's reply, as slirp4netns 1.2.0 writes it (its key order; `list_hostfwd` replies
+/// `{"entries": [...]}` without a `return` wrapper, as slirp4netns does and its tests expect).
+fn reply(v: &Value) -> String {
+    match v.get("entries").and_then(Value::as_array) {
+        Some(entries) => {
+            let items: Vec<String> = entries
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{{\"id\":{},\"proto\":{},\"host_addr\":{},\"host_port\":{},\"guest_addr\":{},\"guest_port\":{}}}",
+                        e["id"], e["proto"], e["host_addr"], e["host_port"], e["guest_addr"], e["guest_port"]
+                    )
+                })
+                .collect();
+            format!("{{\"entries\":[{}]}}", items.join(","))
+        }
+        None => v.to_string(),
+    }
+}
+
+/// One slirp4netns API request, answered as slirp4netns 1.2.0 answers it (the same error texts:
+/// `bad request: add_hostfwd: bad arguments.FIELD`, `slirp_add_hostfwd failed`, ...).
 fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
+    if !req.is_object() {
+        return err("bad request: json_object() failed");
+    }
     let args = &req["arguments"];
     match req["execute"].as_str() {
         Some("add_hostfwd") => {
@@ -333,17 +357,27 @@ fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
                 Some("udp") => Proto::Udp,
                 Some(_) => return err("bad request: add_hostfwd: bad arguments.proto"),
             };
-            let host_addr: IpAddr = match args["host_addr"].as_str().unwrap_or("0.0.0.0").parse() {
-                Ok(a) => a,
-                Err(_) => return err("bad request: add_hostfwd: bad arguments.host_addr"),
+            // IPv4 only, as in slirp4netns 1.2.0.
+            let Ok(host_addr) = args["host_addr"]
+                .as_str()
+                .unwrap_or("0.0.0.0")
+                .parse::<Ipv4Addr>()
+            else {
+                return err("bad request: add_hostfwd: bad arguments.host_addr");
             };
-            let guest_addr = args["guest_addr"].as_str().unwrap_or("").to_string();
-            let guest_addr = if guest_addr.is_empty() {
-                guest.to_string()
-            } else {
-                guest_addr
+            let guest_addr = match args["guest_addr"].as_str() {
+                None => guest,
+                Some(a) => match a.parse::<Ipv4Addr>() {
+                    Ok(a) => a,
+                    Err(_) => return err("bad request: add_hostfwd: bad arguments.guest_addr"),
+                },
             };
-            let port = |k: &str| args[k].as_u64().and_then(|p| u16::try_from(p).ok());
+            let port = |k: &str| {
+                args[k]
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p != 0)
+            };
             let Some(hp) = port("host_port") else {
                 return err("bad request: add_hostfwd: bad arguments.host_port");
             };
@@ -351,7 +385,7 @@ fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
                 return err("bad request: add_hostfwd: bad arguments.guest_port");
             };
             let spec = ForwardSpec {
-                host_ip: Some(host_addr),
+                host_ip: Some(IpAddr::V4(host_addr)),
                 host_ports: (hp, hp),
                 guest_ports: (gp, gp),
                 proto,
@@ -359,11 +393,14 @@ fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
             match h.add_forward(&Forward {
                 network: "slirp4netns".into(),
                 spec,
-                to: guest_addr,
+                to: guest_addr.to_string(),
                 splice: false,
             }) {
                 Ok(info) => json!({"return": {"id": info.id}}),
-                Err(e) => err(e.to_string()),
+                Err(e) => {
+                    eprintln!("add_hostfwd: {e}");
+                    err("bad request: add_hostfwd: slirp_add_hostfwd failed")
+                }
             }
         }
         Some("list_hostfwd") => {
@@ -383,12 +420,12 @@ fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
                     }))
                 })
                 .collect();
-            json!({"return": {"entries": entries}})
+            json!({"entries": entries})
         }
         Some("remove_hostfwd") => match args["id"].as_u64() {
             Some(id) => match h.remove_forward(&id.to_string()) {
                 Ok(_) => json!({"return": {}}),
-                Err(e) => err(e.to_string()),
+                Err(_) => err("bad request: remove_hostfwd: bad arguments.id"),
             },
             None => err("bad request: remove_hostfwd: bad arguments.id"),
         },

@@ -10,9 +10,10 @@
 //!
 //! Unlike slirp4netns, the sandbox is on by default (as in pasta): once the TAP, the API socket
 //! and the threads are set up, capabilities are dropped and the seccomp allowlist installed.
-//! `--enable-sandbox`/`--enable-seccomp` are accepted (no-ops); `--disable-sandbox` opts out.
-//! Port forwards added through the API afterwards only bind sockets, which the allowlist
-//! permits.
+//! `--enable-seccomp` is accepted (the allowlist is on anyway); `--enable-sandbox` adds what
+//! slirp4netns's does: a private mount namespace whose root holds only `/etc` and `/run`, and
+//! CAP_NET_BIND_SERVICE kept; `--disable-sandbox` opts out of all of it. Port forwards added
+//! through the API afterwards only bind sockets, which the allowlist permits.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
@@ -71,8 +72,8 @@ pub struct Args {
     /// Enable IPv6 (prefix fd00::/64).
     #[arg(short = '6', long = "enable-ipv6")]
     enable_ipv6: bool,
-    /// Accepted for slirp4netns compatibility: usernet's sandbox (no capabilities,
-    /// no-new-privs, a seccomp allowlist once set up) is on by default.
+    /// As slirp4netns: a new mount namespace whose root holds only /etc and /run, and all
+    /// capabilities dropped but CAP_NET_BIND_SERVICE (usernet's seccomp sandbox is on anyway).
     #[arg(long = "enable-sandbox")]
     enable_sandbox: bool,
     /// Accepted for slirp4netns compatibility: the seccomp allowlist is on by default.
@@ -116,6 +117,9 @@ fn parse_cidr(text: &str) -> anyhow::Result<ipnet::Ipv4Net> {
 
 /// The slirp4netns version usernet's slirp4netns mode matches (options, defaults, API).
 pub const COMPAT_VERSION: &str = "1.2.0";
+
+/// The capability slirp4netns's `--enable-sandbox` keeps.
+const CAP_NET_BIND_SERVICE: u32 = 10;
 
 /// The highest `slirp4netns_config` version slirp4netns 1.2.0 reports (runtimes read it).
 const SLIRP_CONFIG_VERSION_MAX: u32 = 4;
@@ -199,6 +203,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             gateway: gw,
         }),
     )?;
+    // The API socket is bound before the sandbox's file system hides its directory.
+    let api_listener = match &a.api_socket {
+        Some(p) => Some(Api::bind(p)?),
+        None => None,
+    };
+    if a.enable_sandbox {
+        // As slirp4netns: a private mount namespace whose root holds only /etc and /run. Still
+        // single-threaded here (a mount namespace is per thread).
+        usernet::sandbox::enter_minimal_root().context("--enable-sandbox")?;
+    }
     eprintln!("starting usernet (slirp4netns mode), MTU={}", a.mtu);
     let engine = Engine::start(EngineConfig {
         max_frame: a.mtu as usize + 22,
@@ -222,10 +236,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     h.add_gateway(g)?;
     h.add_port(net, "guest", PortPolicy::default(), Box::new(tap))?;
-    let _api = match &a.api_socket {
-        Some(p) => Some(Api::start(h.clone(), p, guest)?),
-        None => None,
-    };
+    let _api = api_listener.map(|l| l.start(h.clone(), guest));
     crate::stop_on_signals(h.clone())?;
     if let Some(fd) = exit {
         let h2 = h.clone();
@@ -247,8 +258,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     if !a.disable_sandbox {
         // Every descriptor is open: from here on no capabilities, no new files, and only the
-        // system calls of the datapath.
-        usernet::sandbox::apply().context("applying the sandbox")?;
+        // system calls of the datapath. `--enable-sandbox` keeps CAP_NET_BIND_SERVICE, as
+        // slirp4netns does (API forwards to host ports below 1024 when run as root).
+        let keep: &[u32] = if a.enable_sandbox {
+            &[CAP_NET_BIND_SERVICE]
+        } else {
+            &[]
+        };
+        usernet::sandbox::apply_keeping(keep).context("applying the sandbox")?;
     }
     if let Some(fd) = ready {
         let mut f = std::fs::File::from(fd);
@@ -269,13 +286,32 @@ impl Drop for Api {
     }
 }
 
+/// The API socket, bound and not yet served.
+struct ApiListener {
+    listener: std::os::unix::net::UnixListener,
+    api: Api,
+}
+
 impl Api {
-    fn start(h: Handle, path: &std::path::Path, guest: Ipv4Addr) -> anyhow::Result<Api> {
+    /// Binds the API socket (0600: the API adds port forwards).
+    fn bind(path: &std::path::Path) -> anyhow::Result<ApiListener> {
         let _ = std::fs::remove_file(path);
-        // 0600 from creation: the API adds port forwards.
         let l = usernet::control::server::bind_private(path)
             .with_context(|| format!("api socket {}", path.display()))?;
         l.set_nonblocking(true)?;
+        Ok(ApiListener {
+            listener: l,
+            api: Api {
+                path: path.to_path_buf(),
+            },
+        })
+    }
+}
+
+impl ApiListener {
+    /// Serves the API on a thread; the socket file is removed when the returned value drops.
+    fn start(self, h: Handle, guest: Ipv4Addr) -> Api {
+        let l = self.listener;
         std::thread::spawn(move || {
             while !h.is_stopped() {
                 match l.accept() {
@@ -313,9 +349,7 @@ impl Api {
                 }
             }
         });
-        Ok(Api {
-            path: path.to_path_buf(),
-        })
+        self.api
     }
 }
 

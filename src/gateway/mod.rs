@@ -108,6 +108,9 @@ pub struct GatewayConfig {
     /// A second IPv4 address that serves DNS only (slirp4netns's 10.0.2.3); None: the gateway's
     /// own address serves DNS.
     pub dns_addr: Option<Ipv4Addr>,
+    /// `dns_addr` is kept (it answers ARP and ping) but serves no DNS: queries to it get no
+    /// answer at all, not even a reset (slirp4netns's `--disable-dns`); DHCP names no server.
+    pub dns_silent: bool,
     /// No NAT egress at all (Docker `--internal`).
     pub internal: bool,
     /// Map the gateway's address (ports it does not serve) to the host's loopback.
@@ -147,6 +150,7 @@ impl GatewayConfig {
             static_leases: Vec::new(),
             upstreams: Upstreams::ResolvConf("/etc/resolv.conf".into()),
             dns_addr: None,
+            dns_silent: false,
             internal: false,
             host_loopback: true,
             outbound4: None,
@@ -493,7 +497,11 @@ fn build_gateway(
         }
         d.lease_secs = cfg.lease_secs;
         d.router = Some(cfg.addr);
-        d.dns = vec![cfg.dns_addr.unwrap_or(cfg.addr)];
+        d.dns = if cfg.dns_silent && cfg.dns_addr.is_some() {
+            Vec::new()
+        } else {
+            vec![cfg.dns_addr.unwrap_or(cfg.addr)]
+        };
         d.mtu = Some(cfg.mtu);
         d.domain = Some(cfg.domain.clone());
         d.search = vec![cfg.domain.clone()];
@@ -1194,7 +1202,7 @@ impl Driver {
                     .ok(),
                 _ => None,
             };
-            if proto != IpNumber::ICMP && dport != Some(53) {
+            if proto != IpNumber::ICMP && (dport != Some(53) || cfg.dns_silent) {
                 inc(&self.gw.counters.ignored);
                 return true;
             }

@@ -223,7 +223,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     h.add_network(net, fdb_config(None, None))?;
     let mut g = GatewayConfig::new(net, cidr);
     g.addr = gw;
-    g.dns_addr = (!a.disable_dns).then_some(dns);
+    // --disable-dns: 10.0.2.3 stays (ARP, ping) but answers no DNS; queries time out, as
+    // slirp4netns's test expects (slirp4netns itself would send them out to 10.0.2.3).
+    g.dns_addr = Some(dns);
+    g.dns_silent = a.disable_dns;
     g.dhcp_range = Some((at(15), at(30)));
     g.mtu = a.mtu.min(65535) as u16;
     g.host_loopback = !a.disable_host_loopback;

@@ -417,6 +417,9 @@ pub struct IfConfig {
     pub prefix: u8,
     /// Default gateway.
     pub gateway: Ipv4Addr,
+    /// An IPv6 address and prefix length too (the IPv6 default route comes from the gateway's
+    /// router advertisements).
+    pub addr6: Option<(std::net::Ipv6Addr, u8)>,
 }
 
 /// Creates a TAP named `ifname` inside an existing network namespace (`netns` path), entering
@@ -488,6 +491,9 @@ pub fn tap_in_namespace(
                 nl.link_up(idx, Some(mtu))?;
                 nl.add_address(idx, IpAddr::V4(c.addr), c.prefix)?;
                 nl.add_default_route(IpAddr::V4(c.gateway))?;
+                if let Some((a6, p6)) = c.addr6 {
+                    nl.add_address(idx, IpAddr::V6(a6), p6)?;
+                }
             }
             send_fd(
                 child_end.as_raw_fd(),

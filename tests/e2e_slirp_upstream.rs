@@ -730,3 +730,77 @@ fn version_prints_slirp4netns_fields() {
         }
     }
 }
+
+/// IPv6 layout, from tests/test-slirp4netns-cidr6.sh (after 1.2.0: its default case, `-c
+/// --enable-ipv6` gives the guest `fd00::100/64`) and libslirp's defaults that slirp4netns 1.2.0
+/// uses (prefix fd00::/64 by router advertisement, gateway fd00::2 answering ping and leading to
+/// the host's `::1`, DNS fd00::3). For the reference, the fd00::100 address (1.2.0 relies on
+/// SLAAC only) and the DNS query (it would go to the host's resolver) are skipped.
+#[test]
+fn ipv6_layout() {
+    if !require_root("ipv6_layout") {
+        return;
+    }
+    let s = Slirp::new();
+    let l = TcpListener::bind("[::1]:0").expect("bind ::1");
+    let port = l.local_addr().expect("addr").port();
+    let t = Target::new();
+    let _slirp = s.spawn(&["-c", "--enable-ipv6", &t.arg(), "tun11"], &[]);
+    t.wait_device("tun11", || s.log());
+    // A global address in fd00::/64 (SLAAC, or fd00::100 with -c) once DAD is done.
+    let t0 = Instant::now();
+    loop {
+        let out = t.exec_ok(&[
+            "ip", "-6", "addr", "show", "dev", "tun11", "scope", "global",
+        ]);
+        let ready = out.contains("inet6 fd00::") && !out.contains("tentative");
+        if ready && (s.reference || out.contains("inet6 fd00::100/64")) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "{out}\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_ping(&t, "fd00::2", &s);
+    // fd00::2 is the host's loopback.
+    let to: SocketAddr = format!("[fd00::2]:{port}").parse().expect("addr");
+    let mut c = connect_in(&t, to, Duration::from_secs(5))
+        .unwrap_or_else(|(e, _)| panic!("[fd00::2]:{port}: {e}\n{}", s.log()));
+    c.write_all(b"v6").expect("write");
+    drop(c);
+    let (mut a, peer) = l.accept().expect("accept");
+    assert!(peer.ip().is_loopback(), "{peer}");
+    let mut got = String::new();
+    a.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = a.read_to_string(&mut got);
+    assert_eq!(got, "v6");
+    if s.reference {
+        return;
+    }
+    // DNS at fd00::3 (a name usernet answers itself: the host's alias).
+    let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["host", "usernet"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 28, 0, 1]);
+    let reply = t
+        .run(move || {
+            let u = std::net::UdpSocket::bind("[::]:0")?;
+            u.set_read_timeout(Some(Duration::from_secs(3)))?;
+            u.send_to(&q, "[fd00::3]:53")?;
+            let mut b = [0u8; 512];
+            let n = u.recv(&mut b)?;
+            Ok(b[..n].to_vec())
+        })
+        .unwrap_or_else(|e| panic!("DNS at fd00::3: {e}"));
+    assert_eq!(reply.get(..2), Some(&[0x12, 0x34][..]), "{reply:?}");
+    assert_eq!(reply.get(3).map(|f| f & 0xf), Some(0), "rcode: {reply:?}");
+    assert!(
+        reply.get(7).is_some_and(|n| *n >= 1),
+        "no answer: {reply:?}"
+    );
+    // The AAAA answer is the gateway, fd00::2.
+    let two = std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2).octets();
+    assert!(reply.windows(16).any(|w| w == two), "{reply:?}");
+}

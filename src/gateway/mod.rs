@@ -91,6 +91,11 @@ pub struct GatewayConfig {
     pub addr: Ipv4Addr,
     /// The IPv6 prefix (a /64 for SLAAC), if IPv6 is on.
     pub ipv6: Option<Ipv6Net>,
+    /// The gateway's IPv6 address in that prefix; None: `prefix::1` (slirp4netns: `fd00::2`).
+    pub ipv6_gateway: Option<Ipv6Addr>,
+    /// A second IPv6 address that serves DNS only (slirp4netns's `fd00::3`), announced by RDNSS;
+    /// None: the gateway's own IPv6 address serves DNS.
+    pub dns_addr6: Option<Ipv6Addr>,
     /// Link MTU announced by DHCP and RA.
     pub mtu: u16,
     /// DNS domain of the network's endpoints.
@@ -108,8 +113,9 @@ pub struct GatewayConfig {
     /// A second IPv4 address that serves DNS only (slirp4netns's 10.0.2.3); None: the gateway's
     /// own address serves DNS.
     pub dns_addr: Option<Ipv4Addr>,
-    /// `dns_addr` is kept (it answers ARP and ping) but serves no DNS: queries to it get no
-    /// answer at all, not even a reset (slirp4netns's `--disable-dns`); DHCP names no server.
+    /// `dns_addr` (and `dns_addr6`) are kept (they answer ARP/NDP and ping) but serve no DNS:
+    /// queries to them get no answer at all, not even a reset (slirp4netns's `--disable-dns`);
+    /// DHCP and RDNSS name no server.
     pub dns_silent: bool,
     /// No NAT egress at all (Docker `--internal`).
     pub internal: bool,
@@ -142,6 +148,8 @@ impl GatewayConfig {
             subnet,
             addr,
             ipv6: "fd88::/64".parse().ok(),
+            ipv6_gateway: None,
+            dns_addr6: None,
             mtu: 1500,
             domain: "usernet".into(),
             dhcp: true,
@@ -182,10 +190,17 @@ impl GatewayConfig {
         Some(n)
     }
 
-    /// The gateway's IPv6 address in the prefix (`prefix::1`).
+    /// The gateway's IPv6 address in the prefix (`ipv6_gateway`, default `prefix::1`).
     pub fn addr6(&self) -> Option<Ipv6Addr> {
-        self.ipv6
-            .map(|p| Ipv6Addr::from(u128::from(p.network()) | 1))
+        self.ipv6.map(|p| {
+            self.ipv6_gateway
+                .unwrap_or_else(|| Ipv6Addr::from(u128::from(p.network()) | 1))
+        })
+    }
+
+    /// The IPv6 address serving DNS only (`dns_addr6`), when IPv6 is on.
+    pub fn dns6(&self) -> Option<Ipv6Addr> {
+        self.ipv6.and(self.dns_addr6)
     }
 
     /// Its link-local address.
@@ -201,6 +216,7 @@ impl GatewayConfig {
             v.push(IpAddr::V6(a6));
             v.push(IpAddr::V6(self.link_local()));
         }
+        v.extend(self.dns6().map(IpAddr::V6));
         v
     }
 
@@ -488,6 +504,27 @@ fn build_gateway(
             field("gateway address"),
             format!("{} is not a host of {}", cfg.addr, cfg.subnet),
         ));
+    }
+    if let Some(p) = cfg.ipv6 {
+        for (k, a) in [
+            ("ipv6 gateway", cfg.ipv6_gateway),
+            ("ipv6 dns address", cfg.dns_addr6),
+        ] {
+            if let Some(a) = a
+                && (!p.contains(&a) || a == p.network())
+            {
+                return Err(Error::invalid(
+                    field(k),
+                    format!("{a} is not a host of {p}"),
+                ));
+            }
+        }
+        if cfg.dns_addr6.is_some() && cfg.dns_addr6 == cfg.addr6() {
+            return Err(Error::invalid(
+                field("ipv6 dns address"),
+                "the gateway's own address (leave it unset for that)",
+            ));
+        }
     }
     let dhcp = if cfg.dhcp {
         let mut d = DhcpConfig::for_subnet(cfg.subnet, cfg.addr);
@@ -807,6 +844,12 @@ impl Driver {
                 smoltcp::wire::IpAddress::Ipv6(gw.cfg.link_local()),
                 64,
             ));
+            if let Some(d) = gw.cfg.dns6() {
+                addrs.push(smoltcp::wire::IpCidr::new(
+                    smoltcp::wire::IpAddress::Ipv6(d),
+                    p.prefix_len(),
+                ));
+            }
         }
         let tcp = tcp::TcpDns::new(&addrs, usize::from(gw.cfg.mtu), epoch);
         let nat = gw.cfg.nat_config().map(|n| {
@@ -1049,7 +1092,9 @@ impl Driver {
     }
 
     fn is_ours6(&self, a: Ipv6Addr) -> bool {
-        a == self.gw.cfg.link_local() || Some(a) == self.gw.cfg.addr6()
+        a == self.gw.cfg.link_local()
+            || Some(a) == self.gw.cfg.addr6()
+            || Some(a) == self.gw.cfg.dns6()
     }
 
     /// One frame from the network (whatever the bridge delivered to the gateway's port), from
@@ -1579,7 +1624,11 @@ impl Driver {
             gw_mac: self.gw.cfg.mac,
             prefix,
             mtu: u32::from(self.gw.cfg.mtu),
-            dns: vec![a6],
+            dns: if self.gw.cfg.dns_silent && self.gw.cfg.dns6().is_some() {
+                Vec::new()
+            } else {
+                vec![self.gw.cfg.dns6().unwrap_or(a6)]
+            },
             router_lifetime: 1800,
         };
         inc(&self.gw.counters.router_adverts);
@@ -1603,7 +1652,8 @@ impl Driver {
             && (dst == ndp::ALL_NODES
                 || dst == Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2)
                 || dst == ndp::solicited_node(cfg.link_local())
-                || cfg.addr6().is_some_and(|a| dst == ndp::solicited_node(a)));
+                || cfg.addr6().is_some_and(|a| dst == ndp::solicited_node(a))
+                || cfg.dns6().is_some_and(|a| dst == ndp::solicited_node(a)));
         let packet = payload
             .get(..40 + usize::from(hdr.payload_length()))
             .unwrap_or(payload);
@@ -1691,7 +1741,7 @@ impl Driver {
                 let Ok(udp) = UdpSlice::from_slice(body) else {
                     return false;
                 };
-                if udp.destination_port() == 53 {
+                if udp.destination_port() == 53 && !(cfg.dns_silent && Some(dst) == cfg.dns6()) {
                     inc(&self.gw.counters.dns_udp);
                     self.dns_udp(
                         h.src,
@@ -1718,7 +1768,7 @@ impl Driver {
                 let Ok(tcp) = TcpSlice::from_slice(body) else {
                     return false;
                 };
-                if tcp.destination_port() == 53 {
+                if tcp.destination_port() == 53 && !(cfg.dns_silent && Some(dst) == cfg.dns6()) {
                     self.tcp.input(packet, self.ingress);
                     true
                 } else if Some(dst) == cfg.addr6() {

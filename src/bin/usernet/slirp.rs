@@ -69,7 +69,8 @@ pub struct Args {
     /// API socket path (add_hostfwd, list_hostfwd, remove_hostfwd).
     #[arg(short = 'a', long = "api-socket", value_name = "PATH")]
     api_socket: Option<PathBuf>,
-    /// Enable IPv6 (prefix fd00::/64).
+    /// Enable IPv6: prefix fd00::/64, gateway fd00::2 (the host's ::1 unless
+    /// --disable-host-loopback), DNS fd00::3; with -c the guest gets fd00::100/64 too.
     #[arg(short = '6', long = "enable-ipv6")]
     enable_ipv6: bool,
     /// As slirp4netns: a new mount namespace whose root holds only /etc and /run, and all
@@ -117,6 +118,12 @@ fn parse_cidr(text: &str) -> anyhow::Result<ipnet::Ipv4Net> {
 
 /// The slirp4netns version usernet's slirp4netns mode matches (options, defaults, API).
 pub const COMPAT_VERSION: &str = "1.2.0";
+
+/// slirp4netns's IPv6 prefix (a /64), gateway, DNS and guest addresses.
+const PREFIX6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0);
+const GATEWAY6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const DNS6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
+const GUEST6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
 
 /// The capability slirp4netns's `--enable-sandbox` keeps.
 const CAP_NET_BIND_SERVICE: u32 = 10;
@@ -201,6 +208,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             addr: guest,
             prefix: cidr.prefix_len(),
             gateway: gw,
+            // As slirp4netns since --cidr6: the guest is prefix::100 (1.2.0 relied on SLAAC,
+            // which the gateway's router advertisements still give too).
+            addr6: a.enable_ipv6.then_some((GUEST6, 64)),
         }),
     )?;
     // The API socket is bound before the sandbox's file system hides its directory.
@@ -232,11 +242,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     g.host_loopback = !a.disable_host_loopback;
     g.outbound4 = a.outbound_addr;
     g.outbound6 = a.outbound_addr6;
-    g.ipv6 = if a.enable_ipv6 {
-        "fd00::/64".parse().ok()
-    } else {
-        None
-    };
+    // slirp4netns's IPv6 layout: prefix fd00::/64, gateway (and the host's ::1) fd00::2, DNS
+    // fd00::3, guest fd00::100.
+    g.ipv6 = a
+        .enable_ipv6
+        .then(|| ipnet::Ipv6Net::new(PREFIX6, 64).ok())
+        .flatten();
+    g.ipv6_gateway = Some(GATEWAY6);
+    g.dns_addr6 = Some(DNS6);
     h.add_gateway(g)?;
     h.add_port(net, "guest", PortPolicy::default(), Box::new(tap))?;
     let _api = api_listener.map(|l| l.start(h.clone(), guest));

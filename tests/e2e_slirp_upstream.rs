@@ -32,9 +32,12 @@ use serde_json::{Value, json};
 /// `ping -c 1 -W 1 ADDR` in the target until it answers (`wait_for_ping_connectivity`: 40
 /// tries).
 fn wait_ping(t: &Target, addr: &str, s: &Slirp) {
-    let ping = if addr.contains(':') { "ping6" } else { "ping" };
+    let family = if addr.contains(':') { "-6" } else { "-4" };
     for _ in 0..40 {
-        if t.exec(&[ping, "-c", "1", "-W", "1", addr]).status.success() {
+        if t.exec(&["ping", family, "-c", "1", "-W", "1", addr])
+            .status
+            .success()
+        {
             return;
         }
         std::thread::sleep(Duration::from_millis(500));

@@ -14,6 +14,10 @@
 //! an `AF_PACKET` socket, and spliced forwards (they enter the guest's namespace for every
 //! connection). Stream ports, NAT, DNS and ordinary port forwards keep working.
 //!
+//! [`enter_minimal_root`] is the file-system half of slirp4netns's `--enable-sandbox` (a
+//! private mount namespace whose root holds only `/etc` and `/run`); [`apply_keeping`] keeps a
+//! capability such as `CAP_NET_BIND_SERVICE`, as slirp4netns does.
+//!
 //! The list names only system calls every supported architecture has, or gates them: aarch64
 //! has no `poll`, `epoll_wait`, `unlink` (its libc uses `ppoll`, `epoll_pwait`, `unlinkat`).
 //! `restart_syscall` is on the list: the kernel uses it to resume a sleep or a poll interrupted
@@ -129,7 +133,13 @@ const ALLOWED: &[libc::c_long] = &[
 
 /// Drops every capability, sets no-new-privs and installs the seccomp allowlist on all threads.
 pub fn apply() -> io::Result<()> {
-    drop_capabilities()?;
+    apply_keeping(&[])
+}
+
+/// Like [`apply`], but keeps the capabilities numbered in `keep` (e.g. `CAP_NET_BIND_SERVICE`,
+/// 10, as slirp4netns's `--enable-sandbox` does, so port forwards below 1024 still bind).
+pub fn apply_keeping(keep: &[u32]) -> io::Result<()> {
+    drop_capabilities_except(keep)?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|&n| (n, Vec::new())).collect();
     // fchmod only to 0600: a UNIX socket is made private before its bind (a stream port added
@@ -162,12 +172,28 @@ pub fn apply() -> io::Result<()> {
 /// Empties the effective, permitted and inheritable sets and the bounding set (as far as the
 /// process may), and sets no-new-privs.
 pub fn drop_capabilities() -> io::Result<()> {
+    drop_capabilities_except(&[])
+}
+
+/// Like [`drop_capabilities`], but keeps the capabilities numbered in `keep` (in every set the
+/// process has them in; the ambient set is cleared).
+pub fn drop_capabilities_except(keep: &[u32]) -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
     unsafe {
-        for cap in 0..64 {
+        for cap in 0..64u32 {
+            if keep.contains(&cap) {
+                continue;
+            }
             // Needs CAP_SETPCAP; without it (rootless) there is nothing to drop anyway.
-            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+            libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
         }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -188,15 +214,126 @@ pub fn drop_capabilities() -> io::Result<()> {
         version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
         pid: 0,
     };
-    let d = [Data {
+    let mut d = [Data {
         effective: 0,
         permitted: 0,
         inheritable: 0,
     }; 2];
+    // Keep only what the process has: capset refuses to add to the permitted set.
+    let mut cur = d;
+    // SAFETY: capget with a valid version-3 header and two data words.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut Header, cur.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for &cap in keep.iter().filter(|c| **c < 64) {
+        let (w, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+        d[w].permitted |= cur[w].permitted & bit;
+        d[w].effective |= cur[w].permitted & bit;
+        d[w].inheritable |= cur[w].inheritable & bit;
+    }
     // SAFETY: capset with a valid version-3 header and two data words.
     let r = unsafe { libc::syscall(libc::SYS_capset, &mut h as *mut Header, d.as_ptr()) };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+fn cstr(s: &str) -> std::ffi::CString {
+    // Only called with the literal paths below, which hold no NUL byte.
+    std::ffi::CString::new(s).unwrap_or_default()
+}
+
+fn check(r: libc::c_int, what: &str) -> io::Result<()> {
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(())
+}
+
+fn mount(src: &str, dst: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> libc::c_int {
+    let (src, dst, fstype, data) = (cstr(src), cstr(dst), cstr(fstype), cstr(data));
+    // SAFETY: mount(2) with valid NUL-terminated strings that outlive the call.
+    unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    }
+}
+
+/// slirp4netns's `--enable-sandbox` file system: a new mount namespace whose root is an empty
+/// read-only tmpfs holding only `/etc` and `/run` of the host (bind mounts, read-only, nosuid,
+/// nodev, noexec: resolv.conf stays readable), entered with `pivot_root`; the old root is
+/// detached. Every mount is made a slave first, so nothing done here propagates back to the
+/// caller's namespace (a shared `/run/foo` stays mounted there), while new host mounts under
+/// `/etc` and `/run` still show.
+///
+/// Call it while the process is single-threaded (a mount namespace is per thread: threads
+/// started before keep the old root) and after opening every file the process needs.
+pub fn enter_minimal_root() -> io::Result<()> {
+    // SAFETY: unshare with a flag only.
+    check(
+        unsafe { libc::unshare(libc::CLONE_NEWNS) },
+        "unshare(CLONE_NEWNS)",
+    )?;
+    check(
+        mount("", "/", "", libc::MS_SLAVE | libc::MS_REC, ""),
+        "making / a slave mount",
+    )?;
+    let hard = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    check(
+        mount("tmpfs", "/tmp", "tmpfs", hard, "size=1k"),
+        "mounting a tmpfs on /tmp",
+    )?;
+    for d in ["/tmp/etc", "/tmp/run", "/tmp/old"] {
+        std::fs::create_dir(d).map_err(|e| io::Error::new(e.kind(), format!("mkdir {d}: {e}")))?;
+    }
+    for (from, to) in [("/etc", "/tmp/etc"), ("/run", "/tmp/run")] {
+        check(
+            mount(from, to, "", libc::MS_BIND | libc::MS_REC | hard, ""),
+            &format!("bind-mounting {from}"),
+        )?;
+        check(
+            mount("", to, "", libc::MS_SLAVE | libc::MS_REC, ""),
+            &format!("making {to} a slave mount"),
+        )?;
+        check(
+            mount(
+                from,
+                to,
+                "",
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | hard,
+                "",
+            ),
+            &format!("remounting {to} read-only"),
+        )?;
+    }
+    std::env::set_current_dir("/tmp")?;
+    let (dot, old) = (cstr("."), cstr("old"));
+    // SAFETY: pivot_root(2) with valid NUL-terminated paths.
+    let r = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), old.as_ptr()) };
+    check(r as libc::c_int, "pivot_root to /tmp")?;
+    std::env::set_current_dir("/")?;
+    let old = cstr("/old");
+    // SAFETY: umount2 with a valid path.
+    check(
+        unsafe { libc::umount2(old.as_ptr(), libc::MNT_DETACH) },
+        "detaching the old root",
+    )?;
+    std::fs::remove_dir("/old")?;
+    check(
+        mount(
+            "tmpfs",
+            "/",
+            "tmpfs",
+            libc::MS_REMOUNT | libc::MS_RDONLY | hard,
+            "size=0k",
+        ),
+        "remounting / read-only",
+    )
 }

@@ -428,6 +428,9 @@ pub struct IfConfig {
     pub prefix: u8,
     /// Default gateway.
     pub gateway: Ipv4Addr,
+    /// An IPv6 address and prefix length too (the IPv6 default route comes from the gateway's
+    /// router advertisements).
+    pub addr6: Option<(std::net::Ipv6Addr, u8)>,
 }
 
 /// Creates a TAP named `ifname` inside an existing network namespace (`netns` path), entering
@@ -492,11 +495,17 @@ pub fn tap_in_namespace(
             if let Some(c) = &configure {
                 // `lo` too, as slirp4netns does: servers in the namespace bind 127.0.0.1, and
                 // Podman's rootlessport connects to the container from inside.
+                let mut addrs = vec![IpNet::V4(
+                    Ipv4Net::new(c.addr, c.prefix).map_err(io::Error::other)?,
+                )];
+                if let Some((a6, p6)) = c.addr6 {
+                    addrs.push(IpNet::V6(
+                        ipnet::Ipv6Net::new(a6, p6).map_err(io::Error::other)?,
+                    ));
+                }
                 Plan {
                     mtu: Some(mtu),
-                    addrs: vec![IpNet::V4(
-                        Ipv4Net::new(c.addr, c.prefix).map_err(io::Error::other)?,
-                    )],
+                    addrs,
                     routes: vec![Route::default_via(IpAddr::V4(c.gateway))],
                     lo_up: true,
                     mac,

@@ -91,6 +91,11 @@ pub struct GatewayConfig {
     pub addr: Ipv4Addr,
     /// The IPv6 prefix (a /64 for SLAAC), if IPv6 is on.
     pub ipv6: Option<Ipv6Net>,
+    /// The gateway's IPv6 address in that prefix; None: `prefix::1` (slirp4netns: `fd00::2`).
+    pub ipv6_gateway: Option<Ipv6Addr>,
+    /// A second IPv6 address that serves DNS only (slirp4netns's `fd00::3`), announced by RDNSS;
+    /// None: the gateway's own IPv6 address serves DNS.
+    pub dns_addr6: Option<Ipv6Addr>,
     /// Link MTU announced by DHCP and RA.
     pub mtu: u16,
     /// DNS domain of the network's endpoints.
@@ -108,6 +113,10 @@ pub struct GatewayConfig {
     /// A second IPv4 address that serves DNS only (slirp4netns's 10.0.2.3); None: the gateway's
     /// own address serves DNS.
     pub dns_addr: Option<Ipv4Addr>,
+    /// `dns_addr` (and `dns_addr6`) are kept (they answer ARP/NDP and ping) but serve no DNS:
+    /// queries to them get no answer at all, not even a reset (slirp4netns's `--disable-dns`);
+    /// DHCP and RDNSS name no server.
+    pub dns_silent: bool,
     /// No NAT egress at all (Docker `--internal`).
     pub internal: bool,
     /// Map the gateway's address (ports it does not serve) to the host's loopback.
@@ -139,6 +148,8 @@ impl GatewayConfig {
             subnet,
             addr,
             ipv6: "fd88::/64".parse().ok(),
+            ipv6_gateway: None,
+            dns_addr6: None,
             mtu: 1500,
             domain: "usernet".into(),
             dhcp: true,
@@ -147,6 +158,7 @@ impl GatewayConfig {
             static_leases: Vec::new(),
             upstreams: Upstreams::ResolvConf("/etc/resolv.conf".into()),
             dns_addr: None,
+            dns_silent: false,
             internal: false,
             host_loopback: true,
             outbound4: None,
@@ -178,10 +190,17 @@ impl GatewayConfig {
         Some(n)
     }
 
-    /// The gateway's IPv6 address in the prefix (`prefix::1`).
+    /// The gateway's IPv6 address in the prefix (`ipv6_gateway`, default `prefix::1`).
     pub fn addr6(&self) -> Option<Ipv6Addr> {
-        self.ipv6
-            .map(|p| Ipv6Addr::from(u128::from(p.network()) | 1))
+        self.ipv6.map(|p| {
+            self.ipv6_gateway
+                .unwrap_or_else(|| Ipv6Addr::from(u128::from(p.network()) | 1))
+        })
+    }
+
+    /// The IPv6 address serving DNS only (`dns_addr6`), when IPv6 is on.
+    pub fn dns6(&self) -> Option<Ipv6Addr> {
+        self.ipv6.and(self.dns_addr6)
     }
 
     /// Its link-local address.
@@ -197,6 +216,7 @@ impl GatewayConfig {
             v.push(IpAddr::V6(a6));
             v.push(IpAddr::V6(self.link_local()));
         }
+        v.extend(self.dns6().map(IpAddr::V6));
         v
     }
 
@@ -515,6 +535,27 @@ fn build_gateway(
             format!("{} is not a host of {}", cfg.addr, cfg.subnet),
         ));
     }
+    if let Some(p) = cfg.ipv6 {
+        for (k, a) in [
+            ("ipv6 gateway", cfg.ipv6_gateway),
+            ("ipv6 dns address", cfg.dns_addr6),
+        ] {
+            if let Some(a) = a
+                && (!p.contains(&a) || a == p.network())
+            {
+                return Err(Error::invalid(
+                    field(k),
+                    format!("{a} is not a host of {p}"),
+                ));
+            }
+        }
+        if cfg.dns_addr6.is_some() && cfg.dns_addr6 == cfg.addr6() {
+            return Err(Error::invalid(
+                field("ipv6 dns address"),
+                "the gateway's own address (leave it unset for that)",
+            ));
+        }
+    }
     let dhcp = if cfg.dhcp {
         let mut d = DhcpConfig::for_subnet(cfg.subnet, cfg.addr);
         if let Some((a, b)) = cfg.dhcp_range {
@@ -523,7 +564,11 @@ fn build_gateway(
         }
         d.lease_secs = cfg.lease_secs;
         d.router = Some(cfg.addr);
-        d.dns = vec![cfg.dns_addr.unwrap_or(cfg.addr)];
+        d.dns = if cfg.dns_silent && cfg.dns_addr.is_some() {
+            Vec::new()
+        } else {
+            vec![cfg.dns_addr.unwrap_or(cfg.addr)]
+        };
         d.mtu = Some(cfg.mtu);
         d.domain = Some(cfg.domain.clone());
         d.search = vec![cfg.domain.clone()];
@@ -831,6 +876,12 @@ impl Driver {
                 smoltcp::wire::IpAddress::Ipv6(gw.cfg.link_local()),
                 64,
             ));
+            if let Some(d) = gw.cfg.dns6() {
+                addrs.push(smoltcp::wire::IpCidr::new(
+                    smoltcp::wire::IpAddress::Ipv6(d),
+                    p.prefix_len(),
+                ));
+            }
         }
         let tcp = tcp::TcpDns::new(&addrs, usize::from(gw.cfg.mtu), epoch);
         let nat = gw.cfg.nat_config().map(|n| {
@@ -1078,7 +1129,9 @@ impl Driver {
     }
 
     fn is_ours6(&self, a: Ipv6Addr) -> bool {
-        a == self.gw.cfg.link_local() || Some(a) == self.gw.cfg.addr6()
+        a == self.gw.cfg.link_local()
+            || Some(a) == self.gw.cfg.addr6()
+            || Some(a) == self.gw.cfg.dns6()
     }
 
     /// One frame from the network (whatever the bridge delivered to the gateway's port), from
@@ -1250,7 +1303,7 @@ impl Driver {
                     .ok(),
                 _ => None,
             };
-            if proto != IpNumber::ICMP && dport != Some(53) {
+            if proto != IpNumber::ICMP && (dport != Some(53) || cfg.dns_silent) {
                 inc(&self.gw.counters.ignored);
                 return true;
             }
@@ -1627,7 +1680,11 @@ impl Driver {
             gw_mac: self.gw.cfg.mac,
             prefix,
             mtu: u32::from(self.gw.cfg.mtu),
-            dns: vec![a6],
+            dns: if self.gw.cfg.dns_silent && self.gw.cfg.dns6().is_some() {
+                Vec::new()
+            } else {
+                vec![self.gw.cfg.dns6().unwrap_or(a6)]
+            },
             router_lifetime: 1800,
         };
         inc(&self.gw.counters.router_adverts);
@@ -1651,7 +1708,8 @@ impl Driver {
             && (dst == ndp::ALL_NODES
                 || dst == Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2)
                 || dst == ndp::solicited_node(cfg.link_local())
-                || cfg.addr6().is_some_and(|a| dst == ndp::solicited_node(a)));
+                || cfg.addr6().is_some_and(|a| dst == ndp::solicited_node(a))
+                || cfg.dns6().is_some_and(|a| dst == ndp::solicited_node(a)));
         let packet = payload
             .get(..40 + usize::from(hdr.payload_length()))
             .unwrap_or(payload);
@@ -1739,7 +1797,7 @@ impl Driver {
                 let Ok(udp) = UdpSlice::from_slice(body) else {
                     return false;
                 };
-                if udp.destination_port() == 53 {
+                if udp.destination_port() == 53 && !(cfg.dns_silent && Some(dst) == cfg.dns6()) {
                     inc(&self.gw.counters.dns_udp);
                     self.dns_udp(
                         h.src,
@@ -1766,7 +1824,7 @@ impl Driver {
                 let Ok(tcp) = TcpSlice::from_slice(body) else {
                     return false;
                 };
-                if tcp.destination_port() == 53 {
+                if tcp.destination_port() == 53 && !(cfg.dns_silent && Some(dst) == cfg.dns6()) {
                     self.tcp.input(packet, self.ingress);
                     true
                 } else if Some(dst) == cfg.addr6() {

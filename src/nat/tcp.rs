@@ -633,20 +633,16 @@ fn new_socket(buf: usize) -> tcp::Socket<'static> {
     s
 }
 
-/// Starts a host connect to `to` through `host`, from the configured outbound address
-/// (except towards loopback).
+/// Starts a host connect to `to` through `host`, from the configured outbound address (also
+/// towards the host's loopback, as slirp4netns's `--outbound-addr` does, and as UDP flows do).
 fn connect(
     host: &dyn HostSockets,
     to: SocketAddr,
     cfg: &NatConfig,
 ) -> io::Result<Box<dyn HostStream>> {
     let bind = match (to.ip(), cfg.outbound4, cfg.outbound6) {
-        (IpAddr::V4(_), Some(a), _) if !to.ip().is_loopback() => {
-            Some(SocketAddr::new(IpAddr::V4(a), 0))
-        }
-        (IpAddr::V6(_), _, Some(a)) if !to.ip().is_loopback() => {
-            Some(SocketAddr::new(IpAddr::V6(a), 0))
-        }
+        (IpAddr::V4(_), Some(a), _) => Some(SocketAddr::new(IpAddr::V4(a), 0)),
+        (IpAddr::V6(_), _, Some(a)) => Some(SocketAddr::new(IpAddr::V6(a), 0)),
         _ => None,
     };
     host.tcp_connect(to, bind)

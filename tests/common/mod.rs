@@ -14,6 +14,7 @@
 
 pub mod daemon;
 pub mod raw;
+pub mod slirp;
 
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

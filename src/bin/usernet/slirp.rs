@@ -10,9 +10,10 @@
 //!
 //! Unlike slirp4netns, the sandbox is on by default (as in pasta): once the TAP, the API socket
 //! and the threads are set up, capabilities are dropped and the seccomp allowlist installed.
-//! `--enable-sandbox`/`--enable-seccomp` are accepted (no-ops); `--disable-sandbox` opts out.
-//! Port forwards added through the API afterwards only bind sockets, which the allowlist
-//! permits.
+//! `--enable-seccomp` is accepted (the allowlist is on anyway); `--enable-sandbox` adds what
+//! slirp4netns's does: a private mount namespace whose root holds only `/etc` and `/run`, and
+//! CAP_NET_BIND_SERVICE kept; `--disable-sandbox` opts out of all of it. Port forwards added
+//! through the API afterwards only bind sockets, which the allowlist permits.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
@@ -68,11 +69,12 @@ pub struct Args {
     /// API socket path (add_hostfwd, list_hostfwd, remove_hostfwd).
     #[arg(short = 'a', long = "api-socket", value_name = "PATH")]
     api_socket: Option<PathBuf>,
-    /// Enable IPv6 (prefix fd00::/64).
+    /// Enable IPv6: prefix fd00::/64, gateway fd00::2 (the host's ::1 unless
+    /// --disable-host-loopback), DNS fd00::3; with -c the guest gets fd00::100/64 too.
     #[arg(short = '6', long = "enable-ipv6")]
     enable_ipv6: bool,
-    /// Accepted for slirp4netns compatibility: usernet's sandbox (no capabilities,
-    /// no-new-privs, a seccomp allowlist once set up) is on by default.
+    /// As slirp4netns: a new mount namespace whose root holds only /etc and /run, and all
+    /// capabilities dropped but CAP_NET_BIND_SERVICE (usernet's seccomp sandbox is on anyway).
     #[arg(long = "enable-sandbox")]
     enable_sandbox: bool,
     /// Accepted for slirp4netns compatibility: the seccomp allowlist is on by default.
@@ -116,6 +118,15 @@ fn parse_cidr(text: &str) -> anyhow::Result<ipnet::Ipv4Net> {
 
 /// The slirp4netns version usernet's slirp4netns mode matches (options, defaults, API).
 pub const COMPAT_VERSION: &str = "1.2.0";
+
+/// slirp4netns's IPv6 prefix (a /64), gateway, DNS and guest addresses.
+const PREFIX6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0);
+const GATEWAY6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const DNS6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
+const GUEST6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
+
+/// The capability slirp4netns's `--enable-sandbox` keeps.
+const CAP_NET_BIND_SERVICE: u32 = 10;
 
 /// The highest `slirp4netns_config` version slirp4netns 1.2.0 reports (runtimes read it).
 const SLIRP_CONFIG_VERSION_MAX: u32 = 4;
@@ -197,8 +208,21 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             addr: guest,
             prefix: cidr.prefix_len(),
             gateway: gw,
+            // As slirp4netns since --cidr6: the guest is prefix::100 (1.2.0 relied on SLAAC,
+            // which the gateway's router advertisements still give too).
+            addr6: a.enable_ipv6.then_some((GUEST6, 64)),
         }),
     )?;
+    // The API socket is bound before the sandbox's file system hides its directory.
+    let api_listener = match &a.api_socket {
+        Some(p) => Some(Api::bind(p)?),
+        None => None,
+    };
+    if a.enable_sandbox {
+        // As slirp4netns: a private mount namespace whose root holds only /etc and /run. Still
+        // single-threaded here (a mount namespace is per thread).
+        usernet::sandbox::enter_minimal_root().context("--enable-sandbox")?;
+    }
     eprintln!("starting usernet (slirp4netns mode), MTU={}", a.mtu);
     let engine = Engine::start(EngineConfig {
         max_frame: a.mtu as usize + 22,
@@ -209,23 +233,26 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     h.add_network(net, fdb_config(None, None))?;
     let mut g = GatewayConfig::new(net, cidr);
     g.addr = gw;
-    g.dns_addr = (!a.disable_dns).then_some(dns);
+    // --disable-dns: 10.0.2.3 stays (ARP, ping) but answers no DNS; queries time out, as
+    // slirp4netns's test expects (slirp4netns itself would send them out to 10.0.2.3).
+    g.dns_addr = Some(dns);
+    g.dns_silent = a.disable_dns;
     g.dhcp_range = Some((at(15), at(30)));
     g.mtu = a.mtu.min(65535) as u16;
     g.host_loopback = !a.disable_host_loopback;
     g.outbound4 = a.outbound_addr;
     g.outbound6 = a.outbound_addr6;
-    g.ipv6 = if a.enable_ipv6 {
-        "fd00::/64".parse().ok()
-    } else {
-        None
-    };
+    // slirp4netns's IPv6 layout: prefix fd00::/64, gateway (and the host's ::1) fd00::2, DNS
+    // fd00::3, guest fd00::100.
+    g.ipv6 = a
+        .enable_ipv6
+        .then(|| ipnet::Ipv6Net::new(PREFIX6, 64).ok())
+        .flatten();
+    g.ipv6_gateway = Some(GATEWAY6);
+    g.dns_addr6 = Some(DNS6);
     h.add_gateway(g)?;
     h.add_port(net, "guest", PortPolicy::default(), Box::new(tap))?;
-    let _api = match &a.api_socket {
-        Some(p) => Some(Api::start(h.clone(), p, guest)?),
-        None => None,
-    };
+    let _api = api_listener.map(|l| l.start(h.clone(), guest));
     crate::stop_on_signals(h.clone())?;
     if let Some(fd) = exit {
         let h2 = h.clone();
@@ -247,8 +274,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     if !a.disable_sandbox {
         // Every descriptor is open: from here on no capabilities, no new files, and only the
-        // system calls of the datapath.
-        usernet::sandbox::apply().context("applying the sandbox")?;
+        // system calls of the datapath. `--enable-sandbox` keeps CAP_NET_BIND_SERVICE, as
+        // slirp4netns does (API forwards to host ports below 1024 when run as root).
+        let keep: &[u32] = if a.enable_sandbox {
+            &[CAP_NET_BIND_SERVICE]
+        } else {
+            &[]
+        };
+        usernet::sandbox::apply_keeping(keep).context("applying the sandbox")?;
     }
     if let Some(fd) = ready {
         let mut f = std::fs::File::from(fd);
@@ -269,13 +302,32 @@ impl Drop for Api {
     }
 }
 
+/// The API socket, bound and not yet served.
+struct ApiListener {
+    listener: std::os::unix::net::UnixListener,
+    api: Api,
+}
+
 impl Api {
-    fn start(h: Handle, path: &std::path::Path, guest: Ipv4Addr) -> anyhow::Result<Api> {
+    /// Binds the API socket (0600: the API adds port forwards).
+    fn bind(path: &std::path::Path) -> anyhow::Result<ApiListener> {
         let _ = std::fs::remove_file(path);
-        // 0600 from creation: the API adds port forwards.
         let l = usernet::control::server::bind_private(path)
             .with_context(|| format!("api socket {}", path.display()))?;
         l.set_nonblocking(true)?;
+        Ok(ApiListener {
+            listener: l,
+            api: Api {
+                path: path.to_path_buf(),
+            },
+        })
+    }
+}
+
+impl ApiListener {
+    /// Serves the API on a thread; the socket file is removed when the returned value drops.
+    fn start(self, h: Handle, guest: Ipv4Addr) -> Api {
+        let l = self.listener;
         std::thread::spawn(move || {
             while !h.is_stopped() {
                 match l.accept() {
@@ -307,15 +359,13 @@ impl Api {
                             Ok(v) => api(&h, &v, guest),
                             Err(e) => json!({"error": {"desc": format!("bad request: {e}")}}),
                         };
-                        let _ = c.write_all(resp.to_string().as_bytes());
+                        let _ = c.write_all(reply(&resp).as_bytes());
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
         });
-        Ok(Api {
-            path: path.to_path_buf(),
-        })
+        self.api
     }
 }
 
@@ -323,8 +373,32 @@ fn err(desc: impl Into<String>) -> Value {
     json!({"error": {"desc": desc.into()}})
 }
 
-/// One slirp4netns API request.
+/// A request's reply, as slirp4netns 1.2.0 writes it (its key order; `list_hostfwd` replies
+/// `{"entries": [...]}` without a `return` wrapper, as slirp4netns does and its tests expect).
+fn reply(v: &Value) -> String {
+    match v.get("entries").and_then(Value::as_array) {
+        Some(entries) => {
+            let items: Vec<String> = entries
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{{\"id\":{},\"proto\":{},\"host_addr\":{},\"host_port\":{},\"guest_addr\":{},\"guest_port\":{}}}",
+                        e["id"], e["proto"], e["host_addr"], e["host_port"], e["guest_addr"], e["guest_port"]
+                    )
+                })
+                .collect();
+            format!("{{\"entries\":[{}]}}", items.join(","))
+        }
+        None => v.to_string(),
+    }
+}
+
+/// One slirp4netns API request, answered as slirp4netns 1.2.0 answers it (the same error texts:
+/// `bad request: add_hostfwd: bad arguments.FIELD`, `slirp_add_hostfwd failed`, ...).
 fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
+    if !req.is_object() {
+        return err("bad request: json_object() failed");
+    }
     let args = &req["arguments"];
     match req["execute"].as_str() {
         Some("add_hostfwd") => {
@@ -333,17 +407,27 @@ fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
                 Some("udp") => Proto::Udp,
                 Some(_) => return err("bad request: add_hostfwd: bad arguments.proto"),
             };
-            let host_addr: IpAddr = match args["host_addr"].as_str().unwrap_or("0.0.0.0").parse() {
-                Ok(a) => a,
-                Err(_) => return err("bad request: add_hostfwd: bad arguments.host_addr"),
+            // IPv4 only, as in slirp4netns 1.2.0.
+            let Ok(host_addr) = args["host_addr"]
+                .as_str()
+                .unwrap_or("0.0.0.0")
+                .parse::<Ipv4Addr>()
+            else {
+                return err("bad request: add_hostfwd: bad arguments.host_addr");
             };
-            let guest_addr = args["guest_addr"].as_str().unwrap_or("").to_string();
-            let guest_addr = if guest_addr.is_empty() {
-                guest.to_string()
-            } else {
-                guest_addr
+            let guest_addr = match args["guest_addr"].as_str() {
+                None => guest,
+                Some(a) => match a.parse::<Ipv4Addr>() {
+                    Ok(a) => a,
+                    Err(_) => return err("bad request: add_hostfwd: bad arguments.guest_addr"),
+                },
             };
-            let port = |k: &str| args[k].as_u64().and_then(|p| u16::try_from(p).ok());
+            let port = |k: &str| {
+                args[k]
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p != 0)
+            };
             let Some(hp) = port("host_port") else {
                 return err("bad request: add_hostfwd: bad arguments.host_port");
             };
@@ -351,7 +435,7 @@ fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
                 return err("bad request: add_hostfwd: bad arguments.guest_port");
             };
             let spec = ForwardSpec {
-                host_ip: Some(host_addr),
+                host_ip: Some(IpAddr::V4(host_addr)),
                 host_ports: (hp, hp),
                 guest_ports: (gp, gp),
                 proto,
@@ -359,11 +443,14 @@ fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
             match h.add_forward(&Forward {
                 network: "slirp4netns".into(),
                 spec,
-                to: guest_addr,
+                to: guest_addr.to_string(),
                 splice: false,
             }) {
                 Ok(info) => json!({"return": {"id": info.id}}),
-                Err(e) => err(e.to_string()),
+                Err(e) => {
+                    eprintln!("add_hostfwd: {e}");
+                    err("bad request: add_hostfwd: slirp_add_hostfwd failed")
+                }
             }
         }
         Some("list_hostfwd") => {
@@ -383,12 +470,12 @@ fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
                     }))
                 })
                 .collect();
-            json!({"return": {"entries": entries}})
+            json!({"entries": entries})
         }
         Some("remove_hostfwd") => match args["id"].as_u64() {
             Some(id) => match h.remove_forward(&id.to_string()) {
                 Ok(_) => json!({"return": {}}),
-                Err(e) => err(e.to_string()),
+                Err(_) => err("bad request: remove_hostfwd: bad arguments.id"),
             },
             None => err("bad request: remove_hostfwd: bad arguments.id"),
         },

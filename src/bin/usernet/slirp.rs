@@ -415,8 +415,9 @@ fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
             else {
                 return err("bad request: add_hostfwd: bad arguments.host_addr");
             };
+            // Podman 4.3 sends `"guest_addr": ""`: the default guest, as slirp4netns takes it.
             let guest_addr = match args["guest_addr"].as_str() {
-                None => guest,
+                None | Some("") => guest,
                 Some(a) => match a.parse::<Ipv4Addr>() {
                     Ok(a) => a,
                     Err(_) => return err("bad request: add_hostfwd: bad arguments.guest_addr"),

@@ -194,7 +194,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .as_deref()
         .map(str::parse::<usernet::wire::Mac>)
         .transpose()
-        .map_err(|e| anyhow::anyhow!("--macaddress: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("--macaddress: {e}"))?
+        // With -c usernet picks the MAC (random, as the kernel would) so the gateway knows
+        // the guest's address up front.
+        .or_else(|| a.configure.then(usernet::link::ifconfig::random_mac));
     let ready = a.ready_fd.map(owned).transpose()?;
     let exit = a.exit_fd.map(owned).transpose()?;
     // Before any thread: joining a user namespace needs a single-threaded helper.
@@ -251,7 +254,25 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     g.ipv6_gateway = Some(GATEWAY6);
     g.dns_addr6 = Some(DNS6);
     h.add_gateway(g)?;
-    h.add_port(net, "guest", PortPolicy::default(), Box::new(tap))?;
+    // With -c the guest's addresses are usernet's: owned by the port and known to the gateway
+    // from the start (names and forwards work before the guest sends anything).
+    let configured: Vec<IpAddr> = if a.configure {
+        let mut v = vec![IpAddr::V4(guest)];
+        if a.enable_ipv6 {
+            v.push(IpAddr::V6(GUEST6));
+        }
+        v
+    } else {
+        Vec::new()
+    };
+    let policy = PortPolicy {
+        allowed_ips: configured.clone(),
+        ..PortPolicy::default()
+    };
+    let id = h.add_port(net, "guest", policy, Box::new(tap))?;
+    if let (Some(m), false) = (mac, configured.is_empty()) {
+        h.announce_addresses(id, m, configured)?;
+    }
     let _api = api_listener.map(|l| l.start(h.clone(), guest));
     crate::stop_on_signals(h.clone())?;
     if let Some(fd) = exit {

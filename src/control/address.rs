@@ -97,6 +97,9 @@ pub struct Attached {
     /// The interface's MTU, when usernet set it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// Every route installed (the default ones included), `{"dst": CIDR, "via": IP}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
 }
 
 /// The configuration of one port's interface, with what was reserved for it.
@@ -122,6 +125,7 @@ impl Plan {
             ips: self.cfg.addrs.clone(),
             gateways: self.gateways.clone(),
             mtu: self.cfg.mtu,
+            routes: self.cfg.routes.clone(),
         }
     }
 }

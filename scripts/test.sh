@@ -21,6 +21,9 @@ command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v rootlesskit >/dev/null 2>&1 || missing+=(rootlesskit)
 command -v newuidmap >/dev/null 2>&1 || missing+=(uidmap)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
+command -v useradd >/dev/null 2>&1 || missing+=(passwd)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing test tools: ${missing[*]}"

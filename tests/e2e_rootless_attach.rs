@@ -96,29 +96,41 @@ impl Drop for TestUser {
     }
 }
 
-/// `/dev/net/tun` usable by every user (0666, as distributions ship it) while the test runs;
-/// the old mode back on drop.
-struct TunMode(Option<u32>);
+/// `/dev/net/tun` usable by every user (0666, as distributions ship it) while a test runs; the
+/// old mode back when the last guard of this process drops (tests run in parallel).
+struct TunMode;
+
+/// Live guards, and the mode to restore.
+static TUN: std::sync::Mutex<(usize, Option<u32>)> = std::sync::Mutex::new((0, None));
 
 impl TunMode {
     fn open_up() -> TunMode {
-        let p = Path::new("/dev/net/tun");
-        let mode = std::fs::metadata(p)
-            .expect("/dev/net/tun")
-            .permissions()
-            .mode()
-            & 0o7777;
-        if mode & 0o006 == 0o006 {
-            return TunMode(None);
+        let mut g = TUN.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 == 0 {
+            let p = Path::new("/dev/net/tun");
+            let mode = std::fs::metadata(p)
+                .expect("/dev/net/tun")
+                .permissions()
+                .mode()
+                & 0o7777;
+            if mode & 0o006 != 0o006 {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o666))
+                    .expect("chmod tun");
+                g.1 = Some(mode);
+            }
         }
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o666)).expect("chmod tun");
-        TunMode(Some(mode))
+        g.0 += 1;
+        TunMode
     }
 }
 
 impl Drop for TunMode {
     fn drop(&mut self) {
-        if let Some(m) = self.0 {
+        let mut g = TUN.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 -= 1;
+        if g.0 == 0
+            && let Some(m) = g.1.take()
+        {
             let _ = std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(m));
         }
     }
@@ -169,6 +181,20 @@ fn unprivileged_daemon_attaches_rootless_containers() {
     if !require_root("unprivileged_daemon_attaches_rootless_containers") {
         return;
     }
+    scenario(false);
+}
+
+/// The same under `up --sandbox`: the daemon refuses to enter namespaces itself (EPERM, so
+/// `attach` passes the TAP), and adopting a TAP needs nothing the sandbox forbids.
+#[test]
+fn sandboxed_unprivileged_daemon_attaches_rootless_containers() {
+    if !require_root("sandboxed_unprivileged_daemon_attaches_rootless_containers") {
+        return;
+    }
+    scenario(true);
+}
+
+fn scenario(sandbox: bool) {
     let user = TestUser::new();
     let _tun = TunMode::open_up();
     // A private directory the user owns: binary, config, socket, log, web root.
@@ -201,18 +227,18 @@ fn unprivileged_daemon_attaches_rootless_containers() {
     let log = d.join("log");
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
-    let _daemon = spawn(
-        &user,
-        &[
-            &bin_s,
-            "up",
-            "-c",
-            cfg.to_str().expect("utf-8"),
-            "--socket",
-            &sock_s,
-        ],
-        Some(&log),
-    );
+    let mut up = vec![
+        bin_s.as_str(),
+        "up",
+        "-c",
+        cfg.to_str().expect("utf-8"),
+        "--socket",
+        &sock_s,
+    ];
+    if sandbox {
+        up.push("--sandbox");
+    }
+    let _daemon = spawn(&user, &up, Some(&log));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sock.exists() {
         assert!(

@@ -336,13 +336,16 @@ pub fn handle_line_passed(h: &Handle, line: &str, passed: Passed) -> Value {
     }
 }
 
-/// The OS error number behind `e`, if it has one.
+/// The OS error number behind `e`, if it has one (`EPERM` for a permission refusal of
+/// usernet's own, e.g. the sandbox's).
 fn errno(e: &crate::Error) -> Option<i32> {
-    match e {
-        crate::Error::Open(o) => o.source.raw_os_error(),
-        crate::Error::Io(_, io) => io.raw_os_error(),
-        _ => None,
-    }
+    let io = match e {
+        crate::Error::Open(o) => &o.source,
+        crate::Error::Io(_, io) => io,
+        _ => return None,
+    };
+    io.raw_os_error()
+        .or_else(|| (io.kind() == std::io::ErrorKind::PermissionDenied).then_some(libc::EPERM))
 }
 
 #[cfg(test)]

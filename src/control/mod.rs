@@ -647,6 +647,20 @@ impl Handle {
                 Backend::Packet { .. } => "an AF_PACKET port (`packet`)",
                 Backend::Stream { .. } => "a stream port",
             };
+            if let Backend::NetnsTap { .. } = backend {
+                // A permission error (`errno` 1 in the API): `usernet attach` then creates the
+                // TAP itself and passes it (`"fd": true`), which works under the sandbox.
+                return Err(Error::Io(
+                    format!("port {:?}", spec.name),
+                    std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!(
+                            "{} (a TAP passed with the request, \"fd\": true, is taken)",
+                            crate::sandbox::refused(what)
+                        ),
+                    ),
+                ));
+            }
             return Err(Error::invalid(
                 format!("port {:?}", spec.name),
                 crate::sandbox::refused(what),

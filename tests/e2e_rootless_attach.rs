@@ -565,6 +565,15 @@ fn control_socket_takes_one_descriptor_only_with_add_port_fd() {
     );
     assert!(closed(&r));
     assert!(!d.port_names().contains(&"x".to_string()));
-    // The connection-level protocol is unchanged for plain requests.
+    // The connection-level protocol is unchanged for plain requests, also for a last line
+    // without its newline.
     assert_eq!(ask(r#"{"op":"networks"}"#, &[])["ok"], true);
+    let mut s = std::os::unix::net::UnixStream::connect(d.sock()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    std::io::Write::write_all(&mut s, br#"{"op":"networks"}"#).expect("write");
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut resp = String::new();
+    std::io::Read::read_to_string(&mut s, &mut resp).expect("answer");
+    assert!(resp.contains(r#""ok":true"#), "{resp}");
 }

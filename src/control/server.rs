@@ -242,6 +242,13 @@ fn serve_conn(handle: Handle, conn: UnixStream) {
             Err(_) => return,
         };
         if got.len == 0 {
+            // The peer is done: a last line without its newline is still answered.
+            if let Ok(line) = std::str::from_utf8(&buf)
+                && !line.trim().is_empty()
+            {
+                let resp = handle_line_passed(&handle, line.trim(), passed);
+                let _ = writeln!(out, "{resp}");
+            }
             return;
         }
         buf.extend_from_slice(&chunk[..got.len]);

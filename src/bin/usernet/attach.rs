@@ -50,7 +50,8 @@ pub struct Args {
     /// when the daemon answers that it may not enter the namespace (EPERM).
     #[arg(long, requires = "netns")]
     pass_fd: bool,
-    /// The user namespace to join for `--pass-fd` [default: the one that owns the netns].
+    /// The user namespace to join (implies `--pass-fd`) [default: the one that owns the
+    /// netns].
     #[arg(long, value_name = "PATH", requires = "netns")]
     userns: Option<PathBuf>,
     #[command(flatten)]

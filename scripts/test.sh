@@ -26,6 +26,9 @@ command -v newuidmap >/dev/null 2>&1 || missing+=(uidmap)
 command -v podman >/dev/null 2>&1 || missing+=(podman)
 command -v runc >/dev/null 2>&1 || missing+=(runc)
 [ -x /usr/lib/cni/host-local ] || missing+=(containernetworking-plugins)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
+command -v useradd >/dev/null 2>&1 || missing+=(passwd)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing test tools: ${missing[*]}"

@@ -1,5 +1,5 @@
 //! Addresses usernet configures on a port's interface itself (`attach --ip`, the API's
-//! `add_port` with `ips`, the CNI plugin): the plan ([`Handle::address_plan`]), what the caller
+//! `add_port` with `ips`, the CNI plugin): the plan (`Handle::address_plan`), what the caller
 //! gets back ([`Attached`]), and the hand-over to the gateway, which then knows the port's MAC
 //! and name before the guest sends anything.
 //!
@@ -97,6 +97,9 @@ pub struct Attached {
     /// The interface's MTU, when usernet set it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// Every route installed (the default ones included), `{"dst": CIDR, "via": IP}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
 }
 
 /// The configuration of one port's interface, with what was reserved for it.
@@ -122,6 +125,7 @@ impl Plan {
             ips: self.cfg.addrs.clone(),
             gateways: self.gateways.clone(),
             mtu: self.cfg.mtu,
+            routes: self.cfg.routes.clone(),
         }
     }
 }

@@ -8,7 +8,12 @@
 //! `{"op": "add_static_mac", "port": "c3", "mac": "02:00:00:00:00:03"}`, `{"op": "shutdown"}`.
 //!
 //! Response: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`; a request that
-//! does not parse gets an error naming the field and the reason (serde's message).
+//! does not parse gets an error naming the field and the reason (serde's message). An error
+//! from the operating system also carries its number, `"errno": N` (e.g. 1, `EPERM`, when the
+//! daemon may not enter a namespace: `usernet attach` then passes a TAP itself).
+//!
+//! One request may come with a descriptor (`SCM_RIGHTS`, see [`handle_line_passed`]): only
+//! `add_port` whose port has `"fd": true` takes it (a rootless attach, [`super::rootless`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -287,14 +292,60 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
 
 /// Parses one request line and runs it; always returns a response object.
 pub fn handle_line(h: &Handle, line: &str) -> Value {
+    handle_line_passed(h, line, Passed::default())
+}
+
+/// Descriptors that came with a request line (`SCM_RIGHTS` on the control socket).
+#[derive(Debug, Default)]
+pub struct Passed {
+    /// The one descriptor sent with the line.
+    pub fd: Option<std::os::fd::OwnedFd>,
+    /// More than one came (all closed), or the kernel cut some: the request is refused.
+    pub refused: bool,
+}
+
+/// Like [`handle_line`], for a line that came with descriptors: one descriptor is taken only by
+/// `add_port` with `"fd": true` (the TAP of a rootless attach); with any other request, or more
+/// than one, the request is refused and every descriptor closed, as it is on any error.
+pub fn handle_line_passed(h: &Handle, line: &str, passed: Passed) -> Value {
     let req: Request = match serde_json::from_str(line) {
         Ok(r) => r,
         Err(e) => return json!({ "ok": false, "error": format!("bad request: {e}") }),
     };
-    match execute(h, req) {
+    let res = if passed.refused {
+        Err(crate::Error::invalid(
+            "descriptors",
+            "at most one descriptor may come with a request (the TAP of add_port with \"fd\": true)",
+        ))
+    } else {
+        match (req, passed.fd) {
+            (Request::AddPort { port }, Some(fd)) => h.attach_fd(&port, fd).map(|a| json!(a)),
+            (_, Some(_fd)) => Err(crate::Error::invalid(
+                "descriptors",
+                "a descriptor is only accepted with add_port whose port has \"fd\": true",
+            )),
+            (req, None) => execute(h, req),
+        }
+    };
+    match res {
         Ok(v) => json!({ "ok": true, "result": v }),
-        Err(e) => json!({ "ok": false, "error": e.to_string() }),
+        Err(e) => match errno(&e) {
+            Some(n) => json!({ "ok": false, "error": e.to_string(), "errno": n }),
+            None => json!({ "ok": false, "error": e.to_string() }),
+        },
     }
+}
+
+/// The OS error number behind `e`, if it has one (`EPERM` for a permission refusal of
+/// usernet's own, e.g. the sandbox's).
+fn errno(e: &crate::Error) -> Option<i32> {
+    let io = match e {
+        crate::Error::Open(o) => &o.source,
+        crate::Error::Io(_, io) => io,
+        _ => return None,
+    };
+    io.raw_os_error()
+        .or_else(|| (io.kind() == std::io::ErrorKind::PermissionDenied).then_some(libc::EPERM))
 }
 
 #[cfg(test)]

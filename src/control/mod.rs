@@ -31,6 +31,7 @@ use crate::wire::Mac;
 
 pub mod address;
 pub mod api;
+pub mod rootless;
 pub mod server;
 
 pub use address::{AddrSpec, Attached};
@@ -140,6 +141,12 @@ pub struct PortSpec {
     /// More destinations routed through the gateway of their family.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<ipnet::IpNet>,
+    /// The TAP in `netns` comes with the request (a descriptor passed with `SCM_RIGHTS` over
+    /// the control socket, or [`Handle::attach_fd`]) instead of being created by usernet: a
+    /// rootless attach (see [`rootless`]). The address fields are planned as for `netns` and
+    /// answered; the sender configures the interface.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fd: bool,
 }
 
 impl PortSpec {
@@ -166,6 +173,7 @@ impl PortSpec {
             gateway: Vec::new(),
             default_route: None,
             routes: Vec::new(),
+            fd: false,
         }
     }
 
@@ -197,6 +205,7 @@ impl PortSpec {
             ("gateway", !self.gateway.is_empty()),
             ("default_route", self.default_route.is_some()),
             ("routes", !self.routes.is_empty()),
+            ("fd", self.fd),
         ] {
             if set && self.netns.is_none() {
                 return Err(Error::invalid(
@@ -249,6 +258,31 @@ impl PortSpec {
             port_security: self.port_security,
         }
     }
+}
+
+/// A TAP handed over for a rootless attach: it must be the interface the spec names; reads are
+/// sized for the MTU the sender will set (the daemon may not be able to read it: the device
+/// lives in a namespace it has no rights in).
+fn adopt_tap(
+    fd: std::os::fd::OwnedFd,
+    spec: &PortSpec,
+    ifname: &str,
+    plan: Option<&address::Plan>,
+) -> Result<TapLink> {
+    let mut link = TapLink::from_fd(fd)?;
+    if link.name() != ifname {
+        return Err(Error::invalid(
+            "port.ifname",
+            format!(
+                "{ifname:?}, but the descriptor passed is TAP {:?}",
+                link.name()
+            ),
+        ));
+    }
+    if let Some(m) = plan.and_then(|p| p.cfg.mtu).or(spec.mtu) {
+        link.expect_mtu(m);
+    }
+    Ok(link)
 }
 
 fn unreachable_stream() -> Result<Box<dyn Link>> {
@@ -543,7 +577,37 @@ impl Handle {
     /// rtnetlink inside the namespace, with `lo` up; the port owns its addresses from the
     /// start and the network's gateway knows its MAC and name at once (see [`address`]).
     pub fn attach(&self, spec: &PortSpec) -> Result<Attached> {
+        self.attach_with(spec, None)
+    }
+
+    /// Like [`Handle::attach`] for a `netns` port whose TAP was created by the caller (inside
+    /// a rootless container's namespaces, which this process cannot enter; see [`rootless`]):
+    /// adopts `tap` instead of creating one, plans the addresses as for any `netns` port and
+    /// answers them; the caller applies them inside the namespace. `spec.fd` must be true. The
+    /// port is removed when `spec.netns` disappears (the container's `/proc/PID/ns/net`); the
+    /// descriptor is closed on any error.
+    pub fn attach_fd(&self, spec: &PortSpec, tap: std::os::fd::OwnedFd) -> Result<Attached> {
+        self.attach_with(spec, Some(tap))
+    }
+
+    fn attach_with(&self, spec: &PortSpec, tap: Option<std::os::fd::OwnedFd>) -> Result<Attached> {
         let backend = spec.backend("port")?;
+        match (spec.fd, &tap) {
+            (true, None) => {
+                return Err(Error::invalid(
+                    "port.fd",
+                    "true, but no descriptor came with the request (send the TAP's descriptor \
+                     with SCM_RIGHTS in the same message as the request line)",
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(Error::invalid(
+                    "port.fd",
+                    "a descriptor came with the request, but `fd` is not true",
+                ));
+            }
+            _ => {}
+        }
         if let Backend::Stream { path } = &backend {
             if self
                 .shared
@@ -575,13 +639,28 @@ impl Handle {
         {
             return Err(crate::bridge::BridgeError::NoSuchNetwork(spec.network.clone()).into());
         }
-        if crate::sandbox::is_applied() {
+        // Adopting a TAP handed over needs nothing the sandbox takes away.
+        if crate::sandbox::is_applied() && tap.is_none() {
             let what = match &backend {
                 Backend::Tap { .. } => "a new TAP (`tap`)",
                 Backend::NetnsTap { .. } => "a port in a network namespace (`netns`)",
                 Backend::Packet { .. } => "an AF_PACKET port (`packet`)",
                 Backend::Stream { .. } => "a stream port",
             };
+            if let Backend::NetnsTap { .. } = backend {
+                // A permission error (`errno` 1 in the API): `usernet attach` then creates the
+                // TAP itself and passes it (`"fd": true`), which works under the sandbox.
+                return Err(Error::Io(
+                    format!("port {:?}", spec.name),
+                    std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!(
+                            "{} (a TAP passed with the request, \"fd\": true, is taken)",
+                            crate::sandbox::refused(what)
+                        ),
+                    ),
+                ));
+            }
             return Err(Error::invalid(
                 format!("port {:?}", spec.name),
                 crate::sandbox::refused(what),
@@ -596,7 +675,7 @@ impl Handle {
             Backend::NetnsTap { .. } => self.address_plan(spec)?,
             _ => None,
         };
-        let res = self.open_planned(spec, &backend, &tap_opts, plan.as_ref());
+        let res = self.open_planned(spec, &backend, &tap_opts, plan.as_ref(), tap);
         match (res, plan) {
             (Ok(id), Some(plan)) => {
                 if let Err(e) = self.announce_endpoint(&spec.network, id, &plan) {
@@ -623,6 +702,7 @@ impl Handle {
         backend: &Backend,
         tap_opts: &TapOptions,
         plan: Option<&address::Plan>,
+        tap: Option<std::os::fd::OwnedFd>,
     ) -> Result<PortId> {
         let (link, watch): (Box<dyn Link>, Option<Watch>) = match backend {
             Backend::Tap { name } => (Box::new(TapLink::create(name, tap_opts)?), None),
@@ -632,11 +712,12 @@ impl Handle {
                 let id = std::fs::metadata(netns)
                     .map(|m| (m.dev(), m.ino()))
                     .map_err(|e| OpenError::new(format!("netns {}", netns.display()), e))?;
-                let link = match plan {
-                    Some(p) => {
+                let link = match (tap, plan) {
+                    (Some(fd), p) => adopt_tap(fd, spec, ifname, p)?,
+                    (None, Some(p)) => {
                         TapLink::create_configured_in_netns(netns, ifname, tap_opts, &p.cfg)?
                     }
-                    None => TapLink::create_in_netns(netns, ifname, tap_opts)?,
+                    (None, None) => TapLink::create_in_netns(netns, ifname, tap_opts)?,
                 };
                 let path = netns.clone();
                 let alive =

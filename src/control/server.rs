@@ -6,6 +6,13 @@
 //! At most [`MAX_CONNS`] connections are served at once: one more gets a one-line JSON error and
 //! is closed. [`request`] is the client side used by `usernet ctl`.
 //!
+//! Requests are read with `recvmsg`, so a descriptor may come with a line (`SCM_RIGHTS`; sent
+//! with the line's first byte, see [`request_with_fd`]): it belongs to the line being read when
+//! it arrives, and only `add_port` with `"fd": true` takes it ([`super::api::handle_line_passed`]).
+//! At most one is kept per line: more are closed at once and the line is refused, so a peer
+//! cannot pile descriptors up in the daemon. Wait for a request's answer before sending the next
+//! one with a descriptor.
+//!
 //! Every UNIX socket usernet listens on (this one, stream ports, the slirp4netns API) is bound
 //! by [`bind_private`]: the socket's inode is made 0600 *before* `bind(2)`, so the file appears
 //! with that mode (Linux creates it with the socket inode's mode minus the umask) and there is
@@ -14,7 +21,7 @@
 //! bound.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -26,7 +33,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Handle;
-use super::api::{Request, handle_line};
+use super::api::{Passed, Request, handle_line_passed};
 use crate::error::{Error, Result};
 
 const MAX_LINE: u64 = 1 << 20;
@@ -205,36 +212,85 @@ fn serve_conn(handle: Handle, conn: UnixStream) {
     let Ok(mut out) = conn.try_clone() else {
         return;
     };
-    let mut reader = BufReader::new(conn);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut passed = Passed::default();
     loop {
-        let mut line = String::new();
-        match (&mut reader).take(MAX_LINE).read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            // The descriptors go with this line, and are closed with it unless taken.
+            let passed = std::mem::take(&mut passed);
+            let Ok(line) = std::str::from_utf8(&line) else {
+                return;
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let resp = handle_line_passed(&handle, line.trim(), passed);
+            if writeln!(out, "{resp}").is_err() {
+                return;
+            }
+            continue;
         }
-        if !line.ends_with('\n') && line.len() as u64 >= MAX_LINE {
+        if buf.len() as u64 >= MAX_LINE {
             let _ = writeln!(out, r#"{{"ok":false,"error":"request longer than 1 MiB"}}"#);
             return;
         }
-        if line.trim().is_empty() {
-            continue;
-        }
-        let resp = handle_line(&handle, line.trim());
-        if writeln!(out, "{resp}").is_err() {
+        let room = (MAX_LINE as usize - buf.len()).min(chunk.len());
+        let got = match crate::link::scm::recv_with_fds(conn.as_fd(), &mut chunk[..room]) {
+            Ok(g) => g,
+            Err(_) => return,
+        };
+        if got.len == 0 {
+            // The peer is done: a last line without its newline is still answered.
+            if let Ok(line) = std::str::from_utf8(&buf)
+                && !line.trim().is_empty()
+            {
+                let resp = handle_line_passed(&handle, line.trim(), passed);
+                let _ = writeln!(out, "{resp}");
+            }
             return;
+        }
+        buf.extend_from_slice(&chunk[..got.len]);
+        if got.truncated {
+            passed.refused = true;
+        }
+        for fd in got.fds {
+            if passed.fd.is_none() && !passed.refused {
+                passed.fd = Some(fd);
+            } else {
+                // A second one: close both now, refuse the line.
+                passed.refused = true;
+                passed.fd = None;
+                drop(fd);
+            }
         }
     }
 }
 
 /// Sends one request to the daemon at `path` and returns its `result`; a refused request comes
-/// back as [`Error::Io`] carrying the daemon's error message.
+/// back as [`Error::Io`] carrying the daemon's error message (of the kind of its `errno`, when
+/// the daemon sent one: e.g. [`io::ErrorKind::PermissionDenied`] for `EPERM`).
 pub fn request(path: &Path, req: &Request) -> Result<Value> {
+    request_with_fd(path, req, None)
+}
+
+/// Like [`request`], passing `fd` with the request line (`SCM_RIGHTS`): the TAP of an
+/// `add_port` whose port has `"fd": true` (see [`super::rootless`]).
+pub fn request_with_fd(
+    path: &Path,
+    req: &Request,
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<Value> {
     let ctx = || format!("control socket {}", path.display());
-    let mut s = UnixStream::connect(path).map_err(|e| Error::Io(ctx(), e))?;
+    let s = UnixStream::connect(path).map_err(|e| Error::Io(ctx(), e))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| Error::Io(ctx(), e))?;
-    let line = serde_json::to_string(req).map_err(|e| Error::invalid("request", e.to_string()))?;
-    writeln!(s, "{line}").map_err(|e| Error::Io(ctx(), e))?;
+    let mut line =
+        serde_json::to_string(req).map_err(|e| Error::invalid("request", e.to_string()))?;
+    line.push('\n');
+    crate::link::scm::send_with_fd(s.as_fd(), line.as_bytes(), fd)
+        .map_err(|e| Error::Io(ctx(), e))?;
     let mut resp = String::new();
     BufReader::new(&s)
         .take(64 << 20)
@@ -250,6 +306,17 @@ pub fn request(path: &Path, req: &Request) -> Result<Value> {
             .and_then(Value::as_str)
             .unwrap_or("unknown error")
             .to_string();
-        Err(Error::Io("request refused".into(), io::Error::other(msg)))
+        let kind = v
+            .get("errno")
+            .and_then(Value::as_i64)
+            .and_then(|n| i32::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .map_or(io::ErrorKind::Other, |n| {
+                io::Error::from_raw_os_error(n).kind()
+            });
+        Err(Error::Io(
+            "request refused".into(),
+            io::Error::new(kind, msg),
+        ))
     }
 }

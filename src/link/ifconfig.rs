@@ -14,7 +14,7 @@ use super::rtnl::Rtnl;
 use crate::wire::Mac;
 
 /// A route the guest gets: `dst` via `via`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Route {
     /// Destination (`0.0.0.0/0` or `::/0` for the default route).
     pub dst: IpNet,

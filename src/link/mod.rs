@@ -32,8 +32,10 @@ pub mod memory;
 pub mod netns;
 pub mod packet;
 pub mod rtnl;
+pub mod scm;
 pub mod stream;
 pub mod tap;
+pub mod userns;
 
 /// Error from a link operation.
 #[derive(Debug, thiserror::Error)]

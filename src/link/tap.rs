@@ -271,6 +271,18 @@ impl TapLink {
         }
     }
 
+    /// Gives up the link and returns its descriptor (the interface stays while it is open).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
+    /// Sizes reads for `mtu`: for an adopted TAP whose MTU is set by someone else after the
+    /// fact (a rootless attach configures it only once the daemon has the port), where
+    /// [`TapLink::from_fd`] could not read it.
+    pub fn expect_mtu(&mut self, mtu: u32) {
+        self.max_frame = mtu as usize + L2_OVERHEAD;
+    }
+
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name

@@ -45,6 +45,15 @@ pub struct Args {
     /// Another destination routed through the gateway (CIDR; repeatable).
     #[arg(long = "route", value_name = "CIDR")]
     routes: Vec<ipnet::IpNet>,
+    /// Create the TAP here (joining the namespace's user namespace, as for a rootless
+    /// container) and pass it to the daemon over the control socket. Without it, this is done
+    /// when the daemon answers that it may not enter the namespace (EPERM).
+    #[arg(long, requires = "netns")]
+    pass_fd: bool,
+    /// The user namespace to join (implies `--pass-fd`) [default: the one that owns the
+    /// netns].
+    #[arg(long, value_name = "PATH", requires = "netns")]
+    userns: Option<PathBuf>,
     #[command(flatten)]
     socket: SocketArg,
 }
@@ -110,7 +119,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             );
         }
     }
-    let v = request(&a.socket.path()?, &Request::AddPort { port: p.clone() })?;
+    let sock = a.socket.path()?;
+    let v = if a.pass_fd || a.userns.is_some() {
+        rootless(&sock, &p, a.userns.as_deref())?
+    } else {
+        match request(&sock, &Request::AddPort { port: p.clone() }) {
+            // The daemon may not enter the namespace (a rootless container's, and the daemon
+            // runs unprivileged): create the TAP here and hand it over.
+            Err(usernet::Error::Io(_, e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                rootless(&sock, &p, None)?
+            }
+            r => r?,
+        }
+    };
     println!("attached {netns} as port {} (id {})", p.name, v["id"]);
     if let Some(mac) = v["mac"].as_str() {
         println!("  mac {mac}");
@@ -122,6 +143,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("  gateway {}", g.as_str().unwrap_or_default());
     }
     Ok(())
+}
+
+fn rootless(
+    sock: &std::path::Path,
+    p: &PortSpec,
+    userns: Option<&std::path::Path>,
+) -> anyhow::Result<serde_json::Value> {
+    let att = usernet::control::rootless::attach_passing_fd(sock, p, userns)?;
+    Ok(serde_json::to_value(att)?)
 }
 
 pub fn detach(a: DetachArgs) -> anyhow::Result<()> {

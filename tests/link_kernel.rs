@@ -512,7 +512,12 @@ fn packet_flood_of_dropped_frames_is_read_within_a_budget() {
     let mut out = Vec::new();
     let budget = usernet::link::packet::read_budget(64);
     let st = b.recv_batch(&small, &mut out, 64).expect("recv_batch");
-    assert!(out.is_empty());
+    // None of the flood fits the small pool; the kernel's own small frames on a new veth
+    // (IPv6 router solicitations, MLD reports) may, and are no failure.
+    assert!(
+        out.iter().all(|f| f.len() < 600),
+        "a flood frame was read into a 200-byte pool"
+    );
     assert!(
         st.oversize > 0 && st.oversize <= budget && !st.drained,
         "one call consumed {} dropped frames of {flood} (budget {budget}), drained {}",

@@ -30,10 +30,13 @@ const WARMUP: usize = 30;
 const CYCLES: usize = 200;
 /// The whole churn must finish within this.
 const LIMIT: Duration = Duration::from_secs(50);
-/// RSS may end this much above the baseline: a few pages of allocator slack (a leak of the
-/// size the issue measured, ~0.5 KB per cycle, is 100 KB over 200 cycles; descriptor, port or
-/// flow leaks are caught exactly by the counts).
-const RSS_SLACK_KB: u64 = 96;
+/// RSS may grow this much over the second 100 measured cycles, once the allocator has warmed
+/// up: a few pages of slack (a leak of the size the issue measured, ~0.5 KB per cycle, is 50 KB
+/// per 100 cycles; descriptor, port or flow leaks are caught exactly by the counts).
+const RSS_SLACK_KB: u64 = 32;
+/// RSS may end this much above the baseline in all: the allocator's arenas may still grow in
+/// the first measured hundred (seen: +116 kB once, then flat).
+const RSS_WARM_KB: u64 = 256;
 
 /// What the daemon holds, as the control API and /proc show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,8 +283,9 @@ fn churn_leaves_nothing_behind() {
         })),
         "DNS names of removed ports: {names}"
     );
+    let rss_mid = rss.get(1).copied().unwrap_or(rss0);
     assert!(
-        rss_end <= rss0 + RSS_SLACK_KB,
+        rss_end <= rss_mid + RSS_SLACK_KB && rss_end <= rss0 + RSS_WARM_KB,
         "RSS grew from {rss0} kB to {rss_end} kB over {CYCLES} cycles ({rss:?})"
     );
     // The long-lived port kept working during the churn, and still does.

@@ -4,8 +4,8 @@
 #
 # The kernel tests need root; without it they print "SKIP ..." and pass, unless
 # USERNET_REQUIRE_PRIV=1 (CI sets it) makes them fail instead. As root on Debian/Ubuntu, missing
-# test tools (iproute2, ping, iperf3, busybox udhcpc, dhclient, dig, dnsmasq) are installed with
-# apt-get first.
+# test tools (iproute2, ping, iperf3, busybox udhcpc, dhclient, dig, dnsmasq; QEMU, a kernel image
+# and a static busybox for the VM tests in e2e_vm) are installed with apt-get first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +21,10 @@ command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v rootlesskit >/dev/null 2>&1 || missing+=(rootlesskit)
 command -v newuidmap >/dev/null 2>&1 || missing+=(uidmap)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+ls /boot/vmlinuz-* >/dev/null 2>&1 || missing+=(linux-image-amd64)
+# The VM tests' initramfs needs a static busybox (ldd fails on a static binary).
+if [ ! -e /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then missing+=(busybox-static); fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing test tools: ${missing[*]}"

@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod qemu;
 pub mod raw;
 
 use std::process::{Command, Output, Stdio};

@@ -60,6 +60,36 @@ pub enum Backend {
         /// Socket path.
         path: PathBuf,
     },
+    /// A UNIX datagram socket usernet binds, one frame per datagram (QEMU `-netdev dgram`,
+    /// vfkit, gvproxy `unixgram`).
+    Dgram {
+        /// Socket path.
+        path: PathBuf,
+        /// The peer's socket path; `None`: learned from the first datagram.
+        peer: Option<PathBuf>,
+    },
+}
+
+/// The `dgram` key of a port: the socket path usernet binds (`"PATH"`), or a table with the
+/// peer's path too (`{ path = "PATH", peer = "VM_PATH" }`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DgramSpec {
+    /// Just the socket path; the peer is learned from the first datagram.
+    Path(PathBuf),
+    /// The socket path and, optionally, the peer's.
+    Full(DgramAddrs),
+}
+
+/// The socket paths of a `dgram` port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DgramAddrs {
+    /// The socket path usernet binds.
+    pub path: PathBuf,
+    /// The peer's bound socket path (the VM's); default: learned from the first datagram.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -91,6 +121,10 @@ pub struct PortSpec {
     /// speaking 4-byte length-prefixed frames.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<PathBuf>,
+    /// A UNIX datagram socket path usernet binds for a VM (QEMU `-netdev dgram`, vfkit), one
+    /// frame per datagram; optionally with the peer's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dgram: Option<DgramSpec>,
     /// MTU to set on a TAP usernet creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -130,6 +164,7 @@ impl PortSpec {
             ifname: None,
             packet: None,
             stream: None,
+            dgram: None,
             mtu: None,
             offload: None,
             isolated: false,
@@ -149,6 +184,7 @@ impl PortSpec {
             self.netns.is_some(),
             self.packet.is_some(),
             self.stream.is_some(),
+            self.dgram.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -157,7 +193,7 @@ impl PortSpec {
             return Err(Error::invalid(
                 prefix,
                 format!(
-                    "port {:?} needs exactly one of `tap`, `netns`, `packet`, `stream` (found {set})",
+                    "port {:?} needs exactly one of `tap`, `netns`, `packet`, `stream`, `dgram` (found {set})",
                     self.name
                 ),
             ));
@@ -187,6 +223,19 @@ impl PortSpec {
                 return Err(Error::invalid(format!("{prefix}.stream"), "empty path"));
             }
             return Ok(Backend::Stream { path: p.clone() });
+        }
+        if let Some(d) = &self.dgram {
+            let (path, peer) = match d {
+                DgramSpec::Path(p) => (p.clone(), None),
+                DgramSpec::Full(a) => (a.path.clone(), a.peer.clone()),
+            };
+            if path.as_os_str().is_empty() {
+                return Err(Error::invalid(format!("{prefix}.dgram"), "empty path"));
+            }
+            if peer.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(Error::invalid(format!("{prefix}.dgram.peer"), "empty path"));
+            }
+            return Ok(Backend::Dgram { path, peer });
         }
         if let Some(p) = &self.packet {
             check_ifname(p, &format!("{prefix}.packet"))?;
@@ -536,6 +585,7 @@ impl Handle {
                 Backend::NetnsTap { .. } => "a port in a network namespace (`netns`)",
                 Backend::Packet { .. } => "an AF_PACKET port (`packet`)",
                 Backend::Stream { .. } => "a stream port",
+                Backend::Dgram { .. } => "a datagram socket port (`dgram`)",
             };
             return Err(Error::invalid(
                 format!("port {:?}", spec.name),
@@ -566,6 +616,10 @@ impl Handle {
                 )
             }
             Backend::Stream { .. } => (unreachable_stream()?, None),
+            Backend::Dgram { path, peer } => (
+                Box::new(self.bind_dgram(&spec.name, path, peer.as_deref())?),
+                None,
+            ),
             Backend::Packet { ifname } => {
                 let link = PacketLink::open(
                     ifname,
@@ -597,6 +651,45 @@ impl Handle {
             });
         }
         Ok(id)
+    }
+
+    fn bind_dgram(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+        peer: Option<&std::path::Path>,
+    ) -> Result<crate::link::dgram::DgramLink> {
+        if let Ok(m) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !m.file_type().is_socket() {
+                return Err(Error::invalid(
+                    "dgram",
+                    format!("{} exists and is not a socket", path.display()),
+                ));
+            }
+            let probe = std::os::unix::net::UnixDatagram::unbound()
+                .map_err(|e| Error::Io("datagram socket".into(), e))?;
+            // Refused: a stale socket file, replaced. Connected, or EPERM (a live datagram socket
+            // connected elsewhere), or a stream socket's EPROTOTYPE: in use.
+            match probe.connect(path) {
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    let _ = std::fs::remove_file(path);
+                }
+                _ => {
+                    return Err(Error::invalid(
+                        "dgram",
+                        format!("{} is in use by a live socket", path.display()),
+                    ));
+                }
+            }
+        }
+        let what = format!("{name} on {}", path.display());
+        Ok(crate::link::dgram::DgramLink::bind(
+            path,
+            peer,
+            self.shared.cfg.max_frame,
+            &what,
+        )?)
     }
 
     fn listen_stream(&self, spec: PortSpec, path: &std::path::Path) -> Result<()> {

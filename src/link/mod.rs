@@ -14,6 +14,7 @@
 //!   offers it.
 //! - [`packet`]: an `AF_PACKET` socket bound to an existing interface (veth, a NIC), batched with
 //!   `recvmmsg`/`sendmmsg`.
+//! - [`stream`], [`dgram`]: a VM (QEMU `-netdev stream` / `-netdev dgram`) over a UNIX socket.
 //! - [`memory`]: an in-process pair for tests, benchmarks, fuzzing and embedders.
 //!
 //! Errors: `WouldBlock` never leaves a link (it ends a batch). Any other error from
@@ -27,6 +28,7 @@ use std::os::fd::RawFd;
 
 use crate::frame::{Frame, FramePool};
 
+pub mod dgram;
 pub mod memory;
 pub mod netns;
 pub mod packet;

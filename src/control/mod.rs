@@ -68,6 +68,11 @@ pub enum Backend {
         /// The peer's socket path; `None`: learned from the first datagram.
         peer: Option<PathBuf>,
     },
+    /// A vhost-user-net backend listening on a UNIX socket (QEMU `-netdev vhost-user`).
+    VhostUser {
+        /// Socket path.
+        path: PathBuf,
+    },
 }
 
 /// The `dgram` key of a port: the socket path usernet binds (`"PATH"`), or a table with the
@@ -125,6 +130,10 @@ pub struct PortSpec {
     /// frame per datagram; optionally with the peer's path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dgram: Option<DgramSpec>,
+    /// A UNIX socket path usernet listens on as a vhost-user-net backend (QEMU `-netdev
+    /// vhost-user`, libvirt `type='vhostuser'`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_user: Option<PathBuf>,
     /// MTU to set on a TAP usernet creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -165,6 +174,7 @@ impl PortSpec {
             packet: None,
             stream: None,
             dgram: None,
+            vhost_user: None,
             mtu: None,
             offload: None,
             isolated: false,
@@ -185,6 +195,7 @@ impl PortSpec {
             self.packet.is_some(),
             self.stream.is_some(),
             self.dgram.is_some(),
+            self.vhost_user.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -193,7 +204,7 @@ impl PortSpec {
             return Err(Error::invalid(
                 prefix,
                 format!(
-                    "port {:?} needs exactly one of `tap`, `netns`, `packet`, `stream`, `dgram` (found {set})",
+                    "port {:?} needs exactly one of `tap`, `netns`, `packet`, `stream`, `dgram`, `vhost_user` (found {set})",
                     self.name
                 ),
             ));
@@ -236,6 +247,12 @@ impl PortSpec {
                 return Err(Error::invalid(format!("{prefix}.dgram.peer"), "empty path"));
             }
             return Ok(Backend::Dgram { path, peer });
+        }
+        if let Some(p) = &self.vhost_user {
+            if p.as_os_str().is_empty() {
+                return Err(Error::invalid(format!("{prefix}.vhost_user"), "empty path"));
+            }
+            return Ok(Backend::VhostUser { path: p.clone() });
         }
         if let Some(p) = &self.packet {
             check_ifname(p, &format!("{prefix}.packet"))?;
@@ -586,6 +603,7 @@ impl Handle {
                 Backend::Packet { .. } => "an AF_PACKET port (`packet`)",
                 Backend::Stream { .. } => "a stream port",
                 Backend::Dgram { .. } => "a datagram socket port (`dgram`)",
+                Backend::VhostUser { .. } => "a vhost-user port (`vhost_user`)",
             };
             return Err(Error::invalid(
                 format!("port {:?}", spec.name),
@@ -620,6 +638,9 @@ impl Handle {
                 Box::new(self.bind_dgram(&spec.name, path, peer.as_deref())?),
                 None,
             ),
+            Backend::VhostUser { path } => {
+                (Box::new(self.listen_vhost_user(&spec.name, path)?), None)
+            }
             Backend::Packet { ifname } => {
                 let link = PacketLink::open(
                     ifname,
@@ -690,6 +711,32 @@ impl Handle {
             self.shared.cfg.max_frame,
             &what,
         )?)
+    }
+
+    fn listen_vhost_user(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<crate::link::vhost_user::VhostUserLink> {
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(Error::invalid(
+                    "vhost_user",
+                    format!("{} is in use by a live socket", path.display()),
+                ));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let what = format!("{name} on {}", path.display());
+        let (backend, link) =
+            crate::link::vhost_user::VhostUserNet::listen(path, self.shared.cfg.max_frame, &what)?;
+        // Removing the port stops the backend (as a stream port's listener).
+        self.shared
+            .streams
+            .lock()
+            .insert(name.to_string(), backend.stop_flag());
+        backend.detach();
+        Ok(link)
     }
 
     fn listen_stream(&self, spec: PortSpec, path: &std::path::Path) -> Result<()> {

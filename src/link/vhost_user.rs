@@ -694,3 +694,111 @@ fn relay(front: UnixStream, back: UnixStream) {
     let _ = front.shutdown(std::net::Shutdown::Both);
     let _ = back.shutdown(std::net::Shutdown::Both);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+
+    fn msg(req: u32, flags: u32, body: &[u8]) -> Msg {
+        Msg {
+            req,
+            flags,
+            body: body.to_vec(),
+            fds: Vec::new(),
+        }
+    }
+
+    fn readable(s: &UnixStream, ms: i32) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+    }
+
+    #[test]
+    fn relay_holds_early_vring_enable_until_set_features_and_passes_fds() {
+        let (vmm, front) = UnixStream::pair().expect("pair");
+        let (back, lib) = UnixStream::pair().expect("pair");
+        // A message that never comes fails the test instead of hanging it.
+        for s in [&vmm, &lib] {
+            s.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+        }
+        let t = std::thread::spawn(move || relay(front, back));
+        let enable = |ring: u8, on: u8| [ring, 0, 0, 0, on, 0, 0, 0];
+        // Early enables: held; the one asking for a reply is acked by the relay itself.
+        assert!(write_msg(
+            &vmm,
+            &msg(REQ_SET_VRING_ENABLE, FLAG_VERSION, &enable(0, 0))
+        ));
+        assert!(write_msg(
+            &vmm,
+            &msg(REQ_SET_VRING_ENABLE, FLAG_VERSION, &enable(0, 1))
+        ));
+        assert!(write_msg(
+            &vmm,
+            &msg(
+                REQ_SET_VRING_ENABLE,
+                FLAG_VERSION | FLAG_NEED_REPLY,
+                &enable(1, 1)
+            )
+        ));
+        let ack = read_msg(&vmm).expect("ack");
+        assert_eq!(
+            (ack.req, ack.flags),
+            (REQ_SET_VRING_ENABLE, FLAG_VERSION | FLAG_REPLY)
+        );
+        assert_eq!(ack.body, vec![0u8; 8]);
+        assert!(
+            !readable(&lib, 100),
+            "nothing reaches the library before SET_FEATURES"
+        );
+        // SET_FEATURES, then the last state of each ring.
+        assert!(write_msg(
+            &vmm,
+            &msg(REQ_SET_FEATURES, FLAG_VERSION, &[0, 0, 0, 0x40, 1, 0, 0, 0])
+        ));
+        let f = read_msg(&lib).expect("features");
+        assert_eq!(f.req, REQ_SET_FEATURES);
+        let a = read_msg(&lib).expect("ring 0");
+        let b = read_msg(&lib).expect("ring 1");
+        assert_eq!(
+            (a.req, a.body),
+            (REQ_SET_VRING_ENABLE, enable(0, 1).to_vec())
+        );
+        assert_eq!(
+            (b.req, b.body),
+            (REQ_SET_VRING_ENABLE, enable(1, 1).to_vec())
+        );
+        // After it, enables pass straight through; descriptors cross both ways.
+        assert!(write_msg(
+            &vmm,
+            &msg(REQ_SET_VRING_ENABLE, FLAG_VERSION, &enable(0, 0))
+        ));
+        assert_eq!(read_msg(&lib).expect("enable").body, enable(0, 0).to_vec());
+        // SAFETY: eventfd takes no pointers; the descriptor is checked and then owned.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(efd >= 0);
+        let mut kick = msg(12, FLAG_VERSION, &[0; 8]);
+        // SAFETY: `efd` is a fresh descriptor nothing else owns.
+        kick.fds
+            .push(unsafe { std::os::fd::OwnedFd::from_raw_fd(efd) });
+        assert!(write_msg(&vmm, &kick));
+        let got = read_msg(&lib).expect("kick");
+        assert_eq!((got.req, got.fds.len()), (12, 1));
+        assert!(write_msg(&lib, &msg(1, FLAG_VERSION | FLAG_REPLY, &[1; 8])));
+        assert_eq!(read_msg(&vmm).expect("reply").body, vec![1; 8]);
+        // A body over the limit ends the connection (both sides), nothing else.
+        let mut hdr = Vec::new();
+        for w in [1u32, FLAG_VERSION, (MAX_BODY + 1) as u32] {
+            hdr.extend_from_slice(&w.to_le_bytes());
+        }
+        (&vmm).write_all(&hdr).expect("write");
+        t.join().expect("relay ends");
+        assert!(read_msg(&lib).is_none(), "library side closed");
+    }
+}

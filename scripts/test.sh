@@ -5,7 +5,8 @@
 # The kernel tests need root; without it they print "SKIP ..." and pass, unless
 # USERNET_REQUIRE_PRIV=1 (CI sets it) makes them fail instead. As root on Debian/Ubuntu, missing
 # test tools (iproute2, ping, iperf3, busybox-static, dhclient, dig, dnsmasq, rootlesskit, podman,
-# runc, the reference CNI plugins, ...) are installed with apt-get first.
+# runc, the reference CNI plugins; QEMU and a kernel image for the VM tests in e2e_vm, ...) are
+# installed with apt-get first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,8 @@ command -v runc >/dev/null 2>&1 || missing+=(runc)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
 command -v useradd >/dev/null 2>&1 || missing+=(passwd)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+ls /boot/vmlinuz-* >/dev/null 2>&1 || missing+=(linux-image-amd64)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing test tools: ${missing[*]}"

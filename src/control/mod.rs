@@ -64,6 +64,41 @@ pub enum Backend {
         /// Socket path.
         path: PathBuf,
     },
+    /// A UNIX datagram socket usernet binds, one frame per datagram (QEMU `-netdev dgram`,
+    /// vfkit, gvproxy `unixgram`).
+    Dgram {
+        /// Socket path.
+        path: PathBuf,
+        /// The peer's socket path; `None`: learned from the first datagram.
+        peer: Option<PathBuf>,
+    },
+    /// A vhost-user-net backend listening on a UNIX socket (QEMU `-netdev vhost-user`).
+    VhostUser {
+        /// Socket path.
+        path: PathBuf,
+    },
+}
+
+/// The `dgram` key of a port: the socket path usernet binds (`"PATH"`), or a table with the
+/// peer's path too (`{ path = "PATH", peer = "VM_PATH" }`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DgramSpec {
+    /// Just the socket path; the peer is learned from the first datagram.
+    Path(PathBuf),
+    /// The socket path and, optionally, the peer's.
+    Full(DgramAddrs),
+}
+
+/// The socket paths of a `dgram` port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DgramAddrs {
+    /// The socket path usernet binds.
+    pub path: PathBuf,
+    /// The peer's bound socket path (the VM's); default: learned from the first datagram.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -95,6 +130,14 @@ pub struct PortSpec {
     /// speaking 4-byte length-prefixed frames.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<PathBuf>,
+    /// A UNIX datagram socket path usernet binds for a VM (QEMU `-netdev dgram`, vfkit), one
+    /// frame per datagram; optionally with the peer's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dgram: Option<DgramSpec>,
+    /// A UNIX socket path usernet listens on as a vhost-user-net backend (QEMU `-netdev
+    /// vhost-user`, libvirt `type='vhostuser'`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_user: Option<PathBuf>,
     /// MTU to set on a TAP usernet creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -160,6 +203,8 @@ impl PortSpec {
             ifname: None,
             packet: None,
             stream: None,
+            dgram: None,
+            vhost_user: None,
             mtu: None,
             offload: None,
             isolated: false,
@@ -185,6 +230,8 @@ impl PortSpec {
             self.netns.is_some(),
             self.packet.is_some(),
             self.stream.is_some(),
+            self.dgram.is_some(),
+            self.vhost_user.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -193,7 +240,7 @@ impl PortSpec {
             return Err(Error::invalid(
                 prefix,
                 format!(
-                    "port {:?} needs exactly one of `tap`, `netns`, `packet`, `stream` (found {set})",
+                    "port {:?} needs exactly one of `tap`, `netns`, `packet`, `stream`, `dgram`, `vhost_user` (found {set})",
                     self.name
                 ),
             ));
@@ -233,6 +280,25 @@ impl PortSpec {
                 return Err(Error::invalid(format!("{prefix}.stream"), "empty path"));
             }
             return Ok(Backend::Stream { path: p.clone() });
+        }
+        if let Some(d) = &self.dgram {
+            let (path, peer) = match d {
+                DgramSpec::Path(p) => (p.clone(), None),
+                DgramSpec::Full(a) => (a.path.clone(), a.peer.clone()),
+            };
+            if path.as_os_str().is_empty() {
+                return Err(Error::invalid(format!("{prefix}.dgram"), "empty path"));
+            }
+            if peer.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(Error::invalid(format!("{prefix}.dgram.peer"), "empty path"));
+            }
+            return Ok(Backend::Dgram { path, peer });
+        }
+        if let Some(p) = &self.vhost_user {
+            if p.as_os_str().is_empty() {
+                return Err(Error::invalid(format!("{prefix}.vhost_user"), "empty path"));
+            }
+            return Ok(Backend::VhostUser { path: p.clone() });
         }
         if let Some(p) = &self.packet {
             check_ifname(p, &format!("{prefix}.packet"))?;
@@ -646,6 +712,8 @@ impl Handle {
                 Backend::NetnsTap { .. } => "a port in a network namespace (`netns`)",
                 Backend::Packet { .. } => "an AF_PACKET port (`packet`)",
                 Backend::Stream { .. } => "a stream port",
+                Backend::Dgram { .. } => "a datagram socket port (`dgram`)",
+                Backend::VhostUser { .. } => "a vhost-user port (`vhost_user`)",
             };
             if let Backend::NetnsTap { .. } = backend {
                 // A permission error (`errno` 1 in the API): `usernet attach` then creates the
@@ -729,6 +797,13 @@ impl Handle {
                 )
             }
             Backend::Stream { .. } => (unreachable_stream()?, None),
+            Backend::Dgram { path, peer } => (
+                Box::new(self.bind_dgram(&spec.name, path, peer.as_deref())?),
+                None,
+            ),
+            Backend::VhostUser { path } => {
+                (Box::new(self.listen_vhost_user(&spec.name, path)?), None)
+            }
             Backend::Packet { ifname } => {
                 let link = PacketLink::open(
                     ifname,
@@ -763,6 +838,71 @@ impl Handle {
             });
         }
         Ok(id)
+    }
+
+    fn bind_dgram(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+        peer: Option<&std::path::Path>,
+    ) -> Result<crate::link::dgram::DgramLink> {
+        if let Ok(m) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !m.file_type().is_socket() {
+                return Err(Error::invalid(
+                    "dgram",
+                    format!("{} exists and is not a socket", path.display()),
+                ));
+            }
+            let probe = std::os::unix::net::UnixDatagram::unbound()
+                .map_err(|e| Error::Io("datagram socket".into(), e))?;
+            // Refused: a stale socket file, replaced. Connected, or EPERM (a live datagram socket
+            // connected elsewhere), or a stream socket's EPROTOTYPE: in use.
+            match probe.connect(path) {
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    let _ = std::fs::remove_file(path);
+                }
+                _ => {
+                    return Err(Error::invalid(
+                        "dgram",
+                        format!("{} is in use by a live socket", path.display()),
+                    ));
+                }
+            }
+        }
+        let what = format!("{name} on {}", path.display());
+        Ok(crate::link::dgram::DgramLink::bind(
+            path,
+            peer,
+            self.shared.cfg.max_frame,
+            &what,
+        )?)
+    }
+
+    fn listen_vhost_user(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<crate::link::vhost_user::VhostUserLink> {
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(Error::invalid(
+                    "vhost_user",
+                    format!("{} is in use by a live socket", path.display()),
+                ));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let what = format!("{name} on {}", path.display());
+        let (backend, link) =
+            crate::link::vhost_user::VhostUserNet::listen(path, self.shared.cfg.max_frame, &what)?;
+        // Removing the port stops the backend (as a stream port's listener).
+        self.shared
+            .streams
+            .lock()
+            .insert(name.to_string(), backend.stop_flag());
+        backend.detach();
+        Ok(link)
     }
 
     fn listen_stream(&self, spec: PortSpec, path: &std::path::Path) -> Result<()> {

@@ -122,6 +122,11 @@ impl MemoryLink {
         ))
     }
 
+    /// True once the other end has been dropped (frames it sent may still be queued).
+    pub fn peer_closed(&self) -> bool {
+        self.rx.closed.load(Ordering::Acquire)
+    }
+
     /// True when `frame` may cross this link: within the MTU, or a GSO frame the link accepts.
     fn fits(&self, frame: &Frame) -> bool {
         let h = &frame.meta.vnet;

@@ -14,6 +14,8 @@
 //!   offers it.
 //! - [`packet`]: an `AF_PACKET` socket bound to an existing interface (veth, a NIC), batched with
 //!   `recvmmsg`/`sendmmsg`.
+//! - [`stream`], [`dgram`]: a VM (QEMU `-netdev stream` / `-netdev dgram`) over a UNIX socket;
+//!   [`vhost_user`]: a VM's virtio-net queues in its shared memory (QEMU `-netdev vhost-user`).
 //! - [`memory`]: an in-process pair for tests, benchmarks, fuzzing and embedders.
 //!
 //! Errors: `WouldBlock` never leaves a link (it ends a batch). Any other error from
@@ -27,6 +29,7 @@ use std::os::fd::RawFd;
 
 use crate::frame::{Frame, FramePool};
 
+pub mod dgram;
 pub mod ifconfig;
 pub mod memory;
 pub mod netns;
@@ -36,6 +39,7 @@ pub mod scm;
 pub mod stream;
 pub mod tap;
 pub mod userns;
+pub mod vhost_user;
 
 /// Error from a link operation.
 #[derive(Debug, thiserror::Error)]

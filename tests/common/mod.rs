@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod qemu;
 pub mod raw;
 pub mod slirp;
 

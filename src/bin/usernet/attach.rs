@@ -12,12 +12,26 @@ use crate::SocketArg;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The namespace: a path (/run/netns/NAME, /proc/PID/ns/net) or a PID.
-    #[arg(long, required_unless_present = "stream", conflicts_with = "stream")]
+    #[arg(long, required_unless_present_any = ["stream", "dgram", "vhost_user"], conflicts_with_all = ["stream", "dgram", "vhost_user"])]
     netns: Option<String>,
     /// Instead of a namespace: a UNIX socket path to listen on for a VM (QEMU
     /// `-netdev stream,addr.type=unix,addr.path=PATH`) or any peer with 4-byte length framing.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["dgram", "vhost_user"])]
     stream: Option<PathBuf>,
+    /// Instead of a namespace: a UNIX datagram socket path to bind for a VM (QEMU
+    /// `-netdev dgram,remote.type=unix,remote.path=PATH`, vfkit, gvproxy unixgram): one frame per
+    /// datagram.
+    #[arg(long, conflicts_with = "vhost_user")]
+    dgram: Option<PathBuf>,
+    /// The VM's own datagram socket path (QEMU's `local.path`) [default: learned from the first
+    /// datagram].
+    #[arg(long, requires = "dgram")]
+    dgram_peer: Option<PathBuf>,
+    /// Instead of a namespace: a UNIX socket path to listen on as a vhost-user-net backend (QEMU
+    /// `-chardev socket,id=c0,path=PATH -netdev vhost-user,id=n0,chardev=c0`; the guest's memory
+    /// must be shared: `-object memory-backend-memfd,share=on`).
+    #[arg(long)]
+    vhost_user: Option<PathBuf>,
     /// Endpoint (port) name, also its DNS name [default: the namespace's name or "pid-PID"].
     #[arg(long)]
     name: Option<String>,
@@ -95,6 +109,44 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         p.stream = Some(sock.clone());
         request(&a.socket.path()?, &Request::AddPort { port: p })?;
         println!("listening on {} for port {name}", sock.display());
+        return Ok(());
+    }
+    if let Some(sock) = &a.vhost_user {
+        let sock = if sock.is_absolute() {
+            sock.clone()
+        } else {
+            std::env::current_dir()?.join(sock)
+        };
+        let name = a.name.clone().unwrap_or_else(|| "vm".into());
+        let mut p = PortSpec::new(&a.network, &name);
+        p.vhost_user = Some(sock.clone());
+        request(&a.socket.path()?, &Request::AddPort { port: p })?;
+        println!(
+            "vhost-user backend listening on {} for port {name}",
+            sock.display()
+        );
+        return Ok(());
+    }
+    if let Some(sock) = &a.dgram {
+        let abs = |p: &PathBuf| -> anyhow::Result<PathBuf> {
+            Ok(if p.is_absolute() {
+                p.clone()
+            } else {
+                std::env::current_dir()?.join(p)
+            })
+        };
+        let sock = abs(sock)?;
+        let peer = a.dgram_peer.as_ref().map(abs).transpose()?;
+        let name = a.name.clone().unwrap_or_else(|| "vm".into());
+        let mut p = PortSpec::new(&a.network, &name);
+        p.dgram = Some(usernet::control::DgramSpec::Full(
+            usernet::control::DgramAddrs {
+                path: sock.clone(),
+                peer,
+            },
+        ));
+        request(&a.socket.path()?, &Request::AddPort { port: p })?;
+        println!("bound {} for port {name}", sock.display());
         return Ok(());
     }
     let netns = a.netns.clone().unwrap_or_default();

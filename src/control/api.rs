@@ -88,8 +88,8 @@ pub enum Request {
     },
     /// Add a port.
     AddPort {
-        /// What to attach.
-        port: PortSpec,
+        /// What to attach (boxed: the largest request by far).
+        port: Box<PortSpec>,
     },
     /// Remove a port.
     RemovePort {

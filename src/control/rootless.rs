@@ -60,7 +60,9 @@ pub fn attach_passing_fd(
     let tap = target.create_tap(&ifname, spec.mtu, Some(mac))?;
     let v = request_with_fd(
         socket,
-        &Request::AddPort { port: spec.clone() },
+        &Request::AddPort {
+            port: Box::new(spec.clone()),
+        },
         Some(tap.as_fd()),
     )?;
     // The daemon has its own descriptor now (or refused, and the TAP goes with ours).

@@ -107,7 +107,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let name = a.name.clone().unwrap_or_else(|| "vm".into());
         let mut p = PortSpec::new(&a.network, &name);
         p.stream = Some(sock.clone());
-        request(&a.socket.path()?, &Request::AddPort { port: p })?;
+        request(&a.socket.path()?, &Request::AddPort { port: Box::new(p) })?;
         println!("listening on {} for port {name}", sock.display());
         return Ok(());
     }
@@ -120,7 +120,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let name = a.name.clone().unwrap_or_else(|| "vm".into());
         let mut p = PortSpec::new(&a.network, &name);
         p.vhost_user = Some(sock.clone());
-        request(&a.socket.path()?, &Request::AddPort { port: p })?;
+        request(&a.socket.path()?, &Request::AddPort { port: Box::new(p) })?;
         println!(
             "vhost-user backend listening on {} for port {name}",
             sock.display()
@@ -145,7 +145,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 peer,
             },
         ));
-        request(&a.socket.path()?, &Request::AddPort { port: p })?;
+        request(&a.socket.path()?, &Request::AddPort { port: Box::new(p) })?;
         println!("bound {} for port {name}", sock.display());
         return Ok(());
     }
@@ -175,7 +175,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let v = if a.pass_fd || a.userns.is_some() {
         rootless(&sock, &p, a.userns.as_deref())?
     } else {
-        match request(&sock, &Request::AddPort { port: p.clone() }) {
+        match request(
+            &sock,
+            &Request::AddPort {
+                port: Box::new(p.clone()),
+            },
+        ) {
             // The daemon may not enter the namespace (a rootless container's, and the daemon
             // runs unprivileged): create the TAP here and hand it over.
             Err(usernet::Error::Io(_, e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {

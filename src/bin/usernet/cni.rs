@@ -587,7 +587,9 @@ impl Ctx {
             e
         };
         let attached: Attached = self
-            .request(&Request::AddPort { port: spec.clone() })
+            .request(&Request::AddPort {
+                port: Box::new(spec.clone()),
+            })
             .and_then(|v| {
                 serde_json::from_value(v)
                     .map_err(|e| CniError::new(6, "daemon answer", e.to_string()))
@@ -1038,7 +1040,7 @@ pub fn replay(h: &usernet::Handle, dir: &Path) -> anyhow::Result<()> {
             continue;
         }
         if let Err(err) = run(Request::AddPort {
-            port: rec.add_port.clone(),
+            port: Box::new(rec.add_port.clone()),
         }) {
             tracing::warn!(container = %rec.container_id, "replaying port: {err}");
             continue;

@@ -253,7 +253,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             p.mtu = mtu;
             p.offload = no_offload.then_some(false);
             p.isolated = isolated;
-            Request::AddPort { port: p }
+            Request::AddPort { port: Box::new(p) }
         }
         Cmd::Port(PortCmd::Rm { name }) => Request::RemovePort { name },
         Cmd::Network(NetCmd::Add {

@@ -96,6 +96,7 @@ pub mod sandbox;
 pub mod spawn;
 pub mod wire;
 
+pub use control::node::Engine;
 pub use control::{Handle, PortSpec};
-pub use engine::{Engine, EngineConfig};
+pub use engine::EngineConfig;
 pub use error::{Error, Result};

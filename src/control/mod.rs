@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bridge::{Bridge, FdbConfig, NewPort, PortId, PortPolicy, PortStats};
+use crate::bridge::{Bridge, FdbConfig, PortId, PortPolicy, PortStats};
 use std::os::unix::fs::MetadataExt;
 
-use crate::engine::{LoopCmd, Shared, Watch as EngineWatch};
+use crate::engine::Datapath;
 use crate::gateway::{ForwardInfo, Gateway, GatewayConfig, GatewayInfo};
 use crate::nat::forward::{Forward, Proto};
 use crate::nat::forward_rt::{Bound, Listener};
+use node::{Node, Watch as EngineWatch};
 
 static NEXT_FORWARD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 use crate::link::OpenError;
@@ -31,12 +32,12 @@ use crate::wire::Mac;
 
 pub mod address;
 pub mod api;
+pub mod networks;
+pub mod node;
 pub mod rootless;
 pub mod server;
 
 pub use address::{AddrSpec, Attached};
-
-const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a port's frames come from: the backend part of a [`PortSpec`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -413,7 +414,8 @@ pub struct DnsRow {
 /// called from any thread.
 #[derive(Clone)]
 pub struct Handle {
-    shared: Arc<Shared>,
+    dp: Datapath,
+    node: Arc<Node>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -422,46 +424,27 @@ impl std::fmt::Debug for Handle {
     }
 }
 
-/// How many more ports than the least loaded loop a loop may have and still take another port
-/// of a network it serves.
-pub const LOOP_SPILL: usize = 2;
-
-/// The event loop for a new port: `load[i]` is loop i's port count, `same[i]` how many ports of
-/// the new port's network loop i has. Ports of one network stay together on the loop that has
-/// most of them (frames between them, and to the network's gateway, then never cross loops: a
-/// cross-loop handoff costs a wake-up), unless that loop has [`LOOP_SPILL`] more ports than the
-/// least loaded one; a new network starts on the least loaded loop. With many networks this
-/// spreads networks over loops; with one big network it still spreads its ports.
-pub fn pick_loop(load: &[usize], same: &[usize]) -> usize {
-    if load.is_empty() {
-        return 0;
-    }
-    let least = (0..load.len()).min_by_key(|&i| load[i]).unwrap_or(0);
-    let home = (0..same.len()).filter(|&i| same[i] > 0).max_by_key(|&i| {
-        (
-            same[i],
-            std::cmp::Reverse(load.get(i).copied().unwrap_or(0)),
-        )
-    });
-    match home {
-        Some(h) if load.get(h).copied().unwrap_or(0) < load[least] + LOOP_SPILL => h,
-        _ => least,
-    }
-}
+pub use crate::engine::{LOOP_SPILL, pick_loop};
 
 impl Handle {
-    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
-        Handle { shared }
+    pub(crate) fn new(dp: Datapath, node: Arc<Node>) -> Self {
+        Handle { dp, node }
     }
 
-    pub(crate) fn shared(&self) -> &Shared {
-        &self.shared
+    pub(crate) fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The datapath under this handle (the bridge and the loops), for embedders that add their
+    /// own links or read counters without copying.
+    pub fn datapath(&self) -> &Datapath {
+        &self.dp
     }
 
     /// The switching core, for embedders that want direct access (e.g. to add static MACs in
     /// bulk or read counters without copying).
     pub fn bridge(&self) -> &Bridge {
-        &self.shared.bridge
+        self.dp.bridge()
     }
 
     fn check_running(&self) -> Result<()> {
@@ -475,7 +458,7 @@ impl Handle {
     /// Adds a network with the given FDB settings.
     pub fn add_network(&self, name: &str, fdb: FdbConfig) -> Result<()> {
         self.check_running()?;
-        self.shared.bridge.add_network(name, fdb)?;
+        self.dp.bridge().add_network(name, fdb)?;
         tracing::info!(network = name, "network added");
         Ok(())
     }
@@ -483,7 +466,7 @@ impl Handle {
     /// Turns port security on or off by default for a network's ports (those whose own
     /// `port_security` is unset). A gateway sets its network's default when it starts.
     pub fn set_port_security(&self, network: &str, on: bool) -> Result<()> {
-        let topo = self.shared.bridge.topology();
+        let topo = self.dp.bridge().topology();
         let ne = topo
             .network_by_name(network)
             .ok_or_else(|| crate::bridge::BridgeError::NoSuchNetwork(network.to_string()))?;
@@ -493,10 +476,10 @@ impl Handle {
 
     /// Removes a network and closes all its ports (its gateway stops with its port).
     pub fn remove_network(&self, name: &str) -> Result<()> {
-        let ports = self.shared.bridge.remove_network(name)?;
-        self.shared.gateways.lock().remove(name);
+        let ports = self.dp.bridge().remove_network(name)?;
+        self.node.gateways.lock().remove(name);
         for p in ports {
-            self.shared.port_netns.lock().remove(&p.name);
+            self.node.port_netns.lock().remove(&p.name);
             self.detach_link(p.owner, p.id)?;
         }
         Ok(())
@@ -512,57 +495,7 @@ impl Handle {
         policy: PortPolicy,
         link: Box<dyn Link>,
     ) -> Result<PortId> {
-        self.check_running()?;
-        let owner = {
-            let loops = &self.shared.loops;
-            let load: Vec<usize> = loops
-                .iter()
-                .map(|l| l.ports.load(Ordering::Relaxed))
-                .collect();
-            let mut same = vec![0; loops.len()];
-            if let Some(ne) = self.shared.bridge.topology().network_by_name(network) {
-                for p in &ne.ports {
-                    if let Some(n) = same.get_mut(p.owner) {
-                        *n += 1;
-                    }
-                }
-            }
-            pick_loop(&load, &same)
-        };
-        let port = self.shared.bridge.add_port(
-            network,
-            NewPort {
-                name: name.to_string(),
-                kind: link.kind(),
-                policy,
-                ring: self.shared.cfg.ring,
-                owner,
-            },
-        )?;
-        let id = port.id;
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let ctl = &self.shared.loops[owner];
-        let sent = ctl.tx.send(LoopCmd::Add {
-            port,
-            link,
-            reply: tx,
-        });
-        if sent.is_err() {
-            self.shared.bridge.remove_port(id);
-            return Err(Error::Stopped);
-        }
-        let _ = ctl.waker.wake();
-        match rx.recv_timeout(REPLY_TIMEOUT) {
-            Ok(Ok(())) => Ok(id),
-            Ok(Err(e)) => {
-                self.shared.bridge.remove_port(id);
-                Err(Error::Io(format!("registering port {name}"), e))
-            }
-            Err(_) => {
-                self.shared.bridge.remove_port(id);
-                Err(Error::Timeout(owner))
-            }
-        }
+        self.dp.add_link(network, name, policy, link)
     }
 
     /// Opens the link a [`PortSpec`] describes (creating TAPs as needed) and adds the port.
@@ -610,8 +543,8 @@ impl Handle {
         }
         if let Backend::Stream { path } = &backend {
             if self
-                .shared
-                .bridge
+                .dp
+                .bridge()
                 .topology()
                 .network_by_name(&spec.network)
                 .is_none()
@@ -622,8 +555,8 @@ impl Handle {
             return Ok(Attached::default());
         }
         if self
-            .shared
-            .bridge
+            .dp
+            .bridge()
             .topology()
             .port_by_name(&spec.name)
             .is_some()
@@ -631,8 +564,8 @@ impl Handle {
             return Err(crate::bridge::BridgeError::PortExists(spec.name.clone()).into());
         }
         if self
-            .shared
-            .bridge
+            .dp
+            .bridge()
             .topology()
             .network_by_name(&spec.network)
             .is_none()
@@ -756,7 +689,7 @@ impl Handle {
             self.set_port_netns(&spec.name, netns.clone());
         }
         if let Some((what, alive)) = watch {
-            self.shared.watches.lock().push(EngineWatch {
+            self.node.watches.lock().push(EngineWatch {
                 port: id,
                 what,
                 alive,
@@ -781,13 +714,13 @@ impl Handle {
         l.set_nonblocking(true)
             .map_err(|e| Error::Io(format!("stream socket {}", path.display()), e))?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        self.shared
+        self.node
             .streams
             .lock()
             .insert(spec.name.clone(), stop.clone());
         let h = self.clone();
         let path = path.to_path_buf();
-        let max = self.shared.cfg.max_frame;
+        let max = self.dp.config().max_frame;
         std::thread::Builder::new()
             .name(format!("usernet-stream-{}", spec.name))
             .spawn(move || {
@@ -824,38 +757,31 @@ impl Handle {
     /// Removes a port by name and closes its link (a TAP usernet created disappears; a stream
     /// port stops listening too).
     pub fn remove_port(&self, name: &str) -> Result<()> {
-        if let Some(stop) = self.shared.streams.lock().remove(name) {
+        if let Some(stop) = self.node.streams.lock().remove(name) {
             stop.store(true, Ordering::Release);
-            if self.shared.bridge.topology().port_by_name(name).is_none() {
+            if self.dp.bridge().topology().port_by_name(name).is_none() {
                 return Ok(());
             }
         }
         let port = self
-            .shared
-            .bridge
+            .dp
+            .bridge()
             .topology()
             .port_by_name(name)
             .cloned()
             .ok_or_else(|| crate::bridge::BridgeError::NoSuchPort(name.to_string()))?;
-        self.shared.bridge.remove_port(port.id);
-        self.shared.port_netns.lock().remove(name);
+        self.dp.bridge().remove_port(port.id);
+        self.node.port_netns.lock().remove(name);
         self.detach_link(port.owner, port.id)
     }
 
     fn detach_link(&self, owner: usize, id: PortId) -> Result<()> {
-        let ctl = &self.shared.loops[owner];
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        if ctl.tx.send(LoopCmd::Remove { id, reply: tx }).is_err() {
-            return Ok(()); // loop gone: the link is closed already
-        }
-        let _ = ctl.waker.wake();
-        rx.recv_timeout(REPLY_TIMEOUT)
-            .map_err(|_| Error::Timeout(owner))
+        self.dp.detach(owner, id)
     }
 
     /// Adds a static FDB entry: `mac` on `vlan` is always behind port `port`.
     pub fn add_static_mac(&self, port: &str, mac: Mac, vlan: u16) -> Result<()> {
-        let topo = self.shared.bridge.topology();
+        let topo = self.dp.bridge().topology();
         let p = topo
             .port_by_name(port)
             .ok_or_else(|| crate::bridge::BridgeError::NoSuchPort(port.to_string()))?;
@@ -868,7 +794,7 @@ impl Handle {
 
     /// All ports.
     pub fn ports(&self) -> Vec<PortInfo> {
-        let topo = self.shared.bridge.topology();
+        let topo = self.dp.bridge().topology();
         topo.ports()
             .into_iter()
             .map(|p| PortInfo {
@@ -887,7 +813,7 @@ impl Handle {
 
     /// All networks.
     pub fn networks(&self) -> Vec<NetworkInfo> {
-        let topo = self.shared.bridge.topology();
+        let topo = self.dp.bridge().topology();
         topo.networks()
             .into_iter()
             .map(|n| {
@@ -905,13 +831,13 @@ impl Handle {
 
     /// The FDB of one network, or of all.
     pub fn fdb(&self, network: Option<&str>) -> Result<Vec<FdbRow>> {
-        let topo = self.shared.bridge.topology();
+        let topo = self.dp.bridge().topology();
         if let Some(n) = network
             && topo.network_by_name(n).is_none()
         {
             return Err(crate::bridge::BridgeError::NoSuchNetwork(n.to_string()).into());
         }
-        let now = self.shared.bridge.now();
+        let now = self.dp.bridge().now();
         let mut rows = Vec::new();
         for ne in topo.networks() {
             if network.is_some_and(|n| n != ne.net.name) {
@@ -936,7 +862,7 @@ impl Handle {
 
     /// What every port owns (port security), by network.
     pub fn owners(&self, network: Option<&str>) -> Result<Vec<OwnerRow>> {
-        let topo = self.shared.bridge.topology();
+        let topo = self.dp.bridge().topology();
         if let Some(n) = network
             && topo.network_by_name(n).is_none()
         {
@@ -971,7 +897,7 @@ impl Handle {
 
     /// Counters of every port.
     pub fn stats(&self) -> Vec<PortStatsRow> {
-        let topo = self.shared.bridge.topology();
+        let topo = self.dp.bridge().topology();
         topo.ports()
             .into_iter()
             .map(|p| PortStatsRow {
@@ -989,33 +915,27 @@ impl Handle {
     pub fn add_gateway(&self, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
         self.check_running()?;
         let name = cfg.network.clone();
-        if self
-            .shared
-            .bridge
-            .topology()
-            .network_by_name(&name)
-            .is_none()
-        {
+        if self.dp.bridge().topology().network_by_name(&name).is_none() {
             return Err(crate::bridge::BridgeError::NoSuchNetwork(name).into());
         }
-        if self.shared.gateways.lock().contains_key(&name) {
+        if self.node.gateways.lock().contains_key(&name) {
             return Err(Error::invalid(
                 "gateway",
                 format!("network {name:?} already has a gateway"),
             ));
         }
-        let gw = crate::gateway::start(self, cfg)?;
-        self.shared.gateways.lock().insert(name, gw.clone());
+        let gw = crate::gateway::start(&self.dp, cfg)?;
+        self.node.gateways.lock().insert(name, gw.clone());
         Ok(gw)
     }
 
     /// The gateway of `network`, if it has one.
     pub fn gateway(&self, network: &str) -> Option<Arc<Gateway>> {
-        self.shared.gateways.lock().get(network).cloned()
+        self.node.gateways.lock().get(network).cloned()
     }
 
     fn gateways_of(&self, network: Option<&str>) -> Result<Vec<Arc<Gateway>>> {
-        let g = self.shared.gateways.lock();
+        let g = self.node.gateways.lock();
         match network {
             Some(n) => {
                 g.get(n).cloned().map(|x| vec![x]).ok_or_else(|| {
@@ -1028,7 +948,7 @@ impl Handle {
 
     /// Addresses and counters of every gateway.
     pub fn gateways(&self) -> Vec<GatewayInfo> {
-        self.shared
+        self.node
             .gateways
             .lock()
             .values()
@@ -1166,7 +1086,7 @@ impl Handle {
                 "only TCP forwards can be spliced".to_string(),
             ));
         }
-        let netns = self.shared.port_netns.lock().get(&f.to).cloned();
+        let netns = self.node.port_netns.lock().get(&f.to).cloned();
         let Some(netns) = netns else {
             return Err(Error::invalid(
                 "splice",
@@ -1184,7 +1104,7 @@ impl Handle {
 
     /// The relay thread for spliced forwards, started on first use.
     fn splicer(&self) -> Result<Arc<crate::nat::splice::Splicer>> {
-        let mut s = self.shared.splicer.lock();
+        let mut s = self.node.splicer.lock();
         if let Some(sp) = s.as_ref() {
             return Ok(sp.clone());
         }
@@ -1200,10 +1120,7 @@ impl Handle {
     /// `netns` backend are recorded when added; an embedder that hands in a TAP created in a
     /// namespace (as `usernet run` does) says so here.
     pub fn set_port_netns(&self, name: &str, netns: PathBuf) {
-        self.shared
-            .port_netns
-            .lock()
-            .insert(name.to_string(), netns);
+        self.node.port_netns.lock().insert(name.to_string(), netns);
     }
 
     /// Removes a port forward by id or by its `-p` spec (as listed); its host sockets are closed
@@ -1242,50 +1159,11 @@ impl Handle {
 
     /// Asks the engine to stop: loops exit and close their links.
     pub fn shutdown(&self) {
-        self.shared.stop.store(true, Ordering::Release);
-        self.shared.wake_all();
+        self.dp.stop();
     }
 
     /// True once [`Self::shutdown`] was called.
     pub fn is_stopped(&self) -> bool {
-        self.shared.stop.load(Ordering::Acquire)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pick_loop;
-
-    /// Places ports one by one: `nets[k]` is the network of port k; returns each one's loop.
-    fn place(loops: usize, nets: &[usize]) -> Vec<usize> {
-        let mut owner = Vec::new();
-        for (k, &n) in nets.iter().enumerate() {
-            let mut load = vec![0; loops];
-            let mut same = vec![0; loops];
-            for j in 0..k {
-                load[owner[j]] += 1;
-                if nets[j] == n {
-                    same[owner[j]] += 1;
-                }
-            }
-            owner.push(pick_loop(&load, &same));
-        }
-        owner
-    }
-
-    #[test]
-    fn isolated_pairs_stay_on_one_loop_and_spread() {
-        // Pairs on networks 0..4, added A0 B0 A1 B1 ...: each pair on one loop, pairs spread.
-        let o = place(2, &[0, 0, 1, 1, 2, 2, 3, 3]);
-        assert_eq!(o, vec![0, 0, 1, 1, 0, 0, 1, 1]);
-    }
-
-    #[test]
-    fn one_big_network_still_spreads() {
-        let o = place(2, &[0; 8]);
-        let on0 = o.iter().filter(|&&l| l == 0).count();
-        assert!((3..=5).contains(&on0), "{o:?}");
-        assert_eq!(place(1, &[0, 1, 0]), vec![0, 0, 0]);
-        assert_eq!(pick_loop(&[], &[]), 0);
+        self.dp.is_stopped()
     }
 }

@@ -68,7 +68,7 @@ pub mod tcp;
 
 use crate::bridge::security::{Claim, NetGuard};
 use crate::bridge::{PortId, PortPolicy};
-use crate::control::Handle;
+use crate::engine::Datapath;
 use crate::error::{Error, Result};
 use crate::frame::{Frame, FrameMeta, VnetHdr};
 use crate::nat::host::{HostSockets, OsSockets};
@@ -616,7 +616,7 @@ fn build_gateway(
 
 /// Starts the gateway for `cfg.network` on a running engine: a port named `gw.<network>` and
 /// a thread that runs a [`Driver`] with the kernel's sockets and the real clock.
-pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
+pub fn start(handle: &Datapath, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
     let poll = Poll::new().map_err(|e| Error::Io("gateway poll".into(), e))?;
     let waker = Arc::new(
         Waker::new(poll.registry(), WAKE).map_err(|e| Error::Io("gateway waker".into(), e))?,
@@ -646,7 +646,7 @@ pub fn start(handle: &Handle, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
     );
     let link =
         port::GatewayPort::new(driver, poll).map_err(|e| Error::Io("gateway timer".into(), e))?;
-    let port = handle.add_port(
+    let port = handle.add_link(
         &cfg.network,
         &format!("gw.{}", cfg.network),
         cfg.port_policy(),
@@ -703,7 +703,7 @@ pub fn standalone(
 }
 
 /// The names of the engine's ports: the engine's [`PortNames`].
-fn topology_port_names(handle: Handle) -> PortNames {
+fn topology_port_names(handle: Datapath) -> PortNames {
     Box::new(move |id| handle.bridge().topology().port(id).map(|p| p.name.clone()))
 }
 

@@ -3,6 +3,8 @@
 //! with its gateway ([`Handle::create_network`], [`Handle::add_network_with`]), rolling back
 //! what it made when a later step fails.
 
+use std::sync::Arc;
+
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
@@ -10,8 +12,8 @@ use super::Handle;
 use crate::bridge::FdbConfig;
 use crate::bridge::fdb::{DEFAULT_AGING_MS, DEFAULT_MAX_ENTRIES};
 use crate::error::{Error, Result};
-use crate::gateway::GatewayConfig;
 use crate::gateway::dns::Upstreams;
+use crate::gateway::{Gateway, GatewayConfig};
 
 /// Builds an [`FdbConfig`] from optional API/config values.
 pub fn fdb_config(max_entries: Option<usize>, aging_secs: Option<u64>) -> FdbConfig {
@@ -341,5 +343,56 @@ impl Handle {
     /// The MTU the engine's buffers carry (its largest frame less Ethernet and two VLAN tags).
     pub fn engine_mtu(&self) -> u32 {
         u32::try_from(self.dp.config().max_frame.saturating_sub(14 + 8)).unwrap_or(1500)
+    }
+
+    /// Starts the gateway (ARP, ICMP, DHCP, DNS, NDP/RA) of an existing network.
+    pub fn add_gateway(&self, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
+        self.check_running()?;
+        let name = cfg.network.clone();
+        if self.dp.bridge().topology().network_by_name(&name).is_none() {
+            return Err(crate::bridge::BridgeError::NoSuchNetwork(name).into());
+        }
+        if self.node.gateways.lock().contains_key(&name) {
+            return Err(Error::invalid(
+                "gateway",
+                format!("network {name:?} already has a gateway"),
+            ));
+        }
+        let gw = crate::gateway::start(&self.dp, cfg)?;
+        self.node.gateways.lock().insert(name, gw.clone());
+        Ok(gw)
+    }
+    /// The gateway of `network`, if it has one.
+    pub fn gateway(&self, network: &str) -> Option<Arc<Gateway>> {
+        self.node.gateways.lock().get(network).cloned()
+    }
+    pub(super) fn gateways_of(&self, network: Option<&str>) -> Result<Vec<Arc<Gateway>>> {
+        let g = self.node.gateways.lock();
+        match network {
+            Some(n) => {
+                g.get(n).cloned().map(|x| vec![x]).ok_or_else(|| {
+                    Error::invalid("network", format!("network {n:?} has no gateway"))
+                })
+            }
+            None => Ok(g.values().cloned().collect()),
+        }
+    }
+    /// Adds a DNS record `name` → `addr` on `network` (`name` relative to its domain, or a name
+    /// inside the domain).
+    pub fn dns_add(&self, network: &str, name: &str, addr: std::net::IpAddr) -> Result<()> {
+        let g = self.gateways_of(Some(network))?.remove(0);
+        g.records
+            .add(name, addr)
+            .map_err(|e| Error::invalid("name", e.to_string()))
+    }
+    /// Removes DNS records of `name` on `network` (one address, or all). False if none matched.
+    pub fn dns_remove(
+        &self,
+        network: &str,
+        name: &str,
+        addr: Option<std::net::IpAddr>,
+    ) -> Result<bool> {
+        let g = self.gateways_of(Some(network))?.remove(0);
+        Ok(g.records.remove(name, addr))
     }
 }

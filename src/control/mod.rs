@@ -32,7 +32,7 @@ pub use address::{AddrSpec, Attached};
 pub use ports::{Backend, PortSpec, check_ifname};
 pub use views::{DnsRow, FdbRow, LeaseRow, NetworkInfo, OwnerRow, PortInfo, PortStatsRow};
 
-/// Control handle for a running [`crate::engine::Engine`]. Cheap to clone; every method may be
+/// Control handle for a running [`node::Engine`]. Cheap to clone; every method may be
 /// called from any thread.
 #[derive(Clone)]
 pub struct Handle {

@@ -1,5 +1,5 @@
 //! The control plane's own state, and the public [`Engine`]: the datapath's loops
-//! ([`crate::engine::Loops`]) plus a [`Node`] that owns what only the control plane needs -
+//! ([`crate::engine::Loops`]) plus a `Node` that owns what only the control plane needs -
 //! gateways, stream listeners, the namespaces of ports, the splice relay, and liveness watches
 //! for ports whose death no descriptor reports. The datapath knows none of it.
 

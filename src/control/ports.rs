@@ -125,7 +125,7 @@ pub struct PortSpec {
     pub routes: Vec<ipnet::IpNet>,
     /// The TAP in `netns` comes with the request (a descriptor passed with `SCM_RIGHTS` over
     /// the control socket, or [`Handle::attach_fd`]) instead of being created by usernet: a
-    /// rootless attach (see [`rootless`]). The address fields are planned as for `netns` and
+    /// rootless attach (see [`super::rootless`]). The address fields are planned as for `netns` and
     /// answered; the sender configures the interface.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fd: bool,
@@ -293,8 +293,8 @@ pub fn check_ifname(name: &str, field: &str) -> Result<()> {
 
 impl Handle {
     /// Adds a port on `network` driven by `link`. The link is handed to the event loop chosen
-    /// by [`pick_loop`]: the one that serves most of the network's ports, unless it has
-    /// [`LOOP_SPILL`] more ports than the least loaded loop.
+    /// by [`crate::engine::pick_loop`]: the one that serves most of the network's ports, unless it has
+    /// [`crate::engine::LOOP_SPILL`] more ports than the least loaded loop.
     pub fn add_port(
         &self,
         network: &str,
@@ -318,7 +318,7 @@ impl Handle {
         self.attach_with(spec, None)
     }
     /// Like [`Handle::attach`] for a `netns` port whose TAP was created by the caller (inside
-    /// a rootless container's namespaces, which this process cannot enter; see [`rootless`]):
+    /// a rootless container's namespaces, which this process cannot enter; see [`super::rootless`]):
     /// adopts `tap` instead of creating one, plans the addresses as for any `netns` port and
     /// answers them; the caller applies them inside the namespace. `spec.fd` must be true. The
     /// port is removed when `spec.netns` disappears (the container's `/proc/PID/ns/net`); the

@@ -190,7 +190,7 @@ pub struct ForwardInfo {
     pub splice: bool,
 }
 
-/// Commands from the control API to a gateway's thread.
+/// Commands from the control API to the gateway's driver (run on its event loop).
 enum Cmd {
     AddForward {
         id: u64,
@@ -283,7 +283,7 @@ impl Gateway {
     }
 
     /// Adds a port forward whose host sockets are already bound; returns once they are
-    /// registered on the gateway's thread.
+    /// registered by the gateway's driver on its event loop.
     pub fn add_forward(
         &self,
         info: ForwardInfo,
@@ -451,8 +451,9 @@ fn build_gateway(
     Ok((gw, cmd_rx))
 }
 
-/// Starts the gateway for `cfg.network` on a running engine: a port named `gw.<network>` and
-/// a thread that runs a [`Driver`] with the kernel's sockets and the real clock.
+/// Starts the gateway for `cfg.network` on a running engine: a port named `gw.<network>` whose
+/// link (`GatewayPort`) runs a [`Driver`] with the kernel's sockets and the real clock
+/// on the event loop that owns the port (no thread of its own).
 pub fn start(handle: &Datapath, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
     let poll = Poll::new().map_err(|e| Error::Io("gateway poll".into(), e))?;
     let waker = Arc::new(

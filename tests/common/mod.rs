@@ -13,8 +13,10 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod packets;
 pub mod raw;
 pub mod slirp;
+pub mod storm;
 
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

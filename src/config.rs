@@ -6,15 +6,15 @@
 
 use std::path::Path;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::control::api::fdb_config;
+pub use crate::control::networks::{
+    NetworkSpec as NetworkSection, StaticLeaseSpec as StaticLeaseSection, parse_upstream,
+};
 use crate::control::{Handle, PortSpec};
 use crate::engine::EngineConfig;
 use crate::error::{Error, Result};
-use crate::gateway::GatewayConfig;
-use crate::gateway::dns::Upstreams;
 
 /// `[engine]`: process-wide settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,271 +43,6 @@ impl Default for EngineSection {
 
 /// Largest `[engine] busy_poll_us`: a second.
 const MAX_BUSY_POLL_US: u32 = 1_000_000;
-
-fn yes() -> bool {
-    true
-}
-
-/// A static DHCP lease in `[[network]] static_leases`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StaticLeaseSection {
-    /// Client MAC.
-    pub mac: crate::wire::Mac,
-    /// Address it always gets.
-    pub ip: std::net::Ipv4Addr,
-    /// DNS name registered for it.
-    #[serde(default)]
-    pub hostname: Option<String>,
-}
-
-/// `[[network]]`: one network (bridge domain) and its gateway.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkSection {
-    /// Unique name.
-    pub name: String,
-    /// Run a gateway (ARP, ICMP, DHCP, DNS, NDP/RA) on this network (default true).
-    #[serde(default = "yes")]
-    pub gateway: bool,
-    /// IPv4 subnet; the gateway is its first host (default 10.88.0.0/24).
-    #[serde(default)]
-    pub subnet: Option<Ipv4Net>,
-    /// IPv6 prefix for SLAAC, a /64 (default fd88::/64); `"off"` disables IPv6 on the gateway.
-    #[serde(default)]
-    pub ipv6: Option<String>,
-    /// DNS domain of the endpoints (default `usernet`).
-    #[serde(default)]
-    pub domain: Option<String>,
-    /// Link MTU the gateway announces by DHCP and RA (default: `[engine] mtu`).
-    #[serde(default)]
-    pub mtu: Option<u16>,
-    /// No NAT egress (Docker `--internal`).
-    #[serde(default)]
-    pub internal: bool,
-    /// DNS upstreams: `"IP"` or `"IP:PORT"` (`"[IPv6]:PORT"`); default: the nameservers of
-    /// `/etc/resolv.conf`, re-read when it changes.
-    #[serde(default)]
-    pub dns_upstreams: Option<Vec<String>>,
-    /// Serve DHCPv4 (default true).
-    #[serde(default = "yes")]
-    pub dhcp: bool,
-    /// DHCP pool `"FIRST-LAST"` (default: the whole subnet but the gateway).
-    #[serde(default)]
-    pub dhcp_range: Option<String>,
-    /// DHCP lease time in seconds (default 3600).
-    #[serde(default)]
-    pub lease_secs: Option<u32>,
-    /// Static DHCP leases.
-    #[serde(default)]
-    pub static_leases: Vec<StaticLeaseSection>,
-    /// Map the gateway's address to the host's loopback (default true).
-    #[serde(default = "yes")]
-    pub host_loopback: bool,
-    /// Bind NAT egress IPv4 sockets to this host address.
-    #[serde(default)]
-    pub outbound_addr: Option<std::net::Ipv4Addr>,
-    /// Bind NAT egress IPv6 sockets to this host address.
-    #[serde(default)]
-    pub outbound_addr6: Option<std::net::Ipv6Addr>,
-    /// Most NAT flows on the network (default 2048).
-    #[serde(default)]
-    pub max_flows: Option<usize>,
-    /// Most NAT flows per guest address (default 1024).
-    #[serde(default)]
-    pub max_flows_per_guest: Option<usize>,
-    /// FDB size cap (default 8192).
-    #[serde(default)]
-    pub fdb_max_entries: Option<usize>,
-    /// FDB aging in seconds (default 300; 0 = never).
-    #[serde(default)]
-    pub fdb_aging_secs: Option<u64>,
-    /// Port security on the network's ports by default (default: on with a gateway, off
-    /// without): every source MAC/IP owned by its port, RA and DHCP-server guard.
-    #[serde(default)]
-    pub port_security: Option<bool>,
-    /// Let guests reach the cloud metadata service (169.254.169.254) through NAT (default false).
-    #[serde(default)]
-    pub allow_metadata: bool,
-}
-
-impl NetworkSection {
-    /// A network with every default.
-    pub fn new(name: &str) -> Self {
-        NetworkSection {
-            name: name.to_string(),
-            gateway: true,
-            subnet: None,
-            ipv6: None,
-            domain: None,
-            mtu: None,
-            internal: false,
-            dns_upstreams: None,
-            dhcp: true,
-            dhcp_range: None,
-            lease_secs: None,
-            static_leases: Vec::new(),
-            host_loopback: true,
-            outbound_addr: None,
-            outbound_addr6: None,
-            max_flows: None,
-            max_flows_per_guest: None,
-            fdb_max_entries: None,
-            fdb_aging_secs: None,
-            port_security: None,
-            allow_metadata: false,
-        }
-    }
-
-    /// The gateway settings this section describes (None with `gateway = false`); errors name
-    /// the key under `prefix`.
-    pub fn gateway_config(&self, prefix: &str, engine_mtu: u32) -> Result<Option<GatewayConfig>> {
-        if !self.gateway {
-            return Ok(None);
-        }
-        let key = |k: &str| format!("{prefix}.{k}");
-        let subnet = self
-            .subnet
-            .unwrap_or_else(|| {
-                Ipv4Net::new(std::net::Ipv4Addr::new(10, 88, 0, 0), 24).unwrap_or_default()
-            })
-            .trunc();
-        if subnet.prefix_len() > 30 {
-            return Err(Error::invalid(
-                key("subnet"),
-                format!("{subnet} leaves no room for a gateway and guests (use /30 or larger)"),
-            ));
-        }
-        let mut g = GatewayConfig::new(&self.name, subnet);
-        g.ipv6 = match self.ipv6.as_deref() {
-            None => g.ipv6,
-            Some("off") | Some("none") | Some("") => None,
-            Some(text) => {
-                let p: Ipv6Net = text.parse().map_err(|e| {
-                    Error::invalid(key("ipv6"), format!("{text:?}: {e} (or \"off\")"))
-                })?;
-                if p.prefix_len() != 64 {
-                    return Err(Error::invalid(
-                        key("ipv6"),
-                        format!("{p}: SLAAC needs a /64 prefix"),
-                    ));
-                }
-                Some(p.trunc())
-            }
-        };
-        if let Some(d) = &self.domain {
-            let ok = !d.is_empty()
-                && d.len() <= 200
-                && d.split('.').all(|l| {
-                    !l.is_empty()
-                        && l.len() <= 63
-                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                        && !l.starts_with('-')
-                        && !l.ends_with('-')
-                });
-            if !ok {
-                return Err(Error::invalid(
-                    key("domain"),
-                    format!("{d:?} is not a DNS domain"),
-                ));
-            }
-            g.domain = d.to_ascii_lowercase();
-        }
-        let mtu = self.mtu.map(u32::from).unwrap_or(engine_mtu);
-        if !(576..=65535).contains(&mtu) {
-            return Err(Error::invalid(
-                key("mtu"),
-                format!("{mtu} is outside 576..=65535"),
-            ));
-        }
-        g.mtu = mtu as u16;
-        if let Some(ups) = &self.dns_upstreams {
-            let mut v = Vec::new();
-            for (i, u) in ups.iter().enumerate() {
-                v.push(parse_upstream(u).ok_or_else(|| {
-                    Error::invalid(
-                        format!("{prefix}.dns_upstreams[{i}]"),
-                        format!("{u:?} is not IP or IP:PORT"),
-                    )
-                })?);
-            }
-            g.upstreams = Upstreams::Explicit(v);
-        }
-        g.dhcp = self.dhcp;
-        g.internal = self.internal;
-        g.host_loopback = self.host_loopback;
-        g.port_security = self.port_security.unwrap_or(true);
-        g.allow_metadata = self.allow_metadata;
-        g.outbound4 = self.outbound_addr;
-        g.outbound6 = self.outbound_addr6;
-        for (k, v, dst) in [
-            ("max_flows", self.max_flows, &mut g.max_flows),
-            (
-                "max_flows_per_guest",
-                self.max_flows_per_guest,
-                &mut g.max_flows_per_guest,
-            ),
-        ] {
-            if let Some(v) = v {
-                if v == 0 || v > 1_000_000 {
-                    return Err(Error::invalid(
-                        key(k),
-                        format!("{v} is outside 1..=1000000"),
-                    ));
-                }
-                *dst = v;
-            }
-        }
-        if let Some(r) = &self.dhcp_range {
-            let bad = || {
-                Error::invalid(
-                    key("dhcp_range"),
-                    format!("{r:?} is not FIRST-LAST inside {subnet}"),
-                )
-            };
-            let (a, b) = r.split_once('-').ok_or_else(bad)?;
-            let a: std::net::Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
-            let b: std::net::Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
-            if !subnet.contains(&a) || !subnet.contains(&b) || a > b {
-                return Err(bad());
-            }
-            g.dhcp_range = Some((a, b));
-        }
-        if let Some(l) = self.lease_secs {
-            if l < 60 {
-                return Err(Error::invalid(
-                    key("lease_secs"),
-                    format!("{l} is under 60"),
-                ));
-            }
-            g.lease_secs = l;
-        }
-        for (i, s) in self.static_leases.iter().enumerate() {
-            if !subnet.contains(&s.ip) {
-                return Err(Error::invalid(
-                    format!("{prefix}.static_leases[{i}].ip"),
-                    format!("{} is outside {subnet}", s.ip),
-                ));
-            }
-            g.static_leases.push(crate::gateway::dhcp::StaticLease {
-                mac: s.mac,
-                ip: s.ip,
-                hostname: s.hostname.clone(),
-            });
-        }
-        Ok(Some(g))
-    }
-}
-
-/// Parses a DNS upstream: `IP` (port 53), `IP:PORT`, `[IPv6]:PORT`.
-pub fn parse_upstream(s: &str) -> Option<std::net::SocketAddr> {
-    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
-        return Some(sa);
-    }
-    s.parse::<std::net::IpAddr>()
-        .ok()
-        .map(|ip| std::net::SocketAddr::new(ip, 53))
-}
 
 /// A whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -447,13 +182,7 @@ impl Config {
     /// Creates the networks and ports on a running engine.
     pub fn apply(&self, h: &Handle) -> Result<()> {
         for (i, n) in self.network.iter().enumerate() {
-            h.add_network(&n.name, fdb_config(n.fdb_max_entries, n.fdb_aging_secs))?;
-            if let Some(on) = n.port_security {
-                h.set_port_security(&n.name, on)?;
-            }
-            if let Some(g) = n.gateway_config(&format!("network[{i}]"), self.engine.mtu)? {
-                h.add_gateway(g)?;
-            }
+            h.create_network(n, &format!("network[{i}]"))?;
         }
         for p in &self.port {
             h.open_port(p)?;

@@ -12,18 +12,29 @@
 //!  embedder ─ memory ┘
 //! ```
 //!
-//! The frame path (see `DESIGN.md`):
+//! The frame path (`docs/ARCHITECTURE.md` in the repository is the full map):
 //!
 //! ```text
 //! fd readable ─► Link::recv_batch ─► parse L2 once ─► policy ─► learn ─► decide ─► per-port TX ring ─► Link::send_batch
 //! ```
 //!
-//! - [`link`]: the OS shims (TAP, AF_PACKET, memory), the only code that touches descriptors.
+//! The rooms, bottom up (each imports only rooms below it):
+//!
+//! - [`wire`]: Ethernet/IP views and the packet builders the gateway and NAT share.
+//! - [`frame`]: pooled frame buffers with their offload metadata; [`offload`]: GSO
+//!   segmentation and checksums for links that cannot take offloaded frames.
+//! - [`link`]: the OS shims (TAP, AF_PACKET, stream, memory; rtnetlink and namespace entry), the
+//!   only code that touches descriptors.
 //! - [`bridge`]: the pure switching core (FDB with aging and fair eviction, forwarding rules,
-//!   counters), unit-tested and fuzzed without a kernel.
-//! - [`engine`]: the mio event loops.
-//! - [`control`]: the [`Handle`] for embedders and the JSON API of the `usernet` daemon.
+//!   port security, counters), unit-tested and fuzzed without a kernel.
+//! - [`engine`]: the mio event loops and the narrow [`engine::Datapath`] handle.
+//! - [`nat`]: userspace NAT (guest TCP/UDP/ICMP as host sockets) and port forwards.
+//! - [`gateway`]: each network's virtual gateway (ARP, ICMP, DHCP, DNS, NDP/RA, NAT) as a port.
+//! - [`control`]: the [`Handle`] for embedders (ports, addresses, networks, forwards, views),
+//!   the public [`Engine`], and the JSON API of the `usernet` daemon.
 //! - [`config`]: the TOML file of `usernet up`.
+//! - [`spawn`], [`sandbox`]: `usernet run`'s namespaces, and the seccomp/capability sandbox.
+//! - [`error`]: the crate's [`Error`].
 //!
 //! # Embedding
 //!
@@ -96,6 +107,7 @@ pub mod sandbox;
 pub mod spawn;
 pub mod wire;
 
+pub use control::node::Engine;
 pub use control::{Handle, PortSpec};
-pub use engine::{Engine, EngineConfig};
+pub use engine::EngineConfig;
 pub use error::{Error, Result};

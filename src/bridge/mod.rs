@@ -13,8 +13,8 @@
 //! snapshot under a writer mutex and swap it in (read-copy-update). Ports and networks change
 //! rarely, frames arrive constantly.
 //!
-//! [`Bridge::forward`] is the whole per-frame decision, in the order of the frame path in
-//! DESIGN.md: parse L2 once → policy (valid source, 802.1D reserved group, allowed source MACs,
+//! [`Bridge::forward`] is the whole per-frame decision, in the order of the frame path
+//! (docs/ARCHITECTURE.md): parse L2 once → policy (valid source, 802.1D reserved group, allowed source MACs,
 //! isolation) → learn → decide (unicast to the learned port, or flood) → push into each egress
 //! port's bounded lock-free TX ring. It never blocks and never allocates except for the extra
 //! copies of a flood (every target but the last gets a copy; the last gets the original buffer).

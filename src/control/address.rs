@@ -171,8 +171,8 @@ impl Handle {
         }
         let gw = self.gateway(&spec.network);
         let guard = self
-            .shared
-            .bridge
+            .dp
+            .bridge()
             .topology()
             .network_by_name(&spec.network)
             .map(|n| n.net.guard.clone())
@@ -385,7 +385,7 @@ impl Handle {
     /// slirp4netns mode's `-c`), so its name and forwards work before it sends anything. The
     /// port should own the addresses (`allowed_ips`). No-op without a gateway.
     pub fn announce_addresses(&self, port: PortId, mac: Mac, ips: Vec<IpAddr>) -> Result<()> {
-        let topo = self.shared.bridge.topology();
+        let topo = self.dp.bridge().topology();
         let p = topo
             .port(port)
             .ok_or_else(|| crate::bridge::BridgeError::NoSuchPort(format!("id {}", port.0)))?;

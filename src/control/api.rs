@@ -19,8 +19,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Handle, PortSpec};
-use crate::bridge::FdbConfig;
-use crate::bridge::fdb::{DEFAULT_AGING_MS, DEFAULT_MAX_ENTRIES};
 use crate::error::Result;
 use crate::wire::Mac;
 
@@ -165,13 +163,7 @@ pub enum Request {
     Shutdown {},
 }
 
-/// Builds an [`FdbConfig`] from optional API/config values.
-pub fn fdb_config(max_entries: Option<usize>, aging_secs: Option<u64>) -> FdbConfig {
-    FdbConfig {
-        max_entries: max_entries.unwrap_or(DEFAULT_MAX_ENTRIES),
-        aging_ms: aging_secs.map_or(DEFAULT_AGING_MS, |s| s.saturating_mul(1000)),
-    }
-}
+pub use super::networks::fdb_config;
 
 /// Runs one request against a handle.
 pub fn execute(h: &Handle, req: Request) -> Result<Value> {
@@ -195,12 +187,6 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
             port_security,
             allow_metadata,
         } => {
-            if fdb_max_entries == Some(0) {
-                return Err(crate::Error::invalid(
-                    "fdb_max_entries",
-                    "must be at least 1",
-                ));
-            }
             let wants_gw = gateway.unwrap_or(
                 subnet.is_some()
                     || ipv6.is_some()
@@ -211,29 +197,20 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
                     || host_loopback.is_some()
                     || allow_metadata.is_some(),
             );
-            let mut sec = crate::config::NetworkSection::new(&name);
-            sec.gateway = wants_gw;
-            sec.subnet = subnet;
-            sec.ipv6 = ipv6;
-            sec.domain = domain;
-            sec.mtu = mtu;
-            sec.dns_upstreams = dns_upstreams;
-            sec.internal = internal.unwrap_or(false);
-            sec.host_loopback = host_loopback.unwrap_or(true);
-            sec.port_security = port_security;
-            sec.allow_metadata = allow_metadata.unwrap_or(false);
-            // Check the gateway settings before creating anything.
-            let gw = sec.gateway_config("network", 1500)?;
-            h.add_network(&name, fdb_config(fdb_max_entries, fdb_aging_secs))?;
-            if let Some(on) = port_security {
-                h.set_port_security(&name, on)?;
-            }
-            if let Some(g) = gw
-                && let Err(e) = h.add_gateway(g)
-            {
-                let _ = h.remove_network(&name);
-                return Err(e);
-            }
+            let mut spec = super::networks::NetworkSpec::new(&name);
+            spec.gateway = wants_gw;
+            spec.subnet = subnet;
+            spec.ipv6 = ipv6;
+            spec.domain = domain;
+            spec.mtu = mtu;
+            spec.dns_upstreams = dns_upstreams;
+            spec.internal = internal.unwrap_or(false);
+            spec.host_loopback = host_loopback.unwrap_or(true);
+            spec.port_security = port_security;
+            spec.allow_metadata = allow_metadata.unwrap_or(false);
+            spec.fdb_max_entries = fdb_max_entries;
+            spec.fdb_aging_secs = fdb_aging_secs;
+            h.create_network(&spec, "network")?;
             Value::Null
         }
         Request::RemoveNetwork { name } => {

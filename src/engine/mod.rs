@@ -3,7 +3,7 @@
 //! # Theory of operation
 //!
 //! The engine runs `loops` threads, each with its own `mio::Poll`. Every port's link belongs to
-//! exactly one loop, chosen when it is added (`control::pick_loop`: the loop serving most of
+//! exactly one loop, chosen when it is added ([`pick_loop`]: the loop serving most of
 //! its network's ports, unless that one is 2 ports busier than the least loaded). A loop:
 //!
 //! 1. waits for readiness (edge-triggered) on its links and on its `Waker`;
@@ -50,8 +50,8 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::bridge::{Bridge, Clock, DropReason, MonotonicClock, Port, PortId};
-use crate::control::Handle;
+use crate::bridge::{Bridge, Clock, DropReason, NewPort, Port, PortId, PortPolicy};
+use crate::error::{Error, Result};
 use crate::frame::{Frame, FramePool};
 use crate::link::Link;
 use crate::offload::{self, Offloads};
@@ -116,33 +116,15 @@ pub(crate) struct LoopCtl {
     pub(crate) ports: AtomicUsize,
 }
 
-/// A liveness check for a port whose death the kernel does not report on its descriptor: a TAP
-/// inside a namespace that we keep alive ourselves (our fd pins it), an AF_PACKET interface
-/// deleted while down.
-pub(crate) struct Watch {
-    pub(crate) port: PortId,
-    pub(crate) what: String,
-    pub(crate) alive: Box<dyn Fn() -> bool + Send>,
-}
-
-/// State shared by the loops and every [`Handle`].
-pub(crate) struct Shared {
+/// State shared by the loops and every [`Datapath`].
+pub(crate) struct Core {
     pub(crate) bridge: Bridge,
     pub(crate) loops: Vec<LoopCtl>,
     pub(crate) cfg: EngineConfig,
     pub(crate) stop: AtomicBool,
-    pub(crate) watches: parking_lot::Mutex<Vec<Watch>>,
-    pub(crate) streams:
-        parking_lot::Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicBool>>>,
-    pub(crate) gateways:
-        parking_lot::Mutex<std::collections::BTreeMap<String, Arc<crate::gateway::Gateway>>>,
-    /// Network namespace of each port that lives in one (for spliced forwards).
-    pub(crate) port_netns: parking_lot::Mutex<HashMap<String, std::path::PathBuf>>,
-    /// The relay thread for spliced forwards, started on first use.
-    pub(crate) splicer: parking_lot::Mutex<Option<Arc<crate::nat::splice::Splicer>>>,
 }
 
-impl Shared {
+impl Core {
     pub(crate) fn wake_all(&self) {
         for l in &self.loops {
             let _ = l.waker.wake();
@@ -150,33 +132,193 @@ impl Shared {
     }
 }
 
-/// A running engine. Dropping it stops the loops and closes every link.
-pub struct Engine {
-    handle: Handle,
+/// How long a control request waits for a loop's answer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many more ports than the least loaded loop a loop may have and still take another port
+/// of a network it serves.
+pub const LOOP_SPILL: usize = 2;
+
+/// The event loop for a new port: `load[i]` is loop i's port count, `same[i]` how many ports of
+/// the new port's network loop i has. Ports of one network stay together on the loop that has
+/// most of them (frames between them, and to the network's gateway, then never cross loops: a
+/// cross-loop handoff costs a wake-up), unless that loop has [`LOOP_SPILL`] more ports than the
+/// least loaded one; a new network starts on the least loaded loop. With many networks this
+/// spreads networks over loops; with one big network it still spreads its ports.
+pub fn pick_loop(load: &[usize], same: &[usize]) -> usize {
+    if load.is_empty() {
+        return 0;
+    }
+    let least = (0..load.len()).min_by_key(|&i| load[i]).unwrap_or(0);
+    let home = (0..same.len()).filter(|&i| same[i] > 0).max_by_key(|&i| {
+        (
+            same[i],
+            std::cmp::Reverse(load.get(i).copied().unwrap_or(0)),
+        )
+    });
+    match home {
+        Some(h) if load.get(h).copied().unwrap_or(0) < load[least] + LOOP_SPILL => h,
+        _ => least,
+    }
+}
+
+/// The datapath's narrow handle: the bridge, and links added to or taken from the loops. What
+/// the control plane ([`crate::control`]) and the gateway build on; it knows nothing above it.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Datapath {
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("loops", &self.core.loops.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Datapath {
+    /// The switching core.
+    pub fn bridge(&self) -> &Bridge {
+        &self.core.bridge
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.core.cfg
+    }
+
+    /// Stops the loops (they close every link and exit).
+    pub fn stop(&self) {
+        self.core.stop.store(true, Ordering::Release);
+        self.core.wake_all();
+    }
+
+    /// True once [`Self::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.core.stop.load(Ordering::Acquire)
+    }
+
+    /// Ports each loop drives, by loop.
+    pub fn loop_load(&self) -> Vec<usize> {
+        self.core
+            .loops
+            .iter()
+            .map(|l| l.ports.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Adds a port on `network` driven by `link`, on the loop [`pick_loop`] chooses: the one
+    /// that serves most of the network's ports, unless it has [`LOOP_SPILL`] more ports than the
+    /// least loaded loop. Returns once the loop has registered the link.
+    pub fn add_link(
+        &self,
+        network: &str,
+        name: &str,
+        policy: PortPolicy,
+        link: Box<dyn Link>,
+    ) -> Result<PortId> {
+        if self.is_stopped() {
+            return Err(Error::Stopped);
+        }
+        let owner = {
+            let load = self.loop_load();
+            let mut same = vec![0; load.len()];
+            if let Some(ne) = self.core.bridge.topology().network_by_name(network) {
+                for p in &ne.ports {
+                    if let Some(n) = same.get_mut(p.owner) {
+                        *n += 1;
+                    }
+                }
+            }
+            pick_loop(&load, &same)
+        };
+        let port = self.core.bridge.add_port(
+            network,
+            NewPort {
+                name: name.to_string(),
+                kind: link.kind(),
+                policy,
+                ring: self.core.cfg.ring,
+                owner,
+            },
+        )?;
+        let id = port.id;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let ctl = &self.core.loops[owner];
+        let sent = ctl.tx.send(LoopCmd::Add {
+            port,
+            link,
+            reply: tx,
+        });
+        if sent.is_err() {
+            self.core.bridge.remove_port(id);
+            return Err(Error::Stopped);
+        }
+        let _ = ctl.waker.wake();
+        match rx.recv_timeout(REPLY_TIMEOUT) {
+            Ok(Ok(())) => Ok(id),
+            Ok(Err(e)) => {
+                self.core.bridge.remove_port(id);
+                Err(Error::Io(format!("registering port {name}"), e))
+            }
+            Err(_) => {
+                self.core.bridge.remove_port(id);
+                Err(Error::Timeout(owner))
+            }
+        }
+    }
+
+    /// Removes port `id` from the bridge and closes its link; returns once its loop let go of
+    /// it. A port that is gone already is fine.
+    pub fn remove_link(&self, id: PortId) -> Result<()> {
+        let owner = self.core.bridge.topology().port(id).map(|p| p.owner);
+        self.core.bridge.remove_port(id);
+        match owner {
+            Some(o) => self.detach(o, id),
+            None => Ok(()),
+        }
+    }
+
+    /// Tells loop `owner` to drop the link of `id` (already out of the bridge).
+    pub(crate) fn detach(&self, owner: usize, id: PortId) -> Result<()> {
+        let Some(ctl) = self.core.loops.get(owner) else {
+            return Ok(());
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if ctl.tx.send(LoopCmd::Remove { id, reply: tx }).is_err() {
+            return Ok(()); // loop gone: the link is closed already
+        }
+        let _ = ctl.waker.wake();
+        rx.recv_timeout(REPLY_TIMEOUT)
+            .map_err(|_| Error::Timeout(owner))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
+    }
+}
+
+/// The running loops. Dropping them stops the loops and closes every link.
+pub struct Loops {
+    dp: Datapath,
     threads: Vec<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for Engine {
+impl std::fmt::Debug for Loops {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
-            .field("loops", &self.threads.len())
+        f.debug_struct("Loops")
+            .field("threads", &self.threads.len())
             .finish()
     }
 }
 
-impl Engine {
-    /// Starts the event loops with the system clock.
-    pub fn start(cfg: EngineConfig) -> io::Result<Engine> {
-        Self::start_with_clock(cfg, Arc::new(MonotonicClock::new()))
-    }
-
-    /// Starts the event loops with the given clock (tests use a [`crate::bridge::ManualClock`]).
-    pub fn start_with_clock(mut cfg: EngineConfig, clock: Arc<dyn Clock>) -> io::Result<Engine> {
+impl Loops {
+    /// Starts `cfg.loops` event loops on `clock`.
+    pub fn start(mut cfg: EngineConfig, clock: Arc<dyn Clock>) -> io::Result<Loops> {
         cfg.loops = cfg.loops.max(1);
-        // Every NAT flow holds a descriptor: use the whole allowance, and budget it (NAT
-        // refuses new flows well before EMFILE; see `nat::host::raise_nofile`).
-        let nofile = crate::nat::host::raise_nofile();
-        tracing::debug!(nofile, "RLIMIT_NOFILE");
         let pool = FramePool::with_gso(cfg.max_frame, cfg.pool_free, cfg.gso_buffers);
         let mut polls = Vec::new();
         let mut ctls = Vec::new();
@@ -193,93 +335,45 @@ impl Engine {
             polls.push(poll);
             rxs.push(rx);
         }
-        let shared = Arc::new(Shared {
+        let core = Arc::new(Core {
             bridge: Bridge::new(clock, pool),
             loops: ctls,
             cfg: cfg.clone(),
             stop: AtomicBool::new(false),
-            watches: parking_lot::Mutex::new(Vec::new()),
-            gateways: parking_lot::Mutex::new(Default::default()),
-            streams: parking_lot::Mutex::new(Default::default()),
-            port_netns: parking_lot::Mutex::new(HashMap::new()),
-            splicer: parking_lot::Mutex::new(None),
         });
         let mut threads = Vec::new();
         for (idx, (poll, rx)) in polls.into_iter().zip(rxs).enumerate() {
-            let st = LoopState::new(idx, poll, shared.clone(), rx);
+            let st = LoopState::new(idx, poll, core.clone(), rx);
             let t = std::thread::Builder::new()
                 .name(format!("usernet-loop{idx}"))
                 .spawn(move || st.run())?;
             threads.push(t);
         }
-        let handle = Handle::from_shared(shared);
-        let h = handle.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("usernet-watch".into())
-                .spawn(move || watch_loop(h))?,
-        );
-        Ok(Engine { handle, threads })
+        Ok(Loops {
+            dp: Datapath { core },
+            threads,
+        })
     }
 
-    /// A control handle (cheap to clone, usable from any thread).
-    pub fn handle(&self) -> Handle {
-        self.handle.clone()
+    /// The datapath handle.
+    pub fn datapath(&self) -> Datapath {
+        self.dp.clone()
     }
 
-    /// Blocks until [`Handle::shutdown`] is called (from a signal handler thread, the control
-    /// socket, or an embedder), then joins the loops.
-    pub fn wait(mut self) {
+    /// Waits for the loops to exit (after [`Datapath::stop`]).
+    pub fn join(mut self) {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
-
-    /// Stops the loops and waits for them.
-    pub fn shutdown(self) {
-        self.handle.shutdown();
-        self.wait();
-    }
 }
 
-impl Drop for Engine {
+impl Drop for Loops {
     fn drop(&mut self) {
         if !self.threads.is_empty() {
-            self.handle.shutdown();
+            self.dp.stop();
             for t in self.threads.drain(..) {
                 let _ = t.join();
-            }
-        }
-    }
-}
-
-/// How often the watcher checks ports whose death the kernel does not signal.
-const WATCH_EVERY: Duration = Duration::from_millis(500);
-
-/// Removes ports whose [`Watch`] says they are gone (e.g. the namespace of a TAP was deleted:
-/// our own TAP descriptor keeps that namespace alive, so no read ever fails).
-fn watch_loop(h: Handle) {
-    let mut last = Instant::now();
-    while !h.is_stopped() {
-        std::thread::sleep(Duration::from_millis(50));
-        if last.elapsed() < WATCH_EVERY {
-            continue;
-        }
-        last = Instant::now();
-        let dead: Vec<(PortId, String)> = {
-            let topo = h.bridge().topology();
-            let mut w = h.shared().watches.lock();
-            w.retain(|x| topo.port(x.port).is_some());
-            w.iter()
-                .filter(|x| !(x.alive)())
-                .map(|x| (x.port, x.what.clone()))
-                .collect()
-        };
-        for (id, what) in dead {
-            let name = h.bridge().topology().port(id).map(|p| p.name.clone());
-            if let Some(name) = name {
-                tracing::warn!(port = %name, "{what} is gone; port removed");
-                let _ = h.remove_port(&name);
             }
         }
     }
@@ -296,7 +390,7 @@ struct LocalPort {
 struct LoopState {
     idx: usize,
     poll: Poll,
-    shared: Arc<Shared>,
+    shared: Arc<Core>,
     cmds: Receiver<LoopCmd>,
     slots: Vec<Option<LocalPort>>,
     by_id: HashMap<PortId, usize>,
@@ -311,7 +405,7 @@ fn token_of(slot: usize) -> Token {
 }
 
 impl LoopState {
-    fn new(idx: usize, poll: Poll, shared: Arc<Shared>, cmds: Receiver<LoopCmd>) -> Self {
+    fn new(idx: usize, poll: Poll, shared: Arc<Core>, cmds: Receiver<LoopCmd>) -> Self {
         let n = shared.loops.len();
         LoopState {
             idx,
@@ -467,7 +561,6 @@ impl LoopState {
             } else {
                 tracing::warn!(port = %lp.port.name, "link failed, port removed: {err}");
             }
-            self.shared.port_netns.lock().remove(&lp.port.name);
             self.shared.bridge.remove_port(lp.port.id);
         }
     }
@@ -612,25 +705,31 @@ impl LoopState {
 mod tests {
     use std::time::Duration;
 
-    use super::{Engine, EngineConfig, LoopCmd};
+    use std::sync::Arc;
+
+    use super::{EngineConfig, LoopCmd, Loops, pick_loop};
+    use crate::bridge::MonotonicClock;
     use crate::bridge::{NewPort, PortPolicy};
     use crate::frame::Frame;
     use crate::link::memory::MemoryLink;
 
     /// A frame flooded to a port the bridge has and its loop has not registered yet (the
-    /// window inside `Handle::add_port`; a gateway's router advertisement hits it) is delivered
+    /// window inside `Datapath::add_link`; a gateway's router advertisement hits it) is delivered
     /// once the port is registered, and so is every later frame: the port's flush flag does
     /// not stay raised. Before, the port got its frames only when it had something to read.
     #[test]
     fn frames_for_a_port_added_while_traffic_flows_are_delivered() {
-        let engine = Engine::start(EngineConfig::default()).expect("engine");
-        let h = engine.handle();
-        h.add_network("n", Default::default()).expect("network");
+        let loops =
+            Loops::start(EngineConfig::default(), Arc::new(MonotonicClock::new())).expect("loops");
+        let h = loops.datapath();
+        h.bridge()
+            .add_network("n", Default::default())
+            .expect("network");
         let (a, a_peer) = MemoryLink::pair(64, 1518).expect("pair");
-        h.add_port("n", "a", PortPolicy::default(), Box::new(a))
+        h.add_link("n", "a", PortPolicy::default(), Box::new(a))
             .expect("port a");
-        // The first half of `Handle::add_port`: the bridge has "b", its loop does not.
-        let shared = h.shared();
+        // The first half of `Datapath::add_link`: the bridge has "b", its loop does not.
+        let shared = h.core();
         let port = shared
             .bridge
             .add_port(
@@ -695,6 +794,40 @@ mod tests {
                 .unwrap_or_else(|| panic!("frame {n} never delivered"));
             assert_eq!(got.data()[14], n);
         }
-        engine.shutdown();
+        h.stop();
+        loops.join();
+    }
+
+    /// Places ports one by one: `nets[k]` is the network of port k; returns each one's loop.
+    fn place(loops: usize, nets: &[usize]) -> Vec<usize> {
+        let mut owner = Vec::new();
+        for (k, &n) in nets.iter().enumerate() {
+            let mut load = vec![0; loops];
+            let mut same = vec![0; loops];
+            for j in 0..k {
+                load[owner[j]] += 1;
+                if nets[j] == n {
+                    same[owner[j]] += 1;
+                }
+            }
+            owner.push(pick_loop(&load, &same));
+        }
+        owner
+    }
+
+    #[test]
+    fn isolated_pairs_stay_on_one_loop_and_spread() {
+        // Pairs on networks 0..4, added A0 B0 A1 B1 ...: each pair on one loop, pairs spread.
+        let o = place(2, &[0, 0, 1, 1, 2, 2, 3, 3]);
+        assert_eq!(o, vec![0, 0, 1, 1, 0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn one_big_network_still_spreads() {
+        let o = place(2, &[0; 8]);
+        let on0 = o.iter().filter(|&&l| l == 0).count();
+        assert!((3..=5).contains(&on0), "{o:?}");
+        assert_eq!(place(1, &[0, 1, 0]), vec![0, 0, 0]);
+        assert_eq!(pick_loop(&[], &[]), 0);
     }
 }

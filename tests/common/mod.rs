@@ -13,9 +13,11 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod packets;
 pub mod qemu;
 pub mod raw;
 pub mod slirp;
+pub mod storm;
 
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

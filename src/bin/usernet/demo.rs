@@ -150,12 +150,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         format!("{} and {} (throw-away)", ns_web.name, ns_client.name),
     );
     check(&h)?;
-    h.add_network("demo", Default::default())?;
     let mut gw_cfg = GatewayConfig::new("demo", SUBNET.parse()?);
     gw_cfg.domain = DOMAIN.into();
     // No upstream resolvers: names outside the network get SERVFAIL, nothing leaves the host.
     gw_cfg.upstreams = Upstreams::Explicit(vec![]);
-    let gw = h.add_gateway(gw_cfg)?;
+    h.add_network_with("demo", Default::default(), None, Some(gw_cfg))?;
+    let gw = h
+        .gateway("demo")
+        .ok_or_else(|| anyhow::anyhow!("the demo network has no gateway"))?;
     let gw_addr = gw.cfg.addr;
     step(
         "network",

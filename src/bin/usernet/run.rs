@@ -110,7 +110,6 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     .context("starting event loops")?;
     let h = engine.handle();
     let setup = (|| -> anyhow::Result<()> {
-        h.add_network(&a.network, fdb_config(None, None))?;
         let mut g = GatewayConfig::new(&a.network, subnet);
         g.mtu = a.mtu.min(65535) as u16;
         g.host_loopback = !a.disable_host_loopback;
@@ -118,7 +117,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         if !upstreams.is_empty() {
             g.upstreams = Upstreams::Explicit(upstreams.clone());
         }
-        h.add_gateway(g)?;
+        h.add_network_with(&a.network, fdb_config(None, None), None, Some(g))?;
         let tap = child.tap.take().context("no TAP from the child")?;
         // The port owns its address from the start, and the gateway knows where it is: the
         // name and forwards work before the command sends anything.

@@ -233,7 +233,6 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     })?;
     let h = engine.handle();
     let net = "slirp4netns";
-    h.add_network(net, fdb_config(None, None))?;
     let mut g = GatewayConfig::new(net, cidr);
     g.addr = gw;
     // --disable-dns: 10.0.2.3 stays (ARP, ping) but answers no DNS; queries time out, as
@@ -253,7 +252,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .flatten();
     g.ipv6_gateway = Some(GATEWAY6);
     g.dns_addr6 = Some(DNS6);
-    h.add_gateway(g)?;
+    h.add_network_with(net, fdb_config(None, None), None, Some(g))?;
     // With -c the guest's addresses are usernet's: owned by the port and known to the gateway
     // from the start (names and forwards work before the guest sends anything).
     let configured: Vec<IpAddr> = if a.configure {

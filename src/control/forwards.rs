@@ -1,0 +1,163 @@
+//! Port forwards (Docker `-p`): host sockets bound here and handed to the network's gateway,
+//! and the splice relay for forwards that enter the target's namespace.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::Handle;
+use crate::error::{Error, Result};
+use crate::gateway::ForwardInfo;
+use crate::nat::forward::{Forward, Proto};
+use crate::nat::forward_rt::{Bound, Listener};
+
+static NEXT_FORWARD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Handle {
+    /// Publishes a guest port on the host (Docker `-p`): binds the host sockets now (a port in
+    /// use is an error naming it) and hands them to the network's gateway.
+    pub fn add_forward(&self, f: &Forward) -> Result<ForwardInfo> {
+        let g = self.gateways_of(Some(&f.network))?.remove(0);
+        if g.cfg.internal {
+            return Err(Error::invalid(
+                "network",
+                format!(
+                    "network {:?} is internal: no NAT, no port forwards",
+                    f.network
+                ),
+            ));
+        }
+        if f.splice && crate::sandbox::is_applied() {
+            return Err(Error::invalid(
+                "splice",
+                crate::sandbox::refused(
+                    "a spliced forward (it enters the guest's namespace for every connection)",
+                ),
+            ));
+        }
+        let splice = if f.splice {
+            Some(crate::nat::forward_rt::SpliceHook {
+                netns: self.splice_target(f)?,
+                splicer: self.splicer()?,
+            })
+        } else {
+            None
+        };
+        let ip = f.spec.bind_ip();
+        let mut listeners = Vec::new();
+        for (hp, gp) in f.spec.pairs() {
+            let at = std::net::SocketAddr::new(ip, hp);
+            let what = || format!("host port {at}/{}", f.spec.proto);
+            match f.spec.proto {
+                Proto::Tcp => {
+                    let l = std::net::TcpListener::bind(at).map_err(|e| Error::Io(what(), e))?;
+                    l.set_nonblocking(true).map_err(|e| Error::Io(what(), e))?;
+                    listeners.push(Listener::Tcp {
+                        sock: mio::net::TcpListener::from_std(l),
+                        guest_port: gp,
+                    });
+                }
+                Proto::Udp => {
+                    let u = std::net::UdpSocket::bind(at).map_err(|e| Error::Io(what(), e))?;
+                    u.set_nonblocking(true).map_err(|e| Error::Io(what(), e))?;
+                    listeners.push(Listener::Udp {
+                        sock: mio::net::UdpSocket::from_std(u),
+                        guest_port: gp,
+                    });
+                }
+            }
+        }
+        let info = ForwardInfo {
+            id: NEXT_FORWARD.fetch_add(1, Ordering::Relaxed),
+            network: f.network.clone(),
+            publish: f.spec.to_string(),
+            to: f.to.clone(),
+            splice: splice.is_some(),
+        };
+        g.add_forward(
+            info.clone(),
+            Bound {
+                listeners,
+                to: f.to.clone(),
+                splice,
+            },
+        )?;
+        tracing::info!(network = %f.network, publish = %info.publish, to = %f.to, splice = info.splice, "port forward added");
+        Ok(info)
+    }
+    /// The namespace a spliced forward connects from: that of the port named by `f.to`, which
+    /// must be one usernet can enter.
+    fn splice_target(&self, f: &Forward) -> Result<PathBuf> {
+        if f.spec.proto != Proto::Tcp {
+            return Err(Error::invalid(
+                "splice",
+                "only TCP forwards can be spliced".to_string(),
+            ));
+        }
+        let netns = self.node.port_netns.lock().get(&f.to).cloned();
+        let Some(netns) = netns else {
+            return Err(Error::invalid(
+                "splice",
+                format!(
+                    "{:?} is not a port whose network namespace usernet knows (a netns port, or the \
+                     command of `usernet run`); give the port name as `to`",
+                    f.to
+                ),
+            ));
+        };
+        crate::link::netns::run_in_netns(&netns, || Ok(()))
+            .map_err(|e| Error::invalid("splice", format!("cannot enter the namespace: {e}")))?;
+        Ok(netns)
+    }
+    /// The relay thread for spliced forwards, started on first use.
+    fn splicer(&self) -> Result<Arc<crate::nat::splice::Splicer>> {
+        let mut s = self.node.splicer.lock();
+        if let Some(sp) = s.as_ref() {
+            return Ok(sp.clone());
+        }
+        let sp = Arc::new(
+            crate::nat::splice::Splicer::start()
+                .map_err(|e| Error::Io("starting the splice relay".into(), e))?,
+        );
+        *s = Some(sp.clone());
+        Ok(sp)
+    }
+    /// Records the network namespace of port `name` (for spliced forwards to it). Ports with a
+    /// `netns` backend are recorded when added; an embedder that hands in a TAP created in a
+    /// namespace (as `usernet run` does) says so here.
+    pub fn set_port_netns(&self, name: &str, netns: PathBuf) {
+        self.node.port_netns.lock().insert(name.to_string(), netns);
+    }
+    /// Removes a port forward by id or by its `-p` spec (as listed); its host sockets are closed
+    /// when this returns.
+    pub fn remove_forward(&self, which: &str) -> Result<ForwardInfo> {
+        let canonical = which
+            .parse::<crate::nat::forward::ForwardSpec>()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|_| which.to_string());
+        for g in self.gateways_of(None)? {
+            let found = g
+                .forwards
+                .lock()
+                .iter()
+                .find(|f| f.id.to_string() == which || f.publish == canonical)
+                .cloned();
+            if let Some(info) = found {
+                g.remove_forward(info.id)?;
+                return Ok(info);
+            }
+        }
+        Err(Error::invalid(
+            "forward",
+            format!("no port forward {which:?}"),
+        ))
+    }
+    /// Port forwards of one network, or of all.
+    pub fn forwards(&self, network: Option<&str>) -> Result<Vec<ForwardInfo>> {
+        Ok(self
+            .gateways_of(network)?
+            .iter()
+            .flat_map(|g| g.forwards.lock().clone())
+            .collect())
+    }
+}

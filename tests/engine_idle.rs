@@ -17,6 +17,34 @@ fn cpu_ticks() -> u64 {
     f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
 }
 
+/// How many of `n` samples over `d` find the event-loop thread `usernet-loop0` running or
+/// runnable (state `R` in /proc), not asleep: a spinning loop is always `R`, whatever else the
+/// machine is doing, where its CPU ticks depend on the other load.
+fn loop_running_samples(n: u32, d: Duration) -> u32 {
+    let tid = std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .flatten()
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "usernet-loop0")
+        })
+        .map(|e| e.path())
+        .expect("the loop thread");
+    let mut running = 0;
+    for _ in 0..n {
+        let stat = std::fs::read_to_string(tid.join("stat")).unwrap_or_default();
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 2..i + 3))
+            .unwrap_or("?");
+        if state == "R" {
+            running += 1;
+        }
+        std::thread::sleep(d / n);
+    }
+    running
+}
+
 static ONE_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
 /// An engine with two memory ports `a` and `b` on one network; returns the peers' ends.
@@ -77,14 +105,20 @@ fn busy_polling_spins_only_after_traffic() {
         Some(&f[..]),
         "frame forwarded while busy-polling"
     );
-    // Within the window the loop polls without sleeping: it uses CPU ...
-    let (spin, dt) = cpu_over(Duration::from_millis(200));
+    // Within the window the loop polls without sleeping: it is running (or runnable) whenever
+    // we look ...
+    let spin = loop_running_samples(20, Duration::from_millis(150));
     assert!(
-        spin >= 5,
-        "busy-polling loop used only {spin} ticks in {dt:?}"
+        spin >= 15,
+        "busy-polling loop found running in only {spin} of 20 samples"
     );
-    // ... and after it, it sleeps again.
+    // ... and after it, it sleeps again (and uses no CPU).
     std::thread::sleep(window);
+    let asleep = 20 - loop_running_samples(20, Duration::from_millis(200));
+    assert!(
+        asleep >= 18,
+        "loop still spinning after its window: asleep in {asleep} of 20 samples"
+    );
     let (idle, dt) = cpu_over(Duration::from_secs(1));
     assert!(
         idle <= 10,

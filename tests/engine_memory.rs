@@ -401,6 +401,10 @@ fn stuck_consumer_costs_the_others_nothing() {
         r.send("b", &g);
         assert_eq!(r.recv("a"), g);
     }
+    // A link's counters move just after its peer has the frame: wait for the last one.
+    wait_until(ARRIVE, || {
+        r.stats("a").tx_frames == 1001 && r.stats("b").tx_frames == u64::from(BC) + 1000
+    });
     let (sa, sb) = (r.stats("a"), r.stats("b"));
     for s in [&sa, &sb] {
         assert_eq!(s.drops["ring_full"] + s.drops["link_error"], 0, "{s:?}");

@@ -277,10 +277,8 @@ fn mount(src: &str, dst: &str, fstype: &str, flags: libc::c_ulong, data: &str) -
 /// started before keep the old root) and after opening every file the process needs.
 pub fn enter_minimal_root() -> io::Result<()> {
     // SAFETY: unshare with a flag only.
-    check(
-        unsafe { libc::unshare(libc::CLONE_NEWNS) },
-        "unshare(CLONE_NEWNS)",
-    )?;
+    let r = unsafe { libc::unshare(libc::CLONE_NEWNS) };
+    check(r, "unshare(CLONE_NEWNS)")?;
     check(
         mount("", "/", "", libc::MS_SLAVE | libc::MS_REC, ""),
         "making / a slave mount",
@@ -320,11 +318,9 @@ pub fn enter_minimal_root() -> io::Result<()> {
     check(r as libc::c_int, "pivot_root to /tmp")?;
     std::env::set_current_dir("/")?;
     let old = cstr("/old");
-    // SAFETY: umount2 with a valid path.
-    check(
-        unsafe { libc::umount2(old.as_ptr(), libc::MNT_DETACH) },
-        "detaching the old root",
-    )?;
+    // SAFETY: umount2 with a valid NUL-terminated path.
+    let r = unsafe { libc::umount2(old.as_ptr(), libc::MNT_DETACH) };
+    check(r, "detaching the old root")?;
     std::fs::remove_dir("/old")?;
     check(
         mount(

@@ -1,5 +1,7 @@
 //! The `usernet` command line. One file per subcommand.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

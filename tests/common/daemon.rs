@@ -39,12 +39,13 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("spawn usernet up");
-        let d = Daemon {
+        let mut d = Daemon {
             dir,
             child: Some(Child(child)),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !d.sock().exists() {
+            assert!(d.alive(), "daemon exited at start: {}", d.log());
             assert!(
                 Instant::now() < deadline,
                 "daemon did not start: {}",
@@ -64,8 +65,29 @@ impl Daemon {
         self.dir.path().join("sock")
     }
 
+    /// The tail of the daemon's log (what matters; keeps panic messages readable).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+        let s = std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default();
+        let skip = s.len().saturating_sub(8000);
+        s.get(skip..).unwrap_or(&s).to_string()
+    }
+
+    /// True while the process has not exited.
+    pub fn alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.0.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Resident memory in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     /// `usernet ctl --json ARGS`, parsed; panics with the daemon log on failure.

@@ -6,7 +6,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,106 +37,24 @@ pub const INGRESS_DROPS: [&str; 13] = [
 // The daemon, with its pid (for liveness and resident memory).
 // ---------------------------------------------------------------------------------------------
 
-/// A `usernet up` daemon with its own config, socket and log in a temp dir; stopped on drop.
-/// Like `common::daemon::Daemon`, but keeps the pid so a test can read `/proc/PID/status`.
-pub struct Usernet {
-    pub dir: tempfile::TempDir,
-    pub child: Option<Child>,
-    pub pid: i32,
+/// The storm tests' daemon: the common one, with the checks below.
+pub use super::daemon::Daemon as Usernet;
+
+/// What the storm tests ask of their daemon beyond the common helpers.
+pub trait StormChecks {
+    /// The `stats` object of port `name`.
+    fn port_stats(&self, name: &str) -> Value;
+    /// The first gateway's info.
+    fn gateway(&self) -> Value;
+    /// Asserts the daemon is alive and answers its control socket.
+    fn assert_healthy(&mut self, when: &str);
+    /// Every port's received frames are forwarded or dropped for exactly one ingress reason.
+    fn assert_accounting(&self);
 }
 
-impl Usernet {
-    pub fn start(config: &str) -> Usernet {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = dir.path().join("usernet.toml");
-        std::fs::write(&cfg, config).expect("write config");
-        let log = std::fs::File::create(dir.path().join("log")).expect("log");
-        let child = Command::new(BIN)
-            .args(["up", "-c"])
-            .arg(&cfg)
-            .arg("--socket")
-            .arg(dir.path().join("sock"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn usernet up");
-        let pid = child.id() as i32;
-        let mut u = Usernet {
-            dir,
-            child: Some(Child(child)),
-            pid,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !u.sock().exists() {
-            assert!(u.alive(), "daemon exited at start: {}", u.log());
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not start: {}",
-                u.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        u
-    }
-
-    pub fn sock(&self) -> PathBuf {
-        self.dir.path().join("sock")
-    }
-
-    pub fn log(&self) -> String {
-        let s = std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default();
-        // The tail is what matters; keep panic messages readable.
-        let skip = s.len().saturating_sub(8000);
-        s.get(skip..).unwrap_or(&s).to_string()
-    }
-
-    /// True while the process has not exited.
-    pub fn alive(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => matches!(c.0.try_wait(), Ok(None)),
-            None => false,
-        }
-    }
-
-    /// Resident memory in KiB (`VmRSS`).
-    pub fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        s.lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-
-    pub fn ctl_raw(&self, args: &[&str]) -> std::process::Output {
-        Command::new("timeout")
-            .arg("20")
-            .arg(BIN)
-            .arg("ctl")
-            .arg("--socket")
-            .arg(self.sock())
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("run usernet ctl")
-    }
-
-    /// `usernet ctl --json ARGS`, parsed; panics with the daemon log on failure.
-    pub fn ctl(&self, args: &[&str]) -> Value {
-        let out = self.ctl_raw(args);
-        assert!(
-            out.status.success(),
-            "usernet ctl {}: {}\ndaemon log:\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        serde_json::from_slice(&out.stdout).expect("ctl JSON")
-    }
-
+impl StormChecks for Usernet {
     /// The `stats` object of port `name`.
-    pub fn port_stats(&self, name: &str) -> Value {
+    fn port_stats(&self, name: &str) -> Value {
         self.ctl(&["stats"])
             .as_array()
             .and_then(|v| v.iter().find(|r| r["port"] == name))
@@ -146,12 +63,12 @@ impl Usernet {
     }
 
     /// The first gateway's info.
-    pub fn gateway(&self) -> Value {
+    fn gateway(&self) -> Value {
         self.ctl(&["gateway"])[0].clone()
     }
 
     /// Asserts the daemon is alive and answers its control socket.
-    pub fn assert_healthy(&mut self, when: &str) {
+    fn assert_healthy(&mut self, when: &str) {
         assert!(self.alive(), "usernet died {when}:\n{}", self.log());
         let out = self.ctl_raw(&["ports"]);
         assert!(
@@ -164,7 +81,7 @@ impl Usernet {
 
     /// Every port's received frames are forwarded or dropped for exactly one ingress reason.
     /// Counters of frames in flight may lag for a moment: retried for a bounded time.
-    pub fn assert_accounting(&self) {
+    fn assert_accounting(&self) {
         let mut last = Value::Null;
         for _ in 0..30 {
             let stats = self.ctl(&["stats"]);
@@ -192,23 +109,6 @@ impl Usernet {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("accounting does not add up: {last}");
-    }
-}
-
-impl Drop for Usernet {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(c.0.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            // Child's Drop kills it.
-        }
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::daemon::{BIN, Daemon};
-use common::{Netns, free_port, http_get, require_root};
+use common::{Httpd, Netns, free_port, http_get, require_root};
 
 /// `/etc/netns/NAME/resolv.conf` (bind-mounted by `ip netns exec`), removed on drop.
 struct Resolv(std::path::PathBuf);
@@ -136,16 +136,6 @@ fn attach_two_namespaces_reach_each_other_by_name() {
     );
 }
 
-/// A process in a namespace, killed on drop.
-struct Bg(std::process::Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Issue 13: `attach --ip` configures the container itself (no DHCP client in it): address,
 /// default route and `lo` up; its name is in DNS and a forward reaches it before it has sent a
 /// single frame; `--ip auto` takes an address from the pool (a reservation `ctl leases` shows,
@@ -198,20 +188,7 @@ fn attach_ip_configures_the_namespace_and_is_reachable_at_once() {
         "web in DNS: {dns}"
     );
     // A server that only listens, published: the first connection works.
-    let root = tempfile::tempdir().expect("tmp");
-    std::fs::write(root.path().join("index.html"), "hello from web\n").expect("write");
-    let _httpd = Bg(web
-        .cmd(&[
-            "busybox",
-            "httpd",
-            "-f",
-            "-p",
-            "80",
-            "-h",
-            root.path().to_str().expect("utf-8"),
-        ])
-        .spawn()
-        .expect("httpd"));
+    let _httpd = Httpd::start(&web, "index.html", "hello from web\n");
     let hp = free_port();
     let spec = format!("127.0.0.1:{hp}:80");
     d.ctl(&["forward", "add", "--network", "net0", &spec, "web"]);

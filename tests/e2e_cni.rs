@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::daemon::BIN;
-use common::{Netns, free_port, http_get, require_root, stop_pidfile};
+use common::{Httpd, Netns, free_port, http_get, require_root, stop_pidfile};
 use serde_json::{Value, json};
 
 /// A plugin environment: its socket and state in a private directory; kills the daemon the
@@ -229,20 +229,7 @@ fn add_check_del_restart_and_names() {
         "{dns}"
     );
     // The port mapping: a server that only listens is reachable from the host.
-    let root = tempfile::tempdir().expect("tmp");
-    std::fs::write(root.path().join("i"), "cni says hi\n").expect("write");
-    let mut httpd = a
-        .cmd(&[
-            "busybox",
-            "httpd",
-            "-f",
-            "-p",
-            "80",
-            "-h",
-            root.path().to_str().expect("utf-8"),
-        ])
-        .spawn()
-        .expect("httpd");
+    let httpd = Httpd::start(&a, "i", "cni says hi\n");
     let fetch = |tries| http_get(hp, "/i", tries);
     assert_eq!(fetch(50), "cni says hi\n");
     // CHECK with the ADD result.
@@ -284,8 +271,7 @@ fn add_check_del_restart_and_names() {
     );
     let body = fetch(30);
     assert_eq!(body, "cni says hi\n", "forward replayed");
-    let _ = httpd.kill();
-    let _ = httpd.wait();
+    httpd.stop();
 
     // DEL: the port, name, forward and reservation go; DEL again is fine.
     let (ok, v) = p.del(&a.path(), "aaaaaaaaaaaaaaaa1", &conf);

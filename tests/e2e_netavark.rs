@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use common::daemon::BIN;
-use common::{Netns, free_port, http_get, require_root, stop_pidfile};
+use common::{Httpd, Netns, free_port, http_get, require_root, stop_pidfile};
 use serde_json::{Value, json};
 
 struct Env {
@@ -121,23 +121,9 @@ fn netavark_plugin_protocol() {
     assert_eq!(status["dns_server_ips"][0], "10.92.0.1");
     assert!(ns.exec_ok(&["ip", "-o", "addr"]).contains("10.92.0.50/24"));
     // The published port reaches a server that only listens.
-    let root = tempfile::tempdir().expect("tmp");
-    std::fs::write(root.path().join("i"), "netavark ok\n").expect("write");
-    let mut httpd = ns
-        .cmd(&[
-            "busybox",
-            "httpd",
-            "-f",
-            "-p",
-            "80",
-            "-h",
-            root.path().to_str().expect("utf-8"),
-        ])
-        .spawn()
-        .expect("httpd");
+    let httpd = Httpd::start(&ns, "i", "netavark ok\n");
     let body = http_get(hp, "/i", 50);
-    let _ = httpd.kill();
-    let _ = httpd.wait();
+    httpd.stop();
     assert_eq!(body, "netavark ok\n");
     // teardown removes the interface; a second one is fine.
     let (ok, v) = e.plugin(&["teardown", p], &exec);

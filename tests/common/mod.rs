@@ -283,3 +283,44 @@ pub fn stop_pidfile(pidfile: &std::path::Path) {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let _ = std::fs::remove_file(pidfile);
 }
+
+/// A busybox httpd on port 80 inside a namespace, serving one file from a temp dir; killed on
+/// drop. (A server that only listens: it sends nothing until a client comes.)
+pub struct Httpd {
+    child: std::process::Child,
+    _root: tempfile::TempDir,
+}
+
+impl Httpd {
+    /// Serves `body` as `/NAME` from inside `ns`.
+    pub fn start(ns: &Netns, name: &str, body: &str) -> Httpd {
+        let root = tempfile::tempdir().expect("tmp");
+        std::fs::write(root.path().join(name), body).expect("write");
+        let child = ns
+            .cmd(&[
+                "busybox",
+                "httpd",
+                "-f",
+                "-p",
+                "80",
+                "-h",
+                root.path().to_str().expect("utf-8"),
+            ])
+            .spawn()
+            .expect("httpd");
+        Httpd { child, _root: root }
+    }
+
+    /// Stops it now.
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Httpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -127,6 +127,18 @@ impl Config {
                     "must be at least 1",
                 ));
             }
+            if let Some(m) = n.mtu
+                && u32::from(m) > self.engine.mtu
+            {
+                return Err(Error::invalid(
+                    format!("network[{i}].mtu"),
+                    format!(
+                        "{m} is above engine.mtu {} (the engine's buffers would drop every \
+                         frame that large): raise [engine] mtu to at least {m}",
+                        self.engine.mtu
+                    ),
+                ));
+            }
             n.gateway_config(&format!("network[{i}]"), self.engine.mtu)?;
         }
         for (i, f) in self.forward.iter().enumerate() {
@@ -152,6 +164,17 @@ impl Config {
         let mut ports = std::collections::HashSet::new();
         for (i, p) in self.port.iter().enumerate() {
             p.backend(&format!("port[{i}]"))?;
+            if let Some(m) = p.mtu
+                && m > self.engine.mtu
+            {
+                return Err(Error::invalid(
+                    format!("port[{i}].mtu"),
+                    format!(
+                        "{m} is above engine.mtu {}: raise [engine] mtu to at least {m}",
+                        self.engine.mtu
+                    ),
+                ));
+            }
             if !names.contains(p.network.as_str()) {
                 return Err(Error::invalid(
                     format!("port[{i}].network"),
@@ -263,5 +286,17 @@ packet = "veth0"
         assert!(err("[engine]\nbusy_poll_us = 2000000").contains("engine.busy_poll_us"));
         assert!(err("[[forward]]\npublish = \"8080:80\"").contains("forward"));
         assert!(err("[[network]]\nname = \"a\"\nfdb_max_entries = 0").contains("fdb_max_entries"));
+        let e = err("[[network]]\nname = \"a\"\nmtu = 9000");
+        assert!(
+            e.contains("network[0].mtu") && e.contains("engine.mtu 1500"),
+            "{e}"
+        );
+        assert!(
+            Config::parse("[engine]\nmtu = 9000\n[[network]]\nname = \"a\"\nmtu = 9000").is_ok()
+        );
+        let e = err(
+            "[[network]]\nname = \"a\"\n[[port]]\nnetwork = \"a\"\nname = \"p\"\ntap = \"t\"\nmtu = 9000",
+        );
+        assert!(e.contains("port[0].mtu") && e.contains("engine.mtu"), "{e}");
     }
 }

@@ -361,6 +361,60 @@ fn bridge_command_switches_taps_moved_into_namespaces() {
     );
 }
 
+/// Issue 17: `usernet bridge --mtu 9000` switches jumbo frames (before, it had no MTU option and
+/// dropped every frame over 1500 as oversize).
+#[test]
+fn bridge_command_switches_jumbo_frames() {
+    if !require_root("bridge_command_switches_jumbo_frames") {
+        return;
+    }
+    let a = Netns::new("ja");
+    let b = Netns::new("jb");
+    let (ta, tb) = (common::unique("jt"), common::unique("jt"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("sock");
+    let _child = Child(
+        Command::new(BIN)
+            .args([
+                "bridge", "--mtu", "9000", "--tap", &ta, "--tap", &tb, "--socket",
+            ])
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn usernet bridge"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "usernet bridge did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (t, ns, ip) in [(&ta, &a, "10.77.6.1/24"), (&tb, &b, "10.77.6.2/24")] {
+        common::ip(&["link", "set", t, "netns", &ns.name]);
+        ns.ip(&["link", "set", t, "name", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "mtu", "9000", "up"]);
+        addr(ns, ip);
+    }
+    let out = a.exec(&[
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "2",
+        "-M",
+        "do",
+        "-s",
+        "8900",
+        "10.77.6.2",
+    ]);
+    assert!(
+        out.status.success(),
+        "8900-byte pings, no fragmentation: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 /// Starts `busybox httpd` in `ns` serving `dir` on port 8000 and waits for it to listen.
 fn httpd(ns: &Netns, dir: &Path, ip: &str) -> Child {
     let child = Child(

@@ -303,6 +303,17 @@ impl Handle {
             ));
         }
         let engine_mtu = self.engine_mtu();
+        if let Some(m) = spec.mtu
+            && u32::from(m) > engine_mtu
+        {
+            return Err(Error::invalid(
+                format!("{prefix}.mtu"),
+                format!(
+                    "{m} is above the engine's MTU {engine_mtu} (its buffers would drop every \
+                     frame that large; start the daemon with a larger [engine] mtu)"
+                ),
+            ));
+        }
         // Check the gateway settings before creating anything.
         let gw = spec.gateway_config(prefix, engine_mtu)?;
         self.add_network_with(

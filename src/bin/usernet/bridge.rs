@@ -24,6 +24,9 @@ pub struct Args {
     /// FDB aging in seconds (0 = never).
     #[arg(long, default_value_t = 300)]
     fdb_aging: u64,
+    /// Largest MTU switched (jumbo frames: up to 65535); TAPs usernet creates get it too.
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(68..=65535))]
+    mtu: u32,
     #[command(flatten)]
     socket: SocketArg,
 }
@@ -35,6 +38,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let sock = a.socket.path()?;
     let engine = Engine::start(EngineConfig {
         loops: a.loops.clamp(1, 64),
+        // Ethernet header and two VLAN tags on top of the MTU, as `[engine] mtu` does.
+        max_frame: a.mtu as usize + 14 + 8,
         ..EngineConfig::default()
     })
     .context("starting event loops")?;
@@ -43,6 +48,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for t in &a.taps {
         let mut s = PortSpec::new(&a.network, t);
         s.tap = Some(t.clone());
+        s.mtu = (a.mtu != 1500).then_some(a.mtu);
         h.open_port(&s)?;
     }
     for p in &a.packets {

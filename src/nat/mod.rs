@@ -32,6 +32,8 @@ use mio::Registry;
 
 use serde::Serialize;
 
+use crate::wire::ip::{Unreachable, icmp_unreachable};
+
 pub mod forward;
 pub mod forward_rt;
 pub mod host;
@@ -485,7 +487,7 @@ impl Nat {
         };
         if answer
             && !group
-            && let Some(p) = tcp::unreachable_for(packet, 0)
+            && let Some(p) = icmp_unreachable(packet, Unreachable::Net)
         {
             out.push(p);
         }

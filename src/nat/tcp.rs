@@ -44,7 +44,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etherparse::{IpNumber, PacketBuilder, TcpSlice};
+use etherparse::{IpNumber, TcpSlice};
 use mio::{Interest, Registry, Token};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
@@ -54,7 +54,10 @@ use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 use super::host::{HostSockets, HostStream, OsSockets};
 use super::{NatConfig, NatCounters, host_destination, token};
 use crate::gateway::tcp::QueueDevice;
-use crate::offload::{Transport, transport};
+use crate::wire::ip::{
+    Transport, Unreachable, icmp_unreachable, tcp_endpoints, tcp_header_len, tcp_rst as rst_for,
+    tcp_segment as parse_tcp, transport,
+};
 
 /// Buffer size each way per flow on links with an MTU up to 9000.
 pub const BUF: usize = 128 * 1024;
@@ -374,12 +377,12 @@ impl TcpNat {
         match e.raw_os_error() {
             Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH) => {
                 NatCounters::inc(&self.counters.unreachable);
-                let code = if e.raw_os_error() == Some(libc::ENETUNREACH) {
-                    0
+                let why = if e.raw_os_error() == Some(libc::ENETUNREACH) {
+                    Unreachable::Net
                 } else {
-                    1
+                    Unreachable::Host
                 };
-                unreachable_for(packet, code).unwrap_or_else(|| rst_for(src, dst, seg))
+                icmp_unreachable(packet, why).unwrap_or_else(|| rst_for(src, dst, seg))
             }
             _ => {
                 NatCounters::inc(&self.counters.refused_host);
@@ -752,7 +755,6 @@ fn pump(f: &mut Flow, s: &mut tcp::Socket<'_>, now: Instant) -> Pump {
     }
 }
 
-/// Parses a stored IP packet back into its TCP segment.
 /// The MSS a guest gets when it announces none (RFC 9293: 536 for IPv4, 1220 for IPv6).
 fn default_mss(v4: bool) -> u16 {
     if v4 { 536 } else { 1220 }
@@ -765,7 +767,7 @@ fn take_mss(packet: &mut [u8], v4: bool) -> u16 {
     let Some(Transport { l4, .. }) = transport(packet) else {
         return default_mss(v4);
     };
-    let Some(off) = packet.get(l4 + 12).map(|b| usize::from(b >> 4) * 4) else {
+    let Some(off) = tcp_header_len(packet, l4) else {
         return default_mss(v4);
     };
     let end = (l4 + off).min(packet.len());
@@ -790,116 +792,6 @@ fn take_mss(packet: &mut [u8], v4: bool) -> u16 {
         }
     }
     default_mss(v4)
-}
-
-/// Source, destination and TCP header length of an IP packet carrying TCP.
-fn tcp_endpoints(packet: &[u8]) -> Option<(SocketAddr, SocketAddr, usize)> {
-    let t = transport(packet).filter(|t| t.proto == 6)?;
-    let (src, dst) = if t.v4 {
-        let s: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
-        let d: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
-        (IpAddr::from(s), IpAddr::from(d))
-    } else {
-        let s: [u8; 16] = packet.get(8..24)?.try_into().ok()?;
-        let d: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
-        (IpAddr::from(s), IpAddr::from(d))
-    };
-    let l4 = t.l4;
-    let ports = packet.get(l4..l4 + 4)?;
-    let thl = usize::from(packet.get(l4 + 12)? >> 4) * 4;
-    Some((
-        SocketAddr::new(src, u16::from_be_bytes([ports[0], ports[1]])),
-        SocketAddr::new(dst, u16::from_be_bytes([ports[2], ports[3]])),
-        thl,
-    ))
-}
-
-fn parse_tcp(packet: &[u8]) -> Option<TcpSlice<'_>> {
-    let payload = match packet.first()? >> 4 {
-        4 => {
-            etherparse::Ipv4Slice::from_slice(packet)
-                .ok()?
-                .payload()
-                .payload
-        }
-        6 => {
-            etherparse::Ipv6Slice::from_slice(packet)
-                .ok()?
-                .payload()
-                .payload
-        }
-        _ => return None,
-    };
-    TcpSlice::from_slice(payload).ok()
-}
-
-/// An RST answering `seg` (sent by `src` to `dst`), from `dst` to `src` (RFC 9293 §3.10.7.1).
-pub fn rst_for(src: SocketAddr, dst: SocketAddr, seg: &TcpSlice<'_>) -> Vec<u8> {
-    let seg_len = seg.payload().len() as u32 + u32::from(seg.syn()) + u32::from(seg.fin());
-    let (seq, ack) = if seg.ack() {
-        (seg.acknowledgment_number(), None)
-    } else {
-        (0, Some(seg.sequence_number().wrapping_add(seg_len)))
-    };
-    let mut out = Vec::new();
-    match (dst.ip(), src.ip()) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let mut t = PacketBuilder::ipv4(a.octets(), b.octets(), 64)
-                .tcp(dst.port(), src.port(), seq, 0)
-                .rst();
-            if let Some(n) = ack {
-                t = t.ack(n);
-            }
-            let _ = t.write(&mut out, &[]);
-        }
-        (IpAddr::V6(a), IpAddr::V6(b)) => {
-            let mut t = PacketBuilder::ipv6(a.octets(), b.octets(), 64)
-                .tcp(dst.port(), src.port(), seq, 0)
-                .rst();
-            if let Some(n) = ack {
-                t = t.ack(n);
-            }
-            let _ = t.write(&mut out, &[]);
-        }
-        _ => {}
-    }
-    out
-}
-
-/// An ICMP (v4: code 0 net, 1 host) or ICMPv6 (code 0 no route, 3 address) destination
-/// unreachable quoting `packet`, from its destination back to its source.
-pub fn unreachable_for(packet: &[u8], code: u8) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    match packet.first()? >> 4 {
-        4 => {
-            let ip = etherparse::Ipv4Slice::from_slice(packet).ok()?;
-            let h = ip.header();
-            let quote = &packet[..packet.len().min(usize::from(h.ihl()) * 4 + 8)];
-            let t = etherparse::Icmpv4Type::DestinationUnreachable(
-                etherparse::icmpv4::DestUnreachableHeader::from_values(code, 0)?,
-            );
-            PacketBuilder::ipv4(h.destination(), h.source(), 64)
-                .icmpv4(t)
-                .write(&mut out, quote)
-                .ok()?;
-        }
-        6 => {
-            let ip = etherparse::Ipv6Slice::from_slice(packet).ok()?;
-            let h = ip.header();
-            let quote = &packet[..packet.len().min(1232)];
-            let c = if code == 0 {
-                etherparse::icmpv6::DestUnreachableCode::NoRoute
-            } else {
-                etherparse::icmpv6::DestUnreachableCode::Address
-            };
-            PacketBuilder::ipv6(h.destination(), h.source(), 64)
-                .icmpv6(etherparse::Icmpv6Type::DestinationUnreachable(c))
-                .write(&mut out, quote)
-                .ok()?;
-        }
-        _ => return None,
-    }
-    Some(out)
 }
 
 /// True for an IP protocol number this module handles.
@@ -949,15 +841,5 @@ mod gso_tests {
             p.truncate(n);
             let _ = take_mss(&mut p, true);
         }
-    }
-
-    #[test]
-    fn endpoints_of_a_packet() {
-        let p = syn_with_mss(true, Some(1460));
-        let (s, d, thl) = tcp_endpoints(&p).expect("tcp");
-        assert_eq!(s, "10.0.0.2:40000".parse().expect("addr"));
-        assert_eq!(d, "1.2.3.4:80".parse().expect("addr"));
-        assert_eq!(thl, 28, "20 bytes + NOP, MSS, window scale");
-        assert!(tcp_endpoints(&p[..10]).is_none());
     }
 }

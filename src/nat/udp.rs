@@ -36,20 +36,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use etherparse::{
-    Icmpv4Type, Icmpv6Type, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder,
-    UdpHeader, icmpv4::DestUnreachableHeader, icmpv6::DestUnreachableCode,
-};
+use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, UdpHeader};
 use mio::{Interest, Registry, Token};
 
 use super::host::{HostDatagram, HostSockets, OsSockets};
 use super::{NatConfig, NatCounters, host_destination, token};
+use crate::wire::ip::{TTL, Unreachable, build_udp, icmp_unreachable};
 
 /// Most packets one [`UdpNat::ready`] call appends for one flow.
 pub const MAX_PACKETS_PER_READY: usize = 256;
-
-/// TTL / hop limit of packets built towards the guest.
-const TTL: u8 = 64;
 
 /// Largest datagram a UDP socket can return.
 const RECV_BUF: usize = 65536;
@@ -65,14 +60,6 @@ struct Flow {
     last_used: Instant,
     /// UDP payload length of the guest's last datagram (for the ICMP quote).
     last_len: u16,
-}
-
-/// Why a receive failed, as an ICMP unreachable code.
-#[derive(Debug, Clone, Copy)]
-enum Unreach {
-    Port,
-    Host,
-    Net,
 }
 
 /// The UDP flow table of one network.
@@ -261,7 +248,7 @@ impl UdpNat {
                     let Some(data) = self.buf.get(..n) else {
                         continue;
                     };
-                    match udp_packet(flow.dst, flow.guest, data) {
+                    match build_udp(flow.dst, flow.guest, data) {
                         Some(p) => {
                             out.push(p);
                             produced += 1;
@@ -273,9 +260,9 @@ impl UdpNat {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let why = match e.raw_os_error() {
-                        Some(libc::ECONNREFUSED) => Unreach::Port,
-                        Some(libc::EHOSTUNREACH) => Unreach::Host,
-                        Some(libc::ENETUNREACH) => Unreach::Net,
+                        Some(libc::ECONNREFUSED) => Unreachable::Port,
+                        Some(libc::EHOSTUNREACH) => Unreachable::Host,
+                        Some(libc::ENETUNREACH) => Unreachable::Net,
                         _ => {
                             tracing::debug!(guest = %flow.guest, dst = %flow.dst, error = %e, "UDP NAT receive failed");
                             NatCounters::inc(&self.counters.errors);
@@ -363,27 +350,13 @@ impl UdpNat {
     }
 }
 
-/// An IP + UDP packet `src` → `dst` carrying `payload`; `None` if the families differ or it is
-/// too big.
-fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
-    let b = match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), TTL),
-        (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), TTL),
-        _ => return None,
-    }
-    .udp(src.port(), dst.port());
-    let mut v = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut v, payload).ok()?;
-    Some(v)
-}
-
 /// An ICMP(v6) destination unreachable from `dst` to `guest`, quoting the IP + UDP header of a
-/// `len`-byte datagram `guest` → `dst`.
+/// `len`-byte datagram `guest` → `dst` (rebuilt: the flow keeps no packet).
 fn unreachable_packet(
     guest: SocketAddr,
     dst: SocketAddr,
     len: u16,
-    why: Unreach,
+    why: Unreachable,
 ) -> Option<Vec<u8>> {
     let udp_len = len.checked_add(8)?;
     let udp = UdpHeader {
@@ -397,17 +370,6 @@ fn unreachable_packet(
         (IpAddr::V4(g), IpAddr::V4(d)) => {
             let ip = Ipv4Header::new(udp_len, TTL, IpNumber::UDP, g.octets(), d.octets()).ok()?;
             ip.write(&mut quote).ok()?;
-            udp.write(&mut quote).ok()?;
-            let code = match why {
-                Unreach::Port => DestUnreachableHeader::Port,
-                Unreach::Host => DestUnreachableHeader::Host,
-                Unreach::Net => DestUnreachableHeader::Network,
-            };
-            let b = PacketBuilder::ipv4(d.octets(), g.octets(), TTL)
-                .icmpv4(Icmpv4Type::DestinationUnreachable(code));
-            let mut v = Vec::with_capacity(b.size(quote.len()));
-            b.write(&mut v, &quote).ok()?;
-            Some(v)
         }
         (IpAddr::V6(g), IpAddr::V6(d)) => {
             let ip = Ipv6Header {
@@ -420,26 +382,19 @@ fn unreachable_packet(
                 destination: d.octets(),
             };
             ip.write(&mut quote).ok()?;
-            udp.write(&mut quote).ok()?;
-            let code = match why {
-                Unreach::Port => DestUnreachableCode::Port,
-                Unreach::Host => DestUnreachableCode::Address,
-                Unreach::Net => DestUnreachableCode::NoRoute,
-            };
-            let b = PacketBuilder::ipv6(d.octets(), g.octets(), TTL)
-                .icmpv6(Icmpv6Type::DestinationUnreachable(code));
-            let mut v = Vec::with_capacity(b.size(quote.len()));
-            b.write(&mut v, &quote).ok()?;
-            Some(v)
         }
-        _ => None,
+        _ => return None,
     }
+    udp.write(&mut quote).ok()?;
+    icmp_unreachable(&quote, why)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    use etherparse::{
+        Icmpv4Type, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader,
+    };
     use mio::{Events, Poll};
     use std::time::Duration;
 

@@ -35,10 +35,11 @@
 //! of per 1.5 KiB either way.
 //!
 //! Buffers are [`BUF`] bytes each way per flow ([`BUF_JUMBO`] above MTU 9000), so window scaling is in use and a 65520-byte MTU
-//! path is not capped at 64 KiB. Limits: flows per network and per guest, and a SYN backlog
-//! (connects in progress); a flow over a limit is refused (RST) and counted.
+//! path is not capped at 64 KiB. Limits (checked by the NAT's [`FlowTable`], which
+//! counts every protocol): flows per network and per guest port, and the SYN backlogs
+//! (connects in progress, and a port's connections not established yet); a SYN over a limit
+//! is refused (RST) and counted.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
@@ -51,6 +52,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SInstant;
 use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 
+use super::flow::{FORWARD_KEY, FlowId, FlowKey, FlowTable, GuestKey, Opener, Phase, Slots};
 use super::host::{HostSockets, HostStream, OsSockets};
 use super::{NatConfig, NatCounters, host_destination, token};
 use crate::gateway::tcp::QueueDevice;
@@ -106,8 +108,6 @@ struct Flow {
     /// When the flow was created (half-open flows expire [`NatConfig::handshake_timeout`]
     /// after it).
     born: Instant,
-    /// The guest port it counts against ([`super::GuestKey`]).
-    owner: super::GuestKey,
 }
 
 /// The TCP half of a gateway's NAT. See the module docs.
@@ -118,13 +118,9 @@ pub struct TcpNat {
     iface: Interface,
     dev: QueueDevice,
     sockets: SocketSet<'static>,
-    flows: Vec<Option<Flow>>,
-    free: Vec<usize>,
-    by_key: HashMap<Key, usize>,
-    per_guest: HashMap<super::GuestKey, usize>,
-    /// Each guest's flows not established yet (connecting or half-open).
-    unestablished: HashMap<super::GuestKey, usize>,
-    connecting: usize,
+    /// Each flow's state, by its id in the [`FlowTable`] (which keeps its key, owner and
+    /// phase, and does the accounting and the limit check).
+    slots: Slots<Flow>,
     buf: usize,
     epoch: Instant,
 }
@@ -183,61 +179,25 @@ impl TcpNat {
             iface,
             dev,
             sockets: SocketSet::new(Vec::new()),
-            flows: Vec::new(),
-            free: Vec::new(),
-            by_key: HashMap::new(),
-            per_guest: HashMap::new(),
-            unestablished: HashMap::new(),
-            connecting: 0,
+            slots: Slots::default(),
             buf: buffer_for(mtu),
             epoch,
         }
     }
 
-    /// Open flows (connecting included).
-    pub fn flows(&self) -> usize {
-        self.by_key.len()
+    /// Adds flow `f` of `owner` to the table in `phase`; its id.
+    fn alloc(&mut self, flows: &mut FlowTable, f: Flow, owner: GuestKey, phase: Phase) -> FlowId {
+        let id = flows.insert(FlowKey::Tcp(f.key.0, f.key.1), owner, phase);
+        self.slots.put(id, f);
+        id
     }
 
-    /// True if a flow from guest `src` to `dst` exists (connecting or open).
-    pub fn has_flow(&self, src: SocketAddr, dst: SocketAddr) -> bool {
-        self.by_key.contains_key(&(src, dst))
-    }
-
-    /// Open flows of one guest.
-    pub fn flows_of(&self, guest: super::GuestKey) -> usize {
-        self.per_guest.get(&guest).copied().unwrap_or(0)
-    }
-
-    fn alloc(&mut self, f: Flow) -> usize {
-        *self.per_guest.entry(f.owner).or_insert(0) += 1;
-        if !f.established {
-            *self.unestablished.entry(f.owner).or_insert(0) += 1;
-        }
-        self.by_key.insert(f.key, 0);
-        let idx = match self.free.pop() {
-            Some(i) => {
-                self.flows[i] = Some(f);
-                i
-            }
-            None => {
-                self.flows.push(Some(f));
-                self.flows.len() - 1
-            }
-        };
-        if let Some(Some(f)) = self.flows.get(idx) {
-            self.by_key.insert(f.key, idx);
-        }
-        idx
-    }
-
-    fn remove(&mut self, reg: &Registry, idx: usize, reset_host: bool) {
-        let Some(mut f) = self.flows.get_mut(idx).and_then(Option::take) else {
+    /// Closes flow `id`: its host socket (with an RST to the host peer if `reset_host`), its
+    /// smoltcp socket (if any, without a word to the guest) and its table entry.
+    fn remove(&mut self, reg: &Registry, flows: &mut FlowTable, id: FlowId, reset_host: bool) {
+        let Some(mut f) = self.slots.take(id) else {
             return;
         };
-        if matches!(f.state, State::Connecting { .. }) {
-            self.connecting = self.connecting.saturating_sub(1);
-        }
         let _ = reg.deregister(&mut *f.host);
         if reset_host {
             // SO_LINGER 0: close sends an RST to the host peer.
@@ -246,56 +206,47 @@ impl TcpNat {
         if let Some(h) = f.sock {
             self.sockets.remove(h);
         }
-        self.by_key.remove(&f.key);
-        if let Some(n) = self.per_guest.get_mut(&f.owner) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_guest.remove(&f.owner);
-            }
-        }
-        if !f.established {
-            Self::settled(&mut self.unestablished, f.owner);
-        }
-        self.free.push(idx);
+        flows.remove(id);
     }
 
-    /// One of `owner`'s flows is no longer unestablished.
-    fn settled(map: &mut HashMap<super::GuestKey, usize>, owner: super::GuestKey) {
-        if let Some(n) = map.get_mut(&owner) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&owner);
-            }
+    /// Closes flow `id` at once: its smoltcp socket is aborted, its host socket closed (with
+    /// an RST to the host peer if `reset_host`). False if there is no such flow.
+    pub fn close(
+        &mut self,
+        reg: &Registry,
+        flows: &mut FlowTable,
+        id: FlowId,
+        reset_host: bool,
+    ) -> bool {
+        let Some(f) = self.slots.get(id) else {
+            return false;
+        };
+        if let Some(h) = f.sock {
+            self.sockets.get_mut::<tcp::Socket>(h).abort();
         }
+        self.remove(reg, flows, id, reset_host);
+        true
     }
 
-    fn over_limit(&self, guest: super::GuestKey, other: (usize, usize)) -> bool {
-        self.by_key.len() + other.0 >= super::flow_cap(&self.cfg)
-            || self.flows_of(guest) + other.1 >= self.cfg.max_flows_per_guest
-            || self.connecting >= self.cfg.syn_backlog
-            || self.unestablished.get(&guest).copied().unwrap_or(0)
-                >= self.cfg.syn_backlog_per_guest
-    }
-
-    /// A TCP segment from the guest behind port `owner`, as the whole IP packet. `other_flows`
-    /// is the number of UDP/ICMP flows (all, and this guest's), for the shared limits. Returns
-    /// packets to send back (RST, ICMP). `now` is the gateway's clock.
+    /// A TCP segment from the guest behind port `owner`, as the whole IP packet. A SYN for
+    /// a new flow passes the table's limit check ([`FlowTable::admit`]). Returns packets to
+    /// send back (RST, ICMP). `now` is the gateway's clock.
     #[allow(clippy::too_many_arguments)]
     pub fn from_guest(
         &mut self,
         reg: &Registry,
+        flows: &mut FlowTable,
         now: Instant,
-        owner: super::GuestKey,
+        owner: GuestKey,
         packet: &[u8],
         src: SocketAddr,
         dst: SocketAddr,
         seg: &TcpSlice<'_>,
-        other_flows: (usize, usize),
         out: &mut Vec<Vec<u8>>,
     ) {
         let key = (src, dst);
-        if let Some(&idx) = self.by_key.get(&key) {
-            if let Some(Some(f)) = self.flows.get_mut(idx) {
+        if let Some(idx) = flows.get(&FlowKey::Tcp(src, dst)) {
+            if let Some(f) = self.slots.get_mut(idx) {
                 f.last = now;
                 match f.state {
                     State::Connecting { .. } => {} // SYN retransmission: still connecting
@@ -321,8 +272,7 @@ impl TcpNat {
             NatCounters::inc(&self.counters.dropped_dest);
             return;
         };
-        if self.over_limit(owner, other_flows) {
-            NatCounters::inc(&self.counters.refused_limit);
+        if !flows.admit(Opener::GuestSyn(owner)) {
             out.push(rst_for(src, dst, seg));
             return;
         }
@@ -335,7 +285,7 @@ impl TcpNat {
         };
         let mut syn = packet.to_vec();
         let mss = take_mss(&mut syn, dst.is_ipv4());
-        let idx = self.alloc(Flow {
+        let flow = Flow {
             key,
             mss,
             host_rd: true,
@@ -349,10 +299,9 @@ impl TcpNat {
             established: false,
             last: now,
             born: now,
-            owner,
-        });
-        self.connecting += 1;
-        if let Some(Some(f)) = self.flows.get_mut(idx)
+        };
+        let idx = self.alloc(flows, flow, owner, Phase::Connecting);
+        if let Some(f) = self.slots.get_mut(idx)
             && reg
                 .register(
                     &mut *f.host,
@@ -362,7 +311,7 @@ impl TcpNat {
                 .is_err()
         {
             NatCounters::inc(&self.counters.errors);
-            self.remove(reg, idx, false);
+            self.remove(reg, flows, idx, false);
         }
     }
 
@@ -392,20 +341,18 @@ impl TcpNat {
     }
 
     /// Starts a connection *to* a guest for a port forward: `host` is the accepted client,
-    /// `from` the source the guest will see, `guest` the guest's address and port.
+    /// `from` the source the guest will see, `guest` the guest's address and port. The caller
+    /// checked the limits ([`Opener::Forward`]).
     pub fn connect_to_guest(
         &mut self,
         reg: &Registry,
+        flows: &mut FlowTable,
         now: Instant,
         host: Box<dyn HostStream>,
         from: SocketAddr,
         guest: SocketAddr,
     ) -> io::Result<()> {
-        if self.by_key.len() >= super::flow_cap(&self.cfg) {
-            NatCounters::inc(&self.counters.refused_limit);
-            return Err(io::Error::other("flow limit"));
-        }
-        if self.by_key.contains_key(&(guest, from)) {
+        if flows.contains(&FlowKey::Tcp(guest, from)) {
             // Two host clients the guest would see as one (loopback IPv4 and IPv6 clients with
             // the same port both appear as the gateway's address): one flow per address pair,
             // or the first one's entry would be overwritten and escape the flow count.
@@ -418,7 +365,7 @@ impl TcpNat {
         s.connect(self.iface.context(), guest, from)
             .map_err(|e| io::Error::other(format!("connect to guest {guest}: {e}")))?;
         let h = self.sockets.add(s);
-        let idx = self.alloc(Flow {
+        let flow = Flow {
             key: (guest, from),
             mss: default_mss(guest.is_ipv4()),
             host_rd: true,
@@ -432,25 +379,31 @@ impl TcpNat {
             established: false,
             last: now,
             born: now,
-            owner: super::FORWARD_KEY,
-        });
-        if let Some(Some(f)) = self.flows.get_mut(idx)
+        };
+        let idx = self.alloc(flows, flow, FORWARD_KEY, Phase::HalfOpen);
+        if let Some(f) = self.slots.get_mut(idx)
             && let Err(e) = reg.register(
                 &mut *f.host,
                 token::make(token::TCP, idx),
                 Interest::READABLE | Interest::WRITABLE,
             )
         {
-            self.remove(reg, idx, true);
+            self.remove(reg, flows, idx, true);
             return Err(e);
         }
         Ok(())
     }
 
     /// Readiness of a host socket (token kind TCP).
-    pub fn ready(&mut self, reg: &Registry, tok: Token, out: &mut Vec<Vec<u8>>) {
+    pub fn ready(
+        &mut self,
+        reg: &Registry,
+        flows: &mut FlowTable,
+        tok: Token,
+        out: &mut Vec<Vec<u8>>,
+    ) {
         let (_, idx) = token::split(tok);
-        let Some(Some(f)) = self.flows.get_mut(idx) else {
+        let Some(f) = self.slots.get_mut(idx) else {
             return;
         };
         let State::Connecting { syn, .. } = &f.state else {
@@ -469,7 +422,7 @@ impl TcpNat {
                 if let Some(seg) = parse_tcp(&syn) {
                     out.push(self.connect_failed(&e, src, dst, &seg, &syn));
                 }
-                self.remove(reg, idx, false);
+                self.remove(reg, flows, idx, false);
                 return;
             }
         }
@@ -484,7 +437,7 @@ impl TcpNat {
                     out.push(rst_for(src, dst, &seg));
                 }
                 NatCounters::inc(&self.counters.refused_host);
-                self.remove(reg, idx, false);
+                self.remove(reg, flows, idx, false);
                 return;
             }
         }
@@ -498,24 +451,30 @@ impl TcpNat {
         })
         .is_err()
         {
-            self.remove(reg, idx, true);
+            self.remove(reg, flows, idx, true);
             return;
         }
         let h = self.sockets.add(s);
         f.sock = Some(h);
         f.state = State::Open;
-        self.connecting = self.connecting.saturating_sub(1);
+        flows.advance(idx, Phase::HalfOpen);
         NatCounters::inc(&self.counters.tcp_flows);
         self.dev.rx.push_back(syn);
     }
 
     /// Runs smoltcp and splices every open flow. Returns IP packets for guests in `out`.
-    pub fn poll(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>, clock: Instant) {
+    pub fn poll(
+        &mut self,
+        reg: &Registry,
+        flows: &mut FlowTable,
+        out: &mut Vec<Vec<u8>>,
+        clock: Instant,
+    ) {
         let now = smol_now(self.epoch, clock);
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
         let mut dead = Vec::new();
-        for idx in 0..self.flows.len() {
-            let Some(Some(f)) = self.flows.get_mut(idx) else {
+        for idx in 0..self.slots.end() {
+            let Some(f) = self.slots.get_mut(idx) else {
                 continue;
             };
             let Some(h) = f.sock else {
@@ -525,7 +484,7 @@ impl TcpNat {
             let was = f.established;
             let r = pump(f, s, clock);
             if !was && f.established {
-                Self::settled(&mut self.unestablished, f.owner);
+                flows.advance(idx, Phase::Established);
             }
             match r {
                 Pump::Alive => {}
@@ -534,7 +493,7 @@ impl TcpNat {
             }
         }
         for (idx, reset) in dead {
-            self.remove(reg, idx, reset);
+            self.remove(reg, flows, idx, reset);
         }
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
         out.append(&mut self.dev.tx);
@@ -546,10 +505,18 @@ impl TcpNat {
     }
 
     /// Connect timeouts and idle flows. Returns packets (RSTs) for guests.
-    pub fn expire(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>, now: Instant) {
+    pub fn expire(
+        &mut self,
+        reg: &Registry,
+        flows: &mut FlowTable,
+        out: &mut Vec<Vec<u8>>,
+        now: Instant,
+    ) {
         let mut dead = Vec::new();
-        for (idx, f) in self.flows.iter().enumerate() {
-            let Some(f) = f else { continue };
+        for idx in 0..self.slots.end() {
+            let Some(f) = self.slots.get(idx) else {
+                continue;
+            };
             match &f.state {
                 State::Connecting { syn, since }
                     if now.saturating_duration_since(*since) > self.cfg.connect_timeout =>
@@ -575,45 +542,15 @@ impl TcpNat {
             }
         }
         for (idx, reset) in dead {
-            if let Some(Some(f)) = self.flows.get(idx)
-                && let Some(h) = f.sock
-            {
-                self.sockets.get_mut::<tcp::Socket>(h).abort();
-            }
-            self.remove(reg, idx, reset);
+            self.close(reg, flows, idx, reset);
         }
-    }
-
-    /// Closes every connection of the guest behind port `owner` (a port that was removed):
-    /// the host peer gets an RST, the guest (gone) nothing. Returns how many were closed.
-    pub fn forget_guest(&mut self, reg: &Registry, owner: super::GuestKey) -> usize {
-        if owner == super::FORWARD_KEY || self.flows_of(owner) == 0 {
-            return 0;
-        }
-        let doomed: Vec<usize> = self
-            .flows
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.as_ref().is_some_and(|f| f.owner == owner))
-            .map(|(i, _)| i)
-            .collect();
-        for &idx in &doomed {
-            if let Some(Some(f)) = self.flows.get(idx)
-                && let Some(h) = f.sock
-            {
-                self.sockets.get_mut::<tcp::Socket>(h).abort();
-            }
-            self.remove(reg, idx, true);
-        }
-        doomed.len()
     }
 
     /// The GSO segment size for `packet`, an IP packet smoltcp sent towards a guest: the flow's
     /// MSS less the TCP options this packet carries. `None` if it belongs to no flow.
-    pub fn gso_size(&self, packet: &[u8]) -> Option<u16> {
+    pub fn gso_size(&self, flows: &FlowTable, packet: &[u8]) -> Option<u16> {
         let (src, dst, thl) = tcp_endpoints(packet)?;
-        let idx = *self.by_key.get(&(dst, src))?;
-        let f = self.flows.get(idx)?.as_ref()?;
+        let f = self.slots.get(flows.get(&FlowKey::Tcp(dst, src))?)?;
         Some(f.mss.saturating_sub(thl.saturating_sub(20) as u16).max(1))
     }
 

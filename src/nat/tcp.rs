@@ -57,8 +57,8 @@ use super::host::{HostSockets, HostStream, OsSockets};
 use super::{NatConfig, NatCounters, host_destination, token};
 use crate::gateway::tcp::QueueDevice;
 use crate::wire::ip::{
-    Transport, Unreachable, icmp_unreachable, tcp_endpoints, tcp_header_len, tcp_rst as rst_for,
-    tcp_segment as parse_tcp, transport,
+    Transport, Unreachable, icmp_unreachable, tcp_endpoints, tcp_header_len, tcp_rst, tcp_segment,
+    transport,
 };
 
 /// Buffer size each way per flow on links with an MTU up to 9000.
@@ -265,7 +265,7 @@ impl TcpNat {
             return;
         }
         if !seg.syn() || seg.ack() {
-            out.push(rst_for(src, dst, seg));
+            out.push(tcp_rst(src, dst, seg));
             return;
         }
         let Some(host_ip) = host_destination(&self.cfg, dst.ip()) else {
@@ -273,7 +273,7 @@ impl TcpNat {
             return;
         };
         if !flows.admit(Opener::GuestSyn(owner)) {
-            out.push(rst_for(src, dst, seg));
+            out.push(tcp_rst(src, dst, seg));
             return;
         }
         let host = match connect(&*self.host, SocketAddr::new(host_ip, dst.port()), &self.cfg) {
@@ -331,11 +331,11 @@ impl TcpNat {
                 } else {
                     Unreachable::Host
                 };
-                icmp_unreachable(packet, why).unwrap_or_else(|| rst_for(src, dst, seg))
+                icmp_unreachable(packet, why).unwrap_or_else(|| tcp_rst(src, dst, seg))
             }
             _ => {
                 NatCounters::inc(&self.counters.refused_host);
-                rst_for(src, dst, seg)
+                tcp_rst(src, dst, seg)
             }
         }
     }
@@ -419,7 +419,7 @@ impl TcpNat {
             Ok(Some(e)) | Err(e) => {
                 let syn = syn.clone();
                 let (src, dst) = f.key;
-                if let Some(seg) = parse_tcp(&syn) {
+                if let Some(seg) = tcp_segment(&syn) {
                     out.push(self.connect_failed(&e, src, dst, &seg, &syn));
                 }
                 self.remove(reg, flows, idx, false);
@@ -433,8 +433,8 @@ impl TcpNat {
             Err(_) => {
                 let syn = syn.clone();
                 let (src, dst) = f.key;
-                if let Some(seg) = parse_tcp(&syn) {
-                    out.push(rst_for(src, dst, &seg));
+                if let Some(seg) = tcp_segment(&syn) {
+                    out.push(tcp_rst(src, dst, &seg));
                 }
                 NatCounters::inc(&self.counters.refused_host);
                 self.remove(reg, flows, idx, false);
@@ -521,8 +521,8 @@ impl TcpNat {
                 State::Connecting { syn, since }
                     if now.saturating_duration_since(*since) > self.cfg.connect_timeout =>
                 {
-                    if let Some(seg) = parse_tcp(syn) {
-                        out.push(rst_for(f.key.0, f.key.1, &seg));
+                    if let Some(seg) = tcp_segment(syn) {
+                        out.push(tcp_rst(f.key.0, f.key.1, &seg));
                     }
                     dead.push((idx, false));
                 }

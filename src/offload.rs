@@ -21,11 +21,15 @@
 //! refused with an [`OffloadError`] and counted by the caller; nothing here panics on input.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 
 use etherparse::checksum::Sum16BitWords;
 
 use crate::frame::{Frame, FramePool, VnetHdr};
 use crate::wire::eth::L2Header;
+use crate::wire::ip::{PROTO_TCP, PROTO_UDP, addresses, tcp_header_len};
+/// Moved to [`crate::wire::ip`]; re-exported here, where callers found them before.
+pub use crate::wire::ip::{Transport, transport};
 
 /// `VIRTIO_NET_HDR_GSO_TCPV4`.
 pub const GSO_TCPV4: u8 = 1;
@@ -40,8 +44,6 @@ pub const GSO_ECN: u8 = 0x80;
 
 const ETH_IPV4: u16 = 0x0800;
 const ETH_IPV6: u16 = 0x86dd;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
@@ -162,33 +164,6 @@ pub fn finish_checksum(frame: &mut Frame) -> Result<(), OffloadError> {
     Ok(())
 }
 
-/// The transport layer of an IP packet, as [`transport`] finds it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Transport {
-    /// IPv4 (else IPv6).
-    pub v4: bool,
-    /// IP protocol number of the transport header (6 TCP, 17 UDP, ...).
-    pub proto: u8,
-    /// Offset of the transport header in the packet.
-    pub l4: usize,
-}
-
-/// Where the transport header of IP packet `ip` starts (after IPv4 options) and which protocol
-/// it is; `None` for anything else or a header cut short. IPv6 extension headers are not
-/// walked: Linux's TCP and UDP do not send them with offloads, and NAT does not take them.
-pub fn transport(ip: &[u8]) -> Option<Transport> {
-    let b = *ip.first()?;
-    let (v4, proto, l4) = match b >> 4 {
-        4 => (true, *ip.get(9)?, usize::from(b & 0x0f) * 4),
-        6 => (false, *ip.get(6)?, 40),
-        _ => return None,
-    };
-    if (v4 && l4 < 20) || l4 > ip.len() {
-        return None;
-    }
-    Some(Transport { v4, proto, l4 })
-}
-
 /// Where a GSO frame's headers are.
 struct Layout {
     l3: usize,
@@ -218,8 +193,7 @@ fn layout(data: &[u8], gso: u8) -> Result<Layout, OffloadError> {
         _ => return Err(OffloadError::Unsupported(gso)),
     };
     let payload = if tcp {
-        let off = *data.get(l4 + 12).ok_or(OffloadError::Malformed)?;
-        let thl = usize::from(off >> 4) * 4;
+        let thl = tcp_header_len(data, l4).ok_or(OffloadError::Malformed)?;
         if thl < 20 {
             return Err(OffloadError::Malformed);
         }
@@ -297,23 +271,11 @@ fn segment(
         };
         put16(s, csum_at, 0);
         let proto = if lay.tcp { PROTO_TCP } else { PROTO_UDP };
-        let mut sum = if lay.v4 {
-            let mut a = [0u8; 4];
-            a.copy_from_slice(&s[lay.l3 + 12..lay.l3 + 16]);
-            let mut b = [0u8; 4];
-            b.copy_from_slice(&s[lay.l3 + 16..lay.l3 + 20]);
-            Sum16BitWords::new().add_4bytes(a).add_4bytes(b)
-        } else {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&s[lay.l3 + 8..lay.l3 + 24]);
-            let mut b = [0u8; 16];
-            b.copy_from_slice(&s[lay.l3 + 24..lay.l3 + 40]);
-            Sum16BitWords::new().add_16bytes(a).add_16bytes(b)
+        let Some(sum) = pseudo_sum(&s[lay.l3..], l4_len, proto) else {
+            out.truncate(first);
+            return Err(OffloadError::Malformed);
         };
-        sum = sum
-            .add_4bytes((l4_len as u32).to_be_bytes())
-            .add_2bytes([0, proto])
-            .add_slice(&s[lay.l4..]);
+        let sum = sum.add_slice(&s[lay.l4..]);
         let c = if lay.tcp {
             sum.ones_complement()
         } else {
@@ -329,17 +291,13 @@ fn segment(
 /// The pseudo-header sum of the TCP or UDP segment in `ip` (an IPv4 or IPv6 packet whose
 /// transport header starts at `l4`), for a segment of `l4_len` bytes.
 fn pseudo_sum(ip: &[u8], l4_len: usize, proto: u8) -> Option<Sum16BitWords> {
-    let mut sum = match ip.first()? >> 4 {
-        4 => {
-            let a: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
-            let b: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
-            Sum16BitWords::new().add_4bytes(a).add_4bytes(b)
-        }
-        6 => {
-            let a: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
-            let b: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
-            Sum16BitWords::new().add_16bytes(a).add_16bytes(b)
-        }
+    let mut sum = match addresses(ip)? {
+        (IpAddr::V4(a), IpAddr::V4(b)) => Sum16BitWords::new()
+            .add_4bytes(a.octets())
+            .add_4bytes(b.octets()),
+        (IpAddr::V6(a), IpAddr::V6(b)) => Sum16BitWords::new()
+            .add_16bytes(a.octets())
+            .add_16bytes(b.octets()),
         _ => return None,
     };
     Some(
@@ -372,7 +330,7 @@ pub fn tcp_partial(
 ) -> Option<VnetHdr> {
     let v4 = ip.first()? >> 4 == 4;
     let seg_len = ip.len().checked_sub(l4)?;
-    let thl = usize::from(ip.get(l4 + 12)? >> 4) * 4;
+    let thl = tcp_header_len(ip, l4)?;
     if thl < 20 || thl > seg_len {
         return None;
     }
@@ -639,28 +597,6 @@ mod tests {
             adapt(f, Offloads::NONE, &pool, &mut VecDeque::new()),
             Err(OffloadError::BadChecksumOffset)
         );
-    }
-
-    #[test]
-    fn transport_finds_the_l4_header() {
-        let mut v4 = vec![0u8; 24];
-        v4[0] = 0x46; // IPv4, 24-byte header (one option word)
-        v4[9] = PROTO_TCP;
-        assert_eq!(
-            transport(&v4),
-            Some(Transport {
-                v4: true,
-                proto: PROTO_TCP,
-                l4: 24
-            })
-        );
-        let mut v6 = vec![0u8; 40];
-        v6[0] = 0x60;
-        v6[6] = PROTO_UDP;
-        assert_eq!(transport(&v6).map(|t| (t.v4, t.l4)), Some((false, 40)));
-        for bad in [&v4[..10], &v6[..20], &[0x45][..], &[0x44; 30][..], &[][..]] {
-            assert_eq!(transport(bad), None, "{bad:?}");
-        }
     }
 
     #[test]

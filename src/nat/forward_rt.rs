@@ -25,13 +25,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etherparse::PacketBuilder;
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Interest, Registry, Token};
 
 use super::host::{HostDatagram, HostListener, HostStream};
 use super::splice::Splicer;
 use super::{NatConfig, token};
+use crate::wire::ip::build_udp;
 
 /// One bound host socket of a forward.
 #[derive(Debug)]
@@ -285,7 +285,7 @@ impl Forwards {
                     let Some(from) = source_for(client, guest, cfg) else {
                         continue;
                     };
-                    if let Some(p) = udp_packet(from, guest, &buf[..len]) {
+                    if let Some(p) = build_udp(from, guest, &buf[..len]) {
                         out.push(p);
                         n += 1;
                     }
@@ -375,23 +375,6 @@ pub fn source_for(client: SocketAddr, guest: SocketAddr, cfg: &NatConfig) -> Opt
         IpAddr::V6(_) => IpAddr::V6(cfg.gateway6?),
     };
     Some(SocketAddr::new(gw, client.port()))
-}
-
-/// An IP/UDP packet from `from` to `to`.
-pub fn udp_packet(from: SocketAddr, to: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(payload.len() + 48);
-    match (from.ip(), to.ip()) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => PacketBuilder::ipv4(a.octets(), b.octets(), 64)
-            .udp(from.port(), to.port())
-            .write(&mut out, payload)
-            .ok()?,
-        (IpAddr::V6(a), IpAddr::V6(b)) => PacketBuilder::ipv6(a.octets(), b.octets(), 64)
-            .udp(from.port(), to.port())
-            .write(&mut out, payload)
-            .ok()?,
-        _ => return None,
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //!
 //! A *flow* is keyed by (guest address, guest echo id, destination as the guest addressed it)
 //! and owns one ping socket, registered with the gateway's mio `Registry` under
-//! `token::make(token::ICMP, slot)`. [`IcmpNat::from_guest`] sends the guest's sequence number
+//! `token::make(token::ICMP, id)` (`id`: the flow's id in the NAT's [`FlowTable`]). [`IcmpNat::from_guest`] sends the guest's sequence number
 //! and payload to [`host_destination`] of the destination (so pinging the gateway's address
 //! pings the host's loopback). [`IcmpNat::ready`] reads replies until `WouldBlock` and builds
 //! an ICMP/ICMPv6 echo reply to the guest with the guest's *own* id, the reply's sequence
@@ -21,15 +21,15 @@
 //! retried on each new flow, so changing the sysctl takes effect without a restart.
 //!
 //! Invariants and limits:
-//! - Memory is bounded: at most `max_flows` flows (`max_flows_per_guest` per guest address;
+//! - Memory is bounded: at most `max_flows` flows (`max_flows_per_guest` per guest port;
 //!   over a limit the request is dropped and counted as `refused_limit`), one receive buffer,
 //!   and at most [`MAX_PACKETS_PER_READY`] packets appended per readiness event.
-//! - Limits count this table only; TCP and UDP keep their own tables.
+//! - Limits count the flows of every protocol: the [`FlowTable`] checks them
+//!   ([`FlowTable::admit`]) and keeps each flow's key and owner; this module keeps its socket.
 //! - Only echo is carried; ICMP errors the host receives for a ping are not relayed (the guest
 //!   sees a timeout).
 //! - Flows idle longer than `icmp_idle` are closed by [`IcmpNat::expire`].
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -38,6 +38,10 @@ use std::time::Instant;
 use etherparse::PacketBuilder;
 use mio::{Interest, Registry, Token};
 
+use super::flow::{
+    DatagramFlow, FlowId, FlowKey, FlowTable, GuestKey, Opener, Phase, Slots, close_datagram,
+    expire_datagrams,
+};
 use super::host::{HostDatagram, HostSockets, OsSockets};
 use super::{NatConfig, NatCounters, host_destination, token};
 
@@ -60,8 +64,6 @@ const ECHO_REPLY_V6: u8 = 129;
 #[derive(Debug)]
 struct Flow {
     sock: Box<dyn HostDatagram>,
-    /// The guest port it counts against.
-    owner: super::GuestKey,
     guest: IpAddr,
     id: u16,
     dst: IpAddr,
@@ -69,15 +71,23 @@ struct Flow {
     last_used: Instant,
 }
 
+impl DatagramFlow for Flow {
+    fn sock(&mut self) -> &mut dyn HostDatagram {
+        &mut *self.sock
+    }
+
+    fn last_used(&self) -> Instant {
+        self.last_used
+    }
+}
+
 /// The ICMP echo flow table of one network.
 pub struct IcmpNat {
     cfg: Arc<NatConfig>,
     host: Arc<dyn HostSockets>,
     counters: Arc<NatCounters>,
-    slots: Vec<Option<Flow>>,
-    free: Vec<usize>,
-    by_key: HashMap<(IpAddr, u16, IpAddr), usize>,
-    per_guest: HashMap<super::GuestKey, usize>,
+    /// Each flow's state, by its id in the [`FlowTable`].
+    slots: Slots<Flow>,
     warned: bool,
     buf: Vec<u8>,
     send_buf: Vec<u8>,
@@ -100,10 +110,7 @@ impl IcmpNat {
             cfg,
             host,
             counters,
-            slots: Vec::new(),
-            free: Vec::new(),
-            by_key: HashMap::new(),
-            per_guest: HashMap::new(),
+            slots: Slots::default(),
             warned: false,
             buf: vec![0; RECV_BUF],
             send_buf: Vec::new(),
@@ -119,7 +126,8 @@ impl IcmpNat {
     pub fn from_guest(
         &mut self,
         reg: &Registry,
-        owner: super::GuestKey,
+        flows: &mut FlowTable,
+        owner: GuestKey,
         guest: IpAddr,
         dst: IpAddr,
         id: u16,
@@ -127,14 +135,14 @@ impl IcmpNat {
         payload: &[u8],
         now: Instant,
     ) {
-        let idx = match self.by_key.get(&(guest, id, dst)) {
-            Some(&i) => i,
-            None => match self.open(reg, owner, guest, dst, id, now) {
+        let idx = match flows.get(&FlowKey::Icmp(guest, id, dst)) {
+            Some(i) => i,
+            None => match self.open(reg, flows, owner, guest, dst, id, now) {
                 Some(i) => i,
                 None => return,
             },
         };
-        let Some(flow) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+        let Some(flow) = self.slots.get_mut(idx) else {
             return;
         };
         flow.last_used = now;
@@ -169,10 +177,12 @@ impl IcmpNat {
     }
 
     /// Opens a flow; `None` (counted) if refused or failed.
+    #[allow(clippy::too_many_arguments)]
     fn open(
         &mut self,
         reg: &Registry,
-        owner: super::GuestKey,
+        flows: &mut FlowTable,
+        owner: GuestKey,
         guest: IpAddr,
         dst: IpAddr,
         id: u16,
@@ -186,11 +196,7 @@ impl IcmpNat {
             NatCounters::inc(&self.counters.dropped_dest);
             return None;
         };
-        let guest_flows = self.per_guest.get(&owner).copied().unwrap_or(0);
-        if self.by_key.len() >= super::flow_cap(&self.cfg)
-            || guest_flows >= self.cfg.max_flows_per_guest
-        {
-            NatCounters::inc(&self.counters.refused_limit);
+        if !flows.admit(Opener::Guest(owner)) {
             return None;
         }
         let bind = match host {
@@ -220,13 +226,7 @@ impl IcmpNat {
                 return None;
             }
         };
-        let idx = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(None);
-                self.slots.len() - 1
-            }
-        };
+        let idx = flows.insert(FlowKey::Icmp(guest, id, dst), owner, Phase::Established);
         if let Err(e) = reg.register(
             &mut *sock,
             token::make(token::ICMP, idx),
@@ -234,20 +234,20 @@ impl IcmpNat {
         ) {
             tracing::warn!(%guest, %dst, error = %e, "ICMP NAT: cannot register ping socket");
             NatCounters::inc(&self.counters.errors);
-            self.free.push(idx);
+            flows.remove(idx);
             return None;
         }
-        self.slots[idx] = Some(Flow {
-            sock,
-            owner,
-            guest,
-            id,
-            dst,
-            host,
-            last_used: now,
-        });
-        self.by_key.insert((guest, id, dst), idx);
-        *self.per_guest.entry(owner).or_insert(0) += 1;
+        self.slots.put(
+            idx,
+            Flow {
+                sock,
+                guest,
+                id,
+                dst,
+                host,
+                last_used: now,
+            },
+        );
         NatCounters::inc(&self.counters.icmp_flows);
         tracing::trace!(%guest, %dst, %host, id, idx, "ICMP NAT flow opened");
         Some(idx)
@@ -261,7 +261,7 @@ impl IcmpNat {
         if kind != token::ICMP {
             return;
         }
-        let Some(flow) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+        let Some(flow) = self.slots.get_mut(idx) else {
             return;
         };
         let mut produced = 0usize;
@@ -298,60 +298,14 @@ impl IcmpNat {
 
     /// Closes flows idle for longer than `icmp_idle`: deregisters and drops their sockets.
     /// Returns how many were closed.
-    pub fn expire(&mut self, reg: &Registry, now: Instant) -> usize {
-        let idle = self.cfg.icmp_idle;
-        self.close_where(reg, |f| now.saturating_duration_since(f.last_used) > idle)
+    pub fn expire(&mut self, reg: &Registry, flows: &mut FlowTable, now: Instant) -> usize {
+        expire_datagrams(&mut self.slots, flows, reg, now, self.cfg.icmp_idle, "ICMP")
     }
 
-    /// Closes every flow of the guest behind port `owner` (a port that was removed): no
-    /// socket, slot or budget of a port outlives it. Returns how many were closed.
-    pub fn forget_guest(&mut self, reg: &Registry, owner: super::GuestKey) -> usize {
-        if self.flows_of(owner) == 0 {
-            return 0;
-        }
-        self.close_where(reg, |f| f.owner == owner)
-    }
-
-    /// Closes the flows `doomed` picks: deregisters and drops their sockets.
-    fn close_where(&mut self, reg: &Registry, doomed: impl Fn(&Flow) -> bool) -> usize {
-        let mut closed = 0;
-        for idx in 0..self.slots.len() {
-            let stale = self.slots[idx].as_ref().is_some_and(&doomed);
-            if stale && let Some(mut flow) = self.slots[idx].take() {
-                if let Err(e) = reg.deregister(&mut *flow.sock) {
-                    tracing::debug!(error = %e, "ICMP NAT: deregister failed");
-                }
-                self.by_key.remove(&(flow.guest, flow.id, flow.dst));
-                if let Some(n) = self.per_guest.get_mut(&flow.owner) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        self.per_guest.remove(&flow.owner);
-                    }
-                }
-                self.free.push(idx);
-                closed += 1;
-            }
-        }
-        if self.by_key.is_empty() && !self.slots.is_empty() {
-            self.slots.clear();
-            self.free.clear();
-        }
-        closed
-    }
-
-    /// True if an echo flow (`guest`, `id`, `dst`) is open.
-    pub fn has_flow(&self, guest: IpAddr, id: u16, dst: IpAddr) -> bool {
-        self.by_key.contains_key(&(guest, id, dst))
-    }
-
-    /// Open flows.
-    pub fn flows(&self) -> usize {
-        self.by_key.len()
-    }
-
-    /// Open flows of guest address `guest`.
-    pub fn flows_of(&self, guest: super::GuestKey) -> usize {
-        self.per_guest.get(&guest).copied().unwrap_or(0)
+    /// Closes flow `id` (its guest port was removed, say): deregisters and drops its socket.
+    /// False if there is no such flow.
+    pub fn close(&mut self, reg: &Registry, flows: &mut FlowTable, id: FlowId) -> bool {
+        close_datagram(&mut self.slots, flows, reg, id, "ICMP")
     }
 }
 
@@ -394,6 +348,15 @@ mod tests {
     use std::time::Duration;
 
     const GW: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+
+    /// An [`IcmpNat`] and the flow table it works in, as [`super::super::Nat`] holds them.
+    fn pair(cfg: Arc<NatConfig>, counters: Arc<NatCounters>) -> (IcmpNat, FlowTable) {
+        (
+            IcmpNat::new(cfg.clone(), counters.clone()),
+            FlowTable::new(cfg, counters),
+        )
+    }
+
     const SYSCTL: &str = "/proc/sys/net/ipv4/ping_group_range";
 
     /// Serialises the tests that change the (host-global) sysctl.
@@ -452,11 +415,12 @@ mod tests {
         let gw6: Ipv6Addr = "fd88::1".parse().expect("v6");
         let counters = Arc::new(NatCounters::default());
         let mut poll = Poll::new().expect("poll");
-        let mut nat = IcmpNat::new(Arc::new(NatConfig::new(GW, Some(gw6))), counters.clone());
+        let (mut nat, mut flows) = pair(Arc::new(NatConfig::new(GW, Some(gw6))), counters.clone());
         let guest = IpAddr::V4(Ipv4Addr::new(10, 88, 0, 9));
         let now = Instant::now();
         nat.from_guest(
             poll.registry(),
+            &mut flows,
             1,
             guest,
             IpAddr::V4(GW),
@@ -467,6 +431,7 @@ mod tests {
         );
         nat.from_guest(
             poll.registry(),
+            &mut flows,
             1,
             guest,
             IpAddr::V4(GW),
@@ -475,8 +440,8 @@ mod tests {
             b"ping!",
             now,
         );
-        assert_eq!(nat.flows(), 1);
-        assert_eq!(nat.flows_of(1), 1);
+        assert_eq!(flows.counts().icmp, 1);
+        assert_eq!(flows.flows_of(1), 1);
         let out = pump(&mut poll, &mut nat, 2);
         assert_eq!(out.len(), 2, "no echo replies");
         let mut seqs = Vec::new();
@@ -507,6 +472,7 @@ mod tests {
         let guest6 = IpAddr::V6("fd88::9".parse().expect("v6"));
         nat.from_guest(
             poll.registry(),
+            &mut flows,
             1,
             guest6,
             IpAddr::V6(gw6),
@@ -535,12 +501,19 @@ mod tests {
         }
 
         // Limits and idle expiry.
-        assert_eq!(nat.expire(poll.registry(), now + Duration::from_secs(5)), 0);
         assert_eq!(
-            nat.expire(poll.registry(), Instant::now() + Duration::from_secs(11)),
+            nat.expire(poll.registry(), &mut flows, now + Duration::from_secs(5)),
+            0
+        );
+        assert_eq!(
+            nat.expire(
+                poll.registry(),
+                &mut flows,
+                Instant::now() + Duration::from_secs(11)
+            ),
             2
         );
-        assert_eq!(nat.flows(), 0);
+        assert_eq!(flows.counts().icmp, 0);
     }
 
     #[test]
@@ -556,20 +529,21 @@ mod tests {
             max_flows_per_guest: 1,
             ..NatConfig::new(GW, None)
         };
-        let mut nat = IcmpNat::new(Arc::new(cfg), counters.clone());
+        let (mut nat, mut flows) = pair(Arc::new(cfg), counters.clone());
         let g1 = IpAddr::V4(Ipv4Addr::new(10, 88, 0, 9));
         let g2 = IpAddr::V4(Ipv4Addr::new(10, 88, 0, 10));
         let g3 = IpAddr::V4(Ipv4Addr::new(10, 88, 0, 11));
         let gw = IpAddr::V4(GW);
         let now = Instant::now();
-        nat.from_guest(poll.registry(), 1, g1, gw, 1, 1, b"", now);
-        nat.from_guest(poll.registry(), 1, g1, gw, 2, 1, b"", now); // per guest
-        nat.from_guest(poll.registry(), 2, g2, gw, 1, 1, b"", now);
-        nat.from_guest(poll.registry(), 3, g3, gw, 1, 1, b"", now); // total
-        assert_eq!(nat.flows(), 2);
+        nat.from_guest(poll.registry(), &mut flows, 1, g1, gw, 1, 1, b"", now);
+        nat.from_guest(poll.registry(), &mut flows, 1, g1, gw, 2, 1, b"", now); // per guest
+        nat.from_guest(poll.registry(), &mut flows, 2, g2, gw, 1, 1, b"", now);
+        nat.from_guest(poll.registry(), &mut flows, 3, g3, gw, 1, 1, b"", now); // total
+        assert_eq!(flows.counts().icmp, 2);
         assert_eq!(counters.refused_limit.load(Ordering::Relaxed), 2);
         nat.from_guest(
             poll.registry(),
+            &mut flows,
             1,
             g1,
             IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -595,11 +569,12 @@ mod tests {
         }
         let counters = Arc::new(NatCounters::default());
         let poll = Poll::new().expect("poll");
-        let mut nat = IcmpNat::new(Arc::new(NatConfig::new(GW, None)), counters.clone());
+        let (mut nat, mut flows) = pair(Arc::new(NatConfig::new(GW, None)), counters.clone());
         let guest = IpAddr::V4(Ipv4Addr::new(10, 88, 0, 9));
         for seq in 0..3 {
             nat.from_guest(
                 poll.registry(),
+                &mut flows,
                 1,
                 guest,
                 IpAddr::V4(GW),
@@ -609,7 +584,7 @@ mod tests {
                 Instant::now(),
             );
         }
-        assert_eq!(nat.flows(), 0);
+        assert_eq!(flows.counts().icmp, 0);
         assert_eq!(counters.ping_forbidden.load(Ordering::Relaxed), 3);
         assert!(nat.warned);
         drop(guard);

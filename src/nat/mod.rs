@@ -19,8 +19,12 @@
 //! Everything runs on the gateway's thread and mio `Poll`; host sockets are registered there with
 //! tokens from [`token`]. The sockets come from a [`host::HostSockets`] (the kernel's in
 //! production, an in-memory fake in the fuzzer), and every entry point takes the gateway's `now`,
-//! so a whole NAT can be driven synchronously on a virtual clock. Every table is bounded ([`NatConfig`]): when a limit is hit, the new
-//! flow is refused and counted, existing ones are untouched.
+//! so a whole NAT can be driven synchronously on a virtual clock.
+//!
+//! Every flow of every protocol is in one table ([`flow::FlowTable`]): one id space (a host
+//! socket's token is its protocol and its flow's id), one key map, one per-port accounting and
+//! one limit check ([`NatConfig`]'s limits): when a limit is hit, the new flow is refused and
+//! counted, existing ones are untouched.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -30,8 +34,12 @@ use std::time::{Duration, Instant};
 use etherparse::{Icmpv4Slice, Icmpv4Type, Icmpv6Slice, Icmpv6Type, IpNumber, TcpSlice, UdpSlice};
 use mio::Registry;
 
-use serde::Serialize;
+use crate::wire::ip::{Unreachable, icmp_unreachable};
 
+pub use flow::{FORWARD_KEY, FlowCounts, GuestKey, flow_cap};
+use flow::{FlowKey, FlowTable, Opener};
+
+pub mod flow;
 pub mod forward;
 pub mod forward_rt;
 pub mod host;
@@ -173,15 +181,6 @@ fn v6_refused(cfg: &NatConfig, a: Ipv6Addr) -> bool {
     })
 }
 
-/// Who a flow counts against in the per-guest limits: the guest's bridge port (its `PortId`
-/// number), never an address the guest chooses, so a guest that owns several addresses (or
-/// spoofs some, where port security is off) has one budget.
-pub type GuestKey = u32;
-
-/// The [`GuestKey`] of connections port forwards open towards guests (host-initiated; bound
-/// by the network's `max_flows`).
-pub const FORWARD_KEY: GuestKey = 0;
-
 /// NAT counters (shared, relaxed atomics).
 #[derive(Debug, Default)]
 pub struct NatCounters {
@@ -240,17 +239,6 @@ impl NatCounters {
     }
 }
 
-/// Current flow counts, for limits and display.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct FlowCounts {
-    /// Open TCP connections (pending connects included).
-    pub tcp: usize,
-    /// Open UDP flows.
-    pub udp: usize,
-    /// Open ICMP echo flows.
-    pub icmp: usize,
-}
-
 /// mio tokens of NAT sockets: the kind in the top bits, an index below.
 pub mod token {
     use mio::Token;
@@ -285,17 +273,12 @@ pub struct Nat {
     pub cfg: Arc<NatConfig>,
     /// Counters.
     pub counters: Arc<NatCounters>,
+    flows: FlowTable,
     tcp: tcp::TcpNat,
     udp: udp::UdpNat,
     icmp: icmp::IcmpNat,
     fwd: forward_rt::Forwards,
     _slot: host::NatSlot,
-}
-
-/// The most flows a network's NAT may hold now: its `max_flows`, and its share of the
-/// process's descriptor budget ([`host::fd_share`]), whichever is lower.
-pub fn flow_cap(cfg: &NatConfig) -> usize {
-    cfg.max_flows.min(host::fd_share())
 }
 
 impl Nat {
@@ -322,6 +305,7 @@ impl Nat {
             udp: udp::UdpNat::with_host(cfg.clone(), counters.clone(), host.clone()),
             icmp: icmp::IcmpNat::with_host(cfg.clone(), counters.clone(), host),
             fwd: forward_rt::Forwards::default(),
+            flows: FlowTable::new(cfg.clone(), counters.clone()),
             _slot: host::NatSlot::new(),
             cfg,
             counters,
@@ -331,16 +315,12 @@ impl Nat {
     /// The GSO segment size for a TCP packet NAT sent towards a guest (see
     /// [`tcp::TcpNat::gso_size`]).
     pub fn tcp_gso_size(&self, packet: &[u8]) -> Option<u16> {
-        self.tcp.gso_size(packet)
+        self.tcp.gso_size(&self.flows, packet)
     }
 
     /// Current flow counts.
     pub fn counts(&self) -> FlowCounts {
-        FlowCounts {
-            tcp: self.tcp.flows(),
-            udp: self.udp.flows(),
-            icmp: self.icmp.flows(),
-        }
+        self.flows.counts()
     }
 
     /// A guest's IP packet routed to NAT, from the guest behind port `owner`. Packets to send
@@ -372,19 +352,15 @@ impl Nat {
                 let Ok(seg) = TcpSlice::from_slice(body) else {
                     return false;
                 };
-                let other = (
-                    self.udp.flows() + self.icmp.flows(),
-                    self.udp.flows_of(owner) + self.icmp.flows_of(owner),
-                );
                 self.tcp.from_guest(
                     reg,
+                    &mut self.flows,
                     now,
                     owner,
                     packet,
                     SocketAddr::new(src, seg.source_port()),
                     SocketAddr::new(dst, seg.destination_port()),
                     &seg,
-                    other,
                     out,
                 );
                 true
@@ -398,28 +374,32 @@ impl Nat {
                 if self.fwd.udp_reply(guest, to, u.payload()) {
                     return true;
                 }
-                if !self.udp.has_flow(guest, to) && self.over_limit(owner) {
-                    NatCounters::inc(&self.counters.refused_limit);
-                    return true;
-                }
-                self.udp.from_guest(reg, owner, guest, to, u.payload(), now);
+                self.udp
+                    .from_guest(reg, &mut self.flows, owner, guest, to, u.payload(), now);
                 true
             }
-            IpNumber::ICMP => {
-                let Ok(icmp) = Icmpv4Slice::from_slice(body) else {
-                    return false;
+            IpNumber::ICMP | IpNumber::IPV6_ICMP => {
+                let echo = if proto == IpNumber::ICMP {
+                    let Ok(icmp) = Icmpv4Slice::from_slice(body) else {
+                        return false;
+                    };
+                    match icmp.icmp_type() {
+                        Icmpv4Type::EchoRequest(e) => Some((e, icmp.payload())),
+                        _ => None,
+                    }
+                } else {
+                    let Ok(icmp) = Icmpv6Slice::from_slice(body) else {
+                        return false;
+                    };
+                    match icmp.icmp_type() {
+                        Icmpv6Type::EchoRequest(e) => Some((e, icmp.payload())),
+                        _ => None,
+                    }
                 };
-                if let Icmpv4Type::EchoRequest(e) = icmp.icmp_type() {
-                    self.echo(reg, owner, src, dst, e, icmp.payload(), now);
-                }
-                true
-            }
-            IpNumber::IPV6_ICMP => {
-                let Ok(icmp) = Icmpv6Slice::from_slice(body) else {
-                    return false;
-                };
-                if let Icmpv6Type::EchoRequest(e) = icmp.icmp_type() {
-                    self.echo(reg, owner, src, dst, e, icmp.payload(), now);
+                if let Some((e, payload)) = echo {
+                    let f = &mut self.flows;
+                    self.icmp
+                        .from_guest(reg, f, owner, src, dst, e.id, e.seq, payload, now);
                 }
                 true
             }
@@ -436,10 +416,10 @@ impl Nat {
     fn is_known(&self, proto: IpNumber, src: IpAddr, dst: IpAddr, body: &[u8]) -> bool {
         match proto {
             IpNumber::TCP => TcpSlice::from_slice(body).is_ok_and(|t| {
-                self.tcp.has_flow(
+                self.flows.contains(&FlowKey::Tcp(
                     SocketAddr::new(src, t.source_port()),
                     SocketAddr::new(dst, t.destination_port()),
-                )
+                ))
             }),
             IpNumber::UDP => UdpSlice::from_slice(body).is_ok_and(|u| {
                 self.fwd.has_udp_reply(
@@ -485,39 +465,11 @@ impl Nat {
         };
         if answer
             && !group
-            && let Some(p) = tcp::unreachable_for(packet, 0)
+            && let Some(p) = icmp_unreachable(packet, Unreachable::Net)
         {
             out.push(p);
         }
         true
-    }
-
-    /// An echo request (ICMP or ICMPv6) from a guest, within the flow limits.
-    #[allow(clippy::too_many_arguments)]
-    fn echo(
-        &mut self,
-        reg: &Registry,
-        owner: GuestKey,
-        src: IpAddr,
-        dst: IpAddr,
-        e: etherparse::IcmpEchoHeader,
-        payload: &[u8],
-        now: Instant,
-    ) {
-        if !self.icmp.has_flow(src, e.id, dst) && self.over_limit(owner) {
-            NatCounters::inc(&self.counters.refused_limit);
-            return;
-        }
-        self.icmp
-            .from_guest(reg, owner, src, dst, e.id, e.seq, payload, now);
-    }
-
-    /// True when a new flow from `guest` would exceed the network's or the guest's limit
-    /// (counted across TCP, UDP and ICMP).
-    fn over_limit(&self, guest: GuestKey) -> bool {
-        let c = self.counts();
-        let mine = self.tcp.flows_of(guest) + self.udp.flows_of(guest) + self.icmp.flows_of(guest);
-        c.tcp + c.udp + c.icmp >= flow_cap(&self.cfg) || mine >= self.cfg.max_flows_per_guest
     }
 
     /// Readiness of a NAT token. Returns false if the token is not NAT's.
@@ -530,20 +482,20 @@ impl Nat {
         now: Instant,
     ) -> bool {
         match token::split(tok).0 {
-            token::TCP => self.tcp.ready(reg, tok, out),
+            token::TCP => self.tcp.ready(reg, &mut self.flows, tok, out),
             token::UDP => self.udp.ready(tok, out, now),
             token::ICMP => self.icmp.ready(tok, out, now),
             token::FWD_TCP => {
                 for (stream, from, guest) in self.fwd.accept(tok, &self.cfg, resolve) {
                     NatCounters::inc(&self.counters.forward_conns);
-                    // The network's limit counts every protocol (TCP's own check sees TCP
-                    // only): over it, the client is closed at once.
-                    let c = self.counts();
-                    if c.tcp + c.udp + c.icmp >= flow_cap(&self.cfg) {
-                        NatCounters::inc(&self.counters.refused_limit);
+                    // Over the network's limit, the client is closed at once.
+                    if !self.flows.admit(Opener::Forward) {
                         continue;
                     }
-                    if let Err(e) = self.tcp.connect_to_guest(reg, now, stream, from, guest) {
+                    if let Err(e) =
+                        self.tcp
+                            .connect_to_guest(reg, &mut self.flows, now, stream, from, guest)
+                    {
                         tracing::debug!("port forward to {guest}: {e}");
                         NatCounters::inc(&self.counters.errors);
                     }
@@ -562,7 +514,7 @@ impl Nat {
 
     /// Runs the TCP state machines and splices; packets for guests go to `out`.
     pub fn poll(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>, now: Instant) {
-        self.tcp.poll(reg, out, now);
+        self.tcp.poll(reg, &mut self.flows, out, now);
     }
 
     /// Takes back the packets of [`Self::poll`] once they are sent (their buffers are reused).
@@ -572,9 +524,9 @@ impl Nat {
 
     /// Timeouts: idle flows, connects that take too long.
     pub fn expire(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>, now: Instant) {
-        self.tcp.expire(reg, out, now);
-        self.udp.expire(reg, now);
-        self.icmp.expire(reg, now);
+        self.tcp.expire(reg, &mut self.flows, out, now);
+        self.udp.expire(reg, &mut self.flows, now);
+        self.icmp.expire(reg, &mut self.flows, now);
         self.fwd.expire(now, self.cfg.udp_idle);
     }
 
@@ -585,10 +537,20 @@ impl Nat {
 
     /// Closes every flow (TCP, UDP, ICMP) of the guest behind port `guest`, a port that was
     /// removed: its host sockets close now, not after the idle timeouts. Returns how many.
+    /// A forward's connections ([`FORWARD_KEY`]) are not a guest's: they stay.
     pub fn forget_guest(&mut self, reg: &Registry, guest: GuestKey) -> usize {
-        self.tcp.forget_guest(reg, guest)
-            + self.udp.forget_guest(reg, guest)
-            + self.icmp.forget_guest(reg, guest)
+        let mut closed = 0;
+        for (id, key) in self.flows.of_guest(guest) {
+            let done = match key {
+                // The host peer gets an RST, the guest (gone) nothing.
+                FlowKey::Tcp(..) if guest == FORWARD_KEY => false,
+                FlowKey::Tcp(..) => self.tcp.close(reg, &mut self.flows, id, true),
+                FlowKey::Udp(..) => self.udp.close(reg, &mut self.flows, id),
+                FlowKey::Icmp(..) => self.icmp.close(reg, &mut self.flows, id),
+            };
+            closed += usize::from(done);
+        }
+        closed
     }
 
     /// Adds a port forward's listeners (already bound by the caller).

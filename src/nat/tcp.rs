@@ -35,26 +35,31 @@
 //! of per 1.5 KiB either way.
 //!
 //! Buffers are [`BUF`] bytes each way per flow ([`BUF_JUMBO`] above MTU 9000), so window scaling is in use and a 65520-byte MTU
-//! path is not capped at 64 KiB. Limits: flows per network and per guest, and a SYN backlog
-//! (connects in progress); a flow over a limit is refused (RST) and counted.
+//! path is not capped at 64 KiB. Limits (checked by the NAT's [`FlowTable`], which
+//! counts every protocol): flows per network and per guest port, and the SYN backlogs
+//! (connects in progress, and a port's connections not established yet); a SYN over a limit
+//! is refused (RST) and counted.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etherparse::{IpNumber, PacketBuilder, TcpSlice};
+use etherparse::{IpNumber, TcpSlice};
 use mio::{Interest, Registry, Token};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SInstant;
 use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 
+use super::flow::{FORWARD_KEY, FlowId, FlowKey, FlowTable, GuestKey, Opener, Phase, Slots};
 use super::host::{HostSockets, HostStream, OsSockets};
 use super::{NatConfig, NatCounters, host_destination, token};
 use crate::gateway::tcp::QueueDevice;
-use crate::offload::{Transport, transport};
+use crate::wire::ip::{
+    Transport, Unreachable, icmp_unreachable, tcp_endpoints, tcp_header_len, tcp_rst, tcp_segment,
+    transport,
+};
 
 /// Buffer size each way per flow on links with an MTU up to 9000.
 pub const BUF: usize = 128 * 1024;
@@ -103,8 +108,6 @@ struct Flow {
     /// When the flow was created (half-open flows expire [`NatConfig::handshake_timeout`]
     /// after it).
     born: Instant,
-    /// The guest port it counts against ([`super::GuestKey`]).
-    owner: super::GuestKey,
 }
 
 /// The TCP half of a gateway's NAT. See the module docs.
@@ -115,13 +118,9 @@ pub struct TcpNat {
     iface: Interface,
     dev: QueueDevice,
     sockets: SocketSet<'static>,
-    flows: Vec<Option<Flow>>,
-    free: Vec<usize>,
-    by_key: HashMap<Key, usize>,
-    per_guest: HashMap<super::GuestKey, usize>,
-    /// Each guest's flows not established yet (connecting or half-open).
-    unestablished: HashMap<super::GuestKey, usize>,
-    connecting: usize,
+    /// Each flow's state, by its id in the [`FlowTable`] (which keeps its key, owner and
+    /// phase, and does the accounting and the limit check).
+    slots: Slots<Flow>,
     buf: usize,
     epoch: Instant,
 }
@@ -180,61 +179,25 @@ impl TcpNat {
             iface,
             dev,
             sockets: SocketSet::new(Vec::new()),
-            flows: Vec::new(),
-            free: Vec::new(),
-            by_key: HashMap::new(),
-            per_guest: HashMap::new(),
-            unestablished: HashMap::new(),
-            connecting: 0,
+            slots: Slots::default(),
             buf: buffer_for(mtu),
             epoch,
         }
     }
 
-    /// Open flows (connecting included).
-    pub fn flows(&self) -> usize {
-        self.by_key.len()
+    /// Adds flow `f` of `owner` to the table in `phase`; its id.
+    fn alloc(&mut self, flows: &mut FlowTable, f: Flow, owner: GuestKey, phase: Phase) -> FlowId {
+        let id = flows.insert(FlowKey::Tcp(f.key.0, f.key.1), owner, phase);
+        self.slots.put(id, f);
+        id
     }
 
-    /// True if a flow from guest `src` to `dst` exists (connecting or open).
-    pub fn has_flow(&self, src: SocketAddr, dst: SocketAddr) -> bool {
-        self.by_key.contains_key(&(src, dst))
-    }
-
-    /// Open flows of one guest.
-    pub fn flows_of(&self, guest: super::GuestKey) -> usize {
-        self.per_guest.get(&guest).copied().unwrap_or(0)
-    }
-
-    fn alloc(&mut self, f: Flow) -> usize {
-        *self.per_guest.entry(f.owner).or_insert(0) += 1;
-        if !f.established {
-            *self.unestablished.entry(f.owner).or_insert(0) += 1;
-        }
-        self.by_key.insert(f.key, 0);
-        let idx = match self.free.pop() {
-            Some(i) => {
-                self.flows[i] = Some(f);
-                i
-            }
-            None => {
-                self.flows.push(Some(f));
-                self.flows.len() - 1
-            }
-        };
-        if let Some(Some(f)) = self.flows.get(idx) {
-            self.by_key.insert(f.key, idx);
-        }
-        idx
-    }
-
-    fn remove(&mut self, reg: &Registry, idx: usize, reset_host: bool) {
-        let Some(mut f) = self.flows.get_mut(idx).and_then(Option::take) else {
+    /// Closes flow `id`: its host socket (with an RST to the host peer if `reset_host`), its
+    /// smoltcp socket (if any, without a word to the guest) and its table entry.
+    fn remove(&mut self, reg: &Registry, flows: &mut FlowTable, id: FlowId, reset_host: bool) {
+        let Some(mut f) = self.slots.take(id) else {
             return;
         };
-        if matches!(f.state, State::Connecting { .. }) {
-            self.connecting = self.connecting.saturating_sub(1);
-        }
         let _ = reg.deregister(&mut *f.host);
         if reset_host {
             // SO_LINGER 0: close sends an RST to the host peer.
@@ -243,56 +206,47 @@ impl TcpNat {
         if let Some(h) = f.sock {
             self.sockets.remove(h);
         }
-        self.by_key.remove(&f.key);
-        if let Some(n) = self.per_guest.get_mut(&f.owner) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_guest.remove(&f.owner);
-            }
-        }
-        if !f.established {
-            Self::settled(&mut self.unestablished, f.owner);
-        }
-        self.free.push(idx);
+        flows.remove(id);
     }
 
-    /// One of `owner`'s flows is no longer unestablished.
-    fn settled(map: &mut HashMap<super::GuestKey, usize>, owner: super::GuestKey) {
-        if let Some(n) = map.get_mut(&owner) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&owner);
-            }
+    /// Closes flow `id` at once: its smoltcp socket is aborted, its host socket closed (with
+    /// an RST to the host peer if `reset_host`). False if there is no such flow.
+    pub fn close(
+        &mut self,
+        reg: &Registry,
+        flows: &mut FlowTable,
+        id: FlowId,
+        reset_host: bool,
+    ) -> bool {
+        let Some(f) = self.slots.get(id) else {
+            return false;
+        };
+        if let Some(h) = f.sock {
+            self.sockets.get_mut::<tcp::Socket>(h).abort();
         }
+        self.remove(reg, flows, id, reset_host);
+        true
     }
 
-    fn over_limit(&self, guest: super::GuestKey, other: (usize, usize)) -> bool {
-        self.by_key.len() + other.0 >= super::flow_cap(&self.cfg)
-            || self.flows_of(guest) + other.1 >= self.cfg.max_flows_per_guest
-            || self.connecting >= self.cfg.syn_backlog
-            || self.unestablished.get(&guest).copied().unwrap_or(0)
-                >= self.cfg.syn_backlog_per_guest
-    }
-
-    /// A TCP segment from the guest behind port `owner`, as the whole IP packet. `other_flows`
-    /// is the number of UDP/ICMP flows (all, and this guest's), for the shared limits. Returns
-    /// packets to send back (RST, ICMP). `now` is the gateway's clock.
+    /// A TCP segment from the guest behind port `owner`, as the whole IP packet. A SYN for
+    /// a new flow passes the table's limit check ([`FlowTable::admit`]). Returns packets to
+    /// send back (RST, ICMP). `now` is the gateway's clock.
     #[allow(clippy::too_many_arguments)]
     pub fn from_guest(
         &mut self,
         reg: &Registry,
+        flows: &mut FlowTable,
         now: Instant,
-        owner: super::GuestKey,
+        owner: GuestKey,
         packet: &[u8],
         src: SocketAddr,
         dst: SocketAddr,
         seg: &TcpSlice<'_>,
-        other_flows: (usize, usize),
         out: &mut Vec<Vec<u8>>,
     ) {
         let key = (src, dst);
-        if let Some(&idx) = self.by_key.get(&key) {
-            if let Some(Some(f)) = self.flows.get_mut(idx) {
+        if let Some(idx) = flows.get(&FlowKey::Tcp(src, dst)) {
+            if let Some(f) = self.slots.get_mut(idx) {
                 f.last = now;
                 match f.state {
                     State::Connecting { .. } => {} // SYN retransmission: still connecting
@@ -311,16 +265,15 @@ impl TcpNat {
             return;
         }
         if !seg.syn() || seg.ack() {
-            out.push(rst_for(src, dst, seg));
+            out.push(tcp_rst(src, dst, seg));
             return;
         }
         let Some(host_ip) = host_destination(&self.cfg, dst.ip()) else {
             NatCounters::inc(&self.counters.dropped_dest);
             return;
         };
-        if self.over_limit(owner, other_flows) {
-            NatCounters::inc(&self.counters.refused_limit);
-            out.push(rst_for(src, dst, seg));
+        if !flows.admit(Opener::GuestSyn(owner)) {
+            out.push(tcp_rst(src, dst, seg));
             return;
         }
         let host = match connect(&*self.host, SocketAddr::new(host_ip, dst.port()), &self.cfg) {
@@ -332,7 +285,7 @@ impl TcpNat {
         };
         let mut syn = packet.to_vec();
         let mss = take_mss(&mut syn, dst.is_ipv4());
-        let idx = self.alloc(Flow {
+        let flow = Flow {
             key,
             mss,
             host_rd: true,
@@ -346,10 +299,9 @@ impl TcpNat {
             established: false,
             last: now,
             born: now,
-            owner,
-        });
-        self.connecting += 1;
-        if let Some(Some(f)) = self.flows.get_mut(idx)
+        };
+        let idx = self.alloc(flows, flow, owner, Phase::Connecting);
+        if let Some(f) = self.slots.get_mut(idx)
             && reg
                 .register(
                     &mut *f.host,
@@ -359,7 +311,7 @@ impl TcpNat {
                 .is_err()
         {
             NatCounters::inc(&self.counters.errors);
-            self.remove(reg, idx, false);
+            self.remove(reg, flows, idx, false);
         }
     }
 
@@ -374,35 +326,33 @@ impl TcpNat {
         match e.raw_os_error() {
             Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH) => {
                 NatCounters::inc(&self.counters.unreachable);
-                let code = if e.raw_os_error() == Some(libc::ENETUNREACH) {
-                    0
+                let why = if e.raw_os_error() == Some(libc::ENETUNREACH) {
+                    Unreachable::Net
                 } else {
-                    1
+                    Unreachable::Host
                 };
-                unreachable_for(packet, code).unwrap_or_else(|| rst_for(src, dst, seg))
+                icmp_unreachable(packet, why).unwrap_or_else(|| tcp_rst(src, dst, seg))
             }
             _ => {
                 NatCounters::inc(&self.counters.refused_host);
-                rst_for(src, dst, seg)
+                tcp_rst(src, dst, seg)
             }
         }
     }
 
     /// Starts a connection *to* a guest for a port forward: `host` is the accepted client,
-    /// `from` the source the guest will see, `guest` the guest's address and port.
+    /// `from` the source the guest will see, `guest` the guest's address and port. The caller
+    /// checked the limits ([`Opener::Forward`]).
     pub fn connect_to_guest(
         &mut self,
         reg: &Registry,
+        flows: &mut FlowTable,
         now: Instant,
         host: Box<dyn HostStream>,
         from: SocketAddr,
         guest: SocketAddr,
     ) -> io::Result<()> {
-        if self.by_key.len() >= super::flow_cap(&self.cfg) {
-            NatCounters::inc(&self.counters.refused_limit);
-            return Err(io::Error::other("flow limit"));
-        }
-        if self.by_key.contains_key(&(guest, from)) {
+        if flows.contains(&FlowKey::Tcp(guest, from)) {
             // Two host clients the guest would see as one (loopback IPv4 and IPv6 clients with
             // the same port both appear as the gateway's address): one flow per address pair,
             // or the first one's entry would be overwritten and escape the flow count.
@@ -415,7 +365,7 @@ impl TcpNat {
         s.connect(self.iface.context(), guest, from)
             .map_err(|e| io::Error::other(format!("connect to guest {guest}: {e}")))?;
         let h = self.sockets.add(s);
-        let idx = self.alloc(Flow {
+        let flow = Flow {
             key: (guest, from),
             mss: default_mss(guest.is_ipv4()),
             host_rd: true,
@@ -429,25 +379,31 @@ impl TcpNat {
             established: false,
             last: now,
             born: now,
-            owner: super::FORWARD_KEY,
-        });
-        if let Some(Some(f)) = self.flows.get_mut(idx)
+        };
+        let idx = self.alloc(flows, flow, FORWARD_KEY, Phase::HalfOpen);
+        if let Some(f) = self.slots.get_mut(idx)
             && let Err(e) = reg.register(
                 &mut *f.host,
                 token::make(token::TCP, idx),
                 Interest::READABLE | Interest::WRITABLE,
             )
         {
-            self.remove(reg, idx, true);
+            self.remove(reg, flows, idx, true);
             return Err(e);
         }
         Ok(())
     }
 
     /// Readiness of a host socket (token kind TCP).
-    pub fn ready(&mut self, reg: &Registry, tok: Token, out: &mut Vec<Vec<u8>>) {
+    pub fn ready(
+        &mut self,
+        reg: &Registry,
+        flows: &mut FlowTable,
+        tok: Token,
+        out: &mut Vec<Vec<u8>>,
+    ) {
         let (_, idx) = token::split(tok);
-        let Some(Some(f)) = self.flows.get_mut(idx) else {
+        let Some(f) = self.slots.get_mut(idx) else {
             return;
         };
         let State::Connecting { syn, .. } = &f.state else {
@@ -463,10 +419,10 @@ impl TcpNat {
             Ok(Some(e)) | Err(e) => {
                 let syn = syn.clone();
                 let (src, dst) = f.key;
-                if let Some(seg) = parse_tcp(&syn) {
+                if let Some(seg) = tcp_segment(&syn) {
                     out.push(self.connect_failed(&e, src, dst, &seg, &syn));
                 }
-                self.remove(reg, idx, false);
+                self.remove(reg, flows, idx, false);
                 return;
             }
         }
@@ -477,11 +433,11 @@ impl TcpNat {
             Err(_) => {
                 let syn = syn.clone();
                 let (src, dst) = f.key;
-                if let Some(seg) = parse_tcp(&syn) {
-                    out.push(rst_for(src, dst, &seg));
+                if let Some(seg) = tcp_segment(&syn) {
+                    out.push(tcp_rst(src, dst, &seg));
                 }
                 NatCounters::inc(&self.counters.refused_host);
-                self.remove(reg, idx, false);
+                self.remove(reg, flows, idx, false);
                 return;
             }
         }
@@ -495,24 +451,30 @@ impl TcpNat {
         })
         .is_err()
         {
-            self.remove(reg, idx, true);
+            self.remove(reg, flows, idx, true);
             return;
         }
         let h = self.sockets.add(s);
         f.sock = Some(h);
         f.state = State::Open;
-        self.connecting = self.connecting.saturating_sub(1);
+        flows.advance(idx, Phase::HalfOpen);
         NatCounters::inc(&self.counters.tcp_flows);
         self.dev.rx.push_back(syn);
     }
 
     /// Runs smoltcp and splices every open flow. Returns IP packets for guests in `out`.
-    pub fn poll(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>, clock: Instant) {
+    pub fn poll(
+        &mut self,
+        reg: &Registry,
+        flows: &mut FlowTable,
+        out: &mut Vec<Vec<u8>>,
+        clock: Instant,
+    ) {
         let now = smol_now(self.epoch, clock);
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
         let mut dead = Vec::new();
-        for idx in 0..self.flows.len() {
-            let Some(Some(f)) = self.flows.get_mut(idx) else {
+        for idx in 0..self.slots.end() {
+            let Some(f) = self.slots.get_mut(idx) else {
                 continue;
             };
             let Some(h) = f.sock else {
@@ -522,7 +484,7 @@ impl TcpNat {
             let was = f.established;
             let r = pump(f, s, clock);
             if !was && f.established {
-                Self::settled(&mut self.unestablished, f.owner);
+                flows.advance(idx, Phase::Established);
             }
             match r {
                 Pump::Alive => {}
@@ -531,7 +493,7 @@ impl TcpNat {
             }
         }
         for (idx, reset) in dead {
-            self.remove(reg, idx, reset);
+            self.remove(reg, flows, idx, reset);
         }
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
         out.append(&mut self.dev.tx);
@@ -543,16 +505,24 @@ impl TcpNat {
     }
 
     /// Connect timeouts and idle flows. Returns packets (RSTs) for guests.
-    pub fn expire(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>, now: Instant) {
+    pub fn expire(
+        &mut self,
+        reg: &Registry,
+        flows: &mut FlowTable,
+        out: &mut Vec<Vec<u8>>,
+        now: Instant,
+    ) {
         let mut dead = Vec::new();
-        for (idx, f) in self.flows.iter().enumerate() {
-            let Some(f) = f else { continue };
+        for idx in 0..self.slots.end() {
+            let Some(f) = self.slots.get(idx) else {
+                continue;
+            };
             match &f.state {
                 State::Connecting { syn, since }
                     if now.saturating_duration_since(*since) > self.cfg.connect_timeout =>
                 {
-                    if let Some(seg) = parse_tcp(syn) {
-                        out.push(rst_for(f.key.0, f.key.1, &seg));
+                    if let Some(seg) = tcp_segment(syn) {
+                        out.push(tcp_rst(f.key.0, f.key.1, &seg));
                     }
                     dead.push((idx, false));
                 }
@@ -572,45 +542,15 @@ impl TcpNat {
             }
         }
         for (idx, reset) in dead {
-            if let Some(Some(f)) = self.flows.get(idx)
-                && let Some(h) = f.sock
-            {
-                self.sockets.get_mut::<tcp::Socket>(h).abort();
-            }
-            self.remove(reg, idx, reset);
+            self.close(reg, flows, idx, reset);
         }
-    }
-
-    /// Closes every connection of the guest behind port `owner` (a port that was removed):
-    /// the host peer gets an RST, the guest (gone) nothing. Returns how many were closed.
-    pub fn forget_guest(&mut self, reg: &Registry, owner: super::GuestKey) -> usize {
-        if owner == super::FORWARD_KEY || self.flows_of(owner) == 0 {
-            return 0;
-        }
-        let doomed: Vec<usize> = self
-            .flows
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.as_ref().is_some_and(|f| f.owner == owner))
-            .map(|(i, _)| i)
-            .collect();
-        for &idx in &doomed {
-            if let Some(Some(f)) = self.flows.get(idx)
-                && let Some(h) = f.sock
-            {
-                self.sockets.get_mut::<tcp::Socket>(h).abort();
-            }
-            self.remove(reg, idx, true);
-        }
-        doomed.len()
     }
 
     /// The GSO segment size for `packet`, an IP packet smoltcp sent towards a guest: the flow's
     /// MSS less the TCP options this packet carries. `None` if it belongs to no flow.
-    pub fn gso_size(&self, packet: &[u8]) -> Option<u16> {
+    pub fn gso_size(&self, flows: &FlowTable, packet: &[u8]) -> Option<u16> {
         let (src, dst, thl) = tcp_endpoints(packet)?;
-        let idx = *self.by_key.get(&(dst, src))?;
-        let f = self.flows.get(idx)?.as_ref()?;
+        let f = self.slots.get(flows.get(&FlowKey::Tcp(dst, src))?)?;
         Some(f.mss.saturating_sub(thl.saturating_sub(20) as u16).max(1))
     }
 
@@ -752,7 +692,6 @@ fn pump(f: &mut Flow, s: &mut tcp::Socket<'_>, now: Instant) -> Pump {
     }
 }
 
-/// Parses a stored IP packet back into its TCP segment.
 /// The MSS a guest gets when it announces none (RFC 9293: 536 for IPv4, 1220 for IPv6).
 fn default_mss(v4: bool) -> u16 {
     if v4 { 536 } else { 1220 }
@@ -765,7 +704,7 @@ fn take_mss(packet: &mut [u8], v4: bool) -> u16 {
     let Some(Transport { l4, .. }) = transport(packet) else {
         return default_mss(v4);
     };
-    let Some(off) = packet.get(l4 + 12).map(|b| usize::from(b >> 4) * 4) else {
+    let Some(off) = tcp_header_len(packet, l4) else {
         return default_mss(v4);
     };
     let end = (l4 + off).min(packet.len());
@@ -790,116 +729,6 @@ fn take_mss(packet: &mut [u8], v4: bool) -> u16 {
         }
     }
     default_mss(v4)
-}
-
-/// Source, destination and TCP header length of an IP packet carrying TCP.
-fn tcp_endpoints(packet: &[u8]) -> Option<(SocketAddr, SocketAddr, usize)> {
-    let t = transport(packet).filter(|t| t.proto == 6)?;
-    let (src, dst) = if t.v4 {
-        let s: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
-        let d: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
-        (IpAddr::from(s), IpAddr::from(d))
-    } else {
-        let s: [u8; 16] = packet.get(8..24)?.try_into().ok()?;
-        let d: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
-        (IpAddr::from(s), IpAddr::from(d))
-    };
-    let l4 = t.l4;
-    let ports = packet.get(l4..l4 + 4)?;
-    let thl = usize::from(packet.get(l4 + 12)? >> 4) * 4;
-    Some((
-        SocketAddr::new(src, u16::from_be_bytes([ports[0], ports[1]])),
-        SocketAddr::new(dst, u16::from_be_bytes([ports[2], ports[3]])),
-        thl,
-    ))
-}
-
-fn parse_tcp(packet: &[u8]) -> Option<TcpSlice<'_>> {
-    let payload = match packet.first()? >> 4 {
-        4 => {
-            etherparse::Ipv4Slice::from_slice(packet)
-                .ok()?
-                .payload()
-                .payload
-        }
-        6 => {
-            etherparse::Ipv6Slice::from_slice(packet)
-                .ok()?
-                .payload()
-                .payload
-        }
-        _ => return None,
-    };
-    TcpSlice::from_slice(payload).ok()
-}
-
-/// An RST answering `seg` (sent by `src` to `dst`), from `dst` to `src` (RFC 9293 §3.10.7.1).
-pub fn rst_for(src: SocketAddr, dst: SocketAddr, seg: &TcpSlice<'_>) -> Vec<u8> {
-    let seg_len = seg.payload().len() as u32 + u32::from(seg.syn()) + u32::from(seg.fin());
-    let (seq, ack) = if seg.ack() {
-        (seg.acknowledgment_number(), None)
-    } else {
-        (0, Some(seg.sequence_number().wrapping_add(seg_len)))
-    };
-    let mut out = Vec::new();
-    match (dst.ip(), src.ip()) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let mut t = PacketBuilder::ipv4(a.octets(), b.octets(), 64)
-                .tcp(dst.port(), src.port(), seq, 0)
-                .rst();
-            if let Some(n) = ack {
-                t = t.ack(n);
-            }
-            let _ = t.write(&mut out, &[]);
-        }
-        (IpAddr::V6(a), IpAddr::V6(b)) => {
-            let mut t = PacketBuilder::ipv6(a.octets(), b.octets(), 64)
-                .tcp(dst.port(), src.port(), seq, 0)
-                .rst();
-            if let Some(n) = ack {
-                t = t.ack(n);
-            }
-            let _ = t.write(&mut out, &[]);
-        }
-        _ => {}
-    }
-    out
-}
-
-/// An ICMP (v4: code 0 net, 1 host) or ICMPv6 (code 0 no route, 3 address) destination
-/// unreachable quoting `packet`, from its destination back to its source.
-pub fn unreachable_for(packet: &[u8], code: u8) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    match packet.first()? >> 4 {
-        4 => {
-            let ip = etherparse::Ipv4Slice::from_slice(packet).ok()?;
-            let h = ip.header();
-            let quote = &packet[..packet.len().min(usize::from(h.ihl()) * 4 + 8)];
-            let t = etherparse::Icmpv4Type::DestinationUnreachable(
-                etherparse::icmpv4::DestUnreachableHeader::from_values(code, 0)?,
-            );
-            PacketBuilder::ipv4(h.destination(), h.source(), 64)
-                .icmpv4(t)
-                .write(&mut out, quote)
-                .ok()?;
-        }
-        6 => {
-            let ip = etherparse::Ipv6Slice::from_slice(packet).ok()?;
-            let h = ip.header();
-            let quote = &packet[..packet.len().min(1232)];
-            let c = if code == 0 {
-                etherparse::icmpv6::DestUnreachableCode::NoRoute
-            } else {
-                etherparse::icmpv6::DestUnreachableCode::Address
-            };
-            PacketBuilder::ipv6(h.destination(), h.source(), 64)
-                .icmpv6(etherparse::Icmpv6Type::DestinationUnreachable(c))
-                .write(&mut out, quote)
-                .ok()?;
-        }
-        _ => return None,
-    }
-    Some(out)
 }
 
 /// True for an IP protocol number this module handles.
@@ -949,15 +778,5 @@ mod gso_tests {
             p.truncate(n);
             let _ = take_mss(&mut p, true);
         }
-    }
-
-    #[test]
-    fn endpoints_of_a_packet() {
-        let p = syn_with_mss(true, Some(1460));
-        let (s, d, thl) = tcp_endpoints(&p).expect("tcp");
-        assert_eq!(s, "10.0.0.2:40000".parse().expect("addr"));
-        assert_eq!(d, "1.2.3.4:80".parse().expect("addr"));
-        assert_eq!(thl, 28, "20 bytes + NOP, MSS, window scale");
-        assert!(tcp_endpoints(&p[..10]).is_none());
     }
 }

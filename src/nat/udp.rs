@@ -8,7 +8,8 @@
 //! [`host_destination`] of the destination — so the kernel filters replies to that peer, and
 //! an ICMP port unreachable from the host comes back as `ECONNREFUSED` on the next receive.
 //! The socket is registered with the gateway's mio `Registry` under
-//! `token::make(token::UDP, slot)`; flows live in a slab, so a token maps to its flow in O(1).
+//! `token::make(token::UDP, id)`, `id` being the flow's id in the NAT's [`FlowTable`], so a
+//! token maps to its flow in O(1).
 //!
 //! On readiness ([`UdpNat::ready`]) the socket is read until `WouldBlock`; each datagram becomes
 //! an IPv4/IPv6 + UDP packet *to* the guest, from the destination as the guest addressed it
@@ -19,37 +20,36 @@
 //!
 //! Invariants and limits:
 //! - Memory is bounded: at most `max_flows` flows (and `max_flows_per_guest` per guest
-//!   address), one 64 KiB receive buffer shared by all flows, and at most
+//!   port), one 64 KiB receive buffer shared by all flows, and at most
 //!   [`MAX_PACKETS_PER_READY`] packets appended per readiness event — datagrams beyond that are
 //!   read and dropped, as a full socket buffer would. A new flow over a limit is refused and
 //!   counted (`refused_limit`); existing flows are untouched.
-//! - Limits count this table only; TCP and ICMP keep their own tables.
+//! - Limits count the flows of every protocol: the [`FlowTable`] checks them
+//!   ([`FlowTable::admit`]) and keeps each flow's key and owner; this module keeps its socket.
 //! - A flow lives while datagrams move either way; [`UdpNat::expire`] closes those idle longer
 //!   than `udp_idle`.
 //! - Nothing here panics on guest or host input; packets too big to build are counted as errors.
 //! - Replies are not fragmented: a host datagram larger than the guest's MTU yields an IP packet
 //!   larger than the MTU.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use etherparse::{
-    Icmpv4Type, Icmpv6Type, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder,
-    UdpHeader, icmpv4::DestUnreachableHeader, icmpv6::DestUnreachableCode,
-};
+use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, UdpHeader};
 use mio::{Interest, Registry, Token};
 
+use super::flow::{
+    DatagramFlow, FlowId, FlowKey, FlowTable, GuestKey, Opener, Phase, Slots, close_datagram,
+    expire_datagrams,
+};
 use super::host::{HostDatagram, HostSockets, OsSockets};
 use super::{NatConfig, NatCounters, host_destination, token};
+use crate::wire::ip::{TTL, Unreachable, build_udp, icmp_unreachable};
 
 /// Most packets one [`UdpNat::ready`] call appends for one flow.
 pub const MAX_PACKETS_PER_READY: usize = 256;
-
-/// TTL / hop limit of packets built towards the guest.
-const TTL: u8 = 64;
 
 /// Largest datagram a UDP socket can return.
 const RECV_BUF: usize = 65536;
@@ -58,8 +58,6 @@ const RECV_BUF: usize = 65536;
 #[derive(Debug)]
 struct Flow {
     sock: Box<dyn HostDatagram>,
-    /// The guest port it counts against.
-    owner: super::GuestKey,
     guest: SocketAddr,
     dst: SocketAddr,
     last_used: Instant,
@@ -67,12 +65,14 @@ struct Flow {
     last_len: u16,
 }
 
-/// Why a receive failed, as an ICMP unreachable code.
-#[derive(Debug, Clone, Copy)]
-enum Unreach {
-    Port,
-    Host,
-    Net,
+impl DatagramFlow for Flow {
+    fn sock(&mut self) -> &mut dyn HostDatagram {
+        &mut *self.sock
+    }
+
+    fn last_used(&self) -> Instant {
+        self.last_used
+    }
 }
 
 /// The UDP flow table of one network.
@@ -80,10 +80,8 @@ pub struct UdpNat {
     cfg: Arc<NatConfig>,
     host: Arc<dyn HostSockets>,
     counters: Arc<NatCounters>,
-    slots: Vec<Option<Flow>>,
-    free: Vec<usize>,
-    by_key: HashMap<(SocketAddr, SocketAddr), usize>,
-    per_guest: HashMap<super::GuestKey, usize>,
+    /// Each flow's state, by its id in the [`FlowTable`].
+    slots: Slots<Flow>,
     buf: Vec<u8>,
 }
 
@@ -104,10 +102,7 @@ impl UdpNat {
             cfg,
             host,
             counters,
-            slots: Vec::new(),
-            free: Vec::new(),
-            by_key: HashMap::new(),
-            per_guest: HashMap::new(),
+            slots: Slots::default(),
             buf: vec![0; RECV_BUF],
         }
     }
@@ -117,23 +112,25 @@ impl UdpNat {
     /// and registered with `reg` — unless a flow limit is reached (counted as
     /// `refused_limit`) or the destination must not leave (`dropped_dest`). A datagram the host
     /// socket cannot take right now is dropped, as UDP allows.
+    #[allow(clippy::too_many_arguments)]
     pub fn from_guest(
         &mut self,
         reg: &Registry,
-        owner: super::GuestKey,
+        flows: &mut FlowTable,
+        owner: GuestKey,
         guest: SocketAddr,
         dst: SocketAddr,
         payload: &[u8],
         now: Instant,
     ) {
-        let idx = match self.by_key.get(&(guest, dst)) {
-            Some(&i) => i,
-            None => match self.open(reg, owner, guest, dst, now) {
+        let idx = match flows.get(&FlowKey::Udp(guest, dst)) {
+            Some(i) => i,
+            None => match self.open(reg, flows, owner, guest, dst, now) {
                 Some(i) => i,
                 None => return,
             },
         };
-        let Some(flow) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+        let Some(flow) = self.slots.get_mut(idx) else {
             return;
         };
         flow.last_used = now;
@@ -164,7 +161,8 @@ impl UdpNat {
     fn open(
         &mut self,
         reg: &Registry,
-        owner: super::GuestKey,
+        flows: &mut FlowTable,
+        owner: GuestKey,
         guest: SocketAddr,
         dst: SocketAddr,
         now: Instant,
@@ -177,11 +175,7 @@ impl UdpNat {
             NatCounters::inc(&self.counters.dropped_dest);
             return None;
         };
-        let guest_flows = self.per_guest.get(&owner).copied().unwrap_or(0);
-        if self.by_key.len() >= super::flow_cap(&self.cfg)
-            || guest_flows >= self.cfg.max_flows_per_guest
-        {
-            NatCounters::inc(&self.counters.refused_limit);
+        if !flows.admit(Opener::Guest(owner)) {
             return None;
         }
         let bind: SocketAddr = match host_ip {
@@ -210,29 +204,23 @@ impl UdpNat {
                 return None;
             }
         };
-        let idx = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(None);
-                self.slots.len() - 1
-            }
-        };
+        let idx = flows.insert(FlowKey::Udp(guest, dst), owner, Phase::Established);
         if let Err(e) = reg.register(&mut *sock, token::make(token::UDP, idx), Interest::READABLE) {
             tracing::warn!(%guest, %dst, error = %e, "UDP NAT: cannot register host socket");
             NatCounters::inc(&self.counters.errors);
-            self.free.push(idx);
+            flows.remove(idx);
             return None;
         }
-        self.slots[idx] = Some(Flow {
-            sock,
-            owner,
-            guest,
-            dst,
-            last_used: now,
-            last_len: 0,
-        });
-        self.by_key.insert((guest, dst), idx);
-        *self.per_guest.entry(owner).or_insert(0) += 1;
+        self.slots.put(
+            idx,
+            Flow {
+                sock,
+                guest,
+                dst,
+                last_used: now,
+                last_len: 0,
+            },
+        );
         NatCounters::inc(&self.counters.udp_flows);
         tracing::trace!(%guest, %dst, %target, idx, "UDP NAT flow opened");
         Some(idx)
@@ -246,7 +234,7 @@ impl UdpNat {
         if kind != token::UDP {
             return;
         }
-        let Some(flow) = self.slots.get_mut(idx).and_then(Option::as_mut) else {
+        let Some(flow) = self.slots.get_mut(idx) else {
             return;
         };
         let mut produced = 0usize;
@@ -261,7 +249,7 @@ impl UdpNat {
                     let Some(data) = self.buf.get(..n) else {
                         continue;
                     };
-                    match udp_packet(flow.dst, flow.guest, data) {
+                    match build_udp(flow.dst, flow.guest, data) {
                         Some(p) => {
                             out.push(p);
                             produced += 1;
@@ -273,9 +261,9 @@ impl UdpNat {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let why = match e.raw_os_error() {
-                        Some(libc::ECONNREFUSED) => Unreach::Port,
-                        Some(libc::EHOSTUNREACH) => Unreach::Host,
-                        Some(libc::ENETUNREACH) => Unreach::Net,
+                        Some(libc::ECONNREFUSED) => Unreachable::Port,
+                        Some(libc::EHOSTUNREACH) => Unreachable::Host,
+                        Some(libc::ENETUNREACH) => Unreachable::Net,
                         _ => {
                             tracing::debug!(guest = %flow.guest, dst = %flow.dst, error = %e, "UDP NAT receive failed");
                             NatCounters::inc(&self.counters.errors);
@@ -305,85 +293,24 @@ impl UdpNat {
 
     /// Closes flows idle (no datagram either way) for longer than `udp_idle`: deregisters and
     /// drops their sockets. Returns how many were closed.
-    pub fn expire(&mut self, reg: &Registry, now: Instant) -> usize {
-        let idle = self.cfg.udp_idle;
-        self.close_where(reg, |f| now.saturating_duration_since(f.last_used) > idle)
+    pub fn expire(&mut self, reg: &Registry, flows: &mut FlowTable, now: Instant) -> usize {
+        expire_datagrams(&mut self.slots, flows, reg, now, self.cfg.udp_idle, "UDP")
     }
 
-    /// Closes every flow of the guest behind port `owner` (a port that was removed): no
-    /// socket, slot or budget of a port outlives it. Returns how many were closed.
-    pub fn forget_guest(&mut self, reg: &Registry, owner: super::GuestKey) -> usize {
-        if self.flows_of(owner) == 0 {
-            return 0;
-        }
-        self.close_where(reg, |f| f.owner == owner)
+    /// Closes flow `id` (its guest port was removed, say): deregisters and drops its socket.
+    /// False if there is no such flow.
+    pub fn close(&mut self, reg: &Registry, flows: &mut FlowTable, id: FlowId) -> bool {
+        close_datagram(&mut self.slots, flows, reg, id, "UDP")
     }
-
-    /// Closes the flows `doomed` picks: deregisters and drops their sockets.
-    fn close_where(&mut self, reg: &Registry, doomed: impl Fn(&Flow) -> bool) -> usize {
-        let mut closed = 0;
-        for idx in 0..self.slots.len() {
-            let stale = self.slots[idx].as_ref().is_some_and(&doomed);
-            if stale && let Some(mut flow) = self.slots[idx].take() {
-                if let Err(e) = reg.deregister(&mut *flow.sock) {
-                    tracing::debug!(error = %e, "UDP NAT: deregister failed");
-                }
-                self.by_key.remove(&(flow.guest, flow.dst));
-                if let Some(n) = self.per_guest.get_mut(&flow.owner) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        self.per_guest.remove(&flow.owner);
-                    }
-                }
-                self.free.push(idx);
-                closed += 1;
-            }
-        }
-        // Give memory back when the table shrank to nothing.
-        if self.by_key.is_empty() && !self.slots.is_empty() {
-            self.slots.clear();
-            self.free.clear();
-        }
-        closed
-    }
-
-    /// True if a flow from `guest` to `dst` is open.
-    pub fn has_flow(&self, guest: SocketAddr, dst: SocketAddr) -> bool {
-        self.by_key.contains_key(&(guest, dst))
-    }
-
-    /// Open flows.
-    pub fn flows(&self) -> usize {
-        self.by_key.len()
-    }
-
-    /// Open flows of guest address `guest`.
-    pub fn flows_of(&self, guest: super::GuestKey) -> usize {
-        self.per_guest.get(&guest).copied().unwrap_or(0)
-    }
-}
-
-/// An IP + UDP packet `src` → `dst` carrying `payload`; `None` if the families differ or it is
-/// too big.
-fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
-    let b = match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), TTL),
-        (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), TTL),
-        _ => return None,
-    }
-    .udp(src.port(), dst.port());
-    let mut v = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut v, payload).ok()?;
-    Some(v)
 }
 
 /// An ICMP(v6) destination unreachable from `dst` to `guest`, quoting the IP + UDP header of a
-/// `len`-byte datagram `guest` → `dst`.
+/// `len`-byte datagram `guest` → `dst` (rebuilt: the flow keeps no packet).
 fn unreachable_packet(
     guest: SocketAddr,
     dst: SocketAddr,
     len: u16,
-    why: Unreach,
+    why: Unreachable,
 ) -> Option<Vec<u8>> {
     let udp_len = len.checked_add(8)?;
     let udp = UdpHeader {
@@ -397,17 +324,6 @@ fn unreachable_packet(
         (IpAddr::V4(g), IpAddr::V4(d)) => {
             let ip = Ipv4Header::new(udp_len, TTL, IpNumber::UDP, g.octets(), d.octets()).ok()?;
             ip.write(&mut quote).ok()?;
-            udp.write(&mut quote).ok()?;
-            let code = match why {
-                Unreach::Port => DestUnreachableHeader::Port,
-                Unreach::Host => DestUnreachableHeader::Host,
-                Unreach::Net => DestUnreachableHeader::Network,
-            };
-            let b = PacketBuilder::ipv4(d.octets(), g.octets(), TTL)
-                .icmpv4(Icmpv4Type::DestinationUnreachable(code));
-            let mut v = Vec::with_capacity(b.size(quote.len()));
-            b.write(&mut v, &quote).ok()?;
-            Some(v)
         }
         (IpAddr::V6(g), IpAddr::V6(d)) => {
             let ip = Ipv6Header {
@@ -420,36 +336,45 @@ fn unreachable_packet(
                 destination: d.octets(),
             };
             ip.write(&mut quote).ok()?;
-            udp.write(&mut quote).ok()?;
-            let code = match why {
-                Unreach::Port => DestUnreachableCode::Port,
-                Unreach::Host => DestUnreachableCode::Address,
-                Unreach::Net => DestUnreachableCode::NoRoute,
-            };
-            let b = PacketBuilder::ipv6(d.octets(), g.octets(), TTL)
-                .icmpv6(Icmpv6Type::DestinationUnreachable(code));
-            let mut v = Vec::with_capacity(b.size(quote.len()));
-            b.write(&mut v, &quote).ok()?;
-            Some(v)
         }
-        _ => None,
+        _ => return None,
     }
+    udp.write(&mut quote).ok()?;
+    icmp_unreachable(&quote, why)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    use etherparse::{
+        Icmpv4Type, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader,
+    };
     use mio::{Events, Poll};
     use std::time::Duration;
 
     const GW: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
 
-    fn setup(cfg: NatConfig) -> (Poll, UdpNat, Arc<NatCounters>) {
+    /// A [`UdpNat`] and the flow table it works in, as [`super::super::Nat`] holds them.
+    fn pair(cfg: Arc<NatConfig>, counters: Arc<NatCounters>) -> (UdpNat, FlowTable) {
+        (
+            UdpNat::new(cfg.clone(), counters.clone()),
+            FlowTable::new(cfg, counters),
+        )
+    }
+
+    /// What [`super::super::Nat::forget_guest`] does with a port's UDP flows.
+    fn forget(nat: &mut UdpNat, flows: &mut FlowTable, reg: &Registry, owner: GuestKey) -> usize {
+        let ids = flows.of_guest(owner);
+        ids.into_iter()
+            .filter(|&(id, _)| nat.close(reg, flows, id))
+            .count()
+    }
+
+    fn setup(cfg: NatConfig) -> (Poll, UdpNat, FlowTable, Arc<NatCounters>) {
         let counters = Arc::new(NatCounters::default());
         let poll = Poll::new().expect("poll");
-        let nat = UdpNat::new(Arc::new(cfg), counters.clone());
-        (poll, nat, counters)
+        let (nat, flows) = pair(Arc::new(cfg), counters.clone());
+        (poll, nat, flows, counters)
     }
 
     /// Polls (bounded) until `want` packets came out or the deadline passes.
@@ -494,12 +419,20 @@ mod tests {
     #[test]
     fn echo_through_host_loopback() {
         let (port, server) = echo_server(2);
-        let (mut poll, mut nat, counters) = setup(NatConfig::new(GW, None));
+        let (mut poll, mut nat, mut flows, counters) = setup(NatConfig::new(GW, None));
         let guest = sa("10.88.0.9:5555");
         let dst = SocketAddr::new(IpAddr::V4(GW), port);
-        nat.from_guest(poll.registry(), 1, guest, dst, b"hello nat", Instant::now());
-        assert_eq!(nat.flows(), 1);
-        assert_eq!(nat.flows_of(1), 1);
+        nat.from_guest(
+            poll.registry(),
+            &mut flows,
+            1,
+            guest,
+            dst,
+            b"hello nat",
+            Instant::now(),
+        );
+        assert_eq!(flows.counts().udp, 1);
+        assert_eq!(flows.flows_of(1), 1);
         let out = pump(&mut poll, &mut nat, 1);
         assert_eq!(out.len(), 1, "no reply");
         let pkt = SlicedPacket::from_ip(&out[0]).expect("parse");
@@ -520,8 +453,16 @@ mod tests {
             .expect("checksum");
         assert_eq!(udp.checksum(), want, "bad UDP checksum");
         // Same flow reused for a second datagram.
-        nat.from_guest(poll.registry(), 1, guest, dst, b"again", Instant::now());
-        assert_eq!(nat.flows(), 1);
+        nat.from_guest(
+            poll.registry(),
+            &mut flows,
+            1,
+            guest,
+            dst,
+            b"again",
+            Instant::now(),
+        );
+        assert_eq!(flows.counts().udp, 1);
         let out = pump(&mut poll, &mut nat, 1);
         assert_eq!(out.len(), 1);
         assert_eq!(
@@ -544,10 +485,18 @@ mod tests {
         };
         let port = s.local_addr().expect("addr").port();
         let gw6: Ipv6Addr = "fd88::1".parse().expect("v6");
-        let (mut poll, mut nat, _) = setup(NatConfig::new(GW, Some(gw6)));
+        let (mut poll, mut nat, mut flows, _) = setup(NatConfig::new(GW, Some(gw6)));
         let guest = sa("[fd88::9]:4444");
         let dst = SocketAddr::new(IpAddr::V6(gw6), port);
-        nat.from_guest(poll.registry(), 1, guest, dst, b"six", Instant::now());
+        nat.from_guest(
+            poll.registry(),
+            &mut flows,
+            1,
+            guest,
+            dst,
+            b"six",
+            Instant::now(),
+        );
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         let mut buf = [0u8; 64];
@@ -581,10 +530,18 @@ mod tests {
             .local_addr()
             .expect("addr")
             .port();
-        let (mut poll, mut nat, counters) = setup(NatConfig::new(GW, None));
+        let (mut poll, mut nat, mut flows, counters) = setup(NatConfig::new(GW, None));
         let guest = sa("10.88.0.9:5555");
         let dst = SocketAddr::new(IpAddr::V4(GW), port);
-        nat.from_guest(poll.registry(), 1, guest, dst, b"anyone?", Instant::now());
+        nat.from_guest(
+            poll.registry(),
+            &mut flows,
+            1,
+            guest,
+            dst,
+            b"anyone?",
+            Instant::now(),
+        );
         let out = pump(&mut poll, &mut nat, 1);
         assert_eq!(out.len(), 1, "no ICMP error");
         let pkt = SlicedPacket::from_ip(&out[0]).expect("parse");
@@ -625,18 +582,58 @@ mod tests {
             max_flows_per_guest: 2,
             ..NatConfig::new(GW, None)
         };
-        let (mut poll, mut nat, counters) = setup(cfg);
+        let (mut poll, mut nat, mut flows, counters) = setup(cfg);
         let dst = SocketAddr::new(IpAddr::V4(GW), port);
         let now = Instant::now();
-        nat.from_guest(poll.registry(), 1, sa("10.88.0.9:1"), dst, b"a", now);
-        nat.from_guest(poll.registry(), 1, sa("10.88.0.9:2"), dst, b"b", now);
+        nat.from_guest(
+            poll.registry(),
+            &mut flows,
+            1,
+            sa("10.88.0.9:1"),
+            dst,
+            b"a",
+            now,
+        );
+        nat.from_guest(
+            poll.registry(),
+            &mut flows,
+            1,
+            sa("10.88.0.9:2"),
+            dst,
+            b"b",
+            now,
+        );
         // Per-guest limit.
-        nat.from_guest(poll.registry(), 1, sa("10.88.0.9:3"), dst, b"c", now);
-        assert_eq!(nat.flows_of(1), 2);
-        nat.from_guest(poll.registry(), 2, sa("10.88.0.10:1"), dst, b"d", now);
+        nat.from_guest(
+            poll.registry(),
+            &mut flows,
+            1,
+            sa("10.88.0.9:3"),
+            dst,
+            b"c",
+            now,
+        );
+        assert_eq!(flows.flows_of(1), 2);
+        nat.from_guest(
+            poll.registry(),
+            &mut flows,
+            2,
+            sa("10.88.0.10:1"),
+            dst,
+            b"d",
+            now,
+        );
         // Total limit.
-        nat.from_guest(poll.registry(), 3, sa("10.88.0.11:1"), dst, b"e", now);
-        assert_eq!(nat.flows(), 3);
+        nat.from_guest(
+            poll.registry(),
+            &mut flows,
+            3,
+            sa("10.88.0.11:1"),
+            dst,
+            b"e",
+            now,
+        );
+        assert_eq!(flows.counts().udp, 3);
         assert_eq!(
             counters
                 .refused_limit
@@ -646,6 +643,7 @@ mod tests {
         // Destinations that must not leave.
         nat.from_guest(
             poll.registry(),
+            &mut flows,
             1,
             sa("10.88.0.9:1"),
             sa("127.0.0.1:53"),
@@ -654,6 +652,7 @@ mod tests {
         );
         nat.from_guest(
             poll.registry(),
+            &mut flows,
             1,
             sa("10.88.0.9:1"),
             sa("224.0.0.1:53"),
@@ -707,41 +706,57 @@ mod tests {
             max_flows: 2,
             ..NatConfig::new(GW, None)
         };
-        let (poll, mut nat, _) = setup(cfg);
+        let (poll, mut nat, mut flows, _) = setup(cfg);
         // A sink that never answers.
         let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let dst = SocketAddr::new(IpAddr::V4(GW), sink.local_addr().expect("addr").port());
         let t0 = Instant::now();
-        nat.from_guest(poll.registry(), 1, sa("10.88.0.9:1"), dst, b"a", t0);
         nat.from_guest(
             poll.registry(),
+            &mut flows,
+            1,
+            sa("10.88.0.9:1"),
+            dst,
+            b"a",
+            t0,
+        );
+        nat.from_guest(
+            poll.registry(),
+            &mut flows,
             1,
             sa("10.88.0.9:2"),
             dst,
             b"b",
             t0 + Duration::from_secs(30),
         );
-        assert_eq!(nat.flows(), 2);
-        assert_eq!(nat.expire(poll.registry(), t0 + Duration::from_secs(59)), 0);
-        assert_eq!(nat.expire(poll.registry(), t0 + Duration::from_secs(61)), 1);
-        assert_eq!(nat.flows(), 1);
-        assert_eq!(nat.flows_of(1), 1);
+        assert_eq!(flows.counts().udp, 2);
+        assert_eq!(
+            nat.expire(poll.registry(), &mut flows, t0 + Duration::from_secs(59)),
+            0
+        );
+        assert_eq!(
+            nat.expire(poll.registry(), &mut flows, t0 + Duration::from_secs(61)),
+            1
+        );
+        assert_eq!(flows.counts().udp, 1);
+        assert_eq!(flows.flows_of(1), 1);
         // The freed slot is reusable (the table was full).
         nat.from_guest(
             poll.registry(),
+            &mut flows,
             1,
             sa("10.88.0.9:3"),
             dst,
             b"c",
             t0 + Duration::from_secs(62),
         );
-        assert_eq!(nat.flows(), 2);
+        assert_eq!(flows.counts().udp, 2);
         assert_eq!(
-            nat.expire(poll.registry(), t0 + Duration::from_secs(200)),
+            nat.expire(poll.registry(), &mut flows, t0 + Duration::from_secs(200)),
             2
         );
-        assert_eq!(nat.flows(), 0);
-        assert_eq!(nat.flows_of(1), 0);
+        assert_eq!(flows.counts().udp, 0);
+        assert_eq!(flows.flows_of(1), 0);
         // Unknown tokens are ignored.
         let mut out = Vec::new();
         nat.ready(token::make(token::UDP, 5), &mut out, t0);
@@ -751,22 +766,57 @@ mod tests {
 
     #[test]
     fn forget_guest_closes_only_that_guests_flows() {
-        let (poll, mut nat, _) = setup(NatConfig::new(GW, None));
+        let (poll, mut nat, mut flows, _) = setup(NatConfig::new(GW, None));
         let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let dst = SocketAddr::new(IpAddr::V4(GW), sink.local_addr().expect("addr").port());
         let now = Instant::now();
-        nat.from_guest(poll.registry(), 1, sa("10.88.0.9:1"), dst, b"a", now);
-        nat.from_guest(poll.registry(), 1, sa("10.88.0.9:2"), dst, b"b", now);
-        nat.from_guest(poll.registry(), 2, sa("10.88.0.10:1"), dst, b"c", now);
-        assert_eq!(nat.forget_guest(poll.registry(), 1), 2);
-        assert_eq!((nat.flows(), nat.flows_of(1), nat.flows_of(2)), (1, 0, 1));
-        assert!(!nat.has_flow(sa("10.88.0.9:1"), dst));
-        assert_eq!(nat.forget_guest(poll.registry(), 1), 0);
+        nat.from_guest(
+            poll.registry(),
+            &mut flows,
+            1,
+            sa("10.88.0.9:1"),
+            dst,
+            b"a",
+            now,
+        );
+        nat.from_guest(
+            poll.registry(),
+            &mut flows,
+            1,
+            sa("10.88.0.9:2"),
+            dst,
+            b"b",
+            now,
+        );
+        nat.from_guest(
+            poll.registry(),
+            &mut flows,
+            2,
+            sa("10.88.0.10:1"),
+            dst,
+            b"c",
+            now,
+        );
+        assert_eq!(forget(&mut nat, &mut flows, poll.registry(), 1), 2);
+        assert_eq!(
+            (flows.counts().udp, flows.flows_of(1), flows.flows_of(2)),
+            (1, 0, 1)
+        );
+        assert!(!flows.contains(&FlowKey::Udp(sa("10.88.0.9:1"), dst)));
+        assert_eq!(forget(&mut nat, &mut flows, poll.registry(), 1), 0);
         // The same guest address on a new port opens a new flow.
-        nat.from_guest(poll.registry(), 3, sa("10.88.0.9:1"), dst, b"d", now);
-        assert_eq!((nat.flows(), nat.flows_of(3)), (2, 1));
-        assert_eq!(nat.forget_guest(poll.registry(), 2), 1);
-        assert_eq!(nat.forget_guest(poll.registry(), 3), 1);
-        assert_eq!(nat.flows(), 0);
+        nat.from_guest(
+            poll.registry(),
+            &mut flows,
+            3,
+            sa("10.88.0.9:1"),
+            dst,
+            b"d",
+            now,
+        );
+        assert_eq!((flows.counts().udp, flows.flows_of(3)), (2, 1));
+        assert_eq!(forget(&mut nat, &mut flows, poll.registry(), 2), 1);
+        assert_eq!(forget(&mut nat, &mut flows, poll.registry(), 3), 1);
+        assert_eq!(flows.counts().udp, 0);
     }
 }

@@ -16,7 +16,7 @@
 //! - Port forwards ([`forward`]): host listeners; accepted connections become connections *to*
 //!   the guest, from the client's own address when it is not a loopback one.
 //!
-//! Everything runs on the gateway's thread and mio `Poll`; host sockets are registered there with
+//! Everything runs in the gateway's driver on its event loop and mio `Poll`; host sockets are registered there with
 //! tokens from [`token`]. The sockets come from a [`host::HostSockets`] (the kernel's in
 //! production, an in-memory fake in the fuzzer), and every entry point takes the gateway's `now`,
 //! so a whole NAT can be driven synchronously on a virtual clock.
@@ -267,7 +267,7 @@ pub mod token {
     }
 }
 
-/// A gateway's whole NAT: TCP, UDP, ICMP echo and port forwards, on the gateway's thread.
+/// A gateway's whole NAT: TCP, UDP, ICMP echo and port forwards, driven by the gateway on its event loop.
 pub struct Nat {
     /// Settings.
     pub cfg: Arc<NatConfig>,

@@ -172,3 +172,61 @@ impl GatewayConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> GatewayConfig {
+        GatewayConfig::new("n", "10.5.0.0/24".parse().expect("subnet"))
+    }
+
+    #[test]
+    fn defaults_put_the_gateway_at_the_first_host() {
+        let c = cfg();
+        assert_eq!(c.addr, Ipv4Addr::new(10, 5, 0, 1));
+        assert_eq!(c.addr6(), "fd88::1".parse().ok());
+        assert!(
+            c.mac.is_valid_source() && c.mac.0[0] & 0x02 != 0,
+            "local unicast MAC"
+        );
+        assert_eq!((c.mtu, c.domain.as_str(), c.dhcp), (1500, "usernet", true));
+        let mut c2 = cfg();
+        c2.ipv6_gateway = "fd88::2".parse().ok();
+        assert_eq!(c2.addr6(), "fd88::2".parse().ok());
+        c2.ipv6 = None;
+        assert_eq!((c2.addr6(), c2.dns6()), (None, None));
+    }
+
+    #[test]
+    fn own_addresses_are_the_gateway_port_s_alone() {
+        let mut c = cfg();
+        c.dns_addr = Some(Ipv4Addr::new(10, 5, 0, 3));
+        c.dns_addr6 = "fd88::3".parse().ok();
+        let own = c.own_addrs();
+        for a in ["10.5.0.1", "10.5.0.3", "fd88::1", "fd88::3"] {
+            assert!(own.contains(&a.parse().expect("ip")), "{a} in {own:?}");
+        }
+        assert!(own.contains(&IpAddr::V6(c.link_local())));
+        let p = c.port_policy();
+        assert_eq!(p.allowed_macs, vec![c.mac]);
+        assert_eq!(p.allowed_ips, own);
+        assert_eq!(p.port_security, Some(false), "NAT speaks for every address");
+    }
+
+    #[test]
+    fn nat_settings_follow_the_network() {
+        let mut c = cfg();
+        c.host_loopback = false;
+        c.max_flows = 7;
+        let n = c.nat_config().expect("NAT");
+        assert!(!n.host_loopback);
+        assert_eq!(n.max_flows, 7);
+        assert!(n.local_nets.iter().any(|x| x.to_string() == "10.5.0.0/24"));
+        assert!(n.local_nets.iter().any(|x| x.to_string() == "fd88::/64"));
+        c.internal = true;
+        assert!(c.nat_config().is_none(), "an internal network has no NAT");
+        let s = c.scope();
+        assert_eq!(s.subnet4, Some(c.subnet));
+    }
+}

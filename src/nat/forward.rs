@@ -385,6 +385,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "toml")]
     fn serde_forms() {
         let f: Forward = toml::from_str(
             "network = \"net0\"\npublish = \"127.0.0.1:8080:80/tcp\"\nto = \"web\"\n",

@@ -17,6 +17,7 @@ use crate::gateway::dns::Upstreams;
 /// `[engine]`: process-wide settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct EngineSection {
     /// Event-loop threads.
     pub loops: usize,
@@ -49,6 +50,7 @@ fn yes() -> bool {
 /// A static DHCP lease in `[[network]] static_leases`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct StaticLeaseSection {
     /// Client MAC.
     pub mac: crate::wire::Mac,
@@ -62,6 +64,7 @@ pub struct StaticLeaseSection {
 /// `[[network]]`: one network (bridge domain) and its gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct NetworkSection {
     /// Unique name.
     pub name: String,
@@ -310,6 +313,7 @@ pub fn parse_upstream(s: &str) -> Option<std::net::SocketAddr> {
 /// A whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Config {
     /// `[engine]`.
     #[serde(default)]

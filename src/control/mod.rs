@@ -74,6 +74,7 @@ fn yes() -> bool {
 /// Exactly one of `tap`, `netns`, `packet` must be set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PortSpec {
     /// The network to join.
     pub network: String,
@@ -315,6 +316,7 @@ pub fn check_ifname(name: &str, field: &str) -> Result<()> {
 
 /// A port, as listed by `usernet ctl ports`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PortInfo {
     /// Port id.
     pub id: PortId,
@@ -332,6 +334,7 @@ pub struct PortInfo {
 
 /// A network, as listed by the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct NetworkInfo {
     /// Name.
     pub name: String,
@@ -347,6 +350,7 @@ pub struct NetworkInfo {
 
 /// One FDB entry, as shown by `usernet ctl fdb`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct FdbRow {
     /// Network name.
     pub network: String,
@@ -364,6 +368,7 @@ pub struct FdbRow {
 
 /// What one port owns (port security), as shown by `usernet ctl owners`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct OwnerRow {
     /// Network name.
     pub network: String,
@@ -379,6 +384,7 @@ pub struct OwnerRow {
 
 /// One port's counters, as shown by `usernet ctl stats`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PortStatsRow {
     /// Port name.
     pub port: String,
@@ -390,6 +396,7 @@ pub struct PortStatsRow {
 
 /// A DHCP lease, as shown by `usernet ctl leases`.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct LeaseRow {
     /// Network name.
     pub network: String,
@@ -400,6 +407,7 @@ pub struct LeaseRow {
 
 /// A DNS record, as shown by `usernet ctl dns ls`.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct DnsRow {
     /// Network name.
     pub network: String,

@@ -80,6 +80,7 @@ use neigh::{Unresolved, Via};
 
 /// Settings of one network's gateway.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GatewayConfig {
     /// The network it serves.
     pub network: String,
@@ -291,6 +292,7 @@ fn inc(c: &AtomicU64) {
 
 /// A gateway's addresses and counters, as shown by `usernet ctl gateway`.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct GatewayInfo {
     /// Network name.
     pub network: String,
@@ -339,6 +341,7 @@ pub struct Gateway {
 
 /// A port forward, as listed by `usernet ctl forward ls`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ForwardInfo {
     /// Its id (for `forward rm`).
     pub id: u64,

@@ -37,6 +37,7 @@ impl Route {
 /// up with the MTU, addresses (IPv6 ones without duplicate address detection, so they are
 /// usable at once), routes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct IfConfig {
     /// MAC address to set.
     pub mac: Option<Mac>,

@@ -39,6 +39,7 @@ pub mod userns;
 
 /// Error from a link operation.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LinkError {
     /// The link is gone for good (device deleted, peer closed); the port must be removed.
     #[error("link gone: {0}")]
@@ -63,6 +64,7 @@ impl LinkError {
 
 /// Capabilities a link reports to the engine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LinkCaps {
     /// Frames on this link carry a virtio-net header (offload metadata).
     pub vnet_hdr: bool,

@@ -42,6 +42,7 @@ pub mod udp;
 
 /// NAT settings of one network.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NatConfig {
     /// The gateway's IPv4 address (its host loopback alias).
     pub gateway4: Ipv4Addr,
@@ -242,6 +243,7 @@ impl NatCounters {
 
 /// Current flow counts, for limits and display.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct FlowCounts {
     /// Open TCP connections (pending connects included).
     pub tcp: usize,

@@ -33,11 +33,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         anyhow::bail!("nothing to switch: give at least one --tap NAME or --packet IFNAME");
     }
     let sock = a.socket.path()?;
-    let engine = Engine::start(EngineConfig {
-        loops: a.loops.clamp(1, 64),
-        ..EngineConfig::default()
-    })
-    .context("starting event loops")?;
+    let mut cfg = EngineConfig::default();
+    cfg.loops = a.loops.clamp(1, 64);
+    let engine = Engine::start(cfg).context("starting event loops")?;
     let h = engine.handle();
     h.add_network(&a.network, fdb_config(None, Some(a.fdb_aging)))?;
     for t in &a.taps {

@@ -21,7 +21,7 @@
 //! 5. configures the interface from the ACK, still inside the namespace: address and netmask
 //!    with `SIOCSIFADDR`/`SIOCSIFNETMASK` (the kernel adds the prefix route and the broadcast
 //!    address), the MTU with `SIOCSIFMTU` if the server sent one that differs, and the default
-//!    route over rtnetlink ([`crate::link::rtnl`]) from that thread; an existing default route is
+//!    route over rtnetlink (`link::rtnl`) from that thread; an existing default route is
 //!    kept, so no helper binary is needed.
 //!
 //! Each message is retransmitted after 250 ms, then 500 ms, 1 s and every 2 s after that, all

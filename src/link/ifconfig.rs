@@ -1,5 +1,5 @@
 //! What usernet configures on an interface it creates inside a namespace: MAC, MTU, addresses,
-//! routes, and `lo` up, over rtnetlink ([`super::rtnl`]), so a container needs no DHCP client.
+//! routes, and `lo` up, over rtnetlink (`link::rtnl`), so a container needs no DHCP client.
 //!
 //! One plan serves every place that configures a guest: `attach --ip` and the API's `add_port`
 //! with addresses, the CNI plugin, `usernet run` and the slirp4netns mode's `-c`.

@@ -547,7 +547,7 @@ fn hw_addr(fd: BorrowedFd<'_>, ifname: &str) -> io::Result<Mac> {
     }
     let mut mac = [0u8; 6];
     for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
-        *d = *s as u8;
+        *d = s.to_ne_bytes()[0]; // c_char: i8 on x86_64, u8 on aarch64
     }
     Ok(Mac(mac))
 }

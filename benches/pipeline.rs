@@ -59,10 +59,7 @@ fn rig(macs: u32) -> Rig {
         Arc::new(MonotonicClock::new()),
         FramePool::new(MAX_FRAME, 4096),
     );
-    let fdb = FdbConfig {
-        max_entries: 2 * macs as usize + 16,
-        aging_ms: 0,
-    };
+    let fdb = FdbConfig::new(2 * macs as usize + 16, 0);
     br.add_network("n", fdb).expect("network");
     let port = |name: &str| {
         br.add_port(
@@ -199,12 +196,10 @@ fn bench_port_security(c: &mut Criterion) {
 }
 
 fn bench_engine(c: &mut Criterion) {
-    let engine = Engine::start(EngineConfig {
-        loops: 1,
-        ring: 4 * BURST,
-        ..EngineConfig::default()
-    })
-    .expect("engine");
+    let mut cfg = EngineConfig::default();
+    cfg.loops = 1;
+    cfg.ring = 4 * BURST;
+    let engine = Engine::start(cfg).expect("engine");
     let h = engine.handle();
     h.add_network("n", FdbConfig::default()).expect("network");
     let (ea, a) = MemoryLink::pair(4 * BURST, MAX_FRAME).expect("pair");

@@ -4,8 +4,6 @@
 //! checked and errors name the key as `network[1].subnet`, `port[0].tap` and so on. Every key is
 //! documented in README.md.
 
-use std::path::Path;
-
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +17,7 @@ use crate::error::{Error, Result};
 /// `[engine]`: process-wide settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct EngineSection {
     /// Event-loop threads.
     pub loops: usize,
@@ -47,6 +46,7 @@ const MAX_BUSY_POLL_US: u32 = 1_000_000;
 /// A whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Config {
     /// `[engine]`.
     #[serde(default)]
@@ -63,7 +63,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parses and validates TOML text.
+    /// Parses and validates TOML text (feature `toml`, on by default).
+    #[cfg(feature = "toml")]
     pub fn parse(text: &str) -> Result<Config> {
         let cfg: Config =
             toml::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?;
@@ -71,8 +72,9 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Reads, parses and validates a file.
-    pub fn load(path: &Path) -> Result<Config> {
+    /// Reads, parses and validates a file (feature `toml`, on by default).
+    #[cfg(feature = "toml")]
+    pub fn load(path: &std::path::Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Io(format!("reading {}", path.display()), e))?;
         Self::parse(&text).map_err(|e| match e {
@@ -223,7 +225,7 @@ pub fn parse_net(s: &str, field: &str) -> Result<IpNet> {
         .map_err(|e| Error::invalid(field, format!("{s:?}: {e}")))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "toml"))]
 mod tests {
     use super::*;
 

@@ -5,6 +5,7 @@ use crate::link::OpenError;
 
 /// Anything a control operation can fail with. Each message names the object and the reason.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A topology change was refused (duplicate or unknown name).
     #[error(transparent)]

@@ -103,6 +103,7 @@ impl Offloads {
 
 /// Why a frame could not be made fit for a link without offloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OffloadError {
     /// The frame's headers are too short or not what the virtio-net header says.
     #[error("headers do not match the virtio-net header")]

@@ -43,7 +43,7 @@ pub fn is_applied() -> bool {
 }
 
 /// The error for a `feature` that cannot work once the sandbox is on.
-pub fn refused(feature: &str) -> String {
+pub(crate) fn refused(feature: &str) -> String {
     format!(
         "{feature} is not available: the sandbox is on (no new files, namespaces or capabilities); \
          set it up before the sandbox is applied (config file, command line) or run without the sandbox"

@@ -37,6 +37,7 @@ use crate::link::tap::{TapLink, TapOptions};
 
 /// How the new namespace is set up.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SpawnOptions {
     /// Interface name inside (default `eth0`).
     pub ifname: String,

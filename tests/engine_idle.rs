@@ -72,10 +72,9 @@ fn cpu_over(d: Duration) -> (u64, Duration) {
 #[test]
 fn idle_engine_does_not_spin() {
     let _one = ONE_AT_A_TIME.lock();
-    let (engine, _peers) = engine(EngineConfig {
-        loops: 2,
-        ..EngineConfig::default()
-    });
+    let mut cfg = EngineConfig::default();
+    cfg.loops = 2;
+    let (engine, _peers) = engine(cfg);
     // Past the first aging-sweep deadline (1 s), then measure over one second.
     std::thread::sleep(Duration::from_millis(1200));
     let (dc, dt) = cpu_over(Duration::from_secs(1));
@@ -88,10 +87,9 @@ fn idle_engine_does_not_spin() {
 fn busy_polling_spins_only_after_traffic() {
     let _one = ONE_AT_A_TIME.lock();
     let window = Duration::from_millis(400);
-    let (engine, peers) = engine(EngineConfig {
-        busy_poll: window,
-        ..EngineConfig::default()
-    });
+    let mut cfg = EngineConfig::default();
+    cfg.busy_poll = window;
+    let (engine, peers) = engine(cfg);
     std::thread::sleep(Duration::from_millis(1200));
     // A broadcast from a reaches b, and wakes the loop into its spinning window.
     let mut f = vec![0u8; 60];

@@ -65,10 +65,9 @@ struct Rig {
 
 impl Rig {
     fn new(loops: usize) -> Rig {
-        Self::with_config(EngineConfig {
-            loops,
-            ..EngineConfig::default()
-        })
+        let mut cfg = EngineConfig::default();
+        cfg.loops = loops;
+        Self::with_config(cfg)
     }
 
     fn with_config(cfg: EngineConfig) -> Rig {
@@ -258,11 +257,10 @@ fn a_network_stays_on_one_loop_and_networks_spread() {
 
 #[test]
 fn cross_loop_unicast_10k_frames_in_order_and_intact() {
-    let mut r = Rig::with_config(EngineConfig {
-        loops: 2,
-        ring: 4096,
-        ..EngineConfig::default()
-    });
+    let mut cfg = EngineConfig::default();
+    cfg.loops = 2;
+    cfg.ring = 4096;
+    let mut r = Rig::with_config(cfg);
     r.net("net");
     // Placement keeps a network's ports together until a loop is 2 ports busier than another:
     // a and c go to one loop, b to the other.
@@ -739,11 +737,10 @@ fn gso_frames_pass_to_offload_ports_and_are_segmented_for_the_others() {
 /// more every turn, so the frames read per turn grew until the egress ring overflowed.)
 #[test]
 fn busy_port_never_overflows_a_drained_egress_ring() {
-    let mut rig = Rig::with_config(EngineConfig {
-        loops: 1,
-        ring: 512,
-        ..EngineConfig::default()
-    });
+    let mut cfg = EngineConfig::default();
+    cfg.loops = 1;
+    cfg.ring = 512;
+    let mut rig = Rig::with_config(cfg);
     rig.net("n");
     rig.port("n", "a", 1 << 16);
     rig.port("n", "b", 1 << 17);
@@ -819,11 +816,10 @@ fn gateway_timers_run_without_traffic() {
 fn a_stalled_port_cannot_hold_the_whole_gso_pool() {
     use usernet::offload::Offloads;
     let gso_buffers = 64;
-    let mut rig = Rig::with_config(EngineConfig {
-        loops: 1,
-        gso_buffers,
-        ..EngineConfig::default()
-    });
+    let mut cfg = EngineConfig::default();
+    cfg.loops = 1;
+    cfg.gso_buffers = gso_buffers;
+    let mut rig = Rig::with_config(cfg);
     rig.net("n");
     // `s` never reads what the engine sends it; `v` does; `g` sends bulk TCP to both.
     for name in ["g", "s", "v"] {

@@ -117,11 +117,10 @@ fn check_both_ways(tap: &mut TapLink, pkt: &mut PacketLink) {
 }
 
 fn packet_opts() -> PacketOptions {
-    PacketOptions {
-        up: false,
-        promisc: false,
-        ..PacketOptions::default()
-    }
+    let mut opts = PacketOptions::default();
+    opts.up = false;
+    opts.promisc = false;
+    opts
 }
 
 #[test]
@@ -148,12 +147,10 @@ fn tap_without_vnet_hdr_frames_both_ways() {
         return;
     }
     let name = unique("ut");
-    let opts = TapOptions {
-        vnet_hdr: false,
-        mtu: Some(9000),
-        up: true,
-        ..TapOptions::default()
-    };
+    let mut opts = TapOptions::default();
+    opts.vnet_hdr = false;
+    opts.mtu = Some(9000);
+    opts.up = true;
     let mut tap = TapLink::create(&name, &opts).expect("create TAP");
     assert!(!tap.vnet_hdr());
     assert_eq!(tap.caps().max_frame, 9000 + 18);
@@ -169,10 +166,8 @@ fn tap_in_netns_is_eth0_there() {
         return;
     }
     let ns = Netns::new("ns");
-    let opts = TapOptions {
-        mtu: Some(1234),
-        ..TapOptions::default()
-    };
+    let mut opts = TapOptions::default();
+    opts.mtu = Some(1234);
     let mut tap = TapLink::create_in_netns(&ns.path(), "eth0", &opts).expect("TAP in netns");
     assert_eq!(tap.name(), "eth0");
     assert_eq!(tap.caps().max_frame, 1234 + 18);
@@ -329,10 +324,8 @@ fn tap_down_drops_writes() {
         return;
     }
     let name = unique("ut");
-    let opts = TapOptions {
-        up: false,
-        ..TapOptions::default()
-    };
+    let mut opts = TapOptions::default();
+    opts.up = false;
     let mut tap = TapLink::create(&name, &opts).expect("create TAP");
     let mut q: VecDeque<Frame> = (0..3)
         .map(|_| Frame::from_slice(&test_frame(7, 64)))
@@ -377,15 +370,10 @@ fn packet_veth_roundtrip_and_no_echo() {
     }
     let veth = Veth::new("uv");
     let mut a = PacketLink::open(&veth.a, &packet_opts()).expect("open a");
-    let mut b = PacketLink::open(
-        &veth.b,
-        &PacketOptions {
-            up: true,
-            promisc: true,
-            ..PacketOptions::default()
-        },
-    )
-    .expect("open b");
+    let mut b_opts = PacketOptions::default();
+    b_opts.up = true;
+    b_opts.promisc = true;
+    let mut b = PacketLink::open(&veth.b, &b_opts).expect("open b");
     assert_eq!(a.kind(), "packet");
     assert!(a.caps().vnet_hdr, "PACKET_VNET_HDR on by default");
     let pool = FramePool::new(1600, 64);
@@ -475,14 +463,9 @@ fn packet_flood_of_dropped_frames_is_read_within_a_budget() {
     }
     let veth = Veth::new("uv");
     let mut a = PacketLink::open(&veth.a, &packet_opts()).expect("open a");
-    let mut b = PacketLink::open(
-        &veth.b,
-        &PacketOptions {
-            offload: false,
-            ..packet_opts()
-        },
-    )
-    .expect("open b");
+    let mut b_opts = packet_opts();
+    b_opts.offload = false;
+    let mut b = PacketLink::open(&veth.b, &b_opts).expect("open b");
     // Room on b for the whole flood.
     let size: libc::c_int = 64 << 20;
     // SAFETY: passes a c_int and its size.

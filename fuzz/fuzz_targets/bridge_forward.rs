@@ -39,14 +39,16 @@ const NETS: [&str; 2] = ["n1", "n2"];
 fn spec(i: usize, generation: u32) -> (&'static str, NewPort) {
     let policy = match i {
         0 => PortPolicy::default(),
-        1 => PortPolicy {
-            flood: false,
-            ..PortPolicy::default()
-        },
-        _ => PortPolicy {
-            allowed_macs: vec![PALETTE[4], PALETTE[5]],
-            ..PortPolicy::default()
-        },
+        1 => {
+            let mut p = PortPolicy::default();
+            p.flood = false;
+            p
+        }
+        _ => {
+            let mut p = PortPolicy::default();
+            p.allowed_macs = vec![PALETTE[4], PALETTE[5]];
+            p
+        }
     };
     let net = if i < 2 { NETS[0] } else { NETS[1] };
     let port = NewPort {
@@ -89,14 +91,8 @@ fuzz_target!(|data: &[u8]| {
     let clock = Arc::new(ManualClock::new());
     let br = Bridge::new(clock.clone(), FramePool::new(1522, 16));
     for (name, cap) in NETS.iter().zip(CAPS) {
-        br.add_network(
-            name,
-            FdbConfig {
-                max_entries: cap,
-                aging_ms: 1000,
-            },
-        )
-        .expect("network");
+        br.add_network(name, FdbConfig::new(cap, 1000))
+            .expect("network");
     }
     let mut generation = 0u32;
     let mut ports: Vec<Arc<Port>> = (0..3)

@@ -34,5 +34,6 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(n, data.len());
             assert!(n < 18, "a frame of {n} bytes holds any one-tag header");
         }
+        Err(e) => panic!("L2Header::parse: unexpected error {e}"),
     }
 });

@@ -63,11 +63,9 @@ struct Rig {
 fn rig() -> &'static Mutex<Rig> {
     static RIG: OnceLock<Mutex<Rig>> = OnceLock::new();
     RIG.get_or_init(|| {
-        let engine = Engine::start(EngineConfig {
-            loops: 1,
-            ..EngineConfig::default()
-        })
-        .expect("engine starts");
+        let mut cfg = EngineConfig::default();
+        cfg.loops = 1;
+        let engine = Engine::start(cfg).expect("engine starts");
         Mutex::new(Rig {
             h: engine.handle(),
             peers: Vec::new(),

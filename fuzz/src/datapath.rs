@@ -776,14 +776,8 @@ impl World {
         let mut nets = Vec::new();
         for (i, d) in NETS.iter().enumerate() {
             let (name, v6, internal, cap) = (d.name, d.v6, d.internal, d.cap);
-            br.add_network(
-                name,
-                FdbConfig {
-                    max_entries: cap,
-                    aging_ms: 300_000,
-                },
-            )
-            .expect("network");
+            br.add_network(name, FdbConfig::new(cap, 300_000))
+                .expect("network");
             let mut cfg = GatewayConfig::new(name, subnet(i));
             cfg.mac = gw_mac(i);
             cfg.ipv6 = v6.map(|p| p.parse().expect("prefix"));

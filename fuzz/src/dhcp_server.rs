@@ -58,11 +58,11 @@ pub fn config() -> DhcpConfig {
     c.mtu = Some(1500);
     c.domain = Some("usernet".into());
     c.search = vec!["usernet".into(), "example.com".into()];
-    c.static_leases = vec![StaticLease {
-        mac: STATIC_MAC,
-        ip: STATIC_IP,
-        hostname: Some("fixed".into()),
-    }];
+    c.static_leases = vec![StaticLease::new(
+        STATIC_MAC,
+        STATIC_IP,
+        Some("fixed".into()),
+    )];
     c
 }
 

@@ -58,12 +58,8 @@ pub fn forward_spec(data: &[u8]) {
     assert_eq!(json, format!("\"{canon}\""));
     let back: ForwardSpec = serde_json::from_str(&json).expect("JSON round trip");
     assert_eq!(back, spec);
-    let f = Forward {
-        network: "net0".into(),
-        spec,
-        to: "web".into(),
-        splice: data.first().is_some_and(|b| b & 1 == 1),
-    };
+    let mut f = Forward::new("net0", spec, "web");
+    f.splice = data.first().is_some_and(|b| b & 1 == 1);
     let back: Forward = serde_json::from_str(&serde_json::to_string(&f).expect("serializes"))
         .expect("Forward round trip");
     assert_eq!(back, f);

@@ -39,11 +39,22 @@ pub const DEFAULT_MAX_ENTRIES: usize = 8192;
 
 /// FDB settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FdbConfig {
     /// Largest number of entries (static ones included).
     pub max_entries: usize,
     /// Lifetime of a learned entry in milliseconds; 0 = never age.
     pub aging_ms: u64,
+}
+
+impl FdbConfig {
+    /// A table of at most `max_entries` whose learned entries live `aging_ms` (0: forever).
+    pub fn new(max_entries: usize, aging_ms: u64) -> FdbConfig {
+        FdbConfig {
+            max_entries,
+            aging_ms,
+        }
+    }
 }
 
 impl Default for FdbConfig {
@@ -97,6 +108,7 @@ pub enum Learned {
 
 /// One FDB entry, as shown by `usernet ctl fdb`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct FdbEntry {
     /// VLAN id (0 = untagged).
     pub vlan: u16,

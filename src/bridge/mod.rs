@@ -72,6 +72,7 @@ pub struct NetworkId(pub u32);
 /// Why a frame was dropped. Each has its own counter per port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(usize)]
+#[non_exhaustive]
 pub enum DropReason {
     /// Shorter than an Ethernet header (or than its VLAN tag).
     Runt = 0,
@@ -209,6 +210,7 @@ impl PortCounters {
 
 /// A copy of a port's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PortStats {
     /// Frames received.
     pub rx_frames: u64,
@@ -238,6 +240,7 @@ impl PortStats {
 /// Forwarding policy of one port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PortPolicy {
     /// Learn source MACs seen on this port.
     pub learning: bool,
@@ -383,6 +386,7 @@ impl Topology {
 
 /// A topology change that could not be made; the message names the object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum BridgeError {
     /// A network with this name exists.
     #[error("network {0:?} already exists")]

@@ -30,6 +30,7 @@ fn yes() -> bool {
 /// A static DHCP lease in a network's `static_leases`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct StaticLeaseSpec {
     /// Client MAC.
     pub mac: crate::wire::Mac,
@@ -44,6 +45,7 @@ pub struct StaticLeaseSpec {
 /// `add_network`, and what the binaries build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct NetworkSpec {
     /// Unique name.
     pub name: String,

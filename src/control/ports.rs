@@ -91,6 +91,7 @@ fn yes() -> bool {
 /// Exactly one of `tap`, `netns`, `packet` must be set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PortSpec {
     /// The network to join.
     pub network: String,

@@ -11,6 +11,7 @@ use crate::wire::Mac;
 
 /// A port, as listed by `usernet ctl ports`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PortInfo {
     /// Port id.
     pub id: PortId,
@@ -27,6 +28,7 @@ pub struct PortInfo {
 }
 /// A network, as listed by the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct NetworkInfo {
     /// Name.
     pub name: String,
@@ -41,6 +43,7 @@ pub struct NetworkInfo {
 }
 /// One FDB entry, as shown by `usernet ctl fdb`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct FdbRow {
     /// Network name.
     pub network: String,
@@ -57,6 +60,7 @@ pub struct FdbRow {
 }
 /// What one port owns (port security), as shown by `usernet ctl owners`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct OwnerRow {
     /// Network name.
     pub network: String,
@@ -71,6 +75,7 @@ pub struct OwnerRow {
 }
 /// One port's counters, as shown by `usernet ctl stats`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PortStatsRow {
     /// Port name.
     pub port: String,
@@ -81,6 +86,7 @@ pub struct PortStatsRow {
 }
 /// A DHCP lease, as shown by `usernet ctl leases`.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct LeaseRow {
     /// Network name.
     pub network: String,
@@ -90,6 +96,7 @@ pub struct LeaseRow {
 }
 /// A DNS record, as shown by `usernet ctl dns ls`.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct DnsRow {
     /// Network name.
     pub network: String,

@@ -65,6 +65,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Engine settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct EngineConfig {
     /// Number of event-loop threads (at least 1).
     pub loops: usize,

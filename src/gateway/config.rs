@@ -5,6 +5,7 @@ use super::*;
 
 /// Settings of one network's gateway.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GatewayConfig {
     /// The network it serves.
     pub network: String,

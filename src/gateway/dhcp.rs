@@ -102,6 +102,7 @@ const IP_UDP_HEADER_LEN: usize = 28;
 
 /// A fixed address for one MAC.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StaticLease {
     /// The client's hardware address.
     pub mac: Mac,
@@ -111,8 +112,16 @@ pub struct StaticLease {
     pub hostname: Option<String>,
 }
 
+impl StaticLease {
+    /// `mac` always gets `ip`; `hostname`, if given, is registered in DNS for it.
+    pub fn new(mac: Mac, ip: Ipv4Addr, hostname: Option<String>) -> StaticLease {
+        StaticLease { mac, ip, hostname }
+    }
+}
+
 /// Configuration of one [`DhcpServer`]; validated by [`DhcpServer::new`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DhcpConfig {
     /// Gateway address, also the server identifier (option 54).
     pub server: Ipv4Addr,
@@ -188,6 +197,7 @@ fn default_pool(net: Ipv4Net, server: Ipv4Addr) -> (Ipv4Addr, Ipv4Addr) {
 
 /// Why a message was rejected or a configuration refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DhcpError {
     /// The input is not a usable DHCP request; the text says what was wrong.
     #[error("malformed DHCP message: {0}")]
@@ -273,6 +283,7 @@ pub enum LeaseState {
 
 /// One binding as shown by `usernet ctl leases`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Lease {
     /// Client hardware address.
     pub mac: Mac,
@@ -290,6 +301,7 @@ pub struct Lease {
 
 /// Message counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct DhcpStats {
     /// DISCOVERs received.
     pub discover: u64,

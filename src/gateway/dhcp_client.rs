@@ -21,7 +21,7 @@
 //! 5. configures the interface from the ACK, still inside the namespace: address and netmask
 //!    with `SIOCSIFADDR`/`SIOCSIFNETMASK` (the kernel adds the prefix route and the broadcast
 //!    address), the MTU with `SIOCSIFMTU` if the server sent one that differs, and the default
-//!    route over rtnetlink ([`crate::link::rtnl`]) from that thread; an existing default route is
+//!    route over rtnetlink (`link::rtnl`) from that thread; an existing default route is
 //!    kept, so no helper binary is needed.
 //!
 //! Each message is retransmitted after 250 ms, then 500 ms, 1 s and every 2 s after that, all
@@ -547,7 +547,7 @@ fn hw_addr(fd: BorrowedFd<'_>, ifname: &str) -> io::Result<Mac> {
     }
     let mut mac = [0u8; 6];
     for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
-        *d = *s as u8;
+        *d = s.to_ne_bytes()[0]; // c_char: i8 on x86_64, u8 on aarch64
     }
     Ok(Mac(mac))
 }

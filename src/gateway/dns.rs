@@ -110,6 +110,7 @@ const MAX_MESSAGE: usize = 65535;
 
 /// Errors of the DNS records API.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DnsError {
     /// A name that is not a valid DNS name for a record.
     #[error("invalid DNS name {name:?}: {reason}")]
@@ -143,6 +144,7 @@ pub enum Upstreams {
 
 /// Configuration of a [`DnsServer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DnsConfig {
     /// The network's domain (e.g. `usernet`), without trailing dot.
     pub domain: String,
@@ -185,6 +187,7 @@ impl Default for DnsConfig {
 
 /// One name → address mapping, as listed by [`Records::list`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[non_exhaustive]
 pub struct RecordEntry {
     /// Fully qualified name, lowercase, without trailing dot (e.g. `web.usernet`).
     pub name: String,
@@ -559,6 +562,7 @@ pub enum Transport {
 
 /// Counters of a [`DnsServer`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct DnsStats {
     /// Messages passed to [`DnsServer::handle`].
     pub queries: u64,

@@ -128,6 +128,7 @@ fn inc(c: &AtomicU64) {
 
 /// A gateway's addresses and counters, as shown by `usernet ctl gateway`.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct GatewayInfo {
     /// Network name.
     pub network: String,
@@ -176,6 +177,7 @@ pub struct Gateway {
 
 /// A port forward, as listed by `usernet ctl forward ls`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ForwardInfo {
     /// Its id (for `forward rm`).
     pub id: u64,

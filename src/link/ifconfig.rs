@@ -1,5 +1,5 @@
 //! What usernet configures on an interface it creates inside a namespace: MAC, MTU, addresses,
-//! routes, and `lo` up, over rtnetlink ([`super::rtnl`]), so a container needs no DHCP client.
+//! routes, and `lo` up, over rtnetlink (`link::rtnl`), so a container needs no DHCP client.
 //!
 //! One plan serves every place that configures a guest: `attach --ip` and the API's `add_port`
 //! with addresses, the CNI plugin, `usernet run` and the slirp4netns mode's `-c`.
@@ -37,6 +37,7 @@ impl Route {
 /// up with the MTU, addresses (IPv6 ones without duplicate address detection, so they are
 /// usable at once), routes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct IfConfig {
     /// MAC address to set.
     pub mac: Option<Mac>,

@@ -34,8 +34,8 @@ pub mod ifconfig;
 pub mod memory;
 pub mod netns;
 pub mod packet;
-pub mod rtnl;
-pub mod scm;
+pub(crate) mod rtnl;
+pub(crate) mod scm;
 pub mod stream;
 pub mod tap;
 pub mod userns;
@@ -43,6 +43,7 @@ pub mod vhost_user;
 
 /// Error from a link operation.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LinkError {
     /// The link is gone for good (device deleted, peer closed); the port must be removed.
     #[error("link gone: {0}")]
@@ -67,6 +68,7 @@ impl LinkError {
 
 /// Capabilities a link reports to the engine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LinkCaps {
     /// Frames on this link carry a virtio-net header (offload metadata).
     pub vnet_hdr: bool,

@@ -69,7 +69,7 @@ pub(crate) fn ifreq_name(ifr: &libc::ifreq) -> String {
         .ifr_name
         .iter()
         .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
+        .map(|&c| c.to_ne_bytes()[0]) // c_char: i8 on x86_64, u8 on aarch64
         .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }

@@ -60,6 +60,7 @@ pub fn read_budget(max: usize) -> usize {
 
 /// How to open a packet link.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PacketOptions {
     /// Bring the interface up if it is down.
     pub up: bool,

@@ -60,6 +60,7 @@ const VNET_HDR_MRG_LEN: usize = 12;
 
 /// How to create a TAP device.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TapOptions {
     /// Ask for virtio-net headers (`IFF_VNET_HDR`) when the kernel supports them. Default: true.
     pub vnet_hdr: bool,

@@ -59,6 +59,7 @@ pub fn flow_cap(cfg: &NatConfig) -> usize {
 
 /// Current flow counts, for limits and display.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct FlowCounts {
     /// Open TCP connections (pending connects included).
     pub tcp: usize,

@@ -58,6 +58,7 @@ impl fmt::Display for Proto {
 
 /// A parsed `-p` spec: host address and ports, guest ports, protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct ForwardSpec {
     /// Host address to listen on; `None` means all addresses (`0.0.0.0`).
     pub host_ip: Option<IpAddr>,
@@ -82,6 +83,28 @@ pub struct ParseForwardError {
 }
 
 impl ForwardSpec {
+    /// One port: `host_ip:host_port` forwards to `guest_port` over `proto` (what `-p` parses
+    /// `host_ip:host_port:guest_port/proto` into). Port 0 is refused, as in a spec.
+    pub fn single(
+        proto: Proto,
+        host_ip: Option<IpAddr>,
+        host_port: u16,
+        guest_port: u16,
+    ) -> Result<ForwardSpec, ParseForwardError> {
+        if host_port == 0 || guest_port == 0 {
+            return Err(ParseForwardError {
+                input: format!("{host_port}:{guest_port}/{proto}"),
+                reason: "port 0 is not allowed".into(),
+            });
+        }
+        Ok(ForwardSpec {
+            host_ip,
+            host_ports: (host_port, host_port),
+            guest_ports: (guest_port, guest_port),
+            proto,
+        })
+    }
+
     /// The address to bind host sockets to: `host_ip`, or `0.0.0.0` when none was given.
     pub fn bind_ip(&self) -> IpAddr {
         self.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
@@ -264,6 +287,7 @@ impl<'de> Deserialize<'de> for ForwardSpec {
 /// `{ network = "net0", publish = "127.0.0.1:8080:80/tcp", to = "web" }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Forward {
     /// The network the target is on.
     pub network: String,
@@ -279,6 +303,18 @@ pub struct Forward {
     /// [`crate::nat::splice`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub splice: bool,
+}
+
+impl Forward {
+    /// A forward of `spec` to `to` (an endpoint name or IP address) on `network`, not spliced.
+    pub fn new(network: &str, spec: ForwardSpec, to: &str) -> Forward {
+        Forward {
+            network: network.to_owned(),
+            spec,
+            to: to.to_owned(),
+            splice: false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -385,6 +421,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "toml")]
     fn serde_forms() {
         let f: Forward = toml::from_str(
             "network = \"net0\"\npublish = \"127.0.0.1:8080:80/tcp\"\nto = \"web\"\n",

@@ -50,6 +50,7 @@ pub mod udp;
 
 /// NAT settings of one network.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NatConfig {
     /// The gateway's IPv4 address (its host loopback alias).
     pub gateway4: Ipv4Addr,

@@ -58,6 +58,7 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(7200);
 
 /// The bounds of a [`Splicer`]. See the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SpliceLimits {
     /// Most connections relayed at once for one forward; more are reset.
     pub max_per_forward: usize,

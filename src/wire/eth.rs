@@ -122,6 +122,7 @@ impl<'de> Deserialize<'de> for Mac {
 
 /// Why a frame's L2 header could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EthError {
     /// Shorter than the Ethernet header (or than the VLAN tag it announces).
     #[error("runt frame: {0} bytes")]

@@ -36,13 +36,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         anyhow::bail!("nothing to switch: give at least one --tap NAME or --packet IFNAME");
     }
     let sock = a.socket.path()?;
-    let engine = Engine::start(EngineConfig {
-        loops: a.loops.clamp(1, 64),
-        // Ethernet header and two VLAN tags on top of the MTU, as `[engine] mtu` does.
-        max_frame: a.mtu as usize + 14 + 8,
-        ..EngineConfig::default()
-    })
-    .context("starting event loops")?;
+    let mut cfg = EngineConfig::default();
+    cfg.loops = a.loops.clamp(1, 64);
+    // Ethernet header and two VLAN tags on top of the MTU, as `[engine] mtu` does.
+    cfg.max_frame = a.mtu as usize + 14 + 8;
+    let engine = Engine::start(cfg).context("starting event loops")?;
     let h = engine.handle();
     h.add_network(&a.network, fdb_config(None, Some(a.fdb_aging)))?;
     for t in &a.taps {

@@ -314,14 +314,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             publish,
             to,
             splice,
-        }) => Request::ForwardAdd {
-            forward: usernet::nat::forward::Forward {
-                network,
-                spec: publish.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
-                to,
-                splice,
-            },
-        },
+        }) => {
+            let spec = publish.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut forward = usernet::nat::forward::Forward::new(&network, spec, &to);
+            forward.splice = splice;
+            Request::ForwardAdd { forward }
+        }
         Cmd::Forward(FwdCmd::Rm { forward }) => Request::ForwardRm { forward },
         Cmd::Forward(FwdCmd::Ls { network }) => Request::ForwardLs { network },
         Cmd::Shutdown => Request::Shutdown {},

@@ -137,10 +137,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // The engine and the Ctrl-C handler come first, so that an interrupt at any later point
     // unwinds through the guards below. On the way out the namespace names go first (`ip netns
     // del`), then the engine: its TAP descriptors were the namespaces' last users.
-    let engine = Engine::start(EngineConfig {
-        loops: a.loops.clamp(1, 64),
-        ..EngineConfig::default()
-    })?;
+    let mut cfg = EngineConfig::default();
+    cfg.loops = a.loops.clamp(1, 64);
+    let engine = Engine::start(cfg)?;
     let h = engine.handle();
     crate::stop_on_signals(h.clone())?;
     let ns_web = Netns::new(format!("usernet-demo-{tag}-web"))?;
@@ -402,12 +401,10 @@ fn forward_step(h: &Handle, splice: bool) -> anyhow::Result<()> {
     let free = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port();
-    let fwd = h.add_forward(&usernet::nat::forward::Forward {
-        network: "demo".into(),
-        spec: format!("127.0.0.1:{free}:{HTTP_PORT}/tcp").parse()?,
-        to: "web".into(),
-        splice,
-    })?;
+    let spec = format!("127.0.0.1:{free}:{HTTP_PORT}/tcp").parse()?;
+    let mut forward = usernet::nat::forward::Forward::new("demo", spec, "web");
+    forward.splice = splice;
+    let fwd = h.add_forward(&forward)?;
     let (name, how) = if splice {
         ("splice", ", splice")
     } else {

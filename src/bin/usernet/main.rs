@@ -12,6 +12,7 @@ mod bridge;
 mod cni;
 mod ctl;
 mod demo;
+mod gendoc;
 mod netavark;
 mod run;
 mod slirp;
@@ -50,6 +51,12 @@ enum Cmd {
     Attach(attach::Args),
     /// Remove an endpoint added by `attach`.
     Detach(attach::DetachArgs),
+    /// Print a shell completion script (bash, elvish, fish, powershell, zsh) to stdout.
+    #[command(hide = true)]
+    Completions(gendoc::CompletionsArgs),
+    /// Print the man page (roff) to stdout, or write one per subcommand with --dir.
+    #[command(hide = true)]
+    Man(gendoc::ManArgs),
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -149,6 +156,8 @@ fn main() -> ExitCode {
         Cmd::Ctl(a) => ctl::run(a),
         Cmd::Attach(a) => attach::run(a),
         Cmd::Detach(a) => attach::detach(a),
+        Cmd::Completions(a) => gendoc::completions(a),
+        Cmd::Man(a) => gendoc::man(a),
         Cmd::Slirp4netns(a) => match slirp::run(a) {
             Ok(code) => return ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => Err(e),

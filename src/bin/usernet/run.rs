@@ -89,25 +89,19 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     // The interface's MAC, chosen here so the gateway knows the command's address up front.
     let mac = usernet::link::ifconfig::random_mac();
     // Fork first, before any thread exists.
-    let mut child = spawn(
-        &a.cmd,
-        &SpawnOptions {
-            addr: guest,
-            prefix: subnet.prefix_len(),
-            gateway: gw,
-            mtu: a.mtu,
-            resolv_conf: Some(format!("nameserver {gw}\nsearch usernet\n")),
-            mac: Some(mac),
-            ..SpawnOptions::default()
-        },
-    )?;
+    let mut opts = SpawnOptions::default();
+    opts.addr = guest;
+    opts.prefix = subnet.prefix_len();
+    opts.gateway = gw;
+    opts.mtu = a.mtu;
+    opts.resolv_conf = Some(format!("nameserver {gw}\nsearch usernet\n"));
+    opts.mac = Some(mac);
+    let mut child = spawn(&a.cmd, &opts)?;
     let pid = child.pid;
-    let engine = Engine::start(EngineConfig {
-        max_frame: a.mtu as usize + 22,
-        busy_poll: std::time::Duration::from_micros(a.busy_poll_us.into()),
-        ..EngineConfig::default()
-    })
-    .context("starting event loops")?;
+    let mut cfg = EngineConfig::default();
+    cfg.max_frame = a.mtu as usize + 22;
+    cfg.busy_poll = std::time::Duration::from_micros(a.busy_poll_us.into());
+    let engine = Engine::start(cfg).context("starting event loops")?;
     let h = engine.handle();
     let setup = (|| -> anyhow::Result<()> {
         let mut g = GatewayConfig::new(&a.network, subnet);
@@ -121,26 +115,22 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         let tap = child.tap.take().context("no TAP from the child")?;
         // The port owns its address from the start, and the gateway knows where it is: the
         // name and forwards work before the command sends anything.
-        let policy = PortPolicy {
-            allowed_ips: vec![std::net::IpAddr::V4(guest)],
-            ..PortPolicy::default()
-        };
+        let mut policy = PortPolicy::default();
+        policy.allowed_ips = vec![std::net::IpAddr::V4(guest)];
         let id = h.add_port(&a.network, &a.name, policy, Box::new(tap))?;
         h.announce_addresses(id, mac, vec![std::net::IpAddr::V4(guest)])?;
         h.set_port_netns(&a.name, format!("/proc/{pid}/ns/net").into());
         for spec in forwards {
             let splice = a.splice && spec.proto == Proto::Tcp;
-            h.add_forward(&Forward {
-                network: a.network.clone(),
-                spec,
-                // A spliced forward names the port (its namespace); the records give its IP.
-                to: if splice {
-                    a.name.clone()
-                } else {
-                    guest.to_string()
-                },
-                splice,
-            })?;
+            // A spliced forward names the port (its namespace); the records give its IP.
+            let to = if splice {
+                a.name.clone()
+            } else {
+                guest.to_string()
+            };
+            let mut forward = Forward::new(&a.network, spec, &to);
+            forward.splice = splice;
+            h.add_forward(&forward)?;
         }
         Ok(())
     })();

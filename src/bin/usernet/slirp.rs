@@ -227,10 +227,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         usernet::sandbox::enter_minimal_root().context("--enable-sandbox")?;
     }
     eprintln!("starting usernet (slirp4netns mode), MTU={}", a.mtu);
-    let engine = Engine::start(EngineConfig {
-        max_frame: a.mtu as usize + 22,
-        ..EngineConfig::default()
-    })?;
+    let mut cfg = EngineConfig::default();
+    cfg.max_frame = a.mtu as usize + 22;
+    let engine = Engine::start(cfg)?;
     let h = engine.handle();
     let net = "slirp4netns";
     let mut g = GatewayConfig::new(net, cidr);
@@ -264,10 +263,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     } else {
         Vec::new()
     };
-    let policy = PortPolicy {
-        allowed_ips: configured.clone(),
-        ..PortPolicy::default()
-    };
+    let mut policy = PortPolicy::default();
+    policy.allowed_ips = configured.clone();
     let id = h.add_port(net, "guest", policy, Box::new(tap))?;
     if let (Some(m), false) = (mac, configured.is_empty()) {
         h.announce_addresses(id, m, configured)?;
@@ -455,18 +452,11 @@ fn api(h: &Handle, req: &Value, guest: Ipv4Addr) -> Value {
             let Some(gp) = port("guest_port") else {
                 return err("bad request: add_hostfwd: bad arguments.guest_port");
             };
-            let spec = ForwardSpec {
-                host_ip: Some(IpAddr::V4(host_addr)),
-                host_ports: (hp, hp),
-                guest_ports: (gp, gp),
-                proto,
+            // hp and gp are not 0 (checked above), so this does not fail.
+            let Ok(spec) = ForwardSpec::single(proto, Some(IpAddr::V4(host_addr)), hp, gp) else {
+                return err("bad request: add_hostfwd: bad arguments.host_port");
             };
-            match h.add_forward(&Forward {
-                network: "slirp4netns".into(),
-                spec,
-                to: guest_addr.to_string(),
-                splice: false,
-            }) {
+            match h.add_forward(&Forward::new("slirp4netns", spec, &guest_addr.to_string())) {
                 Ok(info) => json!({"return": {"id": info.id}}),
                 Err(e) => {
                     eprintln!("add_hostfwd: {e}");

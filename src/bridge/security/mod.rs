@@ -175,6 +175,7 @@ pub struct Scope {
 
 /// Why a claim was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClaimError {
     /// Another port owns it.
     #[error("{0} is owned by another port")]
@@ -250,6 +251,7 @@ impl Default for NetGuard {
 
 /// One port's ownership, as `usernet ctl` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct OwnedRow {
     /// The port.
     pub port: PortId,

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::daemon::BIN;
+use common::daemon::{BIN, ctl_output};
 use common::{Httpd, Netns, free_port, http_get, require_root, stop_pidfile};
 use serde_json::{Value, json};
 
@@ -107,17 +107,7 @@ impl Plugin {
     }
 
     fn ctl(&self, args: &[&str]) -> Value {
-        let out = Command::new("timeout")
-            .arg("20")
-            .arg(BIN)
-            .arg("ctl")
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("ctl");
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        serde_json::from_slice(&ctl_output(&self.socket(), args).stdout).unwrap_or(Value::Null)
     }
 
     fn daemon_pid(&self) -> Option<i32> {

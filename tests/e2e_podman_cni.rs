@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::daemon::BIN;
+use common::daemon::{BIN, ctl_output};
 use common::{free_port, http_get, require_root, stop_pidfile};
 
 /// Podman's world for this test, torn down on drop.
@@ -63,17 +63,7 @@ impl World {
     }
 
     fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new("timeout")
-            .arg("20")
-            .arg(BIN)
-            .arg("ctl")
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("ctl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        String::from_utf8_lossy(&ctl_output(&self.socket(), args).stdout).into_owned()
     }
 }
 

@@ -318,21 +318,7 @@ fn bridge_command_switches_taps_moved_into_namespaces() {
     let (ta, tb) = (common::unique("bt"), common::unique("bt"));
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("sock");
-    let mut child = Child(
-        Command::new(BIN)
-            .args(["bridge", "--tap", &ta, "--tap", &tb, "--socket"])
-            .arg(&sock)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn usernet bridge"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "usernet bridge did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = start_bridge(&["--tap", &ta, "--tap", &tb], &sock);
     // The runtime moves each TAP into its container; the fd stays attached.
     for (t, ns, ip) in [(&ta, &a, "10.77.5.1/24"), (&tb, &b, "10.77.5.2/24")] {
         common::ip(&["link", "set", t, "netns", &ns.name]);
@@ -361,24 +347,14 @@ fn bridge_command_switches_taps_moved_into_namespaces() {
     );
 }
 
-/// Issue 17: `usernet bridge --mtu 9000` switches jumbo frames (before, it had no MTU option and
-/// dropped every frame over 1500 as oversize).
-#[test]
-fn bridge_command_switches_jumbo_frames() {
-    if !require_root("bridge_command_switches_jumbo_frames") {
-        return;
-    }
-    let a = Netns::new("ja");
-    let b = Netns::new("jb");
-    let (ta, tb) = (common::unique("jt"), common::unique("jt"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sock = dir.path().join("sock");
-    let _child = Child(
+/// Starts `usernet bridge ARGS --socket SOCK` and waits for its control socket.
+fn start_bridge(args: &[&str], sock: &Path) -> Child {
+    let child = Child(
         Command::new(BIN)
-            .args([
-                "bridge", "--mtu", "9000", "--tap", &ta, "--tap", &tb, "--socket",
-            ])
-            .arg(&sock)
+            .arg("bridge")
+            .args(args)
+            .arg("--socket")
+            .arg(sock)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -390,6 +366,24 @@ fn bridge_command_switches_jumbo_frames() {
         assert!(Instant::now() < deadline, "usernet bridge did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
+    child
+}
+
+/// Issue 17: `usernet bridge --mtu 9000` switches jumbo frames (before, it had no MTU option and
+/// dropped every frame over 1500 as oversize).
+#[test]
+fn bridge_command_switches_jumbo_frames() {
+    if !require_root("bridge_command_switches_jumbo_frames") {
+        return;
+    }
+    let a = Netns::new("ja");
+    let b = Netns::new("jb");
+    let (ta, tb) = (common::unique("jt"), common::unique("jt"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _child = start_bridge(
+        &["--mtu", "9000", "--tap", &ta, "--tap", &tb],
+        &dir.path().join("sock"),
+    );
     for (t, ns, ip) in [(&ta, &a, "10.77.6.1/24"), (&tb, &b, "10.77.6.2/24")] {
         common::ip(&["link", "set", t, "netns", &ns.name]);
         ns.ip(&["link", "set", t, "name", "eth0"]);

@@ -104,16 +104,7 @@ impl Daemon {
     }
 
     pub fn ctl_raw(&self, args: &[&str]) -> std::process::Output {
-        Command::new("timeout")
-            .arg("20")
-            .arg(BIN)
-            .arg("ctl")
-            .arg("--socket")
-            .arg(self.sock())
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("run usernet ctl")
+        ctl_output(&self.sock(), args)
     }
 
     pub fn port_names(&self) -> Vec<String> {
@@ -141,4 +132,19 @@ impl Drop for Daemon {
             // Child's Drop kills it.
         }
     }
+}
+
+/// `usernet ctl --socket SOCK --json ARGS` (bounded to 20 s), for a daemon a test did not start
+/// itself (one a plugin started, say).
+pub fn ctl_output(sock: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new("timeout")
+        .arg("20")
+        .arg(BIN)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(sock)
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run usernet ctl")
 }

@@ -32,8 +32,8 @@
 //! Messages are built and decoded with `dhcproto` ([`discover`], [`request`], [`parse_reply`]:
 //! pure functions, unit-tested against the gateway's own server). Before `dhcproto` sees a reply
 //! the fixed header is checked (length, op, `hlen`, `xid`, `chaddr`, magic cookie) and the options
-//! area is walked once, refusing truncated options and the lengths on which `dhcproto` 0.15
-//! `debug_assert!`s; so a malformed or foreign reply is ignored (logged at debug level), never a
+//! area is walked once by the server's own check ([`super::dhcp::scan_options`]), refusing
+//! truncated options and the lengths on which `dhcproto` 0.15 `debug_assert!`s; so a malformed or foreign reply is ignored (logged at debug level), never a
 //! panic, and the wait goes on.
 //!
 //! # Limits
@@ -60,6 +60,7 @@ use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, Optio
 use dhcproto::{Decodable, Decoder, Encodable};
 
 use crate::error::{Error, Result};
+use crate::gateway::dhcp::scan_options;
 use crate::link::netns::{ifreq_for, run_in_netns, set_link_up, set_mtu, validate_ifname};
 use crate::wire::Mac;
 
@@ -364,7 +365,7 @@ pub fn parse_reply(bytes: &[u8], xid: u32, mac: Mac) -> std::result::Result<Repl
     if bytes[HEADER_LEN..OPTIONS_OFFSET] != MAGIC_COOKIE {
         return Err("no DHCP magic cookie".into());
     }
-    scan_options(&bytes[OPTIONS_OFFSET..])?;
+    scan_options(&bytes[OPTIONS_OFFSET..]).map_err(|e| e.to_string())?;
     let msg = Message::decode(&mut Decoder::new(bytes)).map_err(|e| format!("undecodable: {e}"))?;
     let opts = msg.opts();
     let kind = opts.msg_type().ok_or("no message type (option 53)")?;
@@ -427,55 +428,6 @@ pub fn parse_reply(bytes: &[u8], xid: u32, mac: Mac) -> std::result::Result<Repl
             }))
         }
         other => Err(format!("unexpected message type {other:?}")),
-    }
-}
-
-/// Walks the options area: every option complete, and none of the lengths on which dhcproto 0.15
-/// `debug_assert!`s (rapid commit 80 empty, client FQDN 81 at least 3 bytes, client network
-/// interface 94 three bytes, bulk leasequery times 152–155 four bytes), per run of adjacent
-/// same-code options, which dhcproto concatenates (RFC 3396).
-fn scan_options(area: &[u8]) -> std::result::Result<(), String> {
-    let ok = |code: u8, len: usize| match code {
-        80 => len == 0,
-        81 => len >= 3,
-        94 => len == 3,
-        152..=155 => len == 4,
-        _ => true,
-    };
-    let mut run: Option<(u8, usize)> = None;
-    let mut i = 0;
-    while let Some(&code) = area.get(i) {
-        match code {
-            0 | 255 => {
-                if let Some((c, l)) = run.take()
-                    && !ok(c, l)
-                {
-                    return Err(format!("option {c} has invalid length {l}"));
-                }
-                if code == 255 {
-                    return Ok(());
-                }
-                i += 1;
-            }
-            _ => {
-                let len = usize::from(*area.get(i + 1).ok_or("option without length")?);
-                if i + 2 + len > area.len() {
-                    return Err(format!("option {code} is truncated"));
-                }
-                run = match run {
-                    Some((c, l)) if c == code => Some((c, l + len)),
-                    Some((c, l)) if !ok(c, l) => {
-                        return Err(format!("option {c} has invalid length {l}"));
-                    }
-                    _ => Some((code, len)),
-                };
-                i += 2 + len;
-            }
-        }
-    }
-    match run {
-        Some((c, l)) if !ok(c, l) => Err(format!("option {c} has invalid length {l}")),
-        _ => Ok(()),
     }
 }
 

@@ -89,6 +89,7 @@ mod server;
 mod testutil;
 
 pub use config::{DhcpConfig, StaticLease};
+pub use options::scan_options;
 
 /// Default lease time in seconds.
 pub const DEFAULT_LEASE_SECS: u32 = 3600;

@@ -112,13 +112,18 @@ pub(super) fn encode_reply(mut msg: Message, max_len: usize) -> Option<Vec<u8>> 
     Some(buf)
 }
 
-/// Checks the options area's TLV structure (which dhcproto does not report: it stops decoding
-/// at the first bad option and keeps what it read). Returns which option codes occur.
+/// Checks the options area of a DHCP message (what follows the magic cookie; error offsets
+/// count from the start of the message) before `dhcproto` decodes it: the TLV structure, which
+/// dhcproto does not report (it stops decoding at the first bad option and keeps what it read).
+/// Returns which option codes occur. The server checks requests with it, and a DHCP client
+/// (the demo's) checks replies the same way.
 ///
 /// Also refuses the lengths on which dhcproto 0.15 `debug_assert!`s (a panic in debug builds):
-/// see [`dhcproto_len_ok`]. Lengths are checked per run of adjacent same-code options, which
-/// dhcproto concatenates (RFC 3396) before decoding.
-fn scan_options(area: &[u8]) -> Result<[bool; 256], DhcpError> {
+/// rapid commit (80) not empty, client FQDN (81) under 3 bytes, client network interface (94)
+/// not 3 bytes, bulk leasequery times (152-155) not 4 bytes. Lengths are checked per run of
+/// adjacent same-code options, which dhcproto concatenates (RFC 3396) before decoding. A
+/// missing END option is accepted when every option is complete.
+pub fn scan_options(area: &[u8]) -> Result<[bool; 256], DhcpError> {
     let mut seen = [false; 256];
     // The current run of adjacent same-code options: (code, total length, offset).
     let mut run: Option<(u8, usize, usize)> = None;

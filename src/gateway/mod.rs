@@ -59,7 +59,6 @@ use serde::Serialize;
 
 pub mod arp;
 pub mod dhcp;
-pub mod dhcp_client;
 pub mod dns;
 pub mod ndp;
 mod neigh;

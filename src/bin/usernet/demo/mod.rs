@@ -5,7 +5,7 @@
 //! one line per step:
 //!
 //! 1. each namespace gets its address by DHCP with usernet's own client
-//!    ([`usernet::gateway::dhcp_client`]), sending its port name as hostname;
+//!    ([`dhcp_client`]), sending its port name as hostname;
 //! 2. pings: client to the gateway, client to web, web to client (ICMP echo over a raw socket
 //!    inside the namespace);
 //! 3. resolves `web.usernet` from inside the client namespace with a DNS query to the gateway,
@@ -43,10 +43,12 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use usernet::control::api::Request;
 use usernet::gateway::GatewayConfig;
-use usernet::gateway::dhcp_client::{self, ClientLease};
 use usernet::gateway::dns::Upstreams;
 use usernet::link::netns::run_in_netns;
 use usernet::{Engine, EngineConfig, Handle, PortSpec};
+
+mod dhcp_client;
+use dhcp_client::ClientLease;
 
 /// Arguments of `usernet demo`.
 #[derive(clap::Args, Debug)]

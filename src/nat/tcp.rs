@@ -53,8 +53,8 @@ use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 
 use super::host::{HostSockets, HostStream, OsSockets};
 use super::{NatConfig, NatCounters, host_destination, token};
-use crate::gateway::tcp::QueueDevice;
 use crate::offload::{Transport, transport};
+use crate::queue_device::QueueDevice;
 
 /// Buffer size each way per flow on links with an MTU up to 9000.
 pub const BUF: usize = 128 * 1024;

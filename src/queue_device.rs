@@ -1,5 +1,5 @@
 //! The smoltcp device both of usernet's TCP terminations run on: the gateway's DNS over TCP
-//! ([`crate::gateway::tcp`]) and NAT's TCP ([`crate::nat::tcp`]).
+//! ([`crate::gateway::dns_tcp`]) and NAT's TCP ([`crate::nat::tcp`]).
 //!
 //! smoltcp runs at the IP medium there: the caller strips the Ethernet header and pushes IP
 //! packets in ([`QueueDevice::push_rx`]), polls its `Interface`, then takes smoltcp's output

@@ -60,10 +60,10 @@ use serde::Serialize;
 pub mod arp;
 pub mod dhcp;
 pub mod dns;
+pub mod dns_tcp;
 pub mod ndp;
 mod neigh;
 mod port;
-pub mod tcp;
 
 use crate::bridge::security::{Claim, NetGuard};
 use crate::bridge::{PortId, PortPolicy};
@@ -75,6 +75,7 @@ use crate::nat::{Nat, NatConfig, NatCounters};
 use crate::wire::{L2Header, Mac};
 use dhcp::{DhcpConfig, DhcpServer, NameEvent, ReplyTo, StaticLease};
 use dns::{DnsConfig, DnsServer, Records, Transport, Upstreams};
+use dns_tcp as tcp;
 use neigh::{Unresolved, Via};
 
 /// Settings of one network's gateway.

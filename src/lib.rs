@@ -104,6 +104,7 @@ pub mod gateway;
 pub mod link;
 pub mod nat;
 pub mod offload;
+mod queue_device;
 pub mod sandbox;
 pub mod spawn;
 pub mod wire;

@@ -1381,7 +1381,7 @@ impl World {
             }
             assert!(queued <= MAX_FLOWS * FAKE_TCP_BUF.max(FAKE_DGRAMS * 65536));
             assert!(n.driver.neighbours() <= 4096);
-            assert!(n.driver.dns_tcp_connections() <= gateway::tcp::MAX_CONNS);
+            assert!(n.driver.dns_tcp_connections() <= gateway::dns_tcp::MAX_CONNS);
             assert!(
                 n.gw.leases().len() <= 4,
                 "{}: more leases than the pool",

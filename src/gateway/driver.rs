@@ -43,7 +43,7 @@ impl Driver {
                 ));
             }
         }
-        let tcp = tcp::TcpDns::new(&addrs, usize::from(gw.cfg.mtu), epoch);
+        let tcp = dns_tcp::TcpDns::new(&addrs, usize::from(gw.cfg.mtu), epoch);
         let nat = gw.cfg.nat_config().map(|n| {
             Nat::new(
                 n,

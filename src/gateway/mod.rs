@@ -20,7 +20,7 @@
 //! - ARP requests for its address, and announces itself with a gratuitous ARP ([`arp`]);
 //! - ICMP and ICMPv6 echo to its addresses;
 //! - DHCPv4 ([`dhcp`]): leases from the subnet, the client's hostname registered in DNS;
-//! - DNS ([`dns`]) over UDP and TCP port 53 ([`tcp`], smoltcp): authoritative for the network's
+//! - DNS ([`dns`]) over UDP and TCP port 53 ([`dns_tcp`], smoltcp): authoritative for the network's
 //!   domain (endpoint names), everything else forwarded to upstream resolvers on worker threads,
 //!   whose answers come back through a channel and the loop's `Waker`;
 //! - NDP neighbour and router solicitations, and periodic router advertisements with the prefix
@@ -60,15 +60,14 @@ use serde::Serialize;
 pub mod arp;
 mod config;
 pub mod dhcp;
-pub mod dhcp_client;
 pub mod dns;
+pub mod dns_tcp;
 mod driver;
 mod ipv4;
 mod ipv6;
 pub mod ndp;
 mod neigh;
 mod port;
-pub mod tcp;
 
 use crate::bridge::security::{Claim, NetGuard};
 use crate::bridge::{PortId, PortPolicy};
@@ -575,7 +574,7 @@ enum Out {
         payload: Vec<u8>,
     },
     Tcp {
-        conn: tcp::ConnId,
+        conn: dns_tcp::ConnId,
         payload: Vec<u8>,
     },
 }
@@ -583,7 +582,7 @@ enum Out {
 /// Hands a DNS-over-TCP answer back to the driver; dropped unanswered (the DNS server drops
 /// malformed input), it sends an empty answer, so the connection's in-flight count still goes
 /// down.
-struct TcpReply(Option<(Sender<Out>, Arc<Waker>, tcp::ConnId)>);
+struct TcpReply(Option<(Sender<Out>, Arc<Waker>, dns_tcp::ConnId)>);
 
 impl TcpReply {
     fn send(mut self, payload: Vec<u8>) {
@@ -652,7 +651,7 @@ pub struct Driver {
     /// gateway after it forgot them, and must not bring back a neighbour entry, a name or a
     /// NAT flow.
     gone: std::collections::VecDeque<(u32, Instant)>,
-    tcp: tcp::TcpDns,
+    tcp: dns_tcp::TcpDns,
     max_frame: usize,
     tx: Vec<Frame>,
     /// Buffers of the frames it sends; they come back when the engine is done with them.

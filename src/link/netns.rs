@@ -24,6 +24,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use super::OpenError;
+use crate::wire::Mac;
 
 /// Checks that `ifname` is a usable Linux interface name: non-empty, shorter than `IFNAMSIZ`
 /// (at most 15 bytes), without `/`, whitespace or NUL, and not `.` or `..`.
@@ -175,6 +176,32 @@ pub fn set_mtu(ifname: &str, mtu: u32) -> Result<(), OpenError> {
 pub fn mtu(ifname: &str) -> Result<u32, OpenError> {
     let s = ctl_socket(&format!("reading MTU of {ifname}"))?;
     mtu_on(s.as_fd(), ifname)
+}
+
+/// The Ethernet (MAC) address of `ifname` in the calling thread's network namespace
+/// (`SIOCGIFHWADDR`); an `Unsupported` error if it is not an Ethernet interface.
+pub fn hw_addr(ifname: &str) -> Result<Mac, OpenError> {
+    validate_ifname(ifname)?;
+    let what = || format!("reading the MAC of {ifname}");
+    let s = ctl_socket(&what())?;
+    let mut ifr = ifreq_for(ifname);
+    ifreq_ioctl(s.as_fd(), libc::SIOCGIFHWADDR, &mut ifr).map_err(|e| OpenError::new(what(), e))?;
+    // SAFETY: SIOCGIFHWADDR filled the `ifru_hwaddr` member of the union.
+    let sa = unsafe { ifr.ifr_ifru.ifru_hwaddr };
+    if sa.sa_family != libc::ARPHRD_ETHER {
+        return Err(OpenError::new(
+            what(),
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("not an Ethernet interface (type {})", sa.sa_family),
+            ),
+        ));
+    }
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *d = *s as u8;
+    }
+    Ok(Mac(mac))
 }
 
 /// The interface index of `ifname` in the calling thread's network namespace

@@ -132,15 +132,6 @@ impl Rtnl {
         )
     }
 
-    /// Adds a default route via `gw`.
-    pub fn add_default_route(&mut self, gw: IpAddr) -> io::Result<()> {
-        let dst = match gw {
-            IpAddr::V4(_) => ipnet::IpNet::V4(ipnet::Ipv4Net::default()),
-            IpAddr::V6(_) => ipnet::IpNet::V6(ipnet::Ipv6Net::default()),
-        };
-        self.add_route(dst, gw)
-    }
-
     /// Adds a route to `dst` via `gw` (same family).
     pub fn add_route(&mut self, dst: ipnet::IpNet, gw: IpAddr) -> io::Result<()> {
         let mut m = RouteMessage::default();

@@ -55,7 +55,7 @@ use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 use super::flow::{FORWARD_KEY, FlowId, FlowKey, FlowTable, GuestKey, Opener, Phase, Slots};
 use super::host::{HostSockets, HostStream, OsSockets};
 use super::{NatConfig, NatCounters, host_destination, token};
-use crate::gateway::tcp::QueueDevice;
+use crate::queue_device::QueueDevice;
 use crate::wire::ip::{
     Transport, Unreachable, icmp_unreachable, tcp_endpoints, tcp_header_len, tcp_rst, tcp_segment,
     transport,

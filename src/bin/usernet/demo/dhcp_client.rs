@@ -1,13 +1,14 @@
-//! A small DHCPv4 client for the namespaces usernet sets up itself (`usernet demo` now,
-//! `usernet run` later), so that they get their address from the network's gateway
-//! ([`super::dhcp`]) like any guest would.
+//! A small DHCPv4 client for the namespaces `usernet demo` sets up, so that they get their
+//! address from the network's gateway ([`usernet::gateway::dhcp`]) like any guest would. It
+//! lives beside the demo, its only user.
 //!
 //! # Theory of operation
 //!
 //! [`acquire`] runs [`acquire_here`] on a helper thread that has joined the target namespace
 //! ([`run_in_netns`]), which:
 //!
-//! 1. reads the interface's MAC (`SIOCGIFHWADDR`; Ethernet only) and brings it up;
+//! 1. reads the interface's MAC ([`usernet::link::netns::hw_addr`]; Ethernet only) and brings
+//!    it up;
 //! 2. opens a UDP socket bound to `0.0.0.0:68` with `SO_BINDTODEVICE` (so it sends and receives
 //!    only on that interface, whatever else the namespace has) and `SO_BROADCAST`;
 //! 3. broadcasts a DISCOVER to `255.255.255.255:67` (source `0.0.0.0`: the interface has no
@@ -18,11 +19,10 @@
 //! 4. takes the first OFFER that matches (BOOTREPLY, our `xid`, our `chaddr`, a server
 //!    identifier and an address), then broadcasts a REQUEST for it (options 50 and 54, same `xid`)
 //!    and waits for that server's ACK; a NAK starts over with a DISCOVER;
-//! 5. configures the interface from the ACK, still inside the namespace: address and netmask
-//!    with `SIOCSIFADDR`/`SIOCSIFNETMASK` (the kernel adds the prefix route and the broadcast
-//!    address), the MTU with `SIOCSIFMTU` if the server sent one that differs, and the default
-//!    route over rtnetlink (`link::rtnl`) from that thread; an existing default route is
-//!    kept, so no helper binary is needed.
+//! 5. configures the interface from the ACK, still inside the namespace, with the library's
+//!    [`IfConfig`] (rtnetlink, as for `attach --ip`): the address with its prefix (the kernel
+//!    adds the prefix route), the MTU if the server sent one, then the default route; an
+//!    address or default route already there is kept, so no helper binary is needed.
 //!
 //! Each message is retransmitted after 250 ms, then 500 ms, 1 s and every 2 s after that, all
 //! within the caller's `timeout`, which bounds the whole exchange: when it runs out, `acquire`
@@ -32,9 +32,10 @@
 //! Messages are built and decoded with `dhcproto` ([`discover`], [`request`], [`parse_reply`]:
 //! pure functions, unit-tested against the gateway's own server). Before `dhcproto` sees a reply
 //! the fixed header is checked (length, op, `hlen`, `xid`, `chaddr`, magic cookie) and the options
-//! area is walked once, refusing truncated options and the lengths on which `dhcproto` 0.15
-//! `debug_assert!`s; so a malformed or foreign reply is ignored (logged at debug level), never a
-//! panic, and the wait goes on.
+//! area is walked once by the server's own check ([`usernet::gateway::dhcp::scan_options`]),
+//! refusing truncated options and the lengths on which `dhcproto` 0.15 `debug_assert!`s; so a
+//! malformed or foreign reply is ignored (logged at debug level), never a panic, and the wait
+//! goes on.
 //!
 //! # Limits
 //!
@@ -47,21 +48,23 @@
 //!   host's `/etc`, so writing `resolv.conf` is the caller's business.
 //! - A reply without a subnet mask gets the classful one; a non-contiguous mask is refused.
 //!   A lease without a lease time (option 51) reports `lease_secs` 0.
-//! - An existing default route is replaced; a primary address already on the interface is
-//!   replaced too (`SIOCSIFADDR` semantics).
+//! - An existing default route is kept; an address from an earlier lease stays on the
+//!   interface beside the new one (addresses are added, not replaced).
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable};
-
-use crate::error::{Error, Result};
-use crate::link::netns::{ifreq_for, run_in_netns, set_link_up, set_mtu, validate_ifname};
-use crate::wire::Mac;
+use ipnet::{IpNet, Ipv4Net};
+use usernet::gateway::dhcp::scan_options;
+use usernet::link::ifconfig::{IfConfig, Route};
+use usernet::link::netns::{hw_addr, run_in_netns, set_link_up, validate_ifname};
+use usernet::wire::Mac;
+use usernet::{Error, Result};
 
 /// What the server gave us, as configured on the interface by [`acquire`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,9 +86,6 @@ pub struct ClientLease {
     /// The server that granted it (option 54).
     pub server: Ipv4Addr,
 }
-
-/// Default time [`acquire`] callers can use.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// First retransmission interval; doubled on each retransmission up to [`MAX_RETRANSMIT`].
 const FIRST_RETRANSMIT: Duration = Duration::from_millis(250);
@@ -127,12 +127,11 @@ pub fn acquire_here(
     validate_ifname(ifname)?;
     check_hostname(hostname)?;
     let what = |step: &str| format!("DHCP on {ifname}: {step}");
-    let ctl = ctl_socket().map_err(|e| Error::Io(what("control socket"), e))?;
-    let mac = hw_addr(ctl.as_fd(), ifname).map_err(|e| Error::Io(what("reading its MAC"), e))?;
+    let mac = hw_addr(ifname)?;
     set_link_up(ifname)?;
     let sock = client_socket(ifname).map_err(|e| Error::Io(what("opening UDP port 68"), e))?;
     let lease = exchange(&sock, mac, hostname, timeout, ifname)?;
-    configure(ctl.as_fd(), ifname, &lease)?;
+    configure(ifname, &lease)?;
     Ok(lease)
 }
 
@@ -364,7 +363,7 @@ pub fn parse_reply(bytes: &[u8], xid: u32, mac: Mac) -> std::result::Result<Repl
     if bytes[HEADER_LEN..OPTIONS_OFFSET] != MAGIC_COOKIE {
         return Err("no DHCP magic cookie".into());
     }
-    scan_options(&bytes[OPTIONS_OFFSET..])?;
+    scan_options(&bytes[OPTIONS_OFFSET..]).map_err(|e| e.to_string())?;
     let msg = Message::decode(&mut Decoder::new(bytes)).map_err(|e| format!("undecodable: {e}"))?;
     let opts = msg.opts();
     let kind = opts.msg_type().ok_or("no message type (option 53)")?;
@@ -430,55 +429,6 @@ pub fn parse_reply(bytes: &[u8], xid: u32, mac: Mac) -> std::result::Result<Repl
     }
 }
 
-/// Walks the options area: every option complete, and none of the lengths on which dhcproto 0.15
-/// `debug_assert!`s (rapid commit 80 empty, client FQDN 81 at least 3 bytes, client network
-/// interface 94 three bytes, bulk leasequery times 152–155 four bytes), per run of adjacent
-/// same-code options, which dhcproto concatenates (RFC 3396).
-fn scan_options(area: &[u8]) -> std::result::Result<(), String> {
-    let ok = |code: u8, len: usize| match code {
-        80 => len == 0,
-        81 => len >= 3,
-        94 => len == 3,
-        152..=155 => len == 4,
-        _ => true,
-    };
-    let mut run: Option<(u8, usize)> = None;
-    let mut i = 0;
-    while let Some(&code) = area.get(i) {
-        match code {
-            0 | 255 => {
-                if let Some((c, l)) = run.take()
-                    && !ok(c, l)
-                {
-                    return Err(format!("option {c} has invalid length {l}"));
-                }
-                if code == 255 {
-                    return Ok(());
-                }
-                i += 1;
-            }
-            _ => {
-                let len = usize::from(*area.get(i + 1).ok_or("option without length")?);
-                if i + 2 + len > area.len() {
-                    return Err(format!("option {code} is truncated"));
-                }
-                run = match run {
-                    Some((c, l)) if c == code => Some((c, l + len)),
-                    Some((c, l)) if !ok(c, l) => {
-                        return Err(format!("option {c} has invalid length {l}"));
-                    }
-                    _ => Some((code, len)),
-                };
-                i += 2 + len;
-            }
-        }
-    }
-    match run {
-        Some((c, l)) if !ok(c, l) => Err(format!("option {c} has invalid length {l}")),
-        _ => Ok(()),
-    }
-}
-
 /// The prefix length of a contiguous netmask.
 fn mask_len(mask: Ipv4Addr) -> Option<u8> {
     let m = u32::from(mask);
@@ -507,64 +457,6 @@ fn random_u32() -> u32 {
         return t ^ std::process::id().rotate_left(16);
     }
     u32::from_ne_bytes(b)
-}
-
-/// An `AF_INET` datagram socket for interface ioctls in the calling thread's namespace.
-fn ctl_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the result is checked and then owned.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn ioctl(fd: BorrowedFd<'_>, req: libc::c_ulong, ifr: &mut libc::ifreq) -> io::Result<()> {
-    // SAFETY: every request used here (SIOCGIFHWADDR, SIOCSIFADDR, SIOCSIFNETMASK) reads or
-    // writes one `struct ifreq`, and `ifr` is a valid, exclusively borrowed `ifreq`.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, ifr as *mut libc::ifreq) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// The Ethernet address of `ifname` (`SIOCGIFHWADDR`).
-fn hw_addr(fd: BorrowedFd<'_>, ifname: &str) -> io::Result<Mac> {
-    let mut ifr = ifreq_for(ifname);
-    ioctl(fd, libc::SIOCGIFHWADDR, &mut ifr)?;
-    // SAFETY: SIOCGIFHWADDR filled the `ifru_hwaddr` member of the union.
-    let sa = unsafe { ifr.ifr_ifru.ifru_hwaddr };
-    if sa.sa_family != libc::ARPHRD_ETHER {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "{ifname} is not an Ethernet interface (type {})",
-                sa.sa_family
-            ),
-        ));
-    }
-    let mut mac = [0u8; 6];
-    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
-        *d = s.to_ne_bytes()[0]; // c_char: i8 on x86_64, u8 on aarch64
-    }
-    Ok(Mac(mac))
-}
-
-/// A `sockaddr` holding the `AF_INET` address `a` (port 0).
-fn sockaddr(a: Ipv4Addr) -> libc::sockaddr {
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(a).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: `sockaddr_in` and `sockaddr` are both 16-byte plain C structs; the kernel reads a
-    // `sockaddr_in` out of the `sockaddr` slot of an `ifreq` for AF_INET requests.
-    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
 }
 
 /// The UDP socket of the client: `0.0.0.0:68` on `ifname` only, broadcast allowed.
@@ -626,52 +518,39 @@ fn client_socket(ifname: &str) -> io::Result<UdpSocket> {
     Ok(UdpSocket::from(fd))
 }
 
-/// Puts `lease` on `ifname` in the calling thread's namespace (see the module docs).
-fn configure(fd: BorrowedFd<'_>, ifname: &str, lease: &ClientLease) -> Result<()> {
+/// Puts `lease` on `ifname` in the calling thread's namespace (see the module docs): the
+/// address with its prefix and the MTU, then the default route, each with
+/// [`IfConfig::apply`]. What is already there (a renewed lease) is kept.
+fn configure(ifname: &str, lease: &ClientLease) -> Result<()> {
     let what = |step: &str| format!("DHCP on {ifname}: {step}");
-    let mut ifr = ifreq_for(ifname);
-    ifr.ifr_ifru.ifru_addr = sockaddr(lease.addr);
-    ioctl(fd, libc::SIOCSIFADDR, &mut ifr)
-        .map_err(|e| Error::Io(what(&format!("setting address {}", lease.addr)), e))?;
-    let mask = Ipv4Addr::from(
-        u32::MAX
-            .checked_shl(32 - u32::from(lease.prefix_len))
-            .unwrap_or(0),
-    );
-    let mut ifr = ifreq_for(ifname);
-    ifr.ifr_ifru.ifru_netmask = sockaddr(mask);
-    ioctl(fd, libc::SIOCSIFNETMASK, &mut ifr)
-        .map_err(|e| Error::Io(what(&format!("setting netmask {mask}")), e))?;
-    if let Some(m) = lease.mtu
-        && crate::link::netns::mtu(ifname)? != u32::from(m)
-    {
-        set_mtu(ifname, u32::from(m))?;
-    }
+    let net = Ipv4Net::new(lease.addr, lease.prefix_len)
+        .map_err(|e| Error::invalid("prefix_len", e.to_string()))?;
+    let mut addr = IfConfig::default();
+    addr.mtu = lease.mtu.map(u32::from);
+    addr.addrs = vec![IpNet::V4(net)];
+    exists_ok(addr.apply(ifname))
+        .map_err(|e| Error::Io(what(&format!("setting address {net}")), e))?;
     if let Some(r) = lease.router {
-        // The route over rtnetlink, in this (the namespace's) thread.
-        let idx = crate::link::netns::if_index(ifname)?;
-        let mut nl =
-            crate::link::rtnl::Rtnl::open().map_err(|e| Error::Io(what("opening rtnetlink"), e))?;
-        match nl.add_default_route(std::net::IpAddr::V4(r)) {
-            Ok(()) => {}
-            // A default route is already there (a renewed lease): keep it.
-            Err(e)
-                if e.raw_os_error() == Some(libc::EEXIST) || e.to_string().contains("exists") => {}
-            Err(e) => {
-                return Err(Error::Io(
-                    what(&format!("default route via {r} (index {idx})")),
-                    e,
-                ));
-            }
-        }
+        let mut route = IfConfig::default();
+        route.routes = vec![Route::default_via(IpAddr::V4(r))];
+        exists_ok(route.apply(ifname))
+            .map_err(|e| Error::Io(what(&format!("default route via {r}")), e))?;
     }
     Ok(())
+}
+
+/// `Ok` for "already exists" (an address or default route left by an earlier lease).
+fn exists_ok(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        r => r,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::dhcp::{DhcpConfig, DhcpServer, ReplyTo};
+    use usernet::gateway::dhcp::{DhcpConfig, DhcpServer, ReplyTo};
 
     const MAC: Mac = Mac([0x02, 0, 0, 0, 0, 0x42]);
 

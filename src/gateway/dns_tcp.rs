@@ -34,10 +34,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SInstant;
 use smoltcp::wire::{HardwareAddress, IpCidr};
+
+use crate::queue_device::QueueDevice;
 
 /// Most TCP connections at once (listeners included).
 pub const MAX_CONNS: usize = 64;
@@ -53,108 +54,6 @@ pub const MAX_QUEUED: usize = 16 * 1024;
 /// Idle connections are closed after this long.
 pub const IDLE: Duration = Duration::from_secs(30);
 const MAX_MSG: usize = 65535;
-
-/// A smoltcp device at the IP medium backed by two queues: packets to feed in, packets it sent.
-pub(crate) struct QueueDevice {
-    pub(crate) rx: VecDeque<Vec<u8>>,
-    pub(crate) tx: Vec<Vec<u8>>,
-    pub(crate) mtu: usize,
-    /// What smoltcp does with TCP checksums. Never verify on receive: the gateway checks the
-    /// segments that need it before they get here (`Driver::frame_with`), and segments from
-    /// offload links carry a partial checksum that only the final hop completes.
-    pub(crate) tcp_checksum: Checksum,
-    /// Receive buffers smoltcp is done with, for the next packets (64 KiB segments would
-    /// otherwise cost an allocation and fresh pages each).
-    spare: Vec<Vec<u8>>,
-    /// Transmit buffers handed back by the device's user ([`Self::recycle`]).
-    tx_spare: Vec<Vec<u8>>,
-}
-
-/// Receive buffers a [`QueueDevice`] keeps for reuse.
-const SPARE_BUFFERS: usize = 16;
-
-impl QueueDevice {
-    /// A device with empty queues.
-    pub(crate) fn new(mtu: usize, tcp_checksum: Checksum) -> Self {
-        QueueDevice {
-            rx: VecDeque::new(),
-            tx: Vec::new(),
-            mtu,
-            tcp_checksum,
-            spare: Vec::new(),
-            tx_spare: Vec::new(),
-        }
-    }
-
-    /// Takes back packets of [`Self::tx`] the caller is done with, to build later ones in.
-    pub(crate) fn recycle(&mut self, bufs: impl Iterator<Item = Vec<u8>>) {
-        for b in bufs {
-            if self.tx_spare.len() >= SPARE_BUFFERS {
-                break;
-            }
-            self.tx_spare.push(b);
-        }
-    }
-
-    /// Queues a copy of `packet` for smoltcp, in a reused buffer when one is spare; returns it
-    /// for last edits.
-    pub(crate) fn push_rx(&mut self, packet: &[u8]) -> &mut Vec<u8> {
-        let mut b = self.spare.pop().unwrap_or_default();
-        b.clear();
-        b.extend_from_slice(packet);
-        self.rx.push_back(b);
-        let last = self.rx.len() - 1;
-        &mut self.rx[last]
-    }
-}
-
-pub(crate) struct Rx<'a>(Vec<u8>, &'a mut Vec<Vec<u8>>);
-pub(crate) struct Tx<'a>(&'a mut Vec<Vec<u8>>, &'a mut Vec<Vec<u8>>);
-
-impl RxToken for Rx<'_> {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let Rx(buf, spare) = self;
-        let r = f(&buf);
-        if spare.len() < SPARE_BUFFERS {
-            spare.push(buf);
-        }
-        r
-    }
-}
-
-impl TxToken for Tx<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let Tx(queue, spare) = self;
-        let mut b = spare.pop().unwrap_or_default();
-        b.clear();
-        b.resize(len, 0);
-        let r = f(&mut b);
-        queue.push(b);
-        r
-    }
-}
-
-impl Device for QueueDevice {
-    type RxToken<'a> = Rx<'a>;
-    type TxToken<'a> = Tx<'a>;
-
-    fn receive(&mut self, _t: SInstant) -> Option<(Rx<'_>, Tx<'_>)> {
-        let p = self.rx.pop_front()?;
-        Some((Rx(p, &mut self.spare), Tx(&mut self.tx, &mut self.tx_spare)))
-    }
-
-    fn transmit(&mut self, _t: SInstant) -> Option<Tx<'_>> {
-        Some(Tx(&mut self.tx, &mut self.tx_spare))
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut c = DeviceCapabilities::default();
-        c.medium = Medium::Ip;
-        c.max_transmission_unit = self.mtu;
-        c.checksum.tcp = self.tcp_checksum;
-        c
-    }
-}
 
 /// Whom the per-client connection cap counts by: the bridge port the client's segments came in
 /// on (with port security, the only port that may use the client's address), so a guest
@@ -430,6 +329,7 @@ impl TcpDns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use smoltcp::phy::Checksum;
     use smoltcp::wire::{IpAddress, Ipv4Address};
     use std::time::Instant;
 

@@ -25,7 +25,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
@@ -34,6 +34,7 @@ use crate::link::ifconfig::{IfConfig as Plan, Route};
 use crate::link::netns::if_index;
 use crate::link::rtnl::Rtnl;
 use crate::link::tap::{TapLink, TapOptions};
+use crate::sys::scm;
 
 /// How the new namespace is set up.
 #[derive(Debug, Clone)]
@@ -142,26 +143,6 @@ mod tempfile_path {
     }
 }
 
-/// A connected pair of `SOCK_SEQPACKET` UNIX sockets (close-on-exec), for a parent and the
-/// child it forks: one end each.
-fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
-    let mut sv = [0 as RawFd; 2];
-    // SAFETY: socketpair fills two descriptors into a valid array.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    };
-    if r < 0 {
-        return Err(Error::Io("socketpair".into(), io::Error::last_os_error()));
-    }
-    // SAFETY: both descriptors are fresh and owned here.
-    Ok(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
-}
-
 fn write_byte(fd: RawFd, b: u8) -> io::Result<()> {
     // SAFETY: writes one byte from a valid local to a descriptor we own.
     let n = unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
@@ -208,7 +189,8 @@ pub fn spawn(cmd: &[OsString], opts: &SpawnOptions) -> Result<Spawned> {
     let resolv_c = resolv
         .as_ref()
         .and_then(|p| CString::new(p.0.as_os_str().as_bytes()).ok());
-    let (parent_end, child_end) = seqpacket_pair()?;
+    let (parent_end, child_end) =
+        scm::seqpacket_pair().map_err(|e| Error::Io("socketpair".into(), e))?;
     // SAFETY: fork has no memory-safety preconditions; the child only runs `child()`, which
     // ends in exec or _exit and never returns into this function.
     let pid = unsafe { libc::fork() };
@@ -217,7 +199,7 @@ pub fn spawn(cmd: &[OsString], opts: &SpawnOptions) -> Result<Spawned> {
     }
     if pid == 0 {
         drop(parent_end);
-        let code = match child(child_end.as_raw_fd(), &argv, opts, resolv_c.as_ref()) {
+        let code = match child(child_end.as_fd(), &argv, opts, resolv_c.as_ref()) {
             Ok(never) => match never {},
             Err(e) => {
                 eprintln!("usernet run: {e}");
@@ -246,8 +228,8 @@ pub fn spawn(cmd: &[OsString], opts: &SpawnOptions) -> Result<Spawned> {
         return Err(fail("writing the child's uid/gid maps", e));
     }
     write_byte(fd, b'M').map_err(|e| fail("child", e))?;
-    let tap_fd =
-        recv_fd(fd).map_err(|e| fail("child could not set up its network (see above)", e))?;
+    let tap_fd = recv_fd(parent_end.as_fd())
+        .map_err(|e| fail("child could not set up its network (see above)", e))?;
     let tap = TapLink::from_fd(tap_fd).map_err(|e| fail("adopting the child's TAP", e.source))?;
     Ok(Spawned {
         pid,
@@ -271,7 +253,7 @@ fn write_maps(pid: i32) -> io::Result<()> {
 enum Never {}
 
 fn child(
-    sock: RawFd,
+    sock: BorrowedFd<'_>,
     argv: &[CString],
     opts: &SpawnOptions,
     resolv: Option<&CString>,
@@ -286,8 +268,8 @@ fn child(
             ),
         ));
     }
-    write_byte(sock, b'U')?;
-    if read_byte(sock)? != b'M' {
+    write_byte(sock.as_raw_fd(), b'U')?;
+    if read_byte(sock.as_raw_fd())? != b'M' {
         return Err(io::Error::other("parent did not map our ids"));
     }
     // Mounts stay private to this namespace.
@@ -339,9 +321,9 @@ fn child(
         mac: opts.mac,
     }
     .apply(&opts.ifname)?;
-    send_fd(sock, std::os::fd::AsFd::as_fd(&tap).as_raw_fd())?;
+    send_fd(sock, std::os::fd::AsFd::as_fd(&tap))?;
     drop(tap);
-    if read_byte(sock)? != b'G' {
+    if read_byte(sock.as_raw_fd())? != b'G' {
         return Err(io::Error::other("parent gave up"));
     }
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
@@ -354,69 +336,22 @@ fn child(
     ))
 }
 
-fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
-    let mut byte = [b'T'];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the sendmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: the control buffer holds exactly one cmsg of one fd (CMSG_SPACE above).
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
-        if libc::sendmsg(sock, &msg, 0) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+/// Sends the TAP `fd` to the parent with one byte (`T`).
+fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    scm::send_with_fd(sock, b"T", Some(fd))
 }
 
-fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
+/// Receives the TAP the child sent with [`send_fd`].
+fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let mut byte = [0u8];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: an all-zero msghdr is valid; pointers outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: recvmsg writes into the buffers described by msg.
-    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n <= 0 {
-        return Err(if n == 0 {
-            io::Error::new(io::ErrorKind::UnexpectedEof, "child exited")
-        } else {
-            io::Error::last_os_error()
-        });
+    let got = scm::recv_with_fds(sock, &mut byte)?;
+    if got.len == 0 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "child exited"));
     }
-    // SAFETY: walks the control messages the kernel wrote into cbuf.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS
-        {
-            return Err(io::Error::other("no descriptor received"));
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>());
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
+    got.fds
+        .into_iter()
+        .next()
+        .ok_or_else(|| io::Error::other("no descriptor received"))
 }
 
 /// Address settings for [`tap_in_namespace`]'s `configure` (applied as an
@@ -457,7 +392,8 @@ pub fn tap_in_namespace(
         ),
         None => None,
     };
-    let (parent_end, child_end) = seqpacket_pair()?;
+    let (parent_end, child_end) =
+        scm::seqpacket_pair().map_err(|e| Error::Io("socketpair".into(), e))?;
     // SAFETY: the child only runs the closure below and _exits.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -513,10 +449,7 @@ pub fn tap_in_namespace(
                 }
                 .apply(ifname)?;
             }
-            send_fd(
-                child_end.as_raw_fd(),
-                std::os::fd::AsFd::as_fd(&tap).as_raw_fd(),
-            )
+            send_fd(child_end.as_fd(), std::os::fd::AsFd::as_fd(&tap))
         })();
         let code = match r {
             Ok(()) => 0,
@@ -529,7 +462,7 @@ pub fn tap_in_namespace(
         unsafe { libc::_exit(code) };
     }
     drop(child_end);
-    let fd = recv_fd(parent_end.as_raw_fd());
+    let fd = recv_fd(parent_end.as_fd());
     let mut status = 0;
     // SAFETY: reaps the helper we forked.
     unsafe { libc::waitpid(pid, &mut status, 0) };

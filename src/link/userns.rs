@@ -22,8 +22,8 @@ use super::OpenError;
 use super::ifconfig::IfConfig;
 use super::netns::if_index;
 use super::rtnl::Rtnl;
-use super::scm::{recv_with_fds, send_with_fd};
 use super::tap::{TapLink, TapOptions};
+use crate::sys::scm::{recv_with_fds, send_with_fd};
 use crate::wire::Mac;
 
 /// `NS_GET_USERNS` (`_IO(0xb7, 0x1)`): the user namespace that owns a namespace.

@@ -1,0 +1,12 @@
+//! The thin OS layer: the system calls the rest of the crate needs, behind safe functions.
+//!
+//! The goal (issue 17) is that this is the only module that calls libc: the links, the
+//! namespace helpers, NAT's splicer and the gateway's timers use these wrappers instead of
+//! their own `unsafe` blocks. Calls go through `rustix` where it covers them (no `unsafe`
+//! here either); what stays raw libc keeps a `// SAFETY:` comment on every block
+//! (`clippy::undocumented_unsafe_blocks` is enforced crate-wide).
+//!
+//! - [`scm`]: descriptor passing over UNIX sockets (`SCM_RIGHTS`) and the `SOCK_SEQPACKET`
+//!   pairs forked helpers talk over.
+
+pub mod scm;

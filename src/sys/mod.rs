@@ -8,5 +8,11 @@
 //!
 //! - [`scm`]: descriptor passing over UNIX sockets (`SCM_RIGHTS`) and the `SOCK_SEQPACKET`
 //!   pairs forked helpers talk over.
+//! - [`ifreq`]: the interface `ioctl`s on a `struct ifreq` (flags, MTU, index, name, and the
+//!   TUN driver's `TUNSETIFF`/`TUNGETIFF`), and the control socket they are issued on.
+//! - [`tun`]: opening `/dev/net/tun` and the TUN driver's integer ioctls (features, offloads,
+//!   virtio-net header size, the namespace of a TAP).
 
+pub mod ifreq;
 pub mod scm;
+pub mod tun;

@@ -34,7 +34,7 @@ use crate::link::ifconfig::{IfConfig as Plan, Route};
 use crate::link::netns::if_index;
 use crate::link::rtnl::Rtnl;
 use crate::link::tap::{TapLink, TapOptions};
-use crate::sys::scm;
+use crate::sys::{ns, scm};
 
 /// How the new namespace is set up.
 #[derive(Debug, Clone)]
@@ -258,13 +258,11 @@ fn child(
     opts: &SpawnOptions,
     resolv: Option<&CString>,
 ) -> io::Result<Never> {
-    // SAFETY: unshare takes flags only.
-    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET | libc::CLONE_NEWNS) } < 0 {
+    if let Err(e) = ns::unshare_user_net_mount() {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "unshare(user, net, mount namespaces): {} (are unprivileged user namespaces allowed?)",
-                io::Error::last_os_error()
+                "unshare(user, net, mount namespaces): {e} (are unprivileged user namespaces allowed?)"
             ),
         ));
     }
@@ -404,14 +402,12 @@ pub fn tap_in_namespace(
         let r = (|| -> io::Result<()> {
             if let Some(u) = &user {
                 // Joining our own user namespace fails with EINVAL: fine (slirp4netns ignores it).
-                // SAFETY: setns on an open namespace descriptor.
-                unsafe { libc::setns(u.as_raw_fd(), libc::CLONE_NEWUSER) };
+                let _ = ns::enter_user(u.as_fd());
             }
-            // SAFETY: setns on an open namespace descriptor.
-            if unsafe { libc::setns(net.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+            if let Err(e) = ns::enter_net(net.as_fd()) {
                 return Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
-                    format!("setns(net): {}", io::Error::last_os_error()),
+                    format!("setns(net): {e}"),
                 ));
             }
             let tap = TapLink::create(

@@ -21,11 +21,12 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use super::OpenError;
 use crate::sys::ifreq::{self, IfReq, IfReqOp};
+use crate::sys::ns;
 
 /// Checks that `ifname` is a usable Linux interface name: non-empty, shorter than `IFNAMSIZ`
 /// (at most 15 bytes), without `/`, whitespace or NUL, and not `.` or `..`.
@@ -206,12 +207,9 @@ pub(crate) fn run_in_netns_fd<T: Send + 'static>(
     let handle = std::thread::Builder::new()
         .name("usernet-netns".into())
         .spawn(move || {
-            // SAFETY: `ns` is an open namespace descriptor; setns only changes the calling
-            // (helper) thread's network namespace.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc < 0 {
-                return Err(OpenError::last_os(format!("entering netns {thread_label}")));
-            }
+            // setns only changes the calling (helper) thread's network namespace.
+            ns::enter_net(ns.as_fd())
+                .map_err(|e| OpenError::new(format!("entering netns {thread_label}"), e))?;
             drop(ns);
             f()
         })

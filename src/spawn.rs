@@ -34,6 +34,7 @@ use crate::link::ifconfig::{IfConfig as Plan, Route};
 use crate::link::netns::if_index;
 use crate::link::rtnl::Rtnl;
 use crate::link::tap::{TapLink, TapOptions};
+use crate::sys::process::{self, Fork};
 use crate::sys::{ns, scm};
 
 /// How the new namespace is set up.
@@ -191,32 +192,27 @@ pub fn spawn(cmd: &[OsString], opts: &SpawnOptions) -> Result<Spawned> {
         .and_then(|p| CString::new(p.0.as_os_str().as_bytes()).ok());
     let (parent_end, child_end) =
         scm::seqpacket_pair().map_err(|e| Error::Io("socketpair".into(), e))?;
-    // SAFETY: fork has no memory-safety preconditions; the child only runs `child()`, which
-    // ends in exec or _exit and never returns into this function.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(Error::Io("fork".into(), io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        drop(parent_end);
-        let code = match child(child_end.as_fd(), &argv, opts, resolv_c.as_ref()) {
-            Ok(never) => match never {},
-            Err(e) => {
-                eprintln!("usernet run: {e}");
-                127
-            }
-        };
-        // SAFETY: terminates the forked child without running the parent's destructors.
-        unsafe { libc::_exit(code) };
-    }
+    // SAFETY: the child only runs `child()`, which ends in exec or _exit and never returns into
+    // this function (`spawn` is documented to be called before starting threads).
+    let pid = match unsafe { process::fork() } {
+        Err(e) => return Err(Error::Io("fork".into(), e)),
+        Ok(Fork::Child) => {
+            drop(parent_end);
+            let code = match child(child_end.as_fd(), &argv, opts, resolv_c.as_ref()) {
+                Ok(never) => match never {},
+                Err(e) => {
+                    eprintln!("usernet run: {e}");
+                    127
+                }
+            };
+            process::exit_now(code);
+        }
+        Ok(Fork::Parent(pid)) => pid,
+    };
     drop(child_end);
     let fd = parent_end.as_raw_fd();
     let fail = |what: &str, e: io::Error| {
-        // SAFETY: kill/waitpid on the child we just forked.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
+        process::kill_and_reap(pid);
         Error::Io(what.to_string(), e)
     };
     match read_byte(fd) {
@@ -240,8 +236,7 @@ pub fn spawn(cmd: &[OsString], opts: &SpawnOptions) -> Result<Spawned> {
 }
 
 fn write_maps(pid: i32) -> io::Result<()> {
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = process::ids();
     let base = PathBuf::from(format!("/proc/{pid}"));
     std::fs::write(base.join("uid_map"), format!("0 {uid} 1\n"))?;
     // Unprivileged writers must deny setgroups before writing gid_map.
@@ -271,33 +266,11 @@ fn child(
         return Err(io::Error::other("parent did not map our ids"));
     }
     // Mounts stay private to this namespace.
-    // SAFETY: string literals are NUL-terminated; null pointers are allowed for these arguments.
-    unsafe {
-        libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        );
-    }
-    if let Some(src) = resolv {
-        // SAFETY: both paths are valid NUL-terminated strings.
-        let r = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                c"/etc/resolv.conf".as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            )
-        };
-        if r < 0 {
-            eprintln!(
-                "usernet run: warning: cannot bind-mount resolv.conf: {}",
-                io::Error::last_os_error()
-            );
-        }
+    let _ = ns::make_mounts_private();
+    if let Some(src) = resolv
+        && let Err(e) = ns::bind_mount(src, c"/etc/resolv.conf")
+    {
+        eprintln!("usernet run: warning: cannot bind-mount resolv.conf: {e}");
     }
     let tap = TapLink::create(
         &opts.ifname,
@@ -324,13 +297,10 @@ fn child(
     if read_byte(sock.as_raw_fd())? != b'G' {
         return Err(io::Error::other("parent gave up"));
     }
-    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    ptrs.push(std::ptr::null());
-    // SAFETY: argv is a NULL-terminated array of valid C strings that outlive the call.
-    unsafe { libc::execvp(ptrs[0], ptrs.as_ptr()) };
+    let e = process::exec(argv);
     Err(io::Error::new(
         io::ErrorKind::NotFound,
-        format!("cannot run {:?}: {}", argv[0], io::Error::last_os_error()),
+        format!("cannot run {:?}: {e}", argv[0]),
     ))
 }
 
@@ -392,81 +362,77 @@ pub fn tap_in_namespace(
     };
     let (parent_end, child_end) =
         scm::seqpacket_pair().map_err(|e| Error::Io("socketpair".into(), e))?;
-    // SAFETY: the child only runs the closure below and _exits.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(Error::Io("fork".into(), io::Error::last_os_error()));
+    // SAFETY: the child only runs the closure below and _exits (`tap_in_namespace` is
+    // documented to be called before starting threads).
+    let forked = unsafe { process::fork() }.map_err(|e| Error::Io("fork".into(), e))?;
+    if let Fork::Parent(pid) = forked {
+        drop(child_end);
+        let fd = recv_fd(parent_end.as_fd());
+        process::reap(pid);
+        let fd = fd.map_err(|e| {
+            Error::Io(
+                format!("creating TAP {ifname} in {} (see above)", netns.display()),
+                e,
+            )
+        })?;
+        return TapLink::from_fd(fd).map_err(Error::from);
     }
-    if pid == 0 {
-        drop(parent_end);
-        let r = (|| -> io::Result<()> {
-            if let Some(u) = &user {
-                // Joining our own user namespace fails with EINVAL: fine (slirp4netns ignores it).
-                let _ = ns::enter_user(u.as_fd());
-            }
-            if let Err(e) = ns::enter_net(net.as_fd()) {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("setns(net): {e}"),
+    // The child.
+    drop(parent_end);
+    let r = (|| -> io::Result<()> {
+        if let Some(u) = &user {
+            // Joining our own user namespace fails with EINVAL: fine (slirp4netns ignores it).
+            let _ = ns::enter_user(u.as_fd());
+        }
+        if let Err(e) = ns::enter_net(net.as_fd()) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("setns(net): {e}"),
+            ));
+        }
+        let tap = TapLink::create(
+            ifname,
+            &TapOptions {
+                vnet_hdr: true,
+                mtu: Some(mtu),
+                up: false,
+                offload: true,
+            },
+        )
+        .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
+        if let (Some(m), None) = (mac, &configure) {
+            let idx =
+                if_index(ifname).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
+            Rtnl::open()?.set_mac(idx, m.0)?;
+        }
+        if let Some(c) = &configure {
+            // `lo` too, as slirp4netns does: servers in the namespace bind 127.0.0.1, and
+            // Podman's rootlessport connects to the container from inside.
+            let mut addrs = vec![IpNet::V4(
+                Ipv4Net::new(c.addr, c.prefix).map_err(io::Error::other)?,
+            )];
+            if let Some((a6, p6)) = c.addr6 {
+                addrs.push(IpNet::V6(
+                    ipnet::Ipv6Net::new(a6, p6).map_err(io::Error::other)?,
                 ));
             }
-            let tap = TapLink::create(
-                ifname,
-                &TapOptions {
-                    vnet_hdr: true,
-                    mtu: Some(mtu),
-                    up: false,
-                    offload: true,
-                },
-            )
-            .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
-            if let (Some(m), None) = (mac, &configure) {
-                let idx =
-                    if_index(ifname).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
-                Rtnl::open()?.set_mac(idx, m.0)?;
+            Plan {
+                mtu: Some(mtu),
+                addrs,
+                routes: vec![Route::default_via(IpAddr::V4(c.gateway))],
+                lo_up: true,
+                mac,
             }
-            if let Some(c) = &configure {
-                // `lo` too, as slirp4netns does: servers in the namespace bind 127.0.0.1, and
-                // Podman's rootlessport connects to the container from inside.
-                let mut addrs = vec![IpNet::V4(
-                    Ipv4Net::new(c.addr, c.prefix).map_err(io::Error::other)?,
-                )];
-                if let Some((a6, p6)) = c.addr6 {
-                    addrs.push(IpNet::V6(
-                        ipnet::Ipv6Net::new(a6, p6).map_err(io::Error::other)?,
-                    ));
-                }
-                Plan {
-                    mtu: Some(mtu),
-                    addrs,
-                    routes: vec![Route::default_via(IpAddr::V4(c.gateway))],
-                    lo_up: true,
-                    mac,
-                }
-                .apply(ifname)?;
-            }
-            send_fd(child_end.as_fd(), std::os::fd::AsFd::as_fd(&tap))
-        })();
-        let code = match r {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("usernet: creating {ifname} in {}: {e}", netns.display());
-                1
-            }
-        };
-        // SAFETY: ends the forked helper without running the parent's destructors.
-        unsafe { libc::_exit(code) };
-    }
-    drop(child_end);
-    let fd = recv_fd(parent_end.as_fd());
-    let mut status = 0;
-    // SAFETY: reaps the helper we forked.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    let fd = fd.map_err(|e| {
-        Error::Io(
-            format!("creating TAP {ifname} in {} (see above)", netns.display()),
-            e,
-        )
-    })?;
-    TapLink::from_fd(fd).map_err(Error::from)
+            .apply(ifname)?;
+        }
+        send_fd(child_end.as_fd(), std::os::fd::AsFd::as_fd(&tap))
+    })();
+    let code = match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("usernet: creating {ifname} in {}: {e}", netns.display());
+            1
+        }
+    };
+    process::exit_now(code);
 }

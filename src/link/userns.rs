@@ -24,6 +24,7 @@ use super::netns::if_index;
 use super::rtnl::Rtnl;
 use super::tap::{TapLink, TapOptions};
 use crate::sys::ns;
+use crate::sys::process::{self, Fork};
 use crate::sys::scm::{recv_with_fds, send_with_fd, seqpacket_pair};
 use crate::wire::Mac;
 
@@ -123,32 +124,28 @@ impl NsTarget {
     ) -> Result<Option<OwnedFd>, OpenError> {
         let err = |e: io::Error| OpenError::new(what.to_string(), e);
         let (parent, child) = seqpacket_pair().map_err(err)?;
-        // SAFETY: the child only runs `helper` below and _exits; it never returns here.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(err(io::Error::last_os_error()));
-        }
-        if pid == 0 {
-            drop(parent);
-            let r = self.helper(f);
-            let sent = match &r {
-                Ok(Some(fd)) => send_with_fd(child.as_fd(), b"T", Some(fd.as_fd())),
-                Ok(None) => send_with_fd(child.as_fd(), b"K", None),
-                Err(e) => {
-                    let msg = format!("E{}:{e}", e.raw_os_error().unwrap_or(0));
-                    send_with_fd(child.as_fd(), msg.as_bytes(), None)
-                }
-            };
-            let code = i32::from(r.is_err() || sent.is_err());
-            // SAFETY: ends the forked helper without running the parent's destructors.
-            unsafe { libc::_exit(code) };
-        }
+        // SAFETY: the child only runs `helper` below and _exits; it never returns here. (The
+        // multi-threaded caveat is the module's: see its docs.)
+        let pid = match unsafe { process::fork() }.map_err(err)? {
+            Fork::Child => {
+                drop(parent);
+                let r = self.helper(f);
+                let sent = match &r {
+                    Ok(Some(fd)) => send_with_fd(child.as_fd(), b"T", Some(fd.as_fd())),
+                    Ok(None) => send_with_fd(child.as_fd(), b"K", None),
+                    Err(e) => {
+                        let msg = format!("E{}:{e}", e.raw_os_error().unwrap_or(0));
+                        send_with_fd(child.as_fd(), msg.as_bytes(), None)
+                    }
+                };
+                process::exit_now(i32::from(r.is_err() || sent.is_err()));
+            }
+            Fork::Parent(pid) => pid,
+        };
         drop(child);
         let mut buf = [0u8; 2048];
         let got = recv_with_fds(parent.as_fd(), &mut buf);
-        let mut status = 0;
-        // SAFETY: reaps the helper we forked.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let status = process::reap(pid);
         let mut got = got.map_err(err)?;
         match buf.first() {
             Some(b'T') if got.len == 1 && got.fds.len() == 1 => Ok(got.fds.pop()),

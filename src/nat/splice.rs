@@ -528,8 +528,7 @@ mod tests {
 
     /// Entering a namespace (even our own) takes CAP_SYS_ADMIN.
     fn can_setns() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = crate::sys::process::is_root();
         if !root {
             eprintln!("SKIP: splice tests need root (setns)");
         }

@@ -12,7 +12,9 @@
 //!   TUN driver's `TUNSETIFF`/`TUNGETIFF`), and the control socket they are issued on.
 //! - [`tun`]: opening `/dev/net/tun` and the TUN driver's integer ioctls (features, offloads,
 //!   virtio-net header size, the namespace of a TAP).
-//! - [`ns`]: joining a namespace (`setns`), the owner of one (`NS_GET_USERNS`), `unshare`.
+//! - [`ns`]: joining a namespace (`setns`), the owner of one (`NS_GET_USERNS`), `unshare`,
+//!   private and bind mounts.
+//! - [`process`]: fork a helper, `_exit`, reap or kill it, `exec`, the caller's ids.
 //! - [`timer`]: a one-shot monotonic `timerfd` (the gateway port's timers).
 //! - [`pipe`]: pipes and `splice(2)` (spliced port forwards); [`sock`]: socket options the
 //!   standard library lacks (`SO_LINGER` 0).
@@ -20,6 +22,7 @@
 pub mod ifreq;
 pub mod ns;
 pub mod pipe;
+pub mod process;
 pub mod scm;
 pub mod sock;
 pub mod timer;

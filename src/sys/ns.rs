@@ -1,13 +1,16 @@
 //! Namespaces: joining one (`setns`), finding the user namespace that owns one
-//! (`NS_GET_USERNS`), and creating new ones (`unshare`).
+//! (`NS_GET_USERNS`), creating new ones (`unshare`), and the two mounts `usernet run` makes in
+//! its own mount namespace.
 //!
 //! `setns` changes the namespace of the calling *thread* only; the callers run it on a helper
 //! thread ([`crate::link::netns::run_in_netns`]) or in a forked, single-threaded helper process
 //! (joining a user namespace needs one: [`crate::link::userns`], [`crate::spawn`]).
 
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
+use rustix::mount::MountPropagationFlags;
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
 /// `NS_GET_USERNS` (`_IO(0xb7, 0x1)`): the user namespace that owns a namespace.
@@ -54,6 +57,20 @@ pub(crate) fn unshare_user_net_mount() -> io::Result<()> {
     }
 }
 
+/// Makes every mount in the caller's mount namespace private (`MS_REC | MS_PRIVATE` on `/`), so
+/// mounts made from now on stay in this namespace.
+pub(crate) fn make_mounts_private() -> io::Result<()> {
+    Ok(rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )?)
+}
+
+/// Bind-mounts `src` over `dst` (`MS_BIND`).
+pub(crate) fn bind_mount(src: &CStr, dst: &CStr) -> io::Result<()> {
+    Ok(rustix::mount::mount_bind(src, dst)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,7 +85,7 @@ mod tests {
         let r = std::thread::spawn(move || enter_net(net.as_fd()))
             .join()
             .expect("thread");
-        if !rustix::process::geteuid().is_root() {
+        if !crate::sys::process::is_root() {
             assert!(r.is_err());
         } else {
             assert!(r.is_ok(), "setns(own netns): {r:?}");

@@ -10,7 +10,8 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use rustix::mount::MountPropagationFlags;
+pub(crate) use rustix::mount::MountFlags;
+use rustix::mount::{MountPropagationFlags, UnmountFlags};
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
 /// `NS_GET_USERNS` (`_IO(0xb7, 0x1)`): the user namespace that owns a namespace.
@@ -57,6 +58,18 @@ pub(crate) fn unshare_user_net_mount() -> io::Result<()> {
     }
 }
 
+/// Moves the calling process into a new mount namespace (`unshare(CLONE_NEWNS)`).
+pub(crate) fn unshare_mount() -> io::Result<()> {
+    // SAFETY: unshare takes flags only; CLONE_NEWNS changes the mount namespace, not the
+    // process's memory or descriptors.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNS) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Makes every mount in the caller's mount namespace private (`MS_REC | MS_PRIVATE` on `/`), so
 /// mounts made from now on stay in this namespace.
 pub(crate) fn make_mounts_private() -> io::Result<()> {
@@ -69,6 +82,42 @@ pub(crate) fn make_mounts_private() -> io::Result<()> {
 /// Bind-mounts `src` over `dst` (`MS_BIND`).
 pub(crate) fn bind_mount(src: &CStr, dst: &CStr) -> io::Result<()> {
     Ok(rustix::mount::mount_bind(src, dst)?)
+}
+
+/// Makes `target` and every mount below it a slave (`MS_SLAVE | MS_REC`): mounts made here do
+/// not propagate back, new ones from the peer group still show.
+pub(crate) fn make_mounts_slave(target: &str) -> io::Result<()> {
+    Ok(rustix::mount::mount_change(
+        target,
+        MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
+    )?)
+}
+
+/// Mounts a new file system: `mount(src, target, fstype, flags, data)`.
+pub(crate) fn mount(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MountFlags,
+    data: &CStr,
+) -> io::Result<()> {
+    Ok(rustix::mount::mount(src, target, fstype, flags, data)?)
+}
+
+/// Remounts `target` with `flags` (`MS_REMOUNT | flags`; add [`MountFlags::BIND`] to change
+/// only the per-mount flags of a bind mount).
+pub(crate) fn remount(target: &str, flags: MountFlags, data: &CStr) -> io::Result<()> {
+    Ok(rustix::mount::mount_remount(target, flags, data)?)
+}
+
+/// `pivot_root(new_root, put_old)`.
+pub(crate) fn pivot_root(new_root: &str, put_old: &str) -> io::Result<()> {
+    Ok(rustix::process::pivot_root(new_root, put_old)?)
+}
+
+/// Detaches the mount at `target` (`umount2(MNT_DETACH)`).
+pub(crate) fn detach(target: &str) -> io::Result<()> {
+    Ok(rustix::mount::unmount(target, UnmountFlags::DETACH)?)
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
@@ -85,7 +85,7 @@ pub struct Spawned {
 impl Spawned {
     /// Lets the child `exec` its command.
     pub fn start(&self) -> io::Result<()> {
-        write_byte(self.sock.as_raw_fd(), b'G')
+        scm::write_byte(self.sock.as_fd(), b'G')
     }
 }
 
@@ -144,34 +144,6 @@ mod tempfile_path {
     }
 }
 
-fn write_byte(fd: RawFd, b: u8) -> io::Result<()> {
-    // SAFETY: writes one byte from a valid local to a descriptor we own.
-    let n = unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
-    if n == 1 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn read_byte(fd: RawFd) -> io::Result<u8> {
-    let mut b = 0u8;
-    loop {
-        // SAFETY: reads one byte into a valid local.
-        let n = unsafe { libc::read(fd, (&mut b as *mut u8).cast(), 1) };
-        if n == 1 {
-            return Ok(b);
-        }
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed"));
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
 /// Starts `cmd` in new namespaces (see the module docs); it runs once [`Spawned::start`] is
 /// called.
 pub fn spawn(cmd: &[OsString], opts: &SpawnOptions) -> Result<Spawned> {
@@ -210,12 +182,12 @@ pub fn spawn(cmd: &[OsString], opts: &SpawnOptions) -> Result<Spawned> {
         Ok(Fork::Parent(pid)) => pid,
     };
     drop(child_end);
-    let fd = parent_end.as_raw_fd();
+    let fd = parent_end.as_fd();
     let fail = |what: &str, e: io::Error| {
         process::kill_and_reap(pid);
         Error::Io(what.to_string(), e)
     };
-    match read_byte(fd) {
+    match scm::read_byte(fd) {
         Ok(b'U') => {}
         Ok(_) => return Err(fail("child", io::Error::other("protocol error"))),
         Err(e) => return Err(fail("child did not create its namespaces", e)),
@@ -223,7 +195,7 @@ pub fn spawn(cmd: &[OsString], opts: &SpawnOptions) -> Result<Spawned> {
     if let Err(e) = write_maps(pid) {
         return Err(fail("writing the child's uid/gid maps", e));
     }
-    write_byte(fd, b'M').map_err(|e| fail("child", e))?;
+    scm::write_byte(fd, b'M').map_err(|e| fail("child", e))?;
     let tap_fd = recv_fd(parent_end.as_fd())
         .map_err(|e| fail("child could not set up its network (see above)", e))?;
     let tap = TapLink::from_fd(tap_fd).map_err(|e| fail("adopting the child's TAP", e.source))?;
@@ -261,8 +233,8 @@ fn child(
             ),
         ));
     }
-    write_byte(sock.as_raw_fd(), b'U')?;
-    if read_byte(sock.as_raw_fd())? != b'M' {
+    scm::write_byte(sock, b'U')?;
+    if scm::read_byte(sock)? != b'M' {
         return Err(io::Error::other("parent did not map our ids"));
     }
     // Mounts stay private to this namespace.
@@ -294,7 +266,7 @@ fn child(
     .apply(&opts.ifname)?;
     send_fd(sock, std::os::fd::AsFd::as_fd(&tap))?;
     drop(tap);
-    if read_byte(sock.as_raw_fd())? != b'G' {
+    if scm::read_byte(sock)? != b'G' {
         return Err(io::Error::other("parent gave up"));
     }
     let e = process::exec(argv);

@@ -14,17 +14,19 @@
 //!   virtio-net header size, the namespace of a TAP).
 //! - [`ns`]: joining a namespace (`setns`), the owner of one (`NS_GET_USERNS`), `unshare`,
 //!   private and bind mounts.
-//! - [`process`]: fork a helper, `_exit`, reap or kill it, `exec`, the caller's ids.
+//! - [`process`]: fork a helper, `_exit`, reap or kill it, `exec`, the caller's ids, the
+//!   descriptor limit; [`random`]: `getrandom`.
 //! - [`caps`]: capability sets, the bounding and ambient sets, no-new-privs (the sandbox).
 //! - [`timer`]: a one-shot monotonic `timerfd` (the gateway port's timers).
-//! - [`pipe`]: pipes and `splice(2)` (spliced port forwards); [`sock`]: socket options the
-//!   standard library lacks (`SO_LINGER` 0).
+//! - [`pipe`]: pipes and `splice(2)` (spliced port forwards); [`sock`]: ping sockets, `bind`
+//!   for them, and `SO_LINGER` 0.
 
 pub mod caps;
 pub mod ifreq;
 pub mod ns;
 pub mod pipe;
 pub mod process;
+pub mod random;
 pub mod scm;
 pub mod sock;
 pub mod timer;

@@ -82,6 +82,29 @@ pub(crate) fn ids() -> (u32, u32) {
     )
 }
 
+/// The effective group id of the process.
+pub(crate) fn egid() -> u32 {
+    rustix::process::getegid().as_raw()
+}
+
+/// Raises `RLIMIT_NOFILE`'s soft limit to its hard limit where it is lower; returns the soft
+/// limit now in force (`u64::MAX` for unlimited).
+pub(crate) fn raise_nofile_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let r = getrlimit(Resource::Nofile);
+    let (cur, max) = (r.current.unwrap_or(u64::MAX), r.maximum.unwrap_or(u64::MAX));
+    if cur < max {
+        let want = Rlimit {
+            current: r.maximum,
+            maximum: r.maximum,
+        };
+        if setrlimit(Resource::Nofile, want).is_ok() {
+            return max;
+        }
+    }
+    cur
+}
+
 /// True when the effective user is root (tests that need privileges skip without it).
 #[cfg(test)]
 pub(crate) fn is_root() -> bool {

@@ -43,6 +43,28 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     )?)
 }
 
+/// Writes the one byte `b` to `fd` (the helpers' handshake steps).
+pub fn write_byte(fd: BorrowedFd<'_>, b: u8) -> io::Result<()> {
+    match rustix::io::write(fd, &[b])? {
+        1 => Ok(()),
+        _ => Err(io::Error::new(io::ErrorKind::WriteZero, "wrote no byte")),
+    }
+}
+
+/// Reads one byte from `fd`, retrying on `EINTR`; end of file is `UnexpectedEof` ("peer
+/// closed").
+pub fn read_byte(fd: BorrowedFd<'_>) -> io::Result<u8> {
+    let mut b = [0u8];
+    loop {
+        match rustix::io::read(fd, &mut b) {
+            Ok(1) => return Ok(b[0]),
+            Ok(_) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed")),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Sends `data` on the connected socket `sock`, with `fd` attached to its first byte when
 /// given. A stream socket may take the data in several writes; the descriptor goes with the
 /// first one only.

@@ -20,6 +20,8 @@
 //!
 //! The rooms, bottom up (each imports only rooms below it):
 //!
+//! - `sys` (crate-private): the thin OS layer, where the system calls live (descriptor
+//!   passing so far; the rest of the crate's libc calls move there step by step).
 //! - [`wire`]: Ethernet/IP views and the packet builders the gateway and NAT share.
 //! - [`frame`]: pooled frame buffers with their offload metadata; [`offload`]: GSO
 //!   segmentation and checksums for links that cannot take offloaded frames.
@@ -107,6 +109,7 @@ pub mod offload;
 mod queue_device;
 pub mod sandbox;
 pub mod spawn;
+pub(crate) mod sys;
 pub mod wire;
 
 pub use control::node::Engine;

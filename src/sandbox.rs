@@ -28,6 +28,9 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::sys::caps;
+use crate::sys::ns::{self, MountFlags};
+
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
@@ -178,92 +181,30 @@ pub fn drop_capabilities() -> io::Result<()> {
 /// Like [`drop_capabilities`], but keeps the capabilities numbered in `keep` (in every set the
 /// process has them in; the ambient set is cleared).
 pub fn drop_capabilities_except(keep: &[u32]) -> io::Result<()> {
-    // SAFETY: prctl with integer arguments only.
-    unsafe {
-        for cap in 0..64u32 {
-            if keep.contains(&cap) {
-                continue;
-            }
-            // Needs CAP_SETPCAP; without it (rootless) there is nothing to drop anyway.
-            libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+    for cap in 0..64u32 {
+        if keep.contains(&cap) {
+            continue;
         }
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        );
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // Needs CAP_SETPCAP; without it (rootless) there is nothing to drop anyway.
+        let _ = caps::drop_bounding(cap);
     }
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut h = Header {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let mut d = [Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
+    let _ = caps::clear_ambient();
+    caps::set_no_new_privs()?;
     // Keep only what the process has: capset refuses to add to the permitted set.
-    let mut cur = d;
-    // SAFETY: capget with a valid version-3 header and two data words.
-    if unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut Header, cur.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let cur = caps::get()?;
+    let mut d = caps::Caps::default();
     for &cap in keep.iter().filter(|c| **c < 64) {
-        let (w, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
-        d[w].permitted |= cur[w].permitted & bit;
-        d[w].effective |= cur[w].permitted & bit;
-        d[w].inheritable |= cur[w].inheritable & bit;
+        let bit = 1u64 << cap;
+        d.permitted |= cur.permitted & bit;
+        d.effective |= cur.permitted & bit;
+        d.inheritable |= cur.inheritable & bit;
     }
-    // SAFETY: capset with a valid version-3 header and two data words.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &mut h as *mut Header, d.as_ptr()) };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    caps::set(d)
 }
 
-fn cstr(s: &str) -> std::ffi::CString {
-    // Only called with the literal paths below, which hold no NUL byte.
-    std::ffi::CString::new(s).unwrap_or_default()
-}
-
-fn check(r: libc::c_int, what: &str) -> io::Result<()> {
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
-    }
-    Ok(())
-}
-
-fn mount(src: &str, dst: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> libc::c_int {
-    let (src, dst, fstype, data) = (cstr(src), cstr(dst), cstr(fstype), cstr(data));
-    // SAFETY: mount(2) with valid NUL-terminated strings that outlive the call.
-    unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    }
+/// Adds `what` to an error.
+fn check(r: io::Result<()>, what: &str) -> io::Result<()> {
+    r.map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))
 }
 
 /// slirp4netns's `--enable-sandbox` file system: a new mount namespace whose root is an empty
@@ -276,16 +217,11 @@ fn mount(src: &str, dst: &str, fstype: &str, flags: libc::c_ulong, data: &str) -
 /// Call it while the process is single-threaded (a mount namespace is per thread: threads
 /// started before keep the old root) and after opening every file the process needs.
 pub fn enter_minimal_root() -> io::Result<()> {
-    // SAFETY: unshare with a flag only.
-    let r = unsafe { libc::unshare(libc::CLONE_NEWNS) };
-    check(r, "unshare(CLONE_NEWNS)")?;
+    check(ns::unshare_mount(), "unshare(CLONE_NEWNS)")?;
+    check(ns::make_mounts_slave("/"), "making / a slave mount")?;
+    let hard = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
     check(
-        mount("", "/", "", libc::MS_SLAVE | libc::MS_REC, ""),
-        "making / a slave mount",
-    )?;
-    let hard = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    check(
-        mount("tmpfs", "/tmp", "tmpfs", hard, "size=1k"),
+        ns::mount("tmpfs", "/tmp", "tmpfs", hard, c"size=1k"),
         "mounting a tmpfs on /tmp",
     )?;
     for d in ["/tmp/etc", "/tmp/run", "/tmp/old"] {
@@ -293,43 +229,25 @@ pub fn enter_minimal_root() -> io::Result<()> {
     }
     for (from, to) in [("/etc", "/tmp/etc"), ("/run", "/tmp/run")] {
         check(
-            mount(from, to, "", libc::MS_BIND | libc::MS_REC | hard, ""),
+            ns::mount(from, to, "", MountFlags::BIND | MountFlags::REC | hard, c""),
             &format!("bind-mounting {from}"),
         )?;
         check(
-            mount("", to, "", libc::MS_SLAVE | libc::MS_REC, ""),
+            ns::make_mounts_slave(to),
             &format!("making {to} a slave mount"),
         )?;
         check(
-            mount(
-                from,
-                to,
-                "",
-                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | hard,
-                "",
-            ),
+            ns::remount(to, MountFlags::BIND | MountFlags::RDONLY | hard, c""),
             &format!("remounting {to} read-only"),
         )?;
     }
     std::env::set_current_dir("/tmp")?;
-    let (dot, old) = (cstr("."), cstr("old"));
-    // SAFETY: pivot_root(2) with valid NUL-terminated paths.
-    let r = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), old.as_ptr()) };
-    check(r as libc::c_int, "pivot_root to /tmp")?;
+    check(ns::pivot_root(".", "old"), "pivot_root to /tmp")?;
     std::env::set_current_dir("/")?;
-    let old = cstr("/old");
-    // SAFETY: umount2 with a valid NUL-terminated path.
-    let r = unsafe { libc::umount2(old.as_ptr(), libc::MNT_DETACH) };
-    check(r, "detaching the old root")?;
+    check(ns::detach("/old"), "detaching the old root")?;
     std::fs::remove_dir("/old")?;
     check(
-        mount(
-            "tmpfs",
-            "/",
-            "tmpfs",
-            libc::MS_REMOUNT | libc::MS_RDONLY | hard,
-            "size=0k",
-        ),
+        ns::remount("/", MountFlags::RDONLY | hard, c"size=0k"),
         "remounting / read-only",
     )
 }

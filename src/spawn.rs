@@ -25,7 +25,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
@@ -34,6 +34,8 @@ use crate::link::ifconfig::{IfConfig as Plan, Route};
 use crate::link::netns::if_index;
 use crate::link::rtnl::Rtnl;
 use crate::link::tap::{TapLink, TapOptions};
+use crate::sys::process::{self, Fork};
+use crate::sys::{ns, scm};
 
 /// How the new namespace is set up.
 #[derive(Debug, Clone)]
@@ -83,7 +85,7 @@ pub struct Spawned {
 impl Spawned {
     /// Lets the child `exec` its command.
     pub fn start(&self) -> io::Result<()> {
-        write_byte(self.sock.as_raw_fd(), b'G')
+        scm::write_byte(self.sock.as_fd(), b'G')
     }
 }
 
@@ -142,54 +144,6 @@ mod tempfile_path {
     }
 }
 
-/// A connected pair of `SOCK_SEQPACKET` UNIX sockets (close-on-exec), for a parent and the
-/// child it forks: one end each.
-fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
-    let mut sv = [0 as RawFd; 2];
-    // SAFETY: socketpair fills two descriptors into a valid array.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    };
-    if r < 0 {
-        return Err(Error::Io("socketpair".into(), io::Error::last_os_error()));
-    }
-    // SAFETY: both descriptors are fresh and owned here.
-    Ok(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
-}
-
-fn write_byte(fd: RawFd, b: u8) -> io::Result<()> {
-    // SAFETY: writes one byte from a valid local to a descriptor we own.
-    let n = unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
-    if n == 1 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn read_byte(fd: RawFd) -> io::Result<u8> {
-    let mut b = 0u8;
-    loop {
-        // SAFETY: reads one byte into a valid local.
-        let n = unsafe { libc::read(fd, (&mut b as *mut u8).cast(), 1) };
-        if n == 1 {
-            return Ok(b);
-        }
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed"));
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
 /// Starts `cmd` in new namespaces (see the module docs); it runs once [`Spawned::start`] is
 /// called.
 pub fn spawn(cmd: &[OsString], opts: &SpawnOptions) -> Result<Spawned> {
@@ -208,36 +162,32 @@ pub fn spawn(cmd: &[OsString], opts: &SpawnOptions) -> Result<Spawned> {
     let resolv_c = resolv
         .as_ref()
         .and_then(|p| CString::new(p.0.as_os_str().as_bytes()).ok());
-    let (parent_end, child_end) = seqpacket_pair()?;
-    // SAFETY: fork has no memory-safety preconditions; the child only runs `child()`, which
-    // ends in exec or _exit and never returns into this function.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(Error::Io("fork".into(), io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        drop(parent_end);
-        let code = match child(child_end.as_raw_fd(), &argv, opts, resolv_c.as_ref()) {
-            Ok(never) => match never {},
-            Err(e) => {
-                eprintln!("usernet run: {e}");
-                127
-            }
-        };
-        // SAFETY: terminates the forked child without running the parent's destructors.
-        unsafe { libc::_exit(code) };
-    }
-    drop(child_end);
-    let fd = parent_end.as_raw_fd();
-    let fail = |what: &str, e: io::Error| {
-        // SAFETY: kill/waitpid on the child we just forked.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
+    let (parent_end, child_end) =
+        scm::seqpacket_pair().map_err(|e| Error::Io("socketpair".into(), e))?;
+    // SAFETY: the child only runs `child()`, which ends in exec or _exit and never returns into
+    // this function (`spawn` is documented to be called before starting threads).
+    let pid = match unsafe { process::fork() } {
+        Err(e) => return Err(Error::Io("fork".into(), e)),
+        Ok(Fork::Child) => {
+            drop(parent_end);
+            let code = match child(child_end.as_fd(), &argv, opts, resolv_c.as_ref()) {
+                Ok(never) => match never {},
+                Err(e) => {
+                    eprintln!("usernet run: {e}");
+                    127
+                }
+            };
+            process::exit_now(code);
         }
+        Ok(Fork::Parent(pid)) => pid,
+    };
+    drop(child_end);
+    let fd = parent_end.as_fd();
+    let fail = |what: &str, e: io::Error| {
+        process::kill_and_reap(pid);
         Error::Io(what.to_string(), e)
     };
-    match read_byte(fd) {
+    match scm::read_byte(fd) {
         Ok(b'U') => {}
         Ok(_) => return Err(fail("child", io::Error::other("protocol error"))),
         Err(e) => return Err(fail("child did not create its namespaces", e)),
@@ -245,9 +195,9 @@ pub fn spawn(cmd: &[OsString], opts: &SpawnOptions) -> Result<Spawned> {
     if let Err(e) = write_maps(pid) {
         return Err(fail("writing the child's uid/gid maps", e));
     }
-    write_byte(fd, b'M').map_err(|e| fail("child", e))?;
-    let tap_fd =
-        recv_fd(fd).map_err(|e| fail("child could not set up its network (see above)", e))?;
+    scm::write_byte(fd, b'M').map_err(|e| fail("child", e))?;
+    let tap_fd = recv_fd(parent_end.as_fd())
+        .map_err(|e| fail("child could not set up its network (see above)", e))?;
     let tap = TapLink::from_fd(tap_fd).map_err(|e| fail("adopting the child's TAP", e.source))?;
     Ok(Spawned {
         pid,
@@ -258,8 +208,7 @@ pub fn spawn(cmd: &[OsString], opts: &SpawnOptions) -> Result<Spawned> {
 }
 
 fn write_maps(pid: i32) -> io::Result<()> {
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = process::ids();
     let base = PathBuf::from(format!("/proc/{pid}"));
     std::fs::write(base.join("uid_map"), format!("0 {uid} 1\n"))?;
     // Unprivileged writers must deny setgroups before writing gid_map.
@@ -271,53 +220,29 @@ fn write_maps(pid: i32) -> io::Result<()> {
 enum Never {}
 
 fn child(
-    sock: RawFd,
+    sock: BorrowedFd<'_>,
     argv: &[CString],
     opts: &SpawnOptions,
     resolv: Option<&CString>,
 ) -> io::Result<Never> {
-    // SAFETY: unshare takes flags only.
-    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET | libc::CLONE_NEWNS) } < 0 {
+    if let Err(e) = ns::unshare_user_net_mount() {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "unshare(user, net, mount namespaces): {} (are unprivileged user namespaces allowed?)",
-                io::Error::last_os_error()
+                "unshare(user, net, mount namespaces): {e} (are unprivileged user namespaces allowed?)"
             ),
         ));
     }
-    write_byte(sock, b'U')?;
-    if read_byte(sock)? != b'M' {
+    scm::write_byte(sock, b'U')?;
+    if scm::read_byte(sock)? != b'M' {
         return Err(io::Error::other("parent did not map our ids"));
     }
     // Mounts stay private to this namespace.
-    // SAFETY: string literals are NUL-terminated; null pointers are allowed for these arguments.
-    unsafe {
-        libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        );
-    }
-    if let Some(src) = resolv {
-        // SAFETY: both paths are valid NUL-terminated strings.
-        let r = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                c"/etc/resolv.conf".as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            )
-        };
-        if r < 0 {
-            eprintln!(
-                "usernet run: warning: cannot bind-mount resolv.conf: {}",
-                io::Error::last_os_error()
-            );
-        }
+    let _ = ns::make_mounts_private();
+    if let Some(src) = resolv
+        && let Err(e) = ns::bind_mount(src, c"/etc/resolv.conf")
+    {
+        eprintln!("usernet run: warning: cannot bind-mount resolv.conf: {e}");
     }
     let tap = TapLink::create(
         &opts.ifname,
@@ -339,84 +264,34 @@ fn child(
         mac: opts.mac,
     }
     .apply(&opts.ifname)?;
-    send_fd(sock, std::os::fd::AsFd::as_fd(&tap).as_raw_fd())?;
+    send_fd(sock, std::os::fd::AsFd::as_fd(&tap))?;
     drop(tap);
-    if read_byte(sock)? != b'G' {
+    if scm::read_byte(sock)? != b'G' {
         return Err(io::Error::other("parent gave up"));
     }
-    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    ptrs.push(std::ptr::null());
-    // SAFETY: argv is a NULL-terminated array of valid C strings that outlive the call.
-    unsafe { libc::execvp(ptrs[0], ptrs.as_ptr()) };
+    let e = process::exec(argv);
     Err(io::Error::new(
         io::ErrorKind::NotFound,
-        format!("cannot run {:?}: {}", argv[0], io::Error::last_os_error()),
+        format!("cannot run {:?}: {e}", argv[0]),
     ))
 }
 
-fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
-    let mut byte = [b'T'];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the sendmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: the control buffer holds exactly one cmsg of one fd (CMSG_SPACE above).
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
-        if libc::sendmsg(sock, &msg, 0) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+/// Sends the TAP `fd` to the parent with one byte (`T`).
+fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    scm::send_with_fd(sock, b"T", Some(fd))
 }
 
-fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
+/// Receives the TAP the child sent with [`send_fd`].
+fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let mut byte = [0u8];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: an all-zero msghdr is valid; pointers outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: recvmsg writes into the buffers described by msg.
-    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n <= 0 {
-        return Err(if n == 0 {
-            io::Error::new(io::ErrorKind::UnexpectedEof, "child exited")
-        } else {
-            io::Error::last_os_error()
-        });
+    let got = scm::recv_with_fds(sock, &mut byte)?;
+    if got.len == 0 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "child exited"));
     }
-    // SAFETY: walks the control messages the kernel wrote into cbuf.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS
-        {
-            return Err(io::Error::other("no descriptor received"));
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>());
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
+    got.fds
+        .into_iter()
+        .next()
+        .ok_or_else(|| io::Error::other("no descriptor received"))
 }
 
 /// Address settings for [`tap_in_namespace`]'s `configure` (applied as an
@@ -457,87 +332,79 @@ pub fn tap_in_namespace(
         ),
         None => None,
     };
-    let (parent_end, child_end) = seqpacket_pair()?;
-    // SAFETY: the child only runs the closure below and _exits.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(Error::Io("fork".into(), io::Error::last_os_error()));
+    let (parent_end, child_end) =
+        scm::seqpacket_pair().map_err(|e| Error::Io("socketpair".into(), e))?;
+    // SAFETY: the child only runs the closure below and _exits (`tap_in_namespace` is
+    // documented to be called before starting threads).
+    let forked = unsafe { process::fork() }.map_err(|e| Error::Io("fork".into(), e))?;
+    if let Fork::Parent(pid) = forked {
+        drop(child_end);
+        let fd = recv_fd(parent_end.as_fd());
+        process::reap(pid);
+        let fd = fd.map_err(|e| {
+            Error::Io(
+                format!("creating TAP {ifname} in {} (see above)", netns.display()),
+                e,
+            )
+        })?;
+        return TapLink::from_fd(fd).map_err(Error::from);
     }
-    if pid == 0 {
-        drop(parent_end);
-        let r = (|| -> io::Result<()> {
-            if let Some(u) = &user {
-                // Joining our own user namespace fails with EINVAL: fine (slirp4netns ignores it).
-                // SAFETY: setns on an open namespace descriptor.
-                unsafe { libc::setns(u.as_raw_fd(), libc::CLONE_NEWUSER) };
-            }
-            // SAFETY: setns on an open namespace descriptor.
-            if unsafe { libc::setns(net.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("setns(net): {}", io::Error::last_os_error()),
+    // The child.
+    drop(parent_end);
+    let r = (|| -> io::Result<()> {
+        if let Some(u) = &user {
+            // Joining our own user namespace fails with EINVAL: fine (slirp4netns ignores it).
+            let _ = ns::enter_user(u.as_fd());
+        }
+        if let Err(e) = ns::enter_net(net.as_fd()) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("setns(net): {e}"),
+            ));
+        }
+        let tap = TapLink::create(
+            ifname,
+            &TapOptions {
+                vnet_hdr: true,
+                mtu: Some(mtu),
+                up: false,
+                offload: true,
+            },
+        )
+        .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
+        if let (Some(m), None) = (mac, &configure) {
+            let idx =
+                if_index(ifname).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
+            Rtnl::open()?.set_mac(idx, m.0)?;
+        }
+        if let Some(c) = &configure {
+            // `lo` too, as slirp4netns does: servers in the namespace bind 127.0.0.1, and
+            // Podman's rootlessport connects to the container from inside.
+            let mut addrs = vec![IpNet::V4(
+                Ipv4Net::new(c.addr, c.prefix).map_err(io::Error::other)?,
+            )];
+            if let Some((a6, p6)) = c.addr6 {
+                addrs.push(IpNet::V6(
+                    ipnet::Ipv6Net::new(a6, p6).map_err(io::Error::other)?,
                 ));
             }
-            let tap = TapLink::create(
-                ifname,
-                &TapOptions {
-                    vnet_hdr: true,
-                    mtu: Some(mtu),
-                    up: false,
-                    offload: true,
-                },
-            )
-            .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
-            if let (Some(m), None) = (mac, &configure) {
-                let idx =
-                    if_index(ifname).map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
-                Rtnl::open()?.set_mac(idx, m.0)?;
+            Plan {
+                mtu: Some(mtu),
+                addrs,
+                routes: vec![Route::default_via(IpAddr::V4(c.gateway))],
+                lo_up: true,
+                mac,
             }
-            if let Some(c) = &configure {
-                // `lo` too, as slirp4netns does: servers in the namespace bind 127.0.0.1, and
-                // Podman's rootlessport connects to the container from inside.
-                let mut addrs = vec![IpNet::V4(
-                    Ipv4Net::new(c.addr, c.prefix).map_err(io::Error::other)?,
-                )];
-                if let Some((a6, p6)) = c.addr6 {
-                    addrs.push(IpNet::V6(
-                        ipnet::Ipv6Net::new(a6, p6).map_err(io::Error::other)?,
-                    ));
-                }
-                Plan {
-                    mtu: Some(mtu),
-                    addrs,
-                    routes: vec![Route::default_via(IpAddr::V4(c.gateway))],
-                    lo_up: true,
-                    mac,
-                }
-                .apply(ifname)?;
-            }
-            send_fd(
-                child_end.as_raw_fd(),
-                std::os::fd::AsFd::as_fd(&tap).as_raw_fd(),
-            )
-        })();
-        let code = match r {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("usernet: creating {ifname} in {}: {e}", netns.display());
-                1
-            }
-        };
-        // SAFETY: ends the forked helper without running the parent's destructors.
-        unsafe { libc::_exit(code) };
-    }
-    drop(child_end);
-    let fd = recv_fd(parent_end.as_raw_fd());
-    let mut status = 0;
-    // SAFETY: reaps the helper we forked.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    let fd = fd.map_err(|e| {
-        Error::Io(
-            format!("creating TAP {ifname} in {} (see above)", netns.display()),
-            e,
-        )
-    })?;
-    TapLink::from_fd(fd).map_err(Error::from)
+            .apply(ifname)?;
+        }
+        send_fd(child_end.as_fd(), std::os::fd::AsFd::as_fd(&tap))
+    })();
+    let code = match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("usernet: creating {ifname} in {}: {e}", netns.display());
+            1
+        }
+    };
+    process::exit_now(code);
 }

@@ -237,7 +237,7 @@ fn serve_conn(handle: Handle, conn: UnixStream) {
             return;
         }
         let room = (MAX_LINE as usize - buf.len()).min(chunk.len());
-        let got = match crate::link::scm::recv_with_fds(conn.as_fd(), &mut chunk[..room]) {
+        let got = match crate::sys::scm::recv_with_fds(conn.as_fd(), &mut chunk[..room]) {
             Ok(g) => g,
             Err(_) => return,
         };
@@ -289,7 +289,7 @@ pub fn request_with_fd(
     let mut line =
         serde_json::to_string(req).map_err(|e| Error::invalid("request", e.to_string()))?;
     line.push('\n');
-    crate::link::scm::send_with_fd(s.as_fd(), line.as_bytes(), fd)
+    crate::sys::scm::send_with_fd(s.as_fd(), line.as_bytes(), fd)
         .map_err(|e| Error::Io(ctx(), e))?;
     let mut resp = String::new();
     BufReader::new(&s)

@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -24,6 +24,7 @@ use mio::{Events, Interest, Poll, Token};
 use super::{Driver, GATEWAY_OFFLOADS, WAKE};
 use crate::frame::{Frame, FramePool};
 use crate::link::{Link, LinkCaps, LinkError, RecvStats, SendStats};
+use crate::sys::timer::Timer;
 
 /// The timer's token on the inner poll (NAT's tokens carry their kind in the top bits).
 const TIMER: Token = Token(2);
@@ -33,7 +34,7 @@ pub(crate) struct GatewayPort {
     d: Driver,
     poll: Poll,
     events: Events,
-    timer: OwnedFd,
+    timer: Timer,
     /// When the timer fires next (`None`: disarmed).
     armed: Option<Instant>,
     /// Frames were handed to the driver since the last `recv_batch`.
@@ -43,20 +44,9 @@ pub(crate) struct GatewayPort {
 impl GatewayPort {
     /// Wraps `d`, whose host sockets and waker are registered on `poll`.
     pub(crate) fn new(mut d: Driver, poll: Poll) -> io::Result<GatewayPort> {
-        // SAFETY: timerfd_create has no memory arguments; the result is checked.
-        let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a new descriptor owned by nobody else.
-        let timer = unsafe { OwnedFd::from_raw_fd(fd) };
+        let timer = Timer::new()?;
         poll.registry()
-            .register(&mut SourceFd(&fd), TIMER, Interest::READABLE)?;
+            .register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
         d.announce();
         Ok(GatewayPort {
             d,
@@ -80,24 +70,9 @@ impl GatewayPort {
         let d = at
             .saturating_duration_since(now)
             .max(Duration::from_micros(1));
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: d.as_secs() as libc::time_t,
-                tv_nsec: d.subsec_nanos() as libc::c_long,
-            },
-        };
-        // SAFETY: spec is a valid itimerspec; the old value is not asked for.
-        let r = unsafe {
-            libc::timerfd_settime(self.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut())
-        };
-        if r == 0 {
-            self.armed = Some(at);
-        } else {
-            tracing::warn!("gateway timer: {}", io::Error::last_os_error());
+        match self.timer.arm_in(d) {
+            Ok(()) => self.armed = Some(at),
+            Err(e) => tracing::warn!("gateway timer: {e}"),
         }
     }
 
@@ -130,9 +105,7 @@ impl GatewayPort {
 
     /// Clears an expiry of the timer (its readiness is level-triggered by the count).
     fn clear_timer(&mut self) {
-        let mut n = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into n; the descriptor is non-blocking.
-        let _ = unsafe { libc::read(self.timer.as_raw_fd(), n.as_mut_ptr().cast(), 8) };
+        self.timer.clear();
         self.armed = None;
     }
 }

@@ -79,9 +79,7 @@ impl IfConfig {
 /// must know the MAC of up front.
 pub fn random_mac() -> Mac {
     let mut b = [0u8; 6];
-    // SAFETY: getrandom writes at most `b.len()` bytes into `b`, which is valid and exclusive.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != 6 {
+    if !crate::sys::random::fill(&mut b) {
         // No entropy source: time and pid are unique enough for a MAC on one host.
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

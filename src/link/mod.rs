@@ -35,7 +35,6 @@ pub mod memory;
 pub mod netns;
 pub mod packet;
 pub(crate) mod rtnl;
-pub(crate) mod scm;
 pub mod stream;
 pub mod tap;
 pub mod userns;

@@ -3,7 +3,8 @@
 //! # Theory of operation
 //!
 //! Interfaces are configured with the classic `ioctl`s (`SIOCGIFFLAGS`/`SIOCSIFFLAGS`,
-//! `SIOCGIFMTU`/`SIOCSIFMTU`, `SIOCGIFINDEX`, `SIOCGIFNAME`) rather than netlink: they need no
+//! `SIOCGIFMTU`/`SIOCSIFMTU`, `SIOCGIFINDEX`, `SIOCGIFNAME`; issued by `sys::ifreq`)
+//! rather than netlink: they need no
 //! extra crate and are enough for "bring it up, set its MTU, find its index". These ioctls act
 //! on the network namespace *of the socket they are issued on*. The public helpers open a
 //! throw-away `AF_INET`/`SOCK_DGRAM` socket, so they act on the calling thread's namespace; the
@@ -20,10 +21,12 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use super::OpenError;
+use crate::sys::ifreq::{self, IfReq, IfReqOp};
+use crate::sys::ns;
 use crate::wire::Mac;
 
 /// Checks that `ifname` is a usable Linux interface name: non-empty, shorter than `IFNAMSIZ`
@@ -53,64 +56,25 @@ pub fn validate_ifname(ifname: &str) -> Result<(), OpenError> {
     Ok(())
 }
 
-/// An `ifreq` naming `ifname` (already validated), everything else zero.
-pub(crate) fn ifreq_for(ifname: &str) -> libc::ifreq {
-    // SAFETY: `ifreq` is a plain C struct (a name array and a union of integers, sockaddrs and a
-    // pointer); all-zero bytes are a valid value for every field.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(ifname.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    ifr
-}
-
-/// The name stored in an `ifreq` (up to the first NUL).
-pub(crate) fn ifreq_name(ifr: &libc::ifreq) -> String {
-    let bytes: Vec<u8> = ifr
-        .ifr_name
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c.to_ne_bytes()[0]) // c_char: i8 on x86_64, u8 on aarch64
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// Issues `req` with `ifr` on `fd`.
-fn ifreq_ioctl(fd: BorrowedFd<'_>, req: libc::c_ulong, ifr: &mut libc::ifreq) -> io::Result<()> {
-    // SAFETY: every request used in this module reads and/or writes one `struct ifreq`, and
-    // `ifr` is a valid, exclusively borrowed `ifreq` for the duration of the call.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, ifr as *mut libc::ifreq) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// A fresh `AF_INET` datagram socket in the calling thread's namespace, for interface ioctls.
 fn ctl_socket(what: &str) -> Result<OwnedFd, OpenError> {
-    // SAFETY: socket() takes no pointers; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(OpenError::last_os(format!("{what}: control socket")));
-    }
-    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    ifreq::ctl_socket().map_err(|e| OpenError::new(format!("{what}: control socket"), e))
 }
 
 /// Sets `IFF_UP` on `ifname`, using the namespace of socket `fd`.
 pub(crate) fn set_link_up_on(fd: BorrowedFd<'_>, ifname: &str) -> Result<(), OpenError> {
     validate_ifname(ifname)?;
     let what = || format!("bringing up {ifname}");
-    let mut ifr = ifreq_for(ifname);
-    ifreq_ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr).map_err(|e| OpenError::new(what(), e))?;
-    // SAFETY: SIOCGIFFLAGS filled the `ifru_flags` member of the union.
-    let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+    let mut ifr = IfReq::new(ifname);
+    ifr.ioctl(fd, IfReqOp::GetFlags)
+        .map_err(|e| OpenError::new(what(), e))?;
+    let flags = ifr.flags();
     if flags & libc::IFF_UP as libc::c_short != 0 {
         return Ok(());
     }
-    ifr.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-    ifreq_ioctl(fd, libc::SIOCSIFFLAGS, &mut ifr).map_err(|e| OpenError::new(what(), e))
+    ifr.set_flags(flags | libc::IFF_UP as libc::c_short);
+    ifr.ioctl(fd, IfReqOp::SetFlags)
+        .map_err(|e| OpenError::new(what(), e))
 }
 
 /// Sets the MTU of `ifname`, using the namespace of socket `fd`.
@@ -123,40 +87,38 @@ pub(crate) fn set_mtu_on(fd: BorrowedFd<'_>, ifname: &str, mtu: u32) -> Result<(
             io::Error::new(io::ErrorKind::InvalidInput, "MTU out of range"),
         )
     })?;
-    let mut ifr = ifreq_for(ifname);
-    ifr.ifr_ifru.ifru_mtu = mtu;
-    ifreq_ioctl(fd, libc::SIOCSIFMTU, &mut ifr).map_err(|e| OpenError::new(what, e))
+    let mut ifr = IfReq::new(ifname);
+    ifr.set_mtu(mtu);
+    ifr.ioctl(fd, IfReqOp::SetMtu)
+        .map_err(|e| OpenError::new(what, e))
 }
 
 /// The MTU of `ifname`, using the namespace of socket `fd`.
 pub(crate) fn mtu_on(fd: BorrowedFd<'_>, ifname: &str) -> Result<u32, OpenError> {
     validate_ifname(ifname)?;
-    let mut ifr = ifreq_for(ifname);
-    ifreq_ioctl(fd, libc::SIOCGIFMTU, &mut ifr)
+    let mut ifr = IfReq::new(ifname);
+    ifr.ioctl(fd, IfReqOp::GetMtu)
         .map_err(|e| OpenError::new(format!("reading MTU of {ifname}"), e))?;
-    // SAFETY: SIOCGIFMTU filled the `ifru_mtu` member of the union.
-    let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
-    Ok(u32::try_from(mtu).unwrap_or(0))
+    Ok(u32::try_from(ifr.mtu()).unwrap_or(0))
 }
 
 /// The index of `ifname`, using the namespace of socket `fd`.
 pub(crate) fn if_index_on(fd: BorrowedFd<'_>, ifname: &str) -> Result<u32, OpenError> {
     validate_ifname(ifname)?;
-    let mut ifr = ifreq_for(ifname);
-    ifreq_ioctl(fd, libc::SIOCGIFINDEX, &mut ifr)
+    let mut ifr = IfReq::new(ifname);
+    ifr.ioctl(fd, IfReqOp::GetIndex)
         .map_err(|e| OpenError::new(format!("looking up interface {ifname}"), e))?;
-    // SAFETY: SIOCGIFINDEX filled the `ifru_ifindex` member of the union.
-    let idx = unsafe { ifr.ifr_ifru.ifru_ifindex };
-    Ok(u32::try_from(idx).unwrap_or(0))
+    Ok(u32::try_from(ifr.index()).unwrap_or(0))
 }
 
 /// The name of interface `ifindex` in the namespace of socket `fd` (`ENODEV` if there is none).
 pub(crate) fn if_name_on(fd: BorrowedFd<'_>, ifindex: u32) -> io::Result<String> {
-    let mut ifr = ifreq_for("");
-    ifr.ifr_ifru.ifru_ifindex =
-        libc::c_int::try_from(ifindex).map_err(|_| io::Error::from_raw_os_error(libc::ENODEV))?;
-    ifreq_ioctl(fd, libc::SIOCGIFNAME, &mut ifr)?;
-    Ok(ifreq_name(&ifr))
+    let mut ifr = IfReq::new("");
+    ifr.set_index(
+        libc::c_int::try_from(ifindex).map_err(|_| io::Error::from_raw_os_error(libc::ENODEV))?,
+    );
+    ifr.ioctl(fd, IfReqOp::GetName)?;
+    Ok(ifr.name())
 }
 
 /// Brings `ifname` up (sets `IFF_UP`) in the calling thread's network namespace. A no-op if it
@@ -184,22 +146,18 @@ pub fn hw_addr(ifname: &str) -> Result<Mac, OpenError> {
     validate_ifname(ifname)?;
     let what = || format!("reading the MAC of {ifname}");
     let s = ctl_socket(&what())?;
-    let mut ifr = ifreq_for(ifname);
-    ifreq_ioctl(s.as_fd(), libc::SIOCGIFHWADDR, &mut ifr).map_err(|e| OpenError::new(what(), e))?;
-    // SAFETY: SIOCGIFHWADDR filled the `ifru_hwaddr` member of the union.
-    let sa = unsafe { ifr.ifr_ifru.ifru_hwaddr };
-    if sa.sa_family != libc::ARPHRD_ETHER {
+    let mut ifr = IfReq::new(ifname);
+    ifr.ioctl(s.as_fd(), IfReqOp::GetHwAddr)
+        .map_err(|e| OpenError::new(what(), e))?;
+    let (family, mac) = ifr.hw_addr();
+    if family != libc::ARPHRD_ETHER {
         return Err(OpenError::new(
             what(),
             io::Error::new(
                 io::ErrorKind::Unsupported,
-                format!("not an Ethernet interface (type {})", sa.sa_family),
+                format!("not an Ethernet interface (type {family})"),
             ),
         ));
-    }
-    let mut mac = [0u8; 6];
-    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
-        *d = *s as u8;
     }
     Ok(Mac(mac))
 }
@@ -264,12 +222,9 @@ pub(crate) fn run_in_netns_fd<T: Send + 'static>(
     let handle = std::thread::Builder::new()
         .name("usernet-netns".into())
         .spawn(move || {
-            // SAFETY: `ns` is an open namespace descriptor; setns only changes the calling
-            // (helper) thread's network namespace.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc < 0 {
-                return Err(OpenError::last_os(format!("entering netns {thread_label}")));
-            }
+            // setns only changes the calling (helper) thread's network namespace.
+            ns::enter_net(ns.as_fd())
+                .map_err(|e| OpenError::new(format!("entering netns {thread_label}"), e))?;
             drop(ns);
             f()
         })

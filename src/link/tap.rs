@@ -41,15 +41,16 @@
 //! [`FrameMeta`]: crate::frame::FrameMeta
 
 use std::collections::VecDeque;
-use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use super::ifconfig::IfConfig;
-use super::netns::{self, ifreq_for, ifreq_name, validate_ifname};
+use super::netns::{self, validate_ifname};
 use super::{Link, LinkCaps, LinkError, OpenError, RecvStats, SendStats, classify};
 use crate::frame::{Frame, FramePool, VNET_HDR_LEN, VnetHdr};
+use crate::sys::ifreq::{IfReq, IfReqOp};
+use crate::sys::tun;
 
 /// Ethernet header plus one 802.1Q tag: what a frame adds to the interface MTU.
 const L2_OVERHEAD: usize = 14 + 4;
@@ -100,20 +101,6 @@ pub struct TapLink {
     spare: Option<Frame>,
 }
 
-/// `ioctl(fd, req, arg)`, mapping -1 to the OS error.
-///
-/// # Safety
-/// `arg` must be what `req` expects (a valid pointer to the right type, or an integer).
-unsafe fn ioctl<T>(fd: RawFd, req: libc::c_ulong, arg: T) -> io::Result<libc::c_int> {
-    // SAFETY: guaranteed by the caller.
-    let rc = unsafe { libc::ioctl(fd, req as _, arg) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
 impl TapLink {
     /// Creates the TAP interface `name` in the calling thread's network namespace, or attaches
     /// to an existing persistent TAP of that name, then applies `opts` (MTU, up).
@@ -123,27 +110,10 @@ impl TapLink {
     pub fn create(name: &str, opts: &TapOptions) -> Result<TapLink, OpenError> {
         validate_ifname(name)?;
         let what = || format!("creating TAP {name}");
-        const TUN_PATH: &CStr = c"/dev/net/tun";
-        // SAFETY: `TUN_PATH` is a valid NUL-terminated path; the result is checked.
-        let raw = unsafe {
-            libc::open(
-                TUN_PATH.as_ptr(),
-                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(OpenError::last_os(format!(
-                "{}: opening /dev/net/tun",
-                what()
-            )));
-        }
-        // SAFETY: `raw` is a fresh descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-
-        let mut features: libc::c_uint = 0;
-        // SAFETY: TUNGETFEATURES writes one unsigned int through the pointer.
-        let have_vnet = match unsafe { ioctl(raw, libc::TUNGETFEATURES, &mut features) } {
-            Ok(_) => features & libc::IFF_VNET_HDR as libc::c_uint != 0,
+        let fd = tun::open_tun()
+            .map_err(|e| OpenError::new(format!("{}: opening /dev/net/tun", what()), e))?;
+        let have_vnet = match tun::features(fd.as_fd()) {
+            Ok(features) => features & libc::IFF_VNET_HDR as libc::c_uint != 0,
             Err(_) => false,
         };
         let vnet = opts.vnet_hdr && have_vnet;
@@ -151,19 +121,22 @@ impl TapLink {
             tracing::debug!(tap = name, "kernel lacks IFF_VNET_HDR; using plain frames");
         }
 
-        let mut ifr = ifreq_for(name);
+        let mut ifr = IfReq::new(name);
         let mut flags = libc::IFF_TAP | libc::IFF_NO_PI;
         if vnet {
             flags |= libc::IFF_VNET_HDR;
         }
-        ifr.ifr_ifru.ifru_flags = flags as libc::c_short;
-        // SAFETY: TUNSETIFF reads and writes one `struct ifreq`; `ifr` is valid and exclusive.
-        unsafe { ioctl(raw, libc::TUNSETIFF, &mut ifr as *mut libc::ifreq) }
+        ifr.set_flags(flags as libc::c_short);
+        ifr.ioctl(fd.as_fd(), IfReqOp::TunSetIff)
             .map_err(|e| OpenError::new(what(), e))?;
-        let name = ifreq_name(&ifr);
+        let name = ifr.name();
 
-        let vnet_len = if vnet { vnet_hdr_size(raw, &name)? } else { 0 };
-        let rx_gso = vnet_len > 0 && opts.offload && set_offloads(raw, &name);
+        let vnet_len = if vnet {
+            vnet_hdr_size(fd.as_fd(), &name)?
+        } else {
+            0
+        };
+        let rx_gso = vnet_len > 0 && opts.offload && set_offloads(fd.as_fd(), &name);
         if let Some(mtu) = opts.mtu {
             netns::set_mtu(&name, mtu)?;
         }
@@ -221,13 +194,11 @@ impl TapLink {
     /// one opened without `IFF_NO_PI`.
     pub fn from_fd(fd: OwnedFd) -> Result<TapLink, OpenError> {
         let raw = fd.as_raw_fd();
-        let mut ifr = ifreq_for("");
-        // SAFETY: TUNGETIFF writes one `struct ifreq`; `ifr` is valid and exclusive.
-        unsafe { ioctl(raw, libc::TUNGETIFF, &mut ifr as *mut libc::ifreq) }
+        let mut ifr = IfReq::new("");
+        ifr.ioctl(fd.as_fd(), IfReqOp::TunGetIff)
             .map_err(|e| OpenError::new(format!("adopting TAP fd {raw}"), e))?;
-        let name = ifreq_name(&ifr);
-        // SAFETY: TUNGETIFF filled the `ifru_flags` member of the union.
-        let flags = libc::c_int::from(unsafe { ifr.ifr_ifru.ifru_flags }) & 0xffff;
+        let name = ifr.name();
+        let flags = libc::c_int::from(ifr.flags()) & 0xffff;
         let refuse = |why: &str| {
             OpenError::new(
                 format!("adopting TAP fd {raw} ({name})"),
@@ -241,21 +212,15 @@ impl TapLink {
             return Err(refuse("opened without IFF_NO_PI"));
         }
         let vnet_len = if flags & libc::IFF_VNET_HDR != 0 {
-            vnet_hdr_size(raw, &name)?
+            vnet_hdr_size(fd.as_fd(), &name)?
         } else {
             0
         };
 
-        // SAFETY: F_GETFL/F_SETFL take and return plain integers.
-        let fl = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-        // SAFETY: as above.
-        if fl < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
-            return Err(OpenError::last_os(format!(
-                "setting O_NONBLOCK on TAP {name}"
-            )));
-        }
+        tun::set_nonblocking(fd.as_fd())
+            .map_err(|e| OpenError::new(format!("setting O_NONBLOCK on TAP {name}"), e))?;
 
-        let rx_gso = vnet_len > 0 && set_offloads(raw, &name);
+        let rx_gso = vnet_len > 0 && set_offloads(fd.as_fd(), &name);
         let mtu = adopted_mtu(&fd, &name).unwrap_or(DEFAULT_MTU);
         tracing::debug!(tap = %name, vnet_len, mtu, rx_gso, "TAP adopted");
         Ok(TapLink::assemble(fd, name, vnet_len, mtu, rx_gso))
@@ -315,13 +280,12 @@ impl TapLink {
     }
 }
 
-/// Asks the kernel for checksum, TSO and USO offloads on TAP fd `raw` (USO only exists since
+/// Asks the kernel for checksum, TSO and USO offloads on TAP fd `fd` (USO only exists since
 /// Linux 6.2, so it is dropped if refused). Returns false if no offload could be enabled.
-fn set_offloads(raw: RawFd, name: &str) -> bool {
+fn set_offloads(fd: BorrowedFd<'_>, name: &str) -> bool {
     let base = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
     for flags in [base | libc::TUN_F_USO4 | libc::TUN_F_USO6, base] {
-        // SAFETY: TUNSETOFFLOAD takes its flags as the integer argument.
-        if unsafe { ioctl(raw, libc::TUNSETOFFLOAD, flags as libc::c_ulong) }.is_ok() {
+        if tun::set_offload(fd, flags).is_ok() {
             return true;
         }
     }
@@ -329,18 +293,15 @@ fn set_offloads(raw: RawFd, name: &str) -> bool {
     false
 }
 
-/// The virtio-net header size of TAP fd `raw`; 10 or 12, otherwise reset to 10.
-fn vnet_hdr_size(raw: RawFd, name: &str) -> Result<usize, OpenError> {
-    let mut sz: libc::c_int = 0;
-    // SAFETY: TUNGETVNETHDRSZ writes one int through the pointer.
-    match unsafe { ioctl(raw, libc::TUNGETVNETHDRSZ, &mut sz) } {
-        Ok(_) if sz == VNET_HDR_LEN as libc::c_int || sz == VNET_HDR_MRG_LEN as libc::c_int => {
+/// The virtio-net header size of TAP fd `fd`; 10 or 12, otherwise reset to 10.
+fn vnet_hdr_size(fd: BorrowedFd<'_>, name: &str) -> Result<usize, OpenError> {
+    match tun::vnet_hdr_size(fd) {
+        Ok(sz) if sz == VNET_HDR_LEN as libc::c_int || sz == VNET_HDR_MRG_LEN as libc::c_int => {
             Ok(sz as usize)
         }
         _ => {
             let want = VNET_HDR_LEN as libc::c_int;
-            // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer.
-            unsafe { ioctl(raw, libc::TUNSETVNETHDRSZ, &want) }.map_err(|e| {
+            tun::set_vnet_hdr_size(fd, want).map_err(|e| {
                 OpenError::new(format!("setting virtio-net header size on TAP {name}"), e)
             })?;
             Ok(VNET_HDR_LEN)
@@ -351,11 +312,8 @@ fn vnet_hdr_size(raw: RawFd, name: &str) -> Result<usize, OpenError> {
 /// The MTU of an adopted TAP, read in the TAP's own namespace (found with `SIOCGSKNS`), which
 /// may not be ours; falls back to our namespace.
 fn adopted_mtu(fd: &OwnedFd, name: &str) -> Option<u32> {
-    // SAFETY: SIOCGSKNS takes no argument and returns a new namespace fd (or -1).
-    match unsafe { ioctl(fd.as_raw_fd(), libc::SIOCGSKNS, 0usize) } {
+    match tun::socket_netns(fd.as_fd()) {
         Ok(ns) => {
-            // SAFETY: `ns` is a fresh descriptor owned by nobody else.
-            let ns = unsafe { OwnedFd::from_raw_fd(ns) };
             let name = name.to_string();
             netns::run_in_netns_fd(ns, "of adopted TAP".into(), move || netns::mtu(&name)).ok()
         }

@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -22,12 +22,11 @@ use super::OpenError;
 use super::ifconfig::IfConfig;
 use super::netns::if_index;
 use super::rtnl::Rtnl;
-use super::scm::{recv_with_fds, send_with_fd};
 use super::tap::{TapLink, TapOptions};
+use crate::sys::ns;
+use crate::sys::process::{self, Fork};
+use crate::sys::scm::{recv_with_fds, send_with_fd, seqpacket_pair};
 use crate::wire::Mac;
-
-/// `NS_GET_USERNS` (`_IO(0xb7, 0x1)`): the user namespace that owns a namespace.
-const NS_GET_USERNS: libc::c_ulong = 0xb701;
 
 /// A network namespace and the user namespace to join before it.
 #[derive(Debug)]
@@ -56,17 +55,12 @@ impl NsTarget {
             Some(p) => File::open(p)
                 .map_err(|e| OpenError::new(format!("opening userns {}", p.display()), e))?
                 .into(),
-            None => {
-                // SAFETY: NS_GET_USERNS takes no argument and returns a new descriptor or -1.
-                let fd = unsafe { libc::ioctl(net.as_raw_fd(), NS_GET_USERNS as _) };
-                if fd < 0 {
-                    return Err(OpenError::last_os(format!(
-                        "finding the user namespace that owns netns {label} (NS_GET_USERNS)"
-                    )));
-                }
-                // SAFETY: a fresh descriptor owned by nobody else.
-                unsafe { OwnedFd::from_raw_fd(fd) }
-            }
+            None => ns::owner_userns(net.as_fd()).map_err(|e| {
+                OpenError::new(
+                    format!("finding the user namespace that owns netns {label} (NS_GET_USERNS)"),
+                    e,
+                )
+            })?,
         };
         let own = std::fs::metadata("/proc/self/ns/user").map(|m| (m.dev(), m.ino()));
         let theirs =
@@ -129,47 +123,29 @@ impl NsTarget {
         f: impl FnOnce() -> io::Result<Option<OwnedFd>>,
     ) -> Result<Option<OwnedFd>, OpenError> {
         let err = |e: io::Error| OpenError::new(what.to_string(), e);
-        let mut sv = [0 as RawFd; 2];
-        // SAFETY: socketpair fills two descriptors into a valid array.
-        if unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                0,
-                sv.as_mut_ptr(),
-            )
-        } < 0
-        {
-            return Err(err(io::Error::last_os_error()));
-        }
-        // SAFETY: both descriptors are fresh and owned here.
-        let (parent, child) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
-        // SAFETY: the child only runs `helper` below and _exits; it never returns here.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(err(io::Error::last_os_error()));
-        }
-        if pid == 0 {
-            drop(parent);
-            let r = self.helper(f);
-            let sent = match &r {
-                Ok(Some(fd)) => send_with_fd(child.as_fd(), b"T", Some(fd.as_fd())),
-                Ok(None) => send_with_fd(child.as_fd(), b"K", None),
-                Err(e) => {
-                    let msg = format!("E{}:{e}", e.raw_os_error().unwrap_or(0));
-                    send_with_fd(child.as_fd(), msg.as_bytes(), None)
-                }
-            };
-            let code = i32::from(r.is_err() || sent.is_err());
-            // SAFETY: ends the forked helper without running the parent's destructors.
-            unsafe { libc::_exit(code) };
-        }
+        let (parent, child) = seqpacket_pair().map_err(err)?;
+        // SAFETY: the child only runs `helper` below and _exits; it never returns here. (The
+        // multi-threaded caveat is the module's: see its docs.)
+        let pid = match unsafe { process::fork() }.map_err(err)? {
+            Fork::Child => {
+                drop(parent);
+                let r = self.helper(f);
+                let sent = match &r {
+                    Ok(Some(fd)) => send_with_fd(child.as_fd(), b"T", Some(fd.as_fd())),
+                    Ok(None) => send_with_fd(child.as_fd(), b"K", None),
+                    Err(e) => {
+                        let msg = format!("E{}:{e}", e.raw_os_error().unwrap_or(0));
+                        send_with_fd(child.as_fd(), msg.as_bytes(), None)
+                    }
+                };
+                process::exit_now(i32::from(r.is_err() || sent.is_err()));
+            }
+            Fork::Parent(pid) => pid,
+        };
         drop(child);
         let mut buf = [0u8; 2048];
         let got = recv_with_fds(parent.as_fd(), &mut buf);
-        let mut status = 0;
-        // SAFETY: reaps the helper we forked.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let status = process::reap(pid);
         let mut got = got.map_err(err)?;
         match buf.first() {
             Some(b'T') if got.len == 1 && got.fds.len() == 1 => Ok(got.fds.pop()),
@@ -195,18 +171,15 @@ impl NsTarget {
         f: impl FnOnce() -> io::Result<Option<OwnedFd>>,
     ) -> io::Result<Option<OwnedFd>> {
         if let Some(u) = &self.user {
-            // SAFETY: setns on an open namespace descriptor; the helper is single-threaded.
-            if unsafe { libc::setns(u.as_raw_fd(), libc::CLONE_NEWUSER) } < 0 {
-                let e = io::Error::last_os_error();
+            // The helper is single-threaded, as joining a user namespace requires.
+            if let Err(e) = ns::enter_user(u.as_fd()) {
                 return Err(io::Error::new(
                     e.kind(),
                     format!("joining the user namespace that owns the netns: {e}"),
                 ));
             }
         }
-        // SAFETY: setns on an open namespace descriptor.
-        if unsafe { libc::setns(self.net.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = ns::enter_net(self.net.as_fd()) {
             return Err(io::Error::new(e.kind(), format!("joining the netns: {e}")));
         }
         f()

@@ -29,6 +29,8 @@ use std::time::Duration;
 use mio::event::Source;
 use mio::net::{TcpStream, UdpSocket};
 
+use crate::sys::sock;
+
 /// Descriptors kept free of NAT for everything else (ports, control connections, DNS, logs).
 const FD_RESERVE: u64 = 256;
 /// Descriptors NAT's host sockets may use in all, process-wide (set by [`raise_nofile`]).
@@ -40,27 +42,7 @@ static NATS: AtomicUsize = AtomicUsize::new(0);
 /// three quarters of what is left after a reserve, so NAT refuses new flows (counted) well
 /// before the process would hit `EMFILE`. Returns the soft limit now in force.
 pub fn raise_nofile() -> u64 {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write/read one rlimit struct we own.
-    let soft = unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
-            1024
-        } else {
-            if r.rlim_cur < r.rlim_max {
-                let want = libc::rlimit {
-                    rlim_cur: r.rlim_max,
-                    rlim_max: r.rlim_max,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                    r.rlim_cur = r.rlim_max;
-                }
-            }
-            r.rlim_cur
-        }
-    };
+    let soft = crate::sys::process::raise_nofile_limit();
     let budget = soft.saturating_sub(FD_RESERVE).saturating_mul(3) / 4;
     FD_BUDGET.store(
         usize::try_from(budget).unwrap_or(usize::MAX).max(64),
@@ -223,69 +205,13 @@ impl HostSockets for OsSockets {
 
 /// Opens a non-blocking ping socket for the family of `host`.
 fn ping_socket(host: IpAddr) -> io::Result<UdpSocket> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    let (domain, proto) = match host {
-        IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
-        IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
-    };
-    // SAFETY: socket() takes no pointers; the result is checked before use.
-    let fd = unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            proto,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a freshly created socket that nothing else owns.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let owned = sock::ping_socket(host.is_ipv6())?;
     // A ping socket is a datagram socket: std's UdpSocket send_to/recv_from are plain
     // sendto/recvfrom on it.
     Ok(UdpSocket::from_std(std::net::UdpSocket::from(owned)))
 }
 
 /// Binds `sock` to `addr`.
-fn bind_socket(sock: &UdpSocket, addr: SocketAddr) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: zeroed sockaddr_storage is a valid (unspecified) value for all its fields.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            let sin = unsafe {
-                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
-            };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            let sin6 = unsafe {
-                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-            };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            sin6.sin6_scope_id = a.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    let len =
-        libc::socklen_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `ss` is an initialised socket address of `len` bytes; the fd is owned by `sock`.
-    let rc = unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr>(),
-            len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+fn bind_socket(s: &UdpSocket, addr: SocketAddr) -> io::Result<()> {
+    sock::bind(s, addr)
 }

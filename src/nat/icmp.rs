@@ -213,8 +213,7 @@ impl IcmpNat {
                         "ICMP echo from guests is dropped: ping sockets are forbidden for this \
                          process's group; allow them with `sysctl -w \
                          net.ipv4.ping_group_range=\"0 2147483647\"` (or a range holding gid {})",
-                        // SAFETY: getegid() cannot fail and takes no arguments.
-                        unsafe { libc::getegid() }
+                        crate::sys::process::egid()
                     );
                 }
                 NatCounters::inc(&self.counters.ping_forbidden);
@@ -370,8 +369,7 @@ mod tests {
     impl PingRange {
         /// `None` (with a message) when not root or the sysctl cannot be written.
         fn set(value: &str) -> Option<PingRange> {
-            // SAFETY: geteuid() cannot fail and takes no arguments.
-            if unsafe { libc::geteuid() } != 0 {
+            if !crate::sys::process::is_root() {
                 eprintln!("skipping: needs root to set net.ipv4.ping_group_range");
                 return None;
             }

@@ -36,7 +36,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +46,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::sys::pipe::{self, splice_once};
+use crate::sys::sock;
 
 /// The relay's waker; connection tokens are `id << 1 | side`.
 const WAKE: Token = Token(usize::MAX);
@@ -194,47 +197,6 @@ impl Drop for Splicer {
     }
 }
 
-/// A pipe: (read end, write end).
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two descriptors into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both are fresh descriptors owned by nobody else.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // A larger pipe moves more per call; refusal (pipe-max-size) keeps the default.
-    // SAFETY: F_SETPIPE_SZ takes an integer.
-    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
-    Ok((r, w))
-}
-
-/// `splice(from -> to)` of up to `len` bytes, non-blocking. `Ok(None)` means would block.
-fn splice_once(from: RawFd, to: RawFd, len: usize) -> io::Result<Option<usize>> {
-    loop {
-        // SAFETY: no offsets (both ends are pipes or sockets); plain descriptors.
-        let n = unsafe {
-            libc::splice(
-                from,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-            )
-        };
-        if n >= 0 {
-            return Ok(Some(n as usize));
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EAGAIN) => return Ok(None),
-            _ => return Err(e),
-        }
-    }
-}
-
 /// One direction of a relayed connection.
 struct Dir {
     pipe_r: OwnedFd,
@@ -247,13 +209,13 @@ struct Dir {
 
 impl Dir {
     fn new() -> io::Result<Dir> {
-        let (pipe_r, pipe_w) = pipe()?;
-        // SAFETY: F_GETPIPE_SZ takes no argument.
-        let cap = unsafe { libc::fcntl(pipe_w.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        // A larger pipe moves more per call; refusal (pipe-max-size) keeps the default.
+        let (pipe_r, pipe_w) = pipe::pipe(PIPE_SIZE)?;
+        let cap = pipe::pipe_size(&pipe_w).unwrap_or(0);
         Ok(Dir {
             pipe_r,
             pipe_w,
-            pipe_cap: if cap > 0 { cap as usize } else { 65536 },
+            pipe_cap: if cap > 0 { cap } else { 65536 },
             in_pipe: 0,
             eof: false,
             shut: false,
@@ -267,7 +229,7 @@ impl Dir {
             let mut progress = false;
             if !self.eof && self.in_pipe < self.pipe_cap {
                 let room = self.pipe_cap - self.in_pipe;
-                match splice_once(from.as_raw_fd(), self.pipe_w.as_raw_fd(), room)? {
+                match splice_once(from, &self.pipe_w, room)? {
                     Some(0) => self.eof = true,
                     Some(n) => {
                         self.in_pipe += n;
@@ -277,7 +239,7 @@ impl Dir {
                 }
             }
             if self.in_pipe > 0
-                && let Some(n) = splice_once(self.pipe_r.as_raw_fd(), to.as_raw_fd(), self.in_pipe)?
+                && let Some(n) = splice_once(&self.pipe_r, to, self.in_pipe)?
             {
                 self.in_pipe -= n;
                 moved += n as u64;
@@ -326,20 +288,7 @@ struct Relay {
 
 /// Resets a TCP connection on close (SO_LINGER 0) so the peer sees the failure.
 fn reset(s: &TcpStream) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: passes a valid `linger` of the size given.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = sock::set_linger_zero(s);
 }
 
 /// A non-blocking TCP socket created inside the namespace at `netns`, connecting to `guest`.
@@ -579,8 +528,7 @@ mod tests {
 
     /// Entering a namespace (even our own) takes CAP_SYS_ADMIN.
     fn can_setns() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = crate::sys::process::is_root();
         if !root {
             eprintln!("SKIP: splice tests need root (setns)");
         }

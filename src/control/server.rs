@@ -21,8 +21,8 @@
 //! bound.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::fd::AsFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,29 +70,7 @@ pub fn default_socket_path() -> Result<PathBuf> {
     ))
 }
 
-/// Binds a listening UNIX stream socket at `path` that is mode 0600 from its creation (see the
-/// module docs): the socket inode is `fchmod`ed before `bind`, and the file's mode is checked
-/// after it (a kernel that ignored the inode's mode fails here, closed, rather than serving a
-/// wider socket). Does not remove an existing file.
-pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
-    let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
-    // SAFETY: fchmod on a descriptor we own.
-    if unsafe { libc::fchmod(sock.as_raw_fd(), 0o600) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    sock.bind(&socket2::SockAddr::unix(path)?)?;
-    let mode = std::fs::symlink_metadata(path).map(|m| m.mode() & 0o7777);
-    if !matches!(mode, Ok(m) if m & 0o077 == 0) {
-        let _ = std::fs::remove_file(path);
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("the socket was not created private (mode {mode:?}, wanted 0600)"),
-        ));
-    }
-    sock.listen(128)?;
-    // SAFETY: the descriptor is a listening UNIX stream socket we own; ownership moves.
-    Ok(unsafe { UnixListener::from_raw_fd(sock.into_raw_fd()) })
-}
+pub use crate::sys::sock::bind_private;
 
 /// A running control server; dropping it removes the socket file.
 #[derive(Debug)]

@@ -274,7 +274,7 @@ impl VhostUserNet {
         what: &str,
     ) -> Result<(VhostUserNet, VhostUserLink), OpenError> {
         let err = |w: &str, e| OpenError::new(format!("{w} {}", path.display()), e);
-        let listener = crate::control::server::bind_private(path)
+        let listener = crate::sys::sock::bind_private(path)
             .map_err(|e| err("binding vhost-user socket", e))?;
         listener
             .set_nonblocking(true)
@@ -422,7 +422,7 @@ impl Service {
             std::process::id()
         ));
         let _ = std::fs::remove_file(&inner);
-        let l = crate::control::server::bind_private(&inner)
+        let l = crate::sys::sock::bind_private(&inner)
             .map_err(|e| format!("relay socket {}: {e}", inner.display()))?;
         let back = UnixStream::connect(&inner);
         let started = daemon.start(&mut Listener::from(l));

@@ -2,7 +2,10 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::time::Duration;
 
 use rustix::net::{AddressFamily, SocketFlags, SocketType, ipproto};
@@ -36,4 +39,28 @@ pub(crate) fn set_linger_zero(sock: impl AsFd) -> io::Result<()> {
         sock,
         Some(Duration::ZERO),
     )?)
+}
+
+/// Binds a listening UNIX stream socket at `path` that is mode 0600 from its creation (see
+/// `control::server`'s module docs): the socket inode is `fchmod`ed before `bind`, and the file's mode is checked
+/// after it (a kernel that ignored the inode's mode fails here, closed, rather than serving a
+/// wider socket). Does not remove an existing file.
+pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    // SAFETY: fchmod on a descriptor we own.
+    if unsafe { libc::fchmod(sock.as_raw_fd(), 0o600) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    sock.bind(&socket2::SockAddr::unix(path)?)?;
+    let mode = std::fs::symlink_metadata(path).map(|m| m.mode() & 0o7777);
+    if !matches!(mode, Ok(m) if m & 0o077 == 0) {
+        let _ = std::fs::remove_file(path);
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("the socket was not created private (mode {mode:?}, wanted 0600)"),
+        ));
+    }
+    sock.listen(128)?;
+    // SAFETY: the descriptor is a listening UNIX stream socket we own; ownership moves.
+    Ok(unsafe { UnixListener::from_raw_fd(sock.into_raw_fd()) })
 }

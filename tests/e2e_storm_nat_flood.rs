@@ -15,28 +15,41 @@ use common::storm::*;
 use common::{Netns, require_root};
 use usernet::link::netns::run_in_netns;
 
-#[test]
-fn syn_and_udp_flood_keep_existing_connections() {
-    if !require_root("syn_and_udp_flood_keep_existing_connections") {
-        return;
-    }
-    let a = Netns::new("na");
-    let b = Netns::new("nb");
-    let mut u = Usernet::start(&format!(
+/// Two guests `a` (10.N.0.5) and `b` (10.N.0.6) on a NAT network 10.N.0.0/24 with the given
+/// flow limits, both answering pings to the gateway.
+fn nat_pair(
+    names: (&str, &str),
+    n: u8,
+    max_flows: usize,
+    per_guest: usize,
+) -> (Netns, Netns, Usernet) {
+    let a = Netns::new(names.0);
+    let b = Netns::new(names.1);
+    let u = Usernet::start(&format!(
         "{}{}{}",
         network(
             "n",
             &format!(
-                "subnet = \"10.83.0.0/24\"\nipv6 = \"off\"\ndns_upstreams = [\"{NO_UPSTREAM}\"]\nmax_flows = 256\nmax_flows_per_guest = 128"
+                "subnet = \"10.{n}.0.0/24\"\nipv6 = \"off\"\ndns_upstreams = [\"{NO_UPSTREAM}\"]\nmax_flows = {max_flows}\nmax_flows_per_guest = {per_guest}"
             )
         ),
         netns_port("n", "a", &a),
         netns_port("n", "b", &b)
     ));
-    guest(&a, "10.83.0.5/24", Some("10.83.0.1"));
-    guest(&b, "10.83.0.6/24", Some("10.83.0.1"));
-    assert!(ping_ok(&a, "10.83.0.1"), "a -> gateway\n{}", u.log());
-    assert!(ping_ok(&b, "10.83.0.1"), "b -> gateway");
+    let gw = format!("10.{n}.0.1");
+    guest(&a, &format!("10.{n}.0.5/24"), Some(&gw));
+    guest(&b, &format!("10.{n}.0.6/24"), Some(&gw));
+    assert!(ping_ok(&a, &gw), "a -> gateway\n{}", u.log());
+    assert!(ping_ok(&b, &gw), "b -> gateway");
+    (a, b, u)
+}
+
+#[test]
+fn syn_and_udp_flood_keep_existing_connections() {
+    if !require_root("syn_and_udp_flood_keep_existing_connections") {
+        return;
+    }
+    let (a, b, mut u) = nat_pair(("na", "nb"), 83, 256, 128);
 
     let echo = Echo::start();
     let sink = Sink::start();
@@ -330,23 +343,7 @@ fn per_guest_limit_spans_protocols() {
     if !require_root("per_guest_limit_spans_protocols") {
         return;
     }
-    let a = Netns::new("pa");
-    let b = Netns::new("pb");
-    let mut u = Usernet::start(&format!(
-        "{}{}{}",
-        network(
-            "n",
-            &format!(
-                "subnet = \"10.86.0.0/24\"\nipv6 = \"off\"\ndns_upstreams = [\"{NO_UPSTREAM}\"]\nmax_flows = 64\nmax_flows_per_guest = 32"
-            )
-        ),
-        netns_port("n", "a", &a),
-        netns_port("n", "b", &b)
-    ));
-    guest(&a, "10.86.0.5/24", Some("10.86.0.1"));
-    guest(&b, "10.86.0.6/24", Some("10.86.0.1"));
-    assert!(ping_ok(&a, "10.86.0.1"), "a -> gateway\n{}", u.log());
-    assert!(ping_ok(&b, "10.86.0.1"), "b -> gateway");
+    let (a, b, mut u) = nat_pair(("pa", "pb"), 86, 64, 32);
     let echo = Echo::start();
     let sink = Sink::start();
     let udp_sinks: Vec<UdpSocket> = (0..40)

@@ -12,10 +12,12 @@ COLORS = {"usernet": "#d62728", "usernet-bp": "#e377c2", "usernet-ps": "#bcbd22"
           "veth": "#c7c7c7", "bridge": "#7f7f7f", "ovs": "#1f77b4",
           "ovs-tso": "#17becf", "vde": "#9467bd", "slirp4netns": "#ff7f0e",
           "pasta tap": "#2ca02c", "pasta splice": "#98df8a", "usernet 1 loop": "#ff9896",
-          "usernet 2 loops": "#e377c2", "usernet 4 loops": "#7b4173"}
+          "usernet 2 loops": "#e377c2", "usernet 4 loops": "#7b4173",
+          "kernel vxlan": "#393b79"}
 SERIES_LABELS = dict(L2_LABELS, **{"usernet splice": "usernet (splice = true)",
                                    "slirp4netns": "slirp4netns", "pasta tap": "pasta (tap)",
-                                   "pasta splice": "pasta (splice)"})
+                                   "pasta splice": "pasta (splice)",
+                                   "kernel vxlan": "Linux vxlan + bridge"})
 MB = 1e6  # the memory goal is in MB (10^6 bytes)
 
 
@@ -176,6 +178,25 @@ def scale_table(results, args, notes):
     return out
 
 
+def overlay_table(results, args, notes):
+    """Rows: the kernel's vxlan + bridge, then usernet's VXLAN ports (same topology, same run)."""
+    out = ["| system | TCP Gbit/s | ×kernel | CPU s/Gbit | machine CPU s/Gbit "
+           "| ping median µs | +µs vs kernel | status |",
+           "|---|---:|---:|---:|---:|---:|---:|---|"]
+    base = next((r for r in results if r["system"] == "kernel"), {})
+    b_tcp, b_rtt = get(base, "tcp", "gbps"), get(base, "ping", "median_us")
+    for r in results:
+        status = _status(r, notes, f"overlay {r['label']}")
+        tcp, rtt = get(r, "tcp", "gbps"), get(r, "ping", "median_us")
+        out.append("| " + " | ".join([
+            r["label"],
+            _span(tcp, get(r, "tcp", "gbps_min"), get(r, "tcp", "gbps_max"), args.reps) or "–",
+            fmt(ratio(tcp, b_tcp), ".2f"), fmt(get(r, "tcp", "cpu_s_per_gbit"), ".3f"),
+            fmt(get(r, "tcp", "machine_cpu_s_per_gbit"), ".3f"), fmt(rtt, ".0f"),
+            fmt(None if rtt is None or b_rtt is None else rtt - b_rtt, "+.0f"), status]) + " |")
+    return out
+
+
 def _drop_note(notes, what, r):
     """A note with usernet's drop counters over case `r`, if any counted."""
     drops = usernet_drops(r.get("usernet_stats"))
@@ -257,6 +278,13 @@ def goals(results):
             out.append((name,
                         f"{rx(x)} ({fmt(u, '.2f')} vs {fmt(p, '.2f')} Gbit/s)",
                         verdict(None if x is None else x >= 1.0) if goal else "–"))
+    ov = {r["system"]: r for r in results if r.get("suite") == "overlay"}
+    if ov:
+        u, k = get(ov.get("usernet"), "tcp", "gbps"), get(ov.get("kernel"), "tcp", "gbps")
+        x = ratio(u, k)
+        out.append(("overlay TCP (VXLAN, inner MTU 1500): ≥ 0.8× the kernel's vxlan + bridge",
+                    f"{rx(x)} ({fmt(u, '.2f')} vs {fmt(k, '.2f')} Gbit/s)",
+                    verdict(None if x is None else x >= 0.8)))
     m = next((r for r in results if r.get("suite") == "mem" and r["system"] == "usernet"
               and r["namespaces"] == 20), None)
     if m is not None:
@@ -338,6 +366,11 @@ def markdown(doc, chart_name=None):
               f"{scaler[0]['mtu']}; one Linux bridge per pair, or one usernet process with one "
               f"network per pair and L event loops; {cpus} CPUs)", ""]
         L += scale_table(scaler, A, notes)
+    ovr = [r for r in results if r.get("suite") == "overlay"]
+    if ovr:
+        L += ["", "**Overlay: two hosts' guests over VXLAN** (namespaces as hosts joined by a "
+              f"veth underlay; iperf3 TCP guest A→guest B, inner MTU {ovr[0]['mtu']})", ""]
+        L += overlay_table(ovr, A, notes)
     if chart_name:
         L += ["", f"![throughput chart]({chart_name})"]
     legend = []
@@ -394,6 +427,12 @@ def chart_groups(results):
                     bars.append((label, x, None if x is not None else "failed",
                                  (get(v, t, "gbps_min"), get(v, t, "gbps_max"))))
             groups.append((f"NAT {t}, MTU {mtu}", bars))
+    ov = [r for r in results if r.get("suite") == "overlay"]
+    if ov:
+        groups.append((f"overlay TCP, inner MTU {ov[0]['mtu']}", [
+            ("kernel vxlan" if r["system"] == "kernel" else "usernet", get(r, "tcp", "gbps"),
+             None if get(r, "tcp", "gbps") is not None else (r.get("error") or "failed"),
+             (get(r, "tcp", "gbps_min"), get(r, "tcp", "gbps_max"))) for r in ov]))
     scale = [r for r in results if r.get("suite") == "scale"]
     for pairs in sorted({r["pairs"] for r in scale}):
         bars = []

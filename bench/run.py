@@ -8,6 +8,8 @@ Suites (all by default; --suites picks):
   nat  NAT egress (namespace -> host loopback) and port forward (host -> namespace), MTU 1500
        and 65520 (bench/nat.py)
   mem  resident memory of each system serving 1 and 20 namespaces (bench/mem.py)
+  overlay  two hosts' guests over VXLAN: usernet next to the kernel's vxlan + bridge, TCP,
+       CPU seconds per Gbit, ping (bench/overlay.py)
   scale  1, 2, 4 isolated namespace pairs with a TCP flow each, through usernet with 1 and 2
        event loops and through the Linux bridge (bench/scale.py)
 
@@ -35,10 +37,11 @@ from common import HERE, PREFIX, REPO, RES, CaseFailed, Interrupted, log, run  #
 import l2  # noqa: E402
 import mem  # noqa: E402
 import nat  # noqa: E402
+import overlay  # noqa: E402
 import report  # noqa: E402
 import scale  # noqa: E402
 
-SUITES = ("l2", "nat", "mem", "scale")
+SUITES = ("l2", "nat", "mem", "scale", "overlay")
 
 
 def ints(s):
@@ -56,7 +59,8 @@ def names(s, allowed, ap, what):
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suites", default=",".join(SUITES), help="l2,nat,mem,scale (default: all)")
+    ap.add_argument("--suites", default=",".join(SUITES),
+                    help="l2,nat,mem,scale,overlay (default: all)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 1 rep x 3 s, MTU 1500 only, memory for 1 and 3 namespaces, "
                     "scaling with 1 and 4 pairs (options given explicitly still apply)")
@@ -71,6 +75,7 @@ def parse_args(argv):
     ap.add_argument("--nat-mtus", help="NAT MTUs (default 1500,65520)")
     ap.add_argument("--nat-systems", default=",".join(nat.SYSTEMS))
     ap.add_argument("--nat-tests", default=",".join(nat.TESTS))
+    ap.add_argument("--overlay-systems", default=",".join(overlay.SYSTEMS))
     ap.add_argument("--mem-systems", default=",".join(mem.SYSTEMS))
     ap.add_argument("--mem-counts", help="namespace counts (default 1,20)")
     ap.add_argument("--scale-pairs", help="scale: namespace pair counts (default 1,2,4)")
@@ -108,6 +113,7 @@ def parse_args(argv):
     a.l2_systems = names(a.l2_systems, l2.SYSTEMS, ap, "l2-systems")
     a.nat_systems = names(a.nat_systems, nat.SYSTEMS, ap, "nat-systems")
     a.nat_tests = [t for t in nat.TESTS if t in names(a.nat_tests, nat.TESTS, ap, "nat-tests")]
+    a.overlay_systems = names(a.overlay_systems, overlay.SYSTEMS, ap, "overlay-systems")
     a.mem_systems = names(a.mem_systems, mem.SYSTEMS, ap, "mem-systems")
     for m in a.mtus + a.nat_mtus:
         if not 576 <= m <= 65520:
@@ -215,7 +221,8 @@ def main(argv=None):
         log(f"prefix {PREFIX}; suites {args.suites}; {args.reps} rep(s) x {args.time} s; "
             f"writing {args.name}.*")
         for suite in args.suites:
-            results += {"l2": l2, "nat": nat, "mem": mem, "scale": scale}[suite].run_suite(ctx)
+            results += {"l2": l2, "nat": nat, "mem": mem, "scale": scale,
+                        "overlay": overlay}[suite].run_suite(ctx)
         machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         doc = {"machine": machine,
                "params": {"command": "python3 bench/run.py" + "".join(
@@ -230,7 +237,9 @@ def main(argv=None):
                           "scale_mtu": scale.MTU,
                           "usernet_loops": args.loops, "quick": args.quick,
                           "l2_systems": args.l2_systems, "nat_systems": args.nat_systems,
-                          "mem_systems": args.mem_systems},
+                          "mem_systems": args.mem_systems,
+                          "overlay_systems": args.overlay_systems,
+                          "overlay_inner_mtu": overlay.MTU},
                "duration_s": round(time.monotonic() - t0, 1),
                "results": results}
         base = write_outputs(doc, args)

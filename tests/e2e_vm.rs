@@ -53,6 +53,25 @@ fn wait_port_gone(d: &Daemon, name: &str) {
     }
 }
 
+/// QEMU arguments for a virtio-net NIC on the netdev `backend` (`stream,...`/`dgram,...`).
+fn virtio_netdev(backend: String) -> [String; 4] {
+    [
+        "-netdev".to_string(),
+        backend,
+        "-device".to_string(),
+        "virtio-net-pci,netdev=n0".to_string(),
+    ]
+}
+
+/// A `-netdev dgram` backend between QEMU's `local` and usernet's `remote` UNIX sockets.
+fn dgram_backend(local: &Path, remote: &Path) -> String {
+    format!(
+        "dgram,id=n0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
+        local.display(),
+        remote.display()
+    )
+}
+
 /// Boots the guest with `netdev`, asserts it did every step and fetched `token`.
 fn run_guest(kit: &Kit, dir: &Path, d: &Daemon, gateway: &str, netdev: &[String]) {
     let token = format!("usernet-vm-{}", std::process::id());
@@ -85,15 +104,10 @@ fn qemu_stream_guest_dhcp_ping_and_nat_to_host_loopback() {
         &["--stream", sock.to_str().expect("utf-8"), "--name", "vm"],
     );
     assert!(sock.exists(), "stream socket not created");
-    let netdev = [
-        "-netdev".to_string(),
-        format!(
-            "stream,id=n0,server=off,addr.type=unix,addr.path={}",
-            sock.display()
-        ),
-        "-device".to_string(),
-        "virtio-net-pci,netdev=n0".to_string(),
-    ];
+    let netdev = virtio_netdev(format!(
+        "stream,id=n0,server=off,addr.type=unix,addr.path={}",
+        sock.display()
+    ));
     run_guest(&kit, dir.path(), &d, "10.91.0.1", &netdev);
     let leases = d.ctl(&["leases"]).to_string();
     assert!(leases.contains("10.91.0."), "no lease recorded: {leases}");
@@ -116,16 +130,7 @@ fn qemu_dgram_guest_dhcp_ping_and_nat_to_host_loopback() {
         &["--dgram", sock.to_str().expect("utf-8"), "--name", "vm"],
     );
     assert!(sock.exists(), "datagram socket not created");
-    let netdev = [
-        "-netdev".to_string(),
-        format!(
-            "dgram,id=n0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
-            vm_sock.display(),
-            sock.display()
-        ),
-        "-device".to_string(),
-        "virtio-net-pci,netdev=n0".to_string(),
-    ];
+    let netdev = virtio_netdev(dgram_backend(&vm_sock, &sock));
     run_guest(&kit, dir.path(), &d, "10.92.0.1", &netdev);
     let leases = d.ctl(&["leases"]).to_string();
     assert!(leases.contains("10.92.0."), "no lease recorded: {leases}");
@@ -133,16 +138,7 @@ fn qemu_dgram_guest_dhcp_ping_and_nat_to_host_loopback() {
     // path) is learned once the first one's socket is gone.
     assert!(d.port_names().iter().any(|n| n == "vm"));
     let _ = std::fs::remove_file(&vm_sock);
-    let netdev2 = [
-        "-netdev".to_string(),
-        format!(
-            "dgram,id=n0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
-            dir.path().join("qemu2.sock").display(),
-            sock.display()
-        ),
-        "-device".to_string(),
-        "virtio-net-pci,netdev=n0".to_string(),
-    ];
+    let netdev2 = virtio_netdev(dgram_backend(&dir.path().join("qemu2.sock"), &sock));
     run_guest(&kit, dir.path(), &d, "10.92.0.1", &netdev2);
 }
 
@@ -161,16 +157,7 @@ fn qemu_dgram_with_given_peer() {
         sock.display(),
         vm_sock.display()
     ));
-    let netdev = [
-        "-netdev".to_string(),
-        format!(
-            "dgram,id=n0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
-            vm_sock.display(),
-            sock.display()
-        ),
-        "-device".to_string(),
-        "virtio-net-pci,netdev=n0".to_string(),
-    ];
+    let netdev = virtio_netdev(dgram_backend(&vm_sock, &sock));
     run_guest(&kit, dir.path(), &d, "10.93.0.1", &netdev);
 }
 

@@ -259,21 +259,7 @@ fn configure() {
     let s = Slirp::new();
     let t = Target::new();
     let _slirp = s.spawn(&["-c", &t.arg(), "tap11"], &[]);
-    t.wait_device("tap11", || s.log());
-    assert!(t.exec_ok(&["ip", "-a", "netconf"]).contains("tap11"));
-    // The address may follow the device by a moment.
-    let t0 = Instant::now();
-    while !t
-        .exec_ok(&["ip", "addr", "show", "tap11"])
-        .contains("inet ")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no inet: {}",
-            s.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    t.wait_configured_device("tap11", || s.log());
 }
 
 /// tests/test-slirp4netns-dhcp.sh: without `-c`, a DHCP client in the namespace (udhcpc;
@@ -460,12 +446,7 @@ fn nspath() {
             ],
             &[],
         );
-        t.wait_device("tap11", || s.log());
-        assert!(t.exec_ok(&["ip", "-a", "netconf"]).contains("tap11"));
-        assert!(
-            !t.exec_ok(&["ip", "addr", "show", "tap11"])
-                .contains("inet ")
-        );
+        t.assert_bare_device("tap11", || s.log());
     }
     {
         let t = Target::new();
@@ -481,12 +462,7 @@ fn nspath() {
             .spawn()
             .expect("nsenter slirp4netns");
         let _slirp = common::Child(cmd);
-        t.wait_device("tap11", || s.log());
-        assert!(t.exec_ok(&["ip", "-a", "netconf"]).contains("tap11"));
-        assert!(
-            !t.exec_ok(&["ip", "addr", "show", "tap11"])
-                .contains("inet ")
-        );
+        t.assert_bare_device("tap11", || s.log());
     }
 }
 
@@ -606,12 +582,7 @@ fn sandbox() {
             "/{d} in the sandbox"
         );
     }
-    t.wait_device("tap11", || s.log());
-    assert!(t.exec_ok(&["ip", "-a", "netconf"]).contains("tap11"));
-    assert!(
-        !t.exec_ok(&["ip", "addr", "show", "tap11"])
-            .contains("inet ")
-    );
+    t.assert_bare_device("tap11", || s.log());
 }
 
 /// tests/test-slirp4netns-sandbox-no-unmount.sh: in a mount namespace where `/run` is a shared
@@ -677,20 +648,7 @@ fn seccomp() {
     let t = Target::new();
     let user = format!("--userns-path={}", t.userns().display());
     let slirp = s.spawn(&["-c", "--enable-seccomp", &user, &t.arg(), "tap11"], &[]);
-    t.wait_device("tap11", || s.log());
-    assert!(t.exec_ok(&["ip", "-a", "netconf"]).contains("tap11"));
-    let t0 = Instant::now();
-    while !t
-        .exec_ok(&["ip", "addr", "show", "tap11"])
-        .contains("inet ")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no inet: {}",
-            s.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    t.wait_configured_device("tap11", || s.log());
     // The filter is installed once setup is done (after the address): wait for it.
     let t0 = Instant::now();
     while status_field(slirp.0.id(), "Seccomp:") != "2" {

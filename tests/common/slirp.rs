@@ -269,6 +269,30 @@ impl Target {
         }
     }
 
+    /// Waits for `dev` and checks the scripts' "unconfigured" state: the device is known to
+    /// `ip -a netconf` and has no IPv4 address (slirp4netns without `-c`).
+    pub fn assert_bare_device(&self, dev: &str, log: impl Fn() -> String) {
+        self.wait_device(dev, &log);
+        assert!(self.exec_ok(&["ip", "-a", "netconf"]).contains(dev));
+        assert!(
+            !self.exec_ok(&["ip", "addr", "show", dev]).contains("inet "),
+            "{dev} has an IPv4 address: {}",
+            log()
+        );
+    }
+
+    /// Waits for `dev` and for its IPv4 address (slirp4netns `-c`; the address may follow the
+    /// device by a moment): at most 20 s for the device, 10 s more for the address.
+    pub fn wait_configured_device(&self, dev: &str, log: impl Fn() -> String) {
+        self.wait_device(dev, &log);
+        assert!(self.exec_ok(&["ip", "-a", "netconf"]).contains(dev));
+        let t0 = Instant::now();
+        while !self.exec_ok(&["ip", "addr", "show", dev]).contains("inet ") {
+            assert!(t0.elapsed() < Duration::from_secs(10), "no inet: {}", log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Runs `f` on a thread inside the target's network namespace (sockets it opens stay
     /// there).
     pub fn run<T: Send + 'static>(

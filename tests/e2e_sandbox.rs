@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::daemon::{BIN, Daemon};
-use common::{Child, Netns, require_root};
+use common::daemon::{BIN, Daemon, ctl_output};
+use common::{Child, Netns, require_root, status_field};
 use serde_json::Value;
 
 const NO_UPSTREAM: &str = "127.0.0.1:9";
@@ -32,16 +32,6 @@ fn config(subnet: &str, extra: &str) -> String {
         "[[network]]\nname = \"n\"\nsubnet = \"{subnet}\"\nipv6 = \"off\"\n\
          dns_upstreams = [\"{NO_UPSTREAM}\"]\n{extra}\n"
     )
-}
-
-/// A field of `/proc/PID/status`.
-fn status_field(pid: u32, key: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .map(|l| l[key.len()..].trim().to_string())
-        .unwrap_or_default()
 }
 
 fn signal(pid: u32, sig: i32) {
@@ -61,20 +51,6 @@ fn stop_and_continue(pid: u32) {
         signal(pid, libc::SIGCONT);
         std::thread::sleep(Duration::from_millis(300));
     }
-}
-
-/// `usernet ctl --socket SOCK --json ARGS`.
-fn ctl(sock: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("timeout")
-        .arg("20")
-        .arg(BIN)
-        .arg("ctl")
-        .arg("--socket")
-        .arg(sock)
-        .arg("--json")
-        .args(args)
-        .output()
-        .expect("usernet ctl")
 }
 
 /// One raw request line on the control socket; the parsed answer.
@@ -171,7 +147,7 @@ fn run_is_sandboxed_by_default_and_survives_sigstop_sigcont() {
             assert_eq!(status_field(pid, "CapEff:"), "0000000000000000");
             stop_and_continue(pid);
         }
-        let out = ctl(&sock, &["ports"]);
+        let out = ctl_output(&sock, &["ports"]);
         assert!(
             out.status.success() && String::from_utf8_lossy(&out.stdout).contains("guest"),
             "ctl ports ({extra:?}): {}",

@@ -25,8 +25,8 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::require_root;
 use common::slirp::{Slirp, Target, api, api_raw, pipe, wait_ready};
+use common::{free_port, require_root, status_field};
 use serde_json::{Value, json};
 
 /// `ping -c 1 -W 1 ADDR` in the target until it answers (`wait_for_ping_connectivity`: 40
@@ -57,31 +57,10 @@ fn connect_in(
         .map_err(|e| (e, t0.elapsed()))
 }
 
-/// A port free on the host right now (for forwards: upstream uses fixed ones, like 8080).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// Parses a `Cap*:` hex field of /proc/PID/status.
 fn cap_field(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .unwrap_or_else(|| panic!("no {key} in {status}"));
-    u64::from_str_radix(line[key.len()..].trim(), 16).expect("hex")
-}
-
-fn status_field(pid: u32, key: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .map(|l| l[key.len()..].trim().to_string())
-        .unwrap_or_default()
+    let v = status_field(pid, key);
+    u64::from_str_radix(&v, 16).unwrap_or_else(|_| panic!("{key} of {pid}: {v:?} is not hex"))
 }
 
 const CAP_NET_BIND_SERVICE: u32 = 10;

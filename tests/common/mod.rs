@@ -26,6 +26,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Seconds any external command may run before `timeout` kills it.
 const CMD_TIMEOUT: &str = "20";
 
+/// A field of `/proc/PID/status` (`key` with its colon, e.g. `"Seccomp:"`), trimmed; empty if
+/// the process has no such line.
+pub fn status_field(pid: u32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .map(|l| l[key.len()..].trim().to_string())
+        .unwrap_or_default()
+}
+
 /// True if the test can use root and network namespaces. Otherwise prints
 /// `SKIP {test}: ...` and returns false, or panics if `USERNET_REQUIRE_PRIV=1`.
 pub fn require_root(test: &str) -> bool {

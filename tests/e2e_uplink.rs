@@ -11,9 +11,9 @@
 //!  TCP echo server, 198.51.100.1/32   gateway = false
 //! ```
 //!
-//! The containers get their addresses from the LAN's dnsmasq (or a static one), reach the LAN
-//! host (ping and a TCP transfer, bytes checked both ways), and the LAN host sees each with its
-//! own MAC. usernet's namespace has no address on the uplink and no route at all, so the host's
+//! The containers get their addresses from the LAN's dnsmasq (DHCPv4, and router advertisements
+//! for SLAAC; or a static one), reach the LAN host (ping and a TCP transfer, bytes checked both
+//! ways), and the LAN host sees each with its own MAC. usernet's namespace has no address on the uplink and no route at all, so the host's
 //! own stack is provably not on the path. Need root; nothing leaves the namespaces.
 
 mod common;
@@ -34,6 +34,8 @@ const LAN_CIDR: &str = "192.168.77.1/24";
 const POOL: &str = "192.168.77.100,192.168.77.150,255.255.255.0,1h";
 /// An address behind the LAN host (on its loopback): reached only through the default route.
 const BEYOND: &str = "198.51.100.1";
+/// The LAN's IPv6 prefix (router advertisements from dnsmasq) and the LAN host's address in it.
+const LAN6_ADDR: &str = "fd77::1";
 
 /// A dnsmasq serving DHCP (no DNS: `--port=0`) on one interface of the LAN namespace; killed
 /// by pid on drop (the `Child` guard: `ip netns exec` execs dnsmasq, so its pid is dnsmasq's).
@@ -58,6 +60,9 @@ impl Dnsmasq {
                 &format!("--interface={ifname}"),
                 &format!("--dhcp-range={POOL}"),
                 &format!("--dhcp-option=option:router,{LAN_ADDR}"),
+                // Router advertisements for SLAAC in fd77::/64.
+                "--enable-ra",
+                "--dhcp-range=fd77::,ra-only",
                 // dnsmasq pings an address for 3 s before it offers it; the test's clients
                 // retry every second, which would make the leases slow, not different.
                 "--no-ping",
@@ -125,6 +130,14 @@ impl Lan {
         let uplink = veth.a.clone();
         common::ip(&["link", "set", &uplink, "netns", &host.name]);
         lan.ip(&["addr", "add", LAN_CIDR, "dev", "lan0"]);
+        lan.ip(&[
+            "addr",
+            "add",
+            &format!("{LAN6_ADDR}/64"),
+            "dev",
+            "lan0",
+            "nodad",
+        ]);
         lan.ip(&["addr", "add", &format!("{BEYOND}/32"), "dev", "lo"]);
         lan.ip(&["link", "set", "lo", "up"]);
         host.ip(&["link", "set", "lo", "up"]);
@@ -156,11 +169,13 @@ fn netns_port(name: &str, ns: &Netns, extra: &str) -> String {
 }
 
 /// The udhcpc hook: address and default route, nothing else (never the host's resolv.conf).
+/// It flushes IPv4 only: flushing all would take the link-local IPv6 address too, and the
+/// SLAAC address then never leaves DAD's tentative state.
 fn udhcpc_script(dir: &Path) -> String {
     let p = dir.join("udhcpc.sh");
     std::fs::write(
         &p,
-        "#!/bin/sh\ncase \"$1\" in\n  bound|renew)\n    ip addr flush dev \"$interface\"\n    ip addr add \"$ip/$mask\" dev \"$interface\"\n    [ -n \"$router\" ] && ip route replace default via \"$router\" dev \"$interface\"\n    ;;\n  deconfig)\n    ip addr flush dev \"$interface\"\n    ;;\nesac\nexit 0\n",
+        "#!/bin/sh\ncase \"$1\" in\n  bound|renew)\n    ip -4 addr flush dev \"$interface\"\n    ip addr add \"$ip/$mask\" dev \"$interface\"\n    [ -n \"$router\" ] && ip route replace default via \"$router\" dev \"$interface\"\n    ;;\n  deconfig)\n    ip -4 addr flush dev \"$interface\"\n    ;;\nesac\nexit 0\n",
     )
     .expect("write udhcpc script");
     let out = std::process::Command::new("chmod")
@@ -208,6 +223,42 @@ fn ipv4_of(ns: &Netns, ifname: &str) -> Vec<String> {
             Some(it.next()?.split('/').next()?.to_string())
         })
         .collect()
+}
+
+/// The SLAAC address a MAC gets in fd77::/64 (EUI-64).
+fn eui64(mac: &str) -> String {
+    let b: Vec<u8> = mac
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).expect("hex"))
+        .collect();
+    let w = |hi: u8, lo: u8| u16::from(hi) << 8 | u16::from(lo);
+    std::net::Ipv6Addr::new(
+        0xfd77,
+        0,
+        0,
+        0,
+        w(b[0] ^ 2, b[1]),
+        w(b[2], 0xff),
+        w(0xfe, b[3]),
+        w(b[4], b[5]),
+    )
+    .to_string()
+}
+
+/// Waits up to 10 s for `addr` on `eth0` of `ns`, past duplicate address detection.
+fn wait_addr6(ns: &Netns, addr: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let out = ns.exec_ok(&["ip", "-6", "-o", "addr", "show", "dev", "eth0"]);
+        if out
+            .lines()
+            .any(|l| l.contains(&format!(" {addr}/")) && !l.contains("tentative"))
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
 }
 
 fn ping(from: &Netns, to: &str) -> bool {
@@ -385,6 +436,19 @@ fn uplink_dhcp_leases_from_the_lan_with_own_macs() {
             "LAN neighbour entry of {name} ({ip})"
         );
         assert_eq!(fdb_port(&d, &mac).as_deref(), Some(name), "FDB of {mac}");
+        // IPv6: the LAN router's advertisements reach the container, which forms its SLAAC
+        // address from its own MAC; the LAN host sees it with that MAC.
+        let ip6 = eui64(&mac);
+        assert!(
+            wait_addr6(c, &ip6),
+            "{name}: no SLAAC address {ip6} from the LAN's RA"
+        );
+        assert!(ping_ok(c, LAN6_ADDR), "{name} -> {LAN6_ADDR}");
+        assert_eq!(
+            lan_neigh(&net.lan, &ip6).as_deref(),
+            Some(mac.as_str()),
+            "LAN neighbour entry of {name} ({ip6})"
+        );
         ips.push(ip);
     }
     assert_eq!(leases.len(), 2, "{leases:?}");

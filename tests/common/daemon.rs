@@ -24,11 +24,23 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with extra `usernet up` arguments.
     pub fn start_with(config: &str, extra: &[&str]) -> Daemon {
+        Self::launch(Command::new(BIN), config, extra)
+    }
+
+    /// Like [`Daemon::start`], with the daemon inside `ns` (`ip netns exec` execs it, so the
+    /// pid is the daemon's): its interfaces, addresses and routes are that namespace's.
+    pub fn start_in(ns: &super::Netns, config: &str) -> Daemon {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name, BIN]);
+        Self::launch(cmd, config, &[])
+    }
+
+    fn launch(mut cmd: Command, config: &str, extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("usernet.toml");
         std::fs::write(&cfg, config).expect("write config");
         let log = std::fs::File::create(dir.path().join("log")).expect("log");
-        let child = Command::new(BIN)
+        let child = cmd
             .args(["up", "-c"])
             .arg(&cfg)
             .arg("--socket")

@@ -24,11 +24,24 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with extra `usernet up` arguments.
     pub fn start_with(config: &str, extra: &[&str]) -> Daemon {
+        Self::start_cmd(Command::new(BIN), config, extra)
+    }
+
+    /// Like [`Daemon::start`], the daemon running inside network namespace `ns` (`ip netns
+    /// exec`, which execs the binary: the pid is the daemon's). Its control socket is a path,
+    /// reachable from any namespace.
+    pub fn start_in(ns: &super::Netns, config: &str) -> Daemon {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.name, BIN]);
+        Self::start_cmd(c, config, &[])
+    }
+
+    fn start_cmd(mut cmd: Command, config: &str, extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("usernet.toml");
         std::fs::write(&cfg, config).expect("write config");
         let log = std::fs::File::create(dir.path().join("log")).expect("log");
-        let child = Command::new(BIN)
+        let child = cmd
             .args(["up", "-c"])
             .arg(&cfg)
             .arg("--socket")

@@ -1016,6 +1016,23 @@ mod tests {
         assert_eq!(s.check().map_err(|e| e.0), Err("mtu".to_string()));
     }
 
+    #[test]
+    fn default_mtu_is_the_underlay_interfaces_minus_the_overhead() {
+        let lo: u32 = std::fs::read_to_string("/sys/class/net/lo/mtu")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(65536);
+        for (addr, overhead) in [("127.0.0.1", OVERHEAD_V4), ("::1", OVERHEAD_V6)] {
+            let mut s = VxlanSpec::new(1, addr.parse().expect("ip"));
+            s.port = 0;
+            let Ok((l, sh)) = VxlanLink::open(&s, 0, None, "t") else {
+                continue; // no IPv6 here
+            };
+            assert_eq!(sh.mtu(), lo - overhead, "{addr}");
+            assert_eq!(l.caps().max_frame, (lo - overhead) as usize + 18);
+        }
+    }
+
     fn pair() -> (VxlanLink, VxlanLink, FramePool) {
         let lo: IpAddr = "127.0.0.1".parse().expect("ip");
         let lo2: IpAddr = "127.0.0.2".parse().expect("ip");

@@ -5,7 +5,10 @@
 //! `{"op": "remove_network", "name": "net1"}`,
 //! `{"op": "add_port", "port": {"network": "net0", "name": "c3", "netns": "/run/netns/c3"}}`,
 //! `{"op": "remove_port", "name": "c3"}`,
-//! `{"op": "add_static_mac", "port": "c3", "mac": "02:00:00:00:00:03"}`, `{"op": "shutdown"}`.
+//! `{"op": "add_static_mac", "port": "c3", "mac": "02:00:00:00:00:03"}`,
+//! `{"op": "vxlan_remotes", "port": "vx0"}`,
+//! `{"op": "vxlan_add_remote", "port": "vx0", "remote": "192.0.2.3"}`,
+//! `{"op": "vxlan_rm_remote", "port": "vx0", "remote": "192.0.2.3"}`, `{"op": "shutdown"}`.
 //!
 //! Response: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`; a request that
 //! does not parse gets an error naming the field and the reason (serde's message). An error
@@ -160,6 +163,25 @@ pub enum Request {
         #[serde(default)]
         network: Option<String>,
     },
+    /// The remote VTEPs of a VXLAN port, with their counters.
+    VxlanRemotes {
+        /// The VXLAN port's name.
+        port: String,
+    },
+    /// Add a remote VTEP to a VXLAN port.
+    VxlanAddRemote {
+        /// The VXLAN port's name.
+        port: String,
+        /// The remote's underlay address.
+        remote: std::net::IpAddr,
+    },
+    /// Remove a remote VTEP from a VXLAN port (its learned MACs are forgotten).
+    VxlanRmRemote {
+        /// The VXLAN port's name.
+        port: String,
+        /// The remote's underlay address.
+        remote: std::net::IpAddr,
+    },
     /// Stop the daemon.
     Shutdown {},
 }
@@ -261,6 +283,15 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
         Request::ForwardAdd { forward } => json!(h.add_forward(&forward)?),
         Request::ForwardRm { forward } => json!(h.remove_forward(&forward)?),
         Request::ForwardLs { network } => json!(h.forwards(network.as_deref())?),
+        Request::VxlanRemotes { port } => json!(h.vxlan_remotes(&port)?),
+        Request::VxlanAddRemote { port, remote } => {
+            h.vxlan_add_remote(&port, remote)?;
+            Value::Null
+        }
+        Request::VxlanRmRemote { port, remote } => {
+            h.vxlan_rm_remote(&port, remote)?;
+            Value::Null
+        }
         Request::Shutdown {} => {
             h.shutdown();
             Value::Null

@@ -27,6 +27,7 @@ pub mod ports;
 pub mod rootless;
 pub mod server;
 pub mod views;
+pub mod vxlan;
 
 pub use address::{AddrSpec, Attached};
 pub use ports::{Backend, DgramAddrs, DgramSpec, PortSpec, check_ifname};
@@ -102,6 +103,7 @@ impl Handle {
         self.node.gateways.lock().remove(name);
         for p in ports {
             self.node.port_netns.lock().remove(&p.name);
+            self.node.vxlan.lock().remove(&p.name);
             self.detach_link(p.owner, p.id)?;
         }
         Ok(())

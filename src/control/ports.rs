@@ -17,6 +17,7 @@ use crate::bridge::{PortId, PortPolicy};
 use crate::error::{Error, Result};
 use crate::link::packet::{PacketLink, PacketOptions};
 use crate::link::tap::{TapLink, TapOptions};
+use crate::link::vxlan::VxlanSpec;
 use crate::link::{Link, OpenError};
 use crate::wire::Mac;
 
@@ -60,6 +61,11 @@ pub enum Backend {
     VhostUser {
         /// Socket path.
         path: PathBuf,
+    },
+    /// A VXLAN tunnel to remote VTEPs over host UDP sockets ([`crate::link::vxlan`]).
+    Vxlan {
+        /// VNI, addresses, port, MTU.
+        spec: VxlanSpec,
     },
 }
 
@@ -121,6 +127,9 @@ pub struct PortSpec {
     /// vhost-user`, libvirt `type='vhostuser'`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost_user: Option<PathBuf>,
+    /// A VXLAN tunnel (RFC 7348) to other hosts: `{ vni, local, remotes, port, mtu }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan: Option<VxlanSpec>,
     /// MTU to set on a TAP usernet creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -187,6 +196,7 @@ impl PortSpec {
             stream: None,
             dgram: None,
             vhost_user: None,
+            vxlan: None,
             mtu: None,
             offload: None,
             isolated: false,
@@ -214,6 +224,7 @@ impl PortSpec {
             self.stream.is_some(),
             self.dgram.is_some(),
             self.vhost_user.is_some(),
+            self.vxlan.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -222,7 +233,7 @@ impl PortSpec {
             return Err(Error::invalid(
                 prefix,
                 format!(
-                    "port {:?} needs exactly one of `tap`, `netns`, `packet`, `stream`, `dgram`, `vhost_user` (found {set})",
+                    "port {:?} needs exactly one of `tap`, `netns`, `packet`, `stream`, `dgram`, `vhost_user`, `vxlan` (found {set})",
                     self.name
                 ),
             ));
@@ -282,6 +293,11 @@ impl PortSpec {
             }
             return Ok(Backend::VhostUser { path: p.clone() });
         }
+        if let Some(v) = &self.vxlan {
+            v.check()
+                .map_err(|(k, r)| Error::invalid(format!("{prefix}.vxlan.{k}"), r))?;
+            return Ok(Backend::Vxlan { spec: v.clone() });
+        }
         if let Some(p) = &self.packet {
             check_ifname(p, &format!("{prefix}.packet"))?;
             return Ok(Backend::Packet { ifname: p.clone() });
@@ -295,7 +311,8 @@ impl PortSpec {
         Ok(Backend::NetnsTap { netns, ifname })
     }
 
-    /// The forwarding policy.
+    /// The forwarding policy. A VXLAN port carries the guests of other hosts (each host checks
+    /// its own): port security is off on it unless `port_security` says otherwise.
     pub fn policy(&self) -> PortPolicy {
         PortPolicy {
             learning: self.learning,
@@ -303,7 +320,7 @@ impl PortSpec {
             isolated: self.isolated,
             allowed_macs: self.allowed_macs.clone(),
             allowed_ips: self.allowed_ips.clone(),
-            port_security: self.port_security,
+            port_security: self.port_security.or(self.vxlan.as_ref().map(|_| false)),
         }
     }
 }
@@ -451,6 +468,7 @@ impl Handle {
                 Backend::Stream { .. } => "a stream port",
                 Backend::Dgram { .. } => "a datagram socket port (`dgram`)",
                 Backend::VhostUser { .. } => "a vhost-user port (`vhost_user`)",
+                Backend::Vxlan { .. } => "a VXLAN port (`vxlan`)",
             };
             if let Backend::NetnsTap { .. } = backend {
                 // A permission error (`errno` 1 in the API): `usernet attach` then creates the
@@ -508,6 +526,7 @@ impl Handle {
         plan: Option<&address::Plan>,
         tap: Option<std::os::fd::OwnedFd>,
     ) -> Result<PortId> {
+        let mut vxlan = None;
         let (link, watch): (Box<dyn Link>, Option<Watch>) = match backend {
             Backend::Tap { name } => (Box::new(TapLink::create(name, tap_opts)?), None),
             Backend::NetnsTap { netns, ifname } => {
@@ -540,6 +559,11 @@ impl Handle {
             Backend::VhostUser { path } => {
                 (Box::new(self.listen_vhost_user(&spec.name, path)?), None)
             }
+            Backend::Vxlan { spec: v } => {
+                let link = self.open_vxlan(spec, v)?;
+                vxlan = Some(link.shared().clone());
+                (Box::new(link), None)
+            }
             Backend::Packet { ifname } => {
                 let link = PacketLink::open(
                     ifname,
@@ -563,6 +587,9 @@ impl Handle {
             policy.allowed_ips.extend(p.ips());
         }
         let id = self.add_port(&spec.network, &spec.name, policy, link)?;
+        if let Some(v) = vxlan {
+            self.vxlan_added(&spec.network, &spec.name, v);
+        }
         if let Backend::NetnsTap { netns, .. } = backend {
             self.set_port_netns(&spec.name, netns.clone());
         }
@@ -713,6 +740,7 @@ impl Handle {
             .ok_or_else(|| crate::bridge::BridgeError::NoSuchPort(name.to_string()))?;
         self.dp.bridge().remove_port(port.id);
         self.node.port_netns.lock().remove(name);
+        self.node.vxlan.lock().remove(name);
         self.detach_link(port.owner, port.id)
     }
     pub(super) fn detach_link(&self, owner: usize, id: PortId) -> Result<()> {

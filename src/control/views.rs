@@ -57,6 +57,9 @@ pub struct FdbRow {
     pub age_secs: f64,
     /// Configured, never ages.
     pub is_static: bool,
+    /// For a MAC behind a VXLAN port: the remote VTEP it was last seen behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep: Option<std::net::IpAddr>,
 }
 /// What one port owns (port security), as shown by `usernet ctl owners`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +86,9 @@ pub struct PortStatsRow {
     pub network: String,
     /// Counters.
     pub stats: PortStats,
+    /// A VXLAN port's own counters (decapsulation drops by reason, datagrams sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan: Option<crate::link::vxlan::VxlanStats>,
 }
 /// A DHCP lease, as shown by `usernet ctl leases`.
 #[derive(Debug, Clone, Serialize)]
@@ -157,14 +163,16 @@ impl Handle {
                 continue;
             }
             for e in ne.net.fdb.dump(now) {
+                let port = topo
+                    .port(e.port)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_else(|| format!("#{}", e.port.0));
                 rows.push(FdbRow {
                     network: ne.net.name.clone(),
                     vlan: e.vlan,
                     mac: e.mac,
-                    port: topo
-                        .port(e.port)
-                        .map(|p| p.name.clone())
-                        .unwrap_or_else(|| format!("#{}", e.port.0)),
+                    vtep: self.vtep_of(&port, e.mac),
+                    port,
                     age_secs: e.age_ms as f64 / 1000.0,
                     is_static: e.is_static,
                 });
@@ -218,6 +226,7 @@ impl Handle {
                     .map(|n| n.net.name.clone())
                     .unwrap_or_default(),
                 stats: p.counters.snapshot(),
+                vxlan: self.vxlan_stats(&p.name),
             })
             .collect()
     }

@@ -74,8 +74,31 @@ enum Cmd {
     /// Port forwards (Docker `-p`).
     #[command(subcommand)]
     Forward(FwdCmd),
+    /// A VXLAN port's remote VTEPs: list, add, remove.
+    Vxlan {
+        /// The VXLAN port's name.
+        name: String,
+        #[command(subcommand)]
+        op: VxlanCmd,
+    },
     /// Stop the instance.
     Shutdown,
+}
+
+#[derive(Subcommand, Debug)]
+enum VxlanCmd {
+    /// List the remotes, with the MACs learned behind each and frames in and out.
+    Remotes,
+    /// Add a remote VTEP (its underlay address).
+    AddRemote {
+        /// The remote's address.
+        remote: std::net::IpAddr,
+    },
+    /// Remove a remote VTEP; the MACs learned behind it are forgotten.
+    RmRemote {
+        /// The remote's address.
+        remote: std::net::IpAddr,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -322,6 +345,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         Cmd::Forward(FwdCmd::Rm { forward }) => Request::ForwardRm { forward },
         Cmd::Forward(FwdCmd::Ls { network }) => Request::ForwardLs { network },
+        Cmd::Vxlan { name, op } => match op {
+            VxlanCmd::Remotes => Request::VxlanRemotes { port: name },
+            VxlanCmd::AddRemote { remote } => Request::VxlanAddRemote { port: name, remote },
+            VxlanCmd::RmRemote { remote } => Request::VxlanRmRemote { port: name, remote },
+        },
         Cmd::Shutdown => Request::Shutdown {},
     };
     let kind = req.clone();
@@ -412,7 +440,7 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
                 .collect(),
         ),
         Request::Fdb { .. } => table(
-            &["NETWORK", "VLAN", "MAC", "PORT", "AGE_S", "STATIC"],
+            &["NETWORK", "VLAN", "MAC", "PORT", "AGE_S", "STATIC", "VTEP"],
             arr.iter()
                 .map(|e| {
                     vec![
@@ -425,11 +453,57 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
                             e.get("age_secs").and_then(Value::as_f64).unwrap_or(0.0)
                         ),
                         s(e, "is_static"),
+                        s(e, "vtep"),
                     ]
                 })
                 .collect(),
         ),
-        Request::Stats {} => stats_table(arr),
+        Request::Stats {} => {
+            let mut out = stats_table(arr);
+            let vx: Vec<&Value> = arr.iter().filter(|r| r.get("vxlan").is_some()).collect();
+            if !vx.is_empty() {
+                out.push('\n');
+                out.push_str(&table(
+                    &[
+                        "VXLAN_PORT",
+                        "VNI",
+                        "MTU",
+                        "RX",
+                        "TX",
+                        "TX_DATAGRAMS",
+                        "DROPS",
+                    ],
+                    vx.iter()
+                        .map(|r| {
+                            let v = &r["vxlan"];
+                            vec![
+                                s(r, "port"),
+                                s(v, "vni"),
+                                s(v, "mtu"),
+                                s(v, "rx_frames"),
+                                s(v, "tx_frames"),
+                                s(v, "tx_datagrams"),
+                                nonzero(v.get("drops")),
+                            ]
+                        })
+                        .collect(),
+                ));
+            }
+            out
+        }
+        Request::VxlanRemotes { .. } => table(
+            &["REMOTE", "MACS", "RX_FRAMES", "TX_FRAMES"],
+            arr.iter()
+                .map(|r| {
+                    vec![
+                        s(r, "remote"),
+                        s(r, "macs"),
+                        s(r, "rx_frames"),
+                        s(r, "tx_frames"),
+                    ]
+                })
+                .collect(),
+        ),
         Request::ForwardLs { .. } => table(
             &["ID", "NETWORK", "PUBLISH", "TO"],
             arr.iter()
@@ -579,6 +653,24 @@ pub(crate) fn stats_table(rows: &[Value]) -> String {
             })
             .collect(),
     )
+}
+
+/// The non-zero counters of an object as `k=n,...`, or `-`.
+fn nonzero(m: Option<&Value>) -> String {
+    let d: Vec<String> = m
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if d.is_empty() {
+        "-".into()
+    } else {
+        d.join(",")
+    }
 }
 
 /// `on`/`off` (also `true`/`false`) for a switch flag.

@@ -4,8 +4,9 @@
 //! the same text over HTTP on 127.0.0.1, which `promtool check metrics` accepts, and a client
 //! that sends nothing, or too much, does not stop the next scrape. Needs root (skips with
 //! `SKIP` otherwise) and promtool (Debian package `prometheus`; missing: a failure under
-//! USERNET_REQUIRE_PRIV=1, a `SKIP` line otherwise). Only loopback and the test's own
-//! namespaces are addressed.
+//! USERNET_REQUIRE_PRIV=1, a `SKIP` line otherwise). A second test needs no root: an in-process
+//! engine with memory links renders and serves the same families. Only loopback and the test's
+//! own namespaces are addressed.
 
 mod common;
 
@@ -103,6 +104,21 @@ fn promtool(text: &str) -> Option<(bool, String)> {
     let msg =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     Some((out.status.success(), msg))
+}
+
+/// Fails unless promtool accepts `body`; without promtool, fails under USERNET_REQUIRE_PRIV=1
+/// and prints a `SKIP` line otherwise.
+fn promtool_accepts(body: &str) {
+    match promtool(body) {
+        Some((ok, msg)) => assert!(ok, "promtool check metrics:\n{msg}\n{body}"),
+        None => {
+            assert!(
+                std::env::var("USERNET_REQUIRE_PRIV").as_deref() != Ok("1"),
+                "promtool (Debian package prometheus) is missing and USERNET_REQUIRE_PRIV=1"
+            );
+            eprintln!("SKIP promtool check: promtool (Debian package prometheus) not installed");
+        }
+    }
 }
 
 fn guest(ns: &Netns, addr: &str) {
@@ -257,14 +273,58 @@ fn counters_move_and_promtool_accepts_them() {
     );
     drop(idle);
 
-    match promtool(&body) {
-        Some((ok, msg)) => assert!(ok, "promtool check metrics:\n{msg}\n{body}"),
-        None => {
-            assert!(
-                std::env::var("USERNET_REQUIRE_PRIV").as_deref() != Ok("1"),
-                "promtool (Debian package prometheus) is missing and USERNET_REQUIRE_PRIV=1"
-            );
-            eprintln!("SKIP promtool check: promtool (Debian package prometheus) not installed");
-        }
+    promtool_accepts(&body);
+}
+
+/// The same without root: an in-process engine (memory links, a gateway) renders its counters,
+/// `control::metrics::serve` on 127.0.0.1 serves them, and promtool accepts them.
+#[test]
+fn an_in_process_engine_serves_its_counters() {
+    use usernet::bridge::PortPolicy;
+    use usernet::control::networks::NetworkSpec;
+    use usernet::link::memory::MemoryLink;
+    use usernet::{Engine, EngineConfig};
+
+    let engine = Engine::start(EngineConfig::default()).expect("engine");
+    let h = engine.handle();
+    let mut spec = NetworkSpec::new("inproc");
+    spec.gateway = true;
+    spec.subnet = Some("10.87.0.0/24".parse().expect("subnet"));
+    spec.ipv6 = Some("off".into());
+    spec.dns_upstreams = Some(vec![NO_UPSTREAM.into()]);
+    h.create_network(&spec, "network").expect("network");
+    let (a, a_peer) = MemoryLink::pair(64, 1522).expect("pair");
+    let (b, _b_peer) = MemoryLink::pair(64, 1522).expect("pair");
+    h.add_port("inproc", "ma", PortPolicy::default(), Box::new(a))
+        .expect("port ma");
+    h.add_port("inproc", "mb", PortPolicy::default(), Box::new(b))
+        .expect("port mb");
+    // A runt (dropped, counted by reason) and a broadcast from a local MAC.
+    assert!(a_peer.send_bytes(&[0u8; 8]));
+    let mut frame = vec![0xff; 6];
+    frame.extend([0x02, 0, 0, 0, 0x87, 1, 0x88, 0xb5]);
+    frame.extend([0u8; 50]);
+    assert!(a_peer.send_bytes(&frame));
+    let rx = r#"usernet_port_rx_frames_total{network="inproc",port="ma"}"#;
+    let runt = r#"usernet_port_drops_total{network="inproc",port="ma",reason="runt"}"#;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut m = samples(&h.metrics());
+    while (m.get(rx) < Some(&2.0) || m.get(runt) < Some(&1.0)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        m = samples(&h.metrics());
     }
+    assert_eq!(value(&m, rx), 2.0);
+    assert_eq!(value(&m, runt), 1.0);
+    let tx_mb = r#"usernet_port_tx_frames_total{network="inproc",port="mb"}"#;
+    assert!(value(&m, tx_mb) >= 1.0, "the broadcast reached mb");
+    value(&m, r#"usernet_nat_flows{network="inproc",proto="tcp"}"#);
+    value(&m, r#"usernet_dns_queries_total{network="inproc"}"#);
+
+    let srv = usernet::control::metrics::serve(h.clone(), "127.0.0.1:0".parse().expect("addr"))
+        .expect("serve metrics");
+    let body = scrape(srv.local_addr().port());
+    assert_eq!(value(&samples(&body), rx), 2.0);
+    promtool_accepts(&body);
+    drop(srv);
+    h.shutdown();
 }

@@ -22,7 +22,8 @@
 //!
 //! [`serve`] answers `GET /metrics` over HTTP on one thread: one connection at a time, a request
 //! head of at most [`MAX_REQUEST`] bytes read within [`REQUEST_TIMEOUT`], the answer written
-//! within the same time, then the connection is closed. Any other path is 404, any other method
+//! within the same time, then the connection is closed (after reading, for at most 200 ms,
+//! what the client still sends, so that it is not reset before it reads the answer). Any other path is 404, any other method
 //! 405. It is a minimal HTTP/1.x responder on purpose: the request line is all it needs, and the
 //! HTTP crates at hand start thread pools of their own.
 
@@ -771,7 +772,24 @@ fn answer(h: &Handle, conn: mio::net::TcpStream) {
     };
     let _ = s.write_all(&reply);
     let _ = s.shutdown(std::net::Shutdown::Write);
+    // Read what the client still sends (a body, the rest of an oversized head) for a moment:
+    // closing with unread input would reset the connection, and the client could lose the
+    // answer. Bounded in bytes and time like the request.
+    if s.set_read_timeout(Some(LINGER)).is_ok() {
+        let deadline = Instant::now() + LINGER;
+        let (mut left, mut sink) = (LINGER_BYTES, [0u8; 4096]);
+        while left > 0 && Instant::now() < deadline {
+            match s.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    }
 }
+
+/// How long, and how many bytes, [`answer`] reads after its answer before it closes.
+const LINGER: Duration = Duration::from_millis(200);
+const LINGER_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, PartialEq, Eq)]
 enum HeadError {

@@ -27,6 +27,10 @@ pub struct EngineSection {
     pub ring: usize,
     /// Adaptive busy-polling window in µs (0 = off); see [`EngineConfig::busy_poll`].
     pub busy_poll_us: u32,
+    /// Serve Prometheus metrics over HTTP at `http://ADDR:PORT/metrics` (`usernet up`; its
+    /// `--metrics` flag wins); see [`crate::control::metrics::serve`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for EngineSection {
@@ -36,6 +40,7 @@ impl Default for EngineSection {
             mtu: 1500,
             ring: crate::bridge::DEFAULT_RING,
             busy_poll_us: 0,
+            metrics: None,
         }
     }
 }
@@ -286,6 +291,13 @@ packet = "veth0"
         assert!(e.contains("network[1].name"), "{e}");
         assert!(err("[engine]\nloops = 0").contains("engine.loops"));
         assert!(err("[engine]\nbusy_poll_us = 2000000").contains("engine.busy_poll_us"));
+        let e = err("[engine]\nmetrics = \"127.0.0.1\"");
+        assert!(e.contains("metrics") && e.contains("socket address"), "{e}");
+        let c = Config::parse("[engine]\nmetrics = \"127.0.0.1:9600\"").expect("valid");
+        assert_eq!(
+            c.engine.metrics,
+            Some("127.0.0.1:9600".parse().expect("addr"))
+        );
         assert!(err("[[forward]]\npublish = \"8080:80\"").contains("forward"));
         assert!(err("[[network]]\nname = \"a\"\nfdb_max_entries = 0").contains("fdb_max_entries"));
         let e = err("[[network]]\nname = \"a\"\nmtu = 9000");

@@ -1,6 +1,7 @@
 //! The JSON control API: one request per line, one response per line.
 //!
 //! Request: `{"op": "ports"}`, `{"op": "fdb", "network": "net0"}`, `{"op": "stats"}`,
+//! `{"op": "metrics"}` (the Prometheus text as one string),
 //! `{"op": "networks"}`, `{"op": "add_network", "name": "net1"}`,
 //! `{"op": "remove_network", "name": "net1"}`,
 //! `{"op": "add_port", "port": {"network": "net0", "name": "c3", "netns": "/run/netns/c3"}}`,
@@ -42,6 +43,8 @@ pub enum Request {
     },
     /// Per-port counters.
     Stats {},
+    /// Every counter in the Prometheus text format (the result is that text, one string).
+    Metrics {},
     /// Add a network.
     AddNetwork {
         /// Its name.
@@ -195,6 +198,7 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
         Request::Networks {} => json!(h.networks()),
         Request::Fdb { network } => json!(h.fdb(network.as_deref())?),
         Request::Stats {} => json!(h.stats()),
+        Request::Metrics {} => Value::String(h.metrics()),
         Request::AddNetwork {
             name,
             fdb_max_entries,

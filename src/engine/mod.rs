@@ -42,7 +42,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -115,6 +115,9 @@ pub(crate) struct LoopCtl {
     pub(crate) tx: Sender<LoopCmd>,
     pub(crate) waker: Arc<Waker>,
     pub(crate) ports: AtomicUsize,
+    /// Nanoseconds the loop spent handling events (from `poll` returning to the end of the
+    /// turn), not waiting: one monotonic clock read per turn, none per frame.
+    pub(crate) busy_ns: AtomicU64,
 }
 
 /// State shared by the loops and every [`Datapath`].
@@ -207,6 +210,16 @@ impl Datapath {
             .loops
             .iter()
             .map(|l| l.ports.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Time each loop has spent handling events since it started (not waiting in `poll`), by
+    /// loop: its rate is the loop's utilisation.
+    pub fn loop_busy(&self) -> Vec<Duration> {
+        self.core
+            .loops
+            .iter()
+            .map(|l| Duration::from_nanos(l.busy_ns.load(Ordering::Relaxed)))
             .collect()
     }
 
@@ -332,6 +345,7 @@ impl Loops {
                 tx,
                 waker,
                 ports: AtomicUsize::new(0),
+                busy_ns: AtomicU64::new(0),
             });
             polls.push(poll);
             rxs.push(rx);
@@ -448,6 +462,7 @@ impl LoopState {
             if self.shared.stop.load(Ordering::Acquire) {
                 break;
             }
+            let turn = Instant::now();
             if !busy_poll.is_zero() && !events.is_empty() {
                 spin_until = Some(Instant::now() + busy_poll);
             }
@@ -476,6 +491,10 @@ impl LoopState {
                     tracing::debug!("aged out {n} FDB entries");
                 }
                 next_sweep = Instant::now() + SWEEP_EVERY;
+            }
+            if let Some(l) = self.shared.loops.get(self.idx) {
+                let ns = u64::try_from(turn.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                l.busy_ns.fetch_add(ns, Ordering::Relaxed);
             }
         }
         // Dropping the slots closes every link of this loop.

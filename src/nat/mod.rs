@@ -210,6 +210,8 @@ pub struct NatCounters {
     pub forward_datagrams: AtomicU64,
     /// Errors on host sockets.
     pub errors: AtomicU64,
+    /// Open flows now, by protocol (gauges the flow table keeps; not in [`Self::snapshot`]).
+    open: [AtomicU64; 3],
 }
 
 impl NatCounters {
@@ -237,6 +239,23 @@ impl NatCounters {
         .into_iter()
         .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
         .collect()
+    }
+
+    /// Open flows now, by protocol (what the flow table holds, as of its last change).
+    pub fn open_flows(&self) -> FlowCounts {
+        let g = |i: usize| self.open[i].load(Ordering::Relaxed) as usize;
+        FlowCounts {
+            tcp: g(0),
+            udp: g(1),
+            icmp: g(2),
+        }
+    }
+
+    /// Records the flow table's open flows (called by the table on every change).
+    pub(crate) fn set_open_flows(&self, c: FlowCounts) {
+        for (slot, n) in self.open.iter().zip([c.tcp, c.udp, c.icmp]) {
+            slot.store(n as u64, Ordering::Relaxed);
+        }
     }
 }
 

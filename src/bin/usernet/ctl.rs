@@ -37,6 +37,8 @@ enum Cmd {
     },
     /// Per-port counters and drops by reason.
     Stats,
+    /// Every counter in the Prometheus text exposition format (what `up --metrics` serves).
+    Metrics,
     /// Add or remove a port at run time.
     #[command(subcommand)]
     Port(PortCmd),
@@ -257,6 +259,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Cmd::Networks => Request::Networks {},
         Cmd::Fdb { network } => Request::Fdb { network },
         Cmd::Stats => Request::Stats {},
+        Cmd::Metrics => Request::Metrics {},
         Cmd::Port(PortCmd::Add {
             network,
             name,
@@ -504,6 +507,7 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
                 })
                 .collect(),
         ),
+        Request::Metrics {} => v.as_str().unwrap_or_default().to_string(),
         Request::ForwardLs { .. } => table(
             &["ID", "NETWORK", "PUBLISH", "TO"],
             arr.iter()

@@ -47,7 +47,8 @@
 //! native network. A frame tagged with a VLAN id the trunk does not map, or untagged without a
 //! native network, is dropped (`unmapped_vlan`). A frame leaving on a trunk port for network X
 //! gets X's tag pushed in place (in the frame's headroom); for the native network it leaves
-//! untagged. Access ports never look at tags: a tagged frame (802.1Q or 802.1ad, Q-in-Q)
+//! untagged, unless it carries an 802.1Q tag of its own: then the peer would read it as that
+//! VLAN (VLAN hopping), so it is dropped (`native_tagged`). Access ports never look at tags: a tagged frame (802.1Q or 802.1ad, Q-in-Q)
 //! is forwarded untouched within the port's network, so a tag can never move a frame into
 //! another network. Access ports pay one branch for all this.
 //!
@@ -128,11 +129,15 @@ pub enum DropReason {
     /// Trunk port: a frame tagged with a VLAN id the trunk does not map, or untagged on a
     /// trunk without a native network.
     UnmappedVlan,
+    /// Egress, trunk port: a frame of the trunk's native network that carries an 802.1Q tag
+    /// of its own. Sent untagged, as native frames are, it would read as that VLAN on the
+    /// wire (VLAN hopping), so it is dropped.
+    NativeTagged,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 18;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
@@ -152,6 +157,7 @@ impl DropReason {
         DropReason::RogueServer,
         DropReason::AddressLimit,
         DropReason::UnmappedVlan,
+        DropReason::NativeTagged,
     ];
 
     /// Stable name used in stats output.
@@ -174,6 +180,7 @@ impl DropReason {
             DropReason::RogueServer => "rogue_server",
             DropReason::AddressLimit => "address_limit",
             DropReason::UnmappedVlan => "unmapped_vlan",
+            DropReason::NativeTagged => "native_tagged",
         }
     }
 
@@ -186,7 +193,10 @@ impl DropReason {
     pub fn is_egress(self) -> bool {
         matches!(
             self,
-            DropReason::RingFull | DropReason::LinkError | DropReason::BadOffload
+            DropReason::RingFull
+                | DropReason::LinkError
+                | DropReason::BadOffload
+                | DropReason::NativeTagged
         )
     }
 }
@@ -405,15 +415,19 @@ impl Trunk {
         Ok(v)
     }
 
-    /// Tags a frame leaving on the trunk for `net` (none for the native network). False when
-    /// the trunk does not carry `net` or the frame cannot take a tag.
-    fn tag(&self, net: NetworkId, frame: &mut Frame) -> bool {
+    /// Tags a frame leaving on the trunk for `net` (none for the native network, where an
+    /// already 802.1Q-tagged frame is refused: `native_tagged`). `link_error` when the trunk
+    /// does not carry `net` or the frame cannot take a tag.
+    fn tag(&self, net: NetworkId, frame: &mut Frame) -> Result<(), DropReason> {
         if self.native.as_ref().is_some_and(|n| n.network == net) {
-            return true;
+            return match frame.data().get(12..14) {
+                Some(et) if et == TPID_8021Q => Err(DropReason::NativeTagged),
+                _ => Ok(()),
+            };
         }
         match self.vlans.iter().find(|v| v.network == net) {
-            Some(v) => frame.push_vlan(u16::from_be_bytes(TPID_8021Q), v.vid),
-            None => false,
+            Some(v) if frame.push_vlan(u16::from_be_bytes(TPID_8021Q), v.vid) => Ok(()),
+            _ => Err(DropReason::LinkError),
         }
     }
 
@@ -1024,9 +1038,9 @@ fn enqueue(
 ) {
     // A trunk tags the frame with its network's VLAN (in place).
     if let Some(t) = &p.trunk
-        && !t.tag(net, &mut frame)
+        && let Err(reason) = t.tag(net, &mut frame)
     {
-        p.counters.drop_n(DropReason::LinkError, 1);
+        p.counters.drop_n(reason, 1);
         return;
     }
     // A port past its share of the shared GSO buffers is full for GSO frames.

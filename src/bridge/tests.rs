@@ -334,6 +334,10 @@ fn trunk_classifies_by_tag_pops_and_pushes() {
     // From the native network: untagged.
     assert_eq!(send(&r, &a30, eth(Mac::BROADCAST, mac(3))), vec![t.id]);
     assert_eq!(&drain(&t)[0][12..14], &[0x08, 0x00]);
+    // ... unless it carries an 802.1Q tag, which would read as that VLAN on the trunk.
+    send(&r, &a30, tagged(Mac::BROADCAST, mac(3), 0x8100, 10));
+    assert!(drain(&t).is_empty());
+    assert_eq!(t.counters.drops(DropReason::NativeTagged), 1);
     // Learned per network: unicast back to mac(9) in n10 goes to the trunk, tagged 10.
     assert_eq!(send(&r, &a10, eth(mac(9), mac(1))), vec![t.id]);
     assert_eq!(&drain(&t)[0][12..16], &[0x81, 0x00, 0x00, 10]);

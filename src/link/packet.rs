@@ -335,9 +335,7 @@ impl PacketLink {
 /// The VLAN tag (TPID, TCI) the kernel took off a received frame, from its `PACKET_AUXDATA`
 /// control message; `None` when the frame had none (or no control data came).
 fn vlan_tag(msg: &libc::msghdr) -> Option<(u16, u16)> {
-    if msg.msg_control.is_null()
-        || (msg.msg_controllen as usize) < std::mem::size_of::<libc::cmsghdr>()
-    {
+    if msg.msg_control.is_null() || msg.msg_controllen < std::mem::size_of::<libc::cmsghdr>() as _ {
         return None;
     }
     // SAFETY: `msg` is a header the kernel filled: `msg_control` points at our control buffer
@@ -351,7 +349,7 @@ fn vlan_tag(msg: &libc::msghdr) -> Option<(u16, u16)> {
         let want = unsafe { libc::CMSG_LEN(std::mem::size_of::<libc::tpacket_auxdata>() as u32) };
         if h.cmsg_level == libc::SOL_PACKET
             && h.cmsg_type == libc::PACKET_AUXDATA
-            && h.cmsg_len as usize >= want as usize
+            && h.cmsg_len >= want as _
         {
             // SAFETY: the message holds a whole tpacket_auxdata (length checked above); it may
             // be unaligned for the struct, hence read_unaligned.

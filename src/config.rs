@@ -182,11 +182,13 @@ impl Config {
                     ),
                 ));
             }
-            if !names.contains(p.network.as_str()) {
-                return Err(Error::invalid(
-                    format!("port[{i}].network"),
-                    format!("no [[network]] named {:?}", p.network),
-                ));
+            for (key, net) in p.networks() {
+                if !names.contains(net) {
+                    return Err(Error::invalid(
+                        format!("port[{i}].{key}"),
+                        format!("no [[network]] named {net:?}"),
+                    ));
+                }
             }
             if !ports.insert(p.name.as_str()) {
                 return Err(Error::invalid(
@@ -272,6 +274,61 @@ packet = "veth0"
 
     fn err(text: &str) -> String {
         Config::parse(text).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn trunk_ports_parse_and_errors_name_the_key() {
+        let nets =
+            "[[network]]\nname = \"n0\"\n[[network]]\nname = \"n1\"\n[[network]]\nname = \"n2\"\n";
+        let port =
+            |body: &str| format!("{nets}[[port]]\nname = \"t\"\npacket = \"eth1\"\n{body}\n");
+        let c =
+            Config::parse(&port("trunk = { n0 = 10, n1 = 20 }\nnative = \"n2\"")).expect("valid");
+        let t = c.port[0].trunk_spec().expect("a trunk");
+        assert_eq!((t.vlans["n0"], t.vlans["n1"]), (10, 20));
+        assert_eq!(c.port[0].home_network(), "n2");
+        for (body, key, why) in [
+            (
+                "trunk = { n0 = 10, nx = 20 }",
+                "port[0].trunk.nx",
+                "no [[network]]",
+            ),
+            ("trunk = { n0 = 0 }", "port[0].trunk.n0", "outside 1..=4094"),
+            (
+                "trunk = { n0 = 4095 }",
+                "port[0].trunk.n0",
+                "outside 1..=4094",
+            ),
+            (
+                "trunk = { n0 = 10, n1 = 10 }",
+                "port[0].trunk.n1",
+                "also the one of",
+            ),
+            (
+                "network = \"n0\"\ntrunk = { n1 = 10 }",
+                "port[0].trunk",
+                "both `network` and `trunk`",
+            ),
+            (
+                "trunk = { n0 = 10 }\nnative = \"n0\"",
+                "port[0].native",
+                "also in the trunk map",
+            ),
+            (
+                "trunk = { n0 = 10 }\nnative = \"nx\"",
+                "port[0].native",
+                "no [[network]]",
+            ),
+            (
+                "native = \"n0\"",
+                "port[0].native",
+                "only meaningful with `trunk`",
+            ),
+            ("", "port[0].network", "missing"),
+        ] {
+            let e = err(&port(body));
+            assert!(e.contains(key) && e.contains(why), "{body}: {e}");
+        }
     }
 
     #[test]

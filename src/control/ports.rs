@@ -99,8 +99,16 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct PortSpec {
-    /// The network to join.
+    /// The network to join (an access port). Empty for a trunk port (`trunk`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub network: String,
+    /// Instead of `network`: an 802.1Q trunk port carrying these networks, network name →
+    /// VLAN id (1-4094), tagged on the wire (see [`crate::bridge`]).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub trunk: std::collections::BTreeMap<String, u16>,
+    /// With `trunk`: the network of untagged frames (default: none, they are dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<String>,
     /// Unique port name (later: the endpoint's DNS name).
     pub name: String,
     /// A TAP in usernet's own namespace (created if missing).
@@ -188,6 +196,8 @@ impl PortSpec {
     pub fn new(network: &str, name: &str) -> Self {
         PortSpec {
             network: network.into(),
+            trunk: Default::default(),
+            native: None,
             name: name.into(),
             tap: None,
             netns: None,
@@ -254,6 +264,7 @@ impl PortSpec {
                 ));
             }
         }
+        self.check_networks(prefix)?;
         if let Some(m) = self.mtu
             && !(68..=65535).contains(&m)
         {
@@ -311,6 +322,100 @@ impl PortSpec {
         Ok(Backend::NetnsTap { netns, ifname })
     }
 
+    /// Checks `network` / `trunk` / `native`: an access port names its network, a trunk port
+    /// maps networks to distinct VLAN ids (1-4094) and has no address fields. Errors name the
+    /// field as `{prefix}.{key}`.
+    fn check_networks(&self, prefix: &str) -> Result<()> {
+        if self.trunk.is_empty() {
+            if self.native.is_some() {
+                return Err(Error::invalid(
+                    format!("{prefix}.native"),
+                    "only meaningful with `trunk`",
+                ));
+            }
+            if self.network.is_empty() {
+                return Err(Error::invalid(
+                    format!("{prefix}.network"),
+                    "missing: the network to join (or `trunk` for an 802.1Q trunk port)",
+                ));
+            }
+            return Ok(());
+        }
+        if !self.network.is_empty() {
+            return Err(Error::invalid(
+                format!("{prefix}.trunk"),
+                format!(
+                    "port {:?} has both `network` and `trunk`: give one (a trunk's untagged network is `native`)",
+                    self.name
+                ),
+            ));
+        }
+        for (key, set) in [
+            ("mac", self.mac.is_some()),
+            ("ips", !self.ips.is_empty()),
+            ("gateway", !self.gateway.is_empty()),
+            ("default_route", self.default_route.is_some()),
+            ("routes", !self.routes.is_empty()),
+            ("fd", self.fd),
+        ] {
+            if set {
+                return Err(Error::invalid(
+                    format!("{prefix}.{key}"),
+                    "not with `trunk` (addresses are configured on an access port of one network)",
+                ));
+            }
+        }
+        self.trunk_spec()
+            .unwrap_or_default()
+            .check(&format!("{prefix}.trunk"))
+            .map_err(|(field, why)| {
+                // `native` is a sibling of `trunk`, not a key inside it.
+                let field = field.replace(".trunk.native", ".native");
+                Error::invalid(field, why)
+            })
+    }
+
+    /// The trunk's networks, for the bridge; `None` for an access port.
+    pub fn trunk_spec(&self) -> Option<crate::bridge::TrunkSpec> {
+        if self.trunk.is_empty() {
+            return None;
+        }
+        Some(crate::bridge::TrunkSpec::new(
+            self.trunk.iter().map(|(n, v)| (n.as_str(), *v)),
+            self.native.as_deref(),
+        ))
+    }
+
+    /// Every network the port joins: `network`, or a trunk's networks and `native`, each with
+    /// the field that names it (`network`, `trunk.NAME`, `native`).
+    pub fn networks(&self) -> Vec<(String, &str)> {
+        if self.trunk.is_empty() {
+            return vec![("network".into(), self.network.as_str())];
+        }
+        self.trunk
+            .keys()
+            .map(|n| (format!("trunk.{n}"), n.as_str()))
+            .chain(self.native.as_deref().map(|n| ("native".into(), n)))
+            .collect()
+    }
+
+    /// The network the port is listed under: `network`, or a trunk's `native`, or the
+    /// network of its lowest VLAN id (as the bridge does).
+    pub fn home_network(&self) -> &str {
+        if self.trunk.is_empty() {
+            return &self.network;
+        }
+        self.native
+            .as_deref()
+            .or_else(|| {
+                self.trunk
+                    .iter()
+                    .min_by_key(|(_, v)| **v)
+                    .map(|(n, _)| n.as_str())
+            })
+            .unwrap_or_default()
+    }
+
     /// The forwarding policy. A VXLAN port carries the guests of other hosts (each host checks
     /// its own): port security is off on it unless `port_security` says otherwise.
     pub fn policy(&self) -> PortPolicy {
@@ -321,6 +426,7 @@ impl PortSpec {
             allowed_macs: self.allowed_macs.clone(),
             allowed_ips: self.allowed_ips.clone(),
             port_security: self.port_security.or(self.vxlan.as_ref().map(|_| false)),
+            trunk: self.trunk_spec(),
         }
     }
 }
@@ -354,6 +460,30 @@ fn unreachable_stream() -> Result<Box<dyn Link>> {
         "stream ports are opened by listen_stream",
     ))
 }
+/// Parses a trunk map as the command line writes it: `net0=10,net1=20` (network name = VLAN
+/// id). Ranges and duplicates are checked later, with the rest of the port.
+pub fn parse_trunk(
+    s: &str,
+) -> std::result::Result<std::collections::BTreeMap<String, u16>, String> {
+    let mut m = std::collections::BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (net, vid) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected NETWORK=VLAN_ID"))?;
+        let vid: u16 = vid
+            .trim()
+            .parse()
+            .map_err(|_| format!("{part:?}: {:?} is not a VLAN id (1-4094)", vid.trim()))?;
+        if m.insert(net.trim().to_string(), vid).is_some() {
+            return Err(format!("network {:?} is given twice", net.trim()));
+        }
+    }
+    if m.is_empty() {
+        return Err("empty: expected NETWORK=VLAN_ID[,NETWORK=VLAN_ID...]".into());
+    }
+    Ok(m)
+}
+
 /// Checks a Linux interface name: 1-15 bytes, no `/`, whitespace or `:`.
 pub fn check_ifname(name: &str, field: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -428,16 +558,8 @@ impl Handle {
             }
             _ => {}
         }
+        self.check_networks_exist(spec)?;
         if let Backend::Stream { path } = &backend {
-            if self
-                .dp
-                .bridge()
-                .topology()
-                .network_by_name(&spec.network)
-                .is_none()
-            {
-                return Err(crate::bridge::BridgeError::NoSuchNetwork(spec.network.clone()).into());
-            }
             self.listen_stream(spec.clone(), path)?;
             return Ok(Attached::default());
         }
@@ -449,15 +571,6 @@ impl Handle {
             .is_some()
         {
             return Err(crate::bridge::BridgeError::PortExists(spec.name.clone()).into());
-        }
-        if self
-            .dp
-            .bridge()
-            .topology()
-            .network_by_name(&spec.network)
-            .is_none()
-        {
-            return Err(crate::bridge::BridgeError::NoSuchNetwork(spec.network.clone()).into());
         }
         // Adopting a TAP handed over needs nothing the sandbox takes away.
         if crate::sandbox::is_applied() && tap.is_none() {
@@ -517,6 +630,23 @@ impl Handle {
                 Err(e)
             }
         }
+    }
+    /// Every network `spec` joins exists (an access port's: `NoSuchNetwork`, as before; a
+    /// trunk's: an error naming the key).
+    fn check_networks_exist(&self, spec: &PortSpec) -> Result<()> {
+        let topo = self.dp.bridge().topology();
+        for (key, net) in spec.networks() {
+            if topo.network_by_name(net).is_none() {
+                if spec.trunk.is_empty() {
+                    return Err(crate::bridge::BridgeError::NoSuchNetwork(net.to_string()).into());
+                }
+                return Err(Error::invalid(
+                    format!("port.{key}"),
+                    format!("no network named {net:?}"),
+                ));
+            }
+        }
+        Ok(())
     }
     fn open_planned(
         &self,
@@ -586,9 +716,9 @@ impl Handle {
         if let Some(p) = plan {
             policy.allowed_ips.extend(p.ips());
         }
-        let id = self.add_port(&spec.network, &spec.name, policy, link)?;
+        let id = self.add_port(spec.home_network(), &spec.name, policy, link)?;
         if let Some(v) = vxlan {
-            self.vxlan_added(&spec.network, &spec.name, v);
+            self.vxlan_added(spec.home_network(), &spec.name, v);
         }
         if let Backend::NetnsTap { netns, .. } = backend {
             self.set_port_netns(&spec.name, netns.clone());
@@ -704,7 +834,7 @@ impl Handle {
                             match crate::link::stream::StreamLink::new(conn, max, &what) {
                                 Ok(link) => {
                                     if let Err(e) =
-                                        h.add_port(&spec.network, &spec.name, spec.policy(), Box::new(link))
+                                        h.add_port(spec.home_network(), &spec.name, spec.policy(), Box::new(link))
                                     {
                                         tracing::warn!(port = %spec.name, "stream peer: {e}");
                                     } else {

@@ -25,6 +25,10 @@ pub struct PortInfo {
     pub event_loop: usize,
     /// Isolated port.
     pub isolated: bool,
+    /// A trunk port's networks by VLAN id (`network` is then its native network or its lowest
+    /// VLAN's); absent for an access port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<crate::bridge::TrunkSpec>,
 }
 /// A network, as listed by the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +132,7 @@ impl Handle {
                 kind: p.kind.to_string(),
                 event_loop: p.owner,
                 isolated: p.policy.isolated,
+                trunk: p.policy.trunk.clone(),
             })
             .collect()
     }

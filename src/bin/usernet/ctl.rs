@@ -168,8 +168,15 @@ enum PortCmd {
     /// Add a port.
     Add {
         /// Network to join.
-        #[arg(long)]
-        network: String,
+        #[arg(long, required_unless_present = "trunk", conflicts_with = "trunk")]
+        network: Option<String>,
+        /// Instead of --network: an 802.1Q trunk port carrying these networks, tagged with
+        /// these VLAN ids (NETWORK=VID,...).
+        #[arg(long, value_name = "NET=VID,...", value_parser = usernet::control::ports::parse_trunk)]
+        trunk: Option<std::collections::BTreeMap<String, u16>>,
+        /// With --trunk: the network of untagged frames [default: none, they are dropped].
+        #[arg(long, requires = "trunk")]
+        native: Option<String>,
         /// Port name.
         #[arg(long)]
         name: String,
@@ -262,6 +269,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Cmd::Metrics => Request::Metrics {},
         Cmd::Port(PortCmd::Add {
             network,
+            trunk,
+            native,
             name,
             tap,
             netns,
@@ -271,7 +280,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             no_offload,
             isolated,
         }) => {
-            let mut p = PortSpec::new(&network, &name);
+            let mut p = PortSpec::new(network.as_deref().unwrap_or_default(), &name);
+            p.trunk = trunk.unwrap_or_default();
+            p.native = native;
             p.tap = tap;
             p.netns = netns;
             p.ifname = ifname;
@@ -365,6 +376,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A port's NETWORK column: its network, or a trunk's `NET=VID,...` (and `NET=native`).
+fn network_col(p: &Value) -> String {
+    let Some(t) = p.get("trunk").filter(|t| !t.is_null()) else {
+        return s(p, "network");
+    };
+    let mut parts: Vec<String> = t
+        .get("vlans")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    if let Some(n) = t.get("native").and_then(Value::as_str) {
+        parts.push(format!("{n}=native"));
+    }
+    parts.join(",")
+}
+
 fn s(v: &Value, k: &str) -> String {
     match v.get(k) {
         Some(Value::String(s)) => s.clone(),
@@ -410,7 +439,7 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
                     vec![
                         s(p, "id"),
                         s(p, "name"),
-                        s(p, "network"),
+                        network_col(p),
                         s(p, "kind"),
                         s(p, "event_loop"),
                         s(p, "isolated"),

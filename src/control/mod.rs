@@ -5,7 +5,7 @@
 //! CLI, runtimes that speak JSON and Rust embedders get exactly the same behaviour and errors.
 
 //!
-//! Rooms: [`ports`] (a [`PortSpec`] becomes a link), [`address`] (addresses usernet configures),
+//! Rooms: [`ports`] (a [`PortSpec`] becomes a link), `address.rs` (addresses usernet configures),
 //! [`networks`] (one [`networks::NetworkSpec`], networks with their gateways), [`forwards`]
 //! (`-p`), [`views`] (what `ctl` lists), [`metrics`] (the same counters for Prometheus), [`node`] (the control plane's own state and the public
 //! [`Engine`](node::Engine)), [`api`] and [`server`] (the JSON socket), [`rootless`] (attach
@@ -18,7 +18,7 @@ use crate::engine::Datapath;
 use crate::error::{Error, Result};
 use node::Node;
 
-pub mod address;
+pub(crate) mod address;
 pub mod api;
 pub mod forwards;
 pub mod metrics;

@@ -1,7 +1,7 @@
 //! Ports: the [`PortSpec`] a config file, the API or the CLI describes a port with, and how it
 //! becomes a link on the datapath (a TAP created here or in a namespace, a TAP handed in, an
 //! AF_PACKET socket, a stream listener), with the addresses usernet configures
-//! ([`super::address`]) and the liveness watch for ports whose death no read reports.
+//! (`control/address.rs`) and the liveness watch for ports whose death no read reports.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -171,7 +171,7 @@ pub struct PortSpec {
     /// Addresses to configure on that interface (`netns` only): `ADDR/PREFIX`, `ADDR` (the
     /// network's prefix), or `auto` (IPv4 reserved from the network's DHCP pool, plus the
     /// SLAAC address in its IPv6 prefix). The port owns them from the start (port security),
-    /// and the gateway knows them at once (DNS name, forwards). See [`address`].
+    /// and the gateway knows them at once (DNS name, forwards). See `control/address.rs`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<AddrSpec>,
     /// Default gateways to route through (default: the network gateway's address of each
@@ -527,7 +527,7 @@ impl Handle {
     /// Like [`Handle::open_port`], and says how the port's interface was configured: a
     /// `netns` port with address fields (`mac`, `ips`, `gateway`, `routes`) gets them over
     /// rtnetlink inside the namespace, with `lo` up; the port owns its addresses from the
-    /// start and the network's gateway knows its MAC and name at once (see [`address`]).
+    /// start and the network's gateway knows its MAC and name at once (see `control/address.rs`).
     pub fn attach(&self, spec: &PortSpec) -> Result<Attached> {
         self.attach_with(spec, None)
     }

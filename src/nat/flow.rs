@@ -24,7 +24,7 @@
 //! refusal.
 //!
 //! What a flow needs beyond that (sockets, smoltcp handles, timers, buffers) stays with its
-//! protocol ([`super::tcp`], [`super::udp`], [`super::icmp`]), in a [`Slots`] indexed by the
+//! protocol (`tcp.rs`, `udp.rs`, `icmp.rs`), in a [`Slots`] indexed by the
 //! same id; the protocol inserts into the table when it opens a flow and removes from it when
 //! it closes one, so the two never disagree.
 

@@ -28,8 +28,9 @@ const GW: &str = "10.76.0.1";
 const WARMUP: usize = 30;
 /// Measured cycles.
 const CYCLES: usize = 200;
-/// The whole churn must finish within this.
-const LIMIT: Duration = Duration::from_secs(50);
+/// The whole churn must finish within this: a bound on the run (a hang fails), not a speed goal
+/// (about 25 s here alone; twice that when other builds share the 2 CPUs).
+const LIMIT: Duration = Duration::from_secs(120);
 /// RSS is sampled every this many cycles.
 const RSS_EVERY: usize = 50;
 /// A leak grows RSS in every sample interval (the issue measured ~0.5 KB per cycle, 25 KB per

@@ -26,6 +26,7 @@ const TARGETS: &[(&str, Check)] = &[
     ("forward_spec", harness::forward_spec::forward_spec),
     ("ndp_ra", harness::ndp_ra::ndp_ra),
     ("stream_framing", harness::stream_framing::stream_framing),
+    ("vxlan_decap", harness::vxlan_decap::vxlan_decap),
 ];
 
 fn seeds_dir() -> PathBuf {

@@ -19,6 +19,7 @@ pub mod forward_spec;
 pub mod ndp_ra;
 pub mod seeds;
 pub mod stream_framing;
+pub mod vxlan_decap;
 
 /// Reads fixed-size fields from the front of a fuzz input, yielding zeros once it runs out
 /// (so a short input still makes a complete, if dull, set of parameters).

@@ -47,6 +47,7 @@ pub fn all() -> Vec<Seed> {
     v.extend(forward_spec());
     v.extend(datapath());
     v.extend(stream_framing());
+    v.extend(vxlan_decap());
     v
 }
 
@@ -861,5 +862,61 @@ fn stream_framing() -> Vec<Seed> {
             v.extend(std::iter::repeat_n(0, 254));
             v
         }),
+    ]
+}
+
+// ---- vxlan_decap ----
+
+fn vxlan_decap() -> Vec<Seed> {
+    const VNI: [u8; 3] = [0, 0, 42];
+    // VNI 42, then a datagram: the VXLAN header and an inner frame.
+    let dgram = |flags: [u8; 4], vni: [u8; 3], inner: &[u8]| {
+        let mut v = VNI.to_vec();
+        v.extend(flags);
+        v.extend(vni);
+        v.push(0);
+        v.extend(inner);
+        v
+    };
+    let mut udp = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .udp(40000, 53)
+        .write(&mut udp, b"payload")
+        .expect("udp frame");
+    let mut tagged = udp[..12].to_vec();
+    tagged.extend([0x81, 0x00, 0x00, 0x0a]);
+    tagged.extend(&udp[12..]);
+    vec![
+        seed(
+            "vxlan_decap",
+            "udp-in-vni42",
+            dgram([8, 0, 0, 0], VNI, &udp),
+        ),
+        seed(
+            "vxlan_decap",
+            "tagged-inner",
+            dgram([8, 0, 0, 0], VNI, &tagged),
+        ),
+        seed(
+            "vxlan_decap",
+            "wrong-vni",
+            dgram([8, 0, 0, 0], [0, 0, 43], &udp),
+        ),
+        seed(
+            "vxlan_decap",
+            "gbp-flags",
+            dgram([0x88, 0, 0, 0], VNI, &udp),
+        ),
+        seed(
+            "vxlan_decap",
+            "runt-inner",
+            dgram([8, 0, 0, 0], VNI, &udp[..10]),
+        ),
+        seed(
+            "vxlan_decap",
+            "header-only",
+            VNI.iter().copied().chain([8, 0, 0]).collect(),
+        ),
     ]
 }

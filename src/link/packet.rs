@@ -43,12 +43,13 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use super::netns::{self, validate_ifname};
 use super::{Link, LinkCaps, LinkError, OpenError, RecvStats, SendStats, classify};
 use crate::frame::{Frame, FramePool, VNET_HDR_LEN, VnetHdr};
+use crate::sys::packet::{self as sys, Flag, MmsgBatch};
 
 /// Ethernet header plus one 802.1Q tag: what a frame adds to the interface MTU.
 const L2_OVERHEAD: usize = 14 + 4;
@@ -56,10 +57,6 @@ const L2_OVERHEAD: usize = 14 + 4;
 const DEFAULT_MTU: u32 = 1500;
 /// Initial size of the batch arrays; they grow to the largest `max` asked for.
 const INITIAL_BATCH: usize = 64;
-
-/// Control buffer of one received message, in 8-byte words: room for one `cmsghdr` carrying a
-/// `tpacket_auxdata` (16 + 20 bytes, aligned: 40), with some to spare.
-const CTRL_WORDS: usize = 8;
 
 /// Receive slots per `recvmmsg` call when frames may be 64 KiB GSO frames: bounds the GSO
 /// buffers one packet link keeps ready (8 x 64 KiB).
@@ -96,48 +93,6 @@ impl Default for PacketOptions {
     }
 }
 
-/// The per-message arrays handed to `recvmmsg`/`sendmmsg`.
-struct Batch {
-    hdrs: Vec<libc::mmsghdr>,
-    iovs: Vec<libc::iovec>,
-    addrs: Vec<libc::sockaddr_ll>,
-    /// One control buffer per message, for `PACKET_AUXDATA` (8-byte aligned, as `cmsghdr`
-    /// needs).
-    ctrl: Vec<[u64; CTRL_WORDS]>,
-}
-
-// SAFETY: the raw pointers inside `hdrs` and `iovs` are scratch values: they are rewritten to
-// point at the link's own buffers right before every syscall and never dereferenced otherwise,
-// so moving the arrays to another thread cannot create shared access.
-unsafe impl Send for Batch {}
-
-impl Batch {
-    fn new() -> Batch {
-        let mut b = Batch {
-            hdrs: Vec::new(),
-            iovs: Vec::new(),
-            addrs: Vec::new(),
-            ctrl: Vec::new(),
-        };
-        b.reserve(INITIAL_BATCH);
-        b
-    }
-
-    /// Makes room for `n` messages (allocates only when `n` exceeds what was seen so far).
-    fn reserve(&mut self, n: usize) {
-        if self.hdrs.len() >= n {
-            return;
-        }
-        // SAFETY: mmsghdr, iovec and sockaddr_ll are plain C structs; all-zero is valid for each
-        // (null pointers, zero lengths).
-        let (h, i, a) = unsafe { (std::mem::zeroed(), std::mem::zeroed(), std::mem::zeroed()) };
-        self.hdrs.resize(n, h);
-        self.iovs.resize(n, i);
-        self.addrs.resize(n, a);
-        self.ctrl.resize(n, [0; CTRL_WORDS]);
-    }
-}
-
 /// An `AF_PACKET` socket bound to one interface. See the module docs.
 pub struct PacketLink {
     fd: OwnedFd,
@@ -148,7 +103,7 @@ pub struct PacketLink {
     vnet_len: usize,
     /// `PACKET_AUXDATA` is on: received messages carry the tag the kernel took off.
     auxdata: bool,
-    batch: Batch,
+    batch: MmsgBatch,
     /// Receive buffers; slot `i` backs message `i`. Filled slots are handed out, the others
     /// are kept for the next call.
     slots: Vec<Option<Frame>>,
@@ -165,101 +120,30 @@ impl std::fmt::Debug for PacketLink {
     }
 }
 
-/// `setsockopt(fd, level, name, &val)`.
-fn setsockopt<T>(
-    fd: BorrowedFd<'_>,
-    level: libc::c_int,
-    name: libc::c_int,
-    val: &T,
-) -> io::Result<()> {
-    // SAFETY: passes a pointer to `val` and its exact size; the kernel only reads it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (val as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 impl PacketLink {
     /// Opens a packet socket on the existing interface `ifname` in the calling thread's network
     /// namespace and applies `opts`.
     pub fn open(ifname: &str, opts: &PacketOptions) -> Result<PacketLink, OpenError> {
         validate_ifname(ifname)?;
         let what = |step: &str| format!("opening packet socket on {ifname}: {step}");
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: socket() takes no pointers; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::c_int::from(proto),
-            )
-        };
-        if raw < 0 {
-            return Err(OpenError::last_os(what("socket")));
-        }
-        // SAFETY: `raw` is a fresh descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = sys::socket().map_err(|e| OpenError::new(what("socket"), e))?;
 
         // Every interface query below goes through this socket, i.e. its namespace.
         let ifindex = netns::if_index_on(fd.as_fd(), ifname)?;
         if opts.up {
             netns::set_link_up_on(fd.as_fd(), ifname)?;
         }
-
-        // SAFETY: sockaddr_ll is a plain C struct; all-zero is valid.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as libc::c_ushort;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = ifindex as libc::c_int;
-        // SAFETY: binds to a valid sockaddr_ll of the size passed.
-        let rc = unsafe {
-            libc::bind(
-                raw,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(OpenError::last_os(what("bind")));
-        }
-
+        sys::bind(fd.as_fd(), ifindex).map_err(|e| OpenError::new(what("bind"), e))?;
         if opts.promisc {
-            // SAFETY: packet_mreq is a plain C struct; all-zero is valid.
-            let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
-            mreq.mr_ifindex = ifindex as libc::c_int;
-            mreq.mr_type = libc::PACKET_MR_PROMISC as libc::c_ushort;
-            setsockopt(
-                fd.as_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_ADD_MEMBERSHIP,
-                &mreq,
-            )
-            .map_err(|e| OpenError::new(what("promiscuous mode"), e))?;
+            sys::add_promisc(fd.as_fd(), ifindex)
+                .map_err(|e| OpenError::new(what("promiscuous mode"), e))?;
         }
-
-        let one: libc::c_int = 1;
-        if let Err(e) = setsockopt(
-            fd.as_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_IGNORE_OUTGOING,
-            &one,
-        ) {
+        if let Err(e) = sys::enable(fd.as_fd(), Flag::IgnoreOutgoing) {
             // Pre-4.20 kernel: the PACKET_OUTGOING filter in recv_batch does the job.
             tracing::debug!(ifname, error = %e, "PACKET_IGNORE_OUTGOING unavailable");
         }
-
         let vnet_len = if opts.offload {
-            match setsockopt(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one) {
+            match sys::enable(fd.as_fd(), Flag::VnetHdr) {
                 Ok(()) => VNET_HDR_LEN,
                 Err(e) => {
                     tracing::debug!(ifname, error = %e, "PACKET_VNET_HDR unavailable");
@@ -269,9 +153,8 @@ impl PacketLink {
         } else {
             0
         };
-
         // The tag the kernel takes off received frames comes back as control data.
-        let auxdata = match setsockopt(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_AUXDATA, &one) {
+        let auxdata = match sys::enable(fd.as_fd(), Flag::Auxdata) {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(ifname, error = %e, "PACKET_AUXDATA unavailable: VLAN tags of received frames are lost");
@@ -288,7 +171,7 @@ impl PacketLink {
             max_frame: mtu as usize + L2_OVERHEAD,
             vnet_len,
             auxdata,
-            batch: Batch::new(),
+            batch: MmsgBatch::new(INITIAL_BATCH),
             slots: Vec::new(),
         })
     }
@@ -330,46 +213,6 @@ impl PacketLink {
             _ => classify(err),
         }
     }
-}
-
-/// The VLAN tag (TPID, TCI) the kernel took off a received frame, from its `PACKET_AUXDATA`
-/// control message; `None` when the frame had none (or no control data came).
-fn vlan_tag(msg: &libc::msghdr) -> Option<(u16, u16)> {
-    if msg.msg_control.is_null() || msg.msg_controllen < std::mem::size_of::<libc::cmsghdr>() as _ {
-        return None;
-    }
-    // SAFETY: `msg` is a header the kernel filled: `msg_control` points at our control buffer
-    // and `msg_controllen` is what the kernel wrote into it, so the CMSG_* walk stays inside it.
-    let mut c = unsafe { libc::CMSG_FIRSTHDR(msg) };
-    while !c.is_null() {
-        // SAFETY: `c` is a non-null cmsghdr inside the buffer (CMSG_FIRSTHDR/CMSG_NXTHDR check
-        // that its header fits).
-        let h = unsafe { &*c };
-        // SAFETY: CMSG_LEN only computes a length.
-        let want = unsafe { libc::CMSG_LEN(std::mem::size_of::<libc::tpacket_auxdata>() as u32) };
-        if h.cmsg_level == libc::SOL_PACKET
-            && h.cmsg_type == libc::PACKET_AUXDATA
-            && h.cmsg_len >= want as _
-        {
-            // SAFETY: the message holds a whole tpacket_auxdata (length checked above); it may
-            // be unaligned for the struct, hence read_unaligned.
-            let aux = unsafe {
-                std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::tpacket_auxdata>())
-            };
-            if aux.tp_status & libc::TP_STATUS_VLAN_VALID == 0 {
-                return None;
-            }
-            let tpid = if aux.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
-                aux.tp_vlan_tpid
-            } else {
-                0x8100
-            };
-            return Some((tpid, aux.tp_vlan_tci));
-        }
-        // SAFETY: `msg` and `c` as above.
-        c = unsafe { libc::CMSG_NXTHDR(msg, c) };
-    }
-    None
 }
 
 impl AsFd for PacketLink {
@@ -428,51 +271,20 @@ impl Link for PacketLink {
         let mut msgs_left = read_budget(max);
         while st.frames < max && msgs_left > 0 {
             let want = (max - st.frames).min(per_call).min(msgs_left);
-            for i in 0..want {
-                let slot = &mut self.slots[i];
+            for slot in &mut self.slots[..want] {
                 let frame = match slot.take() {
                     Some(f) if f.capacity() == want_cap => f,
                     _ if vl > 0 => pool.alloc_large().unwrap_or_else(|| pool.alloc()),
                     _ => pool.alloc(),
                 };
-                let frame = slot.insert(frame);
-                let area = frame.recv_area(vl);
-                self.batch.iovs[i] = libc::iovec {
-                    iov_base: area.as_mut_ptr().cast(),
-                    iov_len: area.len(),
-                };
-                let hdr = &mut self.batch.hdrs[i];
-                hdr.msg_len = 0;
-                hdr.msg_hdr.msg_name = (&mut self.batch.addrs[i] as *mut libc::sockaddr_ll).cast();
-                hdr.msg_hdr.msg_namelen =
-                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-                hdr.msg_hdr.msg_iov = &mut self.batch.iovs[i];
-                hdr.msg_hdr.msg_iovlen = 1;
-                if self.auxdata {
-                    let ctrl = &mut self.batch.ctrl[i];
-                    hdr.msg_hdr.msg_control = ctrl.as_mut_ptr().cast();
-                    hdr.msg_hdr.msg_controllen = std::mem::size_of_val(ctrl) as _;
-                } else {
-                    hdr.msg_hdr.msg_control = std::ptr::null_mut();
-                    hdr.msg_hdr.msg_controllen = 0;
-                }
-                hdr.msg_hdr.msg_flags = 0;
+                *slot = Some(frame);
             }
-            // SAFETY: the first `want` headers point at valid, exclusively owned iovecs,
-            // frame buffers, address structs and control buffers of the sizes given, which
-            // outlive the call.
-            let r = unsafe {
-                libc::recvmmsg(
-                    self.fd.as_raw_fd(),
-                    self.batch.hdrs.as_mut_ptr(),
-                    want as libc::c_uint,
-                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                    std::ptr::null_mut(),
-                )
-            };
-            if r < 0 {
-                let err = io::Error::last_os_error();
-                match err.raw_os_error() {
+            let bufs = self.slots[..want]
+                .iter_mut()
+                .filter_map(|s| s.as_mut().map(|f| f.recv_area(vl)));
+            let r = match self.batch.recv(self.fd.as_fd(), bufs, self.auxdata) {
+                Ok(r) => r,
+                Err(err) => match err.raw_os_error() {
                     Some(libc::EINTR) => continue,
                     Some(libc::EAGAIN) => {
                         st.drained = true;
@@ -486,23 +298,19 @@ impl Link for PacketLink {
                         // A transient error after some frames: report those.
                         break;
                     }
-                }
-            }
-            let r = (r as usize).min(want);
+                },
+            };
             if r == 0 {
                 break;
             }
             msgs_left -= r;
             for i in 0..r {
-                let hdr = &self.batch.hdrs[i];
-                let len = hdr.msg_len as usize;
-                let outgoing = self.batch.addrs[i].sll_pkttype == libc::PACKET_OUTGOING;
-                let truncated = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0
-                    || len > self.batch.iovs[i].iov_len;
-                if outgoing || len <= vl {
+                let got = self.batch.received(i);
+                let len = got.len;
+                if got.outgoing || len <= vl {
                     continue;
                 }
-                if truncated {
+                if got.truncated {
                     st.oversize += 1;
                     continue;
                 }
@@ -528,7 +336,7 @@ impl Link for PacketLink {
                     self.slots[i] = Some(big);
                 }
                 f.meta.vnet = meta;
-                if let Some((tpid, tci)) = vlan_tag(&hdr.msg_hdr) {
+                if let Some((tpid, tci)) = got.vlan {
                     // Fails only for a runt shorter than the MAC addresses (a received frame
                     // has its whole headroom), which the bridge then drops as such.
                     let _ = f.push_vlan(tpid, tci);
@@ -548,53 +356,28 @@ impl Link for PacketLink {
     fn send_batch(&mut self, queue: &mut VecDeque<Frame>) -> Result<SendStats, LinkError> {
         let mut st = SendStats::default();
         while !queue.is_empty() {
-            let n = queue.len().min(self.batch.hdrs.len());
+            let n = queue.len().min(self.batch.capacity());
             let vl = self.vnet_len;
-            for (i, frame) in queue.iter_mut().take(n).enumerate() {
+            let bufs = queue.iter_mut().take(n).map(|frame| -> &[u8] {
                 let h = frame.meta.vnet.to_bytes();
                 let data = frame.with_prefix_mut(vl);
                 if vl > 0 && data.len() >= vl {
                     data[..vl].copy_from_slice(&h[..vl]);
                 }
-                self.batch.iovs[i] = libc::iovec {
-                    // The kernel only reads through this pointer (sendmmsg).
-                    iov_base: data.as_mut_ptr().cast(),
-                    iov_len: data.len(),
-                };
-                let hdr = &mut self.batch.hdrs[i];
-                hdr.msg_len = 0;
-                // The socket is bound: no destination address needed.
-                hdr.msg_hdr.msg_name = std::ptr::null_mut();
-                hdr.msg_hdr.msg_namelen = 0;
-                hdr.msg_hdr.msg_iov = &mut self.batch.iovs[i];
-                hdr.msg_hdr.msg_iovlen = 1;
-                hdr.msg_hdr.msg_control = std::ptr::null_mut();
-                hdr.msg_hdr.msg_controllen = 0;
-                hdr.msg_hdr.msg_flags = 0;
-            }
-            // SAFETY: the first `n` headers point at valid iovecs describing the frames at the
-            // front of `queue`, which are neither moved nor dropped during the call.
-            let r = unsafe {
-                libc::sendmmsg(
-                    self.fd.as_raw_fd(),
-                    self.batch.hdrs.as_mut_ptr(),
-                    n as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
+                data
+            });
+            let err = match self.batch.send(self.fd.as_fd(), bufs) {
+                Ok(0) => break,
+                Ok(r) => {
+                    for f in queue.drain(..r) {
+                        st.frames += 1;
+                        st.bytes += f.len();
+                    }
+                    // If r < n the next call reports the error of the frame that stopped it.
+                    continue;
+                }
+                Err(err) => err,
             };
-            if r >= 0 {
-                let r = (r as usize).min(n);
-                if r == 0 {
-                    break;
-                }
-                for f in queue.drain(..r) {
-                    st.frames += 1;
-                    st.bytes += f.len();
-                }
-                // If r < n the next call reports the error of the frame that stopped it.
-                continue;
-            }
-            let err = io::Error::last_os_error();
             match err.raw_os_error() {
                 Some(libc::EINTR) => continue,
                 Some(libc::EAGAIN) => break,

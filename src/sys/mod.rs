@@ -20,6 +20,9 @@
 //! - [`timer`]: a one-shot monotonic `timerfd` (the gateway port's timers).
 //! - [`pipe`]: pipes and `splice(2)` (spliced port forwards); [`sock`]: ping sockets, `bind`
 //!   for them, and `SO_LINGER` 0.
+//! - [`packet`]: `AF_PACKET` sockets (open, bind, promiscuous membership, `SOL_PACKET` flags)
+//!   and [`packet::MmsgBatch`], batched `recvmmsg`/`sendmmsg` with each frame's VLAN tag from
+//!   `PACKET_AUXDATA`.
 //! - [`io`]: the links' descriptor I/O: `eventfd` ([`io::EventFd`]), `poll`, `readv`, `write`,
 //!   `O_NONBLOCK`.
 
@@ -27,6 +30,7 @@ pub mod caps;
 pub mod ifreq;
 pub mod io;
 pub mod ns;
+pub mod packet;
 pub mod pipe;
 pub mod process;
 pub mod random;

@@ -61,7 +61,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use arc_swap::{ArcSwap, Guard};
 use crossbeam_queue::ArrayQueue;
@@ -72,8 +72,14 @@ pub mod clock;
 pub mod fdb;
 pub mod security;
 
+mod counters;
+mod trunk;
+
 pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use counters::{DropReason, PortCounters, PortStats};
 pub use fdb::{Fdb, FdbConfig, FdbEntry, Learned};
+use trunk::resolve_trunk;
+pub use trunk::{Trunk, TrunkSpec, TrunkVlan};
 
 use crate::frame::{Frame, FramePool};
 use crate::wire::{L2Header, Mac};
@@ -85,193 +91,6 @@ pub struct PortId(pub u32);
 /// Identifies a network for the life of the process (never reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NetworkId(pub u32);
-
-/// Why a frame was dropped. Each has its own counter per port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(usize)]
-#[non_exhaustive]
-pub enum DropReason {
-    /// Shorter than an Ethernet header (or than its VLAN tag).
-    Runt = 0,
-    /// Longer than the receive buffer (truncated by the kernel).
-    Oversize,
-    /// Multicast or all-zero source MAC.
-    InvalidSource,
-    /// Destination in the 802.1D reserved range.
-    Reserved,
-    /// Port policy: source MAC not allowed, or isolation.
-    Policy,
-    /// Destination learned on the ingress port itself.
-    Hairpin,
-    /// No other port to deliver to.
-    NoDestination,
-    /// Egress: the port's TX ring was full, or the port already held its share of the shared
-    /// GSO buffers (see [`crate::frame`]).
-    RingFull,
-    /// Egress: the link refused the frame.
-    LinkError,
-    /// Egress: a GSO or partial-checksum frame whose headers did not allow segmenting or
-    /// checksumming it for a link without offloads.
-    BadOffload,
-    /// Port security: a source MAC the port does not own (another port's, the gateway's).
-    SpoofedSource,
-    /// Port security: an IP source the port does not own or may not use.
-    SpoofedIp,
-    /// Port security: an ARP sender MAC or IP the port does not own.
-    SpoofedArp,
-    /// Port security: an NDP target or link-layer option the port does not own.
-    SpoofedNd,
-    /// Port security: a router advertisement, redirect or DHCP/DHCPv6 server message from a
-    /// guest (RA guard, DHCP guard).
-    RogueServer,
-    /// Port security: the port already owns as many MACs as it may.
-    AddressLimit,
-    /// Trunk port: a frame tagged with a VLAN id the trunk does not map, or untagged on a
-    /// trunk without a native network.
-    UnmappedVlan,
-    /// Egress, trunk port: a frame of the trunk's native network that carries an 802.1Q tag
-    /// of its own. Sent untagged, as native frames are, it would read as that VLAN on the
-    /// wire (VLAN hopping), so it is dropped.
-    NativeTagged,
-}
-
-impl DropReason {
-    /// Number of reasons.
-    pub const COUNT: usize = 18;
-    /// Every reason, in counter order.
-    pub const ALL: [DropReason; Self::COUNT] = [
-        DropReason::Runt,
-        DropReason::Oversize,
-        DropReason::InvalidSource,
-        DropReason::Reserved,
-        DropReason::Policy,
-        DropReason::Hairpin,
-        DropReason::NoDestination,
-        DropReason::RingFull,
-        DropReason::LinkError,
-        DropReason::BadOffload,
-        DropReason::SpoofedSource,
-        DropReason::SpoofedIp,
-        DropReason::SpoofedArp,
-        DropReason::SpoofedNd,
-        DropReason::RogueServer,
-        DropReason::AddressLimit,
-        DropReason::UnmappedVlan,
-        DropReason::NativeTagged,
-    ];
-
-    /// Stable name used in stats output.
-    pub fn name(self) -> &'static str {
-        match self {
-            DropReason::Runt => "runt",
-            DropReason::Oversize => "oversize",
-            DropReason::InvalidSource => "invalid_source",
-            DropReason::Reserved => "reserved",
-            DropReason::Policy => "policy",
-            DropReason::Hairpin => "hairpin",
-            DropReason::NoDestination => "no_destination",
-            DropReason::RingFull => "ring_full",
-            DropReason::LinkError => "link_error",
-            DropReason::BadOffload => "bad_offload",
-            DropReason::SpoofedSource => "spoofed_source",
-            DropReason::SpoofedIp => "spoofed_ip",
-            DropReason::SpoofedArp => "spoofed_arp",
-            DropReason::SpoofedNd => "spoofed_nd",
-            DropReason::RogueServer => "rogue_server",
-            DropReason::AddressLimit => "address_limit",
-            DropReason::UnmappedVlan => "unmapped_vlan",
-            DropReason::NativeTagged => "native_tagged",
-        }
-    }
-
-    /// True for the port-security reasons (logged, rate-limited, when they drop a frame).
-    pub fn is_security(self) -> bool {
-        (DropReason::SpoofedSource..=DropReason::AddressLimit).contains(&self)
-    }
-
-    /// True for reasons counted on the egress side.
-    pub fn is_egress(self) -> bool {
-        matches!(
-            self,
-            DropReason::RingFull
-                | DropReason::LinkError
-                | DropReason::BadOffload
-                | DropReason::NativeTagged
-        )
-    }
-}
-
-/// Per-port counters, updated with relaxed atomics (each is written by one loop).
-#[derive(Debug, Default)]
-pub struct PortCounters {
-    /// Frames received from the link.
-    pub rx_frames: AtomicU64,
-    /// Bytes received from the link.
-    pub rx_bytes: AtomicU64,
-    /// Received frames handed to at least one egress ring.
-    pub forwarded: AtomicU64,
-    /// Frames written to the link.
-    pub tx_frames: AtomicU64,
-    /// Bytes written to the link.
-    pub tx_bytes: AtomicU64,
-    drops: [AtomicU64; DropReason::COUNT],
-}
-
-impl PortCounters {
-    /// Counts `n` drops for `reason`.
-    pub fn drop_n(&self, reason: DropReason, n: u64) {
-        self.drops[reason as usize].fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Drops counted for `reason`.
-    pub fn drops(&self, reason: DropReason) -> u64 {
-        self.drops[reason as usize].load(Ordering::Relaxed)
-    }
-
-    /// A consistent-enough copy for display.
-    pub fn snapshot(&self) -> PortStats {
-        PortStats {
-            rx_frames: self.rx_frames.load(Ordering::Relaxed),
-            rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
-            forwarded: self.forwarded.load(Ordering::Relaxed),
-            tx_frames: self.tx_frames.load(Ordering::Relaxed),
-            tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
-            drops: DropReason::ALL
-                .iter()
-                .map(|r| (r.name().to_string(), self.drops(*r)))
-                .collect(),
-        }
-    }
-}
-
-/// A copy of a port's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct PortStats {
-    /// Frames received.
-    pub rx_frames: u64,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Received frames forwarded.
-    pub forwarded: u64,
-    /// Frames sent.
-    pub tx_frames: u64,
-    /// Bytes sent.
-    pub tx_bytes: u64,
-    /// Drops by reason name (every reason listed, zero or not).
-    pub drops: std::collections::BTreeMap<String, u64>,
-}
-
-impl PortStats {
-    /// Sum of the ingress-side drops.
-    pub fn rx_dropped(&self) -> u64 {
-        DropReason::ALL
-            .iter()
-            .filter(|r| !r.is_egress())
-            .map(|r| self.drops.get(r.name()).copied().unwrap_or(0))
-            .sum()
-    }
-}
 
 /// Forwarding policy of one port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,143 +117,6 @@ pub struct PortPolicy {
     /// an access port of the network it is added to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trunk: Option<TrunkSpec>,
-}
-
-/// The networks an 802.1Q trunk port carries: `{ net0 = 10, net1 = 20 }` and, optionally,
-/// the network of its untagged frames.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct TrunkSpec {
-    /// Network name → VLAN id (1-4094, each at most once).
-    pub vlans: std::collections::BTreeMap<String, u16>,
-    /// The network of untagged frames (not one of `vlans`); `None`: untagged frames are
-    /// dropped (`unmapped_vlan`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub native: Option<String>,
-}
-
-impl TrunkSpec {
-    /// A trunk carrying `vlans` (network name, VLAN id), with `native` for untagged frames.
-    pub fn new<'a>(vlans: impl IntoIterator<Item = (&'a str, u16)>, native: Option<&str>) -> Self {
-        TrunkSpec {
-            vlans: vlans.into_iter().map(|(n, v)| (n.to_string(), v)).collect(),
-            native: native.map(String::from),
-        }
-    }
-
-    /// Checks the VLAN ids (1-4094, none twice), that some network is carried and that the
-    /// native network is not also tagged. The error names the key under `prefix` (e.g.
-    /// `port[0].trunk.net0`).
-    pub fn check(&self, prefix: &str) -> Result<(), (String, String)> {
-        if self.vlans.is_empty() && self.native.is_none() {
-            return Err((
-                prefix.to_string(),
-                "empty: map at least one network to a VLAN id".into(),
-            ));
-        }
-        let mut seen: std::collections::BTreeMap<u16, &str> = Default::default();
-        for (net, &vid) in &self.vlans {
-            let key = format!("{prefix}.{net}");
-            if !(1..=4094).contains(&vid) {
-                return Err((key, format!("VLAN id {vid} is outside 1..=4094")));
-            }
-            if let Some(other) = seen.insert(vid, net) {
-                return Err((key, format!("VLAN id {vid} is also the one of {other:?}")));
-            }
-        }
-        if let Some(n) = &self.native
-            && self.vlans.contains_key(n)
-        {
-            return Err((
-                format!("{prefix}.native"),
-                format!("{n:?} is also in the trunk map: a network is either tagged or native"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Every network name it carries, tagged ones first.
-    pub fn networks(&self) -> impl Iterator<Item = &str> {
-        self.vlans
-            .keys()
-            .map(String::as_str)
-            .chain(self.native.as_deref())
-    }
-}
-
-/// One network of a trunk port, resolved.
-#[derive(Debug)]
-pub struct TrunkVlan {
-    /// VLAN id on the wire (0 for the native network: untagged).
-    pub vid: u16,
-    /// The network.
-    pub network: NetworkId,
-    /// What the port owns in that network (port security is per network).
-    pub owned: Arc<security::PortOwned>,
-}
-
-/// A trunk port's networks (the bridge side of a [`TrunkSpec`]).
-#[derive(Debug)]
-pub struct Trunk {
-    /// Tagged networks, sorted by VLAN id.
-    pub vlans: Vec<TrunkVlan>,
-    /// The network of untagged frames.
-    pub native: Option<TrunkVlan>,
-}
-
-/// TPID of an 802.1Q tag.
-const TPID_8021Q: [u8; 2] = [0x81, 0x00];
-
-impl Trunk {
-    /// The network of a frame received on the trunk, popping its 802.1Q tag (in place). Only
-    /// the 802.1Q TPID (0x8100) is a trunk tag; any other frame (802.1ad too) is untagged.
-    fn classify(&self, frame: &mut Frame) -> Result<&TrunkVlan, DropReason> {
-        let d = frame.data();
-        if d.len() < 14 {
-            return Err(DropReason::Runt);
-        }
-        if d[12..14] != TPID_8021Q {
-            return self.native.as_ref().ok_or(DropReason::UnmappedVlan);
-        }
-        if d.len() < 18 {
-            return Err(DropReason::Runt);
-        }
-        let vid = u16::from_be_bytes([d[14], d[15]]) & 0x0fff;
-        let v = if vid == 0 {
-            // Priority-tagged: untagged as far as VLANs go.
-            self.native.as_ref()
-        } else {
-            self.vlans
-                .binary_search_by_key(&vid, |v| v.vid)
-                .ok()
-                .and_then(|i| self.vlans.get(i))
-        }
-        .ok_or(DropReason::UnmappedVlan)?;
-        frame.pop_vlan();
-        Ok(v)
-    }
-
-    /// Tags a frame leaving on the trunk for `net` (none for the native network, where an
-    /// already 802.1Q-tagged frame is refused: `native_tagged`). `link_error` when the trunk
-    /// does not carry `net` or the frame cannot take a tag.
-    fn tag(&self, net: NetworkId, frame: &mut Frame) -> Result<(), DropReason> {
-        if self.native.as_ref().is_some_and(|n| n.network == net) {
-            return match frame.data().get(12..14) {
-                Some(et) if et == TPID_8021Q => Err(DropReason::NativeTagged),
-                _ => Ok(()),
-            };
-        }
-        match self.vlans.iter().find(|v| v.network == net) {
-            Some(v) if frame.push_vlan(u16::from_be_bytes(TPID_8021Q), v.vid) => Ok(()),
-            _ => Err(DropReason::LinkError),
-        }
-    }
-
-    /// Every network it carries, with what the port owns there.
-    pub fn all(&self) -> impl Iterator<Item = &TrunkVlan> {
-        self.vlans.iter().chain(self.native.as_ref())
-    }
 }
 
 impl Default for PortPolicy {
@@ -997,36 +679,6 @@ fn detach_from_networks(t: &mut Topology, port: &Port) {
             ne.net.guard.unregister(port.id);
         }
     }
-}
-
-/// Resolves a trunk's network names and checks its VLAN ids.
-fn resolve_trunk(t: &Topology, port: &str, spec: &TrunkSpec) -> Result<Trunk, BridgeError> {
-    let field = format!("port {port:?}.trunk");
-    spec.check(&field)
-        .map_err(|(f, why)| BridgeError::BadTrunk(f, why))?;
-    let net = |name: &str, key: String| {
-        t.network_by_name(name)
-            .map(|n| n.net.id)
-            .ok_or_else(|| BridgeError::BadTrunk(key, format!("no network named {name:?}")))
-    };
-    let mut vlans = Vec::with_capacity(spec.vlans.len());
-    for (name, &vid) in &spec.vlans {
-        vlans.push(TrunkVlan {
-            vid,
-            network: net(name, format!("{field}.{name}"))?,
-            owned: Arc::default(),
-        });
-    }
-    vlans.sort_by_key(|v| v.vid);
-    let native = match &spec.native {
-        None => None,
-        Some(name) => Some(TrunkVlan {
-            vid: 0,
-            network: net(name, format!("{field}.native"))?,
-            owned: Arc::default(),
-        }),
-    };
-    Ok(Trunk { vlans, native })
 }
 
 fn enqueue(

@@ -665,3 +665,59 @@ fn each_hosts_gateway_serves_its_own_guests() {
         );
     }
 }
+
+fn underlay_ip6(i: usize) -> String {
+    format!("fd31::{}", i + 1)
+}
+
+/// The same two hosts over an IPv6 underlay: the overlay costs 70 bytes (inner MTU 1430 on a
+/// 1500 underlay), `local` and `remotes` are IPv6, and guests ping and fetch across it.
+#[test]
+fn two_hosts_over_an_ipv6_underlay() {
+    if !require_root("two_hosts_over_an_ipv6_underlay") {
+        return;
+    }
+    let lab = Lab::new(2);
+    for (i, h) in lab.hosts.iter().enumerate() {
+        h.ip(&[
+            "addr",
+            "add",
+            &format!("{}/64", underlay_ip6(i)),
+            "dev",
+            "ul0",
+            "nodad",
+        ]);
+    }
+    let d: Vec<Daemon> = (0..2)
+        .map(|i| {
+            let mut cfg = config(&lab, i, 2, "", false);
+            for j in 0..2 {
+                cfg = cfg.replace(
+                    &format!("\"{}\"", underlay_ip(j)),
+                    &format!("\"{}\"", underlay_ip6(j)),
+                );
+            }
+            assert!(cfg.contains("fd31::"), "{cfg}");
+            Daemon::start_in(&lab.hosts[i], &cfg)
+        })
+        .collect();
+    let (ga, gb) = (&lab.guests[0], &lab.guests[1]);
+    assert_eq!(
+        ga.exec_ok(&["cat", "/sys/class/net/eth0/mtu"]).trim(),
+        "1430",
+        "inner MTU over IPv6 = 1500 - 70"
+    );
+    ping_ok(ga, &guest_ip(1), &[&d[0], &d[1]]);
+    let body = pattern(200_000);
+    let _h = Httpd::start(gb, "f", &body);
+    let got = fetch(ga, &guest_ip(1), "f");
+    assert!(
+        got == body,
+        "fetched {} bytes\n{}",
+        got.len(),
+        vx_stats(&d[0])
+    );
+    let row = fdb_row(&d[0], mac_of(gb, "eth0")).expect("guest B's MAC in host A's FDB");
+    assert_eq!(row["vtep"].as_str(), Some("fd31::2"), "{row}");
+    assert_eq!(vx_stats(&d[0])["mtu"], 1430);
+}

@@ -306,6 +306,8 @@ pub struct Port {
     /// GSO buffers held by frames queued for this port (its fair share, see
     /// [`crate::frame`]).
     pub(crate) gso_held: Arc<std::sync::atomic::AtomicUsize>,
+    /// Live captures of the port's frames (see [`crate::capture`]).
+    pub capture: Arc<crate::capture::Tap>,
 }
 
 impl std::fmt::Debug for Port {
@@ -575,6 +577,7 @@ impl Bridge {
                 owned,
                 removed: AtomicBool::new(false),
                 gso_held: Arc::default(),
+                capture: Arc::default(),
             });
             if let Some(ne) = t.nets.get_mut(&net_id) {
                 ne.ports.push(port.clone());

@@ -51,6 +51,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::bridge::{Bridge, Clock, DropReason, NewPort, Port, PortId, PortPolicy};
+use crate::capture::Direction;
 use crate::error::{Error, Result};
 use crate::frame::{Frame, FramePool};
 use crate::link::Link;
@@ -478,7 +479,10 @@ impl LoopState {
                 next_sweep = Instant::now() + SWEEP_EVERY;
             }
         }
-        // Dropping the slots closes every link of this loop.
+        // Dropping the slots closes every link of this loop (and ends their captures).
+        for lp in self.slots.iter().flatten() {
+            lp.port.capture.close();
+        }
         self.slots.clear();
     }
 
@@ -547,6 +551,8 @@ impl LoopState {
         let lp = self.slots.get_mut(slot)?.take()?;
         let fd = lp.link.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        // Nothing more is read from or written to it: its captures end.
+        lp.port.capture.close();
         self.by_id.remove(&lp.port.id);
         self.shared.loops[self.idx]
             .ports
@@ -606,6 +612,9 @@ impl LoopState {
                     *w = true;
                 }
             };
+            if port.capture.is_active() {
+                port.capture.record(Direction::Rx, &self.rx_buf);
+            }
             for f in self.rx_buf.drain(..) {
                 bridge.forward(&topo, &port, f, now, &mut mark);
             }
@@ -669,6 +678,9 @@ impl LoopState {
                 }
                 if lp.pending.is_empty() {
                     return;
+                }
+                if lp.port.capture.is_active() {
+                    lp.port.capture.record(Direction::Tx, &lp.pending);
                 }
             }
             match lp.link.send_batch(&mut lp.pending) {

@@ -5,7 +5,9 @@
 //! `{"op": "remove_network", "name": "net1"}`,
 //! `{"op": "add_port", "port": {"network": "net0", "name": "c3", "netns": "/run/netns/c3"}}`,
 //! `{"op": "remove_port", "name": "c3"}`,
-//! `{"op": "add_static_mac", "port": "c3", "mac": "02:00:00:00:00:03"}`, `{"op": "shutdown"}`.
+//! `{"op": "add_static_mac", "port": "c3", "mac": "02:00:00:00:00:03"}`, `{"op": "shutdown"}`,
+//! `{"op": "capture", "port": "c3", "snaplen": 262144, "count": 0, "format": "pcapng"}` (answered
+//! with one line, then the connection carries the capture: see [`super::capture`]).
 //!
 //! Response: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`; a request that
 //! does not parse gets an error naming the field and the reason (serde's message). An error
@@ -160,6 +162,21 @@ pub enum Request {
         #[serde(default)]
         network: Option<String>,
     },
+    /// Capture a port's frames: over the control socket, answered with one line, then the
+    /// connection carries the capture (pcapng or pcap bytes) until it ends.
+    Capture {
+        /// Port name.
+        port: String,
+        /// Bytes kept of each frame (default and 0: 262144).
+        #[serde(default)]
+        snaplen: Option<u32>,
+        /// Stop after this many frames (default and 0: until stopped).
+        #[serde(default)]
+        count: Option<u64>,
+        /// `pcapng` (default) or `pcap`.
+        #[serde(default)]
+        format: Option<crate::capture::Format>,
+    },
     /// Stop the daemon.
     Shutdown {},
 }
@@ -261,6 +278,13 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
         Request::ForwardAdd { forward } => json!(h.add_forward(&forward)?),
         Request::ForwardRm { forward } => json!(h.remove_forward(&forward)?),
         Request::ForwardLs { network } => json!(h.forwards(network.as_deref())?),
+        Request::Capture { .. } => {
+            return Err(crate::Error::invalid(
+                "op",
+                "capture streams frames: send it on a control socket connection of its own \
+                 (usernet ctl capture), or use Handle::capture",
+            ));
+        }
         Request::Shutdown {} => {
             h.shutdown();
             Value::Null

@@ -38,6 +38,8 @@ pub(crate) struct Node {
     pub(crate) port_netns: Mutex<HashMap<String, PathBuf>>,
     /// The relay thread for spliced forwards, started on first use.
     pub(crate) splicer: Mutex<Option<Arc<crate::nat::splice::Splicer>>>,
+    /// Captures running (see [`super::capture`]): a stopping engine lets them finish.
+    pub(crate) captures: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A running engine: the event loops and the control plane. Dropping it stops the loops and
@@ -102,6 +104,8 @@ impl Engine {
         if let Some(l) = self.loops.take() {
             l.join();
         }
+        // The loops ended every capture (their ports are gone): let the writers finish.
+        super::capture::wait_finished(&self.handle.node().captures, super::capture::FINISH_WAIT);
         if let Some(w) = self.watch.take() {
             let _ = w.join();
         }

@@ -173,6 +173,10 @@ pub struct PortSpec {
     /// answered; the sender configures the interface.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fd: bool,
+    /// Capture the port's frames, both directions, into this file (pcapng) from the moment
+    /// the port is added until it goes (a stream port: each peer adds a section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcap: Option<PathBuf>,
 }
 impl PortSpec {
     /// A spec with default policy and no backend chosen yet.
@@ -201,6 +205,7 @@ impl PortSpec {
             default_route: None,
             routes: Vec::new(),
             fd: false,
+            pcap: None,
         }
     }
 
@@ -253,6 +258,9 @@ impl PortSpec {
         }
         crate::bridge::validate_name(&self.name)
             .map_err(|e| Error::invalid(format!("{prefix}.name"), e.to_string()))?;
+        if self.pcap.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(Error::invalid(format!("{prefix}.pcap"), "empty path"));
+        }
         if let Some(t) = &self.tap {
             check_ifname(t, &format!("{prefix}.tap"))?;
             return Ok(Backend::Tap { name: t.clone() });
@@ -480,7 +488,14 @@ impl Handle {
             Backend::NetnsTap { .. } => self.address_plan(spec)?,
             _ => None,
         };
+        let pcap = match &spec.pcap {
+            Some(p) => Some((p, super::capture::open_pcap(p, false)?)),
+            None => None,
+        };
         let res = self.open_planned(spec, &backend, &tap_opts, plan.as_ref(), tap);
+        if let (Ok(_), Some((path, file))) = (&res, pcap) {
+            self.start_pcap(&spec.name, path, file);
+        }
         match (res, plan) {
             (Ok(id), Some(plan)) => {
                 if let Err(e) = self.announce_endpoint(&spec.network, id, &plan) {
@@ -655,6 +670,11 @@ impl Handle {
             .map_err(|e| Error::Io(format!("binding stream socket {}", path.display()), e))?;
         l.set_nonblocking(true)
             .map_err(|e| Error::Io(format!("stream socket {}", path.display()), e))?;
+        // The first peer's capture empties the file; later peers' add sections to it.
+        let mut pcap = match &spec.pcap {
+            Some(p) => Some(super::capture::open_pcap(p, false)?),
+            None => None,
+        };
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         self.node
             .streams
@@ -682,6 +702,16 @@ impl Handle {
                                         tracing::warn!(port = %spec.name, "stream peer: {e}");
                                     } else {
                                         tracing::info!(port = %spec.name, "stream peer connected");
+                                        if let Some(p) = &spec.pcap {
+                                            let file = match pcap.take() {
+                                                Some(f) => Ok(f),
+                                                None => super::capture::open_pcap(p, true),
+                                            };
+                                            match file {
+                                                Ok(f) => h.start_pcap(&spec.name, p, f),
+                                                Err(e) => tracing::warn!(port = %spec.name, "{e}"),
+                                            }
+                                        }
                                     }
                                 }
                                 Err(e) => tracing::warn!(port = %spec.name, "stream peer: {e}"),

@@ -83,6 +83,9 @@ pub struct PortStatsRow {
     pub network: String,
     /// Counters.
     pub stats: PortStats,
+    /// Frames its live captures could not keep up with (see [`crate::capture`]).
+    #[serde(default)]
+    pub capture_dropped: u64,
 }
 /// A DHCP lease, as shown by `usernet ctl leases`.
 #[derive(Debug, Clone, Serialize)]
@@ -218,6 +221,7 @@ impl Handle {
                     .map(|n| n.net.name.clone())
                     .unwrap_or_default(),
                 stats: p.counters.snapshot(),
+                capture_dropped: p.capture.dropped(),
             })
             .collect()
     }

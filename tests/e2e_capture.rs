@@ -501,3 +501,28 @@ fn two_captures_at_once_both_complete() {
     let info = String::from_utf8_lossy(&info.stdout);
     assert!(info.contains("64 bytes"), "snaplen 64 not in: {info}");
 }
+
+#[test]
+fn ctrl_c_ends_a_capture_with_a_complete_file() {
+    if !ready("ctrl_c_ends_a_capture_with_a_complete_file") {
+        return;
+    }
+    let (a, b) = (Netns::new("cia"), Netns::new("cib"));
+    let d = two_guests("10.87.0.0/24", &a, &b, "");
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("a.pcapng");
+    let c = capture(&d, &["a", "-w", file.to_str().expect("utf-8")]);
+    wait_started(&file, &d);
+    ping(&a, "10.87.0.11", "2");
+    std::thread::sleep(Duration::from_millis(200));
+    // SIGINT to `timeout`, which passes it on to `usernet ctl capture`, as a terminal's Ctrl-C.
+    // SAFETY: kill(2) on the pid of a child this test spawned.
+    unsafe { libc::kill(c.0.id() as i32, libc::SIGINT) };
+    let summary = wait_done(c, &d, "capture ended by SIGINT");
+    // The summary's drop count comes from the closing statistics block: the file is whole.
+    assert!(summary.contains(", 0 dropped"), "{summary}");
+    let pkts = tshark(&file);
+    let req = find(&pkts, "Echo (ping) request");
+    let rep = find(&pkts, "Echo (ping) reply");
+    assert!(req < rep, "{pkts:#?}");
+}

@@ -176,6 +176,33 @@ fn tshark(file: &Path) -> Vec<Pkt> {
         .collect()
 }
 
+/// The capture's closing interface statistics block (written when a capture ends: the file is
+/// whole): its drop count. Panics if the file does not end with one.
+fn closing_drops(file: &Path) -> u64 {
+    use pcap_file::pcapng::blocks::interface_statistics::InterfaceStatisticsOption;
+    use pcap_file::pcapng::{Block, PcapNgReader};
+    let bytes = std::fs::read(file).expect("read capture");
+    let mut r = PcapNgReader::new(&bytes[..]).expect("pcapng header");
+    let mut last = None;
+    while let Some(b) = r.next_block() {
+        last = Some(b.expect("whole blocks").into_owned());
+    }
+    match last {
+        Some(Block::InterfaceStatistics(s)) => s
+            .options
+            .iter()
+            .find_map(|o| match o {
+                InterfaceStatisticsOption::IsbIfDrop(d) => Some(*d),
+                _ => None,
+            })
+            .expect("isb_ifdrop"),
+        other => panic!(
+            "{} does not end with the statistics block: {other:?}",
+            file.display()
+        ),
+    }
+}
+
 fn find(pkts: &[Pkt], what: &str) -> usize {
     pkts.iter()
         .position(|p| p.info.contains(what))
@@ -411,6 +438,7 @@ fn capture_ends_with_a_readable_file_when_its_port_is_removed() {
             f.display(),
             String::from_utf8_lossy(&info.stderr)
         );
+        assert_eq!(closing_drops(f), 0, "{}", f.display());
     }
 }
 
@@ -525,4 +553,38 @@ fn ctrl_c_ends_a_capture_with_a_complete_file() {
     let req = find(&pkts, "Echo (ping) request");
     let rep = find(&pkts, "Echo (ping) reply");
     assert!(req < rep, "{pkts:#?}");
+    assert_eq!(closing_drops(&file), 0);
+}
+
+#[test]
+fn pcap_file_is_complete_after_the_daemon_stops() {
+    if !ready("pcap_file_is_complete_after_the_daemon_stops") {
+        return;
+    }
+    let (a, b) = (Netns::new("csa"), Netns::new("csb"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("b.pcapng");
+    let d = two_guests(
+        "10.88.0.0/24",
+        &a,
+        &b,
+        &format!("pcap = \"{}\"", file.display()),
+    );
+    ping(&a, "10.88.0.11", "2");
+    // SIGTERM; the daemon lets the capture finish its file before it exits.
+    drop(d);
+    let pkts = tshark(&file);
+    let req = find(&pkts, "Echo (ping) request");
+    let rep = find(&pkts, "Echo (ping) reply");
+    assert!(req < rep, "{pkts:#?}");
+    let info = Command::new("capinfos")
+        .arg(&file)
+        .output()
+        .expect("capinfos");
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    assert_eq!(closing_drops(&file), 0);
 }

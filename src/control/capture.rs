@@ -189,3 +189,17 @@ pub(crate) fn stream(h: &Handle, line: &str, conn: &UnixStream) -> Option<Option
     tracing::info!(port = %port, "capture over the control socket ended ({:?}): {} frames, {} dropped", sum.end, sum.captured, sum.dropped);
     Some(Some(sum))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::PortSpec;
+
+    #[test]
+    fn an_empty_pcap_path_is_an_error_naming_the_key() {
+        let mut p = PortSpec::new("n", "p");
+        p.tap = Some("t0".into());
+        p.pcap = Some("".into());
+        let e = p.backend("port[0]").unwrap_err().to_string();
+        assert!(e.contains("port[0].pcap"), "{e}");
+    }
+}

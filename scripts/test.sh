@@ -4,7 +4,7 @@
 #
 # The kernel tests need root; without it they print "SKIP ..." and pass, unless
 # USERNET_REQUIRE_PRIV=1 (CI sets it) makes them fail instead. As root on Debian/Ubuntu, missing
-# test tools (iproute2, ping, iperf3, busybox-static, dhclient, dig, dnsmasq, rootlesskit, podman,
+# test tools (iproute2, ping, iperf3, busybox-static, dhclient, dig, dnsmasq, promtool, rootlesskit, podman,
 # runc, the reference CNI plugins; QEMU and a kernel image for the VM tests in e2e_vm, ...) are
 # installed with apt-get first.
 set -euo pipefail
@@ -22,7 +22,9 @@ bb=$(command -v busybox 2>/dev/null || true)
 command -v dhclient >/dev/null 2>&1 || missing+=(isc-dhcp-client)
 command -v dig >/dev/null 2>&1 || missing+=(bind9-dnsutils)
 command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v ethtool >/dev/null 2>&1 || missing+=(ethtool)
 command -v rootlesskit >/dev/null 2>&1 || missing+=(rootlesskit)
 command -v newuidmap >/dev/null 2>&1 || missing+=(uidmap)
 command -v podman >/dev/null 2>&1 || missing+=(podman)

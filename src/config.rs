@@ -27,6 +27,10 @@ pub struct EngineSection {
     pub ring: usize,
     /// Adaptive busy-polling window in µs (0 = off); see [`EngineConfig::busy_poll`].
     pub busy_poll_us: u32,
+    /// Serve Prometheus metrics over HTTP at `http://ADDR:PORT/metrics` (`usernet up`; its
+    /// `--metrics` flag wins); see [`crate::control::metrics::serve`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for EngineSection {
@@ -36,6 +40,7 @@ impl Default for EngineSection {
             mtu: 1500,
             ring: crate::bridge::DEFAULT_RING,
             busy_poll_us: 0,
+            metrics: None,
         }
     }
 }
@@ -177,11 +182,13 @@ impl Config {
                     ),
                 ));
             }
-            if !names.contains(p.network.as_str()) {
-                return Err(Error::invalid(
-                    format!("port[{i}].network"),
-                    format!("no [[network]] named {:?}", p.network),
-                ));
+            for (key, net) in p.networks() {
+                if !names.contains(net) {
+                    return Err(Error::invalid(
+                        format!("port[{i}].{key}"),
+                        format!("no [[network]] named {net:?}"),
+                    ));
+                }
             }
             if !ports.insert(p.name.as_str()) {
                 return Err(Error::invalid(
@@ -270,6 +277,61 @@ packet = "veth0"
     }
 
     #[test]
+    fn trunk_ports_parse_and_errors_name_the_key() {
+        let nets =
+            "[[network]]\nname = \"n0\"\n[[network]]\nname = \"n1\"\n[[network]]\nname = \"n2\"\n";
+        let port =
+            |body: &str| format!("{nets}[[port]]\nname = \"t\"\npacket = \"eth1\"\n{body}\n");
+        let c =
+            Config::parse(&port("trunk = { n0 = 10, n1 = 20 }\nnative = \"n2\"")).expect("valid");
+        let t = c.port[0].trunk_spec().expect("a trunk");
+        assert_eq!((t.vlans["n0"], t.vlans["n1"]), (10, 20));
+        assert_eq!(c.port[0].home_network(), "n2");
+        for (body, key, why) in [
+            (
+                "trunk = { n0 = 10, nx = 20 }",
+                "port[0].trunk.nx",
+                "no [[network]]",
+            ),
+            ("trunk = { n0 = 0 }", "port[0].trunk.n0", "outside 1..=4094"),
+            (
+                "trunk = { n0 = 4095 }",
+                "port[0].trunk.n0",
+                "outside 1..=4094",
+            ),
+            (
+                "trunk = { n0 = 10, n1 = 10 }",
+                "port[0].trunk.n1",
+                "also the one of",
+            ),
+            (
+                "network = \"n0\"\ntrunk = { n1 = 10 }",
+                "port[0].trunk",
+                "both `network` and `trunk`",
+            ),
+            (
+                "trunk = { n0 = 10 }\nnative = \"n0\"",
+                "port[0].native",
+                "also in the trunk map",
+            ),
+            (
+                "trunk = { n0 = 10 }\nnative = \"nx\"",
+                "port[0].native",
+                "no [[network]]",
+            ),
+            (
+                "native = \"n0\"",
+                "port[0].native",
+                "only meaningful with `trunk`",
+            ),
+            ("", "port[0].network", "missing"),
+        ] {
+            let e = err(&port(body));
+            assert!(e.contains(key) && e.contains(why), "{body}: {e}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         assert!(err("[[network]]\nname = \"a\"\nsubnett = \"x\"").contains("subnett"));
         assert!(err("[[network]]\nname = \"a\"\nsubnet = \"10.0.0.0/33\"").contains("subnet"));
@@ -286,6 +348,13 @@ packet = "veth0"
         assert!(e.contains("network[1].name"), "{e}");
         assert!(err("[engine]\nloops = 0").contains("engine.loops"));
         assert!(err("[engine]\nbusy_poll_us = 2000000").contains("engine.busy_poll_us"));
+        let e = err("[engine]\nmetrics = \"127.0.0.1\"");
+        assert!(e.contains("metrics") && e.contains("socket address"), "{e}");
+        let c = Config::parse("[engine]\nmetrics = \"127.0.0.1:9600\"").expect("valid");
+        assert_eq!(
+            c.engine.metrics,
+            Some("127.0.0.1:9600".parse().expect("addr"))
+        );
         assert!(err("[[forward]]\npublish = \"8080:80\"").contains("forward"));
         assert!(err("[[network]]\nname = \"a\"\nfdb_max_entries = 0").contains("fdb_max_entries"));
         let e = err("[[network]]\nname = \"a\"\nmtu = 9000");

@@ -397,6 +397,58 @@ impl Frame {
         &mut self.buf_mut()[s - pre..s + l]
     }
 
+    /// Inserts an 802.1Q/802.1ad tag (`tpid`, `tci`) after the MAC addresses, in place: the 12
+    /// address bytes move 4 bytes into the headroom. The virtio-net offsets in [`Self::meta`]
+    /// move with the payload. False (frame unchanged) when it is shorter than the addresses or
+    /// no headroom is left.
+    pub fn push_vlan(&mut self, tpid: u16, tci: u16) -> bool {
+        if self.len < 12 || self.start < 4 {
+            return false;
+        }
+        let s = self.start;
+        let buf = self.buf_mut();
+        if buf.len() < s + 12 {
+            return false;
+        }
+        buf.copy_within(s..s + 12, s - 4);
+        buf[s + 8..s + 10].copy_from_slice(&tpid.to_be_bytes());
+        buf[s + 10..s + 12].copy_from_slice(&tci.to_be_bytes());
+        self.start -= 4;
+        self.len += 4;
+        self.shift_vnet(4);
+        true
+    }
+
+    /// Removes the tag after the MAC addresses (the 4 bytes at offset 12), in place: the 12
+    /// address bytes move 4 bytes forward. Returns the TCI, or `None` (frame unchanged) when
+    /// the frame is shorter than an Ethernet header plus a tag. The caller checks the TPID.
+    pub fn pop_vlan(&mut self) -> Option<u16> {
+        if self.len < 18 {
+            return None;
+        }
+        let s = self.start;
+        let buf = self.buf_mut();
+        let tci = u16::from_be_bytes([buf[s + 14], buf[s + 15]]);
+        buf.copy_within(s..s + 12, s + 4);
+        self.start += 4;
+        self.len -= 4;
+        self.shift_vnet(-4);
+        Some(tci)
+    }
+
+    /// Moves the virtio-net header's offsets (checksum start, header length) by `by` bytes, as
+    /// a tag pushed or popped in front of them moves the payload.
+    fn shift_vnet(&mut self, by: i32) {
+        let v = &mut self.meta.vnet;
+        let shift = |x: u16| (i32::from(x) + by).clamp(0, i32::from(u16::MAX)) as u16;
+        if v.flags & VnetHdr::F_NEEDS_CSUM != 0 {
+            v.csum_start = shift(v.csum_start);
+        }
+        if v.hdr_len != 0 {
+            v.hdr_len = shift(v.hdr_len);
+        }
+    }
+
     /// True when the frame sits in one of its pool's 64 KiB GSO buffers.
     pub fn in_gso_buffer(&self) -> bool {
         let (Some(pool), Some(buf)) = (&self.pool, &self.buf) else {
@@ -467,6 +519,41 @@ impl Drop for Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vlan_push_pop_in_place() {
+        let mut data: Vec<u8> = (0u8..12).collect();
+        data.extend([0x08, 0x00, 0xaa, 0xbb]);
+        let pool = FramePool::new(64, 4);
+        let mut f = pool.frame_from(&data).expect("fits");
+        f.meta.vnet = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            csum_start: 34,
+            hdr_len: 54,
+            ..VnetHdr::default()
+        };
+        assert!(f.push_vlan(0x8100, 0x200a));
+        assert_eq!(&f.data()[..12], &data[..12]);
+        assert_eq!(&f.data()[12..18], &[0x81, 0x00, 0x20, 0x0a, 0x08, 0x00]);
+        assert_eq!(f.len(), data.len() + 4);
+        assert_eq!((f.meta.vnet.csum_start, f.meta.vnet.hdr_len), (38, 58));
+        // A second tag goes outside the first (Q-in-Q).
+        assert!(f.push_vlan(0x88a8, 5));
+        assert_eq!(
+            &f.data()[12..20],
+            &[0x88, 0xa8, 0, 5, 0x81, 0x00, 0x20, 0x0a]
+        );
+        assert_eq!(f.pop_vlan(), Some(5));
+        assert_eq!(f.pop_vlan(), Some(0x200a));
+        assert_eq!(f.data(), &data[..]);
+        assert_eq!((f.meta.vnet.csum_start, f.meta.vnet.hdr_len), (34, 54));
+        // Too short to hold a tag.
+        let mut short = pool.frame_from(&data[..14]).expect("fits");
+        assert_eq!(short.pop_vlan(), None);
+        let mut tiny = pool.frame_from(&data[..6]).expect("fits");
+        assert!(!tiny.push_vlan(0x8100, 1));
+        assert_eq!(tiny.data(), &data[..6]);
+    }
 
     #[test]
     fn pool_recycles_buffers() {

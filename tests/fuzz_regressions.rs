@@ -114,6 +114,10 @@ fn datapath_seeds_reach_the_gateway_and_nat() {
         |w: &harness::datapath::World, i: usize, k: &str| w.gateway(i).info().nat.expect("nat")[k];
     let gw = |w: &harness::datapath::World, i: usize, k: &str| w.gateway(i).info().counters[k];
 
+    // The trunk seed: frames of each VLAN forwarded, the unmapped VLAN counted.
+    let t = harness::datapath::run(&seed("trunk-vlans")).trunk_stats();
+    assert!(t.forwarded >= 5, "{t:?}");
+    assert!(t.drops["unmapped_vlan"] >= 1, "{t:?}");
     let w = harness::datapath::run(&seed("arp-each-network"));
     assert_eq!(gw(&w, 0, "arp_replies"), 1);
     assert_eq!(gw(&w, 1, "arp_replies"), 1);

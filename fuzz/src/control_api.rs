@@ -28,7 +28,8 @@
 //! # Invariants, after every request
 //! - the response is an object with a boolean `ok`, and `result` or a string `error`;
 //! - a refused request changes neither the set of networks nor the set of ports;
-//! - ports have unique names; every port is listed by exactly its network; every network's
+//! - ports have unique names; every port is listed by exactly its network (a trunk port by
+//!   each network it carries); every network's
 //!   FDB holds at most its cap;
 //! - `add_network` that succeeded: the network exists, with a gateway exactly when one was
 //!   asked for; `remove_network` / `remove_port` that succeeded: it is gone (with its ports);
@@ -220,7 +221,7 @@ fn run(rig: &mut Rig, mut req: Request) {
         }
         Request::AddPort { port } if port.backend("port").is_ok() => {
             // A kernel backend: the same port on a memory link.
-            let res = memory_port(&h, &port.network, &port.name, port.policy());
+            let res = memory_port(&h, port.home_network(), &port.name, port.policy());
             match res {
                 Ok(peer) => {
                     rig.peers.push(peer);
@@ -332,8 +333,15 @@ fn check(h: &Handle) {
             n.name
         );
         for p in &n.ports {
+            // A trunk port is listed by every network it carries.
+            let carries = |q: &usernet::control::PortInfo| {
+                q.network == n.name
+                    || q.trunk.as_ref().is_some_and(|t| {
+                        t.vlans.contains_key(&n.name) || t.native.as_deref() == Some(&n.name)
+                    })
+            };
             assert!(
-                ports.iter().any(|q| &q.name == p && q.network == n.name),
+                ports.iter().any(|q| &q.name == p && carries(q)),
                 "network {} lists port {p}, which is not its",
                 n.name
             );

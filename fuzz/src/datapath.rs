@@ -23,6 +23,10 @@
 //!   [`dst6`]);
 //! - a client of the fake host connecting to a TCP port forward (op 17) or sending a datagram
 //!   to the UDP one (op 18);
+//! - frames from an 802.1Q trunk port carrying n0, n1, n2 as VLANs 10, 11, 12 and n3 as its
+//!   native network (op 19, see [`World::inject_trunk`]): a station's structured frame tagged
+//!   with its network's VLAN, or with another VLAN, an unmapped one, a priority tag, an
+//!   802.1ad or a Q-in-Q tag, or a raw frame;
 //! - the virtual clock advancing (1 ms .. one hour), which ticks every gateway;
 //! - host socket readiness delivered to the gateways (the fake's connects, echoes, errors).
 //!
@@ -32,6 +36,10 @@
 //! - every FDB holds at most its cap;
 //! - no frame crosses networks: a frame leaving a port of network X has a source MAC that entered
 //!   network X (from one of its ports, or its gateway); the gateway only sends from its own MAC;
+//!   every port a frame is queued for is in the network the frame belongs to; on the trunk,
+//!   a frame's outer 802.1Q tag names the network it belongs to (untagged: the native
+//!   network; never a VLAN the trunk does not map), and a frame of an unmapped VLAN is never
+//!   forwarded;
 //! - ownership ([`World::check_owned_sources`], [`World::check_ownership`],
 //!   [`World::check_gateway_dst`]): a guest port forwards only sources it owns and no server
 //!   messages; one owner per MAC/IP, per-port caps; neighbour entries, bound leases and DNS
@@ -66,7 +74,8 @@ use mio::event::Source;
 use mio::{Interest, Poll, Registry, Token};
 use usernet::bridge::security::{Claim, MAX_MACS, MAX_SEEN_V4, MAX_SEEN_V6, NetGuard};
 use usernet::bridge::{
-    Bridge, DropReason, FdbConfig, ManualClock, NewPort, Port, PortId, PortPolicy,
+    Bridge, DropReason, FdbConfig, ManualClock, NetworkId, NewPort, Port, PortId, PortPolicy,
+    TrunkSpec,
 };
 use usernet::frame::{FramePool, VnetHdr};
 use usernet::gateway::dns::Upstreams;
@@ -131,6 +140,10 @@ const NETS: [NetDef; 4] = [
 ];
 /// Guest ports per network.
 const GUESTS: usize = 2;
+/// The trunk port's VLAN ids of n0, n1, n2; n3 is its native network.
+const TRUNK_VIDS: [u16; 3] = [10, 11, 12];
+/// The trunk's native network.
+const TRUNK_NATIVE: usize = 3;
 /// Stations (MAC + address) per guest port.
 const STATIONS: usize = 2;
 /// NAT limits of every gateway (small, so they are hit).
@@ -754,6 +767,8 @@ pub struct World {
     clock: Arc<ManualClock>,
     br: Arc<Bridge>,
     nets: Vec<Net>,
+    /// An 802.1Q trunk port in every network (see [`TRUNK_VIDS`]).
+    trunk: Arc<Port>,
     epoch: Instant,
     elapsed: Duration,
     seqs: HashMap<(Mac, u16, IpAddr, u16), Seq>,
@@ -871,10 +886,28 @@ impl World {
                 _poll: poll,
             });
         }
+        let mut policy = PortPolicy::default();
+        policy.trunk = Some(TrunkSpec::new(
+            NETS[..3].iter().zip(TRUNK_VIDS).map(|(n, v)| (n.name, v)),
+            Some(NETS[TRUNK_NATIVE].name),
+        ));
+        let trunk = br
+            .add_port(
+                "",
+                NewPort {
+                    name: "trunk".into(),
+                    kind: "memory",
+                    policy,
+                    ring: 64,
+                    owner: 0,
+                },
+            )
+            .expect("trunk port");
         World {
             clock,
             br,
             nets,
+            trunk,
             epoch,
             elapsed: Duration::ZERO,
             seqs: HashMap::new(),
@@ -986,11 +1019,80 @@ impl World {
         let before = ingress.counters.forwarded.load(Ordering::Relaxed);
         self.br
             .forward(&topo, &ingress, f, self.br.now(), &mut |q| {
-                assert_eq!(q.network, ingress.network, "frame sent to another network");
+                assert!(q.carries(ingress.network), "frame sent to another network");
                 assert_ne!(q.id, ingress.id, "frame sent back out of its ingress");
             });
         if ingress.counters.forwarded.load(Ordering::Relaxed) != before {
             self.check_owned_sources(net, &ingress, frame);
+        }
+    }
+
+    /// The network a frame from the trunk belongs to, as the trunk maps its outer 802.1Q tag
+    /// (index into [`NETS`]); `None`: an unmapped VLAN (or a runt), to be dropped.
+    fn trunk_net(frame: &[u8]) -> Option<usize> {
+        if frame.len() < 14 {
+            return None;
+        }
+        if frame[12..14] != [0x81, 0x00] {
+            return Some(TRUNK_NATIVE);
+        }
+        let vid = u16::from_be_bytes([*frame.get(14)?, *frame.get(15)?]) & 0x0fff;
+        if frame.len() < 18 {
+            return None;
+        }
+        if vid == 0 {
+            return Some(TRUNK_NATIVE);
+        }
+        TRUNK_VIDS.iter().position(|v| *v == vid)
+    }
+
+    fn net_id(&self, i: usize) -> NetworkId {
+        self.nets[i].gw_port.network
+    }
+
+    /// Sends `frame` into the bridge from the trunk port: it must reach only ports of the
+    /// network its tag maps to, or nothing (counted) when the VLAN is not mapped; its sources
+    /// are the trunk's own in that network.
+    fn inject_trunk(&mut self, frame: &[u8]) {
+        let net = Self::trunk_net(frame);
+        let mut inner = frame.to_vec();
+        if let Some(i) = net {
+            if let Some(src) = frame.get(6..12).and_then(|s| <[u8; 6]>::try_from(s).ok()) {
+                self.nets[i].seen.insert(Mac(src));
+            }
+            if inner.len() >= 18 && inner[12..14] == [0x81, 0x00] {
+                inner.drain(12..16);
+            }
+        }
+        let Some(f) = self.br.pool().frame_from(frame) else {
+            return;
+        };
+        let trunk = self.trunk.clone();
+        let want = net.map(|i| self.net_id(i));
+        let topo = self.br.topology();
+        let c = &trunk.counters;
+        let (before, unmapped) = (
+            c.forwarded.load(Ordering::Relaxed),
+            c.drops(DropReason::UnmappedVlan),
+        );
+        self.br.forward(&topo, &trunk, f, self.br.now(), &mut |q| {
+            let Some(want) = want else {
+                panic!("a frame of an unmapped VLAN was forwarded to {}", q.name);
+            };
+            assert!(q.carries(want), "trunk frame sent to another network");
+            assert_ne!(q.id, trunk.id, "frame sent back out of the trunk");
+        });
+        if net.is_none() && frame.len() >= 18 {
+            assert_eq!(
+                c.drops(DropReason::UnmappedVlan),
+                unmapped + 1,
+                "unmapped VLAN not counted"
+            );
+        }
+        if let Some(i) = net
+            && c.forwarded.load(Ordering::Relaxed) != before
+        {
+            self.check_owned_sources(i, &trunk, &inner);
         }
     }
 
@@ -1224,10 +1326,7 @@ impl World {
                     let topo = self.br.topology();
                     self.br
                         .forward(&topo, &ingress, fr, self.br.now(), &mut |q| {
-                            assert_eq!(
-                                q.network, ingress.network,
-                                "gateway frame crossed networks"
-                            );
+                            assert!(q.carries(ingress.network), "gateway frame crossed networks");
                         });
                 }
                 // Frames to guests: check and learn TCP sequence numbers.
@@ -1262,6 +1361,26 @@ impl World {
                             self.observe(g.data());
                         }
                     }
+                }
+            }
+            // Frames to the trunk: the outer tag names a network the frame may be in.
+            while let Some(f) = self.trunk.tx.pop() {
+                moved = true;
+                let d = f.data();
+                let i = Self::trunk_net(d).unwrap_or_else(|| {
+                    panic!(
+                        "the trunk sent a frame of an unmapped VLAN: {:02x?}",
+                        &d[..d.len().min(18)]
+                    )
+                });
+                let src = Mac(d[6..12].try_into().expect("mac"));
+                assert!(
+                    self.nets[i].seen.contains(&src),
+                    "the trunk sent a frame from {src} as {}'s, which it never entered",
+                    NETS[i].name
+                );
+                if i == TRUNK_NATIVE {
+                    assert_ne!(&d[12..14], &[0x81, 0x00], "native frame with an 802.1Q tag");
                 }
             }
             if !moved {
@@ -1320,6 +1439,11 @@ impl World {
         &self.nets[i].gw
     }
 
+    /// The trunk port's counters.
+    pub fn trunk_stats(&self) -> usernet::bridge::PortStats {
+        self.trunk.counters.snapshot()
+    }
+
     /// Frames the guest ports of network `i` received, by port.
     pub fn guest_tx(&self, i: usize) -> Vec<u64> {
         self.nets[i]
@@ -1342,7 +1466,8 @@ impl World {
     pub fn check(&self) {
         let topo = self.br.topology();
         for (i, n) in self.nets.iter().enumerate() {
-            for p in n.guests.iter().chain([&n.gw_port]) {
+            let trunk = (i == 0).then_some(&self.trunk);
+            for p in n.guests.iter().chain([&n.gw_port]).chain(trunk) {
                 // What `PortStats::rx_dropped` sums, without building a snapshot per event.
                 let c = &p.counters;
                 let dropped: u64 = DropReason::ALL
@@ -1499,6 +1624,7 @@ impl World {
             let mut allowed: Vec<PortId> = n
                 .guests
                 .iter()
+                .chain([&self.trunk])
                 .filter(|p| p.name.eq_ignore_ascii_case(label))
                 .map(|p| p.id)
                 .collect();
@@ -2091,10 +2217,10 @@ pub fn run(data: &[u8]) -> World {
             break;
         }
         let op = r.u8();
-        // Ops 16..=18 are new; the others (and 19..=31) keep their meaning modulo 16, bits
+        // Ops 16..=19 are new; the others (and 20..=31) keep their meaning modulo 16, bits
         // 0x20 (spoofed station) and 0x40 (offload state) modify structured frames.
         let code = match op & 0x1f {
-            c @ 16..=18 => c,
+            c @ 16..=19 => c,
             c => c % 16,
         };
         match code {
@@ -2107,6 +2233,25 @@ pub fn run(data: &[u8]) -> World {
             }
             17 => w.forward_connect(&mut r),
             18 => w.forward_datagram(&mut r),
+            19 => {
+                // A frame from the trunk: `how` bit 7 a raw frame (1-byte length), else a
+                // station's structured frame (kind = next byte), tagged as `how` says.
+                let how = r.u8();
+                if how & 0x80 != 0 {
+                    let len = usize::from(r.u8()).min(r.rest().len());
+                    let bytes = r.rest()[..len].to_vec();
+                    for _ in 0..len {
+                        r.u8();
+                    }
+                    w.inject_trunk(&bytes);
+                } else {
+                    let kind = r.u8() % 8;
+                    let x = r.u8();
+                    if let Some((s, f)) = w.structured(kind, None, &mut r) {
+                        w.inject_trunk(&trunk_tagged(&f, s.net, how, x));
+                    }
+                }
+            }
             k @ (0 | 1) => {
                 // A raw frame from a guest port: op 0 with a 1-byte length, op 1 with 2 bytes.
                 let port = r.u8();
@@ -2166,6 +2311,33 @@ pub fn run(data: &[u8]) -> World {
         w.check();
     }
     w
+}
+
+/// A station's frame as it comes in on the trunk, by `how % 8`: tagged with its network's
+/// VLAN (untagged for the native network), untagged, with VLAN `x` (mapped or not), with a
+/// priority tag (VLAN 0), with an 802.1ad tag, with its VLAN outside a Q-in-Q inner tag `x`,
+/// or with n0's VLAN whatever its network (a frame claiming another network).
+fn trunk_tagged(frame: &[u8], net: usize, how: u8, x: u8) -> Vec<u8> {
+    let own = TRUNK_VIDS.get(net).copied();
+    let tags: Vec<(u16, u16)> = match how % 8 {
+        0 => own.map(|v| vec![(0x8100, v)]).unwrap_or_default(),
+        1 => Vec::new(),
+        2 => vec![(0x8100, u16::from(x) % 16)],
+        3 => vec![(0x8100, u16::from(x) << 13)],
+        4 => vec![(0x88a8, u16::from(x) % 16)],
+        5 => [own.map(|v| (0x8100, v)), Some((0x8100, u16::from(x) % 16))]
+            .into_iter()
+            .flatten()
+            .collect(),
+        _ => vec![(0x8100, TRUNK_VIDS[0])],
+    };
+    let mut f = frame.get(..12).unwrap_or(frame).to_vec();
+    for (tpid, tci) in tags {
+        f.extend(tpid.to_be_bytes());
+        f.extend(tci.to_be_bytes());
+    }
+    f.extend(frame.get(12..).unwrap_or_default());
+    f
 }
 
 /// Offload state for a structured frame, from 4 input bytes: a pending checksum done right

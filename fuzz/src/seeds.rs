@@ -686,6 +686,25 @@ fn datapath() -> Vec<Seed> {
             v
         }),
         seed("datapath", "tcp-handshake", handshake),
+        // Op 19, the trunk (n0, n1, n2 as VLANs 10, 11, 12, n3 native): ARP from a station of
+        // each network on its own VLAN, a ping, then an unmapped VLAN, a Q-in-Q frame, a frame
+        // of n1's station claiming n0's VLAN, a priority-tagged one and a raw one.
+        seed("datapath", "trunk-vlans", {
+            let mut v = Vec::new();
+            for st in 0..4u8 {
+                v.extend([19, 0, 0, 0, st, 0]);
+            }
+            v.extend([19, 0, 3, 0, 0x00, 0, 1, 1, 8, READY]);
+            v.extend([
+                19, 2, 0, 13, 0x00, 0, 19, 5, 0, 11, 0x01, 0, 19, 6, 0, 0, 0x01, 0,
+            ]);
+            v.extend([19, 3, 0, 0, 0x03, 0, 19, 4, 0, 10, 0x03, 0]);
+            v.extend([
+                19, 0x80, 18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 9,
+            ]);
+            v.extend([0x81, 0x00, 0x00, 0x0b, 0x88, 0xb5]);
+            v
+        }),
         seed("datapath", "tcp-dns", dns_tcp),
         seed("datapath", "tcp-refused", refused),
         seed("datapath", "flow-limit", flows),

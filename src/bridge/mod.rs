@@ -35,6 +35,23 @@
 //! - An isolated port reaches only non-isolated ports (Docker `--icc=false`; the gateway is not
 //!   isolated), and receives only from them.
 //!
+//! ## VLAN trunks
+//!
+//! A port is an *access* port of one network (the usual case), or an 802.1Q *trunk* carrying
+//! several networks, one VLAN id each, and optionally a *native* network for untagged frames
+//! ([`TrunkSpec`], resolved into the port's [`Trunk`]). A trunk port is in the port list of
+//! every network it carries, so floods in network X reach it, and unicast to it is allowed
+//! from X; the FDB and port security stay per network (a trunk has one owned-address set per
+//! network). A frame from a trunk port is classified by its outer 802.1Q tag into that VLAN's
+//! network, and the tag is popped in place; an untagged (or priority-tagged) one goes to the
+//! native network. A frame tagged with a VLAN id the trunk does not map, or untagged without a
+//! native network, is dropped (`unmapped_vlan`). A frame leaving on a trunk port for network X
+//! gets X's tag pushed in place (in the frame's headroom); for the native network it leaves
+//! untagged, unless it carries an 802.1Q tag of its own: then the peer would read it as that
+//! VLAN (VLAN hopping), so it is dropped (`native_tagged`). Access ports never look at tags: a tagged frame (802.1Q or 802.1ad, Q-in-Q)
+//! is forwarded untouched within the port's network, so a tag can never move a frame into
+//! another network. Access ports pay one branch for all this.
+//!
 //! ## Port security
 //!
 //! Before a source MAC is learned, [`security::NetGuard::check`] makes sure the port owns it
@@ -109,11 +126,18 @@ pub enum DropReason {
     RogueServer,
     /// Port security: the port already owns as many MACs as it may.
     AddressLimit,
+    /// Trunk port: a frame tagged with a VLAN id the trunk does not map, or untagged on a
+    /// trunk without a native network.
+    UnmappedVlan,
+    /// Egress, trunk port: a frame of the trunk's native network that carries an 802.1Q tag
+    /// of its own. Sent untagged, as native frames are, it would read as that VLAN on the
+    /// wire (VLAN hopping), so it is dropped.
+    NativeTagged,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 18;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
@@ -132,6 +156,8 @@ impl DropReason {
         DropReason::SpoofedNd,
         DropReason::RogueServer,
         DropReason::AddressLimit,
+        DropReason::UnmappedVlan,
+        DropReason::NativeTagged,
     ];
 
     /// Stable name used in stats output.
@@ -153,14 +179,24 @@ impl DropReason {
             DropReason::SpoofedNd => "spoofed_nd",
             DropReason::RogueServer => "rogue_server",
             DropReason::AddressLimit => "address_limit",
+            DropReason::UnmappedVlan => "unmapped_vlan",
+            DropReason::NativeTagged => "native_tagged",
         }
+    }
+
+    /// True for the port-security reasons (logged, rate-limited, when they drop a frame).
+    pub fn is_security(self) -> bool {
+        (DropReason::SpoofedSource..=DropReason::AddressLimit).contains(&self)
     }
 
     /// True for reasons counted on the egress side.
     pub fn is_egress(self) -> bool {
         matches!(
             self,
-            DropReason::RingFull | DropReason::LinkError | DropReason::BadOffload
+            DropReason::RingFull
+                | DropReason::LinkError
+                | DropReason::BadOffload
+                | DropReason::NativeTagged
         )
     }
 }
@@ -258,6 +294,147 @@ pub struct PortPolicy {
     /// for networks with a gateway).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port_security: Option<bool>,
+    /// Make the port an 802.1Q trunk carrying these networks (see the module docs); `None`:
+    /// an access port of the network it is added to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<TrunkSpec>,
+}
+
+/// The networks an 802.1Q trunk port carries: `{ net0 = 10, net1 = 20 }` and, optionally,
+/// the network of its untagged frames.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TrunkSpec {
+    /// Network name → VLAN id (1-4094, each at most once).
+    pub vlans: std::collections::BTreeMap<String, u16>,
+    /// The network of untagged frames (not one of `vlans`); `None`: untagged frames are
+    /// dropped (`unmapped_vlan`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native: Option<String>,
+}
+
+impl TrunkSpec {
+    /// A trunk carrying `vlans` (network name, VLAN id), with `native` for untagged frames.
+    pub fn new<'a>(vlans: impl IntoIterator<Item = (&'a str, u16)>, native: Option<&str>) -> Self {
+        TrunkSpec {
+            vlans: vlans.into_iter().map(|(n, v)| (n.to_string(), v)).collect(),
+            native: native.map(String::from),
+        }
+    }
+
+    /// Checks the VLAN ids (1-4094, none twice), that some network is carried and that the
+    /// native network is not also tagged. The error names the key under `prefix` (e.g.
+    /// `port[0].trunk.net0`).
+    pub fn check(&self, prefix: &str) -> Result<(), (String, String)> {
+        if self.vlans.is_empty() && self.native.is_none() {
+            return Err((
+                prefix.to_string(),
+                "empty: map at least one network to a VLAN id".into(),
+            ));
+        }
+        let mut seen: std::collections::BTreeMap<u16, &str> = Default::default();
+        for (net, &vid) in &self.vlans {
+            let key = format!("{prefix}.{net}");
+            if !(1..=4094).contains(&vid) {
+                return Err((key, format!("VLAN id {vid} is outside 1..=4094")));
+            }
+            if let Some(other) = seen.insert(vid, net) {
+                return Err((key, format!("VLAN id {vid} is also the one of {other:?}")));
+            }
+        }
+        if let Some(n) = &self.native
+            && self.vlans.contains_key(n)
+        {
+            return Err((
+                format!("{prefix}.native"),
+                format!("{n:?} is also in the trunk map: a network is either tagged or native"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every network name it carries, tagged ones first.
+    pub fn networks(&self) -> impl Iterator<Item = &str> {
+        self.vlans
+            .keys()
+            .map(String::as_str)
+            .chain(self.native.as_deref())
+    }
+}
+
+/// One network of a trunk port, resolved.
+#[derive(Debug)]
+pub struct TrunkVlan {
+    /// VLAN id on the wire (0 for the native network: untagged).
+    pub vid: u16,
+    /// The network.
+    pub network: NetworkId,
+    /// What the port owns in that network (port security is per network).
+    pub owned: Arc<security::PortOwned>,
+}
+
+/// A trunk port's networks (the bridge side of a [`TrunkSpec`]).
+#[derive(Debug)]
+pub struct Trunk {
+    /// Tagged networks, sorted by VLAN id.
+    pub vlans: Vec<TrunkVlan>,
+    /// The network of untagged frames.
+    pub native: Option<TrunkVlan>,
+}
+
+/// TPID of an 802.1Q tag.
+const TPID_8021Q: [u8; 2] = [0x81, 0x00];
+
+impl Trunk {
+    /// The network of a frame received on the trunk, popping its 802.1Q tag (in place). Only
+    /// the 802.1Q TPID (0x8100) is a trunk tag; any other frame (802.1ad too) is untagged.
+    fn classify(&self, frame: &mut Frame) -> Result<&TrunkVlan, DropReason> {
+        let d = frame.data();
+        if d.len() < 14 {
+            return Err(DropReason::Runt);
+        }
+        if d[12..14] != TPID_8021Q {
+            return self.native.as_ref().ok_or(DropReason::UnmappedVlan);
+        }
+        if d.len() < 18 {
+            return Err(DropReason::Runt);
+        }
+        let vid = u16::from_be_bytes([d[14], d[15]]) & 0x0fff;
+        let v = if vid == 0 {
+            // Priority-tagged: untagged as far as VLANs go.
+            self.native.as_ref()
+        } else {
+            self.vlans
+                .binary_search_by_key(&vid, |v| v.vid)
+                .ok()
+                .and_then(|i| self.vlans.get(i))
+        }
+        .ok_or(DropReason::UnmappedVlan)?;
+        frame.pop_vlan();
+        Ok(v)
+    }
+
+    /// Tags a frame leaving on the trunk for `net` (none for the native network, where an
+    /// already 802.1Q-tagged frame is refused: `native_tagged`). `link_error` when the trunk
+    /// does not carry `net` or the frame cannot take a tag.
+    fn tag(&self, net: NetworkId, frame: &mut Frame) -> Result<(), DropReason> {
+        if self.native.as_ref().is_some_and(|n| n.network == net) {
+            return match frame.data().get(12..14) {
+                Some(et) if et == TPID_8021Q => Err(DropReason::NativeTagged),
+                _ => Ok(()),
+            };
+        }
+        match self.vlans.iter().find(|v| v.network == net) {
+            Some(v) if frame.push_vlan(u16::from_be_bytes(TPID_8021Q), v.vid) => Ok(()),
+            _ => Err(DropReason::LinkError),
+        }
+    }
+
+    /// Every network it carries, with what the port owns there.
+    pub fn all(&self) -> impl Iterator<Item = &TrunkVlan> {
+        self.vlans.iter().chain(self.native.as_ref())
+    }
 }
 
 impl Default for PortPolicy {
@@ -269,6 +446,7 @@ impl Default for PortPolicy {
             allowed_macs: Vec::new(),
             allowed_ips: Vec::new(),
             port_security: None,
+            trunk: None,
         }
     }
 }
@@ -282,8 +460,11 @@ pub struct Port {
     pub id: PortId,
     /// Unique name (also the endpoint's DNS name in later features).
     pub name: String,
-    /// The network it belongs to.
+    /// The network it belongs to; for a trunk port, its native network or else its lowest
+    /// VLAN's (all of them are in [`Self::trunk`]).
     pub network: NetworkId,
+    /// The networks of a trunk port; `None` for an access port.
+    pub trunk: Option<Box<Trunk>>,
     /// The link kind behind it (`"tap"`, `"packet"`, `"memory"`).
     pub kind: &'static str,
     /// Forwarding policy.
@@ -308,6 +489,25 @@ pub struct Port {
     pub(crate) gso_held: Arc<std::sync::atomic::AtomicUsize>,
     /// Live captures of the port's frames (see [`crate::capture`]).
     pub capture: Arc<crate::capture::Tap>,
+}
+
+impl Port {
+    /// True when the port is in network `net` (its own, or one of a trunk's).
+    pub fn carries(&self, net: NetworkId) -> bool {
+        self.network == net
+            || self
+                .trunk
+                .as_ref()
+                .is_some_and(|t| t.all().any(|v| v.network == net))
+    }
+
+    /// Every network the port is in.
+    pub fn networks(&self) -> Vec<NetworkId> {
+        match &self.trunk {
+            None => vec![self.network],
+            Some(t) => t.all().map(|v| v.network).collect(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Port {
@@ -408,6 +608,9 @@ pub enum BridgeError {
     /// A port's configured address (`allowed_macs`, `allowed_ips`) belongs to another port.
     #[error("port {0:?}: {1}")]
     AddressInUse(String, String),
+    /// A trunk map that cannot be used: the field and the reason.
+    #[error("{0}: {1}")]
+    BadTrunk(String, String),
 }
 
 /// Checks a network or port name: 1-64 of `[A-Za-z0-9_.-]`.
@@ -533,40 +736,73 @@ impl Bridge {
                 p.removed.store(true, Ordering::Release);
                 t.ports.remove(&p.id);
                 ne.net.guard.unregister(p.id);
+                // A trunk goes with any network it carries: out of the others too.
+                detach_from_networks(t, p);
             }
             Ok(ne.ports)
         })
     }
 
-    /// Adds a port to `network`.
+    /// Adds a port to `network`; a port whose policy has a `trunk` joins the networks of its
+    /// trunk instead (`network` is not used).
     pub fn add_port(&self, network: &str, spec: NewPort) -> Result<Arc<Port>, BridgeError> {
         validate_name(&spec.name)?;
         self.update(|t| {
             if t.port_by_name(&spec.name).is_some() {
                 return Err(BridgeError::PortExists(spec.name.clone()));
             }
-            let net_id = t
-                .network_by_name(network)
-                .map(|n| n.net.id)
-                .ok_or_else(|| BridgeError::NoSuchNetwork(network.to_string()))?;
             let id = PortId(self.next_id.fetch_add(1, Ordering::Relaxed));
-            let owned = Arc::new(security::PortOwned::default());
-            if let Some(ne) = t.nets.get(&net_id) {
-                ne.net
-                    .guard
-                    .register(
-                        id,
-                        owned.clone(),
-                        spec.policy.port_security,
-                        &spec.policy.allowed_macs,
-                        &spec.policy.allowed_ips,
-                    )
-                    .map_err(|e| BridgeError::AddressInUse(spec.name.clone(), e.to_string()))?;
+            let (net_id, trunk) = match &spec.policy.trunk {
+                None => (
+                    t.network_by_name(network)
+                        .map(|n| n.net.id)
+                        .ok_or_else(|| BridgeError::NoSuchNetwork(network.to_string()))?,
+                    None,
+                ),
+                Some(ts) => {
+                    let tr = resolve_trunk(t, &spec.name, ts)?;
+                    let home = tr.native.as_ref().or(tr.vlans.first());
+                    let home = home.map(|v| v.network).ok_or_else(|| {
+                        BridgeError::BadTrunk(format!("port {:?}.trunk", spec.name), "empty".into())
+                    })?;
+                    (home, Some(Box::new(tr)))
+                }
+            };
+            let owned = match &trunk {
+                None => Arc::new(security::PortOwned::default()),
+                Some(tr) => tr
+                    .all()
+                    .find(|v| v.network == net_id)
+                    .map(|v| v.owned.clone())
+                    .unwrap_or_default(),
+            };
+            // Register in every network's guard; undo on failure.
+            let regs: Vec<(NetworkId, Arc<security::PortOwned>)> = match &trunk {
+                None => vec![(net_id, owned.clone())],
+                Some(tr) => tr.all().map(|v| (v.network, v.owned.clone())).collect(),
+            };
+            for (i, (net, o)) in regs.iter().enumerate() {
+                let Some(ne) = t.nets.get(net) else { continue };
+                if let Err(e) = ne.net.guard.register(
+                    id,
+                    o.clone(),
+                    spec.policy.port_security,
+                    &spec.policy.allowed_macs,
+                    &spec.policy.allowed_ips,
+                ) {
+                    for (done, _) in &regs[..i] {
+                        if let Some(ne) = t.nets.get(done) {
+                            ne.net.guard.unregister(id);
+                        }
+                    }
+                    return Err(BridgeError::AddressInUse(spec.name.clone(), e.to_string()));
+                }
             }
             let port = Arc::new(Port {
                 id,
                 name: spec.name.clone(),
                 network: net_id,
+                trunk,
                 kind: spec.kind,
                 policy: spec.policy.clone(),
                 counters: PortCounters::default(),
@@ -579,8 +815,10 @@ impl Bridge {
                 gso_held: Arc::default(),
                 capture: Arc::default(),
             });
-            if let Some(ne) = t.nets.get_mut(&net_id) {
-                ne.ports.push(port.clone());
+            for (net, _) in &regs {
+                if let Some(ne) = t.nets.get_mut(net) {
+                    ne.ports.push(port.clone());
+                }
             }
             t.ports.insert(port.id, port.clone());
             Ok(port)
@@ -596,11 +834,7 @@ impl Bridge {
                     .remove(&id)
                     .ok_or_else(|| BridgeError::NoSuchPort(id.0.to_string()))?;
                 p.removed.store(true, Ordering::Release);
-                if let Some(ne) = t.nets.get_mut(&p.network) {
-                    ne.ports.retain(|q| q.id != id);
-                    ne.net.fdb.flush_port(id);
-                    ne.net.guard.unregister(id);
-                }
+                detach_from_networks(t, &p);
                 Ok(p)
             })
             .ok()?;
@@ -616,8 +850,11 @@ impl Bridge {
     /// before learning, but the check and the learning are not one step). After this no entry
     /// of the port can appear again, since nothing reads its link any more.
     pub fn forget_removed(&self, port: &Port) {
-        if let Some(ne) = self.topology().network(port.network) {
-            ne.net.fdb.flush_port(port.id);
+        let topo = self.topology();
+        for net in port.networks() {
+            if let Some(ne) = topo.network(net) {
+                ne.net.fdb.flush_port(port.id);
+            }
         }
         while port.tx.pop().is_some() {}
     }
@@ -652,12 +889,21 @@ impl Bridge {
             return;
         }
         frame.meta.ingress = ingress.id.0;
-        match self.decide(topo, ingress, &frame, now) {
+        // The network the frame is in: the port's, or the one of its VLAN on a trunk.
+        let (net, owned) = match &ingress.trunk {
+            None => (ingress.network, &*ingress.owned),
+            Some(t) => match t.classify(&mut frame) {
+                Ok(v) => (v.network, &*v.owned),
+                Err(reason) => {
+                    c.drop_n(reason, 1);
+                    return;
+                }
+            },
+        };
+        match self.decide(topo, ingress, net, owned, &frame, now) {
             Err(reason) => {
                 c.drop_n(reason, 1);
-                if reason >= DropReason::SpoofedSource
-                    && security::NetGuard::should_warn(&ingress.owned, now)
-                {
+                if reason.is_security() && security::NetGuard::should_warn(owned, now) {
                     tracing::warn!(
                         port = %ingress.name,
                         reason = reason.name(),
@@ -668,7 +914,7 @@ impl Bridge {
             }
             Ok(Target::One(p)) => {
                 c.forwarded.fetch_add(1, Ordering::Relaxed);
-                enqueue(&self.pool, p, frame, on_enqueue);
+                enqueue(&self.pool, p, net, frame, on_enqueue);
             }
             Ok(Target::Flood(ne, broadcast)) => {
                 let mut targets = ne.ports.iter().filter(|p| {
@@ -683,12 +929,12 @@ impl Bridge {
                 c.forwarded.fetch_add(1, Ordering::Relaxed);
                 for next in targets {
                     match frame.clone_in(&self.pool) {
-                        Some(copy) => enqueue(&self.pool, cur, copy, on_enqueue),
+                        Some(copy) => enqueue(&self.pool, cur, net, copy, on_enqueue),
                         None => cur.counters.drop_n(DropReason::LinkError, 1),
                     }
                     cur = next;
                 }
-                enqueue(&self.pool, cur, frame, on_enqueue);
+                enqueue(&self.pool, cur, net, frame, on_enqueue);
             }
         }
     }
@@ -697,6 +943,8 @@ impl Bridge {
         &self,
         topo: &'t Topology,
         ingress: &Port,
+        net: NetworkId,
+        owned: &security::PortOwned,
         frame: &Frame,
         now: u64,
     ) -> Result<Target<'t>, DropReason> {
@@ -711,17 +959,10 @@ impl Bridge {
         if !pol.allowed_macs.is_empty() && !pol.allowed_macs.contains(&h.src) {
             return Err(DropReason::Policy);
         }
-        let ne = topo
-            .nets
-            .get(&ingress.network)
-            .ok_or(DropReason::NoDestination)?;
-        ne.net.guard.check(
-            ingress.id,
-            &ingress.owned,
-            pol.port_security,
-            &h,
-            frame.data(),
-        )?;
+        let ne = topo.nets.get(&net).ok_or(DropReason::NoDestination)?;
+        ne.net
+            .guard
+            .check(ingress.id, owned, pol.port_security, &h, frame.data())?;
         if pol.learning {
             ne.net.fdb.learn(h.vlan, h.src, ingress.id, now);
         }
@@ -734,11 +975,7 @@ impl Bridge {
             }
             // A stale entry (port just removed) or one from another network falls back to
             // flooding within the ingress network.
-            if let Some(p) = topo
-                .ports
-                .get(&pid)
-                .filter(|p| p.network == ingress.network)
-            {
+            if let Some(p) = topo.ports.get(&pid).filter(|p| p.carries(net)) {
                 if pol.isolated && p.policy.isolated {
                     return Err(DropReason::Policy);
                 }
@@ -754,12 +991,61 @@ enum Target<'t> {
     Flood(&'t NetEntry, bool),
 }
 
+/// Takes `port` out of every network it is in (port lists, FDBs, guards).
+fn detach_from_networks(t: &mut Topology, port: &Port) {
+    for net in port.networks() {
+        if let Some(ne) = t.nets.get_mut(&net) {
+            ne.ports.retain(|q| q.id != port.id);
+            ne.net.fdb.flush_port(port.id);
+            ne.net.guard.unregister(port.id);
+        }
+    }
+}
+
+/// Resolves a trunk's network names and checks its VLAN ids.
+fn resolve_trunk(t: &Topology, port: &str, spec: &TrunkSpec) -> Result<Trunk, BridgeError> {
+    let field = format!("port {port:?}.trunk");
+    spec.check(&field)
+        .map_err(|(f, why)| BridgeError::BadTrunk(f, why))?;
+    let net = |name: &str, key: String| {
+        t.network_by_name(name)
+            .map(|n| n.net.id)
+            .ok_or_else(|| BridgeError::BadTrunk(key, format!("no network named {name:?}")))
+    };
+    let mut vlans = Vec::with_capacity(spec.vlans.len());
+    for (name, &vid) in &spec.vlans {
+        vlans.push(TrunkVlan {
+            vid,
+            network: net(name, format!("{field}.{name}"))?,
+            owned: Arc::default(),
+        });
+    }
+    vlans.sort_by_key(|v| v.vid);
+    let native = match &spec.native {
+        None => None,
+        Some(name) => Some(TrunkVlan {
+            vid: 0,
+            network: net(name, format!("{field}.native"))?,
+            owned: Arc::default(),
+        }),
+    };
+    Ok(Trunk { vlans, native })
+}
+
 fn enqueue(
     pool: &FramePool,
     p: &Arc<Port>,
+    net: NetworkId,
     mut frame: Frame,
     on_enqueue: &mut dyn FnMut(&Arc<Port>),
 ) {
+    // A trunk tags the frame with its network's VLAN (in place).
+    if let Some(t) = &p.trunk
+        && let Err(reason) = t.tag(net, &mut frame)
+    {
+        p.counters.drop_n(reason, 1);
+        return;
+    }
     // A port past its share of the shared GSO buffers is full for GSO frames.
     if !frame.charge_to(pool, &p.gso_held) {
         p.counters.drop_n(DropReason::RingFull, 1);

@@ -285,3 +285,146 @@ fn lone_port_counts_no_destination() {
     assert!(send(&r, &a, eth(Mac::BROADCAST, mac(1))).is_empty());
     assert_eq!(a.counters.drops(DropReason::NoDestination), 1);
 }
+
+fn tagged(dst: Mac, src: Mac, tpid: u16, vid: u16) -> Frame {
+    let mut f = eth(dst, src);
+    assert!(f.push_vlan(tpid, vid));
+    f
+}
+
+/// Networks n10, n20, n30 (native); access ports a10, a20, a30; trunk t: n10 = 10, n20 = 20,
+/// native n30.
+fn trunk_rig(native: bool) -> (Rig, [Arc<Port>; 4]) {
+    let r = rig();
+    for n in ["n10", "n20", "n30"] {
+        r.br.add_network(n, FdbConfig::default()).expect("net");
+    }
+    let a10 = port(&r, "n10", "a10", PortPolicy::default());
+    let a20 = port(&r, "n20", "a20", PortPolicy::default());
+    let a30 = port(&r, "n30", "a30", PortPolicy::default());
+    let pol = PortPolicy {
+        trunk: Some(TrunkSpec::new(
+            [("n10", 10), ("n20", 20)],
+            native.then_some("n30"),
+        )),
+        ..PortPolicy::default()
+    };
+    let t = port(&r, "ignored", "t", pol);
+    (r, [a10, a20, a30, t])
+}
+
+#[test]
+fn trunk_classifies_by_tag_pops_and_pushes() {
+    let (r, [a10, a20, a30, t]) = trunk_rig(true);
+    // Tagged 10 from the trunk: only n10's port, untagged.
+    let plain = eth(Mac::BROADCAST, mac(9)).data().to_vec();
+    assert_eq!(
+        send(&r, &t, tagged(Mac::BROADCAST, mac(9), 0x8100, 10)),
+        vec![a10.id]
+    );
+    assert_eq!(drain(&a10), vec![plain.clone()]);
+    // Untagged from the trunk: the native network, untouched.
+    assert_eq!(send(&r, &t, eth(Mac::BROADCAST, mac(9))), vec![a30.id]);
+    assert_eq!(drain(&a30), vec![plain.clone()]);
+    // From n20's access port: to the trunk with tag 20 (and the priority bits clear).
+    assert_eq!(send(&r, &a20, eth(Mac::BROADCAST, mac(2))), vec![t.id]);
+    let out = drain(&t);
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0][12..16], &[0x81, 0x00, 0x00, 20]);
+    // From the native network: untagged.
+    assert_eq!(send(&r, &a30, eth(Mac::BROADCAST, mac(3))), vec![t.id]);
+    assert_eq!(&drain(&t)[0][12..14], &[0x08, 0x00]);
+    // ... unless it carries an 802.1Q tag, which would read as that VLAN on the trunk.
+    send(&r, &a30, tagged(Mac::BROADCAST, mac(3), 0x8100, 10));
+    assert!(drain(&t).is_empty());
+    assert_eq!(t.counters.drops(DropReason::NativeTagged), 1);
+    // Learned per network: unicast back to mac(9) in n10 goes to the trunk, tagged 10.
+    assert_eq!(send(&r, &a10, eth(mac(9), mac(1))), vec![t.id]);
+    assert_eq!(&drain(&t)[0][12..16], &[0x81, 0x00, 0x00, 10]);
+    // ... and in n20 mac(9) is unknown: flood (to the trunk only, tagged 20).
+    assert_eq!(send(&r, &a20, eth(mac(9), mac(2))), vec![t.id]);
+    assert_eq!(&drain(&t)[0][12..16], &[0x81, 0x00, 0x00, 20]);
+    assert!(drain(&a10).is_empty() && drain(&a30).is_empty());
+    assert_eq!(t.counters.drops(DropReason::UnmappedVlan), 0);
+}
+
+#[test]
+fn trunk_drops_unmapped_and_untagged_without_native() {
+    let (r, [a10, a20, a30, t]) = trunk_rig(false);
+    assert!(send(&r, &t, tagged(Mac::BROADCAST, mac(9), 0x8100, 30)).is_empty());
+    assert!(send(&r, &t, eth(Mac::BROADCAST, mac(9))).is_empty());
+    // 802.1ad is not a trunk tag: untagged, and no native network.
+    assert!(send(&r, &t, tagged(Mac::BROADCAST, mac(9), 0x88a8, 10)).is_empty());
+    assert_eq!(t.counters.drops(DropReason::UnmappedVlan), 3);
+    let s = t.counters.snapshot();
+    assert_eq!(s.rx_frames, s.forwarded + s.rx_dropped());
+    assert!(drain(&a10).is_empty() && drain(&a20).is_empty() && drain(&a30).is_empty());
+    // n30 is not on this trunk: nothing from it reaches it.
+    assert!(send(&r, &a30, eth(Mac::BROADCAST, mac(3))).is_empty());
+}
+
+#[test]
+fn access_port_forwards_tags_untouched_within_its_network() {
+    let (r, [a10, a20, a30, t]) = trunk_rig(true);
+    // A frame tagged 20 (and a Q-in-Q one) on n10's access port stays in n10: on the trunk
+    // it leaves as n10's, with tag 10 outside its own.
+    for tpid in [0x8100, 0x88a8] {
+        let f = tagged(Mac::BROADCAST, mac(1), tpid, 20);
+        let inner = f.data().to_vec();
+        assert_eq!(send(&r, &a10, f), vec![t.id]);
+        let out = drain(&t);
+        assert_eq!(&out[0][12..16], &[0x81, 0x00, 0x00, 10]);
+        assert_eq!(&out[0][16..], &inner[12..]);
+    }
+    assert!(drain(&a20).is_empty() && drain(&a30).is_empty());
+}
+
+#[test]
+fn trunk_leaves_every_network_it_was_in() {
+    let (r, [a10, _a20, _a30, t]) = trunk_rig(true);
+    send(&r, &t, tagged(mac(1), mac(9), 0x8100, 20));
+    assert!(r.br.topology().port(t.id).is_some());
+    // Removing n10 removes the trunk, from n20's and n30's port lists too.
+    let gone = r.br.remove_network("n10").expect("remove");
+    assert!(gone.iter().any(|p| p.id == t.id) && gone.iter().any(|p| p.id == a10.id));
+    let topo = r.br.topology();
+    assert!(topo.port(t.id).is_none());
+    for n in ["n20", "n30"] {
+        let ne = topo.network_by_name(n).expect("net");
+        assert!(
+            ne.ports.iter().all(|p| p.id != t.id),
+            "{n} still lists the trunk"
+        );
+        assert!(ne.net.fdb.dump(r.br.now()).iter().all(|e| e.port != t.id));
+    }
+}
+
+#[test]
+fn trunk_spec_errors_name_the_key() {
+    let r = rig();
+    r.br.add_network("n10", FdbConfig::default()).expect("net");
+    let add = |vlans: &[(&str, u16)], native: Option<&str>| {
+        let policy = PortPolicy {
+            trunk: Some(TrunkSpec::new(vlans.iter().copied(), native)),
+            ..PortPolicy::default()
+        };
+        r.br.add_port(
+            "x",
+            NewPort {
+                name: "t".into(),
+                kind: "memory",
+                policy,
+                ring: 8,
+                owner: 0,
+            },
+        )
+        .expect_err("refused")
+        .to_string()
+    };
+    assert!(add(&[("n10", 0)], None).contains("trunk.n10: VLAN id 0"));
+    assert!(add(&[("n10", 4095)], None).contains("outside 1..=4094"));
+    assert!(add(&[("nope", 5)], None).contains("trunk.nope: no network"));
+    assert!(add(&[("n10", 5)], Some("n10")).contains("native"));
+    assert!(add(&[("n10", 5), ("n11", 5)], None).contains("VLAN id 5 is also"));
+    assert!(r.br.topology().port_by_name("t").is_none());
+}

@@ -195,7 +195,7 @@ impl Handle {
                 mac: Some(mac),
                 mtu: spec
                     .mtu
-                    .or_else(|| gw.as_ref().map(|g| u32::from(g.cfg.mtu))),
+                    .or_else(|| gw.as_ref().map(|g| u32::from(g.announced_mtu()))),
                 lo_up: !spec.ips.is_empty(),
                 ..IfConfig::default()
             },

@@ -1,11 +1,15 @@
 //! The JSON control API: one request per line, one response per line.
 //!
 //! Request: `{"op": "ports"}`, `{"op": "fdb", "network": "net0"}`, `{"op": "stats"}`,
+//! `{"op": "metrics"}` (the Prometheus text as one string),
 //! `{"op": "networks"}`, `{"op": "add_network", "name": "net1"}`,
 //! `{"op": "remove_network", "name": "net1"}`,
 //! `{"op": "add_port", "port": {"network": "net0", "name": "c3", "netns": "/run/netns/c3"}}`,
 //! `{"op": "remove_port", "name": "c3"}`,
-//! `{"op": "add_static_mac", "port": "c3", "mac": "02:00:00:00:00:03"}`, `{"op": "shutdown"}`,
+//! `{"op": "add_static_mac", "port": "c3", "mac": "02:00:00:00:00:03"}`,
+//! `{"op": "vxlan_remotes", "port": "vx0"}`,
+//! `{"op": "vxlan_add_remote", "port": "vx0", "remote": "192.0.2.3"}`,
+//! `{"op": "vxlan_rm_remote", "port": "vx0", "remote": "192.0.2.3"}`, `{"op": "shutdown"}`,
 //! `{"op": "capture", "port": "c3", "snaplen": 262144, "count": 0, "format": "pcapng"}` (answered
 //! with one line, then the connection carries the capture: see [`super::capture`]).
 //!
@@ -41,6 +45,8 @@ pub enum Request {
     },
     /// Per-port counters.
     Stats {},
+    /// Every counter in the Prometheus text format (the result is that text, one string).
+    Metrics {},
     /// Add a network.
     AddNetwork {
         /// Its name.
@@ -177,6 +183,25 @@ pub enum Request {
         #[serde(default)]
         format: Option<crate::capture::Format>,
     },
+    /// The remote VTEPs of a VXLAN port, with their counters.
+    VxlanRemotes {
+        /// The VXLAN port's name.
+        port: String,
+    },
+    /// Add a remote VTEP to a VXLAN port.
+    VxlanAddRemote {
+        /// The VXLAN port's name.
+        port: String,
+        /// The remote's underlay address.
+        remote: std::net::IpAddr,
+    },
+    /// Remove a remote VTEP from a VXLAN port (its learned MACs are forgotten).
+    VxlanRmRemote {
+        /// The VXLAN port's name.
+        port: String,
+        /// The remote's underlay address.
+        remote: std::net::IpAddr,
+    },
     /// Stop the daemon.
     Shutdown {},
 }
@@ -190,6 +215,7 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
         Request::Networks {} => json!(h.networks()),
         Request::Fdb { network } => json!(h.fdb(network.as_deref())?),
         Request::Stats {} => json!(h.stats()),
+        Request::Metrics {} => Value::String(h.metrics()),
         Request::AddNetwork {
             name,
             fdb_max_entries,
@@ -284,6 +310,15 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
                 "capture streams frames: send it on a control socket connection of its own \
                  (usernet ctl capture), or use Handle::capture",
             ));
+        }
+        Request::VxlanRemotes { port } => json!(h.vxlan_remotes(&port)?),
+        Request::VxlanAddRemote { port, remote } => {
+            h.vxlan_add_remote(&port, remote)?;
+            Value::Null
+        }
+        Request::VxlanRmRemote { port, remote } => {
+            h.vxlan_rm_remote(&port, remote)?;
+            Value::Null
         }
         Request::Shutdown {} => {
             h.shutdown();

@@ -5,9 +5,10 @@
 //! CLI, runtimes that speak JSON and Rust embedders get exactly the same behaviour and errors.
 
 //!
-//! Rooms: [`ports`] (a [`PortSpec`] becomes a link), [`address`] (addresses usernet configures),
+//! Rooms: [`ports`] (a [`PortSpec`] becomes a link), `address.rs` (addresses usernet configures),
 //! [`networks`] (one [`networks::NetworkSpec`], networks with their gateways), [`forwards`]
-//! (`-p`), [`views`] (what `ctl` lists), [`capture`] (live packet capture), [`node`] (the control plane's own state and the public
+//! (`-p`), [`views`] (what `ctl` lists), [`metrics`] (the same counters for Prometheus),
+//! [`capture`] (live packet capture), [`node`] (the control plane's own state and the public
 //! [`Engine`](node::Engine)), [`api`] and [`server`] (the JSON socket), [`rootless`] (attach
 //! by passing a TAP descriptor).
 
@@ -18,16 +19,18 @@ use crate::engine::Datapath;
 use crate::error::{Error, Result};
 use node::Node;
 
-pub mod address;
+pub(crate) mod address;
 pub mod api;
 pub mod capture;
 pub mod forwards;
+pub mod metrics;
 pub mod networks;
 pub mod node;
 pub mod ports;
 pub mod rootless;
 pub mod server;
 pub mod views;
+pub mod vxlan;
 
 pub use address::{AddrSpec, Attached};
 pub use ports::{Backend, DgramAddrs, DgramSpec, PortSpec, check_ifname};
@@ -103,6 +106,7 @@ impl Handle {
         self.node.gateways.lock().remove(name);
         for p in ports {
             self.node.port_netns.lock().remove(&p.name);
+            self.node.vxlan.lock().remove(&p.name);
             self.detach_link(p.owner, p.id)?;
         }
         Ok(())

@@ -36,6 +36,8 @@ pub(crate) struct Node {
     pub(crate) gateways: Mutex<BTreeMap<String, Arc<Gateway>>>,
     /// Network namespace of each port that lives in one (for spliced forwards).
     pub(crate) port_netns: Mutex<HashMap<String, PathBuf>>,
+    /// VXLAN ports' shared state (remotes, VTEP table, counters), by port name.
+    pub(crate) vxlan: Mutex<HashMap<String, Arc<crate::link::vxlan::VxlanShared>>>,
     /// The relay thread for spliced forwards, started on first use.
     pub(crate) splicer: Mutex<Option<Arc<crate::nat::splice::Splicer>>>,
     /// Captures running (see [`super::capture`]): a stopping engine lets them finish.
@@ -139,6 +141,10 @@ fn watch_loop(h: Handle) {
             let topo = h.bridge().topology();
             h.node()
                 .port_netns
+                .lock()
+                .retain(|name, _| topo.port_by_name(name).is_some());
+            h.node()
+                .vxlan
                 .lock()
                 .retain(|name, _| topo.port_by_name(name).is_some());
             let mut w = h.node().watches.lock();

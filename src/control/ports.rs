@@ -1,7 +1,7 @@
 //! Ports: the [`PortSpec`] a config file, the API or the CLI describes a port with, and how it
 //! becomes a link on the datapath (a TAP created here or in a namespace, a TAP handed in, an
 //! AF_PACKET socket, a stream listener), with the addresses usernet configures
-//! ([`super::address`]) and the liveness watch for ports whose death no read reports.
+//! (`control/address.rs`) and the liveness watch for ports whose death no read reports.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -17,6 +17,7 @@ use crate::bridge::{PortId, PortPolicy};
 use crate::error::{Error, Result};
 use crate::link::packet::{PacketLink, PacketOptions};
 use crate::link::tap::{TapLink, TapOptions};
+use crate::link::vxlan::VxlanSpec;
 use crate::link::{Link, OpenError};
 use crate::wire::Mac;
 
@@ -61,6 +62,11 @@ pub enum Backend {
         /// Socket path.
         path: PathBuf,
     },
+    /// A VXLAN tunnel to remote VTEPs over host UDP sockets ([`crate::link::vxlan`]).
+    Vxlan {
+        /// VNI, addresses, port, MTU.
+        spec: VxlanSpec,
+    },
 }
 
 /// The `dgram` key of a port: the socket path usernet binds (`"PATH"`), or a table with the
@@ -93,8 +99,16 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct PortSpec {
-    /// The network to join.
+    /// The network to join (an access port). Empty for a trunk port (`trunk`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub network: String,
+    /// Instead of `network`: an 802.1Q trunk port carrying these networks, network name →
+    /// VLAN id (1-4094), tagged on the wire (see [`crate::bridge`]).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub trunk: std::collections::BTreeMap<String, u16>,
+    /// With `trunk`: the network of untagged frames (default: none, they are dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<String>,
     /// Unique port name (later: the endpoint's DNS name).
     pub name: String,
     /// A TAP in usernet's own namespace (created if missing).
@@ -121,6 +135,9 @@ pub struct PortSpec {
     /// vhost-user`, libvirt `type='vhostuser'`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost_user: Option<PathBuf>,
+    /// A VXLAN tunnel (RFC 7348) to other hosts: `{ vni, local, remotes, port, mtu }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan: Option<VxlanSpec>,
     /// MTU to set on a TAP usernet creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -154,7 +171,7 @@ pub struct PortSpec {
     /// Addresses to configure on that interface (`netns` only): `ADDR/PREFIX`, `ADDR` (the
     /// network's prefix), or `auto` (IPv4 reserved from the network's DHCP pool, plus the
     /// SLAAC address in its IPv6 prefix). The port owns them from the start (port security),
-    /// and the gateway knows them at once (DNS name, forwards). See [`address`].
+    /// and the gateway knows them at once (DNS name, forwards). See `control/address.rs`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<AddrSpec>,
     /// Default gateways to route through (default: the network gateway's address of each
@@ -183,6 +200,8 @@ impl PortSpec {
     pub fn new(network: &str, name: &str) -> Self {
         PortSpec {
             network: network.into(),
+            trunk: Default::default(),
+            native: None,
             name: name.into(),
             tap: None,
             netns: None,
@@ -191,6 +210,7 @@ impl PortSpec {
             stream: None,
             dgram: None,
             vhost_user: None,
+            vxlan: None,
             mtu: None,
             offload: None,
             isolated: false,
@@ -219,6 +239,7 @@ impl PortSpec {
             self.stream.is_some(),
             self.dgram.is_some(),
             self.vhost_user.is_some(),
+            self.vxlan.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -227,7 +248,7 @@ impl PortSpec {
             return Err(Error::invalid(
                 prefix,
                 format!(
-                    "port {:?} needs exactly one of `tap`, `netns`, `packet`, `stream`, `dgram`, `vhost_user` (found {set})",
+                    "port {:?} needs exactly one of `tap`, `netns`, `packet`, `stream`, `dgram`, `vhost_user`, `vxlan` (found {set})",
                     self.name
                 ),
             ));
@@ -248,6 +269,7 @@ impl PortSpec {
                 ));
             }
         }
+        self.check_networks(prefix)?;
         if let Some(m) = self.mtu
             && !(68..=65535).contains(&m)
         {
@@ -290,6 +312,11 @@ impl PortSpec {
             }
             return Ok(Backend::VhostUser { path: p.clone() });
         }
+        if let Some(v) = &self.vxlan {
+            v.check()
+                .map_err(|(k, r)| Error::invalid(format!("{prefix}.vxlan.{k}"), r))?;
+            return Ok(Backend::Vxlan { spec: v.clone() });
+        }
         if let Some(p) = &self.packet {
             check_ifname(p, &format!("{prefix}.packet"))?;
             return Ok(Backend::Packet { ifname: p.clone() });
@@ -303,7 +330,102 @@ impl PortSpec {
         Ok(Backend::NetnsTap { netns, ifname })
     }
 
-    /// The forwarding policy.
+    /// Checks `network` / `trunk` / `native`: an access port names its network, a trunk port
+    /// maps networks to distinct VLAN ids (1-4094) and has no address fields. Errors name the
+    /// field as `{prefix}.{key}`.
+    fn check_networks(&self, prefix: &str) -> Result<()> {
+        if self.trunk.is_empty() {
+            if self.native.is_some() {
+                return Err(Error::invalid(
+                    format!("{prefix}.native"),
+                    "only meaningful with `trunk`",
+                ));
+            }
+            if self.network.is_empty() {
+                return Err(Error::invalid(
+                    format!("{prefix}.network"),
+                    "missing: the network to join (or `trunk` for an 802.1Q trunk port)",
+                ));
+            }
+            return Ok(());
+        }
+        if !self.network.is_empty() {
+            return Err(Error::invalid(
+                format!("{prefix}.trunk"),
+                format!(
+                    "port {:?} has both `network` and `trunk`: give one (a trunk's untagged network is `native`)",
+                    self.name
+                ),
+            ));
+        }
+        for (key, set) in [
+            ("mac", self.mac.is_some()),
+            ("ips", !self.ips.is_empty()),
+            ("gateway", !self.gateway.is_empty()),
+            ("default_route", self.default_route.is_some()),
+            ("routes", !self.routes.is_empty()),
+            ("fd", self.fd),
+        ] {
+            if set {
+                return Err(Error::invalid(
+                    format!("{prefix}.{key}"),
+                    "not with `trunk` (addresses are configured on an access port of one network)",
+                ));
+            }
+        }
+        self.trunk_spec()
+            .unwrap_or_default()
+            .check(&format!("{prefix}.trunk"))
+            .map_err(|(field, why)| {
+                // `native` is a sibling of `trunk`, not a key inside it.
+                let field = field.replace(".trunk.native", ".native");
+                Error::invalid(field, why)
+            })
+    }
+
+    /// The trunk's networks, for the bridge; `None` for an access port.
+    pub fn trunk_spec(&self) -> Option<crate::bridge::TrunkSpec> {
+        if self.trunk.is_empty() {
+            return None;
+        }
+        Some(crate::bridge::TrunkSpec::new(
+            self.trunk.iter().map(|(n, v)| (n.as_str(), *v)),
+            self.native.as_deref(),
+        ))
+    }
+
+    /// Every network the port joins: `network`, or a trunk's networks and `native`, each with
+    /// the field that names it (`network`, `trunk.NAME`, `native`).
+    pub fn networks(&self) -> Vec<(String, &str)> {
+        if self.trunk.is_empty() {
+            return vec![("network".into(), self.network.as_str())];
+        }
+        self.trunk
+            .keys()
+            .map(|n| (format!("trunk.{n}"), n.as_str()))
+            .chain(self.native.as_deref().map(|n| ("native".into(), n)))
+            .collect()
+    }
+
+    /// The network the port is listed under: `network`, or a trunk's `native`, or the
+    /// network of its lowest VLAN id (as the bridge does).
+    pub fn home_network(&self) -> &str {
+        if self.trunk.is_empty() {
+            return &self.network;
+        }
+        self.native
+            .as_deref()
+            .or_else(|| {
+                self.trunk
+                    .iter()
+                    .min_by_key(|(_, v)| **v)
+                    .map(|(n, _)| n.as_str())
+            })
+            .unwrap_or_default()
+    }
+
+    /// The forwarding policy. A VXLAN port carries the guests of other hosts (each host checks
+    /// its own): port security is off on it unless `port_security` says otherwise.
     pub fn policy(&self) -> PortPolicy {
         PortPolicy {
             learning: self.learning,
@@ -311,7 +433,8 @@ impl PortSpec {
             isolated: self.isolated,
             allowed_macs: self.allowed_macs.clone(),
             allowed_ips: self.allowed_ips.clone(),
-            port_security: self.port_security,
+            port_security: self.port_security.or(self.vxlan.as_ref().map(|_| false)),
+            trunk: self.trunk_spec(),
         }
     }
 }
@@ -345,6 +468,30 @@ fn unreachable_stream() -> Result<Box<dyn Link>> {
         "stream ports are opened by listen_stream",
     ))
 }
+/// Parses a trunk map as the command line writes it: `net0=10,net1=20` (network name = VLAN
+/// id). Ranges and duplicates are checked later, with the rest of the port.
+pub fn parse_trunk(
+    s: &str,
+) -> std::result::Result<std::collections::BTreeMap<String, u16>, String> {
+    let mut m = std::collections::BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (net, vid) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected NETWORK=VLAN_ID"))?;
+        let vid: u16 = vid
+            .trim()
+            .parse()
+            .map_err(|_| format!("{part:?}: {:?} is not a VLAN id (1-4094)", vid.trim()))?;
+        if m.insert(net.trim().to_string(), vid).is_some() {
+            return Err(format!("network {:?} is given twice", net.trim()));
+        }
+    }
+    if m.is_empty() {
+        return Err("empty: expected NETWORK=VLAN_ID[,NETWORK=VLAN_ID...]".into());
+    }
+    Ok(m)
+}
+
 /// Checks a Linux interface name: 1-15 bytes, no `/`, whitespace or `:`.
 pub fn check_ifname(name: &str, field: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -388,7 +535,7 @@ impl Handle {
     /// Like [`Handle::open_port`], and says how the port's interface was configured: a
     /// `netns` port with address fields (`mac`, `ips`, `gateway`, `routes`) gets them over
     /// rtnetlink inside the namespace, with `lo` up; the port owns its addresses from the
-    /// start and the network's gateway knows its MAC and name at once (see [`address`]).
+    /// start and the network's gateway knows its MAC and name at once (see `control/address.rs`).
     pub fn attach(&self, spec: &PortSpec) -> Result<Attached> {
         self.attach_with(spec, None)
     }
@@ -419,16 +566,8 @@ impl Handle {
             }
             _ => {}
         }
+        self.check_networks_exist(spec)?;
         if let Backend::Stream { path } = &backend {
-            if self
-                .dp
-                .bridge()
-                .topology()
-                .network_by_name(&spec.network)
-                .is_none()
-            {
-                return Err(crate::bridge::BridgeError::NoSuchNetwork(spec.network.clone()).into());
-            }
             self.listen_stream(spec.clone(), path)?;
             return Ok(Attached::default());
         }
@@ -441,15 +580,6 @@ impl Handle {
         {
             return Err(crate::bridge::BridgeError::PortExists(spec.name.clone()).into());
         }
-        if self
-            .dp
-            .bridge()
-            .topology()
-            .network_by_name(&spec.network)
-            .is_none()
-        {
-            return Err(crate::bridge::BridgeError::NoSuchNetwork(spec.network.clone()).into());
-        }
         // Adopting a TAP handed over needs nothing the sandbox takes away.
         if crate::sandbox::is_applied() && tap.is_none() {
             let what = match &backend {
@@ -459,6 +589,7 @@ impl Handle {
                 Backend::Stream { .. } => "a stream port",
                 Backend::Dgram { .. } => "a datagram socket port (`dgram`)",
                 Backend::VhostUser { .. } => "a vhost-user port (`vhost_user`)",
+                Backend::Vxlan { .. } => "a VXLAN port (`vxlan`)",
             };
             if let Backend::NetnsTap { .. } = backend {
                 // A permission error (`errno` 1 in the API): `usernet attach` then creates the
@@ -515,6 +646,23 @@ impl Handle {
             }
         }
     }
+    /// Every network `spec` joins exists (an access port's: `NoSuchNetwork`, as before; a
+    /// trunk's: an error naming the key).
+    fn check_networks_exist(&self, spec: &PortSpec) -> Result<()> {
+        let topo = self.dp.bridge().topology();
+        for (key, net) in spec.networks() {
+            if topo.network_by_name(net).is_none() {
+                if spec.trunk.is_empty() {
+                    return Err(crate::bridge::BridgeError::NoSuchNetwork(net.to_string()).into());
+                }
+                return Err(Error::invalid(
+                    format!("port.{key}"),
+                    format!("no network named {net:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
     fn open_planned(
         &self,
         spec: &PortSpec,
@@ -523,6 +671,7 @@ impl Handle {
         plan: Option<&address::Plan>,
         tap: Option<std::os::fd::OwnedFd>,
     ) -> Result<PortId> {
+        let mut vxlan = None;
         let (link, watch): (Box<dyn Link>, Option<Watch>) = match backend {
             Backend::Tap { name } => (Box::new(TapLink::create(name, tap_opts)?), None),
             Backend::NetnsTap { netns, ifname } => {
@@ -555,6 +704,11 @@ impl Handle {
             Backend::VhostUser { path } => {
                 (Box::new(self.listen_vhost_user(&spec.name, path)?), None)
             }
+            Backend::Vxlan { spec: v } => {
+                let link = self.open_vxlan(spec, v)?;
+                vxlan = Some(link.shared().clone());
+                (Box::new(link), None)
+            }
             Backend::Packet { ifname } => {
                 let link = PacketLink::open(
                     ifname,
@@ -577,7 +731,10 @@ impl Handle {
         if let Some(p) = plan {
             policy.allowed_ips.extend(p.ips());
         }
-        let id = self.add_port(&spec.network, &spec.name, policy, link)?;
+        let id = self.add_port(spec.home_network(), &spec.name, policy, link)?;
+        if let Some(v) = vxlan {
+            self.vxlan_added(spec.home_network(), &spec.name, v);
+        }
         if let Backend::NetnsTap { netns, .. } = backend {
             self.set_port_netns(&spec.name, netns.clone());
         }
@@ -697,7 +854,7 @@ impl Handle {
                             match crate::link::stream::StreamLink::new(conn, max, &what) {
                                 Ok(link) => {
                                     if let Err(e) =
-                                        h.add_port(&spec.network, &spec.name, spec.policy(), Box::new(link))
+                                        h.add_port(spec.home_network(), &spec.name, spec.policy(), Box::new(link))
                                     {
                                         tracing::warn!(port = %spec.name, "stream peer: {e}");
                                     } else {
@@ -743,6 +900,7 @@ impl Handle {
             .ok_or_else(|| crate::bridge::BridgeError::NoSuchPort(name.to_string()))?;
         self.dp.bridge().remove_port(port.id);
         self.node.port_netns.lock().remove(name);
+        self.node.vxlan.lock().remove(name);
         self.detach_link(port.owner, port.id)
     }
     pub(super) fn detach_link(&self, owner: usize, id: PortId) -> Result<()> {

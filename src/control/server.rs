@@ -53,9 +53,7 @@ pub fn default_socket_path() -> Result<PathBuf> {
     {
         return Ok(PathBuf::from(p));
     }
-    // SAFETY: geteuid cannot fail and touches no memory.
-    let uid = unsafe { libc::geteuid() };
-    if uid == 0 {
+    if crate::sys::process::is_root() {
         return Ok(PathBuf::from("/run/usernet/usernet.sock"));
     }
     if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR")

@@ -25,6 +25,10 @@ pub struct PortInfo {
     pub event_loop: usize,
     /// Isolated port.
     pub isolated: bool,
+    /// A trunk port's networks by VLAN id (`network` is then its native network or its lowest
+    /// VLAN's); absent for an access port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<crate::bridge::TrunkSpec>,
 }
 /// A network, as listed by the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +61,9 @@ pub struct FdbRow {
     pub age_secs: f64,
     /// Configured, never ages.
     pub is_static: bool,
+    /// For a MAC behind a VXLAN port: the remote VTEP it was last seen behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep: Option<std::net::IpAddr>,
 }
 /// What one port owns (port security), as shown by `usernet ctl owners`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +93,9 @@ pub struct PortStatsRow {
     /// Frames its live captures could not keep up with (see [`crate::capture`]).
     #[serde(default)]
     pub capture_dropped: u64,
+    /// A VXLAN port's own counters (decapsulation drops by reason, datagrams sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan: Option<crate::link::vxlan::VxlanStats>,
 }
 /// A DHCP lease, as shown by `usernet ctl leases`.
 #[derive(Debug, Clone, Serialize)]
@@ -125,6 +135,7 @@ impl Handle {
                 kind: p.kind.to_string(),
                 event_loop: p.owner,
                 isolated: p.policy.isolated,
+                trunk: p.policy.trunk.clone(),
             })
             .collect()
     }
@@ -160,14 +171,16 @@ impl Handle {
                 continue;
             }
             for e in ne.net.fdb.dump(now) {
+                let port = topo
+                    .port(e.port)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_else(|| format!("#{}", e.port.0));
                 rows.push(FdbRow {
                     network: ne.net.name.clone(),
                     vlan: e.vlan,
                     mac: e.mac,
-                    port: topo
-                        .port(e.port)
-                        .map(|p| p.name.clone())
-                        .unwrap_or_else(|| format!("#{}", e.port.0)),
+                    vtep: self.vtep_of(&port, e.mac),
+                    port,
                     age_secs: e.age_ms as f64 / 1000.0,
                     is_static: e.is_static,
                 });
@@ -222,6 +235,7 @@ impl Handle {
                     .unwrap_or_default(),
                 stats: p.counters.snapshot(),
                 capture_dropped: p.capture.dropped(),
+                vxlan: self.vxlan_stats(&p.name),
             })
             .collect()
     }

@@ -19,7 +19,7 @@
 //!
 //! Offloads: frames from a TAP with offloads may be 64 KiB GSO frames or lack their checksum.
 //! When a port's TX ring is drained into its link, each frame goes through
-//! [`offload::adapt`]: passed on untouched to a link that takes it (another offload TAP),
+//! [`crate::offload::adapt`]: passed on untouched to a link that takes it (another offload TAP),
 //! segmented and checksummed in software for any other (the egress loop does that work).
 //!
 //! A link that would block on write keeps at most one batch in its own pending queue and waits
@@ -39,23 +39,22 @@
 //! for that long before it sleeps (adaptive busy-polling, like the kernel's `net.core.busy_poll`):
 //! the answer to a request finds it awake. Off by default; it costs a CPU while traffic flows.
 
-use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use crossbeam_channel::Sender;
+use mio::{Poll, Token, Waker};
 
-use crate::bridge::{Bridge, Clock, DropReason, NewPort, Port, PortId, PortPolicy};
-use crate::capture::Direction;
+use crate::bridge::{Bridge, Clock, NewPort, Port, PortId, PortPolicy};
 use crate::error::{Error, Result};
-use crate::frame::{Frame, FramePool};
+use crate::frame::FramePool;
 use crate::link::Link;
-use crate::offload::{self, Offloads};
+
+mod event_loop;
+use event_loop::LoopState;
 
 /// Frames read per `recv_batch` call.
 pub const BATCH: usize = 64;
@@ -116,6 +115,9 @@ pub(crate) struct LoopCtl {
     pub(crate) tx: Sender<LoopCmd>,
     pub(crate) waker: Arc<Waker>,
     pub(crate) ports: AtomicUsize,
+    /// Nanoseconds the loop spent handling events (from `poll` returning to the end of the
+    /// turn), not waiting: one monotonic clock read per turn, none per frame.
+    pub(crate) busy_ns: AtomicU64,
 }
 
 /// State shared by the loops and every [`Datapath`].
@@ -208,6 +210,16 @@ impl Datapath {
             .loops
             .iter()
             .map(|l| l.ports.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Time each loop has spent handling events since it started (not waiting in `poll`), by
+    /// loop: its rate is the loop's utilisation.
+    pub fn loop_busy(&self) -> Vec<Duration> {
+        self.core
+            .loops
+            .iter()
+            .map(|l| Duration::from_nanos(l.busy_ns.load(Ordering::Relaxed)))
             .collect()
     }
 
@@ -333,6 +345,7 @@ impl Loops {
                 tx,
                 waker,
                 ports: AtomicUsize::new(0),
+                busy_ns: AtomicU64::new(0),
             });
             polls.push(poll);
             rxs.push(rx);
@@ -376,339 +389,6 @@ impl Drop for Loops {
             self.dp.stop();
             for t in self.threads.drain(..) {
                 let _ = t.join();
-            }
-        }
-    }
-}
-
-struct LocalPort {
-    port: Arc<Port>,
-    link: Box<dyn Link>,
-    /// What the link takes on transmit as it is; other offloaded frames are adapted.
-    tx_offloads: Offloads,
-    pending: VecDeque<Frame>,
-}
-
-struct LoopState {
-    idx: usize,
-    poll: Poll,
-    shared: Arc<Core>,
-    cmds: Receiver<LoopCmd>,
-    slots: Vec<Option<LocalPort>>,
-    by_id: HashMap<PortId, usize>,
-    local_dirty: Vec<PortId>,
-    remote_wake: Vec<bool>,
-    again: Vec<usize>,
-    rx_buf: Vec<Frame>,
-}
-
-fn token_of(slot: usize) -> Token {
-    Token(slot + 1)
-}
-
-impl LoopState {
-    fn new(idx: usize, poll: Poll, shared: Arc<Core>, cmds: Receiver<LoopCmd>) -> Self {
-        let n = shared.loops.len();
-        LoopState {
-            idx,
-            poll,
-            shared,
-            cmds,
-            slots: Vec::new(),
-            by_id: HashMap::new(),
-            local_dirty: Vec::new(),
-            remote_wake: vec![false; n],
-            again: Vec::new(),
-            rx_buf: Vec::with_capacity(BATCH),
-        }
-    }
-
-    fn run(mut self) {
-        let mut events = Events::with_capacity(256);
-        let mut next_sweep = Instant::now() + SWEEP_EVERY;
-        let busy_poll = self.shared.cfg.busy_poll;
-        // Until when the loop spins instead of sleeping (busy-polling; never when it is zero).
-        let mut spin_until: Option<Instant> = None;
-        loop {
-            // Only loop 0 has a timer (the FDB sweep); the others sleep until an event.
-            // A loop with ports to read again, or within its busy-polling window, does not sleep.
-            let timeout =
-                if !self.again.is_empty() || spin_until.is_some_and(|t| Instant::now() < t) {
-                    Some(Duration::ZERO)
-                } else if self.idx == 0 {
-                    Some(next_sweep.saturating_duration_since(Instant::now()))
-                } else {
-                    None
-                };
-            if let Err(e) = self.poll.poll(&mut events, timeout)
-                && e.kind() != io::ErrorKind::Interrupted
-            {
-                tracing::error!(loop_idx = self.idx, "poll failed: {e}");
-                break;
-            }
-            if self.shared.stop.load(Ordering::Acquire) {
-                break;
-            }
-            if !busy_poll.is_zero() && !events.is_empty() {
-                spin_until = Some(Instant::now() + busy_poll);
-            }
-            for ev in events.iter() {
-                if ev.token() == WAKER {
-                    self.commands();
-                    self.flush_remote_filled();
-                    continue;
-                }
-                let slot = ev.token().0 - 1;
-                if ev.is_readable() || ev.is_error() || ev.is_read_closed() {
-                    self.rx(slot);
-                }
-                if ev.is_writable() {
-                    self.flush(slot);
-                }
-            }
-            let again = std::mem::take(&mut self.again);
-            for slot in again {
-                self.rx(slot);
-            }
-            self.end_of_batch();
-            if self.idx == 0 && Instant::now() >= next_sweep {
-                let n = self.shared.bridge.sweep();
-                if n > 0 {
-                    tracing::debug!("aged out {n} FDB entries");
-                }
-                next_sweep = Instant::now() + SWEEP_EVERY;
-            }
-        }
-        // Dropping the slots closes every link of this loop (and ends their captures).
-        for lp in self.slots.iter().flatten() {
-            lp.port.capture.close();
-        }
-        self.slots.clear();
-    }
-
-    fn commands(&mut self) {
-        while let Ok(cmd) = self.cmds.try_recv() {
-            match cmd {
-                LoopCmd::Add { port, link, reply } => {
-                    let r = self.add(port, link);
-                    let _ = reply.send(r);
-                }
-                LoopCmd::Remove { id, reply } => {
-                    if let Some(slot) = self.by_id.get(&id).copied()
-                        && let Some(lp) = self.drop_slot(slot)
-                    {
-                        // Nothing reads the link any more: whatever was learned for the port
-                        // since the bridge removed it goes now, for good.
-                        self.shared.bridge.forget_removed(&lp.port);
-                    }
-                    let _ = reply.send(());
-                }
-            }
-        }
-    }
-
-    fn add(&mut self, port: Arc<Port>, link: Box<dyn Link>) -> io::Result<()> {
-        let slot = match self.slots.iter().position(Option::is_none) {
-            Some(s) => s,
-            None => {
-                self.slots.push(None);
-                self.slots.len() - 1
-            }
-        };
-        let fd = link.as_raw_fd();
-        self.poll.registry().register(
-            &mut SourceFd(&fd),
-            token_of(slot),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        self.by_id.insert(port.id, slot);
-        self.shared.loops[self.idx]
-            .ports
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(port = %port.name, kind = link.kind(), loop_idx = self.idx, "port up");
-        let tx_offloads = link.caps().tx;
-        self.slots[slot] = Some(LocalPort {
-            port,
-            link,
-            tx_offloads,
-            pending: VecDeque::with_capacity(BATCH),
-        });
-        // Frames may have arrived before registration.
-        self.again.push(slot);
-        // The bridge knew the port before this loop did: frames forwarded to it in between
-        // sit in its ring, and the flags that ask for a flush were raised for a port no loop
-        // had (`end_of_batch` skipped it), so they would stay raised and no later frame would
-        // ask again. Lower them and flush what waits.
-        if let Some(Some(lp)) = self.slots.get(slot) {
-            lp.port.dirty_local.store(false, Ordering::Relaxed);
-            lp.port.tx_pending.store(false, Ordering::Release);
-        }
-        self.flush(slot);
-        Ok(())
-    }
-
-    fn drop_slot(&mut self, slot: usize) -> Option<LocalPort> {
-        let lp = self.slots.get_mut(slot)?.take()?;
-        let fd = lp.link.as_raw_fd();
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-        // Nothing more is read from or written to it: its captures end.
-        lp.port.capture.close();
-        self.by_id.remove(&lp.port.id);
-        self.shared.loops[self.idx]
-            .ports
-            .fetch_sub(1, Ordering::Relaxed);
-        Some(lp)
-    }
-
-    /// The link failed for good: remove the port everywhere.
-    fn fail(&mut self, slot: usize, err: &crate::link::LinkError) {
-        if let Some(lp) = self.drop_slot(slot) {
-            if err.is_orderly_close() {
-                tracing::info!(port = %lp.port.name, "peer closed, port removed: {err}");
-            } else {
-                tracing::warn!(port = %lp.port.name, "link failed, port removed: {err}");
-            }
-            self.shared.bridge.remove_port(lp.port.id);
-        }
-    }
-
-    fn rx(&mut self, slot: usize) {
-        let shared = self.shared.clone();
-        let bridge = &shared.bridge;
-        for _ in 0..RX_BUDGET {
-            let Some(Some(lp)) = self.slots.get_mut(slot) else {
-                return;
-            };
-            self.rx_buf.clear();
-            let st = match lp.link.recv_batch(bridge.pool(), &mut self.rx_buf, BATCH) {
-                Ok(st) => st,
-                Err(e) if e.is_fatal() => {
-                    self.fail(slot, &e);
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(port = %lp.port.name, "receive error: {e}");
-                    return;
-                }
-            };
-            let port = lp.port.clone();
-            if st.oversize > 0 {
-                let c = &port.counters;
-                c.rx_frames.fetch_add(st.oversize as u64, Ordering::Relaxed);
-                c.drop_n(DropReason::Oversize, st.oversize as u64);
-            }
-            let topo = bridge.topology();
-            let now = bridge.now();
-            let (idx, local_dirty, remote_wake) =
-                (self.idx, &mut self.local_dirty, &mut self.remote_wake);
-            let mut mark = |q: &Arc<Port>| {
-                if q.owner == idx {
-                    if !q.dirty_local.swap(true, Ordering::Relaxed) {
-                        local_dirty.push(q.id);
-                    }
-                } else if !q.tx_pending.swap(true, Ordering::AcqRel)
-                    && let Some(w) = remote_wake.get_mut(q.owner)
-                {
-                    *w = true;
-                }
-            };
-            if port.capture.is_active() {
-                port.capture.record(Direction::Rx, &self.rx_buf);
-            }
-            for f in self.rx_buf.drain(..) {
-                bridge.forward(&topo, &port, f, now, &mut mark);
-            }
-            if st.drained {
-                return;
-            }
-        }
-        // Once: a busy port read from its event and from this list in the same turn must not
-        // be queued twice (the list would grow every turn, and with it the frames read
-        // between two flushes, until the egress rings overflowed).
-        if !self.again.contains(&slot) {
-            self.again.push(slot);
-        }
-    }
-
-    fn end_of_batch(&mut self) {
-        let dirty = std::mem::take(&mut self.local_dirty);
-        for id in &dirty {
-            if let Some(&slot) = self.by_id.get(id) {
-                if let Some(Some(lp)) = self.slots.get(slot) {
-                    lp.port.dirty_local.store(false, Ordering::Relaxed);
-                }
-                self.flush(slot);
-            }
-        }
-        self.local_dirty = dirty;
-        self.local_dirty.clear();
-        for (i, w) in self.remote_wake.iter_mut().enumerate() {
-            if std::mem::take(w) {
-                let _ = self.shared.loops[i].waker.wake();
-            }
-        }
-    }
-
-    fn flush_remote_filled(&mut self) {
-        for slot in 0..self.slots.len() {
-            let pending = match &self.slots[slot] {
-                Some(lp) => lp.port.tx_pending.swap(false, Ordering::AcqRel),
-                None => false,
-            };
-            if pending {
-                self.flush(slot);
-            }
-        }
-    }
-
-    fn flush(&mut self, slot: usize) {
-        let Some(Some(lp)) = self.slots.get_mut(slot) else {
-            return;
-        };
-        let c = &lp.port.counters;
-        loop {
-            if lp.pending.is_empty() {
-                let pool = self.shared.bridge.pool();
-                while lp.pending.len() < BATCH {
-                    let Some(f) = lp.port.tx.pop() else { break };
-                    if let Err(e) = offload::adapt(f, lp.tx_offloads, pool, &mut lp.pending) {
-                        c.drop_n(DropReason::BadOffload, 1);
-                        tracing::trace!(port = %lp.port.name, "offloaded frame dropped: {e}");
-                    }
-                }
-                if lp.pending.is_empty() {
-                    return;
-                }
-                if lp.port.capture.is_active() {
-                    lp.port.capture.record(Direction::Tx, &lp.pending);
-                }
-            }
-            match lp.link.send_batch(&mut lp.pending) {
-                Ok(st) => {
-                    c.tx_frames.fetch_add(st.frames as u64, Ordering::Relaxed);
-                    c.tx_bytes.fetch_add(st.bytes as u64, Ordering::Relaxed);
-                    if st.errors > 0 {
-                        c.drop_n(DropReason::LinkError, st.errors as u64);
-                    }
-                    if lp.link.wants_rx() && !self.again.contains(&slot) {
-                        // It answered in-process (the gateway): read it next turn.
-                        self.again.push(slot);
-                    }
-                    if !lp.pending.is_empty() {
-                        // Would block: wait for the writable event.
-                        return;
-                    }
-                }
-                Err(e) if e.is_fatal() => {
-                    self.fail(slot, &e);
-                    return;
-                }
-                Err(e) => {
-                    c.drop_n(DropReason::LinkError, lp.pending.len() as u64);
-                    lp.pending.clear();
-                    tracing::debug!(port = %lp.port.name, "send error: {e}");
-                    return;
-                }
             }
         }
     }

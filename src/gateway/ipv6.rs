@@ -17,7 +17,7 @@ impl Driver {
         let p = ndp::RaParams {
             gw_mac: self.gw.cfg.mac,
             prefix,
-            mtu: u32::from(self.gw.cfg.mtu),
+            mtu: u32::from(self.gw.announced_mtu()),
             dns: if self.gw.cfg.dns_silent && self.gw.cfg.dns6().is_some() {
                 Vec::new()
             } else {

@@ -169,6 +169,9 @@ pub struct Gateway {
     pub nat_counters: Arc<NatCounters>,
     /// Port forwards, for listing.
     pub forwards: Mutex<Vec<ForwardInfo>>,
+    /// The MTU announced by DHCP and RA: `cfg.mtu`, lowered by [`Gateway::lower_announced_mtu`]
+    /// (a VXLAN port with a smaller inner MTU on the network).
+    announced_mtu: std::sync::atomic::AtomicU16,
     cmd: Sender<Cmd>,
     waker: Arc<Waker>,
     epoch: Instant,
@@ -239,6 +242,22 @@ impl Gateway {
     /// The DHCP clock at `now`: milliseconds since the gateway started.
     pub fn ms_at(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// The MTU announced by DHCP (option 26) and RA (the MTU option).
+    pub fn announced_mtu(&self) -> u16 {
+        self.announced_mtu.load(Ordering::Relaxed)
+    }
+
+    /// Announces at most `mtu` from now on (a VXLAN port's inner MTU is below the network's):
+    /// new DHCP replies and RAs carry it.
+    pub fn lower_announced_mtu(&self, mtu: u16) {
+        let old = self.announced_mtu.fetch_min(mtu, Ordering::Relaxed);
+        if mtu < old
+            && let Some(d) = &self.dhcp
+        {
+            d.lock().set_mtu(mtu);
+        }
     }
 
     /// Addresses and counters.
@@ -436,6 +455,7 @@ fn build_gateway(
             let _ = records.add("host", IpAddr::V6(a6));
         }
     }
+    let mtu = cfg.mtu;
     let gw = Arc::new(Gateway {
         cfg,
         records,
@@ -445,6 +465,7 @@ fn build_gateway(
         port: Mutex::new(None),
         nat_counters: Arc::new(NatCounters::default()),
         forwards: Mutex::new(Vec::new()),
+        announced_mtu: std::sync::atomic::AtomicU16::new(mtu),
         cmd: cmd_tx,
         waker,
         epoch,

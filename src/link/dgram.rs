@@ -23,7 +23,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -127,10 +126,8 @@ impl DgramLink {
         let err = |w: &str, e| OpenError::new(format!("{w} {}", path.display()), e);
         let sock = Socket::new(Domain::UNIX, Type::DGRAM.nonblocking().cloexec(), None)
             .map_err(|e| err("creating datagram socket", e))?;
-        // SAFETY: fchmod on a descriptor we own; the bound file takes the inode's mode.
-        if unsafe { libc::fchmod(sock.as_raw_fd(), 0o600) } != 0 {
-            return Err(err("fchmod", io::Error::last_os_error()));
-        }
+        // The bound file takes the inode's mode.
+        crate::sys::sock::make_private(&sock).map_err(|e| err("fchmod", e))?;
         let addr = SockAddr::unix(path).map_err(|e| err("socket path", e))?;
         sock.bind(&addr).map_err(|e| err("binding", e))?;
         let meta = std::fs::symlink_metadata(path);
@@ -234,19 +231,7 @@ impl DgramLink {
             return;
         }
         self.connected = false;
-        let sa = libc::sockaddr {
-            sa_family: libc::AF_UNSPEC as libc::sa_family_t,
-            sa_data: [0; 14],
-        };
-        // SAFETY: connect(2) with a valid AF_UNSPEC sockaddr of the size passed: dissolves the
-        // datagram socket's association.
-        unsafe {
-            libc::connect(
-                self.sock.as_raw_fd(),
-                &sa,
-                std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
-            )
-        };
+        let _ = crate::sys::sock::disconnect(&self.sock);
     }
 }
 
@@ -293,11 +278,8 @@ impl Link for DgramLink {
             reads_left -= 1;
             let mut frame = pool.alloc();
             let area = frame.recv_area(0);
-            // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout; recvfrom only writes
-            // initialised bytes into it.
-            let buf = unsafe { &mut *(area as *mut [u8] as *mut [MaybeUninit<u8>]) };
-            let cap = buf.len();
-            match self.sock.recv_from_with_flags(buf, libc::MSG_TRUNC) {
+            let cap = area.len();
+            match crate::sys::sock::recv_from_trunc(&self.sock, area) {
                 Ok((n, src)) => {
                     if !self.admit(&src) {
                         continue;

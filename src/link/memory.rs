@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,54 +21,31 @@ use crossbeam_queue::ArrayQueue;
 use super::{Link, LinkCaps, LinkError, RecvStats, SendStats};
 use crate::frame::{Frame, FramePool, GSO_MAX_FRAME};
 use crate::offload::Offloads;
+use crate::sys::io::EventFd;
 
 struct Dir {
     queue: ArrayQueue<Frame>,
-    efd: OwnedFd,
+    efd: EventFd,
     closed: AtomicBool,
     dropped: AtomicU64,
 }
 
 impl Dir {
     fn new(capacity: usize) -> io::Result<Self> {
-        // SAFETY: eventfd takes no pointers; the returned descriptor is checked before use and
-        // owned by the `OwnedFd` from here on.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Dir {
             queue: ArrayQueue::new(capacity.max(1)),
-            // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
-            efd: unsafe { OwnedFd::from_raw_fd(fd) },
+            efd: EventFd::new()?,
             closed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
         })
     }
 
     fn signal(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to an eventfd we own; failure (counter
-        // overflow, impossible in practice) only loses a wake-up that a later write repeats.
-        unsafe {
-            libc::write(
-                self.efd.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            );
-        }
+        self.efd.signal();
     }
 
     fn reset(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a valid u64; EAGAIN (counter already 0) is fine.
-        unsafe {
-            libc::read(
-                self.efd.as_raw_fd(),
-                (&mut v as *mut u64).cast(),
-                std::mem::size_of::<u64>(),
-            );
-        }
+        self.efd.reset();
     }
 }
 
@@ -183,14 +160,7 @@ impl MemoryLink {
             if left.is_zero() {
                 return None;
             }
-            let mut pfd = libc::pollfd {
-                fd: self.rx.efd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut pfd, 1, ms) };
+            let _ = crate::sys::io::wait_readable([self.rx.efd.as_fd()], Some(left));
         }
     }
 

@@ -16,6 +16,7 @@
 //!   `recvmmsg`/`sendmmsg`.
 //! - [`stream`], [`dgram`]: a VM (QEMU `-netdev stream` / `-netdev dgram`) over a UNIX socket;
 //!   [`vhost_user`]: a VM's virtio-net queues in its shared memory (QEMU `-netdev vhost-user`).
+//! - [`vxlan`]: a VXLAN tunnel (RFC 7348) to remote VTEPs over host UDP sockets.
 //! - [`memory`]: an in-process pair for tests, benchmarks, fuzzing and embedders.
 //!
 //! Errors: `WouldBlock` never leaves a link (it ends a batch). Any other error from
@@ -39,6 +40,7 @@ pub mod stream;
 pub mod tap;
 pub mod userns;
 pub mod vhost_user;
+pub mod vxlan;
 
 /// Error from a link operation.
 #[derive(Debug, thiserror::Error)]

@@ -167,23 +167,15 @@ pub fn hw_addr(ifname: &str) -> Result<Mac, OpenError> {
 pub fn if_index(ifname: &str) -> Result<u32, OpenError> {
     validate_ifname(ifname)?;
     let what = || format!("looking up interface {ifname}");
-    let c = CString::new(ifname)
+    CString::new(ifname)
         .map_err(|e| OpenError::new(what(), io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        return Err(OpenError::last_os(what()));
-    }
-    Ok(idx)
+    crate::sys::ifreq::name_to_index(ifname).map_err(|e| OpenError::new(what(), e))
 }
 
 /// True if an interface with index `ifindex` exists in the calling thread's network namespace
 /// (`if_indextoname`).
 pub fn link_exists(ifindex: u32) -> bool {
-    let mut buf = [0 as libc::c_char; libc::IFNAMSIZ];
-    // SAFETY: `buf` has the IFNAMSIZ bytes if_indextoname writes at most.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    !p.is_null()
+    crate::sys::ifreq::index_to_name(ifindex).is_ok()
 }
 
 /// Runs `f` on a new thread that has joined the network namespace at `netns` (a bind-mounted

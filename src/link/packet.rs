@@ -29,9 +29,17 @@
 //! asking (on its own socket, hence in its own namespace) whether the interface index still
 //! exists: a down interface is [`LinkError::Transient`], a deleted one [`LinkError::Gone`].
 //!
-//! VLANs: the kernel strips 802.1Q tags from received frames into `PACKET_AUXDATA` metadata,
-//! which this link does not read, so VLAN-tagged frames on a packet port arrive untagged.
-//! Frames sent with a tag keep it.
+//! VLANs: the kernel takes the outer 802.1Q/802.1ad tag off every frame it receives (in
+//! `__netif_receive_skb`, before packet sockets see it, or in the NIC) and keeps it beside the
+//! frame; a packet socket gets it only as `PACKET_AUXDATA` control data. The link asks for that
+//! (`PACKET_AUXDATA`), gives every `recvmmsg` message its own small control buffer, and puts
+//! the tag back into the frame in place ([`Frame::push_vlan`], into the headroom: no copy),
+//! with its TPID when the kernel reports one (`TP_STATUS_VLAN_TPID_VALID`, else 802.1Q) and
+//! its priority bits; the virtio-net header's offsets, which the kernel computed for the
+//! untagged frame, move with it. So a tagged frame arrives tagged, as on every other link, and
+//! a Q-in-Q frame arrives with both tags. Frames are sent as they are: a tagged frame leaves
+//! tagged (the tag in the bytes; the kernel's VLAN devices on the other side take it from
+//! there).
 
 use std::collections::VecDeque;
 use std::io;
@@ -48,6 +56,10 @@ const L2_OVERHEAD: usize = 14 + 4;
 const DEFAULT_MTU: u32 = 1500;
 /// Initial size of the batch arrays; they grow to the largest `max` asked for.
 const INITIAL_BATCH: usize = 64;
+
+/// Control buffer of one received message, in 8-byte words: room for one `cmsghdr` carrying a
+/// `tpacket_auxdata` (16 + 20 bytes, aligned: 40), with some to spare.
+const CTRL_WORDS: usize = 8;
 
 /// Receive slots per `recvmmsg` call when frames may be 64 KiB GSO frames: bounds the GSO
 /// buffers one packet link keeps ready (8 x 64 KiB).
@@ -89,6 +101,9 @@ struct Batch {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_ll>,
+    /// One control buffer per message, for `PACKET_AUXDATA` (8-byte aligned, as `cmsghdr`
+    /// needs).
+    ctrl: Vec<[u64; CTRL_WORDS]>,
 }
 
 // SAFETY: the raw pointers inside `hdrs` and `iovs` are scratch values: they are rewritten to
@@ -102,6 +117,7 @@ impl Batch {
             hdrs: Vec::new(),
             iovs: Vec::new(),
             addrs: Vec::new(),
+            ctrl: Vec::new(),
         };
         b.reserve(INITIAL_BATCH);
         b
@@ -118,6 +134,7 @@ impl Batch {
         self.hdrs.resize(n, h);
         self.iovs.resize(n, i);
         self.addrs.resize(n, a);
+        self.ctrl.resize(n, [0; CTRL_WORDS]);
     }
 }
 
@@ -129,6 +146,8 @@ pub struct PacketLink {
     max_frame: usize,
     /// Bytes of virtio-net header in front of each frame (0 or 10).
     vnet_len: usize,
+    /// `PACKET_AUXDATA` is on: received messages carry the tag the kernel took off.
+    auxdata: bool,
     batch: Batch,
     /// Receive buffers; slot `i` backs message `i`. Filled slots are handed out, the others
     /// are kept for the next call.
@@ -251,6 +270,15 @@ impl PacketLink {
             0
         };
 
+        // The tag the kernel takes off received frames comes back as control data.
+        let auxdata = match setsockopt(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_AUXDATA, &one) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(ifname, error = %e, "PACKET_AUXDATA unavailable: VLAN tags of received frames are lost");
+                false
+            }
+        };
+
         let mtu = netns::mtu_on(fd.as_fd(), ifname).unwrap_or(DEFAULT_MTU);
         tracing::debug!(ifname, ifindex, mtu, vnet_len, "packet link open");
         Ok(PacketLink {
@@ -259,6 +287,7 @@ impl PacketLink {
             ifindex,
             max_frame: mtu as usize + L2_OVERHEAD,
             vnet_len,
+            auxdata,
             batch: Batch::new(),
             slots: Vec::new(),
         })
@@ -301,6 +330,46 @@ impl PacketLink {
             _ => classify(err),
         }
     }
+}
+
+/// The VLAN tag (TPID, TCI) the kernel took off a received frame, from its `PACKET_AUXDATA`
+/// control message; `None` when the frame had none (or no control data came).
+fn vlan_tag(msg: &libc::msghdr) -> Option<(u16, u16)> {
+    if msg.msg_control.is_null() || msg.msg_controllen < std::mem::size_of::<libc::cmsghdr>() as _ {
+        return None;
+    }
+    // SAFETY: `msg` is a header the kernel filled: `msg_control` points at our control buffer
+    // and `msg_controllen` is what the kernel wrote into it, so the CMSG_* walk stays inside it.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(msg) };
+    while !c.is_null() {
+        // SAFETY: `c` is a non-null cmsghdr inside the buffer (CMSG_FIRSTHDR/CMSG_NXTHDR check
+        // that its header fits).
+        let h = unsafe { &*c };
+        // SAFETY: CMSG_LEN only computes a length.
+        let want = unsafe { libc::CMSG_LEN(std::mem::size_of::<libc::tpacket_auxdata>() as u32) };
+        if h.cmsg_level == libc::SOL_PACKET
+            && h.cmsg_type == libc::PACKET_AUXDATA
+            && h.cmsg_len >= want as _
+        {
+            // SAFETY: the message holds a whole tpacket_auxdata (length checked above); it may
+            // be unaligned for the struct, hence read_unaligned.
+            let aux = unsafe {
+                std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::tpacket_auxdata>())
+            };
+            if aux.tp_status & libc::TP_STATUS_VLAN_VALID == 0 {
+                return None;
+            }
+            let tpid = if aux.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+                aux.tp_vlan_tpid
+            } else {
+                0x8100
+            };
+            return Some((tpid, aux.tp_vlan_tci));
+        }
+        // SAFETY: `msg` and `c` as above.
+        c = unsafe { libc::CMSG_NXTHDR(msg, c) };
+    }
+    None
 }
 
 impl AsFd for PacketLink {
@@ -379,12 +448,19 @@ impl Link for PacketLink {
                     std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
                 hdr.msg_hdr.msg_iov = &mut self.batch.iovs[i];
                 hdr.msg_hdr.msg_iovlen = 1;
-                hdr.msg_hdr.msg_control = std::ptr::null_mut();
-                hdr.msg_hdr.msg_controllen = 0;
+                if self.auxdata {
+                    let ctrl = &mut self.batch.ctrl[i];
+                    hdr.msg_hdr.msg_control = ctrl.as_mut_ptr().cast();
+                    hdr.msg_hdr.msg_controllen = std::mem::size_of_val(ctrl) as _;
+                } else {
+                    hdr.msg_hdr.msg_control = std::ptr::null_mut();
+                    hdr.msg_hdr.msg_controllen = 0;
+                }
                 hdr.msg_hdr.msg_flags = 0;
             }
             // SAFETY: the first `want` headers point at valid, exclusively owned iovecs,
-            // frame buffers and address structs of the sizes given, which outlive the call.
+            // frame buffers, address structs and control buffers of the sizes given, which
+            // outlive the call.
             let r = unsafe {
                 libc::recvmmsg(
                     self.fd.as_raw_fd(),
@@ -452,6 +528,11 @@ impl Link for PacketLink {
                     self.slots[i] = Some(big);
                 }
                 f.meta.vnet = meta;
+                if let Some((tpid, tci)) = vlan_tag(&hdr.msg_hdr) {
+                    // Fails only for a runt shorter than the MAC addresses (a received frame
+                    // has its whole headroom), which the bridge then drops as such.
+                    let _ = f.push_vlan(tpid, tci);
+                }
                 out.push(f);
                 st.frames += 1;
             }

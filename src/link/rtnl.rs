@@ -9,7 +9,7 @@ use std::io;
 use std::net::IpAddr;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
 };
 use netlink_packet_route::address::{
@@ -157,5 +157,80 @@ impl Rtnl {
             RouteNetlinkMessage::NewRoute(m),
             NLM_F_CREATE | NLM_F_EXCL,
         )
+    }
+
+    /// Sends a dump request and collects every message of the answer.
+    fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        self.seq = self.seq.wrapping_add(1);
+        header.sequence_number = self.seq;
+        let mut m = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        m.finalize();
+        let mut buf = vec![0u8; m.buffer_len()];
+        m.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+        let mut out = Vec::new();
+        loop {
+            let (data, _) = self.sock.recv_from_full()?;
+            let mut off = 0;
+            while off < data.len() {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = reply.header.length as usize;
+                if reply.header.sequence_number == self.seq {
+                    match reply.payload {
+                        NetlinkPayload::Done(_) => return Ok(out),
+                        NetlinkPayload::Error(e) => {
+                            return Err(e.to_io());
+                        }
+                        NetlinkPayload::InnerMessage(m) => out.push(m),
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                off += len;
+            }
+        }
+    }
+
+    /// The MTU of the interface that holds `addr` (an address configured on it), if any.
+    pub fn mtu_of_address(&mut self, addr: IpAddr) -> io::Result<Option<u32>> {
+        let mut am = AddressMessage::default();
+        am.header.family = match addr {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let index = self
+            .dump(RouteNetlinkMessage::GetAddress(am))?
+            .into_iter()
+            .find_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a)
+                    if a.attributes.iter().any(|at| {
+                        matches!(at, AddressAttribute::Local(x) | AddressAttribute::Address(x) if *x == addr)
+                    }) =>
+                {
+                    Some(a.header.index)
+                }
+                _ => None,
+            });
+        let Some(index) = index else {
+            return Ok(None);
+        };
+        let mtu = self
+            .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?
+            .into_iter()
+            .find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) if l.header.index == index => {
+                    l.attributes.iter().find_map(|at| match at {
+                        LinkAttribute::Mtu(m) => Some(*m),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            });
+        Ok(mtu)
     }
 }

@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use super::{Link, LinkCaps, LinkError, RecvStats, SendStats, classify};
@@ -69,13 +69,9 @@ impl StreamLink {
     /// Wraps a connected stream (made non-blocking here); `max_frame` is the largest frame
     /// accepted from the peer; `what` names the peer in errors.
     pub fn new<S: Stream>(sock: S, max_frame: usize, what: &str) -> io::Result<StreamLink> {
-        // SAFETY: F_GETFL/F_SETFL on a descriptor owned by `sock`.
-        unsafe {
-            let fl = libc::fcntl(sock.fd(), libc::F_GETFL);
-            if fl < 0 || libc::fcntl(sock.fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
+        // SAFETY: `Stream::fd` is the descriptor `sock` owns; `sock` is alive (and keeps it
+        // open) for the whole borrow, which ends with this statement.
+        crate::sys::io::set_nonblocking(unsafe { BorrowedFd::borrow_raw(sock.fd()) })?;
         Ok(StreamLink {
             sock: Box::new(sock),
             max_frame,

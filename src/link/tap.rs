@@ -42,6 +42,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
@@ -370,39 +371,35 @@ impl Link for TapLink {
             // returns the buffer length, so without it a frame that exactly fills the buffer
             // could not be told from a truncated one.)
             let mut tail = 0u8;
-            let iov = [
-                libc::iovec {
-                    iov_base: area.as_mut_ptr().cast(),
-                    iov_len: cap,
-                },
-                libc::iovec {
-                    iov_base: (&mut tail as *mut u8).cast(),
-                    iov_len: 1,
-                },
-            ];
-            // SAFETY: both iovecs describe valid, exclusively borrowed memory (`area` and
-            // `tail`) that outlives the call.
-            let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                self.spare = Some(frame);
-                match err.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::EAGAIN) => {
-                        st.drained = true;
-                        break;
-                    }
-                    _ => {
-                        let e = classify(err);
-                        // A transient error after some frames: report those; the caller
-                        // comes back and sees the error again if it persists.
-                        if e.is_fatal() || st.frames == 0 {
-                            return Err(e);
+            let read = crate::sys::io::readv(
+                &self.fd,
+                &mut [
+                    IoSliceMut::new(&mut area[..]),
+                    IoSliceMut::new(std::slice::from_mut(&mut tail)),
+                ],
+            );
+            let n = match read {
+                Ok(n) => n,
+                Err(err) => {
+                    self.spare = Some(frame);
+                    match err.raw_os_error() {
+                        Some(libc::EINTR) => continue,
+                        Some(libc::EAGAIN) => {
+                            st.drained = true;
+                            break;
                         }
-                        break;
+                        _ => {
+                            let e = classify(err);
+                            // A transient error after some frames: report those; the caller
+                            // comes back and sees the error again if it persists.
+                            if e.is_fatal() || st.frames == 0 {
+                                return Err(e);
+                            }
+                            break;
+                        }
                     }
                 }
-            }
+            };
             let n = n as usize;
             if n > cap {
                 st.oversize += 1;
@@ -457,15 +454,15 @@ impl Link for TapLink {
                 buf[..VNET_HDR_LEN].copy_from_slice(&hdr);
                 buf[VNET_HDR_LEN..vl].fill(0);
             }
-            // SAFETY: writes `buf.len()` bytes from `buf`, which is valid for reads.
-            let n = unsafe { libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-            if n >= 0 {
-                queue.pop_front();
-                st.frames += 1;
-                st.bytes += len;
-                continue;
-            }
-            let err = io::Error::last_os_error();
+            let err = match crate::sys::io::write(&self.fd, buf) {
+                Ok(_) => {
+                    queue.pop_front();
+                    st.frames += 1;
+                    st.bytes += len;
+                    continue;
+                }
+                Err(err) => err,
+            };
             match err.raw_os_error() {
                 Some(libc::EINTR) => continue,
                 Some(libc::EAGAIN) => break,

@@ -33,7 +33,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,6 +54,8 @@ use vmm_sys_util::event::{
 use super::memory::MemoryLink;
 use super::{Link, LinkCaps, LinkError, OpenError, RecvStats, SendStats};
 use crate::frame::{Frame, FramePool};
+use crate::sys::io::wait_readable;
+use crate::sys::scm;
 
 /// `VIRTIO_F_VERSION_1`.
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -360,16 +362,10 @@ impl Service {
     }
 
     fn run(self, listener: UnixListener) {
-        let fd = listener.as_raw_fd();
         let mut n = 0u64;
         while !self.stopped() {
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+            let ready = wait_readable([listener.as_fd()], Some(Duration::from_millis(100)));
+            if !matches!(ready, Ok([true])) {
                 continue;
             }
             let Ok((front, _)) = listener.accept() else {
@@ -504,7 +500,7 @@ const FLAG_NEED_REPLY: u32 = 0x8;
 /// Largest message body relayed (the memory table with 8 regions is 328 bytes).
 const MAX_BODY: usize = 4096;
 /// Most descriptors one message carries (SET_MEM_TABLE: 8).
-const MAX_FDS: usize = 32;
+const MAX_FDS: usize = scm::MAX_MANY_FDS;
 
 /// One vhost-user message: header fields, body, attached descriptors.
 struct Msg {
@@ -516,41 +512,12 @@ struct Msg {
 
 /// Reads one message (`None`: closed or broken).
 fn read_msg(sock: &UnixStream) -> Option<Msg> {
-    use std::os::fd::FromRawFd;
     let mut hdr = [0u8; 12];
-    let mut cbuf = [0u64; (MAX_FDS * 4 + 32) / 8];
-    let mut iov = libc::iovec {
-        iov_base: hdr.as_mut_ptr().cast(),
-        iov_len: hdr.len(),
-    };
-    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the call.
-    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
-    mh.msg_iov = &mut iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf.as_mut_ptr().cast();
-    mh.msg_controllen = std::mem::size_of_val(&cbuf);
-    // SAFETY: recvmsg into the buffers described by `mh`.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut mh, libc::MSG_CMSG_CLOEXEC) };
-    if n != hdr.len() as isize {
+    let got = scm::recv_with_many_fds(sock.as_fd(), &mut hdr).ok()?;
+    if got.len != hdr.len() {
         return None;
     }
-    let mut fds = Vec::new();
-    // SAFETY: walking the control messages the kernel filled in, within `mh`.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&mh);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
-                let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                for i in 0..len / std::mem::size_of::<libc::c_int>() {
-                    fds.push(std::os::fd::OwnedFd::from_raw_fd(
-                        data.add(i).read_unaligned(),
-                    ));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&mh, c);
-        }
-    }
+    let fds = got.fds;
     let word = |i: usize| u32::from_le_bytes([hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]]);
     let (req, flags, size) = (word(0), word(4), word(8) as usize);
     if size > MAX_BODY {
@@ -574,36 +541,14 @@ fn write_msg(sock: &UnixStream, m: &Msg) -> bool {
     buf.extend_from_slice(&m.flags.to_le_bytes());
     buf.extend_from_slice(&(m.body.len() as u32).to_le_bytes());
     buf.extend_from_slice(&m.body);
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
+    let mut fds = [sock.as_fd(); MAX_FDS];
+    let Some(fds) = fds.get_mut(..m.fds.len()) else {
+        return false;
     };
-    let mut cbuf = [0u64; (MAX_FDS * 4 + 32) / 8];
-    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the call.
-    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
-    mh.msg_iov = &mut iov;
-    mh.msg_iovlen = 1;
-    if !m.fds.is_empty() {
-        let bytes = m.fds.len() * std::mem::size_of::<libc::c_int>();
-        mh.msg_control = cbuf.as_mut_ptr().cast();
-        // SAFETY: CMSG_SPACE is a pure computation.
-        mh.msg_controllen = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
-        // SAFETY: the control buffer is large enough for MAX_FDS descriptors (checked by the
-        // reader) and `c` points inside it.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&mh);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as usize;
-            let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
-            for (i, fd) in m.fds.iter().enumerate() {
-                data.add(i).write_unaligned(fd.as_raw_fd());
-            }
-        }
+    for (slot, fd) in fds.iter_mut().zip(&m.fds) {
+        *slot = fd.as_fd();
     }
-    // SAFETY: sendmsg from the buffers described by `mh`.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &mh, libc::MSG_NOSIGNAL) };
-    n == buf.len() as isize
+    scm::send_with_fds(sock.as_fd(), &buf, fds).is_ok()
 }
 
 /// Relays vhost-user messages between the front-end (the VMM) and the library's handler, until
@@ -617,26 +562,12 @@ fn relay(front: UnixStream, back: UnixStream) {
     // The last enable state asked for each ring before SET_FEATURES, replayed after it.
     let mut held: Vec<(Vec<u8>, Msg)> = Vec::new();
     loop {
-        let mut pfd = [
-            libc::pollfd {
-                fd: front.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: back.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: two valid pollfds for the duration of the call.
-        if unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) } < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break;
-        }
-        if pfd[0].revents != 0 {
+        let ready = match wait_readable([front.as_fd(), back.as_fd()], None) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        if ready[0] {
             let Some(m) = read_msg(&front) else { break };
             tracing::trace!(req = m.req, flags = m.flags, body = ?m.body, fds = m.fds.len(), "vhost-user request");
             if m.req == REQ_RESET_OWNER {
@@ -684,7 +615,7 @@ fn relay(front: UnixStream, back: UnixStream) {
                 break;
             }
         }
-        if pfd[1].revents != 0 {
+        if ready[1] {
             let Some(m) = read_msg(&back) else { break };
             if !write_msg(&front, &m) {
                 break;
@@ -698,7 +629,6 @@ fn relay(front: UnixStream, back: UnixStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::FromRawFd;
 
     fn msg(req: u32, flags: u32, body: &[u8]) -> Msg {
         Msg {
@@ -709,14 +639,11 @@ mod tests {
         }
     }
 
-    fn readable(s: &UnixStream, ms: i32) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: s.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+    fn readable(s: &UnixStream, ms: u64) -> bool {
+        matches!(
+            wait_readable([s.as_fd()], Some(Duration::from_millis(ms))),
+            Ok([true])
+        )
     }
 
     #[test]
@@ -780,13 +707,9 @@ mod tests {
             &msg(REQ_SET_VRING_ENABLE, FLAG_VERSION, &enable(0, 0))
         ));
         assert_eq!(read_msg(&lib).expect("enable").body, enable(0, 0).to_vec());
-        // SAFETY: eventfd takes no pointers; the descriptor is checked and then owned.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        assert!(efd >= 0);
+        let (passed, _other) = UnixStream::pair().expect("pair");
         let mut kick = msg(12, FLAG_VERSION, &[0; 8]);
-        // SAFETY: `efd` is a fresh descriptor nothing else owns.
-        kick.fds
-            .push(unsafe { std::os::fd::OwnedFd::from_raw_fd(efd) });
+        kick.fds.push(std::os::fd::OwnedFd::from(passed));
         assert!(write_msg(&vmm, &kick));
         let got = read_msg(&lib).expect("kick");
         assert_eq!((got.req, got.fds.len()), (12, 1));

@@ -24,7 +24,7 @@
 //! refusal.
 //!
 //! What a flow needs beyond that (sockets, smoltcp handles, timers, buffers) stays with its
-//! protocol ([`super::tcp`], [`super::udp`], [`super::icmp`]), in a [`Slots`] indexed by the
+//! protocol (`tcp.rs`, `udp.rs`, `icmp.rs`), in a [`Slots`] indexed by the
 //! same id; the protocol inserts into the table when it opens a flow and removes from it when
 //! it closes one, so the two never disagree.
 
@@ -246,6 +246,7 @@ impl FlowTable {
             FlowKey::Icmp(..) => &mut self.counts.icmp,
         };
         *n = n.saturating_add_signed(d);
+        self.counters.set_open_flows(self.counts);
         if phase == Phase::Connecting {
             self.connecting = self.connecting.saturating_add_signed(d);
         }
@@ -458,9 +459,15 @@ mod tests {
             }
         );
         assert_eq!(t.counters.refused_limit.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            t.counters.open_flows(),
+            t.counts,
+            "the gauges mirror the table"
+        );
         assert_eq!(t.remove(u).map(|(_, o)| o), Some(1));
         assert!(t.remove(u).is_none());
         assert_eq!((t.flows_of(1), t.counts.total()), (1, 2));
+        assert_eq!(t.counters.open_flows().udp, 0);
         assert!(t.admit(Opener::Forward));
     }
 

@@ -300,7 +300,7 @@ pub struct Forward {
     /// (`splice(2)`) from a socket opened inside the target port's network namespace, instead
     /// of through usernet's TCP stack. Much faster; the guest sees those connections from its
     /// own address, while real clients still take the regular path and keep theirs. See
-    /// [`crate::nat::splice`].
+    /// `nat/splice.rs`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub splice: bool,
 }

@@ -2,7 +2,7 @@
 //!
 //! Listeners are bound by the caller (so "port in use" is reported to whoever asked, naming the
 //! port) and handed over as a [`Bound`]; here they are registered on the gateway's poll. A TCP
-//! connection accepted on one becomes a smoltcp connection to the guest (see [`super::tcp`]); a
+//! connection accepted on one becomes a smoltcp connection to the guest (see `tcp.rs`); a
 //! UDP datagram becomes a UDP packet to the guest, and the guest's replies to that source go back
 //! to the client through the same host socket (a reverse table with idle expiry).
 //!
@@ -12,7 +12,7 @@
 //!
 //! A TCP forward with a [`SpliceHook`] (`splice = true`) hands exactly those connections — the
 //! ones whose client address the guest could not see anyway — to the kernel-to-kernel relay
-//! ([`super::splice`]); connections from real clients still take the path above, so the guest
+//! (`splice.rs`); connections from real clients still take the path above, so the guest
 //! sees their addresses. One listener, one forward: the choice is made per connection.
 //!
 //! The target (`to`) is resolved at each new connection — an endpoint name through the

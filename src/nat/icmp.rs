@@ -42,7 +42,7 @@ use super::flow::{
     DatagramFlow, FlowId, FlowKey, FlowTable, GuestKey, Opener, Phase, Slots, close_datagram,
     expire_datagrams,
 };
-use super::host::{HostDatagram, HostSockets, OsSockets};
+use super::host::{HostDatagram, HostSockets};
 use super::{NatConfig, NatCounters, host_destination, token};
 
 /// Most packets one [`IcmpNat::ready`] call appends for one flow.
@@ -96,8 +96,9 @@ pub struct IcmpNat {
 impl IcmpNat {
     /// An empty table using `cfg`'s limits and timeouts, counting into `counters`, with the
     /// kernel's ping sockets.
+    #[cfg(test)]
     pub fn new(cfg: Arc<NatConfig>, counters: Arc<NatCounters>) -> Self {
-        Self::with_host(cfg, counters, OsSockets::shared())
+        Self::with_host(cfg, counters, super::host::OsSockets::shared())
     }
 
     /// An empty table whose ping sockets come from `host`.
@@ -123,6 +124,8 @@ impl IcmpNat {
     /// destination must not leave (`dropped_dest`) or ping sockets are forbidden
     /// (`ping_forbidden`). The kernel replaces `id` with the socket's own on the wire.
     #[allow(clippy::too_many_arguments)]
+    // Named for the direction (a packet from the guest), not a conversion.
+    #[allow(clippy::wrong_self_convention)]
     pub fn from_guest(
         &mut self,
         reg: &Registry,

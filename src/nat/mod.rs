@@ -7,17 +7,17 @@
 //! own (or to the gateway's address on a port the gateway does not serve: that is the host's
 //! loopback, see [`host_destination`]). NAT turns each flow into a host socket:
 //!
-//! - TCP ([`tcp`]): the guest's connection is terminated in userspace with smoltcp (accepting any
+//! - TCP (`tcp.rs`): the guest's connection is terminated in userspace with smoltcp (accepting any
 //!   destination address) and spliced to a host `TcpStream`; the SYN is answered only once the
 //!   host connect succeeded, so a refused port is an RST and an unreachable host an ICMP error.
-//! - UDP ([`udp`]): a flow table (guest address:port, destination) → a connected host UDP socket,
+//! - UDP (`udp.rs`): a flow table (guest address:port, destination) → a connected host UDP socket,
 //!   with idle timeouts; ICMP port-unreachable from the host maps back.
-//! - ICMP echo ([`icmp`]): unprivileged ping sockets (`SOCK_DGRAM, IPPROTO_ICMP`).
+//! - ICMP echo (`icmp.rs`): unprivileged ping sockets (`SOCK_DGRAM, IPPROTO_ICMP`).
 //! - Port forwards ([`forward`]): host listeners; accepted connections become connections *to*
 //!   the guest, from the client's own address when it is not a loopback one.
 //!
 //! Everything runs in the gateway's driver on its event loop and mio `Poll`; host sockets are registered there with
-//! tokens from [`token`]. The sockets come from a [`host::HostSockets`] (the kernel's in
+//! tokens from the crate-private `token` module. The sockets come from a [`host::HostSockets`] (the kernel's in
 //! production, an in-memory fake in the fuzzer), and every entry point takes the gateway's `now`,
 //! so a whole NAT can be driven synchronously on a virtual clock.
 //!
@@ -43,10 +43,10 @@ pub mod flow;
 pub mod forward;
 pub mod forward_rt;
 pub mod host;
-pub mod icmp;
-pub mod splice;
-pub mod tcp;
-pub mod udp;
+pub(crate) mod icmp;
+pub(crate) mod splice;
+pub(crate) mod tcp;
+pub(crate) mod udp;
 
 /// NAT settings of one network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +210,8 @@ pub struct NatCounters {
     pub forward_datagrams: AtomicU64,
     /// Errors on host sockets.
     pub errors: AtomicU64,
+    /// Open flows now, by protocol (gauges the flow table keeps; not in [`Self::snapshot`]).
+    open: [AtomicU64; 3],
 }
 
 impl NatCounters {
@@ -238,10 +240,27 @@ impl NatCounters {
         .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
         .collect()
     }
+
+    /// Open flows now, by protocol (what the flow table holds, as of its last change).
+    pub fn open_flows(&self) -> FlowCounts {
+        let g = |i: usize| self.open[i].load(Ordering::Relaxed) as usize;
+        FlowCounts {
+            tcp: g(0),
+            udp: g(1),
+            icmp: g(2),
+        }
+    }
+
+    /// Records the flow table's open flows (called by the table on every change).
+    pub(crate) fn set_open_flows(&self, c: FlowCounts) {
+        for (slot, n) in self.open.iter().zip([c.tcp, c.udp, c.icmp]) {
+            slot.store(n as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 /// mio tokens of NAT sockets: the kind in the top bits, an index below.
-pub mod token {
+pub(crate) mod token {
     use mio::Token;
 
     /// Bits for the index.
@@ -314,7 +333,7 @@ impl Nat {
     }
 
     /// The GSO segment size for a TCP packet NAT sent towards a guest (see
-    /// [`tcp::TcpNat::gso_size`]).
+    /// `TcpNat::gso_size` in `tcp.rs`).
     pub fn tcp_gso_size(&self, packet: &[u8]) -> Option<u16> {
         self.tcp.gso_size(&self.flows, packet)
     }

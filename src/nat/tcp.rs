@@ -45,7 +45,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etherparse::{IpNumber, TcpSlice};
+use etherparse::TcpSlice;
 use mio::{Interest, Registry, Token};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
@@ -53,7 +53,7 @@ use smoltcp::time::Instant as SInstant;
 use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 
 use super::flow::{FORWARD_KEY, FlowId, FlowKey, FlowTable, GuestKey, Opener, Phase, Slots};
-use super::host::{HostSockets, HostStream, OsSockets};
+use super::host::{HostSockets, HostStream};
 use super::{NatConfig, NatCounters, host_destination, token};
 use crate::queue_device::QueueDevice;
 use crate::wire::ip::{
@@ -131,24 +131,6 @@ fn smol_now(epoch: Instant, now: Instant) -> SInstant {
 }
 
 impl TcpNat {
-    /// A NAT for a gateway with addresses `addrs` (with prefixes) and link MTU `mtu`, with the
-    /// kernel's sockets; its clock starts now.
-    pub fn new(
-        cfg: Arc<NatConfig>,
-        counters: Arc<NatCounters>,
-        addrs: &[IpCidr],
-        mtu: usize,
-    ) -> Self {
-        Self::with_host(
-            cfg,
-            counters,
-            addrs,
-            mtu,
-            OsSockets::shared(),
-            Instant::now(),
-        )
-    }
-
     /// A NAT whose host connections come from `host` and whose clock starts at `epoch`.
     pub fn with_host(
         cfg: Arc<NatConfig>,
@@ -232,6 +214,8 @@ impl TcpNat {
     /// a new flow passes the table's limit check ([`FlowTable::admit`]). Returns packets to
     /// send back (RST, ICMP). `now` is the gateway's clock.
     #[allow(clippy::too_many_arguments)]
+    // Named for the direction (a packet from the guest), not a conversion.
+    #[allow(clippy::wrong_self_convention)]
     pub fn from_guest(
         &mut self,
         reg: &Registry,
@@ -729,11 +713,6 @@ fn take_mss(packet: &mut [u8], v4: bool) -> u16 {
         }
     }
     default_mss(v4)
-}
-
-/// True for an IP protocol number this module handles.
-pub fn is_tcp(n: IpNumber) -> bool {
-    n == IpNumber::TCP
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ use super::flow::{
     DatagramFlow, FlowId, FlowKey, FlowTable, GuestKey, Opener, Phase, Slots, close_datagram,
     expire_datagrams,
 };
-use super::host::{HostDatagram, HostSockets, OsSockets};
+use super::host::{HostDatagram, HostSockets};
 use super::{NatConfig, NatCounters, host_destination, token};
 use crate::wire::ip::{TTL, Unreachable, build_udp, icmp_unreachable};
 
@@ -88,8 +88,9 @@ pub struct UdpNat {
 impl UdpNat {
     /// An empty table using `cfg`'s limits and timeouts, counting into `counters`, with the
     /// kernel's sockets.
+    #[cfg(test)]
     pub fn new(cfg: Arc<NatConfig>, counters: Arc<NatCounters>) -> Self {
-        Self::with_host(cfg, counters, OsSockets::shared())
+        Self::with_host(cfg, counters, super::host::OsSockets::shared())
     }
 
     /// An empty table whose host sockets come from `host`.
@@ -113,6 +114,8 @@ impl UdpNat {
     /// `refused_limit`) or the destination must not leave (`dropped_dest`). A datagram the host
     /// socket cannot take right now is dropped, as UDP allows.
     #[allow(clippy::too_many_arguments)]
+    // Named for the direction (a packet from the guest), not a conversion.
+    #[allow(clippy::wrong_self_convention)]
     pub fn from_guest(
         &mut self,
         reg: &Registry,

@@ -9,7 +9,7 @@
 //! calling thread's namespace; see [`crate::link::netns`]).
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
@@ -154,10 +154,41 @@ pub(crate) fn ctl_socket() -> io::Result<OwnedFd> {
     )?)
 }
 
+/// `if_nametoindex`: the index of interface `name` in the calling thread's network namespace
+/// (`ENODEV` for a name too long to exist or containing NUL, as libc's).
+pub(crate) fn name_to_index(name: &str) -> io::Result<u32> {
+    if name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        return Err(io::Error::from_raw_os_error(libc::ENODEV));
+    }
+    let s = ctl_socket()?;
+    let mut r = IfReq::new(name);
+    r.ioctl(s.as_fd(), IfReqOp::GetIndex)?;
+    Ok(r.index() as u32)
+}
+
+/// `if_indextoname`: the name of interface `index` in the calling thread's network namespace.
+pub(crate) fn index_to_name(index: u32) -> io::Result<String> {
+    let index =
+        libc::c_int::try_from(index).map_err(|_| io::Error::from_raw_os_error(libc::ENXIO))?;
+    let s = ctl_socket()?;
+    let mut r = IfReq::new("");
+    r.set_index(index);
+    r.ioctl(s.as_fd(), IfReqOp::GetName)?;
+    Ok(r.name())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
+
+    #[test]
+    fn name_and_index_lookups() {
+        assert_eq!(name_to_index("lo").expect("lo"), 1);
+        assert_eq!(index_to_name(1).expect("1"), "lo");
+        let long = name_to_index("a234567890abcdefgh").expect_err("too long");
+        assert_eq!(long.raw_os_error(), Some(libc::ENODEV));
+        assert!(index_to_name(u32::MAX).is_err());
+    }
 
     #[test]
     fn names_round_trip_and_are_cut_to_ifnamsiz() {

@@ -20,9 +20,12 @@
 //! - [`timer`]: a one-shot monotonic `timerfd` (the gateway port's timers).
 //! - [`pipe`]: pipes and `splice(2)` (spliced port forwards); [`sock`]: ping sockets, `bind`
 //!   for them, and `SO_LINGER` 0.
+//! - [`io`]: the links' descriptor I/O: `eventfd` ([`io::EventFd`]), `poll`, `readv`, `write`,
+//!   `O_NONBLOCK`.
 
 pub mod caps;
 pub mod ifreq;
+pub mod io;
 pub mod ns;
 pub mod pipe;
 pub mod process;

@@ -105,8 +105,8 @@ pub(crate) fn raise_nofile_limit() -> u64 {
     cur
 }
 
-/// True when the effective user is root (tests that need privileges skip without it).
-#[cfg(test)]
+/// True when the effective user is root (the default control socket's place; tests that need
+/// privileges skip without it).
 pub(crate) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }

@@ -73,18 +73,34 @@ pub fn send_with_fd(
     data: &[u8],
     fd: Option<BorrowedFd<'_>>,
 ) -> io::Result<()> {
+    send_with_fds(sock, data, fd.as_slice())
+}
+
+/// Most descriptors [`send_with_fds`] attaches to one message, and room offered by
+/// [`recv_with_many_fds`] (vhost-user's largest message, `SET_MEM_TABLE`, carries 8).
+pub const MAX_MANY_FDS: usize = 32;
+
+/// Sends `data` on the connected socket `sock`, with `fds` (at most [`MAX_MANY_FDS`]) attached
+/// to its first byte. A stream socket may take the data in several writes; the descriptors go
+/// with the first one only. Retries on `EINTR`; never raises `SIGPIPE`.
+pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    if fds.len() > MAX_MANY_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "SCM_RIGHTS: {} descriptors, at most {MAX_MANY_FDS}",
+                fds.len()
+            ),
+        ));
+    }
     let mut off = 0;
-    let mut pass = fd;
-    while off < data.len() || pass.is_some() {
+    let mut pass = fds;
+    while off < data.len() || !pass.is_empty() {
         let rest = &data[off..];
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_MANY_FDS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
-        let one;
-        if let Some(fd) = pass {
-            one = [fd];
-            if !control.push(SendAncillaryMessage::ScmRights(&one)) {
-                return Err(io::Error::other("SCM_RIGHTS: control buffer too small"));
-            }
+        if !pass.is_empty() && !control.push(SendAncillaryMessage::ScmRights(pass)) {
+            return Err(io::Error::other("SCM_RIGHTS: control buffer too small"));
         }
         let n = match rustix::net::sendmsg(
             sock,
@@ -96,7 +112,7 @@ pub fn send_with_fd(
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         };
-        pass = None;
+        pass = &[];
         off += n;
         if rest.is_empty() {
             break;
@@ -114,8 +130,26 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Receive
     struct Space([MaybeUninit<u8>; rustix::cmsg_aligned_space!(ScmRights(MAX_RECV_FDS))]);
     let mut space =
         Space([MaybeUninit::uninit(); rustix::cmsg_aligned_space!(ScmRights(MAX_RECV_FDS))]);
+    recv_into(sock, buf, &mut space.0)
+}
+
+/// [`recv_with_fds`] with room for [`MAX_MANY_FDS`] descriptors (vhost-user messages).
+pub fn recv_with_many_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    #[repr(C, align(8))]
+    struct Space([MaybeUninit<u8>; rustix::cmsg_aligned_space!(ScmRights(MAX_MANY_FDS))]);
+    let mut space =
+        Space([MaybeUninit::uninit(); rustix::cmsg_aligned_space!(ScmRights(MAX_MANY_FDS))]);
+    recv_into(sock, buf, &mut space.0)
+}
+
+/// One `recvmsg` with `space` as the control buffer; retries on `EINTR`.
+fn recv_into(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    space: &mut [MaybeUninit<u8>],
+) -> io::Result<Received> {
     loop {
-        let mut control = RecvAncillaryBuffer::new(&mut space.0);
+        let mut control = RecvAncillaryBuffer::new(space);
         let got = match rustix::net::recvmsg(
             sock,
             &mut [IoSliceMut::new(buf)],

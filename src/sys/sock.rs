@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -47,10 +47,7 @@ pub(crate) fn set_linger_zero(sock: impl AsFd) -> io::Result<()> {
 /// wider socket). Does not remove an existing file.
 pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
     let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
-    // SAFETY: fchmod on a descriptor we own.
-    if unsafe { libc::fchmod(sock.as_raw_fd(), 0o600) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    make_private(&sock)?;
     sock.bind(&socket2::SockAddr::unix(path)?)?;
     let mode = std::fs::symlink_metadata(path).map(|m| m.mode() & 0o7777);
     if !matches!(mode, Ok(m) if m & 0o077 == 0) {
@@ -63,4 +60,30 @@ pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
     sock.listen(128)?;
     // SAFETY: the descriptor is a listening UNIX stream socket we own; ownership moves.
     Ok(unsafe { UnixListener::from_raw_fd(sock.into_raw_fd()) })
+}
+
+/// `fchmod(sock, 0600)`: a UNIX socket bound after it gets a file of that mode (see
+/// [`bind_private`]).
+pub(crate) fn make_private(sock: impl AsFd) -> io::Result<()> {
+    Ok(rustix::fs::fchmod(
+        sock,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )?)
+}
+
+/// Dissolves a datagram socket's association (`connect` to `AF_UNSPEC`).
+pub(crate) fn disconnect(sock: impl AsFd) -> io::Result<()> {
+    Ok(rustix::net::connect_unspec(sock)?)
+}
+
+/// `recvfrom(2)` with `MSG_TRUNC` into `buf`: the datagram's real length (larger than
+/// `buf.len()` when it was cut) and its sender.
+pub(crate) fn recv_from_trunc(
+    sock: &socket2::Socket,
+    buf: &mut [u8],
+) -> io::Result<(usize, socket2::SockAddr)> {
+    // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout; recvfrom only writes
+    // initialised bytes into it, and the uninit view does not outlive this call.
+    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+    sock.recv_from_with_flags(uninit, libc::MSG_TRUNC)
 }

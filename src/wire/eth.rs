@@ -50,9 +50,7 @@ impl Mac {
     /// A random locally administered unicast address.
     pub fn random_local() -> Mac {
         let mut b = [0u8; 6];
-        // SAFETY: getrandom fills exactly `b.len()` bytes of a valid buffer.
-        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-        if n != b.len() as isize {
+        if !crate::sys::random::fill(&mut b) {
             // Fall back to time and pid; uniqueness, not secrecy, is what matters here.
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

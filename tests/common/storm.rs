@@ -17,7 +17,7 @@ use usernet::link::netns::run_in_netns;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_usernet");
 pub const NO_UPSTREAM: &str = "127.0.0.1:9";
-pub const INGRESS_DROPS: [&str; 13] = [
+pub const INGRESS_DROPS: [&str; 14] = [
     "runt",
     "oversize",
     "invalid_source",
@@ -31,6 +31,7 @@ pub const INGRESS_DROPS: [&str; 13] = [
     "spoofed_nd",
     "rogue_server",
     "address_limit",
+    "unmapped_vlan",
 ];
 
 // ---------------------------------------------------------------------------------------------

@@ -35,9 +35,16 @@ pub struct Args {
     /// Endpoint (port) name, also its DNS name [default: the namespace's name or "pid-PID"].
     #[arg(long)]
     name: Option<String>,
-    /// Network to join.
-    #[arg(long, default_value = "net0")]
-    network: String,
+    /// Network to join [default: net0].
+    #[arg(long, conflicts_with = "trunk")]
+    network: Option<String>,
+    /// Instead of --network: an 802.1Q trunk port carrying these networks, tagged with these
+    /// VLAN ids (NETWORK=VID,...).
+    #[arg(long, value_name = "NET=VID,...", value_parser = usernet::control::ports::parse_trunk, conflicts_with_all = ["ips", "mac", "gateway", "routes"])]
+    trunk: Option<std::collections::BTreeMap<String, u16>>,
+    /// With --trunk: the network of untagged frames [default: none, they are dropped].
+    #[arg(long, requires = "trunk")]
+    native: Option<String>,
     /// Interface name inside the namespace.
     #[arg(long, default_value = "eth0")]
     ifname: String,
@@ -97,6 +104,19 @@ fn resolve(netns: &str) -> (PathBuf, String) {
     (p, name)
 }
 
+/// A spec for `name` on the network or trunk the arguments give.
+fn spec(a: &Args, name: &str) -> PortSpec {
+    let mut p = PortSpec::new(
+        a.network
+            .as_deref()
+            .unwrap_or(if a.trunk.is_some() { "" } else { "net0" }),
+        name,
+    );
+    p.trunk = a.trunk.clone().unwrap_or_default();
+    p.native = a.native.clone();
+    p
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(sock) = &a.stream {
         let sock = if sock.is_absolute() {
@@ -105,7 +125,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             std::env::current_dir()?.join(sock)
         };
         let name = a.name.clone().unwrap_or_else(|| "vm".into());
-        let mut p = PortSpec::new(&a.network, &name);
+        let mut p = spec(&a, &name);
         p.stream = Some(sock.clone());
         request(&a.socket.path()?, &Request::AddPort { port: Box::new(p) })?;
         println!("listening on {} for port {name}", sock.display());
@@ -118,7 +138,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             std::env::current_dir()?.join(sock)
         };
         let name = a.name.clone().unwrap_or_else(|| "vm".into());
-        let mut p = PortSpec::new(&a.network, &name);
+        let mut p = spec(&a, &name);
         p.vhost_user = Some(sock.clone());
         request(&a.socket.path()?, &Request::AddPort { port: Box::new(p) })?;
         println!(
@@ -138,7 +158,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let sock = abs(sock)?;
         let peer = a.dgram_peer.as_ref().map(abs).transpose()?;
         let name = a.name.clone().unwrap_or_else(|| "vm".into());
-        let mut p = PortSpec::new(&a.network, &name);
+        let mut p = spec(&a, &name);
         p.dgram = Some(usernet::control::DgramSpec::Full(
             usernet::control::DgramAddrs {
                 path: sock.clone(),
@@ -153,7 +173,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (path, default_name) = resolve(&netns);
     // The daemon opens the path in its own mount namespace: make it absolute.
     let path = std::fs::canonicalize(&path).unwrap_or(path);
-    let mut p = PortSpec::new(&a.network, a.name.as_deref().unwrap_or(&default_name));
+    let mut p = spec(&a, a.name.as_deref().unwrap_or(&default_name));
     p.netns = Some(path);
     p.ifname = Some(a.ifname);
     p.mtu = a.mtu;

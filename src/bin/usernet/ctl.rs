@@ -37,6 +37,8 @@ enum Cmd {
     },
     /// Per-port counters and drops by reason.
     Stats,
+    /// Every counter in the Prometheus text exposition format (what `up --metrics` serves).
+    Metrics,
     /// Add or remove a port at run time.
     #[command(subcommand)]
     Port(PortCmd),
@@ -97,8 +99,31 @@ enum Cmd {
         #[arg(long, default_value = "pcapng", value_parser = ["pcapng", "pcap"])]
         format: String,
     },
+    /// A VXLAN port's remote VTEPs: list, add, remove.
+    Vxlan {
+        /// The VXLAN port's name.
+        name: String,
+        #[command(subcommand)]
+        op: VxlanCmd,
+    },
     /// Stop the instance.
     Shutdown,
+}
+
+#[derive(Subcommand, Debug)]
+enum VxlanCmd {
+    /// List the remotes, with the MACs learned behind each and frames in and out.
+    Remotes,
+    /// Add a remote VTEP (its underlay address).
+    AddRemote {
+        /// The remote's address.
+        remote: std::net::IpAddr,
+    },
+    /// Remove a remote VTEP; the MACs learned behind it are forgotten.
+    RmRemote {
+        /// The remote's address.
+        remote: std::net::IpAddr,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -166,8 +191,15 @@ enum PortCmd {
     /// Add a port.
     Add {
         /// Network to join.
-        #[arg(long)]
-        network: String,
+        #[arg(long, required_unless_present = "trunk", conflicts_with = "trunk")]
+        network: Option<String>,
+        /// Instead of --network: an 802.1Q trunk port carrying these networks, tagged with
+        /// these VLAN ids (NETWORK=VID,...).
+        #[arg(long, value_name = "NET=VID,...", value_parser = usernet::control::ports::parse_trunk)]
+        trunk: Option<std::collections::BTreeMap<String, u16>>,
+        /// With --trunk: the network of untagged frames [default: none, they are dropped].
+        #[arg(long, requires = "trunk")]
+        native: Option<String>,
         /// Port name.
         #[arg(long)]
         name: String,
@@ -257,8 +289,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Cmd::Networks => Request::Networks {},
         Cmd::Fdb { network } => Request::Fdb { network },
         Cmd::Stats => Request::Stats {},
+        Cmd::Metrics => Request::Metrics {},
         Cmd::Port(PortCmd::Add {
             network,
+            trunk,
+            native,
             name,
             tap,
             netns,
@@ -268,7 +303,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             no_offload,
             isolated,
         }) => {
-            let mut p = PortSpec::new(&network, &name);
+            let mut p = PortSpec::new(network.as_deref().unwrap_or_default(), &name);
+            p.trunk = trunk.unwrap_or_default();
+            p.native = native;
             p.tap = tap;
             p.netns = netns;
             p.ifname = ifname;
@@ -345,6 +382,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         Cmd::Forward(FwdCmd::Rm { forward }) => Request::ForwardRm { forward },
         Cmd::Forward(FwdCmd::Ls { network }) => Request::ForwardLs { network },
+        Cmd::Vxlan { name, op } => match op {
+            VxlanCmd::Remotes => Request::VxlanRemotes { port: name },
+            VxlanCmd::AddRemote { remote } => Request::VxlanAddRemote { port: name, remote },
+            VxlanCmd::RmRemote { remote } => Request::VxlanRmRemote { port: name, remote },
+        },
         Cmd::Shutdown => Request::Shutdown {},
         Cmd::Capture {
             port,
@@ -369,6 +411,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     print!("{}", render(&kind, &v));
     Ok(())
+}
+
+/// A port's NETWORK column: its network, or a trunk's `NET=VID,...` (and `NET=native`).
+fn network_col(p: &Value) -> String {
+    let Some(t) = p.get("trunk").filter(|t| !t.is_null()) else {
+        return s(p, "network");
+    };
+    let mut parts: Vec<String> = t
+        .get("vlans")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    if let Some(n) = t.get("native").and_then(Value::as_str) {
+        parts.push(format!("{n}=native"));
+    }
+    parts.join(",")
 }
 
 fn s(v: &Value, k: &str) -> String {
@@ -416,7 +476,7 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
                     vec![
                         s(p, "id"),
                         s(p, "name"),
-                        s(p, "network"),
+                        network_col(p),
                         s(p, "kind"),
                         s(p, "event_loop"),
                         s(p, "isolated"),
@@ -449,7 +509,7 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
                 .collect(),
         ),
         Request::Fdb { .. } => table(
-            &["NETWORK", "VLAN", "MAC", "PORT", "AGE_S", "STATIC"],
+            &["NETWORK", "VLAN", "MAC", "PORT", "AGE_S", "STATIC", "VTEP"],
             arr.iter()
                 .map(|e| {
                     vec![
@@ -462,11 +522,58 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
                             e.get("age_secs").and_then(Value::as_f64).unwrap_or(0.0)
                         ),
                         s(e, "is_static"),
+                        s(e, "vtep"),
                     ]
                 })
                 .collect(),
         ),
-        Request::Stats {} => stats_table(arr),
+        Request::Stats {} => {
+            let mut out = stats_table(arr);
+            let vx: Vec<&Value> = arr.iter().filter(|r| r.get("vxlan").is_some()).collect();
+            if !vx.is_empty() {
+                out.push('\n');
+                out.push_str(&table(
+                    &[
+                        "VXLAN_PORT",
+                        "VNI",
+                        "MTU",
+                        "RX",
+                        "TX",
+                        "TX_DATAGRAMS",
+                        "DROPS",
+                    ],
+                    vx.iter()
+                        .map(|r| {
+                            let v = &r["vxlan"];
+                            vec![
+                                s(r, "port"),
+                                s(v, "vni"),
+                                s(v, "mtu"),
+                                s(v, "rx_frames"),
+                                s(v, "tx_frames"),
+                                s(v, "tx_datagrams"),
+                                nonzero(v.get("drops")),
+                            ]
+                        })
+                        .collect(),
+                ));
+            }
+            out
+        }
+        Request::VxlanRemotes { .. } => table(
+            &["REMOTE", "MACS", "RX_FRAMES", "TX_FRAMES"],
+            arr.iter()
+                .map(|r| {
+                    vec![
+                        s(r, "remote"),
+                        s(r, "macs"),
+                        s(r, "rx_frames"),
+                        s(r, "tx_frames"),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::Metrics {} => v.as_str().unwrap_or_default().to_string(),
         Request::ForwardLs { .. } => table(
             &["ID", "NETWORK", "PUBLISH", "TO"],
             arr.iter()
@@ -621,6 +728,24 @@ pub(crate) fn stats_table(rows: &[Value]) -> String {
             })
             .collect(),
     )
+}
+
+/// The non-zero counters of an object as `k=n,...`, or `-`.
+fn nonzero(m: Option<&Value>) -> String {
+    let d: Vec<String> = m
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if d.is_empty() {
+        "-".into()
+    } else {
+        d.join(",")
+    }
 }
 
 /// `on`/`off` (also `true`/`false`) for a switch flag.

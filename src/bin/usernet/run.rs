@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, bail};
+use rustix::process::{Pid, Signal, WaitOptions};
 use usernet::bridge::PortPolicy;
 use usernet::control::api::fdb_config;
 use usernet::gateway::GatewayConfig;
@@ -97,7 +98,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     opts.resolv_conf = Some(format!("nameserver {gw}\nsearch usernet\n"));
     opts.mac = Some(mac);
     let mut child = spawn(&a.cmd, &opts)?;
-    let pid = child.pid;
+    let pid = Pid::from_raw(child.pid).context("the child has no pid")?;
     let mut cfg = EngineConfig::default();
     cfg.max_frame = a.mtu as usize + 22;
     cfg.busy_poll = std::time::Duration::from_micros(a.busy_poll_us.into());
@@ -150,11 +151,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let _srv = match setup {
         Ok(srv) => srv,
         Err(e) => {
-            // SAFETY: kill/waitpid on our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, std::ptr::null_mut(), 0);
-            }
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+            let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
             return Err(e);
         }
     };
@@ -168,29 +166,26 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let sig_handle = signals.handle();
     std::thread::spawn(move || {
         for sig in signals.forever() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(pid, sig) };
+            if let Some(sig) = Signal::from_named_raw(sig) {
+                let _ = rustix::process::kill_process(pid, sig);
+            }
         }
     });
     child.start()?;
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            break;
+    let status = loop {
+        match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+            Ok(Some((_, status))) => break Some(status),
+            Ok(None) | Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => break None,
         }
-        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            break;
-        }
-    }
+    };
     sig_handle.close();
     engine.shutdown();
-    Ok(if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else if libc::WIFSIGNALED(status) {
-        128 + libc::WTERMSIG(status)
-    } else {
-        1
+    Ok(match status {
+        Some(s) if s.exited() => s.exit_status().unwrap_or(1),
+        Some(s) if s.signaled() => 128 + s.terminating_signal().unwrap_or(0),
+        Some(_) => 1,
+        // Not waitable (as a zero status was read before).
+        None => 0,
     })
 }

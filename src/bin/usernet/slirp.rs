@@ -17,11 +17,12 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use rustix::event::{PollFd, PollFlags};
 use serde_json::{Value, json};
 use usernet::bridge::PortPolicy;
 use usernet::control::api::fdb_config;
@@ -160,8 +161,10 @@ pub struct Standalone {
 }
 
 fn owned(fd: RawFd) -> anyhow::Result<OwnedFd> {
-    // SAFETY: F_GETFD only checks that the descriptor is open.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+    // SAFETY: the descriptor number came from our caller; the borrow is used only for the
+    // F_GETFD check below, which fails cleanly (EBADF) if it is not open.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    if rustix::io::fcntl_getfd(borrowed).is_err() {
         bail!("fd {fd} is not open");
     }
     // SAFETY: the caller handed this descriptor to us to own.
@@ -274,15 +277,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if let Some(fd) = exit {
         let h2 = h.clone();
         std::thread::spawn(move || {
-            let mut pfd = libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
-                events: libc::POLLIN | libc::POLLHUP,
-                revents: 0,
+            let half = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 500_000_000,
             };
             loop {
-                // SAFETY: one valid pollfd.
-                let r = unsafe { libc::poll(&mut pfd, 1, 500) };
-                if r > 0 || h2.is_stopped() {
+                let mut pfd = [PollFd::new(&fd, PollFlags::IN | PollFlags::HUP)];
+                let r = rustix::event::poll(&mut pfd, Some(&half));
+                if matches!(r, Ok(n) if n > 0) || h2.is_stopped() {
                     break;
                 }
             }

@@ -24,6 +24,10 @@ pub struct Args {
     /// afterwards; stream ports and ordinary forwards still work).
     #[arg(long)]
     sandbox: bool,
+    /// Serve Prometheus metrics over HTTP at http://ADDR:PORT/metrics (e.g. 127.0.0.1:9600);
+    /// overrides `[engine] metrics`.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     socket: SocketArg,
 }
@@ -42,6 +46,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         crate::cni::replay(&h, dir)?;
     }
     let _srv = control::server::serve(h.clone(), &sock)?;
+    let _metrics = match a.metrics.or(cfg.engine.metrics) {
+        Some(addr) => Some(control::metrics::serve(h.clone(), addr).with_context(|| {
+            let key = if a.metrics.is_some() {
+                "--metrics"
+            } else {
+                "engine.metrics"
+            };
+            format!("{key}: {addr}")
+        })?),
+        None => None,
+    };
     crate::stop_on_signals(h)?;
     if a.sandbox {
         usernet::sandbox::apply().context("applying the sandbox")?;

@@ -27,6 +27,11 @@ impl DhcpServer {
         self.foreign = foreign;
     }
 
+    /// Sets the interface MTU the next replies announce (option 26).
+    pub fn set_mtu(&mut self, mtu: u16) {
+        self.cfg.mtu = Some(mtu);
+    }
+
     /// The validated configuration (subnet normalised, static hostnames sanitised).
     pub fn config(&self) -> &DhcpConfig {
         &self.cfg

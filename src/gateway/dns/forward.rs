@@ -1,7 +1,6 @@
-//! Forwarding: the answer cache (step 3 of the server's theory of operation) and the worker
-//! threads that send cache misses to the upstreams (step 4).
+//! Forwarding: the worker threads that send cache misses to the upstreams (step 4 of the
+//! server's theory of operation); the answer cache they fill is `cache.rs`.
 
-use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::panic::{self, AssertUnwindSafe};
@@ -11,127 +10,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData};
 use parking_lot::Mutex;
 use tracing::{debug, error, warn};
 
+use super::cache::{Cache, CacheKey, cache_ttl};
 use super::resolv::UpstreamSource;
-use super::{
-    Counters, EDNS_PAYLOAD, MAX_NEGATIVE_TTL, MAX_POSITIVE_TTL, Records, bump, decode, reply_edns,
-    reply_to,
-};
+use super::{Counters, EDNS_PAYLOAD, Records, bump, decode, reply_edns, reply_to};
 
 /// Longest single blocking wait of a worker, so that shutdown is noticed quickly.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// Largest DNS message (UDP datagram or TCP message).
 const MAX_MESSAGE: usize = 65535;
-
-/// Cache key: lowercased name, type, class.
-pub(super) type CacheKey = (Name, u16, u16);
-
-struct CacheEntry {
-    seq: u64,
-    msg: Message,
-    stored: Instant,
-    ttl: u32,
-}
-
-/// Bounded answer cache, evicting the oldest insertion first.
-pub(super) struct Cache {
-    cap: usize,
-    map: HashMap<CacheKey, CacheEntry>,
-    order: BTreeMap<u64, CacheKey>,
-    next_seq: u64,
-}
-
-impl Cache {
-    pub(super) fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            map: HashMap::new(),
-            order: BTreeMap::new(),
-            next_seq: 0,
-        }
-    }
-
-    /// The cached answer for `key` with TTLs decremented by its age.
-    pub(super) fn get(&mut self, key: &CacheKey, now: Instant) -> Option<Message> {
-        let entry = self.map.get(key)?;
-        let age = now.saturating_duration_since(entry.stored).as_secs();
-        if age >= u64::from(entry.ttl) {
-            let seq = entry.seq;
-            self.map.remove(key);
-            self.order.remove(&seq);
-            return None;
-        }
-        let age = u32::try_from(age).unwrap_or(u32::MAX);
-        let mut msg = entry.msg.clone();
-        for r in msg
-            .answers
-            .iter_mut()
-            .chain(msg.authorities.iter_mut())
-            .chain(msg.additionals.iter_mut())
-        {
-            r.decrement_ttl(age);
-        }
-        Some(msg)
-    }
-
-    fn insert(&mut self, key: CacheKey, msg: Message, ttl: u32, now: Instant) {
-        if self.cap == 0 || ttl == 0 {
-            return;
-        }
-        if let Some(old) = self.map.remove(&key) {
-            self.order.remove(&old.seq);
-        }
-        while self.map.len() >= self.cap {
-            let Some((_, oldest)) = self.order.pop_first() else {
-                break;
-            };
-            self.map.remove(&oldest);
-        }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.order.insert(seq, key.clone());
-        self.map.insert(
-            key,
-            CacheEntry {
-                seq,
-                msg,
-                stored: now,
-                ttl,
-            },
-        );
-    }
-}
-
-/// How long an upstream answer may be cached, if at all.
-fn cache_ttl(resp: &Message) -> Option<u32> {
-    if resp.metadata.truncation {
-        return None;
-    }
-    let rcode = resp.metadata.response_code;
-    if rcode != ResponseCode::NoError && rcode != ResponseCode::NXDomain {
-        return None;
-    }
-    let ttl = if rcode == ResponseCode::NXDomain || resp.answers.is_empty() {
-        resp.authorities
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::SOA(soa) => Some(soa.minimum.min(r.ttl)),
-                _ => None,
-            })
-            .min()?
-            .min(MAX_NEGATIVE_TTL)
-    } else {
-        resp.answers
-            .iter()
-            .map(|r| r.ttl)
-            .min()?
-            .min(MAX_POSITIVE_TTL)
-    };
-    (ttl > 0).then_some(ttl)
-}
 
 pub(super) type ReplyFn = Box<dyn FnOnce(Vec<u8>) + Send>;
 
@@ -432,7 +321,7 @@ mod tests {
     use super::super::{DnsConfig, DnsServer, Transport, Upstreams, udp_limit};
     use super::*;
     use hickory_proto::rr::rdata::{A, SOA};
-    use hickory_proto::rr::{Record, RecordType};
+    use hickory_proto::rr::{RData, Record, RecordType};
     use std::net::{IpAddr, TcpListener};
     use std::sync::atomic::AtomicUsize;
     use std::thread::{self, JoinHandle};
@@ -732,33 +621,7 @@ mod tests {
     }
 
     #[test]
-    fn cache_unit() {
-        let mut c = Cache::new(2);
-        let now = Instant::now();
-        let key = |s: &str| (name(s), 1u16, 1u16);
-        let mut msg = Message::response(0, OpCode::Query);
-        msg.answers.push(Record::from_rdata(
-            name("a."),
-            100,
-            RData::A(A(Ipv4Addr::LOCALHOST)),
-        ));
-        c.insert(key("a."), msg.clone(), 100, now);
-        c.insert(key("b."), msg.clone(), 100, now);
-        c.insert(key("c."), msg.clone(), 100, now); // evicts a.
-        assert!(c.get(&key("a."), now).is_none());
-        let m = c.get(&key("b."), now + Duration::from_secs(30)).unwrap();
-        assert_eq!(m.answers[0].ttl, 70);
-        assert!(c.get(&key("c."), now + Duration::from_secs(100)).is_none());
-        assert_eq!(c.map.len(), 1);
-        assert_eq!(c.order.len(), 1);
-        // TTL rules.
-        assert_eq!(cache_ttl(&msg), Some(100));
-        msg.answers[0].ttl = 99_999;
-        assert_eq!(cache_ttl(&msg), Some(MAX_POSITIVE_TTL));
-        msg.answers[0].ttl = 0;
-        assert_eq!(cache_ttl(&msg), None);
-        msg.answers.clear();
-        assert_eq!(cache_ttl(&msg), None); // NODATA without SOA
+    fn cache_ttl_of_zone_answers() {
         let mut q = Message::query();
         q.queries
             .push(Query::query(name("x.test.zone."), RecordType::A));
@@ -767,9 +630,6 @@ mod tests {
         nx.queries[0].name = name("nx.test.zone.");
         let nx = zone_answer(&nx);
         assert_eq!(cache_ttl(&nx), Some(30));
-        let mut c0 = Cache::new(0);
-        c0.insert(key("a."), msg, 100, now);
-        assert!(c0.map.is_empty());
     }
 
     #[test]

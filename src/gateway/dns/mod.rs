@@ -89,13 +89,15 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tracing::{debug, error, warn};
 
+mod cache;
 mod forward;
 mod resolv;
 #[cfg(test)]
 mod testutil;
 mod zone;
 
-use forward::{Cache, CacheKey, Job, ReplyFn, Responder, Shared, client_reply, worker_loop};
+use cache::{Cache, CacheKey};
+use forward::{Job, ReplyFn, Responder, Shared, client_reply, worker_loop};
 pub use resolv::parse_resolv_conf;
 use resolv::{ResolvConfWatcher, UpstreamSource};
 pub use zone::{DnsError, RecordEntry, Records};

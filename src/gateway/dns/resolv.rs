@@ -1,7 +1,6 @@
 //! Upstreams from a resolv.conf file: the `nameserver` parser and the watcher that re-reads
 //! the file when it changes (see the server's invariants).
 
-use std::ffi::CString;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -41,10 +40,9 @@ fn scope_id(zone: &str) -> Option<u32> {
     if let Ok(n) = zone.parse() {
         return Some(n);
     }
-    let c = CString::new(zone).ok()?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (idx != 0).then_some(idx)
+    crate::sys::ifreq::name_to_index(zone)
+        .ok()
+        .filter(|&idx| idx != 0)
 }
 
 /// Follows a resolv.conf file: re-reads it when its mtime, length or inode changes, checking at

@@ -44,13 +44,9 @@ impl Ctx {
             .write(true)
             .open(self.state.join("lock"))
             .map_err(|e| CniError::io("opening the state lock", e))?;
-        // SAFETY: flock on a descriptor we own; released when `lock` is closed.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } < 0 {
-            return Err(CniError::io(
-                "locking the state directory",
-                std::io::Error::last_os_error(),
-            ));
-        }
+        // flock(LOCK_EX); released when `lock` is closed.
+        lock.lock()
+            .map_err(|e| CniError::io("locking the state directory", e))?;
         let r = f();
         drop(lock);
         r
@@ -97,9 +93,7 @@ impl Ctx {
         // so it outlives the plugin and holds none of the runtime's pipes.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                rustix::process::setsid()?;
                 Ok(())
             });
         }

@@ -53,7 +53,6 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -446,9 +445,8 @@ fn classful(addr: Ipv4Addr) -> u8 {
 
 fn random_u32() -> u32 {
     let mut b = [0u8; 4];
-    // SAFETY: getrandom fills at most `b.len()` bytes of a valid, exclusively borrowed buffer.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
+    let n = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    if !matches!(n, Ok(n) if n == b.len()) {
         // Uniqueness, not secrecy, is what matters for an xid.
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -461,61 +459,15 @@ fn random_u32() -> u32 {
 
 /// The UDP socket of the client: `0.0.0.0:68` on `ifname` only, broadcast allowed.
 fn client_socket(ifname: &str) -> io::Result<UdpSocket> {
-    // SAFETY: plain socket(2) call; the result is checked and then owned.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    for opt in [libc::SO_BROADCAST, libc::SO_REUSEADDR] {
-        // SAFETY: sets an int-valued socket option from a valid `c_int` of the right size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    // SAFETY: SO_BINDTODEVICE reads `optlen` bytes of an interface name; `ifname` is a valid
-    // buffer of that length (validated: no NUL, shorter than IFNAMSIZ).
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            ifname.as_ptr().cast(),
-            ifname.len() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 68u16.to_be(),
-        sin_addr: libc::in_addr { s_addr: 0 },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: binds to a valid `sockaddr_in` of the given size.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(UdpSocket::from(fd))
+    use socket2::{Domain, Socket, Type};
+    // Close-on-exec, as socket2 makes every socket.
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    sock.set_broadcast(true)?;
+    sock.set_reuse_address(true)?;
+    // `ifname` is validated: no NUL, shorter than IFNAMSIZ.
+    sock.bind_device(Some(ifname.as_bytes()))?;
+    sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())?;
+    Ok(UdpSocket::from(sock))
 }
 
 /// Puts `lease` on `ifname` in the calling thread's namespace (see the module docs): the

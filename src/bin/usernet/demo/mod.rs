@@ -126,8 +126,7 @@ const PAGE: &str = "<!doctype html>\n<html><head><title>usernet demo</title></he
 <p>Served over a usernet network, fetched by name.</p></body></html>\n";
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         bail!("the demo creates network namespaces and TAP devices: run it as root");
     }
     let t0 = Instant::now();

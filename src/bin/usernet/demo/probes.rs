@@ -4,7 +4,6 @@
 use std::hash::Hasher;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use socket2::{Domain, Protocol, Socket, Type};
 use usernet::Handle;
 use usernet::link::netns::run_in_netns;
 
@@ -134,14 +135,13 @@ impl HttpServer {
 
 /// Waits until `l` has a connection to accept, at most `max`.
 fn wait_readable(l: &TcpListener, max: Duration) {
-    let mut pfd = libc::pollfd {
-        fd: l.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: polls one valid pollfd for at most `max`.
-    let rc = unsafe { libc::poll(&mut pfd, 1, max.as_millis() as libc::c_int) };
-    if rc < 0 {
+    let mut pfd = [PollFd::new(l, PollFlags::IN)];
+    let ts = Timespec::try_from(max).unwrap_or(Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    });
+    let rc = rustix::event::poll(&mut pfd, Some(&ts));
+    if rc.is_err() {
         // EINTR or worse: do not spin.
         std::thread::sleep(max);
     }
@@ -258,34 +258,9 @@ pub(super) fn http_get(
 /// Sends `n` ICMP echo requests from inside `netns` to `dst`; returns the round-trip times.
 pub(super) fn ping(netns: PathBuf, dst: Ipv4Addr, n: u16) -> anyhow::Result<Vec<Duration>> {
     let sock = run_in_netns(&netns, || {
-        // SAFETY: plain socket(2) call; the result is checked and then owned.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_ICMP,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
     })?;
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 200_000,
-    };
-    // SAFETY: sets SO_RCVTIMEO from a valid timeval of the right size.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-    }
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
     let id = (std::process::id() & 0xffff) as u16;
     let mut rtts = Vec::new();
     for seq in 1..=n {
@@ -296,28 +271,9 @@ pub(super) fn ping(netns: PathBuf, dst: Ipv4Addr, n: u16) -> anyhow::Result<Vec<
         );
         let mut pkt = hdr.to_bytes().to_vec();
         pkt.extend_from_slice(&payload);
-        let sa = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(dst).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
         let start = Instant::now();
-        // SAFETY: sends `pkt` to a valid sockaddr_in of the right size.
-        let r = unsafe {
-            libc::sendto(
-                sock.as_raw_fd(),
-                pkt.as_ptr().cast(),
-                pkt.len(),
-                0,
-                (&sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            bail!("ping {dst}: {}", std::io::Error::last_os_error());
+        if let Err(e) = sock.send_to(&pkt, &SocketAddrV4::new(dst, 0).into()) {
+            bail!("ping {dst}: {e}");
         }
         let deadline = start + Duration::from_secs(2);
         loop {
@@ -325,13 +281,10 @@ pub(super) fn ping(netns: PathBuf, dst: Ipv4Addr, n: u16) -> anyhow::Result<Vec<
                 bail!("ping {dst}: no reply to echo request {seq} within 2 s");
             }
             let mut buf = [0u8; 1500];
-            // SAFETY: receives into a valid buffer of the given length.
-            let got =
-                unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if got < 0 {
+            let Ok(got) = (&sock).read(&mut buf) else {
                 continue; // timeout tick; loop checks the deadline
-            }
-            let Ok(ip) = etherparse::Ipv4Slice::from_slice(&buf[..got as usize]) else {
+            };
+            let Ok(ip) = etherparse::Ipv4Slice::from_slice(&buf[..got]) else {
                 continue;
             };
             let Ok(icmp) = etherparse::Icmpv4Slice::from_slice(ip.payload().payload) else {

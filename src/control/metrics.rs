@@ -1,0 +1,1092 @@
+//! Prometheus metrics: the counters `ctl stats` and `ctl gateway` show, in the text exposition
+//! format (version 0.0.4), for `usernet ctl metrics`, the API's `metrics` op and the HTTP
+//! endpoint of `usernet up --metrics ADDR:PORT`.
+//!
+//! # Theory of operation
+//!
+//! [`Handle::metrics`] reads what the datapath already counts (relaxed atomics, no lock on the
+//! forwarding path) and writes it with [`Exposition`], a small writer that groups samples by
+//! family (one `# HELP` and `# TYPE` line each, then its samples, as the format wants) and
+//! escapes label values and help text. Nothing is registered ahead of time: each scrape is a
+//! fresh snapshot, so ports and networks that come and go need no bookkeeping.
+//!
+//! The families are generic over what the stats structs give, so a new counter shows up
+//! without editing this file: every drop reason of [`PortStats::drops`] becomes a `reason`
+//! label of `usernet_port_drops_total`; a gateway, DHCP, DNS or NAT counter that the tables
+//! below do not know becomes `usernet_<section>_<name>_total`. The tables only give known
+//! counters a better home (a shared family with a label) and their help text; a new per-port
+//! counter is one line of [`PORT_COUNTERS`].
+//!
+//! Names follow Prometheus conventions: the `usernet_` prefix, `_total` on counters, base units
+//! (`_bytes`, `_seconds`), labels `network`, `port`, `reason`, `proto`, `loop`, `type`.
+//!
+//! [`serve`] answers `GET /metrics` over HTTP on one thread: one connection at a time, a request
+//! head of at most [`MAX_REQUEST`] bytes read within [`REQUEST_TIMEOUT`], the answer written
+//! within the same time, then the connection is closed (after reading, for at most 200 ms,
+//! what the client still sends, so that it is not reset before it reads the answer). Any other path is 404, any other method
+//! 405. It is a minimal HTTP/1.x responder on purpose: the request line is all it needs, and the
+//! HTTP crates at hand start thread pools of their own.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::Handle;
+use crate::bridge::PortStats;
+use crate::error::{Error, Result};
+
+/// The `Content-Type` of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The kind of a metric family (`# TYPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (restarts at zero with the process).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        }
+    }
+}
+
+/// A sample's value: integers stay exact (a `u64` counter above 2^53 would not in an `f64`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    /// An integer.
+    Int(u64),
+    /// A float (seconds).
+    Float(f64),
+}
+
+impl From<u64> for Value {
+    fn from(v: u64) -> Self {
+        Value::Int(v)
+    }
+}
+
+impl From<usize> for Value {
+    fn from(v: usize) -> Self {
+        Value::Int(v as u64)
+    }
+}
+
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::Float(v)
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Value::Int(v) => write!(f, "{v}"),
+            Value::Float(v) if v.is_nan() => f.write_str("NaN"),
+            Value::Float(v) if v.is_infinite() => {
+                f.write_str(if v > 0.0 { "+Inf" } else { "-Inf" })
+            }
+            // Rust's `Display` for f64 never uses an exponent and round-trips exactly.
+            Value::Float(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Family {
+    name: String,
+    help: String,
+    kind: Kind,
+    /// Rendered sample lines, each ending in `\n`.
+    samples: String,
+}
+
+/// A Prometheus text-format writer: families in the order first seen, each with its `HELP`
+/// and `TYPE` lines and all its samples together.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    families: Vec<Family>,
+    index: HashMap<String, usize>,
+}
+
+impl Exposition {
+    /// An empty exposition.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a counter sample to family `name` (declared with `help` the first time).
+    pub fn counter(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        v: impl Into<Value>,
+    ) {
+        self.sample(name, help, Kind::Counter, labels, v.into());
+    }
+
+    /// Adds a gauge sample to family `name` (declared with `help` the first time).
+    pub fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], v: impl Into<Value>) {
+        self.sample(name, help, Kind::Gauge, labels, v.into());
+    }
+
+    /// Adds a sample. `name` and the label names must be valid Prometheus names (they come
+    /// from this crate; [`sanitize`] makes one from anything else); label values are escaped.
+    /// A family keeps the help and kind it was first declared with.
+    pub fn sample(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: Kind,
+        labels: &[(&str, &str)],
+        v: Value,
+    ) {
+        debug_assert!(valid_name(name), "metric name {name:?}");
+        let i = match self.index.get(name) {
+            Some(&i) => i,
+            None => {
+                self.families.push(Family {
+                    name: name.to_string(),
+                    help: help.to_string(),
+                    kind,
+                    samples: String::new(),
+                });
+                self.index.insert(name.to_string(), self.families.len() - 1);
+                self.families.len() - 1
+            }
+        };
+        let fam = &mut self.families[i];
+        debug_assert_eq!(fam.kind, kind, "family {name} declared with another type");
+        let out = &mut fam.samples;
+        out.push_str(name);
+        if !labels.is_empty() {
+            out.push('{');
+            for (j, (k, val)) in labels.iter().enumerate() {
+                debug_assert!(valid_name(k) && !k.contains(':'), "label name {k:?}");
+                if j > 0 {
+                    out.push(',');
+                }
+                out.push_str(k);
+                out.push_str("=\"");
+                escape_into(out, val, true);
+                out.push('"');
+            }
+            out.push('}');
+        }
+        let _ = writeln!(out, " {v}");
+    }
+
+    /// The text: per family `# HELP`, `# TYPE`, then its samples.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for f in &self.families {
+            let _ = write!(out, "# HELP {} ", f.name);
+            escape_into(&mut out, &f.help, false);
+            let _ = writeln!(out, "\n# TYPE {} {}", f.name, f.kind.name());
+            out.push_str(&f.samples);
+        }
+        out
+    }
+}
+
+/// Escapes `s` for the text format: `\` and newline always, `"` in label values.
+fn escape_into(out: &mut String, s: &str, label_value: bool) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if label_value => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+}
+
+/// True for a valid metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+fn valid_name(s: &str) -> bool {
+    let mut cs = s.chars();
+    cs.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && cs.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// A valid metric-name fragment from any string: every other character becomes `_`, and a
+/// leading digit gets a `_` before it.
+pub fn sanitize(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// One per-port counter: its family, its help, and how to read it from [`PortStats`].
+pub type PortCounter = (&'static str, &'static str, fn(&PortStats) -> u64);
+
+/// The per-port counters: family, help, and how to read it from [`PortStats`]. A new per-port
+/// counter is one line here. Drops are not here: every reason of [`PortStats::drops`] is a
+/// `reason` of `usernet_port_drops_total`.
+pub const PORT_COUNTERS: &[PortCounter] = &[
+    (
+        "usernet_port_rx_frames_total",
+        "Frames received from the port's link.",
+        |s| s.rx_frames,
+    ),
+    (
+        "usernet_port_rx_bytes_total",
+        "Bytes received from the port's link.",
+        |s| s.rx_bytes,
+    ),
+    (
+        "usernet_port_tx_frames_total",
+        "Frames written to the port's link.",
+        |s| s.tx_frames,
+    ),
+    (
+        "usernet_port_tx_bytes_total",
+        "Bytes written to the port's link.",
+        |s| s.tx_bytes,
+    ),
+    (
+        "usernet_port_forwarded_frames_total",
+        "Received frames handed to at least one other port.",
+        |s| s.forwarded,
+    ),
+];
+
+/// Where a named counter of a stats section goes: its family, the label it sets there (if
+/// the family is shared by several counters), and the family's help.
+struct Route {
+    key: &'static str,
+    family: &'static str,
+    label: Option<(&'static str, &'static str)>,
+    help: &'static str,
+}
+
+const fn route(key: &'static str, family: &'static str, help: &'static str) -> Route {
+    Route {
+        key,
+        family,
+        label: None,
+        help,
+    }
+}
+
+const fn routed(
+    key: &'static str,
+    family: &'static str,
+    label: (&'static str, &'static str),
+    help: &'static str,
+) -> Route {
+    Route {
+        key,
+        family,
+        label: Some(label),
+        help,
+    }
+}
+
+const GW: &str = "usernet_gateway_";
+const GATEWAY_ROUTES: &[Route] = &[
+    route(
+        "frames",
+        "usernet_gateway_rx_frames_total",
+        "Frames the gateway received from its network.",
+    ),
+    route(
+        "arp_replies",
+        "usernet_gateway_arp_replies_total",
+        "ARP requests for the gateway answered.",
+    ),
+    route(
+        "echo_replies",
+        "usernet_gateway_echo_replies_total",
+        "ICMP and ICMPv6 echo requests to the gateway answered.",
+    ),
+    routed(
+        "dns_udp",
+        "usernet_gateway_dns_queries_total",
+        ("transport", "udp"),
+        "DNS queries the gateway received, by transport.",
+    ),
+    routed(
+        "dns_tcp",
+        "usernet_gateway_dns_queries_total",
+        ("transport", "tcp"),
+        "DNS queries the gateway received, by transport.",
+    ),
+    route(
+        "malformed",
+        "usernet_gateway_malformed_total",
+        "Frames to the gateway that failed to parse (dropped).",
+    ),
+    route(
+        "ignored",
+        "usernet_gateway_ignored_total",
+        "Frames flooded to the gateway that were not for it (ignored).",
+    ),
+    route(
+        "neigh_unresolved",
+        "usernet_gateway_neigh_unresolved_total",
+        "Packets to guests dropped because their address did not resolve.",
+    ),
+];
+
+const DHCP: &str = "usernet_dhcp_";
+const DHCP_RX: &str = "DHCP messages received from guests, by type.";
+const DHCP_TX: &str = "DHCP replies sent, by type.";
+const DHCP_ROUTES: &[Route] = &[
+    routed(
+        "discover",
+        "usernet_dhcp_received_total",
+        ("type", "discover"),
+        DHCP_RX,
+    ),
+    routed(
+        "request",
+        "usernet_dhcp_received_total",
+        ("type", "request"),
+        DHCP_RX,
+    ),
+    routed(
+        "release",
+        "usernet_dhcp_received_total",
+        ("type", "release"),
+        DHCP_RX,
+    ),
+    routed(
+        "decline",
+        "usernet_dhcp_received_total",
+        ("type", "decline"),
+        DHCP_RX,
+    ),
+    routed(
+        "inform",
+        "usernet_dhcp_received_total",
+        ("type", "inform"),
+        DHCP_RX,
+    ),
+    routed(
+        "offer",
+        "usernet_dhcp_sent_total",
+        ("type", "offer"),
+        DHCP_TX,
+    ),
+    routed("ack", "usernet_dhcp_sent_total", ("type", "ack"), DHCP_TX),
+    routed("nak", "usernet_dhcp_sent_total", ("type", "nak"), DHCP_TX),
+    route(
+        "malformed",
+        "usernet_dhcp_malformed_total",
+        "DHCP messages rejected as malformed.",
+    ),
+    route(
+        "pool_exhausted",
+        "usernet_dhcp_pool_exhausted_total",
+        "DHCP DISCOVERs left unanswered because no address was free.",
+    ),
+];
+
+const DNS: &str = "usernet_dns_";
+const DNS_ROUTES: &[Route] = &[
+    route(
+        "queries",
+        "usernet_dns_queries_total",
+        "DNS messages the gateway's DNS server handled.",
+    ),
+    route(
+        "local_answers",
+        "usernet_dns_local_answers_total",
+        "DNS queries answered from the network's own names (NXDOMAIN and NODATA included).",
+    ),
+    route(
+        "nxdomain",
+        "usernet_dns_nxdomain_total",
+        "DNS replies with NXDOMAIN (local, cached or forwarded).",
+    ),
+    route(
+        "forwarded",
+        "usernet_dns_forwarded_total",
+        "DNS queries queued for forwarding upstream.",
+    ),
+    route(
+        "cache_hits",
+        "usernet_dns_cache_hits_total",
+        "DNS queries answered from the cache.",
+    ),
+    route(
+        "upstream_failures",
+        "usernet_dns_upstream_failures_total",
+        "Forwarded DNS queries no upstream answered (the client got SERVFAIL).",
+    ),
+    route(
+        "truncated",
+        "usernet_dns_truncated_total",
+        "DNS UDP replies truncated to fit the client's limit.",
+    ),
+    route(
+        "malformed",
+        "usernet_dns_malformed_total",
+        "Malformed DNS input: dropped messages, FORMERR, NOTIMP and BADVERS replies.",
+    ),
+    route(
+        "dropped_overload",
+        "usernet_dns_dropped_overload_total",
+        "DNS queries answered SERVFAIL because the forwarding queue was full.",
+    ),
+];
+
+const NAT: &str = "usernet_nat_";
+const NAT_OPENED: &str = "NAT flows opened, by protocol.";
+const NAT_REFUSED: &str = "Guest traffic NAT refused, by reason: limit (a flow limit), \
+    host_refused (the host refused the connect), unreachable, ping_forbidden, destination \
+    (an address that must not leave).";
+const NAT_ROUTES: &[Route] = &[
+    routed(
+        "tcp_flows",
+        "usernet_nat_flows_opened_total",
+        ("proto", "tcp"),
+        NAT_OPENED,
+    ),
+    routed(
+        "udp_flows",
+        "usernet_nat_flows_opened_total",
+        ("proto", "udp"),
+        NAT_OPENED,
+    ),
+    routed(
+        "icmp_flows",
+        "usernet_nat_flows_opened_total",
+        ("proto", "icmp"),
+        NAT_OPENED,
+    ),
+    routed(
+        "refused_limit",
+        "usernet_nat_refused_total",
+        ("reason", "limit"),
+        NAT_REFUSED,
+    ),
+    routed(
+        "refused_host",
+        "usernet_nat_refused_total",
+        ("reason", "host_refused"),
+        NAT_REFUSED,
+    ),
+    routed(
+        "unreachable",
+        "usernet_nat_refused_total",
+        ("reason", "unreachable"),
+        NAT_REFUSED,
+    ),
+    routed(
+        "ping_forbidden",
+        "usernet_nat_refused_total",
+        ("reason", "ping_forbidden"),
+        NAT_REFUSED,
+    ),
+    routed(
+        "dropped_dest",
+        "usernet_nat_refused_total",
+        ("reason", "destination"),
+        NAT_REFUSED,
+    ),
+    route(
+        "forward_conns",
+        "usernet_nat_forward_connections_total",
+        "Connections accepted on port forwards.",
+    ),
+];
+
+/// Writes the counters of one stats section: a known key goes where [`Route`] says, any other
+/// to `{prefix}{key}_total`.
+fn section<'a>(
+    x: &mut Exposition,
+    prefix: &str,
+    routes: &[Route],
+    labels: &[(&str, &str)],
+    counters: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    for (key, v) in counters {
+        match routes.iter().find(|r| r.key == key) {
+            Some(r) => {
+                let mut l = labels.to_vec();
+                l.extend(r.label);
+                x.counter(r.family, r.help, &l, v);
+            }
+            None => {
+                let name = format!("{prefix}{}_total", sanitize(key));
+                let help = format!("The {key} counter of `usernet ctl gateway`.");
+                x.counter(&name, &help, labels, v);
+            }
+        }
+    }
+}
+
+/// The numeric fields of a serializable stats struct, by name (so a new field shows up).
+fn fields<T: serde::Serialize>(stats: &T) -> Vec<(String, u64)> {
+    match serde_json::to_value(stats) {
+        Ok(serde_json::Value::Object(m)) => m
+            .into_iter()
+            .filter_map(|(k, v)| v.as_u64().map(|n| (k, n)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl Handle {
+    /// Every metric, in the Prometheus text exposition format (version 0.0.4).
+    pub fn metrics(&self) -> String {
+        self.exposition().render()
+    }
+
+    /// Every metric, as an [`Exposition`] an embedder may add its own to before rendering.
+    pub fn exposition(&self) -> Exposition {
+        let mut x = Exposition::new();
+        let topo = self.dp.bridge().topology();
+        for p in topo.ports() {
+            let net = topo
+                .network(p.network)
+                .map(|n| n.net.name.clone())
+                .unwrap_or_default();
+            let base = [("network", net.as_str()), ("port", p.name.as_str())];
+            let st = p.counters.snapshot();
+            for (name, help, get) in PORT_COUNTERS {
+                x.counter(name, help, &base, get(&st));
+            }
+            for (reason, n) in &st.drops {
+                x.counter(
+                    "usernet_port_drops_total",
+                    "Frames dropped, by port and reason (as `usernet ctl stats` lists them).",
+                    &[base[0], base[1], ("reason", reason)],
+                    *n,
+                );
+            }
+            x.counter(
+                "usernet_port_capture_dropped_total",
+                "Frames a live capture of the port could not keep (its queue was full); forwarding is not affected.",
+                &base,
+                p.capture.dropped(),
+            );
+            let (kind, owner) = (p.kind.to_string(), p.owner.to_string());
+            x.gauge(
+                "usernet_port_info",
+                "A port: its link kind and the event loop that drives it (always 1).",
+                &[base[0], base[1], ("kind", &kind), ("loop", &owner)],
+                1u64,
+            );
+        }
+        for n in topo.networks() {
+            let l = [("network", n.net.name.as_str())];
+            x.gauge(
+                "usernet_fdb_entries",
+                "MAC addresses in the network's forwarding database.",
+                &l,
+                n.net.fdb.len(),
+            );
+            x.gauge(
+                "usernet_fdb_max_entries",
+                "The cap of the network's forwarding database.",
+                &l,
+                n.net.fdb.config().max_entries,
+            );
+        }
+        for (i, (busy, ports)) in self
+            .dp
+            .loop_busy()
+            .into_iter()
+            .zip(self.dp.loop_load())
+            .enumerate()
+        {
+            let idx = i.to_string();
+            let l = [("loop", idx.as_str())];
+            x.counter(
+                "usernet_loop_busy_seconds_total",
+                "Time the event loop spent handling events (not waiting).",
+                &l,
+                busy.as_secs_f64(),
+            );
+            x.gauge(
+                "usernet_loop_ports",
+                "Ports the event loop drives.",
+                &l,
+                ports,
+            );
+        }
+        // A network removed since `topo` was loaded may still be listed here: harmless.
+        let gateways = self.gateways_of(None).unwrap_or_default();
+        for g in gateways {
+            let info = g.info();
+            let l = [("network", info.network.as_str())];
+            section(
+                &mut x,
+                GW,
+                GATEWAY_ROUTES,
+                &l,
+                info.counters.iter().map(|(k, v)| (*k, *v)),
+            );
+            if let Some(d) = &info.dhcp {
+                x.gauge(
+                    "usernet_dhcp_leases",
+                    "DHCP leases held now.",
+                    &l,
+                    g.leases().len(),
+                );
+                let f = fields(d);
+                section(
+                    &mut x,
+                    DHCP,
+                    DHCP_ROUTES,
+                    &l,
+                    f.iter().map(|(k, v)| (k.as_str(), *v)),
+                );
+            }
+            let f = fields(&info.dns);
+            section(
+                &mut x,
+                DNS,
+                DNS_ROUTES,
+                &l,
+                f.iter().map(|(k, v)| (k.as_str(), *v)),
+            );
+            if let Some(nat) = &info.nat {
+                let open = g.nat_counters.open_flows();
+                for (proto, n) in [("tcp", open.tcp), ("udp", open.udp), ("icmp", open.icmp)] {
+                    x.gauge(
+                        "usernet_nat_flows",
+                        "NAT flows open now, by protocol.",
+                        &[l[0], ("proto", proto)],
+                        n,
+                    );
+                }
+                section(
+                    &mut x,
+                    NAT,
+                    NAT_ROUTES,
+                    &l,
+                    nat.iter().map(|(k, v)| (*k, *v)),
+                );
+            }
+        }
+        x
+    }
+}
+
+/// Largest HTTP request head [`serve`] reads; a longer one is answered 431.
+pub const MAX_REQUEST: usize = 8 * 1024;
+/// How long [`serve`] gives a client to send its request head, and again to read the answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the server's thread looks whether it should stop.
+const STOP_CHECK: Duration = Duration::from_millis(200);
+
+/// The HTTP metrics endpoint [`serve`] started; stops its thread when dropped.
+#[derive(Debug)]
+pub struct MetricsServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// The address it listens on (the port the kernel picked, for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serves [`Handle::metrics`] at `http://ADDR/metrics` on one thread (`usernet-metrics`),
+/// until the returned guard is dropped or the engine stops. See the module docs for the bounds.
+pub fn serve(h: Handle, addr: SocketAddr) -> Result<MetricsServer> {
+    let ctx = || format!("metrics listener {addr}");
+    let std_listener = std::net::TcpListener::bind(addr).map_err(|e| Error::Io(ctx(), e))?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::Io(ctx(), e))?;
+    let local = std_listener.local_addr().map_err(|e| Error::Io(ctx(), e))?;
+    let mut listener = mio::net::TcpListener::from_std(std_listener);
+    let mut poll = mio::Poll::new().map_err(|e| Error::Io(ctx(), e))?;
+    poll.registry()
+        .register(&mut listener, mio::Token(0), mio::Interest::READABLE)
+        .map_err(|e| Error::Io(ctx(), e))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("usernet-metrics".into())
+        .spawn(move || {
+            let mut events = mio::Events::with_capacity(4);
+            while !stop2.load(Ordering::Acquire) && !h.is_stopped() {
+                if let Err(e) = poll.poll(&mut events, Some(STOP_CHECK))
+                    && e.kind() != io::ErrorKind::Interrupted
+                {
+                    tracing::error!("metrics listener: poll failed: {e}");
+                    return;
+                }
+                // Edge-triggered: take every connection waiting.
+                while !events.is_empty() {
+                    match listener.accept() {
+                        Ok((conn, _)) => answer(&h, conn),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            // Out of descriptors, say: try again at the next readiness.
+                            tracing::warn!("metrics listener: accept failed: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::Io("starting the metrics thread".into(), e))?;
+    tracing::info!("metrics at http://{local}/metrics");
+    Ok(MetricsServer {
+        addr: local,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// Answers one HTTP connection and closes it; every error just closes it.
+fn answer(h: &Handle, conn: mio::net::TcpStream) {
+    let mut s = std::net::TcpStream::from(std::os::fd::OwnedFd::from(conn));
+    if s.set_nonblocking(false).is_err() || s.set_write_timeout(Some(REQUEST_TIMEOUT)).is_err() {
+        return;
+    }
+    let reply = match read_head(&mut s) {
+        Ok(head) => respond(&head, || h.metrics()),
+        Err(HeadError::TooLarge) => status(431, "Request Header Fields Too Large"),
+        Err(HeadError::Io) => return,
+    };
+    let _ = s.write_all(&reply);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    // Read what the client still sends (a body, the rest of an oversized head) for a moment:
+    // closing with unread input would reset the connection, and the client could lose the
+    // answer. Bounded in bytes and time like the request.
+    if s.set_read_timeout(Some(LINGER)).is_ok() {
+        let deadline = Instant::now() + LINGER;
+        let (mut left, mut sink) = (LINGER_BYTES, [0u8; 4096]);
+        while left > 0 && Instant::now() < deadline {
+            match s.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    }
+}
+
+/// How long, and how many bytes, [`answer`] reads after its answer before it closes.
+const LINGER: Duration = Duration::from_millis(200);
+const LINGER_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+enum HeadError {
+    /// More than [`MAX_REQUEST`] bytes without the blank line that ends a head.
+    TooLarge,
+    /// Closed, failed or too slow.
+    Io,
+}
+
+/// Reads a request head (up to the blank line) within [`REQUEST_TIMEOUT`] in all.
+fn read_head(s: &mut impl ReadTimeout) -> std::result::Result<Vec<u8>, HeadError> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if head_end(&buf).is_some() {
+            return Ok(buf);
+        }
+        if buf.len() >= MAX_REQUEST {
+            return Err(HeadError::TooLarge);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HeadError::Io);
+        }
+        s.read_timeout(left).map_err(|_| HeadError::Io)?;
+        let room = (MAX_REQUEST - buf.len()).min(chunk.len());
+        match s.read(&mut chunk[..room]) {
+            Ok(0) => return Err(HeadError::Io),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(HeadError::Io),
+        }
+    }
+}
+
+/// A reader whose read timeout can be set (a `TcpStream`; a fake in tests).
+trait ReadTimeout: Read {
+    fn read_timeout(&mut self, t: Duration) -> io::Result<()>;
+}
+
+impl ReadTimeout for std::net::TcpStream {
+    fn read_timeout(&mut self, t: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(t))
+    }
+}
+
+/// Where the head ends: after `\r\n\r\n` (or a bare `\n\n`).
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The whole HTTP answer to a request head; `body` is called only for `GET /metrics`.
+fn respond(head: &[u8], body: impl FnOnce() -> String) -> Vec<u8> {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.trim_end_matches('\r').split(' ');
+    let (method, target, version) = (parts.next(), parts.next(), parts.next());
+    let ok_version = version.is_some_and(|v| v == "HTTP/1.0" || v == "HTTP/1.1");
+    let (Some(method), Some(target), true, None) = (method, target, ok_version, parts.next())
+    else {
+        return status(400, "Bad Request");
+    };
+    let path = target.split('?').next().unwrap_or_default();
+    if path != "/metrics" {
+        return status(404, "Not Found");
+    }
+    if method != "GET" {
+        let mut r = status(405, "Method Not Allowed");
+        // Insert the Allow header before the blank line.
+        let at = r.len() - 2;
+        r.splice(at..at, b"Allow: GET\r\n".iter().copied());
+        return r;
+    }
+    let body = body();
+    let mut r = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body.as_bytes());
+    r
+}
+
+/// A bodyless answer with `code`, ending in the blank line.
+fn status(code: u16, reason: &str) -> Vec<u8> {
+    format!("HTTP/1.1 {code} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_families_and_writes_help_and_type_once() {
+        let mut x = Exposition::new();
+        x.counter("usernet_a_total", "A.", &[("network", "n1")], 1u64);
+        x.gauge("usernet_b", "B.", &[], 2u64);
+        x.counter(
+            "usernet_a_total",
+            "ignored help",
+            &[("network", "n2")],
+            3u64,
+        );
+        assert_eq!(
+            x.render(),
+            "# HELP usernet_a_total A.\n# TYPE usernet_a_total counter\n\
+             usernet_a_total{network=\"n1\"} 1\nusernet_a_total{network=\"n2\"} 3\n\
+             # HELP usernet_b B.\n# TYPE usernet_b gauge\nusernet_b 2\n"
+        );
+        assert_eq!(Exposition::new().render(), "");
+    }
+
+    #[test]
+    fn escapes_label_values_and_help() {
+        let mut x = Exposition::new();
+        x.counter(
+            "usernet_c_total",
+            "back\\slash\nnew \"quoted\"",
+            &[("port", "a\"b\\c\nd"), ("reason", "é")],
+            u64::MAX,
+        );
+        assert_eq!(
+            x.render(),
+            "# HELP usernet_c_total back\\\\slash\\nnew \"quoted\"\n\
+             # TYPE usernet_c_total counter\n\
+             usernet_c_total{port=\"a\\\"b\\\\c\\nd\",reason=\"é\"} 18446744073709551615\n"
+        );
+    }
+
+    #[test]
+    fn formats_values() {
+        let f = |v: Value| v.to_string();
+        assert_eq!(f(Value::Int(0)), "0");
+        assert_eq!(f(Value::Float(1.5)), "1.5");
+        assert_eq!(f(Value::Float(1.0)), "1");
+        assert_eq!(f(Value::Float(1e-7)), "0.0000001");
+        assert_eq!(f(Value::Float(f64::NAN)), "NaN");
+        assert_eq!(f(Value::Float(f64::INFINITY)), "+Inf");
+        assert_eq!(f(Value::Float(f64::NEG_INFINITY)), "-Inf");
+        assert_eq!(
+            f(Value::Float(
+                Duration::from_nanos(1_234_567_891).as_secs_f64()
+            )),
+            "1.234567891"
+        );
+    }
+
+    #[test]
+    fn sanitizes_names() {
+        assert_eq!(sanitize("ring_full"), "ring_full");
+        assert_eq!(sanitize("vxlan-rx.bad"), "vxlan_rx_bad");
+        assert_eq!(sanitize("9lives"), "_9lives");
+        assert_eq!(sanitize(""), "_");
+        assert!(valid_name(&format!("usernet_{}_total", sanitize("a b{c}"))));
+        assert!(!valid_name("1a") && !valid_name("") && !valid_name("a-b"));
+        assert!(valid_name("usernet:x_1"));
+    }
+
+    #[test]
+    fn unknown_counters_get_a_family_of_their_own() {
+        let mut x = Exposition::new();
+        section(
+            &mut x,
+            NAT,
+            NAT_ROUTES,
+            &[("network", "n")],
+            [("tcp_flows", 4), ("refused_limit", 1), ("new-thing", 2)],
+        );
+        let t = x.render();
+        assert!(
+            t.contains("usernet_nat_flows_opened_total{network=\"n\",proto=\"tcp\"} 4\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("usernet_nat_refused_total{network=\"n\",reason=\"limit\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# TYPE usernet_nat_new_thing_total counter\nusernet_nat_new_thing_total{network=\"n\"} 2\n"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn port_counters_and_every_drop_reason_show() {
+        let c = crate::bridge::PortCounters::default();
+        c.rx_frames.store(7, Ordering::Relaxed);
+        c.drop_n(crate::bridge::DropReason::RingFull, 3);
+        let st = c.snapshot();
+        let mut x = Exposition::new();
+        for (name, help, get) in PORT_COUNTERS {
+            x.counter(name, help, &[("port", "p")], get(&st));
+        }
+        for (reason, n) in &st.drops {
+            x.counter("usernet_port_drops_total", "D.", &[("reason", reason)], *n);
+        }
+        let t = x.render();
+        assert!(
+            t.contains("usernet_port_rx_frames_total{port=\"p\"} 7\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("usernet_port_drops_total{reason=\"ring_full\"} 3\n"),
+            "{t}"
+        );
+        for r in crate::bridge::DropReason::ALL {
+            assert!(t.contains(&format!("reason=\"{}\"", r.name())), "{r:?}");
+        }
+    }
+
+    struct Fake {
+        data: Vec<u8>,
+        at: usize,
+        chunk: usize,
+    }
+    impl Read for Fake {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.chunk.min(out.len()).min(self.data.len() - self.at);
+            out[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+    impl ReadTimeout for Fake {
+        fn read_timeout(&mut self, _: Duration) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn reads_a_head_in_pieces_and_bounds_it() {
+        let mut f = Fake {
+            data: b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nbody".to_vec(),
+            at: 0,
+            chunk: 3,
+        };
+        let head = read_head(&mut f).expect("head");
+        assert!(head.starts_with(b"GET /metrics HTTP/1.1\r\n"));
+        let mut big = b"GET /metrics HTTP/1.1\r\n".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 3 * MAX_REQUEST));
+        let mut f = Fake {
+            data: big,
+            at: 0,
+            chunk: 1000,
+        };
+        assert_eq!(read_head(&mut f), Err(HeadError::TooLarge));
+        assert!(f.at <= MAX_REQUEST, "read {} bytes", f.at);
+        let mut f = Fake {
+            data: b"GET /metrics HTTP/1.1\r\n".to_vec(),
+            at: 0,
+            chunk: 100,
+        };
+        assert_eq!(
+            read_head(&mut f),
+            Err(HeadError::Io),
+            "closed before the end"
+        );
+    }
+
+    #[test]
+    fn answers_get_metrics_only() {
+        let ok = String::from_utf8(respond(b"GET /metrics HTTP/1.1\r\n\r\n", || "x 1\n".into()))
+            .expect("utf8");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(ok.contains(&format!("Content-Type: {CONTENT_TYPE}\r\n")));
+        assert!(
+            ok.ends_with("Content-Length: 4\r\nConnection: close\r\n\r\nx 1\n"),
+            "{ok}"
+        );
+        let q = respond(b"GET /metrics?x=1 HTTP/1.0\n\n", || "y\n".into());
+        assert!(q.starts_with(b"HTTP/1.1 200 "));
+        let code = |head: &[u8]| {
+            let r = respond(head, || panic!("no body for {head:?}"));
+            String::from_utf8_lossy(&r[9..12]).into_owned()
+        };
+        assert_eq!(code(b"GET / HTTP/1.1\r\n\r\n"), "404");
+        assert_eq!(code(b"GET /metricsx HTTP/1.1\r\n\r\n"), "404");
+        assert_eq!(code(b"POST /metrics HTTP/1.1\r\n\r\n"), "405");
+        assert_eq!(code(b"GET /metrics\r\n\r\n"), "400");
+        assert_eq!(code(b"GET /metrics HTTP/2 x\r\n\r\n"), "400");
+        assert_eq!(code(b"\xff\xfe\r\n\r\n"), "400");
+        let r = String::from_utf8(respond(b"PUT /metrics HTTP/1.1\r\n\r\n", String::new))
+            .expect("utf8");
+        assert!(r.ends_with("Allow: GET\r\n\r\n"), "{r}");
+    }
+}

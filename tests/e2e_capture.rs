@@ -353,8 +353,8 @@ fn arp_request(mac: [u8; 6], ip: [u8; 4], target: [u8; 4]) -> Vec<u8> {
 }
 
 #[test]
-fn capture_of_a_stream_port() {
-    if !ready("capture_of_a_stream_port") {
+fn capture_of_a_stream_port_and_the_gateway() {
+    if !ready("capture_of_a_stream_port_and_the_gateway") {
         return;
     }
     let dir = tempfile::tempdir().expect("tmp");
@@ -376,6 +376,19 @@ fn capture_of_a_stream_port() {
         &["vm", "-w", file.to_str().expect("utf-8"), "--count", "2"],
     );
     wait_started(&file, &d);
+    // The gateway's port at once: the same two frames, seen from the other side.
+    let gw_file = dir.path().join("gw.pcapng");
+    let gw = capture(
+        &d,
+        &[
+            "gw.n",
+            "-w",
+            gw_file.to_str().expect("utf-8"),
+            "--count",
+            "2",
+        ],
+    );
+    wait_started(&gw_file, &d);
     // The "VM" asks for the gateway's MAC; the gateway answers it through the port.
     let mac = [0x02, 0, 0, 0, 0x83, 0x05];
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -384,6 +397,17 @@ fn capture_of_a_stream_port() {
         std::thread::sleep(Duration::from_millis(200));
     }
     wait_done(c, &d, "stream port capture");
+    wait_done(gw, &d, "gateway port capture");
+    let pkts = tshark(&gw_file);
+    assert_eq!(pkts.len(), 2, "{pkts:#?}");
+    assert!(
+        pkts[0].info.contains("Who has 10.83.0.1") && pkts[0].dir == 2,
+        "gateway: {pkts:#?}"
+    );
+    assert!(
+        pkts[1].info.contains("10.83.0.1 is at") && pkts[1].dir == 1,
+        "gateway: {pkts:#?}"
+    );
     let pkts = tshark(&file);
     assert_eq!(pkts.len(), 2, "{pkts:#?}");
     assert!(
@@ -587,4 +611,59 @@ fn pcap_file_is_complete_after_the_daemon_stops() {
         String::from_utf8_lossy(&info.stderr)
     );
     assert_eq!(closing_drops(&file), 0);
+}
+
+#[test]
+fn a_capture_nobody_reads_drops_captures_never_frames() {
+    if !ready("a_capture_nobody_reads_drops_captures_never_frames") {
+        return;
+    }
+    let (a, b) = (Netns::new("cna"), Netns::new("cnb"));
+    let d = two_guests("10.89.0.0/24", &a, &b, "");
+    ping(&a, "10.89.0.11", "1");
+    // A client that asks for a capture and then never reads a byte of it.
+    let mut stuck = UnixStream::connect(d.sock()).expect("control socket");
+    stuck
+        .write_all(b"{\"op\":\"capture\",\"port\":\"a\"}\n")
+        .expect("request");
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut answer = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(stuck.try_clone().expect("clone")),
+        &mut answer,
+    )
+    .expect("answer");
+    assert!(answer.contains("\"ok\":true"), "{answer}");
+    // 20000 frames through a: far more than the socket's buffer and the capture's queue.
+    let out = a.exec(&[
+        "ping",
+        "-f",
+        "-c",
+        "10000",
+        "-s",
+        "1000",
+        "-W",
+        "1",
+        "10.89.0.11",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(" 0% packet loss"),
+        "forwarding suffered from a stuck capture: {text}\n{}",
+        d.log()
+    );
+    let stats = d.ctl(&["stats"]);
+    let row = stats
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["port"] == "a"))
+        .expect("a's stats");
+    assert!(
+        row["capture_dropped"].as_u64().unwrap_or(0) > 0,
+        "the full queue's frames were not counted: {row}"
+    );
+    let ring_full = row["stats"]["drops"]["ring_full"].as_u64().unwrap_or(0);
+    assert_eq!(ring_full, 0, "{row}");
+    drop(stuck);
 }

@@ -1,9 +1,9 @@
 //! Live packet capture from the control plane: [`Handle::capture`] (embedders), the API's
-//! `capture` op (its connection becomes the capture's byte stream, see [`stream`]), and a
-//! port's `pcap` file (started with the port, [`Handle::start_pcap`]).
+//! `capture` op (its connection becomes the capture's byte stream, see `stream`), and a
+//! port's `pcap` file (started with the port, `Handle::start_pcap`).
 //!
 //! The datapath side (the per-port [`crate::capture::Tap`], queues, the writer) is in
-//! [`crate::capture`]. Every capture running counts in the node ([`Running`]), so that the
+//! [`crate::capture`]. Every capture running counts in the node (`Running`), so that the
 //! engine, when it stops, waits a moment for their files to be finished.
 
 use std::fs::File;

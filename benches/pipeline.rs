@@ -8,6 +8,8 @@
 //!   original); with 1k or 100k MACs pre-learned on `b`, `c` and `d`.
 //! - `engine/memory_burst`: the full engine (one loop) with memory links: `a`'s station sends a
 //!   burst of frames to `b`'s station; an iteration ends when `b`'s station has them all.
+//!   `engine/memory_burst_captured`: the same with a live capture of `a` and `b` running (the
+//!   writers drain into `io::sink`; frames a full queue refuses are counted, not waited for).
 //!
 //! - `offload/*`: software segmentation of a 64 KiB TCP GSO frame into 1448-byte segments with
 //!   their checksums (what the egress loop does for a link without TSO), and completing a
@@ -18,10 +20,12 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use usernet::bridge::{Bridge, FdbConfig, MonotonicClock, NewPort, Port, PortPolicy};
+use usernet::capture::{CaptureOptions, EndReason};
 use usernet::frame::{Frame, FramePool};
 use usernet::link::memory::MemoryLink;
 use usernet::wire::Mac;
@@ -223,10 +227,12 @@ fn bench_engine(c: &mut Criterion) {
     // The stations' own buffer pool: frames come back to it when b's station drops them.
     let pool = FramePool::new(MAX_FRAME, 2 * BURST);
     let mut g = c.benchmark_group("engine");
-    for len in [64usize, 1500] {
+    let burst = |g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+                 id: BenchmarkId,
+                 len: usize| {
         let bytes = eth(mb, ma, len);
         g.throughput(Throughput::Elements(BURST as u64));
-        g.bench_function(BenchmarkId::new("memory_burst", format!("{len}B")), |bch| {
+        g.bench_function(id, |bch| {
             bch.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
@@ -248,6 +254,42 @@ fn bench_engine(c: &mut Criterion) {
                 total
             })
         });
+    };
+    for len in [64usize, 1500] {
+        burst(
+            &mut g,
+            BenchmarkId::new("memory_burst", format!("{len}B")),
+            len,
+        );
+    }
+    // The same with a live capture of both ports running (writers draining into io::sink).
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|p| {
+            let s = h.capture(p, &CaptureOptions::default()).expect("capture");
+            let st = stop.clone();
+            std::thread::spawn(move || {
+                s.run(std::io::sink(), || {
+                    st.load(Ordering::Relaxed).then_some(EndReason::Stopped)
+                })
+            })
+        })
+        .collect();
+    for len in [64usize, 1500] {
+        burst(
+            &mut g,
+            BenchmarkId::new("memory_burst_captured", format!("{len}B")),
+            len,
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let sum = w.join().expect("capture writer");
+        eprintln!(
+            "capture while benchmarking: {} frames written, {} dropped (queue full)",
+            sum.captured, sum.dropped
+        );
     }
     g.finish();
     let drops: u64 = h

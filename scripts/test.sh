@@ -15,6 +15,7 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
+command -v tshark >/dev/null 2>&1 || missing+=(tshark)
 # A static busybox (busybox-static; it has udhcpc too): e2e_podman builds its image from it.
 bb=$(command -v busybox 2>/dev/null || true)
 { [ -n "$bb" ] && ! ldd "$bb" >/dev/null 2>&1; } || missing+=(busybox-static)

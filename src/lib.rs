@@ -25,6 +25,8 @@
 //! - [`wire`]: Ethernet/IP views and the packet builders the gateway and NAT share.
 //! - [`frame`]: pooled frame buffers with their offload metadata; [`offload`]: GSO
 //!   segmentation and checksums for links that cannot take offloaded frames.
+//! - [`capture`]: live packet capture of a port (pcapng/pcap), fed by the loops without
+//!   blocking them.
 //! - [`link`]: the OS shims (TAP, AF_PACKET, stream, memory; rtnetlink and namespace entry), the
 //!   only code that touches descriptors.
 //! - [`bridge`]: the pure switching core (FDB with aging and fair eviction, forwarding rules,
@@ -97,6 +99,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod bridge;
+pub mod capture;
 pub mod config;
 pub mod control;
 pub mod engine;

@@ -169,6 +169,8 @@ pub struct Port {
     /// GSO buffers held by frames queued for this port (its fair share, see
     /// [`crate::frame`]).
     pub(crate) gso_held: Arc<std::sync::atomic::AtomicUsize>,
+    /// Live captures of the port's frames (see [`crate::capture`]).
+    pub capture: Arc<crate::capture::Tap>,
 }
 
 impl Port {
@@ -493,6 +495,7 @@ impl Bridge {
                 owned,
                 removed: AtomicBool::new(false),
                 gso_held: Arc::default(),
+                capture: Arc::default(),
             });
             for (net, _) in &regs {
                 if let Some(ne) = t.nets.get_mut(net) {

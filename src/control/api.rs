@@ -9,7 +9,9 @@
 //! `{"op": "add_static_mac", "port": "c3", "mac": "02:00:00:00:00:03"}`,
 //! `{"op": "vxlan_remotes", "port": "vx0"}`,
 //! `{"op": "vxlan_add_remote", "port": "vx0", "remote": "192.0.2.3"}`,
-//! `{"op": "vxlan_rm_remote", "port": "vx0", "remote": "192.0.2.3"}`, `{"op": "shutdown"}`.
+//! `{"op": "vxlan_rm_remote", "port": "vx0", "remote": "192.0.2.3"}`, `{"op": "shutdown"}`,
+//! `{"op": "capture", "port": "c3", "snaplen": 262144, "count": 0, "format": "pcapng"}` (answered
+//! with one line, then the connection carries the capture: see [`super::capture`]).
 //!
 //! Response: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`; a request that
 //! does not parse gets an error naming the field and the reason (serde's message). An error
@@ -166,6 +168,21 @@ pub enum Request {
         #[serde(default)]
         network: Option<String>,
     },
+    /// Capture a port's frames: over the control socket, answered with one line, then the
+    /// connection carries the capture (pcapng or pcap bytes) until it ends.
+    Capture {
+        /// Port name.
+        port: String,
+        /// Bytes kept of each frame (default and 0: 262144).
+        #[serde(default)]
+        snaplen: Option<u32>,
+        /// Stop after this many frames (default and 0: until stopped).
+        #[serde(default)]
+        count: Option<u64>,
+        /// `pcapng` (default) or `pcap`.
+        #[serde(default)]
+        format: Option<crate::capture::Format>,
+    },
     /// The remote VTEPs of a VXLAN port, with their counters.
     VxlanRemotes {
         /// The VXLAN port's name.
@@ -287,6 +304,13 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
         Request::ForwardAdd { forward } => json!(h.add_forward(&forward)?),
         Request::ForwardRm { forward } => json!(h.remove_forward(&forward)?),
         Request::ForwardLs { network } => json!(h.forwards(network.as_deref())?),
+        Request::Capture { .. } => {
+            return Err(crate::Error::invalid(
+                "op",
+                "capture streams frames: send it on a control socket connection of its own \
+                 (usernet ctl capture), or use Handle::capture",
+            ));
+        }
         Request::VxlanRemotes { port } => json!(h.vxlan_remotes(&port)?),
         Request::VxlanAddRemote { port, remote } => {
             h.vxlan_add_remote(&port, remote)?;

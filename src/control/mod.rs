@@ -7,7 +7,8 @@
 //!
 //! Rooms: [`ports`] (a [`PortSpec`] becomes a link), `address.rs` (addresses usernet configures),
 //! [`networks`] (one [`networks::NetworkSpec`], networks with their gateways), [`forwards`]
-//! (`-p`), [`views`] (what `ctl` lists), [`metrics`] (the same counters for Prometheus), [`node`] (the control plane's own state and the public
+//! (`-p`), [`views`] (what `ctl` lists), [`metrics`] (the same counters for Prometheus),
+//! [`capture`] (live packet capture), [`node`] (the control plane's own state and the public
 //! [`Engine`](node::Engine)), [`api`] and [`server`] (the JSON socket), [`rootless`] (attach
 //! by passing a TAP descriptor).
 
@@ -20,6 +21,7 @@ use node::Node;
 
 pub(crate) mod address;
 pub mod api;
+pub mod capture;
 pub mod forwards;
 pub mod metrics;
 pub mod networks;

@@ -40,6 +40,8 @@ pub(crate) struct Node {
     pub(crate) vxlan: Mutex<HashMap<String, Arc<crate::link::vxlan::VxlanShared>>>,
     /// The relay thread for spliced forwards, started on first use.
     pub(crate) splicer: Mutex<Option<Arc<crate::nat::splice::Splicer>>>,
+    /// Captures running (see [`super::capture`]): a stopping engine lets them finish.
+    pub(crate) captures: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A running engine: the event loops and the control plane. Dropping it stops the loops and
@@ -104,6 +106,8 @@ impl Engine {
         if let Some(l) = self.loops.take() {
             l.join();
         }
+        // The loops ended every capture (their ports are gone): let the writers finish.
+        super::capture::wait_finished(&self.handle.node().captures, super::capture::FINISH_WAIT);
         if let Some(w) = self.watch.take() {
             let _ = w.join();
         }

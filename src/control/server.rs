@@ -202,6 +202,10 @@ fn serve_conn(handle: Handle, conn: UnixStream) {
             if line.trim().is_empty() {
                 continue;
             }
+            // A capture turns the connection into its byte stream, until it ends.
+            if super::capture::stream(&handle, line.trim(), &conn).is_some() {
+                return;
+            }
             let resp = handle_line_passed(&handle, line.trim(), passed);
             if writeln!(out, "{resp}").is_err() {
                 return;

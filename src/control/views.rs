@@ -90,6 +90,9 @@ pub struct PortStatsRow {
     pub network: String,
     /// Counters.
     pub stats: PortStats,
+    /// Frames its live captures could not keep up with (see [`crate::capture`]).
+    #[serde(default)]
+    pub capture_dropped: u64,
     /// A VXLAN port's own counters (decapsulation drops by reason, datagrams sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vxlan: Option<crate::link::vxlan::VxlanStats>,
@@ -231,6 +234,7 @@ impl Handle {
                     .map(|n| n.net.name.clone())
                     .unwrap_or_default(),
                 stats: p.counters.snapshot(),
+                capture_dropped: p.capture.dropped(),
                 vxlan: self.vxlan_stats(&p.name),
             })
             .collect()

@@ -14,6 +14,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::{BATCH, Core, LoopCmd, RX_BUDGET, SWEEP_EVERY, WAKER};
 use crate::bridge::{DropReason, Port, PortId};
+use crate::capture::Direction;
 use crate::frame::Frame;
 use crate::link::Link;
 use crate::offload::{self, Offloads};
@@ -121,7 +122,10 @@ impl LoopState {
                 l.busy_ns.fetch_add(ns, Ordering::Relaxed);
             }
         }
-        // Dropping the slots closes every link of this loop.
+        // Dropping the slots closes every link of this loop (and ends their captures).
+        for lp in self.slots.iter().flatten() {
+            lp.port.capture.close();
+        }
         self.slots.clear();
     }
 
@@ -190,6 +194,8 @@ impl LoopState {
         let lp = self.slots.get_mut(slot)?.take()?;
         let fd = lp.link.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        // Nothing more is read from or written to it: its captures end.
+        lp.port.capture.close();
         self.by_id.remove(&lp.port.id);
         self.shared.loops[self.idx]
             .ports
@@ -249,6 +255,9 @@ impl LoopState {
                     *w = true;
                 }
             };
+            if port.capture.is_active() {
+                port.capture.record(Direction::Rx, &self.rx_buf);
+            }
             for f in self.rx_buf.drain(..) {
                 bridge.forward(&topo, &port, f, now, &mut mark);
             }
@@ -312,6 +321,9 @@ impl LoopState {
                 }
                 if lp.pending.is_empty() {
                     return;
+                }
+                if lp.port.capture.is_active() {
+                    lp.port.capture.record(Direction::Tx, &lp.pending);
                 }
             }
             match lp.link.send_batch(&mut lp.pending) {

@@ -76,6 +76,29 @@ enum Cmd {
     /// Port forwards (Docker `-p`).
     #[command(subcommand)]
     Forward(FwdCmd),
+    /// Capture a port's frames (both directions, gateway and stream ports too) as pcapng, until
+    /// Ctrl-C, --count or the port's removal.
+    Capture {
+        /// Port name.
+        port: String,
+        /// Write to FILE, or `-` for stdout (e.g. `-w - | tshark -r -`).
+        #[arg(
+            short = 'w',
+            long = "write",
+            value_name = "FILE|-",
+            default_value = "-"
+        )]
+        write: String,
+        /// Stop after N frames.
+        #[arg(short = 'c', long)]
+        count: Option<u64>,
+        /// Bytes kept of each frame (default and most: 262144).
+        #[arg(short = 's', long)]
+        snaplen: Option<u32>,
+        /// `pcapng` (frames with their direction, the port's name, the drop count) or `pcap`.
+        #[arg(long, default_value = "pcapng", value_parser = ["pcapng", "pcap"])]
+        format: String,
+    },
     /// A VXLAN port's remote VTEPs: list, add, remove.
     Vxlan {
         /// The VXLAN port's name.
@@ -365,6 +388,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             VxlanCmd::RmRemote { remote } => Request::VxlanRmRemote { port: name, remote },
         },
         Cmd::Shutdown => Request::Shutdown {},
+        Cmd::Capture {
+            port,
+            write,
+            count,
+            snaplen,
+            format,
+        } => {
+            // Not one answer: the connection carries the capture.
+            let format = match format.as_str() {
+                "pcap" => usernet::capture::Format::Pcap,
+                _ => usernet::capture::Format::Pcapng,
+            };
+            return crate::capture::run(&a.socket.path()?, port, &write, count, snaplen, format);
+        }
     };
     let kind = req.clone();
     let v = request(&a.socket.path()?, &req)?;
@@ -661,11 +698,16 @@ pub(crate) fn stats_table(rows: &[Value]) -> String {
                     .get("drops")
                     .and_then(Value::as_object)
                     .map(|m| {
-                        let d: Vec<String> = m
+                        let mut d: Vec<String> = m
                             .iter()
                             .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
                             .map(|(k, n)| format!("{k}={n}"))
                             .collect();
+                        if let Some(n) = r.get("capture_dropped").and_then(Value::as_u64)
+                            && n > 0
+                        {
+                            d.push(format!("capture_dropped={n}"));
+                        }
                         if d.is_empty() {
                             "-".into()
                         } else {

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod attach;
 mod bridge;
+mod capture;
 mod cni;
 mod ctl;
 mod demo;

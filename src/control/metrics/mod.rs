@@ -569,6 +569,12 @@ impl Handle {
                     *n,
                 );
             }
+            x.counter(
+                "usernet_port_capture_dropped_total",
+                "Frames a live capture of the port could not keep (its queue was full); forwarding is not affected.",
+                &base,
+                p.capture.dropped(),
+            );
             let (kind, owner) = (p.kind.to_string(), p.owner.to_string());
             x.gauge(
                 "usernet_port_info",

@@ -158,7 +158,14 @@ impl Handle {
             Backend::NetnsTap { .. } => self.address_plan(spec)?,
             _ => None,
         };
+        let pcap = match &spec.pcap {
+            Some(p) => Some((p, super::capture::open_pcap(p, false)?)),
+            None => None,
+        };
         let res = self.open_planned(spec, &backend, &tap_opts, plan.as_ref(), tap);
+        if let (Ok(_), Some((path, file))) = (&res, pcap) {
+            self.start_pcap(&spec.name, path, file);
+        }
         match (res, plan) {
             (Ok(id), Some(plan)) => {
                 if let Err(e) = self.announce_endpoint(&spec.network, id, &plan) {
@@ -359,6 +366,11 @@ impl Handle {
             .map_err(|e| Error::Io(format!("binding stream socket {}", path.display()), e))?;
         l.set_nonblocking(true)
             .map_err(|e| Error::Io(format!("stream socket {}", path.display()), e))?;
+        // The first peer's capture empties the file; later peers' add sections to it.
+        let mut pcap = match &spec.pcap {
+            Some(p) => Some(super::capture::open_pcap(p, false)?),
+            None => None,
+        };
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         self.node
             .streams
@@ -386,6 +398,16 @@ impl Handle {
                                         tracing::warn!(port = %spec.name, "stream peer: {e}");
                                     } else {
                                         tracing::info!(port = %spec.name, "stream peer connected");
+                                        if let Some(p) = &spec.pcap {
+                                            let file = match pcap.take() {
+                                                Some(f) => Ok(f),
+                                                None => super::capture::open_pcap(p, true),
+                                            };
+                                            match file {
+                                                Ok(f) => h.start_pcap(&spec.name, p, f),
+                                                Err(e) => tracing::warn!(port = %spec.name, "{e}"),
+                                            }
+                                        }
                                     }
                                 }
                                 Err(e) => tracing::warn!(port = %spec.name, "stream peer: {e}"),

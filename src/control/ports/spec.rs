@@ -178,6 +178,10 @@ pub struct PortSpec {
     /// answered; the sender configures the interface.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fd: bool,
+    /// Capture the port's frames, both directions, into this file (pcapng) from the moment
+    /// the port is added until it goes (a stream port: each peer adds a section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcap: Option<PathBuf>,
 }
 impl PortSpec {
     /// A spec with default policy and no backend chosen yet.
@@ -209,6 +213,7 @@ impl PortSpec {
             default_route: None,
             routes: Vec::new(),
             fd: false,
+            pcap: None,
         }
     }
 
@@ -263,6 +268,9 @@ impl PortSpec {
         }
         crate::bridge::validate_name(&self.name)
             .map_err(|e| Error::invalid(format!("{prefix}.name"), e.to_string()))?;
+        if self.pcap.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(Error::invalid(format!("{prefix}.pcap"), "empty path"));
+        }
         if let Some(t) = &self.tap {
             check_ifname(t, &format!("{prefix}.tap"))?;
             return Ok(Backend::Tap { name: t.clone() });

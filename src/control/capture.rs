@@ -1,0 +1,205 @@
+//! Live packet capture from the control plane: [`Handle::capture`] (embedders), the API's
+//! `capture` op (its connection becomes the capture's byte stream, see `stream`), and a
+//! port's `pcap` file (started with the port, `Handle::start_pcap`).
+//!
+//! The datapath side (the per-port [`crate::capture::Tap`], queues, the writer) is in
+//! [`crate::capture`]. Every capture running counts in the node (`Running`), so that the
+//! engine, when it stops, waits a moment for their files to be finished.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::Handle;
+use super::api::Request;
+use crate::bridge::PortId;
+use crate::capture::{CaptureOptions, EndReason, Session, Summary};
+use crate::error::{Error, Result};
+
+/// How long a stopping engine waits for running captures to finish their output.
+pub(crate) const FINISH_WAIT: Duration = Duration::from_secs(3);
+/// A port missing from the topology this long ends its captures (the loop normally ends them
+/// first, when it drops the link).
+const GONE_GRACE: Duration = Duration::from_millis(300);
+
+/// Counts one running capture in the node while it lives.
+pub(crate) struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn new(n: &Arc<AtomicUsize>) -> Running {
+        n.fetch_add(1, Ordering::AcqRel);
+        Running(n.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Waits until no capture runs, at most `limit`.
+pub(crate) fn wait_finished(n: &AtomicUsize, limit: Duration) {
+    let t = Instant::now();
+    while n.load(Ordering::Acquire) > 0 && t.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Handle {
+    /// Starts capturing port `port`'s frames (both directions). Write them out with
+    /// [`Session::run`] on a thread of your own; the capture ends when the count is reached,
+    /// the port goes, or `run`'s `stop` says so.
+    pub fn capture(&self, port: &str, opts: &CaptureOptions) -> Result<Session> {
+        self.capture_port(port, opts).map(|(s, _)| s)
+    }
+
+    fn capture_port(&self, port: &str, opts: &CaptureOptions) -> Result<(Session, PortId)> {
+        self.check_running()?;
+        let topo = self.dp.bridge().topology();
+        let p = topo
+            .port_by_name(port)
+            .ok_or_else(|| Error::invalid("port", format!("no port named {port:?} to capture")))?;
+        Ok((p.capture.start(port, opts)?, p.id))
+    }
+
+    /// Ends a capture when the engine stops or port `id` stays out of the topology (it was
+    /// never registered, or its loop is gone).
+    fn capture_stop(&self, id: PortId) -> impl FnMut() -> Option<EndReason> + use<> {
+        let h = self.clone();
+        let mut missing: Option<Instant> = None;
+        move || {
+            if h.is_stopped() {
+                return Some(EndReason::Stopped);
+            }
+            if h.bridge().topology().port(id).is_some() {
+                missing = None;
+                return None;
+            }
+            let since = *missing.get_or_insert_with(Instant::now);
+            (since.elapsed() >= GONE_GRACE).then_some(EndReason::PortRemoved)
+        }
+    }
+
+    /// Runs a capture of port `name` into `file` (opened by [`open_pcap`] from `path`) from
+    /// now until the port goes, on a thread of its own: the `pcap` key of a port.
+    pub(crate) fn start_pcap(&self, name: &str, path: &Path, file: File) {
+        let (session, id) = match self.capture_port(name, &CaptureOptions::default()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(port = %name, "pcap {}: {e}", path.display());
+                return;
+            }
+        };
+        let running = Running::new(&self.node.captures);
+        let stop = self.capture_stop(id);
+        let what = format!("{name} to {}", path.display());
+        let spawned = std::thread::Builder::new()
+            .name(format!("usernet-pcap-{name}"))
+            .spawn(move || {
+                let _running = running;
+                let sum = session.run(file, stop);
+                tracing::info!(
+                    "capture of {what} ended ({:?}): {} frames, {} dropped",
+                    sum.end,
+                    sum.captured,
+                    sum.dropped
+                );
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(port = %name, "pcap: spawning the writer: {e}");
+        }
+    }
+}
+
+/// Opens a port's `pcap` file: created or emptied, or (`append`) added to.
+pub(crate) fn open_pcap(path: &Path, append: bool) -> Result<File> {
+    let mut o = std::fs::OpenOptions::new();
+    if append {
+        o.append(true).create(true);
+    } else {
+        o.write(true).create(true).truncate(true);
+    }
+    o.open(path)
+        .map_err(|e| Error::Io(format!("port.pcap: {}", path.display()), e))
+}
+
+/// Ends a capture when the client closes its end of the connection (or sends anything).
+fn client_gone(conn: &UnixStream) -> bool {
+    let mut b = [0u8; 64];
+    match (&*conn).read(&mut b) {
+        // End of file (the client shut its side) or bytes: either way it is done.
+        Ok(0 | 1..) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock
+                | std::io::ErrorKind::TimedOut
+                | std::io::ErrorKind::Interrupted
+        ),
+    }
+}
+
+/// Serves a `capture` request on its control connection: one JSON line (the answer), then,
+/// if it was accepted, the capture's bytes until it ends; the connection then closes. Returns
+/// `None` when `line` is not a capture request (the caller answers it as usual).
+pub(crate) fn stream(h: &Handle, line: &str, conn: &UnixStream) -> Option<Option<Summary>> {
+    let Ok(Request::Capture {
+        port,
+        snaplen,
+        count,
+        format,
+    }) = serde_json::from_str::<Request>(line)
+    else {
+        return None;
+    };
+    let mut out = conn;
+    let started = CaptureOptions::new(snaplen, count, format)
+        .and_then(|opts| h.capture_port(&port, &opts).map(|(s, id)| (s, opts, id)));
+    let (session, opts, id) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = writeln!(out, "{}", json!({ "ok": false, "error": e.to_string() }));
+            return Some(None);
+        }
+    };
+    let running = Running::new(&h.node.captures);
+    let ok = json!({ "ok": true, "result": {
+        "port": port, "format": opts.format, "snaplen": opts.snaplen, "count": opts.count,
+    }});
+    if writeln!(out, "{ok}").is_err() {
+        return Some(None);
+    }
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(1)));
+    // A client that stops reading for this long ends the capture (the loop never waits).
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(30)));
+    let mut engine_stop = h.capture_stop(id);
+    let sum = session.run(conn, || {
+        if client_gone(conn) {
+            return Some(EndReason::Stopped);
+        }
+        engine_stop()
+    });
+    drop(running);
+    tracing::info!(port = %port, "capture over the control socket ended ({:?}): {} frames, {} dropped", sum.end, sum.captured, sum.dropped);
+    Some(Some(sum))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::PortSpec;
+
+    #[test]
+    fn an_empty_pcap_path_is_an_error_naming_the_key() {
+        let mut p = PortSpec::new("n", "p");
+        p.tap = Some("t0".into());
+        p.pcap = Some("".into());
+        let e = p.backend("port[0]").unwrap_err().to_string();
+        assert!(e.contains("port[0].pcap"), "{e}");
+    }
+}

@@ -12,6 +12,8 @@
 //! `{"op": "vxlan_rm_remote", "port": "vx0", "remote": "192.0.2.3"}`, `{"op": "shutdown"}`,
 //! `{"op": "capture", "port": "c3", "snaplen": 262144, "count": 0, "format": "pcapng"}` (answered
 //! with one line, then the connection carries the capture: see [`super::capture`]).
+//! `{"op": "subscribe"}` (answered with one line, then one JSON event per line: see
+//! [`super::events`]).
 //!
 //! Response: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`; a request that
 //! does not parse gets an error naming the field and the reason (serde's message). An error
@@ -183,6 +185,10 @@ pub enum Request {
         #[serde(default)]
         format: Option<crate::capture::Format>,
     },
+    /// Subscribe to the node's events: over the control socket, answered with one line, then
+    /// the connection carries one JSON event per line until the client goes (see
+    /// [`super::events`]).
+    Subscribe {},
     /// The remote VTEPs of a VXLAN port, with their counters.
     VxlanRemotes {
         /// The VXLAN port's name.
@@ -309,6 +315,13 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
                 "op",
                 "capture streams frames: send it on a control socket connection of its own \
                  (usernet ctl capture), or use Handle::capture",
+            ));
+        }
+        Request::Subscribe {} => {
+            return Err(crate::Error::invalid(
+                "op",
+                "subscribe streams events: send it on a control socket connection of its own \
+                 (usernet ctl events), or use Handle::subscribe",
             ));
         }
         Request::VxlanRemotes { port } => json!(h.vxlan_remotes(&port)?),

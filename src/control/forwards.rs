@@ -83,6 +83,12 @@ impl Handle {
             },
         )?;
         tracing::info!(network = %f.network, publish = %info.publish, to = %f.to, splice = info.splice, "port forward added");
+        self.node.events.noted(super::events::Event::ForwardAdded {
+            network: info.network.clone(),
+            id: info.id,
+            publish: info.publish.clone(),
+            to: info.to.clone(),
+        });
         Ok(info)
     }
     /// The namespace a spliced forward connects from: that of the port named by `f.to`, which
@@ -144,6 +150,13 @@ impl Handle {
                 .cloned();
             if let Some(info) = found {
                 g.remove_forward(info.id)?;
+                self.node
+                    .events
+                    .noted(super::events::Event::ForwardRemoved {
+                        network: info.network.clone(),
+                        id: info.id,
+                        publish: info.publish.clone(),
+                    });
                 return Ok(info);
             }
         }

@@ -22,6 +22,7 @@ use node::Node;
 pub(crate) mod address;
 pub mod api;
 pub mod capture;
+pub mod events;
 pub mod forwards;
 pub mod metrics;
 pub mod networks;
@@ -33,6 +34,7 @@ pub mod views;
 pub mod vxlan;
 
 pub use address::{AddrSpec, Attached};
+pub use events::{Event, Stamped, Subscription};
 pub use ports::{Backend, DgramAddrs, DgramSpec, PortSpec, check_ifname};
 pub use views::{DnsRow, FdbRow, LeaseRow, NetworkInfo, OwnerRow, PortInfo, PortStatsRow};
 

@@ -42,6 +42,8 @@ pub(crate) struct Node {
     pub(crate) splicer: Mutex<Option<Arc<crate::nat::splice::Splicer>>>,
     /// Captures running (see [`super::capture`]): a stopping engine lets them finish.
     pub(crate) captures: Arc<std::sync::atomic::AtomicUsize>,
+    /// Event subscribers and what they were last told (see [`super::events`]).
+    pub(crate) events: super::events::EventBus,
 }
 
 /// A running engine: the event loops and the control plane. Dropping it stops the loops and
@@ -131,8 +133,13 @@ const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// namespaces of ports that went some other way.
 fn watch_loop(h: Handle) {
     let mut last = Instant::now();
+    let mut last_events = Instant::now();
     while !h.is_stopped() {
         std::thread::sleep(Duration::from_millis(50));
+        if last_events.elapsed() >= super::events::TICK {
+            last_events = Instant::now();
+            super::events::tick(&h);
+        }
         if last.elapsed() < WATCH_EVERY {
             continue;
         }

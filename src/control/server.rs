@@ -206,6 +206,10 @@ fn serve_conn(handle: Handle, conn: UnixStream) {
             if super::capture::stream(&handle, line.trim(), &conn).is_some() {
                 return;
             }
+            // So does a subscription, into its event stream.
+            if super::events::stream(&handle, line.trim(), &conn) {
+                return;
+            }
             let resp = handle_line_passed(&handle, line.trim(), passed);
             if writeln!(out, "{resp}").is_err() {
                 return;

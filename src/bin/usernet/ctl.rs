@@ -76,6 +76,14 @@ enum Cmd {
     /// Port forwards (Docker `-p`).
     #[command(subcommand)]
     Forward(FwdCmd),
+    /// Follow the daemon's events (ports added and removed, leases granted and released,
+    /// forwards added and removed, NAT refusals sampled), one line each, until Ctrl-C or
+    /// --count (`--json`: one JSON object per line).
+    Events {
+        /// Stop after N events.
+        #[arg(short = 'c', long)]
+        count: Option<u64>,
+    },
     /// Capture a port's frames (both directions, gateway and stream ports too) as pcapng, until
     /// Ctrl-C, --count or the port's removal.
     Capture {
@@ -388,6 +396,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             VxlanCmd::RmRemote { remote } => Request::VxlanRmRemote { port: name, remote },
         },
         Cmd::Shutdown => Request::Shutdown {},
+        Cmd::Events { count } => {
+            // Not one answer: the connection carries the events.
+            return crate::events::run(&a.socket.path()?, count, a.json);
+        }
         Cmd::Capture {
             port,
             write,

@@ -13,6 +13,7 @@ mod capture;
 mod cni;
 mod ctl;
 mod demo;
+mod events;
 mod gendoc;
 mod netavark;
 mod run;

@@ -63,7 +63,14 @@ impl Handle {
         policy: PortPolicy,
         link: Box<dyn Link>,
     ) -> Result<PortId> {
-        self.dp.add_link(network, name, policy, link)
+        let kind = link.kind();
+        let id = self.dp.add_link(network, name, policy, link)?;
+        self.node.events.noted(super::events::Event::PortAdded {
+            port: name.to_string(),
+            network: network.to_string(),
+            kind: kind.to_string(),
+        });
+        Ok(id)
     }
     /// Opens the link a [`PortSpec`] describes (creating TAPs as needed) and adds the port.
     /// For a `stream` port, binds the socket and returns `None`: the port appears when a peer
@@ -437,10 +444,22 @@ impl Handle {
             .port_by_name(name)
             .cloned()
             .ok_or_else(|| crate::bridge::BridgeError::NoSuchPort(name.to_string()))?;
+        let network = self
+            .dp
+            .bridge()
+            .topology()
+            .network(port.network)
+            .map(|n| n.net.name.clone())
+            .unwrap_or_default();
         self.dp.bridge().remove_port(port.id);
         self.node.port_netns.lock().remove(name);
         self.node.vxlan.lock().remove(name);
-        self.detach_link(port.owner, port.id)
+        let res = self.detach_link(port.owner, port.id);
+        self.node.events.noted(super::events::Event::PortRemoved {
+            port: name.to_string(),
+            network,
+        });
+        res
     }
     pub(super) fn detach_link(&self, owner: usize, id: PortId) -> Result<()> {
         self.dp.detach(owner, id)

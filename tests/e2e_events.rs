@@ -1,0 +1,221 @@
+//! Events (`{"op":"subscribe"}`, `usernet ctl events`): a subscriber sees a port come, its
+//! guest's DHCP lease, a forward added and removed, and the port go, in that order; a
+//! subscriber that never reads does not hold up the daemon or the other subscribers.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::daemon::{BIN, Daemon};
+use common::{Child, Netns, require_root};
+use serde_json::Value;
+
+const NET: &str = "[[network]]\nname = \"n\"\nsubnet = \"10.74.0.0/24\"\nipv6 = \"off\"\ndns_upstreams = [\"127.0.0.1:9\"]\n";
+
+/// `usernet ctl events --json` as a child whose stdout lines arrive on the receiver.
+fn follow(d: &Daemon) -> (Child, mpsc::Receiver<Value>) {
+    let mut c = Command::new(BIN)
+        .args(["ctl", "--json", "--socket"])
+        .arg(d.sock())
+        .arg("events")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("usernet ctl events");
+    let out = c.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&l)
+                && tx.send(v).is_err()
+            {
+                return;
+            }
+        }
+    });
+    (Child(c), rx)
+}
+
+/// The next event of one of `kinds` (others are skipped), within 5 s.
+fn next_of(rx: &mpsc::Receiver<Value>, kinds: &[&str], d: &Daemon) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let v = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no {kinds:?} event within 5 s\n{}", d.log()));
+        if kinds.contains(&v["event"].as_str().unwrap_or_default()) {
+            return v;
+        }
+    }
+}
+
+fn cli(d: &Daemon, args: &[&str]) {
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(BIN)
+        .args(args)
+        .arg("--socket")
+        .arg(d.sock())
+        .output()
+        .expect("run usernet");
+    assert!(
+        out.status.success(),
+        "usernet {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_subscriber_sees_port_lease_forward_and_removal_in_order() {
+    if !require_root("a_subscriber_sees_port_lease_forward_and_removal_in_order") {
+        return;
+    }
+    let g = Netns::new("ev");
+    let d = Daemon::start(NET);
+    let (_ctl, rx) = follow(&d);
+    // The subscription is live once the daemon answered; give the child a moment to connect.
+    std::thread::sleep(Duration::from_millis(300));
+    let path = g.path();
+    cli(
+        &d,
+        &[
+            "attach",
+            "--netns",
+            path.to_str().expect("utf-8"),
+            "--name",
+            "web",
+            "--network",
+            "n",
+        ],
+    );
+    let added = next_of(&rx, &["port_added"], &d);
+    assert_eq!(
+        (added["port"].as_str(), added["network"].as_str()),
+        (Some("web"), Some("n"))
+    );
+    assert!(
+        added["seq"].as_u64().is_some() && added["ts"].as_f64().is_some(),
+        "{added}"
+    );
+    let dhcp = g.exec(&[
+        "busybox",
+        "udhcpc",
+        "-i",
+        "eth0",
+        "-f",
+        "-q",
+        "-n",
+        "-t",
+        "5",
+        "-T",
+        "1",
+        "-s",
+        "/bin/true",
+    ]);
+    assert!(
+        dhcp.status.success(),
+        "udhcpc: {}",
+        String::from_utf8_lossy(&dhcp.stderr)
+    );
+    let lease = next_of(&rx, &["lease_granted"], &d);
+    assert!(
+        lease["ip"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.74.0.")),
+        "{lease}"
+    );
+    assert_eq!(lease["network"], "n");
+    d.ctl(&[
+        "forward",
+        "add",
+        "--network",
+        "n",
+        "127.0.0.1:18099:80",
+        "web",
+    ]);
+    let fwd = next_of(&rx, &["forward_added"], &d);
+    assert_eq!(
+        (fwd["publish"].as_str(), fwd["to"].as_str()),
+        (Some("127.0.0.1:18099:80/tcp"), Some("web")),
+        "{fwd}"
+    );
+    d.ctl(&["forward", "rm", "127.0.0.1:18099:80"]);
+    let gone = next_of(&rx, &["forward_removed"], &d);
+    assert_eq!(gone["id"], fwd["id"]);
+    d.ctl(&["port", "rm", "web"]);
+    let removed = next_of(&rx, &["port_removed", "port_added"], &d);
+    assert_eq!(
+        (removed["event"].as_str(), removed["port"].as_str()),
+        (Some("port_removed"), Some("web"))
+    );
+    // Sequence numbers grow.
+    for (a, b) in [
+        (&added, &lease),
+        (&lease, &fwd),
+        (&fwd, &gone),
+        (&gone, &removed),
+    ] {
+        assert!(a["seq"].as_u64() < b["seq"].as_u64(), "{a} then {b}");
+    }
+}
+
+#[test]
+fn a_subscriber_that_never_reads_holds_nothing_up() {
+    if !require_root("a_subscriber_that_never_reads_holds_nothing_up") {
+        return;
+    }
+    let d = Daemon::start(NET);
+    // Subscribes, then never reads.
+    let mut stuck = UnixStream::connect(d.sock()).expect("connect");
+    stuck
+        .write_all(b"{\"op\":\"subscribe\"}\n")
+        .expect("subscribe");
+    let (_ctl, rx) = follow(&d);
+    std::thread::sleep(Duration::from_millis(300));
+    // Churn: 40 TAP ports come and go, 80 events.
+    let t0 = Instant::now();
+    for i in 0..40 {
+        d.ctl(&[
+            "port",
+            "add",
+            "--network",
+            "n",
+            "--tap",
+            &format!("evt{i}"),
+            "--name",
+            &format!("t{i}"),
+        ]);
+        d.ctl(&["port", "rm", &format!("t{i}")]);
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "churn took {:?}",
+        t0.elapsed()
+    );
+    // The reading subscriber saw every port come and go.
+    let mut added = 0;
+    let mut removed = 0;
+    while added < 40 || removed < 40 {
+        let v = next_of(&rx, &["port_added", "port_removed"], &d);
+        if v["event"] == "port_added" {
+            added += 1
+        } else {
+            removed += 1
+        }
+    }
+    // The daemon still answers at once.
+    let t = Instant::now();
+    let ports = d.ctl(&["ports"]);
+    assert!(ports.is_array(), "{ports}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "ctl ports took {:?}",
+        t.elapsed()
+    );
+    drop(stuck);
+}

@@ -157,35 +157,6 @@ fn shape(h: &Handle) -> (BTreeSet<String>, BTreeSet<String>) {
     )
 }
 
-/// True when `add_network` would start a gateway (as `api::execute` decides).
-fn wants_gateway(r: &Request) -> bool {
-    let Request::AddNetwork {
-        gateway,
-        subnet,
-        ipv6,
-        domain,
-        mtu,
-        dns_upstreams,
-        internal,
-        host_loopback,
-        allow_metadata,
-        ..
-    } = r
-    else {
-        return false;
-    };
-    gateway.unwrap_or(
-        subnet.is_some()
-            || ipv6.is_some()
-            || domain.is_some()
-            || mtu.is_some()
-            || dns_upstreams.is_some()
-            || internal.is_some()
-            || host_loopback.is_some()
-            || allow_metadata.is_some(),
-    )
-}
-
 /// A loopback DNS upstream (`IP` or `IP:PORT`), or unparseable (left for the engine to refuse).
 fn upstream_ok(s: &str) -> bool {
     let ip = s
@@ -199,7 +170,7 @@ fn upstream_ok(s: &str) -> bool {
 fn run(rig: &mut Rig, mut req: Request) {
     let h = rig.h.clone();
     let before = shape(&h);
-    let gw = wants_gateway(&req);
+    let gw = req.wants_gateway();
     match &mut req {
         Request::Shutdown {} | Request::ForwardAdd { .. } => return,
         Request::AddNetwork { dns_upstreams, .. } => {

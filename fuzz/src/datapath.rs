@@ -216,24 +216,32 @@ struct FakeDgram {
     forward: bool,
 }
 
-fn lock(st: &Mutex<SockState>) -> std::sync::MutexGuard<'_, SockState> {
+fn lock<T>(st: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     st.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Source for FakeDgram {
-    fn register(&mut self, _: &Registry, token: Token, _: Interest) -> io::Result<()> {
-        lock(&self.st).token = Some(token);
-        Ok(())
-    }
-    fn reregister(&mut self, _: &Registry, token: Token, _: Interest) -> io::Result<()> {
-        lock(&self.st).token = Some(token);
-        Ok(())
-    }
-    fn deregister(&mut self, _: &Registry) -> io::Result<()> {
-        lock(&self.st).token = None;
-        Ok(())
-    }
+/// `mio::event::Source` for a fake socket: registering keeps the token in its shared state
+/// (`self.st`), where the fake host finds it to wake the gateway.
+macro_rules! token_source {
+    ($t:ty) => {
+        impl Source for $t {
+            fn register(&mut self, _: &Registry, token: Token, _: Interest) -> io::Result<()> {
+                lock(&self.st).token = Some(token);
+                Ok(())
+            }
+            fn reregister(&mut self, _: &Registry, token: Token, _: Interest) -> io::Result<()> {
+                lock(&self.st).token = Some(token);
+                Ok(())
+            }
+            fn deregister(&mut self, _: &Registry) -> io::Result<()> {
+                lock(&self.st).token = None;
+                Ok(())
+            }
+        }
+    };
 }
+
+token_source!(FakeDgram);
 
 impl HostDatagram for FakeDgram {
     fn send(&self, buf: &[u8]) -> io::Result<usize> {
@@ -291,20 +299,7 @@ struct FakeStream {
     st: Arc<Mutex<SockState>>,
 }
 
-impl Source for FakeStream {
-    fn register(&mut self, _: &Registry, token: Token, _: Interest) -> io::Result<()> {
-        lock(&self.st).token = Some(token);
-        Ok(())
-    }
-    fn reregister(&mut self, _: &Registry, token: Token, _: Interest) -> io::Result<()> {
-        lock(&self.st).token = Some(token);
-        Ok(())
-    }
-    fn deregister(&mut self, _: &Registry) -> io::Result<()> {
-        lock(&self.st).token = None;
-        Ok(())
-    }
-}
+token_source!(FakeStream);
 
 impl Read for FakeStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -381,28 +376,11 @@ struct FakeListener {
     host: Weak<FakeHost>,
 }
 
-fn lock_l(st: &Mutex<ListenState>) -> std::sync::MutexGuard<'_, ListenState> {
-    st.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Source for FakeListener {
-    fn register(&mut self, _: &Registry, token: Token, _: Interest) -> io::Result<()> {
-        lock_l(&self.st).token = Some(token);
-        Ok(())
-    }
-    fn reregister(&mut self, _: &Registry, token: Token, _: Interest) -> io::Result<()> {
-        lock_l(&self.st).token = Some(token);
-        Ok(())
-    }
-    fn deregister(&mut self, _: &Registry) -> io::Result<()> {
-        lock_l(&self.st).token = None;
-        Ok(())
-    }
-}
+token_source!(FakeListener);
 
 impl HostListener for FakeListener {
     fn accept(&self) -> io::Result<(Box<dyn HostStream>, SocketAddr)> {
-        let Some((st, client)) = lock_l(&self.st).pending.pop_front() else {
+        let Some((st, client)) = lock(&self.st).pending.pop_front() else {
             return Err(would_block());
         };
         // A live flow from now on: counted with NAT's sockets (tagged port 0).
@@ -581,7 +559,7 @@ impl FakeHost {
     fn connect_client(&self, k: usize, client: SocketAddr, hello: &[u8]) -> Option<Token> {
         let ls = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         let l = ls.get(k % ls.len().max(1))?;
-        let mut l = lock_l(l);
+        let mut l = lock(l);
         if l.pending.len() >= FAKE_DGRAMS {
             return l.token;
         }
@@ -640,7 +618,7 @@ impl FakeHost {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
-            let l = lock_l(l);
+            let l = lock(l);
             t.extend(l.token.filter(|_| !l.pending.is_empty()));
         }
         for u in self

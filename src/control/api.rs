@@ -214,8 +214,42 @@ pub enum Request {
 
 pub use super::networks::fdb_config;
 
+impl Request {
+    /// True for an `add_network` that starts a gateway: `gateway` if given, else any of the
+    /// gateway's own keys (`subnet`, `ipv6`, `domain`, `mtu`, `dns_upstreams`, `internal`,
+    /// `host_loopback`, `allow_metadata`) being set.
+    pub fn wants_gateway(&self) -> bool {
+        let Request::AddNetwork {
+            gateway,
+            subnet,
+            ipv6,
+            domain,
+            mtu,
+            dns_upstreams,
+            internal,
+            host_loopback,
+            allow_metadata,
+            ..
+        } = self
+        else {
+            return false;
+        };
+        gateway.unwrap_or(
+            subnet.is_some()
+                || ipv6.is_some()
+                || domain.is_some()
+                || mtu.is_some()
+                || dns_upstreams.is_some()
+                || internal.is_some()
+                || host_loopback.is_some()
+                || allow_metadata.is_some(),
+        )
+    }
+}
+
 /// Runs one request against a handle.
 pub fn execute(h: &Handle, req: Request) -> Result<Value> {
+    let wants_gw = req.wants_gateway();
     Ok(match req {
         Request::Ports {} => json!(h.ports()),
         Request::Networks {} => json!(h.networks()),
@@ -226,7 +260,7 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
             name,
             fdb_max_entries,
             fdb_aging_secs,
-            gateway,
+            gateway: _,
             subnet,
             ipv6,
             domain,
@@ -237,16 +271,6 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
             port_security,
             allow_metadata,
         } => {
-            let wants_gw = gateway.unwrap_or(
-                subnet.is_some()
-                    || ipv6.is_some()
-                    || domain.is_some()
-                    || mtu.is_some()
-                    || dns_upstreams.is_some()
-                    || internal.is_some()
-                    || host_loopback.is_some()
-                    || allow_metadata.is_some(),
-            );
             let mut spec = super::networks::NetworkSpec::new(&name);
             spec.gateway = wants_gw;
             spec.subnet = subnet;

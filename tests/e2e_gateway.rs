@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
@@ -320,26 +320,17 @@ fn dns_names_reverse_tcp_and_isolation() {
 
 /// A dnsmasq answering `*.example.test` with `answer`, on `addr`:53; stopped on drop.
 fn dnsmasq(addr: &str, answer: &str) -> Child {
-    let child = Command::new("dnsmasq")
-        .args([
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
+    let child = common::dnsmasq(
+        None,
+        &[
             "--bind-interfaces",
             &format!("--listen-address={addr}"),
             "--port=53",
             &format!("--address=/example.test/{answer}"),
             "--pid-file=",
             "--local-ttl=300",
-            "--user=root",
-            "--log-facility=-",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dnsmasq");
+        ],
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let out = Command::new("ss").args(["-Hlun"]).output().expect("ss");
@@ -349,7 +340,7 @@ fn dnsmasq(addr: &str, answer: &str) -> Child {
         assert!(Instant::now() < deadline, "dnsmasq on {addr} did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Child(child)
+    child
 }
 
 #[test]

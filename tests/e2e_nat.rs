@@ -81,15 +81,7 @@ impl Drop for Http {
 
 /// Deterministic test bytes.
 fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
+    common::pattern(len, 0x9e37_79b9)
 }
 
 /// SHA-256 by `sha256sum` (coreutils).
@@ -272,25 +264,15 @@ fn nat_http_bulk_concurrent_udp_and_refused() {
         let s = UdpSocket::bind("127.0.0.1:0").expect("probe");
         s.local_addr().expect("addr").port()
     };
-    let _dnsmasq = Child(
-        Command::new("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--no-poll",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                &format!("--port={udp_port}"),
-                "--address=/nat.test/10.9.9.9",
-                "--pid-file=",
-                "--user=root",
-                "--log-facility=-",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq"),
+    let _dnsmasq = common::dnsmasq(
+        None,
+        &[
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            &format!("--port={udp_port}"),
+            "--address=/nat.test/10.9.9.9",
+            "--pid-file=",
+        ],
     );
     std::thread::sleep(Duration::from_millis(300));
     let ans = a.exec_ok(&[

@@ -36,15 +36,7 @@ const PAGE: &str = "served by busybox httpd in a rootless podman container\n";
 
 /// Deterministic bytes (xorshift), so corruption anywhere shows.
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::pattern(len, seed)
 }
 
 fn have(cmd: &str) -> bool {

@@ -22,7 +22,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
@@ -48,13 +47,9 @@ impl Dnsmasq {
     fn start(ns: &Netns, ifname: &str, dir: &Path) -> Dnsmasq {
         let leases = dir.join("dnsmasq.leases");
         let pid = dir.join("dnsmasq.pid");
-        let child = ns
-            .cmd(&[
-                "dnsmasq",
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--no-poll",
+        let child = common::dnsmasq(
+            Some(ns),
+            &[
                 "--port=0",
                 "--bind-interfaces",
                 &format!("--interface={ifname}"),
@@ -68,16 +63,10 @@ impl Dnsmasq {
                 "--no-ping",
                 &format!("--dhcp-leasefile={}", leases.display()),
                 &format!("--pid-file={}", pid.display()),
-                "--user=root",
-                "--log-facility=-",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq");
+            ],
+        );
         let d = Dnsmasq {
-            _child: Child(child),
+            _child: child,
             leases,
         };
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -290,15 +279,7 @@ fn in_netns<T: Send + 'static>(
 /// 1 MiB that no two offsets repeat in a short period (xorshift), so a lost or reordered
 /// segment shows.
 fn payload() -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..1 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::pattern(1 << 20, 0x9e37_79b9_7f4a_7c15)
 }
 
 /// A TCP transfer between `client` and a server at `LAN_ADDR:port` in `lan`: the client sends

@@ -26,6 +26,43 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Seconds any external command may run before `timeout` kills it.
 const CMD_TIMEOUT: &str = "20";
 
+/// Deterministic pseudo-random bytes (xorshift64 from `seed`) for transfers whose every byte is
+/// checked: a lost, repeated or reordered segment shows.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `dnsmasq ARGS` in the foreground, as root, logging nowhere, without /etc/hosts,
+/// /etc/resolv.conf or polling (so it never reads the host's resolver), inside `ns` if given
+/// (`ip netns exec` execs it: the pid is dnsmasq's); killed when the guard drops.
+pub fn dnsmasq(ns: Option<&Netns>, args: &[&str]) -> Child {
+    let mut c = match ns {
+        Some(ns) => ns.cmd(&["dnsmasq"]),
+        None => Command::new("dnsmasq"),
+    };
+    c.args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-poll",
+        "--user=root",
+        "--log-facility=-",
+    ])
+    .args(args)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    Child(c.spawn().expect("dnsmasq"))
+}
+
 /// A field of `/proc/PID/status` (`key` with its colon, e.g. `"Seccomp:"`), trimmed; empty if
 /// the process has no such line.
 pub fn status_field(pid: u32, key: &str) -> String {

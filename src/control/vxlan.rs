@@ -103,6 +103,7 @@ mod tests {
     use crate::{Engine, PortSpec};
 
     #[test]
+    #[cfg(feature = "toml")]
     fn config_key_parses_and_errors_name_the_field() {
         let cfg = crate::config::Config::parse(
             "[[network]]\nname = \"n\"\n[[port]]\nnetwork = \"n\"\nname = \"vx\"\n\

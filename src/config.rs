@@ -277,6 +277,38 @@ packet = "veth0"
     }
 
     #[test]
+    fn dns_policy_parses_and_errors_name_the_entry() {
+        let c = Config::parse(
+            "[[network]]\nname = \"n\"\ndns_policy = { default = \"deny\", allow = [\"*.corp.example\"], answer = \"refused\" }\n",
+        )
+        .expect("valid");
+        let p = c.network[0].dns_policy.as_ref().expect("a policy");
+        assert_eq!(p.allow, ["*.corp.example"]);
+        for (body, key) in [
+            (
+                "deny = [\"ok.example\", \"bad name\"]",
+                "network[0].dns_policy.deny[1]",
+            ),
+            (
+                "allow = [\"a.example\"], deny = [\"A.example\"]",
+                "network[0].dns_policy.deny[0]",
+            ),
+            ("default = \"maybe\"", "default"),
+            ("answer = \"servfail\"", "answer"),
+            ("block = []", "block"),
+        ] {
+            let e = err(&format!(
+                "[[network]]\nname = \"n\"\ndns_policy = {{ {body} }}\n"
+            ));
+            assert!(e.contains(key), "{body}: {e}");
+        }
+        let e = err(
+            "[[network]]\nname = \"n\"\ngateway = false\ndns_policy = { deny = [\"x.example\"] }\n",
+        );
+        assert!(e.contains("network[0].dns_policy"), "{e}");
+    }
+
+    #[test]
     fn trunk_ports_parse_and_errors_name_the_key() {
         let nets =
             "[[network]]\nname = \"n0\"\n[[network]]\nname = \"n1\"\n[[network]]\nname = \"n2\"\n";

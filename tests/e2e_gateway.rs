@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
+use common::dns::{dig, short, status};
 use common::{Child, Netns, require_root};
 
 /// An upstream that is never used (nothing listens on port 9): keeps the host's resolver out.
@@ -152,28 +153,6 @@ fn addr4(ns: &Netns) -> Option<String> {
         .skip_while(|w| *w != "inet")
         .nth(1)
         .map(|a| a.split('/').next().unwrap_or("").to_string())
-}
-
-fn dig(ns: &Netns, args: &[&str]) -> String {
-    let mut all = vec!["dig", "+time=2", "+tries=1"];
-    all.extend_from_slice(args);
-    let out = ns.exec(&all);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn short(ns: &Netns, args: &[&str]) -> String {
-    let mut all = args.to_vec();
-    all.push("+short");
-    dig(ns, &all).trim().to_string()
-}
-
-fn status(ns: &Netns, args: &[&str]) -> String {
-    let out = dig(ns, args);
-    out.split("status: ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .unwrap_or("")
-        .to_string()
 }
 
 #[test]
@@ -320,27 +299,7 @@ fn dns_names_reverse_tcp_and_isolation() {
 
 /// A dnsmasq answering `*.example.test` with `answer`, on `addr`:53; stopped on drop.
 fn dnsmasq(addr: &str, answer: &str) -> Child {
-    let child = common::dnsmasq(
-        None,
-        &[
-            "--bind-interfaces",
-            &format!("--listen-address={addr}"),
-            "--port=53",
-            &format!("--address=/example.test/{answer}"),
-            "--pid-file=",
-            "--local-ttl=300",
-        ],
-    );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = Command::new("ss").args(["-Hlun"]).output().expect("ss");
-        if String::from_utf8_lossy(&out.stdout).contains(&format!("{addr}:53")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "dnsmasq on {addr} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
+    common::dns::upstream(addr, "example.test", answer)
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //!
 //! The server (one per process, reused): domain `usernet` with local names `web` (10.88.0.5,
 //! fd88::5), `db.app` (10.88.0.6) and `many` (60 IPv4 addresses, so its A answer needs
-//! truncation over UDP); no upstreams at all (`Upstreams::Explicit(vec![])`), so a forwarded
+//! truncation over UDP); a name policy denying `blocked.example` and every name below
+//! `denied.usernet` but `ok.denied.usernet`; no upstreams at all (`Upstreams::Explicit(vec![])`), so a forwarded
 //! query is answered SERVFAIL by the worker without touching the network, and nothing is
 //! cached. Deterministic and offline.
 //!
@@ -22,7 +23,10 @@ use std::time::Duration;
 
 use hickory_proto::op::{Header, Message, MessageType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
-use usernet::gateway::dns::{DnsConfig, DnsServer, Records, Transport, Upstreams};
+use usernet::gateway::dns::{
+    DenyAnswer, DnsAction, DnsConfig, DnsPolicy, DnsPolicySpec, DnsServer, Records, Transport,
+    Upstreams,
+};
 
 /// How long a forwarded query may take to come back (it fails at once: no upstreams).
 const FORWARD_WAIT: Duration = Duration::from_secs(10);
@@ -45,6 +49,18 @@ pub fn server() -> &'static DnsServer {
         cfg.workers = 1;
         cfg.cache_entries = 0;
         cfg.timeout = Duration::from_millis(50);
+        cfg.policy = Some(
+            DnsPolicy::new(
+                DnsPolicySpec::new(
+                    DnsAction::Allow,
+                    vec!["ok.denied.usernet".into()],
+                    vec!["*.denied.usernet".into(), "blocked.example".into()],
+                    DenyAnswer::Nxdomain,
+                ),
+                "fuzz",
+            )
+            .expect("a valid policy"),
+        );
         DnsServer::new(cfg, records)
     })
 }

@@ -327,6 +327,16 @@ fn dns() -> Vec<Seed> {
             q("app.usernet.", RecordType::A),
         ),
         seed("dns_server", "nxdomain", q("nope.usernet.", RecordType::A)),
+        seed(
+            "dns_server",
+            "policy-denied",
+            q("X.Denied.usernet.", RecordType::A),
+        ),
+        seed(
+            "dns_server",
+            "policy-allowed",
+            q("ok.denied.usernet.", RecordType::A),
+        ),
         seed("dns_server", "apex-soa", q("usernet.", RecordType::SOA)),
         seed("dns_server", "axfr", q("usernet.", RecordType::AXFR)),
         seed(
@@ -492,7 +502,7 @@ fn ndp_ra() -> Vec<Seed> {
 // ---- control_api ----
 
 fn control_api() -> Vec<Seed> {
-    let lines: [(&str, &str); 16] = [
+    let lines: [(&str, &str); 17] = [
         ("ports", r#"{"op":"ports"}"#),
         ("networks", r#"{"op":"networks"}"#),
         ("fdb", r#"{"op":"fdb","network":"net0"}"#),
@@ -526,6 +536,10 @@ fn control_api() -> Vec<Seed> {
             r#"{"op":"dns_rm","network":"net0","name":"web","addr":"fd88::5"}"#,
         ),
         ("dns-ls", r#"{"op":"dns_ls"}"#),
+        (
+            "dns-policy",
+            r#"{"op":"dns_policy","network":"net0","policy":{"default":"deny","allow":["*.example.test"],"deny":["ads.example.test"],"answer":"refused"}}"#,
+        ),
         ("shutdown", r#"{"op":"shutdown"}"#),
     ];
     lines

@@ -148,6 +148,18 @@ pub enum Request {
         #[serde(default)]
         addr: Option<std::net::IpAddr>,
     },
+    /// Show a network's DNS name policy; with `policy`, replace it first; with `clear`, remove
+    /// it (every name allowed). Answers the policy in force and its denied count.
+    DnsPolicy {
+        /// Network.
+        network: String,
+        /// The new policy (`default`, `allow`, `deny`, `answer`).
+        #[serde(default)]
+        policy: Option<crate::gateway::dns::DnsPolicySpec>,
+        /// Remove the policy.
+        #[serde(default)]
+        clear: bool,
+    },
     /// List DNS records.
     DnsLs {
         /// Only this network.
@@ -329,6 +341,22 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
                 ));
             }
             Value::Null
+        }
+        Request::DnsPolicy {
+            network,
+            policy,
+            clear,
+        } => {
+            if clear && policy.is_some() {
+                return Err(crate::Error::invalid(
+                    "clear",
+                    "give either `policy` (replace) or `clear` (remove), not both",
+                ));
+            }
+            if clear || policy.is_some() {
+                h.set_dns_policy(&network, policy)?;
+            }
+            json!(h.dns_policy(&network)?)
         }
         Request::DnsLs { network } => json!(h.dns_list(network.as_deref())?),
         Request::ForwardAdd { forward } => json!(h.add_forward(&forward)?),

@@ -12,7 +12,7 @@ use super::Handle;
 use crate::bridge::FdbConfig;
 use crate::bridge::fdb::{DEFAULT_AGING_MS, DEFAULT_MAX_ENTRIES};
 use crate::error::{Error, Result};
-use crate::gateway::dns::Upstreams;
+use crate::gateway::dns::{DnsPolicy, DnsPolicySpec, Upstreams};
 use crate::gateway::{Gateway, GatewayConfig};
 
 /// Builds an [`FdbConfig`] from optional API/config values.
@@ -111,6 +111,10 @@ pub struct NetworkSpec {
     /// Let guests reach the cloud metadata service (169.254.169.254) through NAT (default false).
     #[serde(default)]
     pub allow_metadata: bool,
+    /// Which names the gateway resolves for guests (default: every name); see
+    /// [`crate::gateway::dns::policy`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_policy: Option<DnsPolicySpec>,
 }
 
 impl NetworkSpec {
@@ -138,6 +142,7 @@ impl NetworkSpec {
             fdb_aging_secs: None,
             port_security: None,
             allow_metadata: false,
+            dns_policy: None,
         }
     }
 
@@ -145,6 +150,12 @@ impl NetworkSpec {
     /// the key under `prefix`.
     pub fn gateway_config(&self, prefix: &str, engine_mtu: u32) -> Result<Option<GatewayConfig>> {
         if !self.gateway {
+            if self.dns_policy.is_some() {
+                return Err(Error::invalid(
+                    format!("{prefix}.dns_policy"),
+                    "needs the network's gateway (gateway = false serves no DNS)",
+                ));
+            }
             return Ok(None);
         }
         let key = |k: &str| format!("{prefix}.{k}");
@@ -220,6 +231,11 @@ impl NetworkSpec {
         g.host_loopback = self.host_loopback;
         g.port_security = self.port_security.unwrap_or(true);
         g.allow_metadata = self.allow_metadata;
+        g.dns_policy = self
+            .dns_policy
+            .clone()
+            .map(|p| DnsPolicy::new(p, &key("dns_policy")))
+            .transpose()?;
         g.outbound4 = self.outbound_addr;
         g.outbound6 = self.outbound_addr6;
         for (k, v, dst) in [
@@ -279,6 +295,18 @@ impl NetworkSpec {
         }
         Ok(Some(g))
     }
+}
+
+/// A network's DNS name policy, as `usernet ctl dns policy` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct DnsPolicyInfo {
+    /// The network.
+    pub network: String,
+    /// The policy in force (None: every name allowed).
+    pub policy: Option<DnsPolicySpec>,
+    /// Queries it denied since the gateway started.
+    pub denied: u64,
 }
 
 /// Parses a DNS upstream: `IP` (port 53), `IP:PORT`, `[IPv6]:PORT`.
@@ -397,6 +425,33 @@ impl Handle {
         g.records
             .add(name, addr)
             .map_err(|e| Error::invalid("name", e.to_string()))
+    }
+    /// Replaces the DNS name policy of `network`'s gateway (None, or a policy that changes
+    /// nothing: every name allowed) and returns the one it replaced. Errors name the entry
+    /// (`dns_policy.deny[2]`); a bad policy changes nothing.
+    pub fn set_dns_policy(
+        &self,
+        network: &str,
+        policy: Option<DnsPolicySpec>,
+    ) -> Result<Option<DnsPolicySpec>> {
+        let g = self.gateways_of(Some(network))?.remove(0);
+        let policy = policy
+            .filter(|p| !p.is_noop())
+            .map(|p| DnsPolicy::new(p, "dns_policy"))
+            .transpose()?;
+        let old = g.dns.policy();
+        g.dns.set_policy(policy);
+        Ok(old)
+    }
+    /// The DNS name policy of `network`'s gateway (None: every name allowed) and how many
+    /// queries it has denied.
+    pub fn dns_policy(&self, network: &str) -> Result<DnsPolicyInfo> {
+        let g = self.gateways_of(Some(network))?.remove(0);
+        Ok(DnsPolicyInfo {
+            network: network.to_string(),
+            policy: g.dns.policy(),
+            denied: g.dns.stats().policy_denied,
+        })
     }
     /// Removes DNS records of `name` on `network` (one address, or all). False if none matched.
     pub fn dns_remove(

@@ -61,6 +61,8 @@ pub struct GatewayConfig {
     pub port_security: bool,
     /// Let guests reach the cloud metadata service through NAT (169.254.169.254).
     pub allow_metadata: bool,
+    /// Which names guests may resolve through the gateway (None: every name).
+    pub dns_policy: Option<dns::DnsPolicy>,
 }
 
 impl GatewayConfig {
@@ -94,6 +96,7 @@ impl GatewayConfig {
             dns_workers: DnsConfig::default().workers,
             port_security: true,
             allow_metadata: false,
+            dns_policy: None,
         }
     }
 

@@ -443,6 +443,7 @@ fn build_gateway(
             upstreams: cfg.upstreams.clone(),
             // An internal network reaches nothing outside, not even through DNS.
             workers: if cfg.internal { 0 } else { cfg.dns_workers },
+            policy: cfg.dns_policy.clone(),
             ..DnsConfig::default()
         },
         records.clone(),

@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod dns;
 pub mod packets;
 pub mod qemu;
 pub mod raw;

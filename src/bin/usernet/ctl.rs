@@ -192,6 +192,28 @@ enum DnsCmd {
         #[arg(long)]
         network: Option<String>,
     },
+    /// Show the network's name policy; with any option, replace it (a name is exact, or
+    /// `*.suffix` for every name below suffix; the most specific entry wins).
+    Policy {
+        /// Network.
+        #[arg(long)]
+        network: String,
+        /// Action for names no entry matches.
+        #[arg(long, value_parser = ["allow", "deny"])]
+        default: Option<String>,
+        /// A name to resolve (repeat).
+        #[arg(long, value_name = "NAME")]
+        allow: Vec<String>,
+        /// A name to deny (repeat).
+        #[arg(long, value_name = "NAME")]
+        deny: Vec<String>,
+        /// The answer to a denied query.
+        #[arg(long, value_parser = ["nxdomain", "refused"])]
+        answer: Option<String>,
+        /// Remove the policy (every name allowed).
+        #[arg(long, conflicts_with_all = ["default", "allow", "deny", "answer"])]
+        clear: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -377,6 +399,39 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             addr,
         },
         Cmd::Dns(DnsCmd::Ls { network }) => Request::DnsLs { network },
+        Cmd::Dns(DnsCmd::Policy {
+            network,
+            default,
+            allow,
+            deny,
+            answer,
+            clear,
+        }) => {
+            use usernet::gateway::dns::{DenyAnswer, DnsAction, DnsPolicySpec};
+            let set =
+                default.is_some() || answer.is_some() || !allow.is_empty() || !deny.is_empty();
+            let policy = set.then(|| {
+                DnsPolicySpec::new(
+                    if default.as_deref() == Some("deny") {
+                        DnsAction::Deny
+                    } else {
+                        DnsAction::Allow
+                    },
+                    allow,
+                    deny,
+                    if answer.as_deref() == Some("refused") {
+                        DenyAnswer::Refused
+                    } else {
+                        DenyAnswer::Nxdomain
+                    },
+                )
+            });
+            Request::DnsPolicy {
+                network,
+                policy,
+                clear,
+            }
+        }
         Cmd::Forward(FwdCmd::Add {
             network,
             publish,
@@ -657,6 +712,37 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
                 .map(|r| vec![s(r, "network"), s(r, "name"), s(r, "addr")])
                 .collect(),
         ),
+        Request::DnsPolicy { .. } => {
+            let p = v.get("policy").filter(|p| !p.is_null());
+            let list = |k: &str| {
+                p.and_then(|p| p.get(k))
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default()
+            };
+            let field = |k: &str, none: &str| {
+                p.and_then(|p| p.get(k))
+                    .and_then(Value::as_str)
+                    .unwrap_or(none)
+                    .to_string()
+            };
+            table(
+                &["NETWORK", "DEFAULT", "ANSWER", "ALLOW", "DENY", "DENIED"],
+                vec![vec![
+                    s(v, "network"),
+                    field("default", "allow"),
+                    field("answer", "nxdomain"),
+                    list("allow"),
+                    list("deny"),
+                    s(v, "denied"),
+                ]],
+            )
+        }
         Request::Gateways {} => table(
             &["NETWORK", "MAC", "IPV4", "IPV6", "DOMAIN", "COUNTERS"],
             arr.iter()

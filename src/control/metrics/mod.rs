@@ -442,6 +442,11 @@ const DNS_ROUTES: &[Route] = &[
         "usernet_dns_dropped_overload_total",
         "DNS queries answered SERVFAIL because the forwarding queue was full.",
     ),
+    route(
+        "policy_denied",
+        "usernet_dns_policy_denied_total",
+        "DNS queries the network's DNS policy denied (answered NXDOMAIN or REFUSED).",
+    ),
 ];
 
 const NAT: &str = "usernet_nat_";

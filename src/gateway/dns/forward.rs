@@ -64,6 +64,8 @@ pub(super) struct Shared {
     pub(super) cache: Mutex<Cache>,
     pub(super) stats: Counters,
     pub(super) stop: AtomicBool,
+    /// The name policy (see `policy.rs`); swapped whole at run time.
+    pub(super) policy: arc_swap::ArcSwapOption<super::DnsPolicy>,
 }
 
 impl Shared {

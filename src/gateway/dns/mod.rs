@@ -14,7 +14,10 @@
 //!    not point strictly backwards — which rules out loops —, a label over 63 bytes...), gets
 //!    FORMERR. Every decode goes through `hickory-proto`, inside `catch_unwind` as a second line
 //!    of defence, so no reply is ever built from an unchecked length.
-//! 2. **Local zones.** [`Records`] (shared with the control API) maps names inside the network's
+//! 2. **Policy.** A network may restrict the names its guests resolve ([`DnsPolicy`], see
+//!    `policy.rs`): a denied question is answered NXDOMAIN or REFUSED at once, before the
+//!    local zones, the cache or an upstream see it (counted as `policy_denied`).
+//! 3. **Local zones.** [`Records`] (shared with the control API) maps names inside the network's
 //!    domain (e.g. `web.usernet`) to addresses. The server is authoritative (AA set, TTL
 //!    [`LOCAL_TTL`] s) for the domain and for the reverse name (`in-addr.arpa` / `ip6.arpa`) of
 //!    every address in `Records`: A/AAAA/ANY/PTR answers, NODATA (NOERROR, empty answer, SOA in
@@ -22,10 +25,10 @@
 //!    with SOA for unknown names in the domain. The apex answers SOA (and NODATA for every other
 //!    type, NS included: the server does not know the address it is reached on). Names compare
 //!    case-insensitively; the question is echoed as the client sent it.
-//! 3. **Cache.** Other questions are looked up in a cache keyed by (lowercased name, type,
+//! 4. **Cache.** Other questions are looked up in a cache keyed by (lowercased name, type,
 //!    class). Hits are answered at once with the client's id and TTLs decremented by the age of
 //!    the entry.
-//! 4. **Forwarding.** Misses are queued on a bounded crossbeam channel (`max_pending`) served by
+//! 5. **Forwarding.** Misses are queued on a bounded crossbeam channel (`max_pending`) served by
 //!    `workers` threads; a full queue answers SERVFAIL at once (`dropped_overload`). A worker
 //!    tries the upstreams in order, each with `timeout`: a fresh connected UDP socket with a
 //!    random source port and a random query id; an answer whose id, opcode or question does not
@@ -37,7 +40,7 @@
 //!    min(SOA TTL, SOA minimum, [`MAX_NEGATIVE_TTL`]); negative answers without SOA, truncated
 //!    answers and TTL 0 are not cached. The cache holds at most `cache_entries` entries and
 //!    evicts the oldest insertion first.
-//! 5. **Reply.** Every reply carries the client's id and question. UDP replies larger than the
+//! 6. **Reply.** Every reply carries the client's id and question. UDP replies larger than the
 //!    client's limit are truncated: TC set, every record section emptied, so the client retries
 //!    over TCP. The limit is `max(max_size, min(EDNS payload size, 1232))` where `max_size` is
 //!    the transport's [`Transport::Udp`] value (512 unless the gateway knows better); 1232 bytes
@@ -68,10 +71,11 @@
 //!
 //! # Where things are
 //!
-//! - this file: configuration, counters, reply helpers and [`DnsServer`] (steps 1 and 5, and
-//!   the dispatch between 2, 3 and 4);
-//! - `zone.rs`: [`Records`] and the authoritative answers (step 2);
-//! - `forward.rs`: the cache and the forwarding workers (steps 3 and 4);
+//! - this file: configuration, counters, reply helpers and [`DnsServer`] (steps 1 and 6, and
+//!   the dispatch between 2, 3, 4 and 5);
+//! - `policy.rs`: [`DnsPolicy`], the name policy (step 2);
+//! - `zone.rs`: [`Records`] and the authoritative answers (step 3);
+//! - `forward.rs`: the cache and the forwarding workers (steps 4 and 5);
 //! - `resolv.rs`: [`parse_resolv_conf`] and the resolv.conf watcher behind [`Upstreams`].
 
 use std::net::SocketAddr;
@@ -91,6 +95,7 @@ use tracing::{debug, error, warn};
 
 mod cache;
 mod forward;
+pub mod policy;
 mod resolv;
 #[cfg(test)]
 mod testutil;
@@ -98,6 +103,7 @@ mod zone;
 
 use cache::{Cache, CacheKey};
 use forward::{Job, ReplyFn, Responder, Shared, client_reply, worker_loop};
+pub use policy::{DenyAnswer, DnsAction, DnsPolicy, DnsPolicySpec};
 pub use resolv::parse_resolv_conf;
 use resolv::{ResolvConfWatcher, UpstreamSource};
 pub use zone::{DnsError, RecordEntry, Records};
@@ -146,6 +152,8 @@ pub struct DnsConfig {
     pub workers: usize,
     /// Maximum number of forwarded queries waiting for a worker (default 256; at least 1).
     pub max_pending: usize,
+    /// Which names guests may resolve (default none: every name).
+    pub policy: Option<DnsPolicy>,
 }
 
 impl DnsConfig {
@@ -158,6 +166,7 @@ impl DnsConfig {
             cache_entries: 4096,
             workers: 4,
             max_pending: 256,
+            policy: None,
         }
     }
 }
@@ -208,6 +217,8 @@ pub struct DnsStats {
     pub malformed: u64,
     /// Queries answered SERVFAIL because the forwarding queue was full.
     pub dropped_overload: u64,
+    /// Queries the network's DNS policy denied (answered NXDOMAIN or REFUSED).
+    pub policy_denied: u64,
 }
 
 #[derive(Debug, Default)]
@@ -221,6 +232,7 @@ struct Counters {
     truncated: AtomicU64,
     malformed: AtomicU64,
     dropped_overload: AtomicU64,
+    policy_denied: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -240,6 +252,7 @@ impl Counters {
             truncated: g(&self.truncated),
             malformed: g(&self.malformed),
             dropped_overload: g(&self.dropped_overload),
+            policy_denied: g(&self.policy_denied),
         }
     }
 }
@@ -341,6 +354,7 @@ impl DnsServer {
             cache: Mutex::new(Cache::new(cfg.cache_entries)),
             stats: Counters::default(),
             stop: AtomicBool::new(false),
+            policy: arc_swap::ArcSwapOption::from(cfg.policy.map(Arc::new)),
         });
         let (tx, rx) = crossbeam_channel::bounded(cfg.max_pending.max(1));
         let mut workers = Vec::new();
@@ -416,6 +430,18 @@ impl DnsServer {
             return self.respond(&reply_to(&query, ResponseCode::BADVERS), limit, reply);
         }
 
+        // Policy.
+        if let Some(p) = self.shared.policy.load().as_deref()
+            && p.decide(&q.name.to_ascii()) == DnsAction::Deny
+        {
+            bump(&stats.policy_denied);
+            let rcode = match p.answer() {
+                DenyAnswer::Nxdomain => ResponseCode::NXDomain,
+                DenyAnswer::Refused => ResponseCode::Refused,
+            };
+            return self.respond(&reply_to(&query, rcode), limit, reply);
+        }
+
         // Local zones.
         if let Some(local) = self.shared.records.resolve(q) {
             bump(&stats.local_answers);
@@ -477,6 +503,21 @@ impl DnsServer {
         if let Some(bytes) = self.shared.encode(m, limit) {
             reply(bytes);
         }
+    }
+
+    /// Replaces the name policy (None: every name allowed). Queries already being answered keep
+    /// the policy they started with; the next one sees the new policy.
+    pub fn set_policy(&self, policy: Option<DnsPolicy>) {
+        self.shared.policy.store(policy.map(Arc::new));
+    }
+
+    /// The name policy in force, as written.
+    pub fn policy(&self) -> Option<DnsPolicySpec> {
+        self.shared
+            .policy
+            .load()
+            .as_deref()
+            .map(|p| p.spec().clone())
     }
 
     /// A snapshot of the counters.

@@ -74,10 +74,10 @@ use mio::event::Source;
 use mio::{Interest, Poll, Registry, Token};
 use usernet::bridge::security::{Claim, MAX_MACS, MAX_SEEN_V4, MAX_SEEN_V6, NetGuard};
 use usernet::bridge::{
-    Bridge, DropReason, FdbConfig, ManualClock, NetworkId, NewPort, Port, PortId, PortPolicy,
-    TrunkSpec,
+    Bridge, DropReason, FdbConfig, Limiter, ManualClock, NetworkId, NewPort, Port, PortId,
+    PortPolicy, RateLimit, TrunkSpec,
 };
-use usernet::frame::{FramePool, VnetHdr};
+use usernet::frame::{Frame, FramePool, VnetHdr};
 use usernet::gateway::dns::Upstreams;
 use usernet::gateway::{self, Driver, Gateway, GatewayConfig, ndp};
 use usernet::nat::forward_rt::{Bound, Listener};
@@ -737,7 +737,74 @@ struct Net {
     /// The network's ownership table, and its generation when the gateway last ran.
     guard: Arc<usernet::bridge::security::NetGuard>,
     seen_gen: u64,
+    /// Guest port [`LIMITED`]'s tx rate limit.
+    limit: TxLimit,
     _poll: Poll,
+}
+
+/// The guest port of each network with a tx rate limit.
+const LIMITED: usize = 1;
+
+/// The limit of guest port [`LIMITED`]: 1 Mbit/s with a 2 KiB bucket, 200 frames/s. Small, so
+/// fuzz inputs exhaust it.
+fn tx_limit() -> RateLimit {
+    let mut l = RateLimit::new(0, 1, 0, 200);
+    l.burst_kib = 2;
+    l
+}
+
+/// A tx rate limit applied where the harness drains the port's ring, as the engine's flush
+/// does: a frame without tokens is held, and the ring waits behind it. Checks that what passes
+/// stays within the buckets: capacity + rate × time + one frame.
+struct TxLimit {
+    lim: Limiter,
+    held: Option<Frame>,
+    bytes: u64,
+    frames: u64,
+    biggest: u64,
+}
+
+impl TxLimit {
+    fn new() -> Self {
+        TxLimit {
+            lim: tx_limit().tx().expect("limited"),
+            held: None,
+            bytes: 0,
+            frames: 0,
+            biggest: 0,
+        }
+    }
+
+    /// The next frame for the port at `now_ns` (since the start), if the limit lets one go.
+    fn next(&mut self, port: &Port, now_ns: u64) -> Option<Frame> {
+        let f = match self.held.take() {
+            Some(f) => f,
+            None => port.tx.pop()?,
+        };
+        if self.lim.admit(f.len(), now_ns).is_err() {
+            self.held = Some(f);
+            return None;
+        }
+        let len = f.len() as u64;
+        self.bytes += len;
+        self.frames += 1;
+        self.biggest = self.biggest.max(len);
+        let b = self.lim.bytes().expect("byte bucket");
+        let most = b.capacity() + b.rate() * now_ns / 1_000_000_000 + self.biggest;
+        assert!(
+            self.bytes <= most,
+            "rate limit let {} bytes through, at most {most}",
+            self.bytes
+        );
+        let p = self.lim.packets().expect("packet bucket");
+        let most = p.capacity() + p.rate() * now_ns / 1_000_000_000 + 1;
+        assert!(
+            self.frames <= most,
+            "rate limit let {} frames through, at most {most}",
+            self.frames
+        );
+        Some(f)
+    }
 }
 
 /// The simulated datapath. See the module docs.
@@ -802,7 +869,11 @@ impl World {
                         NewPort {
                             name: format!("g{i}{p}"),
                             kind: "memory",
-                            policy: PortPolicy::default(),
+                            policy: {
+                                let mut pol = PortPolicy::default();
+                                pol.rate_limit = (p == LIMITED).then(tx_limit);
+                                pol
+                            },
                             ring: 64,
                             owner: 0,
                         },
@@ -861,6 +932,7 @@ impl World {
                 delivered: 0,
                 seen_gen: guard.generation(),
                 guard,
+                limit: TxLimit::new(),
                 _poll: poll,
             });
         }
@@ -894,6 +966,17 @@ impl World {
 
     fn now(&self) -> Instant {
         self.epoch + self.elapsed
+    }
+
+    /// The next frame the engine would hand guest port `p` of network `i` (through its rate
+    /// limit, for [`LIMITED`]).
+    fn next_for_guest(&mut self, i: usize, p: usize) -> Option<Frame> {
+        let n = &mut self.nets[i];
+        if p != LIMITED {
+            return n.guests[p].tx.pop();
+        }
+        let now_ns = u64::try_from(self.elapsed.as_nanos()).unwrap_or(u64::MAX);
+        n.limit.next(&n.guests[p], now_ns)
     }
 
     /// Station `sel`: network `sel & 3`, guest port `(sel >> 2) & 1`, station `(sel >> 3) & 1`.
@@ -1311,7 +1394,7 @@ impl World {
                 // Guest port 0 is a link without offloads (what the engine gives it must be
                 // complete frames within the MTU), port 1 an offload TAP (takes anything).
                 for p in 0..GUESTS {
-                    while let Some(f) = self.nets[i].guests[p].tx.pop() {
+                    while let Some(f) = self.next_for_guest(i, p) {
                         moved = true;
                         let src = Mac(f.data()[6..12].try_into().expect("mac"));
                         assert!(

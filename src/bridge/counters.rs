@@ -51,11 +51,14 @@ pub enum DropReason {
     /// of its own. Sent untagged, as native frames are, it would read as that VLAN on the
     /// wire (VLAN hopping), so it is dropped.
     NativeTagged,
+    /// Egress: the port's tx rate limit held its ring back until it was full (see
+    /// [`crate::bridge::limit`]).
+    RateLimited,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 19;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
@@ -76,6 +79,7 @@ impl DropReason {
         DropReason::AddressLimit,
         DropReason::UnmappedVlan,
         DropReason::NativeTagged,
+        DropReason::RateLimited,
     ];
 
     /// Stable name used in stats output.
@@ -99,6 +103,7 @@ impl DropReason {
             DropReason::AddressLimit => "address_limit",
             DropReason::UnmappedVlan => "unmapped_vlan",
             DropReason::NativeTagged => "native_tagged",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 
@@ -115,6 +120,7 @@ impl DropReason {
                 | DropReason::LinkError
                 | DropReason::BadOffload
                 | DropReason::NativeTagged
+                | DropReason::RateLimited
         )
     }
 }

@@ -70,6 +70,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod clock;
 pub mod fdb;
+pub mod limit;
 pub mod security;
 
 mod counters;
@@ -78,6 +79,7 @@ mod trunk;
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use counters::{DropReason, PortCounters, PortStats};
 pub use fdb::{Fdb, FdbConfig, FdbEntry, Learned};
+pub use limit::{Limiter, RateLimit};
 use trunk::resolve_trunk;
 pub use trunk::{Trunk, TrunkSpec, TrunkVlan};
 
@@ -117,6 +119,11 @@ pub struct PortPolicy {
     /// an access port of the network it is added to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trunk: Option<TrunkSpec>,
+    /// The rate limits the port starts with ([`limit`]); `None`: unlimited. Changed at run
+    /// time with [`crate::engine::Datapath::set_rate_limit`]; [`Port::rate_limit`] is the
+    /// current one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for PortPolicy {
@@ -129,6 +136,7 @@ impl Default for PortPolicy {
             allowed_ips: Vec::new(),
             port_security: None,
             trunk: None,
+            rate_limit: None,
         }
     }
 }
@@ -171,6 +179,12 @@ pub struct Port {
     pub(crate) gso_held: Arc<std::sync::atomic::AtomicUsize>,
     /// Live captures of the port's frames (see [`crate::capture`]).
     pub capture: Arc<crate::capture::Tap>,
+    /// The current rate limits (written by the control plane, read for display; the owner
+    /// loop keeps its own token buckets).
+    pub(crate) rate_limit: Mutex<Option<RateLimit>>,
+    /// Set by the owner loop while a frame waits for tokens of the port's tx limit: a full
+    /// ring then drops as `rate_limited`, not `ring_full`.
+    pub(crate) throttled: AtomicBool,
 }
 
 impl Port {
@@ -181,6 +195,11 @@ impl Port {
                 .trunk
                 .as_ref()
                 .is_some_and(|t| t.all().any(|v| v.network == net))
+    }
+
+    /// The port's current rate limits; `None`: unlimited.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        *self.rate_limit.lock()
     }
 
     /// Every network the port is in.
@@ -496,6 +515,8 @@ impl Bridge {
                 removed: AtomicBool::new(false),
                 gso_held: Arc::default(),
                 capture: Arc::default(),
+                rate_limit: Mutex::new(spec.policy.rate_limit.and_then(RateLimit::normalized)),
+                throttled: AtomicBool::new(false),
             });
             for (net, _) in &regs {
                 if let Some(ne) = t.nets.get_mut(net) {
@@ -700,12 +721,22 @@ fn enqueue(
     }
     // A port past its share of the shared GSO buffers is full for GSO frames.
     if !frame.charge_to(pool, &p.gso_held) {
-        p.counters.drop_n(DropReason::RingFull, 1);
+        p.counters.drop_n(full_reason(p), 1);
         return;
     }
     match p.tx.push(frame) {
         Ok(()) => on_enqueue(p),
-        Err(_dropped) => p.counters.drop_n(DropReason::RingFull, 1),
+        Err(_dropped) => p.counters.drop_n(full_reason(p), 1),
+    }
+}
+
+/// Why a frame found `p`'s ring full: its tx rate limit holds the ring back, or the link is
+/// slow.
+fn full_reason(p: &Port) -> DropReason {
+    if p.throttled.load(Ordering::Relaxed) {
+        DropReason::RateLimited
+    } else {
+        DropReason::RingFull
     }
 }
 

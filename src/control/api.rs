@@ -9,7 +9,9 @@
 //! `{"op": "add_static_mac", "port": "c3", "mac": "02:00:00:00:00:03"}`,
 //! `{"op": "vxlan_remotes", "port": "vx0"}`,
 //! `{"op": "vxlan_add_remote", "port": "vx0", "remote": "192.0.2.3"}`,
-//! `{"op": "vxlan_rm_remote", "port": "vx0", "remote": "192.0.2.3"}`, `{"op": "shutdown"}`,
+//! `{"op": "vxlan_rm_remote", "port": "vx0", "remote": "192.0.2.3"}`,
+//! `{"op": "port_limit", "port": "c3", "rate_limit": {"rx_mbit": 100, "tx_pps": 5000}}` (absent
+//! or all zero: unlimited), `{"op": "shutdown"}`,
 //! `{"op": "capture", "port": "c3", "snaplen": 262144, "count": 0, "format": "pcapng"}` (answered
 //! with one line, then the connection carries the capture: see [`super::capture`]).
 //! `{"op": "subscribe"}` (answered with one line, then one JSON event per line: see
@@ -220,6 +222,14 @@ pub enum Request {
         /// The remote's underlay address.
         remote: std::net::IpAddr,
     },
+    /// Set a port's rate limits at run time; `rate_limit` absent, `null` or all zero: unlimited.
+    PortLimit {
+        /// Port name.
+        port: String,
+        /// `{rx_mbit, tx_mbit, rx_pps, tx_pps, burst_kib}`, as the port key.
+        #[serde(default)]
+        rate_limit: Option<crate::bridge::RateLimit>,
+    },
     /// Stop the daemon.
     Shutdown {},
 }
@@ -377,6 +387,10 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
             ));
         }
         Request::VxlanRemotes { port } => json!(h.vxlan_remotes(&port)?),
+        Request::PortLimit { port, rate_limit } => {
+            h.set_port_limit(&port, rate_limit)?;
+            Value::Null
+        }
         Request::VxlanAddRemote { port, remote } => {
             h.vxlan_add_remote(&port, remote)?;
             Value::Null

@@ -29,6 +29,9 @@ pub struct PortInfo {
     /// VLAN's); absent for an access port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trunk: Option<crate::bridge::TrunkSpec>,
+    /// The port's current rate limits; absent: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::bridge::RateLimit>,
 }
 /// A network, as listed by the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +139,7 @@ impl Handle {
                 event_loop: p.owner,
                 isolated: p.policy.isolated,
                 trunk: p.policy.trunk.clone(),
+                rate_limit: p.rate_limit(),
             })
             .collect()
     }

@@ -13,7 +13,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::{BATCH, Core, LoopCmd, RX_BUDGET, SWEEP_EVERY, WAKER};
-use crate::bridge::{DropReason, Port, PortId};
+use crate::bridge::{DropReason, Limiter, Port, PortId};
 use crate::capture::Direction;
 use crate::frame::Frame;
 use crate::link::Link;
@@ -25,6 +25,26 @@ struct LocalPort {
     /// What the link takes on transmit as it is; other offloaded frames are adapted.
     tx_offloads: Offloads,
     pending: VecDeque<Frame>,
+    /// The rate limit of frames read from the link (`None`: unlimited, the usual case).
+    rx_limit: Option<Limiter>,
+    /// The rate limit of frames written to the link.
+    tx_limit: Option<Limiter>,
+    /// The frame taken from the TX ring that waits for `tx_limit`'s tokens.
+    held: Option<Frame>,
+    /// A deadline is armed for the rx (`.0`) / tx (`.1`) limit.
+    armed: (bool, bool),
+}
+
+/// A rate-limited port's deadline: when to read it again (`rx`) or flush it (`!rx`).
+struct Deadline {
+    at: Instant,
+    slot: usize,
+    rx: bool,
+}
+
+/// Nanoseconds since `epoch` (the loop's monotonic time base for the token buckets).
+fn nanos_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 pub(super) struct LoopState {
@@ -38,6 +58,9 @@ pub(super) struct LoopState {
     remote_wake: Vec<bool>,
     again: Vec<usize>,
     rx_buf: Vec<Frame>,
+    /// Rate-limited ports waiting for tokens (few; none without limits).
+    deadlines: Vec<Deadline>,
+    epoch: Instant,
 }
 
 fn token_of(slot: usize) -> Token {
@@ -58,6 +81,8 @@ impl LoopState {
             remote_wake: vec![false; n],
             again: Vec::new(),
             rx_buf: Vec::with_capacity(BATCH),
+            deadlines: Vec::new(),
+            epoch: Instant::now(),
         }
     }
 
@@ -68,15 +93,21 @@ impl LoopState {
         // Until when the loop spins instead of sleeping (busy-polling; never when it is zero).
         let mut spin_until: Option<Instant> = None;
         loop {
-            // Only loop 0 has a timer (the FDB sweep); the others sleep until an event.
-            // A loop with ports to read again, or within its busy-polling window, does not sleep.
+            // Loop 0 has a timer (the FDB sweep), and a loop with rate-limited ports waiting for
+            // tokens wakes at the earliest of their deadlines; otherwise a loop sleeps until an
+            // event. A loop with ports to read again, or within its busy-polling window, does
+            // not sleep.
             let timeout =
                 if !self.again.is_empty() || spin_until.is_some_and(|t| Instant::now() < t) {
                     Some(Duration::ZERO)
-                } else if self.idx == 0 {
-                    Some(next_sweep.saturating_duration_since(Instant::now()))
                 } else {
-                    None
+                    let sweep = (self.idx == 0).then_some(next_sweep);
+                    let limit = self.deadlines.iter().map(|d| d.at).min();
+                    sweep
+                        .into_iter()
+                        .chain(limit)
+                        .min()
+                        .map(|t| t.saturating_duration_since(Instant::now()))
                 };
             if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
@@ -104,6 +135,9 @@ impl LoopState {
                 if ev.is_writable() {
                     self.flush(slot);
                 }
+            }
+            if !self.deadlines.is_empty() {
+                self.deadlines_due();
             }
             let again = std::mem::take(&mut self.again);
             for slot in again {
@@ -146,6 +180,55 @@ impl LoopState {
                     }
                     let _ = reply.send(());
                 }
+                LoopCmd::Limit { id, reply } => {
+                    if let Some(slot) = self.by_id.get(&id).copied() {
+                        self.relimit(slot);
+                    }
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    /// Rebuilds a port's token buckets from its current limits (levels carry over), then
+    /// reads and flushes what may have waited for the old ones.
+    fn relimit(&mut self, slot: usize) {
+        let now = nanos_since(self.epoch);
+        let Some(Some(lp)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let lim = lp.port.rate_limit();
+        lp.rx_limit = Limiter::reconfigure(lp.rx_limit.take(), lim.and_then(|l| l.rx()), now);
+        lp.tx_limit = Limiter::reconfigure(lp.tx_limit.take(), lim.and_then(|l| l.tx()), now);
+        if !self.again.contains(&slot) {
+            self.again.push(slot);
+        }
+        self.flush(slot);
+    }
+
+    /// Serves the rate-limited ports whose deadline has come.
+    fn deadlines_due(&mut self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        self.deadlines.retain(|d| {
+            let keep = d.at > now;
+            if !keep {
+                due.push((d.slot, d.rx));
+            }
+            keep
+        });
+        for (slot, rx) in due {
+            if let Some(Some(lp)) = self.slots.get_mut(slot) {
+                if rx {
+                    lp.armed.0 = false;
+                } else {
+                    lp.armed.1 = false;
+                }
+            }
+            if rx {
+                self.rx(slot);
+            } else {
+                self.flush(slot);
             }
         }
     }
@@ -170,11 +253,17 @@ impl LoopState {
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(port = %port.name, kind = link.kind(), loop_idx = self.idx, "port up");
         let tx_offloads = link.caps().tx;
+        let now = nanos_since(self.epoch);
+        let lim = port.rate_limit();
         self.slots[slot] = Some(LocalPort {
+            rx_limit: lim.and_then(|l| l.rx()).map(|l| l.start(now)),
+            tx_limit: lim.and_then(|l| l.tx()).map(|l| l.start(now)),
             port,
             link,
             tx_offloads,
             pending: VecDeque::with_capacity(BATCH),
+            held: None,
+            armed: (false, false),
         });
         // Frames may have arrived before registration.
         self.again.push(slot);
@@ -192,6 +281,7 @@ impl LoopState {
 
     fn drop_slot(&mut self, slot: usize) -> Option<LocalPort> {
         let lp = self.slots.get_mut(slot)?.take()?;
+        self.deadlines.retain(|d| d.slot != slot);
         let fd = lp.link.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         // Nothing more is read from or written to it: its captures end.
@@ -222,8 +312,30 @@ impl LoopState {
             let Some(Some(lp)) = self.slots.get_mut(slot) else {
                 return;
             };
+            // A rate-limited port is read only as far as its tokens go; without them it is
+            // not read at all (the kernel's queue holds its frames) until its deadline.
+            let max = match &mut lp.rx_limit {
+                None => BATCH,
+                Some(l) => {
+                    let now = nanos_since(self.epoch);
+                    match l.allowance(BATCH, shared.cfg.max_frame, now) {
+                        Ok(n) => n,
+                        Err(wait) => {
+                            if !lp.armed.0 {
+                                lp.armed.0 = true;
+                                self.deadlines.push(Deadline {
+                                    at: Instant::now() + Duration::from_nanos(wait),
+                                    slot,
+                                    rx: true,
+                                });
+                            }
+                            return;
+                        }
+                    }
+                }
+            };
             self.rx_buf.clear();
-            let st = match lp.link.recv_batch(bridge.pool(), &mut self.rx_buf, BATCH) {
+            let st = match lp.link.recv_batch(bridge.pool(), &mut self.rx_buf, max) {
                 Ok(st) => st,
                 Err(e) if e.is_fatal() => {
                     self.fail(slot, &e);
@@ -234,6 +346,10 @@ impl LoopState {
                     return;
                 }
             };
+            if let Some(l) = &mut lp.rx_limit {
+                let bytes: usize = self.rx_buf.iter().map(Frame::len).sum();
+                l.charge((self.rx_buf.len() + st.oversize) as u64, bytes as u64);
+            }
             let port = lp.port.clone();
             if st.oversize > 0 {
                 let c = &port.counters;
@@ -309,11 +425,38 @@ impl LoopState {
             return;
         };
         let c = &lp.port.counters;
+        // One clock read per flush of a rate-limited port, none for the others.
+        let now = lp.tx_limit.as_ref().map(|_| nanos_since(self.epoch));
         loop {
             if lp.pending.is_empty() {
                 let pool = self.shared.bridge.pool();
                 while lp.pending.len() < BATCH {
-                    let Some(f) = lp.port.tx.pop() else { break };
+                    let (f, was_held) = match lp.held.take() {
+                        Some(f) => (f, true),
+                        None => match lp.port.tx.pop() {
+                            Some(f) => (f, false),
+                            None => break,
+                        },
+                    };
+                    if let (Some(l), Some(now)) = (&mut lp.tx_limit, now)
+                        && let Err(wait) = l.admit(f.len(), now)
+                    {
+                        // It waits for tokens, and the ring behind it (full: `rate_limited`).
+                        lp.held = Some(f);
+                        lp.port.throttled.store(true, Ordering::Relaxed);
+                        if !lp.armed.1 {
+                            lp.armed.1 = true;
+                            self.deadlines.push(Deadline {
+                                at: Instant::now() + Duration::from_nanos(wait),
+                                slot,
+                                rx: false,
+                            });
+                        }
+                        break;
+                    }
+                    if was_held {
+                        lp.port.throttled.store(false, Ordering::Relaxed);
+                    }
                     if let Err(e) = offload::adapt(f, lp.tx_offloads, pool, &mut lp.pending) {
                         c.drop_n(DropReason::BadOffload, 1);
                         tracing::trace!(port = %lp.port.name, "offloaded frame dropped: {e}");

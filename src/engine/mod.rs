@@ -48,7 +48,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use mio::{Poll, Token, Waker};
 
-use crate::bridge::{Bridge, Clock, NewPort, Port, PortId, PortPolicy};
+use crate::bridge::{Bridge, BridgeError, Clock, NewPort, Port, PortId, PortPolicy, RateLimit};
 use crate::error::{Error, Result};
 use crate::frame::FramePool;
 use crate::link::Link;
@@ -106,6 +106,11 @@ pub(crate) enum LoopCmd {
         reply: Sender<io::Result<()>>,
     },
     Remove {
+        id: PortId,
+        reply: Sender<()>,
+    },
+    /// The port's rate limits changed (already stored in its `Port`): rebuild its buckets.
+    Limit {
         id: PortId,
         reply: Sender<()>,
     },
@@ -293,6 +298,27 @@ impl Datapath {
             Some(o) => self.detach(o, id),
             None => Ok(()),
         }
+    }
+
+    /// Sets the rate limits of port `id` ([`crate::bridge::limit`]); `None` (or all zero):
+    /// unlimited. Returns once its loop applies them; token levels carry over.
+    pub fn set_rate_limit(&self, id: PortId, limit: Option<RateLimit>) -> Result<()> {
+        let topo = self.core.bridge.topology();
+        let port = topo
+            .port(id)
+            .ok_or_else(|| BridgeError::NoSuchPort(id.0.to_string()))?;
+        *port.rate_limit.lock() = limit.and_then(RateLimit::normalized);
+        let owner = port.owner;
+        let Some(ctl) = self.core.loops.get(owner) else {
+            return Ok(());
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if ctl.tx.send(LoopCmd::Limit { id, reply: tx }).is_err() {
+            return Err(Error::Stopped);
+        }
+        let _ = ctl.waker.wake();
+        rx.recv_timeout(REPLY_TIMEOUT)
+            .map_err(|_| Error::Timeout(owner))
     }
 
     /// Tells loop `owner` to drop the link of `id` (already out of the bridge).

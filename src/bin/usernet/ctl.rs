@@ -260,6 +260,9 @@ enum PortCmd {
         /// Port name.
         name: String,
     },
+    /// Set a port's rate limits (token buckets; the limits given replace the port's, `--off`
+    /// removes them).
+    Limit(crate::port_limit::LimitArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -346,6 +349,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             Request::AddPort { port: Box::new(p) }
         }
         Cmd::Port(PortCmd::Rm { name }) => Request::RemovePort { name },
+        Cmd::Port(PortCmd::Limit(l)) => l.request(),
         Cmd::Network(NetCmd::Add {
             name,
             fdb_max_entries,
@@ -537,7 +541,7 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
     let arr = v.as_array().unwrap_or(&empty);
     match req {
         Request::Ports {} => table(
-            &["ID", "NAME", "NETWORK", "KIND", "LOOP", "ISOLATED"],
+            &["ID", "NAME", "NETWORK", "KIND", "LOOP", "ISOLATED", "LIMIT"],
             arr.iter()
                 .map(|p| {
                     vec![
@@ -547,6 +551,7 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
                         s(p, "kind"),
                         s(p, "event_loop"),
                         s(p, "isolated"),
+                        crate::port_limit::limit_col(p),
                     ]
                 })
                 .collect(),

@@ -34,6 +34,7 @@ use super::Handle;
 use crate::bridge::PortStats;
 
 mod http;
+mod limits;
 pub use http::{MAX_REQUEST, MetricsServer, REQUEST_TIMEOUT, serve};
 
 /// The `Content-Type` of the text exposition format.
@@ -580,6 +581,7 @@ impl Handle {
                 &base,
                 p.capture.dropped(),
             );
+            limits::port_limits(&mut x, &base, p.rate_limit());
             let (kind, owner) = (p.kind.to_string(), p.owner.to_string());
             x.gauge(
                 "usernet_port_info",

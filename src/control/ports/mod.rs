@@ -18,7 +18,9 @@ use crate::link::{Link, OpenError};
 use crate::wire::Mac;
 
 mod spec;
-pub use spec::{Backend, DgramAddrs, DgramSpec, PortSpec, check_ifname, parse_trunk};
+pub use spec::{
+    Backend, DgramAddrs, DgramSpec, PortSpec, check_ifname, check_rate_limit, parse_trunk,
+};
 
 type Watch = (String, Box<dyn Fn() -> bool + Send>);
 
@@ -460,6 +462,24 @@ impl Handle {
             network,
         });
         res
+    }
+    /// Sets a port's rate limits at run time (`None` or all zero: unlimited); token levels
+    /// carry over. Errors name the field as `rate_limit.KEY`. A stream port's next peer
+    /// starts with its configured limits again.
+    pub fn set_port_limit(
+        &self,
+        name: &str,
+        limit: Option<crate::bridge::RateLimit>,
+    ) -> Result<()> {
+        check_rate_limit(limit.as_ref(), "rate_limit")?;
+        let id = self
+            .dp
+            .bridge()
+            .topology()
+            .port_by_name(name)
+            .map(|p| p.id)
+            .ok_or_else(|| crate::bridge::BridgeError::NoSuchPort(name.to_string()))?;
+        self.dp.set_rate_limit(id, limit)
     }
     pub(super) fn detach_link(&self, owner: usize, id: PortId) -> Result<()> {
         self.dp.detach(owner, id)

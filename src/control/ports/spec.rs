@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::super::AddrSpec;
-use crate::bridge::PortPolicy;
+use crate::bridge::{PortPolicy, RateLimit};
 use crate::error::{Error, Result};
 use crate::link::vxlan::VxlanSpec;
 use crate::wire::Mac;
@@ -182,6 +182,11 @@ pub struct PortSpec {
     /// the port is added until it goes (a stream port: each peer adds a section).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pcap: Option<PathBuf>,
+    /// Rate limits, token buckets each direction: `{ rx_mbit, tx_mbit, rx_pps, tx_pps,
+    /// burst_kib }` (0 or absent: unlimited; `rx` is what usernet receives from the port's
+    /// link, `tx` what it sends to it). See [`crate::bridge::limit`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 impl PortSpec {
     /// A spec with default policy and no backend chosen yet.
@@ -214,6 +219,7 @@ impl PortSpec {
             routes: Vec::new(),
             fd: false,
             pcap: None,
+            rate_limit: None,
         }
     }
 
@@ -271,6 +277,7 @@ impl PortSpec {
         if self.pcap.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             return Err(Error::invalid(format!("{prefix}.pcap"), "empty path"));
         }
+        check_rate_limit(self.rate_limit.as_ref(), &format!("{prefix}.rate_limit"))?;
         if let Some(t) = &self.tap {
             check_ifname(t, &format!("{prefix}.tap"))?;
             return Ok(Backend::Tap { name: t.clone() });
@@ -423,7 +430,16 @@ impl PortSpec {
             allowed_ips: self.allowed_ips.clone(),
             port_security: self.port_security.or(self.vxlan.as_ref().map(|_| false)),
             trunk: self.trunk_spec(),
+            rate_limit: self.rate_limit.and_then(RateLimit::normalized),
         }
+    }
+}
+
+/// Checks a rate limit's ranges; errors name the field as `{field}.{key}`.
+pub fn check_rate_limit(limit: Option<&RateLimit>, field: &str) -> Result<()> {
+    match limit.map(RateLimit::check) {
+        Some(Err((key, why))) => Err(Error::invalid(format!("{field}.{key}"), why)),
+        _ => Ok(()),
     }
 }
 /// Parses a trunk map as the command line writes it: `net0=10,net1=20` (network name = VLAN
@@ -468,5 +484,38 @@ pub fn check_ifname(name: &str, field: &str) -> Result<()> {
                 "{name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"
             ),
         ))
+    }
+}
+
+#[cfg(all(test, feature = "toml"))]
+mod tests {
+    fn parse(limit: &str) -> crate::Result<crate::config::Config> {
+        crate::config::Config::parse(&format!(
+            "[[network]]\nname = \"n\"\n[[port]]\nnetwork = \"n\"\nname = \"p\"\ntap = \"t0\"\n\
+             rate_limit = {{ {limit} }}\n"
+        ))
+    }
+
+    #[test]
+    fn rate_limit_key_parses_and_errors_name_the_field() {
+        let cfg = parse("rx_mbit = 100, tx_mbit = 100, rx_pps = 0, tx_pps = 0, burst_kib = 256")
+            .expect("parses");
+        let l = cfg.port[0].rate_limit.expect("limit");
+        assert_eq!((l.rx_mbit, l.tx_mbit, l.burst_kib), (100, 100, 256));
+        let pol = cfg.port[0].policy();
+        assert_eq!(pol.rate_limit, Some(l));
+        // All zero is no limit at all.
+        let cfg = parse("rx_mbit = 0").expect("parses");
+        assert_eq!(cfg.port[0].policy().rate_limit, None);
+        for (bad, field) in [
+            ("rx_mbit = 99999999", "port[0].rate_limit.rx_mbit"),
+            ("tx_pps = 9999999999", "port[0].rate_limit.tx_pps"),
+            ("burst_kib = 99999999", "port[0].rate_limit.burst_kib"),
+            ("rx_mbit = -5", "rx_mbit"),
+            ("rx_mbits = 5", "rx_mbits"),
+        ] {
+            let e = parse(bad).expect_err(bad).to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
     }
 }

@@ -147,6 +147,9 @@ impl Config {
                 ));
             }
             n.gateway_config(&format!("network[{i}]"), self.engine.mtu)?;
+            if let Some(p) = &n.policy {
+                crate::policy::Compiled::new(p, &format!("network[{i}].policy"))?;
+            }
         }
         for (i, f) in self.forward.iter().enumerate() {
             let Some(n) = self.network.iter().find(|n| n.name == f.network) else {
@@ -171,6 +174,9 @@ impl Config {
         let mut ports = std::collections::HashSet::new();
         for (i, p) in self.port.iter().enumerate() {
             p.backend(&format!("port[{i}]"))?;
+            if let Some(pol) = &p.policy {
+                crate::policy::Compiled::new(pol, &format!("port[{i}].policy"))?;
+            }
             if let Some(m) = p.mtu
                 && m > self.engine.mtu
             {

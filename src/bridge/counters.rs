@@ -51,11 +51,14 @@ pub enum DropReason {
     /// of its own. Sent untagged, as native frames are, it would read as that VLAN on the
     /// wire (VLAN hopping), so it is dropped.
     NativeTagged,
+    /// A policy rule (or default) denied the frame towards every port it would have gone to
+    /// (see [`crate::policy`]); the rule's own counters say which.
+    PolicyDenied,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 19;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
@@ -76,6 +79,7 @@ impl DropReason {
         DropReason::AddressLimit,
         DropReason::UnmappedVlan,
         DropReason::NativeTagged,
+        DropReason::PolicyDenied,
     ];
 
     /// Stable name used in stats output.
@@ -99,6 +103,7 @@ impl DropReason {
             DropReason::AddressLimit => "address_limit",
             DropReason::UnmappedVlan => "unmapped_vlan",
             DropReason::NativeTagged => "native_tagged",
+            DropReason::PolicyDenied => "policy_denied",
         }
     }
 

@@ -111,6 +111,10 @@ pub struct NetworkSpec {
     /// Let guests reach the cloud metadata service (169.254.169.254) through NAT (default false).
     #[serde(default)]
     pub allow_metadata: bool,
+    /// Policy rules of the network (see [`crate::policy`]): `egress` leaves through NAT,
+    /// `ingress` comes in through a port forward; between guests, rules without a direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicySpec>,
 }
 
 impl NetworkSpec {
@@ -138,6 +142,7 @@ impl NetworkSpec {
             fdb_aging_secs: None,
             port_security: None,
             allow_metadata: false,
+            policy: None,
         }
     }
 
@@ -316,14 +321,31 @@ impl Handle {
                 ),
             ));
         }
-        // Check the gateway settings before creating anything.
+        // Check the gateway settings and the policy before creating anything.
         let gw = spec.gateway_config(prefix, engine_mtu)?;
+        let path = format!("{prefix}.policy");
+        if let Some(p) = &spec.policy {
+            crate::policy::Compiled::new(p, &path)?;
+        }
         self.add_network_with(
             &spec.name,
             fdb_config(spec.fdb_max_entries, spec.fdb_aging_secs),
             spec.port_security,
             gw,
-        )
+        )?;
+        if let Some(p) = &spec.policy {
+            let bridge = self.dp.bridge();
+            let id = bridge
+                .topology()
+                .network_by_name(&spec.name)
+                .map(|n| n.net.id);
+            if let Some(id) = id {
+                bridge
+                    .policy()
+                    .set(crate::policy::Scope::Network(id.0), p, &path)?;
+            }
+        }
+        Ok(())
     }
 
     /// The one place a network and its gateway are made: the bridge domain with `fdb`, port

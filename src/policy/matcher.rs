@@ -211,7 +211,10 @@ mod tests {
         let p = Packet::from_frame(&f).expect("ip");
         assert_eq!((p.proto, p.sport, p.dport), (6, Some(40000), Some(22)));
         assert_eq!(p.dst, IpAddr::from([10, 88, 0, 6]));
-        let f = eth(ETH_IPV4, &v4(1, [10, 88, 0, 5], [10, 88, 0, 6], &[8, 0, 0, 0], 0));
+        let f = eth(
+            ETH_IPV4,
+            &v4(1, [10, 88, 0, 5], [10, 88, 0, 6], &[8, 0, 0, 0], 0),
+        );
         assert_eq!(Packet::from_frame(&f).expect("ip").icmp_type, Some(8));
         // ARP and runts are not IP.
         assert_eq!(Packet::from_frame(&eth(0x0806, &[0u8; 28])), None);
@@ -240,44 +243,85 @@ mod tests {
         let r = rule(&[("proto", "udp"), ("dst", "fd00::/64")]);
         assert!(matches(&r, Direction::Ingress, &p), "addresses only");
         let r = rule(&[("proto", "udp"), ("dst_port", "53")]);
-        assert!(!matches(&r, Direction::Ingress, &p), "no ports on a later fragment");
+        assert!(
+            !matches(&r, Direction::Ingress, &p),
+            "no ports on a later fragment"
+        );
         let r = rule(&[("proto", "icmpv6"), ("icmp_type", "128")]);
         let mut echo = ip[..40].to_vec();
         echo[6] = 58;
         echo.extend([128, 0, 0, 0]);
-        assert!(matches(&r, Direction::Egress, &Packet::from_ip(&echo).expect("ip")));
+        assert!(matches(
+            &r,
+            Direction::Egress,
+            &Packet::from_ip(&echo).expect("ip")
+        ));
     }
 
     #[test]
     fn ports_ranges_cidrs_and_directions() {
         let p = Packet::from_ip(&v4(6, [10, 88, 0, 5], [10, 88, 0, 6], &tcp(40000, 22), 0))
             .expect("ip");
-        assert!(matches(&rule(&[("proto", "tcp"), ("dst_port", "22")]), Direction::Any, &p));
-        assert!(matches(&rule(&[("proto", "tcp"), ("dst_port", "20-22")]), Direction::Any, &p));
-        assert!(!matches(&rule(&[("proto", "tcp"), ("dst_port", "23-30")]), Direction::Any, &p));
+        assert!(matches(
+            &rule(&[("proto", "tcp"), ("dst_port", "22")]),
+            Direction::Any,
+            &p
+        ));
+        assert!(matches(
+            &rule(&[("proto", "tcp"), ("dst_port", "20-22")]),
+            Direction::Any,
+            &p
+        ));
+        assert!(!matches(
+            &rule(&[("proto", "tcp"), ("dst_port", "23-30")]),
+            Direction::Any,
+            &p
+        ));
         assert!(!matches(&rule(&[("proto", "udp")]), Direction::Any, &p));
-        assert!(matches(&rule(&[("proto", "tcp"), ("src_port", "40000-65535")]), Direction::Any, &p));
-        assert!(matches(&rule(&[("dst", "10.88.0.0/24")]), Direction::Any, &p));
-        assert!(!matches(&rule(&[("dst", "10.88.1.0/24")]), Direction::Any, &p));
-        assert!(!matches(&rule(&[("src", "fd00::/8")]), Direction::Any, &p), "other family");
+        assert!(matches(
+            &rule(&[("proto", "tcp"), ("src_port", "40000-65535")]),
+            Direction::Any,
+            &p
+        ));
+        assert!(matches(
+            &rule(&[("dst", "10.88.0.0/24")]),
+            Direction::Any,
+            &p
+        ));
+        assert!(!matches(
+            &rule(&[("dst", "10.88.1.0/24")]),
+            Direction::Any,
+            &p
+        ));
+        assert!(
+            !matches(&rule(&[("src", "fd00::/8")]), Direction::Any, &p),
+            "other family"
+        );
         assert!(matches(&rule(&[("src", "10.88.0.5")]), Direction::Any, &p));
         let eg = rule(&[("direction", "egress")]);
         assert!(matches(&eg, Direction::Egress, &p));
         assert!(!matches(&eg, Direction::Ingress, &p));
-        assert!(!matches(&eg, Direction::Any, &p), "between guests: only direction-less");
+        assert!(
+            !matches(&eg, Direction::Any, &p),
+            "between guests: only direction-less"
+        );
         // Later IPv4 fragment: addresses and protocol only.
         let f = Packet::from_ip(&v4(6, [10, 88, 0, 5], [10, 88, 0, 6], &[9; 8], 185)).expect("ip");
         assert_eq!(f.frag, Frag::Later);
-        assert!(!matches(&rule(&[("proto", "tcp"), ("dst_port", "0-65535")]), Direction::Any, &f));
+        assert!(!matches(
+            &rule(&[("proto", "tcp"), ("dst_port", "0-65535")]),
+            Direction::Any,
+            &f
+        ));
         assert!(matches(&rule(&[("proto", "tcp")]), Direction::Any, &f));
     }
 
     #[test]
     fn icmp_types_and_first_match_wins() {
-        let echo = Packet::from_ip(&v4(1, [10, 88, 0, 5], [10, 88, 0, 6], &[8, 0, 0, 0], 0))
-            .expect("ip");
-        let reply = Packet::from_ip(&v4(1, [10, 88, 0, 6], [10, 88, 0, 5], &[0, 0, 0, 0], 0))
-            .expect("ip");
+        let echo =
+            Packet::from_ip(&v4(1, [10, 88, 0, 5], [10, 88, 0, 6], &[8, 0, 0, 0], 0)).expect("ip");
+        let reply =
+            Packet::from_ip(&v4(1, [10, 88, 0, 6], [10, 88, 0, 5], &[0, 0, 0, 0], 0)).expect("ip");
         let r = rule(&[("proto", "icmp"), ("icmp_type", "8")]);
         assert!(matches(&r, Direction::Any, &echo));
         assert!(!matches(&r, Direction::Any, &reply));

@@ -369,10 +369,16 @@ impl Table {
             let n = old.map_or(0, |c| c.rules.len());
             let at = index.unwrap_or(n);
             if at > n {
-                return Err(Error::invalid("index", format!("{at} is past the end ({n} rules)")));
+                return Err(Error::invalid(
+                    "index",
+                    format!("{at} is past the end ({n} rules)"),
+                ));
             }
             if n >= rule::MAX_RULES {
-                return Err(Error::invalid("rule", format!("the policy has {n} rules, the most")));
+                return Err(Error::invalid(
+                    "rule",
+                    format!("the policy has {n} rules, the most"),
+                ));
             }
             let mut c = match old {
                 Some(o) => Compiled {
@@ -392,12 +398,41 @@ impl Table {
         })
     }
 
+    /// Sets the default of `scope` (`None`: a port's falls through to its network's, a
+    /// network's is `allow`); the rules keep their counters.
+    pub fn set_default(&self, scope: Scope, default: Option<Action>) -> Result<()> {
+        self.update(|s| {
+            let c = match s.map.get(&scope) {
+                Some(o) => Compiled {
+                    default,
+                    specs: o.specs.clone(),
+                    rules: o.rules.clone(),
+                    hits: o.hits.clone(),
+                    default_hits: o.default_hits.clone(),
+                },
+                None => Compiled {
+                    default,
+                    ..Compiled::new(&PolicySpec::default(), "policy")?
+                },
+            };
+            if c.rules.is_empty() && c.default.is_none() {
+                s.map.remove(&scope);
+            } else {
+                s.map.insert(scope, Arc::new(c));
+            }
+            Ok(())
+        })
+    }
+
     /// Removes rule `index` of `scope`; returns it. The policy goes when it has neither rules
     /// nor a default left.
     pub fn remove_rule(&self, scope: Scope, index: usize) -> Result<RuleSpec> {
         self.update(|s| {
             let Some(old) = s.map.get(&scope) else {
-                return Err(Error::invalid("index", format!("{index}: there are no rules")));
+                return Err(Error::invalid(
+                    "index",
+                    format!("{index}: there are no rules"),
+                ));
             };
             if index >= old.rules.len() {
                 return Err(Error::invalid(

@@ -274,12 +274,8 @@ impl RuleSpec {
     /// Checks the rule; errors name `path.FIELD` (e.g. `network[0].policy.rules[1].dst_port`).
     pub fn compile(&self, path: &str) -> Result<Rule> {
         let bad = |field: &str, reason: String| Error::invalid(format!("{path}.{field}"), reason);
-        let action = Action::parse(&self.action).ok_or_else(|| {
-            bad(
-                "action",
-                format!("{:?} is not allow or deny", self.action),
-            )
-        })?;
+        let action = Action::parse(&self.action)
+            .ok_or_else(|| bad("action", format!("{:?} is not allow or deny", self.action)))?;
         let direction = match self.direction.as_deref() {
             None | Some("any") => Direction::Any,
             Some("ingress") => Direction::Ingress,
@@ -421,7 +417,11 @@ mod tests {
         let c = r.compile("x").expect("valid");
         assert_eq!(c.action, Action::Deny);
         assert_eq!(c.direction, Direction::Egress);
-        assert_eq!(c.dst, Some("10.88.0.0/24".parse().expect("net")), "truncated");
+        assert_eq!(
+            c.dst,
+            Some("10.88.0.0/24".parse().expect("net")),
+            "truncated"
+        );
         assert_eq!(c.src, Some("10.88.0.5/32".parse().expect("net")));
         assert_eq!(c.dst_port, Some(PortRange { lo: 20, hi: 22 }));
         let mut n = RuleSpec::new("allow");

@@ -51,7 +51,10 @@ fn network_rules_first_match_and_counters() {
     let p = policy(
         None,
         vec![
-            rule("allow", &[("src", "10.88.0.5"), ("proto", "tcp"), ("dst_port", "22")]),
+            rule(
+                "allow",
+                &[("src", "10.88.0.5"), ("proto", "tcp"), ("dst_port", "22")],
+            ),
             rule("deny", &[("proto", "tcp"), ("dst_port", "22")]),
         ],
     );
@@ -82,7 +85,10 @@ fn directions_of_network_rules() {
     t.set(Scope::Network(NET), &p, "p").expect("valid");
     let s = t.load();
     let pk = tcp(A, B, 80);
-    assert!(s.check(NET, Way::Out { port: 2 }, &pk, 1).is_err(), "NAT egress");
+    assert!(
+        s.check(NET, Way::Out { port: 2 }, &pk, 1).is_err(),
+        "NAT egress"
+    );
     assert!(s.check(NET, Way::In { port: Some(2) }, &pk, 1).is_ok());
     let between = Way::Between { from: 2, to: 3 };
     assert!(s.check(NET, between, &pk, 1).is_ok(), "not between guests");
@@ -103,7 +109,14 @@ fn port_rules_precede_network_rules_and_both_ends_must_allow() {
         &policy(
             None,
             vec![
-                rule("allow", &[("direction", "egress"), ("proto", "tcp"), ("dst_port", "80")]),
+                rule(
+                    "allow",
+                    &[
+                        ("direction", "egress"),
+                        ("proto", "tcp"),
+                        ("dst_port", "80"),
+                    ],
+                ),
                 rule("deny", &[("proto", "udp"), ("dst_port", "53")]),
             ],
         ),
@@ -112,8 +125,14 @@ fn port_rules_precede_network_rules_and_both_ends_must_allow() {
     .expect("valid");
     // Port 3 accepts nothing on TCP 80 (its own ingress deny wins over 2's allow).
     let s = t.load();
-    assert!(s.check(NET, Way::Out { port: 2 }, &tcp(A, B, 80), 1).is_ok());
-    assert!(s.check(NET, Way::Out { port: 4 }, &tcp(A, B, 80), 1).is_err());
+    assert!(
+        s.check(NET, Way::Out { port: 2 }, &tcp(A, B, 80), 1)
+            .is_ok()
+    );
+    assert!(
+        s.check(NET, Way::Out { port: 4 }, &tcp(A, B, 80), 1)
+            .is_err()
+    );
     let mut udp = tcp(A, B, 53);
     udp.proto = 17;
     assert!(s.check(NET, Way::Out { port: 2 }, &udp, 1).is_err());
@@ -137,8 +156,14 @@ fn port_rules_precede_network_rules_and_both_ends_must_allow() {
     t.set(Scope::Port(5), &policy(Some("allow"), vec![]), "p")
         .expect("valid");
     let s = t.load();
-    assert!(s.check(NET, Way::In { port: Some(5) }, &tcp(B, A, 9), 1).is_ok());
-    assert!(s.check(NET, Way::In { port: None }, &tcp(B, A, 9), 1).is_err());
+    assert!(
+        s.check(NET, Way::In { port: Some(5) }, &tcp(B, A, 9), 1)
+            .is_ok()
+    );
+    assert!(
+        s.check(NET, Way::In { port: None }, &tcp(B, A, 9), 1)
+            .is_err()
+    );
     assert_eq!(t.rows(Scope::Port(5))[0].packets, 1);
 }
 
@@ -146,17 +171,28 @@ fn port_rules_precede_network_rules_and_both_ends_must_allow() {
 fn add_and_remove_keep_the_other_counters() {
     let t = Table::default();
     let s0 = Scope::Port(7);
-    t.add_rule(s0, None, &rule("deny", &[("proto", "tcp"), ("dst_port", "22")]))
-        .expect("valid");
-    let _ = t.load().check(NET, Way::Out { port: 7 }, &tcp(A, B, 22), 10);
+    t.add_rule(
+        s0,
+        None,
+        &rule("deny", &[("proto", "tcp"), ("dst_port", "22")]),
+    )
+    .expect("valid");
+    let _ = t
+        .load()
+        .check(NET, Way::Out { port: 7 }, &tcp(A, B, 22), 10);
     let at = t
         .add_rule(s0, Some(0), &rule("allow", &[("proto", "udp")]))
         .expect("valid");
     assert_eq!(at, 0);
     let rows = t.rows(s0);
     assert_eq!((rows.len(), rows[1].packets, rows[1].bytes), (2, 1, 10));
-    let e = t.add_rule(s0, Some(5), &rule("allow", &[])).expect_err("past");
-    assert!(e.to_string().contains("invalid index: 5 is past the end"), "{e}");
+    let e = t
+        .add_rule(s0, Some(5), &rule("allow", &[]))
+        .expect_err("past");
+    assert!(
+        e.to_string().contains("invalid index: 5 is past the end"),
+        "{e}"
+    );
     let e = t
         .add_rule(s0, None, &rule("allow", &[("dst_port", "1")]))
         .expect_err("no proto");
@@ -177,6 +213,13 @@ fn snapshot_is_stable_while_rules_change() {
     let old = t.load();
     t.remove_rule(Scope::Network(NET), 0).expect("there");
     // A reader holding the old snapshot still sees the rule; new readers do not.
-    assert!(old.check(NET, Way::Out { port: 1 }, &tcp(A, B, 1), 1).is_err());
-    assert!(t.load().check(NET, Way::Out { port: 1 }, &tcp(A, B, 1), 1).is_ok());
+    assert!(
+        old.check(NET, Way::Out { port: 1 }, &tcp(A, B, 1), 1)
+            .is_err()
+    );
+    assert!(
+        t.load()
+            .check(NET, Way::Out { port: 1 }, &tcp(A, B, 1), 1)
+            .is_ok()
+    );
 }

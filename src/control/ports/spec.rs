@@ -182,6 +182,10 @@ pub struct PortSpec {
     /// the port is added until it goes (a stream port: each peer adds a section).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pcap: Option<PathBuf>,
+    /// Policy rules of this port (see [`crate::policy`]): checked before the network's,
+    /// `ingress` towards the port, `egress` from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicySpec>,
 }
 impl PortSpec {
     /// A spec with default policy and no backend chosen yet.
@@ -214,6 +218,7 @@ impl PortSpec {
             routes: Vec::new(),
             fd: false,
             pcap: None,
+            policy: None,
         }
     }
 
@@ -423,6 +428,7 @@ impl PortSpec {
             allowed_ips: self.allowed_ips.clone(),
             port_security: self.port_security.or(self.vxlan.as_ref().map(|_| false)),
             trunk: self.trunk_spec(),
+            rules: self.policy.clone(),
         }
     }
 }

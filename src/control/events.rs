@@ -540,6 +540,28 @@ mod tests {
     }
 
     #[test]
+    fn policy_denials_are_sampled_per_rule() {
+        let mut old = Seen::default();
+        old.denied.insert(1, ("n".into(), None, Some(0), 4));
+        let mut new = Seen::default();
+        new.denied.insert(1, ("n".into(), None, Some(0), 10));
+        // A rule first seen now starts from its count: no event for what came before.
+        new.denied
+            .insert(2, ("n".into(), Some("c1".into()), None, 3));
+        assert_eq!(
+            diff(&old, &new),
+            [Event::PolicyDenied {
+                network: "n".into(),
+                port: None,
+                rule: Some(0),
+                count: 6
+            }]
+        );
+        let v = serde_json::to_value(&diff(&old, &new)[0]).expect("json");
+        assert_eq!(v["event"], "policy_denied");
+    }
+
+    #[test]
     fn a_slow_subscriber_is_dropped_and_others_go_on() {
         let bus = EventBus::default();
         let slow = bus.subscribe();

@@ -1,5 +1,5 @@
 //! The pure part of policy: the header fields a rule looks at ([`Packet`], read from a frame or
-//! an IP packet without allocating) and whether a rule matches them ([`matches`],
+//! an IP packet without allocating) and whether a rule matches them ([`matches()`],
 //! [`first_match`]).
 //!
 //! Fragments: the first fragment carries the transport header and matches like a whole

@@ -205,7 +205,7 @@ pub struct PolicySpec {
     pub rules: Vec<RuleSpec>,
 }
 
-/// A checked rule, ready for [`super::matcher::matches`].
+/// A checked rule, ready for [`super::matcher::matches()`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rule {
     /// What it does.

@@ -147,6 +147,9 @@ impl Config {
                 ));
             }
             n.gateway_config(&format!("network[{i}]"), self.engine.mtu)?;
+            if let Some(p) = &n.policy {
+                crate::policy::Compiled::new(p, &format!("network[{i}].policy"))?;
+            }
         }
         for (i, f) in self.forward.iter().enumerate() {
             let Some(n) = self.network.iter().find(|n| n.name == f.network) else {
@@ -171,6 +174,9 @@ impl Config {
         let mut ports = std::collections::HashSet::new();
         for (i, p) in self.port.iter().enumerate() {
             p.backend(&format!("port[{i}]"))?;
+            if let Some(pol) = &p.policy {
+                crate::policy::Compiled::new(pol, &format!("port[{i}].policy"))?;
+            }
             if let Some(m) = p.mtu
                 && m > self.engine.mtu
             {
@@ -401,5 +407,40 @@ packet = "veth0"
             "[[network]]\nname = \"a\"\n[[port]]\nnetwork = \"a\"\nname = \"p\"\ntap = \"t\"\nmtu = 9000",
         );
         assert!(e.contains("port[0].mtu") && e.contains("engine.mtu"), "{e}");
+    }
+
+    #[test]
+    fn policy_keys_parse_and_errors_name_the_rule_field() {
+        let text = |net: &str, port: &str| {
+            format!(
+                "[[network]]\nname = \"net0\"\npolicy = {net}\n\
+                 [[port]]\nnetwork = \"net0\"\nname = \"c1\"\ntap = \"t1\"\npolicy = {port}\n"
+            )
+        };
+        let good = text(
+            r#"{ default = "allow", rules = [
+                { action = "deny", proto = "tcp", dst = "10.88.0.0/24", dst_port = "22" },
+                { action = "deny", proto = "icmp", icmp_type = 8, src = "10.88.0.5/32" },
+                { action = "allow", direction = "egress", proto = "udp", dst_port = "53-54" } ] }"#,
+            r#"{ rules = [ { action = "deny", direction = "ingress", proto = "tcp", dst_port = 80 } ] }"#,
+        );
+        let c = Config::parse(&good).expect("valid");
+        assert_eq!(c.network[0].policy.as_ref().map(|p| p.rules.len()), Some(3));
+        assert_eq!(c.port[0].policy().rules.map(|p| p.rules.len()), Some(1));
+        let e = err(&text(
+            r#"{ rules = [ { action = "deny" }, { action = "deny", proto = "tcp", dst_port = "99999" } ] }"#,
+            "{}",
+        ));
+        assert!(
+            e.contains("network[0].policy.rules[1].dst_port: 99999 is outside"),
+            "{e}"
+        );
+        let e = err(&text("{}", r#"{ default = "reject" }"#));
+        assert!(e.contains("port[0].policy.default: "), "{e}");
+        let e = err(&text(
+            r#"{ rules = [ { action = "deny", port = 1 } ] }"#,
+            "{}",
+        ));
+        assert!(e.contains("unknown field `port`"), "{e}");
     }
 }

@@ -109,6 +109,7 @@ pub mod gateway;
 pub mod link;
 pub mod nat;
 pub mod offload;
+pub mod policy;
 mod queue_device;
 pub mod sandbox;
 pub mod spawn;

@@ -51,6 +51,7 @@
 //! - NAT: flows within `max_flows`, live sockets per guest port within
 //!   `max_flows_per_guest`, and exactly one live fake host socket per flow (no leak);
 //! - bounded memory: neighbour tables, DNS-over-TCP connections, DHCP leases, the fake's queues;
+//! - policy rules ([`set_policies`]): no frame a rule denies between guests reaches a guest;
 //! - offloads: the engine's adaptation ([`usernet::offload::adapt`]) runs on every egress as in
 //!   the engine; guest port 0 has no offloads, and every gateway frame it gets is complete (no
 //!   offload state, within the MTU, right TCP checksum); port 1 takes GSO frames as they are.
@@ -83,6 +84,7 @@ use usernet::gateway::{self, Driver, Gateway, GatewayConfig, ndp};
 use usernet::nat::forward_rt::{Bound, Listener};
 use usernet::nat::host::{HostDatagram, HostListener, HostSockets, HostStream};
 use usernet::offload::{self, Offloads};
+use usernet::policy::{PolicySpec, RuleSpec, Scope};
 use usernet::wire::L2Header;
 use usernet::wire::Mac;
 
@@ -862,7 +864,7 @@ impl World {
                     },
                 )
                 .expect("gateway port");
-            let guests = (0..GUESTS)
+            let guests: Vec<Arc<Port>> = (0..GUESTS)
                 .map(|p| {
                     br.add_port(
                         name,
@@ -893,6 +895,9 @@ impl World {
                 gateway::standalone(cfg, &poll, names, guard.clone(), host.clone(), epoch)
                     .expect("gateway");
             *gw.port.lock() = Some(gw_port.id);
+            let net_id = br.topology().network_by_name(name).map(|n| n.net.id);
+            driver.set_policy(br.policy().clone(), net_id.expect("network id"));
+            set_policies(&br, i, net_id.expect("network id"), &guests);
             driver.announce();
             if !internal {
                 // Port forwards, on the fake host: TCP to guest port 0's name, to a station's
@@ -1410,6 +1415,12 @@ impl World {
                         };
                         if src == gw_mac(i) {
                             self.check_gateway_dst(i, p, f.data());
+                        } else {
+                            assert!(
+                                !policy_denied(i, p, f.data()),
+                                "port {p} of {} got a frame its policy denies",
+                                NETS[i].name
+                            );
                         }
                         let mut q = VecDeque::new();
                         if offload::adapt(f, accept, self.br.pool(), &mut q).is_err() {
@@ -2261,6 +2272,66 @@ fn fwd_client(c: u8) -> SocketAddr {
 
 /// Clock steps an event can take.
 const STEPS_MS: [u64; 8] = [1, 200, 1000, 4000, 11_000, 61_000, 400_000, 3_700_000];
+
+/// Policy rules ([`usernet::policy`]): n0 denies TCP to port 2222 between its guests (checked
+/// in [`World::pump`]: no such frame reaches a guest) and through NAT and forwards, its guest
+/// port 1 may not send ICMP echo requests (egress) nor take UDP to port 9999 (ingress); n2 (internal)
+/// denies by default with an exception for its guest port 0; the others have none.
+fn set_policies(br: &Bridge, net: usize, id: NetworkId, guests: &[Arc<Port>]) {
+    let rule = |kv: &[(&str, &str)]| {
+        let mut r = RuleSpec::new("deny");
+        for (k, v) in kv {
+            r.set(k, v).expect("rule key");
+        }
+        r
+    };
+    let set = |scope: Scope, default: Option<&str>, rules: Vec<RuleSpec>| {
+        let mut p = PolicySpec::default();
+        p.default = default.map(str::to_string);
+        p.rules = rules;
+        br.policy().set(scope, &p, "fuzz").expect("policy");
+    };
+    match net {
+        0 => {
+            set(
+                Scope::Network(id.0),
+                None,
+                vec![rule(&[("proto", "tcp"), ("dst_port", "2222")])],
+            );
+            set(
+                Scope::Port(guests[1].id.0),
+                None,
+                vec![
+                    rule(&[
+                        ("direction", "egress"),
+                        ("proto", "icmp"),
+                        ("icmp_type", "8"),
+                    ]),
+                    rule(&[
+                        ("direction", "ingress"),
+                        ("proto", "udp"),
+                        ("dst_port", "9999"),
+                    ]),
+                ],
+            );
+        }
+        2 => {
+            set(Scope::Network(id.0), Some("deny"), vec![]);
+            set(Scope::Port(guests[0].id.0), Some("allow"), vec![]);
+        }
+        _ => {}
+    }
+}
+
+/// True for a frame the policy of network `net` must have kept from guest port `port`.
+fn policy_denied(net: usize, port: usize, frame: &[u8]) -> bool {
+    let Some(p) = usernet::policy::Packet::from_frame(frame) else {
+        return false;
+    };
+    net == 0
+        && ((p.proto == 6 && p.dport == Some(2222))
+            || (port == 1 && p.proto == 17 && p.dport == Some(9999)))
+}
 
 /// Runs one input through the datapath, checking the invariants after every event.
 pub fn datapath(data: &[u8]) {

@@ -54,11 +54,14 @@ pub enum DropReason {
     /// Egress: the port's tx rate limit held its ring back until it was full (see
     /// [`crate::bridge::limit`]).
     RateLimited,
+    /// A policy rule (or default) denied the frame towards every port it would have gone to
+    /// (see [`crate::policy`]); the rule's own counters say which.
+    PolicyDenied,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 19;
+    pub const COUNT: usize = 20;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
@@ -80,6 +83,7 @@ impl DropReason {
         DropReason::UnmappedVlan,
         DropReason::NativeTagged,
         DropReason::RateLimited,
+        DropReason::PolicyDenied,
     ];
 
     /// Stable name used in stats output.
@@ -104,6 +108,7 @@ impl DropReason {
             DropReason::UnmappedVlan => "unmapped_vlan",
             DropReason::NativeTagged => "native_tagged",
             DropReason::RateLimited => "rate_limited",
+            DropReason::PolicyDenied => "policy_denied",
         }
     }
 

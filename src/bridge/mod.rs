@@ -124,6 +124,9 @@ pub struct PortPolicy {
     /// current one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// The port's policy rules ([`crate::policy`]), installed before the port carries a frame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules: Option<crate::policy::PolicySpec>,
 }
 
 impl Default for PortPolicy {
@@ -137,9 +140,13 @@ impl Default for PortPolicy {
             port_security: None,
             trunk: None,
             rate_limit: None,
+            rules: None,
         }
     }
 }
+
+/// The link kind of a gateway's port (its frames are not policy-checked on the bridge).
+pub const GATEWAY_KIND: &str = "gateway";
 
 /// Default capacity of a port's TX ring, in frames.
 pub const DEFAULT_RING: usize = 1024;
@@ -312,6 +319,9 @@ pub enum BridgeError {
     /// A trunk map that cannot be used: the field and the reason.
     #[error("{0}: {1}")]
     BadTrunk(String, String),
+    /// A port's policy rules that cannot be used: the field and the reason.
+    #[error("invalid {0}: {1}")]
+    BadPolicy(String, String),
 }
 
 /// Checks a network or port name: 1-64 of `[A-Za-z0-9_.-]`.
@@ -346,6 +356,7 @@ pub struct NewPort {
 /// The switching core. See the module docs.
 pub struct Bridge {
     topo: ArcSwap<Topology>,
+    policy: Arc<crate::policy::Table>,
     writer: Mutex<()>,
     clock: Arc<dyn Clock>,
     pool: FramePool,
@@ -365,6 +376,7 @@ impl Bridge {
     pub fn new(clock: Arc<dyn Clock>, pool: FramePool) -> Self {
         Bridge {
             topo: ArcSwap::from_pointee(Topology::default()),
+            policy: Arc::default(),
             writer: Mutex::new(()),
             clock,
             pool,
@@ -375,6 +387,12 @@ impl Bridge {
     /// Now, in the bridge clock's milliseconds.
     pub fn now(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// The policy rules of networks and ports ([`crate::policy`]), read by the decision
+    /// below and by the gateways' NAT.
+    pub fn policy(&self) -> &Arc<crate::policy::Table> {
+        &self.policy
     }
 
     /// The frame pool.
@@ -424,7 +442,7 @@ impl Bridge {
 
     /// Removes a network and all its ports; returns the removed ports.
     pub fn remove_network(&self, name: &str) -> Result<Vec<Arc<Port>>, BridgeError> {
-        self.update(|t| {
+        let removed = self.update(|t| {
             let id = t
                 .network_by_name(name)
                 .map(|n| n.net.id)
@@ -440,14 +458,23 @@ impl Bridge {
                 // A trunk goes with any network it carries: out of the others too.
                 detach_from_networks(t, p);
             }
-            Ok(ne.ports)
-        })
+            Ok((ne.net.id, ne.ports))
+        })?;
+        self.policy
+            .remove(crate::policy::Scope::Network(removed.0.0));
+        for p in &removed.1 {
+            self.policy.remove(crate::policy::Scope::Port(p.id.0));
+        }
+        Ok(removed.1)
     }
 
     /// Adds a port to `network`; a port whose policy has a `trunk` joins the networks of its
     /// trunk instead (`network` is not used).
     pub fn add_port(&self, network: &str, spec: NewPort) -> Result<Arc<Port>, BridgeError> {
         validate_name(&spec.name)?;
+        if let Some(r) = &spec.policy.rules {
+            crate::policy::Compiled::new(r, "port.policy").map_err(policy_error)?;
+        }
         self.update(|t| {
             if t.port_by_name(&spec.name).is_some() {
                 return Err(BridgeError::PortExists(spec.name.clone()));
@@ -518,6 +545,17 @@ impl Bridge {
                 rate_limit: Mutex::new(spec.policy.rate_limit.and_then(RateLimit::normalized)),
                 throttled: AtomicBool::new(false),
             });
+            if let Some(r) = &spec.policy.rules {
+                let scope = crate::policy::Scope::Port(id.0);
+                if let Err(e) = self.policy.set(scope, r, "port.policy") {
+                    for (net, _) in &regs {
+                        if let Some(ne) = t.nets.get(net) {
+                            ne.net.guard.unregister(id);
+                        }
+                    }
+                    return Err(policy_error(e));
+                }
+            }
             for (net, _) in &regs {
                 if let Some(ne) = t.nets.get_mut(net) {
                     ne.ports.push(port.clone());
@@ -541,6 +579,7 @@ impl Bridge {
                 Ok(p)
             })
             .ok()?;
+        self.policy.remove(crate::policy::Scope::Port(id.0));
         // Free the queued frames now rather than when the last snapshot goes.
         while removed.tx.pop().is_some() {}
         Some(removed)
@@ -616,17 +655,32 @@ impl Bridge {
                 }
             }
             Ok(Target::One(p)) => {
+                if !self.policy_allows(ingress, p, net, &frame) {
+                    c.drop_n(DropReason::PolicyDenied, 1);
+                    return;
+                }
                 c.forwarded.fetch_add(1, Ordering::Relaxed);
                 enqueue(&self.pool, p, net, frame, on_enqueue);
             }
             Ok(Target::Flood(ne, broadcast)) => {
+                let mut denied = false;
                 let mut targets = ne.ports.iter().filter(|p| {
                     p.id != ingress.id
                         && (broadcast || p.policy.flood)
                         && !(ingress.policy.isolated && p.policy.isolated)
+                        && (self.policy_allows(ingress, p, net, &frame) || {
+                            denied = true;
+                            false
+                        })
                 });
                 let Some(mut cur) = targets.next() else {
-                    c.drop_n(DropReason::NoDestination, 1);
+                    drop(targets);
+                    let reason = if denied {
+                        DropReason::PolicyDenied
+                    } else {
+                        DropReason::NoDestination
+                    };
+                    c.drop_n(reason, 1);
                     return;
                 };
                 c.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -640,6 +694,23 @@ impl Bridge {
                 enqueue(&self.pool, cur, net, frame, on_enqueue);
             }
         }
+    }
+
+    /// The policy check of a frame between two guest ports ([`crate::policy`]): one flag
+    /// when no policy exists; frames from or to a gateway and non-IP frames always pass.
+    fn policy_allows(&self, from: &Port, to: &Port, net: NetworkId, frame: &Frame) -> bool {
+        if !self.policy.active() || from.kind == GATEWAY_KIND || to.kind == GATEWAY_KIND {
+            return true;
+        }
+        let Some(pkt) = crate::policy::Packet::from_frame(frame.data()) else {
+            return true;
+        };
+        let way = crate::policy::Way::Between {
+            from: from.id.0,
+            to: to.id.0,
+        };
+        let snap = self.policy.load();
+        snap.check(net.0, way, &pkt, frame.len() as u64).is_ok()
     }
 
     fn decide<'t>(
@@ -692,6 +763,14 @@ impl Bridge {
 enum Target<'t> {
     One(&'t Arc<Port>),
     Flood(&'t NetEntry, bool),
+}
+
+/// A policy error as a bridge error (its field and reason kept).
+fn policy_error(e: crate::Error) -> BridgeError {
+    match e {
+        crate::Error::Invalid { field, reason } => BridgeError::BadPolicy(field, reason),
+        other => BridgeError::BadPolicy("port.policy".into(), other.to_string()),
+    }
 }
 
 /// Takes `port` out of every network it is in (port lists, FDBs, guards).

@@ -428,3 +428,69 @@ fn trunk_spec_errors_name_the_key() {
     assert!(add(&[("n10", 5), ("n11", 5)], None).contains("VLAN id 5 is also"));
     assert!(r.br.topology().port_by_name("t").is_none());
 }
+
+/// An IPv4 TCP frame from `src` to `dst` (MACs and last address bytes `s`, `d`).
+fn tcp_frame(dst: Mac, src: Mac, s: u8, d: u8, dport: u16) -> Frame {
+    let mut f = Vec::with_capacity(60);
+    f.extend(dst.0);
+    f.extend(src.0);
+    f.extend([0x08, 0x00]);
+    f.extend([0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+    f.extend([10, 88, 0, s, 10, 88, 0, d]);
+    f.extend(40000u16.to_be_bytes());
+    f.extend(dport.to_be_bytes());
+    f.extend([0u8; 16]);
+    Frame::from_slice(&f)
+}
+
+#[test]
+fn policy_denies_between_guests_unicast_and_flood() {
+    use crate::policy::{PolicySpec, RuleSpec, Scope};
+    let r = rig();
+    let (a, b, c) = three(&r);
+    let mut deny = RuleSpec::new("deny");
+    deny.set("proto", "tcp").expect("ok");
+    deny.set("dst_port", "22").expect("ok");
+    let net = r.br.topology().network_by_name("n").map(|n| n.net.id.0);
+    let spec = PolicySpec {
+        default: None,
+        rules: vec![deny],
+    };
+    r.br.policy()
+        .set(Scope::Network(net.expect("net")), &spec, "p")
+        .expect("valid");
+    // Unknown unicast floods: the denied port 22 goes nowhere, counted once on the rule.
+    assert!(send(&r, &a, tcp_frame(mac(2), mac(1), 1, 2, 22)).is_empty());
+    assert_eq!(a.counters.drops(DropReason::PolicyDenied), 1);
+    assert_eq!(
+        send(&r, &a, tcp_frame(mac(2), mac(1), 1, 2, 80)),
+        vec![b.id, c.id]
+    );
+    let _ = (drain(&b), drain(&c));
+    // Learned unicast: b -> a on 22 denied, 80 passes; ARP-like non-IP frames always pass.
+    assert!(send(&r, &b, tcp_frame(mac(1), mac(2), 2, 1, 22)).is_empty());
+    assert_eq!(
+        send(&r, &b, tcp_frame(mac(1), mac(2), 2, 1, 80)),
+        vec![a.id]
+    );
+    assert_eq!(send(&r, &b, eth(mac(1), mac(2))), vec![a.id]);
+    assert!(drain(&a).iter().all(|f| f[36..38] != 22u16.to_be_bytes()));
+    let rows = r.br.policy().rows(Scope::Network(net.expect("net")));
+    // A flooded frame is checked (and counted) once per port it would go to.
+    assert_eq!((rows[0].packets, rows[1].packets), (3, 3));
+    // A port's ingress rule: c refuses port 80, b still gets it.
+    let mut c80 = RuleSpec::new("deny");
+    c80.set("direction", "ingress").expect("ok");
+    c80.set("proto", "tcp").expect("ok");
+    c80.set("dst_port", "80").expect("ok");
+    r.br.policy()
+        .add_rule(Scope::Port(c.id.0), None, &c80)
+        .expect("valid");
+    assert_eq!(
+        send(&r, &a, tcp_frame(mac(9), mac(1), 1, 9, 80)),
+        vec![b.id]
+    );
+    // Removing the port forgets its policy.
+    r.br.remove_port(c.id);
+    assert!(r.br.policy().load().get(Scope::Port(c.id.0)).is_none());
+}

@@ -14,6 +14,10 @@
 //! or all zero: unlimited), `{"op": "shutdown"}`,
 //! `{"op": "capture", "port": "c3", "snaplen": 262144, "count": 0, "format": "pcapng"}` (answered
 //! with one line, then the connection carries the capture: see [`super::capture`]).
+//! `{"op": "policy_ls", "network": "net0"}`,
+//! `{"op": "policy_add", "network": "net0", "port": "c1", "index": 0, "rule": {"action": "deny", "proto": "tcp", "dst_port": "22"}}`,
+//! `{"op": "policy_rm", "network": "net0", "index": 0}`,
+//! `{"op": "policy_default", "network": "net0", "default": "deny"}`,
 //! `{"op": "subscribe"}` (answered with one line, then one JSON event per line: see
 //! [`super::events`]).
 //!
@@ -91,6 +95,9 @@ pub enum Request {
         /// Gateway: NAT may reach the cloud metadata service (default false).
         #[serde(default)]
         allow_metadata: Option<bool>,
+        /// Policy rules of the network (see [`crate::policy`]).
+        #[serde(default)]
+        policy: Option<crate::policy::PolicySpec>,
     },
     /// Remove a network and its ports.
     RemoveNetwork {
@@ -230,6 +237,51 @@ pub enum Request {
         #[serde(default)]
         rate_limit: Option<crate::bridge::RateLimit>,
     },
+    /// List policy rules with their counters: every network's (and ports' that have one),
+    /// one network's and its ports', or one port's.
+    PolicyLs {
+        /// Only this network.
+        #[serde(default)]
+        network: Option<String>,
+        /// Only this port.
+        #[serde(default)]
+        port: Option<String>,
+    },
+    /// Insert a policy rule into a network's (or one of its ports') rules.
+    PolicyAdd {
+        /// Network.
+        network: String,
+        /// The port whose policy it joins (default: the network's).
+        #[serde(default)]
+        port: Option<String>,
+        /// Position (default: the end; first match wins).
+        #[serde(default)]
+        index: Option<usize>,
+        /// The rule (`action`, `direction`, `proto`, `src`, `dst`, `src_port`, `dst_port`,
+        /// `icmp_type`).
+        rule: crate::policy::RuleSpec,
+    },
+    /// Remove a policy rule by index.
+    PolicyRm {
+        /// Network.
+        network: String,
+        /// The port whose rule it is (default: the network's).
+        #[serde(default)]
+        port: Option<String>,
+        /// The rule's index (as listed).
+        index: usize,
+    },
+    /// Set a policy's default action: `allow`, `deny`, or `null` (a network: allow; a port:
+    /// its network's).
+    PolicyDefault {
+        /// Network.
+        network: String,
+        /// The port (default: the network).
+        #[serde(default)]
+        port: Option<String>,
+        /// The default.
+        default: Option<crate::policy::Action>,
+    },
     /// Stop the daemon.
     Shutdown {},
 }
@@ -292,6 +344,7 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
             host_loopback,
             port_security,
             allow_metadata,
+            policy,
         } => {
             let mut spec = super::networks::NetworkSpec::new(&name);
             spec.gateway = wants_gw;
@@ -306,6 +359,7 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
             spec.allow_metadata = allow_metadata.unwrap_or(false);
             spec.fdb_max_entries = fdb_max_entries;
             spec.fdb_aging_secs = fdb_aging_secs;
+            spec.policy = policy;
             h.create_network(&spec, "network")?;
             Value::Null
         }
@@ -326,6 +380,28 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
                 ));
             }
             h.add_static_mac(&port, mac, vlan)?;
+            Value::Null
+        }
+        Request::PolicyLs { network, port } => {
+            json!(h.policy_ls(network.as_deref(), port.as_deref())?)
+        }
+        Request::PolicyAdd {
+            network,
+            port,
+            index,
+            rule,
+        } => json!({"index": h.policy_add(&network, port.as_deref(), index, &rule)?}),
+        Request::PolicyRm {
+            network,
+            port,
+            index,
+        } => json!(h.policy_rm(&network, port.as_deref(), index)?),
+        Request::PolicyDefault {
+            network,
+            port,
+            default,
+        } => {
+            h.policy_default(&network, port.as_deref(), default)?;
             Value::Null
         }
         Request::Gateways {} => json!(h.gateways()),

@@ -9,12 +9,13 @@
 //! what it can already read (the topology's ports, each gateway's leases, forwards and NAT
 //! counters) with what it saw last time, every [`TICK`] while anyone subscribes, and publishes
 //! the differences, in this order within a tick: ports added, leases granted, forwards added,
-//! flows refused, forwards removed, leases released, ports removed. Nothing is tracked while
+//! flows refused, policy denials, forwards removed, leases released, ports removed. Nothing is tracked while
 //! nobody listens; a new subscriber starts from the current state (it sees what changes after
 //! it subscribed).
 //!
 //! Refused NAT flows are sampled: one event per network and reason per tick, with the count
-//! since the previous one, so a flood of refusals costs a subscriber one line per tick.
+//! since the previous one, so a flood of refusals costs a subscriber one line per tick. Policy
+//! denials likewise: one `policy_denied` per rule (or deny default) per tick, with its count.
 //!
 //! Each subscriber has a bounded queue ([`QUEUE`] events). Publishing never blocks: a
 //! subscriber whose queue is full is dropped (its stream ends with a `dropped` line when it
@@ -113,6 +114,20 @@ pub enum Event {
         /// `unreachable` (the host's network said so), `ping_forbidden`.
         reason: &'static str,
         /// Refusals since the previous `flow_refused` of this network and reason.
+        count: u64,
+    },
+    /// Packets a policy rule (or a deny default) denied since the previous event of this rule
+    /// (sampled: one event per rule per tick; see [`crate::policy`]).
+    PolicyDenied {
+        /// Network.
+        network: String,
+        /// The port whose policy holds the rule (absent: the network's).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        port: Option<String>,
+        /// The rule's index (absent: the default).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rule: Option<usize>,
+        /// Packets denied since the previous `policy_denied` of this rule.
         count: u64,
     },
 }
@@ -249,6 +264,8 @@ struct Seen {
     leases: BTreeMap<(String, Mac), (std::net::Ipv4Addr, Option<String>)>,
     forwards: BTreeMap<(String, u64), (String, String)>,
     refused: HashMap<(String, &'static str), u64>,
+    /// Deny counters by identity (a rule's counter outlives index changes).
+    denied: BTreeMap<usize, (String, Option<String>, Option<usize>, u64)>,
 }
 
 fn snapshot(h: &Handle) -> Seen {
@@ -278,6 +295,9 @@ fn snapshot(h: &Handle) -> Seen {
             s.refused
                 .insert((net.clone(), reason), n.load(Ordering::Relaxed));
         }
+    }
+    for (id, network, port, rule, n) in h.deny_counters() {
+        s.denied.insert(id, (network, port, rule, n));
     }
     s
 }
@@ -322,6 +342,17 @@ fn diff(old: &Seen, new: &Seen) -> Vec<Event> {
             out.push(Event::FlowRefused {
                 network: key.0.clone(),
                 reason: key.1,
+                count: now - before,
+            });
+        }
+    }
+    for (id, (network, port, rule, now)) in &new.denied {
+        let before = old.denied.get(id).map_or(*now, |d| d.3);
+        if *now > before {
+            out.push(Event::PolicyDenied {
+                network: network.clone(),
+                port: port.clone(),
+                rule: *rule,
                 count: now - before,
             });
         }
@@ -506,6 +537,28 @@ mod tests {
             })
         );
         assert!(diff(&new, &new).is_empty(), "no change, no event");
+    }
+
+    #[test]
+    fn policy_denials_are_sampled_per_rule() {
+        let mut old = Seen::default();
+        old.denied.insert(1, ("n".into(), None, Some(0), 4));
+        let mut new = Seen::default();
+        new.denied.insert(1, ("n".into(), None, Some(0), 10));
+        // A rule first seen now starts from its count: no event for what came before.
+        new.denied
+            .insert(2, ("n".into(), Some("c1".into()), None, 3));
+        assert_eq!(
+            diff(&old, &new),
+            [Event::PolicyDenied {
+                network: "n".into(),
+                port: None,
+                rule: Some(0),
+                count: 6
+            }]
+        );
+        let v = serde_json::to_value(&diff(&old, &new)[0]).expect("json");
+        assert_eq!(v["event"], "policy_denied");
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod forwards;
 pub mod metrics;
 pub mod networks;
 pub mod node;
+pub mod policy;
 pub mod ports;
 pub mod rootless;
 pub mod server;

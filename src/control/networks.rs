@@ -115,6 +115,10 @@ pub struct NetworkSpec {
     /// [`crate::gateway::dns::policy`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_policy: Option<DnsPolicySpec>,
+    /// Policy rules of the network (see [`crate::policy`]): `egress` leaves through NAT,
+    /// `ingress` comes in through a port forward; between guests, rules without a direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicySpec>,
 }
 
 impl NetworkSpec {
@@ -143,6 +147,7 @@ impl NetworkSpec {
             port_security: None,
             allow_metadata: false,
             dns_policy: None,
+            policy: None,
         }
     }
 
@@ -344,14 +349,31 @@ impl Handle {
                 ),
             ));
         }
-        // Check the gateway settings before creating anything.
+        // Check the gateway settings and the policy before creating anything.
         let gw = spec.gateway_config(prefix, engine_mtu)?;
+        let path = format!("{prefix}.policy");
+        if let Some(p) = &spec.policy {
+            crate::policy::Compiled::new(p, &path)?;
+        }
         self.add_network_with(
             &spec.name,
             fdb_config(spec.fdb_max_entries, spec.fdb_aging_secs),
             spec.port_security,
             gw,
-        )
+        )?;
+        if let Some(p) = &spec.policy {
+            let bridge = self.dp.bridge();
+            let id = bridge
+                .topology()
+                .network_by_name(&spec.name)
+                .map(|n| n.net.id);
+            if let Some(id) = id {
+                bridge
+                    .policy()
+                    .set(crate::policy::Scope::Network(id.0), p, &path)?;
+            }
+        }
+        Ok(())
     }
 
     /// The one place a network and its gateway are made: the bridge domain with `fdb`, port

@@ -6,6 +6,28 @@
 use super::*;
 
 impl Driver {
+    /// Checks NAT egress and port forwards against `table`'s policies of network `net` (and
+    /// of the guests' ports: a forward's target port is the one owning its address in the
+    /// network's guard). See [`crate::policy`].
+    pub fn set_policy(&mut self, table: Arc<crate::policy::Table>, net: crate::bridge::NetworkId) {
+        let guard = self.guard.clone();
+        let hook: crate::nat::PolicyHook = Arc::new(move |way, pkt, bytes| {
+            if !table.active() {
+                return true;
+            }
+            let way = match way {
+                crate::policy::Way::In { port: None } => crate::policy::Way::In {
+                    port: guard.ip_owner(pkt.dst).map(|p| p.0),
+                },
+                w => w,
+            };
+            table.load().check(net.0, way, pkt, bytes).is_ok()
+        });
+        if let Some(nat) = self.nat.as_mut() {
+            nat.set_policy(hook);
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         gw: Arc<Gateway>,

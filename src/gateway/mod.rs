@@ -495,7 +495,13 @@ pub fn start(handle: &Datapath, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
         .map(|n| n.net.guard.clone())
         .ok_or_else(|| crate::bridge::BridgeError::NoSuchNetwork(cfg.network.clone()))?;
     cfg.attach_guard(&guard, &waker);
-    let driver = Driver::new(
+    let net_id = handle
+        .bridge()
+        .topology()
+        .network_by_name(&cfg.network)
+        .map(|n| n.net.id)
+        .ok_or_else(|| crate::bridge::BridgeError::NoSuchNetwork(cfg.network.clone()))?;
+    let mut driver = Driver::new(
         gw.clone(),
         names,
         guard,
@@ -505,6 +511,7 @@ pub fn start(handle: &Datapath, cfg: GatewayConfig) -> Result<Arc<Gateway>> {
         OsSockets::shared(),
         gw.epoch,
     );
+    driver.set_policy(handle.bridge().policy().clone(), net_id);
     let link =
         port::GatewayPort::new(driver, poll).map_err(|e| Error::Io("gateway timer".into(), e))?;
     let port = handle.add_link(

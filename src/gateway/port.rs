@@ -112,7 +112,7 @@ impl GatewayPort {
 
 impl Link for GatewayPort {
     fn kind(&self) -> &'static str {
-        "gateway"
+        crate::bridge::GATEWAY_KIND
     }
 
     fn as_raw_fd(&self) -> RawFd {

@@ -264,6 +264,12 @@ impl FlowTable {
         self.by_key.get(key).copied()
     }
 
+    /// The owner of the flow with `key`, if one is open.
+    pub fn owner(&self, key: &FlowKey) -> Option<GuestKey> {
+        let id = self.by_key.get(key)?;
+        self.entries.get(*id)?.as_ref().map(|e| e.owner)
+    }
+
     /// True if a flow with `key` is open.
     pub fn contains(&self, key: &FlowKey) -> bool {
         self.by_key.contains_key(key)

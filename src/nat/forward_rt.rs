@@ -31,7 +31,7 @@ use mio::{Interest, Registry, Token};
 use super::host::{HostDatagram, HostListener, HostStream};
 use super::splice::Splicer;
 use super::{NatConfig, token};
-use crate::wire::ip::build_udp;
+use crate::wire::ip::{PROTO_TCP, PROTO_UDP, build_udp};
 
 /// One bound host socket of a forward.
 #[derive(Debug)]
@@ -65,6 +65,10 @@ pub enum Listener {
         guest_port: u16,
     },
 }
+
+/// The policy check of a forward's new connection or datagram: `(IP protocol, source the
+/// guest sees, guest address, bytes)`, true to let it through.
+pub type Allow<'a> = dyn Fn(u8, SocketAddr, SocketAddr, u64) -> bool + 'a;
 
 /// An accepted port-forward connection: a kernel socket (which a spliced forward may hand to
 /// the relay) or another [`HostStream`].
@@ -185,6 +189,7 @@ impl Forwards {
         tok: Token,
         cfg: &NatConfig,
         resolve: &dyn Fn(&str) -> Vec<IpAddr>,
+        allow: &Allow<'_>,
     ) -> Vec<(Box<dyn HostStream>, SocketAddr, SocketAddr)> {
         let mut v = Vec::new();
         let Some(Some(e)) = self.entries.get_mut(token::split(tok).1) else {
@@ -213,7 +218,9 @@ impl Forwards {
                                 continue;
                             };
                             let guest = SocketAddr::new(ip, *guest_port);
-                            if let Some(from) = source_for(client, guest, cfg) {
+                            if let Some(from) = source_for(client, guest, cfg)
+                                && allow(PROTO_TCP, from, guest, 0)
+                            {
                                 v.push((s, from, guest));
                             }
                             continue;
@@ -227,6 +234,12 @@ impl Forwards {
                             *guest_port,
                         );
                         if ip.is_none() || source_for(client, guest, cfg) != Some(client) {
+                            // The guest sees the connection from its own loopback; the policy
+                            // sees it as the others, from the client's source for the guest.
+                            let from = source_for(client, guest, cfg).unwrap_or(client);
+                            if !allow(PROTO_TCP, from, guest, 0) {
+                                continue;
+                            }
                             hook.splicer
                                 .splice_forward(e.id, stream.into(), &hook.netns, guest);
                             continue;
@@ -240,6 +253,9 @@ impl Forwards {
                     let Some(from) = source_for(client, guest, cfg) else {
                         continue;
                     };
+                    if !allow(PROTO_TCP, from, guest, 0) {
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     v.push((Box::new(stream), from, guest));
                 }
@@ -261,6 +277,7 @@ impl Forwards {
         tok: Token,
         cfg: &NatConfig,
         resolve: &dyn Fn(&str) -> Vec<IpAddr>,
+        allow: &Allow<'_>,
         out: &mut Vec<Vec<u8>>,
     ) -> usize {
         let idx = token::split(tok).1;
@@ -285,6 +302,9 @@ impl Forwards {
                     let Some(from) = source_for(client, guest, cfg) else {
                         continue;
                     };
+                    if !allow(PROTO_UDP, from, guest, len as u64 + 28) {
+                        continue;
+                    }
                     if let Some(p) = build_udp(from, guest, &buf[..len]) {
                         out.push(p);
                         n += 1;

@@ -210,6 +210,9 @@ pub struct NatCounters {
     pub forward_datagrams: AtomicU64,
     /// Errors on host sockets.
     pub errors: AtomicU64,
+    /// Guest packets, forward connections and forward datagrams a policy rule denied (see
+    /// [`crate::policy`]).
+    pub policy_denied: AtomicU64,
     /// Open flows now, by protocol (gauges the flow table keeps; not in [`Self::snapshot`]).
     open: [AtomicU64; 3],
 }
@@ -235,6 +238,7 @@ impl NatCounters {
             ("forward_conns", &self.forward_conns),
             ("forward_datagrams", &self.forward_datagrams),
             ("errors", &self.errors),
+            ("policy_denied", &self.policy_denied),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
@@ -287,6 +291,26 @@ pub(crate) mod token {
     }
 }
 
+/// The policy check NAT asks (set by the gateway, see [`crate::policy`]): `true` lets the
+/// packet of `bytes` bytes through. `Way::In { port: None }` is a forward's packet to a guest
+/// whose port the hook finds by the destination address.
+pub type PolicyHook =
+    Arc<dyn Fn(crate::policy::Way, &crate::policy::Packet, u64) -> bool + Send + Sync>;
+
+/// A packet of `proto` from `from` to `to` with no fragment: what a forward's connection or
+/// datagram looks like to the policy.
+fn forward_packet(proto: u8, from: SocketAddr, to: SocketAddr) -> crate::policy::Packet {
+    crate::policy::Packet {
+        src: from.ip(),
+        dst: to.ip(),
+        proto,
+        sport: Some(from.port()),
+        dport: Some(to.port()),
+        icmp_type: None,
+        frag: crate::policy::Frag::Whole,
+    }
+}
+
 /// A gateway's whole NAT: TCP, UDP, ICMP echo and port forwards, driven by the gateway on its event loop.
 pub struct Nat {
     /// Settings.
@@ -298,6 +322,7 @@ pub struct Nat {
     udp: udp::UdpNat,
     icmp: icmp::IcmpNat,
     fwd: forward_rt::Forwards,
+    policy: Option<PolicyHook>,
     _slot: host::NatSlot,
 }
 
@@ -325,6 +350,7 @@ impl Nat {
             udp: udp::UdpNat::with_host(cfg.clone(), counters.clone(), host.clone()),
             icmp: icmp::IcmpNat::with_host(cfg.clone(), counters.clone(), host),
             fwd: forward_rt::Forwards::default(),
+            policy: None,
             flows: FlowTable::new(cfg.clone(), counters.clone()),
             _slot: host::NatSlot::new(),
             cfg,
@@ -336,6 +362,58 @@ impl Nat {
     /// `TcpNat::gso_size` in `tcp.rs`).
     pub fn tcp_gso_size(&self, packet: &[u8]) -> Option<u16> {
         self.tcp.gso_size(&self.flows, packet)
+    }
+
+    /// Sets the policy check of guest packets and forwards ([`PolicyHook`]).
+    pub fn set_policy(&mut self, hook: PolicyHook) {
+        self.policy = Some(hook);
+    }
+
+    /// True when the policy lets the guest behind port `owner` send IP packet `packet` out
+    /// through NAT. A guest's packet inside a port forward's connection or datagram exchange
+    /// is not checked (the forward was, when it started); a denial is counted.
+    #[allow(clippy::too_many_arguments)]
+    fn egress_allowed(
+        &self,
+        owner: GuestKey,
+        packet: &[u8],
+        src: IpAddr,
+        dst: IpAddr,
+        proto: IpNumber,
+        body: &[u8],
+    ) -> bool {
+        let Some(hook) = &self.policy else {
+            return true;
+        };
+        let ends = |b: &[u8]| -> Option<(SocketAddr, SocketAddr)> {
+            let p = b.get(..4)?;
+            Some((
+                SocketAddr::new(src, u16::from_be_bytes([p[0], p[1]])),
+                SocketAddr::new(dst, u16::from_be_bytes([p[2], p[3]])),
+            ))
+        };
+        let of_forward = match (proto, ends(body)) {
+            (IpNumber::TCP, Some((g, r))) => {
+                self.flows.owner(&FlowKey::Tcp(g, r)) == Some(FORWARD_KEY)
+            }
+            (IpNumber::UDP, Some((g, r))) => self.fwd.has_udp_reply(g, r),
+            _ => false,
+        };
+        if of_forward {
+            return true;
+        }
+        let Some(pkt) = crate::policy::Packet::from_ip(packet) else {
+            return true;
+        };
+        let ok = hook(
+            crate::policy::Way::Out { port: owner },
+            &pkt,
+            packet.len() as u64,
+        );
+        if !ok {
+            NatCounters::inc(&self.counters.policy_denied);
+        }
+        ok
     }
 
     /// Current flow counts.
@@ -364,6 +442,9 @@ impl Nat {
         body: &[u8],
         out: &mut Vec<Vec<u8>>,
     ) -> bool {
+        if !self.egress_allowed(owner, packet, src, dst, proto, body) {
+            return true;
+        }
         if host_destination(&self.cfg, dst).is_none() && !self.is_known(proto, src, dst, body) {
             return self.refuse(packet, dst, proto, body, out);
         }
@@ -506,7 +587,17 @@ impl Nat {
             token::UDP => self.udp.ready(tok, out, now),
             token::ICMP => self.icmp.ready(tok, out, now),
             token::FWD_TCP => {
-                for (stream, from, guest) in self.fwd.accept(tok, &self.cfg, resolve) {
+                let allow = |proto: u8, from: SocketAddr, to: SocketAddr, bytes: u64| {
+                    let ok = self.policy.as_ref().is_none_or(|hook| {
+                        let p = forward_packet(proto, from, to);
+                        hook(crate::policy::Way::In { port: None }, &p, bytes)
+                    });
+                    if !ok {
+                        NatCounters::inc(&self.counters.policy_denied);
+                    }
+                    ok
+                };
+                for (stream, from, guest) in self.fwd.accept(tok, &self.cfg, resolve, &allow) {
                     NatCounters::inc(&self.counters.forward_conns);
                     // Over the network's limit, the client is closed at once.
                     if !self.flows.admit(Opener::Forward) {
@@ -522,7 +613,17 @@ impl Nat {
                 }
             }
             token::FWD_UDP => {
-                let n = self.fwd.recv_udp(tok, &self.cfg, resolve, out);
+                let allow = |proto: u8, from: SocketAddr, to: SocketAddr, bytes: u64| {
+                    let ok = self.policy.as_ref().is_none_or(|hook| {
+                        let p = forward_packet(proto, from, to);
+                        hook(crate::policy::Way::In { port: None }, &p, bytes)
+                    });
+                    if !ok {
+                        NatCounters::inc(&self.counters.policy_denied);
+                    }
+                    ok
+                };
+                let n = self.fwd.recv_udp(tok, &self.cfg, resolve, &allow, out);
                 self.counters
                     .forward_datagrams
                     .fetch_add(n as u64, Ordering::Relaxed);

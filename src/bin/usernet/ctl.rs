@@ -107,6 +107,9 @@ enum Cmd {
         #[arg(long, default_value = "pcapng", value_parser = ["pcapng", "pcap"])]
         format: String,
     },
+    /// Policy rules of networks and ports: list with counters, add, remove, set a default.
+    #[command(subcommand)]
+    Policy(crate::policy::PolicyCmd),
     /// A VXLAN port's remote VTEPs: list, add, remove.
     Vxlan {
         /// The VXLAN port's name.
@@ -378,6 +381,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             host_loopback: disable_host_loopback.then_some(false),
             port_security,
             allow_metadata: allow_metadata.then_some(true),
+            policy: None,
         },
         Cmd::Network(NetCmd::Rm { name }) => Request::RemoveNetwork { name },
         Cmd::Mac { port, vlan, mac } => Request::AddStaticMac { port, mac, vlan },
@@ -454,6 +458,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             VxlanCmd::AddRemote { remote } => Request::VxlanAddRemote { port: name, remote },
             VxlanCmd::RmRemote { remote } => Request::VxlanRmRemote { port: name, remote },
         },
+        Cmd::Policy(p) => p.request()?,
         Cmd::Shutdown => Request::Shutdown {},
         Cmd::Events { count } => {
             // Not one answer: the connection carries the events.
@@ -510,7 +515,7 @@ fn s(v: &Value, k: &str) -> String {
     }
 }
 
-fn table(head: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(head: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -646,6 +651,7 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
                 .collect(),
         ),
         Request::Metrics {} => v.as_str().unwrap_or_default().to_string(),
+        Request::PolicyLs { .. } => crate::policy::render(v),
         Request::ForwardLs { .. } => table(
             &["ID", "NETWORK", "PUBLISH", "TO"],
             arr.iter()

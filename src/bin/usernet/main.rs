@@ -16,6 +16,7 @@ mod demo;
 mod events;
 mod gendoc;
 mod netavark;
+mod policy;
 mod port_limit;
 mod run;
 mod slirp;

@@ -627,6 +627,7 @@ impl Handle {
                 ports,
             );
         }
+        self.policy_metrics(&mut x);
         // A network removed since `topo` was loaded may still be listed here: harmless.
         let gateways = self.gateways_of(None).unwrap_or_default();
         for g in gateways {

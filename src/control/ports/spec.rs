@@ -187,6 +187,10 @@ pub struct PortSpec {
     /// link, `tx` what it sends to it). See [`crate::bridge::limit`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Policy rules of this port (see [`crate::policy`]): checked before the network's,
+    /// `ingress` towards the port, `egress` from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicySpec>,
 }
 impl PortSpec {
     /// A spec with default policy and no backend chosen yet.
@@ -220,6 +224,7 @@ impl PortSpec {
             fd: false,
             pcap: None,
             rate_limit: None,
+            policy: None,
         }
     }
 
@@ -431,6 +436,7 @@ impl PortSpec {
             port_security: self.port_security.or(self.vxlan.as_ref().map(|_| false)),
             trunk: self.trunk_spec(),
             rate_limit: self.rate_limit.and_then(RateLimit::normalized),
+            rules: self.policy.clone(),
         }
     }
 }

@@ -167,9 +167,8 @@ impl Config {
                     ),
                 ));
             }
-            if f.to.trim().is_empty() {
-                return Err(Error::invalid(format!("forward[{i}].to"), "empty target"));
-            }
+            f.check(&format!("forward[{i}]"))
+                .map_err(|(field, why)| Error::invalid(field, why))?;
         }
         let mut ports = std::collections::HashSet::new();
         for (i, p) in self.port.iter().enumerate() {

@@ -902,26 +902,26 @@ impl World {
             if !internal {
                 // Port forwards, on the fake host: TCP to guest port 0's name, to a station's
                 // address, to a DHCP hostname; UDP to guest port 1's name.
-                let tcp = |to: String, guest_port: u16| Bound {
-                    listeners: vec![Listener::HostTcp {
-                        sock: Box::new(host.listener()),
-                        guest_port,
-                    }],
-                    to,
-                    splice: None,
+                let tcp = |to: String, guest_port: u16| {
+                    Bound::new(
+                        vec![Listener::HostTcp {
+                            sock: Box::new(host.listener()),
+                            guest_port,
+                        }],
+                        to,
+                    )
                 };
                 let fwds = [
                     tcp(format!("g{i}0"), 80),
                     tcp(station_in(i, 0x08).ip.to_string(), 22),
                     tcp("h2".into(), 8080),
-                    Bound {
-                        listeners: vec![Listener::HostUdp {
+                    Bound::new(
+                        vec![Listener::HostUdp {
                             sock: Box::new(host.forward_udp()),
                             guest_port: 7,
                         }],
-                        to: format!("g{i}1"),
-                        splice: None,
-                    },
+                        format!("g{i}1"),
+                    ),
                 ];
                 for (id, b) in fwds.into_iter().enumerate() {
                     driver.add_forward(id as u64 + 1, b).expect("forward");

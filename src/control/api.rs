@@ -177,7 +177,8 @@ pub enum Request {
     },
     /// Add a port forward.
     ForwardAdd {
-        /// The forward: `network`, `publish` (Docker `-p` spec), `to` (endpoint name or IP).
+        /// The forward: `network`, `publish` (Docker `-p` spec), `to` (endpoint name or IP, or a
+        /// list of them), optional `splice`, `balance`, `health`.
         forward: crate::nat::forward::Forward,
     },
     /// Remove a port forward by id or by its `-p` spec.

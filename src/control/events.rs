@@ -9,7 +9,8 @@
 //! what it can already read (the topology's ports, each gateway's leases, forwards and NAT
 //! counters) with what it saw last time, every [`TICK`] while anyone subscribes, and publishes
 //! the differences, in this order within a tick: ports added, leases granted, forwards added,
-//! flows refused, policy denials, forwards removed, leases released, ports removed. Nothing is tracked while
+//! forward endpoints gone down or back up (health checks), flows refused, policy denials,
+//! forwards removed, leases released, ports removed. Nothing is tracked while
 //! nobody listens; a new subscriber starts from the current state (it sees what changes after
 //! it subscribed).
 //!
@@ -93,8 +94,8 @@ pub enum Event {
         id: u64,
         /// The `-p` spec.
         publish: String,
-        /// Target endpoint.
-        to: String,
+        /// Target endpoint (a list for several).
+        to: crate::nat::forward::Targets,
     },
     /// A port forward was removed.
     ForwardRemoved {
@@ -104,6 +105,17 @@ pub enum Event {
         id: u64,
         /// The `-p` spec.
         publish: String,
+    },
+    /// A port forward's endpoint went down (its health checks fail) or came back up.
+    EndpointState {
+        /// Network.
+        network: String,
+        /// The forward's id.
+        id: u64,
+        /// The endpoint (as in `to`).
+        endpoint: String,
+        /// `up` or `down`.
+        state: &'static str,
     },
     /// Guest traffic the NAT refused since the previous event of this kind (sampled: one
     /// event per network and reason per tick).
@@ -262,10 +274,11 @@ impl EventBus {
 struct Seen {
     ports: BTreeMap<String, (String, String)>,
     leases: BTreeMap<(String, Mac), (std::net::Ipv4Addr, Option<String>)>,
-    forwards: BTreeMap<(String, u64), (String, String)>,
+    forwards: BTreeMap<(String, u64), (String, crate::nat::forward::Targets)>,
     refused: HashMap<(String, &'static str), u64>,
     /// Deny counters by identity (a rule's counter outlives index changes).
     denied: BTreeMap<usize, (String, Option<String>, Option<usize>, u64)>,
+    endpoints: BTreeMap<(String, u64, String), bool>,
 }
 
 fn snapshot(h: &Handle) -> Seen {
@@ -284,6 +297,12 @@ fn snapshot(h: &Handle) -> Seen {
         for f in g.forwards.lock().iter() {
             s.forwards
                 .insert((net.clone(), f.id), (f.publish.clone(), f.to.clone()));
+            if let Some(st) = h.node.forward_stats.lock().get(&f.id) {
+                for e in &st.endpoints {
+                    s.endpoints
+                        .insert((net.clone(), f.id, e.name.clone()), e.is_up());
+                }
+            }
         }
         let c = &g.nat_counters;
         for (reason, n) in [
@@ -331,6 +350,17 @@ fn diff(old: &Seen, new: &Seen) -> Vec<Event> {
                 id: *id,
                 publish: publish.clone(),
                 to: to.clone(),
+            });
+        }
+    }
+    for ((network, id, endpoint), up) in &new.endpoints {
+        let key = (network.clone(), *id, endpoint.clone());
+        if old.endpoints.get(&key).is_some_and(|was| was != up) {
+            out.push(Event::EndpointState {
+                network: network.clone(),
+                id: *id,
+                endpoint: endpoint.clone(),
+                state: if *up { "up" } else { "down" },
             });
         }
     }
@@ -505,6 +535,8 @@ mod tests {
         new.forwards
             .insert(("n".into(), 7), ("8080:80".into(), "web".into()));
         new.refused.insert(("n".into(), "limit"), 5);
+        old.endpoints.insert(("n".into(), 7, "web".into()), true);
+        new.endpoints.insert(("n".into(), 7, "web".into()), false);
         let kinds: Vec<String> = diff(&old, &new)
             .iter()
             .map(|e| {
@@ -520,6 +552,7 @@ mod tests {
                 "port_added",
                 "lease_granted",
                 "forward_added",
+                "endpoint_state",
                 "flow_refused",
                 "lease_released",
                 "port_removed"

@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 
 use super::Handle;
 use crate::error::{Error, Result};
-use crate::gateway::ForwardInfo;
+use crate::gateway::{EndpointInfo, ForwardInfo};
+use crate::nat::balance::PoolStats;
 use crate::nat::forward::{Forward, Proto};
 use crate::nat::forward_rt::{Bound, Listener};
 
@@ -17,6 +18,8 @@ impl Handle {
     /// Publishes a guest port on the host (Docker `-p`): binds the host sockets now (a port in
     /// use is an error naming it) and hands them to the network's gateway.
     pub fn add_forward(&self, f: &Forward) -> Result<ForwardInfo> {
+        f.check("")
+            .map_err(|(field, why)| Error::invalid(field, why))?;
         let g = self.gateways_of(Some(&f.network))?.remove(0);
         if g.cfg.internal {
             return Err(Error::invalid(
@@ -37,7 +40,7 @@ impl Handle {
         }
         let splice = if f.splice {
             Some(crate::nat::forward_rt::SpliceHook {
-                netns: self.splice_target(f)?,
+                netns: self.splice_targets(f)?,
                 splicer: self.splicer()?,
             })
         } else {
@@ -67,53 +70,70 @@ impl Handle {
                 }
             }
         }
-        let info = ForwardInfo {
+        let mut info = ForwardInfo {
             id: NEXT_FORWARD.fetch_add(1, Ordering::Relaxed),
             network: f.network.clone(),
             publish: f.spec.to_string(),
             to: f.to.clone(),
             splice: splice.is_some(),
+            balance: f.policy(),
+            health: f.health,
+            endpoints: Vec::new(),
+            refused: 0,
         };
-        g.add_forward(
-            info.clone(),
-            Bound {
-                listeners,
-                to: f.to.clone(),
-                splice,
-            },
-        )?;
-        tracing::info!(network = %f.network, publish = %info.publish, to = %f.to, splice = info.splice, "port forward added");
+        let mut bound = Bound::new(listeners, f.to.clone());
+        bound.balance = info.balance;
+        bound.health = f.health;
+        bound.splice = splice;
+        let stats = bound.stats.clone();
+        self.node
+            .forward_stats
+            .lock()
+            .insert(info.id, stats.clone());
+        if let Err(e) = g.add_forward(info.clone(), bound) {
+            self.node.forward_stats.lock().remove(&info.id);
+            return Err(e);
+        }
+        tracing::info!(network = %f.network, publish = %info.publish, to = %f.to, balance = %info.balance, splice = info.splice, "port forward added");
         self.node.events.noted(super::events::Event::ForwardAdded {
             network: info.network.clone(),
             id: info.id,
             publish: info.publish.clone(),
             to: info.to.clone(),
         });
+        fill(&mut info, &stats);
         Ok(info)
     }
-    /// The namespace a spliced forward connects from: that of the port named by `f.to`, which
-    /// must be one usernet can enter.
-    fn splice_target(&self, f: &Forward) -> Result<PathBuf> {
+    /// The namespaces a spliced forward connects from, one per target: that of the port each
+    /// target names, which must be one usernet can enter.
+    fn splice_targets(&self, f: &Forward) -> Result<Vec<PathBuf>> {
         if f.spec.proto != Proto::Tcp {
             return Err(Error::invalid(
                 "splice",
                 "only TCP forwards can be spliced".to_string(),
             ));
         }
-        let netns = self.node.port_netns.lock().get(&f.to).cloned();
-        let Some(netns) = netns else {
-            return Err(Error::invalid(
-                "splice",
-                format!(
-                    "{:?} is not a port whose network namespace usernet knows (a netns port, or the \
-                     command of `usernet run`); give the port name as `to`",
-                    f.to
-                ),
-            ));
-        };
-        crate::link::netns::run_in_netns(&netns, || Ok(()))
-            .map_err(|e| Error::invalid("splice", format!("cannot enter the namespace: {e}")))?;
-        Ok(netns)
+        let mut out = Vec::new();
+        for to in f.to.iter() {
+            let netns = self.node.port_netns.lock().get(to).cloned();
+            let Some(netns) = netns else {
+                return Err(Error::invalid(
+                    "splice",
+                    format!(
+                        "{to:?} is not a port whose network namespace usernet knows (a netns \
+                         port, or the command of `usernet run`); give the port name as `to`"
+                    ),
+                ));
+            };
+            crate::link::netns::run_in_netns(&netns, || Ok(())).map_err(|e| {
+                Error::invalid(
+                    "splice",
+                    format!("cannot enter the namespace of {to:?}: {e}"),
+                )
+            })?;
+            out.push(netns);
+        }
+        Ok(out)
     }
     /// The relay thread for spliced forwards, started on first use.
     fn splicer(&self) -> Result<Arc<crate::nat::splice::Splicer>> {
@@ -150,6 +170,7 @@ impl Handle {
                 .cloned();
             if let Some(info) = found {
                 g.remove_forward(info.id)?;
+                self.node.forward_stats.lock().remove(&info.id);
                 self.node
                     .events
                     .noted(super::events::Event::ForwardRemoved {
@@ -165,12 +186,34 @@ impl Handle {
             format!("no port forward {which:?}"),
         ))
     }
-    /// Port forwards of one network, or of all.
+    /// Port forwards of one network, or of all, with each endpoint's state and counters.
     pub fn forwards(&self, network: Option<&str>) -> Result<Vec<ForwardInfo>> {
-        Ok(self
+        let mut all: Vec<ForwardInfo> = self
             .gateways_of(network)?
             .iter()
             .flat_map(|g| g.forwards.lock().clone())
-            .collect())
+            .collect();
+        let stats = self.node.forward_stats.lock();
+        for f in &mut all {
+            if let Some(s) = stats.get(&f.id) {
+                fill(f, s);
+            }
+        }
+        Ok(all)
     }
+}
+
+/// Fills in `f`'s endpoints and refusals from its counters.
+fn fill(f: &mut ForwardInfo, s: &PoolStats) {
+    f.endpoints = s
+        .endpoints
+        .iter()
+        .map(|e| EndpointInfo {
+            to: e.name.clone(),
+            state: if e.is_up() { "up" } else { "down" }.to_string(),
+            live: e.live(),
+            connections: e.connections(),
+        })
+        .collect();
+    f.refused = s.refused();
 }

@@ -38,6 +38,8 @@ pub(crate) struct Node {
     pub(crate) port_netns: Mutex<HashMap<String, PathBuf>>,
     /// VXLAN ports' shared state (remotes, VTEP table, counters), by port name.
     pub(crate) vxlan: Mutex<HashMap<String, Arc<crate::link::vxlan::VxlanShared>>>,
+    /// Each port forward's endpoint states and counters, by forward id (see `forwards.rs`).
+    pub(crate) forward_stats: Mutex<HashMap<u64, Arc<crate::nat::balance::PoolStats>>>,
     /// The relay thread for spliced forwards, started on first use.
     pub(crate) splicer: Mutex<Option<Arc<crate::nat::splice::Splicer>>>,
     /// Captures running (see [`super::capture`]): a stopping engine lets them finish.

@@ -146,16 +146,8 @@ impl Driver {
         let Some(nat) = self.nat.as_mut() else {
             return;
         };
-        let records = &self.gw.records;
-        let domain = &self.gw.cfg.domain;
-        let resolve = |name: &str| {
-            let fqdn = if name.ends_with(&format!(".{domain}")) {
-                name.to_string()
-            } else {
-                format!("{name}.{domain}")
-            };
-            records.lookup(&fqdn)
-        };
+        let (records, domain) = (&self.gw.records, &self.gw.cfg.domain);
+        let resolve = |name: &str| lookup(records, domain, name);
         let mut out = Vec::new();
         nat.ready(&self.registry, token, &resolve, &mut out, now);
         for p in out {
@@ -217,6 +209,8 @@ impl Driver {
         self.poll_tcp(now);
         let mut out = Vec::new();
         if let Some(nat) = self.nat.as_mut() {
+            let (records, domain) = (&self.gw.records, &self.gw.cfg.domain);
+            nat.health(&self.registry, now, &|name| lookup(records, domain, name));
             nat.poll(&self.registry, &mut out, now);
         }
         if now >= self.next_expire {
@@ -457,4 +451,15 @@ impl Driver {
                 .unwrap_or_else(|| Frame::from_parts(&eth, packet)),
         )
     }
+}
+
+/// A port forward target's addresses: `name` (relative to `domain`, or already under it) in
+/// the network's records.
+fn lookup(records: &Records, domain: &str, name: &str) -> Vec<IpAddr> {
+    let fqdn = if name.ends_with(&format!(".{domain}")) {
+        name.to_string()
+    } else {
+        format!("{name}.{domain}")
+    };
+    records.lookup(&fqdn)
 }

@@ -187,11 +187,37 @@ pub struct ForwardInfo {
     pub network: String,
     /// The `-p` spec.
     pub publish: String,
-    /// Target endpoint name or IP.
-    pub to: String,
+    /// Target endpoint name or IP (a string), or several (a list).
+    pub to: crate::nat::forward::Targets,
     /// Relayed by the kernel (`splice`) from inside the endpoint's namespace.
     #[serde(default)]
     pub splice: bool,
+    /// How new connections pick an endpoint.
+    #[serde(default)]
+    pub balance: crate::nat::balance::Balance,
+    /// Health checks, if on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::nat::balance::HealthSpec>,
+    /// Each endpoint's state and counters (filled in when listed).
+    #[serde(default)]
+    pub endpoints: Vec<EndpointInfo>,
+    /// New connections or flows refused because no endpoint was up.
+    #[serde(default)]
+    pub refused: u64,
+}
+
+/// One endpoint of a port forward, as listed.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointInfo {
+    /// The endpoint (name or IP, as in `to`).
+    pub to: String,
+    /// `up` (in the rotation) or `down` (its health checks fail).
+    pub state: String,
+    /// Connections (TCP) or flows (UDP) open to it now.
+    pub live: u64,
+    /// Connections or flows sent to it so far.
+    pub connections: u64,
 }
 
 /// Commands from the control API to the gateway's driver (run on its event loop).

@@ -30,6 +30,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use super::balance::{Balance, HealthSpec};
+
 /// Transport protocol of a port forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Proto {
@@ -283,8 +285,82 @@ impl<'de> Deserialize<'de> for ForwardSpec {
     }
 }
 
+/// A forward's endpoints: one name or IP address, or several (load-balanced). Written as a
+/// string for one (`to = "web"`, as before) and as a list for several
+/// (`to = ["web1", "web2"]`); either form is accepted on input.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Targets(pub Vec<String>);
+
+impl Targets {
+    /// The first endpoint ("" when there is none).
+    pub fn first(&self) -> &str {
+        self.0.first().map_or("", String::as_str)
+    }
+}
+
+impl std::ops::Deref for Targets {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl From<&str> for Targets {
+    fn from(s: &str) -> Self {
+        Targets(vec![s.to_string()])
+    }
+}
+
+impl From<String> for Targets {
+    fn from(s: String) -> Self {
+        Targets(vec![s])
+    }
+}
+
+impl From<Vec<String>> for Targets {
+    fn from(v: Vec<String>) -> Self {
+        Targets(v)
+    }
+}
+
+impl fmt::Display for Targets {
+    /// Comma-separated, as `usernet ctl forward add` takes them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+impl Serialize for Targets {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => s.serialize_str(one),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Targets {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        match OneOrMany::deserialize(d) {
+            Ok(OneOrMany::One(s)) => Ok(Targets(vec![s])),
+            Ok(OneOrMany::Many(v)) => Ok(Targets(v)),
+            Err(_) => Err(serde::de::Error::custom(
+                "`to` must be a string (an endpoint name or IP) or a list of them",
+            )),
+        }
+    }
+}
+
 /// A port forward: the `[[forward]]` config table and the JSON API object,
-/// `{ network = "net0", publish = "127.0.0.1:8080:80/tcp", to = "web" }`.
+/// `{ network = "net0", publish = "127.0.0.1:8080:80/tcp", to = "web" }`, or load-balanced
+/// over several endpoints: `to = ["web1", "web2"], balance = "least_conn",
+/// health = { interval_ms = 1000 }` (see `balance.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -294,26 +370,105 @@ pub struct Forward {
     /// What to publish (`publish` in config and JSON).
     #[serde(rename = "publish")]
     pub spec: ForwardSpec,
-    /// The target: an endpoint name (resolved on the network) or an IP address.
-    pub to: String,
+    /// The target: an endpoint name (resolved on the network) or an IP address; or several,
+    /// each new connection (TCP) or flow (UDP) going to one of them by [`Forward::balance`].
+    pub to: Targets,
     /// TCP only: relay connections from loopback (and other-family) clients kernel-to-kernel
     /// (`splice(2)`) from a socket opened inside the target port's network namespace, instead
     /// of through usernet's TCP stack. Much faster; the guest sees those connections from its
     /// own address, while real clients still take the regular path and keep theirs. See
-    /// `nat/splice.rs`.
+    /// `nat/splice.rs`. With several targets, each must be such a port.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub splice: bool,
+    /// How several endpoints share the connections: `round_robin` (default), `least_conn`
+    /// or `source_hash` ([`Balance`]). Kept as written; [`Forward::check`] names a wrong one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<String>,
+    /// Health checks of the endpoints (TCP forwards only); without, every endpoint is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
 }
 
 impl Forward {
     /// A forward of `spec` to `to` (an endpoint name or IP address) on `network`, not spliced.
     pub fn new(network: &str, spec: ForwardSpec, to: &str) -> Forward {
+        Forward::to_many(network, spec, vec![to.to_owned()])
+    }
+
+    /// A forward of `spec` balanced over `to` (names or IP addresses) on `network`, round
+    /// robin, no health checks, not spliced.
+    pub fn to_many(network: &str, spec: ForwardSpec, to: Vec<String>) -> Forward {
         Forward {
             network: network.to_owned(),
             spec,
-            to: to.to_owned(),
+            to: Targets(to),
             splice: false,
+            balance: None,
+            health: None,
         }
+    }
+
+    /// The balancing policy (round robin when none is given; an unknown name as well, which
+    /// [`Forward::check`] refuses).
+    pub fn policy(&self) -> Balance {
+        self.balance
+            .as_deref()
+            .and_then(Balance::from_name)
+            .unwrap_or_default()
+    }
+
+    /// Checks what serde cannot: at least one target, none empty or twice, a known `balance`,
+    /// sane `health` values (and none on a UDP forward). The error is `(field, reason)`, the
+    /// field under `prefix` (`forward[0].to[1]`, `forward[0].health.interval_ms`).
+    pub fn check(&self, prefix: &str) -> Result<(), (String, String)> {
+        let key = |k: &str| {
+            if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}.{k}")
+            }
+        };
+        if self.to.is_empty() {
+            return Err((key("to"), "empty list: name at least one endpoint".into()));
+        }
+        for (i, t) in self.to.iter().enumerate() {
+            let field = if self.to.len() == 1 {
+                key("to")
+            } else {
+                key(&format!("to[{i}]"))
+            };
+            if t.trim().is_empty() {
+                return Err((field, "empty target".into()));
+            }
+            if t.contains(',') || t.chars().any(char::is_whitespace) {
+                return Err((field, format!("{t:?} is not one endpoint name or IP")));
+            }
+            if let Some(j) = self.to[..i].iter().position(|o| o == t) {
+                return Err((field, format!("{t:?} is listed twice (also to[{j}])")));
+            }
+        }
+        if let Some(b) = &self.balance
+            && Balance::from_name(b).is_none()
+        {
+            return Err((
+                key("balance"),
+                format!(
+                    "unknown policy {b:?} (one of {})",
+                    Balance::NAMES.join(", ")
+                ),
+            ));
+        }
+        if let Some(h) = &self.health {
+            if self.spec.proto == Proto::Udp {
+                return Err((
+                    key("health"),
+                    "health checks are TCP connects: not for a UDP forward".into(),
+                ));
+            }
+            h.check()
+                .map_err(|(k, why)| (key(&format!("health.{k}")), why))?;
+        }
+        Ok(())
     }
 }
 
@@ -428,7 +583,7 @@ mod tests {
         )
         .expect("toml");
         assert_eq!(f.network, "net0");
-        assert_eq!(f.to, "web");
+        assert_eq!(f.to, Targets::from("web"));
         assert_eq!(f.spec, p("127.0.0.1:8080:80"));
         let j = serde_json::to_string(&f).expect("json");
         assert_eq!(
@@ -445,5 +600,60 @@ mod tests {
         let e = serde_json::from_str::<Forward>(r#"{"network":"n","publish":"0:80","to":"w"}"#)
             .expect_err("bad spec");
         assert!(e.to_string().contains("port 0"), "{e}");
+    }
+
+    #[test]
+    fn targets_one_or_many_and_checks_name_the_field() {
+        let f: Forward = serde_json::from_str(
+            r#"{"network":"n","publish":"80:80","to":["a","b"],"balance":"least_conn",
+                "health":{"interval_ms":200}}"#,
+        )
+        .expect("list");
+        assert_eq!(f.to.len(), 2);
+        assert_eq!(f.policy(), Balance::LeastConn);
+        let h = f.health.expect("health");
+        assert_eq!(
+            (h.interval_ms, h.timeout_ms, h.fall, h.rise),
+            (200, 500, 2, 2)
+        );
+        let j = serde_json::to_value(&f).expect("json");
+        assert_eq!(j["to"], serde_json::json!(["a", "b"]));
+        assert!(f.check("forward[0]").is_err(), "timeout above interval");
+        let e = serde_json::from_str::<Forward>(r#"{"network":"n","publish":"80:80","to":5}"#)
+            .expect_err("not a string");
+        assert!(e.to_string().contains("list"), "{e}");
+        let field = |json: &str| {
+            let f: Forward = serde_json::from_str(json).expect("parses");
+            f.check("forward[0]").expect_err("refused").0
+        };
+        assert_eq!(
+            field(r#"{"network":"n","publish":"80:80","to":[]}"#),
+            "forward[0].to"
+        );
+        assert_eq!(
+            field(r#"{"network":"n","publish":"80:80","to":["a",""]}"#),
+            "forward[0].to[1]"
+        );
+        assert_eq!(
+            field(r#"{"network":"n","publish":"80:80","to":["a","b","a"]}"#),
+            "forward[0].to[2]"
+        );
+        assert_eq!(
+            field(r#"{"network":"n","publish":"80:80","to":"a","balance":"random"}"#),
+            "forward[0].balance"
+        );
+        assert_eq!(
+            field(r#"{"network":"n","publish":"80:80","to":"a","health":{"interval_ms":0}}"#),
+            "forward[0].health.interval_ms"
+        );
+        assert_eq!(
+            field(r#"{"network":"n","publish":"80:80/udp","to":"a","health":{}}"#),
+            "forward[0].health"
+        );
+        let ok: Forward =
+            serde_json::from_str(r#"{"network":"n","publish":"80:80","to":["a","b"]}"#)
+                .expect("ok");
+        assert_eq!(ok.check(""), Ok(()));
+        assert_eq!(ok.to.to_string(), "a,b");
     }
 }

@@ -17,6 +17,13 @@
 //!
 //! The target (`to`) is resolved at each new connection — an endpoint name through the
 //! network's DNS records, or an IP — so a forward follows its endpoint across DHCP changes.
+//!
+//! A forward with several endpoints (`to = [...]`) picks one per new TCP connection, or per
+//! new UDP flow (a client address not seen for the UDP idle timeout), with the forward's
+//! [`Balance`] among the endpoints that are up (`balance.rs`); both the regular and the
+//! spliced path take the pick. Each connection holds a [`ConnGuard`] for its endpoint while it
+//! lives. With no endpoint up, a TCP client is reset and a datagram dropped (counted in
+//! [`PoolStats::refused`]). Health checks run from `Forwards::health` (`probe.rs`).
 
 use std::collections::HashMap;
 use std::io;
@@ -28,7 +35,11 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Interest, Registry, Token};
 
+use super::balance::{Balance, ConnGuard, Health, HealthSpec, Picker, PoolStats};
+use super::flow::FlowId;
+use super::forward::Targets;
 use super::host::{HostDatagram, HostListener, HostStream};
+use super::probe::{self, InFlight, ProbeOp, ProbeStream};
 use super::splice::Splicer;
 use super::{NatConfig, token};
 use crate::wire::ip::{PROTO_TCP, PROTO_UDP, build_udp};
@@ -77,32 +88,93 @@ enum Accepted {
     Host(Box<dyn HostStream>),
 }
 
-/// A forward's bound sockets and its target.
+impl Accepted {
+    /// Closes it with an RST (no endpoint to send it to).
+    fn refuse(self) {
+        match self {
+            Accepted::Kernel(s) => HostStream::reset_on_close(&s),
+            Accepted::Host(s) => s.reset_on_close(),
+        }
+    }
+}
+
+/// A forward's bound sockets, its endpoints and how it balances over them.
 #[derive(Debug)]
 pub struct Bound {
     /// The host sockets, one per host port.
     pub listeners: Vec<Listener>,
-    /// Endpoint name or IP address.
-    pub to: String,
+    /// Endpoint names or IP addresses (one or more).
+    pub to: Targets,
+    /// How a new connection or flow picks its endpoint.
+    pub balance: Balance,
+    /// Health checks of the endpoints (TCP), if any.
+    pub health: Option<HealthSpec>,
     /// Splice the connections whose client address the guest could not see (TCP only).
     pub splice: Option<SpliceHook>,
+    /// Per-endpoint state and counters, shared with whoever lists them.
+    pub stats: Arc<PoolStats>,
 }
 
-/// Where a spliced forward's connections go: the relay, and the guest's namespace to connect
+impl Bound {
+    /// `listeners` forwarding to `to`: round robin, no health checks, not spliced.
+    pub fn new(listeners: Vec<Listener>, to: impl Into<Targets>) -> Bound {
+        let to = to.into();
+        Bound {
+            listeners,
+            stats: PoolStats::new(&to),
+            to,
+            balance: Balance::default(),
+            health: None,
+            splice: None,
+        }
+    }
+}
+
+/// Where a spliced forward's connections go: the relay, and the guests' namespaces to connect
 /// from.
 #[derive(Debug, Clone)]
 pub struct SpliceHook {
     /// The relay thread.
     pub splicer: Arc<Splicer>,
-    /// The guest's network namespace (`/run/netns/NAME`, `/proc/PID/ns/net`).
-    pub netns: PathBuf,
+    /// Each endpoint's network namespace (`/run/netns/NAME`, `/proc/PID/ns/net`), in `to`
+    /// order.
+    pub netns: Vec<PathBuf>,
 }
 
 struct Entry {
     id: u64,
     listener: Listener,
-    to: String,
+}
+
+/// One forward's balancing state (shared by its listeners).
+struct Pool {
+    to: Targets,
+    balance: Balance,
+    picker: Picker,
+    stats: Arc<PoolStats>,
     splice: Option<SpliceHook>,
+    health: Option<HealthSpec>,
+    /// The guest port health checks connect to (the first listener's).
+    check_port: u16,
+    /// Per endpoint: its health, when its next check is due, the check in flight.
+    checks: Vec<(Health, Instant, Option<InFlight>)>,
+}
+
+impl Pool {
+    /// The endpoint for a new connection from `client` and its guard, resolved; `None` (and
+    /// counted) when none is up.
+    fn choose(
+        &mut self,
+        client: IpAddr,
+        resolve: &dyn Fn(&str) -> Vec<IpAddr>,
+    ) -> Option<(usize, Option<IpAddr>)> {
+        let Some(i) = self.picker.pick(self.balance, &self.stats, client) else {
+            self.stats.refuse();
+            tracing::debug!(to = %self.to, "port forward: no endpoint is up; refusing");
+            return None;
+        };
+        Some((i, target(&self.to[i], client, resolve)))
+    }
 }
 
 /// The forwards of one gateway.
@@ -110,7 +182,11 @@ struct Entry {
 pub struct Forwards {
     entries: Vec<Option<Entry>>,
     by_id: HashMap<u64, Vec<usize>>,
+    pools: HashMap<u64, Pool>,
     udp_rev: HashMap<(SocketAddr, SocketAddr), (usize, SocketAddr, Instant)>,
+    /// Each UDP client's endpoint (by listener and client), and its live flow.
+    udp_sticky: HashMap<(usize, SocketAddr), (usize, Option<ConnGuard>, Instant)>,
+    next_probe_port: u16,
 }
 
 /// Most reverse UDP mappings kept.
@@ -120,6 +196,31 @@ impl Forwards {
     /// Registers a forward's sockets.
     pub fn add(&mut self, reg: &Registry, id: u64, b: Bound) -> io::Result<()> {
         let mut idxs = Vec::new();
+        let check_port = match b.listeners.first() {
+            Some(
+                Listener::Tcp { guest_port, .. }
+                | Listener::Udp { guest_port, .. }
+                | Listener::HostTcp { guest_port, .. }
+                | Listener::HostUdp { guest_port, .. },
+            ) => *guest_port,
+            None => 0,
+        };
+        let now = Instant::now();
+        self.pools.insert(
+            id,
+            Pool {
+                checks: (0..b.to.len())
+                    .map(|_| (Health::default(), now, None))
+                    .collect(),
+                to: b.to,
+                balance: b.balance,
+                picker: Picker::default(),
+                stats: b.stats,
+                splice: b.splice,
+                health: b.health,
+                check_port,
+            },
+        );
         for mut l in b.listeners {
             let idx = match self.entries.iter().position(Option::is_none) {
                 Some(i) => i,
@@ -147,23 +248,20 @@ impl Forwards {
                 self.remove(reg, id);
                 return Err(e);
             }
-            self.entries[idx] = Some(Entry {
-                id,
-                listener: l,
-                to: b.to.clone(),
-                splice: b.splice.clone(),
-            });
+            self.entries[idx] = Some(Entry { id, listener: l });
             idxs.push(idx);
         }
         self.by_id.insert(id, idxs);
         Ok(())
     }
 
-    /// Closes a forward's sockets. False if unknown.
+    /// Closes a forward's sockets. False if unknown. Its connections stay (their guards keep
+    /// its counters alive until they end).
     pub fn remove(&mut self, reg: &Registry, id: u64) -> bool {
         let Some(idxs) = self.by_id.remove(&id) else {
             return false;
         };
+        self.pools.remove(&id);
         for i in idxs {
             if let Some(mut e) = self.entries.get_mut(i).and_then(Option::take) {
                 let _ = match &mut e.listener {
@@ -175,24 +273,35 @@ impl Forwards {
                 debug_assert_eq!(e.id, id);
             }
         }
-        self.udp_rev
-            .retain(|_, (i, _, _)| self.entries.get(*i).is_some_and(Option::is_some));
+        let live = |i: &usize| self.entries.get(*i).is_some_and(Option::is_some);
+        self.udp_rev.retain(|_, (i, _, _)| live(i));
+        self.udp_sticky.retain(|(i, _), _| live(i));
         true
     }
 
     /// Accepts every pending connection on a TCP forward: `(client stream, source for the
-    /// guest, guest address)` for each one whose target resolves. A spliced forward's
-    /// connections from clients the guest cannot see (loopback, other family) go to the relay
-    /// here and are not returned.
+    /// guest, guest address, endpoint guard)` for each one whose endpoint is up and resolves.
+    /// A spliced forward's connections from clients the guest cannot see (loopback, other
+    /// family) go to the relay here and are not returned. With no endpoint up, the client is
+    /// reset.
+    #[allow(clippy::type_complexity)]
     pub fn accept(
         &mut self,
         tok: Token,
         cfg: &NatConfig,
         resolve: &dyn Fn(&str) -> Vec<IpAddr>,
         allow: &Allow<'_>,
-    ) -> Vec<(Box<dyn HostStream>, SocketAddr, SocketAddr)> {
+    ) -> Vec<(
+        Box<dyn HostStream>,
+        SocketAddr,
+        SocketAddr,
+        Option<ConnGuard>,
+    )> {
         let mut v = Vec::new();
         let Some(Some(e)) = self.entries.get_mut(token::split(tok).1) else {
+            return v;
+        };
+        let Some(pool) = self.pools.get_mut(&e.id) else {
             return v;
         };
         loop {
@@ -210,7 +319,10 @@ impl Forwards {
             match next {
                 Ok((stream, client)) => {
                     let client = unmap(client);
-                    let ip = target(&e.to, client.ip(), resolve);
+                    let Some((i, ip)) = pool.choose(client.ip(), resolve) else {
+                        stream.refuse();
+                        continue;
+                    };
                     let stream = match stream {
                         Accepted::Kernel(s) => s,
                         Accepted::Host(s) => {
@@ -221,12 +333,14 @@ impl Forwards {
                             if let Some(from) = source_for(client, guest, cfg)
                                 && allow(PROTO_TCP, from, guest, 0)
                             {
-                                v.push((s, from, guest));
+                                v.push((s, from, guest, pool.stats.hold(i)));
                             }
                             continue;
                         }
                     };
-                    if let Some(hook) = &e.splice {
+                    if let Some(hook) = &pool.splice
+                        && let Some(netns) = hook.netns.get(i)
+                    {
                         // Inside the namespace, a name the records do not know is the
                         // namespace's own loopback (`usernet run`'s command).
                         let guest = SocketAddr::new(
@@ -240,13 +354,18 @@ impl Forwards {
                             if !allow(PROTO_TCP, from, guest, 0) {
                                 continue;
                             }
-                            hook.splicer
-                                .splice_forward(e.id, stream.into(), &hook.netns, guest);
+                            hook.splicer.splice_held(
+                                e.id,
+                                stream.into(),
+                                netns,
+                                guest,
+                                pool.stats.hold(i),
+                            );
                             continue;
                         }
                     }
                     let Some(ip) = ip else {
-                        tracing::debug!(to = %e.to, "port forward target does not resolve; closing");
+                        tracing::debug!(to = %pool.to[i], "port forward target does not resolve; closing");
                         continue;
                     };
                     let guest = SocketAddr::new(ip, *guest_port);
@@ -257,7 +376,7 @@ impl Forwards {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    v.push((Box::new(stream), from, guest));
+                    v.push((Box::new(stream), from, guest, pool.stats.hold(i)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -271,7 +390,8 @@ impl Forwards {
     }
 
     /// Reads every pending datagram on a UDP forward and turns it into a packet to the guest.
-    /// Returns how many.
+    /// A client address not seen recently is a new flow: it picks its endpoint, and keeps it
+    /// while it stays active. Returns how many.
     pub fn recv_udp(
         &mut self,
         tok: Token,
@@ -282,6 +402,9 @@ impl Forwards {
     ) -> usize {
         let idx = token::split(tok).1;
         let Some(Some(e)) = self.entries.get_mut(idx) else {
+            return 0;
+        };
+        let Some(pool) = self.pools.get_mut(&e.id) else {
             return 0;
         };
         let (sock, guest_port): (&dyn HostDatagram, &u16) = match &e.listener {
@@ -295,7 +418,30 @@ impl Forwards {
             match sock.recv_from(&mut buf) {
                 Ok((len, client)) => {
                     let client = unmap(client);
-                    let Some(ip) = target(&e.to, client.ip(), resolve) else {
+                    let now = Instant::now();
+                    let ep = match self.udp_sticky.get_mut(&(idx, client)) {
+                        Some((ep, _, seen)) => {
+                            *seen = now;
+                            *ep
+                        }
+                        None => {
+                            let Some(i) = pool.picker.pick(pool.balance, &pool.stats, client.ip())
+                            else {
+                                pool.stats.refuse();
+                                continue;
+                            };
+                            if self.udp_sticky.len() < MAX_UDP_REV {
+                                self.udp_sticky
+                                    .insert((idx, client), (i, pool.stats.hold(i), now));
+                            }
+                            i
+                        }
+                    };
+                    let Some(ip) = pool
+                        .to
+                        .get(ep)
+                        .and_then(|t| target(t, client.ip(), resolve))
+                    else {
                         continue;
                     };
                     let guest = SocketAddr::new(ip, *guest_port);
@@ -311,8 +457,7 @@ impl Forwards {
                     }
                     if self.udp_rev.len() < MAX_UDP_REV || self.udp_rev.contains_key(&(guest, from))
                     {
-                        self.udp_rev
-                            .insert((guest, from), (idx, client, Instant::now()));
+                        self.udp_rev.insert((guest, from), (idx, client, now));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -321,6 +466,87 @@ impl Forwards {
             }
         }
         n
+    }
+
+    /// Runs the health checks (see `probe.rs`): reads the results of those in flight, moves
+    /// endpoints in and out of the rotation, starts those due. `op` is NAT's TCP.
+    pub(crate) fn health(
+        &mut self,
+        now: Instant,
+        cfg: &NatConfig,
+        resolve: &dyn Fn(&str) -> Vec<IpAddr>,
+        op: &mut dyn FnMut(ProbeOp) -> Option<FlowId>,
+    ) {
+        for (id, pool) in &mut self.pools {
+            let Some(spec) = pool.health else {
+                continue;
+            };
+            let timeout = Duration::from_millis(spec.timeout_ms);
+            for (i, (health, next, inflight)) in pool.checks.iter_mut().enumerate() {
+                if let Some((good, open)) = inflight.as_ref().and_then(|p| p.result(now, timeout)) {
+                    if let Some(flow) = open {
+                        op(ProbeOp::Abort(flow));
+                    }
+                    *inflight = None;
+                    if let Some(up) = health.record(good, &spec)
+                        && let Some(st) = pool.stats.endpoints.get(i)
+                    {
+                        st.set_up(up);
+                        let state = if up { "up" } else { "down" };
+                        tracing::info!(forward = id, endpoint = %st.name, "port forward endpoint is {state}");
+                    }
+                }
+                if inflight.is_some() || now < *next {
+                    continue;
+                }
+                *next = now + Duration::from_millis(spec.interval_ms);
+                let any = IpAddr::V4(Ipv4Addr::LOCALHOST);
+                let Some(ip) = target(&pool.to[i], any, resolve) else {
+                    continue; // No address (yet): no verdict.
+                };
+                let gw = match ip {
+                    IpAddr::V4(_) => IpAddr::V4(cfg.gateway4),
+                    IpAddr::V6(_) => match cfg.gateway6 {
+                        Some(g) => IpAddr::V6(g),
+                        None => continue,
+                    },
+                };
+                let port = self
+                    .next_probe_port
+                    .clamp(*probe::PORTS.start(), *probe::PORTS.end());
+                self.next_probe_port = if port == *probe::PORTS.end() {
+                    *probe::PORTS.start()
+                } else {
+                    port + 1
+                };
+                let (stream, cell) = ProbeStream::open();
+                let start = ProbeOp::Start {
+                    from: SocketAddr::new(gw, port),
+                    to: SocketAddr::new(ip, pool.check_port),
+                    stream,
+                };
+                if let Some(flow) = op(start) {
+                    *inflight = Some(InFlight::new(cell, flow, now));
+                }
+            }
+        }
+    }
+
+    /// When the health checks next need a look (a check due, or one timing out).
+    pub fn next_check(&self) -> Option<Instant> {
+        self.pools
+            .values()
+            .filter_map(|p| Some((p, p.health?)))
+            .flat_map(|(p, spec)| {
+                let timeout = Duration::from_millis(spec.timeout_ms);
+                p.checks
+                    .iter()
+                    .map(move |(_, next, inflight)| match inflight {
+                        Some(f) => f.deadline(timeout),
+                        None => *next,
+                    })
+            })
+            .min()
     }
 
     /// A guest's UDP datagram from `guest` to `to`: if it answers a forwarded datagram, send it
@@ -356,6 +582,8 @@ impl Forwards {
     /// Forgets reverse UDP mappings idle for longer than `idle`.
     pub fn expire(&mut self, now: Instant, idle: Duration) {
         self.udp_rev
+            .retain(|_, (_, _, seen)| now.duration_since(*seen) < idle);
+        self.udp_sticky
             .retain(|_, (_, _, seen)| now.duration_since(*seen) < idle);
     }
 }

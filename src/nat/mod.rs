@@ -39,11 +39,13 @@ use crate::wire::ip::{Unreachable, icmp_unreachable};
 pub use flow::{FORWARD_KEY, FlowCounts, GuestKey, flow_cap};
 use flow::{FlowKey, FlowTable, Opener};
 
+pub mod balance;
 pub mod flow;
 pub mod forward;
 pub mod forward_rt;
 pub mod host;
 pub(crate) mod icmp;
+pub(crate) mod probe;
 pub(crate) mod splice;
 pub(crate) mod tcp;
 pub(crate) mod udp;
@@ -597,15 +599,17 @@ impl Nat {
                     }
                     ok
                 };
-                for (stream, from, guest) in self.fwd.accept(tok, &self.cfg, resolve, &allow) {
+                for (stream, from, guest, hold) in self.fwd.accept(tok, &self.cfg, resolve, &allow)
+                {
                     NatCounters::inc(&self.counters.forward_conns);
                     // Over the network's limit, the client is closed at once.
                     if !self.flows.admit(Opener::Forward) {
                         continue;
                     }
-                    if let Err(e) =
-                        self.tcp
-                            .connect_to_guest(reg, &mut self.flows, now, stream, from, guest)
+                    let flows = &mut self.flows;
+                    if let Err(e) = self
+                        .tcp
+                        .connect_to_guest(reg, flows, now, stream, from, guest, hold)
                     {
                         tracing::debug!("port forward to {guest}: {e}");
                         NatCounters::inc(&self.counters.errors);
@@ -651,9 +655,36 @@ impl Nat {
         self.fwd.expire(now, self.cfg.udp_idle);
     }
 
-    /// When the TCP machinery next needs to run.
+    /// Runs the port forwards' health checks (see `probe.rs`): results in, due checks out.
+    pub fn health(&mut self, reg: &Registry, now: Instant, resolve: &dyn Fn(&str) -> Vec<IpAddr>) {
+        let (tcp, flows) = (&mut self.tcp, &mut self.flows);
+        self.fwd
+            .health(now, &self.cfg, resolve, &mut |op| match op {
+                probe::ProbeOp::Start { from, to, stream } => {
+                    // A check is a flow like any: over the network's limit, no check.
+                    if !flows.admit(Opener::Forward) {
+                        return None;
+                    }
+                    tcp.connect_to_guest(reg, flows, now, stream, from, to, None)
+                        .ok()
+                }
+                probe::ProbeOp::Abort(id) => {
+                    tcp.abort(id);
+                    None
+                }
+            });
+    }
+
+    /// When the TCP machinery or a health check next needs to run.
     pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
-        self.tcp.poll_delay(now)
+        let check = self
+            .fwd
+            .next_check()
+            .map(|t| t.saturating_duration_since(now));
+        match (self.tcp.poll_delay(now), check) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Closes every flow (TCP, UDP, ICMP) of the guest behind port `guest`, a port that was

@@ -47,6 +47,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::balance::ConnGuard;
 use crate::sys::pipe::{self, splice_once};
 use crate::sys::sock;
 
@@ -99,6 +100,8 @@ pub struct SpliceCounters {
 }
 
 struct Job {
+    /// A balanced forward's endpoint guard: held while the connection is relayed.
+    hold: Option<ConnGuard>,
     forward: u64,
     client: std::net::TcpStream,
     netns: PathBuf,
@@ -167,7 +170,21 @@ impl Splicer {
         netns: &Path,
         guest: SocketAddr,
     ) {
+        self.splice_held(forward, client, netns, guest, None);
+    }
+
+    /// Like [`Self::splice_forward`], holding `hold` (a balanced forward's endpoint guard)
+    /// while the connection is relayed.
+    pub fn splice_held(
+        &self,
+        forward: u64,
+        client: std::net::TcpStream,
+        netns: &Path,
+        guest: SocketAddr,
+        hold: Option<ConnGuard>,
+    ) {
         let job = Job {
+            hold,
             forward,
             client,
             netns: netns.to_path_buf(),
@@ -257,6 +274,7 @@ impl Dir {
 }
 
 struct Conn {
+    _hold: Option<ConnGuard>,
     forward: u64,
     client: TcpStream,
     guest: TcpStream,
@@ -423,6 +441,7 @@ impl Relay {
         self.next = self.next.wrapping_add(1) & (usize::MAX >> 3);
         let now = Instant::now();
         let mut conn = Conn {
+            _hold: job.hold,
             forward: job.forward,
             client,
             guest,

@@ -52,6 +52,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SInstant;
 use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 
+use super::balance::ConnGuard;
 use super::flow::{FORWARD_KEY, FlowId, FlowKey, FlowTable, GuestKey, Opener, Phase, Slots};
 use super::host::{HostSockets, HostStream};
 use super::{NatConfig, NatCounters, host_destination, token};
@@ -108,6 +109,8 @@ struct Flow {
     /// When the flow was created (half-open flows expire [`NatConfig::handshake_timeout`]
     /// after it).
     born: Instant,
+    /// A balanced forward's connection: live for its endpoint while the flow is.
+    _hold: Option<ConnGuard>,
 }
 
 /// The TCP half of a gateway's NAT. See the module docs.
@@ -283,6 +286,7 @@ impl TcpNat {
             established: false,
             last: now,
             born: now,
+            _hold: None,
         };
         let idx = self.alloc(flows, flow, owner, Phase::Connecting);
         if let Some(f) = self.slots.get_mut(idx)
@@ -325,8 +329,10 @@ impl TcpNat {
     }
 
     /// Starts a connection *to* a guest for a port forward: `host` is the accepted client,
-    /// `from` the source the guest will see, `guest` the guest's address and port. The caller
-    /// checked the limits ([`Opener::Forward`]).
+    /// `from` the source the guest will see, `guest` the guest's address and port, `hold` its
+    /// endpoint's guard (kept while the flow lives). The caller checked the limits
+    /// ([`Opener::Forward`]). Returns the flow's id.
+    #[allow(clippy::too_many_arguments)]
     pub fn connect_to_guest(
         &mut self,
         reg: &Registry,
@@ -335,7 +341,8 @@ impl TcpNat {
         host: Box<dyn HostStream>,
         from: SocketAddr,
         guest: SocketAddr,
-    ) -> io::Result<()> {
+        hold: Option<ConnGuard>,
+    ) -> io::Result<FlowId> {
         if flows.contains(&FlowKey::Tcp(guest, from)) {
             // Two host clients the guest would see as one (loopback IPv4 and IPv6 clients with
             // the same port both appear as the gateway's address): one flow per address pair,
@@ -363,6 +370,7 @@ impl TcpNat {
             established: false,
             last: now,
             born: now,
+            _hold: hold,
         };
         let idx = self.alloc(flows, flow, FORWARD_KEY, Phase::HalfOpen);
         if let Some(f) = self.slots.get_mut(idx)
@@ -375,7 +383,15 @@ impl TcpNat {
             self.remove(reg, flows, idx, true);
             return Err(e);
         }
-        Ok(())
+        Ok(idx)
+    }
+
+    /// Aborts flow `id`'s guest side (an RST to the guest at the next poll, which then drops
+    /// the flow).
+    pub fn abort(&mut self, id: FlowId) {
+        if let Some(h) = self.slots.get(id).and_then(|f| f.sock) {
+            self.sockets.get_mut::<tcp::Socket>(h).abort();
+        }
     }
 
     /// Readiness of a host socket (token kind TCP).

@@ -146,8 +146,28 @@ enum FwdCmd {
         network: String,
         /// The `-p` spec.
         publish: String,
-        /// Endpoint name (port or DHCP hostname) or IP address.
+        /// Endpoint name (port or DHCP hostname) or IP address; several, comma-separated
+        /// (`web1,web2`), balance the connections over them.
         to: String,
+        /// With several endpoints: `round_robin` (default), `least_conn` or `source_hash`.
+        #[arg(long)]
+        balance: Option<String>,
+        /// Health-check the endpoints (TCP connect) with the defaults (1000 ms, 500 ms, 2, 2);
+        /// implied by any `--health-*` flag.
+        #[arg(long)]
+        health: bool,
+        /// Health checks: time between two checks (ms).
+        #[arg(long)]
+        health_interval_ms: Option<u64>,
+        /// Health checks: a check not connected after this long failed (ms).
+        #[arg(long)]
+        health_timeout_ms: Option<u64>,
+        /// Health checks: failed checks in a row that take an endpoint down.
+        #[arg(long)]
+        health_fall: Option<u32>,
+        /// Health checks: good checks in a row that bring it back.
+        #[arg(long)]
+        health_rise: Option<u32>,
         /// TCP: relay loopback clients kernel-to-kernel from inside the port's namespace (`to`
         /// must be a netns port; the guest sees those from its own address, other clients keep
         /// theirs).
@@ -445,10 +465,30 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             publish,
             to,
             splice,
+            balance,
+            health,
+            health_interval_ms,
+            health_timeout_ms,
+            health_fall,
+            health_rise,
         }) => {
             let spec = publish.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut forward = usernet::nat::forward::Forward::new(&network, spec, &to);
+            let to = to.split(',').map(|t| t.trim().to_string()).collect();
+            let mut forward = usernet::nat::forward::Forward::to_many(&network, spec, to);
             forward.splice = splice;
+            forward.balance = balance;
+            let any = health_interval_ms.is_some()
+                || health_timeout_ms.is_some()
+                || health_fall.is_some()
+                || health_rise.is_some();
+            if health || any {
+                let mut h = usernet::nat::balance::HealthSpec::default();
+                h.interval_ms = health_interval_ms.unwrap_or(h.interval_ms);
+                h.timeout_ms = health_timeout_ms.unwrap_or(h.timeout_ms.min(h.interval_ms));
+                h.fall = health_fall.unwrap_or(h.fall);
+                h.rise = health_rise.unwrap_or(h.rise);
+                forward.health = Some(h);
+            }
             Request::ForwardAdd { forward }
         }
         Cmd::Forward(FwdCmd::Rm { forward }) => Request::ForwardRm { forward },
@@ -653,9 +693,33 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
         Request::Metrics {} => v.as_str().unwrap_or_default().to_string(),
         Request::PolicyLs { .. } => crate::policy::render(v),
         Request::ForwardLs { .. } => table(
-            &["ID", "NETWORK", "PUBLISH", "TO"],
+            &[
+                "ID", "NETWORK", "PUBLISH", "BALANCE", "TO", "STATE", "LIVE", "CONNS",
+            ],
             arr.iter()
-                .map(|f| vec![s(f, "id"), s(f, "network"), s(f, "publish"), s(f, "to")])
+                .flat_map(|f| {
+                    let eps = f["endpoints"].as_array().cloned().unwrap_or_default();
+                    let head = [
+                        s(f, "id"),
+                        s(f, "network"),
+                        s(f, "publish"),
+                        s(f, "balance"),
+                    ];
+                    let blank = || vec![String::new(); 4];
+                    eps.into_iter()
+                        .enumerate()
+                        .map(|(i, e)| {
+                            let mut row = if i == 0 { head.to_vec() } else { blank() };
+                            row.extend([
+                                s(&e, "to"),
+                                s(&e, "state"),
+                                s(&e, "live"),
+                                s(&e, "connections"),
+                            ]);
+                            row
+                        })
+                        .collect::<Vec<_>>()
+                })
                 .collect(),
         ),
         Request::Owners { .. } => table(

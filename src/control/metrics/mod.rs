@@ -33,6 +33,7 @@ use std::fmt::Write as _;
 use super::Handle;
 use crate::bridge::PortStats;
 
+mod forwards;
 mod http;
 mod limits;
 pub use http::{MAX_REQUEST, MetricsServer, REQUEST_TIMEOUT, serve};
@@ -683,6 +684,7 @@ impl Handle {
                 );
             }
         }
+        forwards::write(self, &mut x);
         x
     }
 }

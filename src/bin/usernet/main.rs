@@ -18,6 +18,7 @@ mod gendoc;
 mod netavark;
 mod policy;
 mod port_limit;
+mod render;
 mod run;
 mod slirp;
 mod up;

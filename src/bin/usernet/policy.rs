@@ -153,7 +153,7 @@ pub fn render(v: &Value) -> String {
             ]);
         }
     }
-    crate::ctl::table(
+    crate::render::table(
         &[
             "NETWORK", "PORT", "INDEX", "ACTION", "PACKETS", "BYTES", "RULE",
         ],

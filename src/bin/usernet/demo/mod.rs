@@ -341,25 +341,25 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     println!("\nper-port counters (as `usernet ctl stats`; gw.demo is the gateway):");
     print!(
         "{}",
-        crate::ctl::stats_table(stats.as_array().map(Vec::as_slice).unwrap_or(&[]))
+        crate::render::stats_table(stats.as_array().map(Vec::as_slice).unwrap_or(&[]))
     );
     let fdb = serde_json::to_value(h.fdb(Some("demo"))?)?;
     println!("\nlearned MACs (as `usernet ctl fdb`):");
     print!(
         "{}",
-        crate::ctl::render(&Request::Fdb { network: None }, &fdb)
+        crate::render::render(&Request::Fdb { network: None }, &fdb)
     );
     let l = serde_json::to_value(h.leases(Some("demo"))?)?;
     println!("\nDHCP leases (as `usernet ctl leases`):");
     print!(
         "{}",
-        crate::ctl::render(&Request::Leases { network: None }, &l)
+        crate::render::render(&Request::Leases { network: None }, &l)
     );
     let d = serde_json::to_value(h.dns_list(Some("demo"))?)?;
     println!("\nDNS records (as `usernet ctl dns ls`; port names and DHCP hostnames):");
     print!(
         "{}",
-        crate::ctl::render(&Request::DnsLs { network: None }, &d)
+        crate::render::render(&Request::DnsLs { network: None }, &d)
     );
 
     check(&h)?;

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::wire::Mac;
 
 struct Rig {
     clock: Arc<ManualClock>,

@@ -42,6 +42,21 @@ struct Deadline {
     rx: bool,
 }
 
+impl Deadline {
+    /// Arms one wake-up `wait_ns` from now for a throttled direction (`rx` or tx) of `slot`,
+    /// unless `armed` says one is pending already.
+    fn arm(deadlines: &mut Vec<Deadline>, armed: &mut bool, wait_ns: u64, slot: usize, rx: bool) {
+        if !*armed {
+            *armed = true;
+            deadlines.push(Deadline {
+                at: Instant::now() + Duration::from_nanos(wait_ns),
+                slot,
+                rx,
+            });
+        }
+    }
+}
+
 /// Nanoseconds since `epoch` (the loop's monotonic time base for the token buckets).
 fn nanos_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
@@ -321,14 +336,7 @@ impl LoopState {
                     match l.allowance(BATCH, shared.cfg.max_frame, now) {
                         Ok(n) => n,
                         Err(wait) => {
-                            if !lp.armed.0 {
-                                lp.armed.0 = true;
-                                self.deadlines.push(Deadline {
-                                    at: Instant::now() + Duration::from_nanos(wait),
-                                    slot,
-                                    rx: true,
-                                });
-                            }
+                            Deadline::arm(&mut self.deadlines, &mut lp.armed.0, wait, slot, true);
                             return;
                         }
                     }
@@ -444,14 +452,7 @@ impl LoopState {
                         // It waits for tokens, and the ring behind it (full: `rate_limited`).
                         lp.held = Some(f);
                         lp.port.throttled.store(true, Ordering::Relaxed);
-                        if !lp.armed.1 {
-                            lp.armed.1 = true;
-                            self.deadlines.push(Deadline {
-                                at: Instant::now() + Duration::from_nanos(wait),
-                                slot,
-                                rx: false,
-                            });
-                        }
+                        Deadline::arm(&mut self.deadlines, &mut lp.armed.1, wait, slot, false);
                         break;
                     }
                     if was_held {

@@ -313,6 +313,26 @@ fn forward_packet(proto: u8, from: SocketAddr, to: SocketAddr) -> crate::policy:
     }
 }
 
+/// The policy's verdict on a forward's connection or datagram of `bytes` bytes from `from`
+/// to `to` (`Way::In`, the hook finds the guest's port); a denial is counted.
+fn forward_allowed(
+    policy: Option<&PolicyHook>,
+    counters: &NatCounters,
+    proto: u8,
+    from: SocketAddr,
+    to: SocketAddr,
+    bytes: u64,
+) -> bool {
+    let ok = policy.is_none_or(|hook| {
+        let p = forward_packet(proto, from, to);
+        hook(crate::policy::Way::In { port: None }, &p, bytes)
+    });
+    if !ok {
+        NatCounters::inc(&counters.policy_denied);
+    }
+    ok
+}
+
 /// A gateway's whole NAT: TCP, UDP, ICMP echo and port forwards, driven by the gateway on its event loop.
 pub struct Nat {
     /// Settings.
@@ -590,14 +610,7 @@ impl Nat {
             token::ICMP => self.icmp.ready(tok, out, now),
             token::FWD_TCP => {
                 let allow = |proto: u8, from: SocketAddr, to: SocketAddr, bytes: u64| {
-                    let ok = self.policy.as_ref().is_none_or(|hook| {
-                        let p = forward_packet(proto, from, to);
-                        hook(crate::policy::Way::In { port: None }, &p, bytes)
-                    });
-                    if !ok {
-                        NatCounters::inc(&self.counters.policy_denied);
-                    }
-                    ok
+                    forward_allowed(self.policy.as_ref(), &self.counters, proto, from, to, bytes)
                 };
                 for (stream, from, guest, hold) in self.fwd.accept(tok, &self.cfg, resolve, &allow)
                 {
@@ -618,14 +631,7 @@ impl Nat {
             }
             token::FWD_UDP => {
                 let allow = |proto: u8, from: SocketAddr, to: SocketAddr, bytes: u64| {
-                    let ok = self.policy.as_ref().is_none_or(|hook| {
-                        let p = forward_packet(proto, from, to);
-                        hook(crate::policy::Way::In { port: None }, &p, bytes)
-                    });
-                    if !ok {
-                        NatCounters::inc(&self.counters.policy_denied);
-                    }
-                    ok
+                    forward_allowed(self.policy.as_ref(), &self.counters, proto, from, to, bytes)
                 };
                 let n = self.fwd.recv_udp(tok, &self.cfg, resolve, &allow, out);
                 self.counters

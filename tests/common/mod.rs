@@ -14,6 +14,7 @@
 
 pub mod daemon;
 pub mod dns;
+pub mod events;
 pub mod packets;
 pub mod qemu;
 pub mod raw;

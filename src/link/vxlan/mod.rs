@@ -4,7 +4,7 @@
 //! # Theory of operation
 //!
 //! - **Sockets.** One UDP socket bound to `local:port` (default 4789) receives every datagram
-//!   (a batch per `recvmmsg`, with UDP GRO; see [`batch`]) and is the descriptor the engine
+//!   (a batch per `recvmmsg`, with UDP GRO; see `batch.rs`) and is the descriptor the engine
 //!   polls. A small pool of sockets bound to `local:0` sends:
 //!   each has its own kernel-chosen source port (in the ephemeral range, 32768..61000 by
 //!   default, as Linux's vxlan picks its source ports), and a hash of the inner flow (MACs,
@@ -12,7 +12,7 @@
 //!   keeps its order. A pool socket that would block gives way to the receive socket; if that
 //!   blocks too the batch stops with the frame still queued, and the receive socket's
 //!   writable edge resumes the engine. Consecutive frames of one flow to one VTEP leave in one
-//!   UDP GSO send where the kernel takes it ([`batch`]), else one datagram per `sendmsg`. Every socket sets `IP_MTU_DISCOVER=IP_PMTUDISC_DO`
+//!   UDP GSO send where the kernel takes it (`batch.rs`), else one datagram per `sendmsg`. Every socket sets `IP_MTU_DISCOVER=IP_PMTUDISC_DO`
 //!   (`IPV6_MTU_DISCOVER` over IPv6): no outer fragment ever leaves (RFC 7348 4.3).
 //! - **Decapsulation** ([`decap`]): 8-byte header, flags exactly the I bit (0x08), the port's
 //!   VNI; the outer source IP must be one of the remotes (any source port, as the kernel varies

@@ -254,7 +254,8 @@ def tc_goals(results):
             return
         if not rs:
             rows.append((what, "no ratio: " + (get(tc, "error") or get(base, "error")
-                                               or "not measured"), "–"))
+                                               or ("usernet not run" if not base
+                                                   else "not measured")), "–"))
             return
         m = median(rs)
         rows.append((what, f"median {m:.3f} ({min(rs):.3f}–{max(rs):.3f}) over {len(rs)} "

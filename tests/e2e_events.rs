@@ -64,26 +64,7 @@ fn a_subscriber_sees_port_lease_forward_and_removal_in_order() {
         added["seq"].as_u64().is_some() && added["ts"].as_f64().is_some(),
         "{added}"
     );
-    let dhcp = g.exec(&[
-        "busybox",
-        "udhcpc",
-        "-i",
-        "eth0",
-        "-f",
-        "-q",
-        "-n",
-        "-t",
-        "5",
-        "-T",
-        "1",
-        "-s",
-        "/bin/true",
-    ]);
-    assert!(
-        dhcp.status.success(),
-        "udhcpc: {}",
-        String::from_utf8_lossy(&dhcp.stderr)
-    );
+    g.udhcpc("/bin/true", &[], || d.log());
     let lease = next_of(&rx, &["lease_granted"], &d);
     assert!(
         lease["ip"]

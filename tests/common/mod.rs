@@ -189,6 +189,26 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// busybox udhcpc once on `eth0` (exits once bound; 5 tries a second apart) with the lease
+    /// script `script` and `extra` options; asserts a lease came, printing its output and
+    /// `log()` (a daemon's log) if not.
+    #[allow(dead_code)]
+    pub fn udhcpc(&self, script: &str, extra: &[&str], log: impl Fn() -> String) {
+        let mut args = vec![
+            "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-s", script,
+        ];
+        args.extend_from_slice(extra);
+        let out = self.exec(&args);
+        assert!(
+            out.status.success(),
+            "udhcpc in {}: {}{}\n{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            log()
+        );
+    }
+
     /// Runs `ip -n NAME args...`, asserting success.
     pub fn ip(&self, args: &[&str]) {
         let mut all = vec!["-n", self.name.as_str()];

@@ -180,3 +180,51 @@ impl Device for QueueDevice {
         c
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(dev: &mut QueueDevice, len: usize, byte: u8) {
+        let tx = dev.transmit(SInstant::ZERO).expect("a token");
+        tx.consume(len, |b| {
+            assert_eq!(b.len(), len);
+            b.fill(byte);
+        });
+    }
+
+    #[test]
+    fn framed_packets_sit_behind_the_front_room() {
+        let pool = FramePool::with_gso(1522, 4, 1);
+        let mut dev = QueueDevice::framed(65_535, Checksum::None, pool.clone(), 14);
+        send(&mut dev, 40, 1); // an ACK: a regular buffer
+        send(&mut dev, 60_000, 2); // a large segment: the one GSO buffer
+        send(&mut dev, 60_000, 3); // none left in flight: the heap, still whole
+        assert!(dev.tx.is_empty());
+        let frames = std::mem::take(&mut dev.frames);
+        let lens: Vec<usize> = frames.iter().map(Frame::len).collect();
+        assert_eq!(lens, [54, 60_014, 60_014]);
+        for (f, byte) in frames.iter().zip(1u8..) {
+            assert!(f.data()[14..].iter().all(|&b| b == byte));
+        }
+        assert_eq!(pool.large_in_use(), 1);
+        drop(frames);
+        assert_eq!(
+            pool.large_in_use(),
+            0,
+            "the GSO buffer went back to the pool"
+        );
+        // The buffer is reused as it is (not cleared): the packet still comes out whole.
+        send(&mut dev, 30_000, 4);
+        assert_eq!(dev.frames[0].len(), 30_014);
+        assert!(dev.frames[0].data()[14..].iter().all(|&b| b == 4));
+    }
+
+    #[test]
+    fn plain_packets_are_vecs() {
+        let mut dev = QueueDevice::new(1500, Checksum::Tx);
+        send(&mut dev, 100, 7);
+        assert!(dev.frames.is_empty());
+        assert_eq!(dev.tx, vec![vec![7u8; 100]]);
+    }
+}

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""NAT suite: usernet's gateway NAT and port forward next to slirp4netns and pasta.
+"""NAT suite: usernet's gateway NAT and port forward next to the routed kernel path,
+slirp4netns and pasta.
 
   egress   iperf3 client in a guest namespace -> the gateway address that the system maps to the
-           host's loopback -> iperf3 server on the host's 127.0.0.1
+           host's loopback -> iperf3 server on the host's 127.0.0.1 (upload: guest -> host)
+  download the same connection with `iperf3 -R`: the server on the host sends, the guest
+           receives (host -> guest through the NAT)
   forward  iperf3 client on the host -> 127.0.0.1:HOSTPORT (Docker -p / hostfwd / pasta -t)
            -> iperf3 server in the guest
 
@@ -10,7 +13,9 @@ The "host" is a sandbox namespace that has only loopback and a carrier-less TAP 
 default route, so nothing can leave it: the NAT processes run there and every host-side socket
 they open goes to the sandbox's own addresses. pasta is measured on two paths: its tap path
 (guest -> gateway address; host -> a non-loopback host address), like usernet and slirp4netns,
-and its splice path (loopback to loopback, -T/-t: no tap, no TCP stack).
+and its splice path (loopback to loopback, -T/-t: no tap, no TCP stack). The `kernel` system is
+the reference without NAT: a veth pair between the sandbox host and the guest, routed (the guest
+reaches the host's veth address, the host the guest's).
 
 The starters (`start_usernet`, `start_slirp4netns`, `start_pasta`) and `Sandbox` are shared with
 mem.py. Run through bench/run.py (`python3 bench/run.py --suites nat`).
@@ -39,8 +44,10 @@ FWD_PORT = 6201  # published host port
 SPLICE_PORT = 6202  # usernet: the same forward with splice = true
 HOST_ADDR = "10.77.0.2"  # the sandbox host's non-loopback address (on the uplink)
 HOST_GW = "10.77.0.1"  # nothing answers there: the uplink has no carrier
-SYSTEMS = ("usernet", "usernet-tc", "slirp4netns", "pasta")
-TESTS = ("egress", "forward")
+SYSTEMS = ("kernel", "usernet", "usernet-tc", "slirp4netns", "pasta")
+TESTS = ("egress", "download", "forward")
+# The routed reference: a veth pair, host side KR_HOST, guest side KR_GUEST.
+KR_HOST, KR_GUEST = "10.66.0.1", "10.66.0.2"
 UN_GW = "10.88.0.1"
 SL_GW, SL_GUEST = "10.0.2.2", "10.0.2.100"  # slirp4netns defaults (--cidr 10.0.2.0/24)
 PA_GW, PA_GUEST = "10.0.2.2", "10.0.2.100"  # pasta: explicit addresses
@@ -118,6 +125,17 @@ def start_usernet(ctx, h, guests, mtu, key, forward=True, splice=True, tc=False)
     return p, sock
 
 
+def start_kernel(h, g, mtu):
+    """The routed reference: a veth pair between the sandbox host h and the guest g (no NAT,
+    no process); the guest's default route is the host's end."""
+    run(["ip", "-n", h, "link", "add", "kr0", "mtu", str(mtu), "type", "veth", "peer", "name",
+         "eth0", "mtu", str(mtu), "netns", g], timeout=10)
+    run(["ip", "-n", h, "addr", "add", f"{KR_HOST}/24", "dev", "kr0"], timeout=10)
+    run(["ip", "-n", h, "link", "set", "kr0", "up"], timeout=10)
+    run(["ip", "-n", g, "link", "set", "lo", "up"], timeout=10)
+    guest_static(g, mtu, KR_GUEST, KR_HOST)
+
+
 def start_slirp4netns(h, g, mtu, key, forward=True):
     if not shutil.which("slirp4netns"):
         raise CaseFailed("slirp4netns not installed (apt-get install slirp4netns)")
@@ -166,7 +184,9 @@ class Topology:
     """A sandbox host, one guest namespace, and one NAT system joining them.
 
     `variants`: the paths measured, (label, egress target (ip, port) from the guest, forward
-    target (ip, port) from the host)."""
+    target (ip, port) from the host). The download test uses the egress target. `host_bind`:
+    the address the host's server listens on for egress and download (its loopback, which the
+    NAT systems map their gateway address to; the routed reference's veth address)."""
 
     def __init__(self, system, mtu, ctx, tag="n", splice=True):
         self.system = system
@@ -181,13 +201,19 @@ class Topology:
         self.sock = None
         self.variants = []
         self.splice_error = None
+        self.host_bind = "127.0.0.1"
 
     def __enter__(self):
         try:
             self.sandbox.up()
             RES.add_ns(self.g)
             key = f"nat{self.tag}{self.mtu}"
-            if self.system == "usernet-tc":
+            if self.system == "kernel":
+                start_kernel(self.h, self.g, self.mtu)
+                self.host_bind = KR_HOST
+                self.variants = [("kernel routed", (KR_HOST, EGRESS_PORT),
+                                  (KR_GUEST, GUEST_PORT))]
+            elif self.system == "usernet-tc":
                 self.proc, self.sock = start_usernet(self.ctx, self.h, [self.g], self.mtu, key,
                                                      splice=False, tc=True)
                 self.variants = [("usernet-tc", (UN_GW, EGRESS_PORT),
@@ -246,6 +272,8 @@ class Topology:
         return usernet_drops(usernet_ctl(self.ctx.usernet_bin, self.sock, "stats"))
 
     def meter(self):
+        if self.proc is None:  # the kernel path: no process (machine CPU only)
+            return Meter()
         return Meter([self.proc.pid],
                      self.counters if self.system.startswith("usernet") else None)
 
@@ -260,13 +288,16 @@ class Topology:
 def measure_once(topo, test, target, args, i=0):
     """One TCP repetition of `test` (egress or forward) to target (ip, port)."""
     ip, port = target
-    if test == "egress":  # server on the host's loopback, client in the guest
-        srv_ns, srv_args, srv_port, cli_ns = topo.h, ["-B", "127.0.0.1"], port, topo.g
+    client_args = []
+    if test in ("egress", "download"):  # server on the host, client in the guest
+        srv_ns, srv_args, srv_port, cli_ns = topo.h, ["-B", topo.host_bind], port, topo.g
+        if test == "download":  # the host's server sends: host -> guest
+            client_args = ["-R"]
     else:  # forward: server in the guest (all addresses), client on the host
         srv_ns, srv_args, srv_port, cli_ns = topo.g, [], GUEST_PORT, topo.h
     with topo.measuring() as cap:
         j, m = iperf3(srv_ns, srv_args, srv_port, cli_ns, ip, port, args.time,
-                      meter=topo.meter(), alive=topo.alive)
+                      client_args=client_args, meter=topo.meter(), alive=topo.alive)
     rep = tcp_rep(j, m)
     log(f"  {topo.system} {test} {i + 1}/{args.reps}: {rep['gbps']:.2f} Gbit/s, retr "
         f"{rep['retransmits']}, {topo.system} cpu {rep['proc_cpu_s']}"
@@ -304,7 +335,7 @@ def run_case(system, mtu, ctx):
         res["note"] = "this usernet binary has no spliced forwards (splice = true): not measured"
     try:
         with Topology(system, mtu, ctx) as topo:
-            res["processes"] = [proc_comm(topo.proc.pid)]
+            res["processes"] = [proc_comm(topo.proc.pid)] if topo.proc else []
             if topo.splice_error:
                 res["status"] = "partial"
                 res["note"] = f"usernet splice: failed to start with splice = true: " \
@@ -314,7 +345,7 @@ def run_case(system, mtu, ctx):
                 for label, egress, forward in topo.variants:
                     v = res["variants"].setdefault(label, {})
                     for test in args.nat_tests:
-                        target = egress if test == "egress" else forward
+                        target = forward if test == "forward" else egress
                         if target is None:
                             continue
                         log(f" {label} {test} -> {target[0]}:{target[1]}")
@@ -326,14 +357,15 @@ def run_case(system, mtu, ctx):
                             log(f"  {label} {test} FAILED: {e}")
                             topo.alive()  # a dead NAT process ends the case
             finally:
-                if topo.proc.alive():
+                if topo.proc is not None and topo.proc.alive():
                     res["max_rss_kib"] = sum_status_kib([topo.proc.pid], "VmHWM")
                     res["total_cpu_s"] = proc_cpu_s(topo.proc.pid)
                     if system.startswith("usernet"):
                         res["usernet_stats"] = usernet_ctl(ctx.usernet_bin, topo.sock, "stats")
                         res["usernet_gateways"] = usernet_ctl(ctx.usernet_bin, topo.sock,
                                                               "gateway")
-                res["log_tail"] = topo.proc.tail(10)
+                if topo.proc is not None:
+                    res["log_tail"] = topo.proc.tail(10)
     except CaseFailed as e:
         case_failed(res, e)
     return res

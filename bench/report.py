@@ -15,11 +15,12 @@ COLORS = {"usernet": "#d62728", "usernet-bp": "#e377c2", "usernet-ps": "#bcbd22"
           "ovs-tso": "#17becf", "vde": "#9467bd", "slirp4netns": "#ff7f0e",
           "pasta tap": "#2ca02c", "pasta splice": "#98df8a", "usernet 1 loop": "#ff9896",
           "usernet 2 loops": "#e377c2", "usernet 4 loops": "#7b4173",
-          "kernel vxlan": "#393b79"}
+          "kernel vxlan": "#393b79", "kernel routed": "#525252"}
 SERIES_LABELS = dict(L2_LABELS, **{"usernet splice": "usernet (splice = true)",
                                    "slirp4netns": "slirp4netns", "pasta tap": "pasta (tap)",
                                    "pasta splice": "pasta (splice)",
-                                   "kernel vxlan": "Linux vxlan + bridge"})
+                                   "kernel vxlan": "Linux vxlan + bridge",
+                                   "kernel routed": "kernel, routed (no NAT)"})
 MB = 1e6  # the memory goal is in MB (10^6 bytes)
 
 
@@ -38,7 +39,7 @@ def _status(r, notes, what):
         if get(r, k, "error"):
             errs.append(f"{k}: {get(r, k, 'error')}")
     for label, v in (r.get("variants") or {}).items():
-        for t in ("egress", "forward"):
+        for t in ("egress", "download", "forward"):
             if get(v, t, "error"):
                 errs.append(f"{label} {t}: {get(v, t, 'error')}")
     if errs:
@@ -80,9 +81,11 @@ def l2_table(results, args, notes):
 
 
 def nat_table(results, args, notes):
-    out = ["| MTU | system | egress Gbit/s | usernet ÷ this | forward Gbit/s | usernet ÷ this "
-           "| CPU s/Gbit egress / forward | max RSS MiB | status |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    tests = ("egress", "download", "forward")
+    out = ["| MTU | system | egress Gbit/s | usernet ÷ this | download Gbit/s | usernet ÷ this "
+           "| forward Gbit/s | usernet ÷ this | CPU s/Gbit egress / download / forward "
+           "| max RSS MiB | status |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for mtu in sorted({r["mtu"] for r in results}):
         rows = [r for r in results if r["mtu"] == mtu]
         un = next((r for r in rows if r["system"] == "usernet"), {})
@@ -96,7 +99,7 @@ def nat_table(results, args, notes):
                 notes.append(f"- NAT {r['system']} MTU {mtu}: {r['connectivity']}")
             for label, v in variants.items():
                 row = [str(mtu), label]
-                for t in ("egress", "forward"):
+                for t in tests:
                     x = get(v, t, "gbps")
                     row.append(_span(x, get(v, t, "gbps_min"), get(v, t, "gbps_max"), args.reps)
                                or ("failed" if get(v, t, "error") or r["status"] == "failed"
@@ -108,8 +111,8 @@ def nat_table(results, args, notes):
                         n = sum(x["intervals"] for x in get(v, t, "reps"))
                         notes.append(f"- {label} MTU {mtu} {t}: the sender stalled (0 bytes) in "
                                      f"{st} of {n} one-second intervals")
-                row.append(" / ".join(fmt(get(v, t, "cpu_s_per_gbit"), ".3f")
-                                      for t in ("egress", "forward")))
+                row.append("(kernel)" if r["system"] == "kernel" else
+                           " / ".join(fmt(get(v, t, "cpu_s_per_gbit"), ".3f") for t in tests))
                 rss = r.get("max_rss_kib")
                 row += [fmt(None if rss is None else rss / 1024, ".1f"), status]
                 out.append("| " + " | ".join(row) + " |")
@@ -332,6 +335,24 @@ def goals(results):
                     f"{rx(x)} ({fmt(u, '.2f')} vs {fmt(s, '.2f')} Gbit/s)",
                     verdict(None if x is None else x >= want)))
     for mtu in sorted({r["mtu"] for r in results if r.get("suite") == "nat"}):
+        # Issue 18: NAT against the routed kernel path, and download against upload.
+        un = get(_nat(results, "usernet", mtu), "variants", "usernet") or {}
+        kr = get(_nat(results, "kernel", mtu), "variants", "kernel routed") or {}
+        for t, want in (("egress", 0.8), ("download", 0.7)):
+            u, k = get(un, t, "gbps"), get(kr, t, "gbps")
+            if u is None and k is None:
+                continue
+            x = ratio(u, k)
+            out.append((f"NAT {t} TCP, MTU {mtu}: ≥ {want:.1f}× the routed kernel path",
+                        f"{rx(x)} ({fmt(u, '.2f')} vs {fmt(k, '.2f')} Gbit/s)",
+                        verdict(None if x is None else x >= want)))
+        d, e = get(un, "download", "gbps"), get(un, "egress", "gbps")
+        if d is not None and e is not None:
+            x = ratio(d, e)
+            out.append((f"NAT download within 1.2× of upload (egress), MTU {mtu}",
+                        f"download ÷ upload {rx(x)} ({d:.2f} vs {e:.2f} Gbit/s)",
+                        verdict(None if x is None else x >= 1 / 1.2)))
+    for mtu in sorted({r["mtu"] for r in results if r.get("suite") == "nat"}):
         # The goal: loopback clients at least as fast as pasta's splice path while real
         # clients keep their address. A `splice = true` forward does both (loopback clients are
         # spliced, real clients take the regular path); the regular path is shown against
@@ -413,7 +434,7 @@ def markdown(doc, chart_name=None):
     L.append(f"Command: `{p['command']}`")
     g = goals(results)
     if g:
-        L += ["", "**Goals (issues 6 and 16), ratios within this run:**", "",
+        L += ["", "**Goals (issues 6, 16 and 18), ratios within this run:**", "",
               "| goal | measured | verdict |", "|---|---|---|"]
         L += [f"| {a} | {b} | {c} |" for a, b, c in g]
     l2r = [r for r in results if r.get("suite") == "l2"]
@@ -423,8 +444,9 @@ def markdown(doc, chart_name=None):
         L += l2_table(l2r, A, notes)
     natr = [r for r in results if r.get("suite") == "nat"]
     if natr:
-        L += ["", "**NAT: egress (namespace → host loopback through the gateway) and port "
-              "forward (host 127.0.0.1 → namespace)**", ""]
+        L += ["", "**NAT: egress (namespace → host loopback through the gateway), download "
+              "(the same with iperf3 -R: host → namespace) and port forward (host 127.0.0.1 → "
+              "namespace); kernel routed: a veth pair, no NAT**", ""]
         L += nat_table(natr, A, notes)
     memr = [r for r in results if r.get("suite") == "mem"]
     if memr:
@@ -485,7 +507,7 @@ def chart_groups(results):
                          (get(r, "tcp", "gbps_min"), get(r, "tcp", "gbps_max"))))
         groups.append((f"L2 TCP, MTU {mtu}", bars))
     nat = [r for r in results if r.get("suite") == "nat"]
-    for t in ("egress", "forward"):
+    for t in ("egress", "download", "forward"):
         for mtu in sorted({r["mtu"] for r in nat}):
             bars = []
             for r in (r for r in nat if r["mtu"] == mtu):

@@ -5,8 +5,9 @@ vde_switch, slirp4netns and pasta, on this machine, in one run, one system at a 
 Suites (all by default; --suites picks):
   l2   two namespaces joined by a switch: TCP at MTU 1500/9000/65520, 64-byte UDP rate and
        loss, ping RTT, CPU seconds per Gbit (bench/l2.py)
-  nat  NAT egress (namespace -> host loopback) and port forward (host -> namespace), MTU 1500
-       and 65520 (bench/nat.py)
+  nat  NAT egress (namespace -> host loopback), download (the same, iperf3 -R) and port
+       forward (host -> namespace), next to the routed kernel path, MTU 1500 and 65520
+       (bench/nat.py)
   mem  resident memory of each system serving 1 and 20 namespaces (bench/mem.py)
   overlay  two hosts' guests over VXLAN: usernet next to the kernel's vxlan + bridge, TCP,
        CPU seconds per Gbit, ping (bench/overlay.py)

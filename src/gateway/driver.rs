@@ -78,9 +78,15 @@ impl Driver {
         });
         let (out_tx, out_rx) = crossbeam_channel::unbounded();
         let max_frame = usize::from(gw.cfg.mtu) + 22;
+        let pool = crate::frame::FramePool::with_gso(max_frame, OUT_FREE, OUT_GSO_BUFFERS);
+        let mut nat = nat;
+        if let Some(n) = nat.as_mut() {
+            // NAT's segments are built in the frames the gateway sends (see `send_nat_frame`).
+            n.set_pool(pool.clone());
+        }
         Driver {
             max_frame,
-            pool: crate::frame::FramePool::with_gso(max_frame, OUT_FREE, OUT_GSO_BUFFERS),
+            pool,
             rx_vnet: VnetHdr::default(),
             gw,
             names_of,
@@ -208,10 +214,14 @@ impl Driver {
         }
         self.poll_tcp(now);
         let mut out = Vec::new();
+        let mut segments = Vec::new();
         if let Some(nat) = self.nat.as_mut() {
             let (records, domain) = (&self.gw.records, &self.gw.cfg.domain);
             nat.health(&self.registry, now, &|name| lookup(records, domain, name));
-            nat.poll(&self.registry, &mut out, now);
+            nat.poll(&self.registry, &mut segments, now);
+        }
+        for f in segments {
+            self.send_nat_frame(f);
         }
         if now >= self.next_expire {
             self.next_expire = now + Duration::from_secs(1);
@@ -226,9 +236,6 @@ impl Driver {
         }
         for p in &out {
             self.send_nat_ip(p);
-        }
-        if let Some(nat) = self.nat.as_mut() {
-            nat.recycle(&mut out);
         }
         if now >= self.next_ra {
             self.router_advert(ndp::ALL_NODES, ndp::multicast_mac(ndp::ALL_NODES));
@@ -383,21 +390,41 @@ impl Driver {
     /// smoltcp's large segments (NAT's device MTU is 64 KiB) go out as GSO frames cut at the
     /// flow's MSS, by the guest's kernel or by [`crate::offload::adapt`].
     pub(super) fn send_nat_ip(&mut self, packet: &[u8]) {
-        let Some(l4) = crate::offload::transport(packet)
+        if let Some(f) = self.eth_frame(packet, Via::Nat) {
+            self.finish_nat(f);
+        }
+    }
+
+    /// Sends a packet of NAT's TCP ([`Nat::poll`]): it sits [`crate::nat::ETH_FRONT`] bytes
+    /// into `f`, which becomes the Ethernet frame in place (no copy of the segment).
+    pub(super) fn send_nat_frame(&mut self, mut f: Frame) {
+        const FRONT: usize = crate::nat::ETH_FRONT;
+        let Some((dst, ethertype)) = f.data().get(FRONT..).and_then(ip_destination) else {
+            return;
+        };
+        let Some(&(mac, _)) = self.neigh.get(&dst) else {
+            self.hold(dst, &f.data()[FRONT..], Via::Nat);
+            return;
+        };
+        f.data_mut()[..FRONT].copy_from_slice(&self.eth_header(mac, ethertype));
+        self.finish_nat(f);
+    }
+
+    /// Queues `f`, an Ethernet frame of NAT's, with its TCP segment's offload state (a partial
+    /// checksum; a GSO frame cut at the flow's MSS when it exceeds the MTU).
+    fn finish_nat(&mut self, mut f: Frame) {
+        let Some(l4) = crate::offload::transport(&f.data()[14..])
             .filter(|t| t.proto == 6)
             .map(|t| t.l4)
         else {
-            return self.send_ip(packet);
+            return self.queue(f);
         };
         let mtu = usize::from(self.gw.cfg.mtu);
         let gso_size = self
             .nat
             .as_ref()
-            .and_then(|n| n.tcp_gso_size(packet))
+            .and_then(|n| n.tcp_gso_size(&f.data()[14..]))
             .unwrap_or_else(|| mtu.saturating_sub(l4 + 20).max(1) as u16);
-        let Some(mut f) = self.eth_frame(packet, Via::Nat) else {
-            return;
-        };
         let vnet = crate::offload::tcp_partial(&mut f.data_mut()[14..], l4, 14, mtu, gso_size);
         f.meta.vnet = vnet.unwrap_or_default();
         self.queue(f);
@@ -410,46 +437,58 @@ impl Driver {
         }
     }
 
+    /// The Ethernet header from the gateway to `mac`.
+    fn eth_header(&self, mac: Mac, ethertype: u16) -> [u8; 14] {
+        let mut eth = [0u8; 14];
+        eth[..6].copy_from_slice(&mac.0);
+        eth[6..12].copy_from_slice(&self.gw.cfg.mac.0);
+        eth[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        eth
+    }
+
     /// `packet` in an Ethernet frame to its destination's MAC (`None` if malformed, or while the
     /// MAC is resolved: then the packet is held, see [`Self::hold`]):
     /// one copy of the packet, into a buffer from the driver's pool (reused: a 64 KiB segment
     /// costs no allocation and no fresh pages), or from the heap when the pool's GSO buffers
     /// are all in flight.
     pub(super) fn eth_frame(&mut self, packet: &[u8], via: Via) -> Option<Frame> {
-        let (dst, ethertype) = match packet.first().map(|b| b >> 4) {
-            Some(4) => (
-                IpAddr::V4(
-                    Ipv4Slice::from_slice(packet)
-                        .ok()?
-                        .header()
-                        .destination_addr(),
-                ),
-                0x0800u16,
-            ),
-            Some(6) => (
-                IpAddr::V6(
-                    Ipv6Slice::from_slice(packet)
-                        .ok()?
-                        .header()
-                        .destination_addr(),
-                ),
-                0x86dd,
-            ),
-            _ => return None,
-        };
-        let Some((mac, _)) = self.neigh.get(&dst) else {
+        let (dst, ethertype) = ip_destination(packet)?;
+        let Some(&(mac, _)) = self.neigh.get(&dst) else {
             self.hold(dst, packet, via);
             return None;
         };
-        let mut eth = [0u8; 14];
-        eth[..6].copy_from_slice(&mac.0);
-        eth[6..12].copy_from_slice(&self.gw.cfg.mac.0);
-        eth[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        let eth = self.eth_header(mac, ethertype);
         Some(
             self.pool
                 .frame_from_parts(&eth, packet)
                 .unwrap_or_else(|| Frame::from_parts(&eth, packet)),
         )
+    }
+}
+
+/// An IP packet's destination and its EtherType (`None` if it is neither IPv4 nor IPv6, or
+/// malformed).
+fn ip_destination(packet: &[u8]) -> Option<(IpAddr, u16)> {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => Some((
+            IpAddr::V4(
+                Ipv4Slice::from_slice(packet)
+                    .ok()?
+                    .header()
+                    .destination_addr(),
+            ),
+            0x0800,
+        )),
+        Some(6) => Some((
+            IpAddr::V6(
+                Ipv6Slice::from_slice(packet)
+                    .ok()?
+                    .header()
+                    .destination_addr(),
+            ),
+            0x86dd,
+        )),
+        _ => None,
     }
 }
 

@@ -38,6 +38,7 @@ use crate::wire::ip::{Unreachable, icmp_unreachable};
 
 pub use flow::{FORWARD_KEY, FlowCounts, GuestKey, flow_cap};
 use flow::{FlowKey, FlowTable, Opener};
+pub use tcp::ETH_FRONT;
 
 pub mod balance;
 pub mod flow;
@@ -643,14 +644,17 @@ impl Nat {
         true
     }
 
-    /// Runs the TCP state machines and splices; packets for guests go to `out`.
-    pub fn poll(&mut self, reg: &Registry, out: &mut Vec<Vec<u8>>, now: Instant) {
+    /// Runs the TCP state machines and splices; packets for guests go to `out`, each in a
+    /// frame [`ETH_FRONT`] bytes in, the room left for its Ethernet header (the caller writes
+    /// it and sends the frame as it is: no copy of the segment).
+    pub fn poll(&mut self, reg: &Registry, out: &mut Vec<crate::frame::Frame>, now: Instant) {
         self.tcp.poll(reg, &mut self.flows, out, now);
     }
 
-    /// Takes back the packets of [`Self::poll`] once they are sent (their buffers are reused).
-    pub fn recycle(&mut self, done: &mut Vec<Vec<u8>>) {
-        self.tcp.recycle(done.drain(..));
+    /// Builds the packets of [`Self::poll`] in `pool`'s buffers (a pool with GSO buffers: TCP
+    /// segments towards guests are up to 64 KiB); until then NAT uses a small pool of its own.
+    pub fn set_pool(&mut self, pool: crate::frame::FramePool) {
+        self.tcp.set_pool(pool);
     }
 
     /// Timeouts: idle flows, connects that take too long.

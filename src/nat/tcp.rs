@@ -32,7 +32,9 @@
 //! frames cut at the guest's real MSS ([`TcpNat::gso_size`]) with a partial checksum, which
 //! the guest's kernel (an offload TAP) or [`crate::offload::adapt`] finishes. Towards the host,
 //! smoltcp takes a guest's 64 KiB TSO frames whole. One pass through smoltcp per 64 KiB instead
-//! of per 1.5 KiB either way.
+//! of per 1.5 KiB either way. smoltcp writes each segment straight into a pooled frame (the
+//! gateway's pool, [`TcpNat::set_pool`]) behind [`ETH_FRONT`] bytes that the gateway fills with
+//! the Ethernet header: no zeroing and no copy between smoltcp and the link.
 //!
 //! Buffers are [`BUF`] bytes each way per flow ([`BUF_JUMBO`] above MTU 9000), so window scaling is in use and a 65520-byte MTU
 //! path is not capped at 64 KiB. Limits (checked by the NAT's [`FlowTable`], which
@@ -56,6 +58,7 @@ use super::balance::ConnGuard;
 use super::flow::{FORWARD_KEY, FlowId, FlowKey, FlowTable, GuestKey, Opener, Phase, Slots};
 use super::host::{HostSockets, HostStream};
 use super::{NatConfig, NatCounters, host_destination, token};
+use crate::frame::{Frame, FramePool};
 use crate::queue_device::QueueDevice;
 use crate::wire::ip::{
     Transport, Unreachable, icmp_unreachable, tcp_endpoints, tcp_header_len, tcp_rst, tcp_segment,
@@ -74,6 +77,14 @@ pub const GSO_MTU: usize = 65_535;
 /// The MSS smoltcp is told a guest announced (the real one is kept per flow): the largest
 /// segment that fits [`GSO_MTU`] behind IPv6 and TCP headers with options.
 pub const BIG_MSS: u16 = 65_535 - 60 - 40;
+
+/// Bytes in front of each packet NAT's TCP returns ([`crate::nat::Nat::poll`]): its frame's
+/// Ethernet header.
+pub const ETH_FRONT: usize = 14;
+/// Idle regular buffers of the pool a NAT starts with (until [`TcpNat::set_pool`]).
+const OWN_FREE: usize = 16;
+/// GSO buffers in flight from the pool a NAT starts with.
+const OWN_GSO_BUFFERS: usize = 16;
 
 /// The per-flow buffer size for a link MTU.
 pub fn buffer_for(mtu: usize) -> usize {
@@ -144,8 +155,10 @@ impl TcpNat {
         epoch: Instant,
     ) -> Self {
         // Large segments both ways (see the module docs): smoltcp may send IP packets of up to
-        // 64 KiB, and leaves TCP checksums to the frame's last hop.
-        let mut dev = QueueDevice::new(GSO_MTU, smoltcp::phy::Checksum::None);
+        // 64 KiB, and leaves TCP checksums to the frame's last hop. They are built in frames,
+        // behind room for the Ethernet header (see `set_pool`).
+        let pool = FramePool::with_gso(mtu + ETH_FRONT + 8, OWN_FREE, OWN_GSO_BUFFERS);
+        let mut dev = QueueDevice::framed(GSO_MTU, smoltcp::phy::Checksum::None, pool, ETH_FRONT);
         let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut dev, SInstant::ZERO);
         iface.update_ip_addrs(|a| {
             for c in addrs {
@@ -462,12 +475,13 @@ impl TcpNat {
         self.dev.rx.push_back(syn);
     }
 
-    /// Runs smoltcp and splices every open flow. Returns IP packets for guests in `out`.
+    /// Runs smoltcp and splices every open flow. Returns the IP packets for guests in `out`,
+    /// each [`ETH_FRONT`] bytes into its frame (the room for the Ethernet header).
     pub fn poll(
         &mut self,
         reg: &Registry,
         flows: &mut FlowTable,
-        out: &mut Vec<Vec<u8>>,
+        out: &mut Vec<Frame>,
         clock: Instant,
     ) {
         let now = smol_now(self.epoch, clock);
@@ -496,12 +510,15 @@ impl TcpNat {
             self.remove(reg, flows, idx, reset);
         }
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
-        out.append(&mut self.dev.tx);
+        out.append(&mut self.dev.frames);
     }
 
-    /// Takes back packets [`Self::poll`] gave out, once sent, to build later ones in.
-    pub fn recycle(&mut self, done: impl Iterator<Item = Vec<u8>>) {
-        self.dev.recycle(done);
+    /// Builds the packets of [`Self::poll`] in `pool`'s buffers from now on (the gateway's
+    /// pool, so that NAT keeps no idle buffers of its own).
+    pub fn set_pool(&mut self, pool: FramePool) {
+        if let Some(fr) = self.dev.framed_mut() {
+            fr.pool = pool;
+        }
     }
 
     /// Connect timeouts and idle flows. Returns packets (RSTs) for guests.

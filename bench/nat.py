@@ -394,7 +394,7 @@ def run_tc_pair(mtu, ctx):
                 for test in args.nat_tests:
                     vs = [dict((lab, (e, f)) for lab, e, f in t.variants) for t in topos]
                     targets = [vs[0]["usernet"], vs[1]["usernet-tc"]]
-                    targets = [e if test == "egress" else f for e, f in targets]
+                    targets = [f if test == "forward" else e for e, f in targets]
                     reps = ([], [])
                     try:
                         for i in range(args.reps):

@@ -14,11 +14,13 @@
 
 pub mod daemon;
 pub mod dns;
+pub mod etcd;
 pub mod packets;
 pub mod qemu;
 pub mod raw;
 pub mod slirp;
 pub mod storm;
+pub mod underlay;
 
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

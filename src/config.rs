@@ -46,6 +46,10 @@ impl Default for EngineSection {
     }
 }
 
+/// How long `usernet up` waits for a cluster network's first address claims when a port takes
+/// its address from the pool.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest `[engine] busy_poll_us`: a second.
 const MAX_BUSY_POLL_US: u32 = 1_000_000;
 
@@ -254,6 +258,25 @@ impl Config {
                 ));
             }
         }
+        let cluster_nets = self.cluster_nets();
+        for (i, p) in self.port.iter().enumerate() {
+            if !cluster_nets.iter().any(|n| n.name == p.home_network()) {
+                continue;
+            }
+            for (j, a) in p.ips.iter().enumerate() {
+                let fixed = match a {
+                    crate::control::AddrSpec::Fixed(n) => Some(n.addr()),
+                    crate::control::AddrSpec::Bare(ip) => Some(*ip),
+                    _ => None,
+                };
+                if fixed.is_some_and(|ip| ip.is_ipv4()) {
+                    return Err(Error::invalid(
+                        format!("port[{i}].ips[{j}]"),
+                        "a fixed IPv4 address on a cluster network is not supported yet: use \"auto\" (an address claimed in etcd)",
+                    ));
+                }
+            }
+        }
         if let Some(i) = self.port.iter().position(|p| {
             self.cluster_nets()
                 .iter()
@@ -313,14 +336,32 @@ impl Config {
                 h.open_port(&p)?;
             }
         }
+        if let Some(c) = &self.cluster {
+            h.start_cluster(c, self.cluster_nets())?;
+            // Ports taking an address from a cluster network's pool (`ips = ["auto"]`) wait
+            // for the first claims.
+            for (i, p) in self.port.iter().enumerate() {
+                let auto = p.ips.contains(&crate::control::AddrSpec::Auto);
+                let net = p.home_network();
+                if auto
+                    && self.cluster_nets().iter().any(|n| n.name == net)
+                    && !h.wait_cluster_claims(net, CLAIM_WAIT)
+                {
+                    return Err(Error::invalid(
+                        format!("port[{i}].ips"),
+                        format!(
+                            "no address of cluster network {net:?} was claimed in etcd within {} s (is etcd reachable?)",
+                            CLAIM_WAIT.as_secs()
+                        ),
+                    ));
+                }
+            }
+        }
         for p in &self.port {
             h.open_port(p)?;
         }
         for f in &self.forward {
             h.add_forward(f)?;
-        }
-        if let Some(c) = &self.cluster {
-            h.start_cluster(c, self.cluster_nets())?;
         }
         Ok(())
     }
@@ -561,6 +602,12 @@ packet = "veth0"
             (format!("{cl}cert = \"/c.pem\"\n"), "cluster.key"),
             (format!("{cl}ca = \"/ca.pem\"\n"), "cluster.etcd[0]"),
             (format!("{cl}members = 3\n"), "members"),
+            (
+                format!(
+                    "{cl}{net}[[port]]\nnetwork = \"web\"\nname = \"c\"\nnetns = \"/run/netns/c\"\nips = [\"auto\", \"10.88.0.5/24\"]\n"
+                ),
+                "port[0].ips[1]",
+            ),
         ] {
             let e = err(&text);
             assert!(e.contains(key), "{text}: {e}");

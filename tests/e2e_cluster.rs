@@ -115,8 +115,20 @@ fn three_nodes_share_a_network_with_unique_addresses_and_ping_across() {
                 .collect()
         })
         .collect();
+    // And on host 0 a guest whose address usernet configures from the shared pool.
+    let auto = Netns::new("cla");
+    quiet(&auto);
     let d: Vec<Daemon> = (0..3)
-        .map(|i| Daemon::start_in(&lab.hosts[i], &config(&e, i, &guests[i], 3)))
+        .map(|i| {
+            let mut c = config(&e, i, &guests[i], 3);
+            if i == 0 {
+                c.push_str(&format!(
+                    "\n[[port]]\nnetwork = \"web\"\nname = \"auto0\"\nnetns = \"{}\"\nips = [\"auto\"]\n",
+                    auto.path().display()
+                ));
+            }
+            Daemon::start_in(&lab.hosts[i], &c)
+        })
         .collect();
     let all: Vec<&Daemon> = d.iter().collect();
     for (i, x) in d.iter().enumerate() {
@@ -158,6 +170,14 @@ fn three_nodes_share_a_network_with_unique_addresses_and_ping_across() {
         }
     }
     assert_eq!(seen.len(), 3 * PER_HOST);
+    let auto_ip = auto.exec_ok(&["ip", "-4", "-br", "addr", "show", "eth0"]);
+    let auto_ip = auto_ip
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.split('/').next())
+        .expect("an address on the auto port")
+        .to_string();
+    assert!(seen.insert(auto_ip.clone()), "{auto_ip} handed out twice");
     // etcd holds exactly one claim per address in use (and spares), each naming its node.
     let claims = e.list("/usernet/ipam/web/");
     for a in &seen {
@@ -167,6 +187,12 @@ fn three_nodes_share_a_network_with_unique_addresses_and_ping_across() {
             .collect();
         assert_eq!(owner.len(), 1, "{a}: {claims:?}");
     }
+    assert!(
+        claims
+            .iter()
+            .any(|(k, v)| k.ends_with(&format!("/{auto_ip}")) && v == "h0"),
+        "the auto port's address is h0's claim: {claims:?}"
+    );
     // Guests reach each other across the hosts.
     let a0 = addr(leases[1][0].as_ref().expect("lease"));
     let a2 = addr(leases[2][PER_HOST - 1].as_ref().expect("lease"));
@@ -244,6 +270,19 @@ fn a_dead_node_leaves_after_its_ttl_and_a_new_node_joins() {
     assert_ne!(l2, l0);
     ping_ok(&lab.guests[i2], &l0, &[&d0, &d2]);
     ping_ok(&lab.guests[0], &l2, &[&d0, &d2]);
+    // A node that stops cleanly revokes its lease on the way out: its keys are gone at once.
+    let before = e.list("/usernet/");
+    assert!(before.iter().any(|(k, _)| k == "/usernet/nodes/h2"));
+    assert!(before.iter().any(|(_, v)| v == "h2"), "h2 holds claims");
+    drop(d2);
+    let after = e.list("/usernet/");
+    assert!(
+        after
+            .iter()
+            .all(|(k, v)| k != "/usernet/nodes/h2" && v != "h2"),
+        "left behind: {after:?}"
+    );
+    wait_for("h2's remote to go from h0", 5, || remotes(&d0).is_empty());
 }
 
 #[test]

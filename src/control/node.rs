@@ -118,6 +118,7 @@ impl Engine {
         if let Some(w) = self.watch.take() {
             let _ = w.join();
         }
+        super::cluster::wait_left(&self.handle, std::time::Duration::from_secs(3));
     }
 }
 

@@ -285,6 +285,18 @@ pub struct ClusterInfo {
     pub last_error: Option<String>,
 }
 
+/// Waits up to `max` for the cluster thread to leave after a shutdown: it revokes the node's
+/// lease, so the other nodes drop this one at once rather than after the TTL.
+pub(crate) fn wait_left(h: &Handle, max: std::time::Duration) {
+    let Some(sh) = h.node().cluster.lock().clone() else {
+        return;
+    };
+    let until = std::time::Instant::now() + max;
+    while sh.status.lock().state != ClusterState::Stopped && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The cluster thread's state shared with the control plane.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -370,6 +382,27 @@ impl Handle {
             });
         }
         Ok(info)
+    }
+
+    /// Waits up to `max` for cluster network `network`'s DHCP server to hold a spare claimed
+    /// address; true if it does (or the network has no DHCP server).
+    pub fn wait_cluster_claims(&self, network: &str, max: std::time::Duration) -> bool {
+        let Some(g) = self.gateway(network) else {
+            return true;
+        };
+        let Some(d) = &g.dhcp else {
+            return true;
+        };
+        let until = std::time::Instant::now() + max;
+        loop {
+            if d.lock().spare_claims(g.now_ms()) > 0 {
+                return true;
+            }
+            if std::time::Instant::now() >= until || self.is_stopped() {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// Makes network `network` a cluster network: its DHCP server hands out only addresses

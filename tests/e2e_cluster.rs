@@ -290,7 +290,7 @@ fn malformed_keys_in_etcd_are_ignored_and_hand_written_nodes_follow_the_store() 
     if !require_root("malformed_keys_in_etcd_are_ignored_and_hand_written_nodes_follow_the_store") {
         return;
     }
-    let lab = Lab::new(2);
+    let mut lab = Lab::new(2);
     let e = etcd(&lab);
     // Garbage already there when the nodes start, and more written while they run.
     e.put("/usernet/nodes/early", b"{not json");
@@ -374,6 +374,19 @@ fn malformed_keys_in_etcd_are_ignored_and_hand_written_nodes_follow_the_store() 
     wait_for("gone when deleted", 10, || {
         remotes(&d0) == others(0, &[0, 1])
     });
+    // A second node with a live node's name is refused (it would share h1's address claims):
+    // it stays out, h1 stays in.
+    let i2 = lab.add_host();
+    let twin = config(&e, i2, &[&lab.guests[i2]], 3).replace("node = \"h2\"", "node = \"h1\"");
+    let dup = Daemon::start_in(&lab.hosts[i2], &twin);
+    wait_for("the twin refused", 10, || {
+        cluster(&dup)["last_error"]
+            .as_str()
+            .is_some_and(|m| m.contains("is in use"))
+    });
+    assert_ne!(cluster(&dup)["state"], "connected");
+    assert_eq!(remotes(&d0), others(0, &[0, 1]));
+    drop(dup);
     // Everything still works.
     let dhcp = Udhcpc::new();
     let l0 = addr(&dhcp.run(&lab.guests[0], "l0").expect("lease h0"));

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions, WatchStream,
 };
 
 use super::members::NodeRecord;
@@ -173,12 +174,33 @@ impl Agent {
         .await?;
         let fresh = self.lease(&mut c).await?;
         let node_key = format!("{}/nodes/{}", spec.prefix, spec.node);
-        let put = PutOptions::new().with_lease(self.lease);
-        call(
-            "register",
-            c.put(node_key.clone(), self.record().to_json(), Some(put)),
-        )
-        .await?;
+        // Register: create the key, or replace it if it is bound to our own lease; a key bound
+        // to another lease is another live node with this name (or a restarted one's, which
+        // goes with its TTL): never share a name, its address claims would be shared too.
+        let record = self.record().to_json();
+        let mut registered = false;
+        for cmp in [
+            Compare::create_revision(node_key.as_str(), CompareOp::Equal, 0),
+            Compare::lease(node_key.as_str(), CompareOp::Equal, self.lease),
+        ] {
+            let put = PutOptions::new().with_lease(self.lease);
+            let t = Txn::new().when([cmp]).and_then([TxnOp::put(
+                node_key.as_str(),
+                record.as_str(),
+                Some(put),
+            )]);
+            if call("register", c.txn(t)).await?.succeeded() {
+                registered = true;
+                break;
+            }
+        }
+        if !registered {
+            return Err(format!(
+                "node name {:?} is in use: {node_key} belongs to another lease (another live node, \
+                 or this node before a restart until its TTL runs out)",
+                spec.node
+            ));
+        }
         if fresh {
             ipam::reclaim(&self.h, &self.shared, &mut c, self.lease).await?;
         }

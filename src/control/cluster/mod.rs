@@ -454,3 +454,55 @@ impl Handle {
         agent::spawn(self.clone(), shared)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::api::handle_line;
+    use crate::engine::EngineConfig;
+
+    #[test]
+    fn outside_a_cluster_the_op_says_so_and_a_bad_spec_names_the_key() {
+        let engine = crate::Engine::start(EngineConfig::default()).expect("engine");
+        let h = engine.handle();
+        let r = handle_line(&h, r#"{"op":"cluster"}"#);
+        assert_eq!(r["ok"], false, "{r}");
+        assert!(
+            r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not in a cluster")),
+            "{r}"
+        );
+        let mut spec = ClusterSpec::new(vec!["http://127.0.0.1:9".into()], "n", "192.0.2.1");
+        spec.ttl_s = 0;
+        let e = h.start_cluster(&spec, Vec::new()).expect_err("bad ttl");
+        assert!(e.to_string().contains("cluster.ttl_s"), "{e}");
+        assert!(h.cluster().is_err(), "nothing started");
+        engine.shutdown();
+    }
+
+    #[test]
+    fn vni_and_endpoints_are_checked() {
+        assert_eq!(check_vni(Some(70), "v").ok(), Some(70));
+        assert!(check_vni(None, "v").is_err());
+        assert!(check_vni(Some(MAX_VNI + 1), "v").is_err());
+        for bad in [
+            "127.0.0.1:2379",
+            "http://",
+            "http://h",
+            "http://h:0",
+            "http://h:x",
+            "ftp://h:1",
+        ] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "http://127.0.0.1:2379",
+            "https://etcd.example:2379",
+            "http://[::1]:2379",
+        ] {
+            assert!(check_endpoint(good).is_ok(), "{good}");
+        }
+        assert_eq!(port_name("web"), "vx.web");
+    }
+}

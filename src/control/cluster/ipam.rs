@@ -23,6 +23,8 @@ use crate::gateway::Gateway;
 pub(super) const BATCH: usize = 16;
 /// Refill when fewer spare claims than this are left.
 pub(super) const LOW: usize = 8;
+/// Give spare claims back down to [`BATCH`] when more than this are left (leases ended).
+pub(super) const HIGH: usize = 2 * BATCH;
 
 type Res<T> = std::result::Result<T, String>;
 
@@ -111,6 +113,10 @@ pub(super) async fn refill(h: &Handle, sh: &Shared, c: &mut Client, lease: i64) 
             let mine: BTreeSet<Ipv4Addr> = s.claims().cloned().unwrap_or_default();
             (spare, mine, first, last, server)
         };
+        if spare > HIGH {
+            release(sh, c, &net, &g, d).await?;
+            continue;
+        }
         if spare >= LOW {
             continue;
         }
@@ -158,6 +164,33 @@ pub(super) async fn refill(h: &Handle, sh: &Shared, c: &mut Client, lease: i64) 
         } else if need > 0 && spare == 0 {
             tracing::warn!(network = %net, "cluster: no free address left to claim in the pool");
         }
+    }
+    Ok(())
+}
+
+/// Gives the spare claims beyond [`BATCH`] back: out of the server first (so they are never
+/// handed out unclaimed), then deleted in etcd if still ours.
+async fn release(
+    sh: &Shared,
+    c: &mut Client,
+    net: &str,
+    g: &Gateway,
+    d: &parking_lot::Mutex<crate::gateway::dhcp::DhcpServer>,
+) -> Res<()> {
+    let excess = d.lock().take_excess_spares(g.now_ms(), BATCH);
+    for ip in &excess {
+        let k = key(sh, net, *ip);
+        let t = Txn::new()
+            .when([Compare::value(
+                k.as_str(),
+                CompareOp::Equal,
+                sh.spec.node.as_str(),
+            )])
+            .and_then([TxnOp::delete(k.as_str(), None)]);
+        call("release", c.txn(t)).await?;
+    }
+    if !excess.is_empty() {
+        tracing::debug!(network = %net, released = excess.len(), "cluster: spare addresses given back");
     }
     Ok(())
 }

@@ -58,6 +58,25 @@ impl DhcpServer {
         })
     }
 
+    /// Gives up the spare claims beyond the `keep` lowest (many leases ended: the pool is
+    /// shared, other nodes may need them); returns them, for the caller to release in the store.
+    pub fn take_excess_spares(&mut self, now_ms: u64, keep: usize) -> Vec<Ipv4Addr> {
+        self.purge(now_ms);
+        let Some(c) = self.claimed.as_mut() else {
+            return Vec::new();
+        };
+        let excess: Vec<Ipv4Addr> = c
+            .iter()
+            .copied()
+            .filter(|ip| !self.bindings.contains_key(ip))
+            .skip(keep)
+            .collect();
+        for ip in &excess {
+            c.remove(ip);
+        }
+        excess
+    }
+
     /// Gives up the spare claims (the store is unreachable: no new address may be handed
     /// out); returns them. The addresses in use stay.
     pub fn drop_spare_claims(&mut self, now_ms: u64) -> Vec<Ipv4Addr> {
@@ -135,6 +154,22 @@ mod tests {
             kind(&send(&mut s, &r, T0 + 2000).expect("nak").0),
             MessageType::Nak
         );
+    }
+
+    #[test]
+    fn excess_spares_are_given_back_and_leases_kept() {
+        let mut s = server();
+        s.restrict_to_claims();
+        for n in 10..20 {
+            s.add_claim(ip(n));
+        }
+        let (a, _) = dora(&mut s, mac(1), None, T0);
+        assert_eq!(a, ip(10));
+        let back = s.take_excess_spares(T0, 3);
+        assert_eq!(back, (14..20).map(ip).collect::<Vec<_>>());
+        assert_eq!(s.spare_claims(T0), 3);
+        assert!(s.claims().is_some_and(|c| c.contains(&a)));
+        assert!(s.take_excess_spares(T0, 3).is_empty());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::daemon::Daemon;
 use common::etcd::Etcd;
 use common::underlay::{Lab, Udhcpc, ping, ping_ok, quiet, underlay_ip, wait_for};
-use common::{Netns, require_root};
+use common::{Netns, dns, require_root};
 use serde_json::Value;
 
 const ETCD_IP: &str = "172.31.0.254";
@@ -433,4 +433,46 @@ fn etcd_down_keeps_forwarding_and_leases_but_hands_out_no_new_address() {
     let l2 = addr(&dhcp.run(&late, "late2").expect("lease after etcd returned"));
     assert!(l2 != l0 && l2 != l1, "{l2}");
     ping_ok(&late, &l1, &[&d0, &d1]);
+}
+
+#[test]
+fn dhcp_names_resolve_on_every_node_until_their_node_goes() {
+    if !require_root("dhcp_names_resolve_on_every_node_until_their_node_goes") {
+        return;
+    }
+    let lab = Lab::new(2);
+    let e = etcd(&lab);
+    let d0 = Daemon::start_in(&lab.hosts[0], &config(&e, 0, &[&lab.guests[0]], 2));
+    let d1 = Daemon::start_in(&lab.hosts[1], &config(&e, 1, &[&lab.guests[1]], 2));
+    wait_for("h0 and h1 see each other", 10, || {
+        remotes(&d0) == others(0, &[0, 1]) && remotes(&d1) == others(1, &[0, 1])
+    });
+    let dhcp = Udhcpc::new();
+    let (g0, g1) = (&lab.guests[0], &lab.guests[1]);
+    let l0 = addr(
+        &dhcp
+            .run_with(g0, "l0", &["-x", "hostname:alpha"])
+            .expect("lease h0"),
+    );
+    let l1 = addr(
+        &dhcp
+            .run_with(g1, "l1", &["-x", "hostname:beta"])
+            .expect("lease h1"),
+    );
+    // Each gateway answers the other node's guest by the name it gave DHCP.
+    let q = |g: &Netns, name: &str| dns::short(g, &["@10.70.0.1", &format!("{name}.usernet"), "A"]);
+    wait_for("alpha resolves on h1", 10, || q(g1, "alpha") == l0);
+    wait_for("beta resolves on h0", 10, || q(g0, "beta") == l1);
+    assert_eq!(q(g0, "alpha"), l0, "the local name still resolves");
+    let names = e.list("/usernet/endpoints/");
+    assert!(
+        names.contains(&("/usernet/endpoints/web/alpha/h0".into(), l0.clone())),
+        "{names:?}"
+    );
+    // A hand-written bad endpoint is ignored; h1 dies: beta goes from h0 after the TTL.
+    e.put("/usernet/endpoints/web/gamma/h1", b"not an address");
+    kill9(&d1);
+    wait_for("beta gone from h0", 10, || q(g0, "beta").is_empty());
+    assert!(q(g0, "gamma").is_empty());
+    assert!(cluster(&d0)["malformed"].as_u64().unwrap_or(0) >= 1);
 }

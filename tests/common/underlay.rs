@@ -140,12 +140,18 @@ impl Udhcpc {
     /// Runs `udhcpc -q` on `eth0` of `g` (5 tries, 1 s apart); the lease line
     /// (`IP SERVERID MTU`) under the name `tag`, or the client's error output.
     pub fn run(&self, g: &Netns, tag: &str) -> Result<String, String> {
+        self.run_with(g, tag, &[])
+    }
+
+    /// Like [`Self::run`], with more udhcpc arguments (`-x hostname:NAME`).
+    pub fn run_with(&self, g: &Netns, tag: &str, extra: &[&str]) -> Result<String, String> {
         let out = Command::new("timeout")
             .args(["20", "ip", "netns", "exec", &g.name, "env"])
             .arg(format!("LEASE_NAME={tag}"))
             .args([
                 "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1",
             ])
+            .args(extra)
             .args(["-O", "mtu", "-s"])
             .arg(self.dir.path().join("udhcpc.sh"))
             .output()

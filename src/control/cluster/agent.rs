@@ -5,7 +5,8 @@
 //! ends the session: the node is marked disconnected, the spare claims are given up, and a new
 //! session starts after a backoff. Every etcd call is bounded by a timeout.
 
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use etcd_client::{
     WatchOptions, WatchStream,
 };
 
+use super::endpoints::Name;
 use super::members::NodeRecord;
 use super::{ClusterState, Shared, ipam, port_name};
 use crate::control::Handle;
@@ -61,6 +63,8 @@ pub(super) fn spawn(h: Handle, shared: Arc<Shared>) -> Result<()> {
                 shared,
                 options,
                 lease: 0,
+                published: BTreeMap::new(),
+                served: BTreeSet::new(),
             };
             rt.block_on(agent.run());
         })
@@ -99,6 +103,10 @@ struct Agent {
     options: ConnectOptions,
     /// The lease of this node's keys (0: none yet).
     lease: i64,
+    /// This node's DHCP names put in etcd: (network, name) -> address.
+    published: BTreeMap<(String, String), Ipv4Addr>,
+    /// Other nodes' names added to the gateways' DNS records.
+    served: BTreeSet<Name>,
 }
 
 impl Agent {
@@ -222,6 +230,38 @@ impl Agent {
             st.revision = rev;
         }
         self.reconcile();
+        let ep_prefix = self.shared.status.lock().endpoints.prefix().to_string();
+        let eps = call(
+            "read endpoints",
+            c.get(ep_prefix.clone(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let ep_rev = eps.header().map_or(0, |h| h.revision());
+        {
+            let mut st = self.shared.status.lock();
+            st.endpoints.clear();
+            for kv in eps.kvs() {
+                if let Err(e) = st.endpoints.put(kv.key(), kv.value()) {
+                    tracing::warn!(reason = %e, "cluster: ignored a malformed endpoint key");
+                }
+            }
+            st.revision = st.revision.max(ep_rev);
+        }
+        self.reconcile_dns();
+        // Our names go in again under this session's lease.
+        self.published.clear();
+        let mut ep_watch: WatchStream = call(
+            "watch endpoints",
+            c.watch(
+                ep_prefix,
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(ep_rev + 1),
+                ),
+            ),
+        )
+        .await?;
         let mut watch: WatchStream = call(
             "watch nodes",
             c.watch(
@@ -278,15 +318,92 @@ impl Agent {
                     }
                     self.reconcile();
                 }
+                m = ep_watch.message() => {
+                    let w = match m {
+                        Ok(Some(w)) => w,
+                        Ok(None) => return Err("the endpoint watch ended".into()),
+                        Err(e) => return Err(format!("endpoint watch: {e}")),
+                    };
+                    if w.canceled() {
+                        return Err(format!("the endpoint watch was cancelled: {}", w.cancel_reason()));
+                    }
+                    {
+                        let mut st = self.shared.status.lock();
+                        for ev in w.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            match ev.event_type() {
+                                EventType::Put => {
+                                    if let Err(e) = st.endpoints.put(kv.key(), kv.value()) {
+                                        tracing::warn!(reason = %e, "cluster: ignored a malformed endpoint key");
+                                    }
+                                }
+                                EventType::Delete => st.endpoints.delete(kv.key()),
+                            }
+                        }
+                        if let Some(h) = w.header() {
+                            st.revision = st.revision.max(h.revision());
+                        }
+                    }
+                    self.reconcile_dns();
+                }
                 _ = tick.tick() => {
                     if self.stopped() {
                         let _ = call("revoke", c.lease_revoke(self.lease)).await;
                         return Ok(());
                     }
                     ipam::refill(&self.h, &self.shared, &mut c, self.lease).await?;
+                    self.publish(&mut c).await?;
                 }
             }
         }
+    }
+
+    /// Puts this node's DHCP names in etcd (under the lease) and deletes those that went.
+    async fn publish(&mut self, c: &mut Client) -> Res<()> {
+        let mut want = BTreeMap::new();
+        for n in &self.shared.nets {
+            let Some(g) = self.h.gateway(&n.name) else {
+                continue;
+            };
+            let Some(d) = &g.dhcp else { continue };
+            for l in d.lock().leases(g.now_ms()) {
+                if let Some(name) = l.hostname {
+                    want.insert((n.name.clone(), name), l.ip);
+                }
+            }
+        }
+        if want == self.published {
+            return Ok(());
+        }
+        let key = |net: &str, name: &str| self.shared.status.lock().endpoints.key(net, name);
+        for ((net, name), ip) in &want {
+            if self.published.get(&(net.clone(), name.clone())) != Some(ip) {
+                let put = PutOptions::new().with_lease(self.lease);
+                call("publish", c.put(key(net, name), ip.to_string(), Some(put))).await?;
+            }
+        }
+        for (net, name) in self.published.keys() {
+            if !want.contains_key(&(net.clone(), name.clone())) {
+                call("unpublish", c.delete(key(net, name), None)).await?;
+            }
+        }
+        self.published = want;
+        Ok(())
+    }
+
+    /// Makes the gateways' DNS records of other nodes' names those etcd has.
+    fn reconcile_dns(&mut self) {
+        let nets: BTreeSet<String> = self.shared.nets.iter().map(|n| n.name.clone()).collect();
+        let want = self.shared.status.lock().endpoints.remote(&nets);
+        for (net, name, ip) in self.served.difference(&want) {
+            self.h.dns_remove(net, name, Some(IpAddr::V4(*ip))).ok();
+        }
+        for (net, name, ip) in want.difference(&self.served) {
+            if let Err(e) = self.h.dns_add(net, name, IpAddr::V4(*ip)) {
+                tracing::warn!(network = %net, name = %name, error = %e, "cluster: remote name not added");
+            }
+        }
+        self.served = want;
     }
 
     /// Makes every cluster network's remotes those of the live nodes that have it.

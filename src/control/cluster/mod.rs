@@ -22,7 +22,9 @@
 //!   the DHCP servers give up their spare claims (existing leases keep renewing; no new address
 //!   is handed out), and the thread reconnects, re-registers and re-claims the addresses in use.
 
+mod endpoints;
 mod members;
+use endpoints::Endpoints;
 use members::Members;
 
 #[cfg(feature = "cluster")]
@@ -313,6 +315,7 @@ pub(crate) struct Status {
     pub(crate) revision: i64,
     pub(crate) lease: i64,
     pub(crate) members: Members,
+    pub(crate) endpoints: Endpoints,
     pub(crate) conflicts: u64,
     pub(crate) last_error: Option<String>,
 }
@@ -339,7 +342,7 @@ impl Handle {
                 local: *name == sh.spec.node,
             })
             .collect();
-        let malformed = st.members.malformed();
+        let malformed = st.members.malformed() + st.endpoints.malformed();
         let info = ClusterInfo {
             node: sh.spec.node.clone(),
             vtep: sh.vtep,
@@ -432,6 +435,7 @@ impl Handle {
                 revision: 0,
                 lease: 0,
                 members: Members::new(&spec.prefix, &spec.node),
+                endpoints: Endpoints::new(&spec.prefix, &spec.node),
                 conflicts: 0,
                 last_error: None,
             }),

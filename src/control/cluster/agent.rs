@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions, WatchStream,
+    WatchOptions, WatchResponse, WatchStream,
 };
 
+use super::KeyTable;
 use super::endpoints::Name;
 use super::members::NodeRecord;
 use super::{ClusterState, Shared, ipam, port_name};
@@ -95,6 +96,24 @@ fn connect_options(sh: &Shared) -> Result<ConnectOptions> {
         o = o.with_tls(tls);
     }
     Ok(o)
+}
+
+/// The key tables the thread watches.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    /// `PREFIX/nodes/`: the members.
+    Nodes,
+    /// `PREFIX/endpoints/`: the published names.
+    Endpoints,
+}
+
+impl Which {
+    fn table(self, st: &mut super::Status) -> &mut dyn KeyTable {
+        match self {
+            Which::Nodes => &mut st.members,
+            Which::Endpoints => &mut st.endpoints,
+        }
+    }
 }
 
 struct Agent {
@@ -212,71 +231,15 @@ impl Agent {
         if fresh {
             ipam::reclaim(&self.h, &self.shared, &mut c, self.lease).await?;
         }
-        let nodes_prefix = self.shared.status.lock().members.nodes_prefix().to_string();
-        let all = call(
-            "read nodes",
-            c.get(nodes_prefix.clone(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
-        let rev = all.header().map_or(0, |h| h.revision());
-        {
-            let mut st = self.shared.status.lock();
-            st.members.clear();
-            for kv in all.kvs() {
-                if let Err(e) = st.members.put(kv.key(), kv.value()) {
-                    tracing::warn!(reason = %e, "cluster: ignored a malformed node key");
-                }
-            }
-            st.revision = rev;
-        }
+        let mut watch = self.read_and_watch(&mut c, Which::Nodes).await?;
         self.reconcile();
-        let ep_prefix = self.shared.status.lock().endpoints.prefix().to_string();
-        let eps = call(
-            "read endpoints",
-            c.get(ep_prefix.clone(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
-        let ep_rev = eps.header().map_or(0, |h| h.revision());
-        {
-            let mut st = self.shared.status.lock();
-            st.endpoints.clear();
-            for kv in eps.kvs() {
-                if let Err(e) = st.endpoints.put(kv.key(), kv.value()) {
-                    tracing::warn!(reason = %e, "cluster: ignored a malformed endpoint key");
-                }
-            }
-            st.revision = st.revision.max(ep_rev);
-        }
+        let mut ep_watch = self.read_and_watch(&mut c, Which::Endpoints).await?;
         self.reconcile_dns();
         // Our names go in again under this session's lease.
         self.published.clear();
-        let mut ep_watch: WatchStream = call(
-            "watch endpoints",
-            c.watch(
-                ep_prefix,
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(ep_rev + 1),
-                ),
-            ),
-        )
-        .await?;
-        let mut watch: WatchStream = call(
-            "watch nodes",
-            c.watch(
-                nodes_prefix,
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(rev + 1),
-                ),
-            ),
-        )
-        .await?;
         let (mut keeper, mut alive) = call("keep-alive", c.lease_keep_alive(self.lease)).await?;
         self.set_state(ClusterState::Connected, None);
-        tracing::info!(node = %spec.node, lease = self.lease, revision = rev, "cluster: connected");
+        tracing::info!(node = %spec.node, lease = self.lease, "cluster: connected");
         let ka_every = Duration::from_millis(u64::from(spec.ttl_s) * 1000 / 3);
         let mut ka = tokio::time::interval(ka_every);
         let mut tick = tokio::time::interval(TICK);
@@ -291,59 +254,11 @@ impl Agent {
                     }
                 }
                 m = watch.message() => {
-                    let w = match m {
-                        Ok(Some(w)) => w,
-                        Ok(None) => return Err("the watch ended".into()),
-                        Err(e) => return Err(format!("watch: {e}")),
-                    };
-                    if w.canceled() {
-                        return Err(format!("the watch was cancelled: {}", w.cancel_reason()));
-                    }
-                    {
-                        let mut st = self.shared.status.lock();
-                        for ev in w.events() {
-                            let Some(kv) = ev.kv() else { continue };
-                            match ev.event_type() {
-                                EventType::Put => {
-                                    if let Err(e) = st.members.put(kv.key(), kv.value()) {
-                                        tracing::warn!(reason = %e, "cluster: ignored a malformed node key");
-                                    }
-                                }
-                                EventType::Delete => st.members.delete(kv.key()),
-                            }
-                        }
-                        if let Some(h) = w.header() {
-                            st.revision = st.revision.max(h.revision());
-                        }
-                    }
+                    self.on_watch(m, Which::Nodes)?;
                     self.reconcile();
                 }
                 m = ep_watch.message() => {
-                    let w = match m {
-                        Ok(Some(w)) => w,
-                        Ok(None) => return Err("the endpoint watch ended".into()),
-                        Err(e) => return Err(format!("endpoint watch: {e}")),
-                    };
-                    if w.canceled() {
-                        return Err(format!("the endpoint watch was cancelled: {}", w.cancel_reason()));
-                    }
-                    {
-                        let mut st = self.shared.status.lock();
-                        for ev in w.events() {
-                            let Some(kv) = ev.kv() else { continue };
-                            match ev.event_type() {
-                                EventType::Put => {
-                                    if let Err(e) = st.endpoints.put(kv.key(), kv.value()) {
-                                        tracing::warn!(reason = %e, "cluster: ignored a malformed endpoint key");
-                                    }
-                                }
-                                EventType::Delete => st.endpoints.delete(kv.key()),
-                            }
-                        }
-                        if let Some(h) = w.header() {
-                            st.revision = st.revision.max(h.revision());
-                        }
-                    }
+                    self.on_watch(m, Which::Endpoints)?;
                     self.reconcile_dns();
                 }
                 _ = tick.tick() => {
@@ -356,6 +271,68 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Reads `w`'s keys whole into its table, then watches them from the next revision.
+    async fn read_and_watch(&self, c: &mut Client, w: Which) -> Res<WatchStream> {
+        let prefix = {
+            let mut st = self.shared.status.lock();
+            w.table(&mut st).prefix().to_string()
+        };
+        let all = call(
+            "read",
+            c.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let rev = all.header().map_or(0, |h| h.revision());
+        {
+            let mut st = self.shared.status.lock();
+            let t = w.table(&mut st);
+            t.clear();
+            for kv in all.kvs() {
+                if let Err(e) = t.put(kv.key(), kv.value()) {
+                    tracing::warn!(reason = %e, "cluster: ignored a malformed key");
+                }
+            }
+            st.revision = st.revision.max(rev);
+        }
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(rev + 1);
+        call("watch", c.watch(prefix, Some(opts))).await
+    }
+
+    /// Applies one message of `w`'s watch to its table.
+    fn on_watch(
+        &self,
+        m: std::result::Result<Option<WatchResponse>, etcd_client::Error>,
+        w: Which,
+    ) -> Res<()> {
+        let r = match m {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err("a watch ended".into()),
+            Err(e) => return Err(format!("watch: {e}")),
+        };
+        if r.canceled() {
+            return Err(format!("a watch was cancelled: {}", r.cancel_reason()));
+        }
+        let mut st = self.shared.status.lock();
+        let t = w.table(&mut st);
+        for ev in r.events() {
+            let Some(kv) = ev.kv() else { continue };
+            match ev.event_type() {
+                EventType::Put => {
+                    if let Err(e) = t.put(kv.key(), kv.value()) {
+                        tracing::warn!(reason = %e, "cluster: ignored a malformed key");
+                    }
+                }
+                EventType::Delete => t.delete(kv.key()),
+            }
+        }
+        if let Some(h) = r.header() {
+            st.revision = st.revision.max(h.revision());
+        }
+        Ok(())
     }
 
     /// Puts this node's DHCP names in etcd (under the lease) and deletes those that went.

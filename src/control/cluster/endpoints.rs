@@ -130,6 +130,21 @@ impl Endpoints {
     }
 }
 
+impl super::KeyTable for Endpoints {
+    fn prefix(&self) -> &str {
+        Endpoints::prefix(self)
+    }
+    fn clear(&mut self) {
+        Endpoints::clear(self)
+    }
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        Endpoints::put(self, key, value)
+    }
+    fn delete(&mut self, key: &[u8]) {
+        Endpoints::delete(self, key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -163,6 +163,21 @@ impl Members {
     }
 }
 
+impl super::KeyTable for Members {
+    fn prefix(&self) -> &str {
+        Members::nodes_prefix(self)
+    }
+    fn clear(&mut self) {
+        Members::clear(self)
+    }
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        Members::put(self, key, value)
+    }
+    fn delete(&mut self, key: &[u8]) {
+        Members::delete(self, key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

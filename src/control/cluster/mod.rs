@@ -299,6 +299,20 @@ pub(crate) fn wait_left(h: &Handle, max: std::time::Duration) {
     }
 }
 
+/// A table filled from the keys under one prefix (the members, the endpoints): what a
+/// watch applies its events to.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) trait KeyTable {
+    /// The key prefix it reads.
+    fn prefix(&self) -> &str;
+    /// Forgets everything (before a full read).
+    fn clear(&mut self);
+    /// A key was created or changed; `Err` (the reason, to log) if it was ignored.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> std::result::Result<(), String>;
+    /// A key was deleted.
+    fn delete(&mut self, key: &[u8]);
+}
+
 /// The cluster thread's state shared with the control plane.
 #[derive(Debug)]
 pub(crate) struct Shared {

@@ -258,25 +258,6 @@ impl Config {
                 ));
             }
         }
-        let cluster_nets = self.cluster_nets();
-        for (i, p) in self.port.iter().enumerate() {
-            if !cluster_nets.iter().any(|n| n.name == p.home_network()) {
-                continue;
-            }
-            for (j, a) in p.ips.iter().enumerate() {
-                let fixed = match a {
-                    crate::control::AddrSpec::Fixed(n) => Some(n.addr()),
-                    crate::control::AddrSpec::Bare(ip) => Some(*ip),
-                    _ => None,
-                };
-                if fixed.is_some_and(|ip| ip.is_ipv4()) {
-                    return Err(Error::invalid(
-                        format!("port[{i}].ips[{j}]"),
-                        "a fixed IPv4 address on a cluster network is not supported yet: use \"auto\" (an address claimed in etcd)",
-                    ));
-                }
-            }
-        }
         if let Some(i) = self.port.iter().position(|p| {
             self.cluster_nets()
                 .iter()
@@ -602,12 +583,6 @@ packet = "veth0"
             (format!("{cl}cert = \"/c.pem\"\n"), "cluster.key"),
             (format!("{cl}ca = \"/ca.pem\"\n"), "cluster.etcd[0]"),
             (format!("{cl}members = 3\n"), "members"),
-            (
-                format!(
-                    "{cl}{net}[[port]]\nnetwork = \"web\"\nname = \"c\"\nnetns = \"/run/netns/c\"\nips = [\"auto\", \"10.88.0.5/24\"]\n"
-                ),
-                "port[0].ips[1]",
-            ),
         ] {
             let e = err(&text);
             assert!(e.contains(key), "{text}: {e}");

@@ -476,3 +476,61 @@ fn dhcp_names_resolve_on_every_node_until_their_node_goes() {
     assert!(q(g0, "gamma").is_empty());
     assert!(cluster(&d0)["malformed"].as_u64().unwrap_or(0) >= 1);
 }
+
+#[test]
+fn fixed_addresses_are_claimed_once_across_nodes() {
+    if !require_root("fixed_addresses_are_claimed_once_across_nodes") {
+        return;
+    }
+    let lab = Lab::new(2);
+    let e = etcd(&lab);
+    let mut c0 = config(&e, 0, &[], 3);
+    c0.push_str(&format!(
+        "\n[[port]]\nnetwork = \"web\"\nname = \"fixed0\"\nnetns = \"{}\"\nips = [\"10.70.0.200/24\"]\n",
+        lab.guests[0].path().display()
+    ));
+    let d0 = Daemon::start_in(&lab.hosts[0], &c0);
+    let d1 = Daemon::start_in(&lab.hosts[1], &config(&e, 1, &[], 3));
+    wait_for("h0 and h1 see each other", 10, || {
+        remotes(&d0) == others(0, &[0, 1]) && remotes(&d1) == others(1, &[0, 1])
+    });
+    let attach = |ip: &str| {
+        std::process::Command::new("timeout")
+            .args(["20", common::daemon::BIN, "attach", "--netns"])
+            .arg(lab.guests[1].path())
+            .args([
+                "--name",
+                "fixed1",
+                "--network",
+                "web",
+                "--ip",
+                ip,
+                "--socket",
+            ])
+            .arg(d1.sock())
+            .output()
+            .expect("attach")
+    };
+    // h0 holds .200: h1 may not take it.
+    let out = attach("10.70.0.200/24");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("claimed by another node"),
+        "{err}"
+    );
+    let out = attach("10.70.0.201/24");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d1.log()
+    );
+    let claims = e.list("/usernet/ipam/web/");
+    for (ip, node) in [("10.70.0.200", "h0"), ("10.70.0.201", "h1")] {
+        assert!(
+            claims.contains(&(format!("/usernet/ipam/web/{ip}"), node.to_string())),
+            "{claims:?}"
+        );
+    }
+    ping_ok(&lab.guests[0], "10.70.0.201", &[&d0, &d1]);
+}

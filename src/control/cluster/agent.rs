@@ -44,8 +44,35 @@ where
 }
 
 /// Starts the thread.
+/// A claim a control thread asks for (a port's fixed address), answered on `reply`.
+struct ClaimReq {
+    net: String,
+    ip: Ipv4Addr,
+    reply: std::sync::mpsc::Sender<std::result::Result<(), String>>,
+}
+
+/// How long a control thread waits for the cluster thread to claim a fixed address.
+const CLAIM_WAIT: Duration = Duration::from_secs(5);
+
 pub(super) fn spawn(h: Handle, shared: Arc<Shared>) -> Result<()> {
     let options = connect_options(&shared)?;
+    let (claim_tx, mut claim_rx) = tokio::sync::mpsc::unbounded_channel::<ClaimReq>();
+    *shared.claim.lock() = Some(super::ClaimFn(Box::new(move |net: &str, ip: Ipv4Addr| {
+        let (reply, answer) = std::sync::mpsc::channel();
+        claim_tx
+            .send(ClaimReq {
+                net: net.to_string(),
+                ip,
+                reply,
+            })
+            .map_err(|_| "the cluster thread has stopped".to_string())?;
+        answer.recv_timeout(CLAIM_WAIT).unwrap_or_else(|_| {
+            Err(format!(
+                "not claimed in etcd within {} s (is etcd reachable?)",
+                CLAIM_WAIT.as_secs()
+            ))
+        })
+    })));
     std::thread::Builder::new()
         .name("usernet-cluster".into())
         .spawn(move || {
@@ -67,7 +94,7 @@ pub(super) fn spawn(h: Handle, shared: Arc<Shared>) -> Result<()> {
                 published: BTreeMap::new(),
                 served: BTreeSet::new(),
             };
-            rt.block_on(agent.run());
+            rt.block_on(agent.run(&mut claim_rx));
         })
         .map_err(|e| Error::Io("starting the cluster thread".into(), e))?;
     Ok(())
@@ -142,10 +169,10 @@ impl Agent {
         }
     }
 
-    async fn run(&mut self) {
+    async fn run(&mut self, claims: &mut tokio::sync::mpsc::UnboundedReceiver<ClaimReq>) {
         let mut backoff = Duration::from_millis(250);
         while !self.stopped() {
-            match self.session().await {
+            match self.session(claims).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster: etcd session ended; keeping the last state");
@@ -190,7 +217,10 @@ impl Agent {
     }
 
     /// One connected session; Ok only when the node stops.
-    async fn session(&mut self) -> Res<()> {
+    async fn session(
+        &mut self,
+        claims: &mut tokio::sync::mpsc::UnboundedReceiver<ClaimReq>,
+    ) -> Res<()> {
         let shared = self.shared.clone();
         let spec = &shared.spec;
         self.set_state(ClusterState::Connecting, None);
@@ -260,6 +290,10 @@ impl Agent {
                 m = ep_watch.message() => {
                     self.on_watch(m, Which::Endpoints)?;
                     self.reconcile_dns();
+                }
+                Some(req) = claims.recv() => {
+                    let r = ipam::claim_fixed(&self.h, &self.shared, &mut c, self.lease, &req.net, req.ip).await;
+                    let _ = req.reply.send(r);
                 }
                 _ = tick.tick() => {
                     if self.stopped() {

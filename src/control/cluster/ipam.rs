@@ -71,6 +71,31 @@ async fn claim(c: &mut Client, k: &str, node: &str, lease: i64, ours_too: bool) 
     Ok(call("claim", c.txn(t)).await?.succeeded())
 }
 
+/// Claims `ip` of `net` for a port's fixed address (a control thread waits for the answer):
+/// Ok if this node holds it now (it may have before), else why not.
+pub(super) async fn claim_fixed(
+    h: &Handle,
+    sh: &Shared,
+    c: &mut Client,
+    lease: i64,
+    net: &str,
+    ip: Ipv4Addr,
+) -> std::result::Result<(), String> {
+    let Some(g) = h.gateway(net) else {
+        return Ok(());
+    };
+    let Some(d) = &g.dhcp else { return Ok(()) };
+    if d.lock().claims().is_some_and(|c| c.contains(&ip)) {
+        return Ok(());
+    }
+    if claim(c, &key(sh, net, ip), &sh.spec.node, lease, true).await? {
+        d.lock().add_claim(ip);
+        Ok(())
+    } else {
+        Err(format!("{ip} is claimed by another node of the cluster"))
+    }
+}
+
 /// After a new lease: binds every claim the servers hold to it again, dropping those another
 /// node took meanwhile.
 pub(super) async fn reclaim(h: &Handle, sh: &Shared, c: &mut Client, lease: i64) -> Res<()> {

@@ -320,6 +320,22 @@ pub(crate) struct Shared {
     pub(crate) vtep: IpAddr,
     pub(crate) nets: Vec<ClusterNet>,
     pub(crate) status: Mutex<Status>,
+    /// Asks the cluster thread to claim an address and waits (bounded) for the answer; set
+    /// when the thread starts.
+    pub(crate) claim: Mutex<Option<ClaimFn>>,
+}
+
+/// The claim call: network, address -> claimed, or why not.
+type ClaimCall = dyn Fn(&str, std::net::Ipv4Addr) -> std::result::Result<(), String> + Send + Sync;
+
+/// See [`Shared::claim`].
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) struct ClaimFn(pub(crate) Box<ClaimCall>);
+
+impl std::fmt::Debug for ClaimFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClaimFn")
+    }
 }
 
 /// The mutable part of [`Shared`].
@@ -401,6 +417,26 @@ impl Handle {
         Ok(info)
     }
 
+    /// Claims `ip` in etcd for a port's fixed address on `network` when that is a cluster
+    /// network (waiting, bounded, for the cluster thread); Ok at once for other networks. The
+    /// error says why not (another node holds it, etcd unreachable).
+    pub(crate) fn claim_fixed(
+        &self,
+        network: &str,
+        ip: std::net::Ipv4Addr,
+    ) -> std::result::Result<(), String> {
+        let Some(sh) = self.node().cluster.lock().clone() else {
+            return Ok(());
+        };
+        if !sh.nets.iter().any(|n| n.name == network) {
+            return Ok(());
+        }
+        match sh.claim.lock().as_ref() {
+            Some(f) => (f.0)(network, ip),
+            None => Err("the cluster thread is not running".into()),
+        }
+    }
+
     /// Waits up to `max` for cluster network `network`'s DHCP server to hold a spare claimed
     /// address; true if it does (or the network has no DHCP server).
     pub fn wait_cluster_claims(&self, network: &str, max: std::time::Duration) -> bool {
@@ -453,6 +489,7 @@ impl Handle {
                 conflicts: 0,
                 last_error: None,
             }),
+            claim: Mutex::new(None),
         });
         self.spawn_cluster(shared.clone())?;
         *self.node().cluster.lock() = Some(shared);

@@ -48,12 +48,14 @@ impl DhcpServer {
         self.bindings.keys().copied().collect()
     }
 
-    /// Claimed addresses not in use at `now_ms` (what the next clients get).
+    /// Claimed addresses of the pool not in use at `now_ms` (what the next clients get; a
+    /// port's fixed address outside the pool, once free, is not one).
     pub fn spare_claims(&mut self, now_ms: u64) -> usize {
         self.purge(now_ms);
+        let pool = self.cfg.range_start..=self.cfg.range_end;
         self.claimed.as_ref().map_or(0, |c| {
             c.iter()
-                .filter(|ip| !self.bindings.contains_key(ip))
+                .filter(|ip| pool.contains(*ip) && !self.bindings.contains_key(ip))
                 .count()
         })
     }
@@ -170,6 +172,14 @@ mod tests {
         assert_eq!(s.spare_claims(T0), 3);
         assert!(s.claims().is_some_and(|c| c.contains(&a)));
         assert!(s.take_excess_spares(T0, 3).is_empty());
+        // A claim outside the pool (a port's fixed address) is no spare.
+        let mut c = base_cfg();
+        c.range_end = ip(100);
+        let mut s = super::super::DhcpServer::new(c).expect("server");
+        s.restrict_to_claims();
+        s.add_claim(ip(200));
+        assert_eq!(s.spare_claims(T0), 0);
+        assert!(discover(&mut s, mac(1), T0).is_none());
     }
 
     #[test]

@@ -261,11 +261,20 @@ fn a_dead_node_leaves_after_its_ttl_and_a_new_node_joins() {
     assert!(!ping(&lab.guests[0], &l1), "nothing reaches the dead host");
     // A new node joins: both sides get the remote, its guest an address of its own, and
     // the guests reach each other.
+    eprintln!(
+        "a killed node left h0's remotes {:?} after the kill (ttl {ttl} s)",
+        t.elapsed()
+    );
     let i2 = lab.add_host();
+    let t = Instant::now();
     let d2 = Daemon::start_in(&lab.hosts[i2], &config(&e, i2, &[&lab.guests[i2]], ttl));
     wait_for("h0 and h2 see each other", 10, || {
         remotes(&d0) == set(&[underlay_ip(i2)]) && remotes(&d2) == set(&[underlay_ip(0)])
     });
+    eprintln!(
+        "a new node was a remote on both sides {:?} after its start",
+        t.elapsed()
+    );
     let l2 = addr(&dhcp.run(&lab.guests[i2], "l2").expect("lease h2"));
     assert_ne!(l2, l0);
     ping_ok(&lab.guests[i2], &l0, &[&d0, &d2]);

@@ -345,6 +345,92 @@ def usernet_drops(stats):
     return out
 
 
+# ---------------------------------------------------------------------- traffic control ----
+
+# The "usernet-tc" variants (issue 16): a policy of 10 rules that match none of the measured
+# traffic (iperf3 TCP/UDP to port 5201/5301, pings), default allow, so that every IP packet
+# walks all 10 rules; rate limits far above what is reached, in both directions; one live
+# capture (`TcCapture`) running on one port during every measurement.
+TC_POLICY = {"default": "allow", "rules": [
+    {"action": "deny", "proto": "tcp", "dst_port": 22},
+    {"action": "deny", "proto": "tcp", "dst_port": "3306-3307"},
+    {"action": "deny", "proto": "udp", "dst_port": "137-139"},
+    {"action": "deny", "proto": "udp", "src_port": 53},
+    {"action": "deny", "proto": "icmp", "icmp_type": 13},
+    {"action": "deny", "proto": "icmp", "icmp_type": 5},
+    {"action": "deny", "src": "192.0.2.0/24"},
+    {"action": "deny", "dst": "198.51.100.0/24"},
+    {"action": "deny", "proto": "tcp", "src": "203.0.113.0/24", "dst_port": "1-1023"},
+    {"action": "deny", "proto": "udp", "dst": "10.255.0.0/16", "dst_port": 9},
+]}
+TC_PARTS = ("policy", "limits", "capture")  # --tc-parts: what usernet-tc adds (default all)
+TC_RATE_LIMIT = {"rx_mbit": 100000, "tx_mbit": 100000, "rx_pps": 10000000,
+                 "tx_pps": 10000000}
+
+
+class TcCapture:
+    """`usernet ctl capture PORT -w FILE` in the background for one measurement (a `with`
+    block): started before, stopped (SIGTERM: the daemon ends the capture, the file ends on a
+    whole block) after. `result` then holds the frames the file got, the frames dropped
+    (capture queue full: the capture's own count and the port's `capture_dropped` diffed from
+    `ctl --json stats`) and the file's size; the file is deleted (at several Gbit/s it grows
+    by GBs per run). `to_null`: written to /dev/null instead (--tc-capture-null); `snaplen`:
+    bytes kept of each frame (--tc-snaplen; 0: whole frames)."""
+
+    n = 0
+
+    def __init__(self, binary, sock, port, key, to_null=False, snaplen=0):
+        TcCapture.n += 1
+        self.to_null = to_null  # -w /dev/null: the capture without the file system's cost
+        self.snaplen = snaplen  # 0: ctl's default (whole frames)
+        self.binary, self.sock, self.port = binary, sock, port
+        self.label = f"capture-{key}-{TcCapture.n}"
+        self.path = os.path.join(RES.tmpdir, f"{self.label}.pcapng")
+        self.proc = None
+        self.result = None
+
+    def _port_dropped(self):
+        rows = usernet_ctl(self.binary, self.sock, "stats")
+        if not isinstance(rows, list):
+            return None
+        return sum(r.get("capture_dropped", 0) for r in rows if r.get("port") == self.port)
+
+    def __enter__(self):
+        self.d0 = self._port_dropped()
+        out = "/dev/null" if self.to_null else self.path
+        self.proc = Proc(self.label, [self.binary, "ctl", "--socket", self.sock, "capture",
+                                      self.port, "-w", out]
+                         + (["--snaplen", str(self.snaplen)] if self.snaplen else []))
+        # The file appears once the daemon accepted; its header once the first block came.
+        wait_until(f"capture of {self.port}", lambda: self.to_null or (
+            os.path.exists(self.path) and os.path.getsize(self.path) > 0), [self.proc],
+            timeout=10)
+        return self
+
+    def __exit__(self, *exc):
+        alive = self.proc.alive()
+        cpu = proc_cpu_s(self.proc.pid)  # the ctl process's CPU seconds, before it ends
+        self.proc.stop()
+        d1 = self._port_dropped()
+        tail = self.proc.tail(3)
+        got = re.search(r"(\d+) frames captured on [^,\s]+(?:, (\d+) dropped)?",
+                        tail.split(" | ")[-1] if tail else "")
+        try:
+            size = os.path.getsize(self.path)
+            os.unlink(self.path)
+        except OSError:
+            size = None
+        self.result = {
+            "port": self.port, "frames": int(got.group(1)) if got else None,
+            "dropped": int(got.group(2)) if got and got.group(2) else (0 if got else None),
+            "port_capture_dropped": (None if self.d0 is None or d1 is None
+                                     else d1 - self.d0),
+            "file_bytes": size, "ran_to_the_end": alive, "ctl_cpu_s": cpu}
+        if exc[0] is None and not (got and int(got.group(1)) > 0):
+            raise CaseFailed(f"capture of {self.port} recorded no frames: {tail}")
+        return False
+
+
 # ------------------------------------------------------------------------ /proc accounting ----
 
 def proc_cpu_s(pid):

@@ -6,6 +6,10 @@ Systems (each set up and torn down on its own, one at a time):
   veth      a plain veth pair A.eth0 <-> B.eth0 (reference: the cheapest possible path)
   bridge    the Linux bridge in a third namespace, two veth pairs (baseline of the ratios)
   usernet   `usernet up`, two netns ports (usernet creates a TAP eth0 inside A and B)
+  usernet-tc  the same with traffic control (issue 16): a network policy of 10 rules that the
+            traffic does not match, rate limits far above the rates reached on both ports, a
+            live capture of port e0 running during every measurement; measured interleaved
+            with `usernet` (both set up at once, runs alternating) when both are selected
   ovs       Open vSwitch, userspace datapath (datapath_type=netdev), two type=tap ports moved
             into A and B; ovsdb-server and ovs-vswitchd run in the third namespace with a
             private database and run directory
@@ -21,24 +25,27 @@ Run through bench/run.py (`python3 bench/run.py --suites l2`); `python3 bench/l2
 same thing.
 """
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 
-from common import (RES, CaseFailed, Meter, Proc, case_failed, iperf3, link_mtu, list_links, log,
-                    median, nsexec, proc_comm, proc_cpu_s, run, sum_status_kib, summarize_tcp,
-                    tcp_rep, usernet_config, usernet_ctl, usernet_drops, usernet_up, wait_until,
-                    PREFIX)
+from common import (RES, TC_POLICY, TC_RATE_LIMIT, CaseFailed, Meter, Proc, TcCapture,
+                    case_failed, iperf3, link_mtu, list_links, log, median, nsexec, proc_comm,
+                    proc_cpu_s, run, sum_status_kib, summarize_tcp, tcp_rep, usernet_config,
+                    usernet_ctl, usernet_drops, usernet_up, wait_until, PREFIX)
 
 IP_A = "10.99.0.1"
 IP_B = "10.99.0.2"
 PORT = 5201
 # The bridge first: it is the UDP reference.
-SYSTEMS = ("bridge", "veth", "usernet", "usernet-bp", "usernet-ps", "ovs", "ovs-tso", "vde")
+SYSTEMS = ("bridge", "veth", "usernet", "usernet-bp", "usernet-ps", "usernet-tc", "ovs",
+           "ovs-tso", "vde")
 LABELS = {"veth": "veth pair", "bridge": "Linux bridge", "usernet": "usernet",
           "usernet-bp": "usernet, busy-polling", "usernet-ps": "usernet, port security",
+          "usernet-tc": "usernet, policy + limits + capture",
           "ovs": "OVS userspace", "ovs-tso": "OVS userspace+TSO", "vde": "vde_switch"}
 UDP_FRACTION = 0.95  # fixed-rate UDP offers this fraction of the bridge's received rate
 
@@ -132,17 +139,25 @@ class Topology:
     def _up_usernet_ps(self):
         self._up_usernet(port_security=True)
 
-    def _up_usernet(self, busy_poll_us=0, port_security=False):
+    def _up_usernet_tc(self):
+        self._up_usernet(tc=True)
+
+    def _up_usernet(self, busy_poll_us=0, port_security=False, tc=False):
         engine = {"loops": self.loops, "mtu": self.mtu}
         if busy_poll_us:  # only then: a binary without the key still runs the plain case
             engine["busy_poll_us"] = busy_poll_us
         text = usernet_config(
             engine,
             [dict({"name": f"n{seg}", "gateway": False},
-                  **({"port_security": True} if port_security else {}))
+                  **({"port_security": True} if port_security else {}),
+                  **({"policy": TC_POLICY} if tc and "policy" in self.ctx.args.tc_parts
+                     else {}))
              for seg in range(self.segments)],
-            [{"network": f"n{self.segment[i]}", "name": f"e{i}", "netns": f"/run/netns/{ns}",
-              "mtu": self.mtu} for i, ns in enumerate(self.eps)])
+            [dict({"network": f"n{self.segment[i]}", "name": f"e{i}",
+                   "netns": f"/run/netns/{ns}", "mtu": self.mtu},
+                  **({"rate_limit": TC_RATE_LIMIT} if tc and "limits" in self.ctx.args.tc_parts
+                     else {}))
+             for i, ns in enumerate(self.eps)])
         p, self.sock = usernet_up(self.ctx.usernet_bin, self.key, text, self.eps)
         self.procs.append(p)
         for ns in self.eps:
@@ -237,12 +252,19 @@ class Topology:
                 raise CaseFailed(f"{p.label} died (exit {p.popen.returncode}): {p.tail()}")
 
     def counters(self):
-        if self.system != "usernet" or not self.procs or not self.procs[0].alive():
+        if not self.system.startswith("usernet") or not self.procs or not self.procs[0].alive():
             return None
         return usernet_drops(usernet_ctl(self.ctx.usernet_bin, self.sock, "stats"))
 
     def meter(self):
-        return Meter(self.pids(), self.counters if self.system == "usernet" else None)
+        return Meter(self.pids(), self.counters if self.system.startswith("usernet") else None)
+
+    def measuring(self):
+        """What runs around each measurement: usernet-tc's live capture of port e0."""
+        if self.system == "usernet-tc" and "capture" in self.ctx.args.tc_parts:
+            return TcCapture(self.ctx.usernet_bin, self.sock, "e0", self.key,
+                             self.ctx.args.tc_capture_null, self.ctx.args.tc_snaplen)
+        return contextlib.nullcontext()
 
     def hint(self):
         """What is known about a failure of this system (appended to the reason)."""
@@ -310,42 +332,61 @@ def probe_sizes(topo):
             f"{','.join(map(str, lost)) or 'none'} B")
 
 
-def measure_tcp(topo, args):
-    reps = []
-    for i in range(args.reps):
+def _with_capture(rep, cap):
+    if cap is not None:
+        rep["capture"] = cap.result
+        c = cap.result
+        log(f"    capture of {c['port']}: {c['frames']} frames, {c['dropped']} dropped "
+            f"(port capture_dropped +{c['port_capture_dropped']}), {c['file_bytes']} B")
+    return rep
+
+
+def tcp_once(topo, args, i=0):
+    """One TCP repetition A->B (usernet-tc: with its capture running)."""
+    with topo.measuring() as cap:
         j, m = iperf3(topo.b, ["-B", IP_B], PORT, topo.a, IP_B, PORT, args.time,
                       meter=topo.meter(), alive=topo.alive)
-        rep = tcp_rep(j, m)
-        reps.append(rep)
-        log(f"  tcp {i + 1}/{args.reps}: {rep['gbps']:.2f} Gbit/s, retr {rep['retransmits']}, "
-            f"proc cpu {rep['proc_cpu_s']}")
-    return summarize_tcp(reps)
+    rep = tcp_rep(j, m)
+    log(f"  {topo.system} tcp {i + 1}/{args.reps}: {rep['gbps']:.2f} Gbit/s, retr "
+        f"{rep['retransmits']}, proc cpu {rep['proc_cpu_s']}")
+    return _with_capture(rep, cap)
 
 
-def measure_udp(topo, args, rate):
-    """64 B UDP at iperf3 -b RATE, repeated --reps times: median received pps and loss."""
-    reps = []
-    for i in range(args.reps):
+def measure_tcp(topo, args):
+    return summarize_tcp([tcp_once(topo, args, i) for i in range(args.reps)])
+
+
+def udp_once(topo, args, rate, i=0):
+    """One 64 B UDP repetition at iperf3 -b RATE: received pps and loss."""
+    with topo.measuring() as cap:
         j, m = iperf3(topo.b, ["-B", IP_B], PORT, topo.a, IP_B, PORT, args.time,
                       client_args=["-u", "-l", "64", "-b", str(rate)], meter=topo.meter(),
                       alive=topo.alive)
-        s, sent = j["end"]["sum_received"], j["end"]["sum_sent"]
-        rx = s["packets"] - s["lost_packets"]
-        rep = {"rx_pps": rx / (s["seconds"] or args.time),
-               "tx_pps": sent["packets"] / (sent["seconds"] or args.time),
-               "loss_pct": s["lost_percent"], "rx_packets": rx,
-               "lost_packets": s["lost_packets"], **m}
-        reps.append(rep)
-        log(f"  udp64 -b {rate} {i + 1}/{args.reps}: rx {rep['rx_pps'] / 1e3:.1f} kpps, "
-            f"tx {rep['tx_pps'] / 1e3:.1f} kpps, loss {rep['loss_pct']:.1f}%")
+    s, sent = j["end"]["sum_received"], j["end"]["sum_sent"]
+    rx = s["packets"] - s["lost_packets"]
+    rep = {"rx_pps": rx / (s["seconds"] or args.time),
+           "tx_pps": sent["packets"] / (sent["seconds"] or args.time),
+           "loss_pct": s["lost_percent"], "rx_packets": rx,
+           "lost_packets": s["lost_packets"], **m}
+    log(f"  {topo.system} udp64 -b {rate} {i + 1}/{args.reps}: rx {rep['rx_pps'] / 1e3:.1f} "
+        f"kpps, tx {rep['tx_pps'] / 1e3:.1f} kpps, loss {rep['loss_pct']:.1f}%")
+    return _with_capture(rep, cap)
+
+
+def summarize_udp(reps, rate):
     return {"offered_bps": rate, "reps": reps,
             "rx_pps": median([r["rx_pps"] for r in reps]),
             "tx_pps": median([r["tx_pps"] for r in reps]),
             "loss_pct": median([r["loss_pct"] for r in reps])}
 
 
+def measure_udp(topo, args, rate):
+    """64 B UDP at iperf3 -b RATE, repeated --reps times: median received pps and loss."""
+    return summarize_udp([udp_once(topo, args, rate, i) for i in range(args.reps)], rate)
+
+
 def measure_ping(topo, args):
-    with topo.meter() as m:
+    with topo.measuring(), topo.meter() as m:
         r = run(nsexec(topo.a, ["ping", "-c", str(args.pings), "-i", "0.01", "-W", "1",
                                 IP_B]), timeout=args.pings * 0.01 + 20, check=False)
     topo.alive()
@@ -421,14 +462,80 @@ def run_case(system, mtu, ctx):
     return res
 
 
+def run_tc_pair(mtu, ctx):
+    """`usernet` and `usernet-tc` measured interleaved: both topologies are up at once (two
+    usernet processes; the idle one costs nothing) and each test's repetitions alternate
+    between them, ABBA (pair i runs usernet first when i is even, usernet-tc first when odd),
+    so that repetition i of the one and of the other make a pair measured under the same load
+    of the machine. Returns the two cases' results, shaped as run_case's."""
+    args = ctx.args
+    systems = ("usernet", "usernet-tc")
+    out = [{"suite": "l2", "system": s, "label": LABELS[s], "mtu": mtu, "status": "ok",
+            "error": None, "interleaved_with": o} for s, o in zip(systems, systems[::-1])]
+    log(f"l2 usernet + usernet-tc interleaved, mtu {mtu}")
+    tests = [("tcp", args.reps, lambda t, i: tcp_once(t, args, i), summarize_tcp)]
+    if mtu in args.udp_mtus:
+        tests.append(("udp64", args.reps, lambda t, i: udp_once(t, args, args.udp_rate, i),
+                      lambda reps: summarize_udp(reps, args.udp_rate)))
+        ref = ctx.udp_ref.get(mtu)
+        if ref:
+            rate = int(ref * UDP_FRACTION * 64 * 8)
+            tests.append(("udp64_fixed", args.reps, lambda t, i: udp_once(t, args, rate, i),
+                          lambda reps: summarize_udp(reps, rate)))
+        else:
+            for res in out:
+                res["udp64_fixed"] = {"error": "no reference: the bridge's 64 B UDP rate was "
+                                      "not measured"}
+                res["status"] = "partial"
+    tests.append(("ping", 1, lambda t, i: measure_ping(t, args), lambda reps: reps[0]))
+    try:
+        with Topology(systems[0], mtu, ctx) as ta, \
+                Topology(systems[1], mtu, ctx, tag="t") as tb:
+            topos = (ta, tb)
+            cpu0 = []
+            for res, t in zip(out, topos):
+                res["processes"] = [proc_comm(p) for p in t.pids()]
+                cpu0.append({p: proc_cpu_s(p) for p in t.pids()})
+            try:
+                for t in topos:
+                    warmup(t)
+                for name, n, once, summarize in tests:
+                    reps = ([], [])
+                    try:
+                        for i in range(n):
+                            for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+                                reps[k].append(once(topos[k], i))
+                        for res, r in zip(out, reps):
+                            res[name] = summarize(r)
+                    except CaseFailed as e:
+                        for res in out:
+                            res[name] = {"error": str(e)}
+                            res["status"] = "partial"
+                        log(f"  {name} FAILED: {e}")
+                        for t in topos:
+                            t.alive()  # a dead switch ends the case
+            finally:
+                for res, t, c in zip(out, topos, cpu0):
+                    record_state(res, t, c)
+    except CaseFailed as e:
+        for res in out:
+            case_failed(res, e)
+    return out
+
+
 def run_suite(ctx):
-    """All L2 cases, one system at a time; the bridge runs before the systems compared to it."""
+    """All L2 cases, one system at a time; the bridge runs before the systems compared to it.
+    With both usernet and usernet-tc selected, the two run interleaved (run_tc_pair)."""
     args = ctx.args
     systems = [s for s in SYSTEMS if s in args.l2_systems]
+    paired = "usernet" in systems and "usernet-tc" in systems
     results = []
     for mtu in args.mtus:
         for system in systems:
-            results.append(run_case(system, mtu, ctx))
+            if paired and system == "usernet":
+                results += run_tc_pair(mtu, ctx)
+            elif not (paired and system == "usernet-tc"):
+                results.append(run_case(system, mtu, ctx))
     return results
 
 

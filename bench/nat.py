@@ -14,16 +14,24 @@ and its splice path (loopback to loopback, -T/-t: no tap, no TCP stack).
 
 The starters (`start_usernet`, `start_slirp4netns`, `start_pasta`) and `Sandbox` are shared with
 mem.py. Run through bench/run.py (`python3 bench/run.py --suites nat`).
+
+`usernet-tc` is usernet with traffic control (issue 16): a network policy of 10 rules that the
+traffic does not match, rate limits far above the rates reached on the guest's port, and a live
+capture of that port running during every measurement. With both usernet and usernet-tc
+selected, the two are set up at once and measured interleaved (runs alternating); usernet's
+splice forward is measured after the pairs.
 """
 
+import contextlib
 import os
 import shutil
 import sys
 
-from common import (RES, CaseFailed, Meter, Proc, PREFIX, case_failed, iperf3, link_has_addr,
-                    link_mtu, list_links, listening, log, nsexec, proc_comm, proc_cpu_s, run,
-                    slirp_api, sum_status_kib, summarize_tcp, tcp_rep, usernet_config,
-                    usernet_ctl, usernet_drops, usernet_up, wait_until)
+from common import (RES, TC_POLICY, TC_RATE_LIMIT, CaseFailed, Meter, Proc, PREFIX, TcCapture,
+                    case_failed, iperf3, link_has_addr, link_mtu, list_links, listening, log,
+                    nsexec, proc_comm, proc_cpu_s, run, slirp_api, sum_status_kib,
+                    summarize_tcp, tcp_rep, usernet_config, usernet_ctl, usernet_drops,
+                    usernet_up, wait_until)
 
 EGRESS_PORT = 5301  # host iperf3 server, on 127.0.0.1 in the sandbox host
 GUEST_PORT = 5201  # guest iperf3 server (forward target)
@@ -31,7 +39,7 @@ FWD_PORT = 6201  # published host port
 SPLICE_PORT = 6202  # usernet: the same forward with splice = true
 HOST_ADDR = "10.77.0.2"  # the sandbox host's non-loopback address (on the uplink)
 HOST_GW = "10.77.0.1"  # nothing answers there: the uplink has no carrier
-SYSTEMS = ("usernet", "slirp4netns", "pasta")
+SYSTEMS = ("usernet", "usernet-tc", "slirp4netns", "pasta")
 TESTS = ("egress", "forward")
 UN_GW = "10.88.0.1"
 SL_GW, SL_GUEST = "10.0.2.2", "10.0.2.100"  # slirp4netns defaults (--cidr 10.0.2.0/24)
@@ -81,10 +89,11 @@ def usernet_splice_supported(ctx):
     return ctx.splice_ok
 
 
-def start_usernet(ctx, h, guests, mtu, key, forward=True, splice=True):
+def start_usernet(ctx, h, guests, mtu, key, forward=True, splice=True, tc=False):
     """One `usernet up` in h serving every guest namespace (gateway, NAT; a forward to guest 0,
     and the same spliced on SPLICE_PORT when the binary has it). Returns (proc, control
-    socket); guest i gets un_guest(i) statically."""
+    socket); guest i gets un_guest(i) statically. `tc`: the network gets TC_POLICY and each
+    port TC_RATE_LIMIT (the usernet-tc system)."""
     forwards = []
     if forward:
         forwards.append({"network": "n", "publish": f"127.0.0.1:{FWD_PORT}:{GUEST_PORT}/tcp",
@@ -96,9 +105,12 @@ def start_usernet(ctx, h, guests, mtu, key, forward=True, splice=True):
                              "to": "g0", "splice": True})
     text = usernet_config(
         {"loops": ctx.args.loops, "mtu": mtu},
-        [{"name": "n", "subnet": "10.88.0.0/24", "ipv6": "off",
-          "dns_upstreams": ["127.0.0.1:9"], "mtu": mtu}],
-        [{"network": "n", "name": f"g{i}", "netns": f"/run/netns/{g}", "mtu": mtu}
+        [dict({"name": "n", "subnet": "10.88.0.0/24", "ipv6": "off",
+               "dns_upstreams": ["127.0.0.1:9"], "mtu": mtu},
+              **({"policy": TC_POLICY} if tc and "policy" in ctx.args.tc_parts else {}))],
+        [dict({"network": "n", "name": f"g{i}", "netns": f"/run/netns/{g}", "mtu": mtu},
+              **({"rate_limit": TC_RATE_LIMIT} if tc and "limits" in ctx.args.tc_parts
+                 else {}))
          for i, g in enumerate(guests)], forwards)
     p, sock = usernet_up(ctx.usernet_bin, key, text, guests, ns=h)
     for i, g in enumerate(guests):
@@ -156,13 +168,15 @@ class Topology:
     `variants`: the paths measured, (label, egress target (ip, port) from the guest, forward
     target (ip, port) from the host)."""
 
-    def __init__(self, system, mtu, ctx):
+    def __init__(self, system, mtu, ctx, tag="n", splice=True):
         self.system = system
         self.mtu = mtu
         self.ctx = ctx
-        self.sandbox = Sandbox(f"n{mtu}")
+        self.tag = tag
+        self.want_splice = splice
+        self.sandbox = Sandbox(f"{tag}{mtu}")
         self.h = self.sandbox.h
-        self.g = f"{PREFIX}n{mtu}g"
+        self.g = f"{PREFIX}{tag}{mtu}g"
         self.proc = None
         self.sock = None
         self.variants = []
@@ -172,9 +186,14 @@ class Topology:
         try:
             self.sandbox.up()
             RES.add_ns(self.g)
-            key = f"nat{self.mtu}"
-            if self.system == "usernet":
-                splice = usernet_splice_supported(self.ctx)
+            key = f"nat{self.tag}{self.mtu}"
+            if self.system == "usernet-tc":
+                self.proc, self.sock = start_usernet(self.ctx, self.h, [self.g], self.mtu, key,
+                                                     splice=False, tc=True)
+                self.variants = [("usernet-tc", (UN_GW, EGRESS_PORT),
+                                  ("127.0.0.1", FWD_PORT))]
+            elif self.system == "usernet":
+                splice = self.want_splice and usernet_splice_supported(self.ctx)
                 try:
                     self.proc, self.sock = start_usernet(self.ctx, self.h, [self.g], self.mtu,
                                                          key)
@@ -222,31 +241,58 @@ class Topology:
                              f"{self.proc.tail()}")
 
     def counters(self):
-        if self.system != "usernet" or not self.proc.alive():
+        if not self.system.startswith("usernet") or not self.proc.alive():
             return None
         return usernet_drops(usernet_ctl(self.ctx.usernet_bin, self.sock, "stats"))
 
     def meter(self):
-        return Meter([self.proc.pid], self.counters if self.system == "usernet" else None)
+        return Meter([self.proc.pid],
+                     self.counters if self.system.startswith("usernet") else None)
+
+    def measuring(self):
+        """What runs around each measurement: usernet-tc's live capture of the guest's port."""
+        if self.system == "usernet-tc" and "capture" in self.ctx.args.tc_parts:
+            return TcCapture(self.ctx.usernet_bin, self.sock, "g0", f"nat{self.tag}{self.mtu}",
+                             self.ctx.args.tc_capture_null, self.ctx.args.tc_snaplen)
+        return contextlib.nullcontext()
 
 
-def measure(topo, test, target, args):
+def measure_once(topo, test, target, args, i=0):
+    """One TCP repetition of `test` (egress or forward) to target (ip, port)."""
     ip, port = target
     if test == "egress":  # server on the host's loopback, client in the guest
         srv_ns, srv_args, srv_port, cli_ns = topo.h, ["-B", "127.0.0.1"], port, topo.g
     else:  # forward: server in the guest (all addresses), client on the host
         srv_ns, srv_args, srv_port, cli_ns = topo.g, [], GUEST_PORT, topo.h
-    reps = []
-    for i in range(args.reps):
+    with topo.measuring() as cap:
         j, m = iperf3(srv_ns, srv_args, srv_port, cli_ns, ip, port, args.time,
                       meter=topo.meter(), alive=topo.alive)
-        rep = tcp_rep(j, m)
-        reps.append(rep)
-        log(f"  {test} {i + 1}/{args.reps}: {rep['gbps']:.2f} Gbit/s, retr "
-            f"{rep['retransmits']}, {topo.system} cpu {rep['proc_cpu_s']}"
-            + (f", STALLED {rep['stalled_intervals']}/{rep['intervals']} s"
-               if rep["stalled_intervals"] else ""))
-    return summarize_tcp(reps, {"target": f"{ip}:{port}"})
+    rep = tcp_rep(j, m)
+    log(f"  {topo.system} {test} {i + 1}/{args.reps}: {rep['gbps']:.2f} Gbit/s, retr "
+        f"{rep['retransmits']}, {topo.system} cpu {rep['proc_cpu_s']}"
+        + (f", STALLED {rep['stalled_intervals']}/{rep['intervals']} s"
+           if rep["stalled_intervals"] else ""))
+    if cap is not None:
+        rep["capture"] = c = cap.result
+        log(f"    capture of {c['port']}: {c['frames']} frames, {c['dropped']} dropped "
+            f"(port capture_dropped +{c['port_capture_dropped']}), {c['file_bytes']} B")
+    return rep
+
+
+def measure(topo, test, target, args):
+    ip, port = target
+    return summarize_tcp([measure_once(topo, test, target, args, i) for i in range(args.reps)],
+                         {"target": f"{ip}:{port}"})
+
+
+def connectivity(topo):
+    """Connectivity first: the host's address pinged from the guest through the NAT. A failure
+    is noted but does not end the case (the TCP tests say for themselves whether TCP passes)."""
+    r = run(nsexec(topo.g, ["ping", "-c", "2", "-i", "0.2", "-W", "2", "-q", HOST_ADDR]),
+            timeout=15, check=False)
+    topo.alive()
+    return ("ok" if r.returncode == 0 else
+            f"ping {HOST_ADDR} from the guest failed: {r.stdout.strip()[-120:]}")
 
 
 def run_case(system, mtu, ctx):
@@ -263,14 +309,7 @@ def run_case(system, mtu, ctx):
                 res["status"] = "partial"
                 res["note"] = f"usernet splice: failed to start with splice = true: " \
                     f"{topo.splice_error}"
-            # Connectivity first: ping the host's address through the NAT. A failure is noted
-            # but does not end the case (the TCP tests say for themselves whether TCP passes).
-            r = run(nsexec(topo.g, ["ping", "-c", "2", "-i", "0.2", "-W", "2", "-q",
-                                    HOST_ADDR]), timeout=15, check=False)
-            topo.alive()
-            res["connectivity"] = ("ok" if r.returncode == 0 else
-                                   f"ping {HOST_ADDR} from the guest failed: "
-                                   f"{r.stdout.strip()[-120:]}")
+            res["connectivity"] = connectivity(topo)
             try:
                 for label, egress, forward in topo.variants:
                     v = res["variants"].setdefault(label, {})
@@ -290,7 +329,7 @@ def run_case(system, mtu, ctx):
                 if topo.proc.alive():
                     res["max_rss_kib"] = sum_status_kib([topo.proc.pid], "VmHWM")
                     res["total_cpu_s"] = proc_cpu_s(topo.proc.pid)
-                    if system == "usernet":
+                    if system.startswith("usernet"):
                         res["usernet_stats"] = usernet_ctl(ctx.usernet_bin, topo.sock, "stats")
                         res["usernet_gateways"] = usernet_ctl(ctx.usernet_bin, topo.sock,
                                                               "gateway")
@@ -300,11 +339,80 @@ def run_case(system, mtu, ctx):
     return res
 
 
+def run_tc_pair(mtu, ctx):
+    """`usernet` and `usernet-tc` measured interleaved (then usernet's splice forward): both
+    sandboxes are up at once and each test's repetitions alternate between them, ABBA (pair i
+    runs usernet first when i is even), so that repetition i of each makes a pair measured
+    under the same load of the machine. Returns the two cases' results, shaped as run_case's."""
+    args = ctx.args
+    systems = ("usernet", "usernet-tc")
+    out = [{"suite": "nat", "system": s, "mtu": mtu, "status": "ok", "error": None,
+            "variants": {}, "interleaved_with": o} for s, o in zip(systems, systems[::-1])]
+    out[0]["note"] = ("measured interleaved with usernet-tc (its splice forward after the "
+                      "pairs, not interleaved)")
+    log(f"nat usernet + usernet-tc interleaved, mtu {mtu}")
+    try:
+        with Topology(systems[0], mtu, ctx) as ta, \
+                Topology(systems[1], mtu, ctx, tag="c") as tb:
+            topos = (ta, tb)
+            for res, t in zip(out, topos):
+                res["processes"] = [proc_comm(t.proc.pid)]
+                res["connectivity"] = connectivity(t)
+            try:
+                for test in args.nat_tests:
+                    vs = [dict((lab, (e, f)) for lab, e, f in t.variants) for t in topos]
+                    targets = [vs[0]["usernet"], vs[1]["usernet-tc"]]
+                    targets = [e if test == "egress" else f for e, f in targets]
+                    reps = ([], [])
+                    try:
+                        for i in range(args.reps):
+                            for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+                                reps[k].append(measure_once(topos[k], test, targets[k], args, i))
+                        for res, r, tg in zip(out, reps, targets):
+                            res["variants"].setdefault(res["system"], {})[test] = \
+                                summarize_tcp(r, {"target": f"{tg[0]}:{tg[1]}"})
+                    except CaseFailed as e:
+                        for res, tg in zip(out, targets):
+                            res["variants"].setdefault(res["system"], {})[test] = {
+                                "target": f"{tg[0]}:{tg[1]}", "error": str(e)}
+                            res["status"] = "partial"
+                        log(f"  {test} FAILED: {e}")
+                        for t in topos:
+                            t.alive()
+                # usernet's spliced forward (its own goal), alone: usernet-tc has none.
+                for label, _, forward in ta.variants:
+                    if label == "usernet splice" and "forward" in args.nat_tests:
+                        v = out[0]["variants"].setdefault(label, {})
+                        try:
+                            v["forward"] = measure(ta, "forward", forward, args)
+                        except CaseFailed as e:
+                            v["forward"] = {"target": f"{forward[0]}:{forward[1]}",
+                                            "error": str(e)}
+                            out[0]["status"] = "partial"
+                            ta.alive()
+            finally:
+                for res, t in zip(out, topos):
+                    if t.proc.alive():
+                        res["max_rss_kib"] = sum_status_kib([t.proc.pid], "VmHWM")
+                        res["total_cpu_s"] = proc_cpu_s(t.proc.pid)
+                        res["usernet_stats"] = usernet_ctl(ctx.usernet_bin, t.sock, "stats")
+                    res["log_tail"] = t.proc.tail(10)
+    except CaseFailed as e:
+        for res in out:
+            case_failed(res, e)
+    return out
+
+
 def run_suite(ctx):
+    """With both usernet and usernet-tc selected, the two run interleaved (run_tc_pair)."""
+    systems = [s for s in SYSTEMS if s in ctx.args.nat_systems]
+    paired = "usernet" in systems and "usernet-tc" in systems
     results = []
     for mtu in ctx.args.nat_mtus:
-        for system in SYSTEMS:
-            if system in ctx.args.nat_systems:
+        for system in systems:
+            if paired and system == "usernet":
+                results += run_tc_pair(mtu, ctx)
+            elif not (paired and system == "usernet-tc"):
                 results.append(run_case(system, mtu, ctx))
     return results
 

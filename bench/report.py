@@ -2,13 +2,15 @@
 
 import html
 
-from common import fmt, get, ratio, usernet_drops
+from common import fmt, get, median, ratio, usernet_drops
 
 L2_LABELS = {"veth": "veth pair", "bridge": "Linux bridge", "usernet": "usernet",
              "usernet-bp": "usernet, busy-polling", "usernet-ps": "usernet, port security",
+             "usernet-tc": "usernet, policy + limits + capture",
              "ovs": "OVS userspace",
              "ovs-tso": "OVS userspace + TSO", "vde": "vde_switch"}
-COLORS = {"usernet": "#d62728", "usernet-bp": "#e377c2", "usernet-ps": "#bcbd22", "usernet splice": "#8c1c13",
+COLORS = {"usernet": "#d62728", "usernet-bp": "#e377c2", "usernet-ps": "#bcbd22",
+          "usernet-tc": "#f7b6d2", "usernet splice": "#8c1c13",
           "veth": "#c7c7c7", "bridge": "#7f7f7f", "ovs": "#1f77b4",
           "ovs-tso": "#17becf", "vde": "#9467bd", "slirp4netns": "#ff7f0e",
           "pasta tap": "#2ca02c", "pasta splice": "#98df8a", "usernet 1 loop": "#ff9896",
@@ -219,6 +221,77 @@ def rx(x):
     return "no ratio" if x is None else f"{x:.2f}×"
 
 
+TC_GOAL = 0.95  # issue 16: usernet-tc / usernet
+
+
+def pair_ratios(base, tc, key):
+    """Per repetition i: tc's figure ÷ base's (repetitions of the interleaved runs pair up)."""
+    return [y[key] / x[key] for x, y in zip(get(base, "reps") or [], get(tc, "reps") or [])
+            if x.get(key) and y.get(key) is not None]
+
+
+def capture_summary(*tests):
+    """Frames the usernet-tc captures recorded and dropped over the repetitions of `tests`."""
+    caps = [r["capture"] for t in tests for r in (get(t, "reps") or []) if r.get("capture")]
+    if not caps:
+        return "no capture recorded"
+    frames = sum(c.get("frames") or 0 for c in caps)
+    dropped = sum(c.get("dropped") or 0 for c in caps)
+    cpu = [c["ctl_cpu_s"] for c in caps if c.get("ctl_cpu_s") is not None]
+    return (f"capture: {frames} frames written, {dropped} dropped "
+            f"({100 * dropped / max(1, frames + dropped):.1f} %)"
+            + (f", `ctl capture` {median(cpu):.2f} CPU s per run" if cpu else ""))
+
+
+def tc_goals(results):
+    """[(goal, measured, verdict)]: usernet-tc ÷ usernet per interleaved pair, median and
+    min–max, for L2 TCP at each MTU, L2 64 B UDP, NAT egress and forward at each MTU."""
+    rows = []
+
+    def add(what, base, tc, key, scale, unit, interleaved):
+        rs = pair_ratios(base, tc, key)
+        if not rs and not base and not tc:
+            return
+        if not rs:
+            rows.append((what, "no ratio: " + (get(tc, "error") or get(base, "error")
+                                               or ("usernet not run" if not base
+                                                   else "not measured")), "–"))
+            return
+        m = median(rs)
+        rows.append((what, f"median {m:.3f} ({min(rs):.3f}–{max(rs):.3f}) over {len(rs)} "
+                     f"{'interleaved ' if interleaved else ''}pairs "
+                     f"({get(tc, key) * scale:.2f} vs {get(base, key) * scale:.2f} {unit}, "
+                     f"medians); {capture_summary(tc)}", verdict_of(m >= TC_GOAL)))
+
+    for mtu in sorted({r["mtu"] for r in results if r.get("suite") == "l2"}):
+        un, tc = _l2(results, "usernet", mtu), _l2(results, "usernet-tc", mtu)
+        if not tc:
+            continue
+        inter = tc.get("interleaved_with") == "usernet"
+        add(f"traffic control overhead, L2 TCP MTU {mtu}: usernet-tc ÷ usernet ≥ {TC_GOAL}",
+            un.get("tcp"), tc.get("tcp"), "gbps", 1, "Gbit/s", inter)
+        if tc.get("udp64"):
+            add(f"traffic control overhead, L2 64 B UDP rx kpps MTU {mtu}: usernet-tc ÷ "
+                f"usernet ≥ {TC_GOAL}", un.get("udp64"), tc.get("udp64"), "rx_pps", 1e-3,
+                "kpps", inter)
+    for mtu in sorted({r["mtu"] for r in results if r.get("suite") == "nat"}):
+        un, tc = _nat(results, "usernet", mtu), _nat(results, "usernet-tc", mtu)
+        if not tc:
+            continue
+        inter = tc.get("interleaved_with") == "usernet"
+        for t in ("egress", "forward"):
+            b, c = get(un, "variants", "usernet", t), get(tc, "variants", "usernet-tc", t)
+            if b is None and c is None:
+                continue
+            add(f"traffic control overhead, NAT {t} TCP MTU {mtu}: usernet-tc ÷ usernet ≥ "
+                f"{TC_GOAL}", b, c, "gbps", 1, "Gbit/s", inter)
+    return rows
+
+
+def verdict_of(ok):
+    return "–" if ok is None else ("**met**" if ok else "**missed**")
+
+
 def goals(results):
     """[(goal, measured text, verdict)] for every goal of issue 6 that the run measured."""
     out = []
@@ -315,7 +388,7 @@ def goals(results):
                 text = f"{x:.2f}× ({u:.3f} vs {c:.3f} s/Gbit)"
             out.append((f"CPU s per Gbit, L2 TCP MTU {mtu}: usernet ≤ 0.5× {L2_LABELS[o]}",
                         text, verdict(None if x is None else x <= 0.5)))
-    return out
+    return out + tc_goals(results)
 
 
 def markdown(doc, chart_name=None):
@@ -340,7 +413,7 @@ def markdown(doc, chart_name=None):
     L.append(f"Command: `{p['command']}`")
     g = goals(results)
     if g:
-        L += ["", "**Goals (issue 6), ratios within this run:**", "",
+        L += ["", "**Goals (issues 6 and 16), ratios within this run:**", "",
               "| goal | measured | verdict |", "|---|---|---|"]
         L += [f"| {a} | {b} | {c} |" for a, b, c in g]
     l2r = [r for r in results if r.get("suite") == "l2"]

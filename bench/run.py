@@ -33,7 +33,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
-from common import HERE, PREFIX, REPO, RES, CaseFailed, Interrupted, log, run  # noqa: E402
+from common import (HERE, PREFIX, REPO, RES, TC_PARTS, CaseFailed, Interrupted, log,  # noqa: E402
+                    run)
 import l2  # noqa: E402
 import mem  # noqa: E402
 import nat  # noqa: E402
@@ -81,6 +82,15 @@ def parse_args(argv):
     ap.add_argument("--scale-pairs", help="scale: namespace pair counts (default 1,2,4)")
     ap.add_argument("--scale-loops", default="1,2",
                     help="scale: usernet [engine] loops to compare (default 1,2)")
+    ap.add_argument("--tc-parts", default=",".join(TC_PARTS),
+                    help="what the usernet-tc systems add (default policy,limits,capture: all; "
+                    "a subset tells where the overhead goes)")
+    ap.add_argument("--tc-capture-null", action="store_true",
+                    help="the usernet-tc capture writes to /dev/null instead of a file (what "
+                    "the capture costs without the file system)")
+    ap.add_argument("--tc-snaplen", type=int, default=0,
+                    help="the usernet-tc capture keeps this many bytes of each frame (ctl "
+                    "capture --snaplen; default 0: whole frames)")
     ap.add_argument("--loops", type=int, default=1,
                     help="usernet [engine] loops in the l2, nat and mem suites (default 1)")
     ap.add_argument("--busy-poll-us", type=int, default=20000,
@@ -112,6 +122,7 @@ def parse_args(argv):
     a.scale_pairs, a.scale_loops = ints(a.scale_pairs), ints(a.scale_loops)
     a.l2_systems = names(a.l2_systems, l2.SYSTEMS, ap, "l2-systems")
     a.nat_systems = names(a.nat_systems, nat.SYSTEMS, ap, "nat-systems")
+    a.tc_parts = names(a.tc_parts, TC_PARTS, ap, "tc-parts")
     a.nat_tests = [t for t in nat.TESTS if t in names(a.nat_tests, nat.TESTS, ap, "nat-tests")]
     a.overlay_systems = names(a.overlay_systems, overlay.SYSTEMS, ap, "overlay-systems")
     a.mem_systems = names(a.mem_systems, mem.SYSTEMS, ap, "mem-systems")
@@ -236,6 +247,9 @@ def main(argv=None):
                           "scale_pairs": args.scale_pairs, "scale_loops": args.scale_loops,
                           "scale_mtu": scale.MTU,
                           "usernet_loops": args.loops, "quick": args.quick,
+                          "tc_parts": args.tc_parts,
+                          "tc_capture_null": args.tc_capture_null,
+                          "tc_snaplen": args.tc_snaplen,
                           "l2_systems": args.l2_systems, "nat_systems": args.nat_systems,
                           "mem_systems": args.mem_systems,
                           "overlay_systems": args.overlay_systems,

@@ -41,7 +41,6 @@ use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use parking_lot::Mutex;
 use pcap_file::pcapng::PcapNgWriter;
-use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption,
 };
@@ -52,6 +51,8 @@ use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeade
 use serde::{Deserialize, Serialize};
 
 use crate::frame::Frame;
+
+mod epb;
 
 /// Default (and largest) bytes kept of each frame: tcpdump's default, more than a 64 KiB GSO
 /// frame.
@@ -469,20 +470,8 @@ impl<W: Write> Out<W> {
 
     fn packet(&mut self, r: &Record) -> io::Result<()> {
         match &mut self.fmt {
-            Writer::Ng(ng) => {
-                let flags = match r.dir {
-                    Direction::Rx => 1,
-                    Direction::Tx => 2,
-                };
-                let epb = EnhancedPacketBlock {
-                    interface_id: 0,
-                    timestamp: r.ts,
-                    original_len: r.orig_len,
-                    data: Cow::Borrowed(&r.data),
-                    options: vec![EnhancedPacketOption::Flags(flags)],
-                };
-                ng.write_pcapng_block(epb).map_err(io_err)?;
-            }
+            // The block pcap-file would write, without copying large frames into the buffer.
+            Writer::Ng(_) => epb::write(&mut self.buf.borrow_mut(), r)?,
             Writer::Pcap(p) => {
                 let pkt = pcap_file::pcap::PcapPacket::new(r.ts, r.orig_len, &r.data);
                 p.write_packet(&pkt).map_err(io_err)?;
@@ -603,6 +592,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
 
     fn frame(n: u8, len: usize) -> Frame {
         let mut f = vec![n; len];

@@ -7,6 +7,7 @@ mod common;
 
 use common::daemon::Daemon;
 use common::dns::{short, status, upstream};
+use common::events::{next_of, subscribe};
 use common::{Netns, require_root};
 
 const UPSTREAM: &str = "127.0.0.64";
@@ -59,7 +60,8 @@ fn dns_policy_denies_names_and_changes_at_run_time() {
     assert_eq!(short(&a, &[gw, "ok.tracker.example.test"]), "10.1.1.1");
     assert_eq!(short(&a, &[gw, "client.usernet"]), "10.71.0.10");
     // Denied: an exact name (any case), every name below a suffix, a local endpoint name, over
-    // UDP and TCP.
+    // UDP and TCP; a subscriber sees them as sampled `dns_denied` events.
+    let rx = subscribe(&daemon);
     let mut denied = 0;
     for (name, tcp) in [
         ("ads.example.test", false),
@@ -79,6 +81,13 @@ fn dns_policy_denies_names_and_changes_at_run_time() {
     // The upstream never saw a denied name: a subdomain that is not listed still resolves.
     assert_eq!(short(&a, &[gw, "x.ads.example.test"]), "10.1.1.1");
 
+    let mut seen = 0;
+    while seen < denied {
+        let ev = next_of(&rx, &["dns_denied"], &daemon);
+        assert_eq!(ev["network"], "n", "{ev}");
+        seen += ev["count"].as_u64().unwrap_or(0);
+    }
+    assert_eq!(seen, denied);
     let shown = daemon.ctl(&["dns", "policy", "--network", "n"]);
     assert_eq!(shown["denied"], denied, "{shown}");
     assert_eq!(shown["policy"]["default"], "allow", "{shown}");

@@ -4,54 +4,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::daemon::{BIN, Daemon};
-use common::{Child, Netns, require_root};
-use serde_json::Value;
+use common::events::{follow, next_of};
+use common::{Netns, require_root};
 
 const NET: &str = "[[network]]\nname = \"n\"\nsubnet = \"10.74.0.0/24\"\nipv6 = \"off\"\ndns_upstreams = [\"127.0.0.1:9\"]\n";
-
-/// `usernet ctl events --json` as a child whose stdout lines arrive on the receiver.
-fn follow(d: &Daemon) -> (Child, mpsc::Receiver<Value>) {
-    let mut c = Command::new(BIN)
-        .args(["ctl", "--json", "--socket"])
-        .arg(d.sock())
-        .arg("events")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("usernet ctl events");
-    let out = c.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&l)
-                && tx.send(v).is_err()
-            {
-                return;
-            }
-        }
-    });
-    (Child(c), rx)
-}
-
-/// The next event of one of `kinds` (others are skipped), within 5 s.
-fn next_of(rx: &mpsc::Receiver<Value>, kinds: &[&str], d: &Daemon) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let v = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no {kinds:?} event within 5 s\n{}", d.log()));
-        if kinds.contains(&v["event"].as_str().unwrap_or_default()) {
-            return v;
-        }
-    }
-}
 
 fn cli(d: &Daemon, args: &[&str]) {
     let out = Command::new("timeout")
@@ -102,26 +64,7 @@ fn a_subscriber_sees_port_lease_forward_and_removal_in_order() {
         added["seq"].as_u64().is_some() && added["ts"].as_f64().is_some(),
         "{added}"
     );
-    let dhcp = g.exec(&[
-        "busybox",
-        "udhcpc",
-        "-i",
-        "eth0",
-        "-f",
-        "-q",
-        "-n",
-        "-t",
-        "5",
-        "-T",
-        "1",
-        "-s",
-        "/bin/true",
-    ]);
-    assert!(
-        dhcp.status.success(),
-        "udhcpc: {}",
-        String::from_utf8_lossy(&dhcp.stderr)
-    );
+    g.udhcpc("/bin/true", &[], || d.log());
     let lease = next_of(&rx, &["lease_granted"], &d);
     assert!(
         lease["ip"]

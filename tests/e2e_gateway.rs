@@ -57,24 +57,11 @@ fn scripts(dir: &Path) -> (String, String) {
     )
 }
 
-/// Runs busybox udhcpc once in `ns` (exits once bound).
+/// Runs busybox udhcpc once in `ns` (exits once bound), sending `hostname` if given.
 fn udhcpc(ns: &Netns, script: &str, hostname: Option<&str>) {
-    let mut args = vec![
-        "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-s", script,
-    ];
-    let h;
-    if let Some(name) = hostname {
-        h = format!("hostname:{name}");
-        args.extend(["-x", &h]);
-    }
-    let out = ns.exec(&args);
-    assert!(
-        out.status.success(),
-        "udhcpc in {}: {}{}",
-        ns.name,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let h = hostname.map(|n| format!("hostname:{n}"));
+    let extra: Vec<&str> = h.iter().flat_map(|h| ["-x", h.as_str()]).collect();
+    ns.udhcpc(script, &extra, String::new);
 }
 
 /// Runs ISC dhclient once in `ns`; it stays as a daemon, stopped when the guard drops.

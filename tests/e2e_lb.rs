@@ -1,17 +1,21 @@
 //! End-to-end load-balanced port forwards: three guests in namespaces serve HTTP, a host
 //! client on loopback connects through one forward with three endpoints. Round robin spreads
 //! 300 connections evenly, least_conn too; a stopped server leaves the rotation within two
-//! health intervals and comes back when restarted; a spliced forward balances as well; bad
-//! input is refused naming the field. Servers live only in namespaces these tests create.
-//! Need root.
+//! health intervals and comes back when restarted; a spliced forward balances as well; a UDP
+//! forward spreads its clients evenly and keeps each on its endpoint; bad input is refused
+//! naming the field. Servers live only in namespaces these tests create. Need root.
 
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
 use common::{Httpd, Netns, free_port, http_get, require_root};
+use usernet::link::netns::run_in_netns;
 
 const INTERVAL_MS: u64 = 300;
 
@@ -70,6 +74,50 @@ fn wait_states(d: &Daemon, want: &[&str]) {
     );
 }
 
+/// A UDP server on port 7 inside `ns` answering every datagram with `id`, until dropped.
+struct UdpId(Arc<AtomicBool>);
+
+impl UdpId {
+    fn start(ns: &Netns, id: &str) -> UdpId {
+        let sock = run_in_netns(&ns.path(), || {
+            let s = UdpSocket::bind("0.0.0.0:7")?;
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            Ok(s)
+        })
+        .expect("udp server in the namespace");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, id) = (stop.clone(), id.to_string());
+        std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(120);
+            let mut b = [0u8; 64];
+            while !flag.load(Ordering::Relaxed) && Instant::now() < end {
+                if let Ok((_, from)) = sock.recv_from(&mut b) {
+                    let _ = sock.send_to(id.as_bytes(), from);
+                }
+            }
+        });
+        UdpId(stop)
+    }
+}
+
+impl Drop for UdpId {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One datagram from `client` to the forward on `port`: the endpoint's answer (2 tries).
+fn udp_ask(client: &UdpSocket, port: u16) -> String {
+    let mut b = [0u8; 64];
+    for _ in 0..2 {
+        client.send_to(b"id?", ("127.0.0.1", port)).expect("send");
+        if let Ok(n) = client.recv(&mut b) {
+            return String::from_utf8_lossy(&b[..n]).into_owned();
+        }
+    }
+    String::new()
+}
+
 fn wait_ms(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }
@@ -82,7 +130,7 @@ fn forwards_balance_fail_over_and_refuse_bad_input() {
     let ns: Vec<Netns> = (0..3).map(|_| Netns::new("lb")).collect();
     let names: Vec<String> = (0..3).map(|i| format!("w{i}")).collect();
     let guests: Vec<(String, &Netns)> = names.iter().cloned().zip(ns.iter()).collect();
-    let (rr, lc, sp) = (free_port(), free_port(), free_port());
+    let (rr, lc, sp, ud) = (free_port(), free_port(), free_port(), free_port());
     let forwards = format!(
         "[[forward]]\nnetwork = \"n\"\npublish = \"127.0.0.1:{rr}:80/tcp\"\n\
          to = [\"10.77.0.10\", \"10.77.0.11\", \"10.77.0.12\"]\n\
@@ -90,16 +138,20 @@ fn forwards_balance_fail_over_and_refuse_bad_input() {
          [[forward]]\nnetwork = \"n\"\npublish = \"127.0.0.1:{lc}:80/tcp\"\n\
          to = [\"10.77.0.10\", \"10.77.0.11\", \"10.77.0.12\"]\nbalance = \"least_conn\"\n\
          [[forward]]\nnetwork = \"n\"\npublish = \"127.0.0.1:{sp}:80/tcp\"\n\
-         to = [\"w0\", \"w1\", \"w2\"]\nsplice = true\n"
+         to = [\"w0\", \"w1\", \"w2\"]\nsplice = true\n\
+         [[forward]]\nnetwork = \"n\"\npublish = \"127.0.0.1:{ud}:7/udp\"\n\
+         to = [\"10.77.0.10\", \"10.77.0.11\", \"10.77.0.12\"]\n"
     );
     let d = Daemon::start(&config(&guests, &forwards));
     let mut httpd = Vec::new();
+    let mut udp = Vec::new();
     for (i, n) in ns.iter().enumerate() {
         n.ip(&["link", "set", "lo", "up"]);
         n.ip(&["addr", "add", &format!("10.77.0.1{i}/24"), "dev", "eth0"]);
         n.ip(&["route", "add", "default", "via", "10.77.0.1"]);
         n.exec(&["ping", "-c", "1", "-W", "1", "10.77.0.1"]);
         httpd.push(Some(Httpd::start(n, "id", &format!("w{i}\n"))));
+        udp.push(UdpId::start(n, &format!("w{i}")));
     }
     assert!(!http_get(rr, "/id", 30).is_empty(), "{}", d.log());
     let all = ["w0", "w1", "w2"];
@@ -112,6 +164,27 @@ fn forwards_balance_fail_over_and_refuse_bad_input() {
     even(&spread(lc, 150), 150, &all);
     // Spliced: the relay connects inside each endpoint's namespace in turn.
     even(&spread(sp, 90), 90, &all);
+
+    // UDP, round robin per client: 30 clients (source ports) spread 10 each, and a client's
+    // later datagrams stay with its endpoint.
+    let clients: Vec<UdpSocket> = (0..30)
+        .map(|_| {
+            let c = UdpSocket::bind("127.0.0.1:0").expect("client");
+            c.set_read_timeout(Some(Duration::from_secs(1)))
+                .expect("timeout");
+            c
+        })
+        .collect();
+    let first_answers: Vec<String> = clients.iter().map(|c| udp_ask(c, ud)).collect();
+    let mut m = HashMap::new();
+    for a in &first_answers {
+        *m.entry(a.clone()).or_insert(0) += 1;
+    }
+    even(&m, 30, &all);
+    for (c, first) in clients.iter().zip(&first_answers) {
+        assert_eq!(&udp_ask(c, ud), first, "a UDP client moved: {m:?}");
+    }
+    drop(udp);
 
     let ls = d.ctl(&["forward", "ls"]);
     let first = &ls[0];

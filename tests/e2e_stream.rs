@@ -127,27 +127,7 @@ fn stream_peer_gets_a_lease_and_pings_a_namespace() {
         .arg(&script)
         .status()
         .expect("chmod");
-    let out = vm.exec(&[
-        "busybox",
-        "udhcpc",
-        "-i",
-        "eth0",
-        "-f",
-        "-q",
-        "-n",
-        "-t",
-        "5",
-        "-T",
-        "1",
-        "-s",
-        script.to_str().expect("utf-8"),
-    ]);
-    assert!(
-        out.status.success(),
-        "DHCP over the stream link: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        d.log()
-    );
+    vm.udhcpc(script.to_str().expect("utf-8"), &[], || d.log());
     assert!(
         vm.exec(&["ping", "-c", "2", "-W", "2", "10.80.0.50"])
             .status

@@ -98,6 +98,10 @@ pub enum Request {
         /// Policy rules of the network (see [`crate::policy`]).
         #[serde(default)]
         policy: Option<crate::policy::PolicySpec>,
+        /// Gateway: which names it resolves (the `dns_policy` key; see
+        /// [`crate::gateway::dns::policy`]).
+        #[serde(default)]
+        dns_policy: Option<crate::gateway::dns::DnsPolicySpec>,
     },
     /// Remove a network and its ports.
     RemoveNetwork {
@@ -307,6 +311,7 @@ impl Request {
             internal,
             host_loopback,
             allow_metadata,
+            dns_policy,
             ..
         } = self
         else {
@@ -320,7 +325,8 @@ impl Request {
                 || dns_upstreams.is_some()
                 || internal.is_some()
                 || host_loopback.is_some()
-                || allow_metadata.is_some(),
+                || allow_metadata.is_some()
+                || dns_policy.is_some(),
         )
     }
 }
@@ -349,6 +355,7 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
             port_security,
             allow_metadata,
             policy,
+            dns_policy,
         } => {
             let mut spec = super::networks::NetworkSpec::new(&name);
             spec.gateway = wants_gw;
@@ -364,6 +371,7 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
             spec.fdb_max_entries = fdb_max_entries;
             spec.fdb_aging_secs = fdb_aging_secs;
             spec.policy = policy;
+            spec.dns_policy = dns_policy;
             h.create_network(&spec, "network")?;
             Value::Null
         }
@@ -571,5 +579,38 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("tapp"), "{e}");
         assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn add_network_takes_a_dns_policy_and_names_a_bad_entry() {
+        let engine = crate::Engine::start(crate::EngineConfig::default()).expect("engine");
+        let h = engine.handle();
+        let req = |j: &str| serde_json::from_str::<Request>(j).expect("request");
+        // A dns_policy alone implies the gateway.
+        execute(
+            &h,
+            req(
+                r#"{"op":"add_network","name":"n","subnet":"10.95.0.0/24","ipv6":"off",
+                 "dns_upstreams":[],"dns_policy":{"default":"allow","deny":["ads.test"]}}"#,
+            ),
+        )
+        .expect("add_network");
+        let info = h.dns_policy("n").expect("policy");
+        let policy = info.policy.expect("set");
+        assert_eq!(policy.deny, ["ads.test"]);
+        execute(
+            &h,
+            req(r#"{"op":"add_network","name":"m","dns_upstreams":[],"dns_policy":{"deny":["x.test"]}}"#),
+        )
+        .expect("gateway implied");
+        assert!(h.dns_policy("m").expect("gateway").policy.is_some());
+        let e = execute(
+            &h,
+            req(r#"{"op":"add_network","name":"b","dns_upstreams":[],"dns_policy":{"deny":["bad name"]}}"#),
+        )
+        .expect_err("bad entry");
+        assert!(e.to_string().contains("dns_policy.deny[0]"), "{e}");
+        assert!(h.networks().iter().all(|n| n.name != "b"), "nothing made");
+        engine.shutdown();
     }
 }

@@ -22,6 +22,11 @@ use crate::bridge::PortId;
 use crate::capture::{CaptureOptions, EndReason, Session, Summary};
 use crate::error::{Error, Result};
 
+/// The writer of capture files (`ctl capture -w FILE`, a port's `pcap`): the same bytes as the
+/// plain file, but each 8 MiB written is sent to disk at once and leaves the page cache once
+/// on disk, so a capture of GBs neither fills the cache nor keeps taking fresh pages for it.
+pub use crate::sys::file::DropBehind;
+
 /// How long a stopping engine waits for running captures to finish their output.
 pub(crate) const FINISH_WAIT: Duration = Duration::from_secs(3);
 /// A port missing from the topology this long ends its captures (the loop normally ends them
@@ -104,7 +109,7 @@ impl Handle {
             .name(format!("usernet-pcap-{name}"))
             .spawn(move || {
                 let _running = running;
-                let sum = session.run(file, stop);
+                let sum = session.run(DropBehind::new(file), stop);
                 tracing::info!(
                     "capture of {what} ended ({:?}): {} frames, {} dropped",
                     sum.end,

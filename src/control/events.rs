@@ -10,13 +10,14 @@
 //! counters) with what it saw last time, every [`TICK`] while anyone subscribes, and publishes
 //! the differences, in this order within a tick: ports added, leases granted, forwards added,
 //! forward endpoints gone down or back up (health checks), flows refused, policy denials,
-//! forwards removed, leases released, ports removed. Nothing is tracked while
+//! DNS policy denials, forwards removed, leases released, ports removed. Nothing is tracked while
 //! nobody listens; a new subscriber starts from the current state (it sees what changes after
 //! it subscribed).
 //!
 //! Refused NAT flows are sampled: one event per network and reason per tick, with the count
 //! since the previous one, so a flood of refusals costs a subscriber one line per tick. Policy
-//! denials likewise: one `policy_denied` per rule (or deny default) per tick, with its count.
+//! denials likewise: one `policy_denied` per rule (or deny default) per tick, with its count, and
+//! one `dns_denied` per network per tick for names its DNS policy denied.
 //!
 //! Each subscriber has a bounded queue ([`QUEUE`] events). Publishing never blocks: a
 //! subscriber whose queue is full is dropped (its stream ends with a `dropped` line when it
@@ -140,6 +141,14 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         rule: Option<usize>,
         /// Packets denied since the previous `policy_denied` of this rule.
+        count: u64,
+    },
+    /// DNS queries the gateway's name policy denied since the previous event of this network
+    /// (sampled: one event per network per tick; see [`crate::gateway::dns::policy`]).
+    DnsDenied {
+        /// Network.
+        network: String,
+        /// Queries denied since the previous `dns_denied` of this network.
         count: u64,
     },
 }
@@ -278,6 +287,8 @@ struct Seen {
     refused: HashMap<(String, &'static str), u64>,
     /// Deny counters by identity (a rule's counter outlives index changes).
     denied: BTreeMap<usize, (String, Option<String>, Option<usize>, u64)>,
+    /// Each gateway's DNS policy denials.
+    dns_denied: BTreeMap<String, u64>,
     endpoints: BTreeMap<(String, u64, String), bool>,
 }
 
@@ -304,6 +315,8 @@ fn snapshot(h: &Handle) -> Seen {
                 }
             }
         }
+        s.dns_denied
+            .insert(net.clone(), g.dns.stats().policy_denied);
         let c = &g.nat_counters;
         for (reason, n) in [
             ("limit", &c.refused_limit),
@@ -383,6 +396,15 @@ fn diff(old: &Seen, new: &Seen) -> Vec<Event> {
                 network: network.clone(),
                 port: port.clone(),
                 rule: *rule,
+                count: now - before,
+            });
+        }
+    }
+    for (network, now) in &new.dns_denied {
+        let before = old.dns_denied.get(network).copied().unwrap_or(*now);
+        if *now > before {
+            out.push(Event::DnsDenied {
+                network: network.clone(),
                 count: now - before,
             });
         }
@@ -592,6 +614,26 @@ mod tests {
         );
         let v = serde_json::to_value(&diff(&old, &new)[0]).expect("json");
         assert_eq!(v["event"], "policy_denied");
+    }
+
+    #[test]
+    fn dns_denials_are_sampled_per_network() {
+        let mut old = Seen::default();
+        old.dns_denied.insert("n".into(), 2);
+        let mut new = Seen::default();
+        new.dns_denied.insert("n".into(), 7);
+        new.dns_denied.insert("m".into(), 5); // first seen: no event for the past
+        let d = diff(&old, &new);
+        assert_eq!(
+            d,
+            [Event::DnsDenied {
+                network: "n".into(),
+                count: 5
+            }]
+        );
+        let v = serde_json::to_value(&d[0]).expect("json");
+        assert_eq!(v["event"], "dns_denied");
+        assert!(diff(&new, &new).is_empty());
     }
 
     #[test]

@@ -23,10 +23,13 @@
 //! - [`packet`]: `AF_PACKET` sockets (open, bind, promiscuous membership, `SOL_PACKET` flags)
 //!   and [`packet::MmsgBatch`], batched `recvmmsg`/`sendmmsg` with each frame's VLAN tag from
 //!   `PACKET_AUXDATA`.
+//! - [`file`]: [`file::DropBehind`], streaming a capture file out without filling the page
+//!   cache (`sync_file_range`, `posix_fadvise`).
 //! - [`io`]: the links' descriptor I/O: `eventfd` ([`io::EventFd`]), `poll`, `readv`, `write`,
 //!   `O_NONBLOCK`.
 
 pub mod caps;
+pub mod file;
 pub mod ifreq;
 pub mod io;
 pub mod ns;

@@ -15,6 +15,7 @@
 pub mod daemon;
 pub mod dns;
 pub mod etcd;
+pub mod events;
 pub mod packets;
 pub mod qemu;
 pub mod raw;
@@ -188,6 +189,31 @@ impl Netns {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// busybox udhcpc once on `eth0` (exits once bound; 5 tries a second apart) with the lease
+    /// script `script` and `extra` options; asserts a lease came, printing its output and
+    /// `log()` (a daemon's log) if not.
+    #[allow(dead_code)]
+    pub fn udhcpc(&self, script: &str, extra: &[&str], log: impl Fn() -> String) {
+        let out = self.udhcpc_output(script, extra);
+        assert!(
+            out.status.success(),
+            "udhcpc in {}: {}{}\n{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            log()
+        );
+    }
+
+    /// busybox udhcpc once on `eth0`, as [`Self::udhcpc`], without asserting: its output.
+    pub fn udhcpc_output(&self, script: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-s", script,
+        ];
+        args.extend_from_slice(extra);
+        self.exec(&args)
     }
 
     /// Runs `ip -n NAME args...`, asserting success.

@@ -3,7 +3,6 @@
 //! `172.31.0.{i+1}`), each host with a guest namespace; and what those tests share: pings
 //! with retries, waiting for a condition, a DHCP client run in a guest.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::daemon::Daemon;
@@ -112,53 +111,47 @@ pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// busybox `udhcpc` runs in guests, with a hook that configures the lease's address and
-/// records `IP SERVERID MTU` in a file per run.
+/// busybox `udhcpc` runs in guests ([`Netns::udhcpc_output`]), each with a hook that
+/// configures the lease's address and records `IP SERVERID MTU` in a file of its own.
 pub struct Udhcpc {
     dir: tempfile::TempDir,
 }
 
 impl Udhcpc {
     pub fn new() -> Udhcpc {
-        let dir = tempfile::tempdir().expect("tmp");
-        let script = dir.path().join("udhcpc.sh");
-        std::fs::write(
-            &script,
-            "#!/bin/sh\ncase \"$1\" in\n  bound|renew)\n    ip addr flush dev \"$interface\"\n    \
-             ip addr add \"$ip/$mask\" dev \"$interface\"\n    \
-             echo \"$ip $serverid $mtu\" > \"$(dirname \"$0\")/$LEASE_NAME\"\n    ;;\nesac\nexit 0\n",
-        )
-        .expect("script");
-        Command::new("chmod")
-            .arg("+x")
-            .arg(&script)
-            .status()
-            .expect("chmod");
-        Udhcpc { dir }
+        Udhcpc {
+            dir: tempfile::tempdir().expect("tmp"),
+        }
     }
 
-    /// Runs `udhcpc -q` on `eth0` of `g` (5 tries, 1 s apart); the lease line
-    /// (`IP SERVERID MTU`) under the name `tag`, or the client's error output.
+    /// Runs udhcpc once on `eth0` of `g`; the lease line (`IP SERVERID MTU`) recorded under
+    /// the name `tag`, or the client's error output.
     pub fn run(&self, g: &Netns, tag: &str) -> Result<String, String> {
         self.run_with(g, tag, &[])
     }
 
     /// Like [`Self::run`], with more udhcpc arguments (`-x hostname:NAME`).
     pub fn run_with(&self, g: &Netns, tag: &str, extra: &[&str]) -> Result<String, String> {
-        let out = Command::new("timeout")
-            .args(["20", "ip", "netns", "exec", &g.name, "env"])
-            .arg(format!("LEASE_NAME={tag}"))
-            .args([
-                "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1",
-            ])
-            .args(extra)
-            .args(["-O", "mtu", "-s"])
-            .arg(self.dir.path().join("udhcpc.sh"))
-            .output()
-            .expect("udhcpc");
+        use std::os::unix::fs::PermissionsExt;
+        let lease = self.dir.path().join(tag);
+        let script = self.dir.path().join(format!("{tag}.sh"));
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ncase \"$1\" in\n  bound|renew)\n    ip addr flush dev \"$interface\"\n    \
+                 ip addr add \"$ip/$mask\" dev \"$interface\"\n    \
+                 echo \"$ip $serverid $mtu\" > {}\n    ;;\nesac\nexit 0\n",
+                lease.display()
+            ),
+        )
+        .expect("script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut args = vec!["-O", "mtu"];
+        args.extend_from_slice(extra);
+        let out = g.udhcpc_output(&script.display().to_string(), &args);
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }
-        std::fs::read_to_string(self.dir.path().join(tag)).map_err(|e| e.to_string())
+        std::fs::read_to_string(&lease).map_err(|e| e.to_string())
     }
 }

@@ -63,7 +63,9 @@ pub(crate) fn run(
         Box::new(io::stdout().lock())
     } else {
         Box::new(io::BufWriter::new(
-            std::fs::File::create(write).with_context(|| format!("-w {write}"))?,
+            usernet::control::capture::DropBehind::new(
+                std::fs::File::create(write).with_context(|| format!("-w {write}"))?,
+            ),
         ))
     };
     conn.set_read_timeout(Some(Duration::from_millis(200)))?;

@@ -405,6 +405,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             port_security,
             allow_metadata: allow_metadata.then_some(true),
             policy: None,
+            dns_policy: None,
         },
         Cmd::Network(NetCmd::Rm { name }) => Request::RemoveNetwork { name },
         Cmd::Mac { port, vlan, mac } => Request::AddStaticMac { port, mac, vlan },

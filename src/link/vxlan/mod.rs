@@ -4,13 +4,15 @@
 //! # Theory of operation
 //!
 //! - **Sockets.** One UDP socket bound to `local:port` (default 4789) receives every datagram
-//!   and is the descriptor the engine polls. A small pool of sockets bound to `local:0` sends:
+//!   (a batch per `recvmmsg`, with UDP GRO; see `batch.rs`) and is the descriptor the engine
+//!   polls. A small pool of sockets bound to `local:0` sends:
 //!   each has its own kernel-chosen source port (in the ephemeral range, 32768..61000 by
 //!   default, as Linux's vxlan picks its source ports), and a hash of the inner flow (MACs,
 //!   addresses, ports) picks one, so the underlay can spread flows (ECMP, RSS) while one flow
 //!   keeps its order. A pool socket that would block gives way to the receive socket; if that
 //!   blocks too the batch stops with the frame still queued, and the receive socket's
-//!   writable edge resumes the engine. Every socket sets `IP_MTU_DISCOVER=IP_PMTUDISC_DO`
+//!   writable edge resumes the engine. Consecutive frames of one flow to one VTEP leave in one
+//!   UDP GSO send where the kernel takes it (`batch.rs`), else one datagram per `sendmsg`. Every socket sets `IP_MTU_DISCOVER=IP_PMTUDISC_DO`
 //!   (`IPV6_MTU_DISCOVER` over IPv6): no outer fragment ever leaves (RFC 7348 4.3).
 //! - **Decapsulation** ([`decap`]): 8-byte header, flags exactly the I bit (0x08), the port's
 //!   VNI; the outer source IP must be one of the remotes (any source port, as the kernel varies
@@ -34,18 +36,20 @@
 //!   removed while the link runs (removing one forgets its MACs), and it answers the counters
 //!   and the VTEP of a MAC for `ctl fdb`.
 
+mod batch;
 mod table;
 mod wire;
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rustix::net::{RecvAncillaryBuffer, RecvFlags, SendAncillaryBuffer, SendFlags};
+use batch::{GsoRun, RxBatch, Sock};
+use rustix::net::{SendAncillaryBuffer, SendFlags};
 
 use super::{Link, LinkCaps, LinkError, OpenError, RecvStats, SendStats};
 use crate::frame::{Frame, FramePool};
@@ -58,8 +62,12 @@ pub use wire::*;
 /// A VXLAN port's link. See the module docs.
 pub struct VxlanLink {
     shared: Arc<VxlanShared>,
-    rx: UdpSocket,
-    tx: Vec<UdpSocket>,
+    rx: Sock,
+    tx: Vec<Sock>,
+    /// Received datagrams not yet handed out.
+    rxb: RxBatch,
+    /// The frames of the GSO send being built.
+    run: GsoRun,
     hdr: [u8; HEADER_LEN],
     gw_mac: Option<Mac>,
     max_frame: usize,
@@ -130,18 +138,24 @@ impl VxlanLink {
         };
         let rx = udp_socket(SocketAddr::new(spec.local, spec.port), what)?;
         let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&rx, 4 << 20);
+        let offload = |s: UdpSocket| {
+            Sock::new(s).map_err(|e| OpenError::new(format!("{what}: UDP offloads"), e))
+        };
+        let rx = offload(rx)?;
         let mut tx = Vec::with_capacity(TX_SOCKETS);
         for _ in 0..TX_SOCKETS {
             let s = udp_socket(SocketAddr::new(spec.local, 0), what)?;
             // Nothing is ever read from the sending sockets: keep their receive queues tiny.
             let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&s, 1);
-            tx.push(s);
+            tx.push(offload(s)?);
         }
         let shared = Arc::new(VxlanShared::new(spec, mtu, aging_ms));
         let link = VxlanLink {
             shared: shared.clone(),
             rx,
             tx,
+            rxb: RxBatch::new(),
+            run: GsoRun::new(),
             hdr: encap(spec.vni),
             gw_mac,
             max_frame: mtu as usize + ETH_HLEN + 4,
@@ -162,7 +176,7 @@ impl VxlanLink {
 
     /// The address the receive socket is bound to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.rx.local_addr()
+        self.rx.sock.local_addr()
     }
 
     fn maybe_sweep(&mut self, now: Instant) {
@@ -196,6 +210,66 @@ impl VxlanLink {
         true
     }
 
+    /// Whether `frame` goes to `dest` alone and passes the checks the front frame had: it may
+    /// then join the front frame's GSO run.
+    fn joins(&self, frame: &[u8], dest: SocketAddr, now: Instant) -> bool {
+        if frame.len() < ETH_HLEN || frame.len() > inner_limit(frame, self.shared.mtu) {
+            return false;
+        }
+        let mut m = [0u8; 6];
+        m.copy_from_slice(&frame[6..12]);
+        if self.gw_mac == Some(Mac(m)) {
+            return false;
+        }
+        m.copy_from_slice(&frame[..6]);
+        self.shared.known_vtep(Mac(m), now) == Some(dest)
+    }
+
+    /// Sends the front frame (bound for `self.dests[0]` alone) and the frames behind it of the
+    /// same flow and VTEP as one GSO run (see [`batch`]). `Ok(n)`: `n` frames sent (0: no run
+    /// here, send the front frame alone); errors as [`VxlanLink::send_one`]'s.
+    fn send_run(&mut self, queue: &VecDeque<Frame>, hash: u32, now: Instant) -> io::Result<usize> {
+        let dest = self.dests[0];
+        let si = hash as usize % self.tx.len();
+        let max = self.tx[si].gso_segments();
+        let Some(front) = queue.front() else {
+            return Ok(0);
+        };
+        if max < 2 {
+            return Ok(0);
+        }
+        self.run.start(&self.hdr, front.data());
+        for f in queue.iter().skip(1) {
+            let d = f.data();
+            if !self.run.fits(d, max) || flow_hash(d) != hash || !self.joins(d, dest, now) {
+                break;
+            }
+            self.run.push(&self.hdr, d);
+        }
+        let n = self.run.frames;
+        if n < 2 {
+            return Ok(0);
+        }
+        for s in [&self.tx[si], &self.rx] {
+            match s.send(dest, &self.run.buf, self.run.segment) {
+                Ok(()) => {
+                    let c = &self.shared.counters;
+                    c.tx_datagrams.fetch_add(n as u64, Ordering::Relaxed);
+                    c.tx_frames.fetch_add(n as u64, Ordering::Relaxed);
+                    c.tx_bytes
+                        .fetch_add(self.run.bytes as u64, Ordering::Relaxed);
+                    self.shared.sent_to(dest.ip(), n as u64);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // The underlay cannot take GSO: quinn_udp turned it off for this socket.
+                Err(_) if s.gso_segments() < 2 => return Ok(0),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
     /// Sends the front frame to `dest` from the socket the flow hash picks; `WouldBlock` when
     /// both it and the receive socket would block.
     fn send_one(&self, dest: SocketAddr, data: &[u8], hash: u32) -> io::Result<()> {
@@ -205,7 +279,7 @@ impl VxlanLink {
         for s in [pick, &self.rx] {
             loop {
                 match rustix::net::sendmsg_addr(
-                    s,
+                    &s.sock,
                     &dest,
                     &iov,
                     &mut SendAncillaryBuffer::default(),
@@ -228,7 +302,7 @@ impl Link for VxlanLink {
     }
 
     fn as_raw_fd(&self) -> RawFd {
-        self.rx.as_raw_fd()
+        self.rx.sock.as_raw_fd()
     }
 
     fn caps(&self) -> LinkCaps {
@@ -248,64 +322,53 @@ impl Link for VxlanLink {
         let mut st = RecvStats::default();
         let now = Instant::now();
         self.maybe_sweep(now);
-        let c = &self.shared.counters;
-        // Bound the reads so a stream of dropped datagrams cannot hold the loop.
+        let vni = self.shared.vni;
+        // Bound the datagrams looked at so a stream of dropped ones cannot hold the loop.
         let mut reads_left = max.saturating_mul(4).saturating_add(16);
         while st.frames < max && reads_left > 0 {
-            reads_left -= 1;
-            let mut frame = pool.alloc();
-            let mut hdr = [0u8; HEADER_LEN];
-            let (res, cap) = {
-                let area = frame.recv_area(0);
-                let cap = area.len();
-                let mut iov = [IoSliceMut::new(&mut hdr), IoSliceMut::new(area)];
-                let res = rustix::net::recvmsg(
-                    &self.rx,
-                    &mut iov,
-                    &mut RecvAncillaryBuffer::default(),
-                    RecvFlags::TRUNC | RecvFlags::DONTWAIT,
-                );
-                (res, cap)
-            };
-            let msg = match res {
-                Ok(m) => m,
-                Err(rustix::io::Errno::AGAIN) => {
-                    st.drained = true;
-                    break;
-                }
-                Err(rustix::io::Errno::INTR) => continue,
-                // A pending ICMP error from an earlier send (port unreachable): not fatal.
-                Err(
-                    rustix::io::Errno::CONNREFUSED
-                    | rustix::io::Errno::HOSTUNREACH
-                    | rustix::io::Errno::NETUNREACH
-                    | rustix::io::Errno::MSGSIZE,
-                ) => continue,
-                Err(e) => {
-                    let e = super::classify(e.into());
-                    if e.is_fatal() || st.frames == 0 {
-                        return Err(e);
+            let Some((src, dgram)) = self.rxb.next_datagram() else {
+                match self.rxb.fill(&self.rx) {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        st.drained = true;
+                        break;
                     }
-                    break;
+                    Err(e) => match rustix::io::Errno::from_io_error(&e) {
+                        Some(rustix::io::Errno::INTR) => continue,
+                        // A pending ICMP error from an earlier send (port unreachable): not
+                        // fatal.
+                        Some(
+                            rustix::io::Errno::CONNREFUSED
+                            | rustix::io::Errno::HOSTUNREACH
+                            | rustix::io::Errno::NETUNREACH
+                            | rustix::io::Errno::MSGSIZE,
+                        ) => {
+                            reads_left -= 1;
+                            continue;
+                        }
+                        _ => {
+                            let e = super::classify(e);
+                            if e.is_fatal() || st.frames == 0 {
+                                return Err(e);
+                            }
+                            break;
+                        }
+                    },
                 }
             };
-            let Some(src) = msg
-                .address
-                .and_then(|a| SocketAddr::try_from(a).ok())
-                .map(|a| canonical(a.ip()))
-            else {
-                inc(&c.unknown_vtep);
-                continue;
-            };
-            let n = msg.bytes;
+            reads_left -= 1;
+            let c = &self.shared.counters;
+            let src = canonical(src);
+            let n = dgram.len();
+            let (hdr, inner) = dgram.split_at(n.min(HEADER_LEN));
             if n < HEADER_LEN + ETH_HLEN {
                 // Not even the header (or no Ethernet header inside): whatever its flags.
-                if n < HEADER_LEN || check_header(&hdr, self.shared.vni).is_ok() {
+                if n < HEADER_LEN || check_header(hdr, vni).is_ok() {
                     inc(&c.truncated);
                     continue;
                 }
             }
-            match check_header(&hdr, self.shared.vni) {
+            match check_header(hdr, vni) {
                 Ok(()) => {}
                 Err(DecapError::Truncated) => {
                     inc(&c.truncated);
@@ -320,18 +383,21 @@ impl Link for VxlanLink {
                     continue;
                 }
             }
-            let inner = n - HEADER_LEN;
-            if inner > cap {
+            let mut frame = pool.alloc();
+            let area = frame.recv_area(0);
+            let Some(dst) = area.get_mut(..inner.len()) else {
                 inc(&c.rx_oversize);
                 st.oversize += 1;
                 continue;
-            }
-            frame.set_received(inner);
+            };
+            dst.copy_from_slice(inner);
+            frame.set_received(inner.len());
             if !self.accept(src, frame.data(), now) {
                 continue;
             }
+            let c = &self.shared.counters;
             c.rx_frames.fetch_add(1, Ordering::Relaxed);
-            c.rx_bytes.fetch_add(inner as u64, Ordering::Relaxed);
+            c.rx_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
             out.push(frame);
             st.frames += 1;
         }
@@ -379,13 +445,39 @@ impl Link for VxlanLink {
                 self.sent = 0;
             }
             let hash = flow_hash(data);
+            if self.sent == 0 && self.dests.len() == 1 && queue.len() > 1 {
+                match self.send_run(queue, hash, now) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        st.frames += n;
+                        st.bytes += self.run.bytes;
+                        self.started = false;
+                        queue.drain(..n);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(st),
+                    Err(e) => {
+                        // Not the offload (that falls back to single sends): the datagrams
+                        // are lost, as a single send's would be.
+                        let n = self.run.frames;
+                        let c = &self.shared.counters;
+                        c.tx_errors.fetch_add(n as u64, Ordering::Relaxed);
+                        tracing::trace!(port = %self.what, error = %e, "VXLAN send failed");
+                        st.frames += n;
+                        self.started = false;
+                        queue.drain(..n);
+                        continue;
+                    }
+                }
+            }
+            let c = &self.shared.counters;
             while self.sent < self.dests.len() {
                 let dest = self.dests[self.sent];
                 match self.send_one(dest, data, hash) {
                     Ok(()) => {
                         inc(&c.tx_datagrams);
                         c.tx_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        self.shared.sent_to(dest.ip());
+                        self.shared.sent_to(dest.ip(), 1);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(st),
                     Err(e) => {
@@ -478,18 +570,18 @@ mod tests {
         let inner = eth([0xff; 6], [2, 0, 0, 0, 0, 0xa], 0x0806, &[0; 28]);
         let mut d = encap(7).to_vec();
         d.extend_from_slice(&inner);
-        send(&a.tx[0], pb, &d);
+        send(&a.tx[0].sock, pb, &d);
         // Wrong VNI, bad flags, truncated, oversize.
         let mut w = encap(8).to_vec();
         w.extend_from_slice(&inner);
-        send(&a.tx[0], pb, &w);
+        send(&a.tx[0].sock, pb, &w);
         let mut f = d.clone();
         f[0] = 0x0c;
-        send(&a.tx[0], pb, &f);
-        send(&a.tx[0], pb, &d[..5]);
+        send(&a.tx[0].sock, pb, &f);
+        send(&a.tx[0].sock, pb, &d[..5]);
         let mut big = encap(7).to_vec();
         big.extend_from_slice(&eth([2; 6], [2, 0, 0, 0, 0, 0xa], 0x0800, &[0; 1500]));
-        send(&a.tx[0], pb, &big);
+        send(&a.tx[0].sock, pb, &big);
         // A stranger (127.0.0.3 is not a remote).
         let s = UdpSocket::bind("127.0.0.3:0").expect("stranger");
         send(&s, pb, &d);
@@ -523,6 +615,59 @@ mod tests {
                 .is_err()
         );
         drop(a);
+    }
+
+    #[test]
+    fn a_flow_goes_out_as_one_gso_run_and_arrives_frame_by_frame_in_order() {
+        let (ip_a, ip_b): (IpAddr, IpAddr) = (
+            "127.0.0.1".parse().expect("ip"),
+            "127.0.0.2".parse().expect("ip"),
+        );
+        let mut sb = VxlanSpec::new(7, ip_b);
+        sb.port = 0;
+        sb.mtu = Some(1450);
+        sb.remotes = vec![ip_a];
+        let (mut b, _) = VxlanLink::open(&sb, 300_000, None, "b").expect("b");
+        // a sends to b's port, bound on another loopback address.
+        let mut sa = VxlanSpec::new(7, ip_a);
+        sa.port = b.local_addr().expect("addr").port();
+        sa.mtu = Some(1450);
+        sa.remotes = vec![ip_b];
+        let (mut a, _) = VxlanLink::open(&sa, 300_000, None, "a").expect("a");
+        let pool = FramePool::new(1522, 64);
+        let peer = Mac([2, 0, 0, 0, 0, 0xb]);
+        a.shared.admit(ip_b, peer, Instant::now());
+        // 40 frames of one flow (a TCP stream's segments), the last one shorter, then a
+        // broadcast that must go alone.
+        let frame = |i: u8, len: usize| {
+            let mut ip = vec![
+                0x45, 0, 0, 0, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+            ];
+            ip.extend_from_slice(&[0x30, 0x39, 0, 80]);
+            ip.resize(len, i);
+            eth(peer.0, [2, 0, 0, 0, 0, 0xa], 0x0800, &ip)
+        };
+        let mut sent: Vec<Vec<u8>> = (0..39).map(|i| frame(i, 1400)).collect();
+        sent.push(frame(39, 300));
+        sent.push(eth([0xff; 6], [2, 0, 0, 0, 0, 0xa], 0x0806, &[0; 28]));
+        let mut q: VecDeque<Frame> = sent.iter().map(|f| Frame::from_slice(f)).collect();
+        let st = a.send_batch(&mut q).expect("send");
+        assert!(q.is_empty());
+        assert_eq!(st.frames, 41);
+        let sa = a.shared.stats();
+        assert_eq!(sa.tx_datagrams, 41, "{sa:?}");
+        std::thread::sleep(Duration::from_millis(50));
+        let mut got = Vec::new();
+        for _ in 0..10 {
+            let mut out = Vec::new();
+            b.recv_batch(&pool, &mut out, 16).expect("recv");
+            got.extend(out.iter().map(|f| f.data().to_vec()));
+            if got.len() >= sent.len() {
+                break;
+            }
+        }
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "frames changed or reordered");
     }
 
     #[test]

@@ -253,21 +253,29 @@ impl VxlanShared {
     pub(super) fn destinations(&self, dst: Mac, now: Instant, out: &mut Vec<SocketAddr>) {
         out.clear();
         let t = self.table.lock();
-        if !dst.is_multicast()
-            && let Some(e) = t.macs.get(&dst)
-            && self.fresh(e, now)
-            && t.remotes.iter().any(|r| r.ip == e.vtep)
-        {
-            out.push(SocketAddr::new(e.vtep, self.port));
+        if let Some(vtep) = self.known(&t, dst, now) {
+            out.push(vtep);
             return;
         }
         out.extend(t.remotes.iter().map(|r| SocketAddr::new(r.ip, self.port)));
     }
 
-    pub(super) fn sent_to(&self, ip: IpAddr) {
+    /// The VTEP of a known unicast `dst` (a fresh entry whose remote is still listed).
+    pub(super) fn known_vtep(&self, dst: Mac, now: Instant) -> Option<SocketAddr> {
+        self.known(&self.table.lock(), dst, now)
+    }
+
+    fn known(&self, t: &Table, dst: Mac, now: Instant) -> Option<SocketAddr> {
+        let e = t.macs.get(&dst).filter(|_| !dst.is_multicast())?;
+        (self.fresh(e, now) && t.remotes.iter().any(|r| r.ip == e.vtep))
+            .then(|| SocketAddr::new(e.vtep, self.port))
+    }
+
+    /// Counts `n` datagrams sent to the remote `ip`.
+    pub(super) fn sent_to(&self, ip: IpAddr, n: u64) {
         let mut t = self.table.lock();
         if let Some(r) = t.remotes.iter_mut().find(|r| r.ip == ip) {
-            r.tx += 1;
+            r.tx += n;
         }
     }
 

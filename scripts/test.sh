@@ -5,8 +5,11 @@
 # The kernel tests need root; without it they print "SKIP ..." and pass, unless
 # USERNET_REQUIRE_PRIV=1 (CI sets it) makes them fail instead. As root on Debian/Ubuntu, missing
 # test tools (iproute2, ping, iperf3, busybox-static, dhclient, dig, dnsmasq, promtool, rootlesskit, podman,
-# runc, the reference CNI plugins; QEMU and a kernel image for the VM tests in e2e_vm, ...) are
-# installed with apt-get first.
+# runc, the reference CNI plugins; QEMU and a kernel image for the VM tests in e2e_vm; protoc and
+# etcd for the cluster feature, ...) are installed with apt-get first.
+#
+# Then the feature `cluster` (off by default) is tested on its own: its unit tests and
+# tests/e2e_cluster.rs, built with `--features cluster` (skipped when arguments are given).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +28,11 @@ command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v ethtool >/dev/null 2>&1 || missing+=(ethtool)
+# The cluster feature: protoc and its well-known .proto files to build the etcd client, and an
+# etcd server for tests/e2e_cluster.rs.
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v rootlesskit >/dev/null 2>&1 || missing+=(rootlesskit)
 command -v newuidmap >/dev/null 2>&1 || missing+=(uidmap)
 command -v podman >/dev/null 2>&1 || missing+=(podman)
@@ -46,4 +54,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-exec cargo test --locked "$@"
+cargo test --locked "$@"
+if [ $# -eq 0 ]; then
+  cargo test --locked --features cluster --lib cluster
+  cargo test --locked --features cluster --test e2e_cluster
+fi

@@ -7,6 +7,7 @@
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::control::cluster::{ClusterNet, ClusterSpec, Scope};
 pub use crate::control::networks::{
     NetworkSpec as NetworkSection, StaticLeaseSpec as StaticLeaseSection, parse_upstream,
 };
@@ -45,6 +46,10 @@ impl Default for EngineSection {
     }
 }
 
+/// How long `usernet up` waits for a cluster network's first address claims when a port takes
+/// its address from the pool.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest `[engine] busy_poll_us`: a second.
 const MAX_BUSY_POLL_US: u32 = 1_000_000;
 
@@ -65,6 +70,9 @@ pub struct Config {
     /// `[[forward]]` tables: port forwards (Docker `-p`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward: Vec<crate::nat::forward::Forward>,
+    /// `[cluster]`: this node's cluster (feature `cluster`); see [`crate::control::cluster`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSpec>,
 }
 
 impl Config {
@@ -151,6 +159,7 @@ impl Config {
                 crate::policy::Compiled::new(p, &format!("network[{i}].policy"))?;
             }
         }
+        self.validate_cluster()?;
         for (i, f) in self.forward.iter().enumerate() {
             let Some(n) = self.network.iter().find(|n| n.name == f.network) else {
                 return Err(Error::invalid(
@@ -205,6 +214,77 @@ impl Config {
         Ok(())
     }
 
+    /// `[cluster]` and the cluster networks: errors name the key.
+    fn validate_cluster(&self) -> Result<()> {
+        let vtep = match &self.cluster {
+            Some(c) => Some(c.check("cluster")?),
+            None => None,
+        };
+        let mut vnis = std::collections::HashMap::new();
+        for (i, n) in self.network.iter().enumerate() {
+            let key = |k: &str| format!("network[{i}].{k}");
+            if n.scope != Scope::Cluster {
+                if n.vni.is_some() {
+                    return Err(Error::invalid(
+                        key("vni"),
+                        "only for a cluster network (scope = \"cluster\")",
+                    ));
+                }
+                continue;
+            }
+            if vtep.is_none() {
+                return Err(Error::invalid(
+                    key("scope"),
+                    "a cluster network needs a [cluster] section",
+                ));
+            }
+            let vni = crate::control::cluster::check_vni(n.vni, &key("vni"))?;
+            if let Some(other) = vnis.insert(vni, n.name.as_str()) {
+                return Err(Error::invalid(
+                    key("vni"),
+                    format!("{vni} is also the VNI of network {other:?}"),
+                ));
+            }
+            if n.name.len() > 61 {
+                return Err(Error::invalid(
+                    key("name"),
+                    "a cluster network's name has at most 61 characters (its VXLAN port is vx.NAME)",
+                ));
+            }
+            if !n.static_leases.is_empty() {
+                return Err(Error::invalid(
+                    key("static_leases"),
+                    "not on a cluster network yet: its addresses come from the cluster's shared pool",
+                ));
+            }
+        }
+        if let Some(i) = self.port.iter().position(|p| {
+            self.cluster_nets()
+                .iter()
+                .any(|n| p.name == crate::control::cluster::port_name(&n.name))
+        }) {
+            return Err(Error::invalid(
+                format!("port[{i}].name"),
+                "vx.NAME is the VXLAN port usernet makes for cluster network NAME",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The cluster networks and their VNIs.
+    pub fn cluster_nets(&self) -> Vec<ClusterNet> {
+        self.network
+            .iter()
+            .filter(|n| n.scope == Scope::Cluster)
+            .filter_map(|n| {
+                Some(ClusterNet {
+                    name: n.name.clone(),
+                    vni: n.vni?,
+                })
+            })
+            .collect()
+    }
+
     /// Engine settings from `[engine]`.
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
@@ -218,8 +298,45 @@ impl Config {
 
     /// Creates the networks and ports on a running engine.
     pub fn apply(&self, h: &Handle) -> Result<()> {
+        if self.cluster.is_some() && !cfg!(feature = "cluster") {
+            return Err(Error::invalid(
+                "cluster",
+                "this usernet was built without the `cluster` feature (cargo build --features cluster)",
+            ));
+        }
         for (i, n) in self.network.iter().enumerate() {
             h.create_network(n, &format!("network[{i}]"))?;
+        }
+        if let Some(c) = &self.cluster {
+            // Each cluster network's VXLAN port comes first: ports added after it take its MTU.
+            let vtep = c.check("cluster")?;
+            for n in self.cluster_nets() {
+                h.restrict_dhcp_to_claims(&n.name);
+                let mut p = PortSpec::new(&n.name, &crate::control::cluster::port_name(&n.name));
+                p.vxlan = Some(crate::link::vxlan::VxlanSpec::new(n.vni, vtep));
+                h.open_port(&p)?;
+            }
+        }
+        if let Some(c) = &self.cluster {
+            h.start_cluster(c, self.cluster_nets())?;
+            // Ports taking an address from a cluster network's pool (`ips = ["auto"]`) wait
+            // for the first claims.
+            for (i, p) in self.port.iter().enumerate() {
+                let auto = p.ips.contains(&crate::control::AddrSpec::Auto);
+                let net = p.home_network();
+                if auto
+                    && self.cluster_nets().iter().any(|n| n.name == net)
+                    && !h.wait_cluster_claims(net, CLAIM_WAIT)
+                {
+                    return Err(Error::invalid(
+                        format!("port[{i}].ips"),
+                        format!(
+                            "no address of cluster network {net:?} was claimed in etcd within {} s (is etcd reachable?)",
+                            CLAIM_WAIT.as_secs()
+                        ),
+                    ));
+                }
+            }
         }
         for p in &self.port {
             h.open_port(p)?;
@@ -406,6 +523,70 @@ packet = "veth0"
             "[[network]]\nname = \"a\"\n[[port]]\nnetwork = \"a\"\nname = \"p\"\ntap = \"t\"\nmtu = 9000",
         );
         assert!(e.contains("port[0].mtu") && e.contains("engine.mtu"), "{e}");
+    }
+
+    #[test]
+    fn cluster_keys_parse_and_errors_name_the_key() {
+        let cl =
+            "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nnode = \"a\"\nvtep = \"192.0.2.1\"\n";
+        let net = "[[network]]\nname = \"web\"\nscope = \"cluster\"\nvni = 70\n";
+        let c = Config::parse(&format!("{cl}{net}")).expect("valid");
+        let spec = c.cluster.as_ref().expect("cluster");
+        assert_eq!((spec.prefix.as_str(), spec.ttl_s), ("/usernet", 10));
+        assert_eq!(c.cluster_nets().len(), 1);
+        assert_eq!(c.cluster_nets()[0].vni, 70);
+        for (text, key) in [
+            (net.to_string(), "network[0].scope"),
+            (
+                format!("{cl}[[network]]\nname = \"w\"\nscope = \"cluster\"\n"),
+                "network[0].vni",
+            ),
+            (
+                format!("{cl}[[network]]\nname = \"w\"\nscope = \"cluster\"\nvni = 16777216\n"),
+                "network[0].vni",
+            ),
+            (
+                format!("{cl}[[network]]\nname = \"w\"\nvni = 5\n"),
+                "network[0].vni",
+            ),
+            (
+                format!("{cl}{net}[[network]]\nname = \"x\"\nscope = \"cluster\"\nvni = 70\n"),
+                "network[1].vni",
+            ),
+            (
+                format!("{cl}[[network]]\nname = \"w\"\nscope = \"global\"\n"),
+                "scope",
+            ),
+            (
+                format!(
+                    "{cl}{net}static_leases = [{{ mac = \"02:00:00:00:00:01\", ip = \"10.88.0.5\" }}]\n"
+                ),
+                "network[0].static_leases",
+            ),
+            (
+                format!("{cl}{net}[[port]]\nnetwork = \"web\"\nname = \"vx.web\"\ntap = \"t\"\n"),
+                "port[0].name",
+            ),
+            (
+                cl.replace("http://127.0.0.1:2379", "127.0.0.1:2379"),
+                "cluster.etcd[0]",
+            ),
+            (
+                cl.replace("[\"http://127.0.0.1:2379\"]", "[]"),
+                "cluster.etcd",
+            ),
+            (cl.replace("\"a\"", "\"a b\""), "cluster.node"),
+            (cl.replace("192.0.2.1", "host-a"), "cluster.vtep"),
+            (cl.replace("192.0.2.1", "0.0.0.0"), "cluster.vtep"),
+            (format!("{cl}prefix = \"usernet/\"\n"), "cluster.prefix"),
+            (format!("{cl}ttl_s = 1\n"), "cluster.ttl_s"),
+            (format!("{cl}cert = \"/c.pem\"\n"), "cluster.key"),
+            (format!("{cl}ca = \"/ca.pem\"\n"), "cluster.etcd[0]"),
+            (format!("{cl}members = 3\n"), "members"),
+        ] {
+            let e = err(&text);
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
 use common::raw::RawEth;
+use common::underlay::{Lab, Udhcpc, ping, ping_ok, underlay_ip, wait_for};
 use common::{Child, Httpd, Netns, Veth, ip, require_root};
 use serde_json::Value;
 use usernet::link::netns::run_in_netns;
@@ -21,68 +22,8 @@ const NO_UPSTREAM: &str = "127.0.0.1:9";
 /// An ethertype no stack answers (IEEE local experimental): frames the tests count.
 const ETH_TEST: u16 = 0x88b5;
 
-/// Hosts on one underlay, each with a guest namespace.
-struct Lab {
-    hosts: Vec<Netns>,
-    guests: Vec<Netns>,
-    // Both ends of each veth live in namespaces: deleting those removes the pairs.
-    _veths: Vec<Veth>,
-    _ul: Netns,
-}
-
-fn underlay_ip(i: usize) -> String {
-    format!("172.31.0.{}", i + 1)
-}
-
 fn guest_ip(i: usize) -> String {
     format!("10.77.0.{}", 101 + i)
-}
-
-impl Lab {
-    fn new(n: usize) -> Lab {
-        let ul = Netns::new("vxu");
-        ul.ip(&["link", "add", "br0", "type", "bridge"]);
-        ul.ip(&["link", "set", "br0", "up"]);
-        let mut lab = Lab {
-            hosts: Vec::new(),
-            guests: Vec::new(),
-            _veths: Vec::new(),
-            _ul: ul,
-        };
-        for i in 0..n {
-            let h = Netns::new("vxh");
-            let v = Veth::new("vxv");
-            ip(&["link", "set", &v.a, "netns", &lab._ul.name]);
-            lab._ul.ip(&["link", "set", &v.a, "master", "br0"]);
-            lab._ul.ip(&["link", "set", &v.a, "up"]);
-            v.move_b(&h, Some("ul0"));
-            h.ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", underlay_ip(i)),
-                "dev",
-                "ul0",
-            ]);
-            h.ip(&["link", "set", "lo", "up"]);
-            let g = Netns::new("vxg");
-            quiet(&g);
-            lab.hosts.push(h);
-            lab.guests.push(g);
-            lab._veths.push(v);
-        }
-        lab
-    }
-}
-
-/// No IPv6 in a guest: its kernel then sends nothing unprompted (the frame counts stay exact).
-fn quiet(g: &Netns) {
-    for k in ["all", "default"] {
-        g.exec_ok(&[
-            "sysctl",
-            "-qw",
-            &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
-        ]);
-    }
 }
 
 /// Host `i` of `n`: network `ov` (gateway, no IPv6), its guest on a netns port with a static
@@ -116,28 +57,6 @@ fn start(lab: &Lab, n: usize, extra: &str, dhcp: bool) -> Vec<Daemon> {
     (0..n)
         .map(|i| Daemon::start_in(&lab.hosts[i], &config(lab, i, n, extra, dhcp)))
         .collect()
-}
-
-fn ping(from: &Netns, to: &str) -> bool {
-    from.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", to])
-        .status
-        .success()
-}
-
-/// Pings until one succeeds (the first ARP may race the ports coming up), up to 5 s.
-fn ping_ok(from: &Netns, to: &str, d: &[&Daemon]) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !ping(from, to) {
-        assert!(
-            Instant::now() < deadline,
-            "ping {to} from {} failed\n{}",
-            from.name,
-            d.iter()
-                .map(|d| d.log())
-                .collect::<Vec<_>>()
-                .join("\n---\n")
-        );
-    }
 }
 
 fn mac_of(ns: &Netns, ifname: &str) -> [u8; 6] {
@@ -209,14 +128,6 @@ fn fdb_row(d: &Daemon, mac: [u8; 6]) -> Option<Value> {
         .iter()
         .find(|r| r["mac"].as_str() == Some(m.as_str()))
         .cloned()
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A body whose every byte depends on its position (a reordered or lost segment shows).
@@ -588,38 +499,13 @@ fn each_hosts_gateway_serves_its_own_guests() {
     }
     let lab = Lab::new(2);
     let d = start(&lab, 2, "", true);
-    let dir = tempfile::tempdir().expect("tmp");
-    let script = dir.path().join("udhcpc.sh");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\ncase \"$1\" in\n  bound|renew)\n    ip addr flush dev \"$interface\"\n    \
-         ip addr add \"$ip/$mask\" dev \"$interface\"\n    \
-         echo \"$ip $serverid $mtu\" > \"$(dirname \"$0\")/$LEASE_NAME\"\n    ;;\nesac\nexit 0\n",
-    )
-    .expect("script");
-    Command::new("chmod")
-        .arg("+x")
-        .arg(&script)
-        .status()
-        .expect("chmod");
+    let dhcp = Udhcpc::new();
+    let mut bound = Vec::new();
     for (i, g) in lab.guests.iter().enumerate() {
-        let out = Command::new("timeout")
-            .args(["20", "ip", "netns", "exec", &g.name, "env"])
-            .arg(format!("LEASE_NAME=lease{i}"))
-            .args([
-                "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1",
-            ])
-            .args(["-O", "mtu", "-s"])
-            .arg(&script)
-            .output()
-            .expect("udhcpc");
-        assert!(
-            out.status.success(),
-            "udhcpc on host {i}: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            d[i].log()
-        );
-        let lease = std::fs::read_to_string(dir.path().join(format!("lease{i}"))).expect("lease");
+        let lease = dhcp
+            .run(g, &format!("lease{i}"))
+            .unwrap_or_else(|e| panic!("udhcpc on host {i}: {e}\n{}", d[i].log()));
+        bound.push(lease.clone());
         let f: Vec<&str> = lease.split_whitespace().collect();
         let last: u8 = f[0]
             .rsplit('.')
@@ -654,8 +540,7 @@ fn each_hosts_gateway_serves_its_own_guests() {
         );
     }
     // And the guests reach each other across the hosts.
-    let ip_b = std::fs::read_to_string(dir.path().join("lease1")).expect("lease");
-    let ip_b = ip_b.split_whitespace().next().expect("ip").to_string();
+    let ip_b = bound[1].split_whitespace().next().expect("ip").to_string();
     ping_ok(&lab.guests[0], &ip_b, &[&d[0], &d[1]]);
     for x in &d {
         assert!(drop_count(x, "rx_dhcp") > 0, "remote DHCP requests dropped");

@@ -5,7 +5,10 @@
 //! 10 s, 29.999 s, 30.001 s, 60 s = one lease, 600.001 s = past a decline hold); bit 3 calls
 //! `expire` after it, bit 4 `drain_names`; bit 5 "repairs" the message first (op 1, Ethernet
 //! hardware type, hlen 6, magic cookie) so mutations of valid messages keep reaching the state
-//! machine.
+//! machine. Cluster mode (the claims of `gateway/dhcp/claims.rs`): when the first record's bit
+//! 6 is set the server hands out only claimed addresses; then every record with bit 6 first
+//! changes the claims: bit 7 clear claims pool address `.2 + len % 5`, set gives the spares up
+//! (even length) or all but one of them (odd length).
 //!
 //! The server: subnet 10.88.0.0/28, server .1, pool .2-.6 (5 addresses), a static lease
 //! 02:00:00:00:00:aa → .10 named `fixed`, 60 s leases, router/DNS/MTU/domain/search options.
@@ -19,6 +22,7 @@
 //! - `leases()` holds at most 5 dynamic leases (the pool) plus the static one, each a host of
 //!   the subnet, dynamic ones inside the pool, no MAC twice, none expiring later than the lease
 //!   time;
+//! - in cluster mode every dynamic lease (offered, bound) is on a claimed address;
 //! - name events form a ledger: an `Unregister` removes a name/address that is registered; at
 //!   the end, expiring everything unregisters every name.
 
@@ -247,8 +251,23 @@ pub fn dhcp_server(data: &[u8]) {
     let mut srv = DhcpServer::new(config()).expect("valid config");
     let mut ledger = Ledger::default();
     let mut now: u64 = 1_000_000;
-    for (op, msg) in records(data) {
+    let recs = records(data);
+    let cluster = recs.first().is_some_and(|(op, _)| op & 0x40 != 0);
+    if cluster {
+        srv.restrict_to_claims();
+    }
+    for (op, msg) in recs {
         now += STEPS_MS[usize::from(op & 7)];
+        if cluster && op & 0x40 != 0 {
+            let ip = Ipv4Addr::from(u32::from(POOL_START) + (msg.len() % 5) as u32);
+            if op & 0x80 == 0 {
+                srv.add_claim(ip);
+            } else if msg.len() % 2 == 0 {
+                srv.drop_spare_claims(now);
+            } else {
+                srv.take_excess_spares(now, 1);
+            }
+        }
         let msg = if op & 0x20 != 0 {
             repair(msg)
         } else {
@@ -265,6 +284,11 @@ pub fn dhcp_server(data: &[u8]) {
             ledger.apply(&srv.drain_names());
         }
         check_leases(&srv, now);
+        if let Some(claimed) = srv.claims() {
+            for l in srv.leases(now).iter().filter(|l| !l.is_static) {
+                assert!(claimed.contains(&l.ip), "lease of {} not claimed", l.ip);
+            }
+        }
         if let Some(t) = srv.next_expiry() {
             // Anything already past is purged lazily; a future deadline is at most one lease
             // or one decline hold away.

@@ -182,6 +182,20 @@ fn dhcp() -> Vec<Seed> {
     vec![
         seed("dhcp_server", "discover", one(&discover(a, Some("web")))),
         seed("dhcp_server", "discover-broadcast", one(&bcast)),
+        // Cluster mode: nothing claimed (no offer), one claim (.3: a 1-byte record), DORA,
+        // the spares given up (a 2-byte record), another client gets nothing.
+        seed(
+            "dhcp_server",
+            "cluster-claims",
+            dhcp_t::encode_records(&[
+                (0x40, enc(&discover(a, None))),
+                (0x40, vec![0]),
+                (0, enc(&discover(a, Some("web")))),
+                (0, enc(&request(a, ip3, Some("web")))),
+                (0xc0, vec![0, 0]),
+                (0, enc(&discover(b, None))),
+            ]),
+        ),
         seed("dhcp_server", "request", one(&request(a, ip2, Some("web")))),
         seed(
             "dhcp_server",

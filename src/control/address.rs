@@ -301,6 +301,9 @@ impl Handle {
                     && !plan.reserved.contains(&v)
                     && let Some(d) = &g.dhcp
                 {
+                    // A cluster network's address is claimed in etcd first.
+                    self.claim_fixed(&spec.network, v)
+                        .map_err(|why| Error::invalid(field(i), why))?;
                     let got = {
                         let mut srv = d.lock();
                         srv.set_foreign(guard.ips_not_of(PortId(0)));

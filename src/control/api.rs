@@ -7,7 +7,7 @@
 //! `{"op": "add_port", "port": {"network": "net0", "name": "c3", "netns": "/run/netns/c3"}}`,
 //! `{"op": "remove_port", "name": "c3"}`,
 //! `{"op": "add_static_mac", "port": "c3", "mac": "02:00:00:00:00:03"}`,
-//! `{"op": "vxlan_remotes", "port": "vx0"}`,
+//! `{"op": "vxlan_remotes", "port": "vx0"}`, `{"op": "cluster"}`,
 //! `{"op": "vxlan_add_remote", "port": "vx0", "remote": "192.0.2.3"}`,
 //! `{"op": "vxlan_rm_remote", "port": "vx0", "remote": "192.0.2.3"}`,
 //! `{"op": "port_limit", "port": "c3", "rate_limit": {"rx_mbit": 100, "tx_pps": 5000}}` (absent
@@ -130,6 +130,9 @@ pub enum Request {
     },
     /// Gateways: addresses and counters.
     Gateways {},
+    /// The cluster view of this node: its nodes, their VTEPs and networks, the connection
+    /// state, the last etcd revision seen (see [`super::cluster`]).
+    Cluster {},
     /// DHCP leases.
     Leases {
         /// Only this network.
@@ -414,6 +417,7 @@ pub fn execute(h: &Handle, req: Request) -> Result<Value> {
             Value::Null
         }
         Request::Gateways {} => json!(h.gateways()),
+        Request::Cluster {} => json!(h.cluster()?),
         Request::Leases { network } => json!(h.leases(network.as_deref())?),
         Request::Owners { network } => json!(h.owners(network.as_deref())?),
         Request::DnsAdd {

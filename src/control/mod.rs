@@ -22,6 +22,7 @@ use node::Node;
 pub(crate) mod address;
 pub mod api;
 pub mod capture;
+pub mod cluster;
 pub mod events;
 pub mod forwards;
 pub mod metrics;

@@ -119,6 +119,17 @@ pub struct NetworkSpec {
     /// `ingress` comes in through a port forward; between guests, rules without a direction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<crate::policy::PolicySpec>,
+    /// `local` (default): this node only; `cluster`: shared by the nodes of the `[cluster]`
+    /// that declare it, over a VXLAN port usernet makes (see [`super::cluster`]).
+    #[serde(default, skip_serializing_if = "is_local")]
+    pub scope: super::cluster::Scope,
+    /// The VNI of a cluster network (0..=16777215; the same on every node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+}
+
+fn is_local(s: &super::cluster::Scope) -> bool {
+    *s == super::cluster::Scope::Local
 }
 
 impl NetworkSpec {
@@ -148,6 +159,8 @@ impl NetworkSpec {
             allow_metadata: false,
             dns_policy: None,
             policy: None,
+            scope: super::cluster::Scope::Local,
+            vni: None,
         }
     }
 

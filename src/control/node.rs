@@ -46,6 +46,9 @@ pub(crate) struct Node {
     pub(crate) captures: Arc<std::sync::atomic::AtomicUsize>,
     /// Event subscribers and what they were last told (see [`super::events`]).
     pub(crate) events: super::events::EventBus,
+    /// The cluster thread's shared state, once the node joined a cluster (see
+    /// [`super::cluster`]).
+    pub(crate) cluster: Mutex<Option<Arc<super::cluster::Shared>>>,
 }
 
 /// A running engine: the event loops and the control plane. Dropping it stops the loops and
@@ -115,6 +118,7 @@ impl Engine {
         if let Some(w) = self.watch.take() {
             let _ = w.join();
         }
+        super::cluster::wait_left(&self.handle, std::time::Duration::from_secs(3));
     }
 }
 

@@ -14,12 +14,14 @@
 
 pub mod daemon;
 pub mod dns;
+pub mod etcd;
 pub mod events;
 pub mod packets;
 pub mod qemu;
 pub mod raw;
 pub mod slirp;
 pub mod storm;
+pub mod underlay;
 
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -194,11 +196,7 @@ impl Netns {
     /// `log()` (a daemon's log) if not.
     #[allow(dead_code)]
     pub fn udhcpc(&self, script: &str, extra: &[&str], log: impl Fn() -> String) {
-        let mut args = vec![
-            "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-s", script,
-        ];
-        args.extend_from_slice(extra);
-        let out = self.exec(&args);
+        let out = self.udhcpc_output(script, extra);
         assert!(
             out.status.success(),
             "udhcpc in {}: {}{}\n{}",
@@ -207,6 +205,15 @@ impl Netns {
             String::from_utf8_lossy(&out.stderr),
             log()
         );
+    }
+
+    /// busybox udhcpc once on `eth0`, as [`Self::udhcpc`], without asserting: its output.
+    pub fn udhcpc_output(&self, script: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-s", script,
+        ];
+        args.extend_from_slice(extra);
+        self.exec(&args)
     }
 
     /// Runs `ip -n NAME args...`, asserting success.

@@ -117,6 +117,9 @@ enum Cmd {
         #[command(subcommand)]
         op: VxlanCmd,
     },
+    /// Cluster mode: the nodes (VTEPs, networks), the state of the etcd connection, the last
+    /// revision seen, and this node's cluster networks (remotes, claimed addresses).
+    Cluster,
     /// Stop the instance.
     Shutdown,
 }
@@ -500,6 +503,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             VxlanCmd::RmRemote { remote } => Request::VxlanRmRemote { port: name, remote },
         },
         Cmd::Policy(p) => p.request()?,
+        Cmd::Cluster => Request::Cluster {},
         Cmd::Shutdown => Request::Shutdown {},
         Cmd::Events { count } => {
             // Not one answer: the connection carries the events.

@@ -31,6 +31,19 @@ fn s(v: &Value, k: &str) -> String {
     }
 }
 
+/// A list of strings `k` of `v`, comma-separated.
+fn joined(v: &Value, k: &str) -> String {
+    v.get(k)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
 pub(crate) fn table(head: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for r in &rows {
@@ -81,19 +94,9 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
             &["NAME", "PORTS", "FDB", "FDB_MAX", "AGING_S"],
             arr.iter()
                 .map(|n| {
-                    let ports = n
-                        .get("ports")
-                        .and_then(Value::as_array)
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(Value::as_str)
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                        .unwrap_or_default();
                     vec![
                         s(n, "name"),
-                        ports,
+                        joined(n, "ports"),
                         s(n, "fdb_entries"),
                         s(n, "fdb_max_entries"),
                         s(n, "fdb_aging_secs"),
@@ -320,11 +323,75 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
                 })
                 .collect(),
         ),
+        Request::Cluster {} => cluster(v),
         _ => match v {
             Value::Null => "ok\n".to_string(),
             other => format!("{other}\n"),
         },
     }
+}
+
+/// `ctl cluster`: a summary line, the nodes, this node's cluster networks.
+fn cluster(v: &Value) -> String {
+    let empty = Vec::new();
+    let list = |k: &str| v.get(k).and_then(Value::as_array).unwrap_or(&empty).clone();
+    let mut out = format!(
+        "node {} vtep {} prefix {} state {} revision {} lease {:x} malformed {} conflicts {}\n",
+        s(v, "node"),
+        s(v, "vtep"),
+        s(v, "prefix"),
+        s(v, "state"),
+        s(v, "revision"),
+        v.get("lease").and_then(Value::as_i64).unwrap_or(0),
+        s(v, "malformed"),
+        s(v, "conflicts"),
+    );
+    if let Some(e) = v.get("last_error").and_then(Value::as_str) {
+        out.push_str(&format!("last error: {e}\n"));
+    }
+    out.push('\n');
+    out.push_str(&table(
+        &["NODE", "VTEP", "NETWORKS"],
+        list("nodes")
+            .iter()
+            .map(|n| {
+                let nets = n
+                    .get("networks")
+                    .and_then(Value::as_object)
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, vni)| format!("{k}={vni}"))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default();
+                let me = if n.get("local") == Some(&Value::Bool(true)) {
+                    " (this node)"
+                } else {
+                    ""
+                };
+                vec![s(n, "name") + me, s(n, "vtep"), nets]
+            })
+            .collect(),
+    ));
+    out.push('\n');
+    out.push_str(&table(
+        &["NETWORK", "VNI", "PORT", "REMOTES", "CLAIMED", "SPARE"],
+        list("networks")
+            .iter()
+            .map(|n| {
+                vec![
+                    s(n, "name"),
+                    s(n, "vni"),
+                    s(n, "port"),
+                    joined(n, "remotes"),
+                    s(n, "claimed"),
+                    s(n, "spare"),
+                ]
+            })
+            .collect(),
+    ));
+    out
 }
 
 /// The `ctl stats` table (also printed by the demo).

@@ -301,6 +301,7 @@ impl DhcpServer {
             next_deadline: u64::MAX,
             stats: DhcpStats::default(),
             foreign: std::collections::HashSet::new(),
+            claimed: None,
         })
     }
 }

@@ -81,6 +81,7 @@ use serde::Serialize;
 
 use crate::wire::Mac;
 
+mod claims;
 mod config;
 mod options;
 mod pool;
@@ -302,4 +303,7 @@ pub struct DhcpServer {
     /// Addresses in use by other clients outside DHCP's knowledge (port security: owned by
     /// another port); never offered or acknowledged. Set before each message.
     foreign: std::collections::HashSet<Ipv4Addr>,
+    /// Cluster mode (see `claims.rs`): only these addresses, claimed in the cluster's store,
+    /// are offered, acknowledged or reserved. `None`: the whole pool is this server's.
+    claimed: Option<std::collections::BTreeSet<Ipv4Addr>>,
 }

@@ -17,6 +17,8 @@ pub(super) enum Refusal {
     HeldByOther,
     Declined,
     OutsidePool,
+    /// Cluster mode: not claimed by this node in the cluster's store.
+    NotClaimed,
 }
 
 impl Refusal {
@@ -27,7 +29,7 @@ impl Refusal {
             Refusal::StaticElsewhere => "client has a different fixed address",
             Refusal::HeldByOther => "address in use by another client",
             Refusal::Declined => "address recently declined",
-            Refusal::OutsidePool => "address not available",
+            Refusal::OutsidePool | Refusal::NotClaimed => "address not available",
         }
     }
 }
@@ -92,6 +94,12 @@ impl DhcpServer {
         {
             return Some(ip);
         }
+        if let Some(claimed) = &self.claimed {
+            return claimed
+                .iter()
+                .copied()
+                .find(|&ip| self.check(mac, ip).is_ok());
+        }
         (u32::from(self.cfg.range_start)..=u32::from(self.cfg.range_end))
             .map(Ipv4Addr::from)
             .find(|&ip| self.check(mac, ip).is_ok())
@@ -108,6 +116,9 @@ impl DhcpServer {
         }
         if self.foreign.contains(&ip) {
             return Err(Refusal::HeldByOther);
+        }
+        if self.claimed.as_ref().is_some_and(|c| !c.contains(&ip)) {
+            return Err(Refusal::NotClaimed);
         }
         if let Some(s) = self.statics.get(&mac) {
             return if s.ip == ip {

@@ -41,9 +41,10 @@ IP_A = "10.99.0.1"
 IP_B = "10.99.0.2"
 PORT = 5201
 # The bridge first: it is the UDP reference.
-SYSTEMS = ("bridge", "veth", "usernet", "usernet-bp", "usernet-ps", "usernet-tc", "ovs",
-           "ovs-tso", "vde")
+SYSTEMS = ("bridge", "veth", "copyloop", "usernet", "usernet-bp", "usernet-ps", "usernet-tc",
+           "ovs", "ovs-tso", "vde")
 LABELS = {"veth": "veth pair", "bridge": "Linux bridge", "usernet": "usernet",
+          "copyloop": "copy loop TAP→TAP (ceiling)",
           "usernet-bp": "usernet, busy-polling", "usernet-ps": "usernet, port security",
           "usernet-tc": "usernet, policy + limits + capture",
           "ovs": "OVS userspace", "ovs-tso": "OVS userspace+TSO", "vde": "vde_switch"}
@@ -132,6 +133,20 @@ class Topology:
         for seg in range(self.segments):
             run(["ip", "-n", s, "link", "set", f"br{seg}", "mtu", m], timeout=10)
             run(["ip", "-n", s, "link", "set", f"br{seg}", "up"], timeout=10)
+
+    def _up_copyloop(self):
+        """The ceiling (issue 18): examples/copyloop.rs, a TAP in each namespace created with
+        usernet's own link code and frames copied between them in one thread, with the same
+        syscalls and offloads as usernet but no switching."""
+        self.one_segment()
+        if len(self.eps) != 2:
+            raise CaseFailed("the copy loop joins two namespaces only")
+        if not self.ctx.copyloop_bin:
+            raise CaseFailed("no copy loop binary: cargo build --release --example copyloop")
+        p = Proc(f"copyloop-{self.key}", [self.ctx.copyloop_bin, self.a, self.b, str(self.mtu)])
+        self.procs.append(p)
+        wait_until("the copy loop's TAPs", lambda: all("eth0" in list_links(n)
+                                                      for n in self.eps), [p], timeout=20)
 
     def _up_usernet_bp(self):
         self._up_usernet(busy_poll_us=self.ctx.args.busy_poll_us)

@@ -5,11 +5,12 @@ import html
 from common import fmt, get, median, ratio, usernet_drops
 
 L2_LABELS = {"veth": "veth pair", "bridge": "Linux bridge", "usernet": "usernet",
+             "copyloop": "copy loop TAP→TAP (ceiling)",
              "usernet-bp": "usernet, busy-polling", "usernet-ps": "usernet, port security",
              "usernet-tc": "usernet, policy + limits + capture",
              "ovs": "OVS userspace",
              "ovs-tso": "OVS userspace + TSO", "vde": "vde_switch"}
-COLORS = {"usernet": "#d62728", "usernet-bp": "#e377c2", "usernet-ps": "#bcbd22",
+COLORS = {"usernet": "#d62728", "copyloop": "#8c564b", "usernet-bp": "#e377c2", "usernet-ps": "#bcbd22",
           "usernet-tc": "#f7b6d2", "usernet splice": "#8c1c13",
           "veth": "#c7c7c7", "bridge": "#7f7f7f", "ovs": "#1f77b4",
           "ovs-tso": "#17becf", "vde": "#9467bd", "slirp4netns": "#ff7f0e",
@@ -311,6 +312,15 @@ def goals(results):
                     f"{rx(x)} ({fmt(get(un, 'tcp', 'gbps'), '.2f')} vs "
                     f"{fmt(get(br, 'tcp', 'gbps'), '.2f')} Gbit/s)",
                     verdict(None if x is None else x >= want)))
+    for mtu in (1500, 9000, 65520):
+        # Issue 18: usernet against the ceiling any userspace switch on a TAP has here.
+        un, cl = _l2(results, "usernet", mtu), _l2(results, "copyloop", mtu)
+        x = ratio(get(un, "tcp", "gbps"), get(cl, "tcp", "gbps"))
+        if x is None:
+            continue
+        out.append((f"L2 TCP, MTU {mtu}: ≥ 0.95× the copy-loop ceiling (TAP→TAP, no switch)",
+                    f"{rx(x)} ({fmt(get(un, 'tcp', 'gbps'), '.2f')} vs "
+                    f"{fmt(get(cl, 'tcp', 'gbps'), '.2f')} Gbit/s)", verdict(x >= 0.95)))
     un, br = _l2(results, "usernet", 1500), _l2(results, "bridge", 1500)
     x = ratio(get(un, "udp64", "rx_pps"), get(br, "udp64", "rx_pps"))
     loss = get(un, "udp64_fixed", "loss_pct")

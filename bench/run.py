@@ -99,6 +99,10 @@ def parse_args(argv):
                          "than the ping interval, so the loop stays awake through the ping run)")
     ap.add_argument("--usernet", default=os.path.join(REPO, "target", "release", "usernet"),
                     help="usernet binary (default target/release/usernet)")
+    ap.add_argument("--copyloop",
+                    default=os.path.join(REPO, "target", "release", "examples", "copyloop"),
+                    help="the l2 ceiling's TAP-to-TAP copy loop (default "
+                    "target/release/examples/copyloop; cargo build --release --example copyloop)")
     ap.add_argument("--build", action="store_true", help="cargo build --release first")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
     ap.add_argument("--name", help="output file name without extension")
@@ -148,6 +152,7 @@ class Ctx:
     def __init__(self, args):
         self.args = args
         self.usernet_bin = None
+        self.copyloop_bin = None  # the l2 ceiling (examples/copyloop.rs), if built
         self.udp_ref = {}  # MTU -> the bridge's received 64 B UDP packets/s
 
 
@@ -221,6 +226,7 @@ def main(argv=None):
         if args.build:
             log("cargo build --release")
             run(["cargo", "build", "--release"], timeout=1800, cwd=REPO)
+            run(["cargo", "build", "--release", "--example", "copyloop"], timeout=1800, cwd=REPO)
         if not os.access(args.usernet, os.X_OK):
             sys.exit(f"bench: {args.usernet} not found; run `cargo build --release` or pass "
                      "--usernet PATH")
@@ -229,6 +235,9 @@ def main(argv=None):
         src = os.path.abspath(args.usernet)
         ctx.usernet_bin = os.path.join(RES.tmpdir, "usernet")
         shutil.copy2(src, ctx.usernet_bin)
+        if os.access(args.copyloop, os.X_OK):
+            ctx.copyloop_bin = os.path.join(RES.tmpdir, "copyloop")
+            shutil.copy2(args.copyloop, ctx.copyloop_bin)
         machine = common.machine_info(src, ctx.usernet_bin)
         log(f"prefix {PREFIX}; suites {args.suites}; {args.reps} rep(s) x {args.time} s; "
             f"writing {args.name}.*")

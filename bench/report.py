@@ -242,9 +242,22 @@ def capture_summary(*tests):
     frames = sum(c.get("frames") or 0 for c in caps)
     dropped = sum(c.get("dropped") or 0 for c in caps)
     cpu = [c["ctl_cpu_s"] for c in caps if c.get("ctl_cpu_s") is not None]
+    # The capture's whole writing cost per GB written: the daemon's writer (the control
+    # connection's thread, `usernet-ctl-con`) + the ctl process (which writes the file itself
+    # only in the streamed form; with the file passed to the daemon it just waits).
+    spent = gb = 0.0
+    for t in tests:
+        for r in get(t, "reps") or []:
+            c = r.get("capture") or {}
+            if c.get("file_bytes") and c.get("ctl_cpu_s") is not None:
+                spent += c["ctl_cpu_s"] + sum(
+                    v for k, v in (r.get("thread_cpu_s") or {}).items()
+                    if k.startswith("usernet-ctl-con"))
+                gb += c["file_bytes"] / 1e9
     return (f"capture: {frames} frames written, {dropped} dropped "
             f"({100 * dropped / max(1, frames + dropped):.1f} %)"
-            + (f", `ctl capture` {median(cpu):.2f} CPU s per run" if cpu else ""))
+            + (f", `ctl capture` {median(cpu):.2f} CPU s per run" if cpu else "")
+            + (f", writer + ctl {spent / gb:.2f} CPU s per GB written" if gb else ""))
 
 
 def tc_goals(results):

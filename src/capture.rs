@@ -21,8 +21,10 @@
 //!
 //! A capture's writer ([`Session::run`], on a thread of its own: a control connection's, or
 //! one started for a port's `pcap` file) drains its queue into the output, flushing after each
-//! drain, and sleeps up to [`POLL`] between drains (the loop wakes it early when its queue is
-//! half full: one `unpark` per half queue, not per frame). It ends when the count is reached,
+//! drain, and sleeps up to [`POLL`] between drains (the loop wakes it early when its queue
+//! reaches half its frames or [`WAKE_BYTES`]: one `unpark` per crossing, not per frame). The
+//! buffers it has written go back to the loop for the next frames (a bounded free list), so a
+//! steady capture allocates nothing per frame. It ends when the count is reached,
 //! when the port goes ([`Tap::close`], called by the loop that drops the port's link: what was
 //! queued is still written), or when its caller says so (a client that went away, the engine
 //! stopping). It then writes an interface statistics block (pcapng: frames captured, frames
@@ -63,9 +65,17 @@ pub const QUEUE_FRAMES: usize = 4096;
 pub const QUEUE_BYTES: usize = 16 << 20;
 /// Longest a writer sleeps between two drains of its queue.
 pub const POLL: Duration = Duration::from_millis(50);
-/// Buffers a writer gives back to the loop for reuse (only frame-sized ones).
+/// Queued bytes at which the loop wakes the writer early (as it does at half the frames): a
+/// queue of 64 KiB frames reaches its byte limit at 256 frames, long before half its frames.
+pub const WAKE_BYTES: usize = QUEUE_BYTES / 4;
+/// Buffers a writer gives back to the loop for reuse.
 const FREE_BUFFERS: usize = 256;
+/// Buffers up to this size are always given back (an MTU-sized frame's).
 const REUSE_MAX: usize = 2048;
+/// Larger ones (up to a 64 KiB GSO frame's) only while the free list holds fewer than
+/// [`FREE_BIG`]: at most a few MiB kept per capture, and no allocation per big frame.
+const REUSE_BIG: usize = 65_536 + 256;
+const FREE_BIG: usize = 64;
 
 /// Which way a captured frame went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,7 +161,7 @@ pub struct Sink {
     dropped: AtomicU64,
     /// The port went: the writer drains what is queued and ends.
     port_gone: AtomicBool,
-    /// The writer, woken when the queue is half full.
+    /// The writer, woken when the queue reaches half its frames or [`WAKE_BYTES`].
     writer: OnceLock<std::thread::Thread>,
 }
 
@@ -187,7 +197,7 @@ impl Sink {
         let mut buf = self.free.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(&data[..n]);
-        self.bytes.fetch_add(n, Ordering::Relaxed);
+        let before = self.bytes.fetch_add(n, Ordering::Relaxed);
         let rec = Record {
             ts,
             dir,
@@ -196,7 +206,7 @@ impl Sink {
         };
         match self.queue.push(rec) {
             Ok(()) => {
-                if self.queue.len() == QUEUE_FRAMES / 2
+                if wake_writer(self.queue.len(), before, n)
                     && let Some(t) = self.writer.get()
                 {
                     t.unpark();
@@ -218,7 +228,8 @@ impl Sink {
     }
 
     fn recycle(&self, mut buf: Vec<u8>) {
-        if buf.capacity() <= REUSE_MAX {
+        let cap = buf.capacity();
+        if cap <= REUSE_MAX || (cap <= REUSE_BIG && self.free.len() < FREE_BIG) {
             buf.clear();
             let _ = self.free.push(buf);
         }
@@ -228,6 +239,13 @@ impl Sink {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+}
+
+/// Whether the push that made the queue `frames` long, adding `n` bytes to `before`, wakes
+/// the writer: once when the queue reaches half its frames, once when it reaches
+/// [`WAKE_BYTES`] (one `unpark` per crossing, not per frame).
+fn wake_writer(frames: usize, before: usize, n: usize) -> bool {
+    frames == QUEUE_FRAMES / 2 || (before < WAKE_BYTES && before + n >= WAKE_BYTES)
 }
 
 /// A port's capture point: the captures attached to it.
@@ -721,6 +739,34 @@ mod tests {
         let p = r.next_packet().expect("two").expect("ok");
         assert_eq!(p.data[6], 2);
         assert!(r.next_packet().is_none());
+    }
+
+    #[test]
+    fn the_writer_is_woken_once_per_crossing_of_frames_or_bytes() {
+        // Small frames: at half the frames only.
+        let wakes = (0..QUEUE_FRAMES)
+            .filter(|&i| wake_writer(i + 1, i * 60, 60))
+            .count();
+        assert_eq!(wakes, 1);
+        // 64 KiB frames: the byte threshold is crossed long before half the frames.
+        let big = 65_550;
+        let at: Vec<usize> = (0..QUEUE_BYTES / big)
+            .filter(|&i| wake_writer(i + 1, i * big, big))
+            .collect();
+        assert_eq!(at, vec![WAKE_BYTES / big]);
+    }
+
+    #[test]
+    fn big_buffers_are_reused_up_to_a_bound() {
+        let sink = Sink::new(MAX_SNAPLEN);
+        for _ in 0..FREE_BIG + 10 {
+            sink.recycle(Vec::with_capacity(65_000));
+        }
+        assert_eq!(sink.free.len(), FREE_BIG);
+        sink.recycle(Vec::with_capacity(1500));
+        assert_eq!(sink.free.len(), FREE_BIG + 1);
+        sink.recycle(Vec::with_capacity(REUSE_BIG + 1));
+        assert_eq!(sink.free.len(), FREE_BIG + 1);
     }
 
     #[test]

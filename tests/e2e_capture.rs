@@ -667,3 +667,68 @@ fn a_capture_nobody_reads_drops_captures_never_frames() {
     assert_eq!(ring_full, 0, "{row}");
     drop(stuck);
 }
+
+/// Sends `req` with `fd` attached (`SCM_RIGHTS`) on a new control connection; its answer line
+/// and the connection.
+fn request_passing(d: &Daemon, req: &str, fd: &std::fs::File) -> (String, UnixStream) {
+    use std::os::fd::AsFd;
+    let req: usernet::control::api::Request = serde_json::from_str(req).expect("request");
+    let conn = usernet::control::server::connect_with_fd(&d.sock(), &req, Some(fd.as_fd()))
+        .expect("control socket");
+    let mut answer = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(conn.try_clone().expect("clone")),
+        &mut answer,
+    )
+    .expect("answer");
+    (answer, conn)
+}
+
+#[test]
+fn a_passed_file_is_written_by_the_daemon_and_survives_the_port() {
+    if !ready("a_passed_file_is_written_by_the_daemon_and_survives_the_port") {
+        return;
+    }
+    let (a, b) = (Netns::new("cfa"), Netns::new("cfb"));
+    let d = two_guests("10.90.0.0/24", &a, &b, "");
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("b.pcapng");
+    // The API user opens the file; the daemon writes it through the descriptor.
+    let f = std::fs::File::create(&file).expect("create");
+    let (answer, conn) = request_passing(&d, r#"{"op":"capture","port":"b","fd":true}"#, &f);
+    assert!(answer.contains("\"fd\":true"), "{answer}");
+    drop(f);
+    wait_started(&file, &d);
+    ping(&a, "10.90.0.11", "3");
+    std::thread::sleep(Duration::from_millis(200));
+    d.ctl(&["port", "rm", "b"]);
+    // The connection carries one more line, the summary, then closes.
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut &conn, &mut rest).expect("summary");
+    let v: serde_json::Value = serde_json::from_str(rest.trim()).expect("one JSON line");
+    assert_eq!(v["summary"]["end"], "port_removed", "{rest}");
+    let pkts = tshark(&file);
+    let req = find(&pkts, "Echo (ping) request");
+    let rep = find(&pkts, "Echo (ping) reply");
+    assert!(req < rep, "{pkts:#?}");
+    assert!(
+        pkts.windows(2).all(|w| w[0].time <= w[1].time),
+        "frames out of order: {pkts:#?}"
+    );
+    assert_eq!(v["summary"]["captured"].as_u64(), Some(pkts.len() as u64));
+    assert_eq!(closing_drops(&file), 0);
+
+    // The descriptor goes only with the request that announces it, and must be writable.
+    let f = std::fs::File::create(dir.path().join("x")).expect("create");
+    let (answer, _c) = request_passing(&d, r#"{"op":"capture","port":"a"}"#, &f);
+    assert!(answer.contains("descriptors"), "{answer}");
+    let (answer, _c) = request_passing(&d, r#"{"op":"ports"}"#, &f);
+    assert!(answer.contains("descriptors"), "{answer}");
+    let ro = std::fs::File::open(dir.path().join("x")).expect("open");
+    let (answer, _c) = request_passing(&d, r#"{"op":"capture","port":"a","fd":true}"#, &ro);
+    assert!(answer.contains("not open for writing"), "{answer}");
+    // The daemon still answers, and the capture of a's file form still works from ctl.
+    assert!(d.ctl(&["stats"]).is_array());
+}

@@ -27,7 +27,8 @@
 //! daemon may not enter a namespace: `usernet attach` then passes a TAP itself).
 //!
 //! One request may come with a descriptor (`SCM_RIGHTS`, see [`handle_line_passed`]): only
-//! `add_port` whose port has `"fd": true` takes it (a rootless attach, [`super::rootless`]).
+//! `add_port` whose port has `"fd": true` takes it (a rootless attach, [`super::rootless`]),
+//! and `capture` with `"fd": true` (the file the capture is written to, [`super::capture`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -213,6 +214,12 @@ pub enum Request {
         /// `pcapng` (default) or `pcap`.
         #[serde(default)]
         format: Option<crate::capture::Format>,
+        /// The output comes with the request: a descriptor opened for writing (a file, a pipe),
+        /// passed with `SCM_RIGHTS` on the request line. The daemon writes the capture into it
+        /// directly and the connection carries only the answer, then one line with the
+        /// capture's summary when it ends (see [`super::capture`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        fd: bool,
     },
     /// Subscribe to the node's events: over the control socket, answered with one line, then
     /// the connection carries one JSON event per line until the client goes (see
@@ -510,8 +517,10 @@ pub struct Passed {
 }
 
 /// Like [`handle_line`], for a line that came with descriptors: one descriptor is taken only by
-/// `add_port` with `"fd": true` (the TAP of a rootless attach); with any other request, or more
-/// than one, the request is refused and every descriptor closed, as it is on any error.
+/// `add_port` with `"fd": true` (the TAP of a rootless attach) - and by `capture` with
+/// `"fd": true`, which the control server serves before this ([`super::capture`]); with any
+/// other request, or more than one, the request is refused and every descriptor closed, as it
+/// is on any error.
 pub fn handle_line_passed(h: &Handle, line: &str, passed: Passed) -> Value {
     let req: Request = match serde_json::from_str(line) {
         Ok(r) => r,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::Handle;
-use super::api::Request;
+use super::api::{Passed, Request};
 use crate::bridge::PortId;
 use crate::capture::{CaptureOptions, EndReason, Session, Summary};
 use crate::error::{Error, Result};
@@ -150,23 +150,72 @@ fn client_gone(conn: &UnixStream) -> bool {
     }
 }
 
-/// Serves a `capture` request on its control connection: one JSON line (the answer), then,
-/// if it was accepted, the capture's bytes until it ends; the connection then closes. Returns
-/// `None` when `line` is not a capture request (the caller answers it as usual).
-pub(crate) fn stream(h: &Handle, line: &str, conn: &UnixStream) -> Option<Option<Summary>> {
+/// The output a `capture` request names: its connection (`fd` absent or false, no
+/// descriptor), or the descriptor that came with it (`"fd": true`, exactly one, open for
+/// writing). Anything else is an error naming the field, and the descriptors are closed.
+fn output(fd: bool, passed: Passed) -> Result<Option<File>> {
+    if passed.refused {
+        return Err(Error::invalid(
+            "descriptors",
+            "at most one descriptor may come with a request (the output of capture with \"fd\": true)",
+        ));
+    }
+    match (fd, passed.fd) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(Error::invalid(
+            "descriptors",
+            "a descriptor comes with capture only when it has \"fd\": true",
+        )),
+        (true, None) => Err(Error::invalid(
+            "fd",
+            "\"fd\": true, but no descriptor came with the request (SCM_RIGHTS)",
+        )),
+        (true, Some(d)) => {
+            let writable = crate::sys::file::is_writable(std::os::fd::AsFd::as_fd(&d))
+                .map_err(|e| Error::Io("fd: the descriptor passed".into(), e))?;
+            if !writable {
+                return Err(Error::invalid(
+                    "fd",
+                    "the descriptor passed is not open for writing",
+                ));
+            }
+            Ok(Some(File::from(d)))
+        }
+    }
+}
+
+/// Serves a `capture` request on its control connection: one JSON line (the answer), then, if
+/// it was accepted, the capture's bytes until it ends, and the connection closes. With
+/// `"fd": true` the capture goes into the descriptor that came with the request instead (see
+/// [`output`]): the connection then carries the answer and, when the capture ends, one line
+/// `{"summary": {"captured": N, "dropped": N, "end": ...}}`; the client ends the capture as in
+/// the streaming form, by shutting its side. `passed` is taken only by a capture request.
+/// Returns `None` when `line` is not a capture request (the caller answers it as usual).
+pub(crate) fn stream(
+    h: &Handle,
+    line: &str,
+    conn: &UnixStream,
+    passed: &mut Passed,
+) -> Option<Option<Summary>> {
     let Ok(Request::Capture {
         port,
         snaplen,
         count,
         format,
+        fd,
     }) = serde_json::from_str::<Request>(line)
     else {
         return None;
     };
+    // The descriptor belongs to this request: taken below, or closed when it returns.
+    let passed = std::mem::take(passed);
     let mut out = conn;
-    let started = CaptureOptions::new(snaplen, count, format)
-        .and_then(|opts| h.capture_port(&port, &opts).map(|(s, id)| (s, opts, id)));
-    let (session, opts, id) = match started {
+    let started = output(fd, passed).and_then(|file| {
+        let opts = CaptureOptions::new(snaplen, count, format)?;
+        let (s, id) = h.capture_port(&port, &opts)?;
+        Ok((s, opts, id, file))
+    });
+    let (session, opts, id, file) = match started {
         Ok(x) => x,
         Err(e) => {
             let _ = writeln!(out, "{}", json!({ "ok": false, "error": e.to_string() }));
@@ -174,30 +223,86 @@ pub(crate) fn stream(h: &Handle, line: &str, conn: &UnixStream) -> Option<Option
         }
     };
     let running = Running::new(&h.node.captures);
-    let ok = json!({ "ok": true, "result": {
+    let mut result = json!({
         "port": port, "format": opts.format, "snaplen": opts.snaplen, "count": opts.count,
-    }});
-    if writeln!(out, "{ok}").is_err() {
+    });
+    if fd {
+        result["fd"] = json!(true);
+    }
+    if writeln!(out, "{}", json!({ "ok": true, "result": result })).is_err() {
         return Some(None);
     }
     let _ = conn.set_read_timeout(Some(Duration::from_millis(1)));
     // A client that stops reading for this long ends the capture (the loop never waits).
     let _ = conn.set_write_timeout(Some(Duration::from_secs(30)));
     let mut engine_stop = h.capture_stop(id);
-    let sum = session.run(conn, || {
+    let stop = || {
         if client_gone(conn) {
             return Some(EndReason::Stopped);
         }
         engine_stop()
-    });
+    };
+    let sum = match file {
+        // Written here, to the file: the client only waits for the summary.
+        Some(f) => {
+            let sum = session.run(DropBehind::new(f), stop);
+            let _ = writeln!(out, "{}", json!({ "summary": sum }));
+            sum
+        }
+        None => session.run(conn, stop),
+    };
     drop(running);
-    tracing::info!(port = %port, "capture over the control socket ended ({:?}): {} frames, {} dropped", sum.end, sum.captured, sum.dropped);
+    let to = if fd {
+        "a passed descriptor"
+    } else {
+        "the control socket"
+    };
+    tracing::info!(port = %port, "capture to {to} ended ({:?}): {} frames, {} dropped", sum.end, sum.captured, sum.dropped);
     Some(Some(sum))
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::PortSpec;
+    use super::{Passed, output};
+
+    fn passed(path: &str, write: bool) -> Passed {
+        let f = std::fs::File::options()
+            .read(!write)
+            .write(write)
+            .open(path)
+            .expect("open");
+        Passed {
+            fd: Some(f.into()),
+            refused: false,
+        }
+    }
+
+    #[test]
+    fn the_output_is_the_descriptor_only_when_announced() {
+        assert!(output(false, Passed::default()).expect("stream").is_none());
+        assert!(
+            output(true, passed("/dev/null", true))
+                .expect("fd")
+                .is_some()
+        );
+        let e = output(false, passed("/dev/null", true))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("descriptors"), "{e}");
+        let e = output(true, Passed::default()).unwrap_err().to_string();
+        assert!(e.contains("fd"), "{e}");
+        let e = output(true, passed("/dev/null", false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not open for writing"), "{e}");
+        let refused = Passed {
+            fd: None,
+            refused: true,
+        };
+        let e = output(true, refused).unwrap_err().to_string();
+        assert!(e.contains("at most one"), "{e}");
+    }
 
     #[test]
     fn an_empty_pcap_path_is_an_error_naming_the_key() {

@@ -8,7 +8,8 @@
 //!
 //! Requests are read with `recvmsg`, so a descriptor may come with a line (`SCM_RIGHTS`; sent
 //! with the line's first byte, see [`request_with_fd`]): it belongs to the line being read when
-//! it arrives, and only `add_port` with `"fd": true` takes it ([`super::api::handle_line_passed`]).
+//! it arrives, and only `add_port` with `"fd": true` takes it ([`super::api::handle_line_passed`]),
+//! or `capture` with `"fd": true` (its output file, [`super::capture`]).
 //! At most one is kept per line: more are closed at once and the line is refused, so a peer
 //! cannot pile descriptors up in the daemon. Wait for a request's answer before sending the next
 //! one with a descriptor.
@@ -195,7 +196,7 @@ fn serve_conn(handle: Handle, conn: UnixStream) {
         if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
             // The descriptors go with this line, and are closed with it unless taken.
-            let passed = std::mem::take(&mut passed);
+            let mut passed = std::mem::take(&mut passed);
             let Ok(line) = std::str::from_utf8(&line) else {
                 return;
             };
@@ -203,7 +204,8 @@ fn serve_conn(handle: Handle, conn: UnixStream) {
                 continue;
             }
             // A capture turns the connection into its byte stream, until it ends.
-            if super::capture::stream(&handle, line.trim(), &conn).is_some() {
+            // (With "fd": true it takes the descriptor that came with it: its output file.)
+            if super::capture::stream(&handle, line.trim(), &conn, &mut passed).is_some() {
                 return;
             }
             // So does a subscription, into its event stream.
@@ -252,6 +254,26 @@ fn serve_conn(handle: Handle, conn: UnixStream) {
     }
 }
 
+/// Connects to the daemon at `path` and sends `req` (one line), with `fd` attached when given
+/// (`SCM_RIGHTS`); returns the connection (read timeout 30 s) for the caller to read the
+/// answer and what follows it: a `capture` with `"fd": true` (`usernet ctl capture -w FILE`).
+pub fn connect_with_fd(
+    path: &Path,
+    req: &Request,
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<UnixStream> {
+    let ctx = || format!("control socket {}", path.display());
+    let s = UnixStream::connect(path).map_err(|e| Error::Io(ctx(), e))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| Error::Io(ctx(), e))?;
+    let mut line =
+        serde_json::to_string(req).map_err(|e| Error::invalid("request", e.to_string()))?;
+    line.push('\n');
+    crate::sys::scm::send_with_fd(s.as_fd(), line.as_bytes(), fd)
+        .map_err(|e| Error::Io(ctx(), e))?;
+    Ok(s)
+}
+
 /// Sends one request to the daemon at `path` and returns its `result`; a refused request comes
 /// back as [`Error::Io`] carrying the daemon's error message (of the kind of its `errno`, when
 /// the daemon sent one: e.g. [`io::ErrorKind::PermissionDenied`] for `EPERM`).
@@ -267,14 +289,7 @@ pub fn request_with_fd(
     fd: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<Value> {
     let ctx = || format!("control socket {}", path.display());
-    let s = UnixStream::connect(path).map_err(|e| Error::Io(ctx(), e))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| Error::Io(ctx(), e))?;
-    let mut line =
-        serde_json::to_string(req).map_err(|e| Error::invalid("request", e.to_string()))?;
-    line.push('\n');
-    crate::sys::scm::send_with_fd(s.as_fd(), line.as_bytes(), fd)
-        .map_err(|e| Error::Io(ctx(), e))?;
+    let s = connect_with_fd(path, req, fd)?;
     let mut resp = String::new();
     BufReader::new(&s)
         .take(64 << 20)

@@ -90,6 +90,13 @@ impl DropBehind {
     }
 }
 
+/// Whether `fd` was opened for writing (`O_WRONLY` or `O_RDWR`): a descriptor passed to be
+/// written to (a capture's file, see `crate::control::capture`) is checked before it is taken.
+pub fn is_writable(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+    let fl = rustix::fs::fcntl_getfl(fd)?;
+    Ok(fl.contains(rustix::fs::OFlags::WRONLY) || fl.contains(rustix::fs::OFlags::RDWR))
+}
+
 /// `sync_file_range(2)` on one range; a failure only loses a hint.
 fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) {
     let (Ok(off), Ok(n)) = (
@@ -158,6 +165,15 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         assert_eq!(got.len(), want.len());
         assert!(got == want, "same bytes");
+    }
+
+    #[test]
+    fn tells_writable_descriptors() {
+        use std::os::fd::AsFd;
+        let w = File::options().write(true).open("/dev/null").expect("w");
+        let r = File::open("/dev/null").expect("r");
+        assert!(is_writable(w.as_fd()).expect("w"));
+        assert!(!is_writable(r.as_fd()).expect("r"));
     }
 
     #[test]

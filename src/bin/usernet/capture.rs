@@ -1,9 +1,11 @@
-//! `usernet ctl capture`: a port's live capture, streamed by the daemon over the control socket
-//! into a file or stdout. Ctrl-C (SIGINT, SIGTERM) asks the daemon to end the capture (the
-//! connection's write side is shut), and what it sends until it closes is still written: the
-//! file ends on a whole block and reads back complete.
+//! `usernet ctl capture`: a port's live capture, into a file (`-w FILE`: opened here, its
+//! descriptor passed to the daemon, which writes it) or stdout (`-w -`: streamed by the daemon
+//! over the control socket and copied out here). Ctrl-C (SIGINT, SIGTERM) asks the daemon to
+//! end the capture (the connection's write side is shut); it finishes the output: the file
+//! ends on a whole block and reads back complete.
 
 use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +21,10 @@ use usernet::control::api::Request;
 const END_WAIT: Duration = Duration::from_secs(5);
 
 /// `usernet ctl capture PORT -w FILE|- [--count N] [--snaplen N] [--format pcapng|pcap]`.
+///
+/// `-w FILE`: the file is opened here and its descriptor passed with the request
+/// (`"fd": true`): the daemon's capture thread writes it directly and this process only waits
+/// for the summary. A daemon that does not know `"fd"` gets the streaming form, as `-w -` does.
 pub(crate) fn run(
     sock: &Path,
     port: String,
@@ -37,41 +43,143 @@ pub(crate) fn run(
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())?;
     }
-    let conn =
-        UnixStream::connect(sock).with_context(|| format!("control socket {}", sock.display()))?;
-    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let req = Request::Capture {
+    let req = |fd| Request::Capture {
         port: port.clone(),
         snaplen,
         count,
         format: Some(format),
+        fd,
     };
-    let mut line = serde_json::to_string(&req)?;
-    line.push('\n');
-    (&conn).write_all(line.as_bytes())?;
-    let mut rd = BufReader::with_capacity(256 << 10, &conn);
+    let out: Box<dyn Write> = if to_stdout {
+        Box::new(io::stdout().lock())
+    } else {
+        let existed = Path::new(write).exists();
+        let file = std::fs::File::create(write).with_context(|| format!("-w {write}"))?;
+        match to_file(sock, &port, &req(true), &file, &stop) {
+            Ok(Some(())) => return Ok(()),
+            // An older daemon: it streams, and the file is written here.
+            Ok(None) => Box::new(io::BufWriter::new(
+                usernet::control::capture::DropBehind::new(file),
+            )),
+            Err(e) => {
+                if !existed {
+                    let _ = std::fs::remove_file(write);
+                }
+                return Err(e);
+            }
+        }
+    };
+    streamed(sock, &port, &req(false), out, format, &stop)
+}
+
+/// A read that timed out or was interrupted: keep waiting.
+fn waiting(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+/// When the capture was asked to end (Ctrl-C).
+struct Ending(Option<Instant>);
+
+impl Ending {
+    /// On the first check after a signal, shuts the connection's write side: the daemon sees
+    /// the end of our requests, finishes the output and closes. True once it has had
+    /// [`END_WAIT`] to do so.
+    fn overdue(&mut self, conn: &UnixStream, stop: &AtomicBool) -> bool {
+        if stop.load(Ordering::Relaxed) && self.0.is_none() {
+            let _ = conn.shutdown(std::net::Shutdown::Write);
+            self.0 = Some(Instant::now());
+        }
+        self.0.is_some_and(|t| t.elapsed() > END_WAIT)
+    }
+}
+
+/// The answer line of a capture request: its `result`, or the daemon's error.
+fn answer(rd: &mut impl BufRead) -> anyhow::Result<Result<Value, String>> {
     let mut answer = String::new();
     rd.read_line(&mut answer)
         .context("reading the daemon's answer")?;
     let v: Value = serde_json::from_str(&answer)
         .with_context(|| format!("the daemon's answer: {answer:?}"))?;
-    if v.get("ok") != Some(&Value::Bool(true)) {
-        let msg = v.get("error").and_then(Value::as_str).unwrap_or("refused");
+    if v.get("ok") == Some(&Value::Bool(true)) {
+        return Ok(Ok(v.get("result").cloned().unwrap_or(Value::Null)));
+    }
+    let msg = v.get("error").and_then(Value::as_str).unwrap_or("refused");
+    Ok(Err(msg.to_string()))
+}
+
+/// The capture written by the daemon into `file`, passed with the request. `None`: the daemon
+/// does not know `"fd"` (an older version): nothing started, stream instead.
+fn to_file(
+    sock: &Path,
+    port: &str,
+    req: &Request,
+    file: &std::fs::File,
+    stop: &AtomicBool,
+) -> anyhow::Result<Option<()>> {
+    let conn = usernet::control::server::connect_with_fd(sock, req, Some(file.as_fd()))?;
+    let mut rd = BufReader::new(&conn);
+    match answer(&mut rd)? {
+        Ok(r) if r.get("fd") == Some(&Value::Bool(true)) => {}
+        Ok(_) => bail!("capture of {port:?}: the daemon did not take the file"),
+        Err(msg) if msg.contains("unknown field `fd`") => return Ok(None),
+        Err(msg) => bail!("capture of {port:?}: {msg}"),
+    }
+    conn.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut ending = Ending(None);
+    let mut line = String::new();
+    let summary = loop {
+        match rd.read_line(&mut line) {
+            Ok(0) => break None,
+            Ok(_) if line.ends_with('\n') => break serde_json::from_str::<Value>(&line).ok(),
+            Ok(_) => {}
+            Err(e) if waiting(&e) => {}
+            Err(e) => return Err(e).context("waiting for the capture's end"),
+        }
+        if ending.overdue(&conn, stop) {
+            bail!("the daemon did not end the capture in time; the file may be cut");
+        }
+    };
+    let Some(sum) = summary.as_ref().and_then(|v| v.get("summary")) else {
+        bail!("the daemon closed the capture without its summary; the file may be cut");
+    };
+    let n = |k: &str| sum.get(k).and_then(Value::as_u64).unwrap_or(0);
+    eprintln!(
+        "usernet: {} frames captured on {port}, {} dropped (capture queue full)",
+        n("captured"),
+        n("dropped")
+    );
+    if let Some(e) = sum.get("end").and_then(|e| e.get("write_error")) {
+        bail!("writing the capture: {e}");
+    }
+    Ok(Some(()))
+}
+
+/// The capture streamed over the connection by the daemon, written here into `out`.
+fn streamed(
+    sock: &Path,
+    port: &str,
+    req: &Request,
+    mut out: Box<dyn Write>,
+    format: Format,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let conn =
+        UnixStream::connect(sock).with_context(|| format!("control socket {}", sock.display()))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    (&conn).write_all(line.as_bytes())?;
+    let mut rd = BufReader::with_capacity(256 << 10, &conn);
+    if let Err(msg) = answer(&mut rd)? {
         bail!("capture of {port:?}: {msg}");
     }
-    let mut out: Box<dyn Write> = if to_stdout {
-        Box::new(io::stdout().lock())
-    } else {
-        Box::new(io::BufWriter::new(
-            usernet::control::capture::DropBehind::new(
-                std::fs::File::create(write).with_context(|| format!("-w {write}"))?,
-            ),
-        ))
-    };
     conn.set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut blocks = Blocks::new(format);
     let mut chunk = vec![0u8; 256 << 10];
-    let mut ending: Option<Instant> = None;
+    let mut ending = Ending(None);
     let mut out_err = None;
     loop {
         match rd.read(&mut chunk) {
@@ -87,21 +195,10 @@ pub(crate) fn run(
                     break;
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if waiting(&e) => {}
             Err(e) => return Err(e).context("reading the capture"),
         }
-        if stop.load(Ordering::Relaxed) && ending.is_none() {
-            // The daemon sees the end of our requests, writes its last block and closes.
-            let _ = conn.shutdown(std::net::Shutdown::Write);
-            ending = Some(Instant::now());
-        }
-        if ending.is_some_and(|t| t.elapsed() > END_WAIT) {
+        if ending.overdue(&conn, stop) {
             eprintln!("usernet: the daemon did not end the capture in time; the file may be cut");
             break;
         }

@@ -238,6 +238,10 @@ fn three_nodes_share_a_network_with_unique_addresses_and_ping_across() {
     let c = cluster(&d[1]);
     assert_eq!(c["state"], "connected", "{c}");
     assert!(c["revision"].as_i64().unwrap_or(0) > 0, "{c}");
+    assert!(
+        c["requests"].as_u64().unwrap_or(0) > 0,
+        "etcd requests counted: {c}"
+    );
     let nodes = c["nodes"].as_array().expect("nodes");
     assert_eq!(nodes.len(), 3, "{c}");
     for (i, n) in nodes.iter().enumerate() {
@@ -255,7 +259,9 @@ fn three_nodes_share_a_network_with_unique_addresses_and_ping_across() {
         .expect("ctl cluster");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("state connected") && text.contains("h1 (this node)  172.31.0.2  web=70"),
+        text.contains("state connected")
+            && text.contains(" requests ")
+            && text.contains("h1 (this node)  172.31.0.2  web=70"),
         "{text}"
     );
 }
@@ -707,6 +713,14 @@ fn a_three_member_etcd_loses_a_member_then_its_quorum_and_nothing_is_lost() {
     }
     eprintln!("quorum back: every node connected after {:?}", t.elapsed());
     wait_for("membership after the restart", 10, || all_members(&d));
+    // Membership was kept all along: no node ever lost its lease, no remote ever went.
+    for x in &d {
+        assert!(
+            !x.log().contains("remote removed"),
+            "{}",
+            fail("a remote went meanwhile", &e)
+        );
+    }
     let claims = e.any().list("/usernet/ipam/web/");
     let owner = |ip: &str| {
         claims

@@ -11,12 +11,14 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
-use common::etcd::Etcd;
+use common::etcd::{Etcd, EtcdCluster};
 use common::underlay::{Lab, Udhcpc, ping, ping_ok, quiet, underlay_ip, wait_for};
 use common::{Netns, dns, require_root};
 use serde_json::Value;
 
 const ETCD_IP: &str = "172.31.0.254";
+/// The members of a 3-member etcd on the underlay.
+const ETCD3: [&str; 3] = ["172.31.0.251", "172.31.0.252", "172.31.0.253"];
 
 /// Puts etcd on the underlay: the bridge gets 172.31.0.254.
 fn etcd(lab: &Lab) -> Etcd {
@@ -25,14 +27,32 @@ fn etcd(lab: &Lab) -> Etcd {
     Etcd::start_in(&lab.ul, ETCD_IP)
 }
 
+/// Puts a 3-member etcd on the underlay: the bridge gets [`ETCD3`].
+fn etcd3(lab: &Lab) -> EtcdCluster {
+    for ip in ETCD3 {
+        lab.ul
+            .ip(&["addr", "add", &format!("{ip}/24"), "dev", "br0"]);
+    }
+    EtcdCluster::start_in(&lab.ul, &ETCD3)
+}
+
 /// Host `i`'s config: node `h{i}`, network `web` (VNI 70, 10.70.0.0/24, no IPv6, no DNS
 /// upstream) shared by the cluster, and a netns port without address for each guest.
 fn config(e: &Etcd, i: usize, guests: &[&Netns], ttl: u32) -> String {
+    config_eps(&[e.endpoint()], i, guests, ttl)
+}
+
+/// [`config`] with the etcd endpoints `eps`.
+fn config_eps(eps: &[String], i: usize, guests: &[&Netns], ttl: u32) -> String {
+    let eps = eps
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut c = format!(
-        "[cluster]\netcd = [\"{}\"]\nnode = \"h{i}\"\nvtep = \"{}\"\nttl_s = {ttl}\n\n\
+        "[cluster]\netcd = [{eps}]\nnode = \"h{i}\"\nvtep = \"{}\"\nttl_s = {ttl}\n\n\
          [[network]]\nname = \"web\"\nscope = \"cluster\"\nvni = 70\nsubnet = \"10.70.0.0/24\"\n\
          ipv6 = \"off\"\ndns_upstreams = [\"127.0.0.1:9\"]\n",
-        e.endpoint(),
         underlay_ip(i),
     );
     for (k, g) in guests.iter().enumerate() {
@@ -81,6 +101,17 @@ fn logs(d: &[&Daemon]) -> String {
 /// The address of a lease line (`IP SERVERID MTU`).
 fn addr(lease: &str) -> String {
     lease.split_whitespace().next().expect("ip").to_string()
+}
+
+/// `usernet attach` of `g` to `web` on `d` as port `name` with the fixed address `ip`.
+fn attach_fixed(d: &Daemon, g: &Netns, name: &str, ip: &str) -> std::process::Output {
+    std::process::Command::new("timeout")
+        .args(["20", common::daemon::BIN, "attach", "--netns"])
+        .arg(g.path())
+        .args(["--name", name, "--network", "web", "--ip", ip, "--socket"])
+        .arg(d.sock())
+        .output()
+        .expect("attach")
 }
 
 fn kill9(d: &Daemon) {
@@ -207,6 +238,10 @@ fn three_nodes_share_a_network_with_unique_addresses_and_ping_across() {
     let c = cluster(&d[1]);
     assert_eq!(c["state"], "connected", "{c}");
     assert!(c["revision"].as_i64().unwrap_or(0) > 0, "{c}");
+    assert!(
+        c["requests"].as_u64().unwrap_or(0) > 0,
+        "etcd requests counted: {c}"
+    );
     let nodes = c["nodes"].as_array().expect("nodes");
     assert_eq!(nodes.len(), 3, "{c}");
     for (i, n) in nodes.iter().enumerate() {
@@ -224,7 +259,9 @@ fn three_nodes_share_a_network_with_unique_addresses_and_ping_across() {
         .expect("ctl cluster");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("state connected") && text.contains("h1 (this node)  172.31.0.2  web=70"),
+        text.contains("state connected")
+            && text.contains(" requests ")
+            && text.contains("h1 (this node)  172.31.0.2  web=70"),
         "{text}"
     );
 }
@@ -503,23 +540,7 @@ fn fixed_addresses_are_claimed_once_across_nodes() {
     wait_for("h0 and h1 see each other", 10, || {
         remotes(&d0) == others(0, &[0, 1]) && remotes(&d1) == others(1, &[0, 1])
     });
-    let attach = |ip: &str| {
-        std::process::Command::new("timeout")
-            .args(["20", common::daemon::BIN, "attach", "--netns"])
-            .arg(lab.guests[1].path())
-            .args([
-                "--name",
-                "fixed1",
-                "--network",
-                "web",
-                "--ip",
-                ip,
-                "--socket",
-            ])
-            .arg(d1.sock())
-            .output()
-            .expect("attach")
-    };
+    let attach = |ip: &str| attach_fixed(&d1, &lab.guests[1], "fixed1", ip);
     // h0 holds .200: h1 may not take it.
     let out = attach("10.70.0.200/24");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -542,4 +563,402 @@ fn fixed_addresses_are_claimed_once_across_nodes() {
         );
     }
     ping_ok(&lab.guests[0], "10.70.0.201", &[&d0, &d1]);
+}
+
+/// A name asked of the gateway from guest `g`: its A record, or empty.
+fn resolve(g: &Netns, name: &str) -> String {
+    dns::short(g, &["@10.70.0.1", &format!("{name}.usernet"), "A"])
+}
+
+/// Every node of `d` sees the others as remotes and lists all of them as nodes.
+fn all_members(d: &[Daemon]) -> bool {
+    let n: Vec<usize> = (0..d.len()).collect();
+    d.iter().enumerate().all(|(i, x)| {
+        remotes(x) == others(i, &n) && cluster(x)["nodes"].as_array().map(Vec::len) == Some(d.len())
+    })
+}
+
+#[test]
+fn a_three_member_etcd_loses_a_member_then_its_quorum_and_nothing_is_lost() {
+    if !require_root("a_three_member_etcd_loses_a_member_then_its_quorum_and_nothing_is_lost") {
+        return;
+    }
+    let lab = Lab::new(3);
+    let mut e = etcd3(&lab);
+    // Per host: the lab's guest, leased at the start, and two more: one leased with a member
+    // down, one while the quorum is lost (nothing) and again after it came back.
+    let late: Vec<Vec<Netns>> = (0..3)
+        .map(|_| {
+            (0..2)
+                .map(|_| {
+                    let g = Netns::new("clg");
+                    quiet(&g);
+                    g
+                })
+                .collect()
+        })
+        .collect();
+    let d: Vec<Daemon> = (0..3)
+        .map(|i| {
+            let gs = [&lab.guests[i], &late[i][0], &late[i][1]];
+            Daemon::start_in(&lab.hosts[i], &config_eps(&e.endpoints(), i, &gs, 3))
+        })
+        .collect();
+    let all: Vec<&Daemon> = d.iter().collect();
+    let fail = |what: &str, e: &EtcdCluster| format!("{what}\n{}\n{}", logs(&all), e.logs());
+    wait_for("the three nodes see each other", 10, || all_members(&d));
+    let dhcp = Udhcpc::new();
+    let lease = |g: &Netns, name: &str| {
+        dhcp.run_with(g, name, &["-x", &format!("hostname:{name}")])
+            .map(|l| addr(&l))
+    };
+    let a: Vec<String> = (0..3)
+        .map(|i| lease(&lab.guests[i], &format!("a{i}")).expect("first lease"))
+        .collect();
+    wait_for("a1 resolves on h0", 10, || {
+        resolve(&lab.guests[0], "a1") == a[1]
+    });
+    ping_ok(&lab.guests[0], &a[1], &all);
+
+    // The leader dies: the nodes go on through the two others.
+    let leader = e.leader();
+    e.stop(leader);
+    let t = Instant::now();
+    let b: Vec<String> = (0..3)
+        .map(|i| {
+            lease(&late[i][0], &format!("b{i}"))
+                .unwrap_or_else(|err| panic!("{}", fail(&format!("lease b{i}: {err}"), &e)))
+        })
+        .collect();
+    // New claims go through the quorum left: a fixed address is claimed in etcd (the call
+    // waits for etcd's answer), new names are published and resolve on the other hosts.
+    let fixed = Netns::new("clf");
+    quiet(&fixed);
+    let out = attach_fixed(&d[1], &fixed, "fixed1", "10.70.0.201/24");
+    assert!(
+        out.status.success(),
+        "{}",
+        fail(&String::from_utf8_lossy(&out.stderr), &e)
+    );
+    wait_for("b2 resolves on h0 and b0 on h1", 15, || {
+        resolve(&lab.guests[0], "b2") == b[2] && resolve(&lab.guests[1], "b0") == b[0]
+    });
+    assert!(all_members(&d), "{}", fail("membership kept", &e));
+    for x in &d {
+        assert_eq!(
+            cluster(x)["state"],
+            "connected",
+            "{}",
+            fail("connected", &e)
+        );
+    }
+    ping_ok(&late[0][0], &b[2], &all);
+    ping_ok(&fixed, &b[1], &all);
+    eprintln!(
+        "etcd leader m{leader} killed: 3 leases, a fixed claim and names across hosts in {:?}",
+        t.elapsed()
+    );
+
+    // A second member dies: no quorum. The nodes notice, keep forwarding with what they know,
+    // renew the leases they gave, and hand out nothing new.
+    let second = (0..3).find(|k| *k != leader).expect("a member");
+    e.stop(second);
+    let t = Instant::now();
+    for (i, x) in d.iter().enumerate() {
+        wait_for(&format!("h{i} disconnected"), 20, || {
+            cluster(x)["state"] == "disconnected"
+        });
+    }
+    eprintln!(
+        "quorum lost: every node disconnected after {:?}",
+        t.elapsed()
+    );
+    for x in &d {
+        let c = cluster(x);
+        assert_eq!(c["networks"][0]["spare"], 0, "spare claims given up: {c}");
+        assert!(c["last_error"].is_string(), "{c}");
+    }
+    for (i, x) in d.iter().enumerate() {
+        assert_eq!(remotes(x), others(i, &[0, 1, 2]), "remotes kept");
+    }
+    ping_ok(&lab.guests[0], &a[2], &all);
+    ping_ok(&late[2][0], &b[0], &all);
+    assert_eq!(
+        resolve(&lab.guests[2], "a0"),
+        a[0],
+        "names known stay served"
+    );
+    assert_eq!(lease(&lab.guests[1], "a1").expect("renewal"), a[1]);
+    assert!(
+        lease(&late[0][1], "c0").is_err(),
+        "{}",
+        fail("an address without a quorum", &e)
+    );
+    let fixed2 = Netns::new("clf");
+    let out = attach_fixed(&d[2], &fixed2, "fixed2", "10.70.0.202/24");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("etcd"),
+        "a fixed address without a quorum: {err}"
+    );
+    eprintln!("without a quorum, attach --ip: {}", err.trim());
+
+    // The members come back: the nodes reconnect on the same leases; nothing was lost.
+    e.restart(&[leader, second]);
+    let t = Instant::now();
+    for (i, x) in d.iter().enumerate() {
+        wait_for(&format!("h{i} connected again"), 20, || {
+            cluster(x)["state"] == "connected"
+        });
+    }
+    eprintln!("quorum back: every node connected after {:?}", t.elapsed());
+    wait_for("membership after the restart", 10, || all_members(&d));
+    // Membership was kept all along: no node ever lost its lease, no remote ever went.
+    for x in &d {
+        assert!(
+            !x.log().contains("remote removed"),
+            "{}",
+            fail("a remote went meanwhile", &e)
+        );
+    }
+    let claims = e.any().list("/usernet/ipam/web/");
+    let owner = |ip: &str| {
+        claims
+            .iter()
+            .filter(|(k, _)| *k == format!("/usernet/ipam/web/{ip}"))
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
+    for i in 0..3 {
+        for ip in [&a[i], &b[i]] {
+            assert_eq!(owner(ip), [format!("h{i}")], "{ip}: {claims:?}");
+        }
+    }
+    assert_eq!(owner("10.70.0.201"), ["h1"], "{claims:?}");
+    // The refused fixed address was not claimed behind its caller's back (h2's spare claims
+    // start near .248 and never reach .202 here; h1's may).
+    assert!(
+        owner("10.70.0.202") != ["h2"],
+        "{}",
+        fail(&format!("{claims:?}"), &e)
+    );
+    let names = e.any().list("/usernet/endpoints/web/");
+    for i in 0..3 {
+        for (n, ip) in [(format!("a{i}"), &a[i]), (format!("b{i}"), &b[i])] {
+            assert!(
+                names.contains(&(format!("/usernet/endpoints/web/{n}/h{i}"), ip.clone())),
+                "{n}: {names:?}"
+            );
+        }
+    }
+    // And allocation works again.
+    let c: Vec<String> = (0..3)
+        .map(|i| {
+            lease(&late[i][1], &format!("c{i}"))
+                .unwrap_or_else(|err| panic!("{}", fail(&format!("lease c{i}: {err}"), &e)))
+        })
+        .collect();
+    let every: BTreeSet<&String> = a.iter().chain(&b).chain(&c).collect();
+    assert_eq!(every.len(), 9, "distinct: {a:?} {b:?} {c:?}");
+    ping_ok(&late[1][1], &c[0], &all);
+    wait_for("c0 resolves on h2", 15, || {
+        resolve(&lab.guests[2], "c0") == c[0]
+    });
+}
+
+/// Where one raw DHCP client stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Dhcp {
+    /// Sent a DISCOVER at (or has not yet).
+    Discovering(Option<Instant>),
+    /// Sent a REQUEST for this address at.
+    Requesting(std::net::Ipv4Addr, Instant),
+    /// Acknowledged.
+    Bound(std::net::Ipv4Addr),
+}
+
+/// A DHCP message of type `t` from `mac` (BROADCAST flag set: the answers come to every
+/// MAC), asking for `want` from `server`.
+fn dhcp_msg(
+    mac: [u8; 6],
+    t: dhcproto::v4::MessageType,
+    want: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+) -> Vec<u8> {
+    use dhcproto::{Encodable, Encoder, v4};
+    use std::net::Ipv4Addr;
+    let mut m = v4::Message::default();
+    m.set_opcode(v4::Opcode::BootRequest)
+        .set_xid(u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]))
+        .set_flags(v4::Flags::default().set_broadcast())
+        .set_chaddr(&mac);
+    m.opts_mut().insert(v4::DhcpOption::MessageType(t));
+    if let Some((ip, server)) = want {
+        m.opts_mut().insert(v4::DhcpOption::RequestedIpAddress(ip));
+        m.opts_mut()
+            .insert(v4::DhcpOption::ServerIdentifier(server));
+    }
+    let mut payload = Vec::new();
+    m.encode(&mut Encoder::new(&mut payload)).expect("encode");
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac, [0xff; 6])
+        .ipv4([0; 4], Ipv4Addr::BROADCAST.octets(), 64)
+        .udp(68, 67)
+        .write(&mut f, &payload)
+        .expect("dhcp frame");
+    f
+}
+
+/// A DHCP reply in `frame`: (type, chaddr, yiaddr, server identifier).
+fn dhcp_reply(
+    frame: &[u8],
+) -> Option<(
+    dhcproto::v4::MessageType,
+    [u8; 6],
+    std::net::Ipv4Addr,
+    std::net::Ipv4Addr,
+)> {
+    use dhcproto::{Decodable, Decoder, v4};
+    let p = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(etherparse::TransportSlice::Udp(u)) = p.transport else {
+        return None;
+    };
+    if u.source_port() != 67 {
+        return None;
+    }
+    let m = v4::Message::decode(&mut Decoder::new(u.payload())).ok()?;
+    let server = match m.opts().get(v4::OptionCode::ServerIdentifier) {
+        Some(v4::DhcpOption::ServerIdentifier(s)) => *s,
+        _ => return None,
+    };
+    let mac = <[u8; 6]>::try_from(m.chaddr()).ok()?;
+    Some((m.opts().msg_type()?, mac, m.yiaddr(), server))
+}
+
+/// DHCP for every MAC of `macs` at once over one AF_PACKET socket on `g`'s eth0: DISCOVER,
+/// REQUEST what is offered, again a second later while no answer came; until all are bound or
+/// `limit` has passed. The addresses bound, by MAC.
+fn dhcp_many(
+    g: &Netns,
+    macs: &[[u8; 6]],
+    limit: Duration,
+) -> std::collections::BTreeMap<[u8; 6], std::net::Ipv4Addr> {
+    use dhcproto::v4::MessageType as T;
+    let raw = common::raw::RawEth::open_rx(g, "eth0");
+    let mut st: std::collections::BTreeMap<[u8; 6], Dhcp> =
+        macs.iter().map(|m| (*m, Dhcp::Discovering(None))).collect();
+    let retry = Duration::from_secs(1);
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && st.values().any(|s| !matches!(s, Dhcp::Bound(_))) {
+        let now = Instant::now();
+        for (mac, s) in st.iter_mut() {
+            let due = match *s {
+                Dhcp::Discovering(at) => at.is_none_or(|t| now - t >= retry),
+                Dhcp::Requesting(_, t) => now - t >= retry,
+                Dhcp::Bound(_) => false,
+            };
+            if due {
+                raw.send_retry(&dhcp_msg(*mac, T::Discover, None))
+                    .expect("send");
+                *s = Dhcp::Discovering(Some(now));
+            }
+        }
+        let until = Instant::now() + Duration::from_millis(100);
+        while Instant::now() < until {
+            let Some(f) = raw.recv(20) else { continue };
+            let Some((t, mac, ip, server)) = dhcp_reply(&f) else {
+                continue;
+            };
+            let Some(s) = st.get_mut(&mac) else { continue };
+            match (t, *s) {
+                (T::Offer, Dhcp::Discovering(_)) => {
+                    raw.send_retry(&dhcp_msg(mac, T::Request, Some((ip, server))))
+                        .expect("send");
+                    *s = Dhcp::Requesting(ip, Instant::now());
+                }
+                (T::Ack, Dhcp::Requesting(want, _)) if want == ip => *s = Dhcp::Bound(ip),
+                (T::Nak, Dhcp::Requesting(..)) => *s = Dhcp::Discovering(None),
+                _ => {}
+            }
+        }
+    }
+    st.into_iter()
+        .filter_map(|(m, s)| match s {
+            Dhcp::Bound(ip) => Some((m, ip)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn two_hundred_guests_on_three_nodes_allocate_at_once_and_never_share_an_address() {
+    if !require_root(
+        "two_hundred_guests_on_three_nodes_allocate_at_once_and_never_share_an_address",
+    ) {
+        return;
+    }
+    const TOTAL: usize = 200;
+    let lab = Lab::new(3);
+    let e = etcd(&lab);
+    // Many MACs behind each guest port (no port security), in a /23: room for the 200 and
+    // every node's spare claims.
+    let d: Vec<Daemon> = (0..3)
+        .map(|i| {
+            let c = config(&e, i, &[&lab.guests[i]], 5)
+                .replace("10.70.0.0/24", "10.70.0.0/23")
+                .replace(
+                    "ipv6 = \"off\"\n",
+                    "ipv6 = \"off\"\nport_security = false\n",
+                );
+            Daemon::start_in(&lab.hosts[i], &c)
+        })
+        .collect();
+    let all: Vec<&Daemon> = d.iter().collect();
+    wait_for("the three nodes see each other", 10, || all_members(&d));
+    let macs: Vec<Vec<[u8; 6]>> = (0..3)
+        .map(|i| {
+            (0..TOTAL)
+                .filter(|k| k % 3 == i)
+                .map(|k| [0x02, 0xc1, i as u8, 0, (k >> 8) as u8, k as u8])
+                .collect()
+        })
+        .collect();
+    let t = Instant::now();
+    let bound: Vec<_> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..3)
+            .map(|i| {
+                let (g, m) = (&lab.guests[i], &macs[i]);
+                s.spawn(move || dhcp_many(g, m, Duration::from_secs(60)))
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("thread"))
+            .collect()
+    });
+    let took = t.elapsed();
+    eprintln!("{TOTAL} addresses from three nodes at once in {took:?}");
+    let claims: std::collections::BTreeMap<String, String> =
+        e.list("/usernet/ipam/web/").into_iter().collect();
+    let mut seen = BTreeSet::new();
+    for (i, b) in bound.iter().enumerate() {
+        assert_eq!(
+            b.len(),
+            macs[i].len(),
+            "h{i} bound {} of {}\n{}",
+            b.len(),
+            macs[i].len(),
+            logs(&all)
+        );
+        let leases = d[i].ctl(&["leases"]).to_string();
+        for ip in b.values() {
+            assert!(seen.insert(*ip), "{ip} handed out twice");
+            assert!(leases.contains(&format!("\"{ip}\"")), "h{i} leased {ip}");
+            assert_eq!(
+                claims.get(&format!("/usernet/ipam/web/{ip}")),
+                Some(&format!("h{i}")),
+                "{ip} is claimed in etcd by h{i}, which handed it out"
+            );
+        }
+    }
+    assert_eq!(seen.len(), TOTAL);
+    assert!(took < Duration::from_secs(60));
 }

@@ -336,7 +336,8 @@ fn cluster(v: &Value) -> String {
     let empty = Vec::new();
     let list = |k: &str| v.get(k).and_then(Value::as_array).unwrap_or(&empty).clone();
     let mut out = format!(
-        "node {} vtep {} prefix {} state {} revision {} lease {:x} malformed {} conflicts {}\n",
+        "node {} vtep {} prefix {} state {} revision {} lease {:x} malformed {} conflicts {} \
+         requests {}\n",
         s(v, "node"),
         s(v, "vtep"),
         s(v, "prefix"),
@@ -345,6 +346,7 @@ fn cluster(v: &Value) -> String {
         v.get("lease").and_then(Value::as_i64).unwrap_or(0),
         s(v, "malformed"),
         s(v, "conflicts"),
+        s(v, "requests"),
     );
     if let Some(e) = v.get("last_error").and_then(Value::as_str) {
         out.push_str(&format!("last error: {e}\n"));

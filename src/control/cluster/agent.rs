@@ -4,6 +4,12 @@
 //! keep the lease alive, refilling the DHCP servers' spare claims on a short tick. Any error
 //! ends the session: the node is marked disconnected, the spare claims are given up, and a new
 //! session starts after a backoff. Every etcd call is bounded by a timeout.
+//!
+//! A session talks to one endpoint: the first, starting after the one the last session failed
+//! on, that answers and has a leader (so a dead member, or one cut off from the quorum, is
+//! passed over at once; `require_leader` makes a member that loses its leader fail the calls
+//! and watches of the session rather than leave them hanging). etcd's client would balance
+//! over all endpoints, and keep sending some calls to a dead one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -31,11 +37,18 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 type Res<T> = std::result::Result<T, String>;
 
-/// Bounds an etcd call; errors become text.
+thread_local! {
+    /// etcd requests made on this thread (every [`call`]): the node's count, as only its
+    /// cluster thread talks to etcd. Published in `Status::requests`.
+    static REQUESTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Bounds an etcd call; errors become text. Counts it in [`REQUESTS`].
 pub(super) async fn call<T, F>(what: &str, f: F) -> Res<T>
 where
     F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
 {
+    REQUESTS.with(|n| n.set(n.get() + 1));
     match tokio::time::timeout(CALL, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("{what}: {e}")),
@@ -49,6 +62,9 @@ struct ClaimReq {
     net: String,
     ip: Ipv4Addr,
     reply: std::sync::mpsc::Sender<std::result::Result<(), String>>,
+    /// When the caller stops waiting: a request still queued then (etcd was unreachable) is
+    /// dropped, never claimed behind a caller that was told it failed.
+    until: std::time::Instant,
 }
 
 /// How long a control thread waits for the cluster thread to claim a fixed address.
@@ -64,6 +80,7 @@ pub(super) fn spawn(h: Handle, shared: Arc<Shared>) -> Result<()> {
                 net: net.to_string(),
                 ip,
                 reply,
+                until: std::time::Instant::now() + CLAIM_WAIT,
             })
             .map_err(|_| "the cluster thread has stopped".to_string())?;
         answer.recv_timeout(CLAIM_WAIT).unwrap_or_else(|_| {
@@ -91,6 +108,7 @@ pub(super) fn spawn(h: Handle, shared: Arc<Shared>) -> Result<()> {
                 shared,
                 options,
                 lease: 0,
+                endpoint: 0,
                 published: BTreeMap::new(),
                 served: BTreeSet::new(),
             };
@@ -104,7 +122,8 @@ pub(super) fn spawn(h: Handle, shared: Arc<Shared>) -> Result<()> {
 fn connect_options(sh: &Shared) -> Result<ConnectOptions> {
     let mut o = ConnectOptions::new()
         .with_connect_timeout(CALL)
-        .with_timeout(CALL);
+        .with_timeout(CALL)
+        .with_require_leader(true);
     let s = &sh.spec;
     if s.ca.is_some() || s.cert.is_some() {
         let read = |key: &str, p: &std::path::Path| {
@@ -149,6 +168,8 @@ struct Agent {
     options: ConnectOptions,
     /// The lease of this node's keys (0: none yet).
     lease: i64,
+    /// The index in `spec.etcd` of the endpoint the next session tries first.
+    endpoint: usize,
     /// This node's DHCP names put in etcd: (network, name) -> address.
     published: BTreeMap<(String, String), Ipv4Addr>,
     /// Other nodes' names added to the gateways' DNS records.
@@ -164,6 +185,7 @@ impl Agent {
         let mut st = self.shared.status.lock();
         st.state = state;
         st.lease = self.lease;
+        st.requests = REQUESTS.with(std::cell::Cell::get);
         if error.is_some() {
             st.last_error = error;
         }
@@ -175,6 +197,12 @@ impl Agent {
             match self.session(claims).await {
                 Ok(()) => break,
                 Err(e) => {
+                    // A session that got connected starts the backoff over; the next one
+                    // tries the other endpoints first.
+                    if self.shared.status.lock().state == ClusterState::Connected {
+                        backoff = Duration::from_millis(250);
+                    }
+                    self.endpoint = (self.endpoint + 1) % self.shared.spec.etcd.len().max(1);
                     tracing::warn!(error = %e, "cluster: etcd session ended; keeping the last state");
                     self.set_state(ClusterState::Disconnected, Some(e));
                     ipam::offline(&self.h, &self.shared);
@@ -216,6 +244,38 @@ impl Agent {
         Ok(true)
     }
 
+    /// A client of the first endpoint, from `self.endpoint` on, that answers and has a
+    /// leader; the error lists why each was passed over.
+    async fn connect(&mut self) -> Res<Client> {
+        let eps = &self.shared.spec.etcd;
+        let mut why = Vec::new();
+        for k in 0..eps.len() {
+            let i = (self.endpoint + k) % eps.len();
+            let ep = &eps[i];
+            let r = async {
+                let mut c = call(
+                    "connect",
+                    Client::connect([ep.as_str()], Some(self.options.clone())),
+                )
+                .await?;
+                let s = call("status", c.status()).await?;
+                if s.leader() == 0 {
+                    return Err("no leader".to_string());
+                }
+                Ok(c)
+            }
+            .await;
+            match r {
+                Ok(c) => {
+                    self.endpoint = i;
+                    return Ok(c);
+                }
+                Err(e) => why.push(format!("{ep}: {e}")),
+            }
+        }
+        Err(format!("no etcd endpoint usable: {}", why.join("; ")))
+    }
+
     /// One connected session; Ok only when the node stops.
     async fn session(
         &mut self,
@@ -224,22 +284,25 @@ impl Agent {
         let shared = self.shared.clone();
         let spec = &shared.spec;
         self.set_state(ClusterState::Connecting, None);
-        let mut c = call(
-            "connect",
-            Client::connect(spec.etcd.clone(), Some(self.options.clone())),
-        )
-        .await?;
+        let mut c = self.connect().await?;
+        let before = self.lease;
         let fresh = self.lease(&mut c).await?;
         let node_key = format!("{}/nodes/{}", spec.prefix, spec.node);
         // Register: create the key, or replace it if it is bound to our own lease; a key bound
         // to another lease is another live node with this name (or a restarted one's, which
         // goes with its TTL): never share a name, its address claims would be shared too.
         let record = self.record().to_json();
+        // With a new lease, a key still bound to this node's previous one (expired, not yet
+        // revoked) is ours to take over too.
         let mut registered = false;
-        for cmp in [
+        let mut cmps = vec![
             Compare::create_revision(node_key.as_str(), CompareOp::Equal, 0),
             Compare::lease(node_key.as_str(), CompareOp::Equal, self.lease),
-        ] {
+        ];
+        if fresh && before != 0 {
+            cmps.push(Compare::lease(node_key.as_str(), CompareOp::Equal, before));
+        }
+        for cmp in cmps {
             let put = PutOptions::new().with_lease(self.lease);
             let t = Txn::new().when([cmp]).and_then([TxnOp::put(
                 node_key.as_str(),
@@ -292,8 +355,16 @@ impl Agent {
                     self.reconcile_dns();
                 }
                 Some(req) = claims.recv() => {
+                    if std::time::Instant::now() >= req.until {
+                        tracing::info!(network = %req.net, ip = %req.ip, "cluster: a fixed address's claim came after its caller gave up; not claimed");
+                        continue;
+                    }
                     let r = ipam::claim_fixed(&self.h, &self.shared, &mut c, self.lease, &req.net, req.ip).await;
-                    let _ = req.reply.send(r);
+                    let claimed = r.is_ok();
+                    if req.reply.send(r).is_err() && claimed {
+                        // The caller gave up meanwhile: its port was not made.
+                        ipam::unclaim(&self.h, &self.shared, &mut c, &req.net, req.ip).await?;
+                    }
                 }
                 _ = tick.tick() => {
                     if self.stopped() {
@@ -302,6 +373,7 @@ impl Agent {
                     }
                     ipam::refill(&self.h, &self.shared, &mut c, self.lease).await?;
                     self.publish(&mut c).await?;
+                    self.shared.status.lock().requests = REQUESTS.with(std::cell::Cell::get);
                 }
             }
         }

@@ -96,6 +96,38 @@ pub(super) async fn claim_fixed(
     }
 }
 
+/// Gives a claim of `net` back: out of the DHCP server (unless a lease uses it), then deleted
+/// in etcd if still this node's.
+pub(super) async fn unclaim(
+    h: &Handle,
+    sh: &Shared,
+    c: &mut Client,
+    net: &str,
+    ip: Ipv4Addr,
+) -> Res<()> {
+    let Some(g) = h.gateway(net) else {
+        return Ok(());
+    };
+    let Some(d) = &g.dhcp else { return Ok(()) };
+    {
+        let mut s = d.lock();
+        if s.in_use(g.now_ms()).contains(&ip) {
+            return Ok(());
+        }
+        s.remove_claim(ip);
+    }
+    let k = key(sh, net, ip);
+    let t = Txn::new()
+        .when([Compare::value(
+            k.as_str(),
+            CompareOp::Equal,
+            sh.spec.node.as_str(),
+        )])
+        .and_then([TxnOp::delete(k.as_str(), None)]);
+    call("unclaim", c.txn(t)).await?;
+    Ok(())
+}
+
 /// After a new lease: binds every claim the servers hold to it again, dropping those another
 /// node took meanwhile.
 pub(super) async fn reclaim(h: &Handle, sh: &Shared, c: &mut Client, lease: i64) -> Res<()> {

@@ -285,6 +285,10 @@ pub struct ClusterInfo {
     pub conflicts: u64,
     /// The last error talking to etcd, if any.
     pub last_error: Option<String>,
+    /// etcd requests this node has made since it started (calls and keep-alives; watch
+    /// events are not requests). Updated every 200 ms.
+    #[serde(default)]
+    pub requests: u64,
 }
 
 /// Waits up to `max` for the cluster thread to leave after a shutdown: it revokes the node's
@@ -348,6 +352,8 @@ pub(crate) struct Status {
     pub(crate) endpoints: Endpoints,
     pub(crate) conflicts: u64,
     pub(crate) last_error: Option<String>,
+    /// etcd requests made so far (the cluster thread's count).
+    pub(crate) requests: u64,
 }
 
 impl Handle {
@@ -385,6 +391,7 @@ impl Handle {
             malformed,
             conflicts: st.conflicts,
             last_error: st.last_error.clone(),
+            requests: st.requests,
         };
         drop(st);
         let mut info = info;
@@ -488,6 +495,7 @@ impl Handle {
                 endpoints: Endpoints::new(&spec.prefix, &spec.node),
                 conflicts: 0,
                 last_error: None,
+                requests: 0,
             }),
             claim: Mutex::new(None),
         });

@@ -93,6 +93,7 @@ pub(super) fn spawn(h: Handle, shared: Arc<Shared>) -> Result<()> {
                 lease: 0,
                 published: BTreeMap::new(),
                 served: BTreeSet::new(),
+                macs: Default::default(),
             };
             rt.block_on(agent.run(&mut claim_rx));
         })
@@ -132,6 +133,8 @@ enum Which {
     Nodes,
     /// `PREFIX/endpoints/`: the published names.
     Endpoints,
+    /// `PREFIX/macs/`: the endpoints by MAC.
+    Macs,
 }
 
 impl Which {
@@ -139,6 +142,7 @@ impl Which {
         match self {
             Which::Nodes => &mut st.members,
             Which::Endpoints => &mut st.endpoints,
+            Which::Macs => &mut st.macs,
         }
     }
 }
@@ -153,6 +157,8 @@ struct Agent {
     published: BTreeMap<(String, String), Ipv4Addr>,
     /// Other nodes' names added to the gateways' DNS records.
     served: BTreeSet<Name>,
+    /// Endpoints by MAC published and installed.
+    macs: super::fdbsync::MacSync,
 }
 
 impl Agent {
@@ -265,8 +271,11 @@ impl Agent {
         self.reconcile();
         let mut ep_watch = self.read_and_watch(&mut c, Which::Endpoints).await?;
         self.reconcile_dns();
+        let mut mac_watch = self.read_and_watch(&mut c, Which::Macs).await?;
+        self.macs.reconcile(&self.h, &self.shared);
         // Our names go in again under this session's lease.
         self.published.clear();
+        self.macs.new_session();
         let (mut keeper, mut alive) = call("keep-alive", c.lease_keep_alive(self.lease)).await?;
         self.set_state(ClusterState::Connected, None);
         tracing::info!(node = %spec.node, lease = self.lease, "cluster: connected");
@@ -286,6 +295,11 @@ impl Agent {
                 m = watch.message() => {
                     self.on_watch(m, Which::Nodes)?;
                     self.reconcile();
+                    self.macs.reconcile(&self.h, &self.shared);
+                }
+                m = mac_watch.message() => {
+                    self.on_watch(m, Which::Macs)?;
+                    self.macs.reconcile(&self.h, &self.shared);
                 }
                 m = ep_watch.message() => {
                     self.on_watch(m, Which::Endpoints)?;
@@ -302,6 +316,8 @@ impl Agent {
                     }
                     ipam::refill(&self.h, &self.shared, &mut c, self.lease).await?;
                     self.publish(&mut c).await?;
+                    self.macs.publish(&self.h, &self.shared, &mut c, self.lease).await?;
+                    self.macs.reconcile(&self.h, &self.shared);
                 }
             }
         }

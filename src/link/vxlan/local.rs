@@ -145,4 +145,57 @@ mod tests {
         }
         assert_eq!(local_request(&[]), None);
     }
+
+    #[test]
+    fn answered_locally_once_set_and_pinned_macs_stay_behind_their_vtep() {
+        use super::super::{VxlanShared, VxlanSpec};
+        use crate::wire::Mac;
+        use std::time::{Duration, Instant};
+        let (r1, r2): (IpAddr, IpAddr) = (
+            "192.0.2.2".parse().expect("ip"),
+            "192.0.2.3".parse().expect("ip"),
+        );
+        let mut spec = VxlanSpec::new(42, "192.0.2.1".parse().expect("ip"));
+        spec.remotes = vec![r1, r2];
+        let v = VxlanShared::new(&spec, 1450, 1000);
+        let dhcp = [
+            0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255, 0, 68, 0, 67,
+            0, 8, 0, 0,
+        ];
+        let dhcp = eth([0xff; 6], 0x0800, &dhcp);
+        let arp7 = eth([0xff; 6], 0x0806, &arp(1, [10, 0, 0, 7]));
+        let arp8 = eth([0xff; 6], 0x0806, &arp(1, [10, 0, 0, 8]));
+        // A plain VXLAN port floods everything, as before.
+        assert!(!v.answered_locally(&dhcp, true));
+        assert!(!v.answered_locally(&arp7, true));
+        v.set_suppressed(std::collections::HashSet::from([IpAddr::V4(
+            [10, 0, 0, 7].into(),
+        )]));
+        assert!(v.answered_locally(&dhcp, true));
+        assert!(
+            !v.answered_locally(&dhcp, false),
+            "no gateway here: DHCP floods"
+        );
+        assert!(v.answered_locally(&arp7, true));
+        assert!(!v.answered_locally(&arp8, true), "an unknown target floods");
+        assert_eq!(v.stats().drops["tx_local"], 2);
+        // Pinned: not moved by learning, not aged, gone with its remote.
+        let m = Mac([2, 0, 0, 0, 0, 7]);
+        assert!(
+            v.pin(m, "192.0.2.9".parse().expect("ip")).is_err(),
+            "not a remote"
+        );
+        v.pin(m, r1).expect("pin");
+        let later = Instant::now() + Duration::from_secs(5);
+        assert!(v.admit(r2, m, later));
+        v.sweep(later);
+        assert_eq!(v.vtep_of(m), Some(r1));
+        assert!(v.is_pinned(m));
+        assert!(v.unpin(m));
+        assert!(v.admit(r2, m, Instant::now()));
+        assert_eq!(v.vtep_of(m), Some(r2), "learned again once unpinned");
+        v.pin(m, r1).expect("pin");
+        v.remove_remote(r1).expect("remove");
+        assert_eq!(v.vtep_of(m), None);
+    }
 }

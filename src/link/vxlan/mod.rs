@@ -32,11 +32,12 @@
 //!   source is this host's gateway MAC never leave (its ARP replies, DHCP offers, RAs); frames
 //!   arriving with that MAC as source, and DHCP requests (UDP to port 67) from remote guests,
 //!   are dropped: each host's gateway serves its own guests.
-//! - **Answered here, not flooded** (`local.rs`): with a gateway on the network, broadcast
-//!   DHCP requests and router solicitations from this host's guests never leave (this host's
-//!   gateway serves them); nor do ARP requests and neighbour solicitations for the addresses
-//!   the control plane lists ([`VxlanShared::set_suppressed`]: the gateway's own and, in
-//!   cluster mode, the remote endpoints' its ARP/NS proxy answers). Counted as `tx_local`.
+//! - **Answered here, not flooded** (`local.rs`, cluster mode): once the control plane lists
+//!   the addresses this host's gateway answers ([`VxlanShared::set_suppressed`]: its own and
+//!   the remote endpoints' its ARP/NS proxy answers), ARP requests and neighbour
+//!   solicitations for them never leave, nor, with a gateway on the network, broadcast DHCP
+//!   requests and router solicitations (this host's gateway serves its guests). Counted as
+//!   `tx_local`.
 //!   Other broadcasts and multicasts (application traffic, unknown targets) still flood.
 //! - **Pinned MACs.** The control plane may pin a MAC behind a remote ([`VxlanShared::pin`],
 //!   cluster mode's published endpoints): never aged, never moved by learning.

@@ -100,6 +100,9 @@ pub(super) struct Table {
     /// Addresses whose ARP requests and neighbour solicitations this host's gateway answers:
     /// never flooded to the remotes.
     pub(super) suppressed: std::collections::HashSet<IpAddr>,
+    /// Set with the suppressed addresses (cluster mode): every host has a gateway serving its
+    /// own guests, so DHCP requests and router solicitations stay local too.
+    pub(super) servers_local: bool,
 }
 
 /// What a VXLAN port shares with the control plane: its remotes, its VTEP table and counters.
@@ -135,6 +138,7 @@ impl VxlanShared {
                     .collect(),
                 macs: HashMap::new(),
                 suppressed: std::collections::HashSet::new(),
+                servers_local: false,
             }),
             counters: Counters::default(),
         }
@@ -196,8 +200,12 @@ impl VxlanShared {
 
     /// Sets the addresses this host's gateway answers ARP and neighbour solicitations for
     /// (its own, and the remote endpoints' it proxies): requests for them are not flooded.
+    /// From then on (cluster mode, where every host's gateway serves its own guests) broadcast
+    /// DHCP requests and router solicitations are not flooded either.
     pub fn set_suppressed(&self, ips: std::collections::HashSet<IpAddr>) {
-        self.table.lock().suppressed = ips;
+        let mut t = self.table.lock();
+        t.suppressed = ips;
+        t.servers_local = true;
     }
 
     /// True if a broadcast or multicast `frame` is one this host's gateway answers, so it
@@ -205,7 +213,7 @@ impl VxlanShared {
     /// has a gateway here (it serves DHCP and router solicitations).
     pub(super) fn answered_locally(&self, frame: &[u8], gateway: bool) -> bool {
         let local = match local_request(frame) {
-            Some(LocalRequest::Server) => gateway,
+            Some(LocalRequest::Server) => gateway && self.table.lock().servers_local,
             Some(LocalRequest::Resolve(ip)) => self.table.lock().suppressed.contains(&ip),
             None => false,
         };

@@ -366,6 +366,55 @@ fn remote_endpoints_are_preinstalled_and_arp_is_answered_locally_without_floods(
             .any(|l| l.contains(&mac[1]) && l.contains("cluster") && l.contains("172.31.0.2")),
         "{text}"
     );
+    // A hostile guest on host 0 sends with guest1's MAC, and claims guest1's address in ARP:
+    // both dropped as spoofing (they belong to vx.web), the entry stays where host 1 put it.
+    let raw = common::raw::RawEth::open(g[0], "eth0");
+    let m1: Vec<u8> = mac[1]
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).expect("hex"))
+        .collect();
+    let m0: Vec<u8> = mac[0]
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).expect("hex"))
+        .collect();
+    let ip1: std::net::Ipv4Addr = ip[1].parse().expect("ip");
+    let mut garp = vec![0, 1, 8, 0, 6, 4, 0, 2];
+    garp.extend_from_slice(&m0);
+    garp.extend_from_slice(&ip1.octets());
+    garp.extend_from_slice(&[0xff; 6]);
+    garp.extend_from_slice(&ip1.octets());
+    for _ in 0..5 {
+        raw.send_retry(&common::packets::eth(
+            [0xff; 6],
+            m1[..].try_into().expect("mac"),
+            0x88b5,
+            &[0; 46],
+        ))
+        .expect("send");
+        raw.send_retry(&common::packets::eth(
+            [0xff; 6],
+            m0[..].try_into().expect("mac"),
+            0x0806,
+            &garp,
+        ))
+        .expect("send");
+    }
+    let drops = |reason: &str| {
+        d[0].ctl(&["stats"])
+            .as_array()
+            .and_then(|v| v.iter().find(|r| r["port"] == "p0x0").cloned())
+            .map(|r| r["stats"]["drops"][reason].as_u64().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    wait_for("the spoofed frames dropped", 5, || {
+        drops("spoofed_source") >= 5 && drops("spoofed_arp") >= 5
+    });
+    assert!(
+        installed(&d[0], &mac[1], &underlay_ip(1)),
+        "{:?}",
+        fdb_rows(&d[0], &mac[1])
+    );
+    assert!(ping(g[2], &ip[1]), "guest1 still reachable from host 2");
     // Hand-written bad records create nothing: a value naming another node, a node that is
     // not live, garbage, a key of the wrong shape.
     let before = d[0].ctl(&["cluster"])["malformed"].as_u64().unwrap_or(0);

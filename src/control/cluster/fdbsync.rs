@@ -29,6 +29,10 @@ use crate::wire::Mac;
 
 type Res<T> = std::result::Result<T, String>;
 
+/// Most MACs published for one port (those port security gave it first, then learned ones): a
+/// guest without port security that floods source MACs does not fill etcd.
+const MAX_MACS_PER_PORT: usize = 16;
+
 /// What this node published and installed.
 #[derive(Debug, Default)]
 pub(super) struct MacSync {
@@ -79,7 +83,7 @@ fn local(h: &Handle, sh: &Shared) -> BTreeMap<(String, Mac), MacRecord> {
             if p.kind == GATEWAY_KIND || p.name == vx || !p.carries(ne.net.id) {
                 continue;
             }
-            let mut macs: BTreeSet<Mac> = BTreeSet::new();
+            let mut macs: Vec<Mac> = Vec::new();
             let mut ips: BTreeSet<IpAddr> = BTreeSet::new();
             if let Some(r) = owned.get(&p.id) {
                 macs.extend(r.macs.iter().map(|(m, _)| *m));
@@ -90,8 +94,11 @@ fn local(h: &Handle, sh: &Shared) -> BTreeMap<(String, Mac), MacRecord> {
                     .filter(|e| e.port == p.id && e.vlan == 0 && !e.is_static)
                     .map(|e| e.mac),
             );
+            let mut seen = BTreeSet::new();
+            macs.retain(|m| m.is_valid_source() && seen.insert(*m));
+            macs.truncate(MAX_MACS_PER_PORT);
             let single = macs.len() == 1;
-            for mac in macs.into_iter().filter(|m| m.is_valid_source()) {
+            for mac in macs {
                 let (lease_ips, name) = leases.remove(&mac).unwrap_or_default();
                 let mut mine: BTreeSet<IpAddr> = lease_ips.into_iter().collect();
                 if single {

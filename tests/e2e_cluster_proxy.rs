@@ -24,12 +24,13 @@ use usernet::link::netns::run_in_netns;
 const ETCD_IP: &str = "172.31.0.254";
 
 /// Host `i`'s config: node `h{i}` (lease TTL 3 s), the cluster network `web` (VNI 70,
-/// 10.70.0.0/24, no IPv6, no DNS upstream) and a netns port `p{i}x{k}` for each guest.
-fn config(e: &Etcd, i: usize, guests: &[&Netns]) -> String {
+/// 10.70.0.0/24, IPv6 `ipv6` (a prefix or "off"), no DNS upstream) and a netns port `p{i}x{k}`
+/// for each guest.
+fn config(e: &Etcd, i: usize, guests: &[&Netns], ipv6: &str) -> String {
     let mut c = format!(
         "[cluster]\netcd = [\"{}\"]\nnode = \"h{i}\"\nvtep = \"{}\"\nttl_s = 3\n\n\
          [[network]]\nname = \"web\"\nscope = \"cluster\"\nvni = 70\nsubnet = \"10.70.0.0/24\"\n\
-         ipv6 = \"off\"\ndns_upstreams = [\"127.0.0.1:9\"]\n",
+         ipv6 = \"{ipv6}\"\ndns_upstreams = [\"127.0.0.1:9\"]\n",
         e.endpoint(),
         underlay_ip(i),
     );
@@ -157,6 +158,9 @@ fn inner_flood(f: &[u8]) -> Option<String> {
         return None;
     }
     let inner = &udp[16..];
+    let ns = inner[12..14] == [0x86, 0xdd]
+        && inner.get(14 + 6) == Some(&58)
+        && inner.get(14 + 40) == Some(&135);
     let dhcp = inner[12..14] == [8, 0]
         && inner.get(14 + 9) == Some(&17)
         && inner.get(14 + 20 + 2..14 + 20 + 4) == Some(&[0, 67][..]);
@@ -167,7 +171,13 @@ fn inner_flood(f: &[u8]) -> Option<String> {
             inner[12],
             inner[13],
             inner.len(),
-            if dhcp { " DHCP request" } else { "" }
+            if dhcp {
+                " DHCP request"
+            } else if ns {
+                " neighbour solicitation"
+            } else {
+                ""
+            }
         )
     })
 }
@@ -245,7 +255,7 @@ fn remote_endpoints_are_preinstalled_and_arp_is_answered_locally_without_floods(
         vec![&lab.guests[2]],
     ];
     let d: Vec<Daemon> = (0..3)
-        .map(|i| Daemon::start_in(&lab.hosts[i], &config(&e, i, &guests[i])))
+        .map(|i| Daemon::start_in(&lab.hosts[i], &config(&e, i, &guests[i], "off")))
         .collect();
     let all: Vec<&Daemon> = d.iter().collect();
     for (i, x) in d.iter().enumerate() {
@@ -467,4 +477,121 @@ fn remote_endpoints_are_preinstalled_and_arp_is_answered_locally_without_floods(
         "host 1's guest stays"
     );
     assert!(ping(g[0], &ip[1]), "and is reachable");
+}
+
+/// The global IPv6 address of `eth0` in `g` (SLAAC from its host's gateway).
+fn global6(g: &Netns) -> Option<String> {
+    let out = g.exec_ok(&[
+        "ip", "-6", "-br", "addr", "show", "dev", "eth0", "scope", "global",
+    ]);
+    out.split_whitespace()
+        .find(|w| w.starts_with("fd70:"))
+        .and_then(|a| a.split('/').next())
+        .map(String::from)
+}
+
+#[test]
+fn neighbour_solicitations_for_remote_endpoints_are_answered_locally() {
+    if !require_root("neighbour_solicitations_for_remote_endpoints_are_answered_locally") {
+        return;
+    }
+    let lab = Lab::new(2);
+    lab.ul
+        .ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
+    let e = Etcd::start_in(&lab.ul, ETCD_IP);
+    // These guests keep IPv6 (the lab made them quiet).
+    for g in &lab.guests {
+        for k in ["all", "default", "eth0"] {
+            let _ = g.exec(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{k}.disable_ipv6=0"),
+            ]);
+        }
+    }
+    let d: Vec<Daemon> = (0..2)
+        .map(|i| {
+            Daemon::start_in(
+                &lab.hosts[i],
+                &config(&e, i, &[&lab.guests[i]], "fd70::/64"),
+            )
+        })
+        .collect();
+    let all: Vec<&Daemon> = d.iter().collect();
+    let g = [&lab.guests[0], &lab.guests[1]];
+    let mut ip6 = Vec::new();
+    for (i, x) in g.iter().enumerate() {
+        let _ = x.exec(&["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"]);
+        let mut a = None;
+        wait_for(&format!("guest{i}'s SLAAC address"), 15, || {
+            a = global6(x);
+            a.is_some()
+        });
+        let a = a.expect("address");
+        // Seen by port security (and so published) once it sends from it.
+        let mut ok = false;
+        for _ in 0..10 {
+            if x.exec(&["ping", "-6", "-c", "1", "-W", "1", "-I", &a, "fd70::1"])
+                .status
+                .success()
+            {
+                ok = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(ok, "guest{i} pings its gateway from {a}\n{}", logs(&all));
+        ip6.push(a);
+    }
+    let mac: Vec<String> = g.iter().map(|x| mac_of(x)).collect();
+    for (i, x) in d.iter().enumerate() {
+        let k = 1 - i;
+        wait_for(
+            &format!("host {i} proxies guest{k}'s IPv6 address"),
+            10,
+            || {
+                installed(x, &mac[k], &underlay_ip(k))
+                    && e.list("/usernet/macs/web/")
+                        .iter()
+                        .any(|(key, v)| key.contains(&mac[k]) && v.contains(&ip6[k]))
+            },
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let floods: Vec<Floods> = lab.hosts.iter().map(Floods::start).collect();
+    for x in &g {
+        x.exec_ok(&["ip", "-6", "neigh", "flush", "all"]);
+    }
+    let mut ok = false;
+    for _ in 0..5 {
+        if ping6(g[0], &ip6[1]) {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "guest0 -> guest1 over IPv6\n{}", logs(&all));
+    let seen: Vec<String> = floods.into_iter().flat_map(Floods::finish).collect();
+    assert!(
+        !seen.iter().any(|f| f.contains("neighbour solicitation")),
+        "NS crossed the underlay: {seen:#?}"
+    );
+    let out = g[0].exec_ok(&["ip", "-6", "neigh", "show", &ip6[1], "dev", "eth0"]);
+    assert!(
+        out.contains(&mac[1]),
+        "guest0 resolved {} as {out:?}, not {}",
+        ip6[1],
+        mac[1]
+    );
+    let gw = d[0].ctl(&["gateway"]);
+    assert!(
+        gw[0]["counters"]["proxy_answers"].as_u64().unwrap_or(0) >= 1,
+        "{gw}"
+    );
+}
+
+/// One IPv6 ping; true if answered.
+fn ping6(from: &Netns, to: &str) -> bool {
+    from.exec(&["ping", "-6", "-c", "1", "-W", "2", to])
+        .status
+        .success()
 }

@@ -9,7 +9,8 @@
 # etcd for the cluster feature, ...) are installed with apt-get first.
 #
 # Then the feature `cluster` (off by default) is tested on its own: its unit tests and
-# tests/e2e_cluster.rs, built with `--features cluster` (skipped when arguments are given).
+# tests/e2e_cluster.rs and tests/e2e_cluster_proxy.rs, built with `--features cluster` (skipped
+# when arguments are given).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,4 +59,5 @@ cargo test --locked "$@"
 if [ $# -eq 0 ]; then
   cargo test --locked --features cluster --lib cluster
   cargo test --locked --features cluster --test e2e_cluster
+  cargo test --locked --features cluster --test e2e_cluster_proxy
 fi

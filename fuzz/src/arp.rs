@@ -20,6 +20,12 @@ pub const GW_MAC: Mac = Mac([0x02, 0x00, 0x00, 0x00, 0x00, 0x01]);
 /// The gateway's address in this target.
 pub const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
 
+/// An address the proxy answers for in this target, and its remote MAC.
+pub const PROXIED: (Ipv4Addr, Mac) = (
+    Ipv4Addr::new(10, 88, 0, 7),
+    Mac([0x02, 0x00, 0x00, 0x00, 0x00, 0x77]),
+);
+
 /// Parses an Ethernet frame built by the gateway as ARP; checks its L2 header.
 fn parse_frame(frame: &[u8], src: Mac, dst: Mac) -> ArpEthIpv4Packet {
     assert_eq!(frame.len(), 42, "ARP frame length: {frame:02x?}");
@@ -42,7 +48,9 @@ pub fn arp(data: &[u8]) {
             "handle refused ({e}) a packet etherparse reads as Ethernet/IPv4 ARP"
         ),
         Ok(out) => {
-            let req = expected.expect("handle accepted a packet that is not Ethernet/IPv4 ARP");
+            let req = expected
+                .clone()
+                .expect("handle accepted a packet that is not Ethernet/IPv4 ARP");
             let sip = Ipv4Addr::from(req.sender_ipv4);
             assert_eq!(
                 out.sender,
@@ -67,6 +75,36 @@ pub fn arp(data: &[u8]) {
                 );
             }
         }
+    }
+
+    // The proxy: a reply exactly for a request for the proxied address.
+    let proxy = usernet::gateway::proxy::NeighProxy::default();
+    proxy.set(std::collections::HashMap::from([(
+        std::net::IpAddr::V4(PROXIED.0),
+        PROXIED.1,
+    )]));
+    let want = expected.as_ref().is_some_and(|r| {
+        r.operation == ArpOperation::REQUEST
+            && Ipv4Addr::from(r.target_ipv4) == PROXIED.0
+            && !Ipv4Addr::from(r.sender_ipv4).is_unspecified()
+    });
+    let got = proxy.arp_reply(GW_MAC, data);
+    assert_eq!(
+        got.is_some(),
+        want,
+        "a proxy reply iff a request for the proxied address"
+    );
+    if let (Some(r), Some(req)) = (got, expected) {
+        let a = parse_frame(&r, GW_MAC, Mac(req.sender_mac));
+        assert_eq!(a.operation, ArpOperation::REPLY);
+        assert_eq!(
+            (a.sender_mac, Ipv4Addr::from(a.sender_ipv4)),
+            (PROXIED.1.0, PROXIED.0)
+        );
+        assert_eq!(
+            (a.target_mac, a.target_ipv4),
+            (req.sender_mac, req.sender_ipv4)
+        );
     }
 
     // The announcement, for a MAC and address taken from the input.

@@ -67,6 +67,9 @@ pub struct FdbRow {
     /// For a MAC behind a VXLAN port: the remote VTEP it was last seen behind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep: Option<std::net::IpAddr>,
+    /// A remote endpoint cluster mode installed (static, its VTEP from its node's record).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
 }
 /// What one port owns (port security), as shown by `usernet ctl owners`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,10 +182,18 @@ impl Handle {
                     .port(e.port)
                     .map(|p| p.name.clone())
                     .unwrap_or_else(|| format!("#{}", e.port.0));
+                let cluster = e.is_static
+                    && self
+                        .node
+                        .vxlan
+                        .lock()
+                        .get(&port)
+                        .is_some_and(|v| v.is_pinned(e.mac));
                 rows.push(FdbRow {
                     network: ne.net.name.clone(),
                     vlan: e.vlan,
                     mac: e.mac,
+                    cluster,
                     vtep: self.vtep_of(&port, e.mac),
                     port,
                     age_secs: e.age_ms as f64 / 1000.0,

@@ -12,6 +12,9 @@ impl Driver {
             {
                 out.reply = o2.reply;
             }
+            if out.reply.is_none() {
+                out.reply = self.gw.proxy.arp_reply(self.gw.cfg.mac, payload);
+            }
             out
         });
         match res {

@@ -74,6 +74,9 @@ impl Driver {
         {
             return false;
         }
+        if !ours && !ours_sn && !self.gw.proxy.is_empty() && self.proxy_ns(h, &ip) {
+            return true;
+        }
         if !ours && !ours_sn {
             if dst.is_multicast() || ip.payload().fragmented {
                 inc(&self.gw.counters.ignored);

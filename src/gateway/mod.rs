@@ -68,6 +68,7 @@ mod ipv6;
 pub mod ndp;
 mod neigh;
 mod port;
+pub mod proxy;
 
 use crate::bridge::security::{Claim, NetGuard};
 use crate::bridge::{PortId, PortPolicy};
@@ -169,6 +170,8 @@ pub struct Gateway {
     pub nat_counters: Arc<NatCounters>,
     /// Port forwards, for listing.
     pub forwards: Mutex<Vec<ForwardInfo>>,
+    /// Remote endpoints it answers ARP and neighbour solicitations for (cluster mode).
+    pub proxy: proxy::NeighProxy,
     /// The MTU announced by DHCP and RA: `cfg.mtu`, lowered by [`Gateway::lower_announced_mtu`]
     /// (a VXLAN port with a smaller inner MTU on the network).
     announced_mtu: std::sync::atomic::AtomicU16,
@@ -306,6 +309,7 @@ impl Gateway {
             ("neigh_refused", &c.neigh_refused),
             ("neigh_solicits", &c.neigh_solicits),
             ("neigh_unresolved", &c.neigh_unresolved),
+            ("proxy_answers", &self.proxy.answered),
         ]
         .into_iter()
         .map(|(k, v)| (k, v.load(Ordering::Relaxed)))
@@ -492,6 +496,7 @@ fn build_gateway(
         port: Mutex::new(None),
         nat_counters: Arc::new(NatCounters::default()),
         forwards: Mutex::new(Vec::new()),
+        proxy: proxy::NeighProxy::default(),
         announced_mtu: std::sync::atomic::AtomicU16::new(mtu),
         cmd: cmd_tx,
         waker,

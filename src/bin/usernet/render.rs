@@ -117,7 +117,11 @@ pub(crate) fn render(req: &Request, v: &Value) -> String {
                             "{:.1}",
                             e.get("age_secs").and_then(Value::as_f64).unwrap_or(0.0)
                         ),
-                        s(e, "is_static"),
+                        if e.get("cluster").and_then(Value::as_bool) == Some(true) {
+                            "cluster".to_string()
+                        } else {
+                            s(e, "is_static")
+                        },
                         s(e, "vtep"),
                     ]
                 })

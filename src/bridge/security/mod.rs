@@ -62,6 +62,7 @@ use super::PortId;
 use crate::wire::Mac;
 
 mod check;
+mod pin;
 
 /// Most MACs a port without `allowed_macs` may own (first seen).
 pub const MAX_MACS: usize = 4;

@@ -111,6 +111,7 @@ pub(super) fn spawn(h: Handle, shared: Arc<Shared>) -> Result<()> {
                 endpoint: 0,
                 published: BTreeMap::new(),
                 served: BTreeSet::new(),
+                macs: Default::default(),
             };
             rt.block_on(agent.run(&mut claim_rx));
         })
@@ -151,6 +152,8 @@ enum Which {
     Nodes,
     /// `PREFIX/endpoints/`: the published names.
     Endpoints,
+    /// `PREFIX/macs/`: the endpoints by MAC.
+    Macs,
 }
 
 impl Which {
@@ -158,6 +161,7 @@ impl Which {
         match self {
             Which::Nodes => &mut st.members,
             Which::Endpoints => &mut st.endpoints,
+            Which::Macs => &mut st.macs,
         }
     }
 }
@@ -174,6 +178,8 @@ struct Agent {
     published: BTreeMap<(String, String), Ipv4Addr>,
     /// Other nodes' names added to the gateways' DNS records.
     served: BTreeSet<Name>,
+    /// Endpoints by MAC published and installed.
+    macs: super::fdbsync::MacSync,
 }
 
 impl Agent {
@@ -328,8 +334,11 @@ impl Agent {
         self.reconcile();
         let mut ep_watch = self.read_and_watch(&mut c, Which::Endpoints).await?;
         self.reconcile_dns();
+        let mut mac_watch = self.read_and_watch(&mut c, Which::Macs).await?;
+        self.macs.reconcile(&self.h, &self.shared);
         // Our names go in again under this session's lease.
         self.published.clear();
+        self.macs.new_session();
         let (mut keeper, mut alive) = call("keep-alive", c.lease_keep_alive(self.lease)).await?;
         self.set_state(ClusterState::Connected, None);
         tracing::info!(node = %spec.node, lease = self.lease, "cluster: connected");
@@ -349,6 +358,11 @@ impl Agent {
                 m = watch.message() => {
                     self.on_watch(m, Which::Nodes)?;
                     self.reconcile();
+                    self.macs.reconcile(&self.h, &self.shared);
+                }
+                m = mac_watch.message() => {
+                    self.on_watch(m, Which::Macs)?;
+                    self.macs.reconcile(&self.h, &self.shared);
                 }
                 m = ep_watch.message() => {
                     self.on_watch(m, Which::Endpoints)?;
@@ -373,6 +387,8 @@ impl Agent {
                     }
                     ipam::refill(&self.h, &self.shared, &mut c, self.lease).await?;
                     self.publish(&mut c).await?;
+                    self.macs.publish(&self.h, &self.shared, &mut c, self.lease).await?;
+                    self.macs.reconcile(&self.h, &self.shared);
                     self.shared.status.lock().requests = REQUESTS.with(std::cell::Cell::get);
                 }
             }

@@ -23,12 +23,16 @@
 //!   is handed out), and the thread reconnects, re-registers and re-claims the addresses in use.
 
 mod endpoints;
+mod macs;
 mod members;
 use endpoints::Endpoints;
+use macs::Macs;
 use members::Members;
 
 #[cfg(feature = "cluster")]
 mod agent;
+#[cfg(feature = "cluster")]
+mod fdbsync;
 #[cfg(feature = "cluster")]
 mod ipam;
 
@@ -350,6 +354,8 @@ pub(crate) struct Status {
     pub(crate) lease: i64,
     pub(crate) members: Members,
     pub(crate) endpoints: Endpoints,
+    /// `PREFIX/macs/`: the endpoints by MAC (FDB entries, ARP/NS proxy).
+    pub(crate) macs: Macs,
     pub(crate) conflicts: u64,
     pub(crate) last_error: Option<String>,
     /// etcd requests made so far (the cluster thread's count).
@@ -378,7 +384,7 @@ impl Handle {
                 local: *name == sh.spec.node,
             })
             .collect();
-        let malformed = st.members.malformed() + st.endpoints.malformed();
+        let malformed = st.members.malformed() + st.endpoints.malformed() + st.macs.malformed();
         let info = ClusterInfo {
             node: sh.spec.node.clone(),
             vtep: sh.vtep,
@@ -493,6 +499,7 @@ impl Handle {
                 lease: 0,
                 members: Members::new(&spec.prefix, &spec.node),
                 endpoints: Endpoints::new(&spec.prefix, &spec.node),
+                macs: Macs::new(&spec.prefix, &spec.node),
                 conflicts: 0,
                 last_error: None,
                 requests: 0,

@@ -32,11 +32,21 @@
 //!   source is this host's gateway MAC never leave (its ARP replies, DHCP offers, RAs); frames
 //!   arriving with that MAC as source, and DHCP requests (UDP to port 67) from remote guests,
 //!   are dropped: each host's gateway serves its own guests.
+//! - **Answered here, not flooded** (`local.rs`, cluster mode): once the control plane lists
+//!   the addresses this host's gateway answers ([`VxlanShared::set_suppressed`]: its own and
+//!   the remote endpoints' its ARP/NS proxy answers), ARP requests and neighbour
+//!   solicitations for them never leave, nor, with a gateway on the network, broadcast DHCP
+//!   requests and router solicitations (this host's gateway serves its guests). Counted as
+//!   `tx_local`.
+//!   Other broadcasts and multicasts (application traffic, unknown targets) still flood.
+//! - **Pinned MACs.** The control plane may pin a MAC behind a remote ([`VxlanShared::pin`],
+//!   cluster mode's published endpoints): never aged, never moved by learning.
 //! - **Runtime.** [`VxlanShared`] is what the control plane keeps: remotes can be added and
 //!   removed while the link runs (removing one forgets its MACs), and it answers the counters
 //!   and the VTEP of a MAC for `ctl fdb`.
 
 mod batch;
+mod local;
 mod table;
 mod wire;
 
@@ -424,6 +434,11 @@ impl Link for VxlanLink {
                 if self.gw_mac == Some(Mac(m)) {
                     // This host's gateway serves this host's guests only.
                     inc(&c.tx_gateway_mac);
+                    queue.pop_front();
+                    continue;
+                }
+                if data[0] & 1 == 1 && self.shared.answered_locally(data, self.gw_mac.is_some()) {
+                    // The gateway here answers it: no flood over the underlay.
                     queue.pop_front();
                     continue;
                 }

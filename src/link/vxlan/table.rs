@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::local::{LocalRequest, local_request};
 use super::wire::*;
 use crate::wire::Mac;
 
@@ -28,6 +29,7 @@ pub(super) struct Counters {
     pub(super) rx_gateway_mac: AtomicU64,
     pub(super) tx_gateway_mac: AtomicU64,
     pub(super) rx_dhcp: AtomicU64,
+    pub(super) tx_local: AtomicU64,
     pub(super) no_remote: AtomicU64,
     pub(super) tx_errors: AtomicU64,
 }
@@ -55,7 +57,9 @@ pub struct VxlanStats {
     /// Inner bytes sent, per datagram.
     pub tx_bytes: u64,
     /// Drops by reason: `truncated`, `bad_flags`, `wrong_vni`, `unknown_vtep`, `rx_oversize`,
-    /// `tx_oversize`, `rx_gateway_mac`, `tx_gateway_mac`, `rx_dhcp`, `no_remote`, `tx_errors`.
+    /// `tx_oversize`, `rx_gateway_mac`, `tx_gateway_mac`, `rx_dhcp`, `no_remote`, `tx_errors`,
+    /// `tx_local` (broadcasts this host's gateway answers: DHCP and router solicitations, ARP
+    /// requests and neighbour solicitations for [`VxlanShared::set_suppressed`] addresses).
     pub drops: std::collections::BTreeMap<String, u64>,
 }
 
@@ -84,12 +88,21 @@ pub(super) struct Remote {
 pub(super) struct MacEntry {
     pub(super) vtep: IpAddr,
     pub(super) seen: Instant,
+    /// Installed by the control plane ([`VxlanShared::pin`]): never ages, never moved by
+    /// learning from another VTEP.
+    pub(super) pinned: bool,
 }
 
 #[derive(Debug)]
 pub(super) struct Table {
     pub(super) remotes: Vec<Remote>,
     pub(super) macs: HashMap<Mac, MacEntry>,
+    /// Addresses whose ARP requests and neighbour solicitations this host's gateway answers:
+    /// never flooded to the remotes.
+    pub(super) suppressed: std::collections::HashSet<IpAddr>,
+    /// Set with the suppressed addresses (cluster mode): every host has a gateway serving its
+    /// own guests, so DHCP requests and router solicitations stay local too.
+    pub(super) servers_local: bool,
 }
 
 /// What a VXLAN port shares with the control plane: its remotes, its VTEP table and counters.
@@ -124,6 +137,8 @@ impl VxlanShared {
                     })
                     .collect(),
                 macs: HashMap::new(),
+                suppressed: std::collections::HashSet::new(),
+                servers_local: false,
             }),
             counters: Counters::default(),
         }
@@ -140,8 +155,72 @@ impl VxlanShared {
     }
 
     pub(super) fn fresh(&self, e: &MacEntry, now: Instant) -> bool {
-        self.aging
-            .is_none_or(|a| now.saturating_duration_since(e.seen) < a)
+        e.pinned
+            || self
+                .aging
+                .is_none_or(|a| now.saturating_duration_since(e.seen) < a)
+    }
+
+    /// Pins `mac` behind remote `vtep` (cluster mode: a published remote endpoint): the entry
+    /// never ages and learning from another VTEP does not move it. Errors if `vtep` is not a
+    /// remote.
+    pub fn pin(&self, mac: Mac, vtep: IpAddr) -> Result<(), String> {
+        if !mac.is_valid_source() {
+            return Err(format!("{mac} is not a unicast MAC"));
+        }
+        let mut t = self.table.lock();
+        if !t.remotes.iter().any(|r| r.ip == vtep) {
+            return Err(format!("{vtep} is not a remote"));
+        }
+        t.macs.insert(
+            mac,
+            MacEntry {
+                vtep,
+                seen: Instant::now(),
+                pinned: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Unpins `mac` (and forgets it). True if it was pinned.
+    pub fn unpin(&self, mac: Mac) -> bool {
+        let mut t = self.table.lock();
+        if t.macs.get(&mac).is_some_and(|e| e.pinned) {
+            t.macs.remove(&mac);
+            return true;
+        }
+        false
+    }
+
+    /// True if `mac` is pinned ([`VxlanShared::pin`]).
+    pub fn is_pinned(&self, mac: Mac) -> bool {
+        self.table.lock().macs.get(&mac).is_some_and(|e| e.pinned)
+    }
+
+    /// Sets the addresses this host's gateway answers ARP and neighbour solicitations for
+    /// (its own, and the remote endpoints' it proxies): requests for them are not flooded.
+    /// From then on (cluster mode, where every host's gateway serves its own guests) broadcast
+    /// DHCP requests and router solicitations are not flooded either.
+    pub fn set_suppressed(&self, ips: std::collections::HashSet<IpAddr>) {
+        let mut t = self.table.lock();
+        t.suppressed = ips;
+        t.servers_local = true;
+    }
+
+    /// True if a broadcast or multicast `frame` is one this host's gateway answers, so it
+    /// must not be flooded to the remotes (counted as `tx_local`). `gateway`: the network
+    /// has a gateway here (it serves DHCP and router solicitations).
+    pub(super) fn answered_locally(&self, frame: &[u8], gateway: bool) -> bool {
+        let local = match local_request(frame) {
+            Some(LocalRequest::Server) => gateway && self.table.lock().servers_local,
+            Some(LocalRequest::Resolve(ip)) => self.table.lock().suppressed.contains(&ip),
+            None => false,
+        };
+        if local {
+            inc(&self.counters.tx_local);
+        }
+        local
     }
 
     /// The remotes, with their MAC counts and counters.
@@ -210,6 +289,7 @@ impl VxlanShared {
             ("rx_gateway_mac", &c.rx_gateway_mac),
             ("tx_gateway_mac", &c.tx_gateway_mac),
             ("rx_dhcp", &c.rx_dhcp),
+            ("tx_local", &c.tx_local),
             ("no_remote", &c.no_remote),
             ("tx_errors", &c.tx_errors),
         ]
@@ -237,12 +317,18 @@ impl VxlanShared {
             return false;
         };
         r.rx += 1;
-        if mac.is_valid_source() && (t.macs.len() < MAX_MACS || t.macs.contains_key(&mac)) {
+        // A pinned MAC stays behind the VTEP its node published, whoever else sends it.
+        let pinned = t.macs.get(&mac).is_some_and(|e| e.pinned);
+        if !pinned
+            && mac.is_valid_source()
+            && (t.macs.len() < MAX_MACS || t.macs.contains_key(&mac))
+        {
             t.macs.insert(
                 mac,
                 MacEntry {
                     vtep: src,
                     seen: now,
+                    pinned: false,
                 },
             );
         }

@@ -70,6 +70,10 @@ pub struct Config {
     /// `[[forward]]` tables: port forwards (Docker `-p`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward: Vec<crate::nat::forward::Forward>,
+    /// `[[service]]` tables: load-balanced services of cluster networks, published on every
+    /// node (feature `cluster`); see `control/cluster/services.rs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service: Vec<crate::nat::forward::Forward>,
     /// `[cluster]`: this node's cluster (feature `cluster`); see [`crate::control::cluster`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterSpec>,
@@ -258,6 +262,15 @@ impl Config {
                 ));
             }
         }
+        let nets = self.cluster_nets();
+        let names: Vec<&str> = nets.iter().map(|n| n.name.as_str()).collect();
+        if !self.service.is_empty() && self.cluster.is_none() {
+            return Err(Error::invalid(
+                "service[0]",
+                "services need a [cluster] section",
+            ));
+        }
+        crate::control::cluster::services::check_services(&self.service, &names)?;
         if let Some(i) = self.port.iter().position(|p| {
             self.cluster_nets()
                 .iter()
@@ -344,6 +357,7 @@ impl Config {
         for f in &self.forward {
             h.add_forward(f)?;
         }
+        h.start_services(&self.service)?;
         Ok(())
     }
 }

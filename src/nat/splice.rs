@@ -104,8 +104,15 @@ struct Job {
     hold: Option<ConnGuard>,
     forward: u64,
     client: std::net::TcpStream,
-    netns: PathBuf,
-    guest: SocketAddr,
+    to: Target,
+}
+
+/// Where a job's other side comes from.
+enum Target {
+    /// Connect to `guest` from inside the namespace at `netns`.
+    Netns { netns: PathBuf, guest: SocketAddr },
+    /// A non-blocking socket the caller made (connected or connecting).
+    Socket(TcpStream),
 }
 
 enum Msg {
@@ -187,8 +194,29 @@ impl Splicer {
             hold,
             forward,
             client,
-            netns: netns.to_path_buf(),
-            guest,
+            to: Target::Netns {
+                netns: netns.to_path_buf(),
+                guest,
+            },
+        };
+        self.send(Msg::Job(job));
+    }
+
+    /// Relays `client` and `peer` (a non-blocking socket the caller opened: connected, or
+    /// connecting) to each other, counting against forward `forward`'s cap and holding `hold`
+    /// while it lasts. The cluster's service mesh relays its hops this way.
+    pub fn relay(
+        &self,
+        forward: u64,
+        client: std::net::TcpStream,
+        peer: TcpStream,
+        hold: Option<ConnGuard>,
+    ) {
+        let job = Job {
+            hold,
+            forward,
+            client,
+            to: Target::Socket(peer),
         };
         self.send(Msg::Job(job));
     }
@@ -414,10 +442,14 @@ impl Relay {
             reset(&TcpStream::from_std(job.client));
             return;
         }
-        let guest = match connect_in(&job.netns, job.guest) {
+        let connected = match job.to {
+            Target::Netns { netns, guest } => connect_in(&netns, guest).map_err(|e| (guest, e)),
+            Target::Socket(s) => Ok(s),
+        };
+        let guest = match connected {
             Ok(g) => g,
-            Err(e) => {
-                tracing::debug!(guest = %job.guest, "spliced forward: connect failed: {e}");
+            Err((guest, e)) => {
+                tracing::debug!(guest = %guest, "spliced forward: connect failed: {e}");
                 self.counters.connect_failed.fetch_add(1, Ordering::Relaxed);
                 let _ = job.client.set_nonblocking(true);
                 let c = TcpStream::from_std(job.client);

@@ -24,13 +24,17 @@
 
 mod endpoints;
 mod members;
+pub(crate) mod services;
 use endpoints::Endpoints;
 use members::Members;
+pub use services::DEFAULT_MESH_PORT;
 
 #[cfg(feature = "cluster")]
 mod agent;
 #[cfg(feature = "cluster")]
 mod ipam;
+#[cfg(feature = "cluster")]
+mod mesh;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -48,6 +52,10 @@ fn default_prefix() -> String {
 
 fn default_ttl() -> u32 {
     10
+}
+
+fn default_mesh_port() -> u16 {
+    DEFAULT_MESH_PORT
 }
 
 /// Largest VNI (24 bits).
@@ -80,6 +88,10 @@ pub struct ClusterSpec {
     /// Client key (PEM), with `cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<std::path::PathBuf>,
+    /// TCP port of the service mesh on `vtep` (default 7950): other nodes reach this node's
+    /// endpoints of `[[service]]`s through it.
+    #[serde(default = "default_mesh_port")]
+    pub mesh_port: u16,
 }
 
 impl ClusterSpec {
@@ -94,6 +106,7 @@ impl ClusterSpec {
             ca: None,
             cert: None,
             key: None,
+            mesh_port: DEFAULT_MESH_PORT,
         }
     }
 
@@ -140,6 +153,9 @@ impl ClusterSpec {
                 key("ttl_s"),
                 format!("{} is outside 2..=3600", self.ttl_s),
             ));
+        }
+        if self.mesh_port == 0 {
+            return Err(Error::invalid(key("mesh_port"), "port 0 is not allowed"));
         }
         if self.cert.is_some() != self.key.is_some() {
             return Err(Error::invalid(
@@ -494,6 +510,46 @@ impl Handle {
         self.spawn_cluster(shared.clone())?;
         *self.node().cluster.lock() = Some(shared);
         Ok(())
+    }
+
+    /// Starts the cluster's services (`[[service]]`, see `services.rs`): binds their published
+    /// ports and the mesh listener (errors name `service[i].publish`, `cluster.mesh_port`) and
+    /// starts the mesh thread. Call after [`Handle::start_cluster`]; nothing to do without
+    /// services.
+    pub fn start_services(&self, services: &[crate::nat::forward::Forward]) -> Result<()> {
+        if services.is_empty() {
+            return Ok(());
+        }
+        let Some(sh) = self.node().cluster.lock().clone() else {
+            return Err(Error::invalid(
+                "service",
+                "services need a [cluster] section",
+            ));
+        };
+        let nets: Vec<&str> = sh.nets.iter().map(|n| n.name.as_str()).collect();
+        services::check_services(services, &nets)?;
+        self.spawn_mesh(sh.clone(), services.to_vec())
+    }
+
+    #[cfg(not(feature = "cluster"))]
+    fn spawn_mesh(
+        &self,
+        _shared: Arc<Shared>,
+        _services: Vec<crate::nat::forward::Forward>,
+    ) -> Result<()> {
+        Err(Error::invalid(
+            "service",
+            "this usernet was built without the `cluster` feature (cargo build --features cluster)",
+        ))
+    }
+
+    #[cfg(feature = "cluster")]
+    fn spawn_mesh(
+        &self,
+        shared: Arc<Shared>,
+        services: Vec<crate::nat::forward::Forward>,
+    ) -> Result<()> {
+        mesh::spawn(self.clone(), shared, services)
     }
 
     #[cfg(not(feature = "cluster"))]

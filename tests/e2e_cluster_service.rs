@@ -70,19 +70,34 @@ fn logs(d: &[Daemon]) -> String {
         .join("\n---\n")
 }
 
+/// busybox nc from `ns` to host `host`'s `port`, its stdin and stdout piped.
+fn nc(ns: &Netns, host: usize, port: u16) -> std::process::Child {
+    ns.cmd(&["busybox", "nc", &underlay_ip(host), &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nc")
+}
+
+/// What `c` writes to its stdout until it closes it, or within `max`.
+fn read_all(c: &mut std::process::Child, max: Duration) -> String {
+    let mut out = c.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    rx.recv_timeout(max).unwrap_or_default()
+}
+
 /// A connection held open: `GET /who` sent without its last line, so the server waits.
 struct Held(std::process::Child);
 
 impl Held {
     fn open(lab: &Lab, host: usize) -> Held {
-        let mut c = lab
-            .ul
-            .cmd(&["busybox", "nc", &underlay_ip(host), "8080"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nc");
+        let mut c = nc(&lab.ul, host, 8080);
         c.stdin
             .as_mut()
             .expect("stdin")
@@ -96,14 +111,7 @@ impl Held {
         if let Some(i) = self.0.stdin.as_mut() {
             let _ = i.write_all(b"\r\n");
         }
-        let mut out = self.0.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            let _ = tx.send(s);
-        });
-        let s = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+        let s = read_all(&mut self.0, Duration::from_secs(5));
         s.lines().last().unwrap_or("").trim().to_string()
     }
 }
@@ -113,6 +121,20 @@ impl Drop for Held {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Sends `payload` to host `host`'s mesh port from namespace `ns`; what came back.
+fn mesh_raw(ns: &Netns, host: usize, payload: &str) -> String {
+    let mut c = nc(ns, host, 7950);
+    let _ = c
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(payload.as_bytes());
+    let s = read_all(&mut c, Duration::from_secs(4));
+    let _ = c.kill();
+    let _ = c.wait();
+    s
 }
 
 /// Asks host `host` every 50 ms for `for_`: the time after `t0` of the last answer that was
@@ -179,6 +201,35 @@ fn a_service_spreads_over_hosts_and_fails_over() {
     // Another node's published port serves the same service.
     let m = count(&lab, 2, 9);
     assert!(all3(&m), "via host 2: {m:?}");
+    // The mesh port: a live member (host 1's namespace, from its VTEP) reaches host 0's
+    // endpoint; a stranger on the underlay, a bad first line or an endpoint of no declared
+    // service get nothing.
+    let get = "GET /who HTTP/1.0\r\n\r\n";
+    let ok = mesh_raw(
+        &lab.hosts[1],
+        0,
+        &format!("USERNET-MESH/1 CONNECT web web1 80\n{get}"),
+    );
+    assert!(ok.contains("web1"), "a member's CONNECT: {ok:?}");
+    for (ns, line) in [
+        (&lab.ul, "USERNET-MESH/1 CONNECT web web1 80\n"),
+        (&lab.hosts[1], "USERNET-MESH/1 CONNECT web web9 80\n"),
+        (&lab.hosts[1], "USERNET-MESH/1 CONNECT web web1 22\n"),
+        (
+            &lab.hosts[1],
+            "USERNET-MESH/1 CONNECT web web1 80 and more\n",
+        ),
+        (&lab.hosts[1], "GET /who HTTP/1.0\r\n"),
+    ] {
+        let got = mesh_raw(ns, 0, &format!("{line}{get}"));
+        assert!(!got.contains("web"), "{line:?} from {}: {got:?}", ns.name);
+    }
+    let up = mesh_raw(&lab.hosts[1], 0, "USERNET-MESH/1 CHECK\n");
+    assert_eq!(
+        up.trim(),
+        "UP web/web1:80",
+        "host 0's endpoints that are up"
+    );
     // Three long-running connections through host 0, one per endpoint (round robin).
     let held: Vec<Held> = (0..3).map(|_| Held::open(&lab, 0)).collect();
     std::thread::sleep(Duration::from_millis(300));

@@ -635,6 +635,29 @@ mod tests {
         assert_eq!(c.bytes_to_guest.load(Ordering::Relaxed), up.len() as u64);
     }
 
+    #[test]
+    fn relays_to_a_socket_the_caller_made() {
+        let sp = Splicer::start().expect("splicer");
+        let far = TcpListener::bind("127.0.0.1:0").expect("listener");
+        let peer = TcpStream::connect(far.local_addr().expect("addr")).expect("connect");
+        let (mut client, accepted) = accepted_pair();
+        sp.relay(7, accepted, peer, None);
+        let (mut f, _) = far.accept().expect("accept");
+        for s in [&client, &f] {
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+        }
+        client.write_all(b"ping").expect("write");
+        let mut b = [0u8; 4];
+        f.read_exact(&mut b).expect("far end reads");
+        assert_eq!(&b, b"ping");
+        f.write_all(b"pong").expect("write back");
+        drop(f);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).expect("client reads to EOF");
+        assert_eq!(got, b"pong");
+    }
+
     /// True when `s` sees the connection end (EOF or reset) within `within`.
     fn ends_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
         s.set_read_timeout(Some(within)).expect("timeout");

@@ -39,6 +39,15 @@ const MAGIC: &str = "USERNET-MESH/1";
 /// the key (`service[0].publish`).
 pub fn check_service(s: &Forward, i: usize, cluster_nets: &[&str]) -> Result<()> {
     let key = |k: &str| format!("service[{i}].{k}");
+    if s.spec.proto != Proto::Tcp || s.spec.len() != 1 {
+        return Err(Error::invalid(
+            key("publish"),
+            format!(
+                "{}: a service publishes one TCP port (HOSTPORT:GUESTPORT/tcp)",
+                s.spec
+            ),
+        ));
+    }
     s.check(&format!("service[{i}]"))
         .map_err(|(field, why)| Error::invalid(field, why))?;
     if !cluster_nets.contains(&s.network.as_str()) {
@@ -47,15 +56,6 @@ pub fn check_service(s: &Forward, i: usize, cluster_nets: &[&str]) -> Result<()>
             format!(
                 "{:?} is not a cluster network (scope = \"cluster\")",
                 s.network
-            ),
-        ));
-    }
-    if s.spec.proto != Proto::Tcp || s.spec.len() != 1 {
-        return Err(Error::invalid(
-            key("publish"),
-            format!(
-                "{}: a service publishes one TCP port (HOSTPORT:GUESTPORT/tcp)",
-                s.spec
             ),
         ));
     }

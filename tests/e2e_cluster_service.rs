@@ -198,6 +198,19 @@ fn a_service_spreads_over_hosts_and_fails_over() {
         let n = m.get(w).copied().unwrap_or(0);
         assert!((25..=35).contains(&n), "{w} got {n} of 90: {m:?}");
     }
+    // `ctl cluster` lists the service with its endpoints on every node and host 0's counts.
+    let c = d[0].ctl(&["cluster"]);
+    let eps = c["services"][0]["endpoints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let labels: Vec<&str> = eps.iter().filter_map(|e| e["to"].as_str()).collect();
+    assert_eq!(labels, ["web1@h0", "web2@h1", "web3@h2"], "{c}");
+    assert!(
+        eps.iter()
+            .all(|e| e["state"] == "up" && e["connections"].as_u64() >= Some(30)),
+        "{c}"
+    );
     // Another node's published port serves the same service.
     let m = count(&lab, 2, 9);
     assert!(all3(&m), "via host 2: {m:?}");

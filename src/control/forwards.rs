@@ -223,8 +223,13 @@ fn bind(f: &Forward) -> Result<Vec<Listener>> {
 
 /// Fills in `f`'s endpoints and refusals from its counters.
 fn fill(f: &mut ForwardInfo, s: &PoolStats) {
-    f.endpoints = s
-        .endpoints
+    f.endpoints = endpoint_infos(s);
+    f.refused = s.refused();
+}
+
+/// Each endpoint of a balanced pool, as listed.
+pub(crate) fn endpoint_infos(s: &PoolStats) -> Vec<EndpointInfo> {
+    s.endpoints
         .iter()
         .map(|e| EndpointInfo {
             to: e.name.clone(),
@@ -232,6 +237,5 @@ fn fill(f: &mut ForwardInfo, s: &PoolStats) {
             live: e.live(),
             connections: e.connections(),
         })
-        .collect();
-    f.refused = s.refused();
+        .collect()
 }

@@ -307,14 +307,28 @@ impl Mesh {
             (live, eps)
         };
         self.live = live;
+        let mut changed = false;
         for (s, eps) in self.svcs.iter_mut().zip(eps) {
             if s.eps != eps {
+                changed = true;
                 let labels: Vec<String> = eps.iter().map(Endpoint::label).collect();
                 tracing::info!(service = %s.spec.spec, endpoints = ?labels, "service endpoints changed");
                 s.stats = PoolStats::new(&labels);
                 s.picker = Picker::default();
                 s.eps = eps;
             }
+        }
+        if changed || self.shared.services.lock().is_empty() {
+            *self.shared.services.lock() = self
+                .svcs
+                .iter()
+                .map(|s| services::ServiceView {
+                    network: s.spec.network.clone(),
+                    publish: s.spec.spec.to_string(),
+                    balance: s.balance,
+                    stats: s.stats.clone(),
+                })
+                .collect();
         }
         // Peers: the other nodes holding endpoints.
         let me = self.me().to_string();

@@ -27,7 +27,7 @@ mod members;
 pub(crate) mod services;
 use endpoints::Endpoints;
 use members::Members;
-pub use services::DEFAULT_MESH_PORT;
+pub use services::{DEFAULT_MESH_PORT, ServiceInfo};
 
 #[cfg(feature = "cluster")]
 mod agent;
@@ -301,6 +301,9 @@ pub struct ClusterInfo {
     pub conflicts: u64,
     /// The last error talking to etcd, if any.
     pub last_error: Option<String>,
+    /// This node's `[[service]]`s and their endpoints across the nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceInfo>,
 }
 
 /// Waits up to `max` for the cluster thread to leave after a shutdown: it revokes the node's
@@ -339,6 +342,8 @@ pub(crate) struct Shared {
     /// Asks the cluster thread to claim an address and waits (bounded) for the answer; set
     /// when the thread starts.
     pub(crate) claim: Mutex<Option<ClaimFn>>,
+    /// The services' counters, set by the mesh thread.
+    pub(crate) services: Mutex<Vec<services::ServiceView>>,
 }
 
 /// The claim call: network, address -> claimed, or why not.
@@ -401,9 +406,12 @@ impl Handle {
             malformed,
             conflicts: st.conflicts,
             last_error: st.last_error.clone(),
+            services: Vec::new(),
         };
         drop(st);
+        let services = sh.services.lock().iter().map(|v| v.info()).collect();
         let mut info = info;
+        info.services = services;
         for n in &sh.nets {
             let port = port_name(&n.name);
             let remotes = self
@@ -506,6 +514,7 @@ impl Handle {
                 last_error: None,
             }),
             claim: Mutex::new(None),
+            services: Mutex::new(Vec::new()),
         });
         self.spawn_cluster(shared.clone())?;
         *self.node().cluster.lock() = Some(shared);

@@ -20,8 +20,13 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::gateway::EndpointInfo;
+use crate::nat::balance::{Balance, PoolStats};
 use crate::nat::forward::{Forward, Proto};
 
 /// The mesh port when `[cluster] mesh_port` is not given.
@@ -34,6 +39,44 @@ pub(crate) const MAX_HELLO: usize = 256;
 pub(crate) const MAX_UP: usize = 64 * 1024;
 
 const MAGIC: &str = "USERNET-MESH/1";
+
+/// A service of this node, as `ctl cluster` lists it (API op `cluster`, `services`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ServiceInfo {
+    /// Its cluster network.
+    pub network: String,
+    /// What it publishes on every node (`8080:80/tcp`).
+    pub publish: String,
+    /// How it balances.
+    pub balance: Balance,
+    /// Its endpoints on every live node (`NAME@NODE`), their state and this node's counters.
+    pub endpoints: Vec<EndpointInfo>,
+    /// This node's clients refused because no endpoint was up.
+    pub refused: u64,
+}
+
+/// What the mesh thread shows of a service: its counters (replaced when its endpoints change).
+#[derive(Debug, Clone)]
+pub(crate) struct ServiceView {
+    pub(crate) network: String,
+    pub(crate) publish: String,
+    pub(crate) balance: Balance,
+    pub(crate) stats: Arc<PoolStats>,
+}
+
+impl ServiceView {
+    /// As listed now.
+    pub(crate) fn info(&self) -> ServiceInfo {
+        ServiceInfo {
+            network: self.network.clone(),
+            publish: self.publish.clone(),
+            balance: self.balance,
+            endpoints: crate::control::forwards::endpoint_infos(&self.stats),
+            refused: self.stats.refused(),
+        }
+    }
+}
 
 /// Checks `[[service]]` table `s` (index `i`), given the cluster networks' names; errors name
 /// the key (`service[0].publish`).

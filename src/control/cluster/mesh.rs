@@ -40,12 +40,12 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use super::Shared;
-use super::services::{self, Endpoint, Hello, MAX_HELLO, MAX_UP, Target};
+use super::mesh_io::{CheckStep, Local, check_io, connect_from, hidden_forward, reset};
+use super::services::{self, Endpoint, Hello, MAX_HELLO, Target};
 use crate::control::Handle;
 use crate::error::{Error, Result};
 use crate::nat::balance::{Balance, ConnGuard, Health, HealthSpec, Picker, PoolStats};
-use crate::nat::forward::{Forward, ForwardSpec, Proto};
-use crate::nat::forward_rt::Listener;
+use crate::nat::forward::Forward;
 use crate::nat::splice::Splicer;
 
 /// How long a mesh connection may take to send its first line.
@@ -141,14 +141,6 @@ struct Peer {
     checking: bool,
 }
 
-/// This node's endpoint of a service: its hidden forward.
-struct Local {
-    ip: Ipv4Addr,
-    forward: u64,
-    port: u16,
-    stats: Arc<PoolStats>,
-}
-
 /// A connection being set up.
 enum Pending {
     /// From another node, before its first line.
@@ -187,10 +179,6 @@ struct Mesh {
     local: BTreeMap<Target, Local>,
     pending: HashMap<usize, (Pending, Instant)>,
     next_token: usize,
-}
-
-fn reset(s: &impl std::os::fd::AsFd) {
-    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
 impl Mesh {
@@ -385,56 +373,13 @@ impl Mesh {
             if self.local.contains_key(&t) {
                 continue;
             }
-            match self.hidden_forward(&t, ip, health) {
+            match hidden_forward(&self.h, &t, ip, health) {
                 Ok(l) => {
                     self.local.insert(t, l);
                 }
                 Err(e) => tracing::warn!(endpoint = %t, error = %e, "service: no local forward"),
             }
         }
-    }
-
-    fn hidden_forward(&self, t: &Target, ip: Ipv4Addr, health: HealthSpec) -> Result<Local> {
-        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(|e| Error::Io("service forward".into(), e))?;
-        l.set_nonblocking(true)
-            .map_err(|e| Error::Io("service forward".into(), e))?;
-        let port = l
-            .local_addr()
-            .map_err(|e| Error::Io("service forward".into(), e))?
-            .port();
-        let spec = ForwardSpec::single(
-            Proto::Tcp,
-            Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            port,
-            t.port,
-        )
-        .map_err(|e| Error::invalid("service", e.to_string()))?;
-        let mut f = Forward::new(&t.net, spec, &ip.to_string());
-        f.health = Some(health);
-        let info = self.h.add_forward_bound(
-            &f,
-            vec![Listener::Tcp {
-                sock: TcpListener::from_std(l),
-                guest_port: t.port,
-            }],
-            None,
-        )?;
-        let stats = self
-            .h
-            .node()
-            .forward_stats
-            .lock()
-            .get(&info.id)
-            .cloned()
-            .unwrap_or_else(|| PoolStats::new(&[]));
-        tracing::info!(endpoint = %t, forward = info.id, "service: local endpoint forwarded");
-        Ok(Local {
-            ip,
-            forward: info.id,
-            port,
-            stats,
-        })
     }
 
     /// Sets each endpoint's state: a local one by its forward's health, a remote one by its
@@ -683,15 +628,16 @@ impl Mesh {
             Pending::Check {
                 sock, sent, buf, ..
             } => {
-                let done = check_io(sock, sent, buf);
-                if let Some(r) = done {
-                    let Some(Pending::Check { node, .. }) = self.take_pending(t) else {
-                        return;
-                    };
-                    match r {
-                        Some(up) => self.peer_result(&node, true, Some(up)),
-                        None => self.peer_result(&node, false, None),
-                    }
+                let step = check_io(sock, sent, buf);
+                if matches!(step, CheckStep::Pending) {
+                    return;
+                }
+                let Some(Pending::Check { node, .. }) = self.take_pending(t) else {
+                    return;
+                };
+                match step {
+                    CheckStep::Answered(up) => self.peer_result(&node, true, Some(up)),
+                    _ => self.peer_result(&node, false, None),
                 }
             }
             Pending::Connect { sock, .. } => {
@@ -793,70 +739,6 @@ impl Mesh {
                 tracing::debug!(why, "service mesh: bad first line; closing");
                 reset(&sock);
             }
-        }
-    }
-}
-
-/// A non-blocking connection to `to` from address `local` (this node's VTEP: the address
-/// the other nodes accept mesh connections from).
-fn connect_from(local: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(to),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    s.set_nonblocking(true)?;
-    s.set_tcp_nodelay(true)?;
-    s.bind(&SocketAddr::new(local, 0).into())?;
-    match s.connect(&to.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(TcpStream::from_std(s.into()))
-}
-
-/// Moves a check along: sends the line once connected, reads the answer. `Some(Some(up))`
-/// when answered, `Some(None)` when it failed, `None` while in progress.
-#[allow(clippy::option_option)]
-fn check_io(
-    sock: &mut TcpStream,
-    sent: &mut bool,
-    buf: &mut Vec<u8>,
-) -> Option<Option<BTreeSet<Target>>> {
-    if !*sent {
-        match sock.take_error() {
-            Ok(None) => {}
-            _ => return Some(None),
-        }
-        match sock.peer_addr() {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return None,
-            Err(_) => return Some(None),
-        }
-        let hello = Hello::Check.line();
-        if sock.write(hello.as_bytes()).ok() != Some(hello.len()) {
-            return Some(None);
-        }
-        *sent = true;
-    }
-    let mut chunk = [0u8; 4096];
-    loop {
-        match sock.read(&mut chunk) {
-            Ok(0) => return Some(None),
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.contains(&b'\n') {
-                    let end = buf.iter().position(|&b| b == b'\n').map_or(0, |p| p + 1);
-                    return Some(services::parse_up(&buf[..end]).ok().map(|(up, _)| up));
-                }
-                if buf.len() > MAX_UP {
-                    return Some(None);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return Some(None),
         }
     }
 }

@@ -35,6 +35,8 @@ mod agent;
 mod ipam;
 #[cfg(feature = "cluster")]
 mod mesh;
+#[cfg(feature = "cluster")]
+mod mesh_io;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

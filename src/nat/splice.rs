@@ -339,23 +339,33 @@ fn reset(s: &TcpStream) {
 
 /// A non-blocking TCP socket created inside the namespace at `netns`, connecting to `guest`.
 fn connect_in(netns: &Path, guest: SocketAddr) -> io::Result<TcpStream> {
-    let sock = crate::link::netns::run_in_netns(netns, move || {
-        let s = socket2::Socket::new(
-            socket2::Domain::for_address(guest),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        s.set_nonblocking(true)?;
-        s.set_tcp_nodelay(true)?;
-        match s.connect(&guest.into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
-        }
-        Ok(s)
-    })
-    .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
+    let sock = crate::link::netns::run_in_netns(netns, move || start_connect(guest, None))
+        .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
     Ok(TcpStream::from_std(sock.into()))
+}
+
+/// A non-blocking TCP socket (no Nagle) connecting to `to`, from address `from` if given
+/// (port chosen by the kernel): the connect is in progress or done.
+pub(crate) fn start_connect(
+    to: SocketAddr,
+    from: Option<std::net::IpAddr>,
+) -> io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_nonblocking(true)?;
+    s.set_tcp_nodelay(true)?;
+    if let Some(ip) = from {
+        s.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    match s.connect(&to.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(s)
 }
 
 impl Relay {

@@ -81,19 +81,7 @@ pub(super) fn hidden_forward(
 /// A non-blocking connection to `to` from address `local` (this node's VTEP: the address
 /// the other nodes accept mesh connections from).
 pub(super) fn connect_from(local: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(to),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    s.set_nonblocking(true)?;
-    s.set_tcp_nodelay(true)?;
-    s.bind(&SocketAddr::new(local, 0).into())?;
-    match s.connect(&to.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
+    let s = crate::nat::splice::start_connect(to, Some(local))?;
     Ok(TcpStream::from_std(s.into()))
 }
 

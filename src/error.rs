@@ -42,5 +42,14 @@ impl Error {
     }
 }
 
+impl From<crate::policy::Invalid> for Error {
+    fn from(e: crate::policy::Invalid) -> Self {
+        Error::Invalid {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

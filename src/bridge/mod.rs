@@ -560,11 +560,8 @@ enum Target<'t> {
 }
 
 /// A policy error as a bridge error (its field and reason kept).
-fn policy_error(e: crate::Error) -> BridgeError {
-    match e {
-        crate::Error::Invalid { field, reason } => BridgeError::BadPolicy(field, reason),
-        other => BridgeError::BadPolicy("port.policy".into(), other.to_string()),
-    }
+fn policy_error(e: crate::policy::Invalid) -> BridgeError {
+    BridgeError::BadPolicy(e.field, e.reason)
 }
 
 /// Takes `port` out of every network it is in (port lists, FDBs, guards).

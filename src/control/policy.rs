@@ -141,7 +141,7 @@ impl Handle {
     ) -> Result<()> {
         let bridge = self.dp.bridge();
         let scope = scope_of(&bridge.topology(), network, port)?;
-        bridge.policy().set_default(scope, default)
+        Ok(bridge.policy().set_default(scope, default)?)
     }
 
     /// The rule counters as metrics: `usernet_policy_packets_total` and

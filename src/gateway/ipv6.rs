@@ -29,6 +29,24 @@ impl Driver {
         self.send(ndp::router_advert(&p, dst, mac));
     }
 
+    /// A TCP or UDP packet to one of the gateway's own IPv6 addresses that is not DNS: through
+    /// NAT to the host when it is for the gateway's address, else ignored.
+    fn for_gateway6(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        (src, dst): (Ipv6Addr, Ipv6Addr),
+        proto: IpNumber,
+        body: &[u8],
+    ) -> bool {
+        if Some(dst) == self.gw.cfg.addr6() {
+            self.nat(now, packet, IpAddr::V6(src), IpAddr::V6(dst), proto, body)
+        } else {
+            inc(&self.gw.counters.ignored);
+            true
+        }
+    }
+
     pub(super) fn ipv6(&mut self, h: &L2Header, payload: &[u8], now: Instant) -> bool {
         if self.gw.cfg.ipv6.is_none() {
             inc(&self.gw.counters.ignored);
@@ -144,18 +162,8 @@ impl Driver {
                         udp.payload(),
                     );
                     true
-                } else if Some(dst) == cfg.addr6() {
-                    self.nat(
-                        now,
-                        packet,
-                        IpAddr::V6(src),
-                        IpAddr::V6(dst),
-                        IpNumber::UDP,
-                        body,
-                    )
                 } else {
-                    inc(&self.gw.counters.ignored);
-                    true
+                    self.for_gateway6(now, packet, (src, dst), IpNumber::UDP, body)
                 }
             }
             IpNumber::TCP if ours => {
@@ -165,18 +173,8 @@ impl Driver {
                 if tcp.destination_port() == 53 && !(cfg.dns_silent && Some(dst) == cfg.dns6()) {
                     self.tcp.input(packet, self.ingress);
                     true
-                } else if Some(dst) == cfg.addr6() {
-                    self.nat(
-                        now,
-                        packet,
-                        IpAddr::V6(src),
-                        IpAddr::V6(dst),
-                        IpNumber::TCP,
-                        body,
-                    )
                 } else {
-                    inc(&self.gw.counters.ignored);
-                    true
+                    self.for_gateway6(now, packet, (src, dst), IpNumber::TCP, body)
                 }
             }
             _ => {

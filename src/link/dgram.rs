@@ -257,11 +257,7 @@ impl Link for DgramLink {
     }
 
     fn caps(&self) -> LinkCaps {
-        LinkCaps {
-            vnet_hdr: false,
-            max_frame: self.max_frame,
-            ..LinkCaps::default()
-        }
+        LinkCaps::plain(self.max_frame)
     }
 
     fn recv_batch(

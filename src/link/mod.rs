@@ -83,6 +83,33 @@ pub struct LinkCaps {
     pub rx_gso: bool,
 }
 
+impl LinkCaps {
+    /// A link of plain frames up to `max_frame` bytes: no virtio-net header, no offloads
+    /// (stream, dgram and VXLAN links).
+    pub fn plain(max_frame: usize) -> Self {
+        LinkCaps {
+            max_frame,
+            ..LinkCaps::default()
+        }
+    }
+
+    /// A kernel link (TAP, AF_PACKET) whose frames carry a virtio-net header when `vnet_hdr`:
+    /// then the kernel takes any GSO frame on write (`virtio_net_hdr_to_skb` segments what the
+    /// interface cannot), and it hands over GSO frames on read when `rx_gso`.
+    pub fn kernel(vnet_hdr: bool, max_frame: usize, rx_gso: bool) -> Self {
+        LinkCaps {
+            vnet_hdr,
+            max_frame,
+            tx: if vnet_hdr {
+                crate::offload::Offloads::ALL
+            } else {
+                crate::offload::Offloads::NONE
+            },
+            rx_gso,
+        }
+    }
+}
+
 /// A frame source and sink over one file descriptor. See the module docs.
 pub trait Link: Send + 'static {
     /// Short name of the kind: `"tap"`, `"packet"`, `"memory"`.

@@ -231,19 +231,9 @@ impl Link for PacketLink {
     }
 
     fn caps(&self) -> LinkCaps {
+        // `packet_snd` builds GSO skbs from the virtio-net header.
         let vnet = self.vnet_len > 0;
-        LinkCaps {
-            vnet_hdr: vnet,
-            max_frame: self.max_frame,
-            // `packet_snd` builds GSO skbs from the header (`virtio_net_hdr_to_skb`); the
-            // kernel segments them if the interface cannot.
-            tx: if vnet {
-                crate::offload::Offloads::ALL
-            } else {
-                crate::offload::Offloads::NONE
-            },
-            rx_gso: vnet,
-        }
+        LinkCaps::kernel(vnet, self.max_frame, vnet)
     }
 
     fn recv_batch(

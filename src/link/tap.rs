@@ -338,18 +338,7 @@ impl Link for TapLink {
     }
 
     fn caps(&self) -> LinkCaps {
-        LinkCaps {
-            vnet_hdr: self.vnet_hdr(),
-            max_frame: self.max_frame,
-            // With virtio-net headers the kernel takes any GSO frame on write
-            // (`virtio_net_hdr_to_skb`), whatever offloads the interface announces.
-            tx: if self.vnet_hdr() {
-                crate::offload::Offloads::ALL
-            } else {
-                crate::offload::Offloads::NONE
-            },
-            rx_gso: self.rx_gso,
-        }
+        LinkCaps::kernel(self.vnet_hdr(), self.max_frame, self.rx_gso)
     }
 
     fn recv_batch(

@@ -124,6 +124,29 @@ struct Flow {
     _hold: Option<ConnGuard>,
 }
 
+impl Flow {
+    /// A flow born `now` in `state`, its host socket ready both ways (until it says
+    /// otherwise), no guest socket yet.
+    fn new(key: Key, mss: u16, host: Box<dyn HostStream>, state: State, now: Instant) -> Self {
+        Flow {
+            key,
+            mss,
+            host_rd: true,
+            host_wr: true,
+            host,
+            sock: None,
+            state,
+            host_eof: false,
+            host_shut: false,
+            fin_sent: false,
+            established: false,
+            last: now,
+            born: now,
+            _hold: None,
+        }
+    }
+}
+
 /// The TCP half of a gateway's NAT. See the module docs.
 pub struct TcpNat {
     cfg: Arc<NatConfig>,
@@ -285,22 +308,7 @@ impl TcpNat {
         };
         let mut syn = packet.to_vec();
         let mss = take_mss(&mut syn, dst.is_ipv4());
-        let flow = Flow {
-            key,
-            mss,
-            host_rd: true,
-            host_wr: true,
-            host,
-            sock: None,
-            state: State::Connecting { syn, since: now },
-            host_eof: false,
-            host_shut: false,
-            fin_sent: false,
-            established: false,
-            last: now,
-            born: now,
-            _hold: None,
-        };
+        let flow = Flow::new(key, mss, host, State::Connecting { syn, since: now }, now);
         let idx = self.alloc(flows, flow, owner, Phase::Connecting);
         if let Some(f) = self.slots.get_mut(idx)
             && reg
@@ -370,20 +378,15 @@ impl TcpNat {
             .map_err(|e| io::Error::other(format!("connect to guest {guest}: {e}")))?;
         let h = self.sockets.add(s);
         let flow = Flow {
-            key: (guest, from),
-            mss: default_mss(guest.is_ipv4()),
-            host_rd: true,
-            host_wr: true,
-            host,
             sock: Some(h),
-            state: State::Open,
-            host_eof: false,
-            host_shut: false,
-            fin_sent: false,
-            established: false,
-            last: now,
-            born: now,
             _hold: hold,
+            ..Flow::new(
+                (guest, from),
+                default_mss(guest.is_ipv4()),
+                host,
+                State::Open,
+                now,
+            )
         };
         let idx = self.alloc(flows, flow, FORWARD_KEY, Phase::HalfOpen);
         if let Some(f) = self.slots.get_mut(idx)

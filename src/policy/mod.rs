@@ -41,7 +41,31 @@ use arc_swap::{ArcSwap, Guard};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+/// A policy, rule or change that does not validate: the field and the reason. It converts
+/// into [`crate::Error::Invalid`]; the policy room sits below the crate's error type (the
+/// bridge checks rules), so it has an error of its own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct Invalid {
+    /// The field or key, e.g. `network[0].policy.rules[2].cidr`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl Invalid {
+    /// An [`Invalid`] for `field`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Result with the policy room's [`Invalid`].
+pub type Result<T, E = Invalid> = std::result::Result<T, E>;
+use Invalid as Error;
 
 pub mod matcher;
 pub mod rule;
@@ -369,13 +393,13 @@ impl Table {
             let n = old.map_or(0, |c| c.rules.len());
             let at = index.unwrap_or(n);
             if at > n {
-                return Err(Error::invalid(
+                return Err(Error::new(
                     "index",
                     format!("{at} is past the end ({n} rules)"),
                 ));
             }
             if n >= rule::MAX_RULES {
-                return Err(Error::invalid(
+                return Err(Error::new(
                     "rule",
                     format!("the policy has {n} rules, the most"),
                 ));
@@ -429,13 +453,10 @@ impl Table {
     pub fn remove_rule(&self, scope: Scope, index: usize) -> Result<RuleSpec> {
         self.update(|s| {
             let Some(old) = s.map.get(&scope) else {
-                return Err(Error::invalid(
-                    "index",
-                    format!("{index}: there are no rules"),
-                ));
+                return Err(Error::new("index", format!("{index}: there are no rules")));
             };
             if index >= old.rules.len() {
-                return Err(Error::invalid(
+                return Err(Error::new(
                     "index",
                     format!("{index} is past the end ({} rules)", old.rules.len()),
                 ));

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use super::{Invalid as Error, Result};
 
 /// Most rules in one policy (a network's or a port's): matching is a linear walk.
 pub const MAX_RULES: usize = 1024;
@@ -257,12 +257,13 @@ impl RuleSpec {
             "src_port" => self.src_port = Some(PortValue::Text(value.to_string())),
             "dst_port" => self.dst_port = Some(PortValue::Text(value.to_string())),
             "icmp_type" => {
-                self.icmp_type = Some(value.parse().map_err(|_| {
-                    Error::invalid("icmp_type", format!("{value:?} is not a number"))
-                })?)
+                self.icmp_type =
+                    Some(value.parse().map_err(|_| {
+                        Error::new("icmp_type", format!("{value:?} is not a number"))
+                    })?)
             }
             other => {
-                return Err(Error::invalid(
+                return Err(Error::new(
                     other,
                     "unknown key (action, direction, proto, src, dst, src_port, dst_port, icmp_type)",
                 ));
@@ -273,7 +274,7 @@ impl RuleSpec {
 
     /// Checks the rule; errors name `path.FIELD` (e.g. `network[0].policy.rules[1].dst_port`).
     pub fn compile(&self, path: &str) -> Result<Rule> {
-        let bad = |field: &str, reason: String| Error::invalid(format!("{path}.{field}"), reason);
+        let bad = |field: &str, reason: String| Error::new(format!("{path}.{field}"), reason);
         let action = Action::parse(&self.action)
             .ok_or_else(|| bad("action", format!("{:?} is not allow or deny", self.action)))?;
         let direction = match self.direction.as_deref() {
@@ -374,14 +375,14 @@ impl PolicySpec {
         let default = match self.default.as_deref() {
             None => None,
             Some(d) => Some(Action::parse(d).ok_or_else(|| {
-                Error::invalid(
+                Error::new(
                     format!("{path}.default"),
                     format!("{d:?} is not allow or deny"),
                 )
             })?),
         };
         if self.rules.len() > MAX_RULES {
-            return Err(Error::invalid(
+            return Err(Error::new(
                 format!("{path}.rules"),
                 format!("{} rules, at most {MAX_RULES}", self.rules.len()),
             ));

@@ -117,13 +117,19 @@ fn spec(a: &Args, name: &str) -> PortSpec {
     p
 }
 
+/// `p` as an absolute path (relative to the current directory): the daemon resolves
+/// socket paths in its own directory.
+fn absolute(p: &std::path::Path) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(sock) = &a.stream {
-        let sock = if sock.is_absolute() {
-            sock.clone()
-        } else {
-            std::env::current_dir()?.join(sock)
-        };
+        let sock = absolute(sock)?;
         let name = a.name.clone().unwrap_or_else(|| "vm".into());
         let mut p = spec(&a, &name);
         p.stream = Some(sock.clone());
@@ -132,11 +138,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(sock) = &a.vhost_user {
-        let sock = if sock.is_absolute() {
-            sock.clone()
-        } else {
-            std::env::current_dir()?.join(sock)
-        };
+        let sock = absolute(sock)?;
         let name = a.name.clone().unwrap_or_else(|| "vm".into());
         let mut p = spec(&a, &name);
         p.vhost_user = Some(sock.clone());
@@ -148,15 +150,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(sock) = &a.dgram {
-        let abs = |p: &PathBuf| -> anyhow::Result<PathBuf> {
-            Ok(if p.is_absolute() {
-                p.clone()
-            } else {
-                std::env::current_dir()?.join(p)
-            })
-        };
-        let sock = abs(sock)?;
-        let peer = a.dgram_peer.as_ref().map(abs).transpose()?;
+        let sock = absolute(sock)?;
+        let peer = a.dgram_peer.as_deref().map(absolute).transpose()?;
         let name = a.name.clone().unwrap_or_else(|| "vm".into());
         let mut p = spec(&a, &name);
         p.dgram = Some(usernet::control::DgramSpec::Full(

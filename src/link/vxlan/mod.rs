@@ -306,11 +306,7 @@ impl Link for VxlanLink {
     }
 
     fn caps(&self) -> LinkCaps {
-        LinkCaps {
-            vnet_hdr: false,
-            max_frame: self.max_frame,
-            ..LinkCaps::default()
-        }
+        LinkCaps::plain(self.max_frame)
     }
 
     fn recv_batch(

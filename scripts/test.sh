@@ -9,7 +9,7 @@
 # etcd for the cluster feature, ...) are installed with apt-get first.
 #
 # Then the feature `cluster` (off by default) is tested on its own: its unit tests and
-# tests/e2e_cluster.rs and tests/e2e_cluster_proxy.rs, built with `--features cluster` (skipped
+# tests/e2e_cluster{,_proxy,_service}.rs, built with `--features cluster` (skipped
 # when arguments are given).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,4 +60,5 @@ if [ $# -eq 0 ]; then
   cargo test --locked --features cluster --lib cluster
   cargo test --locked --features cluster --test e2e_cluster
   cargo test --locked --features cluster --test e2e_cluster_proxy
+  cargo test --locked --features cluster --test e2e_cluster_service
 fi

@@ -70,6 +70,10 @@ pub struct Config {
     /// `[[forward]]` tables: port forwards (Docker `-p`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward: Vec<crate::nat::forward::Forward>,
+    /// `[[service]]` tables: load-balanced services of cluster networks, published on every
+    /// node (feature `cluster`); see `control/cluster/services.rs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service: Vec<crate::nat::forward::Forward>,
     /// `[cluster]`: this node's cluster (feature `cluster`); see [`crate::control::cluster`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterSpec>,
@@ -258,6 +262,15 @@ impl Config {
                 ));
             }
         }
+        let nets = self.cluster_nets();
+        let names: Vec<&str> = nets.iter().map(|n| n.name.as_str()).collect();
+        if !self.service.is_empty() && self.cluster.is_none() {
+            return Err(Error::invalid(
+                "service[0]",
+                "services need a [cluster] section",
+            ));
+        }
+        crate::control::cluster::services::check_services(&self.service, &names)?;
         if let Some(i) = self.port.iter().position(|p| {
             self.cluster_nets()
                 .iter()
@@ -344,6 +357,7 @@ impl Config {
         for f in &self.forward {
             h.add_forward(f)?;
         }
+        h.start_services(&self.service)?;
         Ok(())
     }
 }
@@ -583,6 +597,55 @@ packet = "veth0"
             (format!("{cl}cert = \"/c.pem\"\n"), "cluster.key"),
             (format!("{cl}ca = \"/ca.pem\"\n"), "cluster.etcd[0]"),
             (format!("{cl}members = 3\n"), "members"),
+        ] {
+            let e = err(&text);
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn service_keys_parse_and_errors_name_the_key() {
+        let cl =
+            "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nnode = \"a\"\nvtep = \"192.0.2.1\"\n";
+        let net = "[[network]]\nname = \"web\"\nscope = \"cluster\"\nvni = 70\n";
+        let svc = "[[service]]\nnetwork = \"web\"\npublish = \"8080:80/tcp\"\n\
+                   to = [\"web1\", \"web2\"]\nbalance = \"least_conn\"\n\
+                   health = { interval_ms = 500, timeout_ms = 200 }\n";
+        let c = Config::parse(&format!("{cl}mesh_port = 7000\n{net}{svc}")).expect("valid");
+        assert_eq!(c.cluster.as_ref().map(|c| c.mesh_port), Some(7000));
+        assert_eq!(c.service.len(), 1);
+        assert_eq!(c.service[0].to.len(), 2);
+        let c = Config::parse(&format!("{cl}{net}")).expect("valid");
+        assert_eq!(
+            c.cluster.as_ref().map(|c| c.mesh_port),
+            Some(crate::control::cluster::DEFAULT_MESH_PORT)
+        );
+        for (text, key) in [
+            (format!("{net}{svc}"), "network[0].scope"),
+            (
+                format!("{cl}{net}{}", svc.replace("8080:80/tcp", "8080:80/udp")),
+                "service[0].publish",
+            ),
+            (
+                format!("{cl}{net}{}", svc.replace("\"web2\"", "\"Web2\"")),
+                "service[0].to[1]",
+            ),
+            (
+                format!(
+                    "{cl}{net}{}",
+                    svc.replace("network = \"web\"", "network = \"lan\"")
+                ),
+                "service[0].network",
+            ),
+            (format!("{cl}{net}{svc}{svc}"), "service[1].publish"),
+            (format!("{cl}mesh_port = 0\n{net}"), "cluster.mesh_port"),
+            (
+                format!(
+                    "{cl}{net}{}",
+                    svc.replace("timeout_ms = 200", "timeout_ms = 900")
+                ),
+                "service[0].health.timeout_ms",
+            ),
         ] {
             let e = err(&text);
             assert!(e.contains(key), "{text}: {e}");

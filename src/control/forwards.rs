@@ -46,30 +46,19 @@ impl Handle {
         } else {
             None
         };
-        let ip = f.spec.bind_ip();
-        let mut listeners = Vec::new();
-        for (hp, gp) in f.spec.pairs() {
-            let at = std::net::SocketAddr::new(ip, hp);
-            let what = || format!("host port {at}/{}", f.spec.proto);
-            match f.spec.proto {
-                Proto::Tcp => {
-                    let l = std::net::TcpListener::bind(at).map_err(|e| Error::Io(what(), e))?;
-                    l.set_nonblocking(true).map_err(|e| Error::Io(what(), e))?;
-                    listeners.push(Listener::Tcp {
-                        sock: mio::net::TcpListener::from_std(l),
-                        guest_port: gp,
-                    });
-                }
-                Proto::Udp => {
-                    let u = std::net::UdpSocket::bind(at).map_err(|e| Error::Io(what(), e))?;
-                    u.set_nonblocking(true).map_err(|e| Error::Io(what(), e))?;
-                    listeners.push(Listener::Udp {
-                        sock: mio::net::UdpSocket::from_std(u),
-                        guest_port: gp,
-                    });
-                }
-            }
-        }
+        let listeners = bind(f)?;
+        self.add_forward_bound(f, listeners, splice)
+    }
+
+    /// [`Handle::add_forward`] with its host sockets bound already (`f` checked, `splice`
+    /// made): hands them to the network's gateway and records the forward.
+    pub(crate) fn add_forward_bound(
+        &self,
+        f: &Forward,
+        listeners: Vec<Listener>,
+        splice: Option<crate::nat::forward_rt::SpliceHook>,
+    ) -> Result<ForwardInfo> {
+        let g = self.gateways_of(Some(&f.network))?.remove(0);
         let mut info = ForwardInfo {
             id: NEXT_FORWARD.fetch_add(1, Ordering::Relaxed),
             network: f.network.clone(),
@@ -136,7 +125,7 @@ impl Handle {
         Ok(out)
     }
     /// The relay thread for spliced forwards, started on first use.
-    fn splicer(&self) -> Result<Arc<crate::nat::splice::Splicer>> {
+    pub(crate) fn splicer(&self) -> Result<Arc<crate::nat::splice::Splicer>> {
         let mut s = self.node.splicer.lock();
         if let Some(sp) = s.as_ref() {
             return Ok(sp.clone());
@@ -203,10 +192,44 @@ impl Handle {
     }
 }
 
+/// Binds the host sockets of `f` (a port in use is an error naming it).
+fn bind(f: &Forward) -> Result<Vec<Listener>> {
+    let ip = f.spec.bind_ip();
+    let mut listeners = Vec::new();
+    for (hp, gp) in f.spec.pairs() {
+        let at = std::net::SocketAddr::new(ip, hp);
+        let what = || format!("host port {at}/{}", f.spec.proto);
+        match f.spec.proto {
+            Proto::Tcp => {
+                let l = std::net::TcpListener::bind(at).map_err(|e| Error::Io(what(), e))?;
+                l.set_nonblocking(true).map_err(|e| Error::Io(what(), e))?;
+                listeners.push(Listener::Tcp {
+                    sock: mio::net::TcpListener::from_std(l),
+                    guest_port: gp,
+                });
+            }
+            Proto::Udp => {
+                let u = std::net::UdpSocket::bind(at).map_err(|e| Error::Io(what(), e))?;
+                u.set_nonblocking(true).map_err(|e| Error::Io(what(), e))?;
+                listeners.push(Listener::Udp {
+                    sock: mio::net::UdpSocket::from_std(u),
+                    guest_port: gp,
+                });
+            }
+        }
+    }
+    Ok(listeners)
+}
+
 /// Fills in `f`'s endpoints and refusals from its counters.
 fn fill(f: &mut ForwardInfo, s: &PoolStats) {
-    f.endpoints = s
-        .endpoints
+    f.endpoints = endpoint_infos(s);
+    f.refused = s.refused();
+}
+
+/// Each endpoint of a balanced pool, as listed.
+pub(crate) fn endpoint_infos(s: &PoolStats) -> Vec<EndpointInfo> {
+    s.endpoints
         .iter()
         .map(|e| EndpointInfo {
             to: e.name.clone(),
@@ -214,6 +237,5 @@ fn fill(f: &mut ForwardInfo, s: &PoolStats) {
             live: e.live(),
             connections: e.connections(),
         })
-        .collect();
-    f.refused = s.refused();
+        .collect()
 }

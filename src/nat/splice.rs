@@ -104,8 +104,15 @@ struct Job {
     hold: Option<ConnGuard>,
     forward: u64,
     client: std::net::TcpStream,
-    netns: PathBuf,
-    guest: SocketAddr,
+    to: Target,
+}
+
+/// Where a job's other side comes from.
+enum Target {
+    /// Connect to `guest` from inside the namespace at `netns`.
+    Netns { netns: PathBuf, guest: SocketAddr },
+    /// A non-blocking socket the caller made (connected or connecting).
+    Socket(TcpStream),
 }
 
 enum Msg {
@@ -187,8 +194,29 @@ impl Splicer {
             hold,
             forward,
             client,
-            netns: netns.to_path_buf(),
-            guest,
+            to: Target::Netns {
+                netns: netns.to_path_buf(),
+                guest,
+            },
+        };
+        self.send(Msg::Job(job));
+    }
+
+    /// Relays `client` and `peer` (a non-blocking socket the caller opened: connected, or
+    /// connecting) to each other, counting against forward `forward`'s cap and holding `hold`
+    /// while it lasts. The cluster's service mesh relays its hops this way.
+    pub fn relay(
+        &self,
+        forward: u64,
+        client: std::net::TcpStream,
+        peer: TcpStream,
+        hold: Option<ConnGuard>,
+    ) {
+        let job = Job {
+            hold,
+            forward,
+            client,
+            to: Target::Socket(peer),
         };
         self.send(Msg::Job(job));
     }
@@ -311,23 +339,33 @@ fn reset(s: &TcpStream) {
 
 /// A non-blocking TCP socket created inside the namespace at `netns`, connecting to `guest`.
 fn connect_in(netns: &Path, guest: SocketAddr) -> io::Result<TcpStream> {
-    let sock = crate::link::netns::run_in_netns(netns, move || {
-        let s = socket2::Socket::new(
-            socket2::Domain::for_address(guest),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        s.set_nonblocking(true)?;
-        s.set_tcp_nodelay(true)?;
-        match s.connect(&guest.into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
-        }
-        Ok(s)
-    })
-    .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
+    let sock = crate::link::netns::run_in_netns(netns, move || start_connect(guest, None))
+        .map_err(|e| io::Error::new(e.source.kind(), e.to_string()))?;
     Ok(TcpStream::from_std(sock.into()))
+}
+
+/// A non-blocking TCP socket (no Nagle) connecting to `to`, from address `from` if given
+/// (port chosen by the kernel): the connect is in progress or done.
+pub(crate) fn start_connect(
+    to: SocketAddr,
+    from: Option<std::net::IpAddr>,
+) -> io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_nonblocking(true)?;
+    s.set_tcp_nodelay(true)?;
+    if let Some(ip) = from {
+        s.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    match s.connect(&to.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(s)
 }
 
 impl Relay {
@@ -414,10 +452,14 @@ impl Relay {
             reset(&TcpStream::from_std(job.client));
             return;
         }
-        let guest = match connect_in(&job.netns, job.guest) {
+        let connected = match job.to {
+            Target::Netns { netns, guest } => connect_in(&netns, guest).map_err(|e| (guest, e)),
+            Target::Socket(s) => Ok(s),
+        };
+        let guest = match connected {
             Ok(g) => g,
-            Err(e) => {
-                tracing::debug!(guest = %job.guest, "spliced forward: connect failed: {e}");
+            Err((guest, e)) => {
+                tracing::debug!(guest = %guest, "spliced forward: connect failed: {e}");
                 self.counters.connect_failed.fetch_add(1, Ordering::Relaxed);
                 let _ = job.client.set_nonblocking(true);
                 let c = TcpStream::from_std(job.client);
@@ -601,6 +643,29 @@ mod tests {
         let c = sp.counters();
         assert_eq!(c.connections.load(Ordering::Relaxed), 1);
         assert_eq!(c.bytes_to_guest.load(Ordering::Relaxed), up.len() as u64);
+    }
+
+    #[test]
+    fn relays_to_a_socket_the_caller_made() {
+        let sp = Splicer::start().expect("splicer");
+        let far = TcpListener::bind("127.0.0.1:0").expect("listener");
+        let peer = TcpStream::connect(far.local_addr().expect("addr")).expect("connect");
+        let (mut client, accepted) = accepted_pair();
+        sp.relay(7, accepted, peer, None);
+        let (mut f, _) = far.accept().expect("accept");
+        for s in [&client, &f] {
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+        }
+        client.write_all(b"ping").expect("write");
+        let mut b = [0u8; 4];
+        f.read_exact(&mut b).expect("far end reads");
+        assert_eq!(&b, b"ping");
+        f.write_all(b"pong").expect("write back");
+        drop(f);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).expect("client reads to EOF");
+        assert_eq!(got, b"pong");
     }
 
     /// True when `s` sees the connection end (EOF or reset) within `within`.

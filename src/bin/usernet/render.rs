@@ -397,6 +397,54 @@ fn cluster(v: &Value) -> String {
             })
             .collect(),
     ));
+    let services = list("services");
+    if !services.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "SERVICE", "NETWORK", "BALANCE", "REFUSED", "ENDPOINT", "STATE", "LIVE", "CONNS",
+            ],
+            services
+                .iter()
+                .flat_map(|v| {
+                    let head = [
+                        s(v, "publish"),
+                        s(v, "network"),
+                        s(v, "balance"),
+                        s(v, "refused"),
+                    ];
+                    let eps = v["endpoints"].as_array().cloned().unwrap_or_default();
+                    if eps.is_empty() {
+                        let mut row = head.to_vec();
+                        row.extend([
+                            "(none yet)".to_string(),
+                            String::new(),
+                            String::new(),
+                            String::new(),
+                        ]);
+                        return vec![row];
+                    }
+                    eps.iter()
+                        .enumerate()
+                        .map(|(i, e)| {
+                            let mut row = if i == 0 {
+                                head.to_vec()
+                            } else {
+                                vec![String::new(); 4]
+                            };
+                            row.extend([
+                                s(e, "to"),
+                                s(e, "state"),
+                                s(e, "live"),
+                                s(e, "connections"),
+                            ]);
+                            row
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+        ));
+    }
     out
 }
 

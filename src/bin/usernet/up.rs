@@ -39,6 +39,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         (None, None) => Config::load(std::path::Path::new("usernet.toml"))?,
     };
     let sock = a.socket.path()?;
+    if a.sandbox && !cfg.service.is_empty() {
+        anyhow::bail!(
+            "service[0]: not with --sandbox (the service mesh relays with splice(2), which the \
+             sandbox's allowlist does not have)"
+        );
+    }
     let engine = Engine::start(cfg.engine_config()).context("starting event loops")?;
     let h = engine.handle();
     cfg.apply(&h)?;

@@ -128,6 +128,15 @@ impl Endpoints {
             .map(|((net, name, _), ip)| (net.clone(), name.clone(), *ip))
             .collect()
     }
+
+    /// Every node's published `name` on `net`: `(node, address)`, by node name.
+    pub(crate) fn owners(&self, net: &str, name: &str) -> Vec<(String, Ipv4Addr)> {
+        self.map
+            .iter()
+            .filter(|((n, m, _), _)| n == net && m == name)
+            .map(|((_, _, node), ip)| (node.clone(), *ip))
+            .collect()
+    }
 }
 
 impl super::KeyTable for Endpoints {

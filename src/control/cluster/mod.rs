@@ -25,9 +25,11 @@
 mod endpoints;
 mod macs;
 mod members;
+pub(crate) mod services;
 use endpoints::Endpoints;
 use macs::Macs;
 use members::Members;
+pub use services::{DEFAULT_MESH_PORT, ServiceInfo};
 
 #[cfg(feature = "cluster")]
 mod agent;
@@ -35,6 +37,10 @@ mod agent;
 mod fdbsync;
 #[cfg(feature = "cluster")]
 mod ipam;
+#[cfg(feature = "cluster")]
+mod mesh;
+#[cfg(feature = "cluster")]
+mod mesh_io;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -52,6 +58,10 @@ fn default_prefix() -> String {
 
 fn default_ttl() -> u32 {
     10
+}
+
+fn default_mesh_port() -> u16 {
+    DEFAULT_MESH_PORT
 }
 
 /// Largest VNI (24 bits).
@@ -84,6 +94,10 @@ pub struct ClusterSpec {
     /// Client key (PEM), with `cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<std::path::PathBuf>,
+    /// TCP port of the service mesh on `vtep` (default 7950): other nodes reach this node's
+    /// endpoints of `[[service]]`s through it.
+    #[serde(default = "default_mesh_port")]
+    pub mesh_port: u16,
 }
 
 impl ClusterSpec {
@@ -98,6 +112,7 @@ impl ClusterSpec {
             ca: None,
             cert: None,
             key: None,
+            mesh_port: DEFAULT_MESH_PORT,
         }
     }
 
@@ -144,6 +159,9 @@ impl ClusterSpec {
                 key("ttl_s"),
                 format!("{} is outside 2..=3600", self.ttl_s),
             ));
+        }
+        if self.mesh_port == 0 {
+            return Err(Error::invalid(key("mesh_port"), "port 0 is not allowed"));
         }
         if self.cert.is_some() != self.key.is_some() {
             return Err(Error::invalid(
@@ -293,6 +311,9 @@ pub struct ClusterInfo {
     /// events are not requests). Updated every 200 ms.
     #[serde(default)]
     pub requests: u64,
+    /// This node's `[[service]]`s and their endpoints across the nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceInfo>,
 }
 
 /// Waits up to `max` for the cluster thread to leave after a shutdown: it revokes the node's
@@ -331,6 +352,8 @@ pub(crate) struct Shared {
     /// Asks the cluster thread to claim an address and waits (bounded) for the answer; set
     /// when the thread starts.
     pub(crate) claim: Mutex<Option<ClaimFn>>,
+    /// The services' counters, set by the mesh thread.
+    pub(crate) services: Mutex<Vec<services::ServiceView>>,
 }
 
 /// The claim call: network, address -> claimed, or why not.
@@ -398,9 +421,12 @@ impl Handle {
             conflicts: st.conflicts,
             last_error: st.last_error.clone(),
             requests: st.requests,
+            services: Vec::new(),
         };
         drop(st);
+        let services = sh.services.lock().iter().map(|v| v.info()).collect();
         let mut info = info;
+        info.services = services;
         for n in &sh.nets {
             let port = port_name(&n.name);
             let remotes = self
@@ -505,10 +531,51 @@ impl Handle {
                 requests: 0,
             }),
             claim: Mutex::new(None),
+            services: Mutex::new(Vec::new()),
         });
         self.spawn_cluster(shared.clone())?;
         *self.node().cluster.lock() = Some(shared);
         Ok(())
+    }
+
+    /// Starts the cluster's services (`[[service]]`, see `services.rs`): binds their published
+    /// ports and the mesh listener (errors name `service[i].publish`, `cluster.mesh_port`) and
+    /// starts the mesh thread. Call after [`Handle::start_cluster`]; nothing to do without
+    /// services.
+    pub fn start_services(&self, services: &[crate::nat::forward::Forward]) -> Result<()> {
+        if services.is_empty() {
+            return Ok(());
+        }
+        let Some(sh) = self.node().cluster.lock().clone() else {
+            return Err(Error::invalid(
+                "service",
+                "services need a [cluster] section",
+            ));
+        };
+        let nets: Vec<&str> = sh.nets.iter().map(|n| n.name.as_str()).collect();
+        services::check_services(services, &nets)?;
+        self.spawn_mesh(sh.clone(), services.to_vec())
+    }
+
+    #[cfg(not(feature = "cluster"))]
+    fn spawn_mesh(
+        &self,
+        _shared: Arc<Shared>,
+        _services: Vec<crate::nat::forward::Forward>,
+    ) -> Result<()> {
+        Err(Error::invalid(
+            "service",
+            "this usernet was built without the `cluster` feature (cargo build --features cluster)",
+        ))
+    }
+
+    #[cfg(feature = "cluster")]
+    fn spawn_mesh(
+        &self,
+        shared: Arc<Shared>,
+        services: Vec<crate::nat::forward::Forward>,
+    ) -> Result<()> {
+        mesh::spawn(self.clone(), shared, services)
     }
 
     #[cfg(not(feature = "cluster"))]

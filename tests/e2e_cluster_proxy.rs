@@ -363,6 +363,20 @@ fn remote_endpoints_are_preinstalled_and_arp_is_answered_locally_without_floods(
         .map(|r| r["vxlan"]["drops"]["tx_local"].as_u64().unwrap_or(0))
         .unwrap_or(0);
     assert!(tx_local >= 1, "requests kept local are counted: {vx}");
+    // Both counters are in the Prometheus exposition too.
+    let m = d[0].ctl(&["metrics"]);
+    let m = m.as_str().unwrap_or_default();
+    let line = "usernet_vxlan_drops_total{network=\"web\",port=\"vx.web\",reason=\"tx_local\"} ";
+    assert!(
+        m.lines()
+            .any(|l| l.strip_prefix(line).and_then(|n| n.parse::<u64>().ok()) >= Some(1)),
+        "{m}"
+    );
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("usernet_gateway_proxy_answers_total{") && !l.ends_with(" 0")),
+        "{m}"
+    );
     // The table a person reads marks them.
     let out = std::process::Command::new(common::daemon::BIN)
         .args(["ctl", "--socket"])

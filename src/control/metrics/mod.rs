@@ -537,6 +537,26 @@ fn section<'a>(
     }
 }
 
+/// A VXLAN port's own counters (`ctl vxlan`): datagrams sent (a flood counts once per remote)
+/// and decapsulation/encapsulation drops by reason, `tx_local` among them (broadcasts the local
+/// gateway answers, kept off the underlay).
+fn vxlan_port(x: &mut Exposition, base: &[(&str, &str); 2], v: &crate::link::vxlan::VxlanStats) {
+    x.counter(
+        "usernet_vxlan_tx_datagrams_total",
+        "VXLAN datagrams sent to remote VTEPs (a flooded frame counts once per remote).",
+        base,
+        v.tx_datagrams,
+    );
+    for (reason, n) in &v.drops {
+        x.counter(
+            "usernet_vxlan_drops_total",
+            "Frames a VXLAN port dropped or kept off the underlay, by reason (as `usernet ctl vxlan` lists them).",
+            &[base[0], base[1], ("reason", reason)],
+            *n,
+        );
+    }
+}
+
 /// The numeric fields of a serializable stats struct, by name (so a new field shows up).
 fn fields<T: serde::Serialize>(stats: &T) -> Vec<(String, u64)> {
     match serde_json::to_value(stats) {
@@ -582,6 +602,9 @@ impl Handle {
                 &base,
                 p.capture.dropped(),
             );
+            if let Some(v) = self.vxlan_stats(&p.name) {
+                vxlan_port(&mut x, &base, &v);
+            }
             limits::port_limits(&mut x, &base, p.rate_limit());
             let (kind, owner) = (p.kind.to_string(), p.owner.to_string());
             x.gauge(

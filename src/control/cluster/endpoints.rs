@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 pub(crate) type Name = (String, String, Ipv4Addr);
 
 /// True for a DNS label usernet registers (lower-case letters, digits, `-`; 1-63).
-fn label_ok(s: &str) -> bool {
+pub(super) fn label_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

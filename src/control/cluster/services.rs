@@ -106,7 +106,7 @@ pub fn check_service(s: &Forward, i: usize, cluster_nets: &[&str]) -> Result<()>
         return Err(Error::invalid(key("splice"), "not for a service"));
     }
     for (k, t) in s.to.iter().enumerate() {
-        if !name_ok(t) {
+        if !super::endpoints::label_ok(t) {
             return Err(Error::invalid(
                 key(&format!("to[{k}]")),
                 format!(
@@ -137,16 +137,6 @@ pub fn check_services(services: &[Forward], cluster_nets: &[&str]) -> Result<()>
         }
     }
     Ok(())
-}
-
-/// True for a DNS label as usernet registers DHCP names (lower-case letters, digits, `-`).
-fn name_ok(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 /// An endpoint of a service on a node's own network: `NET/NAME:PORT`.
@@ -180,7 +170,7 @@ impl Target {
             return None;
         }
         let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
-        if crate::bridge::validate_name(net).is_err() || !name_ok(name) {
+        if crate::bridge::validate_name(net).is_err() || !super::endpoints::label_ok(name) {
             return None;
         }
         Some(Target {

@@ -348,34 +348,99 @@ fn gateway_mac_as_source_is_dropped() {
     );
 }
 
+/// A DHCP message from a client: a REQUEST for `requested` with hostname `host`, or another
+/// `kind` naming the gateway as its server.
+fn dhcp_msg(
+    kind: dhcproto::v4::MessageType,
+    chaddr: [u8; 6],
+    ciaddr: Ipv4Addr,
+    requested: Ipv4Addr,
+    host: &str,
+) -> Vec<u8> {
+    use dhcproto::{Encodable, Encoder, v4};
+    let mut m = v4::Message::default();
+    m.set_opcode(v4::Opcode::BootRequest)
+        .set_xid(0x1234_5678)
+        .set_chaddr(&chaddr)
+        .set_ciaddr(ciaddr);
+    m.opts_mut().insert(v4::DhcpOption::MessageType(kind));
+    if kind == v4::MessageType::Request {
+        m.opts_mut()
+            .insert(v4::DhcpOption::RequestedIpAddress(requested));
+        m.opts_mut()
+            .insert(v4::DhcpOption::Hostname(host.to_string()));
+    } else {
+        m.opts_mut().insert(v4::DhcpOption::ServerIdentifier(GW));
+    }
+    let mut buf = Vec::new();
+    m.encode(&mut Encoder::new(&mut buf)).expect("encode");
+    buf
+}
+
+#[test]
+fn dhcp_hostname_of_the_gateway_takes_no_name() {
+    use dhcproto::v4;
+    if !require_root("dhcp_hostname_of_the_gateway_takes_no_name") {
+        return;
+    }
+    let lab = Lab::new("");
+    let am = mac_of(&lab.attacker);
+    // The attacker leases an address under the name `host` (the host's loopback, through the
+    // gateway), so that `host.usernet` would answer with its address too.
+    let ip = Ipv4Addr::new(10, 77, 0, 151);
+    let req = dhcp_msg(
+        v4::MessageType::Request,
+        am,
+        Ipv4Addr::UNSPECIFIED,
+        ip,
+        "host",
+    );
+    let araw = RawEth::open(&lab.attacker, "eth0");
+    araw.send_retry(&udp4(
+        (am, [0xff; 6]),
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::BROADCAST,
+        (68, 67),
+        &req,
+    ))
+    .expect("send");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab.d.ctl(&["leases"]).as_array().is_some_and(|l| {
+        l.iter()
+            .any(|l| l["ip"] == ip.to_string() && l["hostname"] == "host")
+    }) {
+        assert!(Instant::now() < deadline, "no lease\n{}", lab.d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let host: Vec<String> = lab
+        .names()
+        .into_iter()
+        .filter(|(n, _)| n == "host.usernet")
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(host, ["10.77.0.1", "fd77::1"], "host.usernet");
+    let dig = lab.victim.exec_ok(&[
+        "dig",
+        "+short",
+        "+time=2",
+        "+tries=1",
+        "@10.77.0.1",
+        "host.usernet",
+    ]);
+    assert_eq!(dig.trim(), "10.77.0.1", "the victim asks for host.usernet");
+}
+
 #[test]
 fn dhcp_with_another_guests_chaddr_is_refused() {
-    use dhcproto::{Encodable, Encoder, v4};
+    use dhcproto::v4;
     if !require_root("dhcp_with_another_guests_chaddr_is_refused") {
         return;
     }
     let lab = Lab::new("");
     let (vm, am, gwm) = (mac_of(&lab.victim), mac_of(&lab.attacker), lab.gw_mac());
     let lease_ip = Ipv4Addr::new(10, 77, 0, 150);
-    let msg = |kind: v4::MessageType, chaddr: [u8; 6], ciaddr: Ipv4Addr, host: &str| {
-        let mut m = v4::Message::default();
-        m.set_opcode(v4::Opcode::BootRequest)
-            .set_xid(0x1234_5678)
-            .set_chaddr(&chaddr)
-            .set_ciaddr(ciaddr);
-        m.opts_mut().insert(v4::DhcpOption::MessageType(kind));
-        if kind == v4::MessageType::Request {
-            m.opts_mut()
-                .insert(v4::DhcpOption::RequestedIpAddress(lease_ip));
-            m.opts_mut()
-                .insert(v4::DhcpOption::Hostname(host.to_string()));
-        } else {
-            m.opts_mut().insert(v4::DhcpOption::ServerIdentifier(GW));
-        }
-        let mut buf = Vec::new();
-        m.encode(&mut Encoder::new(&mut buf)).expect("encode");
-        buf
-    };
+    let msg = |kind, chaddr, ciaddr, host: &str| dhcp_msg(kind, chaddr, ciaddr, lease_ip, host);
     // The victim takes a lease (INIT-REBOOT REQUEST for a free pool address).
     let vraw = RawEth::open(&lab.victim, "eth0");
     let req = msg(v4::MessageType::Request, vm, Ipv4Addr::UNSPECIFIED, "vic");

@@ -481,9 +481,9 @@ fn build_gateway(
     let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
     if cfg.host_loopback && !cfg.internal {
         // `host.<domain>` is the host's loopback, through the gateway's address.
-        let _ = records.add("host", IpAddr::V4(cfg.addr));
+        let _ = records.reserve("host", IpAddr::V4(cfg.addr));
         if let Some(a6) = cfg.addr6() {
-            let _ = records.add("host", IpAddr::V6(a6));
+            let _ = records.reserve("host", IpAddr::V6(a6));
         }
     }
     let mtu = cfg.mtu;

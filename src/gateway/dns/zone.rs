@@ -35,6 +35,12 @@ pub enum DnsError {
         /// The network's domain.
         domain: String,
     },
+    /// A name the gateway keeps for itself (`host`, a service's name): no other address.
+    #[error("DNS name {name:?} is reserved (the gateway's or a service's)")]
+    Reserved {
+        /// The name as given.
+        name: String,
+    },
 }
 /// One name → address mapping, as listed by [`Records::list`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -53,6 +59,8 @@ struct RecordsInner {
     /// Lowercase reverse name without trailing dot (`1.0.88.10.in-addr.arpa`) → the names that
     /// have this address, sorted.
     by_reverse: HashMap<String, Vec<String>>,
+    /// Names only [`Records::reserve`] gives addresses to.
+    reserved: std::collections::HashSet<String>,
 }
 
 /// The local names of one network: thread-safe, shared through an `Arc` between the gateway's
@@ -174,8 +182,26 @@ impl Records {
     /// A name may have several addresses, IPv4 (A) and IPv6 (AAAA); adding an existing pair is
     /// a no-op.
     pub fn add(&self, name: &str, addr: IpAddr) -> Result<(), DnsError> {
+        self.insert(name, addr, false)
+    }
+
+    /// Adds `addr` to `name` and keeps the name for such calls: [`Records::add`] (an
+    /// endpoint's DHCP name, the API) can no longer give it an address, so no guest can take
+    /// the gateway's `host` or a service's name.
+    pub fn reserve(&self, name: &str, addr: IpAddr) -> Result<(), DnsError> {
+        self.insert(name, addr, true)
+    }
+
+    fn insert(&self, name: &str, addr: IpAddr, reserve: bool) -> Result<(), DnsError> {
         let key = self.normalize(name)?;
         let mut inner = self.inner.write();
+        if reserve {
+            inner.reserved.insert(key.clone());
+        } else if inner.reserved.contains(&key) {
+            return Err(DnsError::Reserved {
+                name: name.to_string(),
+            });
+        }
         let addrs = inner.by_name.entry(key.clone()).or_default();
         if addrs.contains(&addr) {
             return Ok(());
@@ -403,6 +429,23 @@ mod tests {
     use super::super::{DnsConfig, DnsServer, Transport, Upstreams};
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn a_reserved_name_takes_no_other_address() {
+        let r = Records::new("usernet");
+        let gw: IpAddr = "10.88.0.1".parse().expect("ip");
+        let guest: IpAddr = "10.88.0.5".parse().expect("ip");
+        r.reserve("host", gw).expect("reserve");
+        let e = r.add("Host.usernet.", guest).expect_err("taken");
+        assert!(matches!(e, DnsError::Reserved { .. }), "{e}");
+        assert_eq!(r.lookup("host.usernet"), vec![gw]);
+        // Reserving adds addresses; other names are unaffected.
+        r.reserve("host", "fd00::1".parse().expect("ip"))
+            .expect("v6");
+        assert_eq!(r.lookup("host").len(), 2);
+        r.add("web", guest).expect("web");
+        assert_eq!(r.lookup("web"), vec![guest]);
+    }
 
     #[test]
     fn local_a_aaaa() {

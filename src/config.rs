@@ -73,7 +73,7 @@ pub struct Config {
     /// `[[service]]` tables: load-balanced services of cluster networks, published on every
     /// node (feature `cluster`); see `control/cluster/services.rs`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub service: Vec<crate::nat::forward::Forward>,
+    pub service: Vec<crate::control::cluster::services::Service>,
     /// `[cluster]`: this node's cluster (feature `cluster`); see [`crate::control::cluster`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterSpec>,
@@ -331,6 +331,7 @@ impl Config {
             }
         }
         if let Some(c) = &self.cluster {
+            h.reserve_service_ips(&self.service)?;
             h.start_cluster(c, self.cluster_nets())?;
             // Ports taking an address from a cluster network's pool (`ips = ["auto"]`) wait
             // for the first claims.

@@ -5,7 +5,8 @@
 //! client of the hosts). Checks: connections to one node's published port spread over the
 //! endpoints of all hosts; another node's port works too; a killed host's usernet and a
 //! stopped server leave the rotation within two health intervals while long-running
-//! connections to other endpoints survive. Needs root and the feature `cluster`.
+//! connections to other endpoints survive; guests reach the service on its virtual IP and
+//! name from inside the network. Needs root and the feature `cluster`.
 #![cfg(feature = "cluster")]
 
 mod common;
@@ -25,6 +26,9 @@ const ETCD_IP: &str = "172.31.0.254";
 const INTERVAL_MS: u64 = 500;
 /// What a loaded machine may add to a measured failover (curl runs, scheduling).
 const SLACK_MS: u64 = 250;
+/// The service's virtual IP and DNS name.
+const VIP: &str = "10.70.0.250";
+const VIP_NAME: &str = "websvc";
 
 fn etcd(lab: &Lab) -> Etcd {
     lab.ul
@@ -40,7 +44,8 @@ fn config(e: &Etcd, i: usize, guest: &Netns) -> String {
          ipv6 = \"off\"\ndns_upstreams = [\"127.0.0.1:9\"]\n\n\
          [[port]]\nnetwork = \"web\"\nname = \"g{i}\"\nnetns = \"{}\"\n\n\
          [[service]]\nnetwork = \"web\"\npublish = \"8080:80/tcp\"\nto = [\"web1\", \"web2\", \"web3\"]\n\
-         health = {{ interval_ms = {INTERVAL_MS}, timeout_ms = 200, fall = 1, rise = 1 }}\n",
+         health = {{ interval_ms = {INTERVAL_MS}, timeout_ms = 200, fall = 1, rise = 1 }}\n\
+         vip = \"{VIP}\"\nname = \"{VIP_NAME}\"\n",
         e.endpoint(),
         underlay_ip(i),
         guest.path().display()
@@ -163,6 +168,70 @@ fn failover(
     (last_bad, after)
 }
 
+/// `GET /who` from guest `g` to `VIP:port`: the endpoint's name, or `None`.
+fn who_vip(g: &Netns, port: u16) -> Option<String> {
+    let url = format!("http://{VIP}:{port}/who");
+    let out = g.exec(&["curl", "-s", "-m", "2", &url]);
+    let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && body.starts_with("web")).then_some(body)
+}
+
+/// The service from inside the network: its virtual IP (balanced over every host's endpoint,
+/// from guests on two hosts), its other ports refused, ping and ARP answered by the
+/// gateway, its name in DNS.
+fn virtual_ip(lab: &Lab, d: &[Daemon]) {
+    for (i, g) in lab.guests.iter().enumerate().take(2) {
+        let mut m = BTreeMap::new();
+        for _ in 0..9 {
+            *m.entry(who_vip(g, 80).unwrap_or_else(|| "failed".into()))
+                .or_insert(0) += 1;
+        }
+        for w in ["web1", "web2", "web3"] {
+            assert_eq!(
+                m.get(w),
+                Some(&3),
+                "guest {i} to {VIP}:80: {m:?}\n{}",
+                logs(d)
+            );
+        }
+    }
+    let g = &lab.guests[0];
+    let t = Instant::now();
+    assert_eq!(who_vip(g, 81), None, "{VIP}:81 is no service port");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{VIP}:81 was not refused at once: {:?}",
+        t.elapsed()
+    );
+    let ping = g.exec(&["ping", "-c", "1", "-W", "2", VIP]);
+    assert!(ping.status.success(), "ping {VIP}: {ping:?}");
+    let mac = |ip: &str| {
+        let out = g.exec_ok(&["ip", "neigh", "show", ip]);
+        out.split_whitespace()
+            .skip_while(|w| *w != "lladdr")
+            .nth(1)
+            .map(str::to_string)
+    };
+    assert!(mac(VIP).is_some(), "no ARP entry for {VIP}");
+    assert_eq!(
+        mac(VIP),
+        mac("10.70.0.1"),
+        "the VIP is at the gateway's MAC"
+    );
+    let dig = g.exec_ok(&[
+        "dig",
+        "+short",
+        "+time=2",
+        "+tries=1",
+        "@10.70.0.1",
+        &format!("{VIP_NAME}.usernet"),
+    ]);
+    assert_eq!(dig.trim(), VIP, "{VIP_NAME}.usernet");
+    let c = d[0].ctl(&["cluster"]);
+    assert_eq!(c["services"][0]["vip"], VIP, "{c}");
+    assert_eq!(c["services"][0]["name"], VIP_NAME, "{c}");
+}
+
 #[test]
 fn a_service_spreads_over_hosts_and_fails_over() {
     if !require_root("a_service_spreads_over_hosts_and_fails_over") {
@@ -216,6 +285,7 @@ fn a_service_spreads_over_hosts_and_fails_over() {
     // Another node's published port serves the same service.
     let m = count(&lab, 2, 9);
     assert!(all3(&m), "via host 2: {m:?}");
+    virtual_ip(&lab, &d);
     // The mesh port: a live member (host 1's namespace, from its VTEP) reaches host 0's
     // endpoint; a stranger on the underlay, a bad first line or an endpoint of no declared
     // service get nothing.

@@ -83,6 +83,7 @@ impl Driver {
         if let Some(n) = nat.as_mut() {
             // NAT's segments are built in the frames the gateway sends (see `send_nat_frame`).
             n.set_pool(pool.clone());
+            n.set_service_ips(gw.vips.clone());
         }
         Driver {
             max_frame,

@@ -15,6 +15,14 @@ impl Driver {
             if out.reply.is_none() {
                 out.reply = self.gw.proxy.arp_reply(self.gw.cfg.mac, payload);
             }
+            // Services' virtual IPs are the gateway's.
+            if out.reply.is_none() && !self.gw.vips.is_empty() {
+                out.reply = self.gw.vips.ips().into_iter().find_map(|v| {
+                    arp::handle(self.gw.cfg.mac, v, payload)
+                        .ok()
+                        .and_then(|o| o.reply)
+                });
+            }
             out
         });
         match res {
@@ -133,6 +141,19 @@ impl Driver {
                 return true;
             }
         }
+        if !for_us
+            && ip.payload().ip_number != IpNumber::TCP
+            && !gw.vips.is_empty()
+            && gw.vips.contains(IpAddr::V4(dst))
+        {
+            // A service's virtual IP: TCP goes to NAT (its service, or an RST), ping is
+            // answered, nothing else.
+            if ip.payload().ip_number == IpNumber::ICMP {
+                return self.echo(h, src, dst, body);
+            }
+            inc(&self.gw.counters.ignored);
+            return true;
+        }
         if !for_us && !bcast {
             // Routed through us: NAT.
             return self.nat(
@@ -145,19 +166,7 @@ impl Driver {
             );
         }
         match ip.payload().ip_number {
-            IpNumber::ICMP if for_us => {
-                let Ok(icmp) = Icmpv4Slice::from_slice(body) else {
-                    return false;
-                };
-                if let Icmpv4Type::EchoRequest(e) = icmp.icmp_type() {
-                    let b = PacketBuilder::ethernet2(cfg.mac.0, h.src.0)
-                        .ipv4(dst.octets(), src.octets(), 64)
-                        .icmpv4_echo_reply(e.id, e.seq);
-                    inc(&self.gw.counters.echo_replies);
-                    self.send(build(b, icmp.payload()));
-                }
-                true
-            }
+            IpNumber::ICMP if for_us => self.echo(h, src, dst, body),
             IpNumber::UDP => {
                 let Ok(udp) = UdpSlice::from_slice(body) else {
                     return false;
@@ -212,6 +221,21 @@ impl Driver {
                 true
             }
         }
+    }
+
+    /// Answers an ICMP echo request `body` to our address `dst` from `src`.
+    fn echo(&mut self, h: &L2Header, src: Ipv4Addr, dst: Ipv4Addr, body: &[u8]) -> bool {
+        let Ok(icmp) = Icmpv4Slice::from_slice(body) else {
+            return false;
+        };
+        if let Icmpv4Type::EchoRequest(e) = icmp.icmp_type() {
+            let b = PacketBuilder::ethernet2(self.gw.cfg.mac.0, h.src.0)
+                .ipv4(dst.octets(), src.octets(), 64)
+                .icmpv4_echo_reply(e.id, e.seq);
+            inc(&self.gw.counters.echo_replies);
+            self.send(build(b, icmp.payload()));
+        }
+        true
     }
 
     /// Hands a guest's IP packet to NAT (TCP, UDP, ICMP echo); replies go back to the guest.

@@ -172,6 +172,9 @@ pub struct Gateway {
     pub forwards: Mutex<Vec<ForwardInfo>>,
     /// Remote endpoints it answers ARP and neighbour solicitations for (cluster mode).
     pub proxy: proxy::NeighProxy,
+    /// Services' virtual IPs on the network (cluster mode): answered (ARP, ping) and
+    /// connected by NAT to their services (see [`crate::nat::vip`]).
+    pub vips: Arc<crate::nat::vip::ServiceIps>,
     /// The MTU announced by DHCP and RA: `cfg.mtu`, lowered by [`Gateway::lower_announced_mtu`]
     /// (a VXLAN port with a smaller inner MTU on the network).
     announced_mtu: std::sync::atomic::AtomicU16,
@@ -497,6 +500,7 @@ fn build_gateway(
         nat_counters: Arc::new(NatCounters::default()),
         forwards: Mutex::new(Vec::new()),
         proxy: proxy::NeighProxy::default(),
+        vips: Arc::default(),
         announced_mtu: std::sync::atomic::AtomicU16::new(mtu),
         cmd: cmd_tx,
         waker,

@@ -50,6 +50,7 @@ pub(crate) mod probe;
 pub(crate) mod splice;
 pub(crate) mod tcp;
 pub(crate) mod udp;
+pub mod vip;
 
 /// NAT settings of one network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,6 +347,7 @@ pub struct Nat {
     icmp: icmp::IcmpNat,
     fwd: forward_rt::Forwards,
     policy: Option<PolicyHook>,
+    vips: Option<Arc<vip::ServiceIps>>,
     _slot: host::NatSlot,
 }
 
@@ -374,6 +376,7 @@ impl Nat {
             icmp: icmp::IcmpNat::with_host(cfg.clone(), counters.clone(), host),
             fwd: forward_rt::Forwards::default(),
             policy: None,
+            vips: None,
             flows: FlowTable::new(cfg.clone(), counters.clone()),
             _slot: host::NatSlot::new(),
             cfg,
@@ -385,6 +388,14 @@ impl Nat {
     /// `TcpNat::gso_size` in `tcp.rs`).
     pub fn tcp_gso_size(&self, packet: &[u8]) -> Option<u16> {
         self.tcp.gso_size(&self.flows, packet)
+    }
+
+    /// Sends guests' TCP connections to services' virtual IPs on this network by `vips`
+    /// ([`vip::ServiceIps`]); the only destinations inside the network's own subnet NAT
+    /// connects.
+    pub fn set_service_ips(&mut self, vips: Arc<vip::ServiceIps>) {
+        self.tcp.set_service_ips(vips.clone());
+        self.vips = Some(vips);
     }
 
     /// Sets the policy check of guest packets and forwards ([`PolicyHook`]).
@@ -468,7 +479,10 @@ impl Nat {
         if !self.egress_allowed(owner, packet, src, dst, proto, body) {
             return true;
         }
-        if host_destination(&self.cfg, dst).is_none() && !self.is_known(proto, src, dst, body) {
+        if host_destination(&self.cfg, dst).is_none()
+            && !self.is_known(proto, src, dst, body)
+            && !(proto == IpNumber::TCP && self.vips.as_ref().is_some_and(|v| v.contains(dst)))
+        {
             return self.refuse(packet, dst, proto, body, out);
         }
         match proto {

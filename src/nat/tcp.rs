@@ -160,6 +160,8 @@ pub struct TcpNat {
     slots: Slots<Flow>,
     buf: usize,
     epoch: Instant,
+    /// Services' virtual IPs on the network (cluster mode), if any.
+    vips: Option<Arc<super::vip::ServiceIps>>,
 }
 
 /// smoltcp's clock: microseconds from `epoch` to `now`.
@@ -203,7 +205,13 @@ impl TcpNat {
             slots: Slots::default(),
             buf: buffer_for(mtu),
             epoch,
+            vips: None,
         }
+    }
+
+    /// Sends new connections to services' virtual IPs by `vips` (see `vip.rs`).
+    pub(crate) fn set_service_ips(&mut self, vips: Arc<super::vip::ServiceIps>) {
+        self.vips = Some(vips);
     }
 
     /// Adds flow `f` of `owner` to the table in `phase`; its id.
@@ -291,15 +299,27 @@ impl TcpNat {
             out.push(tcp_rst(src, dst, seg));
             return;
         }
-        let Some(host_ip) = host_destination(&self.cfg, dst.ip()) else {
-            NatCounters::inc(&self.counters.dropped_dest);
-            return;
+        let to = match self.vips.as_ref().and_then(|v| v.target(dst)) {
+            // A service's virtual IP: its listener, or refused (no other port of it is open).
+            Some(Some(to)) => to,
+            Some(None) => {
+                NatCounters::inc(&self.counters.refused_host);
+                out.push(tcp_rst(src, dst, seg));
+                return;
+            }
+            None => match host_destination(&self.cfg, dst.ip()) {
+                Some(ip) => SocketAddr::new(ip, dst.port()),
+                None => {
+                    NatCounters::inc(&self.counters.dropped_dest);
+                    return;
+                }
+            },
         };
         if !flows.admit(Opener::GuestSyn(owner)) {
             out.push(tcp_rst(src, dst, seg));
             return;
         }
-        let host = match connect(&*self.host, SocketAddr::new(host_ip, dst.port()), &self.cfg) {
+        let host = match connect(&*self.host, to, &self.cfg) {
             Ok(h) => h,
             Err(e) => {
                 out.push(self.connect_failed(&e, src, dst, seg, packet));

@@ -221,6 +221,7 @@ impl MacSync {
                 suppressed.extend(c.dns_addr.map(IpAddr::V4));
                 suppressed.extend(c.addr6().map(IpAddr::V6));
                 suppressed.extend(c.dns6().map(IpAddr::V6));
+                suppressed.extend(g.vips.ips().into_iter().map(IpAddr::V4));
                 g.proxy.set(proxy);
             }
             if let Some(v) = h.node().vxlan.lock().get(&port_name(&n.name)) {

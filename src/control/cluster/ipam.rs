@@ -203,6 +203,7 @@ pub(super) async fn refill(h: &Handle, sh: &Shared, c: &mut Client, lease: i64) 
             !taken.contains(&ip)
                 && !mine.contains(&ip)
                 && ip != server
+                && !g.vips.contains(std::net::IpAddr::V4(ip))
                 && ip != subnet.network()
                 && ip != subnet.broadcast()
         });

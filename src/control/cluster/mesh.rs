@@ -41,7 +41,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::Shared;
 use super::mesh_io::{CheckStep, Local, check_io, connect_from, hidden_forward, reset};
-use super::services::{self, Endpoint, Hello, MAX_HELLO, Target};
+use super::services::{self, Endpoint, Hello, MAX_HELLO, Service, Target};
 use crate::control::Handle;
 use crate::error::{Error, Result};
 use crate::nat::balance::{Balance, ConnGuard, Health, HealthSpec, Picker, PoolStats};
@@ -62,18 +62,39 @@ const MESH: Token = Token(0);
 const FIRST_PENDING: usize = 1 << 20;
 
 /// Binds the services' published ports and the mesh listener, then starts the thread.
-pub(super) fn spawn(h: Handle, shared: Arc<Shared>, services: Vec<Forward>) -> Result<()> {
+pub(super) fn spawn(h: Handle, shared: Arc<Shared>, services: Vec<Service>) -> Result<()> {
     let mut svcs = Vec::new();
-    for (i, s) in services.into_iter().enumerate() {
+    for (i, svc) in services.into_iter().enumerate() {
+        let s = svc.forward();
         let at = SocketAddr::new(s.spec.bind_ip(), s.spec.host_ports.0);
         let l = TcpListener::bind(at)
             .map_err(|e| Error::invalid(format!("service[{i}].publish"), format!("{at}: {e}")))?;
+        // The virtual IP's listener: on the host's loopback, reached only through the NAT
+        // mapping `vip:GUESTPORT` (see `nat/vip.rs`).
+        let vip_listener = match svc.vip {
+            Some(vip) => {
+                let g = h.gateway(&s.network).ok_or_else(|| {
+                    Error::invalid(format!("service[{i}].vip"), "the network has no gateway")
+                })?;
+                let l = TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0))
+                    .map_err(|e| Error::Io("service vip listener".into(), e))?;
+                let at = l
+                    .local_addr()
+                    .map_err(|e| Error::Io("service vip listener".into(), e))?;
+                g.vips.set_port(vip, s.spec.guest_ports.0, at);
+                Some(l)
+            }
+            None => None,
+        };
         svcs.push(Svc {
             guest_port: s.spec.guest_ports.0,
             balance: s.policy(),
             health: s.health.unwrap_or_default(),
             spec: s,
+            vip: svc.vip,
+            name: svc.name,
             listener: l,
+            vip_listener,
             eps: Vec::new(),
             stats: PoolStats::new(&[]),
             picker: Picker::default(),
@@ -106,9 +127,14 @@ pub(super) fn spawn(h: Handle, shared: Arc<Shared>, services: Vec<Forward>) -> R
     let reg = m.poll.registry();
     reg.register(&mut m.mesh, MESH, Interest::READABLE)
         .map_err(|e| Error::Io("mesh listener".into(), e))?;
+    let n = m.svcs.len();
     for (i, s) in m.svcs.iter_mut().enumerate() {
         reg.register(&mut s.listener, Token(1 + i), Interest::READABLE)
             .map_err(|e| Error::Io("service listener".into(), e))?;
+        if let Some(l) = s.vip_listener.as_mut() {
+            reg.register(l, Token(1 + n + i), Interest::READABLE)
+                .map_err(|e| Error::Io("service listener".into(), e))?;
+        }
     }
     std::thread::Builder::new()
         .name("usernet-mesh".into())
@@ -123,7 +149,11 @@ struct Svc {
     guest_port: u16,
     balance: Balance,
     health: HealthSpec,
+    vip: Option<Ipv4Addr>,
+    name: Option<String>,
     listener: TcpListener,
+    /// The listener NAT sends guests' connections to the virtual IP to.
+    vip_listener: Option<TcpListener>,
     /// Its endpoints on every live node, and their counters (same order).
     eps: Vec<Endpoint>,
     stats: Arc<PoolStats>,
@@ -220,7 +250,10 @@ impl Mesh {
                 match t {
                     MESH => self.accept_mesh(),
                     Token(i) if i >= FIRST_PENDING => self.service_pending(i),
-                    Token(i) => self.accept_client(i - 1),
+                    Token(i) if i > self.svcs.len() => {
+                        self.accept_client(i - 1 - self.svcs.len(), true)
+                    }
+                    Token(i) => self.accept_client(i - 1, false),
                 }
             }
         }
@@ -313,6 +346,8 @@ impl Mesh {
                 .map(|s| services::ServiceView {
                     network: s.spec.network.clone(),
                     publish: s.spec.spec.to_string(),
+                    vip: s.vip,
+                    name: s.name.clone(),
                     balance: s.balance,
                     stats: s.stats.clone(),
                 })
@@ -504,10 +539,18 @@ impl Mesh {
         }
     }
 
-    fn accept_client(&mut self, svc: usize) {
+    /// Accepts the clients of service `svc` on its published port, or (`vip`) those NAT
+    /// brings from its virtual IP.
+    fn accept_client(&mut self, svc: usize, vip: bool) {
         loop {
             let Some(s) = self.svcs.get(svc) else { return };
-            match s.listener.accept() {
+            let l = if vip {
+                let Some(l) = &s.vip_listener else { return };
+                l
+            } else {
+                &s.listener
+            };
+            match l.accept() {
                 Ok((sock, _)) => {
                     let _ = sock.set_nodelay(true);
                     self.dispatch(svc, sock.into(), 0);

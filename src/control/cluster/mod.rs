@@ -505,6 +505,44 @@ impl Handle {
         }
     }
 
+    /// Gives the services' virtual IPs (`[[service]] vip`, `name`) to their networks'
+    /// gateways: answered by the gateway (ARP, ping), owned by its port (no guest may use
+    /// one as a source, no DHCP lease binds one, the cluster never claims one for DHCP),
+    /// named in DNS (a name no endpoint can take). Their ports open when the services start.
+    /// Call before [`Handle::start_cluster`]; errors name `service[i].vip` or `.name`.
+    pub fn reserve_service_ips(&self, services: &[services::Service]) -> Result<()> {
+        for (i, s) in services.iter().enumerate() {
+            let Some(vip) = s.vip else { continue };
+            let key = |k: &str| format!("service[{i}].{k}");
+            let g = self
+                .gateway(&s.network)
+                .ok_or_else(|| Error::invalid(key("vip"), "the network has no gateway"))?;
+            let c = &g.cfg;
+            let mut gw_ips = vec![c.addr];
+            gw_ips.extend(c.dns_addr);
+            services::check_vip(vip, i, &s.network, c.subnet, &gw_ips)?;
+            let topo = self.dp.bridge().topology();
+            let port = *g.port.lock();
+            if let (Some(ne), Some(p)) = (topo.network_by_name(&s.network), port) {
+                ne.net
+                    .guard
+                    .claim_ip(
+                        p,
+                        std::net::IpAddr::V4(vip),
+                        crate::bridge::security::Claim::Config,
+                    )
+                    .map_err(|e| Error::invalid(key("vip"), e.to_string()))?;
+            }
+            g.vips.add_ip(vip);
+            if let Some(n) = &s.name {
+                g.records
+                    .reserve(n, std::net::IpAddr::V4(vip))
+                    .map_err(|e| Error::invalid(key("name"), e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Joins the cluster `spec` describes with the cluster networks `nets` (their networks and
     /// VXLAN ports made already): starts the cluster thread. Needs the feature `cluster`.
     pub fn start_cluster(&self, spec: &ClusterSpec, nets: Vec<ClusterNet>) -> Result<()> {
@@ -542,7 +580,7 @@ impl Handle {
     /// ports and the mesh listener (errors name `service[i].publish`, `cluster.mesh_port`) and
     /// starts the mesh thread. Call after [`Handle::start_cluster`]; nothing to do without
     /// services.
-    pub fn start_services(&self, services: &[crate::nat::forward::Forward]) -> Result<()> {
+    pub fn start_services(&self, services: &[services::Service]) -> Result<()> {
         if services.is_empty() {
             return Ok(());
         }
@@ -558,11 +596,7 @@ impl Handle {
     }
 
     #[cfg(not(feature = "cluster"))]
-    fn spawn_mesh(
-        &self,
-        _shared: Arc<Shared>,
-        _services: Vec<crate::nat::forward::Forward>,
-    ) -> Result<()> {
+    fn spawn_mesh(&self, _shared: Arc<Shared>, _services: Vec<services::Service>) -> Result<()> {
         Err(Error::invalid(
             "service",
             "this usernet was built without the `cluster` feature (cargo build --features cluster)",
@@ -570,11 +604,7 @@ impl Handle {
     }
 
     #[cfg(feature = "cluster")]
-    fn spawn_mesh(
-        &self,
-        shared: Arc<Shared>,
-        services: Vec<crate::nat::forward::Forward>,
-    ) -> Result<()> {
+    fn spawn_mesh(&self, shared: Arc<Shared>, services: Vec<services::Service>) -> Result<()> {
         mesh::spawn(self.clone(), shared, services)
     }
 

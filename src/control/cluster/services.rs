@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gateway::EndpointInfo;
+use crate::nat::balance::HealthSpec;
 use crate::nat::balance::{Balance, PoolStats};
-use crate::nat::forward::{Forward, Proto};
+use crate::nat::forward::{Forward, ForwardSpec, Proto, Targets};
 
 /// The mesh port when `[cluster] mesh_port` is not given.
 pub const DEFAULT_MESH_PORT: u16 = 7950;
@@ -40,6 +41,68 @@ pub(crate) const MAX_UP: usize = 64 * 1024;
 
 const MAGIC: &str = "USERNET-MESH/1";
 
+/// A `[[service]]` table: a TCP port of cluster network `network` published on every node
+/// and balanced over endpoints on any node (the keys a load-balanced `[[forward]]` has), and
+/// optionally reachable from inside the network on a virtual IP (`vip`) and a DNS name
+/// (`name`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Service {
+    /// Its cluster network.
+    pub network: String,
+    /// What every node publishes (`8080:80/tcp`); the guest port is the one endpoints serve
+    /// and the one the virtual IP answers on.
+    #[serde(rename = "publish")]
+    pub spec: ForwardSpec,
+    /// Its endpoints: DHCP names, on any node.
+    pub to: Targets,
+    /// Refused (a service is relayed by usernet); kept so the error names the key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub splice: bool,
+    /// `round_robin` (default), `least_conn` or `source_hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<String>,
+    /// Health checks of the endpoints (defaults: see [`HealthSpec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
+    /// A virtual IP inside the network: guests connecting to `vip:GUESTPORT` reach the
+    /// service (balanced as on the published port); the gateway answers ARP and ping for it,
+    /// no DHCP lease or guest may take it. The same on every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<Ipv4Addr>,
+    /// A DNS name (a label) the gateways answer with `vip` (needs `vip`); no endpoint may
+    /// take it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Service {
+    /// A service publishing `spec` on cluster network `network`, balanced round robin over
+    /// endpoints `to`, no virtual IP.
+    pub fn new(network: &str, spec: ForwardSpec, to: &[&str]) -> Service {
+        Service {
+            network: network.to_owned(),
+            spec,
+            to: Targets(to.iter().map(|t| t.to_string()).collect()),
+            splice: false,
+            balance: None,
+            health: None,
+            vip: None,
+            name: None,
+        }
+    }
+
+    /// The load-balanced forward the service is, on each node.
+    pub fn forward(&self) -> Forward {
+        let mut f = Forward::to_many(&self.network, self.spec, self.to.0.clone());
+        f.splice = self.splice;
+        f.balance.clone_from(&self.balance);
+        f.health = self.health;
+        f
+    }
+}
+
 /// A service of this node, as `ctl cluster` lists it (API op `cluster`, `services`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -48,6 +111,12 @@ pub struct ServiceInfo {
     pub network: String,
     /// What it publishes on every node (`8080:80/tcp`).
     pub publish: String,
+    /// Its virtual IP, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<Ipv4Addr>,
+    /// Its DNS name, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// How it balances.
     pub balance: Balance,
     /// Its endpoints on every live node (`NAME@NODE`), their state and this node's counters.
@@ -61,6 +130,8 @@ pub struct ServiceInfo {
 pub(crate) struct ServiceView {
     pub(crate) network: String,
     pub(crate) publish: String,
+    pub(crate) vip: Option<Ipv4Addr>,
+    pub(crate) name: Option<String>,
     pub(crate) balance: Balance,
     pub(crate) stats: Arc<PoolStats>,
 }
@@ -71,6 +142,8 @@ impl ServiceView {
         ServiceInfo {
             network: self.network.clone(),
             publish: self.publish.clone(),
+            vip: self.vip,
+            name: self.name.clone(),
             balance: self.balance,
             endpoints: crate::control::forwards::endpoint_infos(&self.stats),
             refused: self.stats.refused(),
@@ -80,7 +153,7 @@ impl ServiceView {
 
 /// Checks `[[service]]` table `s` (index `i`), given the cluster networks' names; errors name
 /// the key (`service[0].publish`).
-pub fn check_service(s: &Forward, i: usize, cluster_nets: &[&str]) -> Result<()> {
+pub fn check_service(s: &Service, i: usize, cluster_nets: &[&str]) -> Result<()> {
     let key = |k: &str| format!("service[{i}].{k}");
     if s.spec.proto != Proto::Tcp || s.spec.len() != 1 {
         return Err(Error::invalid(
@@ -91,7 +164,8 @@ pub fn check_service(s: &Forward, i: usize, cluster_nets: &[&str]) -> Result<()>
             ),
         ));
     }
-    s.check(&format!("service[{i}]"))
+    s.forward()
+        .check(&format!("service[{i}]"))
         .map_err(|(field, why)| Error::invalid(field, why))?;
     if !cluster_nets.contains(&s.network.as_str()) {
         return Err(Error::invalid(
@@ -116,11 +190,54 @@ pub fn check_service(s: &Forward, i: usize, cluster_nets: &[&str]) -> Result<()>
             ));
         }
     }
+    if let Some(n) = &s.name {
+        if s.vip.is_none() {
+            return Err(Error::invalid(
+                key("name"),
+                "a service's name resolves to its virtual IP: set `vip` too",
+            ));
+        }
+        if !super::endpoints::label_ok(n) {
+            return Err(Error::invalid(
+                key("name"),
+                format!("{n:?}: a DNS label (lower-case letters, digits, '-', 1-63)"),
+            ));
+        }
+    }
+    if let Some(v) = s.vip
+        && (v.is_loopback() || v.is_unspecified() || v.is_multicast() || v.is_broadcast())
+    {
+        return Err(Error::invalid(
+            key("vip"),
+            format!("{v} is no unicast address of a network"),
+        ));
+    }
     Ok(())
 }
 
+/// Checks virtual IP `vip` of service `i` against its network: inside `subnet`, not its
+/// network or broadcast address, not in `taken` (the gateway's addresses).
+pub fn check_vip(
+    vip: Ipv4Addr,
+    i: usize,
+    network: &str,
+    subnet: ipnet::Ipv4Net,
+    taken: &[Ipv4Addr],
+) -> Result<()> {
+    let why = if !subnet.contains(&vip) {
+        format!("{vip} is outside network {network:?}'s subnet {subnet}")
+    } else if vip == subnet.network() || vip == subnet.broadcast() {
+        format!("{vip} is the network or broadcast address of {subnet}")
+    } else if taken.contains(&vip) {
+        format!("{vip} is the gateway's address on network {network:?}")
+    } else {
+        return Ok(());
+    };
+    Err(Error::invalid(format!("service[{i}].vip"), why))
+}
+
 /// Checks every service, and that no two publish the same host port.
-pub fn check_services(services: &[Forward], cluster_nets: &[&str]) -> Result<()> {
+pub fn check_services(services: &[Service], cluster_nets: &[&str]) -> Result<()> {
     for (i, s) in services.iter().enumerate() {
         check_service(s, i, cluster_nets)?;
         if let Some(j) = services[..i]
@@ -133,6 +250,26 @@ pub fn check_services(services: &[Forward], cluster_nets: &[&str]) -> Result<()>
                     "host port {} is published by service[{j}] too",
                     s.spec.host_ports.0
                 ),
+            ));
+        }
+        if let Some(v) = s.vip
+            && let Some(j) = services[..i]
+                .iter()
+                .position(|o| o.vip == Some(v) && o.spec.guest_ports == s.spec.guest_ports)
+        {
+            return Err(Error::invalid(
+                format!("service[{i}].vip"),
+                format!("{v}:{} is service[{j}]'s already", s.spec.guest_ports.0),
+            ));
+        }
+        if let Some(n) = &s.name
+            && let Some(j) = services[..i]
+                .iter()
+                .position(|o| o.name.as_ref() == Some(n) && o.vip != s.vip)
+        {
+            return Err(Error::invalid(
+                format!("service[{i}].name"),
+                format!("{n:?} is service[{j}]'s name, with another vip"),
             ));
         }
     }
@@ -375,7 +512,7 @@ mod tests {
         assert!(parse_up(b"UP \xff\n").is_err());
     }
 
-    fn svc(json: &str) -> Forward {
+    fn svc(json: &str) -> Service {
         serde_json::from_str(json).expect("parses")
     }
 
@@ -426,10 +563,55 @@ mod tests {
                 r#"{"network":"web","publish":"81:80","to":"a","health":{"fall":0}}"#,
                 "service[1].health.fall",
             ),
+            (
+                r#"{"network":"web","publish":"81:80","to":"a","name":"api"}"#,
+                "service[1].name",
+            ),
+            (
+                r#"{"network":"web","publish":"81:80","to":"a","vip":"10.7.0.9","name":"A_"}"#,
+                "service[1].name",
+            ),
+            (
+                r#"{"network":"web","publish":"81:80","to":"a","vip":"127.0.0.1"}"#,
+                "service[1].vip",
+            ),
         ] {
             let e = field(json);
             assert!(e.contains(key), "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn virtual_ips_are_checked_against_the_network_and_each_other() {
+        let net: ipnet::Ipv4Net = "10.70.0.0/24".parse().expect("net");
+        let gw = [Ipv4Addr::new(10, 70, 0, 1)];
+        assert!(check_vip(Ipv4Addr::new(10, 70, 0, 250), 0, "web", net, &gw).is_ok());
+        for (bad, why) in [
+            ([10, 71, 0, 5], "outside"),
+            ([10, 70, 0, 0], "broadcast"),
+            ([10, 70, 0, 255], "broadcast"),
+            ([10, 70, 0, 1], "gateway"),
+        ] {
+            let e = check_vip(Ipv4Addr::from(bad), 3, "web", net, &gw)
+                .expect_err("refused")
+                .to_string();
+            assert!(e.contains("service[3].vip") && e.contains(why), "{e}");
+        }
+        let a =
+            svc(r#"{"network":"web","publish":"81:80","to":"a","vip":"10.70.0.9","name":"api"}"#);
+        let b = svc(r#"{"network":"web","publish":"82:80","to":"b","vip":"10.70.0.9"}"#);
+        let e = check_services(&[a.clone(), b], &["web"]).expect_err("same vip:port");
+        assert!(e.to_string().contains("service[1].vip"), "{e}");
+        let c =
+            svc(r#"{"network":"web","publish":"82:81","to":"b","vip":"10.70.0.9","name":"api"}"#);
+        assert!(
+            check_services(&[a.clone(), c], &["web"]).is_ok(),
+            "another port of one vip"
+        );
+        let d =
+            svc(r#"{"network":"web","publish":"82:81","to":"b","vip":"10.70.0.8","name":"api"}"#);
+        let e = check_services(&[a, d], &["web"]).expect_err("one name, two vips");
+        assert!(e.to_string().contains("service[1].name"), "{e}");
     }
 
     #[test]

@@ -376,4 +376,29 @@ fn a_service_spreads_over_hosts_and_fails_over() {
         logs(&d)
     );
     assert_eq!(after.keys().collect::<Vec<_>>(), ["web1"], "{after:?}");
+    // A guest taking the vip as its own address gets nothing through from it: its frames
+    // (ARP and IP) from the vip are dropped as spoofed, the gateway's port owns it.
+    let g = &lab.guests[0];
+    let spoofed = || {
+        let s = d[0].ctl(&["stats"]);
+        let r = s
+            .as_array()
+            .and_then(|v| v.iter().find(|r| r["port"] == "g0").cloned())
+            .unwrap_or_default();
+        ["spoofed_ip", "spoofed_arp"]
+            .iter()
+            .map(|k| r["stats"]["drops"][k].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let before = spoofed();
+    g.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "eth0"]);
+    let p = g.exec(&["ping", "-c", "2", "-W", "1", "-I", VIP, "10.70.0.1"]);
+    assert!(
+        !p.status.success(),
+        "a ping from the vip was answered: {p:?}"
+    );
+    assert!(
+        spoofed() > before,
+        "drops from the vip not counted as spoofed"
+    );
 }

@@ -20,7 +20,10 @@
 //! tx); classic pcap has no place for it.
 //!
 //! A capture's writer ([`Session::run`], on a thread of its own: a control connection's, or
-//! one started for a port's `pcap` file) drains its queue into the output, flushing after each
+//! one started for a port's `pcap` file; usernet runs both at `SCHED_IDLE`, so the writer
+//! takes only CPU time nothing else wants and a capture never slows forwarding: on a
+//! saturated machine its queue fills and the frames it cannot take are dropped, counted)
+//! drains its queue into the output, flushing after each
 //! drain, and sleeps up to [`POLL`] between drains (the loop wakes it early when its queue
 //! reaches half its frames or [`WAKE_BYTES`]: one `unpark` per crossing, not per frame). The
 //! buffers it has written go back to the loop for the next frames (a bounded free list), so a

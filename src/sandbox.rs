@@ -95,6 +95,8 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_recvmmsg,
     libc::SYS_futex,
     libc::SYS_sched_yield,
+    // A capture's writer thread moves itself to SCHED_IDLE (a lower priority only).
+    libc::SYS_sched_setscheduler,
     libc::SYS_sched_getaffinity,
     libc::SYS_nanosleep,
     libc::SYS_restart_syscall,

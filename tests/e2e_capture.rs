@@ -420,6 +420,31 @@ fn capture_of_a_stream_port_and_the_gateway() {
     );
 }
 
+/// The threads of process `pid`: name and scheduling policy (`/proc/PID/task/*/stat`).
+fn writer_threads(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        // Field 41 (policy); the fields after the name start at field 3.
+        let policy = stat[close + 1..]
+            .split_whitespace()
+            .nth(41 - 3)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(-1);
+        out.push((name, policy));
+    }
+    out
+}
+
 #[test]
 fn capture_ends_with_a_readable_file_when_its_port_is_removed() {
     if !ready("capture_ends_with_a_readable_file_when_its_port_is_removed") {
@@ -438,6 +463,16 @@ fn capture_ends_with_a_readable_file_when_its_port_is_removed() {
     let file = dir.path().join("b.pcapng");
     let c = capture(&d, &["b", "-w", file.to_str().expect("utf-8")]);
     wait_started(&file, &d);
+    // Both writers run at SCHED_IDLE (a capture never takes CPU time forwarding wants).
+    let idle: Vec<String> = writer_threads(d.pid())
+        .into_iter()
+        .filter(|(_, policy)| *policy == libc::SCHED_IDLE)
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        idle.iter().any(|n| n == "usernet-pcap-b") && idle.iter().any(|n| n == "usernet-ctl-con"),
+        "SCHED_IDLE threads: {idle:?}"
+    );
     ping(&a, "10.84.0.11", "3");
     // Let the writers drain, then remove the port while both captures run.
     std::thread::sleep(Duration::from_millis(200));

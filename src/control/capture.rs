@@ -109,6 +109,7 @@ impl Handle {
             .name(format!("usernet-pcap-{name}"))
             .spawn(move || {
                 let _running = running;
+                writer_priority();
                 let sum = session.run(DropBehind::new(file), stop);
                 tracing::info!(
                     "capture of {what} ended ({:?}): {} frames, {} dropped",
@@ -120,6 +121,16 @@ impl Handle {
         if let Err(e) = spawned {
             tracing::warn!(port = %name, "pcap: spawning the writer: {e}");
         }
+    }
+}
+
+/// A capture's writer (a thread that ends with its capture) runs at `SCHED_IDLE`: it gets
+/// only the CPU time that forwarding and everything else leave, so a capture never slows
+/// forwarding; on a saturated machine its queue fills and frames are dropped from the capture
+/// (counted) instead.
+fn writer_priority() {
+    if let Err(e) = crate::sys::process::sched_idle_this_thread() {
+        tracing::debug!("capture writer: SCHED_IDLE: {e}");
     }
 }
 
@@ -242,6 +253,8 @@ pub(crate) fn stream(
         }
         engine_stop()
     };
+    // The connection ends with the capture: its thread may stay at the writer's priority.
+    writer_priority();
     let sum = match file {
         // Written here, to the file: the client only waits for the summary.
         Some(f) => {

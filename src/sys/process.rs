@@ -111,9 +111,38 @@ pub(crate) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// Moves the calling thread to `SCHED_IDLE`: it runs only on CPU time no other thread of the
+/// machine wants (a capture's writer: forwarding and the guests' own work come first). An
+/// unprivileged thread cannot come back from it, so this is for threads that end with their
+/// job.
+pub(crate) fn sched_idle_this_thread() -> io::Result<()> {
+    let p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `p` is a valid `sched_param` for the call.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_moves_to_sched_idle_alone() {
+        let policy = std::thread::spawn(|| {
+            sched_idle_this_thread().expect("SCHED_IDLE");
+            // SAFETY: pid 0 is the calling thread.
+            unsafe { libc::sched_getscheduler(0) }
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(policy, libc::SCHED_IDLE);
+        // SAFETY: pid 0 is the calling thread.
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+    }
 
     #[test]
     fn a_forked_child_exits_with_its_code() {

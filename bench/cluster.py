@@ -12,10 +12,20 @@ its own `usernet up` with a `[cluster]` section and the cluster network `web` (V
   requests  etcd requests per container start: `usernet attach --ip auto` of --ports new
             namespaces on a running node, the node's `ctl cluster` `requests` counter before
             and after, less its idle rate (keep-alives) over the same time
+  failover  a service (`[[service]]` 8080:80/tcp -> web1, web2, web3, health interval_ms 500,
+            fall 1, rise 1) on 3 more hosts, each guest with the DHCP name webN (busybox udhcpc
+            -x hostname:webN) serving /who (busybox httpd); a client (curl from the underlay's
+            namespace) asks host 0's published port every ~50 ms. Per rep: a node's usernet
+            killed (SIGKILL), an endpoint's server stopped on another node, and the first node
+            cut off the underlay (link down), each: the time from the kill/stop/cut to the end
+            of the last client request that failed or was answered by the gone endpoint, next
+            to 2 health intervals (median of --reps; what went is restarted between reps).
+            The other cases' nodes are stopped first.
 
 Writes bench/results/NAME.{md,json} (NAME: `cluster`, or --name). Needs root, `etcd`, `curl`,
-`ping`, a usernet built with `--features cluster` (--usernet; default target/release/usernet).
-Stdlib only:  python3 bench/cluster.py [--reps 5] [--ttl 3] [--ports 24]
+`ping`, `busybox` (udhcpc, httpd), a usernet built with `--features cluster` (--usernet; default
+target/release/usernet).
+Stdlib only:  python3 bench/cluster.py [--reps 5] [--ttl 3] [--ports 24] [--cases ...]
 """
 
 import argparse
@@ -37,6 +47,11 @@ from common import (HERE, PREFIX, REPO, RES, CaseFailed, Interrupted, Proc, log,
 UL = PREFIX + "cul"
 ETCD = "172.31.0.254"
 SUBNET = "10.70.0.0/24"
+CASES = ("join", "leave", "requests", "failover")
+# The service of the failover case: its health checks (ms) and the client's pace.
+HEALTH = {"interval_ms": 500, "timeout_ms": 200, "fall": 1, "rise": 1}
+CLIENT_GAP_S = 0.05
+WINDOW_S = 3.0  # how long the client asks after a kill/stop/cut
 
 
 def host_ip(i):
@@ -63,6 +78,7 @@ class Lab:
             nsexec(UL, ["curl", "-s", "-m", "2", f"{ep}/health"]), timeout=5,
             check=False).stdout, [self.etcd], timeout=20)
         self.hosts = []
+        self.procs = []  # the usernets of hosts 0 and 1 (join/leave/requests)
 
     def add_host(self):
         """Host namespace (underlay address host_ip(i)) and its guest namespace; returns i."""
@@ -88,10 +104,20 @@ class Lab:
                 f'[[port]]\nnetwork = "web"\nname = "g{i}"\n'
                 f'netns = "/run/netns/{self.hosts[i][1]}"\nips = ["auto"]\n')
 
-    def start(self, i, ttl, key):
+    def service_config(self, i, ttl):
+        """Host i's config for the failover case: as config(), its guest without address (it
+        takes one by DHCP, with its name), and the service on every endpoint name."""
+        health = ", ".join(f"{k} = {v}" for k, v in HEALTH.items())
+        return (self.config(i, ttl).replace('ips = ["auto"]\n', '')
+                + '\n[[service]]\nnetwork = "web"\npublish = "8080:80/tcp"\n'
+                  'to = ["web1", "web2", "web3"]\n'
+                  f'health = {{ {health} }}\n')
+
+    def start(self, i, ttl, key, service=False):
         """Starts host i's usernet; (Proc, control socket) once its guest has eth0."""
         h, g = self.hosts[i]
-        return usernet_up(self.usernet, key, self.config(i, ttl), [g], ns=h)
+        cfg = self.service_config(i, ttl) if service else self.config(i, ttl)
+        return usernet_up(self.usernet, key, cfg, [g], ns=h)
 
 
 def guest_addr(ns):
@@ -203,9 +229,188 @@ def measure_requests(lab, n, idle_s=6.0):
     return res
 
 
+# ------------------------------------------------------------------------- failover ----
+
+def udhcpc(g, name):
+    """busybox udhcpc once on eth0 of guest namespace g, sending the hostname `name`; its
+    address."""
+    lease = os.path.join(RES.tmpdir, f"lease-{g}")
+    script = os.path.join(RES.tmpdir, f"udhcpc-{g}.sh")
+    with open(script, "w") as f:
+        f.write('#!/bin/sh\ncase "$1" in\n  bound|renew)\n    ip addr flush dev "$interface"\n'
+                '    ip addr add "$ip/$mask" dev "$interface"\n'
+                f'    echo "$ip" > {lease}\n    ;;\nesac\nexit 0\n')
+    os.chmod(script, 0o755)
+    if os.path.exists(lease):
+        os.remove(lease)
+    r = run(nsexec(g, ["busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T",
+                       "1", "-s", script, "-O", "mtu", "-x", f"hostname:{name}"]),
+            timeout=20, check=False)
+    if r.returncode != 0 or not os.path.exists(lease):
+        raise CaseFailed(f"udhcpc {name} in {g}: {(r.stderr or r.stdout).strip()[-300:]}")
+    with open(lease) as f:
+        return f.read().strip()
+
+
+def httpd(g, name):
+    """busybox httpd in guest namespace g serving /who = `name` on port 80 (a Proc)."""
+    root = os.path.join(RES.tmpdir, f"www-{name}")
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "who"), "w") as f:
+        f.write(name + "\n")
+    p = Proc(f"httpd-{name}", ["busybox", "httpd", "-f", "-p", "80", "-h", root], ns=g)
+    wait_until(f"httpd {name} listening", lambda: common.listening(g, 80, p.pid), [p],
+               timeout=10)
+    return p
+
+
+def who(i):
+    """One GET /who from the underlay's namespace to host i's published port: the endpoint's
+    name, or None (failed); and the request's start and end (monotonic)."""
+    a = time.monotonic()
+    try:
+        r = run(nsexec(UL, ["curl", "-s", "-m", "2", f"http://{host_ip(i)}:8080/who"]),
+                timeout=5, check=False)
+        body = r.stdout.strip() if r.returncode == 0 else ""
+    except CaseFailed:
+        body = ""
+    return (body if body.startswith("web") else None), a, time.monotonic()
+
+
+def tally(i, n):
+    m = {}
+    for _ in range(n):
+        w = who(i)[0] or "failed"
+        m[w] = m.get(w, 0) + 1
+    return m
+
+
+def failover_window(i, gone, t0):
+    """Asks host i every CLIENT_GAP_S for WINDOW_S after t0: the last bad request (failed, or
+    answered by `gone`) as ms after t0 (its start and end; 0 if none), the number of bad and
+    of all requests, the slowest request (ms) and the endpoints that answered after the last
+    bad one."""
+    last = (0.0, 0.0)
+    bad = total = 0
+    slowest = 0.0
+    after = {}
+    while time.monotonic() - t0 < WINDOW_S:
+        w, a, b = who(i)
+        total += 1
+        slowest = max(slowest, b - a)
+        if w is None or w == gone:
+            bad += 1
+            last = (a - t0, b - t0)
+            after = {}
+        else:
+            after[w] = after.get(w, 0) + 1
+        time.sleep(CLIENT_GAP_S)
+    return {"ms": round(last[1] * 1000, 1), "issued_ms": round(last[0] * 1000, 1),
+            "bad": bad, "requests": total, "slowest_ms": round(slowest * 1000, 1),
+            "after": after}
+
+
+def measure_failover(lab, reps, ttl):
+    """A service over 3 new hosts' endpoints; a killed node and a stopped server, each until
+    the last bad client request at host 0's published port."""
+    for p in lab.procs:  # the other cases' nodes: out of the way (less load, no strays)
+        p.stop()
+    lab.procs = []
+    hs = [lab.add_host() for _ in range(3)]
+    names = [f"web{k + 1}" for k in range(3)]
+    procs, servers = {}, {}
+    socks = {}
+
+    def up(k, key):
+        i = hs[k]
+        procs[k], socks[k] = lab.start(i, ttl, key, service=True)
+        ip = udhcpc(lab.hosts[i][1], names[k])
+        log(f"  {names[k]} on h{i} at {ip}")
+
+    def balanced():  # round robin: 3 requests in a row reach all 3 when all are up
+        m = tally(hs[0], 3)
+        return all(w in m for w in names)
+
+    try:
+        for k in range(3):
+            up(k, f"svc{k}")
+            servers[k] = httpd(lab.hosts[hs[k]][1], names[k])
+        t = time.monotonic()
+        wait_until("host 0's port balancing over web1, web2, web3", balanced,
+                   list(procs.values()), timeout=30)
+        log(f"  the service reached every endpoint {time.monotonic() - t:.2f} s after the "
+            "servers started")
+        m = tally(hs[0], 9)
+        log(f"  9 requests to h{hs[0]}:8080: {m}")
+        killed, stopped, cut = [], [], []
+        for rep in range(reps):
+            # (a) host 2's usernet killed; the client asks host 0.
+            RES.stop(procs[2].popen, sig=signal.SIGKILL)
+            t0 = time.monotonic()
+            res = failover_window(hs[0], names[2], t0)
+            killed.append(res)
+            log(f"  failover rep {rep}, node killed: last bad request ended {res['ms']} ms "
+                f"after the kill (issued at {res['issued_ms']} ms), {res['bad']} bad of "
+                f"{res['requests']}, slowest {res['slowest_ms']} ms; then {res['after']}")
+            # Restart it: its TAP gone, its node gone from host 0 (same node name), a new
+            # usernet and lease.
+            g2 = lab.hosts[hs[2]][1]
+            wait_until("the killed node's TAP gone", lambda: "eth0" not in
+                       common.list_links(g2), timeout=10)
+            wait_until("the killed node gone from host 0", lambda: f"h{hs[2]}" not in nodes(
+                lab.usernet, socks[0]), [procs[0], procs[1]], timeout=ttl * 3 + 10)
+            up(2, f"svc2-{rep}")
+            wait_until("web3 back in the rotation", balanced, list(procs.values()),
+                       timeout=30)
+            # (b) host 1's server stopped; the client asks host 0.
+            RES.stop(servers[1].popen, sig=signal.SIGKILL)
+            t0 = time.monotonic()
+            res = failover_window(hs[0], names[1], t0)
+            stopped.append(res)
+            log(f"  failover rep {rep}, server stopped: last bad request ended {res['ms']} ms "
+                f"after the stop (issued at {res['issued_ms']} ms), {res['bad']} bad of "
+                f"{res['requests']}, slowest {res['slowest_ms']} ms; then {res['after']}")
+            servers[1] = httpd(lab.hosts[hs[1]][1], names[1])
+            wait_until("web2 back in the rotation", balanced, list(procs.values()),
+                       timeout=30)
+            # (c) host 2 cut off the underlay (its link down: nothing answers, no reset, as
+            # a machine that died); the client asks host 0.
+            h2 = lab.hosts[hs[2]][0]
+            run(["ip", "-n", h2, "link", "set", "ul0", "down"], timeout=10)
+            t0 = time.monotonic()
+            try:
+                res = failover_window(hs[0], names[2], t0)
+            finally:
+                run(["ip", "-n", h2, "link", "set", "ul0", "up"], timeout=10)
+            cut.append(res)
+            log(f"  failover rep {rep}, host cut off: last bad request ended {res['ms']} ms "
+                f"after the cut (issued at {res['issued_ms']} ms), {res['bad']} bad of "
+                f"{res['requests']}, slowest {res['slowest_ms']} ms; then {res['after']}")
+            wait_until("web3 back in the rotation after the cut", balanced,
+                       list(procs.values()), timeout=30)
+
+        def summary(rs):
+            return {"reps_ms": [r["ms"] for r in rs],
+                    "median_ms": round(statistics.median(r["ms"] for r in rs), 1),
+                    "issued_ms": [r["issued_ms"] for r in rs],
+                    "bad_per_rep": [r["bad"] for r in rs],
+                    "requests_per_rep": [r["requests"] for r in rs],
+                    "slowest_ms_per_rep": [r["slowest_ms"] for r in rs],
+                    "after": [r["after"] for r in rs]}
+
+        return {"health": dict(HEALTH), "two_intervals_ms": 2 * HEALTH["interval_ms"],
+                "client_gap_ms": int(CLIENT_GAP_S * 1000), "window_s": WINDOW_S,
+                "killed": f"web3@h{hs[2]}", "stopped": f"web2@h{hs[1]}",
+                "node_killed": summary(killed), "server_stopped": summary(stopped),
+                "node_cut_off": summary(cut)}
+    finally:
+        for p in list(servers.values()) + list(procs.values()):
+            p.stop()
+
+
 def markdown(doc):
     m, r = doc["machine"], doc["results"]
-    lines = ["# Cluster mode: join, leave, etcd requests", "",
+    lines = ["# Cluster mode: join, leave, etcd requests, service failover", "",
              f"{m.get('timestamp')} on {m.get('cpu_model')} ({m.get('nproc')} CPUs), "
              f"usernet {m.get('usernet_rev')} (`{m.get('usernet_binary')}`), "
              f"etcd {doc['params'].get('etcd_version')}. "
@@ -228,9 +433,42 @@ def markdown(doc):
                      f"{q['seconds']} s for {q['ports']} ports, idle "
                      f"{q['idle_requests_per_s']}/s subtracted; attach median "
                      f"{q['attach_median_ms']} ms |")
+    f = r.get("failover")
+    if f:
+        iv = f["health"]["interval_ms"]
+        for key, what in (("node_killed", "a node's usernet killed (SIGKILL)"),
+                          ("server_stopped", "an endpoint's server stopped on another node"),
+                          ("node_cut_off", "a node cut off the underlay (link down)")):
+            c = f.get(key)
+            if not c:
+                continue
+            lines.append(
+                f"| service failover: {what} → end of the last failed or misrouted client "
+                f"request | **{c['median_ms']} ms** median"
+                + (", no bad request" if not any(c["bad_per_rep"]) else "")
+                + f" (2 health intervals: {2 * iv} ms) | "
+                f"reps {c['reps_ms']} ms; bad requests per rep {c['bad_per_rep']} of "
+                f"{c['requests_per_rep']}; slowest request per rep {c['slowest_ms_per_rep']} "
+                f"ms; health interval_ms {iv}, timeout_ms {f['health']['timeout_ms']}, fall "
+                f"{f['health']['fall']}, rise {f['health']['rise']}; client every "
+                f"{f['client_gap_ms']} ms for {f['window_s']} s |")
     for k, e in r.get("errors", {}).items():
         lines.append(f"| {k} | failed | {e} |")
-    lines += ["", "Service failover time is reported by the services bench, not here.", ""]
+    if f:
+        lines += ["", "Service failover: 3 hosts, the service `8080:80/tcp -> web1, web2, "
+                  "web3` on each, each guest `webN` (DHCP hostname) serving `/who`; a client "
+                  "(`curl -m 2` in the underlay's namespace) asks host 0's published port "
+                  f"every {f['client_gap_ms']} ms. A request is bad if it fails or is answered "
+                  "by the endpoint that went; 0 ms: no request after the kill/stop/cut was bad "
+                  "(a request that waited for a dead endpoint and was moved to another one "
+                  "counts as good, its delay shows in the slowest request). Killed: the "
+                  f"usernet of the node of `{f['killed']}` (its host's kernel lives on and "
+                  "resets connections to the mesh port); cut off: the same node's underlay "
+                  f"link set down (nothing answers); stopped: the server `{f['stopped']}`. "
+                  "Each is restarted (link up) between reps. Latencies are noisy "
+                  f"on this small machine ({m.get('nproc')} CPUs, load average "
+                  f"{m.get('loadavg_start')} at the start, shared with other work)."]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -245,10 +483,15 @@ def main(argv=None):
     ap.add_argument("--ttl", type=int, default=3, help="ttl_s of the nodes (leave figure)")
     ap.add_argument("--ports", type=int, default=24, help="container starts to count")
     ap.add_argument("--name", default="cluster")
+    ap.add_argument("--cases", default=",".join(CASES),
+                    help=f"comma-separated, of {','.join(CASES)} (default all)")
     args = ap.parse_args(argv)
+    cases = [c for c in args.cases.split(",") if c]
+    if not cases or any(c not in CASES for c in cases):
+        sys.exit(f"bench/cluster.py: --cases: of {','.join(CASES)}")
     if os.geteuid() != 0:
         sys.exit("bench/cluster.py: needs root (namespaces)")
-    for tool in ("etcd", "curl", "ping"):
+    for tool in ("etcd", "curl", "ping", "busybox"):
         if not shutil.which(tool):
             sys.exit(f"bench/cluster.py: {tool} not found")
     if not os.access(args.usernet, os.X_OK):
@@ -266,14 +509,21 @@ def main(argv=None):
         etcd_v = run(["etcd", "--version"], timeout=10, check=False).stdout.split("\n")[0]
         results = {"errors": {}}
         lab = Lab(usernet)
-        lab.add_host()
-        _, lab.sock0 = lab.start(0, args.ttl, "h0")
-        lab.add_host()
-        lab.start(1, args.ttl, "h1")
+        if set(cases) & {"join", "leave", "requests"}:
+            lab.add_host()
+            p0, lab.sock0 = lab.start(0, args.ttl, "h0")
+            lab.add_host()
+            p1, _ = lab.start(1, args.ttl, "h1")
+            lab.procs = [p0, p1]
         for name, fn in (("join", lambda: measure_join(lab, args.reps, args.ttl)),
                          ("leave", lambda: measure_leave(lab, max(3, args.reps // 2),
                                                          args.ttl)),
-                         ("requests", lambda: measure_requests(lab, args.ports))):
+                         ("requests", lambda: measure_requests(lab, args.ports)),
+                         ("failover", lambda: measure_failover(lab, args.reps, args.ttl))):
+            if name not in cases:
+                continue
+            if name == "leave" and "join" not in cases:
+                lab.add_host()  # the host that join would have added
             log(f"cluster {name}")
             try:
                 results[name] = fn()
@@ -284,6 +534,7 @@ def main(argv=None):
         doc = {"machine": machine,
                "params": {"command": "python3 bench/cluster.py " + " ".join(argv or sys.argv[1:]),
                           "reps": args.reps, "ttl_s": args.ttl, "ports": args.ports,
+                          "cases": cases,
                           "etcd_version": etcd_v.replace("etcd Version: ", "")},
                "results": results}
         out = os.path.join(HERE, "results", args.name)

@@ -509,7 +509,9 @@ impl Handle {
     /// gateways: answered by the gateway (ARP, ping), owned by its port (no guest may use
     /// one as a source, no DHCP lease binds one, the cluster never claims one for DHCP),
     /// named in DNS (a name no endpoint can take). Their ports open when the services start.
-    /// Call before [`Handle::start_cluster`]; errors name `service[i].vip` or `.name`.
+    /// Call before [`Handle::start_cluster`] ([`Handle::start_services`] calls it too, but the
+    /// cluster thread may have claimed a vip for DHCP by then); errors name `service[i].vip`
+    /// or `.name`.
     pub fn reserve_service_ips(&self, services: &[services::Service]) -> Result<()> {
         for (i, s) in services.iter().enumerate() {
             let Some(vip) = s.vip else { continue };
@@ -592,6 +594,9 @@ impl Handle {
         };
         let nets: Vec<&str> = sh.nets.iter().map(|n| n.name.as_str()).collect();
         services::check_services(services, &nets)?;
+        // Done already when the config was applied (before the cluster thread could claim a
+        // vip for DHCP); again here for callers that did not: it is idempotent.
+        self.reserve_service_ips(services)?;
         self.spawn_mesh(sh.clone(), services.to_vec())
     }
 

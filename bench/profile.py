@@ -10,11 +10,12 @@ same namespaces, configs and addresses), checks connectivity, then:
      system's processes for --time s: `perf record -e cpu-clock -F 999 -g -p PIDS`
      (cpu-clock: the VM has no hardware cycle counter);
   2. runs it again and counts syscalls for --time s: `perf stat --per-thread -e
-     'syscalls:sys_enter_*' -p PIDS`, next to the frames the ports moved (usernet's
-     `ctl --json stats`, diffed) and the bytes iperf3 moved;
+     syscalls:sys_enter_{readv,write,epoll_wait,...} -p PIDS`, next to the frames the ports
+     moved meanwhile (usernet's `ctl --json stats`, diffed): syscalls per frame;
   3. prints `perf report --no-children --sort comm,dso,symbol` (self time; comm is the thread
      name), the same by comm,dso (user vs kernel per thread), the inclusive (--children) top
-     symbols, and the syscall counts per frame and per thread.
+     symbols, and the syscall counts per frame and per thread; for L2 cases also where lost
+     packets died (the TAPs' drop counters, the receiver's UDP RcvbufErrors).
 
 Cases: SYSTEM:WORKLOAD:MTU, e.g. usernet:tcp:1500. SYSTEM is usernet, copyloop (the L2
 ceiling, examples/copyloop.rs), nat (usernet with gateway and NAT, bench/nat.py's sandbox),
@@ -36,7 +37,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -56,7 +56,7 @@ PERF = "/usr/bin/perf"
 DEFAULT_CASES = ("usernet:tcp:1500,usernet:tcp:9000,usernet:tcp:65520,copyloop:tcp:1500,"
                  "copyloop:tcp:65520,usernet:udp64:1500,copyloop:udp64:1500,usernet:ping:1500,"
                  "copyloop:ping:1500,nat:egress:1500,nat:download:1500,nat:download:65520,"
-                 "overlay:tcp:1500,scale2:tcp:1500")
+                 "overlay:tcp:1500,scale2:tcp:1500,bridge:tcp:1500,kernel:egress:1500")
 SYSTEM_WIDE = ("bridge", "veth", "kernel")
 # The syscalls counted (a fixed list: `perf stat` with every sys_enter_* tracepoint on each
 # thread takes seconds to set up, which would shift the counting window off the traffic).
@@ -79,7 +79,7 @@ class Ctx:
 
 
 def topology(system, mtu, ctx):
-    """(context manager, server ns, client ns, server ip, connectivity check, pids fn, sock)"""
+    """The suites' topology (a context manager) for one SYSTEM at one MTU."""
     if system in ("usernet", "copyloop", "bridge", "veth"):
         return l2.Topology(system, mtu, ctx, tag="p")
     if system == "scale2":
@@ -271,8 +271,8 @@ def run_case(case, args, ctx, outdir):
         else:
             l2.warmup(topo)
         pids = pids_of(topo)
-        wide = system in SYSTEM_WIDE
-        if not wide and not pids:
+        wide = system in SYSTEM_WIDE or args.system_wide
+        if system not in SYSTEM_WIDE and not pids:
             raise CaseFailed("no process to profile")
         target = ["-a"] if wide else ["-p", ",".join(map(str, pids))]
         secs = args.time
@@ -291,11 +291,11 @@ def run_case(case, args, ctx, outdir):
         d1 = drop_counters(topo)
         drops = {k: v - d0[k] for k, v in d1.items() if v is not None and d0.get(k) is not None
                  and v - d0[k]}
-        print(f"\n===== {case}: {res}; {'system-wide' if wide else f'pids {pids}'}; "
+        print(f"\n===== {case}: {res}; {'system-wide' if wide else ''} pids {pids}; "
               f"process CPU {m['proc_cpu_s']} s, machine busy {m['system_cpu_s']} s over "
               f"{m['wall_s']} s wall; threads {m.get('thread_cpu_s')}; drops {drops} =====")
         print(report(data, stem, args.top, procs=len(pids) > 1 or wide))
-        if wide:
+        if not pids:
             return
         # 2. the syscalls, over a second window of the same traffic
         socks = socks_of(topo)
@@ -349,6 +349,8 @@ def main():
     ap.add_argument("--freq", type=int, default=999, help="perf record -F (default 999)")
     ap.add_argument("--call-graph", default="-g", help="perf record call-graph option "
                     "(default -g: frame pointers; '--call-graph dwarf' for user stacks)")
+    ap.add_argument("--system-wide", action="store_true", help="perf record -a for every "
+                    "case: the whole machine (both iperf3 ends, softirq, other load) by thread")
     ap.add_argument("--top", type=int, default=25, help="lines of each report printed")
     ap.add_argument("--out", help="directory for perf.data and reports")
     args = ap.parse_args()

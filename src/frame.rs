@@ -149,6 +149,10 @@ struct PoolInner {
     large_limit: usize,
 }
 
+/// Longest frame [`FramePool::compact`] still moves out of a GSO buffer when the pool's regular
+/// buffers are jumbo ones.
+pub const COMPACT_MAX: usize = 2048;
+
 /// A pool of frame buffers in two size classes: buffers for frames up to the MTU, and (when
 /// built with [`FramePool::with_gso`]) 64 KiB buffers for GSO frames from offload-capable links,
 /// of which at most a fixed number are in flight at once. Cloning is cheap (an `Arc`); clones
@@ -253,9 +257,16 @@ impl FramePool {
 
     /// Moves a small frame out of a GSO buffer: returns a regular-buffer copy and the emptied
     /// GSO frame (for the link to read into next), or `None` when `frame` already sits in the
-    /// right buffer. Keeps 64 KiB buffers for the frames that need them (a cheap copy).
+    /// right buffer. Keeps 64 KiB buffers for the frames that need them (a cheap copy for a
+    /// small frame). Not for frames over [`COMPACT_MAX`] when regular buffers are jumbo
+    /// (16 KiB and more): there the copy is of up to 64 KiB per frame (17 % of the loop at MTU
+    /// 65520, `bench/results/profile.md`) and a regular buffer could hold the next GSO frame
+    /// almost as well.
     pub fn compact(&self, frame: &mut Frame) -> Option<Frame> {
-        if frame.capacity() <= self.max_frame() || frame.len() > self.max_frame() {
+        if frame.capacity() <= self.max_frame()
+            || frame.len() > self.max_frame()
+            || (self.max_frame() >= 16 * 1024 && frame.len() > COMPACT_MAX)
+        {
             return None;
         }
         let mut small = self.frame_from(frame.data())?;
@@ -595,6 +606,17 @@ mod tests {
         let p = f.with_prefix_mut(VNET_HDR_LEN);
         assert_eq!(p.len(), VNET_HDR_LEN + 3);
         assert_eq!(p[0], 1);
+    }
+
+    #[test]
+    fn compact_leaves_big_frames_of_a_jumbo_pool_in_place() {
+        let pool = FramePool::with_gso(65_542, 4, 2);
+        let mut f = pool.alloc_large().expect("GSO buffer");
+        f.set_received(9000);
+        assert!(pool.compact(&mut f).is_none(), "no 9000-byte copy");
+        let mut g = pool.alloc_large().expect("GSO buffer");
+        g.set_received(COMPACT_MAX);
+        assert!(pool.compact(&mut g).is_some(), "a small frame still moves");
     }
 
     #[test]

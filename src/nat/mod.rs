@@ -92,6 +92,11 @@ pub struct NatConfig {
     pub local_nets: Vec<ipnet::IpNet>,
     /// Let guests reach the cloud metadata service (169.254.169.254, fd00:ec2::254).
     pub allow_metadata: bool,
+    /// Bytes of TCP flow buffers the network may hold beyond the regular size: a new flow
+    /// gets 1 MiB each way (2 MiB on jumbo links) while this budget has room for it, else
+    /// 128 KiB (256 KiB); it gives its share back when it ends. 0: every flow the regular
+    /// size. Bulk flows need the big window (see `tcp.rs`); the budget bounds the memory.
+    pub tcp_buffer_budget: usize,
 }
 
 impl NatConfig {
@@ -114,9 +119,14 @@ impl NatConfig {
             handshake_timeout: Duration::from_secs(10),
             local_nets: Vec::new(),
             allow_metadata: false,
+            tcp_buffer_budget: TCP_BUFFER_BUDGET,
         }
     }
 }
+
+/// [`NatConfig::tcp_buffer_budget`]'s default: 16 flows with 1 MiB each way (8 on jumbo links)
+/// per network.
+pub const TCP_BUFFER_BUDGET: usize = 32 << 20;
 
 /// Where a guest's packet to `dst` really goes on the host, or `None` if it must not leave.
 ///

@@ -36,8 +36,12 @@
 //! gateway's pool, [`TcpNat::set_pool`]) behind [`ETH_FRONT`] bytes that the gateway fills with
 //! the Ethernet header: no zeroing and no copy between smoltcp and the link.
 //!
-//! Buffers are [`BUF`] bytes each way per flow ([`BUF_JUMBO`] above MTU 9000), so window scaling is in use and a 65520-byte MTU
-//! path is not capped at 64 KiB. Limits (checked by the NAT's [`FlowTable`], which
+//! Buffers: a flow's smoltcp socket gets [`BIG_BUF`] bytes each way ([`BIG_BUF_JUMBO`] above
+//! MTU 9000) while the network's budget ([`NatConfig::tcp_buffer_budget`]) has room, else
+//! [`BUF`] ([`BUF_JUMBO`]); a big flow gives its share back when it ends. The buffer is the
+//! window each side sees: with 128 KiB a bulk flow waits on it (`ss -ti`: the senders were
+//! `rwnd_limited` 55-73 % of the time, `bench/results/profile.md`), with 1 MiB it does not.
+//! Window scaling is in use and a 65520-byte MTU path is not capped at 64 KiB. Limits (checked by the NAT's [`FlowTable`], which
 //! counts every protocol): flows per network and per guest port, and the SYN backlogs
 //! (connects in progress, and a port's connections not established yet); a SYN over a limit
 //! is refused (RST) and counted.
@@ -70,6 +74,12 @@ pub const BUF: usize = 128 * 1024;
 /// Buffer size each way per flow on jumbo links (MTU over 9000): 128 KiB would leave only two
 /// 64 KiB segments in flight (measured: forwards at MTU 65520 fell from 6.1 to 3.4 Gbit/s).
 pub const BUF_JUMBO: usize = 256 * 1024;
+/// Buffer size each way of a flow within the network's big-buffer budget (MTU up to 9000):
+/// NAT download 0.45x -> 1.12x and egress 0.48x -> 0.75x the routed kernel path in an A/B on
+/// this project's 2-vCPU machine (`bench/results/profile.md`).
+pub const BIG_BUF: usize = 1024 * 1024;
+/// [`BIG_BUF`] on jumbo links (MTU over 9000).
+pub const BIG_BUF_JUMBO: usize = 2 * 1024 * 1024;
 
 /// The MTU of NAT's smoltcp device: it sends segments of up to 64 KiB to guests, which go out
 /// as GSO frames (cut to the guest's real MSS by the guest's kernel or by [`crate::offload`]).
@@ -89,6 +99,42 @@ const OWN_GSO_BUFFERS: usize = 16;
 /// The per-flow buffer size for a link MTU.
 pub fn buffer_for(mtu: usize) -> usize {
     if mtu > 9000 { BUF_JUMBO } else { BUF }
+}
+
+/// The per-flow buffer size for a link MTU within the big-buffer budget.
+pub fn big_buffer_for(mtu: usize) -> usize {
+    if mtu > 9000 { BIG_BUF_JUMBO } else { BIG_BUF }
+}
+
+/// The network's budget of big buffers: a new flow gets big ones while the bytes they need
+/// (both ways) are left, and gives them back when it ends. Bounds what bulk flows may hold
+/// (a guest opening many flows gets the regular size past it, never more memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Budget {
+    /// Buffer size each way of a flow without a big share.
+    small: usize,
+    /// Buffer size each way of a flow with one.
+    big: usize,
+    /// Bytes of the budget left.
+    left: usize,
+}
+
+impl Budget {
+    /// The buffer size for a new flow, and whether it took a share of the budget.
+    fn take(&mut self) -> (usize, bool) {
+        let need = 2 * self.big;
+        if self.big > self.small && self.left >= need {
+            self.left -= need;
+            (self.big, true)
+        } else {
+            (self.small, false)
+        }
+    }
+
+    /// A flow that took a share ended.
+    fn give(&mut self) {
+        self.left += 2 * self.big;
+    }
 }
 
 type Key = (SocketAddr, SocketAddr);
@@ -122,6 +168,8 @@ struct Flow {
     born: Instant,
     /// A balanced forward's connection: live for its endpoint while the flow is.
     _hold: Option<ConnGuard>,
+    /// Its smoltcp socket's buffers are a share of the big-buffer [`Budget`].
+    big: bool,
 }
 
 impl Flow {
@@ -143,6 +191,7 @@ impl Flow {
             last: now,
             born: now,
             _hold: None,
+            big: false,
         }
     }
 }
@@ -158,7 +207,7 @@ pub struct TcpNat {
     /// Each flow's state, by its id in the [`FlowTable`] (which keeps its key, owner and
     /// phase, and does the accounting and the limit check).
     slots: Slots<Flow>,
-    buf: usize,
+    buf: Budget,
     epoch: Instant,
     /// Services' virtual IPs on the network (cluster mode), if any.
     vips: Option<Arc<super::vip::ServiceIps>>,
@@ -195,6 +244,11 @@ impl TcpNat {
         if let Some(g6) = cfg.gateway6 {
             let _ = iface.routes_mut().add_default_ipv6_route(g6);
         }
+        let buf = Budget {
+            small: buffer_for(mtu),
+            big: big_buffer_for(mtu),
+            left: cfg.tcp_buffer_budget,
+        };
         TcpNat {
             cfg,
             host,
@@ -203,7 +257,7 @@ impl TcpNat {
             dev,
             sockets: SocketSet::new(Vec::new()),
             slots: Slots::default(),
-            buf: buffer_for(mtu),
+            buf,
             epoch,
             vips: None,
         }
@@ -234,6 +288,9 @@ impl TcpNat {
         }
         if let Some(h) = f.sock {
             self.sockets.remove(h);
+        }
+        if f.big {
+            self.buf.give();
         }
         flows.remove(id);
     }
@@ -393,13 +450,19 @@ impl TcpNat {
                 format!("a forwarded connection {from} -> {guest} is open already"),
             ));
         }
-        let mut s = new_socket(self.buf);
-        s.connect(self.iface.context(), guest, from)
-            .map_err(|e| io::Error::other(format!("connect to guest {guest}: {e}")))?;
+        let (size, big) = self.buf.take();
+        let mut s = new_socket(size);
+        if let Err(e) = s.connect(self.iface.context(), guest, from) {
+            if big {
+                self.buf.give();
+            }
+            return Err(io::Error::other(format!("connect to guest {guest}: {e}")));
+        }
         let h = self.sockets.add(s);
         let flow = Flow {
             sock: Some(h),
             _hold: hold,
+            big,
             ..Flow::new(
                 (guest, from),
                 default_mss(guest.is_ipv4()),
@@ -480,7 +543,9 @@ impl TcpNat {
         // Connected: create the guest-facing socket and let the held SYN in.
         let syn = syn.clone();
         let dst = f.key.1;
-        let mut s = new_socket(self.buf);
+        let (size, big) = self.buf.take();
+        f.big = big;
+        let mut s = new_socket(size);
         if s.listen(IpListenEndpoint {
             addr: Some(dst.ip().into()),
             port: dst.port(),
@@ -813,5 +878,32 @@ mod gso_tests {
             p.truncate(n);
             let _ = take_mss(&mut p, true);
         }
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn big_buffers_go_while_the_budget_lasts_and_come_back() {
+        let mut b = Budget {
+            small: BUF,
+            big: BIG_BUF,
+            left: 2 * (2 * BIG_BUF) + 1,
+        };
+        assert_eq!(b.take(), (BIG_BUF, true));
+        assert_eq!(b.take(), (BIG_BUF, true));
+        assert_eq!(b.take(), (BUF, false), "past the budget: the regular size");
+        b.give();
+        assert_eq!(b.take(), (BIG_BUF, true), "a big flow's share came back");
+        let mut none = Budget {
+            small: BUF,
+            big: BIG_BUF,
+            left: 0,
+        };
+        assert_eq!(none.take(), (BUF, false));
+        assert_eq!(big_buffer_for(65_520), BIG_BUF_JUMBO);
+        assert_eq!(buffer_for(65_520), BUF_JUMBO);
     }
 }

@@ -128,6 +128,16 @@ impl NatConfig {
 /// per network.
 pub const TCP_BUFFER_BUDGET: usize = 32 << 20;
 
+/// Lets NAT's big TCP flow buffers (1-2 MiB, see [`NatConfig::tcp_buffer_budget`]) leave no
+/// resident memory behind when their flows end: glibc then serves allocations of 512 KiB and
+/// more with mappings of their own, returned to the system on free (without it, glibc keeps
+/// freed blocks of that size for reuse once it has freed one; usernet also trims the heap
+/// after big flows end, which gives back most of it). Process-wide (`mallopt`), so a library
+/// does not do it unasked: the `usernet` binary calls it at start; an embedder may.
+pub fn release_big_buffers_promptly() {
+    crate::sys::process::mmap_allocations_from(512 * 1024);
+}
+
 /// Where a guest's packet to `dst` really goes on the host, or `None` if it must not leave.
 ///
 /// Refused, in every spelling the host kernel would route to itself or to a link it should not

@@ -106,6 +106,9 @@ pub fn big_buffer_for(mtu: usize) -> usize {
     if mtu > 9000 { BIG_BUF_JUMBO } else { BIG_BUF }
 }
 
+/// Least time between two heap trims after big flows ended.
+const TRIM_EVERY: Duration = Duration::from_millis(200);
+
 /// The network's budget of big buffers: a new flow gets big ones while the bytes they need
 /// (both ways) are left, and gives them back when it ends. Bounds what bulk flows may hold
 /// (a guest opening many flows gets the regular size past it, never more memory).
@@ -117,6 +120,10 @@ struct Budget {
     big: usize,
     /// Bytes of the budget left.
     left: usize,
+    /// A big flow ended since the heap was last trimmed.
+    trim: bool,
+    /// When the heap was last trimmed.
+    trimmed: Option<Instant>,
 }
 
 impl Budget {
@@ -134,6 +141,21 @@ impl Budget {
     /// A flow that took a share ended.
     fn give(&mut self) {
         self.left += 2 * self.big;
+        self.trim = true;
+    }
+
+    /// Gives freed big buffers' memory back to the system ([`crate::sys::process::trim_heap`])
+    /// when a big flow ended, at most every [`TRIM_EVERY`] (the rest waits for the next call).
+    fn trim(&mut self, now: Instant) {
+        if self.trim
+            && self
+                .trimmed
+                .is_none_or(|t| now.saturating_duration_since(t) >= TRIM_EVERY)
+        {
+            self.trim = false;
+            self.trimmed = Some(now);
+            crate::sys::process::trim_heap();
+        }
     }
 }
 
@@ -248,6 +270,8 @@ impl TcpNat {
             small: buffer_for(mtu),
             big: big_buffer_for(mtu),
             left: cfg.tcp_buffer_budget,
+            trim: false,
+            trimmed: None,
         };
         TcpNat {
             cfg,
@@ -291,6 +315,7 @@ impl TcpNat {
         }
         if f.big {
             self.buf.give();
+            self.buf.trim(Instant::now());
         }
         flows.remove(id);
     }
@@ -617,6 +642,7 @@ impl TcpNat {
         out: &mut Vec<Vec<u8>>,
         now: Instant,
     ) {
+        self.buf.trim(now);
         let mut dead = Vec::new();
         for idx in 0..self.slots.end() {
             let Some(f) = self.slots.get(idx) else {
@@ -891,16 +917,33 @@ mod budget_tests {
             small: BUF,
             big: BIG_BUF,
             left: 2 * (2 * BIG_BUF) + 1,
+            trim: false,
+            trimmed: None,
         };
         assert_eq!(b.take(), (BIG_BUF, true));
         assert_eq!(b.take(), (BIG_BUF, true));
         assert_eq!(b.take(), (BUF, false), "past the budget: the regular size");
         b.give();
+        assert!(b.trim, "a heap trim is due");
+        let t0 = Instant::now();
+        b.trim(t0);
+        assert!(!b.trim && b.trimmed == Some(t0));
+        b.give();
+        b.trim(t0 + TRIM_EVERY / 2);
+        assert!(
+            b.trim,
+            "not twice within TRIM_EVERY: left for the next call"
+        );
+        b.trim(t0 + TRIM_EVERY);
+        assert!(!b.trim);
+        b.left += 2 * BIG_BUF;
         assert_eq!(b.take(), (BIG_BUF, true), "a big flow's share came back");
         let mut none = Budget {
             small: BUF,
             big: BIG_BUF,
             left: 0,
+            trim: false,
+            trimmed: None,
         };
         assert_eq!(none.take(), (BUF, false));
         assert_eq!(big_buffer_for(65_520), BIG_BUF_JUMBO);

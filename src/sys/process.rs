@@ -111,6 +111,33 @@ pub(crate) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// Gives the heap's free pages back to the system (glibc's `malloc_trim`; nothing elsewhere).
+/// glibc keeps freed large blocks for reuse once its mmap threshold has risen past them, so
+/// NAT's 1 MiB flow buffers would stay resident after their flows end.
+pub(crate) fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and releases the allocator's own free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Makes glibc serve every allocation of `bytes` or more with a mapping of its own, unmapped
+/// when freed (`M_MMAP_THRESHOLD`; fixed, so it no longer rises past blocks once freed).
+/// Process-wide; nothing outside glibc.
+pub(crate) fn mmap_allocations_from(bytes: usize) {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets one of the allocator's parameters.
+    unsafe {
+        libc::mallopt(
+            libc::M_MMAP_THRESHOLD,
+            i32::try_from(bytes).unwrap_or(i32::MAX),
+        );
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = bytes;
+}
+
 /// Moves the calling thread to `SCHED_IDLE`: it runs only on CPU time no other thread of the
 /// machine wants (a capture's writer: forwarding and the guests' own work come first). An
 /// unprivileged thread cannot come back from it, so this is for threads that end with their

@@ -112,6 +112,8 @@ impl SocketArg {
 }
 
 fn main() -> ExitCode {
+    // NAT's 1-2 MiB flow buffers go back to the system when their flows end.
+    usernet::nat::release_big_buffers_promptly();
     // A CNI runtime runs plugins by name with CNI_COMMAND set: this binary is the plugin then.
     if let Some(code) = cni::main_if_plugin() {
         return ExitCode::from(code);

@@ -23,7 +23,8 @@ overlay (two usernets joined by VXLAN, bench/overlay.py), scale2 (two isolated p
 one usernet with 2 event loops, both flows at once), or a kernel reference recorded
 system-wide (`perf record -a`): bridge, veth, kernel (nat.py's routed veth). WORKLOAD is tcp
 (A -> B), udp64 (64 B UDP, -b 0), ping (-i 0.01), egress or download (nat only: guest -> host
-loopback, and the same with iperf3 -R).
+loopback, and the same with iperf3 -R), forward (nat only: a host client on 127.0.0.1 through
+the regular port forward to the guest's server).
 
   python3 bench/profile.py --usernet target/profiling/usernet \\
       --copyloop target/profiling/examples/copyloop [--cases ...] [--time 8] [--out DIR]
@@ -122,8 +123,11 @@ def frames(ctx, socks):
 def workload(system, work, topo, secs):
     """A callable running the traffic for secs seconds; returns a short result dict."""
     if system in ("nat", "kernel"):
-        if work not in ("egress", "download"):
-            raise CaseFailed(f"{system}: egress or download")
+        if work not in ("egress", "download", "forward"):
+            raise CaseFailed(f"{system}: egress, download or forward")
+        if work == "forward":  # the regular port forward: host client -> guest server
+            ip, port = topo.variants[0][2]
+            return lambda: _tcp(iperf3(topo.g, [], nat.GUEST_PORT, topo.h, ip, port, secs)[0])
         ip, port = topo.variants[0][1]
         cargs = ["-R"] if work == "download" else []
         return lambda: _tcp(iperf3(topo.h, ["-B", topo.host_bind], port, topo.g, ip, port,

@@ -343,15 +343,20 @@ def measure_failover(lab, reps, ttl):
         m = tally(hs[0], 9)
         log(f"  9 requests to h{hs[0]}:8080: {m}")
         killed, stopped, cut = [], [], []
+
+        def window(rep, what, event, gone, t0):
+            """Host 0's clients from t0 on, with `gone` out; logged."""
+            res = failover_window(hs[0], gone, t0)
+            log(f"  failover rep {rep}, {what}: last bad request ended {res['ms']} ms after "
+                f"the {event} (issued at {res['issued_ms']} ms), {res['bad']} bad of "
+                f"{res['requests']}, slowest {res['slowest_ms']} ms; then {res['after']}")
+            return res
+
         for rep in range(reps):
             # (a) host 2's usernet killed; the client asks host 0.
             RES.stop(procs[2].popen, sig=signal.SIGKILL)
             t0 = time.monotonic()
-            res = failover_window(hs[0], names[2], t0)
-            killed.append(res)
-            log(f"  failover rep {rep}, node killed: last bad request ended {res['ms']} ms "
-                f"after the kill (issued at {res['issued_ms']} ms), {res['bad']} bad of "
-                f"{res['requests']}, slowest {res['slowest_ms']} ms; then {res['after']}")
+            killed.append(window(rep, "node killed", "kill", names[2], t0))
             # Restart it: its TAP gone, its node gone from host 0 (same node name), a new
             # usernet and lease.
             g2 = lab.hosts[hs[2]][1]
@@ -365,11 +370,7 @@ def measure_failover(lab, reps, ttl):
             # (b) host 1's server stopped; the client asks host 0.
             RES.stop(servers[1].popen, sig=signal.SIGKILL)
             t0 = time.monotonic()
-            res = failover_window(hs[0], names[1], t0)
-            stopped.append(res)
-            log(f"  failover rep {rep}, server stopped: last bad request ended {res['ms']} ms "
-                f"after the stop (issued at {res['issued_ms']} ms), {res['bad']} bad of "
-                f"{res['requests']}, slowest {res['slowest_ms']} ms; then {res['after']}")
+            stopped.append(window(rep, "server stopped", "stop", names[1], t0))
             servers[1] = httpd(lab.hosts[hs[1]][1], names[1])
             wait_until("web2 back in the rotation", balanced, list(procs.values()),
                        timeout=30)
@@ -379,13 +380,9 @@ def measure_failover(lab, reps, ttl):
             run(["ip", "-n", h2, "link", "set", "ul0", "down"], timeout=10)
             t0 = time.monotonic()
             try:
-                res = failover_window(hs[0], names[2], t0)
+                cut.append(window(rep, "host cut off", "cut", names[2], t0))
             finally:
                 run(["ip", "-n", h2, "link", "set", "ul0", "up"], timeout=10)
-            cut.append(res)
-            log(f"  failover rep {rep}, host cut off: last bad request ended {res['ms']} ms "
-                f"after the cut (issued at {res['issued_ms']} ms), {res['bad']} bad of "
-                f"{res['requests']}, slowest {res['slowest_ms']} ms; then {res['after']}")
             wait_until("web3 back in the rotation after the cut", balanced,
                        list(procs.values()), timeout=30)
 

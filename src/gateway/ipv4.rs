@@ -16,12 +16,14 @@ impl Driver {
                 out.reply = self.gw.proxy.arp_reply(self.gw.cfg.mac, payload);
             }
             // Services' virtual IPs are the gateway's.
-            if out.reply.is_none() && !self.gw.vips.is_empty() {
-                out.reply = self.gw.vips.ips().into_iter().find_map(|v| {
-                    arp::handle(self.gw.cfg.mac, v, payload)
-                        .ok()
-                        .and_then(|o| o.reply)
-                });
+            if out.reply.is_none()
+                && !self.gw.vips.is_empty()
+                && let Some(t) = arp_target(payload)
+                && self.gw.vips.contains(IpAddr::V4(t))
+            {
+                out.reply = arp::handle(self.gw.cfg.mac, t, payload)
+                    .ok()
+                    .and_then(|o| o.reply);
             }
             out
         });
@@ -468,3 +470,9 @@ macro_rules! builder {
 builder!(etherparse::UdpHeader);
 builder!(etherparse::Icmpv4Header);
 builder!(etherparse::Icmpv6Header);
+
+/// The target address of an Ethernet/IPv4 ARP packet (`payload`, after the Ethernet header).
+fn arp_target(payload: &[u8]) -> Option<Ipv4Addr> {
+    let p = etherparse::ArpPacket::from_slice(payload).ok()?;
+    Some(p.try_eth_ipv4().ok()?.target_ipv4_addr())
+}

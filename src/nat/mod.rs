@@ -41,6 +41,7 @@ use flow::{FlowKey, FlowTable, Opener};
 pub use tcp::ETH_FRONT;
 
 pub mod balance;
+pub(crate) mod buffers;
 pub mod flow;
 pub mod forward;
 pub mod forward_rt;

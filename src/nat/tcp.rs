@@ -36,9 +36,8 @@
 //! gateway's pool, [`TcpNat::set_pool`]) behind [`ETH_FRONT`] bytes that the gateway fills with
 //! the Ethernet header: no zeroing and no copy between smoltcp and the link.
 //!
-//! Buffers: a flow's smoltcp socket gets [`BIG_BUF`] bytes each way ([`BIG_BUF_JUMBO`] above
-//! MTU 9000) while the network's budget ([`NatConfig::tcp_buffer_budget`]) has room, else
-//! [`BUF`] ([`BUF_JUMBO`]); a big flow gives its share back when it ends. The buffer is the
+//! Buffers (`buffers.rs`): 1 MiB each way (2 MiB above MTU 9000) while the network's budget
+//! ([`NatConfig::tcp_buffer_budget`]) has room, else 128 KiB (256 KiB). The buffer is the
 //! window each side sees: with 128 KiB a bulk flow waits on it (`ss -ti`: the senders were
 //! `rwnd_limited` 55-73 % of the time, `bench/results/profile.md`), with 1 MiB it does not.
 //! Window scaling is in use and a 65520-byte MTU path is not capped at 64 KiB. Limits (checked by the NAT's [`FlowTable`], which
@@ -59,6 +58,7 @@ use smoltcp::time::Instant as SInstant;
 use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 
 use super::balance::ConnGuard;
+use super::buffers::Budget;
 use super::flow::{FORWARD_KEY, FlowId, FlowKey, FlowTable, GuestKey, Opener, Phase, Slots};
 use super::host::{HostSockets, HostStream};
 use super::{NatConfig, NatCounters, host_destination, token};
@@ -68,18 +68,6 @@ use crate::wire::ip::{
     Transport, Unreachable, icmp_unreachable, tcp_endpoints, tcp_header_len, tcp_rst, tcp_segment,
     transport,
 };
-
-/// Buffer size each way per flow on links with an MTU up to 9000.
-pub const BUF: usize = 128 * 1024;
-/// Buffer size each way per flow on jumbo links (MTU over 9000): 128 KiB would leave only two
-/// 64 KiB segments in flight (measured: forwards at MTU 65520 fell from 6.1 to 3.4 Gbit/s).
-pub const BUF_JUMBO: usize = 256 * 1024;
-/// Buffer size each way of a flow within the network's big-buffer budget (MTU up to 9000):
-/// NAT download 0.45x -> 1.12x and egress 0.48x -> 0.75x the routed kernel path in an A/B on
-/// this project's 2-vCPU machine (`bench/results/profile.md`).
-pub const BIG_BUF: usize = 1024 * 1024;
-/// [`BIG_BUF`] on jumbo links (MTU over 9000).
-pub const BIG_BUF_JUMBO: usize = 2 * 1024 * 1024;
 
 /// The MTU of NAT's smoltcp device: it sends segments of up to 64 KiB to guests, which go out
 /// as GSO frames (cut to the guest's real MSS by the guest's kernel or by [`crate::offload`]).
@@ -95,69 +83,6 @@ pub const ETH_FRONT: usize = 14;
 const OWN_FREE: usize = 16;
 /// GSO buffers in flight from the pool a NAT starts with.
 const OWN_GSO_BUFFERS: usize = 16;
-
-/// The per-flow buffer size for a link MTU.
-pub fn buffer_for(mtu: usize) -> usize {
-    if mtu > 9000 { BUF_JUMBO } else { BUF }
-}
-
-/// The per-flow buffer size for a link MTU within the big-buffer budget.
-pub fn big_buffer_for(mtu: usize) -> usize {
-    if mtu > 9000 { BIG_BUF_JUMBO } else { BIG_BUF }
-}
-
-/// Least time between two heap trims after big flows ended.
-const TRIM_EVERY: Duration = Duration::from_millis(200);
-
-/// The network's budget of big buffers: a new flow gets big ones while the bytes they need
-/// (both ways) are left, and gives them back when it ends. Bounds what bulk flows may hold
-/// (a guest opening many flows gets the regular size past it, never more memory).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Budget {
-    /// Buffer size each way of a flow without a big share.
-    small: usize,
-    /// Buffer size each way of a flow with one.
-    big: usize,
-    /// Bytes of the budget left.
-    left: usize,
-    /// A big flow ended since the heap was last trimmed.
-    trim: bool,
-    /// When the heap was last trimmed.
-    trimmed: Option<Instant>,
-}
-
-impl Budget {
-    /// The buffer size for a new flow, and whether it took a share of the budget.
-    fn take(&mut self) -> (usize, bool) {
-        let need = 2 * self.big;
-        if self.big > self.small && self.left >= need {
-            self.left -= need;
-            (self.big, true)
-        } else {
-            (self.small, false)
-        }
-    }
-
-    /// A flow that took a share ended.
-    fn give(&mut self) {
-        self.left += 2 * self.big;
-        self.trim = true;
-    }
-
-    /// Gives freed big buffers' memory back to the system ([`crate::sys::process::trim_heap`])
-    /// when a big flow ended, at most every [`TRIM_EVERY`] (the rest waits for the next call).
-    fn trim(&mut self, now: Instant) {
-        if self.trim
-            && self
-                .trimmed
-                .is_none_or(|t| now.saturating_duration_since(t) >= TRIM_EVERY)
-        {
-            self.trim = false;
-            self.trimmed = Some(now);
-            crate::sys::process::trim_heap();
-        }
-    }
-}
 
 type Key = (SocketAddr, SocketAddr);
 
@@ -266,13 +191,7 @@ impl TcpNat {
         if let Some(g6) = cfg.gateway6 {
             let _ = iface.routes_mut().add_default_ipv6_route(g6);
         }
-        let buf = Budget {
-            small: buffer_for(mtu),
-            big: big_buffer_for(mtu),
-            left: cfg.tcp_buffer_budget,
-            trim: false,
-            trimmed: None,
-        };
+        let buf = Budget::new(mtu, cfg.tcp_buffer_budget);
         TcpNat {
             cfg,
             host,
@@ -904,49 +823,5 @@ mod gso_tests {
             p.truncate(n);
             let _ = take_mss(&mut p, true);
         }
-    }
-}
-
-#[cfg(test)]
-mod budget_tests {
-    use super::*;
-
-    #[test]
-    fn big_buffers_go_while_the_budget_lasts_and_come_back() {
-        let mut b = Budget {
-            small: BUF,
-            big: BIG_BUF,
-            left: 2 * (2 * BIG_BUF) + 1,
-            trim: false,
-            trimmed: None,
-        };
-        assert_eq!(b.take(), (BIG_BUF, true));
-        assert_eq!(b.take(), (BIG_BUF, true));
-        assert_eq!(b.take(), (BUF, false), "past the budget: the regular size");
-        b.give();
-        assert!(b.trim, "a heap trim is due");
-        let t0 = Instant::now();
-        b.trim(t0);
-        assert!(!b.trim && b.trimmed == Some(t0));
-        b.give();
-        b.trim(t0 + TRIM_EVERY / 2);
-        assert!(
-            b.trim,
-            "not twice within TRIM_EVERY: left for the next call"
-        );
-        b.trim(t0 + TRIM_EVERY);
-        assert!(!b.trim);
-        b.left += 2 * BIG_BUF;
-        assert_eq!(b.take(), (BIG_BUF, true), "a big flow's share came back");
-        let mut none = Budget {
-            small: BUF,
-            big: BIG_BUF,
-            left: 0,
-            trim: false,
-            trimmed: None,
-        };
-        assert_eq!(none.take(), (BUF, false));
-        assert_eq!(big_buffer_for(65_520), BIG_BUF_JUMBO);
-        assert_eq!(buffer_for(65_520), BUF_JUMBO);
     }
 }

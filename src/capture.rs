@@ -4,10 +4,13 @@
 //!
 //! Every port carries a [`Tap`]. With no capture running, the event loop's whole cost is one
 //! relaxed atomic load per batch ([`Tap::is_active`]) on receive and one on transmit. A capture
-//! attaches a [`Sink`] to the tap; while one is attached the loop copies at most `snaplen`
-//! bytes of each frame, with a timestamp, into each sink's bounded lock-free queue
-//! ([`crossbeam_queue::ArrayQueue`]) and goes on: it never waits, never takes a lock and never
-//! makes a system call for a capture. When a queue is full (or holds [`QUEUE_BYTES`] already)
+//! attaches a [`Sink`] to the tap; while one is attached the loop queues each frame, with a
+//! timestamp, on each sink's bounded lock-free queue ([`crossbeam_queue::ArrayQueue`]) and goes
+//! on: it never waits, never takes a lock and never makes a system call for a capture. A frame
+//! the capture keeps whole, of [`SHARE_MIN`] bytes or more, is not copied: the capture holds
+//! the frame's own buffer, read-only, until written ([`Frame::share`]; the frame goes on, and
+//! is copied only if something writes to it meanwhile). A smaller frame, or the `snaplen`
+//! bytes kept of a longer one, is copied. When a queue is full (or holds [`QUEUE_BYTES`] already)
 //! the frame is not captured and counted (`capture_dropped`, per capture and per port); the
 //! forwarding path is the same either way.
 //!
@@ -55,7 +58,7 @@ use pcap_file::pcapng::blocks::interface_statistics::{
 use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeaderOption};
 use serde::{Deserialize, Serialize};
 
-use crate::frame::Frame;
+use crate::frame::{Frame, SharedBuf};
 
 mod epb;
 
@@ -152,7 +155,45 @@ struct Record {
     ts: Duration,
     dir: Direction,
     orig_len: u32,
-    data: Vec<u8>,
+    data: Bytes,
+}
+
+/// A captured frame's bytes: a copy (small frames, or a snaplen that keeps a part), or the
+/// frame's own buffer, shared read-only until written (see [`Frame::share`]).
+enum Bytes {
+    Copy(Vec<u8>),
+    Shared(Arc<SharedBuf>, std::ops::Range<usize>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Copy(v) => v,
+            Bytes::Shared(b, r) => b.bytes().get(r.clone()).unwrap_or(&[]),
+        }
+    }
+}
+
+impl Bytes {
+    /// Bytes of memory the record holds (what [`QUEUE_BYTES`] bounds).
+    fn held(&self) -> usize {
+        match self {
+            Bytes::Copy(v) => v.len(),
+            Bytes::Shared(b, _) => b.capacity(),
+        }
+    }
+}
+
+/// Frames from this long are shared with the capture instead of copied, when kept whole and
+/// filling at least a quarter of their buffer (a short frame in a 64 KiB buffer is copied: the
+/// copy is cheaper than holding the buffer).
+pub const SHARE_MIN: usize = 1024;
+
+/// Whether a frame of `len` bytes in a buffer of `capacity`, of which a capture keeps
+/// `snaplen`, is shared rather than copied.
+fn shares(len: usize, capacity: usize, snaplen: usize) -> bool {
+    len >= SHARE_MIN && len <= snaplen && len.saturating_mul(4) >= capacity
 }
 
 /// One capture's queue: filled by the port's event loop, drained by the capture's writer.
@@ -190,26 +231,36 @@ impl Sink {
         }
     }
 
-    /// Queues a copy of `data`'s first `snaplen` bytes; false when there was no room (counted).
-    fn push(&self, ts: Duration, dir: Direction, data: &[u8]) -> bool {
-        let n = data.len().min(self.snaplen);
-        if self.queue.is_full() || self.bytes.load(Ordering::Relaxed) + n > QUEUE_BYTES {
+    /// Queues `frame`'s first `snaplen` bytes: the frame's buffer itself, shared, when it is
+    /// kept whole and large ([`SHARE_MIN`]), else a copy. False when there was no room
+    /// (counted).
+    fn push(&self, ts: Duration, dir: Direction, frame: &mut Frame) -> bool {
+        let len = frame.len();
+        let n = len.min(self.snaplen);
+        let share = shares(len, frame.capacity(), self.snaplen);
+        let held = if share { frame.capacity() } else { n };
+        if self.queue.is_full() || self.bytes.load(Ordering::Relaxed) + held > QUEUE_BYTES {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        let mut buf = self.free.pop().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(&data[..n]);
-        let before = self.bytes.fetch_add(n, Ordering::Relaxed);
+        let data = if share {
+            Bytes::Shared(frame.share(), frame.data_range())
+        } else {
+            let mut buf = self.free.pop().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(&frame.data()[..n]);
+            Bytes::Copy(buf)
+        };
+        let before = self.bytes.fetch_add(held, Ordering::Relaxed);
         let rec = Record {
             ts,
             dir,
-            orig_len: u32::try_from(data.len()).unwrap_or(u32::MAX),
-            data: buf,
+            orig_len: u32::try_from(len).unwrap_or(u32::MAX),
+            data,
         };
         match self.queue.push(rec) {
             Ok(()) => {
-                if wake_writer(self.queue.len(), before, n)
+                if wake_writer(self.queue.len(), before, held)
                     && let Some(t) = self.writer.get()
                 {
                     t.unpark();
@@ -217,7 +268,7 @@ impl Sink {
                 true
             }
             Err(_) => {
-                self.bytes.fetch_sub(n, Ordering::Relaxed);
+                self.bytes.fetch_sub(held, Ordering::Relaxed);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 false
             }
@@ -226,11 +277,16 @@ impl Sink {
 
     fn pop(&self) -> Option<Record> {
         let r = self.queue.pop()?;
-        self.bytes.fetch_sub(r.data.len(), Ordering::Relaxed);
+        self.bytes.fetch_sub(r.data.held(), Ordering::Relaxed);
         Some(r)
     }
 
-    fn recycle(&self, mut buf: Vec<u8>) {
+    /// Done with a record's bytes: a copy's buffer goes back for the next copies, a shared
+    /// frame buffer to its pool (when its frame is gone too).
+    fn recycle(&self, data: Bytes) {
+        let Bytes::Copy(mut buf) = data else {
+            return;
+        };
         let cap = buf.capacity();
         if cap <= REUSE_MAX || (cap <= REUSE_BIG && self.free.len() < FREE_BIG) {
             buf.clear();
@@ -287,9 +343,10 @@ impl Tap {
         self.sinks.load().len()
     }
 
-    /// Queues a copy of each frame for every capture attached (the loop calls it only when
-    /// [`Self::is_active`]). Never blocks.
-    pub fn record<'a>(&self, dir: Direction, frames: impl IntoIterator<Item = &'a Frame>) {
+    /// Queues each frame for every capture attached (the loop calls it only when
+    /// [`Self::is_active`]): a large frame's buffer is shared with the captures (a frame written
+    /// to afterwards is copied first, see [`Frame::share`]), a small one copied. Never blocks.
+    pub fn record<'a>(&self, dir: Direction, frames: impl IntoIterator<Item = &'a mut Frame>) {
         let sinks = self.sinks.load();
         if sinks.is_empty() {
             return;
@@ -299,7 +356,7 @@ impl Tap {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default();
             for s in sinks.iter() {
-                if !s.push(ts, dir, f.data()) {
+                if !s.push(ts, dir, f) {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -672,8 +729,11 @@ mod tests {
         let opts = CaptureOptions::new(Some(64), Some(3), None).expect("opts");
         let s = tap.start("web", &opts).expect("start");
         assert!(tap.is_active());
-        tap.record(Direction::Rx, [&frame(1, 100)]);
-        tap.record(Direction::Tx, [&frame(2, 60), &frame(3, 60), &frame(4, 60)]);
+        tap.record(Direction::Rx, [&mut frame(1, 100)]);
+        tap.record(
+            Direction::Tx,
+            [&mut frame(2, 60), &mut frame(3, 60), &mut frame(4, 60)],
+        );
         let mut out = Vec::new();
         let sum = s.run(&mut out, || Some(EndReason::Stopped));
         assert_eq!(sum.end, EndReason::Count);
@@ -689,12 +749,48 @@ mod tests {
     }
 
     #[test]
+    fn large_frames_are_shared_not_copied_and_read_back_as_they_were() {
+        let tap = Arc::new(Tap::default());
+        let two = |n| {
+            tap.start("p", &CaptureOptions::new(n, None, None).expect("opts"))
+                .expect("start")
+        };
+        let (whole, cut) = (two(None), two(Some(1500)));
+        let mut big = frame(5, 9000);
+        let mut small = frame(6, 200);
+        tap.record(Direction::Rx, [&mut big, &mut small]);
+        assert!(
+            big.is_shared(),
+            "a whole capture holds the 9000-byte frame's own buffer"
+        );
+        assert!(!small.is_shared(), "a small frame is copied");
+        // The datapath writes to the frame after the capture took it (a VLAN tag, a checksum):
+        // the frame is copied first, the capture keeps what went by.
+        big.data_mut()[6] = 0xee;
+        assert!(!big.is_shared());
+        drop(big);
+        for (s, caplen) in [(whole, 9000), (cut, 1500)] {
+            let mut out = Vec::new();
+            s.run(&mut out, || Some(EndReason::Stopped));
+            let (pkts, _, _) = read_ng(&out);
+            assert_eq!(pkts.len(), 2);
+            assert_eq!((pkts[0].1, pkts[0].2.len()), (9000, caplen));
+            assert!(
+                pkts[0].2[6..].iter().all(|&b| b == 5),
+                "the bytes as captured"
+            );
+            assert_eq!(pkts[1].2, frame(6, 200).data());
+        }
+        assert!(!tap.is_active());
+    }
+
+    #[test]
     fn full_queue_drops_and_counts_never_blocks() {
         let tap = Arc::new(Tap::default());
         let s = tap.start("p", &CaptureOptions::default()).expect("start");
-        let f = frame(7, 60);
+        let mut f = frame(7, 60);
         for _ in 0..QUEUE_FRAMES + 10 {
-            tap.record(Direction::Rx, [&f]);
+            tap.record(Direction::Rx, [&mut f]);
         }
         assert_eq!(s.dropped(), 10);
         assert_eq!(tap.dropped(), 10);
@@ -712,7 +808,7 @@ mod tests {
         let tap = Arc::new(Tap::default());
         let a = tap.start("p", &CaptureOptions::default()).expect("a");
         let b = tap.start("p", &CaptureOptions::default()).expect("b");
-        tap.record(Direction::Rx, [&frame(1, 60)]);
+        tap.record(Direction::Rx, [&mut frame(1, 60)]);
         tap.close();
         assert!(!tap.is_active());
         assert!(tap.start("p", &CaptureOptions::default()).is_err());
@@ -729,7 +825,7 @@ mod tests {
         let tap = Arc::new(Tap::default());
         let opts = CaptureOptions::new(None, Some(2), Some(Format::Pcap)).expect("opts");
         let s = tap.start("p", &opts).expect("start");
-        tap.record(Direction::Rx, [&frame(1, 70), &frame(2, 80)]);
+        tap.record(Direction::Rx, [&mut frame(1, 70), &mut frame(2, 80)]);
         let mut out = Vec::new();
         s.run(&mut out, || None);
         let mut r = pcap_file::pcap::PcapReader::new(&out[..]).expect("header");
@@ -763,12 +859,12 @@ mod tests {
     fn big_buffers_are_reused_up_to_a_bound() {
         let sink = Sink::new(MAX_SNAPLEN);
         for _ in 0..FREE_BIG + 10 {
-            sink.recycle(Vec::with_capacity(65_000));
+            sink.recycle(Bytes::Copy(Vec::with_capacity(65_000)));
         }
         assert_eq!(sink.free.len(), FREE_BIG);
-        sink.recycle(Vec::with_capacity(1500));
+        sink.recycle(Bytes::Copy(Vec::with_capacity(1500)));
         assert_eq!(sink.free.len(), FREE_BIG + 1);
-        sink.recycle(Vec::with_capacity(REUSE_BIG + 1));
+        sink.recycle(Bytes::Copy(Vec::with_capacity(REUSE_BIG + 1)));
         assert_eq!(sink.free.len(), FREE_BIG + 1);
     }
 

@@ -16,6 +16,12 @@
 //! Frames are *moved* from the RX batch into the egress ring; only a flood to several ports
 //! copies (every destination but the last gets a copy, the last gets the original).
 //!
+//! A live capture reads a large frame without copying it: [`Frame::share`] puts the buffer
+//! behind an `Arc` ([`SharedBuf`]) the capture holds until it has written the bytes. The frame
+//! goes on as before; any write to it while the buffer is still shared copies it first (copy
+//! on write), so a capture sees the bytes as they were, and the last holder returns the buffer
+//! to the pool.
+//!
 //! # Sharing the GSO buffers
 //!
 //! The 64 KiB buffers are few (a fixed number in flight) and shared by every port of the pool.
@@ -139,6 +145,21 @@ impl SizeClass {
     }
 }
 
+impl PoolInner {
+    /// A buffer of `size` bytes from the size class that has them (for a copy on write: the
+    /// frame keeps its place in the GSO accounting, so none is charged here).
+    fn take_sized(&self, size: usize) -> Option<Box<[u8]>> {
+        if size == self.small.buf_size {
+            Some(self.small.take())
+        } else {
+            self.large
+                .as_ref()
+                .filter(|l| l.buf_size == size)
+                .map(SizeClass::take)
+        }
+    }
+}
+
 struct PoolInner {
     small: SizeClass,
     /// Buffers for GSO frames (up to [`GSO_MAX_FRAME`]), when the pool has them.
@@ -226,7 +247,7 @@ impl FramePool {
 
     fn frame(&self, buf: Box<[u8]>) -> Frame {
         Frame {
-            buf: Some(buf),
+            buf: Some(Buf::Owned(buf)),
             start: HEADROOM,
             len: 0,
             meta: FrameMeta::default(),
@@ -299,9 +320,67 @@ impl FramePool {
     }
 }
 
+/// A frame's buffer: its own, or shared read-only with a live capture (see [`Frame::share`]).
+enum Buf {
+    Owned(Box<[u8]>),
+    Shared(Arc<SharedBuf>),
+}
+
+/// A frame buffer shared, read-only, between a frame and the captures that hold it until
+/// written. The last holder to let go returns it to its pool (without touching the pool's GSO
+/// accounting: that is the frame's, released when the frame is dropped).
+pub struct SharedBuf {
+    buf: Box<[u8]>,
+    pool: Option<Arc<PoolInner>>,
+}
+
+impl SharedBuf {
+    /// The whole buffer (headroom included).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Bytes of memory the buffer holds.
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+impl std::fmt::Debug for SharedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedBuf")
+            .field("capacity", &self.buf.len())
+            .finish()
+    }
+}
+
+impl Drop for SharedBuf {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if let Some(pool) = self.pool.take()
+            && !buf.is_empty()
+        {
+            pool.recycle(buf);
+        }
+    }
+}
+
+impl PoolInner {
+    /// Puts an idle buffer back on its size class's free list (a full list frees it).
+    fn recycle(&self, buf: Box<[u8]>) {
+        if buf.len() == self.small.buf_size {
+            let _ = self.small.free.push(buf);
+        } else if let Some(large) = &self.large
+            && buf.len() == large.buf_size
+        {
+            let _ = large.free.push(buf);
+        }
+    }
+}
+
 /// One Ethernet frame in a pooled buffer. Dropping it returns the buffer to its pool.
 pub struct Frame {
-    buf: Option<Box<[u8]>>,
+    buf: Option<Buf>,
     start: usize,
     len: usize,
     /// Offload metadata.
@@ -335,7 +414,7 @@ impl Frame {
         buf.extend_from_slice(head);
         buf.extend_from_slice(tail);
         Frame {
-            buf: Some(buf.into_boxed_slice()),
+            buf: Some(Buf::Owned(buf.into_boxed_slice())),
             start: HEADROOM,
             len,
             meta: FrameMeta::default(),
@@ -346,11 +425,72 @@ impl Frame {
 
     fn buf(&self) -> &[u8] {
         // Invariant: `buf` is `Some` for the whole life of the frame; it is taken only in `drop`.
-        self.buf.as_deref().unwrap_or(&[])
+        match &self.buf {
+            Some(Buf::Owned(b)) => b,
+            Some(Buf::Shared(s)) => &s.buf,
+            None => &[],
+        }
     }
 
+    /// The buffer, writable: a buffer still shared with a capture is first copied (copy on
+    /// write), so what the capture holds never changes under it.
     fn buf_mut(&mut self) -> &mut [u8] {
-        self.buf.as_deref_mut().unwrap_or(&mut [])
+        if let Some(Buf::Shared(shared)) = &mut self.buf {
+            let owned = match Arc::get_mut(shared) {
+                // The captures let go of it: it is the frame's again.
+                Some(only) => std::mem::take(&mut only.buf),
+                None => {
+                    let size = shared.buf.len();
+                    let mut b = self
+                        .pool
+                        .as_ref()
+                        .and_then(|p| p.take_sized(size))
+                        .unwrap_or_else(|| vec![0u8; size].into_boxed_slice());
+                    let (s, l) = (self.start, self.len);
+                    b[s..s + l].copy_from_slice(&shared.buf[s..s + l]);
+                    b
+                }
+            };
+            self.buf = Some(Buf::Owned(owned));
+        }
+        match &mut self.buf {
+            Some(Buf::Owned(b)) => b,
+            _ => &mut [],
+        }
+    }
+
+    /// Shares the frame's buffer, read-only, with a capture: the returned handle reads the
+    /// bytes at [`Self::data_range`] as they are now, for as long as it is held, with no copy.
+    /// The frame goes on as before; should it be written to while the buffer is still held, it
+    /// is copied first ([`Self::data_mut`] and every other writer does so).
+    pub fn share(&mut self) -> Arc<SharedBuf> {
+        if let Some(Buf::Owned(b)) = &mut self.buf {
+            let buf = std::mem::take(b);
+            self.buf = Some(Buf::Shared(Arc::new(SharedBuf {
+                buf,
+                pool: self.pool.clone(),
+            })));
+        }
+        match &self.buf {
+            Some(Buf::Shared(s)) => s.clone(),
+            // Unreachable (the frame's buffer is only taken in `drop`): an empty share.
+            _ => Arc::new(SharedBuf {
+                buf: Box::default(),
+                pool: None,
+            }),
+        }
+    }
+
+    /// True while the frame's buffer is shared with a capture that has not written it yet:
+    /// a link that would write a prefix in front of the data sends it from elsewhere instead
+    /// (see [`crate::link::tap`]), or the write copies the frame.
+    pub fn is_shared(&self) -> bool {
+        matches!(&self.buf, Some(Buf::Shared(s)) if Arc::strong_count(s) > 1)
+    }
+
+    /// Where the frame's bytes sit in its buffer ([`SharedBuf::bytes`]).
+    pub fn data_range(&self) -> std::ops::Range<usize> {
+        self.start..self.start + self.len
     }
 
     /// The frame bytes.
@@ -462,10 +602,11 @@ impl Frame {
 
     /// True when the frame sits in one of its pool's 64 KiB GSO buffers.
     pub fn in_gso_buffer(&self) -> bool {
-        let (Some(pool), Some(buf)) = (&self.pool, &self.buf) else {
+        let Some(pool) = &self.pool else {
             return false;
         };
-        pool.large.as_ref().is_some_and(|l| buf.len() == l.buf_size)
+        let size = self.buf().len();
+        pool.large.as_ref().is_some_and(|l| size == l.buf_size)
     }
 
     /// Admits the frame to a holder (an egress port) that has `held` GSO buffers of `shared` in
@@ -515,14 +656,20 @@ impl Drop for Frame {
         let (Some(buf), Some(pool)) = (self.buf.take(), self.pool.take()) else {
             return;
         };
-        // A full free list just frees the buffer.
-        if buf.len() == pool.small.buf_size {
-            let _ = pool.small.free.push(buf);
-        } else if let Some(large) = &pool.large
-            && buf.len() == large.buf_size
-        {
+        let size = match &buf {
+            Buf::Owned(b) => b.len(),
+            Buf::Shared(s) => s.buf.len(),
+        };
+        // The frame's GSO buffer is no longer in flight, even while a capture still holds it
+        // (bounded by the capture's queue, not by the pool's limit).
+        if pool.large.as_ref().is_some_and(|l| size == l.buf_size) {
             pool.large_live.fetch_sub(1, Ordering::AcqRel);
-            let _ = large.free.push(buf);
+        }
+        match buf {
+            // A full free list just frees the buffer.
+            Buf::Owned(b) => pool.recycle(b),
+            // The last holder (this frame or a capture) returns it.
+            Buf::Shared(s) => drop(s),
         }
     }
 }
@@ -564,6 +711,49 @@ mod tests {
         let mut tiny = pool.frame_from(&data[..6]).expect("fits");
         assert!(!tiny.push_vlan(0x8100, 1));
         assert_eq!(tiny.data(), &data[..6]);
+    }
+
+    #[test]
+    fn a_shared_buffer_is_copied_on_write_and_recycled_by_its_last_holder() {
+        let pool = FramePool::with_gso(1514, 4, 2);
+        let mut f = pool.frame_from(b"abcdef").expect("fits");
+        let held = f.share();
+        assert!(f.is_shared());
+        assert_eq!(&held.bytes()[f.data_range()], b"abcdef");
+        // Reading does not copy; writing does, and the holder still sees the old bytes.
+        assert_eq!(f.data(), b"abcdef");
+        f.data_mut()[0] = b'X';
+        assert!(!f.is_shared());
+        assert_eq!(f.data(), b"Xbcdef");
+        assert_eq!(&held.bytes()[HEADROOM..HEADROOM + 6], b"abcdef");
+        drop(f);
+        assert_eq!(pool.idle(), 1, "the frame's copy went back");
+        drop(held);
+        assert_eq!(
+            pool.idle(),
+            2,
+            "the shared buffer went back when its holder let go"
+        );
+
+        // The frame goes first: the holder returns the buffer; a GSO buffer leaves the pool's
+        // in-flight count with its frame.
+        let mut g = pool.alloc_large().expect("GSO buffer");
+        g.set_received(5000);
+        let held = g.share();
+        let range = g.data_range();
+        drop(g);
+        assert_eq!(pool.large_in_use(), 0);
+        assert_eq!(held.bytes()[range].len(), 5000);
+        drop(held);
+        assert_eq!(pool.inner.large.as_ref().map(|l| l.free.len()), Some(1));
+
+        // Shared, then let go before any write: the frame takes its buffer back, no copy.
+        let mut h = pool.frame_from(b"xyz").expect("fits");
+        let idle = pool.idle();
+        drop(h.share());
+        h.data_mut()[0] = b'Y';
+        assert_eq!(h.data(), b"Yyz");
+        assert_eq!(pool.idle(), idle, "no buffer taken for a copy");
     }
 
     #[test]

@@ -767,3 +767,114 @@ fn a_passed_file_is_written_by_the_daemon_and_survives_the_port() {
     // The daemon still answers, and the capture of a's file form still works from ctl.
     assert!(d.ctl(&["stats"]).is_array());
 }
+
+/// The server's side of the TCP stream to port `from` in a capture, reassembled by sequence
+/// number (retransmissions and overlaps counted once), and the largest frame captured.
+fn server_stream(file: &Path, from: u16) -> (Vec<u8>, usize) {
+    use etherparse::{SlicedPacket, TransportSlice};
+    use pcap_file::pcapng::{Block, PcapNgReader};
+    let bytes = std::fs::read(file).expect("read capture");
+    let mut r = PcapNgReader::new(&bytes[..]).expect("pcapng header");
+    let (mut isn, mut segs, mut largest) = (None, Vec::new(), 0);
+    while let Some(b) = r.next_block() {
+        let Block::EnhancedPacket(p) = b.expect("whole blocks") else {
+            continue;
+        };
+        assert_eq!(p.original_len as usize, p.data.len(), "whole frames");
+        largest = largest.max(p.data.len());
+        let Ok(s) = SlicedPacket::from_ethernet(&p.data) else {
+            continue;
+        };
+        let Some(TransportSlice::Tcp(t)) = s.transport else {
+            continue;
+        };
+        if t.source_port() != from {
+            continue;
+        }
+        if t.syn() {
+            isn = Some(t.sequence_number());
+        }
+        segs.push((t.sequence_number(), t.payload().to_vec()));
+    }
+    let isn = isn.expect("the server's SYN-ACK was captured");
+    let mut segs: Vec<(u32, Vec<u8>)> = segs
+        .into_iter()
+        .map(|(seq, p)| (seq.wrapping_sub(isn).wrapping_sub(1), p))
+        .collect();
+    segs.sort_by_key(|s| s.0);
+    let mut out = Vec::new();
+    for (seq, p) in segs {
+        let (at, end) = (seq as usize, seq as usize + p.len());
+        if at <= out.len() && end > out.len() {
+            out.extend_from_slice(&p[out.len() - at..]);
+        }
+    }
+    (out, largest)
+}
+
+#[test]
+fn a_bulk_transfer_captured_whole_is_intact_in_both_captures() {
+    if !ready("a_bulk_transfer_captured_whole_is_intact_in_both_captures") {
+        return;
+    }
+    let (a, b) = (Netns::new("cba"), Netns::new("cbb"));
+    let d = two_guests("10.83.0.0/24", &a, &b, "");
+    // 3 MB the receiver and both captures must hold byte for byte.
+    let body: String = (0..60_000)
+        .map(|i: u64| format!("{i:08} {:016x}\n", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+        .collect::<String>()
+        + &"z".repeat(1_500_000);
+    let _httpd = Httpd::start(&b, "big.txt", &body);
+    ping(&a, "10.83.0.11", "1");
+    let dir = tempfile::tempdir().expect("tmp");
+    // b's capture takes the server's frames on receive, a's on transmit: large frames (TAP
+    // GSO, up to 64 KiB) are shared with the capture, not copied, both ways.
+    let (fa, fb) = (dir.path().join("a.pcapng"), dir.path().join("b.pcapng"));
+    let ca = capture(&d, &["a", "-w", fa.to_str().expect("utf-8")]);
+    let cb = capture(&d, &["b", "-w", fb.to_str().expect("utf-8")]);
+    wait_started(&fa, &d);
+    wait_started(&fb, &d);
+    let got = a.exec(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "20",
+        "http://10.83.0.11/big.txt",
+    ]);
+    assert!(
+        got.stdout == body.as_bytes(),
+        "the transfer itself: {} bytes of {}, {}\n{}",
+        got.stdout.len(),
+        body.len(),
+        String::from_utf8_lossy(&got.stderr),
+        d.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    for c in [&ca, &cb] {
+        // SAFETY: kill(2) on the pid of a child this test spawned.
+        unsafe { libc::kill(c.0.id() as i32, libc::SIGINT) };
+    }
+    for (c, f, port) in [(ca, &fa, "a"), (cb, &fb, "b")] {
+        let summary = wait_done(c, &d, &format!("capture of {port}"));
+        assert!(summary.contains(", 0 dropped"), "{port}: {summary}");
+        let (stream, largest) = server_stream(f, 80);
+        let at = stream
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("HTTP header");
+        assert!(
+            stream[at + 4..] == *body.as_bytes(),
+            "{port}'s capture: {} body bytes of {}, differing at {:?}",
+            stream.len() - at - 4,
+            body.len(),
+            stream[at + 4..]
+                .iter()
+                .zip(body.as_bytes())
+                .position(|(x, y)| x != y)
+        );
+        assert!(
+            largest > 1514,
+            "{port}: no offloaded frame captured (largest {largest})"
+        );
+    }
+}

@@ -96,7 +96,7 @@ mod tests {
             ts: Duration::new(1_700_000_123, 456_789_012),
             dir,
             orig_len: u32::try_from(len).expect("len") + 3,
-            data: (0..len).map(|i| (i * 7) as u8).collect(),
+            data: super::super::Bytes::Copy((0..len).map(|i| (i * 7) as u8).collect()),
         }
     }
 

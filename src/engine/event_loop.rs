@@ -380,7 +380,7 @@ impl LoopState {
                 }
             };
             if port.capture.is_active() {
-                port.capture.record(Direction::Rx, &self.rx_buf);
+                port.capture.record(Direction::Rx, &mut self.rx_buf);
             }
             for f in self.rx_buf.drain(..) {
                 bridge.forward(&topo, &port, f, now, &mut mark);
@@ -467,7 +467,7 @@ impl LoopState {
                     return;
                 }
                 if lp.port.capture.is_active() {
-                    lp.port.capture.record(Direction::Tx, &lp.pending);
+                    lp.port.capture.record(Direction::Tx, &mut lp.pending);
                 }
             }
             match lp.link.send_batch(&mut lp.pending) {

@@ -42,7 +42,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::io::IoSliceMut;
+use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
@@ -432,18 +432,31 @@ impl Link for TapLink {
         while let Some(frame) = queue.front_mut() {
             let len = frame.len();
             let hdr = frame.meta.vnet.to_bytes();
-            let buf = frame.with_prefix_mut(vl);
-            if buf.len() != vl + len {
-                // Not enough headroom for the header: cannot happen for pooled frames.
-                queue.pop_front();
-                st.errors += 1;
-                continue;
-            }
-            if vl > 0 {
-                buf[..VNET_HDR_LEN].copy_from_slice(&hdr);
-                buf[VNET_HDR_LEN..vl].fill(0);
-            }
-            let err = match crate::sys::io::write(&self.fd, buf) {
+            let res = if vl > 0 && frame.is_shared() {
+                // A capture still reads the buffer (see `Frame::share`): the header goes from
+                // here, not from the headroom, so the frame is not copied.
+                let mut pre = [0u8; VNET_HDR_MRG_LEN];
+                pre[..VNET_HDR_LEN].copy_from_slice(&hdr);
+                let iov = [
+                    IoSlice::new(&pre[..vl.min(VNET_HDR_MRG_LEN)]),
+                    IoSlice::new(frame.data()),
+                ];
+                crate::sys::io::writev(&self.fd, &iov)
+            } else {
+                let buf = frame.with_prefix_mut(vl);
+                if buf.len() != vl + len {
+                    // Not enough headroom for the header: cannot happen for pooled frames.
+                    queue.pop_front();
+                    st.errors += 1;
+                    continue;
+                }
+                if vl > 0 {
+                    buf[..VNET_HDR_LEN].copy_from_slice(&hdr);
+                    buf[VNET_HDR_LEN..vl].fill(0);
+                }
+                crate::sys::io::write(&self.fd, buf)
+            };
+            let err = match res {
                 Ok(_) => {
                     queue.pop_front();
                     st.frames += 1;

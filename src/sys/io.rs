@@ -76,6 +76,11 @@ pub(crate) fn write(fd: impl AsFd, buf: &[u8]) -> io::Result<usize> {
     Ok(rustix::io::write(fd, buf)?)
 }
 
+/// `writev(2)` of `bufs`, gathered: the bytes written.
+pub(crate) fn writev(fd: impl AsFd, bufs: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+    Ok(rustix::io::writev(fd, bufs)?)
+}
+
 /// Sets `O_NONBLOCK` on `fd`, keeping its other status flags.
 pub(crate) fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
     let fl = rustix::fs::fcntl_getfl(&fd)?;

@@ -354,8 +354,8 @@ mod tests {
         let opts = CaptureOptions::new(None, None, Some(format)).expect("opts");
         let s = tap.start("p", &opts).expect("start");
         for i in 0..frames {
-            let f = Frame::from_slice(&vec![i as u8; 60 + i]);
-            tap.record(Direction::Rx, [&f]);
+            let mut f = Frame::from_slice(&vec![i as u8; 60 + i]);
+            tap.record(Direction::Rx, [&mut f]);
         }
         let mut out = Vec::new();
         s.run(&mut out, || Some(EndReason::Stopped));

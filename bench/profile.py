@@ -19,6 +19,8 @@ same namespaces, configs and addresses), checks connectivity, then:
 
 Cases: SYSTEM:WORKLOAD:MTU, e.g. usernet:tcp:1500. SYSTEM is usernet, copyloop (the L2
 ceiling, examples/copyloop.rs), nat (usernet with gateway and NAT, bench/nat.py's sandbox),
+usernet-tc and nat-tc (the same with run.py's traffic control: policy, limits and a
+whole-frame capture to a file running while sampled),
 overlay (two usernets joined by VXLAN, bench/overlay.py), scale2 (two isolated pairs through
 one usernet with 2 event loops, both flows at once), or a kernel reference recorded
 system-wide (`perf record -a`): bridge, veth, kernel (nat.py's routed veth). WORKLOAD is tcp
@@ -47,8 +49,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 common.PREFIX = f"pf{os.getpid()}-"  # before l2/nat/overlay import it
-from common import RES, CaseFailed, Interrupted, Meter, iperf3, iperf3_many, log, nsexec, run, \
-    usernet_ctl  # noqa: E402
+from common import RES, TC_PARTS, CaseFailed, Interrupted, Meter, iperf3, iperf3_many, log, \
+    nsexec, run, usernet_ctl  # noqa: E402
 import l2  # noqa: E402
 import nat  # noqa: E402
 import overlay  # noqa: E402
@@ -81,13 +83,13 @@ class Ctx:
 
 def topology(system, mtu, ctx):
     """The suites' topology (a context manager) for one SYSTEM at one MTU."""
-    if system in ("usernet", "copyloop", "bridge", "veth"):
+    if system in ("usernet", "usernet-tc", "copyloop", "bridge", "veth"):
         return l2.Topology(system, mtu, ctx, tag="p")
     if system == "scale2":
         return l2.Topology("usernet", mtu, ctx, n=4, tag="q", segments=2, loops=2)
-    if system in ("nat", "kernel"):
-        return nat.Topology("usernet" if system == "nat" else "kernel", mtu, ctx, tag="p",
-                            splice=False)
+    if system in ("nat", "nat-tc", "kernel"):
+        name = {"nat": "usernet", "nat-tc": "usernet-tc"}.get(system, system)
+        return nat.Topology(name, mtu, ctx, tag="p", splice=False)
     if system == "overlay":
         if mtu != overlay.MTU:
             raise CaseFailed(f"overlay: inner MTU {overlay.MTU} only")
@@ -122,7 +124,7 @@ def frames(ctx, socks):
 
 def workload(system, work, topo, secs):
     """A callable running the traffic for secs seconds; returns a short result dict."""
-    if system in ("nat", "kernel"):
+    if system in ("nat", "nat-tc", "kernel"):
         if work not in ("egress", "download", "forward"):
             raise CaseFailed(f"{system}: egress, download or forward")
         if work == "forward":  # the regular port forward: host client -> guest server
@@ -285,7 +287,7 @@ def run_case(case, args, ctx, outdir):
         data = stem + ".perf.data"
         meter = Meter(pids)
         d0 = drop_counters(topo)
-        with meter:
+        with meter, topo.measuring():
             res, p = during(fn, [PERF, "record", "-e", "cpu-clock", "-F", str(args.freq)]
                             + args.call_graph.split() + ["-o", data] + target
                             + ["--", "sleep", str(secs)], secs + 60)
@@ -358,6 +360,9 @@ def main():
     ap.add_argument("--top", type=int, default=25, help="lines of each report printed")
     ap.add_argument("--out", help="directory for perf.data and reports")
     args = ap.parse_args()
+    # usernet-tc and nat-tc: bench/run.py's traffic-control systems (policy, limits and a
+    # whole-frame capture to a file running during the profile).
+    args.tc_parts, args.tc_capture_null, args.tc_snaplen = TC_PARTS, False, 0
     if os.geteuid() != 0:
         sys.exit("profile: needs root")
     for tool in (PERF, "iperf3", "ip", "ping", "ss"):

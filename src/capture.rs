@@ -237,8 +237,9 @@ impl Sink {
     fn push(&self, ts: Duration, dir: Direction, frame: &mut Frame) -> bool {
         let len = frame.len();
         let n = len.min(self.snaplen);
-        let share = shares(len, frame.capacity(), self.snaplen);
-        let held = if share { frame.capacity() } else { n };
+        let share = shares(len, frame.buffer_size(), self.snaplen);
+        // What the record holds until written; `pop` takes back the same (`Bytes::held`).
+        let held = if share { frame.buffer_size() } else { n };
         if self.queue.is_full() || self.bytes.load(Ordering::Relaxed) + held > QUEUE_BYTES {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -746,6 +747,25 @@ mod tests {
         assert_eq!((pkts[0].0, pkts[0].1, pkts[0].2.len()), (1, 100, 64));
         assert_eq!((pkts[1].0, pkts[1].1, pkts[1].2[6]), (2, 60, 2));
         assert_eq!(pkts[2].2[6], 3);
+    }
+
+    #[test]
+    fn shared_frames_count_their_whole_buffer_against_the_queue_bound() {
+        let tap = Arc::new(Tap::default());
+        let s = tap.start("p", &CaptureOptions::default()).expect("start");
+        let mut frames: Vec<Frame> = (0..300).map(|_| frame(1, 65_000)).collect();
+        let size = frames[0].buffer_size();
+        tap.record(Direction::Rx, frames.iter_mut());
+        let fit = QUEUE_BYTES / size;
+        assert_eq!(s.sink.queue.len(), fit, "held by the 16 MiB bound, not the frame count");
+        assert_eq!(s.sink.bytes.load(Ordering::Relaxed), fit * size);
+        assert_eq!(s.dropped(), (300 - fit) as u64);
+        drop(frames);
+        // Copies and shares together: draining gives back exactly what was counted.
+        let mut small = frame(2, 100);
+        tap.record(Direction::Tx, [&mut small]);
+        while s.sink.pop().is_some() {}
+        assert_eq!(s.sink.bytes.load(Ordering::Relaxed), 0);
     }
 
     #[test]

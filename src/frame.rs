@@ -340,7 +340,7 @@ impl SharedBuf {
         &self.buf
     }
 
-    /// Bytes of memory the buffer holds.
+    /// Bytes of memory the buffer holds (headroom included, as [`Frame::buffer_size`]).
     pub fn capacity(&self) -> usize {
         self.buf.len()
     }
@@ -512,6 +512,12 @@ impl Frame {
     /// True for a zero-length frame.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Bytes of memory the frame's buffer holds (headroom included): what a capture sharing it
+    /// holds ([`SharedBuf::capacity`]).
+    pub fn buffer_size(&self) -> usize {
+        self.buf().len()
     }
 
     /// Largest length this frame's buffer can hold without giving up headroom.

@@ -74,7 +74,9 @@ class Ctx:
     """What l2/nat/overlay's topologies read from bench/run.py's context."""
 
     def __init__(self, args):
-        self.args = argparse.Namespace(loops=1, tc_parts=[], busy_poll_us=0,
+        # usernet-tc and nat-tc: every part of run.py's traffic control (policy, limits, and a
+        # whole-frame capture to a file running while sampled).
+        self.args = argparse.Namespace(loops=1, tc_parts=list(TC_PARTS), busy_poll_us=0,
                                        tc_capture_null=False, tc_snaplen=0)
         self.usernet_bin = args.usernet
         self.copyloop_bin = args.copyloop
@@ -287,10 +289,12 @@ def run_case(case, args, ctx, outdir):
         data = stem + ".perf.data"
         meter = Meter(pids)
         d0 = drop_counters(topo)
-        with meter, topo.measuring():
+        with meter, topo.measuring() as cap:
             res, p = during(fn, [PERF, "record", "-e", "cpu-clock", "-F", str(args.freq)]
                             + args.call_graph.split() + ["-o", data] + target
                             + ["--", "sleep", str(secs)], secs + 60)
+        if cap is not None:
+            print(f"capture during the profile: {cap.result}")
         if p.returncode != 0:
             raise CaseFailed(f"perf record: {p.stderr.strip()[-300:]}")
         m = meter.as_dict()
@@ -360,9 +364,6 @@ def main():
     ap.add_argument("--top", type=int, default=25, help="lines of each report printed")
     ap.add_argument("--out", help="directory for perf.data and reports")
     args = ap.parse_args()
-    # usernet-tc and nat-tc: bench/run.py's traffic-control systems (policy, limits and a
-    # whole-frame capture to a file running during the profile).
-    args.tc_parts, args.tc_capture_null, args.tc_snaplen = TC_PARTS, False, 0
     if os.geteuid() != 0:
         sys.exit("profile: needs root")
     for tool in (PERF, "iperf3", "ip", "ping", "ss"):

@@ -757,7 +757,11 @@ mod tests {
         let size = frames[0].buffer_size();
         tap.record(Direction::Rx, frames.iter_mut());
         let fit = QUEUE_BYTES / size;
-        assert_eq!(s.sink.queue.len(), fit, "held by the 16 MiB bound, not the frame count");
+        assert_eq!(
+            s.sink.queue.len(),
+            fit,
+            "held by the 16 MiB bound, not the frame count"
+        );
         assert_eq!(s.sink.bytes.load(Ordering::Relaxed), fit * size);
         assert_eq!(s.dropped(), (300 - fit) as u64);
         drop(frames);

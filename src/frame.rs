@@ -158,6 +158,17 @@ impl PoolInner {
                 .map(SizeClass::take)
         }
     }
+
+    /// Puts an idle buffer back on its size class's free list (a full list frees it).
+    fn recycle(&self, buf: Box<[u8]>) {
+        if buf.len() == self.small.buf_size {
+            let _ = self.small.free.push(buf);
+        } else if let Some(large) = &self.large
+            && buf.len() == large.buf_size
+        {
+            let _ = large.free.push(buf);
+        }
+    }
 }
 
 struct PoolInner {
@@ -361,19 +372,6 @@ impl Drop for SharedBuf {
             && !buf.is_empty()
         {
             pool.recycle(buf);
-        }
-    }
-}
-
-impl PoolInner {
-    /// Puts an idle buffer back on its size class's free list (a full list frees it).
-    fn recycle(&self, buf: Box<[u8]>) {
-        if buf.len() == self.small.buf_size {
-            let _ = self.small.free.push(buf);
-        } else if let Some(large) = &self.large
-            && buf.len() == large.buf_size
-        {
-            let _ = large.free.push(buf);
         }
     }
 }

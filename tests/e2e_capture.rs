@@ -85,6 +85,13 @@ fn capture(d: &Daemon, args: &[&str]) -> Child {
     )
 }
 
+/// SIGINT to a `capture` child: `timeout` passes it on to `usernet ctl capture`, as a
+/// terminal's Ctrl-C.
+fn interrupt(c: &Child) {
+    // SAFETY: kill(2) on the pid of a child this test spawned.
+    unsafe { libc::kill(c.0.id() as i32, libc::SIGINT) };
+}
+
 /// Waits until `file` holds at least the capture's header (the capture is attached).
 fn wait_started(file: &Path, d: &Daemon) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -602,9 +609,7 @@ fn ctrl_c_ends_a_capture_with_a_complete_file() {
     wait_started(&file, &d);
     ping(&a, "10.87.0.11", "2");
     std::thread::sleep(Duration::from_millis(200));
-    // SIGINT to `timeout`, which passes it on to `usernet ctl capture`, as a terminal's Ctrl-C.
-    // SAFETY: kill(2) on the pid of a child this test spawned.
-    unsafe { libc::kill(c.0.id() as i32, libc::SIGINT) };
+    interrupt(&c);
     let summary = wait_done(c, &d, "capture ended by SIGINT");
     // The summary's drop count comes from the closing statistics block: the file is whole.
     assert!(summary.contains(", 0 dropped"), "{summary}");
@@ -850,10 +855,8 @@ fn a_bulk_transfer_captured_whole_is_intact_in_both_captures() {
         d.log()
     );
     std::thread::sleep(Duration::from_millis(300));
-    for c in [&ca, &cb] {
-        // SAFETY: kill(2) on the pid of a child this test spawned.
-        unsafe { libc::kill(c.0.id() as i32, libc::SIGINT) };
-    }
+    interrupt(&ca);
+    interrupt(&cb);
     for (c, f, port) in [(ca, &fa, "a"), (cb, &fb, "b")] {
         let summary = wait_done(c, &d, &format!("capture of {port}"));
         assert!(summary.contains(", 0 dropped"), "{port}: {summary}");
